@@ -1,0 +1,85 @@
+/**
+ * The one error catalogue. Every error that crosses a wire carries one of these
+ * stable UPPER_SNAKE codes; messages are for people, codes are for programs.
+ * docs/errors.md is generated from / checked against this table.
+ */
+export const ERROR_CODES = {
+  BAD_REQUEST: 'The request could not be parsed (not JSON/CBOR, or not an object with id/params).',
+  INVALID_PARAMS: 'Parameters failed validation: wrong type, missing or unknown field.',
+  UNKNOWN_METHOD: 'No such RPC method.',
+  NOT_AUTHORIZED: 'The client may not do this (authentication or ACL).',
+  PAYLOAD_TOO_LARGE: 'A packet or payload exceeds the configured limit.',
+  INVALID_NAME: 'A name, client id or topic contains forbidden characters or is too long.',
+  VM_NOT_FOUND: 'No VM with that id or name.',
+  VM_EXISTS: 'A VM with that name already exists.',
+  VM_RUNNING: 'The VM must be stopped or failed for this operation.',
+  VM_BAD_STATE: 'The VM is in a state that does not allow this operation.',
+  CAPACITY_EXCEEDED: 'Admission control: vCPUs, memory or the VM count limit would be exceeded.',
+  IMAGE_NOT_FOUND: 'No built image with that name; build it with `mvirt image build`.',
+  BOOT_FAILED: 'The hypervisor process could not be started or exited during boot.',
+  BOOT_TIMEOUT: 'The agent did not say hello within the boot timeout.',
+  HYPERVISOR_ERROR: 'The hypervisor refused or failed an operation (QMP/REST error).',
+  BACKEND_UNAVAILABLE: 'The requested hypervisor backend is not available on this host.',
+  AGENT_UNAVAILABLE: 'The VM has no connected agent.',
+  AGENT_ERROR: 'The guest agent reported an error.',
+  JOB_NOT_FOUND: 'No job with that id.',
+  JOB_DUPLICATE: 'A job with that id already exists.',
+  TIMEOUT: 'The operation did not complete in time.',
+  CONFIG_INVALID: 'A configuration file or command-line option is invalid.',
+  RECIPE_INVALID: 'An image recipe is invalid.',
+  DOWNLOAD_FAILED: 'A package or file could not be downloaded.',
+  BUILD_FAILED: 'An image or kernel build step failed.',
+  CONNECTION_FAILED: 'Could not connect to the broker or the daemon.',
+  SHUTTING_DOWN: 'The daemon is shutting down.',
+  INTERNAL: 'An unexpected internal error; see the daemon log.',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export const isErrorCode = (s: unknown): s is ErrorCode =>
+  typeof s === 'string' && Object.prototype.hasOwnProperty.call(ERROR_CODES, s);
+
+/** The wire shape of an error in replies. */
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  details?: unknown;
+}
+
+/** An error with a stable code; chain the underlying failure with `cause`. */
+export class MvirtError extends Error {
+  readonly code: ErrorCode;
+  readonly details: unknown;
+  constructor(code: ErrorCode, message: string, opts: { cause?: unknown; details?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'MvirtError';
+    this.code = code;
+    this.details = opts.details;
+  }
+
+  toBody(): ErrorBody {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+export const mvirtError = (
+  code: ErrorCode,
+  message: string,
+  opts?: { cause?: unknown; details?: unknown },
+): MvirtError => new MvirtError(code, message, opts);
+
+/** Map anything thrown onto a wire error body; unknown errors become INTERNAL. */
+export function toErrorBody(err: unknown): ErrorBody {
+  if (err instanceof MvirtError) return err.toBody();
+  const message = err instanceof Error ? err.message : String(err);
+  return { code: 'INTERNAL', message };
+}
+
+/** Rebuild an MvirtError from a wire body (client side). */
+export function fromErrorBody(body: ErrorBody): MvirtError {
+  return new MvirtError(isErrorCode(body.code) ? body.code : 'INTERNAL', body.message, {
+    details: body.details,
+  });
+}

@@ -1,0 +1,54 @@
+// `npm test`: build what the tests run (host bundles, the agent executable, the
+// default µOS image, all cached), then every test file in one node:test run so
+// the closing summary counts them all. `npm test -- unit` runs unit tests only.
+import { spawnSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const which = process.argv[2] ?? 'all';
+
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', cwd: root, env: process.env });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+function find(dir) {
+  const out = [];
+  let entries = [];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const e of entries.sort()) {
+    const p = path.join(dir, e);
+    if (statSync(p).isDirectory()) out.push(...find(p));
+    else if (e.endsWith('.test.ts')) out.push(p);
+  }
+  return out;
+}
+
+const files = [...find(path.join(root, 'test/unit'))];
+if (which !== 'unit') {
+  run(process.execPath, ['scripts/build.mjs']);
+  run(process.execPath, [
+    'bin/mvirt.js',
+    'image',
+    'build',
+    'images/recipes/default.json',
+    '--data-dir',
+    'test-output/data',
+  ]);
+  files.push(...find(path.join(root, 'test/integration')));
+}
+// One file at a time: integration tests boot real VMs under TCG on 2 cores.
+run(process.execPath, [
+  '--import',
+  'tsx',
+  '--test',
+  '--test-concurrency=1',
+  '--test-reporter=spec',
+  ...files.map((f) => path.relative(root, f)),
+]);
