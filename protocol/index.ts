@@ -4,3 +4,4 @@ export * from './codec.js';
 export * from './validate.js';
 export * as agent from './agent.js';
 export * from './rpc.js';
+export * from './client.js';

@@ -1,0 +1,93 @@
+/**
+ * Exit codes and error messages. Scripts branch on the exit code; people read
+ * the message and the hint under it. docs/errors.md is generated from
+ * `errorsTable()` and a unit test keeps the two equal.
+ */
+import { ERROR_CODES, MvirtError, type ErrorCode } from '../../protocol/errors.js';
+import { UsageError } from './args.js';
+
+export const EXIT = {
+  OK: 0,
+  /** The daemon refused or failed the operation. */
+  OPERATION: 1,
+  /** Bad command line or parameters: nothing was done. */
+  USAGE: 2,
+  /** No working connection to mvirtd: broker down, wrong address or host, refused credentials. */
+  CONNECTION: 3,
+} as const;
+
+const USAGE_CODES: ReadonlySet<ErrorCode> = new Set([
+  'INVALID_PARAMS',
+  'INVALID_NAME',
+  'CONFIG_INVALID',
+]);
+const CONNECTION_CODES: ReadonlySet<ErrorCode> = new Set([
+  'CONNECTION_FAILED',
+  'NOT_AUTHORIZED',
+  'SHUTTING_DOWN',
+]);
+
+/** The exit code for an error code; TIMEOUT is 3 only when no reply came at all. */
+export function exitCodeForCode(code: ErrorCode, noReply = false): number {
+  if (USAGE_CODES.has(code)) return EXIT.USAGE;
+  if (CONNECTION_CODES.has(code) || (code === 'TIMEOUT' && noReply)) return EXIT.CONNECTION;
+  return EXIT.OPERATION;
+}
+
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof UsageError) return EXIT.USAGE;
+  if (err instanceof MvirtError) {
+    const noReply = (err.details as { noReply?: unknown } | undefined)?.noReply === true;
+    return exitCodeForCode(err.code, noReply);
+  }
+  return EXIT.OPERATION;
+}
+
+/** What to do next, per code: the line under the error. */
+export const HINTS: Partial<Record<ErrorCode, string>> = {
+  CONNECTION_FAILED:
+    'point --broker (or MVIRT_BROKER) at mvirtd: mqtt://HOST:PORT or its unix socket <data-dir>/mvirt.sock',
+  NOT_AUTHORIZED: 'give credentials with --user and MVIRT_PASSWORD (or --password)',
+  TIMEOUT: 'pick the host with --host (or MVIRT_HOST), or wait longer with --timeout SECONDS',
+  VM_NOT_FOUND: '`mvirt vm ls` lists the VMs',
+  VM_EXISTS: 'choose another name, or `mvirt vm rm NAME` first',
+  VM_RUNNING: 'stop it first: `mvirt vm stop VM` (or `mvirt vm rm --force VM`)',
+  VM_BAD_STATE: '`mvirt vm get VM` shows its state',
+  CAPACITY_EXCEEDED: '`mvirt info` shows what is allocated and the limits',
+  IMAGE_NOT_FOUND: 'build it: `mvirt image build`',
+  BOOT_FAILED: '`mvirt events --object VM` shows what happened',
+  BOOT_TIMEOUT: '`mvirt events --object VM` shows what happened; under TCG boots are slow',
+  BACKEND_UNAVAILABLE: '`mvirt info` lists the backends and why one is unavailable',
+  UNKNOWN_METHOD: 'mvirtd may be older than this mvirt: compare `mvirt info` versions',
+  INVALID_PARAMS: 'see `mvirt COMMAND --help`',
+  CONFIG_INVALID: 'see `mvirt COMMAND --help`',
+  INTERNAL: 'see the mvirtd log',
+};
+
+/** Render an error for stderr: a message, then a hint (or usage pointer). */
+export function renderError(err: unknown, json: boolean): string {
+  if (err instanceof UsageError) {
+    const cmd = err.command ? `mvirt ${err.command} --help` : 'mvirt --help';
+    if (json) return JSON.stringify({ error: { code: 'USAGE', message: err.message } }) + '\n';
+    return `mvirt: ${err.message}\nRun '${cmd}' for usage.\n`;
+  }
+  if (err instanceof MvirtError) {
+    if (json) return JSON.stringify({ error: err.toBody() }) + '\n';
+    const hint = HINTS[err.code];
+    return `mvirt: ${err.message} [${err.code}]\n${hint ? `hint: ${hint}\n` : ''}`;
+  }
+  const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  if (json) return JSON.stringify({ error: { code: 'INTERNAL', message: String(err) } }) + '\n';
+  return `mvirt: unexpected error: ${msg}\n`;
+}
+
+/** The Markdown table of every error code, its meaning and the CLI's exit code. */
+export function errorsTable(): string {
+  const rows = (Object.keys(ERROR_CODES) as ErrorCode[]).map((code) => {
+    const exit = code === 'TIMEOUT' ? '1 (3 when no reply came)' : String(exitCodeForCode(code));
+    return `| \`${code}\` | ${ERROR_CODES[code].replace(/\|/g, '\\|')} | ${exit} |`;
+  });
+  return (
+    ['| code | meaning | `mvirt` exit code |', '| --- | --- | --- |', ...rows].join('\n') + '\n'
+  );
+}

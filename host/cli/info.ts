@@ -1,0 +1,53 @@
+/** `mvirt info`: the host as `system.info` describes it. */
+import type { SystemInfo } from '../../protocol/rpc.js';
+import type { Command } from './command.js';
+import { EXIT } from './exit.js';
+import { json, keyValues, mib, table } from './output.js';
+
+export function infoText(i: SystemInfo): string {
+  const counts = Object.entries(i.vms ?? {})
+    .filter(([, n]) => (n ?? 0) > 0)
+    .map(([s, n]) => `${n} ${s}`);
+  const head = keyValues([
+    ['Host', i.hostId],
+    ['Version', i.version],
+    ['CPUs', String(i.cpus)],
+    ['Memory', mib(i.memoryMiB)],
+    [
+      'Allocated',
+      i.allocated
+        ? `${i.allocated.vcpus}${i.limits ? `/${i.limits.vcpus}` : ''} vCPUs, ${mib(i.allocated.memoryMiB)}${i.limits ? ` of ${mib(i.limits.memoryMiB)}` : ''}`
+        : undefined,
+    ],
+    ['Max VMs', i.limits ? String(i.limits.maxVms) : undefined],
+    ['VMs', counts.length ? counts.join(', ') : 'none'],
+    ['Images', i.images?.length ? i.images.join(', ') : 'none (build one: `mvirt image build`)'],
+  ]);
+  const backends = (i.backends ?? []).map((b) => [
+    b.name,
+    b.available ? 'yes' : 'no',
+    b.accel ?? '-',
+    b.reason ?? '',
+  ]);
+  return backends.length
+    ? `${head}\n${table(['backend', 'available', 'accel', 'note'], backends)}`
+    : head;
+}
+
+export const infoCommands: Command[] = [
+  {
+    name: 'info',
+    summary: 'Show the host: capacity, allocation, hypervisor backends, VMs by state, images.',
+    examples: [
+      'mvirt info',
+      'mvirt info --json',
+      'MVIRT_BROKER=/var/lib/mvirt/mvirt.sock mvirt info',
+    ],
+    run: async (ctx) => {
+      const c = await ctx.client();
+      const i = await c.call('system.info');
+      ctx.out(ctx.globals.json ? json(i) : infoText(i));
+      return EXIT.OK;
+    },
+  },
+];

@@ -1,0 +1,43 @@
+/**
+ * What a command touches of the outside world, injected so unit tests can run
+ * the whole CLI in-process with captured streams and a fake environment.
+ */
+import type { Readable, Writable } from 'node:stream';
+
+export interface TtyIn extends Readable {
+  isTTY?: boolean;
+  setRawMode?(raw: boolean): unknown;
+}
+
+export interface TtyOut extends Writable {
+  isTTY?: boolean;
+}
+
+export interface Io {
+  stdout: TtyOut;
+  stderr: TtyOut;
+  stdin: TtyIn;
+  env: Record<string, string | undefined>;
+  now(): number;
+  /** Run `cb` on SIGINT/SIGTERM/SIGHUP; returns a function that removes it. */
+  onSignal(cb: (signal: NodeJS.Signals) => void): () => void;
+}
+
+export function processIo(): Io {
+  return {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    stdin: process.stdin,
+    env: process.env,
+    now: () => Date.now(),
+    onSignal: (cb) => {
+      const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+      for (const s of signals) process.on(s, cb);
+      return () => {
+        for (const s of signals) process.removeListener(s, cb);
+      };
+    },
+  };
+}
+
+export const write = (w: Writable, s: string): void => void w.write(s);

@@ -1,0 +1,92 @@
+/**
+ * Human output: aligned tables, key/value blocks, relative times, sizes.
+ * Hand-written (about 80 lines) rather than a table dependency: we need
+ * left/right alignment and no borders, nothing more.
+ */
+
+export type Align = 'left' | 'right';
+
+/** Display width: code points, which is right for the ASCII and Latin text we print. */
+const width = (s: string): number => [...s].length;
+
+const pad = (s: string, w: number, align: Align): string => {
+  const fill = ' '.repeat(Math.max(0, w - width(s)));
+  return align === 'right' ? fill + s : s + fill;
+};
+
+/**
+ * Columns separated by two spaces, headers in capitals, no trailing spaces
+ * (the last column is not padded unless it is right-aligned).
+ */
+export function table(header: string[], rows: string[][], align: Align[] = []): string {
+  const all = [header.map((h) => h.toUpperCase()), ...rows];
+  const widths = header.map((_, c) => Math.max(...all.map((r) => width(r[c] ?? ''))));
+  return (
+    all
+      .map((r) =>
+        header
+          .map((_, c) => {
+            const a = align[c] ?? 'left';
+            const cell = r[c] ?? '';
+            return c === header.length - 1 && a === 'left' ? cell : pad(cell, widths[c]!, a);
+          })
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
+}
+
+/** `Key:  value` lines with the values aligned; undefined values are left out. */
+export function keyValues(pairs: [string, string | undefined][]): string {
+  const present = pairs.filter((p): p is [string, string] => p[1] !== undefined && p[1] !== '');
+  const w = Math.max(0, ...present.map(([k]) => width(k) + 1));
+  return present.map(([k, v]) => `${pad(`${k}:`, w, 'left')}  ${v}`).join('\n') + '\n';
+}
+
+/** "12s ago", "5m ago", "3h ago", "2d ago", "in 5m"; a date beyond 30 days. */
+export function relativeTime(at: string | number | undefined | null, now: number): string {
+  if (at === undefined || at === null || at === '') return '-';
+  const t = typeof at === 'number' ? at : Date.parse(at);
+  if (!Number.isFinite(t)) return String(at);
+  const d = now - t;
+  const abs = Math.abs(d);
+  if (abs < 2000) return 'just now';
+  const units: [number, string][] = [
+    [86_400_000, 'd'],
+    [3_600_000, 'h'],
+    [60_000, 'm'],
+    [1000, 's'],
+  ];
+  if (abs >= 30 * 86_400_000) return new Date(t).toISOString().slice(0, 10);
+  const [ms, u] = units.find(([ms]) => abs >= ms)!;
+  const n = `${Math.floor(abs / ms)}${u}`;
+  return d >= 0 ? `${n} ago` : `in ${n}`;
+}
+
+/** "850 ms", "4.3 s", "2m05s" */
+export function duration(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  const m = Math.floor(ms / 60_000);
+  const s = Math.floor((ms % 60_000) / 1000);
+  return `${m}m${String(s).padStart(2, '0')}s`;
+}
+
+/** "256 MiB", "2 GiB", "1.5 GiB" */
+export function mib(n: number | undefined): string {
+  if (n === undefined) return '-';
+  if (n < 1024) return `${n} MiB`;
+  const g = n / 1024;
+  return `${Number.isInteger(g) ? g : g.toFixed(1)} GiB`;
+}
+
+/** Local wall-clock time for logs: "2024-05-01 12:03:04". */
+export function clock(at: string | number): string {
+  const d = new Date(at);
+  if (Number.isNaN(d.getTime())) return String(at);
+  const p = (n: number): string => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+export const json = (v: unknown): string => JSON.stringify(v, null, 2) + '\n';

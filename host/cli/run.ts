@@ -1,0 +1,159 @@
+/**
+ * The `mvirt` dispatcher: find the command, parse its options, connect on
+ * demand, map every failure to an exit code and a message on stderr.
+ * Pure with respect to the process (everything through `Io`), so unit tests
+ * drive it in-process.
+ */
+import { createClient, type MvirtClient } from '../../protocol/client.js';
+import { DEFAULT_TIMEOUT_MS } from '../../protocol/client.js';
+import { UsageError, globalsFrom, parseCommand, splitCommand, type Globals } from './args.js';
+import { commandHelp, positionals, type Command, type Context } from './command.js';
+import { consoleCommands } from './console.js';
+import { eventsCommands } from './events.js';
+import { EXIT, exitCodeFor, renderError } from './exit.js';
+import { infoCommands } from './info.js';
+import type { Io } from './io.js';
+import { vmCommands } from './vm.js';
+
+export const COMMANDS: Command[] = [
+  ...vmCommands,
+  ...infoCommands,
+  ...eventsCommands,
+  ...consoleCommands,
+];
+
+const GROUPS: Record<string, string> = {
+  vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm',
+  info: 'show the host',
+  events: 'show or follow the event log',
+  console: 'attach to a VM serial console',
+  image: 'build µOS images (mvirt image build --help)',
+};
+
+export function mainHelp(): string {
+  const w = Math.max(...COMMANDS.map((c) => c.name.length), 'image build'.length);
+  return [
+    'Usage: mvirt [global options] COMMAND [options]',
+    '',
+    'mvirt drives microVMs through mvirtd, over MQTT.',
+    '',
+    'Commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
+    `  ${'image build'.padEnd(w)}  Build a µOS image (see \`mvirt image build --help\`).`,
+    '',
+    'Global options (before or after the command):',
+    "  --broker URL   mqtt://HOST:PORT, ws://…, or mvirtd's unix socket path (MVIRT_BROKER)",
+    '  --host ID      host id, when several mvirtd share a broker (MVIRT_HOST)',
+    '  --prefix P     topic prefix (MVIRT_PREFIX)',
+    '  --user U       MQTT user (MVIRT_USER); password from MVIRT_PASSWORD or --password',
+    '  --json         machine-readable output',
+    '  --timeout S    seconds to wait for a reply',
+    '  -h, --help     help for any command: mvirt vm create --help',
+    '',
+    'Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach mvirtd.',
+    'Docs: docs/cli.md, docs/errors.md',
+    '',
+  ].join('\n');
+}
+
+function groupHelp(group: string): string {
+  const cmds = COMMANDS.filter((c) => c.name.startsWith(`${group} `));
+  const w = Math.max(...cmds.map((c) => c.name.length));
+  return [
+    `Usage: mvirt ${group} COMMAND [options]`,
+    '',
+    `${group}: ${GROUPS[group] ?? ''}`,
+    '',
+    'Commands:',
+    ...cmds.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
+    '',
+    `Run 'mvirt ${group} COMMAND --help' for a command's options and examples.`,
+    '',
+  ].join('\n');
+}
+
+const depthOf = (group: string): number => (group === 'help' ? 3 : group === 'vm' ? 2 : 1);
+
+export interface ClientFactory {
+  (g: Globals): Promise<MvirtClient>;
+}
+
+export const defaultClientFactory: ClientFactory = (g) =>
+  createClient({
+    url: g.broker,
+    prefix: g.prefix,
+    timeoutMs: g.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    ...(g.host !== undefined ? { hostId: g.host } : {}),
+    ...(g.user !== undefined ? { username: g.user } : {}),
+    ...(g.password !== undefined ? { password: g.password } : {}),
+  });
+
+export async function runCli(
+  argv: string[],
+  io: Io,
+  makeClient: ClientFactory = defaultClientFactory,
+): Promise<number> {
+  if (argv[0] === 'image') {
+    // images/ owns its own argument parsing and exit codes.
+    const { runImage } = await import('./image.js');
+    return runImage(argv.slice(1));
+  }
+  const { words, rest } = splitCommand(argv, depthOf);
+  let json = rest.includes('--json');
+  let client: MvirtClient | undefined;
+  try {
+    if (words[0] === 'help') {
+      const target = words.slice(1).join(' ');
+      const cmd = COMMANDS.find((c) => c.name === target);
+      if (cmd) io.stdout.write(commandHelp(cmd));
+      else if (GROUPS[target] && target !== 'image') io.stdout.write(groupHelp(target));
+      else if (target === '') io.stdout.write(mainHelp());
+      else throw new UsageError(`no command '${target}'`);
+      return EXIT.OK;
+    }
+    const name = words.join(' ');
+    const cmd = COMMANDS.find((c) => c.name === name);
+    if (!cmd) {
+      const wantsHelp = rest.includes('--help') || rest.includes('-h');
+      if (words.length === 0) {
+        if (wantsHelp) {
+          io.stdout.write(mainHelp());
+          return EXIT.OK;
+        }
+        io.stderr.write(mainHelp());
+        if (rest[0]?.startsWith('-')) throw new UsageError(`unknown option ${rest[0]}`);
+        return EXIT.USAGE;
+      }
+      if (words[0] === 'vm') {
+        if (words.length === 1 || wantsHelp) {
+          (wantsHelp ? io.stdout : io.stderr).write(groupHelp('vm'));
+          return wantsHelp ? EXIT.OK : EXIT.USAGE;
+        }
+        throw new UsageError(`no command 'vm ${words[1]!}'; see 'mvirt vm --help'`);
+      }
+      throw new UsageError(`no command '${words[0]!}'`);
+    }
+    const parsed = parseCommand(cmd.name, rest, cmd.options ?? {});
+    json = parsed.values.json === true;
+    if (parsed.values.help === true) {
+      io.stdout.write(commandHelp(cmd));
+      return EXIT.OK;
+    }
+    parsed.positionals = positionals(cmd, parsed);
+    const globals = globalsFrom(parsed.values, io.env);
+    const ctx: Context = {
+      io,
+      globals,
+      client: async () => (client ??= await makeClient(globals)),
+      out: (s) => void io.stdout.write(s),
+      err: (s) => void io.stderr.write(s),
+    };
+    return await cmd.run(ctx, parsed);
+  } catch (err) {
+    io.stderr.write(renderError(err, json));
+    if (io.env.MVIRT_DEBUG && err instanceof Error && err.stack) io.stderr.write(`${err.stack}\n`);
+    return exitCodeFor(err);
+  } finally {
+    await client?.close();
+  }
+}

@@ -1,0 +1,307 @@
+/** `mvirt vm …`: the VM lifecycle methods of PROTOCOL.md. */
+import type { MvirtClient } from '../../protocol/client.js';
+import { MvirtError } from '../../protocol/errors.js';
+import { VM_KINDS, VM_STATES, type VmRecord, type VmState } from '../../protocol/rpc.js';
+import { UsageError, integer, oneOf, seconds } from './args.js';
+import { str, type Command, type Context } from './command.js';
+import { EXIT } from './exit.js';
+import { duration, json, keyValues, mib, relativeTime, table } from './output.js';
+
+/** Waiting for a boot under TCG on a loaded 2-core machine takes a while. */
+const START_TIMEOUT_MS = 300_000;
+const STOP_MARGIN_MS = 60_000;
+
+const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
+
+export function vmLine(vm: VmRecord): string {
+  return `${vm.name} (${vm.id}) is ${vm.state}${vm.stateReason ? `: ${vm.stateReason}` : ''}\n`;
+}
+
+export function vmDetails(vm: VmRecord, now: number): string {
+  const when = (t: string | undefined): string | undefined =>
+    t ? `${relativeTime(t, now)} (${t})` : undefined;
+  const meta = Object.entries(vm.metadata ?? {});
+  return keyValues([
+    ['Name', vm.name],
+    ['ID', vm.id],
+    ['State', vm.state + (vm.stateReason ? ` (${vm.stateReason})` : '')],
+    ['Kind', vm.kind],
+    ['Image', vm.image],
+    ['Backend', vm.backend + (vm.accel ? ` (${vm.accel})` : '')],
+    ['vCPUs', String(vm.vcpus)],
+    ['Memory', mib(vm.memoryMiB)],
+    ['Network', vm.network?.mode],
+    ['IP', vm.ip],
+    ['MAC', vm.mac],
+    ['PID', vm.pid === undefined ? undefined : String(vm.pid)],
+    ['Agent', vm.agentVersion],
+    [
+      'Boot',
+      vm.boot?.readyAtMs !== undefined ? `ready after ${duration(vm.boot.readyAtMs)}` : undefined,
+    ],
+    ['Created', when(vm.createdAt)],
+    ['Started', when(vm.startedAt)],
+    ['Updated', when(vm.updatedAt)],
+    ['Metadata', meta.length ? meta.map(([k, v]) => `${k}=${v}`).join(', ') : undefined],
+  ]);
+}
+
+export function vmTable(vms: VmRecord[], now: number): string {
+  return table(
+    ['name', 'id', 'state', 'vcpus', 'memory', 'kind', 'image', 'created'],
+    vms.map((v) => [
+      v.name,
+      v.id,
+      v.state,
+      String(v.vcpus),
+      mib(v.memoryMiB),
+      v.kind,
+      v.image ?? '-',
+      relativeTime(v.createdAt, now),
+    ]),
+    ['left', 'left', 'left', 'right', 'right'],
+  );
+}
+
+function parseMeta(items: string[]): Record<string, string> | undefined {
+  if (items.length === 0) return undefined;
+  const out: Record<string, string> = {};
+  for (const kv of items) {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--meta wants KEY=VALUE, got '${kv}'`, 'vm create');
+    out[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return out;
+}
+
+const print = (ctx: Context, vm: VmRecord): number => {
+  ctx.out(ctx.globals.json ? json(vm) : vmLine(vm));
+  return EXIT.OK;
+};
+
+/** A one-VM action with no options: pause, resume, reboot, kill. */
+function simple(
+  method: 'vm.pause' | 'vm.resume' | 'vm.reboot' | 'vm.kill',
+  summary: string,
+  example: string,
+): Command {
+  const word = method.slice(3);
+  return {
+    name: `vm ${word}`,
+    summary,
+    args: ['VM'],
+    examples: [example],
+    run: async (ctx, p) => {
+      const [vm] = p.positionals;
+      const c = await ctx.client();
+      return print(ctx, await c.call(method, { vm: vm! }));
+    },
+  };
+}
+
+/** Follow the retained state topic and print each change while `work` runs. */
+async function withProgress<T>(
+  ctx: Context,
+  c: MvirtClient,
+  vm: VmRecord,
+  work: () => Promise<T>,
+): Promise<T> {
+  const t0 = ctx.io.now();
+  let last: VmState | undefined = vm.state;
+  const quiet = ctx.globals.json;
+  const stop = await c.watchVm(vm.id, (rec) => {
+    if (!rec || rec.state === last || quiet) return;
+    last = rec.state;
+    ctx.err(
+      `  ${vm.name}: ${rec.state}${rec.stateReason ? ` (${rec.stateReason})` : ''} after ${duration(ctx.io.now() - t0)}\n`,
+    );
+  });
+  try {
+    return await work();
+  } finally {
+    await stop();
+  }
+}
+
+const commands: Command[] = [
+  {
+    name: 'vm create',
+    summary: 'Define a VM (it stays stopped until `mvirt vm start`).',
+    args: ['NAME'],
+    options: {
+      image: { type: 'string', value: 'IMAGE', help: 'image name (default: the host default)' },
+      vcpus: { type: 'string', value: 'N', help: 'virtual CPUs' },
+      memory: { type: 'string', value: 'MiB', help: 'memory in MiB' },
+      kind: {
+        type: 'string',
+        value: 'KIND',
+        help: 'service (kept) or ephemeral (destroyed after its job)',
+      },
+      network: { type: 'string', value: 'MODE', help: 'none, user or bridge' },
+      backend: {
+        type: 'string',
+        value: 'NAME',
+        help: 'hypervisor backend (default: the host default)',
+      },
+      meta: { type: 'string', multiple: true, value: 'K=V', help: 'metadata, repeatable' },
+    },
+    examples: [
+      'mvirt vm create web-1',
+      'mvirt vm create web-2 --vcpus 2 --memory 512 --network user --meta team=blue',
+    ],
+    run: async (ctx, p) => {
+      const [name] = p.positionals;
+      const network = oneOf(str(p, 'network'), NETWORK_MODES, '--network');
+      const params = {
+        name: name!,
+        image: str(p, 'image'),
+        vcpus: integer(str(p, 'vcpus'), '--vcpus'),
+        memoryMiB: integer(str(p, 'memory'), '--memory'),
+        kind: oneOf(str(p, 'kind'), VM_KINDS, '--kind'),
+        backend: str(p, 'backend'),
+        network: network ? { mode: network } : undefined,
+        metadata: parseMeta((p.values.meta as string[] | undefined) ?? []),
+      };
+      const c = await ctx.client();
+      const vm = await c.call(
+        'vm.create',
+        Object.fromEntries(
+          Object.entries(params).filter(([, v]) => v !== undefined),
+        ) as typeof params,
+      );
+      if (ctx.globals.json) ctx.out(json(vm));
+      else
+        ctx.out(
+          `created ${vm.name} (${vm.id}): ${vm.vcpus} vCPU, ${mib(vm.memoryMiB)}, ${vm.state}\n`,
+        );
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'vm ls',
+    summary: 'List VMs.',
+    options: {
+      state: {
+        type: 'string',
+        value: 'STATE',
+        help: `only VMs in this state (${VM_STATES.join(', ')})`,
+      },
+    },
+    examples: ['mvirt vm ls', 'mvirt vm ls --state ready --json'],
+    run: async (ctx, p) => {
+      const state = oneOf(str(p, 'state'), VM_STATES, '--state');
+      const c = await ctx.client();
+      const r = await c.call('vm.list', state ? { state } : {});
+      if (ctx.globals.json) ctx.out(json(r));
+      else if (r.vms.length === 0)
+        ctx.out(
+          state ? `no VMs are ${state}\n` : 'no VMs yet: create one with `mvirt vm create NAME`\n',
+        );
+      else
+        ctx.out(
+          vmTable(
+            [...r.vms].sort((a, b) => a.name.localeCompare(b.name)),
+            ctx.io.now(),
+          ),
+        );
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'vm get',
+    summary: 'Show one VM.',
+    args: ['VM'],
+    examples: ['mvirt vm get web-1', 'mvirt vm get web-1 --json'],
+    run: async (ctx, p) => {
+      const [vm] = p.positionals;
+      const c = await ctx.client();
+      const r = await c.call('vm.get', { vm: vm! });
+      ctx.out(ctx.globals.json ? json(r) : vmDetails(r, ctx.io.now()));
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'vm start',
+    summary: 'Boot a VM and wait until its agent is ready, showing its state changes.',
+    args: ['VM'],
+    options: {
+      'no-wait': { type: 'boolean', help: 'return as soon as the boot has begun' },
+    },
+    examples: ['mvirt vm start web-1', 'mvirt vm start web-1 --no-wait'],
+    run: async (ctx, p) => {
+      const [ref] = p.positionals;
+      const c = await ctx.client();
+      if (p.values['no-wait'] === true) return print(ctx, await c.call('vm.start', { vm: ref! }));
+      const vm = await c.call('vm.get', { vm: ref! });
+      const t0 = ctx.io.now();
+      if (!ctx.globals.json) ctx.err(`starting ${vm.name} (${vm.id})…\n`);
+      const r = await withProgress(ctx, c, vm, () =>
+        c.call(
+          'vm.start',
+          { vm: vm.id, wait: true },
+          { timeoutMs: ctx.globals.timeoutMs ?? START_TIMEOUT_MS },
+        ),
+      );
+      if (ctx.globals.json) ctx.out(json(r));
+      else ctx.out(`${r.name} (${r.id}) is ${r.state} after ${duration(ctx.io.now() - t0)}\n`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'vm stop',
+    summary: 'Stop a VM gracefully (agent or ACPI shutdown), forcing it after a timeout.',
+    args: ['VM'],
+    options: {
+      timeout: {
+        type: 'string',
+        value: 'S',
+        help: 'seconds of graceful shutdown before forcing (the reply wait grows with it)',
+      },
+    },
+    examples: ['mvirt vm stop web-1', 'mvirt vm stop web-1 --timeout 5'],
+    run: async (ctx, p) => {
+      const [vm] = p.positionals;
+      const t = str(p, 'timeout');
+      const stopMs = t === undefined ? undefined : Math.round(seconds(t, '--timeout') * 1000);
+      const c = await ctx.client();
+      const r = await c.call(
+        'vm.stop',
+        stopMs === undefined ? { vm: vm! } : { vm: vm!, timeoutMs: stopMs },
+        // --timeout here is the daemon's graceful timeout; wait for the reply beyond it.
+        { timeoutMs: (stopMs ?? 60_000) + STOP_MARGIN_MS },
+      );
+      return print(ctx, r);
+    },
+  },
+  simple(
+    'vm.kill',
+    'Stop a VM at once (SIGKILL of its hypervisor process).',
+    'mvirt vm kill web-1',
+  ),
+  simple('vm.pause', 'Pause a running VM (its vCPUs stop; memory stays).', 'mvirt vm pause web-1'),
+  simple('vm.resume', 'Resume a paused VM.', 'mvirt vm resume web-1'),
+  simple('vm.reboot', 'Reboot a VM.', 'mvirt vm reboot web-1'),
+  {
+    name: 'vm rm',
+    summary: 'Delete a stopped or failed VM and its folder.',
+    args: ['VM'],
+    options: { force: { type: 'boolean', short: 'f', help: 'kill the VM first if it runs' } },
+    examples: ['mvirt vm rm web-1', 'mvirt vm rm -f web-1'],
+    run: async (ctx, p) => {
+      const [vm] = p.positionals;
+      const c = await ctx.client();
+      try {
+        await c.call('vm.delete', { vm: vm! });
+      } catch (err) {
+        if (!(p.values.force === true && err instanceof MvirtError && err.code === 'VM_RUNNING'))
+          throw err;
+        await c.call('vm.kill', { vm: vm! });
+        await c.call('vm.delete', { vm: vm! });
+      }
+      ctx.out(ctx.globals.json ? json({}) : `deleted ${vm!}\n`);
+      return EXIT.OK;
+    },
+  },
+];
+
+export const vmCommands = commands;

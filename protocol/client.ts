@@ -1,0 +1,542 @@
+/**
+ * A typed MQTT client of the public API (PROTOCOL.md) for any TypeScript
+ * controller: the `mvirt` CLI uses it, and so can a dashboard or a script.
+ *
+ *   const c = await createClient({ url: 'mqtt://127.0.0.1:1883' });
+ *   const vm = await c.call('vm.create', { name: 'web-1' });
+ *   const stop = await c.watchVm(vm.id, (rec) => console.log(rec?.state));
+ *
+ * Replies come back on one topic per client, `<prefix>/_clients/<clientId>/replies`:
+ * outside every `<prefix>/<host>/` subtree (controllers may only publish rpc
+ * there), and `_` cannot start a host id (NAME_RE) so it never collides with one.
+ */
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { randomBytes } from 'node:crypto';
+import { decode, encode, type Encoding } from './codec.js';
+import { MvirtError, fromErrorBody, isErrorCode, type ErrorBody } from './errors.js';
+import {
+  PARAMS,
+  type EventRecord,
+  type HostStatus,
+  type ParamsOf,
+  type ResultOf,
+  type RpcMethod,
+  type VmEvent,
+  type VmRecord,
+} from './rpc.js';
+import { DEFAULT_PREFIX, hostRoot, topics, type Topics } from './topics.js';
+import { parseWith } from './validate.js';
+
+export const DEFAULT_BROKER_URL = 'mqtt://127.0.0.1:1883';
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+export interface ClientOptions {
+  /** `mqtt://`, `mqtts://`, `ws://`, `wss://`, `unix:///path` or a unix socket path. */
+  url?: string;
+  /** An already connected MQTT.js client; the caller keeps owning it (close() leaves it open). */
+  mqtt?: MqttClient;
+  /** The daemon's host id; discovered from the retained `<prefix>/+/status` when omitted. */
+  hostId?: string;
+  prefix?: string;
+  /** Request encoding; replies come back in the same one. Default json. */
+  encoding?: Encoding;
+  username?: string;
+  password?: string;
+  /** Default time to wait for a reply, per call. */
+  timeoutMs?: number;
+  connectTimeoutMs?: number;
+  /** MQTT client id; a random `mvirt-<hex>` by default. */
+  clientId?: string;
+  /** Longest wait for retained host statuses during discovery. */
+  discoveryTimeoutMs?: number;
+  /** Validate params against the protocol schemas before sending (default true). */
+  validate?: boolean;
+}
+
+export interface CallOptions {
+  timeoutMs?: number;
+}
+
+export type Unsubscribe = () => Promise<void>;
+export type RawHandler = (topic: string, payload: Buffer, retained: boolean) => void;
+
+type CallArgs<M extends RpcMethod> =
+  undefined extends ParamsOf<M>
+    ? [params?: ParamsOf<M>, opts?: CallOptions]
+    : [params: ParamsOf<M>, opts?: CallOptions];
+
+export interface MvirtClient {
+  readonly hostId: string;
+  readonly prefix: string;
+  /** `<prefix>/<hostId>` */
+  readonly root: string;
+  readonly topics: Topics;
+  readonly clientId: string;
+  readonly replyTopic: string;
+  readonly encoding: Encoding;
+  readonly mqtt: MqttClient;
+  /** Call an RPC method; rejects with an MvirtError carrying the daemon's code. */
+  call<M extends RpcMethod>(method: M, ...args: CallArgs<M>): Promise<ResultOf<M>>;
+  /** Call a method this library does not know (a newer daemon's); no validation. */
+  callRaw(method: string, params?: unknown, opts?: CallOptions): Promise<unknown>;
+  /** Retained VM state by VM id: the current record at once, then every change; null on delete. */
+  watchVm(vmId: string, cb: (vm: VmRecord | null) => void): Promise<Unsubscribe>;
+  /** Live lifecycle events of one VM (`vm/<id>/events`). */
+  watchVmEvents(vmId: string, cb: (ev: VmEvent) => void): Promise<Unsubscribe>;
+  /** The host's live event log (`<root>/events`), the same records `events.query` returns. */
+  watchEvents(cb: (ev: EventRecord) => void): Promise<Unsubscribe>;
+  /** Retained host status (`<root>/status`), including the daemon's offline last will. */
+  watchStatus(cb: (s: HostStatus) => void): Promise<Unsubscribe>;
+  /** Any topic filter, payload untouched (console bytes, telemetry, …). */
+  subscribe(filter: string, cb: RawHandler): Promise<Unsubscribe>;
+  publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1 }): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The reply topic of one client: outside every host subtree, one per client id. */
+export const replyTopicFor = (prefix: string, clientId: string): string =>
+  `${prefix}/_clients/${clientId}/replies`;
+
+export const randomClientId = (tag = 'mvirt'): string => `${tag}-${randomBytes(6).toString('hex')}`;
+
+/** Does an MQTT topic filter (with + and #) match a topic? */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    const part = f[i];
+    if (part === '#') return i > 0 || !topic.startsWith('$');
+    if (i >= t.length) return false;
+    if (part === '+') {
+      if (i === 0 && t[0]!.startsWith('$')) return false;
+      continue;
+    }
+    if (part !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
+
+/**
+ * Turn a broker address into MQTT.js options. Paths and `unix://` URLs become
+ * unix-socket connections (mvirtd listens on `<data-dir>/mvirt.sock`).
+ */
+export function brokerOptions(url: string): { url?: string; opts: IClientOptions } {
+  const unix = /^(?:unix|mqtt\+unix):\/\/(.+)$/.exec(url);
+  if (unix) return { opts: { protocol: 'mqtt', unixSocket: true, path: unix[1]! } };
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
+    // No scheme: a path to a unix socket (./mvirt.sock, /var/lib/mvirt/mvirt.sock).
+    return { opts: { protocol: 'mqtt', unixSocket: true, path: url } };
+  }
+  return { url, opts: {} };
+}
+
+const noReplyHint = (prefix: string, hostId: string): string =>
+  `is mvirtd running with --host-id ${hostId} and --prefix ${prefix}?`;
+
+/** Connect to the broker; failures become CONNECTION_FAILED / NOT_AUTHORIZED with advice. */
+export async function connectBroker(
+  url: string,
+  o: {
+    clientId: string;
+    username?: string;
+    password?: string;
+    connectTimeoutMs?: number;
+    will?: IClientOptions['will'];
+  },
+): Promise<MqttClient> {
+  const { url: u, opts } = brokerOptions(url);
+  const timeoutMs = o.connectTimeoutMs ?? 5000;
+  const options: IClientOptions = {
+    ...opts,
+    clientId: o.clientId,
+    protocolVersion: 4,
+    clean: true,
+    // A CLI must fail fast and say why instead of retrying silently forever.
+    reconnectPeriod: 0,
+    connectTimeout: timeoutMs,
+    ...(o.username !== undefined ? { username: o.username } : {}),
+    ...(o.password !== undefined ? { password: o.password } : {}),
+    ...(o.will ? { will: o.will } : {}),
+  };
+  const client = u === undefined ? connect(options) : connect(u, options);
+  return new Promise<MqttClient>((resolve, reject) => {
+    const fail = (err: MvirtError): void => {
+      clearTimeout(timer);
+      client.removeAllListeners('connect');
+      client.end(true);
+      reject(err);
+    };
+    const timer = setTimeout(
+      () =>
+        fail(
+          new MvirtError(
+            'CONNECTION_FAILED',
+            `cannot connect to ${url}: no answer within ${timeoutMs} ms: is mvirtd running and listening there?`,
+          ),
+        ),
+      timeoutMs,
+    );
+    client.once('connect', () => {
+      clearTimeout(timer);
+      client.removeListener('error', onError);
+      client.removeListener('close', onClose);
+      resolve(client);
+    });
+    const onError = (err: Error & { code?: string | number }): void => {
+      // CONNACK return codes 4 (bad user name or password) and 5 (not authorized).
+      if (err.code === 4 || err.code === 5) {
+        fail(
+          new MvirtError(
+            'NOT_AUTHORIZED',
+            `the broker at ${url} refused the connection (${err.message}): check the user name and password`,
+            { cause: err },
+          ),
+        );
+        return;
+      }
+      fail(
+        new MvirtError(
+          'CONNECTION_FAILED',
+          `cannot connect to ${url} (${err.message}): is mvirtd running? start it with \`mvirtd --data-dir <dir>\``,
+          { cause: err },
+        ),
+      );
+    };
+    const onClose = (): void =>
+      fail(
+        new MvirtError(
+          'CONNECTION_FAILED',
+          `cannot connect to ${url}: the connection was closed before the broker accepted it`,
+        ),
+      );
+    client.on('error', onError);
+    client.on('close', onClose);
+  });
+}
+
+function asRecord(v: unknown): Record<string, unknown> | null {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+    ? (v as Record<string, unknown>)
+    : null;
+}
+
+/** Decode a payload leniently: null when it is empty or unreadable. */
+function tryDecode(payload: Buffer): unknown {
+  if (payload.length === 0) return null;
+  try {
+    return decode(payload);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Find the mvirt hosts under a prefix from their retained status. There is no
+ * end-of-retained marker in MQTT 3.1.1, so wait until statuses stop arriving
+ * (a short quiet period after the first one), bounded by `timeoutMs` (which is
+ * also how long it takes to conclude that no host is there).
+ */
+export async function discoverHosts(
+  mqtt: MqttClient,
+  prefix: string,
+  o: { timeoutMs?: number; quietMs?: number } = {},
+): Promise<HostStatus[]> {
+  const filter = `${prefix}/+/status`;
+  const found = new Map<string, HostStatus>();
+  const quietMs = o.quietMs ?? 60;
+  const timeoutMs = o.timeoutMs ?? 2000;
+  let poke: () => void = () => {};
+  const onMessage = (topic: string, payload: Buffer): void => {
+    if (!topicMatches(filter, topic)) return;
+    const hostId = topic.slice(prefix.length + 1, -'/status'.length);
+    const s = asRecord(tryDecode(payload));
+    if (!s) found.delete(hostId);
+    else found.set(hostId, { ...(s as HostStatus), hostId: String(s.hostId ?? hostId) });
+    poke();
+  };
+  mqtt.on('message', onMessage);
+  try {
+    await mqtt.subscribeAsync(filter, { qos: 0 });
+    await new Promise<void>((resolve) => {
+      const hard = setTimeout(done, timeoutMs);
+      // The quiet period starts with the first status: retained statuses come
+      // in one burst, and a slow broker must not make a live host look absent.
+      let quiet: NodeJS.Timeout | undefined =
+        found.size > 0 ? setTimeout(done, quietMs) : undefined;
+      poke = () => {
+        clearTimeout(quiet);
+        quiet = setTimeout(done, quietMs);
+      };
+      function done(): void {
+        clearTimeout(hard);
+        clearTimeout(quiet);
+        resolve();
+      }
+    });
+    await mqtt.unsubscribeAsync(filter);
+  } finally {
+    mqtt.removeListener('message', onMessage);
+  }
+  return [...found.values()].sort((a, b) => a.hostId.localeCompare(b.hostId));
+}
+
+/** Pick the one online host, or say precisely why there is none. */
+export function pickHost(hosts: HostStatus[], prefix: string, where: string): string {
+  const online = hosts.filter((h) => h.online);
+  if (online.length === 1) return online[0]!.hostId;
+  if (online.length === 0) {
+    const offline = hosts.map((h) => h.hostId);
+    throw new MvirtError(
+      'CONNECTION_FAILED',
+      offline.length > 0
+        ? `no mvirt host is online under prefix '${prefix}' at ${where} (offline: ${offline.join(', ')}): is mvirtd running?`
+        : `no mvirt host announces itself under prefix '${prefix}' at ${where}: is mvirtd running, with this --prefix?`,
+      { details: { hosts: offline } },
+    );
+  }
+  throw new MvirtError(
+    'CONFIG_INVALID',
+    `several mvirt hosts are online under prefix '${prefix}' (${online.map((h) => h.hostId).join(', ')}): choose one (hostId option, \`--host\` or MVIRT_HOST)`,
+    { details: { hosts: online.map((h) => h.hostId) } },
+  );
+}
+
+interface Pending {
+  method: string;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  timer: NodeJS.Timeout;
+}
+
+export async function createClient(options: ClientOptions = {}): Promise<MvirtClient> {
+  const prefix = options.prefix ?? DEFAULT_PREFIX;
+  const encoding = options.encoding ?? 'json';
+  const url = options.url ?? DEFAULT_BROKER_URL;
+  const defaultTimeout = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const ownsMqtt = options.mqtt === undefined;
+  const clientId = options.mqtt?.options.clientId ?? options.clientId ?? randomClientId();
+  const mqtt =
+    options.mqtt ??
+    (await connectBroker(url, {
+      clientId,
+      ...(options.username !== undefined ? { username: options.username } : {}),
+      ...(options.password !== undefined ? { password: options.password } : {}),
+      ...(options.connectTimeoutMs !== undefined
+        ? { connectTimeoutMs: options.connectTimeoutMs }
+        : {}),
+    }));
+  const where = ownsMqtt ? url : 'the given MQTT connection';
+  const replyTopic = replyTopicFor(prefix, clientId);
+  const pending = new Map<string, Pending>();
+  const handlers = new Map<string, Set<RawHandler>>();
+  let seq = 0;
+  let closed = false;
+
+  const onMessage = (topic: string, payload: Buffer, packet: { retain?: boolean }): void => {
+    if (topic === replyTopic) {
+      onReply(payload);
+      return;
+    }
+    for (const [filter, set] of handlers) {
+      if (!topicMatches(filter, topic)) continue;
+      for (const h of set) {
+        try {
+          h(topic, payload, packet.retain === true);
+        } catch {
+          // One watcher's bug must not break the dispatch to the others.
+        }
+      }
+    }
+  };
+
+  function onReply(payload: Buffer): void {
+    const r = asRecord(tryDecode(payload));
+    if (!r || typeof r.id !== 'string') return;
+    const p = pending.get(r.id);
+    if (!p) return;
+    pending.delete(r.id);
+    clearTimeout(p.timer);
+    if (r.ok === true) p.resolve(r.result ?? {});
+    else {
+      const e = asRecord(r.error);
+      p.reject(
+        e && typeof e.message === 'string'
+          ? fromErrorBody({
+              code: isErrorCode(e.code) ? e.code : 'INTERNAL',
+              message:
+                isErrorCode(e.code) || e.code === undefined
+                  ? e.message
+                  : `${String(e.code)}: ${e.message}`,
+              ...(e.details !== undefined ? { details: e.details } : {}),
+            } as ErrorBody)
+          : new MvirtError('INTERNAL', `malformed error reply to ${p.method}`),
+      );
+    }
+  }
+
+  const onClose = (): void => {
+    if (!ownsMqtt) return; // the owner may reconnect; pending calls then rely on their timeout
+    failAll(new MvirtError('CONNECTION_FAILED', `lost the connection to ${where}`));
+  };
+
+  function failAll(err: MvirtError): void {
+    for (const [id, p] of pending) {
+      clearTimeout(p.timer);
+      pending.delete(id);
+      p.reject(err);
+    }
+  }
+
+  mqtt.on('message', onMessage);
+  mqtt.on('close', onClose);
+  if (ownsMqtt) mqtt.on('error', () => {}); // surfaced through 'close' and pending calls
+
+  async function cleanup(): Promise<void> {
+    mqtt.removeListener('message', onMessage);
+    mqtt.removeListener('close', onClose);
+    if (ownsMqtt) await mqtt.endAsync().catch(() => {});
+  }
+
+  let hostId: string;
+  try {
+    // Subscribe before the first publish so no reply can be missed.
+    await mqtt.subscribeAsync(replyTopic, { qos: 1 });
+    hostId =
+      options.hostId ??
+      pickHost(
+        await discoverHosts(mqtt, prefix, {
+          ...(options.discoveryTimeoutMs !== undefined
+            ? { timeoutMs: options.discoveryTimeoutMs }
+            : {}),
+        }),
+        prefix,
+        where,
+      );
+  } catch (err) {
+    await cleanup();
+    if (err instanceof MvirtError) throw err;
+    throw new MvirtError(
+      'CONNECTION_FAILED',
+      `cannot set up the client at ${where}: ${String(err)}`,
+      {
+        cause: err,
+      },
+    );
+  }
+  const root = hostRoot(prefix, hostId);
+  const t = topics(root);
+
+  function callRaw(method: string, params?: unknown, opts: CallOptions = {}): Promise<unknown> {
+    if (closed) return Promise.reject(new MvirtError('CONNECTION_FAILED', 'the client is closed'));
+    const id = `${clientId}-${++seq}`;
+    const timeoutMs = opts.timeoutMs ?? defaultTimeout;
+    const body =
+      params === undefined ? { id, replyTo: replyTopic } : { id, replyTo: replyTopic, params };
+    return new Promise<unknown>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(
+          new MvirtError(
+            'TIMEOUT',
+            `no reply to ${method} from host '${hostId}' within ${Math.round(timeoutMs / 100) / 10} s: ${noReplyHint(prefix, hostId)}`,
+            { details: { method, timeoutMs, noReply: true } },
+          ),
+        );
+      }, timeoutMs);
+      pending.set(id, { method, resolve, reject, timer });
+      mqtt.publish(t.rpc(method), encode(body, encoding), { qos: 1 }, (err) => {
+        if (!err) return;
+        clearTimeout(timer);
+        pending.delete(id);
+        reject(
+          new MvirtError(
+            'CONNECTION_FAILED',
+            `cannot publish ${method} to ${where}: ${err.message}`,
+            {
+              cause: err,
+            },
+          ),
+        );
+      });
+    });
+  }
+
+  async function call<M extends RpcMethod>(method: M, ...args: CallArgs<M>): Promise<ResultOf<M>> {
+    const [params, opts] = args;
+    if (options.validate !== false)
+      parseWith(PARAMS[method], params, 'INVALID_PARAMS', `${method} params`);
+    return (await callRaw(method, params, opts)) as ResultOf<M>;
+  }
+
+  async function subscribe(filter: string, cb: RawHandler): Promise<Unsubscribe> {
+    let set = handlers.get(filter);
+    if (!set) handlers.set(filter, (set = new Set()));
+    set.add(cb);
+    // Always (re)subscribe: the broker then re-sends retained messages, so a
+    // second watcher of the same topic also gets the current value.
+    try {
+      await mqtt.subscribeAsync(filter, { qos: 1 });
+    } catch (err) {
+      set.delete(cb);
+      throw new MvirtError('CONNECTION_FAILED', `cannot subscribe to ${filter}: ${String(err)}`, {
+        cause: err,
+      });
+    }
+    let done = false;
+    return async () => {
+      if (done) return;
+      done = true;
+      set.delete(cb);
+      if (set.size === 0 && handlers.get(filter) === set) {
+        handlers.delete(filter);
+        if (!closed && mqtt.connected) await mqtt.unsubscribeAsync(filter).catch(() => {});
+      }
+    };
+  }
+
+  const decoded =
+    <T>(cb: (v: T) => void, allowEmpty = false): RawHandler =>
+    (_topic, payload) => {
+      const v = tryDecode(payload);
+      if (v === null && !allowEmpty) return;
+      if (v !== null && !asRecord(v)) return;
+      cb(v as T);
+    };
+
+  return {
+    hostId,
+    prefix,
+    root,
+    topics: t,
+    clientId,
+    replyTopic,
+    encoding,
+    mqtt,
+    call,
+    callRaw,
+    watchVm: (vmId, cb) => subscribe(t.vmState(vmId), decoded<VmRecord | null>(cb, true)),
+    watchVmEvents: (vmId, cb) => subscribe(t.vmEvents(vmId), decoded<VmEvent>(cb)),
+    watchEvents: (cb) => subscribe(t.events, decoded<EventRecord>(cb)),
+    watchStatus: (cb) => subscribe(t.status, decoded<HostStatus>(cb)),
+    subscribe,
+    publish: async (topic, payload, opts = {}) => {
+      try {
+        await mqtt.publishAsync(topic, payload, { qos: opts.qos ?? 0 });
+      } catch (err) {
+        throw new MvirtError('CONNECTION_FAILED', `cannot publish to ${topic}: ${String(err)}`, {
+          cause: err,
+        });
+      }
+    },
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      failAll(new MvirtError('CONNECTION_FAILED', 'the client was closed'));
+      if (!ownsMqtt) {
+        await mqtt.unsubscribeAsync([replyTopic, ...handlers.keys()]).catch(() => {});
+      }
+      handlers.clear();
+      await cleanup();
+    },
+  };
+}

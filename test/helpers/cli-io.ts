@@ -1,0 +1,72 @@
+/** An in-memory Io for running the CLI in-process: captured output, a scripted stdin, signals on demand. */
+import { EventEmitter } from 'node:events';
+import { PassThrough, Writable } from 'node:stream';
+import type { Io, TtyIn } from '../../host/cli/io.js';
+
+export interface MemoryIo extends Io {
+  stdin: PassThrough & TtyIn;
+  out(): string;
+  errText(): string;
+  /** Resolve once stdout contains `s`. */
+  waitOut(s: string): Promise<void>;
+  /** Resolve once stderr contains `s`. */
+  waitErr(s: string): Promise<void>;
+  signal(sig?: NodeJS.Signals): void;
+  rawModes: boolean[];
+}
+
+function sink(): { w: Writable; text: () => string; chunks: Buffer[]; events: EventEmitter } {
+  const chunks: Buffer[] = [];
+  const events = new EventEmitter();
+  const w = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      chunks.push(Buffer.from(chunk));
+      events.emit('data');
+      cb();
+    },
+  });
+  return { w, chunks, events, text: () => Buffer.concat(chunks).toString('utf8') };
+}
+
+function waitText(k: ReturnType<typeof sink>, s: string): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const check = (): void => {
+      if (!k.text().includes(s)) return;
+      k.events.removeListener('data', check);
+      resolve();
+    };
+    k.events.on('data', check);
+    check();
+  });
+}
+
+export function memoryIo(
+  o: { env?: Record<string, string>; tty?: boolean; now?: number } = {},
+): MemoryIo {
+  const stdout = sink();
+  const stderr = sink();
+  const signals = new EventEmitter();
+  const rawModes: boolean[] = [];
+  const stdin = new PassThrough() as PassThrough & TtyIn;
+  if (o.tty) {
+    stdin.isTTY = true;
+    stdin.setRawMode = (raw: boolean) => rawModes.push(raw);
+  }
+  return {
+    stdout: stdout.w,
+    stderr: stderr.w,
+    stdin,
+    env: o.env ?? {},
+    now: () => o.now ?? Date.now(),
+    onSignal: (cb) => {
+      signals.on('signal', cb);
+      return () => void signals.removeListener('signal', cb);
+    },
+    out: stdout.text,
+    errText: stderr.text,
+    waitOut: (s) => waitText(stdout, s),
+    waitErr: (s) => waitText(stderr, s),
+    signal: (sig = 'SIGINT') => void signals.emit('signal', sig),
+    rawModes,
+  };
+}
