@@ -1,0 +1,217 @@
+/**
+ * Wires the agent together: settings + platform → connection, outbox,
+ * dispatcher, jobs, telemetry. Everything OS-specific arrives through the
+ * Platform, so this runs unchanged in unit tests and in the guest.
+ */
+import { AGENT_PROTOCOL_VERSION, AGENT_UP, type AgentUpMessage } from '../protocol/agent.js';
+import { encodeCbor } from '../protocol/codec.js';
+import { topics, type AgentUpKind } from '../protocol/topics.js';
+import { formatIssues } from '../protocol/validate.js';
+import {
+  createConnection,
+  DEFAULT_CONNECTION_OPTIONS,
+  type ConnectionOptions,
+} from './connection.js';
+import { AfterReply, createDispatcher, type Handlers } from './dispatch.js';
+import { createJobs, DEFAULT_JOB_OPTIONS, type JobOptions } from './jobs.js';
+import { createOutbox, DEFAULT_OUTBOX_LIMITS, type OutboxLimits, type Outbox } from './outbox.js';
+import type { Platform } from './platform/types.js';
+import type { Settings } from './settings.js';
+import { createTelemetrySampler } from './telemetry.js';
+import { AGENT_VERSION } from './version.js';
+
+export interface AgentOptions {
+  connection: ConnectionOptions;
+  outbox: OutboxLimits;
+  jobs: JobOptions;
+  /** If the power reply is not acknowledged by then, act anyway. */
+  powerReplyWaitMs: number;
+  /** Where human-readable log lines go (the µOS console in the guest). */
+  console: (line: string) => void;
+}
+
+export const DEFAULT_AGENT_OPTIONS: AgentOptions = {
+  connection: DEFAULT_CONNECTION_OPTIONS,
+  outbox: DEFAULT_OUTBOX_LIMITS,
+  jobs: DEFAULT_JOB_OPTIONS,
+  powerReplyWaitMs: 3000,
+  console: (line) => process.stderr.write(`mvirt-agent: ${line}\n`),
+};
+
+export interface Agent {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  readonly connected: boolean;
+  readonly outbox: Outbox;
+}
+
+type Level = 'debug' | 'info' | 'warn' | 'error';
+
+/** Seconds in a /proc/uptime-style file ("12.34 5.67"), or null. */
+export const parseUptime = (text: string | null): number | null => {
+  const n = Number(text?.trim().split(/\s+/)[0]);
+  return text && Number.isFinite(n) && n >= 0 ? n : null;
+};
+
+export function createAgent(
+  platform: Platform,
+  settings: Settings,
+  partial: Partial<AgentOptions> = {},
+): Agent {
+  const opts: AgentOptions = { ...DEFAULT_AGENT_OPTIONS, ...partial };
+  const t = topics(settings.root);
+  const outbox = createOutbox(opts.outbox);
+  const agentStartS = platform.clock.processStartS();
+  let initS = 0;
+  let telemetryMs = settings.telemetryMs;
+  let telemetryTimer: NodeJS.Timeout | null = null;
+  let sampling = false;
+  const sampler = createTelemetrySampler(platform);
+
+  /** Encode a validated up message. Our own invalid message is a bug: say so, do not send it. */
+  function encodeUp<K extends AgentUpKind>(kind: K, msg: AgentUpMessage[K]): Buffer | null {
+    const r = AGENT_UP[kind].safeParse(msg);
+    if (r.success) return encodeCbor(msg);
+    opts.console(`BUG: invalid ${kind} not sent: ${formatIssues(r.error)}`);
+    return null;
+  }
+
+  function say<K extends AgentUpKind>(kind: K, msg: AgentUpMessage[K], onSent?: () => void) {
+    const payload = encodeUp(kind, msg);
+    if (payload) outbox.push(kind, t.agentUp(settings.vmId, kind), payload, { onSent });
+  }
+
+  function log(level: Level, message: string) {
+    opts.console(`${level}: ${message}`);
+    if (level !== 'debug') say('log', { level, message: message.slice(0, 4096) });
+  }
+
+  const jobs = createJobs(
+    platform,
+    outbox,
+    {
+      // Buffer is a Uint8Array; the schema's inferred type is narrower (ArrayBuffer-backed).
+      output: (c) => say('output', c as AgentUpMessage['output']),
+      exit: (e) => say('exit', e),
+      log,
+    },
+    opts.jobs,
+  );
+
+  function scheduleTelemetry() {
+    if (telemetryTimer) clearInterval(telemetryTimer);
+    telemetryTimer = setInterval(() => {
+      if (sampling) return;
+      sampling = true;
+      sampler
+        .sample()
+        .then((m) => say('telemetry', m))
+        .catch((err: Error) => log('warn', `telemetry: ${err.message}`))
+        .finally(() => (sampling = false));
+    }, telemetryMs);
+  }
+
+  const handlers: Handlers = {
+    exec: (m) => jobs.exec(m),
+    stdin: (m) => jobs.stdin(m),
+    signal: (m) => jobs.signal(m),
+    ping: (m) => (m.data === undefined ? {} : { data: m.data }),
+    configure: (m) => {
+      if (m.telemetryIntervalMs !== undefined) {
+        telemetryMs = m.telemetryIntervalMs;
+        scheduleTelemetry();
+      }
+      return { telemetryIntervalMs: telemetryMs };
+    },
+    power: (m) =>
+      // Reply first: once init starts shutting down, nothing more gets out.
+      new AfterReply({ action: m.action }, () => {
+        platform.power(m.action).catch((err: Error) => log('error', `power: ${err.message}`));
+      }),
+  };
+
+  const dispatch = createDispatcher(handlers, {
+    reply: (body, afterSent) => {
+      if (!afterSent) return say('reply', body);
+      // Act once the broker has the reply, or after a bounded wait if it never
+      // acknowledges (a dead channel must not block a shutdown).
+      let done = false;
+      const run = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(fallback);
+        afterSent();
+      };
+      const fallback = setTimeout(run, opts.powerReplyWaitMs);
+      say('reply', body, run);
+    },
+    log,
+  });
+
+  const downPrefix = `${t.agentRoot(settings.vmId)}/down/`;
+
+  const connection = createConnection(
+    platform,
+    settings,
+    outbox,
+    {
+      async greet(connectedS) {
+        const { release, hostname } = platform.uname();
+        const hello = encodeUp('hello', {
+          protocol: AGENT_PROTOCOL_VERSION,
+          agentVersion: AGENT_VERSION,
+          kernel: release.slice(0, 256),
+          hostname: hostname.slice(0, 256),
+          pid: process.pid,
+          boot: { initS, agentStartS, connectedS },
+          jobs: jobs.known().slice(-1024),
+        });
+        const ready = encodeUp('ready', { at: platform.clock.now() });
+        const out = [];
+        if (hello) out.push({ topic: t.agentUp(settings.vmId, 'hello'), payload: hello });
+        if (ready) out.push({ topic: t.agentUp(settings.vmId, 'ready'), payload: ready });
+        return out;
+      },
+      onMessage(topic, payload) {
+        if (!topic.startsWith(downPrefix)) {
+          log('warn', `message on unexpected topic ${topic.slice(0, 256)}`);
+          return;
+        }
+        void dispatch(topic.slice(downPrefix.length), payload);
+      },
+      onConnected() {
+        opts.console('connected');
+        const d = outbox.takeDrops();
+        if (d.telemetry || d.log || d.failed) {
+          log(
+            'warn',
+            `while disconnected dropped ${d.telemetry} telemetry, ${d.log} log messages; ${d.failed} failed sends`,
+          );
+        }
+      },
+      onDisconnected() {
+        opts.console('disconnected; reconnecting');
+      },
+      log,
+    },
+    opts.connection,
+  );
+
+  return {
+    async start() {
+      initS = parseUptime(await platform.readText(settings.initUptimePath)) ?? 0;
+      scheduleTelemetry();
+      connection.start();
+    },
+    async stop() {
+      if (telemetryTimer) clearInterval(telemetryTimer);
+      telemetryTimer = null;
+      jobs.killAll();
+      await connection.stop();
+    },
+    get connected() {
+      return connection.connected;
+    },
+    outbox,
+  };
+}

@@ -1,0 +1,190 @@
+/**
+ * The MQTT session over whatever channel the settings name. One fresh
+ * mqtt.js client per connection (its own reconnect is off): the outbox is the
+ * only buffer, and a stale client can never deliver into a new session.
+ * On each connect: subscribe to our down topics, say hello then ready, then
+ * let the outbox drain what accumulated meanwhile.
+ */
+import type { Duplex } from 'node:stream';
+import mqttClientModule from 'mqtt/lib/client';
+import type { IClientOptions } from 'mqtt/lib/client';
+import { topics } from '../protocol/topics.js';
+import { createBackoff, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
+import type { Outbox } from './outbox.js';
+import type { Platform } from './platform/types.js';
+import type { Settings } from './settings.js';
+
+// mqtt's deep module is CommonJS with `exports.default`; Node (and esbuild in
+// node mode) give us module.exports, so take the class from it.
+const MqttClient = mqttClientModule.default;
+type MqttClient = InstanceType<typeof MqttClient>;
+
+export interface ConnectionOptions {
+  keepaliveS: number;
+  connectTimeoutMs: number;
+  backoff: BackoffOptions;
+}
+
+export const DEFAULT_CONNECTION_OPTIONS: ConnectionOptions = {
+  // TCG guests and a loaded 2-core host can stall for seconds: keep the
+  // keepalive generous so a slow guest is not declared dead.
+  keepaliveS: 30,
+  connectTimeoutMs: 15_000,
+  backoff: DEFAULT_BACKOFF,
+};
+
+export interface SessionHooks {
+  /** Messages to publish right after connecting, before anything buffered (hello, ready). */
+  greet(connectedS: number): Promise<Array<{ topic: string; payload: Buffer }>>;
+  onMessage(topic: string, payload: Buffer): void;
+  onConnected?(): void;
+  onDisconnected?(): void;
+  log(level: 'debug' | 'info' | 'warn' | 'error', message: string): void;
+}
+
+export interface Connection {
+  start(): void;
+  stop(): Promise<void>;
+  readonly connected: boolean;
+}
+
+export function createConnection(
+  platform: Platform,
+  settings: Settings,
+  outbox: Outbox,
+  hooks: SessionHooks,
+  options: ConnectionOptions = DEFAULT_CONNECTION_OPTIONS,
+): Connection {
+  const t = topics(settings.root);
+  const backoff = createBackoff(options.backoff);
+  let current: MqttClient | null = null;
+  let connected = false;
+  let stopped = true;
+  let timer: NodeJS.Timeout | null = null;
+  let lastError = '';
+
+  const schedule = () => {
+    if (stopped || timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      void attempt();
+    }, backoff.next());
+  };
+
+  // Log a failing attempt once per distinct reason, not on every retry.
+  const noteFailure = (msg: string) => {
+    if (msg !== lastError) hooks.log('warn', msg);
+    lastError = msg;
+  };
+
+  async function credentials(): Promise<Pick<IClientOptions, 'username' | 'password'> | null> {
+    if (settings.channel.kind !== 'tcp') return {};
+    const token = (await platform.readText(settings.tokenPath))?.trim();
+    if (!token) {
+      noteFailure(`no token in ${settings.tokenPath}: cannot authenticate over tcp`);
+      return null;
+    }
+    return { username: settings.vmId, password: token };
+  }
+
+  async function attempt(): Promise<void> {
+    if (stopped) return;
+    let stream: Duplex;
+    try {
+      const creds = await credentials();
+      if (!creds) return schedule();
+      stream = await platform.openChannel(settings.channel);
+      if (stopped) {
+        stream.destroy();
+        return;
+      }
+      const client: MqttClient = new MqttClient(() => stream, {
+        protocolVersion: 4,
+        clientId: `agent-${settings.vmId}`,
+        clean: true,
+        keepalive: options.keepaliveS,
+        connectTimeout: options.connectTimeoutMs,
+        reconnectPeriod: 0,
+        resubscribe: false,
+        queueQoSZero: false,
+        ...creds,
+      });
+      current = client;
+      client.on('error', (err) => noteFailure(`mqtt: ${err.message}`));
+      client.on('message', (topic, payload) => {
+        if (current === client) hooks.onMessage(topic, payload);
+      });
+      client.on('connect', () => void onConnect(client));
+      client.on('close', () => {
+        if (current !== client) return;
+        current = null;
+        outbox.detach();
+        if (connected) {
+          connected = false;
+          hooks.onDisconnected?.();
+        }
+        client.end(true);
+        schedule();
+      });
+    } catch (err) {
+      noteFailure(`channel ${settings.channel.kind}: ${(err as Error).message}`);
+      schedule();
+    }
+  }
+
+  async function onConnect(client: MqttClient): Promise<void> {
+    const connectedS = platform.clock.uptimeS();
+    try {
+      await client.subscribeAsync(t.agentDownWildcard(settings.vmId), { qos: 1 });
+      // Wait for each PUBACK: brokers may fan out packets that arrive in one
+      // read concurrently (aedes does), so only acknowledged greetings are sure
+      // to reach the host before the backlog the outbox is about to release.
+      for (const m of await hooks.greet(connectedS)) {
+        if (current !== client) return;
+        await client.publishAsync(m.topic, m.payload, { qos: 1 });
+      }
+    } catch (err) {
+      // Subscribing failed on a live connection: drop it and try afresh.
+      if (current === client) {
+        noteFailure(`session setup: ${(err as Error).message}`);
+        client.end(true);
+      }
+      return;
+    }
+    if (current !== client) return;
+    connected = true;
+    lastError = '';
+    backoff.reset();
+    outbox.attach((e, done) => {
+      client.publish(e.topic, e.payload, { qos: e.qos }, (err) => done(err ?? undefined));
+    });
+    hooks.onConnected?.();
+  }
+
+  return {
+    start() {
+      if (!stopped) return;
+      stopped = false;
+      void attempt();
+    },
+    async stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      timer = null;
+      const c = current;
+      current = null;
+      connected = false;
+      outbox.detach();
+      if (!c) return;
+      // A graceful DISCONNECT only makes sense on a live session, and must not
+      // hang shutdown if the host has stopped reading.
+      const graceful = c.connected ? c.endAsync(false).catch(() => undefined) : null;
+      const timeout = new Promise((r) => setTimeout(r, 1000).unref());
+      if (graceful) await Promise.race([graceful, timeout]);
+      c.end(true);
+    },
+    get connected() {
+      return connected;
+    },
+  };
+}

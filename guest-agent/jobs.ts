@@ -1,0 +1,311 @@
+/**
+ * Jobs: exec requests run in their own process group, streamed as `output`
+ * chunks, ended by one `exit` record. A job id is remembered after it ends so
+ * that a resent exec never runs twice (bounded: the oldest finished jobs are
+ * forgotten first).
+ */
+import type { Exec, Exit, Hello, Signal, Stdin } from '../protocol/agent.js';
+import { AgentError } from './errors.js';
+import type { Outbox } from './outbox.js';
+import { createOutputSink, type Chunk, type OutputSink } from './output.js';
+import type { Platform, Proc } from './platform/types.js';
+
+export interface JobOptions {
+  /** SIGTERM → SIGKILL escalation delay for timeouts and cancels. */
+  killGraceMs: number;
+  /** After the main process exits, how long to wait for its pipes to close
+   *  (a background grandchild may hold them open forever). */
+  pipeGraceMs: number;
+  chunkBytes: number;
+  coalesceMs: number;
+  /** Recent output kept per job for replay (`fromSeq`). */
+  replayBytes: number;
+  /** Finished jobs remembered for dedup and replay. */
+  keepFinished: number;
+}
+
+export const DEFAULT_JOB_OPTIONS: JobOptions = {
+  killGraceMs: 3000,
+  pipeGraceMs: 2000,
+  chunkBytes: 64 * 1024,
+  coalesceMs: 5,
+  replayBytes: 128 * 1024,
+  keepFinished: 16,
+};
+
+export interface JobSinks {
+  output(c: Chunk & { jobId: string }): void;
+  exit(e: Exit): void;
+  log(level: 'debug' | 'info' | 'warn' | 'error', message: string): void;
+}
+
+interface Job {
+  readonly id: string;
+  proc: Proc | null;
+  pid: number | null;
+  out: OutputSink;
+  startedAt: number;
+  exit: Exit | null;
+  exitStatus: { code: number | null; signal: NodeJS.Signals | null } | null;
+  timedOut: boolean;
+  killedByUs: boolean;
+  oomBefore: number | null;
+  timers: Set<NodeJS.Timeout>;
+  killTimer: NodeJS.Timeout | null;
+}
+
+export interface Jobs {
+  /** Start (or recognise a duplicate of) a job; resolves with the reply's result. */
+  exec(msg: Exec): Promise<{ pid: number | null; duplicate?: true }>;
+  stdin(msg: Stdin): void;
+  signal(msg: Signal): { running: boolean };
+  /** For hello: what we still know about. */
+  known(): Hello['jobs'];
+  /** Kill every running job's process group (agent shutdown). */
+  killAll(): void;
+}
+
+export function createJobs(
+  platform: Platform,
+  outbox: Outbox,
+  sinks: JobSinks,
+  opts: JobOptions = DEFAULT_JOB_OPTIONS,
+): Jobs {
+  const jobs = new Map<string, Job>();
+  const finishedOrder: string[] = [];
+
+  const streams = (j: Job) => [j.proc?.stdout, j.proc?.stderr].filter((s) => s != null);
+
+  // Backpressure: while the outbox holds too much output, stop reading pipes.
+  outbox.onFlow((paused) => {
+    for (const j of jobs.values()) {
+      if (j.exit) continue;
+      for (const s of streams(j)) {
+        if (paused) s.pause();
+        else s.resume();
+      }
+    }
+  });
+
+  const later = (j: Job, ms: number, fn: () => void) => {
+    const t = setTimeout(() => {
+      j.timers.delete(t);
+      fn();
+    }, ms);
+    j.timers.add(t);
+  };
+
+  const oomKills = async (): Promise<number | null> => {
+    const text = await platform.readText('/proc/vmstat');
+    const m = text && /^oom_kill (\d+)$/m.exec(text);
+    return m ? Number(m[1]) : null;
+  };
+
+  const kill = (j: Job, signal: NodeJS.Signals) => {
+    if (j.pid !== null && !j.exit) platform.killGroup(j.pid, signal);
+  };
+
+  /** SIGTERM the group, SIGKILL it after the grace period (even if the leader is gone). */
+  const terminate = (j: Job) => {
+    j.killedByUs = true;
+    kill(j, 'SIGTERM');
+    const pid = j.pid;
+    if (pid === null || j.killTimer) return;
+    // Not cleared when the leader exits: stragglers of the group must die too.
+    j.killTimer = setTimeout(() => {
+      platform.killGroup(pid, 'SIGKILL');
+      // Death is asynchronous: stay "killing" for one more pipe grace period
+      // so the pipes can close (and the exit record follow) on their own.
+      j.killTimer = setTimeout(() => (j.killTimer = null), opts.pipeGraceMs);
+      j.killTimer.unref();
+    }, opts.killGraceMs);
+    j.killTimer.unref();
+  };
+
+  const remember = (j: Job) => {
+    finishedOrder.push(j.id);
+    while (finishedOrder.length > opts.keepFinished) {
+      const old = jobs.get(finishedOrder.shift() as string);
+      if (old) {
+        old.out.clearReplay();
+        jobs.delete(old.id);
+      }
+    }
+  };
+
+  const finish = async (j: Job, error?: string) => {
+    if (j.exit) return;
+    j.out.flush();
+    const status = j.exitStatus ?? { code: null, signal: null };
+    const oomAfter = j.oomBefore === null ? null : await oomKills();
+    if (j.exit) return;
+    const oomKilled =
+      status.signal === 'SIGKILL' &&
+      !j.killedByUs &&
+      j.oomBefore !== null &&
+      oomAfter !== null &&
+      oomAfter > j.oomBefore;
+    j.exit = {
+      jobId: j.id,
+      seq: j.out.nextSeq,
+      exitCode: status.code,
+      signal: status.signal,
+      oomKilled,
+      timedOut: j.timedOut,
+      ...(error === undefined ? {} : { error: error.slice(0, 4096) }),
+      startedAt: j.startedAt,
+      finishedAt: platform.clock.now(),
+    };
+    for (const t of j.timers) clearTimeout(t);
+    j.timers.clear();
+    for (const s of streams(j)) s.destroy();
+    sinks.exit(j.exit);
+    remember(j);
+  };
+
+  const replay = (j: Job, fromSeq: number | undefined) => {
+    if (fromSeq !== undefined) {
+      for (const c of j.out.replay(fromSeq)) sinks.output({ jobId: j.id, ...c });
+    }
+    if (j.exit) sinks.exit(j.exit);
+  };
+
+  function start(msg: Exec): Promise<{ pid: number | null }> {
+    const j: Job = {
+      id: msg.jobId,
+      proc: null,
+      pid: null,
+      out: createOutputSink(opts, (c) => sinks.output({ jobId: msg.jobId, ...c })),
+      startedAt: platform.clock.now(),
+      exit: null,
+      exitStatus: null,
+      timedOut: false,
+      killedByUs: false,
+      oomBefore: null,
+      timers: new Set(),
+      killTimer: null,
+    };
+    jobs.set(j.id, j);
+    const env = { ...platform.jobEnv(), ...msg.env };
+    let proc: Proc;
+    try {
+      proc = platform.spawn({ argv: msg.argv, env, cwd: msg.cwd });
+    } catch (err) {
+      // Synchronous spawn errors (bad argument types, EMFILE…).
+      const message = (err as Error).message;
+      void finish(j, message);
+      return Promise.reject(new AgentError('SPAWN_FAILED', message));
+    }
+    j.proc = proc;
+    void oomKills().then((n) => (j.oomBefore = n));
+
+    return new Promise((resolve, reject) => {
+      let spawned = false;
+      proc.on('error', (err) => {
+        if (spawned) {
+          sinks.log('warn', `job ${j.id}: ${err.message}`);
+          return;
+        }
+        const where = msg.cwd ? ` (cwd ${msg.cwd})` : '';
+        const message = `${err.message}${where}`;
+        void finish(j, message);
+        reject(new AgentError('SPAWN_FAILED', message));
+      });
+      proc.on('spawn', () => {
+        spawned = true;
+        j.pid = proc.pid ?? null;
+        wire(j, proc, msg);
+        resolve({ pid: j.pid });
+      });
+    });
+  }
+
+  function wire(j: Job, proc: Proc, msg: Exec) {
+    for (const [name, s] of [
+      ['stdout', proc.stdout],
+      ['stderr', proc.stderr],
+    ] as const) {
+      s?.on('data', (d: Buffer) => j.out.write(name, d));
+      s?.on('error', () => undefined);
+      if (outbox.outputPaused) s?.pause();
+    }
+    if (proc.stdin) {
+      // The child may exit without reading its input: EPIPE is not our error.
+      proc.stdin.on('error', () => undefined);
+      if (msg.stdin && msg.stdin.length > 0) proc.stdin.write(msg.stdin);
+      if (!msg.stdinOpen) proc.stdin.end();
+    }
+    if (msg.timeoutMs !== undefined) {
+      later(j, msg.timeoutMs, () => {
+        if (j.exit || j.exitStatus) return;
+        j.timedOut = true;
+        terminate(j);
+      });
+    }
+    proc.on('exit', (code, signal) => {
+      j.exitStatus = { code, signal };
+      const waitPipes = () =>
+        later(j, opts.pipeGraceMs, () => {
+          // Still paused by backpressure: the pipes are full, not abandoned.
+          // A pending SIGKILL escalation will close them: the exit record
+          // must not claim the job is over while part of its group lives.
+          if (outbox.outputPaused || j.killTimer) waitPipes();
+          else void finish(j);
+        });
+      waitPipes();
+    });
+    proc.on('close', () => void finish(j));
+  }
+
+  return {
+    async exec(msg) {
+      const known = jobs.get(msg.jobId);
+      if (known) {
+        replay(known, msg.fromSeq);
+        return { pid: known.pid, duplicate: true };
+      }
+      return start(msg);
+    },
+    stdin(msg) {
+      const j = jobs.get(msg.jobId);
+      if (!j) throw new AgentError('JOB_NOT_FOUND', `no job ${msg.jobId}`);
+      const s = j.proc?.stdin;
+      if (j.exit || !s || s.writableEnded) {
+        sinks.log('debug', `job ${j.id}: stdin after its end ignored`);
+        return;
+      }
+      if (msg.data.length > 0) s.write(msg.data);
+      if (msg.eof) s.end();
+    },
+    signal(msg) {
+      const j = jobs.get(msg.jobId);
+      if (!j) throw new AgentError('JOB_NOT_FOUND', `no job ${msg.jobId}`);
+      if (j.exit || j.pid === null) return { running: false };
+      if (msg.signal === 'SIGTERM') terminate(j);
+      else {
+        if (msg.signal === 'SIGKILL') j.killedByUs = true;
+        kill(j, msg.signal);
+      }
+      return { running: true };
+    },
+    known() {
+      return [...jobs.values()].map((j) => ({
+        jobId: j.id,
+        state: j.exit ? ('exited' as const) : ('running' as const),
+        lastSeq: j.out.nextSeq - 1,
+      }));
+    },
+    killAll() {
+      for (const j of jobs.values()) {
+        if (!j.exit && j.pid !== null) {
+          j.killedByUs = true;
+          platform.killGroup(j.pid, 'SIGKILL');
+        }
+      }
+      for (const j of jobs.values()) {
+        for (const t of j.timers) clearTimeout(t);
+        if (j.killTimer) clearTimeout(j.killTimer);
+      }
+    },
+  };
+}

@@ -1,0 +1,137 @@
+/** The real Platform: Linux, as seen from inside the µOS (busybox init is PID 1). */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { readFile, statfs } from 'node:fs/promises';
+import { connect } from 'node:net';
+import os from 'node:os';
+import type { Duplex } from 'node:stream';
+import {
+  UnsupportedChannelError,
+  type ChannelSpec,
+  type Platform,
+  type PowerAction,
+} from './types.js';
+import { findVirtioPort, openPollableDevice } from './virtio.js';
+
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const TCP_CONNECT_TIMEOUT_MS = 10_000;
+/** If init has not taken the machine down by then, force it. */
+const POWER_FALLBACK_MS = 10_000;
+
+function uptimeS(): number {
+  return Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+}
+
+function openTcp(host: string, port: number): Promise<Duplex> {
+  return new Promise((resolve, reject) => {
+    const sock = connect({ host, port, noDelay: true, keepAlive: true });
+    const timer = setTimeout(
+      () => sock.destroy(new Error(`connect ${host}:${port} timed out`)),
+      TCP_CONNECT_TIMEOUT_MS,
+    );
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      sock.removeListener('error', reject);
+      resolve(sock);
+    });
+    sock.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+export interface LinuxPlatformOptions {
+  /** Environment the agent was started with (jobs inherit it minus MVIRT_*). */
+  env?: NodeJS.ProcessEnv;
+}
+
+export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
+  const env = o.env ?? process.env;
+  // process.uptime() counts from this process's start, so this is the exec time
+  // even though JavaScript started running later.
+  const processStartS = uptimeS() - process.uptime();
+
+  return {
+    spawn(req) {
+      const [file, ...args] = req.argv as [string, ...string[]];
+      // detached: setsid(), so the job leads its own process group and a
+      // kill of -pid reaches every descendant that did not leave it.
+      return spawn(file, args, { env: req.env, cwd: req.cwd, detached: true, stdio: 'pipe' });
+    },
+    killGroup(pgid, signal) {
+      try {
+        process.kill(-pgid, signal);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    async readText(p) {
+      try {
+        return await readFile(p, 'utf8');
+      } catch {
+        return null;
+      }
+    },
+    async statfs(p) {
+      try {
+        const s = await statfs(p);
+        return { totalBytes: s.blocks * s.bsize, usedBytes: (s.blocks - s.bfree) * s.bsize };
+      } catch {
+        return null;
+      }
+    },
+    async cmdline() {
+      return readFile('/proc/cmdline', 'utf8').catch(() => '');
+    },
+    uname() {
+      return { release: os.release(), hostname: os.hostname() };
+    },
+    async openChannel(spec: ChannelSpec) {
+      switch (spec.kind) {
+        case 'virtio-serial': {
+          const dev = spec.device ?? findVirtioPort(spec.portName);
+          if (!dev) throw new Error(`no virtio-serial port named ${spec.portName} yet`);
+          return openPollableDevice(dev);
+        }
+        case 'tcp':
+          return openTcp(spec.host, spec.port);
+        case 'vsock':
+          throw new UnsupportedChannelError(
+            'vsock',
+            existsSync('/dev/vsock')
+              ? 'Node has no AF_VSOCK sockets; this agent build has no vsock addon (use virtio-serial or tcp)'
+              : 'no /dev/vsock in this guest',
+          );
+      }
+    },
+    async power(action: PowerAction) {
+      // busybox init: SIGUSR2 = poweroff, SIGTERM = reboot (its orderly path:
+      // shutdown actions, kill, sync, unmount). `-f` bypasses init.
+      const force = () =>
+        spawn(action, ['-f'], { stdio: 'ignore', detached: true }).on('error', () => undefined);
+      try {
+        process.kill(1, action === 'poweroff' ? 'SIGUSR2' : 'SIGTERM');
+      } catch {
+        force();
+        return;
+      }
+      setTimeout(force, POWER_FALLBACK_MS);
+    },
+    jobEnv() {
+      const out: Record<string, string> = {};
+      for (const [k, v] of Object.entries(env)) {
+        if (v !== undefined && !k.startsWith('MVIRT_')) out[k] = v;
+      }
+      out.PATH ??= DEFAULT_PATH;
+      out.HOME ??= '/root';
+      return out;
+    },
+    clock: {
+      now: () => Date.now(),
+      uptimeS,
+      processStartS: () => processStartS,
+    },
+  };
+}

@@ -1,0 +1,77 @@
+/**
+ * The one seam between the agent's core and the operating system. Everything
+ * the core needs from Linux goes through here so that unit tests can run the
+ * core with an in-memory platform (and, where it makes sense, real processes).
+ */
+import type { Duplex, Readable, Writable } from 'node:stream';
+import type { Channel } from '../../protocol/agent.js';
+
+/** What the core needs from a spawned process (a structural subset of ChildProcess). */
+export interface Proc {
+  /** Undefined when the spawn failed; the error then arrives as an 'error' event. */
+  readonly pid?: number | undefined;
+  readonly stdin: Writable | null;
+  readonly stdout: Readable | null;
+  readonly stderr: Readable | null;
+  on(event: 'exit', fn: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+  on(event: 'close', fn: () => void): this;
+  on(event: 'spawn', fn: () => void): this;
+  on(event: 'error', fn: (err: Error) => void): this;
+}
+
+export interface SpawnRequest {
+  argv: readonly string[];
+  env: Record<string, string>;
+  cwd?: string | undefined;
+}
+
+/** Where and how to dial home; resolved from the settings. */
+export type ChannelSpec =
+  | { kind: 'virtio-serial'; portName: string; device?: string | undefined }
+  | { kind: 'tcp'; host: string; port: number }
+  | { kind: 'vsock'; cid: number; port: number };
+
+export type PowerAction = 'poweroff' | 'reboot';
+
+export interface StatFs {
+  totalBytes: number;
+  usedBytes: number;
+}
+
+export interface Platform {
+  /** Spawn `argv` in its own process group with piped stdio. */
+  spawn(req: SpawnRequest): Proc;
+  /** Signal a whole process group; false when it no longer exists. */
+  killGroup(pgid: number, signal: NodeJS.Signals): boolean;
+  /** Text of a (usually /proc or /run) file, or null when it does not exist. */
+  readText(path: string): Promise<string | null>;
+  statfs(path: string): Promise<StatFs | null>;
+  /** The kernel command line. */
+  cmdline(): Promise<string>;
+  /** `uname -r` and the hostname. */
+  uname(): { release: string; hostname: string };
+  /** Open a byte stream to the host; rejects when the channel cannot be opened right now. */
+  openChannel(spec: ChannelSpec): Promise<Duplex>;
+  /** Ask init to power off or reboot the machine. */
+  power(action: PowerAction): Promise<void>;
+  /** Base environment for jobs (exec.env is layered on top). */
+  jobEnv(): Record<string, string>;
+  readonly clock: {
+    /** Wall clock, ms since the epoch. */
+    now(): number;
+    /** Seconds since the kernel started (/proc/uptime). */
+    uptimeS(): number;
+    /** Seconds since the kernel started at the moment this process was exec'd. */
+    processStartS(): number;
+  };
+}
+
+/** A channel this build cannot open (vsock: Node has no AF_VSOCK). */
+export class UnsupportedChannelError extends Error {
+  readonly channel: Channel;
+  constructor(channel: Channel, why: string) {
+    super(`unsupported channel ${channel}: ${why}`);
+    this.name = 'UnsupportedChannelError';
+    this.channel = channel;
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * An in-memory Platform for agent unit tests: /proc-like files from a map, a
+ * settable clock, recorded power calls, and a channel that is one side of an
+ * in-memory duplex pair whose other side the test hands to a real aedes
+ * broker. Processes are real (the test host is Linux): spawn and killGroup
+ * are the Linux platform's.
+ */
+import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
+import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
+import type { ChannelSpec, Platform, PowerAction } from '../../guest-agent/platform/types.js';
+import { duplexPair } from './agent-duplex.js';
+
+export interface FakePlatform extends Platform {
+  files: Map<string, string>;
+  powerCalls: PowerAction[];
+  /** While false, openChannel rejects (the host is away). */
+  channelAvailable: boolean;
+  /** The agent's side of the current channel. */
+  current: Duplex | null;
+  channelSpecs: ChannelSpec[];
+  uptime: number;
+  /** 'attempt' (spec), 'channel' (hostSide), 'read' (path), 'power' (action). */
+  events: EventEmitter;
+}
+
+export const PROC_FILES: Record<string, string> = {
+  '/proc/uptime': '12.50 20.00\n',
+  '/proc/stat':
+    'cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\ncpu1 50 0 25 400 25 0 0 0 0 0\nintr 1\n',
+  '/proc/meminfo':
+    'MemTotal:         131072 kB\nMemFree:           65536 kB\nMemAvailable:      98304 kB\n',
+  '/proc/loadavg': '0.50 0.25 0.10 1/42 123\n',
+  '/proc/net/dev':
+    'Inter-|   Receive                                                |  Transmit\n' +
+    ' face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n' +
+    '    lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n' +
+    '  eth0:    2000      20    0    0    0     0          0         0     3000      30    0    0    0     0       0          0\n',
+  '/proc/mounts':
+    'rootfs / rootfs rw 0 0\nproc /proc proc rw 0 0\n/dev/vda /mnt/os squashfs ro 0 0\ntmpfs /run tmpfs rw 0 0\n',
+  '/proc/vmstat': 'nr_free_pages 1000\noom_kill 0\n',
+  '/run/mvirt/init-uptime': '1.25 1.00\n',
+};
+
+export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakePlatform {
+  const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const events = new EventEmitter();
+  const p: FakePlatform = {
+    files: new Map(Object.entries(PROC_FILES)),
+    powerCalls: [],
+    channelAvailable: true,
+    current: null,
+    channelSpecs: [],
+    uptime: 12.5,
+    events,
+    spawn: (req) => linux.spawn(req),
+    killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
+    async readText(path) {
+      events.emit('read', path);
+      return p.files.get(path) ?? null;
+    },
+    async statfs(path) {
+      return path === '/' || path === '/mnt/os' ? { totalBytes: 1000, usedBytes: 400 } : null;
+    },
+    async cmdline() {
+      return '';
+    },
+    uname: () => ({ release: '6.1.0-test', hostname: 'guest' }),
+    async openChannel(spec) {
+      p.channelSpecs.push(spec);
+      events.emit('attempt', spec);
+      if (!p.channelAvailable) throw new Error('host not connected (test)');
+      const [guest, host] = duplexPair();
+      p.current = guest;
+      onChannel(host);
+      events.emit('channel', host);
+      return guest;
+    },
+    async power(action) {
+      p.powerCalls.push(action);
+      events.emit('power', action);
+    },
+    jobEnv: () => linux.jobEnv(),
+    clock: {
+      now: () => Date.now(),
+      uptimeS: () => p.uptime,
+      processStartS: () => 2.5,
+    },
+  };
+  return p;
+}

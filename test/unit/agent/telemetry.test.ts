@@ -1,0 +1,74 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Telemetry } from '../../../protocol/agent.js';
+import { createLinuxPlatform } from '../../../guest-agent/platform/linux.js';
+import {
+  createTelemetrySampler,
+  parseCpu,
+  parseMounts,
+  parseNetDev,
+} from '../../../guest-agent/telemetry.js';
+import { startHarness } from '../../helpers/agent-harness.js';
+
+test('telemetry is sent on the interval and validates against the schema', async () => {
+  const h = await startHarness({ settings: { telemetryMs: 100 } });
+  try {
+    const t = await h.waitFor('telemetry');
+    assert.equal(Telemetry.safeParse(t).success, true);
+    // From the fake /proc: 2 CPUs, 150 busy of 1000 jiffies since boot.
+    assert.equal(t.cpuPercent, 30);
+    assert.equal(t.memTotalMiB, 128);
+    assert.equal(t.memUsedMiB, 32);
+    assert.deepEqual([t.load1, t.load5, t.load15, t.procs], [0.5, 0.25, 0.1, 42]);
+    assert.equal(t.uptimeS, 12.5);
+    assert.deepEqual(
+      t.disk.map((d) => d.mount),
+      ['/', '/mnt/os'],
+    );
+    assert.deepEqual(t.net[1], {
+      iface: 'eth0',
+      rxBytes: 2000,
+      rxPackets: 20,
+      txBytes: 3000,
+      txPackets: 30,
+    });
+    // Later samples are deltas: unchanged counters give 0; then 100 more busy
+    // jiffies of 200 → 50 % of 2 CPUs = 100.
+    h.platform.files.set('/proc/stat', 'cpu  200 0 50 850 100 0 0 0 0 0\ncpu0 1\ncpu1 1\n');
+    const since = h.received.length;
+    const t2 = await h.waitFor('telemetry', (m) => m.cpuPercent !== 0, { since });
+    assert.equal(t2.cpuPercent, 100);
+  } finally {
+    await h.close();
+  }
+});
+
+test('configure changes the telemetry interval', async () => {
+  const h = await startHarness();
+  try {
+    assert.equal(h.all('telemetry').length, 0);
+    const r = await h.request('configure', { id: 'c1', telemetryIntervalMs: 100 });
+    assert.deepEqual(r, { id: 'c1', ok: true, result: { telemetryIntervalMs: 100 } });
+    await h.waitFor('telemetry');
+    const bad = await h.request('configure', { id: 'c2', telemetryIntervalMs: 5 });
+    assert.equal(bad.error?.code, 'BAD_MESSAGE');
+  } finally {
+    await h.close();
+  }
+});
+
+test('the Linux sampler on this host produces a valid message', async () => {
+  const s = createTelemetrySampler(createLinuxPlatform());
+  const t = await s.sample();
+  const r = Telemetry.safeParse(t);
+  assert.equal(r.success, true, r.success ? '' : r.error.message);
+  assert.ok(t.memTotalMiB > 0 && t.uptimeS > 0);
+  assert.ok(t.disk.some((d) => d.mount === '/'));
+});
+
+test('parsers cope with odd input', () => {
+  assert.equal(parseCpu('intr 1\n'), null);
+  assert.deepEqual(parseNetDev(''), []);
+  assert.deepEqual(parseMounts(''), ['/']);
+  assert.deepEqual(parseMounts('a /x\\040y ext4 rw 0 0\nb /p proc rw 0 0\n'), ['/', '/x y']);
+});
