@@ -4,6 +4,9 @@
  * could implement it tomorrow without the VM or job managers noticing.
  */
 import type { Duplex } from 'node:stream';
+import type { BrokerStats } from './stats.js';
+
+export type { BrokerStats };
 
 export interface PublishOpts {
   retain?: boolean;
@@ -18,6 +21,21 @@ export interface Bus {
   subscribe(filter: string, handler: MessageHandler): Promise<() => Promise<void>>;
 }
 
+/**
+ * The daemon's last will. With an uplink it is a real MQTT will (retained,
+ * sent in CONNECT). The embedded broker dies with the daemon, so a crash can
+ * publish nothing: controllers see their connection drop, and retained state
+ * (in memory) is gone until the restarted daemon republishes it. The embedded
+ * broker publishes the will in close(), i.e. on any orderly shutdown, just
+ * before clients are disconnected.
+ */
+export interface LastWill {
+  topic: string;
+  payload: Buffer | string;
+  /** Default true: status topics are retained. */
+  retain?: boolean;
+}
+
 export interface AgentChannelHandle {
   /** Resolves when the agent's MQTT session on this stream ends. */
   readonly closed: Promise<void>;
@@ -27,9 +45,17 @@ export interface AgentChannelHandle {
 export interface Broker extends Bus {
   /** Hand a per-VM agent byte stream to the broker; the client is confined to that VM's subtree. */
   attachAgentChannel(vmId: string, stream: Duplex): AgentChannelHandle;
-  /** Addresses actually bound (ports resolved), for logs and tests. */
-  readonly addresses: { tcp?: string; unix?: string; ws?: string };
-  /** Number of connected clients. */
+  /**
+   * Addresses actually bound (ports resolved), for logs and tests:
+   * tcp/guest `host:port`, unix a path, ws `ws://host:port/path`.
+   */
+  readonly addresses: { tcp?: string; unix?: string; ws?: string; guest?: string };
+  /** Number of connected clients (controllers and agents). */
   clientCount(): number;
+  /** Message counters and per-second rates for host status. */
+  stats(): BrokerStats;
+  /** Register (or clear with null) the daemon's last will; see LastWill. */
+  setLastWill(will: LastWill | null): void;
+  /** Publish the last will, disconnect every client, stop listening, remove the unix socket. */
   close(): Promise<void>;
 }

@@ -1,0 +1,35 @@
+/**
+ * Per-VM agent channels: a byte stream (virtio-serial chardev socket, vsock
+ * unix socket) that carries MQTT and whose identity is the stream itself. The
+ * stream is admitted as transport `agent-channel` bound to vmId before aedes
+ * reads a byte, so whatever the guest sends it can only ever be that VM's
+ * agent (see authenticate.ts and acl.ts).
+ *
+ * With virtio-serial the host-side socket outlives an agent restart: a second
+ * CONNECT on the same stream is a protocol error and closes the channel; the
+ * owner re-attaches when `closed` resolves.
+ */
+import type { Duplex } from 'node:stream';
+import { MvirtError } from '../../protocol/errors.js';
+import { nameProblem } from '../../protocol/topics.js';
+import type { AgentChannelHandle } from './types.js';
+
+export function createAgentChannelAttacher(
+  admit: (stream: Duplex, vmId: string) => Duplex,
+  isClosing: () => boolean,
+) {
+  return function attachAgentChannel(vmId: string, stream: Duplex): AgentChannelHandle {
+    const bad = nameProblem(vmId);
+    if (bad !== null) throw new MvirtError('INVALID_NAME', `VM id ${JSON.stringify(vmId)}: ${bad}`);
+    if (isClosing()) {
+      stream.destroy();
+      throw new MvirtError('SHUTTING_DOWN', 'the broker is shutting down');
+    }
+    const guarded = admit(stream, vmId);
+    const closed = new Promise<void>((resolve) => {
+      if (guarded.destroyed) resolve();
+      else guarded.once('close', () => resolve());
+    });
+    return { closed, close: () => void guarded.destroy() };
+  };
+}

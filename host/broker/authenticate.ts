@@ -1,0 +1,199 @@
+/**
+ * aedes `preConnect` and `authenticate`: who a new client is.
+ *
+ *  - agent channel: the stream is the VM. Credentials are ignored; the client
+ *    id must be `agent-<vmId>` (an empty id is given that one in preConnect);
+ *    any other id is refused (CONNACK 2), so a guest cannot pose as another
+ *    VM's session or take over a controller's.
+ *  - guest TCP: username = VM id, password = that VM's token, checked by the
+ *    injected verifier; then the same rules as an agent channel.
+ *  - controllers (TCP, unix, WebSocket): a user from the users file with a
+ *    scrypt-hashed password, or anonymous where `allowAnonymous` is set and
+ *    the connection is local (loopback or unix socket).
+ * Every refusal is logged at warn with the client id and the reason.
+ */
+import type { Client, ConnectPacket } from 'aedes';
+import { nameProblem } from '../../protocol/topics.js';
+import type { MvirtLogger } from '../log.js';
+import {
+  RESERVED_CLIENT_ID_PREFIX,
+  agentClientId,
+  agentPublishProblem,
+  controllerPublishProblem,
+  type Principal,
+} from './acl.js';
+import { dummyHash, verifyPassword } from './passwords.js';
+import type { ConnInfo, Registry } from './registry.js';
+import { clientIdProblem } from './validate.js';
+
+// CONNACK return codes of MQTT 3.1.1 (aedes' AuthErrorCode is a const enum).
+const IDENTIFIER_REJECTED = 2;
+const BAD_USERNAME_OR_PASSWORD = 4;
+const NOT_AUTHORIZED = 5;
+
+type AuthError = Error & { returnCode: number };
+const refusal = (returnCode: number, message: string): AuthError =>
+  Object.assign(new Error(message), { returnCode });
+
+interface Deps {
+  root: string;
+  registry: Registry;
+  users: Map<string, string>;
+  allowAnonymous: boolean;
+  verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
+  log: MvirtLogger;
+}
+
+type Will = { topic: string; retain?: boolean } | null | undefined;
+
+/** Give an agent that sent an empty client id the one it is allowed to have. */
+export function createPreConnect(registry: Registry) {
+  return function preConnect(
+    client: Client,
+    packet: ConnectPacket,
+    callback: (error: Error | null, success: boolean) => void,
+  ): void {
+    const ci = registry.conns.get(client.conn);
+    if (!packet.clientId) {
+      if (ci?.transport === 'agent-channel' && ci.vmId) packet.clientId = agentClientId(ci.vmId);
+      else if (ci?.transport === 'guest' && packet.username && !nameProblem(packet.username))
+        packet.clientId = agentClientId(packet.username);
+    }
+    callback(null, true);
+  };
+}
+
+export function createAuthenticate(d: Deps) {
+  function willProblem(p: Principal, will: Will): string | null {
+    if (!will) return null;
+    const retain = will.retain === true;
+    const bad =
+      p.role === 'agent'
+        ? agentPublishProblem(d.root, p.vmId, will.topic, retain)
+        : controllerPublishProblem(d.root, will.topic, retain);
+    return bad === null ? null : `will refused: ${bad}`;
+  }
+
+  /** Checks shared by both agent transports, once the VM id is known. */
+  function agentProblem(client: Client, vmId: string): AuthError | null {
+    if (client.id !== agentClientId(vmId))
+      return refusal(
+        IDENTIFIER_REJECTED,
+        `an agent of ${vmId} must use client id ${agentClientId(vmId)}`,
+      );
+    const w = willProblem({ role: 'agent', vmId }, (client as unknown as { _will: Will })._will);
+    return w === null ? null : refusal(NOT_AUTHORIZED, w);
+  }
+
+  async function authenticateAgentTcp(
+    client: Client,
+    username: string | undefined,
+    password: Buffer | undefined,
+  ): Promise<Principal> {
+    if (!username || nameProblem(username) !== null || !password)
+      throw refusal(
+        BAD_USERNAME_OR_PASSWORD,
+        'guest listener: username must be a VM id and password its token',
+      );
+    if (!d.verifyAgentToken?.(username, password.toString('utf8')))
+      throw refusal(BAD_USERNAME_OR_PASSWORD, `bad token for VM ${username}`);
+    const bad = agentProblem(client, username);
+    if (bad) throw bad;
+    return { role: 'agent', vmId: username };
+  }
+
+  async function authenticateController(
+    client: Client,
+    ci: ConnInfo,
+    username: string | undefined,
+    password: Buffer | undefined,
+  ): Promise<Principal> {
+    const idBad = clientIdProblem(client.id);
+    if (idBad !== null) throw refusal(IDENTIFIER_REJECTED, idBad);
+    if (client.id.startsWith(RESERVED_CLIENT_ID_PREFIX))
+      throw refusal(
+        IDENTIFIER_REJECTED,
+        `client ids starting with ${RESERVED_CLIENT_ID_PREFIX} are reserved for agents`,
+      );
+    let principal: Principal;
+    if (username !== undefined) {
+      const stored = d.users.get(username);
+      // Unknown users cost a real scrypt too, so timing does not reveal names.
+      const ok = await verifyPassword(
+        password?.toString('utf8') ?? '',
+        stored ?? (await dummyHash()),
+      );
+      if (!ok || stored === undefined)
+        throw refusal(
+          BAD_USERNAME_OR_PASSWORD,
+          `bad user name or password for ${JSON.stringify(username)}`,
+        );
+      principal = { role: 'controller', user: username };
+    } else if (d.allowAnonymous && ci.local) {
+      principal = { role: 'controller', user: null };
+    } else {
+      throw refusal(
+        NOT_AUTHORIZED,
+        d.allowAnonymous
+          ? 'anonymous access only over loopback or the unix socket'
+          : 'authentication required',
+      );
+    }
+    const w = willProblem(principal, (client as unknown as { _will: Will })._will);
+    if (w !== null) throw refusal(NOT_AUTHORIZED, w);
+    return principal;
+  }
+
+  async function decide(
+    client: Client,
+    username: string | undefined,
+    password: Buffer | undefined,
+  ): Promise<Principal> {
+    const ci = d.registry.conns.get(client.conn);
+    if (!ci) throw refusal(NOT_AUTHORIZED, 'unknown connection');
+    if (ci.transport === 'agent-channel') {
+      const bad = agentProblem(client, ci.vmId!);
+      if (bad) throw bad;
+      return { role: 'agent', vmId: ci.vmId! };
+    }
+    if (ci.transport === 'guest') return authenticateAgentTcp(client, username, password);
+    return authenticateController(client, ci, username, password);
+  }
+
+  return function authenticate(
+    client: Client,
+    username: Readonly<string | undefined>,
+    password: Readonly<Buffer | undefined>,
+    done: (error: AuthError | null, success: boolean | null) => void,
+  ): void {
+    decide(client, username, password).then(
+      (principal) => {
+        d.registry.principals.set(client, principal);
+        const ci = d.registry.conns.get(client.conn);
+        d.log.info(
+          { clientId: client.id, transport: ci?.transport, remote: ci?.remote, principal },
+          'client connected',
+        );
+        done(null, true);
+      },
+      (err: unknown) => {
+        const e =
+          err instanceof Error && 'returnCode' in err
+            ? (err as AuthError)
+            : refusal(NOT_AUTHORIZED, String(err));
+        const ci = d.registry.conns.get(client.conn);
+        d.log.warn(
+          {
+            clientId: client.id,
+            transport: ci?.transport,
+            remote: ci?.remote,
+            username,
+            reason: e.message,
+          },
+          'connection refused',
+        );
+        done(e, false);
+      },
+    );
+  };
+}

@@ -1,0 +1,85 @@
+/**
+ * aedes `authorizePublish`, `authorizeSubscribe` and `authorizeForward`: one
+ * small handler each, all delegating to the pure rules in acl.ts.
+ *
+ * A refused PUBLISH closes the connection: MQTT 3.1.1 has no negative ack, and
+ * silently acknowledging a forged status would hide the attempt from the
+ * client's author. A refused subscription is answered with SUBACK 0x80 and
+ * the client stays connected.
+ */
+import type { AedesPublishPacket, Client, PublishPacket, Subscription } from 'aedes';
+import type { MvirtLogger } from '../log.js';
+import { mayReceive, publishProblem, subscribeProblem } from './acl.js';
+import type { Registry } from './registry.js';
+import type { Counters } from './stats.js';
+
+interface Deps {
+  root: string;
+  registry: Registry;
+  counters: Counters;
+  log: MvirtLogger;
+}
+
+export function createAuthorizePublish(d: Deps) {
+  return function authorizePublish(
+    client: Client | null,
+    packet: PublishPacket,
+    callback: (error?: Error | null) => void,
+  ): void {
+    // client is null only for wills left by another broker instance; this
+    // broker keeps no persistent wills, so there is nothing legitimate here.
+    const principal = client ? d.registry.principals.get(client) : undefined;
+    const problem = principal
+      ? publishProblem(d.root, principal, packet.topic, packet.retain)
+      : 'no authenticated client';
+    if (problem !== null) {
+      d.log.warn(
+        {
+          clientId: client?.id ?? null,
+          topic: packet.topic,
+          retain: packet.retain,
+          reason: problem,
+        },
+        'publish refused, closing connection',
+      );
+      callback(new Error(`publish to ${JSON.stringify(packet.topic)} refused: ${problem}`));
+      return;
+    }
+    d.counters.messagesIn++;
+    callback(null);
+  };
+}
+
+export function createAuthorizeSubscribe(d: Deps) {
+  return function authorizeSubscribe(
+    client: Client,
+    sub: Subscription,
+    callback: (error: Error | null, subscription?: Subscription | null) => void,
+  ): void {
+    const principal = d.registry.principals.get(client);
+    const problem = principal
+      ? subscribeProblem(d.root, principal, sub.topic)
+      : 'no authenticated client';
+    if (problem !== null) {
+      d.log.warn(
+        { clientId: client.id, filter: sub.topic, reason: problem },
+        'subscription refused',
+      );
+      callback(null, null); // SUBACK 0x80 for this filter
+      return;
+    }
+    callback(null, sub);
+  };
+}
+
+export function createAuthorizeForward(d: Deps) {
+  return function authorizeForward(
+    client: Client,
+    packet: AedesPublishPacket,
+  ): AedesPublishPacket | null {
+    const principal = d.registry.principals.get(client);
+    if (!principal || !mayReceive(d.root, principal, packet.topic)) return null;
+    d.counters.messagesOut++;
+    return packet;
+  };
+}

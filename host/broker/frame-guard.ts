@@ -1,0 +1,291 @@
+/**
+ * A size guard in front of aedes. aedes has no packet size limit of its own and
+ * mqtt-packet's parser accumulates a whole packet (up to the 256 MiB the MQTT
+ * remaining-length field allows) before any aedes hook can look at it, so a
+ * hook-based check would come too late: the memory is already spent. This
+ * module therefore reads only the MQTT fixed header (type byte + remaining
+ * length varint) as bytes stream past, hand-written because no library exposes
+ * "tell me the announced length before you buffer the body", and drops the
+ * connection the moment a packet announces more than the cap.
+ *
+ * It also enforces two cheap protocol facts that aedes would only notice after
+ * buffering: the first packet must be CONNECT (and small), and packet types 0
+ * and 15 are reserved in MQTT 3.1.1. Outbound, it bounds how many bytes may
+ * wait for a slow reader before that reader is dropped.
+ */
+import { Duplex } from 'node:stream';
+
+export interface FrameLimits {
+  /** Largest remaining length accepted for any packet after CONNECT. */
+  maxPacketSize: number;
+  /** Largest remaining length accepted for the first packet (CONNECT). */
+  maxConnectSize: number;
+  /** Outbound bytes allowed to queue towards a peer that does not read. */
+  maxQueuedBytes: number;
+}
+
+/** Incremental scanner of MQTT fixed headers; returns a reason on violation. */
+export interface FrameScanner {
+  feed(chunk: Buffer): string | null;
+  readonly packets: number;
+  /** Stream offset just past the CONNECT packet, once its length is known. */
+  readonly connectEnd: number | null;
+}
+
+const HEADER = 0;
+const LENGTH = 1;
+const BODY = 2;
+const CONNECT = 1;
+
+export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>): FrameScanner {
+  let state = HEADER;
+  let packets = 0;
+  let length = 0;
+  let multiplier = 1;
+  let lengthBytes = 0;
+  let skip = 0;
+  let offset = 0; // stream offset of chunk[0]
+  let connectEnd: number | null = null;
+
+  function feed(chunk: Buffer): string | null {
+    const problem = scan(chunk);
+    offset += chunk.length;
+    return problem;
+  }
+
+  function scan(chunk: Buffer): string | null {
+    let i = 0;
+    const n = chunk.length;
+    while (i < n) {
+      if (state === BODY) {
+        // Skip the body without looking at it; aedes parses it later.
+        const take = Math.min(skip, n - i);
+        skip -= take;
+        i += take;
+        if (skip === 0) state = HEADER;
+        continue;
+      }
+      const b = chunk[i++]!;
+      if (state === HEADER) {
+        const type = b >> 4;
+        if (packets === 0 && type !== CONNECT) return 'first packet is not CONNECT';
+        if (type === 0 || type === 15) return `reserved packet type ${type}`;
+        state = LENGTH;
+        length = 0;
+        multiplier = 1;
+        lengthBytes = 0;
+        continue;
+      }
+      // LENGTH: MQTT's variable byte integer, at most 4 bytes.
+      length += (b & 0x7f) * multiplier;
+      multiplier *= 128;
+      lengthBytes++;
+      const cap = packets === 0 ? limits.maxConnectSize : limits.maxPacketSize;
+      // Checked on every length byte so a header split across reads is caught
+      // as early as the bytes allow.
+      if (length > cap) return `packet announces ${length} bytes, limit ${cap}`;
+      if (b & 0x80) {
+        if (lengthBytes === 4) return 'malformed remaining length';
+        continue;
+      }
+      if (packets === 0) connectEnd = offset + i + length;
+      packets++;
+      if (length === 0) state = HEADER;
+      else {
+        skip = length;
+        state = BODY;
+      }
+    }
+    return null;
+  }
+
+  return {
+    feed,
+    get packets() {
+      return packets;
+    },
+    get connectEnd() {
+      return connectEnd;
+    },
+  };
+}
+
+export class FrameLimitError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FrameLimitError';
+  }
+}
+
+/**
+ * Wrap a byte stream: reads are scanned before aedes sees them; writes pass
+ * through, coalesced: mqtt-packet writes header, topic and payload
+ * separately, and a burst of deliveries is batched into one syscall.
+ */
+export class GuardedStream extends Duplex {
+  readonly inner: Duplex;
+  /** Set by aedes (`conn.client = this`); read for log context only. */
+  client?: { id: string | null };
+  readonly #scanner: FrameScanner;
+  readonly #limits: FrameLimits;
+  readonly #onViolation: (reason: string) => void;
+  #pendingWrite: ((err?: Error | null) => void) | null = null;
+  #ended = false;
+  #corked = false;
+  /** Bytes read past CONNECT before the broker answered it (see #onData). */
+  #held: Buffer[] | null = [];
+  #received = 0;
+
+  constructor(inner: Duplex, limits: FrameLimits, onViolation: (reason: string) => void) {
+    // allowHalfOpen false: when the peer ends, our writable side ends too,
+    // which is what a TCP MQTT connection does.
+    super({ allowHalfOpen: false });
+    this.inner = inner;
+    this.#limits = limits;
+    this.#scanner = createFrameScanner(limits);
+    this.#onViolation = onViolation;
+    inner.on('data', (chunk: Buffer) => this.#onData(chunk));
+    inner.on('end', () => {
+      this.#ended = true;
+      // Held bytes go first; #release ends the stream after them.
+      if (this.#held === null || this.#held.length === 0) this.push(null);
+    });
+    inner.on('drain', () => this.#onDrain());
+    inner.on('error', (err: Error) => this.destroy(err));
+    // A close after 'end' is normal: our readable buffer may still hold the
+    // peer's last packets (PUBLISH then DISCONNECT), let aedes read them.
+    inner.on('close', () => {
+      if (!this.#ended) this.destroy();
+    });
+  }
+
+  #onData(chunk: Buffer): void {
+    const problem = this.#scanner.feed(chunk);
+    if (problem !== null) {
+      this.inner.pause();
+      this.#onViolation(problem);
+      this.destroy(new FrameLimitError(problem));
+      return;
+    }
+    const start = this.#received;
+    this.#received += chunk.length;
+    if (this.#held !== null) {
+      // Until CONNACK, aedes queues whatever follows CONNECT (up to 42 whole
+      // packets) while authentication runs: unauthenticated memory. Pass
+      // CONNECT on, keep the rest here and stop reading until the answer.
+      const end = this.#scanner.connectEnd;
+      const cut = end === null ? chunk.length : Math.max(0, Math.min(chunk.length, end - start));
+      if (cut < chunk.length) {
+        this.#held.push(chunk.subarray(cut));
+        this.inner.pause();
+        if (cut === 0) return;
+        chunk = chunk.subarray(0, cut);
+      }
+    }
+    if (!this.push(chunk)) this.inner.pause();
+  }
+
+  /** The broker wrote its first packet (CONNACK): let the held bytes through. */
+  #release(): void {
+    const held = this.#held;
+    this.#held = null;
+    if (!held) return;
+    for (const b of held) this.push(b);
+    if (this.#ended) {
+      if (held.length > 0) this.push(null);
+    } else if (this.readableLength < this.readableHighWaterMark) this.inner.resume();
+  }
+
+  #onDrain(): void {
+    const cb = this.#pendingWrite;
+    this.#pendingWrite = null;
+    cb?.();
+  }
+
+  override _read(): void {
+    if (this.#held === null || this.#held.length === 0) this.inner.resume();
+  }
+
+  #forward(buf: Buffer, cb: (err?: Error | null) => void): void {
+    const inner = this.inner;
+    if (inner.destroyed) {
+      cb(new Error('connection closed'));
+      return;
+    }
+    if (this.#held !== null) this.#release();
+    // aedes writes each delivery in its own setImmediate; corking the socket
+    // until the next check phase turns a burst of deliveries into one writev
+    // instead of one syscall per message.
+    if (!this.#corked) {
+      this.#corked = true;
+      inner.cork();
+      setImmediate(this.#uncork);
+    }
+    if (inner.write(buf)) cb();
+    else this.#pendingWrite = cb;
+  }
+
+  readonly #uncork = (): void => {
+    this.#corked = false;
+    if (!this.inner.destroyed) this.inner.uncork();
+  };
+
+  /**
+   * Counted at write time, not in _write: while the peer is not reading,
+   * further writes pile up in our own buffer without reaching _write.
+   */
+  override write(
+    chunk: unknown,
+    encoding?: BufferEncoding | ((error: Error | null | undefined) => void),
+    cb?: (error: Error | null | undefined) => void,
+  ): boolean {
+    const ok = super.write(chunk, encoding as BufferEncoding, cb);
+    const queued = this.writableLength + this.inner.writableLength;
+    if (queued > this.#limits.maxQueuedBytes && !this.destroyed) {
+      const reason = `peer not reading: ${queued} bytes queued, limit ${this.#limits.maxQueuedBytes}`;
+      this.#onViolation(reason);
+      this.destroy(new FrameLimitError(reason));
+    }
+    return ok;
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.#forward(chunk, cb);
+  }
+
+  override _writev(
+    chunks: Array<{ chunk: Buffer; encoding: BufferEncoding }>,
+    cb: (err?: Error | null) => void,
+  ): void {
+    const buf = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
+    this.#forward(buf, cb);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    if (this.inner.destroyed || this.inner.writableEnded) cb();
+    else this.inner.end(() => cb());
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    const inner = this.inner;
+    if (!err && !inner.destroyed && inner.writableLength > 0) {
+      // An orderly close (after a CONNACK refusal, a DISCONNECT, a will at
+      // shutdown) must not throw away the last bytes still queued for the
+      // peer; give them a moment, but never let a non-reading peer hold on.
+      inner.end();
+      const t = setTimeout(() => inner.destroy(), 1000);
+      t.unref();
+      inner.once('close', () => clearTimeout(t));
+    } else inner.destroy();
+    const pending = this.#pendingWrite;
+    this.#pendingWrite = null;
+    pending?.(err ?? new Error('connection closed'));
+    cb(err);
+  }
+}
+
+export const guardStream = (
+  inner: Duplex,
+  limits: FrameLimits,
+  onViolation: (reason: string) => void,
+): GuardedStream => new GuardedStream(inner, limits, onViolation);

@@ -1,0 +1,214 @@
+/**
+ * The embedded broker: aedes behind mvirt's listeners, size guard, hooks and
+ * ACL. Wiring only; each concern lives in its own module:
+ *
+ *   frame-guard.ts   packet size cap before anything is buffered
+ *   authenticate.ts  who a client is (controller, agent)
+ *   authorize.ts     what it may publish / subscribe / receive (rules: acl.ts)
+ *   listeners.ts     TCP, unix socket, WebSocket, guest TCP
+ *   agent-channel.ts per-VM streams
+ *   bus.ts           the daemon's in-process publish/subscribe
+ */
+import { Aedes } from 'aedes';
+import type { Duplex } from 'node:stream';
+import type { MvirtLogger } from '../log.js';
+import { createAgentChannelAttacher } from './agent-channel.js';
+import { createAuthenticate, createPreConnect } from './authenticate.js';
+import {
+  createAuthorizeForward,
+  createAuthorizePublish,
+  createAuthorizeSubscribe,
+} from './authorize.js';
+import { createBus } from './bus.js';
+import { guardStream, type FrameLimits } from './frame-guard.js';
+import { listenTcp, listenUnix, listenWs, type Listener } from './listeners.js';
+import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './options.js';
+import { createRegistry, isLoopback, type ConnInfo, type Registry } from './registry.js';
+import { createCounters } from './stats.js';
+import type { Broker } from './types.js';
+import { loadUsersFile, parseUsers } from './users.js';
+
+export type { BrokerOptions } from './options.js';
+export type { Broker, Bus, AgentChannelHandle, LastWill, BrokerStats } from './types.js';
+export { hashPassword, verifyPassword } from './passwords.js';
+
+function loadUsers(o: BrokerOptions): Map<string, string> {
+  const users = o.users
+    ? parseUsers({ users: o.users }, 'users option')
+    : new Map<string, string>();
+  if (o.usersFile) for (const [k, v] of loadUsersFile(o.usersFile)) users.set(k, v);
+  return users;
+}
+
+function limitsFor(o: ResolvedOptions, agent: boolean): FrameLimits {
+  return {
+    maxPacketSize: agent ? o.agentMaxPacketSize : o.maxPacketSize,
+    maxConnectSize: o.maxConnectSize,
+    maxQueuedBytes: o.maxQueuedBytes,
+  };
+}
+
+/** Wrap a stream in the size guard, remember where it came from, hand it to aedes. */
+function createAdmitter(
+  aedes: Aedes,
+  registry: Registry,
+  live: Set<Duplex>,
+  o: ResolvedOptions,
+  log: MvirtLogger,
+) {
+  return function admit(stream: Duplex, ci: ConnInfo): Duplex {
+    const agent = ci.transport === 'guest' || ci.transport === 'agent-channel';
+    const guarded = guardStream(stream, limitsFor(o, agent), (reason) =>
+      log.warn(
+        {
+          clientId: guarded.client?.id ?? null,
+          transport: ci.transport,
+          remote: ci.remote,
+          vmId: ci.vmId,
+          reason,
+        },
+        'connection dropped',
+      ),
+    );
+    registry.conns.set(guarded, ci);
+    live.add(guarded);
+    guarded.once('close', () => live.delete(guarded));
+    aedes.handle(guarded);
+    return guarded;
+  };
+}
+
+async function openListeners(
+  o: ResolvedOptions,
+  admit: (stream: Duplex, ci: ConnInfo) => Duplex,
+): Promise<{ listeners: Listener[]; addresses: Broker['addresses'] }> {
+  const listeners: Listener[] = [];
+  const addresses: { tcp?: string; unix?: string; ws?: string; guest?: string } = {};
+  const remote = (addr: string | undefined): Pick<ConnInfo, 'remote' | 'local'> => ({
+    remote: addr ?? null,
+    local: isLoopback(addr),
+  });
+  try {
+    if (o.listen) {
+      const l = await listenTcp(o.listen, o.maxConnections, (s) =>
+        admit(s, { transport: 'tcp', ...remote(s.remoteAddress) }),
+      );
+      listeners.push(l);
+      addresses.tcp = l.address;
+    }
+    if (o.unixPath) {
+      const l = await listenUnix(o.unixPath, o.maxConnections, (s) =>
+        admit(s, { transport: 'unix', remote: null, local: true }),
+      );
+      listeners.push(l);
+      addresses.unix = l.address;
+    }
+    if (o.ws) {
+      // ws buffers whole messages before the guard sees them, so its own cap
+      // bounds that; a message may carry more than one MQTT packet (browser
+      // clients batch), hence the room above one packet. The guard still
+      // enforces the per-packet cap.
+      const wsCap = 2 * o.maxPacketSize + 64 * 1024;
+      const l = await listenWs(o.ws, o.wsPath, wsCap, o.maxConnections, (s, req) =>
+        admit(s, { transport: 'ws', ...remote(req.socket.remoteAddress) }),
+      );
+      listeners.push(l);
+      addresses.ws = l.address;
+    }
+    if (o.guestListen) {
+      const l = await listenTcp(o.guestListen, o.maxConnections, (s) =>
+        admit(s, { transport: 'guest', remote: s.remoteAddress ?? null, local: false }),
+      );
+      listeners.push(l);
+      addresses.guest = l.address;
+    }
+  } catch (err) {
+    await Promise.all(listeners.map((l) => l.close()));
+    throw err;
+  }
+  return { listeners, addresses };
+}
+
+export async function createBroker(options: BrokerOptions, log: MvirtLogger): Promise<Broker> {
+  const o = resolveOptions(options);
+  const users = loadUsers(options);
+  const registry = createRegistry();
+  const counters = createCounters();
+  const deps = { root: o.root, registry, counters, log };
+
+  const aedes = await Aedes.createBroker({
+    connectTimeout: o.connectTimeoutMs,
+    drainTimeout: o.drainTimeoutMs,
+    keepaliveLimit: o.keepaliveLimitS,
+    // Only MQTT 3.1 looks at this; ids are bounded by clientIdProblem anyway.
+    maxClientsIdLength: 64,
+    preConnect: createPreConnect(registry),
+    authenticate: createAuthenticate({
+      root: o.root,
+      registry,
+      users,
+      allowAnonymous: o.allowAnonymous,
+      verifyAgentToken: o.verifyAgentToken,
+      log,
+    }),
+    authorizePublish: createAuthorizePublish(deps),
+    authorizeSubscribe: createAuthorizeSubscribe(deps),
+    authorizeForward: createAuthorizeForward(deps),
+  });
+  aedes.on('clientError', (client, err) =>
+    log.debug({ clientId: client.id, err: err.message }, 'client error'),
+  );
+  aedes.on('connectionError', (_client, err) =>
+    log.debug({ err: err.message }, 'connection error before CONNECT completed'),
+  );
+  aedes.on('clientDisconnect', (client) =>
+    log.debug({ clientId: client.id }, 'client disconnected'),
+  );
+
+  // Every admitted stream, including those that never completed CONNECT
+  // (aedes.close() only knows registered clients): close() ends them all.
+  const live = new Set<Duplex>();
+  const admit = createAdmitter(aedes, registry, live, o, log);
+  let opened: Awaited<ReturnType<typeof openListeners>>;
+  try {
+    opened = await openListeners(o, admit);
+  } catch (err) {
+    counters.stop();
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    throw err;
+  }
+  const bus = createBus(aedes, counters, log);
+  let closing: Promise<void> | null = null;
+
+  async function close(): Promise<void> {
+    const will = bus.lastWill();
+    if (will) {
+      // Last act before clients go: subscribers connected now see it.
+      await bus
+        .publish(will.topic, will.payload, { retain: will.retain ?? true, qos: 0 })
+        .catch((err: unknown) => log.warn({ err }, 'could not publish the last will'));
+    }
+    const stopping = opened.listeners.map((l) => l.close());
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    for (const stream of live) stream.destroy();
+    await Promise.all(stopping);
+    counters.stop();
+    log.info('broker closed');
+  }
+
+  log.info({ addresses: opened.addresses, root: o.root }, 'broker listening');
+  return {
+    publish: bus.publish,
+    subscribe: bus.subscribe,
+    setLastWill: bus.setLastWill,
+    attachAgentChannel: createAgentChannelAttacher(
+      (stream, vmId) =>
+        admit(stream, { transport: 'agent-channel', remote: null, local: false, vmId }),
+      () => closing !== null,
+    ),
+    addresses: opened.addresses,
+    clientCount: () => aedes.connectedClients,
+    stats: () => counters.snapshot(aedes.connectedClients),
+    close: () => (closing ??= close()),
+  };
+}

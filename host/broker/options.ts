@@ -1,0 +1,125 @@
+/** createBroker options, their defaults, and `host:port` parsing. */
+import path from 'node:path';
+import { MvirtError } from '../../protocol/errors.js';
+import type { UserEntry } from './users.js';
+
+export interface BrokerOptions {
+  /** Topic root `<prefix>/<hostId>` (protocol/topics.ts hostRoot). */
+  root: string;
+  /** Controller TCP listener `host:port` (port 0 = any); default `127.0.0.1:1883`; false = none. */
+  listen?: string | false;
+  /** Data folder; the unix socket defaults to `<dataDir>/mvirt.sock`. */
+  dataDir?: string;
+  /** Unix socket path (mode 0660); default from dataDir; false = none. */
+  unixPath?: string | false;
+  /** MQTT over WebSocket `host:port`; off unless given. */
+  ws?: string | false;
+  /** WebSocket path; default `/mqtt` (MQTT.js's browser default). */
+  wsPath?: string;
+  /** Agent TCP listener (bridge address) `host:port`; off unless given. */
+  guestListen?: string | false;
+  /** Checks an agent's VM id + token on the guest listener (constant-time compare is its job). */
+  verifyAgentToken?: (vmId: string, token: string) => boolean;
+  /** Anonymous controllers, only over loopback TCP/WebSocket and the unix socket. Default false. */
+  allowAnonymous?: boolean;
+  /** Controller users (password hashes); merged with usersFile. */
+  users?: UserEntry[];
+  /** JSON file `{ "users": [{ "username", "passwordHash" }] }`. */
+  usersFile?: string;
+  /** Largest packet (remaining length) a controller may send; default 1 MiB. */
+  maxPacketSize?: number;
+  /** Largest packet an agent may send; default 1 MiB. */
+  agentMaxPacketSize?: number;
+  /** Largest CONNECT packet; default 64 KiB. */
+  maxConnectSize?: number;
+  /** Outbound bytes queued for a client that does not read before it is dropped; default 16 MiB. */
+  maxQueuedBytes?: number;
+  /** Close connections that send no complete CONNECT within this; default 10 s. */
+  connectTimeoutMs?: number;
+  /** Drop a subscriber whose socket does not drain within this; default 30 s. */
+  drainTimeoutMs?: number;
+  /** Refuse keepalives above this many seconds (0 = no limit); default 0. */
+  keepaliveLimitS?: number;
+  /** Per listener; default 1024. */
+  maxConnections?: number;
+}
+
+export interface ResolvedOptions {
+  root: string;
+  listen: HostPort | null;
+  unixPath: string | null;
+  ws: HostPort | null;
+  wsPath: string;
+  guestListen: HostPort | null;
+  verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
+  allowAnonymous: boolean;
+  maxPacketSize: number;
+  agentMaxPacketSize: number;
+  maxConnectSize: number;
+  maxQueuedBytes: number;
+  connectTimeoutMs: number;
+  drainTimeoutMs: number;
+  keepaliveLimitS: number;
+  maxConnections: number;
+}
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export const DEFAULT_LISTEN = '127.0.0.1:1883';
+const MiB = 1024 * 1024;
+
+/** `127.0.0.1:1883`, `[::1]:1883`, `localhost:0`. */
+export function parseHostPort(s: string, what: string): HostPort {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535)
+    throw new MvirtError('CONFIG_INVALID', `${what}: expected host:port, got ${JSON.stringify(s)}`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+export const formatHostPort = (h: HostPort): string =>
+  h.host.includes(':') ? `[${h.host}]:${h.port}` : `${h.host}:${h.port}`;
+
+function positive(v: number | undefined, dflt: number, what: string): number {
+  if (v === undefined) return dflt;
+  if (!Number.isFinite(v) || v <= 0)
+    throw new MvirtError('CONFIG_INVALID', `${what} must be a positive number`);
+  return v;
+}
+
+export function resolveOptions(o: BrokerOptions): ResolvedOptions {
+  if (!o.root || /[+#\s]/.test(o.root) || o.root.endsWith('/'))
+    throw new MvirtError(
+      'CONFIG_INVALID',
+      `broker root ${JSON.stringify(o.root)} is not a topic root`,
+    );
+  const listen = o.listen === false ? null : parseHostPort(o.listen ?? DEFAULT_LISTEN, 'listen');
+  const unixPath =
+    o.unixPath === false
+      ? null
+      : (o.unixPath ?? (o.dataDir ? path.join(o.dataDir, 'mvirt.sock') : null));
+  const guestListen = o.guestListen ? parseHostPort(o.guestListen, 'guest listen') : null;
+  if (guestListen && !o.verifyAgentToken)
+    throw new MvirtError('CONFIG_INVALID', 'a guest listener needs verifyAgentToken');
+  return {
+    root: o.root,
+    listen,
+    unixPath,
+    ws: o.ws ? parseHostPort(o.ws, 'ws') : null,
+    wsPath: o.wsPath ?? '/mqtt',
+    guestListen,
+    verifyAgentToken: o.verifyAgentToken ?? null,
+    allowAnonymous: o.allowAnonymous ?? false,
+    maxPacketSize: positive(o.maxPacketSize, MiB, 'maxPacketSize'),
+    agentMaxPacketSize: positive(o.agentMaxPacketSize, MiB, 'agentMaxPacketSize'),
+    maxConnectSize: positive(o.maxConnectSize, 64 * 1024, 'maxConnectSize'),
+    maxQueuedBytes: positive(o.maxQueuedBytes, 16 * MiB, 'maxQueuedBytes'),
+    connectTimeoutMs: positive(o.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
+    drainTimeoutMs: positive(o.drainTimeoutMs, 30_000, 'drainTimeoutMs'),
+    keepaliveLimitS: o.keepaliveLimitS ?? 0,
+    maxConnections: positive(o.maxConnections, 1024, 'maxConnections'),
+  };
+}

@@ -1,0 +1,76 @@
+/**
+ * Controller passwords: scrypt (node:crypto, no dependency) in a PHC-style
+ * string so the parameters travel with the hash and can be raised later:
+ *
+ *     $scrypt$n=16384,r=8,p=1$<salt, base64>$<hash, base64>
+ *
+ * 16-byte random salt, 32-byte key. Make one with `hashPassword()` or
+ * `node --import tsx host/broker/hash-password.ts` (reads the password on stdin).
+ */
+import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+
+const KEY_LENGTH = 32;
+const SALT_LENGTH = 16;
+export const DEFAULT_SCRYPT = { N: 16384, r: 8, p: 1 } as const;
+// Bounds keep a mistyped config from asking scrypt for gigabytes per login.
+const MAX_N = 1 << 20;
+const MAX_MEM = 256 * 1024 * 1024;
+
+const FORMAT = /^\$scrypt\$n=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+=*)\$([A-Za-z0-9+/]+=*)$/;
+
+interface Parsed {
+  N: number;
+  r: number;
+  p: number;
+  salt: Buffer;
+  hash: Buffer;
+}
+
+function scrypt(password: string, salt: Buffer, len: number, o: ScryptOptions): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    scryptCb(password, salt, len, o, (err, key) => (err ? reject(err) : resolve(key))),
+  );
+}
+
+/** Parse a stored hash; null when it is not in the documented format. */
+export function parsePasswordHash(s: string): Parsed | null {
+  const m = FORMAT.exec(s);
+  if (!m) return null;
+  const [N, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  if (N < 2 || N > MAX_N || (N & (N - 1)) !== 0) return null;
+  if (r < 1 || r > 32 || p < 1 || p > 16) return null;
+  const salt = Buffer.from(m[4]!, 'base64');
+  const hash = Buffer.from(m[5]!, 'base64');
+  if (salt.length < 8 || hash.length < 16) return null;
+  return { N, r, p, salt, hash };
+}
+
+export async function hashPassword(
+  password: string,
+  o: { N: number; r: number; p: number } = DEFAULT_SCRYPT,
+): Promise<string> {
+  const salt = randomBytes(SALT_LENGTH);
+  const key = await scrypt(password, salt, KEY_LENGTH, { ...o, maxmem: MAX_MEM });
+  return `$scrypt$n=${o.N},r=${o.r},p=${o.p}$${salt.toString('base64')}$${key.toString('base64')}`;
+}
+
+/** Constant-time check of a password against a stored hash (false on a malformed hash). */
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const h = parsePasswordHash(stored);
+  if (!h) return false;
+  const key = await scrypt(password, h.salt, h.hash.length, {
+    N: h.N,
+    r: h.r,
+    p: h.p,
+    maxmem: MAX_MEM,
+  });
+  return timingSafeEqual(key, h.hash);
+}
+
+/**
+ * A fixed hash for unknown user names: verifying against it costs the same as
+ * a real check, so response time does not tell which user names exist.
+ */
+let dummy: Promise<string> | null = null;
+export const dummyHash = (): Promise<string> =>
+  (dummy ??= hashPassword(randomBytes(16).toString('hex')));

@@ -1,0 +1,36 @@
+/**
+ * What the broker knows about each connection, kept beside aedes' objects
+ * rather than on them: the transport a stream came in on (set when the stream
+ * is admitted, before aedes sees a byte) and, once authenticated, the
+ * principal its client acts as. WeakMaps: nothing to clean up on close.
+ */
+import type { Principal } from './acl.js';
+
+export type Transport = 'tcp' | 'unix' | 'ws' | 'guest' | 'agent-channel';
+
+export interface ConnInfo {
+  transport: Transport;
+  /** Peer address for logs (null for unix sockets and agent channels). */
+  remote: string | null;
+  /** Loopback TCP/WebSocket or the unix socket: where anonymous controllers may be allowed. */
+  local: boolean;
+  /** Set for agent channels: the VM this stream belongs to. */
+  vmId?: string;
+}
+
+export interface Registry {
+  /** Keyed by the guarded stream aedes holds as `client.conn`. */
+  readonly conns: WeakMap<object, ConnInfo>;
+  /** Keyed by the aedes client. */
+  readonly principals: WeakMap<object, Principal>;
+}
+
+export const createRegistry = (): Registry => ({
+  conns: new WeakMap(),
+  principals: new WeakMap(),
+});
+
+export function isLoopback(address: string | undefined | null): boolean {
+  if (!address) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { Duplex, PassThrough } from 'node:stream';
+import { once } from 'node:events';
+import { test } from 'node:test';
+import { createFrameScanner, guardStream } from '../../../host/broker/frame-guard.js';
+import { encodeConnect, encodeLength, encodePublish } from '../../helpers/broker-raw.js';
+
+const closed = (s: NodeJS.EventEmitter) => new Promise((resolve) => s.once('close', resolve));
+const limits = { maxPacketSize: 1000, maxConnectSize: 100 };
+const connect = encodeConnect({ clientId: 'c1' });
+
+test('accepts a CONNECT and packets up to the cap, in any chunking', () => {
+  const stream = Buffer.concat([
+    connect,
+    encodePublish('a/b', Buffer.alloc(990)),
+    encodePublish('c', 'x'),
+    Buffer.from([0xc0, 0x00]), // PINGREQ
+  ]);
+  for (const size of [1, 2, 3, 7, 64, stream.length]) {
+    const s = createFrameScanner(limits);
+    for (let i = 0; i < stream.length; i += size)
+      assert.equal(s.feed(stream.subarray(i, i + size)), null, `chunk size ${size}`);
+    assert.equal(s.packets, 4);
+  }
+});
+
+test('refuses a packet whose announced length exceeds the cap, from the header alone', () => {
+  const s = createFrameScanner(limits);
+  assert.equal(s.feed(connect), null);
+  // Only the fixed header of a 2 MiB PUBLISH: no body has been sent yet.
+  const header = Buffer.concat([Buffer.from([0x30]), encodeLength(2 * 1024 * 1024)]);
+  assert.equal(header.length, 5);
+  assert.match(s.feed(header) ?? '', /announces \d+ bytes, limit 1000/);
+});
+
+test('refuses a header split across reads as soon as the length is known to be too big', () => {
+  const s = createFrameScanner(limits);
+  s.feed(connect);
+  assert.equal(s.feed(Buffer.from([0x30])), null);
+  assert.equal(s.feed(Buffer.from([0x80 | 0x7f])), null); // 127 so far, continuation
+  assert.match(s.feed(Buffer.from([0x08])) ?? '', /limit 1000/); // 127 + 8*128
+});
+
+test('caps CONNECT separately', () => {
+  const big = encodeConnect({ clientId: 'x'.repeat(200) });
+  assert.match(createFrameScanner(limits).feed(big) ?? '', /limit 100/);
+});
+
+test('the first packet must be CONNECT; reserved types and 5-byte lengths are refused', () => {
+  assert.equal(
+    createFrameScanner(limits).feed(encodePublish('a', 'b')),
+    'first packet is not CONNECT',
+  );
+  const s = createFrameScanner(limits);
+  s.feed(connect);
+  assert.match(s.feed(Buffer.from([0xf0, 0])) ?? '', /reserved packet type 15/);
+  const t = createFrameScanner({ maxPacketSize: 2 ** 30, maxConnectSize: 100 });
+  t.feed(connect);
+  assert.equal(t.feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff])), 'malformed remaining length');
+});
+
+test('guardStream destroys both sides on a violation and passes good bytes through', async () => {
+  const inner = new PassThrough();
+  const reasons: string[] = [];
+  const g = guardStream(inner, { ...limits, maxQueuedBytes: 1 << 20 }, (r) => reasons.push(r));
+  g.on('error', () => {});
+  inner.write(connect);
+  const [chunk] = (await once(g, 'data')) as [Buffer];
+  assert.deepEqual(chunk, connect);
+  inner.write(Buffer.concat([Buffer.from([0x30]), encodeLength(5000)]));
+  await closed(g);
+  assert.equal(inner.destroyed, true);
+  assert.match(reasons[0] ?? '', /announces 5000 bytes/);
+});
+
+test('guardStream drops a peer that does not read once the outbound queue is over the cap', async () => {
+  // A peer that never reads: its writes never complete.
+  const inner = new Duplex({ read() {}, write() {}, writableHighWaterMark: 16 });
+  const reasons: string[] = [];
+  const g = guardStream(inner, { ...limits, maxQueuedBytes: 4096 }, (r) => reasons.push(r));
+  g.on('error', () => {});
+  for (let i = 0; i < 10 && !g.destroyed; i++) g.write(Buffer.alloc(1024));
+  await closed(g);
+  assert.match(reasons[0] ?? '', /peer not reading/);
+});
+
+test('bytes after CONNECT are held back until the broker answers (no pre-auth queueing)', async () => {
+  const written: Buffer[] = [];
+  const inner = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      written.push(chunk);
+      cb();
+    },
+  });
+  const g = guardStream(inner, { ...limits, maxQueuedBytes: 1 << 20 }, () => {});
+  const out: Buffer[] = [];
+  g.on('data', (d: Buffer) => out.push(d));
+  const publish = encodePublish('a/b', 'early');
+  inner.push(Buffer.concat([connect, publish]));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(Buffer.concat(out), connect, 'only CONNECT before CONNACK');
+  g.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(Buffer.concat(out), Buffer.concat([connect, publish]));
+  assert.deepEqual(Buffer.concat(written), Buffer.from([0x20, 0x02, 0x00, 0x00]));
+});
+
+test('a peer that sends CONNECT, more, and EOF before CONNACK loses nothing', async () => {
+  const inner = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
+  const g = guardStream(inner, { ...limits, maxQueuedBytes: 1 << 20 }, () => {});
+  const out: Buffer[] = [];
+  g.on('data', (d: Buffer) => out.push(d));
+  const ended = new Promise((resolve) => g.once('end', resolve));
+  const publish = encodePublish('a/b', 'last words');
+  inner.push(Buffer.concat([connect, publish]));
+  inner.push(null);
+  await new Promise((resolve) => setImmediate(resolve));
+  g.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
+  await ended;
+  assert.deepEqual(Buffer.concat(out), Buffer.concat([connect, publish]));
+});
