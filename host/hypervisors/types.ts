@@ -25,6 +25,10 @@ export interface ProbeResult {
   /** 'kvm' | 'tcg' | … ; null when unavailable. */
   accel: string | null;
   reason?: string;
+  /** Hypervisor program version (e.g. `QEMU emulator version 7.2.22 …`), when known. */
+  version?: string | null;
+  /** Backend-specific probe facts for system.info (QEMU: per-accelerator result and timing). */
+  details?: Record<string, unknown>;
 }
 
 export interface DiskSpec {
@@ -64,6 +68,34 @@ export interface VmRuntime {
 
 export type ExitInfo = { code: number | null; signal: string | null; reason: string };
 
+/**
+ * The hypervisor's view of the VM, backend-neutral. `starting`: created but
+ * not yet running guest code; `crashed`: guest panic or hypervisor internal
+ * error; `shutdown`: the guest is off (the process is about to exit).
+ */
+export type VmRunState = 'starting' | 'running' | 'paused' | 'shutdown' | 'crashed' | 'unknown';
+
+/** Things the hypervisor tells about the VM while it runs (QEMU: QMP events). */
+export type VmEvent =
+  | {
+      type: 'shutdown';
+      at: number;
+      /** who asked: 'guest-shutdown', 'host-qmp-quit', 'host-signal', … */ reason: string;
+    }
+  | { type: 'reset'; at: number; /** true when the guest itself rebooted */ guest: boolean }
+  | { type: 'paused'; at: number }
+  | { type: 'resumed'; at: number }
+  | { type: 'powerdown'; at: number }
+  | { type: 'panicked'; at: number };
+
+/**
+ * Why attach() refused, in `MvirtError.details.reason` (code HYPERVISOR_ERROR):
+ * 'gone' (no such process, or a zombie), 'pid-reused' (start time differs),
+ * 'not-ours' (the process is not this backend's hypervisor for that folder),
+ * 'control-unreachable' (ours and alive, but its control socket does not answer).
+ */
+export type AttachFailureReason = 'gone' | 'pid-reused' | 'not-ours' | 'control-unreachable';
+
 export interface RunningVm {
   readonly runtime: VmRuntime;
   pause(): Promise<void>;
@@ -71,8 +103,8 @@ export interface RunningVm {
   reboot(): Promise<void>;
   /** Ask the guest OS to power off (ACPI). Resolves once the request is delivered. */
   powerdown(): Promise<void>;
-  /** The hypervisor's view: 'running' | 'paused' | 'shutdown' | … */
-  status(): Promise<string>;
+  /** The hypervisor's view of the VM. */
+  status(): Promise<VmRunState>;
   /** Connect the agent channel's host end; resolves with a byte stream speaking MQTT. */
   connectAgent(): Promise<Duplex>;
   /** Connect the serial console (bidirectional). */
@@ -83,6 +115,14 @@ export interface RunningVm {
   readonly exited: Promise<ExitInfo>;
   /** Drop control connections without touching the VM (daemon shutdown). */
   detach(): Promise<void>;
+  /**
+   * Stop the hypervisor at once through its control API (QEMU: QMP `quit`);
+   * the guest gets no say. Resolves when the request is accepted; await
+   * `exited` for the end. Optional: a backend without it is stopped by signal().
+   */
+  quit?(): Promise<void>;
+  /** Subscribe to hypervisor events; returns the unsubscribe function. Optional. */
+  onEvent?(listener: (event: VmEvent) => void): () => void;
 }
 
 export interface Hypervisor {
@@ -90,6 +130,10 @@ export interface Hypervisor {
   readonly capabilities: HypervisorCapabilities;
   probe(): Promise<ProbeResult>;
   launch(spec: LaunchSpec, log: Logger): Promise<RunningVm>;
-  /** Re-attach to a VM that outlived the daemon; throws when it is gone or not ours. */
+  /**
+   * Re-attach to a VM that outlived the daemon; throws MvirtError
+   * HYPERVISOR_ERROR with `details.reason: AttachFailureReason` when it is
+   * gone or not ours.
+   */
   attach(runtime: VmRuntime, dir: string, log: Logger): Promise<RunningVm>;
 }

@@ -1,0 +1,212 @@
+/**
+ * QEMU command line for one VM. Pure functions: the spec in, an argv out
+ * (spawned without a shell, so nothing here is ever shell-quoted; values
+ * inside QEMU's `key=value,…` option lists have their commas doubled).
+ */
+import path from 'node:path';
+import { CMDLINE_KEYS, VIRTIO_PORT_NAME } from '../../../protocol/agent.js';
+import { MvirtError } from '../../../protocol/errors.js';
+import type { LaunchSpec } from '../types.js';
+
+/**
+ * `pc` is the default: under TCG on a loaded 2-core host the Debian kernel on
+ * `microvm` hung in TSC calibration (no PIT/HPET/PM-timer reference); `pc`
+ * offers all three, so calibration always finishes. `q35` works too (PCIe,
+ * slightly more to probe). `microvm` is kept for custom kernels that boot
+ * with a known `tsc_khz`/`lpj`; it needs virtio-mmio in the guest kernel.
+ */
+export type QemuMachine = 'pc' | 'q35' | 'microvm';
+export type QemuAccel = 'kvm' | 'tcg';
+
+export interface QemuPaths {
+  qmp: string;
+  console: string;
+  agent: string;
+  /** QEMU's own stdout/stderr. */
+  log: string;
+  consoleLog: string;
+}
+
+export function qemuPaths(dir: string): QemuPaths {
+  return {
+    qmp: path.join(dir, 'qmp.sock'),
+    console: path.join(dir, 'console.sock'),
+    agent: path.join(dir, 'agent.sock'),
+    log: path.join(dir, 'qemu.log'),
+    consoleLog: path.join(dir, 'console.log'),
+  };
+}
+
+/** sun_path is 108 bytes including the NUL. */
+export const MAX_UNIX_PATH = 107;
+
+/** Double commas: QEMU's option parser treats `,,` as a literal comma. */
+export const optValue = (v: string): string => v.replace(/,/g, ',,');
+
+const CMDLINE_KEY = /^mvirt\.[a-z][a-z0-9_]{0,31}$/;
+// Kernel parameters are split on spaces; quotes and control characters would
+// let a value smuggle in further parameters.
+const CMDLINE_VALUE = /^[\x21\x23-\x7e]{0,256}$/;
+
+/**
+ * spec.cmdline + the channel keys the agent needs + spec.agentArgs. agentArgs
+ * keys are full parameter names (`mvirt.root`…); the backend owns `mvirt.vm`
+ * and `mvirt.channel`.
+ */
+export function buildKernelCmdline(spec: LaunchSpec): string {
+  const parts = [spec.cmdline.trim()];
+  parts.push(`${CMDLINE_KEYS.vmId}=${spec.vmId}`, `${CMDLINE_KEYS.channel}=${spec.channel}`);
+  for (const [key, value] of Object.entries(spec.agentArgs)) {
+    if (!CMDLINE_KEY.test(key) || key === CMDLINE_KEYS.vmId || key === CMDLINE_KEYS.channel) {
+      throw new MvirtError(
+        'INVALID_PARAMS',
+        `agent argument ${JSON.stringify(key)} is not allowed`,
+      );
+    }
+    if (!CMDLINE_VALUE.test(value)) {
+      throw new MvirtError('INVALID_PARAMS', `agent argument ${key} has an unsafe value`);
+    }
+    parts.push(`${key}=${value}`);
+  }
+  if (!CMDLINE_VALUE.test(spec.vmId)) {
+    throw new MvirtError('INVALID_PARAMS', 'vm id is not safe on a kernel command line');
+  }
+  return parts.filter(Boolean).join(' ');
+}
+
+export interface QemuArgsInput {
+  spec: LaunchSpec;
+  accel: QemuAccel;
+  machine: QemuMachine;
+  paths: QemuPaths;
+  /** TCG translation cache in MiB: bounds host memory per VM (QEMU's default is 1 GiB). */
+  tcgTbSizeMiB: number;
+  /** seccomp sandbox; off only for debugging. */
+  sandbox: boolean;
+}
+
+export function buildQemuArgs(input: QemuArgsInput): string[] {
+  const { spec, accel, machine, paths } = input;
+  for (const p of [paths.qmp, paths.console, paths.agent]) {
+    if (Buffer.byteLength(p) > MAX_UNIX_PATH) {
+      throw new MvirtError('BOOT_FAILED', `socket path too long for a unix socket: ${p}`);
+    }
+  }
+  if (spec.channel === 'vsock') {
+    throw new MvirtError(
+      'BACKEND_UNAVAILABLE',
+      'the QEMU backend has no vsock channel on this host',
+    );
+  }
+  // microvm has no PCI bus: its virtio devices are virtio-mmio (`-device`).
+  const virtio = (kind: string) =>
+    machine === 'microvm' ? `virtio-${kind}-device` : `virtio-${kind}-pci`;
+  const machineOpt =
+    machine === 'microvm'
+      ? // Keep the legacy timers the kernel calibrates against (see QemuMachine).
+        'microvm,pit=on,pic=on,rtc=on,isa-serial=on'
+      : // SMM and vmport only cost time under TCG; nothing in the µOS uses them.
+        `${machine},smm=off,vmport=off`;
+  const accelOpt = accel === 'kvm' ? 'kvm' : `tcg,tb-size=${input.tcgTbSizeMiB}`;
+
+  const args: string[] = [
+    '-name',
+    `guest=${optValue(`mvirt-${spec.vmId}`)},debug-threads=on`,
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-accel',
+    accelOpt,
+    '-machine',
+    machineOpt,
+    // KVM: the host CPU as is. TCG: QEMU's default model (cheapest to emulate).
+    ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
+    '-m',
+    `${spec.memoryMiB}`,
+    '-smp',
+    `${spec.vcpus}`,
+    // Start paused: the backend connects QMP and the console before the first
+    // guest instruction, so no console output is lost; it then sends `cont`.
+    '-S',
+    '-msg',
+    'timestamp=on',
+    '-kernel',
+    spec.kernel,
+    '-initrd',
+    spec.initrd,
+    '-append',
+    buildKernelCmdline(spec),
+    // Control: QMP on a unix socket, one client (the daemon) at a time.
+    '-chardev',
+    `socket,id=qmp,path=${optValue(paths.qmp)},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp,mode=control',
+    // Serial console (ttyS0) on a socket; output is dropped while nobody is connected.
+    '-chardev',
+    `socket,id=console,path=${optValue(paths.console)},server=on,wait=off`,
+    '-serial',
+    'chardev:console',
+    // The agent channel: virtio-serial port `mvirt.agent`.
+    '-device',
+    `${virtio('serial')},id=vser0`,
+    '-chardev',
+    `socket,id=agent,path=${optValue(paths.agent)},server=on,wait=off`,
+    '-device',
+    `virtserialport,bus=vser0.0,chardev=agent,name=${VIRTIO_PORT_NAME}`,
+    // Entropy: without it the guest can block in getrandom() early in boot.
+    '-object',
+    'rng-random,id=rng0,filename=/dev/urandom',
+    '-device',
+    `${virtio('rng')},rng=rng0`,
+  ];
+
+  spec.disks.forEach((disk, i) => {
+    const ro = disk.readOnly ? ',readonly=on' : '';
+    args.push(
+      '-drive',
+      `file=${optValue(disk.path)},if=none,format=raw,id=d${i}${ro}`,
+      '-device',
+      `${virtio('blk')},drive=d${i}`,
+    );
+  });
+
+  args.push(...networkArgs(spec, virtio('net')));
+
+  if (input.sandbox) {
+    // seccomp: no exec, no privilege changes, no obsolete syscalls.
+    args.push(
+      '-sandbox',
+      'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    );
+  }
+  return args;
+}
+
+function networkArgs(spec: LaunchSpec, nicDevice: string): string[] {
+  const mac = spec.network.mac ? `,mac=${spec.network.mac}` : '';
+  if (spec.network.mac && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(spec.network.mac)) {
+    throw new MvirtError('INVALID_PARAMS', `bad MAC address ${spec.network.mac}`);
+  }
+  switch (spec.network.mode) {
+    case 'none':
+      return ['-nic', 'none'];
+    case 'user':
+      // Slirp: the guest reaches the host as 10.0.2.2 (TCP agent channel).
+      return ['-netdev', 'user,id=net0', '-device', `${nicDevice},netdev=net0${mac}`];
+    case 'bridge': {
+      // Hook for the network module: it creates the TAP (owned by mvirt,
+      // attached to the bridge) and passes its name; QEMU only opens it.
+      const tap = spec.network.tap;
+      if (!tap || !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) {
+        throw new MvirtError('INVALID_PARAMS', 'bridge networking needs a TAP interface name');
+      }
+      return [
+        '-netdev',
+        `tap,id=net0,ifname=${tap},script=no,downscript=no`,
+        '-device',
+        `${nicDevice},netdev=net0${mac}`,
+      ];
+    }
+  }
+}

@@ -1,0 +1,316 @@
+/**
+ * The QEMU backend: direct kernel boot of the µOS, QMP for control, the
+ * serial console and the agent's virtio-serial port on unix sockets in the
+ * VM's folder. QEMU runs in its own session so that it outlives mvirtd;
+ * attach() adopts it again after a restart.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { MvirtError } from '../../../protocol/errors.js';
+import type {
+  AttachFailureReason,
+  Hypervisor,
+  HypervisorCapabilities,
+  LaunchSpec,
+  ProbeResult,
+  RunningVm,
+  VmRuntime,
+} from '../types.js';
+import {
+  buildQemuArgs,
+  qemuPaths,
+  type QemuAccel,
+  type QemuMachine,
+  type QemuPaths,
+} from './args.js';
+import { startConsolePump, type ConsolePump } from './console.js';
+import { probeQemu, type QemuProbe } from './probe.js';
+import { readCmdline, readProcStat } from './process.js';
+import { connectQmp, type QmpClient } from './qmp.js';
+import { createQemuVm } from './vm.js';
+
+export const QEMU_BACKEND = 'qemu';
+
+export interface QemuBackendOptions {
+  /** Default `qemu-system-x86_64` (looked up on PATH). */
+  binary?: string;
+  /** 'auto' probes KVM and falls back to TCG. */
+  accel?: 'auto' | QemuAccel;
+  machine?: QemuMachine;
+  kvmProbeTimeoutMs?: number;
+  tcgProbeTimeoutMs?: number;
+  /** From spawn until QMP answers; generous: a loaded 2-core host is slow to exec QEMU. */
+  launchTimeoutMs?: number;
+  agentConnectTimeoutMs?: number;
+  tcgTbSizeMiB?: number;
+  sandbox?: boolean;
+  /** console.log cap for re-attached VMs (the spec's value is not persisted). */
+  consoleLogBytes?: number;
+  /** Where /dev/vhost-vsock is looked for (tests). */
+  vhostVsockPath?: string;
+}
+
+const DEFAULTS = {
+  binary: 'qemu-system-x86_64',
+  accel: 'auto',
+  machine: 'pc',
+  kvmProbeTimeoutMs: 3000,
+  tcgProbeTimeoutMs: 15_000,
+  launchTimeoutMs: 30_000,
+  agentConnectTimeoutMs: 5000,
+  tcgTbSizeMiB: 128,
+  sandbox: true,
+  consoleLogBytes: 1024 * 1024,
+  vhostVsockPath: '/dev/vhost-vsock',
+} as const;
+
+function attachError(reason: AttachFailureReason, message: string, cause?: unknown): MvirtError {
+  return new MvirtError('HYPERVISOR_ERROR', message, { details: { reason }, cause });
+}
+
+async function logTail(file: string, bytes = 2048): Promise<string> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return text.slice(-bytes).trim();
+  } catch {
+    return '';
+  }
+}
+
+export interface QemuBackend extends Hypervisor {
+  /** The full probe (both accelerators), cached. */
+  probeDetails(): Promise<QemuProbe>;
+}
+
+export function createQemuBackend(options: QemuBackendOptions, log: Logger): QemuBackend {
+  const opts = { ...DEFAULTS, ...options };
+  const blog = log.child({ backend: QEMU_BACKEND });
+
+  // vsock needs vhost-vsock on the host and a CID allocator; listed only when
+  // the device exists (launch still refuses it until that lands).
+  const channels: HypervisorCapabilities['channels'] = existsSync(opts.vhostVsockPath)
+    ? ['virtio-serial', 'tcp', 'vsock']
+    : ['virtio-serial', 'tcp'];
+  const capabilities: HypervisorCapabilities = {
+    channels,
+    pause: true,
+    reboot: true,
+    gracefulShutdown: true,
+    console: true,
+    directKernelBoot: true,
+  };
+
+  let probing: Promise<QemuProbe> | null = null;
+  const probeDetails = () =>
+    (probing ??= probeQemu(
+      {
+        binary: opts.binary,
+        kvmTimeoutMs: opts.kvmProbeTimeoutMs,
+        tcgTimeoutMs: opts.tcgProbeTimeoutMs,
+        allowKvm: opts.accel !== 'tcg',
+      },
+      blog,
+    ).then((p) => {
+      blog.info(
+        { accel: p.accel, kvm: p.kvm, tcg: p.tcg, version: p.version },
+        p.accel ? `QEMU usable with ${p.accel}` : 'QEMU unusable',
+      );
+      return p;
+    }));
+
+  async function probe(): Promise<ProbeResult> {
+    const p = await probeDetails();
+    let accel: QemuAccel | null = p.accel;
+    if (opts.accel === 'kvm' && !p.kvm.available) accel = null;
+    const result: ProbeResult = {
+      available: accel !== null,
+      accel,
+      version: p.version,
+      details: { binary: p.binary, kvm: p.kvm, tcg: p.tcg, machine: opts.machine },
+    };
+    if (!accel)
+      result.reason = opts.accel === 'kvm' ? `kvm: ${p.kvm.reason}` : `tcg: ${p.tcg.reason}`;
+    return result;
+  }
+
+  async function removeSockets(paths: QemuPaths) {
+    await Promise.all([paths.qmp, paths.console, paths.agent].map((p) => rm(p, { force: true })));
+  }
+
+  async function launch(spec: LaunchSpec, vmLog: Logger): Promise<RunningVm> {
+    const p = await probe();
+    if (!p.available || !p.accel) {
+      throw new MvirtError(
+        'BACKEND_UNAVAILABLE',
+        `QEMU cannot run VMs here: ${p.reason ?? 'unknown'}`,
+      );
+    }
+    const accel = p.accel as QemuAccel;
+    const paths = qemuPaths(spec.dir);
+    const args = buildQemuArgs({
+      spec,
+      accel,
+      machine: opts.machine,
+      paths,
+      tcgTbSizeMiB: opts.tcgTbSizeMiB,
+      sandbox: opts.sandbox,
+    });
+    await mkdir(spec.dir, { recursive: true, mode: 0o700 });
+    await removeSockets(paths);
+    const out = await open(paths.log, 'w');
+    const started = Date.now();
+    let child: ChildProcess;
+    try {
+      // Own session (setsid): signals to mvirtd's group and its exit do not reach QEMU.
+      child = spawn(opts.binary, args, { detached: true, stdio: ['ignore', out.fd, out.fd] });
+    } finally {
+      await out.close();
+    }
+    vmLog.info(
+      { pid: child.pid, accel, machine: opts.machine, argv: [opts.binary, ...args] },
+      'QEMU spawned',
+    );
+
+    // Launch aborts as soon as QEMU dies (bad arguments, missing kernel, …).
+    const abort = new AbortController();
+    const exitedEarly = new Promise<{ code: number | null; signal: string | null; error?: Error }>(
+      (resolve) => {
+        child.once('exit', (code, signal) => {
+          abort.abort(new Error('QEMU exited during launch'));
+          resolve({ code, signal });
+        });
+        child.once('error', (error) => {
+          abort.abort(error);
+          resolve({ code: null, signal: null, error });
+        });
+      },
+    );
+
+    let qmp: QmpClient | null = null;
+    let consolePump: ConsolePump | null = null;
+    try {
+      const pid = child.pid;
+      const stat = pid !== undefined ? readProcStat(pid) : null;
+      if (pid === undefined || !stat) throw new Error('QEMU did not start');
+      const runtime: VmRuntime = {
+        backend: QEMU_BACKEND,
+        pid,
+        startTime: stat.startTime,
+        accel,
+        sockets: { qmp: paths.qmp, console: paths.console, agent: paths.agent },
+      };
+      const connect = { timeoutMs: opts.launchTimeoutMs, signal: abort.signal };
+      qmp = await connectQmp(paths.qmp, {
+        log: vmLog,
+        connect,
+        handshakeTimeoutMs: opts.launchTimeoutMs,
+      });
+      consolePump = await startConsolePump({
+        socketPath: paths.console,
+        logFile: paths.consoleLog,
+        maxLogBytes: spec.consoleLogBytes,
+        connect,
+        log: vmLog,
+      });
+      // QEMU was started with -S: the console is connected, run the guest now.
+      await qmp.execute('cont');
+      vmLog.info({ pid, ms: Date.now() - started }, 'QEMU running');
+      return createQemuVm({
+        runtime,
+        paths,
+        qmp,
+        console: consolePump,
+        child,
+        log: vmLog,
+        agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+      });
+    } catch (err) {
+      qmp?.close();
+      consolePump?.close();
+      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+        child.kill('SIGKILL');
+      }
+      const exit = await exitedEarly;
+      const tail = await logTail(paths.log);
+      const how = exit.error
+        ? `could not be started: ${exit.error.message}`
+        : abort.signal.aborted && !(err instanceof MvirtError && err.code === 'TIMEOUT')
+          ? `exited during launch (${exit.signal ?? `code ${exit.code}`})`
+          : `failed during launch: ${(err as Error).message}`;
+      vmLog.warn({ err, tail }, `QEMU ${how}`);
+      throw new MvirtError('BOOT_FAILED', `QEMU ${how}${tail ? `: ${tail}` : ''}`, {
+        cause: exit.error ?? err,
+        details: { qemuLog: tail },
+      });
+    }
+  }
+
+  async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
+    if (runtime.backend !== QEMU_BACKEND) {
+      throw attachError('not-ours', `runtime belongs to backend ${runtime.backend}`);
+    }
+    const paths = qemuPaths(dir);
+    const stat = readProcStat(runtime.pid);
+    if (!stat || stat.state === 'Z' || stat.state === 'X') {
+      throw attachError('gone', `QEMU process ${runtime.pid} is gone`);
+    }
+    if (stat.startTime !== runtime.startTime) {
+      throw attachError(
+        'pid-reused',
+        `pid ${runtime.pid} now belongs to another process (start time differs)`,
+      );
+    }
+    const argv = readCmdline(runtime.pid) ?? [];
+    const qmpArg = `socket,id=qmp,path=${paths.qmp.replace(/,/g, ',,')},`;
+    if (
+      !path.basename(argv[0] ?? '').startsWith('qemu-system') ||
+      !argv.some((a) => a.startsWith(qmpArg))
+    ) {
+      throw attachError('not-ours', `pid ${runtime.pid} is not the QEMU of ${dir}`);
+    }
+    let qmp: QmpClient;
+    try {
+      qmp = await connectQmp(paths.qmp, {
+        log: vmLog,
+        connect: { timeoutMs: 5000 },
+        handshakeTimeoutMs: 5000,
+      });
+    } catch (err) {
+      throw attachError('control-unreachable', `QMP of pid ${runtime.pid} does not answer`, err);
+    }
+    let consolePump: ConsolePump | null = null;
+    try {
+      consolePump = await startConsolePump({
+        socketPath: paths.console,
+        logFile: paths.consoleLog,
+        maxLogBytes: opts.consoleLogBytes,
+        connect: { timeoutMs: 5000 },
+        log: vmLog,
+      });
+    } catch (err) {
+      // A VM without a console is still a VM: keep control, log the loss.
+      vmLog.warn({ err }, 'cannot reconnect the serial console');
+    }
+    vmLog.info({ pid: runtime.pid }, 'QEMU re-attached');
+    return createQemuVm({
+      runtime,
+      paths,
+      qmp,
+      console: consolePump,
+      log: vmLog,
+      agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+    });
+  }
+
+  return {
+    name: QEMU_BACKEND,
+    capabilities,
+    probe,
+    probeDetails,
+    launch,
+    attach,
+  };
+}

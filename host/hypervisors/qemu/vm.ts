@@ -1,0 +1,223 @@
+/**
+ * RunningVm for one QEMU process, launched by us or adopted after a daemon
+ * restart. Control goes through QMP; death is noticed through the child's
+ * 'exit' event (own children) or, for adopted processes (no pidfd in Node),
+ * through the QMP socket closing plus a /proc check, with a short /proc poll
+ * as a fallback when the control connection is not there.
+ */
+import type { ChildProcess } from 'node:child_process';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { MvirtError } from '../../../protocol/errors.js';
+import type { ExitInfo, RunningVm, VmEvent, VmRunState, VmRuntime } from '../types.js';
+import type { QemuPaths } from './args.js';
+import type { ConsolePump } from './console.js';
+import { readProcStat } from './process.js';
+import type { QmpClient, QmpEvent, QmpRunState } from './qmp.js';
+import { connectUnixWithRetry } from './socket.js';
+
+/** Liveness poll for adopted processes while QMP is not telling us (≤ 1 s detection). */
+const POLL_MS = 250;
+
+export function toRunState(s: QmpRunState | string): VmRunState {
+  switch (s) {
+    case 'running':
+      return 'running';
+    case 'paused':
+    case 'suspended':
+    case 'debug':
+    case 'io-error':
+    case 'watchdog':
+    case 'save-vm':
+    case 'restore-vm':
+    case 'finish-migrate':
+    case 'postmigrate':
+      return 'paused';
+    case 'prelaunch':
+    case 'inmigrate':
+      return 'starting';
+    case 'shutdown':
+      return 'shutdown';
+    case 'internal-error':
+    case 'guest-panicked':
+      return 'crashed';
+    default:
+      return 'unknown';
+  }
+}
+
+function toVmEvent(ev: QmpEvent): VmEvent | null {
+  switch (ev.event) {
+    case 'SHUTDOWN':
+      return { type: 'shutdown', at: ev.at, reason: String(ev.data.reason ?? 'unknown') };
+    case 'RESET':
+      return { type: 'reset', at: ev.at, guest: ev.data.guest === true };
+    case 'STOP':
+      return { type: 'paused', at: ev.at };
+    case 'RESUME':
+      return { type: 'resumed', at: ev.at };
+    case 'POWERDOWN':
+      return { type: 'powerdown', at: ev.at };
+    case 'GUEST_PANICKED':
+      return { type: 'panicked', at: ev.at };
+    default:
+      return null;
+  }
+}
+
+export interface QemuVmParts {
+  runtime: VmRuntime;
+  paths: QemuPaths;
+  qmp: QmpClient;
+  console: ConsolePump | null;
+  /** Our own child (launch); absent for adopted processes (attach). */
+  child?: ChildProcess;
+  log: Logger;
+  agentConnectTimeoutMs: number;
+}
+
+export function createQemuVm(parts: QemuVmParts): RunningVm {
+  const { runtime, paths, qmp, child, log } = parts;
+  const pid = runtime.pid;
+  const listeners = new Set<(e: VmEvent) => void>();
+  let lastShutdownReason: string | null = null;
+  let detached = false;
+  let pollTimer: NodeJS.Timeout | null = null;
+
+  /** Same process as when we launched/attached (pid-reuse guard for signals and polls). */
+  const isOurs = (): boolean => {
+    const st = readProcStat(pid);
+    return (
+      st !== null && st.state !== 'Z' && st.state !== 'X' && st.startTime === runtime.startTime
+    );
+  };
+
+  qmp.on('event', (ev) => {
+    const e = toVmEvent(ev);
+    if (!e) return;
+    if (e.type === 'shutdown') lastShutdownReason = e.reason;
+    for (const l of listeners) {
+      try {
+        l(e);
+      } catch (err) {
+        log.warn({ err }, 'VM event listener threw');
+      }
+    }
+  });
+
+  const describe = (code: number | null, signal: string | null): string => {
+    const how =
+      signal !== null
+        ? `killed by ${signal}`
+        : code !== null
+          ? `exited with code ${code}`
+          : 'exited';
+    return lastShutdownReason ? `${how} after shutdown (${lastShutdownReason})` : how;
+  };
+
+  let resolveExited!: (info: ExitInfo) => void;
+  const exited = new Promise<ExitInfo>((r) => (resolveExited = r));
+  let done = false;
+  const finish = (info: ExitInfo) => {
+    if (done) return;
+    done = true;
+    if (pollTimer) clearInterval(pollTimer);
+    pollTimer = null;
+    qmp.close();
+    parts.console?.close();
+    log.info({ pid, ...info }, 'hypervisor process exited');
+    resolveExited(info);
+  };
+
+  if (child) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      finish({
+        code: child.exitCode,
+        signal: child.signalCode,
+        reason: describe(child.exitCode, child.signalCode),
+      });
+    } else {
+      child.once('exit', (code, signal) =>
+        finish({ code, signal, reason: describe(code, signal) }),
+      );
+    }
+  } else {
+    // Adopted: the exit status belongs to our former self's parent (init); we
+    // only learn that the process is gone.
+    const checkGone = () => {
+      if (!isOurs()) {
+        finish({
+          code: null,
+          signal: null,
+          reason: describe(null, null) + ' (adopted; exit status unknown)',
+        });
+        return true;
+      }
+      return false;
+    };
+    const startPolling = () => {
+      if (pollTimer || done || detached) return;
+      pollTimer = setInterval(checkGone, POLL_MS);
+      pollTimer.unref();
+    };
+    // QEMU's death closes the QMP socket at once: check /proc then; if the
+    // process is somehow still there, fall back to polling.
+    void qmp.closed.then(() => {
+      if (!detached && !checkGone()) startPolling();
+    });
+  }
+
+  const control = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
+    if (done)
+      throw new MvirtError('VM_BAD_STATE', `cannot ${what}: the hypervisor process has exited`);
+    if (detached) throw new MvirtError('HYPERVISOR_ERROR', `cannot ${what}: detached from the VM`);
+    await fn();
+  };
+
+  return {
+    runtime,
+    pause: () => control('pause', () => qmp.execute('stop')),
+    resume: () => control('resume', () => qmp.execute('cont')),
+    reboot: () => control('reboot', () => qmp.execute('system_reset')),
+    powerdown: () => control('power down', () => qmp.execute('system_powerdown')),
+    quit: () => control('quit', () => qmp.execute('quit')),
+    async status() {
+      if (done) return 'shutdown';
+      const st = await qmp.execute('query-status');
+      return toRunState(st.status);
+    },
+    async connectAgent(): Promise<Duplex> {
+      if (done) throw new MvirtError('AGENT_UNAVAILABLE', 'the hypervisor process has exited');
+      return connectUnixWithRetry(paths.agent, { timeoutMs: parts.agentConnectTimeoutMs });
+    },
+    async connectConsole(): Promise<Duplex> {
+      if (!parts.console || done) throw new MvirtError('HYPERVISOR_ERROR', 'no console connection');
+      return parts.console.connect();
+    },
+    signal(sig: NodeJS.Signals) {
+      // Never signal a recycled pid: check the start time first.
+      if (done || !isOurs()) return;
+      try {
+        process.kill(pid, sig);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    },
+    exited,
+    async detach() {
+      detached = true;
+      if (pollTimer) clearInterval(pollTimer);
+      pollTimer = null;
+      // Let the daemon exit while the VM runs on.
+      child?.unref();
+      qmp.close();
+      parts.console?.close();
+      await Promise.all([qmp.closed, parts.console?.closed]);
+      await parts.console?.log.flush();
+    },
+    onEvent(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+  };
+}

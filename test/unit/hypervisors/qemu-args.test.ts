@@ -1,0 +1,111 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  buildKernelCmdline,
+  buildQemuArgs,
+  optValue,
+  qemuPaths,
+} from '../../../host/hypervisors/qemu/args.js';
+import type { LaunchSpec } from '../../../host/hypervisors/types.js';
+import { MvirtError } from '../../../protocol/errors.js';
+
+const spec = (over: Partial<LaunchSpec> = {}): LaunchSpec => ({
+  vmId: 'vm1',
+  vcpus: 2,
+  memoryMiB: 512,
+  kernel: '/img/vmlinuz',
+  initrd: '/img/initrd',
+  cmdline: 'console=ttyS0 quiet',
+  disks: [{ path: '/img/root,1.squashfs', readOnly: true }],
+  dir: '/var/lib/mvirt/vm/vm1',
+  channel: 'virtio-serial',
+  agentArgs: { 'mvirt.root': 'mvirt' },
+  network: { mode: 'none' },
+  consoleLogBytes: 1024,
+  ...over,
+});
+
+const build = (s: LaunchSpec, machine: 'pc' | 'microvm' = 'pc') =>
+  buildQemuArgs({
+    spec: s,
+    accel: 'tcg',
+    machine,
+    paths: qemuPaths(s.dir),
+    tcgTbSizeMiB: 128,
+    sandbox: true,
+  });
+
+const after = (args: string[], flag: string): string[] =>
+  args.flatMap((a, i) => (a === flag ? [args[i + 1] ?? ''] : []));
+
+describe('qemu args', () => {
+  it('appends the channel keys and agent args to the kernel command line', () => {
+    assert.equal(
+      buildKernelCmdline(spec()),
+      'console=ttyS0 quiet mvirt.vm=vm1 mvirt.channel=virtio-serial mvirt.root=mvirt',
+    );
+  });
+
+  it('refuses agent args that could inject kernel parameters or override backend keys', () => {
+    const cases: Record<string, string>[] = [
+      { 'mvirt.root': 'a b' },
+      { 'mvirt.root': 'x"y' },
+      { root: '/dev/sda' },
+      { 'mvirt.vm': 'other' },
+      { 'mvirt.channel': 'tcp' },
+    ];
+    for (const agentArgs of cases) {
+      assert.throws(
+        () => buildKernelCmdline(spec({ agentArgs })),
+        (e: unknown) => e instanceof MvirtError && e.code === 'INVALID_PARAMS',
+      );
+    }
+  });
+
+  it('builds a pc machine with QMP, console, agent port, rng and read-only disks; starts paused', () => {
+    const args = build(spec());
+    assert.deepEqual(after(args, '-accel'), ['tcg,tb-size=128']);
+    assert.deepEqual(after(args, '-machine'), ['pc,smm=off,vmport=off']);
+    assert.ok(args.includes('-S'));
+    assert.ok(args.includes('-nodefaults'));
+    const chardevs = after(args, '-chardev');
+    assert.ok(
+      chardevs.includes('socket,id=qmp,path=/var/lib/mvirt/vm/vm1/qmp.sock,server=on,wait=off'),
+    );
+    assert.ok(
+      chardevs.includes('socket,id=agent,path=/var/lib/mvirt/vm/vm1/agent.sock,server=on,wait=off'),
+    );
+    const devices = after(args, '-device');
+    assert.ok(devices.includes('virtserialport,bus=vser0.0,chardev=agent,name=mvirt.agent'));
+    assert.ok(devices.includes('virtio-rng-pci,rng=rng0'));
+    // Commas in paths are doubled inside option lists.
+    assert.deepEqual(after(args, '-drive'), [
+      'file=/img/root,,1.squashfs,if=none,format=raw,id=d0,readonly=on',
+    ]);
+    assert.deepEqual(after(args, '-nic'), ['none']);
+  });
+
+  it('uses virtio-mmio devices on microvm and user networking when asked', () => {
+    const args = build(spec({ network: { mode: 'user', mac: '52:54:00:12:34:56' } }), 'microvm');
+    const devices = after(args, '-device');
+    assert.ok(devices.includes('virtio-serial-device,id=vser0'));
+    assert.ok(devices.includes('virtio-net-device,netdev=net0,mac=52:54:00:12:34:56'));
+    assert.deepEqual(after(args, '-netdev'), ['user,id=net0']);
+  });
+
+  it('refuses bridge mode without a TAP, bad MACs, vsock, and socket paths too long', () => {
+    const bad = (s: LaunchSpec) => assert.throws(() => build(s), MvirtError);
+    bad(spec({ network: { mode: 'bridge' } }));
+    bad(spec({ network: { mode: 'user', mac: 'zz' } }));
+    bad(spec({ channel: 'vsock' }));
+    bad(spec({ dir: `/tmp/${'x'.repeat(120)}` }));
+    assert.deepEqual(
+      after(build(spec({ network: { mode: 'bridge', tap: 'mvtap0' } })), '-netdev'),
+      ['tap,id=net0,ifname=mvtap0,script=no,downscript=no'],
+    );
+  });
+
+  it('doubles commas', () => {
+    assert.equal(optValue('a,b,,c'), 'a,,b,,,,c');
+  });
+});
