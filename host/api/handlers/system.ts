@@ -1,0 +1,60 @@
+/** system.info: host facts, allocation, limits, backends, VM counts, images. */
+import type { SystemInfo } from '../../../protocol/rpc.js';
+import type { ProbeResult } from '../../hypervisors/types.js';
+import type { HypervisorSet } from '../../vm/hypervisors.js';
+import type { ImageStore } from '../../vm/images.js';
+import type { VmManager } from '../../vm/manager.js';
+import type { Handlers } from '../types.js';
+
+export interface SystemDeps {
+  host: { hostId: string; version: string; cpus: number; memoryMiB: number };
+  limits: SystemInfo['limits'];
+  vms: Pick<VmManager, 'allocated' | 'countByState'>;
+  hypervisors: HypervisorSet;
+  images: ImageStore;
+}
+
+/**
+ * Synchronous when the backend probes and the image listing are cached (the
+ * usual case): system.info is the round trip controllers poll most.
+ */
+export function systemInfo(d: SystemDeps): SystemInfo | Promise<SystemInfo> {
+  const names = d.hypervisors.names();
+  const probes = names.map((n) => d.hypervisors.probed(n));
+  const images = d.images.listCached();
+  if (images && probes.every((p) => p !== undefined)) {
+    return build(d, names, probes as ProbeResult[], images);
+  }
+  return Promise.all([Promise.all(names.map((n) => d.hypervisors.probe(n))), d.images.list()]).then(
+    ([p, i]) => build(d, names, p, i),
+  );
+}
+
+function build(
+  d: SystemDeps,
+  names: string[],
+  probes: ProbeResult[],
+  images: string[],
+): SystemInfo {
+  const a = d.vms.allocated();
+  return {
+    ...d.host,
+    allocated: { vcpus: a.vcpus, memoryMiB: a.memoryMiB },
+    limits: d.limits,
+    backends: names.map((name, i) => {
+      const p = probes[i]!;
+      return {
+        name,
+        available: p.available,
+        accel: p.accel,
+        ...(p.reason ? { reason: p.reason } : {}),
+      };
+    }),
+    vms: d.vms.countByState(),
+    images,
+  };
+}
+
+export const systemHandlers = (d: SystemDeps): Handlers<'system.info'> => ({
+  'system.info': () => systemInfo(d),
+});

@@ -1,0 +1,32 @@
+/** The vm.* methods: thin adapters from validated params onto the VM manager. */
+import type { VmManager } from '../../vm/manager.js';
+import type { Handlers } from '../types.js';
+
+export interface VmHandlerDeps {
+  vms: VmManager;
+}
+
+type VmMethods =
+  | 'vm.create'
+  | 'vm.get'
+  | 'vm.list'
+  | 'vm.start'
+  | 'vm.stop'
+  | 'vm.kill'
+  | 'vm.pause'
+  | 'vm.resume'
+  | 'vm.reboot'
+  | 'vm.delete';
+
+export const vmHandlers = ({ vms }: VmHandlerDeps): Handlers<VmMethods> => ({
+  'vm.create': (p) => vms.create(p),
+  'vm.get': (p) => vms.get(p.vm),
+  'vm.list': (p) => ({ vms: vms.list(p?.state) }),
+  'vm.start': (p) => vms.start(p.vm, p.wait ?? false),
+  'vm.stop': (p) => vms.stop(p.vm, p.timeoutMs),
+  'vm.kill': (p) => vms.kill(p.vm),
+  'vm.pause': (p) => vms.pause(p.vm),
+  'vm.resume': (p) => vms.resume(p.vm),
+  'vm.reboot': (p) => vms.reboot(p.vm),
+  'vm.delete': (p) => vms.delete(p.vm),
+});

@@ -1,0 +1,26 @@
+/** Types shared by the route table, the handlers and the RPC server. */
+import type { z } from 'zod';
+import type { PARAMS, ResultOf, RpcMethod } from '../../protocol/rpc.js';
+import type { Encoding } from '../../protocol/codec.js';
+
+export interface RequestCtx {
+  method: RpcMethod;
+  id?: string;
+  encoding: Encoding;
+}
+
+export type ParamsOut<M extends RpcMethod> = z.output<(typeof PARAMS)[M]>;
+
+export type Handler<M extends RpcMethod> = (
+  params: ParamsOut<M>,
+  ctx: RequestCtx,
+) => Promise<ResultOf<M>> | ResultOf<M>;
+
+export type Handlers<M extends RpcMethod> = { [K in M]: Handler<K> };
+
+export interface Route<M extends RpcMethod> {
+  schema: (typeof PARAMS)[M];
+  handler: Handler<M>;
+}
+
+export type RouteTable = { [M in RpcMethod]: Route<M> };

@@ -1,0 +1,189 @@
+/**
+ * Wiring: store → broker → event log → hypervisors and images → VM manager →
+ * API → host status; recovery before the API serves anyone, so the first
+ * answer already reflects re-attached VMs. `close()` undoes it in reverse.
+ */
+import { mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createBroker } from '../broker/index.js';
+import type { Broker } from '../broker/types.js';
+import { createApi, type Api } from '../api/server.js';
+import { createRoutes } from '../api/routes.js';
+import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
+import { createEventLog } from '../events/log.js';
+import type { Hypervisor } from '../hypervisors/types.js';
+import type { MvirtLogger } from '../log.js';
+import { createStore, type Store } from '../store/index.js';
+import { createHypervisorSet } from '../vm/hypervisors.js';
+import { createImageStore } from '../vm/images.js';
+import { createVmManager, DEFAULT_TIMEOUTS, type VmManager } from '../vm/manager.js';
+import { hostRoot, topics as topicsFor, type Topics } from '../../protocol/topics.js';
+import { loadBackends } from './backends.js';
+import type { DaemonOptions } from './options.js';
+import { createOrderedBus } from './ordered-bus.js';
+import { createStatusPublisher } from './status.js';
+import { VERSION } from './version.js';
+
+export interface Daemon {
+  readonly broker: Broker;
+  readonly store: Store;
+  readonly vms: VmManager;
+  readonly api: Api;
+  readonly topics: Topics;
+  /** Orderly stop: leaves VMs running unless options.stopVmsOnExit. */
+  close(): Promise<void>;
+}
+
+export interface DaemonOverrides {
+  /** Test doubles instead of the compiled-in backends. */
+  hypervisors?: Hypervisor[];
+}
+
+export async function startDaemon(
+  opts: DaemonOptions,
+  log: MvirtLogger,
+  overrides: DaemonOverrides = {},
+): Promise<Daemon> {
+  const vmDir = path.join(opts.dataDir, 'vm');
+  await mkdir(vmDir, { recursive: true, mode: 0o700 });
+  const root = hostRoot(opts.prefix, opts.hostId);
+  const t = topicsFor(root);
+
+  const store = createStore(path.join(opts.dataDir, 'mvirt.db'), log.child({ component: 'store' }));
+  const cleanup: (() => Promise<void> | void)[] = [() => store.close()];
+  try {
+    const broker = await createBroker(
+      {
+        root,
+        listen: opts.listen,
+        ws: opts.wsListen,
+        unixPath: opts.unixSocket,
+        dataDir: opts.dataDir,
+        allowAnonymous: opts.allowAnonymous,
+        ...(opts.usersFile ? { usersFile: opts.usersFile } : {}),
+      },
+      log.child({ component: 'broker' }),
+    );
+    cleanup.unshift(() => broker.close());
+    const bus = createOrderedBus(broker);
+    broker.setLastWill({
+      topic: t.status,
+      payload: JSON.stringify({ hostId: opts.hostId, online: false }),
+    });
+
+    const events = createEventLog({
+      repo: store.events,
+      bus,
+      topics: t,
+      log: log.child({ component: 'events' }),
+      retention: { days: opts.eventsRetentionDays, maxRows: opts.eventsMaxRows },
+    });
+    cleanup.unshift(() => events.close());
+    events.prune();
+
+    const hypervisors = createHypervisorSet(
+      overrides.hypervisors ?? loadBackends(log.child({ component: 'hypervisors' })),
+      log.child({ component: 'hypervisors' }),
+    );
+    const images = createImageStore(opts.imagesDir);
+    const limits = { vcpus: opts.maxVcpus, memoryMiB: opts.maxMemoryMiB, maxVms: opts.maxVms };
+    const vms = createVmManager({
+      store,
+      events,
+      broker: {
+        publish: bus.publish,
+        subscribe: bus.subscribe,
+        attachAgentChannel: (id, s) => broker.attachAgentChannel(id, s),
+      },
+      hypervisors,
+      images,
+      topics: t,
+      log,
+      options: {
+        ...DEFAULT_TIMEOUTS,
+        vmDir,
+        defaults: {
+          vcpus: opts.defaultVcpus,
+          memoryMiB: opts.defaultMemoryMiB,
+          image: opts.defaultImage,
+          backend: opts.defaultBackend,
+        },
+        limits,
+        bootTimeoutMs: opts.bootTimeoutMs,
+        stopTimeoutMs: opts.stopTimeoutMs,
+        consoleLogBytes: 1024 * 1024,
+      },
+    });
+
+    const sysDeps: SystemDeps = {
+      host: {
+        hostId: opts.hostId,
+        version: VERSION,
+        cpus: os.availableParallelism(),
+        memoryMiB: Math.floor(os.totalmem() / (1024 * 1024)),
+      },
+      limits,
+      vms,
+      hypervisors,
+      images,
+    };
+    const api = createApi({
+      bus,
+      topics: t,
+      routes: createRoutes({ ...sysDeps, vms, events }),
+      log,
+    });
+    const status = createStatusPublisher({
+      bus,
+      topic: t.status,
+      hostId: opts.hostId,
+      info: async () => systemInfo(sysDeps),
+      intervalMs: opts.statusIntervalMs,
+      log,
+    });
+
+    // Probe backends early: KVM probing takes a while and system.info needs it.
+    for (const name of hypervisors.names()) void hypervisors.probe(name);
+    await vms.startup(); // recovery
+    vms.onStateChange(() => status.kick());
+    await api.start();
+    await status.start();
+    events.append({
+      level: 'audit',
+      component: 'daemon',
+      message: `mvirtd ${VERSION} started as ${opts.hostId}`,
+      objects: [`host:${opts.hostId}`],
+      data: { addresses: broker.addresses, dataDir: opts.dataDir },
+    });
+    log.info(
+      { version: VERSION, root, addresses: broker.addresses, dataDir: opts.dataDir },
+      'mvirtd ready',
+    );
+
+    let closing: Promise<void> | undefined;
+    return {
+      broker,
+      store,
+      vms,
+      api,
+      topics: t,
+      close: () =>
+        (closing ??= (async () => {
+          await api.close();
+          await vms.shutdown(opts.stopVmsOnExit);
+          events.append({
+            level: 'audit',
+            component: 'daemon',
+            message: `mvirtd stopped (${opts.stopVmsOnExit ? 'VMs stopped' : 'VMs left running'})`,
+            objects: [`host:${opts.hostId}`],
+          });
+          await status.stop();
+          for (const c of cleanup) await c();
+        })()),
+    };
+  } catch (err) {
+    for (const c of cleanup) await Promise.resolve(c()).catch(() => undefined);
+    throw err;
+  }
+}

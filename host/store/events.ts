@@ -1,0 +1,128 @@
+/** The event log tables: events and their many-to-many links to objects. */
+import type { Statement } from 'better-sqlite3';
+import type { Db } from './db.js';
+import type { EventRecord } from '../../protocol/rpc.js';
+
+export type EventLevel = EventRecord['level'];
+
+export interface NewEvent {
+  at: number;
+  level: EventLevel;
+  component: string;
+  message: string;
+  objects: readonly string[];
+  data?: unknown;
+}
+
+export interface EventQuery {
+  objectId?: string;
+  level?: EventLevel;
+  /** Epoch milliseconds, inclusive. */
+  since?: number;
+  /** Epoch milliseconds, exclusive. */
+  until?: number;
+  limit?: number;
+}
+
+interface EventRow {
+  id: number;
+  at: number;
+  level: EventLevel;
+  component: string;
+  message: string;
+  data: string | null;
+  objects: string | null;
+}
+
+export const DEFAULT_EVENT_LIMIT = 100;
+
+export function createEventRepo(db: Db) {
+  const insertEvent = db.prepare(
+    `INSERT INTO events (at, level, component, message, data) VALUES (?, ?, ?, ?, ?)`,
+  );
+  const insertObject = db.prepare(
+    `INSERT OR IGNORE INTO event_objects (event_id, object_id) VALUES (?, ?)`,
+  );
+  const append = db.transaction((e: NewEvent): number => {
+    const id = Number(
+      insertEvent.run(
+        e.at,
+        e.level,
+        e.component,
+        e.message,
+        e.data === undefined ? null : JSON.stringify(e.data),
+      ).lastInsertRowid,
+    );
+    for (const o of new Set(e.objects)) insertObject.run(id, o);
+    return id;
+  });
+
+  // Queries are built from a fixed set of clauses, so a small statement cache
+  // keyed by the clause combination keeps them prepared.
+  const cache = new Map<string, Statement<unknown[]>>();
+  function statement(q: EventQuery): { sql: string; args: unknown[] } {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.objectId !== undefined) {
+      where.push('e.id IN (SELECT event_id FROM event_objects WHERE object_id = ?)');
+      args.push(q.objectId);
+    }
+    if (q.level !== undefined) {
+      where.push('e.level = ?');
+      args.push(q.level);
+    }
+    if (q.since !== undefined) {
+      where.push('e.at >= ?');
+      args.push(q.since);
+    }
+    if (q.until !== undefined) {
+      where.push('e.at < ?');
+      args.push(q.until);
+    }
+    // With `since`, page forward from it; otherwise return the most recent ones.
+    const order = q.since !== undefined ? 'ASC' : 'DESC';
+    const sql = `
+      SELECT e.*, (SELECT json_group_array(object_id) FROM event_objects o WHERE o.event_id = e.id) AS objects
+      FROM events e ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY e.id ${order} LIMIT ?`;
+    args.push(q.limit ?? DEFAULT_EVENT_LIMIT);
+    return { sql, args };
+  }
+
+  const pruneOld = db.prepare(`DELETE FROM events WHERE at < ?`);
+  const pruneRows = db.prepare(
+    `DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)`,
+  );
+
+  return {
+    append: (e: NewEvent): number => append(e),
+    /** Matching events in chronological order. */
+    query(q: EventQuery = {}): EventRecord[] {
+      const { sql, args } = statement(q);
+      let st = cache.get(sql);
+      if (!st) cache.set(sql, (st = db.prepare<unknown[]>(sql)));
+      const rows = st.all(...args) as EventRow[];
+      if (q.since === undefined) rows.reverse();
+      return rows.map((r) => {
+        const rec: EventRecord = {
+          id: r.id,
+          at: new Date(r.at).toISOString(),
+          level: r.level,
+          component: r.component,
+          message: r.message,
+          objects: r.objects ? (JSON.parse(r.objects) as string[]) : [],
+        };
+        if (r.data !== null) rec.data = JSON.parse(r.data) as unknown;
+        return rec;
+      });
+    },
+    /** Bounded retention: drop events older than `before` and beyond `maxRows`. */
+    prune(before: number, maxRows: number): number {
+      return db.transaction(
+        () => pruneOld.run(before).changes + pruneRows.run(Math.max(0, maxRows)).changes,
+      )();
+    },
+  };
+}
+
+export type EventRepo = ReturnType<typeof createEventRepo>;

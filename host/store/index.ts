@@ -1,0 +1,29 @@
+/** The daemon's durable state: one SQLite file (DESIGN: `<data-dir>/mvirt.db`). */
+import type { MvirtLogger } from '../log.js';
+import { openDatabase, type Db, type OpenOptions } from './db.js';
+import { createVmRepo, type VmRepo } from './vms.js';
+import { createEventRepo, type EventRepo } from './events.js';
+
+export interface Store {
+  readonly db: Db;
+  readonly vms: VmRepo;
+  readonly events: EventRepo;
+  close(): void;
+}
+
+export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = {}): Store {
+  const db = openDatabase(file, log, opts);
+  return {
+    db,
+    vms: createVmRepo(db),
+    events: createEventRepo(db),
+    close: () => {
+      if (db.open) db.close();
+    },
+  };
+}
+
+export type { Db } from './db.js';
+export type { NewVm, StoredRuntime, VmRepo } from './vms.js';
+export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
+export { SCHEMA_VERSION } from './migrations.js';

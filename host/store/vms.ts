@@ -1,0 +1,202 @@
+/** The `vms` and `vm_runtime` tables: prepared statements and row ↔ record mapping. */
+import type { Db } from './db.js';
+import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.js';
+import type { VmRuntime } from '../hypervisors/types.js';
+
+export interface NewVm {
+  id: string;
+  name: string;
+  vcpus: number;
+  memoryMiB: number;
+  kind: VmKind;
+  image: string;
+  backend: string;
+  network: NetworkSpec;
+  metadata: Record<string, string>;
+}
+
+export interface StoredRuntime extends VmRuntime {
+  vmId: string;
+  startedAt: string;
+}
+
+interface VmRow {
+  id: string;
+  name: string;
+  state: VmState;
+  state_reason: string | null;
+  vcpus: number;
+  memory_mib: number;
+  kind: VmKind;
+  image: string;
+  backend: string;
+  network: string;
+  metadata: string;
+  created_at: string;
+  updated_at: string;
+  started_at: string | null;
+  boot: string | null;
+  agent_version: string | null;
+  pid: number | null;
+  accel: string | null;
+}
+
+interface RuntimeRow {
+  vm_id: string;
+  backend: string;
+  pid: number;
+  start_time: number;
+  accel: string;
+  sockets: string;
+  started_at: string;
+}
+
+// Most VMs carry the default network and no metadata: skip JSON.parse for those
+// (vm.list over 10,000 rows is a benchmark target).
+const EMPTY_META = '{}';
+const parseNetwork = (s: string): NetworkSpec =>
+  s === '{"mode":"none"}' ? { mode: 'none' } : (JSON.parse(s) as NetworkSpec);
+const parseMeta = (s: string): Record<string, string> =>
+  s === EMPTY_META ? {} : (JSON.parse(s) as Record<string, string>);
+
+export function rowToRecord(r: VmRow): VmRecord {
+  const rec: VmRecord = {
+    id: r.id,
+    name: r.name,
+    state: r.state,
+    vcpus: r.vcpus,
+    memoryMiB: r.memory_mib,
+    kind: r.kind,
+    image: r.image,
+    backend: r.backend,
+    network: parseNetwork(r.network),
+    metadata: parseMeta(r.metadata),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+  if (r.state_reason !== null) rec.stateReason = r.state_reason;
+  if (r.started_at !== null) rec.startedAt = r.started_at;
+  if (r.pid !== null) rec.pid = r.pid;
+  if (r.accel !== null) rec.accel = r.accel;
+  if (r.boot !== null) rec.boot = JSON.parse(r.boot) as VmRecord['boot'];
+  if (r.agent_version !== null) rec.agentVersion = r.agent_version;
+  return rec;
+}
+
+const SELECT = `
+  SELECT v.*, r.pid AS pid, r.accel AS accel
+  FROM vms v LEFT JOIN vm_runtime r ON r.vm_id = v.id`;
+
+export function createVmRepo(db: Db) {
+  const s = {
+    insert: db.prepare(`
+      INSERT INTO vms (id, name, state, vcpus, memory_mib, kind, image, backend, network,
+                       metadata, created_at, updated_at)
+      VALUES (@id, @name, 'stopped', @vcpus, @memoryMiB, @kind, @image, @backend, @network,
+              @metadata, @now, @now)`),
+    byId: db.prepare(`${SELECT} WHERE v.id = ?`),
+    byName: db.prepare(`${SELECT} WHERE v.name = ?`),
+    all: db.prepare(`${SELECT} ORDER BY v.created_at, v.id`),
+    byState: db.prepare(`${SELECT} WHERE v.state = ? ORDER BY v.created_at, v.id`),
+    setState: db.prepare(
+      `UPDATE vms SET state = ?, state_reason = ?, updated_at = ? WHERE id = ? AND state = ?`,
+    ),
+    setStarted: db.prepare(
+      `UPDATE vms SET started_at = ?, boot = NULL, updated_at = ? WHERE id = ?`,
+    ),
+    setAgent: db.prepare(`UPDATE vms SET boot = ?, agent_version = ?, updated_at = ? WHERE id = ?`),
+    del: db.prepare(`DELETE FROM vms WHERE id = ?`),
+    counts: db.prepare(`SELECT state, COUNT(*) AS n FROM vms GROUP BY state`),
+    allocated: db.prepare(`
+      SELECT COUNT(*) AS n, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mib), 0) AS mem
+      FROM vms WHERE state NOT IN ('stopped', 'failed')`),
+    putRuntime: db.prepare(`
+      INSERT OR REPLACE INTO vm_runtime (vm_id, backend, pid, start_time, accel, sockets, started_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?)`),
+    getRuntime: db.prepare(`SELECT * FROM vm_runtime WHERE vm_id = ?`),
+    allRuntime: db.prepare(`SELECT * FROM vm_runtime`),
+    delRuntime: db.prepare(`DELETE FROM vm_runtime WHERE vm_id = ?`),
+  };
+  const toRuntime = (r: RuntimeRow): StoredRuntime => ({
+    vmId: r.vm_id,
+    backend: r.backend,
+    pid: r.pid,
+    startTime: r.start_time,
+    accel: r.accel,
+    sockets: JSON.parse(r.sockets) as Record<string, string>,
+    startedAt: r.started_at,
+  });
+
+  return {
+    insert(vm: NewVm, now = new Date().toISOString()): void {
+      s.insert.run({
+        ...vm,
+        network: JSON.stringify(vm.network),
+        metadata: JSON.stringify(vm.metadata),
+        now,
+      });
+    },
+    get(id: string): VmRecord | undefined {
+      const r = s.byId.get(id) as VmRow | undefined;
+      return r && rowToRecord(r);
+    },
+    /** By id first, then by name (PROTOCOL: `vm` accepts either). */
+    find(ref: string): VmRecord | undefined {
+      const r = (s.byId.get(ref) ?? s.byName.get(ref)) as VmRow | undefined;
+      return r && rowToRecord(r);
+    },
+    nameTaken(name: string): boolean {
+      return s.byName.get(name) !== undefined || s.byId.get(name) !== undefined;
+    },
+    list(state?: VmState): VmRecord[] {
+      const rows = (state ? s.byState.all(state) : s.all.all()) as VmRow[];
+      return rows.map(rowToRecord);
+    },
+    /** Compare-and-set on the state: false when the VM is no longer in `from`. */
+    setState(id: string, from: VmState, to: VmState, reason: string | null, now: string): boolean {
+      return s.setState.run(to, reason, now, id, from).changes === 1;
+    },
+    setStarted(id: string, now: string): void {
+      s.setStarted.run(now, now, id);
+    },
+    setAgent(id: string, boot: VmRecord['boot'], agentVersion: string, now: string): void {
+      s.setAgent.run(JSON.stringify(boot), agentVersion, now, id);
+    },
+    delete(id: string): boolean {
+      return s.del.run(id).changes === 1;
+    },
+    countByState(): Partial<Record<VmState, number>> {
+      const out: Partial<Record<VmState, number>> = {};
+      for (const r of s.counts.all() as { state: VmState; n: number }[]) out[r.state] = r.n;
+      return out;
+    },
+    /** Resources held by VMs that are not stopped or failed. */
+    allocated(): { vms: number; vcpus: number; memoryMiB: number } {
+      const r = s.allocated.get() as { n: number; vcpus: number; mem: number };
+      return { vms: r.n, vcpus: r.vcpus, memoryMiB: r.mem };
+    },
+    putRuntime(vmId: string, rt: VmRuntime, startedAt: string): void {
+      s.putRuntime.run(
+        vmId,
+        rt.backend,
+        rt.pid,
+        rt.startTime,
+        rt.accel,
+        JSON.stringify(rt.sockets),
+        startedAt,
+      );
+    },
+    getRuntime(vmId: string): StoredRuntime | undefined {
+      const r = s.getRuntime.get(vmId) as RuntimeRow | undefined;
+      return r && toRuntime(r);
+    },
+    allRuntime(): StoredRuntime[] {
+      return (s.allRuntime.all() as RuntimeRow[]).map(toRuntime);
+    },
+    deleteRuntime(vmId: string): void {
+      s.delRuntime.run(vmId);
+    },
+  };
+}
+
+export type VmRepo = ReturnType<typeof createVmRepo>;

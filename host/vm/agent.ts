@@ -1,0 +1,164 @@
+/**
+ * The host end of the private agent exchange. Everything a guest says arrives
+ * on `<root>/agent/<vmId>/up/<kind>`, is CBOR, and is untrusted: each message
+ * is decoded and validated against protocol/agent.ts, and a bad one is logged
+ * with the VM id and dropped. The VM id comes from the topic (the broker
+ * confines each agent to its own subtree), never from the payload.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Bus } from '../broker/types.js';
+import {
+  AGENT_DOWN,
+  AGENT_UP,
+  type AgentDownMessage,
+  type AgentUpMessage,
+} from '../../protocol/agent.js';
+import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+import { MvirtError } from '../../protocol/errors.js';
+import { formatIssues } from '../../protocol/validate.js';
+import {
+  parseAgentUpTopic,
+  type AgentDownKind,
+  type AgentUpKind,
+  type Topics,
+} from '../../protocol/topics.js';
+import type { MvirtLogger } from '../log.js';
+
+export type AgentHandler = {
+  [K in AgentUpKind]?: (vmId: string, msg: AgentUpMessage[K]) => void;
+};
+
+export interface AgentLink {
+  start(): Promise<void>;
+  /** Send a request (a message with an `id`) and await the agent's reply. */
+  call<K extends AgentDownKind>(
+    vmId: string,
+    kind: K,
+    body: Omit<AgentDownMessage[K], 'id'>,
+    timeoutMs: number,
+  ): Promise<unknown>;
+  /** Send a message that expects no reply. */
+  send<K extends AgentDownKind>(vmId: string, kind: K, msg: AgentDownMessage[K]): Promise<void>;
+  /** Fail the pending requests of a VM whose agent went away. */
+  dropVm(vmId: string, reason: string): void;
+  close(): Promise<void>;
+}
+
+interface Pending {
+  vmId: string;
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export function createAgentLink(deps: {
+  bus: Bus;
+  topics: Topics;
+  log: MvirtLogger;
+  /** Is this VM one we run? Messages for other ids are dropped. */
+  isKnown: (vmId: string) => boolean;
+  handlers: AgentHandler;
+}): AgentLink {
+  const { bus, topics, log, isKnown, handlers } = deps;
+  const pending = new Map<string, Pending>();
+  let unsubscribe: (() => Promise<void>) | undefined;
+
+  function onMessage(topic: string, payload: Buffer): void {
+    const t = parseAgentUpTopic(topics.root, topic);
+    if (!t) return;
+    const { vmId, kind } = t;
+    if (!isKnown(vmId)) {
+      log.debug({ vmId, kind }, 'agent message for a VM that is not running; dropped');
+      return;
+    }
+    let raw: unknown;
+    try {
+      raw = decodeCbor(payload);
+    } catch (err) {
+      log.warn({ vmId, kind, err: String(err) }, 'undecodable agent message; dropped');
+      return;
+    }
+    const r = AGENT_UP[kind].safeParse(raw);
+    if (!r.success) {
+      log.warn({ vmId, kind, problem: formatIssues(r.error) }, 'invalid agent message; dropped');
+      return;
+    }
+    if (kind === 'reply') return onReply(vmId, r.data as AgentUpMessage['reply']);
+    try {
+      (handlers[kind] as ((id: string, m: unknown) => void) | undefined)?.(vmId, r.data);
+    } catch (err) {
+      // A handler bug must not let one guest's message take the daemon down.
+      log.error({ vmId, kind, err }, 'agent message handler failed');
+    }
+  }
+
+  function onReply(vmId: string, reply: AgentUpMessage['reply']): void {
+    const p = pending.get(reply.id);
+    // Only the VM a request went to may answer it.
+    if (!p || p.vmId !== vmId) {
+      log.debug({ vmId, id: reply.id }, 'agent reply without a pending request; dropped');
+      return;
+    }
+    pending.delete(reply.id);
+    clearTimeout(p.timer);
+    if (reply.ok) p.resolve(reply.result);
+    else
+      p.reject(
+        new MvirtError('AGENT_ERROR', reply.error?.message ?? 'agent error', {
+          details: reply.error ? { code: reply.error.code } : undefined,
+        }),
+      );
+  }
+
+  async function send<K extends AgentDownKind>(
+    vmId: string,
+    kind: K,
+    msg: AgentDownMessage[K],
+  ): Promise<void> {
+    // Validate our own output too: a host bug should fail here, not in the guest.
+    const r = AGENT_DOWN[kind].safeParse(msg);
+    if (!r.success)
+      throw new MvirtError('INTERNAL', `bad ${kind} message: ${formatIssues(r.error)}`);
+    await bus.publish(topics.agentDown(vmId, kind), encodeCbor(msg), { qos: 1 });
+  }
+
+  return {
+    async start() {
+      unsubscribe = await bus.subscribe(topics.agentUpWildcard, onMessage);
+    },
+    send,
+    call(vmId, kind, body, timeoutMs) {
+      const id = randomUUID();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          pending.delete(id);
+          reject(
+            new MvirtError('TIMEOUT', `agent of ${vmId} did not answer ${kind} in ${timeoutMs} ms`),
+          );
+        }, timeoutMs);
+        pending.set(id, { vmId, resolve, reject, timer });
+        send(vmId, kind, { ...body, id } as AgentDownMessage[typeof kind]).catch((err: unknown) => {
+          pending.delete(id);
+          clearTimeout(timer);
+          reject(err instanceof Error ? err : new Error(String(err)));
+        });
+      });
+    },
+    dropVm(vmId, reason) {
+      for (const [id, p] of pending) {
+        if (p.vmId !== vmId) continue;
+        pending.delete(id);
+        clearTimeout(p.timer);
+        p.reject(new MvirtError('AGENT_UNAVAILABLE', reason));
+      }
+    },
+    async close() {
+      for (const [id, p] of pending) {
+        pending.delete(id);
+        clearTimeout(p.timer);
+        p.reject(new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down'));
+      }
+      await unsubscribe?.();
+    },
+  };
+}

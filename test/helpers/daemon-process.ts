@@ -1,0 +1,69 @@
+/**
+ * mvirtd as a separate process (from source through tsx, or dist/mvirtd.js
+ * when built), for tests that kill it with SIGKILL or measure it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+export interface DaemonProcess {
+  child: ChildProcess;
+  url: string;
+  pid: number;
+  /** stderr lines so far (JSON logs). */
+  logs: string[];
+  /** Resolves with the exit once the process is gone. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function spawnDaemon(
+  args: string[],
+  opts: { bundle?: string; readyTimeoutMs?: number } = {},
+): Promise<DaemonProcess> {
+  const argv =
+    opts.bundle && existsSync(opts.bundle)
+      ? [opts.bundle, ...args]
+      : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...args];
+  // Not a node:test child itself, whatever runs this test.
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  const child = spawn(process.execPath, argv, {
+    cwd: REPO,
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const logs: string[] = [];
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    child.stderr!.on('data', (b: Buffer) => {
+      buf += b.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        logs.push(line);
+        try {
+          const j = JSON.parse(line) as { msg?: string; addresses?: { tcp?: string } };
+          if (j.msg === 'mvirtd ready' && j.addresses?.tcp) resolve(`mqtt://${j.addresses.tcp}`);
+        } catch {
+          /* not JSON */
+        }
+      }
+    });
+    void exited.then(({ code }) =>
+      reject(new Error(`mvirtd exited (${code}) before it was ready:\n${logs.join('\n')}`)),
+    );
+    const t = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`mvirtd not ready within ${opts.readyTimeoutMs ?? 60_000} ms`));
+    }, opts.readyTimeoutMs ?? 60_000);
+    t.unref();
+  });
+  return { child, url, pid: child.pid!, logs, exited };
+}
