@@ -1,0 +1,130 @@
+/**
+ * manifest.json of a built image: what the VM backends need to boot it, and
+ * every input and output with its sha256 (provenance). The schema is the
+ * contract with host/ (hypervisor backends, image store): read it with
+ * `readManifest`.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { MvirtError } from '../protocol/errors.js';
+
+export const MANIFEST_FILE = 'manifest.json';
+export const MANIFEST_SCHEMA = 1;
+
+const sha = z.string().regex(/^[0-9a-f]{64}$/);
+
+export const ManifestInput = z.discriminatedUnion('kind', [
+  z.strictObject({
+    kind: z.literal('deb'),
+    role: z.enum(['kernel', 'busybox', 'package']),
+    name: z.string(),
+    version: z.string(),
+    sha256: sha,
+    pinned: z.boolean(),
+    pinnedVersion: z.string().nullable(),
+  }),
+  z.strictObject({
+    kind: z.literal('file'),
+    role: z.enum([
+      'agent',
+      'file',
+      'initramfs',
+      'kernel-config',
+      'pins',
+      'builder',
+      'custom-kernel',
+    ]),
+    path: z.string(),
+    dest: z.string().optional(),
+    version: z.string().optional(),
+    sha256: sha,
+  }),
+]);
+export type ManifestInput = z.infer<typeof ManifestInput>;
+
+export const ManifestOutput = z.strictObject({
+  file: z.string(),
+  sha256: sha,
+  size: z.number().int(),
+});
+export type ManifestOutput = z.infer<typeof ManifestOutput>;
+
+export const Manifest = z.strictObject({
+  schema: z.literal(MANIFEST_SCHEMA),
+  name: z.string(),
+  /** Hash of all declared inputs: the output cache key. */
+  key: z.string(),
+  kernel: z.strictObject({
+    file: z.string(),
+    release: z.string(),
+    source: z.enum(['debian', 'custom']),
+  }),
+  initrd: z.strictObject({ file: z.string(), compression: z.literal('lz4') }),
+  /** The root filesystem: attach read-only as a virtio-blk disk (init finds it by its squashfs magic). */
+  disk: z.strictObject({
+    file: z.string(),
+    format: z.literal('squashfs'),
+    compression: z.string(),
+    readOnly: z.literal(true),
+    bus: z.literal('virtio-blk'),
+  }),
+  /** Default kernel arguments; the backend appends per-VM `mvirt.*` keys. */
+  cmdline: z.string(),
+  /** What the image was tested with; backends should use these. */
+  boot: z.strictObject({
+    machine: z.enum(['pc', 'q35', 'microvm']),
+    /** virtio-pci for pc/q35, virtio-mmio for microvm. */
+    transport: z.enum(['virtio-pci', 'virtio-mmio']),
+    serialConsole: z.literal('ttyS0'),
+    agentPort: z.string(),
+    minMemoryMiB: z.number().int(),
+    testedAccel: z.array(z.string()),
+  }),
+  inputs: z.array(ManifestInput),
+  outputs: z.array(ManifestOutput),
+  sizes: z.strictObject({ kernelPlusInitrd: z.number().int(), total: z.number().int() }),
+  modules: z.array(z.string()),
+  build: z.strictObject({
+    at: z.string(),
+    seconds: z.number(),
+    fromCache: z.boolean(),
+    sourceDateEpoch: z.number().int(),
+    builderVersion: z.number().int(),
+  }),
+  warnings: z.array(z.string()),
+});
+export type Manifest = z.infer<typeof Manifest>;
+
+/** Read and validate `<imageDir>/manifest.json`. */
+export async function readManifest(imageDir: string): Promise<Manifest> {
+  const file = path.join(imageDir, MANIFEST_FILE);
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw new MvirtError(
+      'IMAGE_NOT_FOUND',
+      `no image manifest at ${file}: build it with \`mvirt image build\``,
+      {
+        cause: err,
+      },
+    );
+  }
+  const r = Manifest.safeParse(json);
+  if (!r.success)
+    throw new MvirtError('IMAGE_NOT_FOUND', `${file} is not a valid manifest: ${r.error.message}`);
+  return r.data;
+}
+
+/** The absolute paths of an image's boot files. */
+export function bootFiles(
+  imageDir: string,
+  m: Manifest,
+): { kernel: string; initrd: string; disk: string } {
+  return {
+    kernel: path.join(imageDir, m.kernel.file),
+    initrd: path.join(imageDir, m.initrd.file),
+    disk: path.join(imageDir, m.disk.file),
+  };
+}

@@ -1,0 +1,60 @@
+/** Run a command, capture its output, fail with an MvirtError that shows stderr. */
+import { spawn } from 'node:child_process';
+import { MvirtError, type ErrorCode } from '../protocol/errors.js';
+
+export interface RunOptions {
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  input?: Buffer;
+  code?: ErrorCode;
+  /** Return a non-zero exit instead of throwing. */
+  allowFail?: boolean;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: Buffer;
+  stderr: string;
+}
+
+export function run(
+  cmd: string,
+  args: readonly string[],
+  opts: RunOptions = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd,
+      env: opts.env ?? process.env,
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout?.on('data', (b: Buffer) => out.push(b));
+    child.stderr?.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) =>
+      reject(
+        new MvirtError(opts.code ?? 'BUILD_FAILED', `cannot run ${cmd}: ${e.message}`, {
+          cause: e,
+        }),
+      ),
+    );
+    child.on('close', (code, signal) => {
+      const r = {
+        code: code ?? 128,
+        stdout: Buffer.concat(out),
+        stderr: Buffer.concat(err).toString(),
+      };
+      if (r.code !== 0 && opts.allowFail !== true) {
+        const tail = r.stderr.trim().split('\n').slice(-8).join('\n');
+        reject(
+          new MvirtError(
+            opts.code ?? 'BUILD_FAILED',
+            `${cmd} ${args.join(' ')} failed (${signal ?? `exit ${r.code}`})${tail === '' ? '' : `:\n${tail}`}`,
+          ),
+        );
+      } else resolve(r);
+    });
+    if (opts.input !== undefined && child.stdin !== null) child.stdin.end(opts.input);
+  });
+}
