@@ -7,6 +7,12 @@ process.on('exit', () => {
   if (process.stdin.isTTY) process.stdin.setRawMode(false);
 });
 
+// A reader that goes away (`mvirt events -f | grep -m1 …`) is a normal end, not a crash.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
 const code = await runCli(process.argv.slice(2), processIo());
 // Exit once stdout has drained so piped output is never cut short, without
 // waiting for stdin or sockets a command left behind.
