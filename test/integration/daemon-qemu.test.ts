@@ -58,6 +58,8 @@ async function daemon(dataDir: string): Promise<{ d: DaemonProcess; c: RpcClient
     HOST_ID,
     '--boot-timeout-ms',
     String(BOOT_MS),
+    // The cleanup below stops the daemon with SIGTERM; its VMs must go with it.
+    '--stop-vms-on-exit',
   ]);
   const c = await rpcClient(d.url, ROOT);
   cleanups.push(async () => {
