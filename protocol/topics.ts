@@ -71,6 +71,7 @@ export function parseRpcTopic(root: string, topic: string): string | null {
   return method.length > 0 && !method.includes('/') ? method : null;
 }
 
+// eslint-disable-next-line no-control-regex -- refusing control characters is the point
 const FORBIDDEN = /[+#\u0000-\u001f\u007f]/;
 
 /**

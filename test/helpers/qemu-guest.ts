@@ -133,11 +133,17 @@ for m in $(cat /modules.list); do insmod "/lib/modules/$m" || echo "insmod $m fa
 echo "${CONSOLE_MARKER} uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 # ACPI power button -> poweroff, so system_powerdown has a guest that obeys
 # (any input event from the "Power Button" device; busybox acpid is not needed).
-for e in /sys/class/input/event*; do
-  if [ "$(cat "$e/device/name" 2>/dev/null)" = "Power Button" ]; then
-    ( head -c 1 < "/dev/input/\${e##*/}" > /dev/null && poweroff -f ) &
-  fi
-done
+# The button's input device may register after this point on a loaded host,
+# so look for it for up to 30 s (a test guest; the µOS has the agent instead).
+( for _ in $(seq 1 300); do
+    for e in /sys/class/input/event*; do
+      if [ "$(cat "$e/device/name" 2>/dev/null)" = "Power Button" ]; then
+        head -c 1 < "/dev/input/\${e##*/}" > /dev/null && poweroff -f
+        exit 0
+      fi
+    done
+    sleep 0.1
+  done ) &
 # Echo commands typed on the console: lets tests drive the guest (poweroff…).
 ( while read -r line; do
     case "$line" in
@@ -155,10 +161,13 @@ while [ -z "$port" ]; do
   [ -z "$port" ] && sleep 0.1
 done
 echo "${AGENT_MARKER} uptime=$(cut -d' ' -f1 /proc/uptime)" > "$port"
-# Echo what the host writes to the agent port; a port opens only once at a
-# time, so read and write through one read-write descriptor. cat ends when the
-# host disconnects; the loop reopens for the next connection.
-while :; do cat 0<>"$port" 1>&0 2>/dev/null || sleep 0.2; done
+# Hold the agent port open for the host, line by line echoing what arrives
+# (one read-write descriptor: a port opens only once at a time). The inner
+# loop ends at EOF when the host disconnects; the outer one reopens.
+while :; do
+  while IFS= read -r line; do echo "$line"; done 0<>"$port" 1>&0
+  sleep 0.2
+done
 `;
 
 /** Build the test initramfs (busybox + modules + init) into outFile. */

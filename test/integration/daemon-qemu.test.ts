@@ -8,7 +8,7 @@
  * busy 2-core machine is slow. No sleeps: every wait is on a message.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import type { ReplyEnvelope, VmRecord } from '../../protocol/rpc.js';
@@ -41,6 +41,19 @@ after(async () => {
   }
 });
 
+/** SIGKILL every QEMU whose command line points into dataDir: no orphans, even after a failure. */
+function killQemusOf(dataDir: string): void {
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`${dataDir}/vm/`)) {
+        process.kill(Number(pid), 'SIGKILL');
+      }
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+}
+
 function ok<R>(r: ReplyEnvelope<R>): R {
   if (!r.ok) assert.fail(`${r.error.code}: ${r.error.message}`);
   return r.result;
@@ -66,6 +79,7 @@ async function daemon(dataDir: string): Promise<{ d: DaemonProcess; c: RpcClient
     c.mqtt.end(true);
     d.child.kill('SIGTERM');
     await d.exited;
+    killQemusOf(dataDir); // whatever state the test left its VMs in
   });
   return { d, c };
 }
