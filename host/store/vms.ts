@@ -3,17 +3,11 @@ import type { Db } from './db.js';
 import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.js';
 import type { VmRuntime } from '../hypervisors/types.js';
 
-export interface NewVm {
-  id: string;
-  name: string;
-  vcpus: number;
-  memoryMiB: number;
-  kind: VmKind;
-  image: string;
-  backend: string;
-  network: NetworkSpec;
-  metadata: Record<string, string>;
-}
+/** What vm.create stores: the definition part of the public VM record. */
+export type NewVm = Pick<
+  VmRecord,
+  'id' | 'name' | 'vcpus' | 'memoryMiB' | 'kind' | 'image' | 'backend' | 'network' | 'metadata'
+>;
 
 export interface StoredRuntime extends VmRuntime {
   vmId: string;
