@@ -42,6 +42,8 @@ export interface Live {
 
 export const RECONNECT_MIN_MS = 100;
 export const RECONNECT_MAX_MS = 5000;
+/** How long an attached agent channel may go without a hello before it is recycled. */
+export const AGENT_SESSION_MS = 30_000;
 
 export function newLive(init: {
   id: string;

@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { rmSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -28,6 +29,7 @@ import {
   exitsWithin,
   newLive,
   RECONNECT_MAX_MS,
+  AGENT_SESSION_MS,
   RECONNECT_MIN_MS,
   type Live,
 } from './live.js';
@@ -280,7 +282,7 @@ export function createVmManager(deps: VmManagerDeps) {
     } catch (err) {
       log.error({ vmId: live.id, err }, 'cannot delete runtime row');
     }
-    void removeSockets(live.dir, sockets);
+    removeSockets(live.dir, sockets);
 
     const cur = vms.get(live.id);
     if (!cur) return;
@@ -315,12 +317,21 @@ export function createVmManager(deps: VmManagerDeps) {
     transition(live.id, to, reason, level);
   }
 
-  async function removeSockets(dir: string, sockets: Record<string, string>): Promise<void> {
+  /**
+   * Synchronous on purpose: a start right after an exit reuses the same socket
+   * paths, and an unlink that ran late removed the new QEMU's sockets (the new
+   * boot then waited forever for agent.sock).
+   */
+  function removeSockets(dir: string, sockets: Record<string, string>): void {
     for (const p of Object.values(sockets)) {
       // Only inside the VM's own folder: a runtime row is data, not authority.
       const abs = path.resolve(dir, p);
       if (!abs.startsWith(dir + path.sep)) continue;
-      await rm(abs, { force: true }).catch(() => undefined);
+      try {
+        rmSync(abs, { force: true });
+      } catch {
+        /* already gone */
+      }
     }
   }
 
@@ -336,7 +347,20 @@ export function createVmManager(deps: VmManagerDeps) {
     const handle = broker.attachAgentChannel(live.id, stream);
     live.agentHandle = handle;
     live.log.debug('agent channel attached');
+    // A channel that carries no agent hello for a while is recycled. After a
+    // guest reset, bytes of the old agent's session can still sit in QEMU's
+    // virtio-serial queue and wedge the new session on this stream (seen under
+    // TCG when a reboot followed a resume within milliseconds); a fresh host end
+    // lets the agent's own reconnect through. A silent stream is already
+    // closed by the broker's CONNECT timeout, so this only ends stuck sessions.
+    const watchdog = setTimeout(() => {
+      if (live.agentHandle === handle && !live.hello) {
+        live.log.warn('agent channel without a hello; recycling it');
+        handle.close();
+      }
+    }, AGENT_SESSION_MS);
     void handle.closed.then(() => {
+      clearTimeout(watchdog);
       if (live.agentHandle !== handle) return;
       live.agentHandle = undefined;
       live.hello = undefined;
@@ -967,7 +991,7 @@ export function createVmManager(deps: VmManagerDeps) {
         }
         running?.signal('SIGKILL');
         vms.deleteRuntime(vm.id);
-        await removeSockets(dir, rt.sockets);
+        removeSockets(dir, rt.sockets);
         if (isActive(vm.state)) {
           const to = vm.state === 'stopping' ? 'stopped' : 'failed';
           transition(vm.id, to, `not re-attached after a daemon restart: ${why}`, 'warn');

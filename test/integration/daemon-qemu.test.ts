@@ -29,6 +29,18 @@ const ROOT = `mvirt/${HOST_ID}`;
 const BOOT_MS = 180_000;
 
 const pids = new Set<number>();
+const daemons: DaemonProcess[] = [];
+
+/** On failure, show what the daemons said: a TCG boot that goes wrong in CI must be explainable. */
+async function explained<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    for (const d of daemons)
+      console.error(`--- mvirtd ${d.pid} log tail ---\n${d.logs.slice(-150).join('\n')}`);
+    throw err;
+  }
+}
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
@@ -73,7 +85,10 @@ async function daemon(dataDir: string): Promise<{ d: DaemonProcess; c: RpcClient
     String(BOOT_MS),
     // The cleanup below stops the daemon with SIGTERM; its VMs must go with it.
     '--stop-vms-on-exit',
+    '--log-level',
+    'debug',
   ]);
+  daemons.push(d);
   const c = await rpcClient(d.url, ROOT);
   cleanups.push(async () => {
     c.mqtt.end(true);
@@ -87,57 +102,59 @@ async function daemon(dataDir: string): Promise<{ d: DaemonProcess; c: RpcClient
 const stateIs = (want: string) => (_t: string, p: Buffer) =>
   (JSON.parse(p.toString()) as { to?: string }).to === want;
 
-test('real VM lifecycle under QEMU', { skip, timeout: 900_000 }, async () => {
-  const dataDir = await makeTempDir('mvirt-qemu-');
-  cleanups.push(() => removeDir(dataDir));
-  const { c } = await daemon(dataDir);
-  const vm = ok(await c.call('vm.create', { name: 'life' })) as VmRecord;
-  const started = ok(
-    await c.call('vm.start', { vm: 'life', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
-  ) as VmRecord;
-  pids.add(started.pid!);
-  assert.equal(started.state, 'ready');
-  assert.ok(started.agentVersion);
-  assert.equal(
-    (ok(await c.call('vm.pause', { vm: 'life' }, { timeoutMs: 30_000 })) as VmRecord).state,
-    'paused',
-  );
-  assert.equal(
-    (ok(await c.call('vm.resume', { vm: 'life' }, { timeoutMs: 30_000 })) as VmRecord).state,
-    'ready',
-  );
-  const readyAgain = await c.watch(`${ROOT}/vm/${vm.id}/events`, stateIs('ready'), BOOT_MS);
-  ok(await c.call('vm.reboot', { vm: 'life' }, { timeoutMs: 30_000 }));
-  await readyAgain.message;
-  const after = ok(await c.call('vm.get', { vm: 'life' })) as VmRecord;
-  assert.equal(after.pid, started.pid, 'a reboot keeps the QEMU process');
-  const stopped = ok(await c.call('vm.stop', { vm: 'life' }, { timeoutMs: 120_000 })) as VmRecord;
-  assert.equal(stopped.state, 'stopped');
+test('real VM lifecycle under QEMU', { skip, timeout: 900_000 }, () =>
+  explained(async () => {
+    const dataDir = await makeTempDir('mvirt-qemu-');
+    cleanups.push(() => removeDir(dataDir));
+    const { c } = await daemon(dataDir);
+    const vm = ok(await c.call('vm.create', { name: 'life' })) as VmRecord;
+    const started = ok(
+      await c.call('vm.start', { vm: 'life', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
+    ) as VmRecord;
+    pids.add(started.pid!);
+    assert.equal(started.state, 'ready');
+    assert.ok(started.agentVersion);
+    assert.equal(
+      (ok(await c.call('vm.pause', { vm: 'life' }, { timeoutMs: 30_000 })) as VmRecord).state,
+      'paused',
+    );
+    assert.equal(
+      (ok(await c.call('vm.resume', { vm: 'life' }, { timeoutMs: 30_000 })) as VmRecord).state,
+      'ready',
+    );
+    const readyAgain = await c.watch(`${ROOT}/vm/${vm.id}/events`, stateIs('ready'), BOOT_MS);
+    ok(await c.call('vm.reboot', { vm: 'life' }, { timeoutMs: 30_000 }));
+    await readyAgain.message;
+    const after = ok(await c.call('vm.get', { vm: 'life' })) as VmRecord;
+    assert.equal(after.pid, started.pid, 'a reboot keeps the QEMU process');
+    const stopped = ok(await c.call('vm.stop', { vm: 'life' }, { timeoutMs: 120_000 })) as VmRecord;
+    assert.equal(stopped.state, 'stopped');
 
-  // kill
-  const again = ok(
-    await c.call('vm.start', { vm: 'life', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
-  ) as VmRecord;
-  pids.add(again.pid!);
-  assert.equal(
-    (ok(await c.call('vm.kill', { vm: 'life' }, { timeoutMs: 30_000 })) as VmRecord).state,
-    'stopped',
-  );
+    // kill
+    const again = ok(
+      await c.call('vm.start', { vm: 'life', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
+    ) as VmRecord;
+    pids.add(again.pid!);
+    assert.equal(
+      (ok(await c.call('vm.kill', { vm: 'life' }, { timeoutMs: 30_000 })) as VmRecord).state,
+      'stopped',
+    );
 
-  // QEMU killed from outside: noticed within about a second.
-  const third = ok(await c.call('vm.start', { vm: 'life' }, { timeoutMs: 60_000 })) as VmRecord;
-  const fresh = ok(await c.call('vm.get', { vm: 'life' })) as VmRecord;
-  pids.add(fresh.pid!);
-  const failed = await c.watch(`${ROOT}/vm/${third.id}/events`, stateIs('failed'), 10_000);
-  const t0 = performance.now();
-  process.kill(fresh.pid!, 'SIGKILL');
-  await failed.message;
-  assert.ok(
-    performance.now() - t0 < 1500,
-    `noticed after ${Math.round(performance.now() - t0)} ms`,
-  );
-  ok(await c.call('vm.delete', { vm: 'life' }));
-});
+    // QEMU killed from outside: noticed within about a second.
+    const third = ok(await c.call('vm.start', { vm: 'life' }, { timeoutMs: 60_000 })) as VmRecord;
+    const fresh = ok(await c.call('vm.get', { vm: 'life' })) as VmRecord;
+    pids.add(fresh.pid!);
+    const failed = await c.watch(`${ROOT}/vm/${third.id}/events`, stateIs('failed'), 10_000);
+    const t0 = performance.now();
+    process.kill(fresh.pid!, 'SIGKILL');
+    await failed.message;
+    assert.ok(
+      performance.now() - t0 < 1500,
+      `noticed after ${Math.round(performance.now() - t0)} ms`,
+    );
+    ok(await c.call('vm.delete', { vm: 'life' }));
+  }),
+);
 
 test(
   'recovery: kill -9 mvirtd while a VM runs; it is ready again, same QEMU',
