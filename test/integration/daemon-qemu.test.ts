@@ -130,9 +130,18 @@ test('real VM lifecycle under QEMU', { skip, timeout: 900_000 }, () =>
     const stopped = ok(await c.call('vm.stop', { vm: 'life' }, { timeoutMs: 120_000 })) as VmRecord;
     assert.equal(stopped.state, 'stopped');
 
-    // kill, on a second VM rather than a restart of 'life': restarting a VM
-    // within milliseconds of its stop can still wedge the new boot (an open
-    // defect, see the issue note); this part is about kill.
+    ok(await c.call('vm.delete', { vm: 'life' }));
+  }),
+);
+
+// kill and death-from-outside each get their own daemon: a second boot in a
+// daemon right after a VM of it stopped can wedge that daemon (an open defect
+// written up in the issue note), and these tests are about kill paths.
+test('vm.kill stops a ready VM at once', { skip, timeout: 900_000 }, () =>
+  explained(async () => {
+    const dataDir = await makeTempDir('mvirt-qemu-kill-');
+    cleanups.push(() => removeDir(dataDir));
+    const { c } = await daemon(dataDir);
     ok(await c.call('vm.create', { name: 'life-kill' }));
     const again = ok(
       await c.call('vm.start', { vm: 'life-kill', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
@@ -142,25 +151,33 @@ test('real VM lifecycle under QEMU', { skip, timeout: 900_000 }, () =>
       (ok(await c.call('vm.kill', { vm: 'life-kill' }, { timeoutMs: 30_000 })) as VmRecord).state,
       'stopped',
     );
-
-    // QEMU killed from outside: noticed within about a second.
-    ok(await c.call('vm.create', { name: 'life-ext' }));
-    const third = ok(
-      await c.call('vm.start', { vm: 'life-ext' }, { timeoutMs: 60_000 }),
-    ) as VmRecord;
-    const fresh = ok(await c.call('vm.get', { vm: 'life-ext' })) as VmRecord;
-    pids.add(fresh.pid!);
-    const failed = await c.watch(`${ROOT}/vm/${third.id}/events`, stateIs('failed'), 10_000);
-    const t0 = performance.now();
-    process.kill(fresh.pid!, 'SIGKILL');
-    await failed.message;
-    assert.ok(
-      performance.now() - t0 < 1500,
-      `noticed after ${Math.round(performance.now() - t0)} ms`,
-    );
-    for (const name of ['life', 'life-kill', 'life-ext'])
-      ok(await c.call('vm.delete', { vm: name }));
   }),
+);
+
+test(
+  'a QEMU killed from outside is noticed within about a second',
+  { skip, timeout: 900_000 },
+  () =>
+    explained(async () => {
+      const dataDir = await makeTempDir('mvirt-qemu-ext-');
+      cleanups.push(() => removeDir(dataDir));
+      const { c } = await daemon(dataDir);
+      // QEMU killed from outside: noticed within about a second.
+      ok(await c.call('vm.create', { name: 'life-ext' }));
+      const third = ok(
+        await c.call('vm.start', { vm: 'life-ext' }, { timeoutMs: 60_000 }),
+      ) as VmRecord;
+      const fresh = ok(await c.call('vm.get', { vm: 'life-ext' })) as VmRecord;
+      pids.add(fresh.pid!);
+      const failed = await c.watch(`${ROOT}/vm/${third.id}/events`, stateIs('failed'), 10_000);
+      const t0 = performance.now();
+      process.kill(fresh.pid!, 'SIGKILL');
+      await failed.message;
+      assert.ok(
+        performance.now() - t0 < 1500,
+        `noticed after ${Math.round(performance.now() - t0)} ms`,
+      );
+    }),
 );
 
 test(
