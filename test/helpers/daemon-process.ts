@@ -39,6 +39,7 @@ export async function spawnDaemon(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
+  let resolveReady = (): void => undefined;
   const url = await new Promise<string>((resolve, reject) => {
     let buf = '';
     child.stderr!.on('data', (b: Buffer) => {
@@ -64,6 +65,10 @@ export async function spawnDaemon(
       reject(new Error(`mvirtd not ready within ${opts.readyTimeoutMs ?? 60_000} ms`));
     }, opts.readyTimeoutMs ?? 60_000);
     t.unref();
+    // Cleared once ready: left armed, it SIGKILLed every daemon 60 s after its
+    // start, which looked like a daemon that wedged on its second boot.
+    resolveReady = () => clearTimeout(t);
   });
+  resolveReady();
   return { child, url, pid: child.pid!, logs, exited };
 }
