@@ -24,6 +24,7 @@ export const ERROR_CODES = {
   AGENT_ERROR: 'The guest agent reported an error.',
   JOB_NOT_FOUND: 'No job with that id.',
   JOB_DUPLICATE: 'A job with that id already exists.',
+  POOL_NOT_FOUND: 'No pool with that name.',
   TIMEOUT: 'The operation did not complete in time.',
   CONFIG_INVALID: 'A configuration file or command-line option is invalid.',
   RECIPE_INVALID: 'An image recipe is invalid.',

@@ -41,6 +41,17 @@ export const Name = z
 /** A VM reference: its id or its name. */
 export const VmRef = Name;
 
+export const JobId = z
+  .string()
+  .regex(/^job-[0-9a-f]{12,32}$/, 'a job id as returned by job.run (job-<hex>)');
+
+/** The most chunk data one job.logs reply carries (page with nextSeq). */
+export const JOB_LOGS_PAGE_BYTES = 4 * 1024 * 1024;
+/** job.run's stdin, in bytes of UTF-8: a request must stay under the broker's packet limit. */
+export const JOB_STDIN_BYTES = 512 * 1024;
+/** job.run {wait}: stdout and stderr are each cut to this many bytes (`truncated` says so). */
+export const JOB_WAIT_OUTPUT_BYTES = 1024 * 1024;
+
 export const RequestEnvelope = z.strictObject({
   id: z.string().max(256).optional(),
   replyTo: z.string().min(1).max(512).optional(),
@@ -86,29 +97,85 @@ export const PARAMS = {
   'vm.resume': z.strictObject({ vm: VmRef }),
   'vm.reboot': z.strictObject({ vm: VmRef }),
   'vm.delete': z.strictObject({ vm: VmRef }),
-  'job.run': z.strictObject({
-    argv: z.array(z.string().max(65536)).min(1).max(4096),
-    vm: VmRef.optional(),
-    image: Name.optional(),
-    pool: Name.optional(),
-    env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(65536)).optional(),
-    cwd: z.string().max(4096).optional(),
-    stdin: z
-      .string()
-      .max(16 * 1024 * 1024)
-      .optional(),
-    timeoutMs: z.number().int().positive().optional(),
-    wait: z.boolean().optional(),
-  }),
-  'job.get': z.strictObject({ jobId: z.string().min(1).max(128) }),
+  'job.run': z
+    .strictObject({
+      argv: z.array(z.string().max(65536)).min(1).max(4096),
+      /** A ready service VM (id or name). */
+      vm: VmRef.optional(),
+      /** An image for an ephemeral VM booted for this job. */
+      image: Name.optional(),
+      /** A pool: the job takes one of its ready VMs exclusively. */
+      pool: Name.optional(),
+      env: z
+        .record(
+          z
+            .string()
+            .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
+            .max(256),
+          z.string().max(65536),
+        )
+        .optional(),
+      cwd: z.string().max(4096).optional(),
+      stdin: z
+        .string()
+        .refine(
+          (t) => Buffer.byteLength(t) <= JOB_STDIN_BYTES,
+          `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: copy a file into the VM)`,
+        )
+        .optional(),
+      timeoutMs: z
+        .number()
+        .int()
+        .positive()
+        .max(7 * 24 * 3600 * 1000)
+        .optional(),
+      /** vCPUs and memory of an ephemeral VM (image target or none). */
+      vcpus: z.number().int().min(1).max(64).optional(),
+      memoryMiB: z
+        .number()
+        .int()
+        .min(64)
+        .max(1024 * 1024)
+        .optional(),
+      wait: z.boolean().optional(),
+    })
+    .refine(
+      (p) => [p.vm, p.image, p.pool].filter((t) => t !== undefined).length <= 1,
+      'give at most one of vm, image and pool',
+    ),
+  'job.get': z.strictObject({ jobId: JobId }),
   'job.list': z
-    .strictObject({ vm: VmRef.optional(), state: z.enum(JOB_STATES).optional() })
+    .strictObject({
+      vm: VmRef.optional(),
+      state: z.enum(JOB_STATES).optional(),
+      limit: z.number().int().min(1).max(10_000).optional(),
+    })
     .optional(),
-  'job.cancel': z.strictObject({ jobId: z.string().min(1).max(128) }),
+  'job.cancel': z.strictObject({ jobId: JobId }),
   'job.logs': z.strictObject({
-    jobId: z.string().min(1).max(128),
+    jobId: JobId,
     fromSeq: z.number().int().nonnegative().optional(),
+    /** Reply size cap in bytes of chunk data (default and maximum: JOB_LOGS_PAGE_BYTES). */
+    maxBytes: z.number().int().min(1).max(JOB_LOGS_PAGE_BYTES).optional(),
   }),
+  'pool.set': z
+    .strictObject({
+      name: Name,
+      image: Name.optional(),
+      min: z.number().int().min(0).max(256),
+      max: z.number().int().min(1).max(256).optional(),
+      vcpus: z.number().int().min(1).max(64).optional(),
+      memoryMiB: z
+        .number()
+        .int()
+        .min(64)
+        .max(1024 * 1024)
+        .optional(),
+    })
+    .refine((p) => p.max === undefined || p.max >= p.min, 'max must be at least min'),
+  'pool.get': z.strictObject({ name: Name }),
+  'pool.list': z.strictObject({}).optional(),
+  'pool.delete': z.strictObject({ name: Name }),
   'events.query': z
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),
@@ -150,10 +217,17 @@ export interface VmRecord {
   agentVersion?: string;
 }
 
+export type JobTarget =
+  { kind: 'vm'; vm: string } | { kind: 'image'; image: string } | { kind: 'pool'; pool: string };
+
 export interface JobRecord {
   jobId: string;
+  /** The VM the job runs (or ran) in; null while queued for a VM. */
   vm: string | null;
+  target: JobTarget;
   argv: string[];
+  cwd?: string;
+  timeoutMs?: number;
   state: JobState;
   exitCode: number | null;
   signal: string | null;
@@ -161,8 +235,28 @@ export interface JobRecord {
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;
+  /** Why the job ended as it did (lost, failed to start, cancelled, …). */
   reason?: string;
+  /** 1-based place in the queue while queued waiting for capacity. */
   queuePosition?: number;
+  /** The next output sequence number (chunks 0 … nextSeq-1 were produced). */
+  nextSeq: number;
+  outputBytes: number;
+  /** Output dropped by the retention limit (oldest first). */
+  dropped: { chunks: number; bytes: number };
+}
+
+export interface PoolRecord {
+  name: string;
+  image: string;
+  min: number;
+  max: number;
+  vcpus: number;
+  memoryMiB: number;
+  createdAt: string;
+  updatedAt: string;
+  /** The pool's VMs now: booting, idle and ready, running a job. */
+  vms: { starting: number; ready: number; busy: number };
 }
 
 export interface EventRecord {
@@ -193,6 +287,16 @@ export interface OutputChunk {
   data: string;
 }
 
+export interface JobLogs {
+  chunks: OutputChunk[];
+  /** Ask again from here for more (equal to the job's nextSeq when all is read). */
+  nextSeq: number;
+  /** More chunks are stored beyond this page. */
+  more: boolean;
+  /** The oldest chunk still stored (earlier ones were dropped by retention). */
+  firstSeq: number;
+}
+
 export interface RpcResults {
   'system.info': SystemInfo;
   'vm.create': VmRecord;
@@ -205,11 +309,15 @@ export interface RpcResults {
   'vm.resume': VmRecord;
   'vm.reboot': VmRecord;
   'vm.delete': Record<string, never>;
-  'job.run': JobRecord & { stdout?: string; stderr?: string };
+  'job.run': JobRecord & { stdout?: string; stderr?: string; truncated?: boolean };
   'job.get': JobRecord;
   'job.list': { jobs: JobRecord[] };
   'job.cancel': JobRecord;
-  'job.logs': { chunks: OutputChunk[] };
+  'job.logs': JobLogs;
+  'pool.set': PoolRecord;
+  'pool.get': PoolRecord;
+  'pool.list': { pools: PoolRecord[] };
+  'pool.delete': Record<string, never>;
   'events.query': { events: EventRecord[] };
 }
 

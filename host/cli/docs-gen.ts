@@ -133,22 +133,100 @@ const VM_RECORD = obj(
   ['id', 'name', 'state', 'vcpus', 'memoryMiB', 'kind', 'createdAt'],
 );
 
+const JOB_TARGET: Json = {
+  description: 'where the job runs: a VM, an ephemeral VM of an image, or a VM of a pool',
+  oneOf: [
+    obj({ kind: { const: 'vm' }, vm: str('VM id or name as given') }, ['kind', 'vm']),
+    obj({ kind: { const: 'image' }, image: str() }, ['kind', 'image']),
+    obj({ kind: { const: 'pool' }, pool: str() }, ['kind', 'pool']),
+  ],
+};
+
 const JOB_RECORD = obj(
   {
-    jobId: str(),
-    vm: { type: ['string', 'null'] },
+    jobId: str('job-<hex>'),
+    vm: {
+      type: ['string', 'null'],
+      description: 'the VM the job runs (or ran) in; null while queued for a VM',
+    },
+    target: ref('JobTarget'),
     argv: { type: 'array', items: { type: 'string' } },
+    cwd: str(),
+    timeoutMs: int,
     state: ref('JobState'),
     exitCode: { type: ['integer', 'null'] },
-    signal: { type: ['string', 'null'] },
+    signal: {
+      type: ['string', 'null'],
+      description: 'the signal that ended the process, e.g. SIGKILL',
+    },
     oomKilled: { type: 'boolean' },
     createdAt: time,
     startedAt: { type: ['string', 'null'], format: 'date-time' },
     finishedAt: { type: ['string', 'null'], format: 'date-time' },
-    reason: str(),
-    queuePosition: int,
+    reason: str('why the job ended as it did (lost, failed to start, cancelled, …)'),
+    queuePosition: {
+      type: 'integer',
+      minimum: 1,
+      description: '1-based place in the queue while queued waiting for capacity',
+    },
+    nextSeq: {
+      type: 'integer',
+      description: 'the next output sequence number: chunks 0 … nextSeq-1 were produced',
+    },
+    outputBytes: { type: 'integer', description: 'output produced so far, in bytes' },
+    dropped: obj({ chunks: int, bytes: int }, ['chunks', 'bytes'], {
+      description: 'output dropped by the retention limit, oldest first',
+    }),
   },
-  ['jobId', 'vm', 'argv', 'state', 'exitCode', 'createdAt', 'finishedAt'],
+  [
+    'jobId',
+    'vm',
+    'target',
+    'argv',
+    'state',
+    'exitCode',
+    'signal',
+    'oomKilled',
+    'createdAt',
+    'startedAt',
+    'finishedAt',
+    'nextSeq',
+    'outputBytes',
+    'dropped',
+  ],
+);
+
+const POOL_RECORD = obj(
+  {
+    name: str(),
+    image: str(),
+    min: { type: 'integer', description: 'ready VMs the daemon keeps' },
+    max: { type: 'integer', description: 'most VMs the pool may hold' },
+    vcpus: int,
+    memoryMiB: int,
+    createdAt: time,
+    updatedAt: time,
+    vms: obj({ starting: int, ready: int, busy: int }, ['starting', 'ready', 'busy'], {
+      description: "the pool's VMs now: booting, idle and ready, running a job",
+    }),
+  },
+  ['name', 'image', 'min', 'max', 'vcpus', 'memoryMiB', 'createdAt', 'updatedAt', 'vms'],
+);
+
+const JOB_LOGS = obj(
+  {
+    chunks: { type: 'array', items: ref('OutputChunk') },
+    nextSeq: {
+      type: 'integer',
+      description: "ask again from here for more (the job's nextSeq once all is read)",
+    },
+    more: { type: 'boolean', description: 'more chunks are stored beyond this page' },
+    firstSeq: {
+      type: 'integer',
+      description: 'the oldest chunk still stored; earlier ones were dropped by retention',
+    },
+  },
+  ['chunks', 'nextSeq', 'more', 'firstSeq'],
 );
 
 const EVENT_RECORD = obj(
@@ -209,13 +287,24 @@ const RESULTS: Record<RpcMethod, Json> = {
   'job.run': {
     allOf: [
       ref('JobRecord'),
-      obj({ stdout: str('with wait; truncated beyond the documented limit'), stderr: str() }, []),
+      obj(
+        {
+          stdout: str('with wait: the output, cut at JOB_WAIT_OUTPUT_BYTES (1 MiB) per stream'),
+          stderr: str(),
+          truncated: { type: 'boolean', description: 'with wait: stdout or stderr was cut' },
+        },
+        [],
+      ),
     ],
   },
   'job.get': ref('JobRecord'),
   'job.list': obj({ jobs: { type: 'array', items: ref('JobRecord') } }, ['jobs']),
   'job.cancel': ref('JobRecord'),
-  'job.logs': obj({ chunks: { type: 'array', items: ref('OutputChunk') } }, ['chunks']),
+  'job.logs': ref('JobLogs'),
+  'pool.set': ref('PoolRecord'),
+  'pool.get': ref('PoolRecord'),
+  'pool.list': obj({ pools: { type: 'array', items: ref('PoolRecord') } }, ['pools']),
+  'pool.delete': { type: 'object', additionalProperties: false },
   'events.query': obj({ events: { type: 'array', items: ref('EventRecord') } }, ['events']),
 };
 
@@ -233,11 +322,17 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'vm.reboot': 'Reboot the guest.',
   'vm.delete': 'Delete a stopped or failed VM (VM_RUNNING otherwise).',
   'job.run':
-    'Run argv in a VM, an ephemeral VM of an image, or a pool VM; with wait, replies once finished.',
+    'Run argv in a VM, an ephemeral VM of an image, or a pool VM (at most one of vm, image, pool); with wait, replies once finished.',
   'job.get': 'One job record.',
-  'job.list': 'Jobs, filtered by VM and state.',
+  'job.list': 'Jobs, filtered by VM and state, at most limit of them.',
   'job.cancel': 'Cancel a job (its whole process group in the guest).',
-  'job.logs': 'Persisted output chunks from a sequence number.',
+  'job.logs':
+    'Stored output chunks from a sequence number, one page (at most maxBytes of data) per call; page on with nextSeq while more.',
+  'pool.set':
+    'Create or change a pool: the daemon keeps min ready VMs of its image, at most max in all (max ≥ min).',
+  'pool.get': 'One pool by name.',
+  'pool.list': 'All pools.',
+  'pool.delete': 'Delete a pool.',
   'events.query': 'The event log, filtered by object, level and time.',
 };
 
@@ -258,7 +353,10 @@ export function asyncApiDocument(): Json {
     VmState: { type: 'string', enum: [...VM_STATES] },
     JobState: { type: 'string', enum: [...JOB_STATES] },
     VmRecord: VM_RECORD,
+    JobTarget: JOB_TARGET,
     JobRecord: JOB_RECORD,
+    JobLogs: JOB_LOGS,
+    PoolRecord: POOL_RECORD,
     EventRecord: EVENT_RECORD,
     SystemInfo: SYSTEM_INFO,
     HostStatus: {
@@ -470,6 +568,13 @@ export function asyncApiDocument(): Json {
     ref('OutputChunk'),
     { extraParams: ['jobId'] },
   );
+  topic(
+    'poolState',
+    '{prefix}/{hostId}/pool/{pool}/state',
+    'The pool record after each change.',
+    ref('PoolRecord'),
+    { retained: true, extraParams: ['pool'] },
+  );
 
   return {
     asyncapi: '3.0.0',
@@ -502,6 +607,7 @@ export function asyncApiDocument(): Json {
         ...hostParams,
         vmId: param('VM id (as in the VM record)'),
         jobId: param('job id'),
+        pool: param('pool name'),
       },
       schemas,
       messages,

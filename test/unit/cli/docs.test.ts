@@ -54,6 +54,7 @@ describe('docs', () => {
       'vm/{vmId}/console/in',
       'job/{jobId}/state',
       'job/{jobId}/output',
+      'pool/{pool}/state',
     ])
       assert.ok(asyncapi.includes(`address: "{prefix}/{hostId}/${t}"`), t);
   });
