@@ -3,11 +3,15 @@ import type { MvirtLogger } from '../log.js';
 import { openDatabase, type Db, type OpenOptions } from './db.js';
 import { createVmRepo, type VmRepo } from './vms.js';
 import { createEventRepo, type EventRepo } from './events.js';
+import { createJobRepo, type JobRepo } from './jobs.js';
+import { createPoolRepo, type PoolRepo } from './pools.js';
 
 export interface Store {
   readonly db: Db;
   readonly vms: VmRepo;
   readonly events: EventRepo;
+  readonly jobs: JobRepo;
+  readonly pools: PoolRepo;
   close(): void;
 }
 
@@ -17,6 +21,8 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
     db,
     vms: createVmRepo(db),
     events: createEventRepo(db),
+    jobs: createJobRepo(db),
+    pools: createPoolRepo(db),
     close: () => {
       if (db.open) db.close();
     },
@@ -25,5 +31,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
 
 export type { Db } from './db.js';
 export type { NewVm, StoredRuntime, VmRepo } from './vms.js';
+export type { JobFinish, JobRepo, JobSpec, StoredChunk } from './jobs.js';
+export type { PoolDef, PoolRepo, StoredPool } from './pools.js';
 export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
 export { SCHEMA_VERSION } from './migrations.js';

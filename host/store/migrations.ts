@@ -61,6 +61,60 @@ export const MIGRATIONS: readonly Migration[] = [
         CREATE INDEX event_objects_event ON event_objects(event_id);
       `),
   },
+  {
+    name: 'jobs, job output, pools',
+    up: (db) =>
+      db.exec(`
+        -- No foreign key to vms: a job outlives its ephemeral VM.
+        CREATE TABLE jobs (
+          id             TEXT PRIMARY KEY,
+          vm_id          TEXT,
+          target         TEXT NOT NULL,
+          argv           TEXT NOT NULL,
+          env            TEXT,
+          cwd            TEXT,
+          stdin          BLOB,
+          timeout_ms     INTEGER,
+          vcpus          INTEGER,
+          memory_mib     INTEGER,
+          state          TEXT NOT NULL,
+          reason         TEXT,
+          exit_code      INTEGER,
+          signal         TEXT,
+          oom_killed     INTEGER NOT NULL DEFAULT 0,
+          created_at     TEXT NOT NULL,
+          started_at     TEXT,
+          finished_at    TEXT,
+          updated_at     TEXT NOT NULL,
+          next_seq       INTEGER NOT NULL DEFAULT 0,
+          total_bytes    INTEGER NOT NULL DEFAULT 0,
+          first_seq      INTEGER NOT NULL DEFAULT 0,
+          dropped_chunks INTEGER NOT NULL DEFAULT 0,
+          dropped_bytes  INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_state ON jobs(state, created_at);
+        CREATE INDEX jobs_vm ON jobs(vm_id, created_at);
+
+        CREATE TABLE job_output (
+          job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+          seq    INTEGER NOT NULL,
+          stream TEXT NOT NULL,
+          data   BLOB NOT NULL,
+          PRIMARY KEY (job_id, seq)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE pools (
+          name       TEXT PRIMARY KEY,
+          image      TEXT NOT NULL,
+          min        INTEGER NOT NULL,
+          max        INTEGER NOT NULL,
+          vcpus      INTEGER NOT NULL,
+          memory_mib INTEGER NOT NULL,
+          created_at TEXT NOT NULL,
+          updated_at TEXT NOT NULL
+        );
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
