@@ -12,6 +12,7 @@
 import type { Duplex } from 'node:stream';
 import { MvirtError } from '../../protocol/errors.js';
 import { nameProblem } from '../../protocol/topics.js';
+import { GuardedStream } from './frame-guard.js';
 import type { AgentChannelHandle } from './types.js';
 
 export function createAgentChannelAttacher(
@@ -30,6 +31,12 @@ export function createAgentChannelAttacher(
       if (guarded.destroyed) resolve();
       else guarded.once('close', () => resolve());
     });
-    return { closed, close: () => void guarded.destroy() };
+    return {
+      closed,
+      close: () => void guarded.destroy(),
+      hold: (paused) => {
+        if (guarded instanceof GuardedStream) guarded.hold(paused);
+      },
+    };
   };
 }

@@ -135,6 +135,8 @@ export class GuardedStream extends Duplex {
   /** Bytes read past CONNECT before the broker answered it (see #onData). */
   #held: Buffer[] | null = [];
   #received = 0;
+  /** Flow control by the stream's owner (see hold()). */
+  #hold = false;
 
   constructor(inner: Duplex, limits: FrameLimits, onViolation: (reason: string) => void) {
     // allowHalfOpen false: when the peer ends, our writable side ends too,
@@ -193,7 +195,22 @@ export class GuardedStream extends Duplex {
     for (const b of held) this.push(b);
     if (this.#ended) {
       if (held.length > 0) this.push(null);
-    } else if (this.readableLength < this.readableHighWaterMark) this.inner.resume();
+    } else if (!this.#hold && this.readableLength < this.readableHighWaterMark) this.inner.resume();
+  }
+
+  /**
+   * Stop (true) or restart (false) reading from the peer, whatever aedes
+   * asks for. The job manager holds an agent's channel while the output it
+   * already forwarded has not reached the controllers: the guest's writes then
+   * block and its agent stops reading job pipes (end-to-end backpressure).
+   */
+  hold(paused: boolean): void {
+    if (this.#hold === paused) return;
+    this.#hold = paused;
+    if (paused) this.inner.pause();
+    else if ((this.#held === null || this.#held.length === 0) && !this.destroyed) {
+      if (this.readableLength < this.readableHighWaterMark) this.inner.resume();
+    }
   }
 
   #onDrain(): void {
@@ -203,7 +220,7 @@ export class GuardedStream extends Duplex {
   }
 
   override _read(): void {
-    if (this.#held === null || this.#held.length === 0) this.inner.resume();
+    if (!this.#hold && (this.#held === null || this.#held.length === 0)) this.inner.resume();
   }
 
   #forward(buf: Buffer, cb: (err?: Error | null) => void): void {

@@ -40,6 +40,8 @@ export interface AgentChannelHandle {
   /** Resolves when the agent's MQTT session on this stream ends. */
   readonly closed: Promise<void>;
   close(): void;
+  /** Stop or restart reading what the agent sends (flow control). */
+  hold(paused: boolean): void;
 }
 
 export interface Broker extends Bus {
