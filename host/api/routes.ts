@@ -9,16 +9,22 @@ import type { Handlers, RouteTable } from './types.js';
 import { systemHandlers, type SystemDeps } from './handlers/system.js';
 import { vmHandlers, type VmHandlerDeps } from './handlers/vm.js';
 import { eventHandlers, type EventHandlerDeps } from './handlers/events.js';
-import { jobHandlers } from './handlers/job.js';
+import { jobHandlers, type JobHandlerDeps } from './handlers/job.js';
+import { poolHandlers, type PoolHandlerDeps } from './handlers/pool.js';
 
-export type RouteDeps = SystemDeps & VmHandlerDeps & EventHandlerDeps;
+export type RouteDeps = SystemDeps &
+  VmHandlerDeps &
+  EventHandlerDeps &
+  JobHandlerDeps &
+  PoolHandlerDeps;
 
 export function createRoutes(deps: RouteDeps): RouteTable {
   const handlers: Handlers<RpcMethod> = {
     ...systemHandlers(deps),
     ...vmHandlers(deps),
     ...eventHandlers(deps),
-    ...jobHandlers(),
+    ...jobHandlers(deps),
+    ...poolHandlers(deps),
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {

@@ -22,6 +22,9 @@ import { hostRoot, topics as topicsFor, type Topics } from '../../protocol/topic
 import { loadBackends } from './backends.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
+import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
+import { DEFAULT_OUTPUT_OPTIONS } from '../jobs/output.js';
+import { createPoolManager } from '../jobs/pools.js';
 import { createStatusPublisher } from './status.js';
 import { VERSION } from './version.js';
 
@@ -116,6 +119,30 @@ export async function startDaemon(
       },
     });
 
+    const pools = createPoolManager({
+      repo: store.pools,
+      vms,
+      events,
+      bus,
+      topics: t,
+      log,
+    });
+    const jobs = createJobManager({
+      repo: store.jobs,
+      vms,
+      pools,
+      events,
+      bus,
+      topics: t,
+      log,
+      options: {
+        ...DEFAULT_JOB_OPTIONS,
+        output: { ...DEFAULT_OUTPUT_OPTIONS, retainBytes: opts.jobOutputBytes },
+        agentGraceMs: opts.jobAgentGraceMs,
+        ...(opts.defaultPool !== undefined ? { defaultPool: opts.defaultPool } : {}),
+      },
+    });
+
     const sysDeps: SystemDeps = {
       host: {
         hostId: opts.hostId,
@@ -131,7 +158,7 @@ export async function startDaemon(
     const api = createApi({
       bus,
       topics: t,
-      routes: createRoutes({ ...sysDeps, vms, events }),
+      routes: createRoutes({ ...sysDeps, vms, events, jobs, pools }),
       log,
     });
     const status = createStatusPublisher({
@@ -146,6 +173,7 @@ export async function startDaemon(
     // Probe backends early: KVM probing takes a while and system.info needs it.
     for (const name of hypervisors.names()) void hypervisors.probe(name);
     await vms.startup(); // recovery
+    jobs.recover();
     vms.onStateChange(() => status.kick());
     await api.start();
     await status.start();
@@ -171,6 +199,8 @@ export async function startDaemon(
       close: () =>
         (closing ??= (async () => {
           await api.close();
+          jobs.close();
+          pools.close();
           await vms.shutdown(opts.stopVmsOnExit);
           events.append({
             level: 'audit',

@@ -29,6 +29,12 @@ export interface DaemonOptions {
   defaultBackend: string;
   bootTimeoutMs: number;
   stopTimeoutMs: number;
+  /** Stored output per job at most (oldest chunks dropped beyond it). */
+  jobOutputBytes: number;
+  /** A job without a target goes to this pool when it exists. */
+  defaultPool?: string;
+  /** How long a job survives its agent being away before it is lost. */
+  jobAgentGraceMs: number;
   usersFile?: string;
   /** Anonymous controllers over loopback/unix; default: only when no users file is given. */
   allowAnonymous: boolean;
@@ -60,6 +66,11 @@ export const USAGE = `usage: mvirtd [options]
   --default-backend NAME    hypervisor backend (default qemu)
   --boot-timeout-ms N       time for the agent to say ready (default 120000)
   --stop-timeout-ms N       graceful stop budget before SIGTERM (default 30000)
+  --job-output-bytes N      output stored per job; the oldest is dropped beyond it
+                            (default 8388608 = 8 MiB)
+  --default-pool NAME       where jobs without vm/image/pool go when that pool exists
+                            (default: an ephemeral VM of the default image)
+  --job-agent-grace-ms N    a job whose agent stays away this long is lost (default 60000)
   --users FILE              controller users: {"users":[{"username","passwordHash"}]}
   --allow-anonymous         anonymous controllers over loopback and the unix socket
                             (the default when no --users file is given)
@@ -132,6 +143,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
         'default-backend': { type: 'string' },
         'boot-timeout-ms': { type: 'string' },
         'stop-timeout-ms': { type: 'string' },
+        'job-output-bytes': { type: 'string' },
+        'default-pool': { type: 'string' },
+        'job-agent-grace-ms': { type: 'string' },
         users: { type: 'string' },
         'allow-anonymous': { type: 'boolean' },
         'stop-vms-on-exit': { type: 'boolean' },
@@ -193,6 +207,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     defaultBackend: name(str('default-backend'), 'default-backend', 'qemu'),
     bootTimeoutMs: int(str('boot-timeout-ms'), 'boot-timeout-ms', 120_000, 100, 3600_000),
     stopTimeoutMs: int(str('stop-timeout-ms'), 'stop-timeout-ms', 30_000, 0, 3600_000),
+    jobOutputBytes: int(str('job-output-bytes'), 'job-output-bytes', 8 << 20, 4096, 1 << 30),
+    jobAgentGraceMs: int(str('job-agent-grace-ms'), 'job-agent-grace-ms', 60_000, 100, 86_400_000),
     allowAnonymous:
       (values['allow-anonymous'] as boolean | undefined) ?? str('users') === undefined,
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,
@@ -203,6 +219,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     help: (values.help as boolean | undefined) ?? false,
     version: (values.version as boolean | undefined) ?? false,
   };
+  if (str('default-pool') !== undefined)
+    opts.defaultPool = name(str('default-pool'), 'default-pool', 'default');
   if (str('users') !== undefined) opts.usersFile = path.resolve(str('users')!);
   if (opts.defaultVcpus > opts.maxVcpus) {
     throw bad('default-vcpus', `${opts.defaultVcpus} exceeds --max-vcpus ${opts.maxVcpus}`);

@@ -23,6 +23,8 @@ export interface Live {
   /** performance.now() at launch; undefined for VMs adopted by recovery. */
   launchedAt?: number;
   agentHandle?: AgentChannelHandle;
+  /** The job manager holds the channel (output backpressure); kept across reconnects. */
+  holdAgent?: boolean;
   /** The hello of the current agent session; undefined while no agent is connected. */
   hello?: Hello;
   reconnectDelayMs: number;

@@ -17,7 +17,15 @@ import type { EventLog } from '../events/log.js';
 import type { ExitInfo, LaunchSpec, RunningVm } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import type { Store } from '../store/index.js';
-import { AGENT_PROTOCOL_VERSION, CMDLINE_KEYS, type Hello } from '../../protocol/agent.js';
+import {
+  AGENT_PROTOCOL_VERSION,
+  CMDLINE_KEYS,
+  type AgentDownMessage,
+  type Exit,
+  type Hello,
+  type Output,
+} from '../../protocol/agent.js';
+import type { AgentDownKind } from '../../protocol/topics.js';
 import { MvirtError, type ErrorCode } from '../../protocol/errors.js';
 import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
@@ -86,6 +94,16 @@ export interface VmManagerDeps {
 
 export type VmManager = ReturnType<typeof createVmManager>;
 
+/** What the job manager hears from the agents, through the VM manager that owns the channels. */
+export interface JobHooks {
+  output(vmId: string, msg: Output): void;
+  exit(vmId: string, msg: Exit): void;
+  /** Every agent hello: the first after boot and each one after a reconnect. */
+  hello(vmId: string, hello: Hello): void;
+  /** The agent channel closed while the VM lives on (the agent may come back). */
+  agentGone(vmId: string): void;
+}
+
 const COMPONENT = 'vm';
 
 /** The hypervisor interface takes a plain pino Logger; ours has the extra `audit` level. */
@@ -111,10 +129,12 @@ export function createVmManager(deps: VmManagerDeps) {
       ready: onReady,
       telemetry: (id, t) => publish(topics.vmTelemetry(id), JSON.stringify(t)),
       log: (id, m) => lives.get(id)?.log[m.level]({ guest: true }, m.message),
-      output: (id) => log.debug({ vmId: id }, 'job output before the job manager exists; dropped'),
-      exit: (id) => log.debug({ vmId: id }, 'job exit before the job manager exists; dropped'),
+      output: (id, m) => jobHooks?.output(id, m),
+      exit: (id, m) => jobHooks?.exit(id, m),
     },
   });
+  /** The job manager's side of the agent exchange (set once it exists). */
+  let jobHooks: JobHooks | undefined;
 
   // ------------------------------------------------------------ helpers
 
@@ -346,6 +366,7 @@ export function createVmManager(deps: VmManagerDeps) {
     }
     const handle = broker.attachAgentChannel(live.id, stream);
     live.agentHandle = handle;
+    if (live.holdAgent) handle.hold(true);
     live.log.debug('agent channel attached');
     // A channel that carries no agent hello for a while is recycled. After a
     // guest reset, bytes of the old agent's session can still sit in QEMU's
@@ -366,6 +387,7 @@ export function createVmManager(deps: VmManagerDeps) {
       live.hello = undefined;
       agent.dropVm(live.id, 'the agent channel closed');
       if (live.gone || live.detached) return;
+      jobHooks?.agentGone(live.id);
       // The guest side reconnects by itself; we only need a fresh host end.
       live.log.info('agent channel closed; reconnecting');
       scheduleAgentReconnect(live);
@@ -423,6 +445,7 @@ export function createVmManager(deps: VmManagerDeps) {
       data: { boot: hello.boot, agentVersion: hello.agentVersion, kernel: hello.kernel },
     });
     events.publishVmEvent(id, { at: now(), type: 'agent.hello' });
+    jobHooks?.hello(id, hello);
   }
 
   function onReady(id: string): void {
@@ -894,6 +917,62 @@ export function createVmManager(deps: VmManagerDeps) {
 
     /** Resources held by VMs that are not stopped or failed. */
     allocated: () => vms.allocated(),
+    /** Would a VM of this size pass admission control now? */
+    canAdmit(size: { vcpus: number; memoryMiB: number }): boolean {
+      const a = vms.allocated();
+      const l = options.limits;
+      return (
+        a.vms + 1 <= l.maxVms &&
+        a.vcpus + size.vcpus <= l.vcpus &&
+        a.memoryMiB + size.memoryMiB <= l.memoryMiB
+      );
+    },
+    defaults: options.defaults,
+
+    // -------------------------------------------------- for the job manager
+    setJobHooks(h: JobHooks): void {
+      jobHooks = h;
+    },
+    /** The hello of the VM's current agent session, if one is connected. */
+    agentHello: (id: string): Hello | undefined => lives.get(id)?.hello,
+    callAgent<K extends AgentDownKind>(
+      id: string,
+      kind: K,
+      body: Omit<AgentDownMessage[K], 'id'>,
+      timeoutMs: number,
+    ): Promise<unknown> {
+      if (!lives.get(id)?.hello)
+        return Promise.reject(
+          new MvirtError('AGENT_UNAVAILABLE', `VM ${id} has no agent connected`),
+        );
+      return agent.call(id, kind, body, timeoutMs);
+    },
+    sendAgent<K extends AgentDownKind>(
+      id: string,
+      kind: K,
+      msg: AgentDownMessage[K],
+    ): Promise<void> {
+      return agent.send(id, kind, msg);
+    },
+    /** Flow control of a VM's agent channel (see AgentChannelHandle.hold). */
+    holdAgent(id: string, paused: boolean): void {
+      const live = lives.get(id);
+      if (!live) return;
+      live.holdAgent = paused;
+      live.agentHandle?.hold(paused);
+    },
+    /** ready ⇄ busy as jobs start and end (also remembered across a pause). */
+    setBusy(id: string, busy: boolean): void {
+      const cur = vms.get(id);
+      if (!cur) return;
+      if (busy && cur.state === 'ready') transition(id, 'busy', 'a job is running');
+      else if (!busy && cur.state === 'busy') transition(id, 'ready', 'no job is running');
+      else if (cur.state === 'paused') {
+        const live = lives.get(id);
+        if (live && (live.pausedFrom === 'ready' || live.pausedFrom === 'busy'))
+          live.pausedFrom = busy ? 'busy' : 'ready';
+      }
+    },
     countByState: () => vms.countByState(),
     onStateChange(fn: (rec: VmRecord, from: VmState) => void): () => void {
       states.on('state', fn);

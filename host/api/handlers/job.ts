@@ -1,22 +1,17 @@
-/**
- * The job.* methods arrive with the job manager (next issue). They are routed
- * already so the table is complete; until then each answers a typed error.
- */
-import { MvirtError } from '../../../protocol/errors.js';
+/** The job.* methods: thin adapters from validated params onto the job manager. */
+import type { JobManager } from '../../jobs/manager.js';
 import type { Handlers } from '../types.js';
+
+export interface JobHandlerDeps {
+  jobs: JobManager;
+}
 
 type JobMethods = 'job.run' | 'job.get' | 'job.list' | 'job.cancel' | 'job.logs';
 
-const notYet = (method: JobMethods) => (): never => {
-  throw new MvirtError('UNKNOWN_METHOD', `${method} is not implemented yet (no job manager)`, {
-    details: { method, reason: 'not implemented' },
-  });
-};
-
-export const jobHandlers = (): Handlers<JobMethods> => ({
-  'job.run': notYet('job.run'),
-  'job.get': notYet('job.get'),
-  'job.list': notYet('job.list'),
-  'job.cancel': notYet('job.cancel'),
-  'job.logs': notYet('job.logs'),
+export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => ({
+  'job.run': (p) => jobs.run(p),
+  'job.get': (p) => jobs.get(p.jobId),
+  'job.list': (p) => ({ jobs: jobs.list(p ?? {}) }),
+  'job.cancel': (p) => jobs.cancel(p.jobId),
+  'job.logs': (p) => jobs.logs(p),
 });

@@ -118,9 +118,18 @@ for (const encoding of ['json', 'cbor'] as const) {
       err(await call('vm.get', { vm: name }), 'VM_NOT_FOUND');
     });
 
-    test('job methods are routed but not implemented yet', async () => {
-      const m = err(await call('job.get', { jobId: 'j-1' }), 'UNKNOWN_METHOD');
-      assert.match(m, /not implemented/);
+    test('job and pool methods answer typed errors for what does not exist', async () => {
+      err(await call('job.get', { jobId: 'j-1' }), 'INVALID_PARAMS');
+      err(await call('job.get', { jobId: 'job-0123456789abcdef' }), 'JOB_NOT_FOUND');
+      err(await call('job.logs', { jobId: 'job-0123456789abcdef' }), 'JOB_NOT_FOUND');
+      err(await call('job.cancel', { jobId: 'job-0123456789abcdef' }), 'JOB_NOT_FOUND');
+      err(await call('job.run', { argv: ['true'], pool: 'none' }), 'POOL_NOT_FOUND');
+      err(await call('job.run', { argv: ['true'], vm: 'a', pool: 'b' }), 'INVALID_PARAMS');
+      err(await call('pool.get', { name: 'none' }), 'POOL_NOT_FOUND');
+      err(await call('pool.delete', { name: 'none' }), 'POOL_NOT_FOUND');
+      err(await call('pool.set', { name: 'p', min: 3, max: 2 }), 'INVALID_PARAMS');
+      const list = await call('job.list', {});
+      assert.ok(list.ok);
     });
   });
 }

@@ -1,0 +1,16 @@
+/** The pool.* methods: thin adapters from validated params onto the pool manager. */
+import type { PoolManager } from '../../jobs/pools.js';
+import type { Handlers } from '../types.js';
+
+export interface PoolHandlerDeps {
+  pools: PoolManager;
+}
+
+type PoolMethods = 'pool.set' | 'pool.get' | 'pool.list' | 'pool.delete';
+
+export const poolHandlers = ({ pools }: PoolHandlerDeps): Handlers<PoolMethods> => ({
+  'pool.set': (p) => pools.set(p),
+  'pool.get': (p) => pools.get(p.name),
+  'pool.list': () => ({ pools: pools.list() }),
+  'pool.delete': (p) => pools.delete(p.name),
+});

@@ -1,0 +1,191 @@
+/**
+ * One job's output on the host: dedup and ordering by sequence number, live
+ * publication, and storage under a byte cap.
+ *
+ * The agent sends chunks in order, at least once (a chunk in flight when the
+ * channel drops is sent again). So a chunk below `nextSeq` is a duplicate and
+ * is ignored; a chunk above it means some were lost on the way (after a
+ * daemon crash between receipt and storage): it is held back (bounded) while
+ * the caller asks the agent to replay from `nextSeq`; when the replay is over
+ * and the hole is still there, the agent no longer had those chunks and the
+ * hole is recorded as dropped (`skipGap`).
+ *
+ * Chunks are written in batches (one transaction per batch, not one fsync per
+ * chunk); a batch is flushed when it is large, after a short delay, and before
+ * any state change of the job. What a crash loses from the last batch the
+ * agent still has in its replay buffer, and the next hello brings it back.
+ */
+import { StringDecoder } from 'node:string_decoder';
+import type { JobRepo, StoredChunk } from '../store/index.js';
+import type { OutputChunk } from '../../protocol/rpc.js';
+
+export interface OutputLogOptions {
+  /** Stored bytes per job at most; the oldest chunks go first. */
+  retainBytes: number;
+  /** Flush a batch at this many bytes … */
+  batchBytes: number;
+  /** … or this long after its first chunk. */
+  batchMs: number;
+  /** Out-of-order chunks held back per job while a replay is awaited. */
+  holdBytes: number;
+}
+
+export const DEFAULT_OUTPUT_OPTIONS: OutputLogOptions = {
+  retainBytes: 8 * 1024 * 1024,
+  batchBytes: 256 * 1024,
+  batchMs: 20,
+  holdBytes: 4 * 1024 * 1024,
+};
+
+export type AppendResult = 'ok' | 'duplicate' | 'gap';
+
+export interface OutputLog {
+  readonly nextSeq: number;
+  /** Take one chunk from the agent; `publish` gets it live when it is new and in order. */
+  append(c: StoredChunk): AppendResult;
+  /** Chunks after a hole are held back: is there a hole now? */
+  readonly hasGap: boolean;
+  /**
+   * Give up on the hole: continue at the oldest held-back chunk, or at
+   * `upTo` when nothing is held. Returns how many sequence numbers were skipped.
+   */
+  skipGap(upTo?: number): number;
+  /** Write the pending batch now. */
+  flush(): void;
+  close(): void;
+}
+
+export function createOutputLog(deps: {
+  jobId: string;
+  repo: JobRepo;
+  options: OutputLogOptions;
+  /** The job's live topic (text; invalid UTF-8 becomes U+FFFD). */
+  publish(chunk: OutputChunk, bytes: number): void;
+  /** For a storage error: logged by the caller, never thrown into the agent path. */
+  onError(err: unknown): void;
+}): OutputLog {
+  const { jobId, repo, options } = deps;
+  const rec = repo.get(jobId);
+  let nextSeq = rec?.nextSeq ?? 0;
+  let totalBytes = rec?.outputBytes ?? 0;
+  const dropped = { ...(rec?.dropped ?? { chunks: 0, bytes: 0 }) };
+  // Retention state: sizes of the stored chunks, oldest first.
+  const stored: { seq: number; n: number }[] = rec ? repo.chunkSizes(jobId) : [];
+  let storedBytes = stored.reduce((a, c) => a + c.n, 0);
+  let firstSeq = stored[0]?.seq ?? nextSeq;
+  let batch: StoredChunk[] = [];
+  let batchBytes = 0;
+  let timer: NodeJS.Timeout | null = null;
+  /** Out-of-order chunks waiting for the hole before them to be filled. */
+  const held = new Map<number, StoredChunk>();
+  let heldBytes = 0;
+  // Split multi-byte characters are joined across chunks of one stream.
+  const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
+
+  function flush(): void {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    if (batch.length === 0) return;
+    const rows = batch;
+    batch = [];
+    batchBytes = 0;
+    try {
+      repo.transaction(() => {
+        for (const c of rows) {
+          if (!repo.putChunk(jobId, c)) continue;
+          stored.push({ seq: c.seq, n: c.data.length });
+          storedBytes += c.data.length;
+        }
+        let cut = -1;
+        while (storedBytes > options.retainBytes && stored.length > 1) {
+          const old = stored.shift()!;
+          storedBytes -= old.n;
+          dropped.chunks++;
+          dropped.bytes += old.n;
+          cut = old.seq;
+        }
+        if (cut >= 0) repo.dropUpTo(jobId, cut);
+        firstSeq = stored[0]?.seq ?? nextSeq;
+        repo.setOutput(jobId, { nextSeq, totalBytes, firstSeq, dropped });
+      });
+    } catch (err) {
+      deps.onError(err);
+    }
+  }
+
+  function accept(c: StoredChunk): void {
+    nextSeq++;
+    totalBytes += c.data.length;
+    batch.push(c);
+    batchBytes += c.data.length;
+    deps.publish(
+      { seq: c.seq, stream: c.stream, data: decoders[c.stream].write(c.data) },
+      c.data.length,
+    );
+    if (batchBytes >= options.batchBytes) flush();
+    else timer ??= setTimeout(flush, options.batchMs);
+  }
+
+  return {
+    get nextSeq() {
+      return nextSeq;
+    },
+    append(c) {
+      if (c.seq < nextSeq || held.has(c.seq)) return 'duplicate';
+      if (c.seq > nextSeq) {
+        // Beyond the bound it is dropped here and must come again in the replay.
+        if (heldBytes + c.data.length <= options.holdBytes) {
+          held.set(c.seq, c);
+          heldBytes += c.data.length;
+        }
+        return 'gap';
+      }
+      accept(c);
+      for (let next = held.get(nextSeq); next; next = held.get(nextSeq)) {
+        held.delete(next.seq);
+        heldBytes -= next.data.length;
+        accept(next);
+      }
+      return 'ok';
+    },
+    get hasGap() {
+      return held.size > 0;
+    },
+    skipGap(upTo) {
+      const target = held.size > 0 ? Math.min(...held.keys()) : (upTo ?? nextSeq);
+      if (target <= nextSeq) return 0;
+      const skipped = target - nextSeq;
+      dropped.chunks += skipped;
+      nextSeq = target;
+      for (let next = held.get(nextSeq); next; next = held.get(nextSeq)) {
+        held.delete(next.seq);
+        heldBytes -= next.data.length;
+        accept(next);
+      }
+      flush();
+      // flush() only writes with a batch: record the skip itself too.
+      try {
+        repo.setOutput(jobId, { nextSeq, totalBytes, firstSeq, dropped });
+      } catch (err) {
+        deps.onError(err);
+      }
+      return skipped;
+    },
+    flush,
+    close() {
+      flush();
+      held.clear();
+      heldBytes = 0;
+    },
+  };
+}
+
+/** Decode a page of stored chunks to text, joining multi-byte characters split across chunks. */
+export function decodeChunks(chunks: StoredChunk[]): OutputChunk[] {
+  const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
+  return chunks.map((c) => ({
+    seq: c.seq,
+    stream: c.stream,
+    data: decoders[c.stream].write(c.data),
+  }));
+}

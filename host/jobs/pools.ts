@@ -1,0 +1,314 @@
+/**
+ * Warm pools: `pool.set {name, image, min, max, vcpus, memoryMiB}` keeps `min`
+ * VMs of an image booted and idle so that a job does not wait for a boot. A
+ * job sent to a pool takes one idle VM exclusively (a claim), runs, and the VM
+ * is destroyed afterwards; the pool refills. With jobs waiting, the pool boots
+ * beyond `min` up to `max` VMs in all.
+ *
+ * Pool VMs are ordinary ephemeral VM rows tagged with the pool's name in their
+ * metadata, so the VM manager and recovery need to know nothing about pools.
+ * A boot that fails backs off (1 s doubling to a minute) instead of looping.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Bus } from '../broker/types.js';
+import type { EventLog } from '../events/log.js';
+import type { MvirtLogger } from '../log.js';
+import type { PoolRepo, StoredPool } from '../store/index.js';
+import type { VmManager } from '../vm/manager.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
+import type { Topics } from '../../protocol/topics.js';
+
+/** VM metadata key that ties a VM to its pool (survives a daemon restart). */
+export const META_POOL = 'mvirt.pool';
+
+const BACKOFF_MIN_MS = 1000;
+const BACKOFF_MAX_MS = 60_000;
+const WARMUP_TIMEOUT_MS = 30_000;
+
+export interface PoolManagerDeps {
+  repo: PoolRepo;
+  vms: VmManager;
+  events: EventLog;
+  bus: Bus;
+  topics: Topics;
+  log: MvirtLogger;
+}
+
+export type PoolManager = ReturnType<typeof createPoolManager>;
+
+interface PoolLive {
+  /** Jobs waiting for a VM of this pool (set by the job manager's queue walk). */
+  demand: number;
+  /** VMs whose boot we started and that are not ready yet. */
+  booting: Set<string>;
+  backoffMs: number;
+  retryAt: number;
+  retryTimer?: NodeJS.Timeout;
+}
+
+export function createPoolManager(deps: PoolManagerDeps) {
+  const { repo, vms, events, bus, topics } = deps;
+  const log = deps.log.child({ component: 'pool' });
+  const live = new Map<string, PoolLive>();
+  /** VM id → job id for pool VMs taken by a job. */
+  const claims = new Map<string, string>();
+  let closing = false;
+  /** Called when a pool VM becomes claimable (the job manager walks its queue). */
+  let onAvailable: () => void = () => undefined;
+
+  const now = (): string => new Date().toISOString();
+  const stateOf = (name: string): PoolLive => {
+    let p = live.get(name);
+    if (!p) {
+      p = { demand: 0, booting: new Set(), backoffMs: BACKOFF_MIN_MS, retryAt: 0 };
+      live.set(name, p);
+    }
+    return p;
+  };
+
+  const membersOf = (name: string): VmRecord[] =>
+    vms.list().filter((v) => v.metadata[META_POOL] === name);
+
+  /** Ready VMs still running their warm-up exec: not claimable yet. */
+  const warming = new Set<string>();
+  const isIdle = (v: VmRecord): boolean =>
+    v.state === 'ready' && !claims.has(v.id) && !warming.has(v.id);
+
+  function toRecord(p: StoredPool): PoolRecord {
+    const counts = { starting: 0, ready: 0, busy: 0 };
+    for (const v of membersOf(p.name)) {
+      if (claims.has(v.id)) counts.busy++;
+      else if (v.state === 'ready') counts.ready++;
+      else if (v.state === 'starting') counts.starting++;
+    }
+    return { ...p, vms: counts };
+  }
+
+  function publish(name: string): void {
+    const p = repo.get(name);
+    const payload = p ? JSON.stringify(toRecord(p)) : '';
+    bus
+      .publish(topics.poolState(name), payload, { retain: true, qos: 1 })
+      .catch((err: unknown) => log.warn({ err, pool: name }, 'publish failed'));
+  }
+
+  function destroy(vmId: string, why: string): void {
+    claims.delete(vmId);
+    void (async () => {
+      try {
+        const v = vms.get(vmId);
+        if (v.state !== 'stopped' && v.state !== 'failed') await vms.kill(vmId);
+        await vms.delete(vmId);
+        log.debug({ vmId, why }, 'pool VM destroyed');
+      } catch (err) {
+        if (!(err instanceof MvirtError && err.code === 'VM_NOT_FOUND'))
+          log.error({ err, vmId }, 'cannot destroy a pool VM');
+      }
+    })();
+  }
+
+  /** Bring one pool to its target: min idle VMs, more while jobs wait, never above max. */
+  function reconcile(name: string): void {
+    if (closing) return;
+    const def = repo.get(name);
+    const st = stateOf(name);
+    const members = membersOf(name);
+    if (!def) {
+      for (const v of members) if (!claims.has(v.id)) destroy(v.id, 'its pool was deleted');
+      return;
+    }
+    // A member that failed or stopped is of no use: clear it away.
+    for (const v of members) {
+      if ((v.state === 'failed' || v.state === 'stopped') && !claims.has(v.id)) {
+        if (st.booting.delete(v.id)) {
+          st.retryAt = Date.now() + st.backoffMs;
+          log.warn(
+            { pool: name, vmId: v.id, reason: v.stateReason, retryInMs: st.backoffMs },
+            'pool VM failed to boot; backing off',
+          );
+          st.backoffMs = Math.min(st.backoffMs * 2, BACKOFF_MAX_MS);
+        }
+        destroy(v.id, `pool member is ${v.state}`);
+      }
+    }
+    const usable = members.filter((v) => ['starting', 'ready', 'busy', 'paused'].includes(v.state));
+    const spare = usable.filter((v) => !claims.has(v.id));
+    const desired = def.min + st.demand;
+    // More idle VMs than wanted (min was lowered): let the extra ones go.
+    const idle = spare.filter(isIdle);
+    for (let extra = spare.length - desired; extra > 0 && idle.length > 0; extra--) {
+      destroy(idle.pop()!.id, 'the pool shrank');
+    }
+    let missing = Math.min(desired - spare.length, def.max - usable.length);
+    if (missing <= 0) return;
+    const wait = st.retryAt - Date.now();
+    if (wait > 0) {
+      st.retryTimer ??= setTimeout(() => {
+        st.retryTimer = undefined;
+        reconcile(name);
+      }, wait);
+      return;
+    }
+    while (missing-- > 0) {
+      if (!vms.canAdmit({ vcpus: def.vcpus, memoryMiB: def.memoryMiB })) break;
+      void boot(def, st);
+    }
+  }
+
+  async function boot(def: StoredPool, st: PoolLive): Promise<void> {
+    let id: string | undefined;
+    try {
+      const vm = await vms.create({
+        name: `${def.name.slice(0, 50)}-${randomBytes(4).toString('hex')}`,
+        image: def.image,
+        vcpus: def.vcpus,
+        memoryMiB: def.memoryMiB,
+        kind: 'ephemeral',
+        metadata: { [META_POOL]: def.name },
+      });
+      id = vm.id;
+      st.booting.add(id);
+      warming.add(id);
+      await vms.start(id, true);
+      // Warm-up: one throw-away exec, so that the guest (and, under TCG, the
+      // emulator's code cache) has been through the spawn path before the
+      // first real job pays for it. A pool's promise is a VM ready to run.
+      await vms
+        .callAgent(
+          id,
+          'exec',
+          { jobId: `warmup-${randomBytes(6).toString('hex')}`, argv: ['/bin/true'] },
+          WARMUP_TIMEOUT_MS,
+        )
+        .catch((err: unknown) => log.debug({ vmId: id, err: String(err) }, 'warm-up exec failed'));
+      warming.delete(id);
+      st.booting.delete(id);
+      st.backoffMs = BACKOFF_MIN_MS;
+      publish(def.name);
+      onAvailable();
+    } catch (err) {
+      if (id) {
+        st.booting.delete(id);
+        warming.delete(id);
+      }
+      if (err instanceof MvirtError && err.code === 'CAPACITY_EXCEEDED') {
+        if (id) destroy(id, 'no capacity');
+        return;
+      }
+      st.retryAt = Date.now() + st.backoffMs;
+      log.warn(
+        { pool: def.name, err: String(err), retryInMs: st.backoffMs },
+        'pool VM boot failed',
+      );
+      st.backoffMs = Math.min(st.backoffMs * 2, BACKOFF_MAX_MS);
+      if (id) destroy(id, 'its boot failed');
+      reconcile(def.name);
+    }
+  }
+
+  // The retained pool record counts its VMs: republish when one changes.
+  const offState = vms.onStateChange((vm) => {
+    const name = vm.metadata[META_POOL];
+    if (name !== undefined) publish(name);
+  });
+
+  return {
+    onVmAvailable(fn: () => void): void {
+      onAvailable = fn;
+    },
+    set(p: ParamsOf<'pool.set'>): PoolRecord {
+      if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
+      const old = repo.get(p.name);
+      const def = {
+        name: p.name,
+        image: p.image ?? old?.image ?? vms.defaults.image,
+        min: p.min,
+        max: p.max ?? Math.max(p.min, old?.max ?? 0, 1),
+        vcpus: p.vcpus ?? old?.vcpus ?? vms.defaults.vcpus,
+        memoryMiB: p.memoryMiB ?? old?.memoryMiB ?? vms.defaults.memoryMiB,
+      };
+      if (def.max < def.min) {
+        throw new MvirtError(
+          'INVALID_PARAMS',
+          `max (${def.max}) must be at least min (${def.min})`,
+        );
+      }
+      const stored = repo.put(def, now());
+      events.append({
+        level: 'audit',
+        component: 'pool',
+        message: `pool ${p.name}: ${old ? 'updated' : 'created'}`,
+        objects: [`pool:${p.name}`, `image:${def.image}`],
+        data: def,
+      });
+      stateOf(p.name).retryAt = 0;
+      reconcile(p.name);
+      publish(p.name);
+      return toRecord(stored);
+    },
+    get(name: string): PoolRecord {
+      const p = repo.get(name);
+      if (!p) throw new MvirtError('POOL_NOT_FOUND', `no pool named ${name}`);
+      return toRecord(p);
+    },
+    exists: (name: string): boolean => repo.get(name) !== undefined,
+    list: (): PoolRecord[] => repo.list().map(toRecord),
+    delete(name: string): Record<string, never> {
+      if (!repo.delete(name)) throw new MvirtError('POOL_NOT_FOUND', `no pool named ${name}`);
+      events.append({
+        level: 'audit',
+        component: 'pool',
+        message: `pool ${name}: deleted`,
+        objects: [`pool:${name}`],
+      });
+      const st = live.get(name);
+      if (st?.retryTimer) clearTimeout(st.retryTimer);
+      live.delete(name);
+      reconcile(name); // idle members go; claimed ones go after their job
+      publish(name);
+      return {};
+    },
+
+    /** Take an idle ready VM of the pool for a job; undefined when none is idle. */
+    claim(name: string, jobId: string): string | undefined {
+      if (!repo.get(name)) return undefined;
+      const vm = membersOf(name).find(isIdle);
+      if (!vm) return undefined;
+      claims.set(vm.id, jobId);
+      reconcile(name);
+      publish(name);
+      return vm.id;
+    },
+    /** A job waits for this pool: count it so the pool boots beyond min (up to max). */
+    demand(name: string): void {
+      stateOf(name).demand++;
+    },
+    /** After a daemon restart: a job already holds this VM. */
+    restoreClaim(_name: string, vmId: string, jobId: string): void {
+      claims.set(vmId, jobId);
+    },
+    /** Once per queue walk: the demand counts were rebuilt, act on them. */
+    reconcileAll(): void {
+      for (const p of repo.list()) {
+        reconcile(p.name);
+        stateOf(p.name).demand = 0;
+      }
+      // Members of pools that no longer exist.
+      for (const v of vms.list()) {
+        const name = v.metadata[META_POOL];
+        if (name !== undefined && !repo.get(name) && !claims.has(v.id) && v.state !== 'stopping')
+          destroy(v.id, 'its pool no longer exists');
+      }
+    },
+    /** A pool VM's job ended (its VM is destroyed by the job manager). */
+    release(vmId: string): void {
+      claims.delete(vmId);
+    },
+    close(): void {
+      closing = true;
+      offState();
+      for (const st of live.values()) if (st.retryTimer) clearTimeout(st.retryTimer);
+    },
+  };
+}
