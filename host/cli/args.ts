@@ -102,6 +102,8 @@ export function splitCommand(
 export interface Parsed {
   values: Record<string, string | boolean | string[] | undefined>;
   positionals: string[];
+  /** The arguments after `--`, untouched (also the tail of `positionals`); undefined without `--`. */
+  dashDash?: string[];
 }
 
 /** parseArgs with the global options added and its errors turned into UsageErrors. */
@@ -120,8 +122,13 @@ export function parseCommand(
     };
   }
   try {
-    const r = parseArgs({ args, options: all, allowPositionals: true, strict: true });
-    return { values: r.values as Parsed['values'], positionals: r.positionals };
+    const r = parseArgs({ args, options: all, allowPositionals: true, strict: true, tokens: true });
+    const end = r.tokens.find((t) => t.kind === 'option-terminator');
+    return {
+      values: r.values as Parsed['values'],
+      positionals: r.positionals,
+      ...(end ? { dashDash: args.slice(end.index + 1) } : {}),
+    };
   } catch (err) {
     const e = err as Error & { code?: string };
     const opt = /'(-[^']*)'/.exec(e.message)?.[1];

@@ -19,8 +19,10 @@ export interface Command {
   /** Words after `mvirt`, e.g. 'vm create'. */
   name: string;
   summary: string;
-  /** Positional names: `NAME`, optional `[NAME]`, repeated `NAME...`. */
+  /** Positional names: `NAME`, optional `[NAME]`, repeated `NAME...` (or `[NAME...]`). */
   args?: string[];
+  /** The usage line after the command words, when `args [options]` does not say it right. */
+  usage?: string;
   options?: Record<string, OptionSpec>;
   description?: string;
   examples?: string[];
@@ -38,7 +40,9 @@ function optionLines(opts: Record<string, OptionSpec>): string[] {
 
 export function commandHelp(c: Command): string {
   const lines = [
-    `Usage: mvirt ${c.name}${c.args?.length ? ` ${c.args.join(' ')}` : ''}${c.options && Object.keys(c.options).length ? ' [options]' : ''}`,
+    c.usage !== undefined
+      ? `Usage: mvirt ${c.name} ${c.usage}`
+      : `Usage: mvirt ${c.name}${c.args?.length ? ` ${c.args.join(' ')}` : ''}${c.options && Object.keys(c.options).length ? ' [options]' : ''}`,
     '',
     c.summary,
   ];
@@ -57,7 +61,7 @@ export function commandHelp(c: Command): string {
 export function positionals(c: Command, p: Parsed): string[] {
   const spec = c.args ?? [];
   const required = spec.filter((a) => !a.startsWith('[')).length;
-  const variadic = spec.some((a) => a.endsWith('...'));
+  const variadic = spec.some((a) => /\.\.\.\]?$/.test(a));
   if (p.positionals.length < required) {
     const missing = spec[p.positionals.length]!;
     throw new UsageError(`missing ${missing}`, c.name);

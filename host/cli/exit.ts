@@ -14,7 +14,32 @@ export const EXIT = {
   USAGE: 2,
   /** No working connection to mvirtd: broker down, wrong address or host, refused credentials. */
   CONNECTION: 3,
+  // `mvirt run` ends with the job's own exit code (0-255) when it has one, else:
+  /** The job hit its timeout (`timed_out`), as timeout(1) reports it. */
+  JOB_TIMED_OUT: 124,
+  /** The job was `lost`: its VM, agent or the daemon went away; the reason is on stderr. */
+  JOB_LOST: 125,
+  /** The job `failed` without an exit status or signal: it could not be started. */
+  JOB_NOT_STARTED: 126,
+  /** Killed by signal N: SIGNAL_BASE + N, as shells report it (137 = SIGKILL). */
+  SIGNAL_BASE: 128,
+  /** The job was `cancelled`, or a second Ctrl-C left at once (128 + SIGINT). */
+  JOB_CANCELLED: 130,
 } as const;
+
+/** The exit codes of `mvirt run`, for its help and docs/cli.md. */
+export const RUN_EXIT_CODES: [string, string][] = [
+  ['0-255', "the job's own exit code (succeeded or failed)"],
+  [String(EXIT.JOB_TIMED_OUT), 'the job timed out (--timeout), as timeout(1)'],
+  [String(EXIT.JOB_LOST), 'the job was lost (VM, agent or daemon gone); the reason is on stderr'],
+  [String(EXIT.JOB_NOT_STARTED), 'the job could not be started; the reason is on stderr'],
+  ['128+N', 'the job was killed by signal N (137: SIGKILL, also the OOM killer)'],
+  [
+    String(EXIT.JOB_CANCELLED),
+    'the job was cancelled (Ctrl-C, `mvirt job cancel`), or a second Ctrl-C',
+  ],
+  ['1, 2, 3', 'as every command: the job was refused, usage error, no connection'],
+];
 
 const USAGE_CODES: ReadonlySet<ErrorCode> = new Set([
   'INVALID_PARAMS',
@@ -50,6 +75,8 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
   NOT_AUTHORIZED: 'give credentials with --user and MVIRT_PASSWORD (or --password)',
   TIMEOUT: 'pick the host with --host (or MVIRT_HOST), or wait longer with --timeout SECONDS',
   VM_NOT_FOUND: '`mvirt vm ls` lists the VMs',
+  JOB_NOT_FOUND: '`mvirt jobs` lists the jobs',
+  POOL_NOT_FOUND: '`mvirt pool ls` lists the pools; `mvirt pool set NAME --min N` creates one',
   VM_EXISTS: 'choose another name, or `mvirt vm rm NAME` first',
   VM_RUNNING: 'stop it first: `mvirt vm stop VM` (or `mvirt vm rm --force VM`)',
   VM_BAD_STATE: '`mvirt vm get VM` shows its state',

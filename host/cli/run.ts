@@ -13,10 +13,14 @@ import { eventsCommands } from './events.js';
 import { EXIT, exitCodeFor, renderError } from './exit.js';
 import { infoCommands } from './info.js';
 import type { Io } from './io.js';
+import { jobCommands } from './jobs.js';
+import { poolCommands } from './pool.js';
 import { vmCommands } from './vm.js';
 
 export const COMMANDS: Command[] = [
   ...vmCommands,
+  ...jobCommands,
+  ...poolCommands,
   ...infoCommands,
   ...eventsCommands,
   ...consoleCommands,
@@ -24,6 +28,8 @@ export const COMMANDS: Command[] = [
 
 const GROUPS: Record<string, string> = {
   vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm',
+  job: 'inspect jobs: ls (also `mvirt jobs`), get, cancel; start one with `mvirt run`',
+  pool: 'keep ready VMs for jobs: set, ls, get, rm',
   info: 'show the host',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',
@@ -50,7 +56,9 @@ export function mainHelp(): string {
     '  --timeout S    seconds to wait for a reply',
     '  -h, --help     help for any command: mvirt vm create --help',
     '',
-    'Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach mvirtd.',
+    'Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach mvirtd;',
+    "  mvirt run: the job's exit code, 124 timed out, 125 lost, 126 not started,",
+    '  128+N killed by signal N, 130 cancelled (see `mvirt run --help`).',
     'Docs: docs/cli.md, docs/errors.md',
     '',
   ].join('\n');
@@ -72,7 +80,11 @@ function groupHelp(group: string): string {
   ].join('\n');
 }
 
-const depthOf = (group: string): number => (group === 'help' ? 3 : group === 'vm' ? 2 : 1);
+/** Groups whose commands take two words (`mvirt vm ls`). */
+const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool']);
+
+const depthOf = (group: string): number =>
+  group === 'help' ? 3 : SUBCOMMAND_GROUPS.has(group) ? 2 : 1;
 
 export interface ClientFactory {
   (g: Globals): Promise<MvirtClient>;
@@ -124,23 +136,42 @@ export async function runCli(
         if (rest[0]?.startsWith('-')) throw new UsageError(`unknown option ${rest[0]}`);
         return EXIT.USAGE;
       }
-      if (words[0] === 'vm') {
+      const group = words[0]!;
+      if (SUBCOMMAND_GROUPS.has(group)) {
         if (words.length === 1 || wantsHelp) {
-          (wantsHelp ? io.stdout : io.stderr).write(groupHelp('vm'));
+          (wantsHelp ? io.stdout : io.stderr).write(groupHelp(group));
           return wantsHelp ? EXIT.OK : EXIT.USAGE;
         }
-        throw new UsageError(`no command 'vm ${words[1]!}'; see 'mvirt vm --help'`);
+        throw new UsageError(`no command '${group} ${words[1]!}'; see 'mvirt ${group} --help'`);
       }
       throw new UsageError(`no command '${words[0]!}'`);
     }
-    const parsed = parseCommand(cmd.name, rest, cmd.options ?? {});
+    let parsed;
+    try {
+      parsed = parseCommand(cmd.name, rest, cmd.options ?? {});
+    } catch (err) {
+      // `mvirt run ls -l`: the guest command's options are not ours; say where they go.
+      if (err instanceof UsageError && cmd.usage?.includes('-- ') && !rest.includes('--'))
+        throw new UsageError(
+          `${err.message} (the command goes after --: mvirt ${cmd.name} ${cmd.usage})`,
+          cmd.name,
+        );
+      throw err;
+    }
     json = parsed.values.json === true;
     if (parsed.values.help === true) {
       io.stdout.write(commandHelp(cmd));
       return EXIT.OK;
     }
     parsed.positionals = positionals(cmd, parsed);
-    const globals = globalsFrom(parsed.values, io.env);
+    // A command with its own --timeout (vm stop, run) means something else by it
+    // than the reply wait, and sets its reply waits itself.
+    const globals = globalsFrom(
+      cmd.options && 'timeout' in cmd.options
+        ? { ...parsed.values, timeout: undefined }
+        : parsed.values,
+      io.env,
+    );
     const ctx: Context = {
       io,
       globals,

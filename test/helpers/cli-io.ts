@@ -1,7 +1,7 @@
 /** An in-memory Io for running the CLI in-process: captured output, a scripted stdin, signals on demand. */
 import { EventEmitter } from 'node:events';
 import { PassThrough, Writable } from 'node:stream';
-import type { Io, TtyIn } from '../../host/cli/io.js';
+import type { Io, TtyIn, TtyOut } from '../../host/cli/io.js';
 
 export interface MemoryIo extends Io {
   stdin: PassThrough & TtyIn;
@@ -13,14 +13,22 @@ export interface MemoryIo extends Io {
   waitErr(s: string): Promise<void>;
   signal(sig?: NodeJS.Signals): void;
   rawModes: boolean[];
+  /** Every write to stdout and stderr, in the order they happened. */
+  writes: ['out' | 'err', string][];
 }
 
-function sink(): { w: Writable; text: () => string; chunks: Buffer[]; events: EventEmitter } {
+function sink(onWrite: (text: string) => void = () => {}): {
+  w: Writable;
+  text: () => string;
+  chunks: Buffer[];
+  events: EventEmitter;
+} {
   const chunks: Buffer[] = [];
   const events = new EventEmitter();
   const w = new Writable({
     write(chunk: Buffer, _enc, cb) {
       chunks.push(Buffer.from(chunk));
+      onWrite(Buffer.from(chunk).toString('utf8'));
       events.emit('data');
       cb();
     },
@@ -41,10 +49,12 @@ function waitText(k: ReturnType<typeof sink>, s: string): Promise<void> {
 }
 
 export function memoryIo(
-  o: { env?: Record<string, string>; tty?: boolean; now?: number } = {},
+  o: { env?: Record<string, string>; tty?: boolean; errTty?: boolean; now?: number } = {},
 ): MemoryIo {
-  const stdout = sink();
-  const stderr = sink();
+  const writes: MemoryIo['writes'] = [];
+  const stdout = sink((t) => writes.push(['out', t]));
+  const stderr = sink((t) => writes.push(['err', t]));
+  if (o.errTty) (stderr.w as TtyOut).isTTY = true;
   const signals = new EventEmitter();
   const rawModes: boolean[] = [];
   const stdin = new PassThrough() as PassThrough & TtyIn;
@@ -68,5 +78,6 @@ export function memoryIo(
     waitErr: (s) => waitText(stderr, s),
     signal: (sig = 'SIGINT') => void signals.emit('signal', sig),
     rawModes,
+    writes,
   };
 }

@@ -1,0 +1,526 @@
+/**
+ * Jobs: `mvirt run` (submit, stream the output, end with the job's exit
+ * code), `mvirt jobs` / `mvirt job …` (list, show, cancel) and `mvirt logs`.
+ * Output ordering lives in follow.ts.
+ */
+import { constants as os } from 'node:os';
+import { MvirtError } from '../../protocol/errors.js';
+import {
+  JOB_STATES,
+  JOB_STDIN_BYTES,
+  JobId,
+  type JobRecord,
+  type OutputChunk,
+  type ParamsOf,
+} from '../../protocol/rpc.js';
+import { UsageError, integer, oneOf, seconds, type Parsed } from './args.js';
+import { str, type Command, type Context } from './command.js';
+import { EXIT, RUN_EXIT_CODES } from './exit.js';
+import { followJob } from './follow.js';
+import type { TtyIn } from './io.js';
+import { duration, json, keyValues, relativeTime, table } from './output.js';
+
+/** The most stdin `mvirt run` passes (the job.run schema's limit). */
+/** The protocol's cap (a request must fit the broker's packet limit). */
+export const MAX_STDIN_BYTES = JOB_STDIN_BYTES;
+/** mvirtd's broker refuses controller packets above this by default. */
+const BROKER_PACKET_DEFAULT = 1024 * 1024;
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** A job id argument, checked before it becomes part of a topic name. */
+export function jobIdArg(s: string, command: string): string {
+  if (!JobId.safeParse(s).success)
+    throw new UsageError(
+      `'${s}' is not a job id: job ids look like job-0123456789ab (\`mvirt jobs\` lists them)`,
+      command,
+    );
+  return s;
+}
+
+/** argv as a shell would need it typed: plain words bare, the rest single-quoted. */
+export function shellLine(argv: string[]): string {
+  return argv
+    .map((a) => (/^[A-Za-z0-9_\-+=.,/:@%^]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`))
+    .join(' ');
+}
+
+const clip = (s: string, n: number): string =>
+  [...s].length > n ? `${[...s].slice(0, n - 1).join('')}…` : s;
+
+export function targetText(rec: JobRecord): string {
+  const t = rec.target;
+  if (!t) return '-';
+  if (t.kind === 'vm') return `vm ${t.vm}`;
+  if (t.kind === 'pool') return `pool ${t.pool}`;
+  return `image ${t.image}`;
+}
+
+/** "0", "SIGKILL", or "-" while there is neither. */
+const exitText = (rec: JobRecord): string =>
+  rec.exitCode !== null && rec.exitCode !== undefined
+    ? String(rec.exitCode)
+    : rec.signal
+      ? rec.signal
+      : '-';
+
+function runTime(rec: JobRecord, now: number): number | undefined {
+  if (!rec.startedAt) return undefined;
+  const start = Date.parse(rec.startedAt);
+  const end = rec.finishedAt ? Date.parse(rec.finishedAt) : now;
+  return Number.isFinite(start) && Number.isFinite(end) ? Math.max(0, end - start) : undefined;
+}
+
+export function jobTable(jobs: JobRecord[], now: number): string {
+  return table(
+    ['id', 'state', 'vm', 'exit', 'started', 'duration', 'command'],
+    jobs.map((j) => {
+      const d = runTime(j, now);
+      return [
+        j.jobId,
+        j.state + (j.state === 'queued' && j.queuePosition ? ` #${j.queuePosition}` : ''),
+        j.vm ?? `(${targetText(j)})`,
+        exitText(j),
+        relativeTime(j.startedAt, now),
+        d === undefined ? '-' : duration(d),
+        clip(shellLine(j.argv ?? []), 60),
+      ];
+    }),
+    ['left', 'left', 'left', 'right', 'left', 'right'],
+  );
+}
+
+const bytes = (n: number): string =>
+  n < 1024
+    ? `${n} B`
+    : n < 1024 * 1024
+      ? `${(n / 1024).toFixed(1)} KiB`
+      : `${(n / 1024 / 1024).toFixed(1)} MiB`;
+
+export function jobDetails(j: JobRecord, now: number): string {
+  const when = (t: string | null | undefined): string | undefined =>
+    t ? `${relativeTime(t, now)} (${t})` : undefined;
+  const d = runTime(j, now);
+  return keyValues([
+    ['ID', j.jobId],
+    ['State', j.state + (j.reason ? ` (${j.reason})` : '')],
+    ['Queue', j.state === 'queued' && j.queuePosition ? `#${j.queuePosition}` : undefined],
+    ['Command', shellLine(j.argv ?? [])],
+    ['Target', targetText(j)],
+    ['VM', j.vm ?? undefined],
+    ['Cwd', j.cwd],
+    ['Timeout', j.timeoutMs ? duration(j.timeoutMs) : undefined],
+    ['Exit code', j.exitCode === null || j.exitCode === undefined ? undefined : String(j.exitCode)],
+    ['Signal', j.signal ?? undefined],
+    ['OOM killed', j.oomKilled ? 'yes' : undefined],
+    ['Created', when(j.createdAt)],
+    ['Started', when(j.startedAt)],
+    ['Finished', when(j.finishedAt)],
+    ['Duration', d === undefined ? undefined : duration(d)],
+    [
+      'Output',
+      typeof j.nextSeq === 'number'
+        ? `${j.nextSeq} chunk${j.nextSeq === 1 ? '' : 's'}, ${bytes(j.outputBytes ?? 0)}` +
+          (j.dropped?.chunks
+            ? `; ${j.dropped.chunks} dropped by retention (${bytes(j.dropped.bytes)})`
+            : '')
+        : undefined,
+    ],
+  ]);
+}
+
+/** How `mvirt run` ends for a terminal job: its exit code and what to say on stderr. */
+export function jobExit(rec: JobRecord): { code: number; note?: string } {
+  const id = rec.jobId;
+  const why = rec.reason ? `: ${rec.reason}` : '';
+  switch (rec.state) {
+    case 'succeeded':
+      return { code: rec.exitCode ?? EXIT.OK };
+    case 'failed': {
+      if (rec.signal) {
+        const n = (os.signals as Record<string, number | undefined>)[rec.signal];
+        return {
+          code: EXIT.SIGNAL_BASE + (n ?? 0),
+          note: `${id} was killed by ${rec.signal}${rec.oomKilled ? ' (out of memory: the OOM killer)' : ''}`,
+        };
+      }
+      if (rec.exitCode !== null && rec.exitCode !== undefined) return { code: rec.exitCode };
+      return { code: EXIT.JOB_NOT_STARTED, note: `${id} could not be started${why}` };
+    }
+    case 'timed_out':
+      return {
+        code: EXIT.JOB_TIMED_OUT,
+        note: `${id} timed out${rec.timeoutMs ? ` after ${duration(rec.timeoutMs)}` : ''} and was killed`,
+      };
+    case 'cancelled':
+      return { code: EXIT.JOB_CANCELLED, note: `${id} was cancelled${why}` };
+    case 'lost':
+      return { code: EXIT.JOB_LOST, note: `${id} was lost${why || ': no reason given'}` };
+    default:
+      return { code: EXIT.OPERATION, note: `${id} is still ${rec.state}` };
+  }
+}
+
+/** Read a non-terminal stdin to its end: the job's input (text, at most MAX_STDIN_BYTES). */
+export async function readStdin(stdin: TtyIn, max = MAX_STDIN_BYTES): Promise<string> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of stdin) {
+    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk));
+    n += b.length;
+    if (n > max)
+      throw new UsageError(
+        `stdin is larger than ${bytes(max)}, the most a job takes: give the job its input ` +
+          'another way (fetch it inside the job, or put it in the image), or run with --no-stdin',
+        'run',
+      );
+    chunks.push(b);
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
+  } catch {
+    throw new UsageError(
+      'stdin is not UTF-8 text, and job input is text: encode it (base64) and decode it in the job',
+      'run',
+    );
+  }
+}
+
+type RunParams = ParamsOf<'job.run'>;
+
+function parseEnv(items: string[]): Record<string, string> | undefined {
+  if (items.length === 0) return undefined;
+  const env: Record<string, string> = {};
+  for (const kv of items) {
+    const eq = kv.indexOf('=');
+    const name = eq < 0 ? kv : kv.slice(0, eq);
+    if (eq < 0 || !ENV_NAME.test(name))
+      throw new UsageError(
+        `--env wants NAME=VALUE with NAME made of letters, digits and _ (not starting with a digit); got '${kv}'`,
+        'run',
+      );
+    env[name] = kv.slice(eq + 1);
+  }
+  return env;
+}
+
+/** The job.run params from the command line; every mistake is a UsageError. */
+export function runParams(p: Parsed): RunParams {
+  const argv = p.dashDash;
+  const before = p.positionals.slice(0, p.positionals.length - (argv?.length ?? 0));
+  if (before.length > 0)
+    throw new UsageError(
+      `put the command after --: mvirt run [options] -- ${shellLine(p.positionals)}`,
+      'run',
+    );
+  if (argv === undefined) throw new UsageError('missing -- CMD [ARG...]', 'run');
+  if (argv.length === 0) throw new UsageError('missing CMD after --', 'run');
+  const image = str(p, 'image');
+  const vm = str(p, 'vm');
+  const pool = str(p, 'pool');
+  const given = [
+    image !== undefined && '--image',
+    vm !== undefined && '--vm',
+    pool !== undefined && '--pool',
+  ].filter((g): g is string => g !== false);
+  if (given.length > 1)
+    throw new UsageError(
+      `give at most one of --image, --vm and --pool (got ${given.join(' and ')})`,
+      'run',
+    );
+  const vcpus = integer(str(p, 'vcpus'), '--vcpus');
+  const memoryMiB = integer(str(p, 'memory'), '--memory');
+  if ((vcpus !== undefined || memoryMiB !== undefined) && (vm !== undefined || pool !== undefined))
+    throw new UsageError(
+      '--vcpus and --memory size the ephemeral VM of --image (or of the default image); a --vm or --pool VM has its own size',
+      'run',
+    );
+  const t = str(p, 'timeout');
+  const params: RunParams = {
+    argv,
+    ...(image !== undefined ? { image } : {}),
+    ...(vm !== undefined ? { vm } : {}),
+    ...(pool !== undefined ? { pool } : {}),
+    ...(t !== undefined ? { timeoutMs: Math.round(seconds(t, '--timeout') * 1000) } : {}),
+    ...(vcpus !== undefined ? { vcpus } : {}),
+    ...(memoryMiB !== undefined ? { memoryMiB } : {}),
+  };
+  const env = parseEnv((p.values.env as string[] | undefined) ?? []);
+  if (env) params.env = env;
+  const cwd = str(p, 'cwd');
+  if (cwd !== undefined) params.cwd = cwd;
+  return params;
+}
+
+/** Write a chunk where it belongs, as it comes. */
+const writeChunk =
+  (ctx: Context) =>
+  (c: OutputChunk): void =>
+    void (c.stream === 'stderr' ? ctx.io.stderr : ctx.io.stdout).write(c.data);
+
+const jsonChunk =
+  (ctx: Context) =>
+  (c: OutputChunk): void =>
+    ctx.out(JSON.stringify(c) + '\n');
+
+const RUN_DESCRIPTION = [
+  "Submits the job, then prints its output as it comes: the job's stdout on stdout, its",
+  'stderr on stderr, in order, nothing twice (what was produced before mvirt subscribed is',
+  "read back with job.logs). mvirt ends with the job's exit code.",
+  '',
+  'A stdin that is not a terminal is read to its end (at most 512 KiB of UTF-8 text) and',
+  "becomes the job's stdin; --no-stdin leaves it alone. Ctrl-C cancels the job and keeps",
+  'printing until it has ended; a second Ctrl-C leaves at once (the cancel stands).',
+  'Without --image, --vm or --pool the job gets an ephemeral VM of the default image.',
+  '',
+  'Exit codes:',
+  ...RUN_EXIT_CODES.map(([c, m]) => `  ${c.padEnd(7)}  ${m}`),
+].join('\n');
+
+const JOBS_OPTIONS = {
+  vm: { type: 'string', value: 'VM', help: 'only jobs of this VM (id or name)' },
+  state: {
+    type: 'string',
+    value: 'STATE',
+    help: `only jobs in this state (${JOB_STATES.join(', ')})`,
+  },
+  limit: { type: 'string', value: 'N', help: 'at most N jobs (the most recent)' },
+} as const;
+
+async function listJobs(ctx: Context, p: Parsed): Promise<number> {
+  const state = oneOf(str(p, 'state'), JOB_STATES, '--state');
+  const limit = integer(str(p, 'limit'), '--limit');
+  const vm = str(p, 'vm');
+  const params: NonNullable<ParamsOf<'job.list'>> = {
+    ...(vm !== undefined ? { vm } : {}),
+    ...(state !== undefined ? { state } : {}),
+    ...(limit !== undefined ? { limit } : {}),
+  };
+  const c = await ctx.client();
+  const r = await c.call('job.list', params);
+  if (ctx.globals.json) ctx.out(json(r));
+  else if (r.jobs.length === 0)
+    ctx.out(
+      state || vm ? 'no jobs match\n' : 'no jobs yet: run one with `mvirt run -- CMD [ARG...]`\n',
+    );
+  else {
+    // Newest first, as the most recent are what one looks for.
+    const jobs = [...r.jobs].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+    ctx.out(jobTable(jobs, ctx.io.now()));
+  }
+  return EXIT.OK;
+}
+
+const commands: Command[] = [
+  {
+    name: 'run',
+    summary: "Run a command in a microVM, stream its output and exit with the job's exit code.",
+    usage: '[options] -- CMD [ARG...]',
+    args: ['[CMD...]'],
+    description: RUN_DESCRIPTION,
+    options: {
+      image: {
+        type: 'string',
+        value: 'IMAGE',
+        help: 'boot an ephemeral VM of this image for the job (the default)',
+      },
+      vm: { type: 'string', value: 'VM', help: 'run in this ready service VM (id or name)' },
+      pool: { type: 'string', value: 'POOL', help: 'run in a ready VM of this pool' },
+      env: {
+        type: 'string',
+        multiple: true,
+        value: 'K=V',
+        help: 'environment variable, repeatable',
+      },
+      cwd: { type: 'string', value: 'DIR', help: 'working directory in the guest' },
+      timeout: {
+        type: 'string',
+        value: 'S',
+        help: 'kill the job after S seconds (exit code 124)',
+      },
+      vcpus: { type: 'string', value: 'N', help: 'vCPUs of the ephemeral VM' },
+      memory: { type: 'string', value: 'MiB', help: 'memory of the ephemeral VM in MiB' },
+      detach: {
+        type: 'boolean',
+        short: 'd',
+        help: 'print the job id (with --json, the job record) and exit at once',
+      },
+      'no-stdin': { type: 'boolean', short: 'n', help: 'do not read stdin (the job gets none)' },
+    },
+    examples: [
+      'mvirt run -- uname -a',
+      'mvirt run --image default --timeout 60 -- sh -c "make test"',
+      'mvirt run --pool builders --env CI=1 --cwd /work -- ./build.sh',
+      'tar c src | mvirt run --vm web-1 -- tar x -C /tmp',
+      'id=$(mvirt run -d -- sleep 100); mvirt logs -f "$id"',
+    ],
+    run: async (ctx, p) => {
+      const params = runParams(p);
+      const detach = p.values.detach === true;
+      let stdinBytes = 0;
+      if (ctx.io.stdin.isTTY !== true && p.values['no-stdin'] !== true) {
+        const input = await readStdin(ctx.io.stdin);
+        stdinBytes = Buffer.byteLength(input);
+        if (input.length > 0) params.stdin = input;
+      }
+      const c = await ctx.client();
+
+      let interrupts = 0;
+      let jobId: string | undefined;
+      let leaveNow!: () => void;
+      const leaving = new Promise<null>((resolve) => (leaveNow = () => resolve(null)));
+      const stop = new AbortController();
+      const cancel = (id: string): void => {
+        ctx.err(`mvirt: cancelling ${id} (Ctrl-C again to leave at once)\n`);
+        c.call('job.cancel', { jobId: id }).catch((err: unknown) =>
+          ctx.err(
+            `mvirt: could not cancel ${id}: ${err instanceof Error ? err.message : String(err)}\n`,
+          ),
+        );
+      };
+      const offSignal = ctx.io.onSignal(() => {
+        interrupts++;
+        if (interrupts > 1) {
+          stop.abort();
+          leaveNow();
+        } else if (jobId !== undefined) cancel(jobId);
+        else ctx.err('mvirt: the job will be cancelled as soon as it exists\n');
+      });
+      try {
+        const submitting = c.call('job.run', params).catch((err: unknown) => {
+          if (
+            err instanceof MvirtError &&
+            err.code === 'CONNECTION_FAILED' &&
+            stdinBytes > BROKER_PACKET_DEFAULT / 2
+          )
+            throw new MvirtError(
+              'PAYLOAD_TOO_LARGE',
+              `the connection broke while sending ${bytes(stdinBytes)} of stdin: mvirtd's broker ` +
+                'drops clients whose packets exceed its limit (1 MiB unless configured otherwise); ' +
+                'pass less input, or give the job its input another way',
+              { cause: err },
+            );
+          throw err;
+        });
+        submitting.catch(() => {}); // when a second Ctrl-C wins the race below
+        const job = await Promise.race([submitting, leaving]);
+        if (job === null) return EXIT.JOB_CANCELLED;
+        jobId = job.jobId;
+        if (interrupts > 0) cancel(jobId);
+        if (detach) {
+          ctx.out(ctx.globals.json ? json(job) : `${job.jobId}\n`);
+          return interrupts > 0 ? EXIT.JOB_CANCELLED : EXIT.OK;
+        }
+        let queueShown = false;
+        const rec = await followJob(c, {
+          jobId,
+          follow: true,
+          initial: job,
+          signal: stop.signal,
+          onChunk: writeChunk(ctx),
+          onNote: (line) => ctx.err(`${line}\n`),
+          onRecord: (r) => {
+            if (
+              r.state === 'queued' &&
+              r.queuePosition !== undefined &&
+              !queueShown &&
+              ctx.io.stderr.isTTY === true
+            ) {
+              queueShown = true;
+              ctx.err(`mvirt: ${r.jobId} is queued (position ${r.queuePosition})\n`);
+            }
+          },
+        });
+        if (rec === null) return EXIT.JOB_CANCELLED;
+        const { code, note } = jobExit(rec);
+        if (note) ctx.err(`mvirt: ${note}\n`);
+        return code;
+      } finally {
+        offSignal();
+      }
+    },
+  },
+  {
+    name: 'jobs',
+    summary: 'List jobs, newest first.',
+    options: JOBS_OPTIONS,
+    examples: ['mvirt jobs', 'mvirt jobs --state running', 'mvirt jobs --vm web-1 --json'],
+    run: listJobs,
+  },
+  {
+    name: 'job ls',
+    summary: 'List jobs (the same as `mvirt jobs`).',
+    options: JOBS_OPTIONS,
+    examples: ['mvirt job ls --state failed --limit 10'],
+    run: listJobs,
+  },
+  {
+    name: 'job get',
+    summary: 'Show one job.',
+    args: ['JOB'],
+    examples: ['mvirt job get job-0123456789ab', 'mvirt job get job-0123456789ab --json'],
+    run: async (ctx, p) => {
+      const jobId = jobIdArg(p.positionals[0]!, 'job get');
+      const c = await ctx.client();
+      const r = await c.call('job.get', { jobId });
+      ctx.out(ctx.globals.json ? json(r) : jobDetails(r, ctx.io.now()));
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'job cancel',
+    summary: 'Cancel a queued or running job (its whole process group in the guest).',
+    args: ['JOB'],
+    examples: ['mvirt job cancel job-0123456789ab'],
+    run: async (ctx, p) => {
+      const jobId = jobIdArg(p.positionals[0]!, 'job cancel');
+      const c = await ctx.client();
+      const r = await c.call('job.cancel', { jobId });
+      ctx.out(ctx.globals.json ? json(r) : `${r.jobId} is ${r.state}\n`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'logs',
+    summary: "Print a job's stored output; with -f, then follow it until the job has ended.",
+    args: ['JOB'],
+    description:
+      "The job's stdout goes to stdout and its stderr to stderr, in order. With --json, each\n" +
+      'chunk is one JSON line {"seq", "stream", "data"} on stdout. Output the daemon dropped\n' +
+      'under its retention limit is reported once on stderr. Ctrl-C stops following (the\n' +
+      'job goes on).',
+    options: {
+      follow: {
+        type: 'boolean',
+        short: 'f',
+        help: 'keep printing new output until the job has ended',
+      },
+    },
+    examples: [
+      'mvirt logs job-0123456789ab',
+      'mvirt logs -f job-0123456789ab',
+      'mvirt logs job-0123456789ab 2>/dev/null | tail',
+    ],
+    run: async (ctx, p) => {
+      const jobId = jobIdArg(p.positionals[0]!, 'logs');
+      const follow = p.values.follow === true;
+      const c = await ctx.client();
+      const stop = new AbortController();
+      const offSignal = follow ? ctx.io.onSignal(() => stop.abort()) : () => {};
+      try {
+        await followJob(c, {
+          jobId,
+          follow,
+          signal: stop.signal,
+          onChunk: ctx.globals.json ? jsonChunk(ctx) : writeChunk(ctx),
+          onNote: (line) => ctx.err(`${line}\n`),
+        });
+      } finally {
+        offSignal();
+      }
+      return EXIT.OK;
+    },
+  },
+];
+
+export const jobCommands = commands;
