@@ -41,10 +41,14 @@ case "$state" in
 esac
 node bin/mvirt.js vm ls
 
+say "running a job in a fresh microVM: mvirt run -- uname -a"
+node bin/mvirt.js run -- uname -a
+
 cat >&2 <<MSG
 
 mvirt is running. Try:
   node bin/mvirt.js vm ls
+  node bin/mvirt.js run --vm hello -- cat /proc/cpuinfo
   mosquitto_sub -h 127.0.0.1 -t 'mvirt/+/vm/+/state' -v
   node bin/mvirt.js vm stop hello
 MSG
