@@ -808,7 +808,7 @@ export function createVmManager(deps: VmManagerDeps) {
       // A boot in progress holds the lock until its process exists.
       if (!live && locks.has(id)) await withLock(id, () => Promise.resolve());
       live = liveOf(id);
-      const cur = vms.get(id)!;
+      const cur = find(id); // deleted meanwhile: VM_NOT_FOUND
       if (!live) {
         if (isActive(cur.state)) {
           if (cur.state !== 'stopping') transition(id, 'stopping', 'kill requested');
@@ -831,7 +831,7 @@ export function createVmManager(deps: VmManagerDeps) {
     async pause(ref: string): Promise<VmRecord> {
       const { id } = find(ref);
       return withLock(id, async () => {
-        const cur = vms.get(id)!;
+        const cur = find(id); // deleted meanwhile: VM_NOT_FOUND
         const live = liveOf(id);
         if (!live || !UP_STATES.includes(cur.state)) {
           throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot pause`);
@@ -845,7 +845,7 @@ export function createVmManager(deps: VmManagerDeps) {
     async resume(ref: string): Promise<VmRecord> {
       const { id } = find(ref);
       return withLock(id, async () => {
-        const cur = vms.get(id)!;
+        const cur = find(id); // deleted meanwhile: VM_NOT_FOUND
         const live = liveOf(id);
         if (!live || cur.state !== 'paused') {
           throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot resume`);
@@ -860,7 +860,7 @@ export function createVmManager(deps: VmManagerDeps) {
     async reboot(ref: string): Promise<VmRecord> {
       const { id } = find(ref);
       return withLock(id, async () => {
-        const cur = vms.get(id)!;
+        const cur = find(id); // deleted meanwhile: VM_NOT_FOUND
         const live = liveOf(id);
         if (!live || !UP_STATES.includes(cur.state)) {
           throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot reboot`);
@@ -891,7 +891,7 @@ export function createVmManager(deps: VmManagerDeps) {
     async delete(ref: string): Promise<Record<string, never>> {
       const { id } = find(ref);
       return withLock(id, async () => {
-        const cur = vms.get(id)!;
+        const cur = find(id); // deleted meanwhile: VM_NOT_FOUND
         if (cur.state !== 'stopped' && cur.state !== 'failed') {
           throw new MvirtError(
             'VM_RUNNING',
@@ -917,17 +917,31 @@ export function createVmManager(deps: VmManagerDeps) {
 
     /** Resources held by VMs that are not stopped or failed. */
     allocated: () => vms.allocated(),
-    /** Would a VM of this size pass admission control now? */
-    canAdmit(size: { vcpus: number; memoryMiB: number }): boolean {
+    /**
+     * Would a VM of this size pass admission control now? `reserved`: VMs the
+     * caller is still creating (not `starting` yet, so not in allocated()).
+     */
+    canAdmit(
+      size: { vcpus: number; memoryMiB: number },
+      reserved: { vms: number; vcpus: number; memoryMiB: number } = {
+        vms: 0,
+        vcpus: 0,
+        memoryMiB: 0,
+      },
+    ): boolean {
       const a = vms.allocated();
       const l = options.limits;
       return (
-        a.vms + 1 <= l.maxVms &&
-        a.vcpus + size.vcpus <= l.vcpus &&
-        a.memoryMiB + size.memoryMiB <= l.memoryMiB
+        a.vms + reserved.vms + 1 <= l.maxVms &&
+        a.vcpus + reserved.vcpus + size.vcpus <= l.vcpus &&
+        a.memoryMiB + reserved.memoryMiB + size.memoryMiB <= l.memoryMiB
       );
     },
     defaults: options.defaults,
+    /** IMAGE_NOT_FOUND unless the image exists (for job.run and pool.set, like vm.create). */
+    async checkImage(name: string): Promise<void> {
+      await images.resolve(name);
+    },
 
     // -------------------------------------------------- for the job manager
     setJobHooks(h: JobHooks): void {
