@@ -23,6 +23,7 @@ import { loadBackends } from './backends.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
 import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
+import { createVmDestroyer } from '../jobs/destroyer.js';
 import { DEFAULT_OUTPUT_OPTIONS } from '../jobs/output.js';
 import { createPoolManager } from '../jobs/pools.js';
 import { createStatusPublisher } from './status.js';
@@ -119,8 +120,10 @@ export async function startDaemon(
       },
     });
 
+    const destroyer = createVmDestroyer(vms, log.child({ component: 'job' }));
     const pools = createPoolManager({
       repo: store.pools,
+      destroyer,
       vms,
       events,
       bus,
@@ -129,6 +132,7 @@ export async function startDaemon(
     });
     const jobs = createJobManager({
       repo: store.jobs,
+      destroyer,
       vms,
       pools,
       events,
@@ -199,8 +203,8 @@ export async function startDaemon(
       close: () =>
         (closing ??= (async () => {
           await api.close();
-          jobs.close();
-          pools.close();
+          await jobs.close();
+          await pools.close();
           await vms.shutdown(opts.stopVmsOnExit);
           events.append({
             level: 'audit',

@@ -31,6 +31,7 @@ import {
 } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
 import { createOutputLog, decodeChunks, type OutputLog, type OutputLogOptions } from './output.js';
+import type { VmDestroyer } from './destroyer.js';
 import type { PoolManager } from './pools.js';
 import { canTransitionJob, isTerminal } from './states.js';
 
@@ -86,6 +87,7 @@ interface Active {
 
 export interface JobManagerDeps {
   repo: JobRepo;
+  destroyer: VmDestroyer;
   vms: VmManager;
   pools: PoolManager;
   events: EventLog;
@@ -100,7 +102,7 @@ export type JobManager = ReturnType<typeof createJobManager>;
 const COMPONENT = 'job';
 
 export function createJobManager(deps: JobManagerDeps) {
-  const { repo, vms, pools, events, bus, topics, options } = deps;
+  const { repo, vms, pools, events, bus, topics, options, destroyer } = deps;
   const log = deps.log.child({ component: COMPONENT });
   const active = new Map<string, Active>();
   const ended = new EventEmitter();
@@ -215,20 +217,12 @@ export function createJobManager(deps: JobManagerDeps) {
   }
 
   function destroyVm(vmId: string, why: string): void {
-    void (async () => {
-      try {
-        const rec = vms.get(vmId);
-        if (rec.state !== 'stopped' && rec.state !== 'failed') await vms.kill(vmId);
-        await vms.delete(vmId);
-        log.debug({ vmId, why }, 'job VM destroyed');
-      } catch (err) {
-        if (err instanceof MvirtError && err.code === 'VM_NOT_FOUND') return;
-        log.error({ err, vmId }, 'cannot destroy a job VM');
-      } finally {
-        pools.release(vmId);
-        pump();
-      }
-    })();
+    // While shutting down, leave it: recover() destroys it on the next start.
+    if (closing) return;
+    destroyer.destroy(vmId, why, () => {
+      pools.release(vmId);
+      pump();
+    });
   }
 
   /** Queue positions shift when a job leaves the queue: republish those still waiting. */
@@ -266,6 +260,23 @@ export function createJobManager(deps: JobManagerDeps) {
     return { kind: 'image', image: vms.defaults.image };
   }
 
+  /**
+   * Ephemeral VMs being created for jobs that are not `starting` yet: their
+   * resources are not in vms.allocated(), but they will be.
+   */
+  function creatingEphemeral(): { vms: number; vcpus: number; memoryMiB: number } {
+    const r = { vms: 0, vcpus: 0, memoryMiB: 0 };
+    for (const o of active.values()) {
+      if (o.phase !== 'placing' || o.target.kind !== 'image') continue;
+      if (o.vmId !== null && safeGet(o.vmId)?.state !== 'stopped') continue;
+      const spec = repo.spec(o.id);
+      r.vms++;
+      r.vcpus += spec?.vcpus ?? vms.defaults.vcpus;
+      r.memoryMiB += spec?.memoryMiB ?? vms.defaults.memoryMiB;
+    }
+    return r;
+  }
+
   /** Serialised walk over the waiting jobs, oldest first. */
   let pumping = false;
   let pumpAgain = false;
@@ -276,10 +287,12 @@ export function createJobManager(deps: JobManagerDeps) {
       return;
     }
     pumping = true;
+    const queued = waiting().length;
     try {
       do {
         pumpAgain = false;
         let capacityBlocked = false;
+        const reserved = creatingEphemeral();
         for (const a of waiting()) {
           if (a.target.kind === 'vm') {
             startOn(a, a.target.vm, false);
@@ -298,17 +311,22 @@ export function createJobManager(deps: JobManagerDeps) {
             vcpus: spec?.vcpus ?? vms.defaults.vcpus,
             memoryMiB: spec?.memoryMiB ?? vms.defaults.memoryMiB,
           };
-          if (!vms.canAdmit(size)) {
+          if (!vms.canAdmit(size, reserved)) {
             capacityBlocked = true;
             continue;
           }
           a.phase = 'placing';
+          reserved.vms++;
+          reserved.vcpus += size.vcpus;
+          reserved.memoryMiB += size.memoryMiB;
           void bootEphemeral(a, a.target.image, size);
         }
       } while (pumpAgain);
     } finally {
       pumping = false;
     }
+    // Jobs left the queue: the positions of those still in it moved up.
+    if (waiting().length < queued) republishQueue();
     pools.reconcileAll();
   }
 
@@ -559,7 +577,22 @@ export function createJobManager(deps: JobManagerDeps) {
       a.out ??= openOutput(a.id, vmId);
       if (a.phase !== 'running') markRunning(a);
       if (k.state === 'exited' || k.lastSeq >= a.out.nextSeq) requestReplay(a, vmId);
+      // A cancel the agent may not have heard (it was away): say it again.
+      if (a.cancelRequested && k.state === 'running') void sendCancel(a);
     }
+  }
+
+  /**
+   * SIGTERM to the job's process group; the agent escalates to SIGKILL. Not
+   * delivered (agent away): the next hello that still lists the job sends it again.
+   */
+  async function sendCancel(a: Active): Promise<void> {
+    if (!a.vmId) return;
+    await vms
+      .callAgent(a.vmId, 'signal', { jobId: a.id, signal: 'SIGTERM' }, options.execTimeoutMs)
+      .catch((err: unknown) =>
+        log.warn({ jobId: a.id, err: errText(err) }, 'cancel not delivered (yet)'),
+      );
   }
 
   function onAgentGone(vmId: string): void {
@@ -653,6 +686,7 @@ export function createJobManager(deps: JobManagerDeps) {
     async run(p: ParamsOf<'job.run'>): Promise<JobRecord & { stdout?: string; stderr?: string }> {
       if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
       const target = resolveTarget(p);
+      if (target.kind === 'image') await vms.checkImage(target.image);
       const id = `job-${randomBytes(8).toString('hex')}`;
       const spec: JobSpec = { id, target, argv: p.argv };
       if (p.env) spec.env = p.env;
@@ -715,14 +749,7 @@ export function createJobManager(deps: JobManagerDeps) {
       if (rec.state === 'queued' && !a.execSent) {
         return transition(id, 'cancelled', 'cancelled before it started');
       }
-      if (a.vmId) {
-        // SIGTERM to the job's process group; the agent escalates to SIGKILL.
-        await vms
-          .callAgent(a.vmId, 'signal', { jobId: id, signal: 'SIGTERM' }, options.execTimeoutMs)
-          .catch((err: unknown) =>
-            log.warn({ jobId: id, err: errText(err) }, 'cancel not delivered'),
-          );
-      }
+      await sendCancel(a);
       return (await waitEnd(id, options.cancelWaitMs)) ?? record(id);
     },
 
@@ -801,13 +828,15 @@ export function createJobManager(deps: JobManagerDeps) {
 
     pump,
 
-    close(): void {
+    /** Stop acting; resolves once the VM destroys already under way are done. */
+    async close(): Promise<void> {
       closing = true;
       offState();
       for (const a of active.values()) {
         a.out?.close();
         if (a.graceTimer) clearTimeout(a.graceTimer);
       }
+      await destroyer.drain();
     },
   };
 }

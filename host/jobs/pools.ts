@@ -18,6 +18,7 @@ import type { VmManager } from '../vm/manager.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
+import type { VmDestroyer } from './destroyer.js';
 
 /** VM metadata key that ties a VM to its pool (survives a daemon restart). */
 export const META_POOL = 'mvirt.pool';
@@ -28,6 +29,7 @@ const WARMUP_TIMEOUT_MS = 30_000;
 
 export interface PoolManagerDeps {
   repo: PoolRepo;
+  destroyer: VmDestroyer;
   vms: VmManager;
   events: EventLog;
   bus: Bus;
@@ -40,15 +42,17 @@ export type PoolManager = ReturnType<typeof createPoolManager>;
 interface PoolLive {
   /** Jobs waiting for a VM of this pool (set by the job manager's queue walk). */
   demand: number;
-  /** VMs whose boot we started and that are not ready yet. */
+  /** VMs whose boot() runs (from their row's creation until ready or failed). */
   booting: Set<string>;
+  /** Boots started whose VM row does not exist yet (vms.create is async). */
+  creating: number;
   backoffMs: number;
   retryAt: number;
   retryTimer?: NodeJS.Timeout;
 }
 
 export function createPoolManager(deps: PoolManagerDeps) {
-  const { repo, vms, events, bus, topics } = deps;
+  const { repo, vms, events, bus, topics, destroyer } = deps;
   const log = deps.log.child({ component: 'pool' });
   const live = new Map<string, PoolLive>();
   /** VM id → job id for pool VMs taken by a job. */
@@ -61,7 +65,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
   const stateOf = (name: string): PoolLive => {
     let p = live.get(name);
     if (!p) {
-      p = { demand: 0, booting: new Set(), backoffMs: BACKOFF_MIN_MS, retryAt: 0 };
+      p = { demand: 0, booting: new Set(), creating: 0, backoffMs: BACKOFF_MIN_MS, retryAt: 0 };
       live.set(name, p);
     }
     return p;
@@ -79,6 +83,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
     const counts = { starting: 0, ready: 0, busy: 0 };
     for (const v of membersOf(p.name)) {
       if (claims.has(v.id)) counts.busy++;
+      else if (warming.has(v.id)) counts.starting++;
       else if (v.state === 'ready') counts.ready++;
       else if (v.state === 'starting') counts.starting++;
     }
@@ -95,17 +100,8 @@ export function createPoolManager(deps: PoolManagerDeps) {
 
   function destroy(vmId: string, why: string): void {
     claims.delete(vmId);
-    void (async () => {
-      try {
-        const v = vms.get(vmId);
-        if (v.state !== 'stopped' && v.state !== 'failed') await vms.kill(vmId);
-        await vms.delete(vmId);
-        log.debug({ vmId, why }, 'pool VM destroyed');
-      } catch (err) {
-        if (!(err instanceof MvirtError && err.code === 'VM_NOT_FOUND'))
-          log.error({ err, vmId }, 'cannot destroy a pool VM');
-      }
-    })();
+    // While shutting down, leave it: the next start's reconcile clears it away.
+    if (!closing) destroyer.destroy(vmId, why);
   }
 
   /** Bring one pool to its target: min idle VMs, more while jobs wait, never above max. */
@@ -118,21 +114,21 @@ export function createPoolManager(deps: PoolManagerDeps) {
       for (const v of members) if (!claims.has(v.id)) destroy(v.id, 'its pool was deleted');
       return;
     }
-    // A member that failed or stopped is of no use: clear it away.
+    // A member that failed or stopped is of no use: clear it away. A VM whose
+    // boot() runs is left alone: it is `stopped` until vm.start admits it, and
+    // boot() itself backs off and destroys it if the boot fails.
     for (const v of members) {
-      if ((v.state === 'failed' || v.state === 'stopped') && !claims.has(v.id)) {
-        if (st.booting.delete(v.id)) {
-          st.retryAt = Date.now() + st.backoffMs;
-          log.warn(
-            { pool: name, vmId: v.id, reason: v.stateReason, retryInMs: st.backoffMs },
-            'pool VM failed to boot; backing off',
-          );
-          st.backoffMs = Math.min(st.backoffMs * 2, BACKOFF_MAX_MS);
-        }
+      if (
+        (v.state === 'failed' || v.state === 'stopped') &&
+        !claims.has(v.id) &&
+        !st.booting.has(v.id)
+      ) {
         destroy(v.id, `pool member is ${v.state}`);
       }
     }
-    const usable = members.filter((v) => ['starting', 'ready', 'busy', 'paused'].includes(v.state));
+    const usable = members.filter(
+      (v) => st.booting.has(v.id) || ['starting', 'ready', 'busy', 'paused'].includes(v.state),
+    );
     const spare = usable.filter((v) => !claims.has(v.id));
     const desired = def.min + st.demand;
     // More idle VMs than wanted (min was lowered): let the extra ones go.
@@ -140,7 +136,11 @@ export function createPoolManager(deps: PoolManagerDeps) {
     for (let extra = spare.length - desired; extra > 0 && idle.length > 0; extra--) {
       destroy(idle.pop()!.id, 'the pool shrank');
     }
-    let missing = Math.min(desired - spare.length, def.max - usable.length);
+    // Boots whose VM row does not exist yet are not among the members: count them.
+    let missing = Math.min(
+      desired - spare.length - st.creating,
+      def.max - usable.length - st.creating,
+    );
     if (missing <= 0) return;
     const wait = st.retryAt - Date.now();
     if (wait > 0) {
@@ -152,12 +152,18 @@ export function createPoolManager(deps: PoolManagerDeps) {
     }
     while (missing-- > 0) {
       if (!vms.canAdmit({ vcpus: def.vcpus, memoryMiB: def.memoryMiB })) break;
+      st.creating++;
       void boot(def, st);
     }
   }
 
   async function boot(def: StoredPool, st: PoolLive): Promise<void> {
     let id: string | undefined;
+    let creating = true;
+    const created = (): void => {
+      if (creating) st.creating--;
+      creating = false;
+    };
     try {
       const vm = await vms.create({
         name: `${def.name.slice(0, 50)}-${randomBytes(4).toString('hex')}`,
@@ -170,6 +176,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
       id = vm.id;
       st.booting.add(id);
       warming.add(id);
+      created();
       await vms.start(id, true);
       // Warm-up: one throw-away exec, so that the guest (and, under TCG, the
       // emulator's code cache) has been through the spawn path before the
@@ -188,6 +195,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
       publish(def.name);
       onAvailable();
     } catch (err) {
+      created();
       if (id) {
         st.booting.delete(id);
         warming.delete(id);
@@ -217,7 +225,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
     onVmAvailable(fn: () => void): void {
       onAvailable = fn;
     },
-    set(p: ParamsOf<'pool.set'>): PoolRecord {
+    async set(p: ParamsOf<'pool.set'>): Promise<PoolRecord> {
       if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
       const old = repo.get(p.name);
       const def = {
@@ -234,6 +242,8 @@ export function createPoolManager(deps: PoolManagerDeps) {
           `max (${def.max}) must be at least min (${def.min})`,
         );
       }
+      await vms.checkImage(def.image); // IMAGE_NOT_FOUND: not a pool that can never boot
+      if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
       const stored = repo.put(def, now());
       events.append({
         level: 'audit',
@@ -305,10 +315,12 @@ export function createPoolManager(deps: PoolManagerDeps) {
     release(vmId: string): void {
       claims.delete(vmId);
     },
-    close(): void {
+    /** Stop acting; resolves once the VM destroys already under way are done. */
+    async close(): Promise<void> {
       closing = true;
       offState();
       for (const st of live.values()) if (st.retryTimer) clearTimeout(st.retryTimer);
+      await destroyer.drain();
     },
   };
 }
