@@ -3,13 +3,27 @@
  * "VM" is a real child process (so pids, start times, exit and recovery are
  * real) and its agent channel is a real unix socket on which an in-process
  * fake agent speaks MQTT through the daemon's broker, like mvirt-agent does.
+ *
+ * Agent mode 'real' runs the real agent core (guest-agent/agent.ts) in the
+ * test process on the real Linux platform (jobs are real processes in their
+ * own process groups, signals are real) except for what makes it a guest:
+ * its channel is the next socket the daemon opened to the VM's agent socket,
+ * a power-off ends the fake guest process (exit 0), and the guest's death
+ * stops the agent and SIGKILLs every process group its jobs started.
  */
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
+import { createAgent, type Agent, type AgentOptions } from '../../guest-agent/agent.js';
+import { DEFAULT_JOB_OPTIONS } from '../../guest-agent/jobs.js';
+import { DEFAULT_OUTBOX_LIMITS } from '../../guest-agent/outbox.js';
+import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
+import type { Platform, PowerAction } from '../../guest-agent/platform/types.js';
+import type { Settings } from '../../guest-agent/settings.js';
 import type {
   ExitInfo,
   Hypervisor,
@@ -21,12 +35,16 @@ import { procStartTime } from '../../host/vm/proc.js';
 import { AGENT_PROTOCOL_VERSION, CMDLINE_KEYS } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 
-export type AgentMode = 'ready' | 'silent' | 'garbage';
+export type AgentMode = 'ready' | 'silent' | 'garbage' | 'real';
 
 export interface FakeOptions {
   name?: string;
-  /** What the fake agent does once connected. */
+  /** What the fake agent does once connected ('real': the real agent core, see above). */
   agent?: AgentMode;
+  /** Agent options for mode 'real' (merged over quick test defaults). */
+  realAgent?: Partial<AgentOptions>;
+  /** Mode 'real': the guest takes this long to start its agent (a slow boot). */
+  realAgentStartDelayMs?: number;
   /** Make launch throw. */
   failLaunch?: boolean;
   available?: boolean;
@@ -42,6 +60,40 @@ interface FakeVm {
   root: string;
   vmId: string;
   pid: number;
+  /** Mode 'real': the running agent instance (replaced on a guest reboot). */
+  guest?: RealGuest;
+  /** Mode 'real': sockets the daemon opened that no agent session took yet. */
+  accepted: net.Socket[];
+}
+
+/** One boot's worth of the real agent inside a fake VM. */
+export interface RealGuest {
+  readonly vmId: string;
+  readonly agent: Agent;
+  /** Process groups of the jobs this guest spawned (pgid = the job's pid). */
+  readonly pgids: Set<number>;
+  dead: boolean;
+  /** What the agent asked the "init" for (power requests from the host). */
+  readonly powerCalls: PowerAction[];
+  /** The agent waits in openChannel for the daemon's next connection. */
+  waiter: ((s: net.Socket) => void) | null;
+  /** Publish a raw up message through this guest's channel (as a hostile guest would). */
+  publishUp(kind: string, payload: Buffer, topicVmId?: string): void;
+  /** Break the channel (both ends see it close); the VM and its jobs live on. */
+  dropChannel(): void;
+  /**
+   * false: break the channel and keep the agent from getting a new one (the
+   * host's connections wait); true: let it connect again. Jobs keep running.
+   */
+  setOnline(online: boolean): void;
+  readonly online: boolean;
+}
+
+/** A job process a real-mode guest started. */
+export interface SpawnedJob {
+  vmId: string;
+  pid: number;
+  argv: string[];
 }
 
 /** Fake VMs by agent socket path: survives a daemon restart inside one test process. */
@@ -50,8 +102,183 @@ const vmsBySocket = new Map<string, FakeVm>();
 export interface FakeHypervisor extends Hypervisor {
   options: FakeOptions;
   launched: number[];
-  /** Messages the fake agents received on their down topics. */
+  /** Messages the fake agents received on their down topics (not in mode 'real'). */
   received: { vmId: string; kind: string; msg: unknown }[];
+  /** Mode 'real': every job process spawned, in order. */
+  spawned: SpawnedJob[];
+  /** Mode 'real': the current agent instance of each VM ever launched, by VM id. */
+  guests: Map<string, RealGuest>;
+}
+
+// ------------------------------------------------------------------ mode 'real'
+
+/** Members of process group `pgid` that are still alive (zombies are dead: excluded). */
+export function groupMembers(pgid: number): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    // pid (comm) state ppid pgrp session …; comm may contain spaces and parens.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (f[0] !== 'Z' && f[0] !== 'X' && Number(f[2]) === pgid) out.push(Number(e));
+  }
+  return out;
+}
+
+/**
+ * SIGKILL a job's process group, but only while it is still one of ours: its
+ * members lead no other session than the job's (setsid made pgid = sid = the
+ * job's pid), so a recycled pid of an unrelated process is never signalled.
+ */
+function killJobGroup(pgid: number): void {
+  const members = groupMembers(pgid);
+  if (members.length === 0) return; // gone: its pgid may be someone else's by now
+  for (const pid of members) {
+    let sid = -1;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      sid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]);
+    } catch {
+      continue;
+    }
+    if (sid !== pgid) return;
+  }
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+}
+
+const REAL_AGENT_DEFAULTS: AgentOptions = {
+  connection: {
+    keepaliveS: 30,
+    connectTimeoutMs: 5000,
+    backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
+  },
+  outbox: DEFAULT_OUTBOX_LIMITS,
+  jobs: { ...DEFAULT_JOB_OPTIONS, killGraceMs: 300, pipeGraceMs: 300 },
+  powerReplyWaitMs: 3000,
+  console: process.env.MVIRT_TEST_LOG
+    ? (line) => process.stderr.write(`fake-agent: ${line}\n`)
+    : () => undefined,
+};
+
+/** Boot the real agent core for `vm` (at launch, and again after each guest reboot). */
+function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
+  const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const settings: Settings = {
+    vmId: vm.vmId,
+    root: vm.root,
+    channel: { kind: 'virtio-serial', portName: 'mvirt.agent' },
+    telemetryMs: 3_600_000,
+    tokenPath: '/run/mvirt/token',
+    initUptimePath: `/fake-guest/${vm.vmId}/init-uptime`,
+  };
+  const pgids = new Set<number>();
+  // The agent is made below, from a platform that needs this guest's state.
+  const g: Omit<RealGuest, 'agent'> & { agent?: Agent } = {
+    vmId: vm.vmId,
+    pgids,
+    dead: false,
+    powerCalls: [],
+    waiter: null,
+    online: true,
+    publishUp(kind, payload, topicVmId = vm.vmId) {
+      g.agent!.outbox.push('output', `${vm.root}/agent/${topicVmId}/up/${kind}`, payload);
+    },
+    dropChannel() {
+      for (const s of vm.sockets) s.destroy();
+    },
+    setOnline(online) {
+      (g as { online: boolean }).online = online;
+      if (!online) return g.dropChannel();
+      while (g.waiter && vm.accepted.length > 0) {
+        const s = vm.accepted.shift()!;
+        if (!s.destroyed) g.waiter(s);
+      }
+    },
+  };
+  const platform: Platform = {
+    spawn(req) {
+      if (g.dead) throw new Error('the VM is gone');
+      const p = linux.spawn(req);
+      p.on('spawn', () => {
+        if (p.pid === undefined) return;
+        pgids.add(p.pid);
+        hv.spawned.push({ vmId: vm.vmId, pid: p.pid, argv: [...req.argv] });
+        // Started after the guest died (the spawn was in flight): it dies too.
+        if (g.dead) killJobGroup(p.pid);
+      });
+      return p;
+    },
+    killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
+    readText: async (p) => (p === settings.initUptimePath ? '0.10 0.05\n' : linux.readText(p)),
+    statfs: (p) => linux.statfs(p),
+    cmdline: async () => `mvirt.vm=${vm.vmId} mvirt.root=${vm.root} mvirt.channel=virtio-serial`,
+    uname: () => ({ release: '6.1.0-fake-real', hostname: vm.vmId }),
+    openChannel: () =>
+      new Promise<Duplex>((resolve, reject) => {
+        if (g.dead) return reject(new Error('the VM is gone'));
+        for (let s = g.online ? vm.accepted.shift() : undefined; s; s = vm.accepted.shift()) {
+          if (!s.destroyed) return resolve(s);
+        }
+        // Like a virtio-serial port: the guest's session starts when the host connects.
+        g.waiter = (s) => {
+          g.waiter = null;
+          resolve(s);
+        };
+      }),
+    async power(action: PowerAction) {
+      g.powerCalls.push(action);
+      if (action === 'reboot') rebootRealGuest(hv, vm);
+      else signalGuest(vm.pid, 'SIGHUP'); // the fake guest exits 0: a poweroff
+    },
+    jobEnv: () => linux.jobEnv(),
+    clock: linux.clock,
+  };
+  const agent = createAgent(platform, settings, {
+    ...REAL_AGENT_DEFAULTS,
+    ...hv.options.realAgent,
+  });
+  const guest: RealGuest = Object.assign(g, { agent });
+  vm.guest = guest;
+  hv.guests.set(vm.vmId, guest);
+  const delay = hv.options.realAgentStartDelayMs ?? 0;
+  // unref: a guest that never got to start its agent does not keep the test alive.
+  if (delay > 0) setTimeout(() => void (g.dead || agent.start()), delay).unref();
+  else void agent.start();
+  return guest;
+}
+
+/** A real-mode guest goes away (VM death or reset): its processes die with it. */
+function endRealGuest(vm: FakeVm): void {
+  const g = vm.guest;
+  if (!g || g.dead) return;
+  g.dead = true;
+  g.waiter = null;
+  for (const s of vm.sockets) s.destroy();
+  vm.accepted.length = 0;
+  for (const pgid of g.pgids) killJobGroup(pgid);
+  void g.agent.stop();
+}
+
+function rebootRealGuest(hv: FakeHypervisor, vm: FakeVm): void {
+  endRealGuest(vm);
+  bootRealGuest(hv, vm);
+}
+
+function signalGuest(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* gone */
+  }
 }
 
 function startAgent(
@@ -127,6 +354,11 @@ function running(
   const dropAgents = (): void => {
     for (const s of vm.sockets) s.destroy();
   };
+  // The "guest" restarts: a new agent session follows (in mode 'real' a new agent).
+  const reboot = (): void => {
+    if (vm.guest) rebootRealGuest(hv, vm);
+    else dropAgents();
+  };
   void exited.then(() => {
     dropAgents();
     vm.server.close();
@@ -136,7 +368,7 @@ function running(
     runtime,
     pause: async () => sig('SIGSTOP'),
     resume: async () => sig('SIGCONT'),
-    reboot: async () => dropAgents(), // the "guest" restarts: a new agent session follows
+    reboot: async () => reboot(),
     powerdown: async () => sig('SIGHUP'),
     status: async () => 'running',
     connectAgent: () =>
@@ -158,6 +390,8 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
     options,
     launched: [],
     received: [],
+    spawned: [],
+    guests: new Map(),
     capabilities: {
       channels: ['virtio-serial'],
       pause: true,
@@ -199,15 +433,36 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
         root: spec.agentArgs[CMDLINE_KEYS.root]!,
         vmId: spec.vmId,
         pid,
+        accepted: [],
       };
+      const mode = hv.options.agent ?? 'ready';
+      // Runs within the exit event, before anything awaiting `exited`: the
+      // guest's processes are gone before the daemon hears of the VM's death.
+      child.once('exit', () => endRealGuest(vm));
       vm.server.on('connection', (s) => {
         vm.sockets.add(s);
         s.on('close', () => vm.sockets.delete(s));
         s.on('error', () => undefined);
-        startAgent(vm, s, hv.options.agent ?? 'ready', hv.received);
+        if (mode !== 'real') return startAgent(vm, s, mode, hv.received);
+        const g = vm.guest;
+        if (!g || g.dead) return void s.destroy();
+        if (g.waiter && g.online) g.waiter(s);
+        else vm.accepted.push(s);
       });
-      await new Promise<void>((resolve) => vm.server.listen(sockPath, resolve));
+      await new Promise<void>((resolve, reject) => {
+        const failed = (err: Error): void => {
+          child.kill('SIGKILL'); // a failed launch leaves no process behind
+          reject(err);
+        };
+        vm.server.once('error', failed);
+        vm.server.listen(sockPath, () => {
+          vm.server.off('error', failed);
+          resolve();
+        });
+      });
       vmsBySocket.set(sockPath, vm);
+      if (mode === 'real' && child.exitCode === null && child.signalCode === null)
+        bootRealGuest(hv, vm);
       const runtime: VmRuntime = {
         backend: hv.name,
         pid,
@@ -238,8 +493,9 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
   return hv;
 }
 
-/** Kill every process a fake launched (test cleanup). */
+/** Kill every process a fake launched, and every job process of its real agents (test cleanup). */
 export function killFakes(hv: FakeHypervisor): void {
+  for (const g of hv.guests.values()) for (const pgid of g.pgids) killJobGroup(pgid);
   for (const pid of hv.launched) {
     try {
       process.kill(pid, 'SIGKILL');
