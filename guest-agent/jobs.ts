@@ -27,9 +27,11 @@ export interface JobOptions {
 export const DEFAULT_JOB_OPTIONS: JobOptions = {
   killGraceMs: 3000,
   pipeGraceMs: 2000,
-  chunkBytes: 64 * 1024,
+  // 128 KiB chunks: under TCG the per-message cost (CBOR, MQTT, host
+  // storage) dominates a flood of output; 64 KiB chunks halved the rate.
+  chunkBytes: 128 * 1024,
   coalesceMs: 5,
-  replayBytes: 128 * 1024,
+  replayBytes: 512 * 1024,
   keepFinished: 16,
 };
 

@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { DEFAULT_JOB_OPTIONS } from '../../../guest-agent/jobs.js';
 import { jobOutput, nextId, startHarness, type Harness } from '../../helpers/agent-harness.js';
 
 let h: Harness;
@@ -75,7 +76,9 @@ test('stdout and stderr share one seq counter; chunks are bounded; exit.seq is t
     chunks.map((_, i) => i),
   );
   assert.equal(exit.seq, chunks.length);
-  for (const c of chunks) assert.ok(c.data.length <= 64 * 1024, `chunk of ${c.data.length} bytes`);
+  const max = DEFAULT_JOB_OPTIONS.chunkBytes;
+  for (const c of chunks) assert.ok(c.data.length <= max, `chunk of ${c.data.length} bytes`);
+  assert.ok(chunks.length >= Math.ceil(200000 / max), 'the 200 kB run is split into chunks');
   const out = jobOutput(h, jobId, 'stdout');
   assert.equal(out.length, 'out1\n'.length + 200000 + 'out2\n'.length);
   assert.ok(out.startsWith('out1\n\0') && out.endsWith('\0out2\n'));
