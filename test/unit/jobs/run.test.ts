@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { realpathSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { DEFAULT_JOB_OPTIONS } from '../../../guest-agent/jobs.js';
 import type { JobRecord, VmRecord } from '../../../protocol/rpc.js';
 import {
   cleanupAll,
@@ -158,18 +159,19 @@ test('job.list filters by VM (id or name), state and limit, newest first', async
 });
 
 test('multi-byte characters split across chunks arrive whole (live, logs and wait)', async () => {
-  // 30000 × '€' (3 bytes): 90000 bytes, more than one 64 KiB chunk, split mid-character.
-  const expected = '€'.repeat(30000);
+  // '€' is 3 bytes: enough of them for more than one agent chunk, split mid-character.
+  const n = Math.ceil((DEFAULT_JOB_OPTIONS.chunkBytes * 1.5) / 3) + 1;
+  const expected = '€'.repeat(n);
   const r = result(
     await j.c.call('job.run', {
       vm: 'svc',
-      argv: ['sh', '-c', "yes '€' | head -n 30000 | tr -d '\\n'"],
+      argv: ['sh', '-c', `yes '€' | head -n ${n} | tr -d '\\n'`],
       wait: true,
     }),
   ) as JobRecord & { stdout: string };
   assert.equal(r.state, 'succeeded');
   assert.equal(r.stdout, expected);
-  assert.equal(r.outputBytes, 90000);
+  assert.equal(r.outputBytes, n * 3);
   assert.equal(text(j.rec.outputs(r.jobId)), expected, 'live');
   const logs = result(await j.c.call('job.logs', { jobId: r.jobId })) as {
     chunks: { data: string }[];
