@@ -212,7 +212,9 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
     console.error(
       `100 MiB job: mvirtd RSS ${Math.round(rssBefore / 1024)} MiB before, peak ${Math.round(peak / 1024)} MiB; ${Math.round(received / 1048576)} MiB received live`,
     );
-    assert.ok(growthMiB < 64, `mvirtd grew by ${growthMiB.toFixed(1)} MiB`);
+    // Seen: 32–61 MiB of growth (GC slack, in-flight windows). Holding the
+    // output would cost at least its 100 MiB: the bound tells the two apart.
+    assert.ok(growthMiB < 96, `mvirtd grew by ${growthMiB.toFixed(1)} MiB`);
 
     // A job whose VM is killed ends lost.
     const doomed = ok(
