@@ -138,29 +138,31 @@ export type AgentUpMessage = { [K in AgentUpKind]: z.infer<(typeof AGENT_UP)[K]>
 
 // ---------------------------------------------------------------- host → guest
 
+/** A job's command, environment and time limit: the same rules on the RPC and the agent channel. */
+export const JobArgv = z.array(z.string().max(65536)).min(1).max(4096);
+export const JobEnv = z.record(
+  z
+    .string()
+    .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
+    .max(256),
+  z.string().max(65536),
+);
+export const JobTimeoutMs = z
+  .number()
+  .int()
+  .positive()
+  .max(7 * 24 * 3600 * 1000);
+
 export const Exec = z.strictObject({
   id: reqId,
   jobId,
-  argv: z.array(z.string().max(65536)).min(1).max(4096),
-  env: z
-    .record(
-      z
-        .string()
-        .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
-        .max(256),
-      z.string().max(65536),
-    )
-    .optional(),
+  argv: JobArgv,
+  env: JobEnv.optional(),
   cwd: z.string().max(4096).optional(),
   /** Initial stdin; with `stdinOpen` more may follow as `stdin` messages. */
   stdin: bytes.optional(),
   stdinOpen: z.boolean().optional(),
-  timeoutMs: z
-    .number()
-    .int()
-    .positive()
-    .max(7 * 24 * 3600 * 1000)
-    .optional(),
+  timeoutMs: JobTimeoutMs.optional(),
   /** Resume output after this seq (on redelivery after a reconnect). */
   fromSeq: z.number().int().nonnegative().optional(),
 });

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { NAME_RE } from './topics.js';
-import type { BootTimeline } from './agent.js';
+import { JobArgv, JobEnv, JobTimeoutMs, type BootTimeline } from './agent.js';
 
 export const VM_STATES = [
   'stopped',
@@ -68,18 +68,21 @@ const Metadata = z
   .record(z.string().max(128), z.string().max(4096))
   .refine((m) => Object.keys(m).length <= 64, 'at most 64 metadata keys');
 
+/** VM sizes: the same bounds for vm.create, job.run (ephemeral VMs) and pool.set. */
+const Vcpus = z.number().int().min(1).max(64);
+const MemoryMiB = z
+  .number()
+  .int()
+  .min(64)
+  .max(1024 * 1024);
+
 export const PARAMS = {
   'system.info': z.strictObject({}).optional(),
   'vm.create': z.strictObject({
     name: Name,
     image: Name.optional(),
-    vcpus: z.number().int().min(1).max(64).optional(),
-    memoryMiB: z
-      .number()
-      .int()
-      .min(64)
-      .max(1024 * 1024)
-      .optional(),
+    vcpus: Vcpus.optional(),
+    memoryMiB: MemoryMiB.optional(),
     kind: z.enum(VM_KINDS).optional(),
     backend: Name.optional(),
     network: NetworkSpec.optional(),
@@ -99,22 +102,14 @@ export const PARAMS = {
   'vm.delete': z.strictObject({ vm: VmRef }),
   'job.run': z
     .strictObject({
-      argv: z.array(z.string().max(65536)).min(1).max(4096),
+      argv: JobArgv,
       /** A ready service VM (id or name). */
       vm: VmRef.optional(),
       /** An image for an ephemeral VM booted for this job. */
       image: Name.optional(),
       /** A pool: the job takes one of its ready VMs exclusively. */
       pool: Name.optional(),
-      env: z
-        .record(
-          z
-            .string()
-            .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
-            .max(256),
-          z.string().max(65536),
-        )
-        .optional(),
+      env: JobEnv.optional(),
       cwd: z.string().max(4096).optional(),
       stdin: z
         .string()
@@ -123,20 +118,10 @@ export const PARAMS = {
           `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: copy a file into the VM)`,
         )
         .optional(),
-      timeoutMs: z
-        .number()
-        .int()
-        .positive()
-        .max(7 * 24 * 3600 * 1000)
-        .optional(),
+      timeoutMs: JobTimeoutMs.optional(),
       /** vCPUs and memory of an ephemeral VM (image target or none). */
-      vcpus: z.number().int().min(1).max(64).optional(),
-      memoryMiB: z
-        .number()
-        .int()
-        .min(64)
-        .max(1024 * 1024)
-        .optional(),
+      vcpus: Vcpus.optional(),
+      memoryMiB: MemoryMiB.optional(),
       wait: z.boolean().optional(),
     })
     .refine(
@@ -164,13 +149,8 @@ export const PARAMS = {
       image: Name.optional(),
       min: z.number().int().min(0).max(256),
       max: z.number().int().min(1).max(256).optional(),
-      vcpus: z.number().int().min(1).max(64).optional(),
-      memoryMiB: z
-        .number()
-        .int()
-        .min(64)
-        .max(1024 * 1024)
-        .optional(),
+      vcpus: Vcpus.optional(),
+      memoryMiB: MemoryMiB.optional(),
     })
     .refine((p) => p.max === undefined || p.max >= p.min, 'max must be at least min'),
   'pool.get': z.strictObject({ name: Name }),
