@@ -14,14 +14,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Aedes } from 'aedes';
 import { decodeCbor, encodeCbor } from '../protocol/codec.js';
-import { latencyStats, type BenchRow } from './lib.js';
+import { latencyStats, median, type BenchRow } from './lib.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(root, 'dist/agent/mvirt-agent');
 const RUNS = 9;
 const ROOT = 'mvirt/bench';
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 async function timeExit(cmd: string, args: string[]): Promise<number> {
   const t0 = performance.now();

@@ -18,7 +18,7 @@ import {
   writeFakeImage,
 } from '../test/helpers/daemon-harness.js';
 import { REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
-import { echoRoundTrip, measureRoundTrips, type BenchRow } from './lib.js';
+import { echoRoundTrip, measureRoundTrips, round, type BenchRow } from './lib.js';
 
 async function rpcVersusEcho(): Promise<BenchRow[]> {
   const hv = createFakeHypervisor();
@@ -196,8 +196,6 @@ function timeIt(fn: () => unknown, runs = 10): number {
   for (let i = 0; i < runs; i++) fn();
   return (performance.now() - t0) / runs;
 }
-
-const round = (v: number, digits: number): number => Math.round(v * 10 ** digits) / 10 ** digits;
 
 export default async function bench(): Promise<BenchRow[]> {
   return [...(await rpcVersusEcho()), ...(await listVersusRaw()), ...(await rss())];

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { buildImage } from '../images/build.js';
 import type { Manifest } from '../images/manifest.js';
 import { DEFAULT_RECIPE, KERNEL_CONFIG_DIR, PROJECT_ROOT } from '../images/paths.js';
-import type { BenchRow } from './lib.js';
+import { median, type BenchRow } from './lib.js';
 import {
   bootImage,
   busyCore,
@@ -29,10 +29,6 @@ type BenchResult = BenchRow;
 
 const RUNS = Number(process.env.MVIRT_BENCH_RUNS ?? 3);
 const MiB = 1024 * 1024;
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? NaN;
-};
 
 interface Boot {
   uptimeS: number;

@@ -12,38 +12,12 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { JobRecord, OutputChunk, PoolRecord, VmRecord } from '../protocol/rpc.js';
-import {
-  rpcClient,
-  startTestDaemon,
-  removeDir,
-  type RpcClient,
-} from '../test/helpers/daemon-harness.js';
+import { rpcClient, startTestDaemon, removeDir } from '../test/helpers/daemon-harness.js';
 import { REPO } from '../test/helpers/daemon-process.js';
-import type { BenchRow } from './lib.js';
+import { median, medianOf, ok, round, timedJob, type BenchRow } from './lib.js';
 
 const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
 const ROUNDS = 25;
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-};
-const round = (v: number, d = 2): number => Number(v.toFixed(d));
-
-function ok<R>(r: { ok: boolean; result?: unknown; error?: { code: string; message: string } }): R {
-  if (!r.ok) throw new Error(`${r.error?.code}: ${r.error?.message}`);
-  return r.result as R;
-}
-
-async function timedJob(c: RpcClient, params: Record<string, unknown>): Promise<number> {
-  const t0 = performance.now();
-  const r = ok<JobRecord>(
-    await c.call('job.run', { wait: true, ...params }, { timeoutMs: 300_000 }),
-  );
-  const ms = performance.now() - t0;
-  if (r.state !== 'succeeded') throw new Error(`bench job ${r.state}: ${r.reason ?? ''}`);
-  return ms;
-}
 
 export default async function jobs(): Promise<BenchRow[]> {
   if (!existsSync(path.join(IMAGES, 'default', 'manifest.json'))) {
@@ -62,16 +36,16 @@ export default async function jobs(): Promise<BenchRow[]> {
     const vms = d.daemon.vms;
 
     // --- /bin/true round trip vs raw echo + fork/exec in the guest
-    for (let i = 0; i < 3; i++) await timedJob(c, { vm: vm.id, argv: ['/bin/true'] }); // warm-up
-    const trueMs: number[] = [];
-    for (let i = 0; i < ROUNDS; i++)
-      trueMs.push(await timedJob(c, { vm: vm.id, argv: ['/bin/true'] }));
-    const pingMs: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
-      const t0 = performance.now();
-      await vms.callAgent(vm.id, 'ping', {}, 30_000);
-      pingMs.push(performance.now() - t0);
-    }
+    const t = await medianOf(() => timedJob(c, { vm: vm.id, argv: ['/bin/true'] }), ROUNDS);
+    const p = await medianOf(
+      async () => {
+        const t0 = performance.now();
+        await vms.callAgent(vm.id, 'ping', {}, 30_000);
+        return performance.now() - t0;
+      },
+      ROUNDS,
+      0,
+    );
     // Fork/exec inside the guest: 200 runs of /bin/true timed by the guest's clock.
     const loop = ok<JobRecord & { stdout: string }>(
       await c.call(
@@ -90,8 +64,6 @@ export default async function jobs(): Promise<BenchRow[]> {
     );
     const [a, b] = loop.stdout.trim().split(' ').map(Number) as [number, number];
     const forkMs = ((b - a) * 1000) / 200;
-    const t = median(trueMs);
-    const p = median(pingMs);
     rows.push(
       { name: 'job /bin/true round trip (p50)', value: round(t), unit: 'ms' },
       { name: 'agent ping round trip (p50)', value: round(p), unit: 'ms' },

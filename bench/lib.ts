@@ -13,6 +13,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Bus } from '../host/broker/types.js';
+import type { JobRecord, ReplyEnvelope } from '../protocol/rpc.js';
+import type { RpcClient } from '../test/helpers/daemon-harness.js';
 
 export interface BenchRow {
   name: string;
@@ -367,4 +369,42 @@ export async function echoRoundTrip(o: {
     await client.endAsync();
     await stop();
   }
+}
+
+// ---------------------------------------------------------------- small figures
+
+export const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? NaN;
+};
+
+export const round = (v: number, digits = 2): number => Math.round(v * 10 ** digits) / 10 ** digits;
+
+/** `warmup` unmeasured runs, then the median of `rounds` runs of `once` (each returns its ms). */
+export async function medianOf(
+  once: () => Promise<number>,
+  rounds: number,
+  warmup = 3,
+): Promise<number> {
+  for (let i = 0; i < warmup; i++) await once();
+  const ms: number[] = [];
+  for (let i = 0; i < rounds; i++) ms.push(await once());
+  return median(ms);
+}
+
+/** A reply's result; a failed reply throws with its code. */
+export function ok<R>(r: ReplyEnvelope<R>): R {
+  if (!r.ok) throw new Error(`${r.error.code}: ${r.error.message}`);
+  return r.result;
+}
+
+/** One `job.run {wait}` round trip in ms; a job that did not succeed throws. */
+export async function timedJob(c: RpcClient, params: Record<string, unknown>): Promise<number> {
+  const t0 = performance.now();
+  const r = ok(
+    await c.call<JobRecord>('job.run', { wait: true, ...params }, { timeoutMs: 300_000 }),
+  );
+  const ms = performance.now() - t0;
+  if (r.state !== 'succeeded') throw new Error(`bench job ${r.state}: ${r.reason ?? ''}`);
+  return ms;
 }

@@ -15,23 +15,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { buildQemuArgs, optValue, qemuPaths } from '../host/hypervisors/qemu/args.js';
 import { createImageStore } from '../host/vm/images.js';
-import type { JobRecord, ReplyEnvelope, VmRecord } from '../protocol/rpc.js';
+import type { VmRecord } from '../protocol/rpc.js';
 import { rpcClient, startTestDaemon, removeDir } from '../test/helpers/daemon-harness.js';
 import { REPO } from '../test/helpers/daemon-process.js';
-import type { BenchRow } from './lib.js';
+import { medianOf, ok, round, timedJob, type BenchRow } from './lib.js';
 
 const DATA = path.join(REPO, 'test-output/data');
 const IMAGES = path.join(DATA, 'images');
 const ROUNDS = 25;
 const BOOT_WAIT_MS = 300_000;
-
-function ok<R>(r: ReplyEnvelope<R>): R {
-  if (!r.ok) throw new Error(`${r.error.code}: ${r.error.message}`);
-  return r.result;
-}
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const round = (v: number, d = 2): number => Number(v.toFixed(d));
 
 /** Line-delimited JSON over qemu-ga's socket (the QMP wire format, no greeting). */
 function qgaClient(sock: net.Socket) {
@@ -125,11 +117,9 @@ async function measureQga(): Promise<number> {
       }
       return performance.now() - t0;
     };
-    for (let i = 0; i < 3; i++) await once();
-    const ms: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) ms.push(await once());
+    const ms = await medianOf(once, ROUNDS);
     sock.destroy();
-    return median(ms);
+    return ms;
   } finally {
     qemu.kill('SIGKILL');
     await rm(dir, { recursive: true, force: true });
@@ -150,22 +140,7 @@ async function measureMvirt(): Promise<number> {
         { timeoutMs: BOOT_WAIT_MS },
       ),
     );
-    const once = async (): Promise<number> => {
-      const t0 = performance.now();
-      const r = ok(
-        await c.call<JobRecord>(
-          'job.run',
-          { vm: vm.id, argv: ['/bin/true'], wait: true },
-          { timeoutMs: 60_000 },
-        ),
-      );
-      if (r.state !== 'succeeded') throw new Error(`job ${r.state}`);
-      return performance.now() - t0;
-    };
-    for (let i = 0; i < 3; i++) await once();
-    const ms: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) ms.push(await once());
-    return median(ms);
+    return await medianOf(() => timedJob(c, { vm: vm.id, argv: ['/bin/true'] }), ROUNDS);
   } finally {
     await c.close();
     await d.stop();
