@@ -816,9 +816,8 @@ export function createJobManager(deps: JobManagerDeps) {
         repo.setVm(a.id, null, now());
       }
       // Job VMs whose job is over (the daemon died before destroying them).
-      for (const vm of vms.list()) {
-        const job = vm.metadata[META_JOB];
-        if (vm.kind === 'ephemeral' && job !== undefined && !active.has(job))
+      for (const vm of vms.tagged(META_JOB)) {
+        if (vm.kind === 'ephemeral' && !active.has(vm.metadata[META_JOB]!))
           destroyVm(vm.id, 'left over from a finished job');
       }
       log.info({ jobs: active.size }, 'job recovery done');

@@ -71,8 +71,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
     return p;
   };
 
-  const membersOf = (name: string): VmRecord[] =>
-    vms.list().filter((v) => v.metadata[META_POOL] === name);
+  const membersOf = (name: string): VmRecord[] => vms.tagged(META_POOL, name);
 
   /** Ready VMs still running their warm-up exec: not claimable yet. */
   const warming = new Set<string>();
@@ -305,9 +304,9 @@ export function createPoolManager(deps: PoolManagerDeps) {
         stateOf(p.name).demand = 0;
       }
       // Members of pools that no longer exist.
-      for (const v of vms.list()) {
-        const name = v.metadata[META_POOL];
-        if (name !== undefined && !repo.get(name) && !claims.has(v.id) && v.state !== 'stopping')
+      for (const v of vms.tagged(META_POOL)) {
+        const name = v.metadata[META_POOL]!;
+        if (!repo.get(name) && !claims.has(v.id) && v.state !== 'stopping')
           destroy(v.id, 'its pool no longer exists');
       }
     },

@@ -92,6 +92,12 @@ export function createVmRepo(db: Db) {
     byName: db.prepare(`${SELECT} WHERE v.name = ?`),
     all: db.prepare(`${SELECT} ORDER BY v.created_at, v.id`),
     byState: db.prepare(`${SELECT} WHERE v.state = ? ORDER BY v.created_at, v.id`),
+    // The key is bound as a JSON path: metadata keys such as `mvirt.pool` contain dots.
+    tagged: db.prepare(
+      `${SELECT} WHERE json_extract(v.metadata, @path) IS NOT NULL
+         AND (@value IS NULL OR json_extract(v.metadata, @path) = @value)
+       ORDER BY v.created_at, v.id`,
+    ),
     setState: db.prepare(
       `UPDATE vms SET state = ?, state_reason = ?, updated_at = ? WHERE id = ? AND state = ?`,
     ),
@@ -145,6 +151,11 @@ export function createVmRepo(db: Db) {
     list(state?: VmState): VmRecord[] {
       const rows = (state ? s.byState.all(state) : s.all.all()) as VmRow[];
       return rows.map(rowToRecord);
+    },
+    /** VMs whose metadata has `key` (equal to `value` when given), without reading the others. */
+    tagged(key: string, value?: string): VmRecord[] {
+      const rows = s.tagged.all({ path: `$.${JSON.stringify(key)}`, value: value ?? null });
+      return (rows as VmRow[]).map(rowToRecord);
     },
     /** Compare-and-set on the state: false when the VM is no longer in `from`. */
     setState(id: string, from: VmState, to: VmState, reason: string | null, now: string): boolean {

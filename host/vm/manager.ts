@@ -769,6 +769,8 @@ export function createVmManager(deps: VmManagerDeps) {
     /** The id of the VM with this id or name, if any. */
     resolveId: (ref: string): string | undefined => vms.find(ref)?.id,
     list: (state?: VmState): VmRecord[] => vms.list(state),
+    /** VMs tagged with a metadata key (and value): the VMs of a pool or of jobs. */
+    tagged: (key: string, value?: string): VmRecord[] => vms.tagged(key, value),
 
     async start(ref: string, wait = false): Promise<VmRecord> {
       const { id } = find(ref);
