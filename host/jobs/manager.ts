@@ -227,7 +227,11 @@ export function createJobManager(deps: JobManagerDeps) {
 
   /** Queue positions shift when a job leaves the queue: republish those still waiting. */
   function republishQueue(): void {
-    for (const a of waiting()) publishJob(record(a.id));
+    // One pass: record() would look each position up again (quadratic in the queue).
+    waiting().forEach((a, i) => {
+      const rec = repo.get(a.id);
+      if (rec) publishJob({ ...rec, queuePosition: i + 1 });
+    });
   }
 
   // ------------------------------------------------------------ placement
@@ -754,15 +758,15 @@ export function createJobManager(deps: JobManagerDeps) {
     },
 
     logs(p: ParamsOf<'job.logs'>): JobLogs {
-      const rec = record(p.jobId);
       active.get(p.jobId)?.out?.flush();
-      const firstSeq = repo.chunkSizes(p.jobId)[0]?.seq ?? rec.nextSeq;
+      const rec = record(p.jobId);
+      const firstSeq = repo.firstSeq(p.jobId) ?? rec.nextSeq;
       const from = Math.max(p.fromSeq ?? 0, 0);
       const page = repo.chunks(p.jobId, from, p.maxBytes ?? JOB_LOGS_PAGE_BYTES);
       const last = page.chunks.at(-1);
       return {
         chunks: decodeChunks(page.chunks),
-        nextSeq: last ? last.seq + 1 : Math.max(from, repo.get(p.jobId)!.nextSeq),
+        nextSeq: last ? last.seq + 1 : Math.max(from, rec.nextSeq),
         more: page.more,
         firstSeq,
       };

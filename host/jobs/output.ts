@@ -126,6 +126,15 @@ export function createOutputLog(deps: {
     else timer ??= setTimeout(flush, options.batchMs);
   }
 
+  /** Held-back chunks that are now in order follow the one just accepted. */
+  function acceptHeld(): void {
+    for (let next = held.get(nextSeq); next; next = held.get(nextSeq)) {
+      held.delete(next.seq);
+      heldBytes -= next.data.length;
+      accept(next);
+    }
+  }
+
   return {
     get nextSeq() {
       return nextSeq;
@@ -141,11 +150,7 @@ export function createOutputLog(deps: {
         return 'gap';
       }
       accept(c);
-      for (let next = held.get(nextSeq); next; next = held.get(nextSeq)) {
-        held.delete(next.seq);
-        heldBytes -= next.data.length;
-        accept(next);
-      }
+      acceptHeld();
       return 'ok';
     },
     get hasGap() {
@@ -157,11 +162,7 @@ export function createOutputLog(deps: {
       const skipped = target - nextSeq;
       dropped.chunks += skipped;
       nextSeq = target;
-      for (let next = held.get(nextSeq); next; next = held.get(nextSeq)) {
-        held.delete(next.seq);
-        heldBytes -= next.data.length;
-        accept(next);
-      }
+      acceptHeld();
       flush();
       // flush() only writes with a batch: record the skip itself too.
       try {

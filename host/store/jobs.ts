@@ -129,6 +129,7 @@ export function createJobRepo(db: Db) {
     chunkSizes: db.prepare(
       `SELECT seq, length(data) AS n FROM job_output WHERE job_id = ? ORDER BY seq`,
     ),
+    firstSeq: db.prepare(`SELECT MIN(seq) AS seq FROM job_output WHERE job_id = ?`),
     dropUpTo: db.prepare(`DELETE FROM job_output WHERE job_id = ? AND seq <= ?`),
     chunks: db.prepare(
       `SELECT seq, stream, data FROM job_output WHERE job_id = ? AND seq >= ? ORDER BY seq`,
@@ -205,6 +206,10 @@ export function createJobRepo(db: Db) {
     /** (seq, size) of the stored chunks, oldest first: retention state after a restart. */
     chunkSizes(id: string): { seq: number; n: number }[] {
       return s.chunkSizes.all(id) as { seq: number; n: number }[];
+    },
+    /** The oldest stored chunk's seq (an index lookup), or null when none is stored. */
+    firstSeq(id: string): number | null {
+      return (s.firstSeq.get(id) as { seq: number | null }).seq;
     },
     dropUpTo(id: string, seq: number): void {
       s.dropUpTo.run(id, seq);
