@@ -16,6 +16,17 @@ import type { Settings } from '../../guest-agent/settings.js';
 import { createFakePlatform, type FakePlatform } from './agent-platform.js';
 
 export const ROOT = 'mvirt/test';
+
+/** Agent options for tests: fast reconnects and short kill/pipe grace periods. */
+export const TEST_AGENT_OPTIONS: Pick<AgentOptions, 'connection' | 'outbox' | 'jobs'> = {
+  connection: {
+    keepaliveS: 30,
+    connectTimeoutMs: 5000,
+    backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
+  },
+  outbox: DEFAULT_OUTBOX_LIMITS,
+  jobs: { ...DEFAULT_JOB_OPTIONS, killGraceMs: 300, pipeGraceMs: 300 },
+};
 export const VM = 'vm-test';
 export const WAIT_MS = 10_000;
 
@@ -92,14 +103,8 @@ export async function startHarness(
     ...o.settings,
   };
   const agent = createAgent(platform, settings, {
+    ...TEST_AGENT_OPTIONS,
     console: () => undefined,
-    connection: {
-      keepaliveS: 30,
-      connectTimeoutMs: 5000,
-      backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
-    },
-    outbox: DEFAULT_OUTBOX_LIMITS,
-    jobs: { ...DEFAULT_JOB_OPTIONS, killGraceMs: 300, pipeGraceMs: 300 },
     ...o.agent,
   });
 

@@ -19,8 +19,6 @@ import type { Duplex } from 'node:stream';
 import { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { createAgent, type Agent, type AgentOptions } from '../../guest-agent/agent.js';
-import { DEFAULT_JOB_OPTIONS } from '../../guest-agent/jobs.js';
-import { DEFAULT_OUTBOX_LIMITS } from '../../guest-agent/outbox.js';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
 import type { Platform, PowerAction } from '../../guest-agent/platform/types.js';
 import type { Settings } from '../../guest-agent/settings.js';
@@ -34,6 +32,7 @@ import type {
 import { procStartTime } from '../../host/vm/proc.js';
 import { AGENT_PROTOCOL_VERSION, CMDLINE_KEYS } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+import { TEST_AGENT_OPTIONS } from './agent-harness.js';
 
 export type AgentMode = 'ready' | 'silent' | 'garbage' | 'real';
 
@@ -156,13 +155,7 @@ function killJobGroup(pgid: number): void {
 }
 
 const REAL_AGENT_DEFAULTS: AgentOptions = {
-  connection: {
-    keepaliveS: 30,
-    connectTimeoutMs: 5000,
-    backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
-  },
-  outbox: DEFAULT_OUTBOX_LIMITS,
-  jobs: { ...DEFAULT_JOB_OPTIONS, killGraceMs: 300, pipeGraceMs: 300 },
+  ...TEST_AGENT_OPTIONS,
   powerReplyWaitMs: 3000,
   console: process.env.MVIRT_TEST_LOG
     ? (line) => process.stderr.write(`fake-agent: ${line}\n`)
