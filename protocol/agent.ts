@@ -214,6 +214,10 @@ export const CMDLINE_KEYS = {
   root: 'mvirt.root',
   addr: 'mvirt.addr',
   telemetryMs: 'mvirt.telemetry_ms',
+  /** Guest network (read by the µOS init): ADDR/PREFIX, gateway, DNS server. */
+  ip: 'mvirt.ip',
+  gw: 'mvirt.gw',
+  dns: 'mvirt.dns',
 } as const;
 
 export const CHANNELS = ['virtio-serial', 'tcp', 'vsock'] as const;

@@ -25,6 +25,10 @@ export const ERROR_CODES = {
   JOB_NOT_FOUND: 'No job with that id.',
   JOB_DUPLICATE: 'A job with that id already exists.',
   POOL_NOT_FOUND: 'No pool with that name.',
+  NETWORK_UNAVAILABLE:
+    'The requested network mode cannot be used on this host (bridge needs root and --bridge).',
+  NETWORK_EXHAUSTED: 'Every address of the subnet (--subnet) is allocated.',
+  NETWORK_ERROR: 'Creating or removing a bridge, TAP device or NAT rule failed.',
   TIMEOUT: 'The operation did not complete in time.',
   CONFIG_INVALID: 'A configuration file or command-line option is invalid.',
   RECIPE_INVALID: 'An image recipe is invalid.',

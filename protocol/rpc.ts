@@ -59,14 +59,39 @@ export const RequestEnvelope = z.strictObject({
 });
 export type RequestEnvelope = z.infer<typeof RequestEnvelope>;
 
-export const NetworkSpec = z.strictObject({
-  mode: z.enum(['none', 'user', 'bridge']),
-});
+export const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
+export type NetworkMode = (typeof NETWORK_MODES)[number];
+
+/**
+ * A VM's network. `user`: QEMU user-mode networking (outbound only, no
+ * privileges); `bridge`: a TAP on the host bridge with an address from the
+ * host's subnet; `none`: no NIC. `agentOverNetwork` (bridge only): the agent
+ * dials the broker's guest listener on the bridge address with a per-boot
+ * token instead of using the hypervisor's channel.
+ */
+export const NetworkSpec = z
+  .strictObject({
+    mode: z.enum(NETWORK_MODES),
+    agentOverNetwork: z.boolean().optional(),
+  })
+  .refine(
+    (n) => !n.agentOverNetwork || n.mode === 'bridge',
+    'agentOverNetwork needs mode bridge (the guest listener is on the bridge address)',
+  );
 export type NetworkSpec = z.infer<typeof NetworkSpec>;
 
 const Metadata = z
   .record(z.string().max(128), z.string().max(4096))
   .refine((m) => Object.keys(m).length <= 64, 'at most 64 metadata keys');
+
+/** A cloud-init document (YAML text, or a `#!` script for user-data), as written to the seed. */
+export const CLOUD_INIT_BYTES = 64 * 1024;
+const CloudInitText = z
+  .string()
+  .refine(
+    (t) => Buffer.byteLength(t) <= CLOUD_INIT_BYTES,
+    `at most ${CLOUD_INIT_BYTES} bytes of UTF-8`,
+  );
 
 /** VM sizes: the same bounds for vm.create, job.run (ephemeral VMs) and pool.set. */
 const Vcpus = z.number().int().min(1).max(64);
@@ -85,8 +110,13 @@ export const PARAMS = {
     memoryMiB: MemoryMiB.optional(),
     kind: z.enum(VM_KINDS).optional(),
     backend: Name.optional(),
+    /** Default: the host's --network mode. */
     network: NetworkSpec.optional(),
     metadata: Metadata.optional(),
+    /** cloud-init NoCloud seed (a `cidata` disk attached read-only). */
+    userData: CloudInitText.optional(),
+    metaData: CloudInitText.optional(),
+    networkConfig: CloudInitText.optional(),
   }),
   'vm.get': z.strictObject({ vm: VmRef }),
   'vm.list': z.strictObject({ state: z.enum(VM_STATES).optional() }).optional(),
@@ -191,8 +221,11 @@ export interface VmRecord {
   startedAt?: string;
   accel?: string;
   pid?: number;
+  /** Bridge mode: the address allocated to the VM (kept until delete) and its MAC. */
   ip?: string;
   mac?: string;
+  /** Which cloud-init documents the VM's seed carries. */
+  cloudInit?: { userData: boolean; metaData: boolean; networkConfig: boolean };
   boot?: BootTimeline & { readyAtMs?: number };
   agentVersion?: string;
 }

@@ -5,6 +5,7 @@ import { createVmRepo, type VmRepo } from './vms.js';
 import { createEventRepo, type EventRepo } from './events.js';
 import { createJobRepo, type JobRepo } from './jobs.js';
 import { createPoolRepo, type PoolRepo } from './pools.js';
+import { createNetworkRepo, type NetworkRepo } from './network.js';
 
 export interface Store {
   readonly db: Db;
@@ -12,6 +13,7 @@ export interface Store {
   readonly events: EventRepo;
   readonly jobs: JobRepo;
   readonly pools: PoolRepo;
+  readonly network: NetworkRepo;
   close(): void;
 }
 
@@ -23,6 +25,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
     events: createEventRepo(db),
     jobs: createJobRepo(db),
     pools: createPoolRepo(db),
+    network: createNetworkRepo(db),
     close: () => {
       if (db.open) db.close();
     },
@@ -32,6 +35,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
 export type { Db } from './db.js';
 export type { NewVm, StoredRuntime, VmRepo } from './vms.js';
 export type { JobFinish, JobRepo, JobSpec, StoredChunk } from './jobs.js';
+export type { Lease, NetworkRepo, SeedDocs } from './network.js';
 export type { PoolDef, PoolRepo, StoredPool } from './pools.js';
 export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
 export { SCHEMA_VERSION } from './migrations.js';

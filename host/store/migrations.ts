@@ -115,6 +115,31 @@ export const MIGRATIONS: readonly Migration[] = [
         );
       `),
   },
+  {
+    name: 'network leases, cloud-init seeds, agent tokens',
+    up: (db) =>
+      db.exec(`
+        -- One address and MAC per bridged VM, from create to delete. UNIQUE is
+        -- what makes "never handed out twice" hold whatever the code does.
+        CREATE TABLE net_leases (
+          vm_id      TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+          ip         TEXT NOT NULL UNIQUE,
+          mac        TEXT NOT NULL UNIQUE,
+          created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE vm_seeds (
+          vm_id          TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+          user_data      TEXT,
+          meta_data      TEXT,
+          network_config TEXT
+        );
+
+        -- SHA-256 of the running boot's agent token (guest TCP); the token itself
+        -- is never stored. Gone with the runtime row, so an old token is refused.
+        ALTER TABLE vm_runtime ADD COLUMN agent_token_hash TEXT;
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -33,6 +33,10 @@ interface VmRow {
   agent_version: string | null;
   pid: number | null;
   accel: string | null;
+  ip: string | null;
+  mac: string | null;
+  /** Bit set of the seed's documents (1 user-data, 2 meta-data, 4 network-config); null: no seed. */
+  seed: number | null;
 }
 
 interface RuntimeRow {
@@ -72,14 +76,27 @@ export function rowToRecord(r: VmRow): VmRecord {
   if (r.started_at !== null) rec.startedAt = r.started_at;
   if (r.pid !== null) rec.pid = r.pid;
   if (r.accel !== null) rec.accel = r.accel;
+  if (r.ip !== null) rec.ip = r.ip;
+  if (r.mac !== null) rec.mac = r.mac;
+  if (r.seed !== null)
+    rec.cloudInit = {
+      userData: (r.seed & 1) !== 0,
+      metaData: (r.seed & 2) !== 0,
+      networkConfig: (r.seed & 4) !== 0,
+    };
   if (r.boot !== null) rec.boot = JSON.parse(r.boot) as VmRecord['boot'];
   if (r.agent_version !== null) rec.agentVersion = r.agent_version;
   return rec;
 }
 
 const SELECT = `
-  SELECT v.*, r.pid AS pid, r.accel AS accel
-  FROM vms v LEFT JOIN vm_runtime r ON r.vm_id = v.id`;
+  SELECT v.*, r.pid AS pid, r.accel AS accel, l.ip AS ip, l.mac AS mac,
+    CASE WHEN s.vm_id IS NULL THEN NULL ELSE
+      (s.user_data IS NOT NULL) | ((s.meta_data IS NOT NULL) << 1) | ((s.network_config IS NOT NULL) << 2)
+    END AS seed
+  FROM vms v LEFT JOIN vm_runtime r ON r.vm_id = v.id
+    LEFT JOIN net_leases l ON l.vm_id = v.id
+    LEFT JOIN vm_seeds s ON s.vm_id = v.id`;
 
 export function createVmRepo(db: Db) {
   const s = {
