@@ -20,12 +20,13 @@ import {
   createAuthorizeSubscribe,
 } from './authorize.js';
 import { createBus } from './bus.js';
-import { guardStream, type FrameLimits } from './frame-guard.js';
+import { agentClientId } from './acl.js';
+import { GuardedStream, guardStream, type FrameLimits } from './frame-guard.js';
 import { listenTcp, listenUnix, listenWs, type Listener } from './listeners.js';
 import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './options.js';
 import { createRegistry, isLoopback, type ConnInfo, type Registry } from './registry.js';
 import { createCounters } from './stats.js';
-import type { Broker } from './types.js';
+import type { AgentChannelHandle, Broker } from './types.js';
 import { loadUsersFile, parseUsers } from './users.js';
 
 export type { BrokerOptions } from './options.js';
@@ -161,6 +162,25 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
   aedes.on('connectionError', (_client, err) =>
     log.debug({ err: err.message }, 'connection error before CONNECT completed'),
   );
+  // A guest TCP agent is known only once authenticated: hand its stream to the owner then.
+  let guestAgentListener: ((vmId: string, handle: AgentChannelHandle) => void) | null = null;
+  aedes.on('client', (client) => {
+    const conn = (client as unknown as { conn: Duplex }).conn;
+    const ci = registry.conns.get(conn);
+    if (ci?.transport !== 'guest' || !guestAgentListener) return;
+    const vmId = client.id.slice(agentClientId('').length);
+    const closed = new Promise<void>((resolve) => {
+      if (conn.destroyed) resolve();
+      else conn.once('close', () => resolve());
+    });
+    guestAgentListener(vmId, {
+      closed,
+      close: () => void conn.destroy(),
+      hold: (paused) => {
+        if (conn instanceof GuardedStream) conn.hold(paused);
+      },
+    });
+  });
   aedes.on('clientDisconnect', (client) =>
     log.debug({ clientId: client.id }, 'client disconnected'),
   );
@@ -206,6 +226,9 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
         admit(stream, { transport: 'agent-channel', remote: null, local: false, vmId }),
       () => closing !== null,
     ),
+    onGuestAgent: (listener) => {
+      guestAgentListener = listener;
+    },
     addresses: opened.addresses,
     clientCount: () => aedes.connectedClients,
     stats: () => counters.snapshot(aedes.connectedClients),

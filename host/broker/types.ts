@@ -52,6 +52,11 @@ export interface Broker extends Bus {
    * tcp/guest `host:port`, unix a path, ws `ws://host:port/path`.
    */
   readonly addresses: { tcp?: string; unix?: string; ws?: string; guest?: string };
+  /**
+   * Called when an agent authenticates on the guest TCP listener, with a
+   * handle like attachAgentChannel's (the guest dials; the host cannot).
+   */
+  onGuestAgent(listener: (vmId: string, handle: AgentChannelHandle) => void): void;
   /** Number of connected clients (controllers and agents). */
   clientCount(): number;
   /** Message counters and per-second rates for host status. */

@@ -108,7 +108,13 @@ const VM_RECORD = obj(
     kind: { type: 'string', enum: [...VM_KINDS] },
     image: str(),
     backend: str(),
-    network: obj({ mode: { type: 'string', enum: ['none', 'user', 'bridge'] } }, ['mode']),
+    network: obj(
+      {
+        mode: { type: 'string', enum: ['none', 'user', 'bridge'] },
+        agentOverNetwork: { type: 'boolean' },
+      },
+      ['mode'],
+    ),
     metadata: { type: 'object', additionalProperties: { type: 'string' } },
     createdAt: time,
     updatedAt: time,
@@ -116,8 +122,16 @@ const VM_RECORD = obj(
     startedAt: time,
     accel: str('kvm or tcg'),
     pid: int,
-    ip: str(),
-    mac: str(),
+    ip: str('bridge mode: the allocated address, kept until delete'),
+    mac: str('bridge mode: derived from the VM id'),
+    cloudInit: obj(
+      {
+        userData: { type: 'boolean' },
+        metaData: { type: 'boolean' },
+        networkConfig: { type: 'boolean' },
+      },
+      [],
+    ),
     boot: {
       type: 'object',
       description: 'guest uptime in seconds at each boot milestone; readyAtMs from spawn',

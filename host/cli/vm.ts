@@ -1,7 +1,14 @@
 /** `mvirt vm …`: the VM lifecycle methods of PROTOCOL.md. */
+import { readFile } from 'node:fs/promises';
 import type { MvirtClient } from '../../protocol/client.js';
 import { MvirtError } from '../../protocol/errors.js';
-import { VM_KINDS, VM_STATES, type VmRecord, type VmState } from '../../protocol/rpc.js';
+import {
+  NETWORK_MODES,
+  VM_KINDS,
+  VM_STATES,
+  type VmRecord,
+  type VmState,
+} from '../../protocol/rpc.js';
 import { UsageError, integer, oneOf, seconds } from './args.js';
 import { str, type Command, type Context } from './command.js';
 import { EXIT } from './exit.js';
@@ -10,8 +17,6 @@ import { duration, json, keyValues, mib, relativeTime, table } from './output.js
 /** Waiting for a boot under TCG on a loaded 2-core machine takes a while. */
 const START_TIMEOUT_MS = 300_000;
 const STOP_MARGIN_MS = 60_000;
-
-const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
 
 export function vmLine(vm: VmRecord): string {
   return `${vm.name} (${vm.id}) is ${vm.state}${vm.stateReason ? `: ${vm.stateReason}` : ''}\n`;
@@ -123,6 +128,16 @@ async function withProgress<T>(
   }
 }
 
+/** A cloud-init document from a file (`-` = stdin is not offered: the CLI may be interactive). */
+async function readDoc(file: string | undefined, option: string): Promise<string | undefined> {
+  if (file === undefined) return undefined;
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${option} ${file}: ${(err as Error).message}`);
+  }
+}
+
 const commands: Command[] = [
   {
     name: 'vm create',
@@ -137,7 +152,18 @@ const commands: Command[] = [
         value: 'KIND',
         help: 'service (kept) or ephemeral (destroyed after its job)',
       },
-      network: { type: 'string', value: 'MODE', help: 'none, user or bridge' },
+      network: {
+        type: 'string',
+        value: 'MODE',
+        help: 'none, user or bridge (default: the host default)',
+      },
+      'agent-over-network': {
+        type: 'boolean',
+        help: 'bridge: the agent dials the host over the network with a per-boot token',
+      },
+      'user-data': { type: 'string', value: 'FILE', help: 'cloud-init user-data (NoCloud seed)' },
+      'meta-data': { type: 'string', value: 'FILE', help: 'cloud-init meta-data' },
+      'network-config': { type: 'string', value: 'FILE', help: 'cloud-init network-config (v2)' },
       backend: {
         type: 'string',
         value: 'NAME',
@@ -148,10 +174,14 @@ const commands: Command[] = [
     examples: [
       'mvirt vm create web-1',
       'mvirt vm create web-2 --vcpus 2 --memory 512 --network user --meta team=blue',
+      'mvirt vm create web-3 --network bridge --user-data ./cloud-config.yaml',
     ],
     run: async (ctx, p) => {
       const [name] = p.positionals;
       const network = oneOf(str(p, 'network'), NETWORK_MODES, '--network');
+      const overNet = p.values['agent-over-network'] === true;
+      if (overNet && network !== 'bridge')
+        throw new UsageError('--agent-over-network needs --network bridge');
       const params = {
         name: name!,
         image: str(p, 'image'),
@@ -159,8 +189,13 @@ const commands: Command[] = [
         memoryMiB: integer(str(p, 'memory'), '--memory'),
         kind: oneOf(str(p, 'kind'), VM_KINDS, '--kind'),
         backend: str(p, 'backend'),
-        network: network ? { mode: network } : undefined,
+        network: network
+          ? { mode: network, ...(overNet ? { agentOverNetwork: true } : {}) }
+          : undefined,
         metadata: parseMeta((p.values.meta as string[] | undefined) ?? []),
+        userData: await readDoc(str(p, 'user-data'), '--user-data'),
+        metaData: await readDoc(str(p, 'meta-data'), '--meta-data'),
+        networkConfig: await readDoc(str(p, 'network-config'), '--network-config'),
       };
       const c = await ctx.client();
       const vm = await c.call(

@@ -27,6 +27,9 @@ import { createVmDestroyer } from '../jobs/destroyer.js';
 import { DEFAULT_OUTPUT_OPTIONS } from '../jobs/output.js';
 import { createPoolManager } from '../jobs/pools.js';
 import { createStatusPublisher } from './status.js';
+import { createNetwork } from '../network/index.js';
+import { createNetDevices } from '../network/iproute.js';
+import { createAgentTokens } from '../network/tokens.js';
 import { VERSION } from './version.js';
 
 export interface Daemon {
@@ -57,6 +60,22 @@ export async function startDaemon(
   const store = createStore(path.join(opts.dataDir, 'mvirt.db'), log.child({ component: 'store' }));
   const cleanup: (() => Promise<void> | void)[] = [() => store.close()];
   try {
+    const network = createNetwork({
+      repo: store.network,
+      devices: createNetDevices(log.child({ component: 'network' })),
+      tokens: createAgentTokens(store.network),
+      options: {
+        defaultMode: opts.network,
+        bridge: opts.bridge || null,
+        subnet: opts.subnet,
+        nat: opts.nat,
+        guestPort: opts.guestPort,
+        dns: opts.guestDns,
+      },
+      log,
+    });
+    // The bridge address must exist before the guest listener binds to it.
+    await network.setup({ optional: !opts.bridgeRequired });
     const broker = await createBroker(
       {
         root,
@@ -65,6 +84,8 @@ export async function startDaemon(
         unixPath: opts.unixSocket,
         dataDir: opts.dataDir,
         allowAnonymous: opts.allowAnonymous,
+        guestListen: network.guestListen ?? false,
+        verifyAgentToken: (vmId, token) => network.verifyToken(vmId, token),
         ...(opts.usersFile ? { usersFile: opts.usersFile } : {}),
       },
       log.child({ component: 'broker' }),
@@ -102,6 +123,7 @@ export async function startDaemon(
       },
       hypervisors,
       images,
+      network,
       topics: t,
       log,
       options: {
@@ -119,6 +141,8 @@ export async function startDaemon(
         consoleLogBytes: 1024 * 1024,
       },
     });
+
+    broker.onGuestAgent((vmId, handle) => vms.guestAgent(vmId, handle));
 
     const destroyer = createVmDestroyer(vms, log.child({ component: 'job' }));
     const pools = createPoolManager({

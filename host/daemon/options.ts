@@ -2,11 +2,14 @@
  * mvirtd's command line. Every problem is a CONFIG_INVALID error that names
  * the option and says what to do, because an operator reads it at start-up.
  */
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { MvirtError } from '../../protocol/errors.js';
+import { NETWORK_MODES, type NetworkMode } from '../../protocol/rpc.js';
 import { DEFAULT_PREFIX, nameProblem } from '../../protocol/topics.js';
+import { ipToInt, parseSubnet, type Subnet } from '../network/subnet.js';
 
 export interface DaemonOptions {
   dataDir: string;
@@ -19,7 +22,20 @@ export interface DaemonOptions {
   unixSocket: string | false;
   hostId: string;
   prefix: string;
-  bridge: string;
+  /** Host bridge for bridged VMs; false = bridge networking off. */
+  bridge: string | false;
+  /** --bridge or --network bridge was given: a bridge that cannot be made is an error. */
+  bridgeRequired: boolean;
+  /** Network mode of VMs created without one. */
+  network: NetworkMode;
+  /** Subnet of bridged VMs; the host takes its first address. */
+  subnet: Subnet;
+  /** Outbound NAT (nftables masquerade) for bridged VMs. */
+  nat: boolean;
+  /** Port of the agents' TCP listener on the bridge address. */
+  guestPort: number;
+  /** DNS server given to bridged guests; null = none. */
+  guestDns: string | null;
   maxVms: number;
   maxVcpus: number;
   maxMemoryMiB: number;
@@ -56,7 +72,16 @@ export const USAGE = `usage: mvirtd [options]
   --unix-socket PATH|off    MQTT over a unix socket (default <data-dir>/mvirt.sock)
   --host-id ID              this host's id in topics (default: the hostname)
   --prefix P                topic prefix (default mvirt)
-  --bridge NAME             network bridge for VMs (default mvirt0)
+  --network MODE            network of VMs created without one: bridge, user or none
+                            (default bridge as root, user otherwise)
+  --bridge NAME|off         host bridge of bridged VMs, created with the host's address
+                            when missing (default mvirt0 as root, off otherwise)
+  --subnet CIDR             addresses of bridged VMs; the host takes the first one
+                            (default 10.213.0.0/16)
+  --nat                     outbound NAT for bridged VMs (nftables masquerade; default off)
+  --guest-port N            agents' MQTT listener on the bridge address (default 1885)
+  --guest-dns IP|off        DNS server for bridged guests (default: the host's first
+                            non-loopback nameserver in /etc/resolv.conf)
   --max-vms N               VMs that may run at once (default 64)
   --max-vcpus N             vCPUs that may be allocated (default 4 × host CPUs)
   --max-memory-mib N        guest memory that may be allocated (default 90% of host memory)
@@ -118,7 +143,55 @@ function name(v: string | undefined, option: string, dflt: string): string {
   return s;
 }
 
-export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): DaemonOptions {
+function bridgeOption(v: string | undefined, root: boolean): string | false {
+  if (v === 'off' || v === 'none') return false;
+  if (v === undefined) return root ? 'mvirt0' : false;
+  const p = nameProblem(v);
+  if (p || v.length > 15)
+    throw bad('bridge', `${JSON.stringify(v)}: ${p ?? 'at most 15 characters'}`);
+  return v;
+}
+
+function subnetOption(v: string | undefined): Subnet {
+  try {
+    return parseSubnet(v ?? '10.213.0.0/16');
+  } catch (err) {
+    throw bad('subnet', (err as Error).message.replace(/^--subnet: /, ''));
+  }
+}
+
+/** The first nameserver of resolv.conf that a guest can reach (not loopback). */
+function dnsOption(v: string | undefined, resolvConf: () => string): string | null {
+  if (v === 'off' || v === 'none') return null;
+  if (v !== undefined) {
+    try {
+      ipToInt(v);
+    } catch {
+      throw bad('guest-dns', `expected an IPv4 address or off, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  }
+  for (const m of resolvConf().matchAll(/^\s*nameserver\s+(\d+\.\d+\.\d+\.\d+)\s*$/gm)) {
+    if (!m[1]!.startsWith('127.')) return m[1]!;
+  }
+  return null;
+}
+
+const readResolvConf = (): string => {
+  try {
+    return readFileSync('/etc/resolv.conf', 'utf8');
+  } catch {
+    return '';
+  }
+};
+
+export function parseOptions(
+  argv: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  /** Whether bridge networking may default on (tests pass false). */
+  root: boolean = process.getuid?.() === 0,
+  resolvConf: () => string = readResolvConf,
+): DaemonOptions {
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
@@ -134,6 +207,11 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
         'host-id': { type: 'string' },
         prefix: { type: 'string' },
         bridge: { type: 'string' },
+        network: { type: 'string' },
+        subnet: { type: 'string' },
+        nat: { type: 'boolean' },
+        'guest-port': { type: 'string' },
+        'guest-dns': { type: 'string' },
         'max-vms': { type: 'string' },
         'max-vcpus': { type: 'string' },
         'max-memory-mib': { type: 'string' },
@@ -191,7 +269,16 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
         : path.resolve(str('unix-socket') ?? path.join(dataDir, 'mvirt.sock')),
     hostId: name(rawHost, 'host-id', rawHost),
     prefix,
-    bridge: name(str('bridge'), 'bridge', 'mvirt0'),
+    bridge: bridgeOption(str('bridge'), root),
+    bridgeRequired:
+      (str('bridge') !== undefined && str('bridge') !== 'off') ||
+      str('network') === 'bridge' ||
+      values.nat === true,
+    network: 'none', // set below from the bridge
+    subnet: subnetOption(str('subnet')),
+    nat: (values.nat as boolean | undefined) ?? false,
+    guestPort: int(str('guest-port'), 'guest-port', 1885, 1, 65535),
+    guestDns: dnsOption(str('guest-dns'), resolvConf),
     maxVms: int(str('max-vms'), 'max-vms', 64, 1, 100_000),
     maxVcpus: int(str('max-vcpus'), 'max-vcpus', cpus * 4, 1, 1_000_000),
     maxMemoryMiB: int(
@@ -219,6 +306,16 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     help: (values.help as boolean | undefined) ?? false,
     version: (values.version as boolean | undefined) ?? false,
   };
+  const network = str('network') ?? (opts.bridge ? 'bridge' : 'user');
+  if (!(NETWORK_MODES as readonly string[]).includes(network))
+    throw bad('network', `one of ${NETWORK_MODES.join(', ')}, got ${JSON.stringify(network)}`);
+  opts.network = network as NetworkMode;
+  if (opts.network === 'bridge' && !opts.bridge)
+    throw bad(
+      'network',
+      'bridge needs a bridge: run mvirtd as root (or with CAP_NET_ADMIN) and without --bridge off',
+    );
+  if (opts.nat && !opts.bridge) throw bad('nat', 'NAT is for bridged VMs; --bridge is off');
   if (str('default-pool') !== undefined)
     opts.defaultPool = name(str('default-pool'), 'default-pool', 'default');
   if (str('users') !== undefined) opts.usersFile = path.resolve(str('users')!);

@@ -18,6 +18,8 @@ export interface Live {
   readonly log: MvirtLogger;
   /** Whether the image runs mvirt-agent (else the VM goes to `running`). */
   agentExpected: boolean;
+  /** The agent dials the guest TCP listener: the host end arrives from the broker. */
+  agentOverNetwork: boolean;
   /** Set once launch (or attach) succeeded. */
   running?: RunningVm;
   /** performance.now() at launch; undefined for VMs adopted by recovery. */
@@ -53,6 +55,7 @@ export function newLive(init: {
   dir: string;
   log: MvirtLogger;
   agentExpected: boolean;
+  agentOverNetwork: boolean;
 }): Live {
   return { ...init, reconnectDelayMs: RECONNECT_MIN_MS, detached: false, gone: false };
 }

@@ -12,7 +12,7 @@ import { rmSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { Broker } from '../broker/types.js';
+import type { AgentChannelHandle, Broker } from '../broker/types.js';
 import type { EventLog } from '../events/log.js';
 import type { ExitInfo, LaunchSpec, RunningVm } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
@@ -31,6 +31,7 @@ import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.
 import type { Topics } from '../../protocol/topics.js';
 import { createAgentLink, type AgentLink } from './agent.js';
 import type { HypervisorSet } from './hypervisors.js';
+import type { BootNetwork, Network } from '../network/index.js';
 import type { ImageStore, ResolvedImage } from './images.js';
 import {
   clearTimers,
@@ -79,6 +80,9 @@ export interface CreateVmParams {
   backend?: string;
   network?: NetworkSpec;
   metadata?: Record<string, string>;
+  userData?: string;
+  metaData?: string;
+  networkConfig?: string;
 }
 
 export interface VmManagerDeps {
@@ -87,6 +91,7 @@ export interface VmManagerDeps {
   broker: Pick<Broker, 'publish' | 'subscribe' | 'attachAgentChannel'>;
   hypervisors: HypervisorSet;
   images: ImageStore;
+  network: Network;
   topics: Topics;
   log: MvirtLogger;
   options: VmManagerOptions;
@@ -110,7 +115,7 @@ const COMPONENT = 'vm';
 const plain = (l: MvirtLogger): Logger => l as unknown as Logger;
 
 export function createVmManager(deps: VmManagerDeps) {
-  const { store, events, broker, hypervisors, images, topics, options } = deps;
+  const { store, events, broker, hypervisors, images, network, topics, options } = deps;
   const log = deps.log.child({ component: COMPONENT });
   const vms = store.vms;
   const lives = new Map<string, Live>();
@@ -303,6 +308,9 @@ export function createVmManager(deps: VmManagerDeps) {
       log.error({ vmId: live.id, err }, 'cannot delete runtime row');
     }
     removeSockets(live.dir, sockets);
+    network
+      .release(live.id)
+      .catch((err: unknown) => live.log.warn({ err }, 'cannot release the network of the VM'));
 
     const cur = vms.get(live.id);
     if (!cur) return;
@@ -358,14 +366,21 @@ export function createVmManager(deps: VmManagerDeps) {
   // ------------------------------------------------------------ agent and console
 
   async function connectAgent(live: Live): Promise<void> {
-    if (!live.running) return;
+    // Over the network the guest dials; its session arrives through guestAgent().
+    if (!live.running || live.agentOverNetwork) return;
     const stream = await live.running.connectAgent();
     if (live.gone || live.detached) {
       stream.destroy();
       return;
     }
-    const handle = broker.attachAgentChannel(live.id, stream);
+    adoptAgentHandle(live, broker.attachAgentChannel(live.id, stream));
+  }
+
+  /** Wire an agent session's host end (channel or guest TCP) to the VM. */
+  function adoptAgentHandle(live: Live, handle: AgentChannelHandle): void {
+    const previous = live.agentHandle;
     live.agentHandle = handle;
+    previous?.close();
     if (live.holdAgent) handle.hold(true);
     live.log.debug('agent channel attached');
     // A channel that carries no agent hello for a while is recycled. After a
@@ -375,7 +390,7 @@ export function createVmManager(deps: VmManagerDeps) {
     // lets the agent's own reconnect through. A silent stream is already
     // closed by the broker's CONNECT timeout, so this only ends stuck sessions.
     const watchdog = setTimeout(() => {
-      if (live.agentHandle === handle && !live.hello) {
+      if (live.agentHandle === handle && !live.hello && !live.agentOverNetwork) {
         live.log.warn('agent channel without a hello; recycling it');
         handle.close();
       }
@@ -388,6 +403,10 @@ export function createVmManager(deps: VmManagerDeps) {
       agent.dropVm(live.id, 'the agent channel closed');
       if (live.gone || live.detached) return;
       jobHooks?.agentGone(live.id);
+      if (live.agentOverNetwork) {
+        live.log.info('agent session over the network closed; the agent redials');
+        return;
+      }
       // The guest side reconnects by itself; we only need a fresh host end.
       live.log.info('agent channel closed; reconnecting');
       scheduleAgentReconnect(live);
@@ -477,6 +496,7 @@ export function createVmManager(deps: VmManagerDeps) {
     vm: VmRecord;
     image?: ResolvedImage;
     live?: Live;
+    net?: BootNetwork;
   }
 
   function admit(vm: VmRecord): void {
@@ -536,6 +556,7 @@ export function createVmManager(deps: VmManagerDeps) {
           dir: dirOf(c.vm.id),
           log: log.child({ vmId: c.vm.id, vm: c.vm.name }),
           agentExpected: c.image!.agent,
+          agentOverNetwork: c.vm.network.agentOverNetwork === true,
         });
       },
     },
@@ -561,10 +582,19 @@ export function createVmManager(deps: VmManagerDeps) {
       },
     },
     {
+      // TAP on the bridge, the per-boot token, the seed disk.
+      name: 'prepare network',
+      run: async (c) => {
+        c.net = await network.prepare(c.vm, c.live!.dir);
+      },
+      undo: (c) => network.release(c.vm.id),
+    },
+    {
       name: 'launch hypervisor',
       run: async (c) => {
         const live = c.live!;
         const img = c.image!;
+        const net = c.net!;
         const spec: LaunchSpec = {
           vmId: c.vm.id,
           vcpus: c.vm.vcpus,
@@ -572,12 +602,13 @@ export function createVmManager(deps: VmManagerDeps) {
           kernel: img.kernel,
           initrd: img.initrd,
           cmdline: img.cmdline,
-          disks: img.disk ? [{ path: img.disk, readOnly: true }] : [],
+          // The image's root disk first: the µOS looks for its squashfs on the first disks.
+          disks: [...(img.disk ? [{ path: img.disk, readOnly: true }] : []), ...net.disks],
           dir: live.dir,
-          channel: live.hv.capabilities.channels[0] ?? 'virtio-serial',
+          channel: net.channel ?? live.hv.capabilities.channels[0] ?? 'virtio-serial',
           // The backend adds mvirt.vm and mvirt.channel itself.
-          agentArgs: { [CMDLINE_KEYS.root]: topics.root },
-          network: { mode: c.vm.network.mode },
+          agentArgs: { [CMDLINE_KEYS.root]: topics.root, ...net.cmdline },
+          network: net.nic,
           consoleLogBytes: options.consoleLogBytes,
         };
         live.launchedAt = performance.now();
@@ -601,6 +632,7 @@ export function createVmManager(deps: VmManagerDeps) {
       name: 'persist runtime',
       run: (c) => {
         vms.putRuntime(c.vm.id, c.live!.running!.runtime, now());
+        network.persist(c.vm.id);
         const rec = vms.get(c.vm.id);
         if (rec) publishState(rec); // now with pid and accel
       },
@@ -733,20 +765,30 @@ export function createVmManager(deps: VmManagerDeps) {
       }
       const image = p.image ?? options.defaults.image;
       await images.resolve(image);
+      const net = network.resolve(p.network);
       const id = `vm-${randomBytes(6).toString('hex')}`;
       try {
-        vms.insert({
-          id,
-          name: p.name,
-          vcpus,
-          memoryMiB,
-          kind: p.kind ?? 'service',
-          image,
-          backend,
-          network: p.network ?? { mode: 'none' },
-          metadata: p.metadata ?? {},
-        });
+        // One transaction: a VM whose address cannot be allocated is not created.
+        store.db.transaction(() => {
+          vms.insert({
+            id,
+            name: p.name,
+            vcpus,
+            memoryMiB,
+            kind: p.kind ?? 'service',
+            image,
+            backend,
+            network: net,
+            metadata: p.metadata ?? {},
+          });
+          network.define(id, net, {
+            ...(p.userData !== undefined ? { userData: p.userData } : {}),
+            ...(p.metaData !== undefined ? { metaData: p.metaData } : {}),
+            ...(p.networkConfig !== undefined ? { networkConfig: p.networkConfig } : {}),
+          });
+        })();
       } catch (err) {
+        if (err instanceof MvirtError) throw err;
         if (String(err).includes('UNIQUE')) {
           throw new MvirtError('VM_EXISTS', `a VM named ${p.name} already exists`);
         }
@@ -760,6 +802,8 @@ export function createVmManager(deps: VmManagerDeps) {
         vcpus,
         memoryMiB,
         backend,
+        network: net,
+        ...(rec.ip ? { ip: rec.ip, mac: rec.mac } : {}),
       });
       events.publishVmEvent(id, { at: rec.createdAt, type: 'created' });
       return rec;
@@ -970,6 +1014,17 @@ export function createVmManager(deps: VmManagerDeps) {
     ): Promise<void> {
       return agent.send(id, kind, msg);
     },
+    /** An agent authenticated on the guest TCP listener (its token named this VM). */
+    guestAgent(vmId: string, handle: AgentChannelHandle): void {
+      const live = lives.get(vmId);
+      if (!live?.running || !live.agentOverNetwork || live.gone || live.detached) {
+        log.warn({ vmId }, 'guest TCP agent for a VM that does not expect one; closed');
+        handle.close();
+        return;
+      }
+      live.log.debug('agent session over the network');
+      adoptAgentHandle(live, handle);
+    },
     /** Flow control of a VM's agent channel (see AgentChannelHandle.hold). */
     holdAgent(id: string, paused: boolean): void {
       const live = lives.get(id);
@@ -1099,7 +1154,14 @@ export function createVmManager(deps: VmManagerDeps) {
       } catch {
         agentExpected = vm.agentVersion !== undefined || vm.state !== 'running';
       }
-      const live = newLive({ id: vm.id, hv, dir, log: vlog, agentExpected });
+      const live = newLive({
+        id: vm.id,
+        hv,
+        dir,
+        log: vlog,
+        agentExpected,
+        agentOverNetwork: vm.network.agentOverNetwork === true,
+      });
       live.running = running;
       lives.set(vm.id, live);
       watchExit(live, running);
@@ -1122,6 +1184,10 @@ export function createVmManager(deps: VmManagerDeps) {
         );
       }
     }
+    // Tokens of re-attached VMs back in memory; TAPs of everything else removed.
+    await network
+      .recovered(new Set(lives.keys()))
+      .catch((err: unknown) => log.warn({ err }, 'network recovery incomplete'));
     // VMs marked up without a runtime row never got a process (or lost it).
     for (const vm of vms.list()) {
       if (!ACTIVE_STATES.includes(vm.state) || lives.has(vm.id)) continue;

@@ -1,0 +1,204 @@
+/**
+ * VM networking as the VM manager sees it: which modes this host offers, an
+ * address and MAC per bridged VM (SQLite leases), a TAP per running bridged
+ * VM, the per-boot seed disk (cloud-init NoCloud + the agent's token) and
+ * the kernel arguments from which the µOS configures its interface.
+ *
+ * Firewall stance: mvirt filters nothing between guests on one bridge, nor
+ * between guests and the host's bridge address (services the host binds to
+ * 0.0.0.0 are reachable from guests). With --nat, guests reach beyond the host
+ * through an nftables masquerade; without it they reach only the bridge.
+ */
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { CMDLINE_KEYS, type Channel } from '../../protocol/agent.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { NetworkMode, NetworkSpec, VmRecord } from '../../protocol/rpc.js';
+import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
+import type { MvirtLogger } from '../log.js';
+import type { NetworkRepo, SeedDocs } from '../store/network.js';
+import type { NetDevices } from './iproute.js';
+import { SEED_FILE, writeSeed } from './seed.js';
+import { macFor, pickFree, tapFor, type Subnet } from './subnet.js';
+import type { AgentTokens } from './tokens.js';
+
+/** QEMU user-mode networking's fixed addresses (slirp defaults). */
+export const USER_NET = { ip: '10.0.2.15/24', gw: '10.0.2.2', dns: '10.0.2.3' } as const;
+
+export interface NetworkOptions {
+  /** The mode of a VM created without `network`. */
+  defaultMode: NetworkMode;
+  /** The bridge, or null when bridge networking is off (not root, or --bridge off). */
+  bridge: string | null;
+  subnet: Subnet;
+  nat: boolean;
+  /** Port of the broker's guest listener on the bridge address. */
+  guestPort: number;
+  /** DNS server handed to bridged guests, if any. */
+  dns: string | null;
+}
+
+/** What one boot gets from the network: NIC, extra disks and kernel arguments. */
+export interface BootNetwork {
+  nic: LaunchSpec['network'];
+  disks: DiskSpec[];
+  cmdline: Record<string, string>;
+  /** Set when the agent dials over the network instead of the hypervisor's channel. */
+  channel?: Channel;
+}
+
+export interface Network {
+  readonly options: NetworkOptions;
+  /** `host:port` of the guest listener (bridge on), for the broker. */
+  readonly guestListen: string | null;
+  /**
+   * Bridge and NAT; call before the broker opens the guest listener. With
+   * `optional` (the bridge was a default, not asked for) a host that cannot
+   * make it (no CAP_NET_ADMIN in a container, no iproute2) falls back to
+   * user-mode networking with a warning instead of refusing to start.
+   */
+  setup(opts?: { optional: boolean }): Promise<void>;
+  /** vm.create: the VM's effective spec; NETWORK_UNAVAILABLE when this host cannot do it. */
+  resolve(spec: NetworkSpec | undefined): NetworkSpec;
+  /** vm.create, inside its transaction: the lease (bridge) and the seed documents. */
+  define(vmId: string, spec: NetworkSpec, docs: SeedDocs): void;
+  /** Boot step: TAP, token and seed disk. Undo with release(). */
+  prepare(vm: VmRecord, dir: string): Promise<BootNetwork>;
+  /** Once the runtime row exists: keep this boot's token across a daemon restart. */
+  persist(vmId: string): void;
+  /** The boot ended: remove the TAP, revoke the token. Idempotent. */
+  release(vmId: string): Promise<void>;
+  verifyToken(vmId: string, token: string): boolean;
+  /** After recovery: tokens of re-attached VMs back, stale TAPs of the rest removed. */
+  recovered(running: ReadonlySet<string>): Promise<void>;
+}
+
+export function createNetwork(deps: {
+  repo: NetworkRepo;
+  devices: NetDevices;
+  tokens: AgentTokens;
+  options: NetworkOptions;
+  log: MvirtLogger;
+}): Network {
+  const { repo, devices, tokens } = deps;
+  const options = { ...deps.options };
+  const log = deps.log.child({ component: 'network' });
+  let bridge = options.bridge;
+  let guestListen = bridge ? `${options.subnet.hostIp}:${options.guestPort}` : null;
+
+  return {
+    options,
+    get guestListen() {
+      return guestListen;
+    },
+
+    async setup(o = { optional: false }) {
+      if (!bridge) return;
+      try {
+        await devices.ensureBridge(bridge, options.subnet.hostCidr);
+      } catch (err) {
+        if (!o.optional) throw err;
+        log.warn(
+          { err },
+          `cannot set up bridge ${bridge}; bridge networking is off and new VMs use user-mode networking (pass --bridge NAME to make this an error, or --bridge off to silence it)`,
+        );
+        bridge = options.bridge = null;
+        guestListen = null;
+        if (options.defaultMode === 'bridge') options.defaultMode = 'user';
+        return;
+      }
+      await devices.setNat(options.nat ? { subnet: options.subnet.cidr, bridge } : null);
+      log.info(
+        { bridge, subnet: options.subnet.cidr, host: options.subnet.hostIp, nat: options.nat },
+        'bridge networking ready',
+      );
+    },
+
+    resolve(spec) {
+      const s = spec ?? { mode: options.defaultMode };
+      if (s.mode === 'bridge' && !bridge) {
+        throw new MvirtError(
+          'NETWORK_UNAVAILABLE',
+          'bridge networking is off on this host: mvirtd must run as root without --bridge off; use network mode user or none',
+          { details: { mode: 'bridge' } },
+        );
+      }
+      return s;
+    },
+
+    define(vmId, spec, docs) {
+      if (spec.mode === 'bridge')
+        repo.allocate(vmId, macFor(vmId), (taken) => pickFree(options.subnet, taken));
+      if (
+        docs.userData !== undefined ||
+        docs.metaData !== undefined ||
+        docs.networkConfig !== undefined
+      )
+        repo.putSeed(vmId, docs);
+    },
+
+    async prepare(vm, dir) {
+      const spec = vm.network;
+      const out: BootNetwork = { nic: { mode: spec.mode }, disks: [], cmdline: {} };
+      if (spec.mode === 'user') {
+        out.nic.mac = macFor(vm.id);
+        Object.assign(out.cmdline, {
+          [CMDLINE_KEYS.ip]: USER_NET.ip,
+          [CMDLINE_KEYS.gw]: USER_NET.gw,
+          [CMDLINE_KEYS.dns]: USER_NET.dns,
+        });
+      } else if (spec.mode === 'bridge') {
+        if (!bridge) this.resolve(spec); // throws NETWORK_UNAVAILABLE
+        const lease =
+          repo.lease(vm.id) ??
+          repo.allocate(vm.id, macFor(vm.id), (taken) => pickFree(options.subnet, taken));
+        const tap = tapFor(vm.id);
+        await devices.createTap(tap, bridge!);
+        out.nic = { mode: 'bridge', tap, mac: lease.mac };
+        out.cmdline[CMDLINE_KEYS.ip] = `${lease.ip}/${options.subnet.prefix}`;
+        out.cmdline[CMDLINE_KEYS.gw] = options.subnet.hostIp;
+        if (options.dns) out.cmdline[CMDLINE_KEYS.dns] = options.dns;
+        if (spec.agentOverNetwork) {
+          out.channel = 'tcp';
+          out.cmdline[CMDLINE_KEYS.addr] = guestListen!;
+        }
+      }
+      const docs = repo.seed(vm.id);
+      const token = out.channel === 'tcp' ? tokens.issue(vm.id) : undefined;
+      if (docs || token !== undefined) {
+        const iso = await writeSeed(dir, {
+          vmId: vm.id,
+          hostname: vm.name,
+          docs: docs ?? {},
+          ...(token !== undefined ? { token } : {}),
+        });
+        out.disks.push({ path: iso, readOnly: true });
+      } else {
+        await rm(path.join(dir, SEED_FILE), { force: true });
+      }
+      return out;
+    },
+
+    persist: (vmId) => tokens.persist(vmId),
+
+    async release(vmId) {
+      tokens.revoke(vmId);
+      if (bridge) await devices.deleteTap(tapFor(vmId));
+    },
+
+    verifyToken: (vmId, token) => tokens.verify(vmId, token),
+
+    async recovered(running) {
+      tokens.load(running);
+      if (!bridge) return;
+      const mine = new Set([...running].map(tapFor));
+      for (const tap of await devices.listTaps(bridge)) {
+        if (mine.has(tap)) continue;
+        await devices
+          .deleteTap(tap)
+          .then(() => log.info({ tap }, 'removed a stale TAP of a VM that no longer runs'))
+          .catch((err: unknown) => log.warn({ tap, err }, 'cannot remove a stale TAP'));
+      }
+    },
+  };
+}
