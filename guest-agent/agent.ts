@@ -43,6 +43,8 @@ export interface Agent {
   stop(): Promise<void>;
   readonly connected: boolean;
   readonly outbox: Outbox;
+  /** A line for the console and, unless debug, the host's log of this VM. */
+  log(level: Level, message: string): void;
 }
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
@@ -213,5 +215,6 @@ export function createAgent(
       return connection.connected;
     },
     outbox,
+    log,
   };
 }

@@ -7,7 +7,8 @@
 import v8 from 'node:v8';
 import { Telemetry } from '../protocol/agent.js';
 import { createAgent } from './agent.js';
-import { createLinuxPlatform } from './platform/linux.js';
+import { applySeed } from './cloud-init.js';
+import { createLinuxPlatform, createLinuxSeedIo } from './platform/linux.js';
 import { resolveSettings, SettingsError } from './settings.js';
 import { createTelemetrySampler } from './telemetry.js';
 import { AGENT_VERSION } from './version.js';
@@ -51,7 +52,16 @@ export async function main(args: string[]): Promise<void> {
     setTimeout(() => process.exit(2), 5000);
     return;
   }
+  // The cloud-init seed first: its network config and runcmd finish before hello.
+  const seed = await applySeed(createLinuxSeedIo()).catch((err: Error) => ({
+    applied: [],
+    warnings: [`cloud-init seed: ${err.message}`],
+  }));
   const agent = createAgent(platform, settings);
+  if (seed) {
+    if (seed.applied.length) agent.log('info', `cloud-init: ${seed.applied.join('; ')}`);
+    for (const w of seed.warnings) agent.log('warn', `cloud-init: ${w}`);
+  }
   const stop = () => void agent.stop().finally(() => process.exit(0));
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -69,7 +69,7 @@ function parseAddr(addr: string): { host: string; port: number } {
 
 export function resolveSettings(cmdline: string, env: NodeJS.ProcessEnv): Settings {
   const cl = parseCmdline(cmdline);
-  const get = (k: keyof typeof CMDLINE_KEYS): string | undefined => {
+  const get = (k: keyof typeof CMDLINE_KEYS & keyof typeof ENV_KEYS): string | undefined => {
     const v = env[ENV_KEYS[k]];
     return v !== undefined && v !== '' ? v : cl.get(CMDLINE_KEYS[k]);
   };

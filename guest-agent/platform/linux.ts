@@ -1,7 +1,8 @@
 /** The real Platform: Linux, as seen from inside the µOS (busybox init is PID 1). */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, statfs, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { connect } from 'node:net';
 import os from 'node:os';
 import type { Duplex } from 'node:stream';
@@ -12,6 +13,7 @@ import {
   type PowerAction,
 } from './types.js';
 import { findVirtioPort, openPollableDevice } from './virtio.js';
+import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const TCP_CONNECT_TIMEOUT_MS = 10_000;
@@ -132,6 +134,35 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       now: () => Date.now(),
       uptimeS,
       processStartS: () => processStartS,
+    },
+  };
+}
+
+/** Files and commands for the cloud-init subset, as root in the guest. */
+export function createLinuxSeedIo(): SeedIo {
+  return {
+    readText: (p) => readFile(p, 'utf8').catch(() => null),
+    async writeFile(p, data, o) {
+      await mkdir(path.dirname(p), { recursive: true });
+      await writeFile(p, data, { mode: o.mode, flag: o.append ? 'a' : 'w' });
+      await chmod(p, o.mode); // mode applies only when the file is created
+    },
+    async run(argv, logFile) {
+      await mkdir(path.dirname(logFile), { recursive: true });
+      const log = await open(logFile, 'a');
+      try {
+        return await new Promise<number>((resolve) => {
+          const [file, ...args] = argv as [string, ...string[]];
+          const child = spawn(file, args, {
+            stdio: ['ignore', log.fd, log.fd],
+            env: { PATH: DEFAULT_PATH, HOME: '/root' },
+          });
+          child.once('error', () => resolve(127));
+          child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
+        });
+      } finally {
+        await log.close();
+      }
     },
   };
 }
