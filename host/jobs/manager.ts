@@ -82,6 +82,8 @@ interface Active {
   exitRecord?: Exit;
   /** An exec has gone out: from now on a cancel must reach the guest. */
   execSent: boolean;
+  /** The exec could not go out (no agent connected yet): the next hello sends it. */
+  awaitingAgent?: boolean;
   graceTimer?: NodeJS.Timeout;
 }
 
@@ -432,6 +434,15 @@ export function createJobManager(deps: JobManagerDeps) {
         });
         return;
       }
+      if (err instanceof MvirtError && err.code === 'AGENT_UNAVAILABLE') {
+        // Nothing went out: the VM is up but its agent has not (re)connected
+        // yet, e.g. right after a daemon restart. Its next hello sends it.
+        a.execSent = false;
+        a.awaitingAgent = true;
+        log.info({ jobId: a.id, vmId }, 'waiting for the agent to connect before exec');
+        armGrace(a, `the agent did not connect: ${errText(err)}`);
+        return;
+      }
       // Not delivered or not answered: the hello after the agent's reconnect
       // tells whether it runs; the grace timer ends it otherwise.
       log.warn({ jobId: a.id, vmId, err: errText(err) }, 'exec not acknowledged');
@@ -568,6 +579,11 @@ export function createJobManager(deps: JobManagerDeps) {
       if (a.graceTimer) clearTimeout(a.graceTimer);
       a.graceTimer = undefined;
       const k = known.get(a.id);
+      if (!k && a.awaitingAgent) {
+        a.awaitingAgent = false;
+        void execute(a, vmId);
+        continue;
+      }
       if (!k) {
         // Sent but unknown: the agent restarted and lost it (it may even have
         // run); sending it again could run it twice. Not sent yet: startOn sends it.
