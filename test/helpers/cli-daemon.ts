@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { NO_HOST_NETWORK } from './daemon-process.js';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -51,6 +52,7 @@ export async function startDaemon(
     socket,
     '--host-id',
     hostId,
+    ...NO_HOST_NETWORK,
     '--log-level',
     'info',
     ...(o.imagesDir ? ['--images-dir', o.imagesDir] : []),

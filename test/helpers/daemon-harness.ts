@@ -9,8 +9,10 @@ import path from 'node:path';
 import mqtt from 'mqtt';
 import { startDaemon, type Daemon } from '../../host/daemon/daemon.js';
 import { parseOptions } from '../../host/daemon/options.js';
+import { NO_HOST_NETWORK } from './daemon-process.js';
 import type { Hypervisor } from '../../host/hypervisors/types.js';
 import { createLogger, silentLogger, type MvirtLogger } from '../../host/log.js';
+import { brokerOptions } from '../../protocol/client.js';
 import { decode, encode, type Encoding } from '../../protocol/codec.js';
 import type { ReplyEnvelope } from '../../protocol/rpc.js';
 
@@ -95,6 +97,7 @@ export async function startTestDaemon(opts: {
     '127.0.0.1:0',
     '--host-id',
     HOST_ID,
+    ...NO_HOST_NETWORK,
     ...(opts.args ?? []),
   ]);
   const daemon = await startDaemon(options, opts.log ?? testLogger(), {
@@ -146,7 +149,10 @@ let seq = 0;
 
 export async function rpcClient(url: string, root: string): Promise<RpcClient> {
   const clientId = `test-${process.pid}-${++seq}`;
-  const client = await mqtt.connectAsync(url, { clientId, protocolVersion: 4, reconnectPeriod: 0 });
+  // brokerOptions: `unix://` URLs (a daemon in a network namespace) become unix-socket options.
+  const b = brokerOptions(url);
+  const opts = { ...b.opts, clientId, protocolVersion: 4 as const, reconnectPeriod: 0 };
+  const client = await (b.url ? mqtt.connectAsync(b.url, opts) : mqtt.connectAsync(opts));
   const replyTopic = `test/replies/${clientId}`;
   const waiting = new Map<string, (r: ReplyEnvelope) => void>();
   const watchers = new Set<(topic: string, payload: Buffer) => void>();

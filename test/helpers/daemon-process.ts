@@ -19,18 +19,30 @@ export interface DaemonProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/**
+ * Host networking off: tests run as root, and a daemon left to its defaults
+ * would create the mvirt0 bridge on the machine's own interfaces. Tests of
+ * networking run the daemon in a network namespace of their own instead.
+ */
+export const NO_HOST_NETWORK = ['--bridge', 'off', '--network', 'none'] as const;
+
 export async function spawnDaemon(
   args: string[],
-  opts: { bundle?: string; readyTimeoutMs?: number } = {},
+  /** netns: run inside this network namespace (`ip netns exec`); controllers then use the unix socket. */
+  opts: { bundle?: string; readyTimeoutMs?: number; netns?: string } = {},
 ): Promise<DaemonProcess> {
-  const argv =
+  const node =
     opts.bundle && existsSync(opts.bundle)
       ? [opts.bundle, ...args]
       : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...args];
+  // `ip netns exec` execs node in place: the pid is the daemon's.
+  const [file, argv] = opts.netns
+    ? ['ip', ['netns', 'exec', opts.netns, process.execPath, ...node]]
+    : [process.execPath, node];
   // Not a node:test child itself, whatever runs this test.
   const env = { ...process.env };
   delete env.NODE_TEST_CONTEXT;
-  const child = spawn(process.execPath, argv, {
+  const child = spawn(file, argv, {
     cwd: REPO,
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -50,8 +62,13 @@ export async function spawnDaemon(
         buf = buf.slice(i + 1);
         logs.push(line);
         try {
-          const j = JSON.parse(line) as { msg?: string; addresses?: { tcp?: string } };
-          if (j.msg === 'mvirtd ready' && j.addresses?.tcp) resolve(`mqtt://${j.addresses.tcp}`);
+          const j = JSON.parse(line) as {
+            msg?: string;
+            addresses?: { tcp?: string; unix?: string };
+          };
+          if (j.msg !== 'mvirtd ready') continue;
+          if (opts.netns && j.addresses?.unix) resolve(`unix://${j.addresses.unix}`);
+          else if (j.addresses?.tcp) resolve(`mqtt://${j.addresses.tcp}`);
         } catch {
           /* not JSON */
         }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after } from 'node:test';
 import type { ReplyEnvelope } from '../../protocol/rpc.js';
 import { makeTempDir, removeDir, rpcClient, HOST_ID, type RpcClient } from './daemon-harness.js';
-import { REPO, spawnDaemon, type DaemonProcess } from './daemon-process.js';
+import { NO_HOST_NETWORK, REPO, spawnDaemon, type DaemonProcess } from './daemon-process.js';
 
 export const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
 export const ROOT = `mvirt/${HOST_ID}`;
@@ -85,24 +85,30 @@ export async function tempDataDir(prefix: string): Promise<string> {
 export async function qemuDaemon(
   dataDir: string,
   extra: string[] = [],
+  /** netns: run the daemon in this network namespace (controllers use its unix socket). */
+  opts: { netns?: string } = {},
 ): Promise<{ d: DaemonProcess; c: RpcClient }> {
-  const d = await spawnDaemon([
-    '--data-dir',
-    dataDir,
-    '--images-dir',
-    IMAGES,
-    '--listen',
-    '127.0.0.1:0',
-    '--host-id',
-    HOST_ID,
-    '--boot-timeout-ms',
-    String(BOOT_MS),
-    // The cleanup below stops the daemon with SIGTERM; its VMs must go with it.
-    '--stop-vms-on-exit',
-    '--log-level',
-    'debug',
-    ...extra,
-  ]);
+  const d = await spawnDaemon(
+    [
+      '--data-dir',
+      dataDir,
+      '--images-dir',
+      IMAGES,
+      '--listen',
+      '127.0.0.1:0',
+      '--host-id',
+      HOST_ID,
+      ...NO_HOST_NETWORK,
+      '--boot-timeout-ms',
+      String(BOOT_MS),
+      // The cleanup below stops the daemon with SIGTERM; its VMs must go with it.
+      '--stop-vms-on-exit',
+      '--log-level',
+      'debug',
+      ...extra,
+    ],
+    opts,
+  );
   daemons.push(d);
   const c = await rpcClient(d.url, ROOT);
   cleanups.push(async () => {

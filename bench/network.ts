@@ -1,0 +1,131 @@
+/**
+ * Networking figures, side by side in one run, with mvirtd inside a network
+ * namespace of its own (root needed; the machine's interfaces are untouched):
+ *
+ *  - VM start → ready (the agent's readyAtMs, from hypervisor spawn) with
+ *    bridge networking ÷ without (target ≤ 1.1), rounds alternated so that
+ *    machine drift hits both alike;
+ *  - guest → host TCP throughput over the bridge ÷ over QEMU user-mode
+ *    networking: the guest POSTs a 24 MiB file with busybox wget to an HTTP
+ *    sink in the namespace, timed by the guest's own clock.
+ */
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { JobRecord, VmRecord } from '../protocol/rpc.js';
+import { rpcClient, removeDir, makeTempDir, HOST_ID } from '../test/helpers/daemon-harness.js';
+import { REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
+import { median, ok, round, type BenchRow } from './lib.js';
+
+const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
+const NS = `mvirt-b${process.pid}`;
+const ROUNDS = 3;
+const BLOB_MIB = 24;
+const SINK_PORT = 18080;
+
+/** A one-file HTTP sink: reads the whole body, answers with its size. */
+const SINK = `require('http').createServer((q, s) => { let n = 0;
+  q.on('data', (b) => (n += b.length)); q.on('end', () => s.end(String(n))); })
+  .listen(${SINK_PORT}, '0.0.0.0', () => console.log('listening'));`;
+
+export default async function network(): Promise<BenchRow[]> {
+  if (!existsSync(path.join(IMAGES, 'default', 'manifest.json')))
+    return [{ name: 'network', value: NaN, unit: '', note: `no default image in ${IMAGES}` }];
+  if (process.getuid?.() !== 0 || spawnSync('ip', ['-V']).status !== 0)
+    return [{ name: 'network', value: NaN, unit: '', note: 'needs root and iproute2' }];
+
+  spawnSync('ip', ['netns', 'del', NS]);
+  execFileSync('ip', ['netns', 'add', NS]);
+  execFileSync('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up']);
+  const dataDir = await makeTempDir('mvirt-bench-net-');
+  const d = await spawnDaemon(
+    [
+      ...['--data-dir', dataDir, '--images-dir', IMAGES, '--host-id', HOST_ID],
+      ...['--listen', 'off', '--bridge', 'mvirt0', '--network', 'bridge', '--guest-dns', 'off'],
+      ...['--boot-timeout-ms', '300000', '--stop-vms-on-exit', '--log-level', 'warn'],
+    ],
+    { netns: NS },
+  );
+  const sink = spawn('ip', ['netns', 'exec', NS, process.execPath, '-e', SINK], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await new Promise((resolve) => sink.stdout!.once('data', resolve));
+  const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
+  const rows: BenchRow[] = [];
+  try {
+    const bootOnce = async (name: string, mode: 'none' | 'bridge'): Promise<number> => {
+      ok(await c.call('vm.create', { name, memoryMiB: 256, network: { mode } }));
+      const vm = ok<VmRecord>(
+        await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: 300_000 }),
+      );
+      ok(await c.call('vm.kill', { vm: name }));
+      ok(await c.call('vm.delete', { vm: name }));
+      return vm.boot?.readyAtMs ?? NaN;
+    };
+    const none: number[] = [];
+    const bridge: number[] = [];
+    await bootOnce('warm', 'none'); // page cache, QEMU binary
+    for (let i = 0; i < ROUNDS; i++) {
+      none.push(await bootOnce(`n${i}`, 'none'));
+      bridge.push(await bootOnce(`b${i}`, 'bridge'));
+    }
+    const [mn, mb] = [median(none), median(bridge)];
+    rows.push({
+      name: 'start→ready, bridge ÷ no network',
+      value: round(mb / mn, 3),
+      unit: '×',
+      ratio: mb / mn,
+      target: '<= 1.1',
+      note: `${Math.round(mb)} vs ${Math.round(mn)} ms (median of ${ROUNDS}, TCG)`,
+    });
+
+    // Throughput: one VM per mode, the same upload.
+    const upload = async (mode: 'bridge' | 'user'): Promise<number> => {
+      const name = `tp-${mode}`;
+      ok(await c.call('vm.create', { name, memoryMiB: 256, network: { mode } }));
+      ok(await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: 300_000 }));
+      const host = mode === 'bridge' ? '10.213.0.1' : '10.0.2.2';
+      const script = [
+        `dd if=/dev/zero of=/tmp/blob bs=1M count=${BLOB_MIB} 2>/dev/null`,
+        'a=$(cut -d" " -f1 /proc/uptime)',
+        `wget -q -O - --post-file /tmp/blob http://${host}:${SINK_PORT}/`,
+        'echo',
+        'b=$(cut -d" " -f1 /proc/uptime)',
+        'echo "$a $b"',
+      ].join('; ');
+      const best: number[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        const r = ok<JobRecord & { stdout: string }>(
+          await c.call(
+            'job.run',
+            { vm: name, argv: ['sh', '-c', script], wait: true },
+            { timeoutMs: 300_000 },
+          ),
+        );
+        const [bytes, times] = r.stdout.trim().split('\n');
+        const [a, b] = times!.split(' ').map(Number);
+        if (Number(bytes) !== BLOB_MIB << 20) throw new Error(`${mode}: sink got ${bytes} bytes`);
+        best.push(BLOB_MIB / (b! - a!));
+      }
+      ok(await c.call('vm.kill', { vm: name }));
+      return median(best);
+    };
+    const tb = await upload('bridge');
+    const tu = await upload('user');
+    rows.push({
+      name: 'guest→host TCP, bridge ÷ user-mode',
+      value: round(tb / tu, 2),
+      unit: '×',
+      ratio: tb / tu,
+      note: `${round(tb, 1)} vs ${round(tu, 1)} MiB/s (${BLOB_MIB} MiB HTTP POST, median of ${ROUNDS}, TCG)`,
+    });
+  } finally {
+    c.mqtt.end(true);
+    d.child.kill('SIGTERM');
+    await d.exited;
+    sink.kill('SIGKILL');
+    spawnSync('ip', ['netns', 'del', NS]);
+    await removeDir(dataDir);
+  }
+  return rows;
+}
