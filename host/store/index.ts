@@ -5,6 +5,7 @@ import { createVmRepo, type VmRepo } from './vms.js';
 import { createEventRepo, type EventRepo } from './events.js';
 import { createJobRepo, type JobRepo } from './jobs.js';
 import { createPoolRepo, type PoolRepo } from './pools.js';
+import { createMetricRepo, type MetricRepo } from './metrics.js';
 
 export interface Store {
   readonly db: Db;
@@ -12,6 +13,7 @@ export interface Store {
   readonly events: EventRepo;
   readonly jobs: JobRepo;
   readonly pools: PoolRepo;
+  readonly metrics: MetricRepo;
   close(): void;
 }
 
@@ -23,6 +25,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
     events: createEventRepo(db),
     jobs: createJobRepo(db),
     pools: createPoolRepo(db),
+    metrics: createMetricRepo(db),
     close: () => {
       if (db.open) db.close();
     },
@@ -34,4 +37,5 @@ export type { NewVm, StoredRuntime, VmRepo } from './vms.js';
 export type { JobFinish, JobRepo, JobSpec, StoredChunk } from './jobs.js';
 export type { PoolDef, PoolRepo, StoredPool } from './pools.js';
 export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
+export type { MetricRepo, RollupQuery, RollupRow } from './metrics.js';
 export { SCHEMA_VERSION } from './migrations.js';
