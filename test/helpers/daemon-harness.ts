@@ -95,6 +95,9 @@ export async function startTestDaemon(opts: {
     '127.0.0.1:0',
     '--host-id',
     HOST_ID,
+    // Any free port: tests run side by side (a later --http in args wins).
+    '--http',
+    '127.0.0.1:0',
     ...(opts.args ?? []),
   ]);
   const daemon = await startDaemon(options, opts.log ?? testLogger(), {

@@ -12,6 +12,8 @@ export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export interface DaemonProcess {
   child: ChildProcess;
   url: string;
+  /** `http://host:port` of --http (null when off). */
+  httpUrl: string | null;
   pid: number;
   /** stderr lines so far (JSON logs). */
   logs: string[];
@@ -23,10 +25,12 @@ export async function spawnDaemon(
   args: string[],
   opts: { bundle?: string; readyTimeoutMs?: number } = {},
 ): Promise<DaemonProcess> {
+  // Any free port for --http unless the caller chose one: daemons run side by side.
+  const all = args.includes('--http') ? args : ['--http', '127.0.0.1:0', ...args];
   const argv =
     opts.bundle && existsSync(opts.bundle)
-      ? [opts.bundle, ...args]
-      : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...args];
+      ? [opts.bundle, ...all]
+      : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...all];
   // Not a node:test child itself, whatever runs this test.
   const env = { ...process.env };
   delete env.NODE_TEST_CONTEXT;
@@ -40,6 +44,7 @@ export async function spawnDaemon(
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
   let resolveReady = (): void => undefined;
+  let httpUrl: string | null = null;
   const url = await new Promise<string>((resolve, reject) => {
     let buf = '';
     child.stderr!.on('data', (b: Buffer) => {
@@ -50,8 +55,15 @@ export async function spawnDaemon(
         buf = buf.slice(i + 1);
         logs.push(line);
         try {
-          const j = JSON.parse(line) as { msg?: string; addresses?: { tcp?: string } };
-          if (j.msg === 'mvirtd ready' && j.addresses?.tcp) resolve(`mqtt://${j.addresses.tcp}`);
+          const j = JSON.parse(line) as {
+            msg?: string;
+            addresses?: { tcp?: string };
+            http?: string | null;
+          };
+          if (j.msg === 'mvirtd ready' && j.addresses?.tcp) {
+            httpUrl = j.http ?? null;
+            resolve(`mqtt://${j.addresses.tcp}`);
+          }
         } catch {
           /* not JSON */
         }
@@ -70,5 +82,5 @@ export async function spawnDaemon(
     resolveReady = () => clearTimeout(t);
   });
   resolveReady();
-  return { child, url, pid: child.pid!, logs, exited };
+  return { child, url, httpUrl, pid: child.pid!, logs, exited };
 }
