@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
 import type { Assets, Asset } from '../http/server.js';
 import { DIST_FILES, buildDashboard, type DashboardFiles } from './build.js';
 
@@ -19,10 +20,12 @@ const TYPES: Record<string, string> = {
 function toAssets(files: DashboardFiles): Assets {
   const out = new Map<string, Asset>();
   for (const [url, name] of Object.entries(DIST_FILES)) {
-    const body = files[url as keyof DashboardFiles];
+    const raw = files[url as keyof DashboardFiles];
+    const body = Buffer.from(raw);
     out.set(url, {
       contentType: TYPES[path.extname(name)] ?? 'application/octet-stream',
-      body: typeof body === 'string' ? Buffer.from(body) : Buffer.from(body),
+      body,
+      gzip: gzipSync(body, { level: 9 }),
     });
   }
   return out;
