@@ -24,7 +24,17 @@ import {
   type VmEvent,
   type VmRecord,
 } from './rpc.js';
-import { DEFAULT_PREFIX, hostRoot, topics, type Topics } from './topics.js';
+import {
+  DEFAULT_PREFIX,
+  hostRoot,
+  replyTopicFor,
+  topicMatches,
+  topics,
+  type Topics,
+} from './topics.js';
+
+// Browser-safe helpers, re-exported where callers have always found them.
+export { replyTopicFor, topicMatches };
 import { parseWith } from './validate.js';
 
 export const DEFAULT_BROKER_URL = 'mqtt://127.0.0.1:1883';
@@ -93,28 +103,7 @@ export interface MvirtClient {
   close(): Promise<void>;
 }
 
-/** The reply topic of one client: outside every host subtree, one per client id. */
-export const replyTopicFor = (prefix: string, clientId: string): string =>
-  `${prefix}/_clients/${clientId}/replies`;
-
 export const randomClientId = (tag = 'mvirt'): string => `${tag}-${randomBytes(6).toString('hex')}`;
-
-/** Does an MQTT topic filter (with + and #) match a topic? */
-export function topicMatches(filter: string, topic: string): boolean {
-  const f = filter.split('/');
-  const t = topic.split('/');
-  for (let i = 0; i < f.length; i++) {
-    const part = f[i];
-    if (part === '#') return i > 0 || !topic.startsWith('$');
-    if (i >= t.length) return false;
-    if (part === '+') {
-      if (i === 0 && t[0]!.startsWith('$')) return false;
-      continue;
-    }
-    if (part !== t[i]) return false;
-  }
-  return f.length === t.length;
-}
 
 /**
  * Turn a broker address into MQTT.js options. Paths and `unix://` URLs become

@@ -6,6 +6,9 @@
 import { z } from 'zod';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobTimeoutMs, type BootTimeline } from './agent.js';
+import type { MetricsResult } from './metrics.js';
+
+export type { HostStatus } from './metrics.js';
 
 export const VM_STATES = [
   'stopped',
@@ -195,6 +198,15 @@ export const PARAMS = {
       limit: z.number().int().min(1).max(10_000).optional(),
     })
     .optional(),
+  'metrics.query': z.strictObject({
+    /** A VM's id or name; without it, the host's own series. */
+    vm: VmRef.optional(),
+    from: z.union([z.number(), z.string().datetime()]),
+    /** Default: now. */
+    to: z.union([z.number(), z.string().datetime()]).optional(),
+    /** Seconds per point, a multiple of 10; default: the stored resolution that covers `from`. */
+    step: z.number().int().min(10).max(86_400).multipleOf(10).optional(),
+  }),
 } as const;
 
 export type RpcMethod = keyof typeof PARAMS;
@@ -332,6 +344,7 @@ export interface RpcResults {
   'pool.list': { pools: PoolRecord[] };
   'pool.delete': Record<string, never>;
   'events.query': { events: EventRecord[] };
+  'metrics.query': MetricsResult;
 }
 
 export type ResultOf<M extends RpcMethod> = RpcResults[M];
@@ -348,6 +361,3 @@ export interface VmEvent {
   to?: VmState;
   reason?: string;
 }
-
-/** Retained host status on `<root>/status`. */
-export type HostStatus = { hostId: string; online: boolean; at: string } & Partial<SystemInfo>;

@@ -50,6 +50,27 @@ export type AgentUpKind = (typeof AGENT_UP_KINDS)[number];
 export const AGENT_DOWN_KINDS = ['exec', 'stdin', 'signal', 'power', 'ping', 'configure'] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 
+/** The reply topic of one client: outside every host subtree, one per client id. */
+export const replyTopicFor = (prefix: string, clientId: string): string =>
+  `${prefix}/_clients/${clientId}/replies`;
+
+/** Does an MQTT topic filter (with + and #) match a topic? */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    const part = f[i];
+    if (part === '#') return i > 0 || !topic.startsWith('$');
+    if (i >= t.length) return false;
+    if (part === '+') {
+      if (i === 0 && t[0]!.startsWith('$')) return false;
+      continue;
+    }
+    if (part !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
+
 /** Parse `<root>/agent/<vmId>/up/<kind>`; null when it is not one. */
 export function parseAgentUpTopic(
   root: string,

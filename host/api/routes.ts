@@ -11,12 +11,14 @@ import { vmHandlers, type VmHandlerDeps } from './handlers/vm.js';
 import { eventHandlers, type EventHandlerDeps } from './handlers/events.js';
 import { jobHandlers, type JobHandlerDeps } from './handlers/job.js';
 import { poolHandlers, type PoolHandlerDeps } from './handlers/pool.js';
+import { metricsHandlers, type MetricsHandlerDeps } from './handlers/metrics.js';
 
 export type RouteDeps = SystemDeps &
   VmHandlerDeps &
   EventHandlerDeps &
   JobHandlerDeps &
-  PoolHandlerDeps;
+  PoolHandlerDeps &
+  MetricsHandlerDeps;
 
 export function createRoutes(deps: RouteDeps): RouteTable {
   const handlers: Handlers<RpcMethod> = {
@@ -25,6 +27,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...eventHandlers(deps),
     ...jobHandlers(deps),
     ...poolHandlers(deps),
+    ...metricsHandlers(deps),
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {

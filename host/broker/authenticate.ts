@@ -8,7 +8,8 @@
  *  - guest TCP: username = VM id, password = that VM's token, checked by the
  *    injected verifier; then the same rules as an agent channel.
  *  - controllers (TCP, unix, WebSocket): a user from the users file with a
- *    scrypt-hashed password, or anonymous where `allowAnonymous` is set and
+ *    scrypt-hashed password (over WebSocket also a session token the HTTP
+ *    listener minted for that user after checking the password), or anonymous where `allowAnonymous` is set and
  *    the connection is local (loopback or unix socket).
  * Every refusal is logged at warn with the client id and the reason.
  */
@@ -41,6 +42,7 @@ interface Deps {
   users: Map<string, string>;
   allowAnonymous: boolean;
   verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
+  verifyControllerToken?: ((username: string, token: string) => boolean) | null;
   log: MvirtLogger;
 }
 
@@ -116,7 +118,15 @@ export function createAuthenticate(d: Deps) {
         `client ids starting with ${RESERVED_CLIENT_ID_PREFIX} are reserved for agents`,
       );
     let principal: Principal;
-    if (username !== undefined) {
+    if (
+      username !== undefined &&
+      ci.transport === 'ws' &&
+      password !== undefined &&
+      d.verifyControllerToken?.(username, password.toString('utf8'))
+    ) {
+      // A dashboard session token the HTTP listener minted for this user.
+      principal = { role: 'controller', user: username };
+    } else if (username !== undefined) {
       const stored = d.users.get(username);
       // Unknown users cost a real scrypt too, so timing does not reveal names.
       const ok = await verifyPassword(

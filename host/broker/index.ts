@@ -79,6 +79,13 @@ function createAdmitter(
   };
 }
 
+/**
+ * ws buffers whole messages before the guard sees them, so its own cap bounds
+ * that; a message may carry more than one MQTT packet (browser clients batch),
+ * hence the room above one packet. The guard still enforces the per-packet cap.
+ */
+const wsMaxPayload = (o: ResolvedOptions): number => 2 * o.maxPacketSize + 64 * 1024;
+
 async function openListeners(
   o: ResolvedOptions,
   admit: (stream: Duplex, ci: ConnInfo) => Duplex,
@@ -105,12 +112,7 @@ async function openListeners(
       addresses.unix = l.address;
     }
     if (o.ws) {
-      // ws buffers whole messages before the guard sees them, so its own cap
-      // bounds that; a message may carry more than one MQTT packet (browser
-      // clients batch), hence the room above one packet. The guard still
-      // enforces the per-packet cap.
-      const wsCap = 2 * o.maxPacketSize + 64 * 1024;
-      const l = await listenWs(o.ws, o.wsPath, wsCap, o.maxConnections, (s, req) =>
+      const l = await listenWs(o.ws, o.wsPath, wsMaxPayload(o), o.maxConnections, (s, req) =>
         admit(s, { transport: 'ws', ...remote(req.socket.remoteAddress) }),
       );
       listeners.push(l);
@@ -150,6 +152,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
       users,
       allowAnonymous: o.allowAnonymous,
       verifyAgentToken: o.verifyAgentToken,
+      verifyControllerToken: o.verifyControllerToken,
       log,
     }),
     authorizePublish: createAuthorizePublish(deps),
@@ -229,6 +232,18 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     onGuestAgent: (listener) => {
       guestAgentListener = listener;
     },
+    attachWebSocket(stream, remoteAddress) {
+      if (closing !== null) {
+        stream.destroy();
+        return;
+      }
+      admit(stream, {
+        transport: 'ws',
+        remote: remoteAddress ?? null,
+        local: isLoopback(remoteAddress),
+      });
+    },
+    wsMaxPayload: wsMaxPayload(o),
     addresses: opened.addresses,
     clientCount: () => aedes.connectedClients,
     stats: () => counters.snapshot(aedes.connectedClients),

@@ -97,6 +97,10 @@ export async function listenUnix(
   };
 }
 
+/** The WebSocket subprotocol MQTT clients offer: `mqtt` (`mqttv3.1` for old ones); none other is accepted. */
+export const mqttSubprotocol = (protocols: Set<string>): string | false =>
+  protocols.has('mqtt') ? 'mqtt' : protocols.has('mqttv3.1') ? 'mqttv3.1' : false;
+
 /**
  * MQTT over WebSocket on its own port. Browsers offer the subprotocol `mqtt`
  * (`mqttv3.1` for old clients); ws buffers a whole message before handing it
@@ -118,8 +122,7 @@ export async function listenWs(
     server,
     path: wsPath,
     maxPayload,
-    handleProtocols: (protocols) =>
-      protocols.has('mqtt') ? 'mqtt' : protocols.has('mqttv3.1') ? 'mqttv3.1' : false,
+    handleProtocols: mqttSubprotocol,
   });
   wss.on('connection', (ws, req) => {
     onStream(createWebSocketStream(ws), req);

@@ -20,6 +20,12 @@ export interface BrokerOptions {
   guestListen?: string | false;
   /** Checks an agent's VM id + token on the guest listener (constant-time compare is its job). */
   verifyAgentToken?: (vmId: string, token: string) => boolean;
+  /**
+   * Short-lived controller passwords minted elsewhere (the dashboard's session
+   * tokens): accepted for that user over WebSocket only, besides the user's
+   * own password.
+   */
+  verifyControllerToken?: (username: string, token: string) => boolean;
   /** Anonymous controllers, only over loopback TCP/WebSocket and the unix socket. Default false. */
   allowAnonymous?: boolean;
   /** Controller users (password hashes); merged with usersFile. */
@@ -52,6 +58,7 @@ export interface ResolvedOptions {
   wsPath: string;
   guestListen: HostPort | null;
   verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
+  verifyControllerToken: ((username: string, token: string) => boolean) | null;
   allowAnonymous: boolean;
   maxPacketSize: number;
   agentMaxPacketSize: number;
@@ -112,6 +119,7 @@ export function resolveOptions(o: BrokerOptions): ResolvedOptions {
     wsPath: o.wsPath ?? '/mqtt',
     guestListen,
     verifyAgentToken: o.verifyAgentToken ?? null,
+    verifyControllerToken: o.verifyControllerToken ?? null,
     allowAnonymous: o.allowAnonymous ?? false,
     maxPacketSize: positive(o.maxPacketSize, MiB, 'maxPacketSize'),
     agentMaxPacketSize: positive(o.agentMaxPacketSize, MiB, 'agentMaxPacketSize'),

@@ -48,6 +48,14 @@ export interface Broker extends Bus {
   /** Hand a per-VM agent byte stream to the broker; the client is confined to that VM's subtree. */
   attachAgentChannel(vmId: string, stream: Duplex): AgentChannelHandle;
   /**
+   * A WebSocket connection another listener accepted (the HTTP listener's
+   * `/mqtt`): a controller connection exactly like one on `ws`, with the same
+   * authentication and ACL.
+   */
+  attachWebSocket(stream: Duplex, remoteAddress: string | undefined): void;
+  /** The WebSocket message size cap (ws maxPayload) for such connections. */
+  readonly wsMaxPayload: number;
+  /**
    * Addresses actually bound (ports resolved), for logs and tests:
    * tcp/guest `host:port`, unix a path, ws `ws://host:port/path`.
    */

@@ -18,6 +18,7 @@ import {
   VM_STATES,
   type RpcMethod,
 } from '../../protocol/rpc.js';
+import { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
 import { errorsTable } from './exit.js';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
@@ -97,6 +98,57 @@ function paramsSchema(m: RpcMethod): Json {
     k === 'pattern' && typeof v === 'string' && v.length > 80 ? undefined : v,
   ) as Json;
 }
+
+/** JSON Schema of a published payload from its zod schema (what a subscriber receives). */
+function payloadSchema(schema: z.ZodType, description: string): Json {
+  const s = z.toJSONSchema(schema, { io: 'output', unrepresentable: 'any' }) as Record<
+    string,
+    Json
+  >;
+  delete s.$schema;
+  return { ...s, description };
+}
+
+const METRIC_POINT = obj(
+  {
+    t: { type: 'number', description: 'bucket start, epoch milliseconds' },
+    samples: { type: 'integer', description: 'samples averaged into this bucket' },
+    cpuPercent: { type: 'number', description: 'average (100 = one CPU)' },
+    cpuMaxPercent: { type: 'number' },
+    memUsedMiB: { type: 'number', description: 'average' },
+    memTotalMiB: { type: 'number' },
+    load1: { type: 'number', description: 'average' },
+    diskUsedBytes: { type: 'number', description: 'last value in the bucket' },
+    netRxBytes: { type: 'number', description: 'bytes received during the bucket' },
+    netTxBytes: { type: 'number', description: 'bytes sent during the bucket' },
+  },
+  [
+    't',
+    'samples',
+    'cpuPercent',
+    'cpuMaxPercent',
+    'memUsedMiB',
+    'memTotalMiB',
+    'load1',
+    'diskUsedBytes',
+    'netRxBytes',
+    'netTxBytes',
+  ],
+);
+
+const METRICS_RESULT = obj(
+  {
+    object: str('host, or the VM id'),
+    step: { type: 'integer', description: 'seconds per point' },
+    resolution: { type: 'integer', description: 'stored roll-up read: 10 or 60 s' },
+    points: {
+      type: 'array',
+      items: ref('MetricPoint'),
+      description: 'oldest first; gaps left out',
+    },
+  },
+  ['object', 'step', 'resolution', 'points'],
+);
 
 const VM_RECORD = obj(
   {
@@ -320,6 +372,7 @@ const RESULTS: Record<RpcMethod, Json> = {
   'pool.list': obj({ pools: { type: 'array', items: ref('PoolRecord') } }, ['pools']),
   'pool.delete': { type: 'object', additionalProperties: false },
   'events.query': obj({ events: { type: 'array', items: ref('EventRecord') } }, ['events']),
+  'metrics.query': ref('MetricsResult'),
 };
 
 const SUMMARIES: Record<RpcMethod, string> = {
@@ -348,6 +401,8 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'pool.list': 'All pools.',
   'pool.delete': 'Delete a pool.',
   'events.query': 'The event log, filtered by object, level and time.',
+  'metrics.query':
+    'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',
 };
 
 const channelId = (m: string): string => `rpc_${m.replace(/\./g, '_')}`;
@@ -373,19 +428,12 @@ export function asyncApiDocument(): Json {
     PoolRecord: POOL_RECORD,
     EventRecord: EVENT_RECORD,
     SystemInfo: SYSTEM_INFO,
-    HostStatus: {
-      allOf: [
-        obj(
-          {
-            hostId: str(),
-            online: { type: 'boolean', description: 'false is the daemon last will' },
-            at: time,
-          },
-          ['hostId', 'online'],
-        ),
-        { description: 'plus the system.info fields while online' },
-      ],
-    },
+    HostStatus: payloadSchema(
+      HostStatus,
+      'online:false (with hostId and at only) is the daemon last will; while online, the system.info fields, the host figures, broker counters and jobs by state',
+    ),
+    MetricPoint: METRIC_POINT,
+    MetricsResult: METRICS_RESULT,
     VmEvent: obj(
       {
         at: time,
@@ -396,17 +444,10 @@ export function asyncApiDocument(): Json {
       },
       ['at', 'type'],
     ),
-    Telemetry: {
-      type: 'object',
-      properties: {
-        cpuPercent: { type: 'number' },
-        memUsedMiB: { type: 'number' },
-        memTotalMiB: { type: 'number' },
-        load1: { type: 'number' },
-        uptimeS: { type: 'number' },
-      },
-      additionalProperties: true,
-    },
+    Telemetry: payloadSchema(
+      VmTelemetry,
+      "the agent's sample as validated by the host, with the VM id, the host's receipt time and disk and network totals",
+    ),
     OutputChunk: obj(
       { seq: int, stream: { type: 'string', enum: ['stdout', 'stderr'] }, data: str() },
       ['seq', 'stream', 'data'],

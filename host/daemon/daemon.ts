@@ -1,7 +1,8 @@
 /**
- * Wiring: store → broker → event log → hypervisors and images → VM manager →
- * API → host status; recovery before the API serves anyone, so the first
- * answer already reflects re-attached VMs. `close()` undoes it in reverse.
+ * Wiring: store → broker → event log → telemetry (roll-ups, hub) →
+ * hypervisors and images → VM manager → API → host status → HTTP (/metrics,
+ * dashboard); recovery before the API serves anyone, so the first answer
+ * already reflects re-attached VMs. `close()` undoes it in reverse.
  */
 import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
@@ -30,6 +31,17 @@ import { createStatusPublisher } from './status.js';
 import { createNetwork } from '../network/index.js';
 import { createNetDevices } from '../network/iproute.js';
 import { createAgentTokens } from '../network/tokens.js';
+import { loadUsersFile } from '../broker/users.js';
+import { parseHostPort } from '../broker/options.js';
+import { createHostSampler } from '../metrics/host-sampler.js';
+import { createPrometheus } from '../metrics/prometheus.js';
+import { createRollups, DEFAULT_RESOLUTIONS } from '../metrics/rollup.js';
+import { createTelemetryHub } from '../metrics/telemetry.js';
+import { createHttpAuth } from '../http/auth.js';
+import { startHttpServer, type HttpServer } from '../http/server.js';
+import { createSessionTokens } from '../http/sessions.js';
+import { dashboardAssets } from '../dashboard/assets.js';
+import { isTerminal } from '../jobs/states.js';
 import { VERSION } from './version.js';
 
 export interface Daemon {
@@ -38,9 +50,16 @@ export interface Daemon {
   readonly vms: VmManager;
   readonly api: Api;
   readonly topics: Topics;
+  /** The HTTP listener (/metrics, dashboard), when --http is on. */
+  readonly http: HttpServer | null;
   /** Orderly stop: leaves VMs running unless options.stopVmsOnExit. */
   close(): Promise<void>;
 }
+
+/** How long a dashboard's MQTT token is accepted for new connections. */
+const SESSION_TTL_MS = 12 * 3600_000;
+/** Roll-ups reach SQLite this often (and on every metrics.query). */
+const ROLLUP_FLUSH_MS = 10_000;
 
 export interface DaemonOverrides {
   /** Test doubles instead of the compiled-in backends. */
@@ -76,6 +95,8 @@ export async function startDaemon(
     });
     // The bridge address must exist before the guest listener binds to it.
     await network.setup({ optional: !opts.bridgeRequired });
+    // Dashboard pages log in once over HTTP and use a token as MQTT password.
+    const sessions = createSessionTokens({ ttlMs: SESSION_TTL_MS });
     const broker = await createBroker(
       {
         root,
@@ -86,6 +107,7 @@ export async function startDaemon(
         allowAnonymous: opts.allowAnonymous,
         guestListen: network.guestListen ?? false,
         verifyAgentToken: (vmId, token) => network.verifyToken(vmId, token),
+        verifyControllerToken: sessions.verify,
         ...(opts.usersFile ? { usersFile: opts.usersFile } : {}),
       },
       log.child({ component: 'broker' }),
@@ -107,6 +129,26 @@ export async function startDaemon(
     cleanup.unshift(() => events.close());
     events.prune();
 
+    const rollups = createRollups({
+      repo: store.metrics,
+      log: log.child({ component: 'metrics' }),
+      options: {
+        resolutions: [
+          DEFAULT_RESOLUTIONS[0]!,
+          { ...DEFAULT_RESOLUTIONS[1]!, keepS: opts.metricsRetentionHours * 3600 },
+        ],
+        flushIntervalMs: ROLLUP_FLUSH_MS,
+      },
+    });
+    cleanup.unshift(() => rollups.close());
+    const telemetry = createTelemetryHub({
+      bus,
+      topics: t,
+      rollups,
+      log: log.child({ component: 'metrics' }),
+    });
+    const sampler = createHostSampler();
+
     const hypervisors = createHypervisorSet(
       overrides.hypervisors ?? loadBackends(log.child({ component: 'hypervisors' })),
       log.child({ component: 'hypervisors' }),
@@ -124,10 +166,14 @@ export async function startDaemon(
       hypervisors,
       images,
       network,
+      telemetry,
       topics: t,
       log,
       options: {
         ...DEFAULT_TIMEOUTS,
+        ...(opts.telemetryIntervalMs !== undefined
+          ? { telemetryMs: opts.telemetryIntervalMs }
+          : {}),
         vmDir,
         defaults: {
           vcpus: opts.defaultVcpus,
@@ -186,14 +232,23 @@ export async function startDaemon(
     const api = createApi({
       bus,
       topics: t,
-      routes: createRoutes({ ...sysDeps, vms, events, jobs, pools }),
+      routes: createRoutes({ ...sysDeps, vms, events, jobs, pools, rollups }),
       log,
     });
     const status = createStatusPublisher({
       bus,
       topic: t.status,
       hostId: opts.hostId,
-      info: async () => systemInfo(sysDeps),
+      info: async () => {
+        const figures = sampler.sample();
+        telemetry.host(figures);
+        return {
+          ...(await systemInfo(sysDeps)),
+          figures,
+          broker: broker.stats(),
+          jobs: jobs.countByState(),
+        };
+      },
       intervalMs: opts.statusIntervalMs,
       log,
     });
@@ -202,18 +257,61 @@ export async function startDaemon(
     for (const name of hypervisors.names()) void hypervisors.probe(name);
     await vms.startup(); // recovery
     jobs.recover();
-    vms.onStateChange(() => status.kick());
+    const prometheus = createPrometheus({
+      hostId: opts.hostId,
+      host: sysDeps.host,
+      figures: () => sampler.sample(),
+      vms,
+      telemetry: (id) => telemetry.latest(id),
+      jobs: () => jobs.countByState(),
+      broker: () => broker.stats(),
+    });
+    vms.onStateChange((rec, from) => {
+      status.kick();
+      if (rec.state === 'ready' && from === 'starting') prometheus.observeBoot(rec);
+      if (rec.state === 'stopped' || rec.state === 'failed') telemetry.forget(rec.id);
+    });
+    jobs.onStateChange((rec) => {
+      if (isTerminal(rec.state)) prometheus.observeJob(rec);
+    });
     await api.start();
     await status.start();
+    let http: HttpServer | null = null;
+    if (opts.http) {
+      http = await startHttpServer({
+        listen: parseHostPort(opts.http, '--http'),
+        auth: createHttpAuth({
+          users: opts.usersFile ? loadUsersFile(opts.usersFile) : new Map(),
+          allowAnonymous: opts.allowAnonymous,
+        }),
+        sessions,
+        hostId: opts.hostId,
+        root,
+        metrics: async () => ({
+          contentType: prometheus.contentType,
+          body: await prometheus.metrics(),
+        }),
+        assets: dashboardAssets(),
+        broker,
+        log,
+      });
+      cleanup.unshift(() => http?.close());
+    }
     events.append({
       level: 'audit',
       component: 'daemon',
       message: `mvirtd ${VERSION} started as ${opts.hostId}`,
       objects: [`host:${opts.hostId}`],
-      data: { addresses: broker.addresses, dataDir: opts.dataDir },
+      data: { addresses: broker.addresses, http: http?.url ?? null, dataDir: opts.dataDir },
     });
     log.info(
-      { version: VERSION, root, addresses: broker.addresses, dataDir: opts.dataDir },
+      {
+        version: VERSION,
+        root,
+        addresses: broker.addresses,
+        http: http?.url ?? null,
+        dataDir: opts.dataDir,
+      },
       'mvirtd ready',
     );
 
@@ -224,6 +322,7 @@ export async function startDaemon(
       vms,
       api,
       topics: t,
+      http,
       close: () =>
         (closing ??= (async () => {
           await api.close();

@@ -18,6 +18,12 @@ export interface DaemonOptions {
   listen: string | false;
   /** `host:port` or false. */
   wsListen: string | false;
+  /** HTTP listener (/metrics, the dashboard, MQTT over WebSocket on /mqtt): `host:port` or false. */
+  http: string | false;
+  /** Agents report telemetry this often; undefined: the agent's default (5 s). */
+  telemetryIntervalMs?: number;
+  /** 1-minute roll-ups are kept this long (10-second ones one hour). */
+  metricsRetentionHours: number;
   /** Unix socket path or false; default `<data-dir>/mvirt.sock`. */
   unixSocket: string | false;
   hostId: string;
@@ -69,6 +75,8 @@ export const USAGE = `usage: mvirtd [options]
   --images-dir DIR          built images (default <data-dir>/images)
   --listen HOST:PORT|off    MQTT over TCP for controllers (default 127.0.0.1:1883)
   --ws-listen HOST:PORT|off MQTT over WebSocket, e.g. 127.0.0.1:1884 (default off)
+  --http HOST:PORT|off      HTTP: /metrics (Prometheus), the dashboard on /, MQTT over
+                            WebSocket on /mqtt (default 127.0.0.1:8180)
   --unix-socket PATH|off    MQTT over a unix socket (default <data-dir>/mvirt.sock)
   --host-id ID              this host's id in topics (default: the hostname)
   --prefix P                topic prefix (default mvirt)
@@ -102,9 +110,15 @@ export const USAGE = `usage: mvirtd [options]
   --stop-vms-on-exit        stop every VM when mvirtd exits (default: leave them running)
   --events-retention-days N keep events this many days (default 30)
   --events-max-rows N       keep at most this many events (default 100000)
+  --telemetry-interval-ms N agents report telemetry this often (default: 5000, the agent's)
+  --metrics-retention-hours N
+                            keep 1-minute metric roll-ups this long (default 24;
+                            10-second roll-ups are kept one hour)
   --log-level LEVEL         trace, debug, info, audit, warn, error (default info)
   --help, --version
 `;
+
+export const DEFAULT_HTTP = '127.0.0.1:8180';
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'audit', 'warn', 'error', 'fatal', 'silent'];
 
@@ -203,6 +217,9 @@ export function parseOptions(
         'images-dir': { type: 'string' },
         listen: { type: 'string' },
         'ws-listen': { type: 'string' },
+        http: { type: 'string' },
+        'telemetry-interval-ms': { type: 'string' },
+        'metrics-retention-hours': { type: 'string' },
         'unix-socket': { type: 'string' },
         'host-id': { type: 'string' },
         prefix: { type: 'string' },
@@ -263,6 +280,14 @@ export function parseOptions(
     imagesDir: path.resolve(str('images-dir') ?? path.join(dataDir, 'images')),
     listen: hostPort(str('listen'), 'listen', '127.0.0.1:1883'),
     wsListen: hostPort(str('ws-listen'), 'ws-listen', false),
+    http: hostPort(str('http'), 'http', DEFAULT_HTTP),
+    metricsRetentionHours: int(
+      str('metrics-retention-hours'),
+      'metrics-retention-hours',
+      24,
+      1,
+      24 * 366,
+    ),
     unixSocket:
       str('unix-socket') === 'off'
         ? false
@@ -318,6 +343,14 @@ export function parseOptions(
   if (opts.nat && !opts.bridge) throw bad('nat', 'NAT is for bridged VMs; --bridge is off');
   if (str('default-pool') !== undefined)
     opts.defaultPool = name(str('default-pool'), 'default-pool', 'default');
+  if (str('telemetry-interval-ms') !== undefined)
+    opts.telemetryIntervalMs = int(
+      str('telemetry-interval-ms'),
+      'telemetry-interval-ms',
+      5000,
+      100,
+      3600_000,
+    );
   if (str('users') !== undefined) opts.usersFile = path.resolve(str('users')!);
   if (opts.defaultVcpus > opts.maxVcpus) {
     throw bad('default-vcpus', `${opts.defaultVcpus} exceeds --max-vcpus ${opts.maxVcpus}`);

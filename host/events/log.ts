@@ -34,6 +34,7 @@ export interface EventLog {
   close(): void;
 }
 
+/** Prune at least this often; more often with a small maxRows (see pruneEvery). */
 const PRUNE_EVERY_APPENDS = 1000;
 const PRUNE_INTERVAL_MS = 3600_000;
 
@@ -46,6 +47,8 @@ export function createEventLog(deps: {
 }): EventLog {
   const { repo, bus, topics, log, retention } = deps;
   let sinceprune = 0;
+  // The store never holds more than maxRows plus a tenth between prunes.
+  const pruneEvery = Math.max(1, Math.min(PRUNE_EVERY_APPENDS, Math.floor(retention.maxRows / 10)));
   // Publishing is fire-and-forget: the SQLite row is the record, a lost live
   // message must never fail the operation that produced it.
   const publish = (topic: string, payload: unknown): void => {
@@ -78,7 +81,7 @@ export function createEventLog(deps: {
       if (e.data !== undefined) rec.data = e.data;
       log[e.level]({ component: e.component, objects: e.objects, data: e.data }, e.message);
       publish(topics.events, rec);
-      if (++sinceprune >= PRUNE_EVERY_APPENDS) prune();
+      if (++sinceprune >= pruneEvery) prune();
       return rec;
     },
     publishVmEvent(vmId, e) {

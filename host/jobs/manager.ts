@@ -109,6 +109,9 @@ export function createJobManager(deps: JobManagerDeps) {
   const active = new Map<string, Active>();
   const ended = new EventEmitter();
   ended.setMaxListeners(0);
+  /** Every transition, for observers (metrics): (record, previous state). */
+  const changes = new EventEmitter();
+  changes.setMaxListeners(0);
   let closing = false;
   /** Output bytes published but not yet delivered, per VM (backpressure). */
   const inFlight = new Map<string, number>();
@@ -189,6 +192,7 @@ export function createJobManager(deps: JobManagerDeps) {
     publishJob(rec);
     log.info({ jobId: id, vmId: rec.vm, from: cur.state, to, reason }, 'job state');
     if (isTerminal(to)) settle(id, rec);
+    changes.emit('state', rec, cur.state);
     return rec;
   }
 
@@ -746,6 +750,14 @@ export function createJobManager(deps: JobManagerDeps) {
     },
 
     get: (id: string): JobRecord => record(id),
+
+    /** Jobs by state as stored. */
+    countByState: () => repo.countByState(),
+
+    onStateChange(fn: (rec: JobRecord, from: JobState) => void): () => void {
+      changes.on('state', fn);
+      return () => changes.off('state', fn);
+    },
 
     list(q: ParamsOf<'job.list'> = {}): JobRecord[] {
       const vm = q?.vm !== undefined ? (vms.resolveId(q.vm) ?? q.vm) : undefined;

@@ -6,6 +6,7 @@ import { createEventRepo, type EventRepo } from './events.js';
 import { createJobRepo, type JobRepo } from './jobs.js';
 import { createPoolRepo, type PoolRepo } from './pools.js';
 import { createNetworkRepo, type NetworkRepo } from './network.js';
+import { createMetricRepo, type MetricRepo } from './metrics.js';
 
 export interface Store {
   readonly db: Db;
@@ -14,6 +15,7 @@ export interface Store {
   readonly jobs: JobRepo;
   readonly pools: PoolRepo;
   readonly network: NetworkRepo;
+  readonly metrics: MetricRepo;
   close(): void;
 }
 
@@ -26,6 +28,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
     jobs: createJobRepo(db),
     pools: createPoolRepo(db),
     network: createNetworkRepo(db),
+    metrics: createMetricRepo(db),
     close: () => {
       if (db.open) db.close();
     },
@@ -38,4 +41,5 @@ export type { JobFinish, JobRepo, JobSpec, StoredChunk } from './jobs.js';
 export type { Lease, NetworkRepo, SeedDocs } from './network.js';
 export type { PoolDef, PoolRepo, StoredPool } from './pools.js';
 export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
+export type { MetricRepo, RollupQuery, RollupRow } from './metrics.js';
 export { SCHEMA_VERSION } from './migrations.js';

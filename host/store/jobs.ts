@@ -109,6 +109,8 @@ export function createJobRepo(db: Db) {
       WHERE (@vm IS NULL OR vm_id = @vm) AND (@state IS NULL OR state = @state)
       ORDER BY created_at DESC, id DESC LIMIT @limit`),
     byState: db.prepare(`SELECT * FROM jobs WHERE state = ? ORDER BY created_at, id`),
+    // Covered by the jobs_state index: no table rows are read.
+    counts: db.prepare(`SELECT state, count(*) AS n FROM jobs GROUP BY state`),
     setState: db.prepare(
       `UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ? AND state = ?`,
     ),
@@ -202,6 +204,12 @@ export function createJobRepo(db: Db) {
       },
     ): void {
       s.setOutput.run(o.nextSeq, o.totalBytes, o.firstSeq, o.dropped.chunks, o.dropped.bytes, id);
+    },
+    /** Jobs by state, as stored (for host status and /metrics). */
+    countByState(): Partial<Record<JobState, number>> {
+      const out: Partial<Record<JobState, number>> = {};
+      for (const r of s.counts.all() as { state: JobState; n: number }[]) out[r.state] = r.n;
+      return out;
     },
     /** (seq, size) of the stored chunks, oldest first: retention state after a restart. */
     chunkSizes(id: string): { seq: number; n: number }[] {

@@ -140,6 +140,32 @@ export const MIGRATIONS: readonly Migration[] = [
         ALTER TABLE vm_runtime ADD COLUMN agent_token_hash TEXT;
       `),
   },
+  {
+    // Self-contained (touches no other table) so that it can be reordered
+    // against migrations written on other branches at merge time.
+    name: 'metric roll-ups',
+    up: (db) =>
+      db.exec(`
+        -- One row per object (a VM id or 'host'), resolution and bucket. No
+        -- foreign key to vms: a deleted VM's history ages out with the rest.
+        CREATE TABLE metric_rollups (
+          object_id       TEXT NOT NULL,
+          step_s          INTEGER NOT NULL,
+          t               INTEGER NOT NULL, -- bucket start, epoch seconds
+          samples         INTEGER NOT NULL,
+          cpu_avg         REAL NOT NULL,
+          cpu_max         REAL NOT NULL,
+          mem_used_mib    REAL NOT NULL,
+          mem_total_mib   REAL NOT NULL,
+          load1           REAL NOT NULL,
+          disk_used_bytes REAL NOT NULL,
+          net_rx_bytes    REAL NOT NULL,
+          net_tx_bytes    REAL NOT NULL,
+          PRIMARY KEY (object_id, step_s, t)
+        ) WITHOUT ROWID;
+        CREATE INDEX metric_rollups_age ON metric_rollups(step_s, t);
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -17,6 +17,7 @@ import type { EventLog } from '../events/log.js';
 import type { ExitInfo, LaunchSpec, RunningVm } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import type { Store } from '../store/index.js';
+import type { TelemetryHub } from '../metrics/telemetry.js';
 import {
   AGENT_PROTOCOL_VERSION,
   CMDLINE_KEYS,
@@ -61,6 +62,8 @@ export interface VmManagerOptions {
   /** Timeout of requests to the agent (power, …). */
   agentCallTimeoutMs: number;
   consoleLogBytes: number;
+  /** How often agents report telemetry (passed on the kernel command line); default: the agent's. */
+  telemetryMs?: number;
 }
 
 export const DEFAULT_TIMEOUTS = {
@@ -92,6 +95,8 @@ export interface VmManagerDeps {
   hypervisors: HypervisorSet;
   images: ImageStore;
   network: Network;
+  /** Where validated agent telemetry goes (republished, rolled up). */
+  telemetry: Pick<TelemetryHub, 'report'>;
   topics: Topics;
   log: MvirtLogger;
   options: VmManagerOptions;
@@ -132,7 +137,7 @@ export function createVmManager(deps: VmManagerDeps) {
     handlers: {
       hello: onHello,
       ready: onReady,
-      telemetry: (id, t) => publish(topics.vmTelemetry(id), JSON.stringify(t)),
+      telemetry: (id, t) => deps.telemetry.report(id, t),
       log: (id, m) => lives.get(id)?.log[m.level]({ guest: true }, m.message),
       output: (id, m) => jobHooks?.output(id, m),
       exit: (id, m) => jobHooks?.exit(id, m),
@@ -607,7 +612,13 @@ export function createVmManager(deps: VmManagerDeps) {
           dir: live.dir,
           channel: net.channel ?? live.hv.capabilities.channels[0] ?? 'virtio-serial',
           // The backend adds mvirt.vm and mvirt.channel itself.
-          agentArgs: { [CMDLINE_KEYS.root]: topics.root, ...net.cmdline },
+          agentArgs: {
+            [CMDLINE_KEYS.root]: topics.root,
+            ...(options.telemetryMs !== undefined
+              ? { [CMDLINE_KEYS.telemetryMs]: String(options.telemetryMs) }
+              : {}),
+            ...net.cmdline,
+          },
           network: net.nic,
           consoleLogBytes: options.consoleLogBytes,
         };

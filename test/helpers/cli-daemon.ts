@@ -48,6 +48,8 @@ export async function startDaemon(
     dataDir,
     '--listen',
     'off',
+    '--http',
+    'off',
     '--unix-socket',
     socket,
     '--host-id',

@@ -63,6 +63,8 @@ interface FakeVm {
   guest?: RealGuest;
   /** Mode 'real': sockets the daemon opened that no agent session took yet. */
   accepted: net.Socket[];
+  /** Mode 'real': the telemetry interval the daemon put on the "kernel command line". */
+  telemetryMs?: number;
 }
 
 /** One boot's worth of the real agent inside a fake VM. */
@@ -169,7 +171,8 @@ function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
     vmId: vm.vmId,
     root: vm.root,
     channel: { kind: 'virtio-serial', portName: 'mvirt.agent' },
-    telemetryMs: 3_600_000,
+    // Quiet unless the daemon asks for telemetry (mvirtd --telemetry-interval-ms).
+    telemetryMs: vm.telemetryMs ?? 3_600_000,
     tokenPath: '/run/mvirt/token',
     initUptimePath: `/fake-guest/${vm.vmId}/init-uptime`,
   };
@@ -428,6 +431,8 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
         pid,
         accepted: [],
       };
+      const tms = spec.agentArgs[CMDLINE_KEYS.telemetryMs];
+      if (tms !== undefined) vm.telemetryMs = Number(tms);
       const mode = hv.options.agent ?? 'ready';
       // Runs within the exit event, before anything awaiting `exited`: the
       // guest's processes are gone before the daemon hears of the VM's death.

@@ -98,6 +98,9 @@ export async function startTestDaemon(opts: {
     '--host-id',
     HOST_ID,
     ...NO_HOST_NETWORK,
+    // Any free port: tests run side by side (a later --http in args wins).
+    '--http',
+    '127.0.0.1:0',
     ...(opts.args ?? []),
   ]);
   const daemon = await startDaemon(options, opts.log ?? testLogger(), {

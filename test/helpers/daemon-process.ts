@@ -12,6 +12,8 @@ export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export interface DaemonProcess {
   child: ChildProcess;
   url: string;
+  /** `http://host:port` of --http (null when off). */
+  httpUrl: string | null;
   pid: number;
   /** stderr lines so far (JSON logs). */
   logs: string[];
@@ -31,10 +33,12 @@ export async function spawnDaemon(
   /** netns: run inside this network namespace (`ip netns exec`); controllers then use the unix socket. */
   opts: { bundle?: string; readyTimeoutMs?: number; netns?: string } = {},
 ): Promise<DaemonProcess> {
+  // Any free port for --http unless the caller chose one: daemons run side by side.
+  const all = args.includes('--http') ? args : ['--http', '127.0.0.1:0', ...args];
   const node =
     opts.bundle && existsSync(opts.bundle)
-      ? [opts.bundle, ...args]
-      : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...args];
+      ? [opts.bundle, ...all]
+      : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...all];
   // `ip netns exec` execs node in place: the pid is the daemon's.
   const [file, argv] = opts.netns
     ? ['ip', ['netns', 'exec', opts.netns, process.execPath, ...node]]
@@ -52,6 +56,7 @@ export async function spawnDaemon(
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
   let resolveReady = (): void => undefined;
+  let httpUrl: string | null = null;
   const url = await new Promise<string>((resolve, reject) => {
     let buf = '';
     child.stderr!.on('data', (b: Buffer) => {
@@ -65,8 +70,10 @@ export async function spawnDaemon(
           const j = JSON.parse(line) as {
             msg?: string;
             addresses?: { tcp?: string; unix?: string };
+            http?: string | null;
           };
           if (j.msg !== 'mvirtd ready') continue;
+          httpUrl = j.http ?? null;
           if (opts.netns && j.addresses?.unix) resolve(`unix://${j.addresses.unix}`);
           else if (j.addresses?.tcp) resolve(`mqtt://${j.addresses.tcp}`);
         } catch {
@@ -87,5 +94,5 @@ export async function spawnDaemon(
     resolveReady = () => clearTimeout(t);
   });
   resolveReady();
-  return { child, url, pid: child.pid!, logs, exited };
+  return { child, url, httpUrl, pid: child.pid!, logs, exited };
 }

@@ -1,20 +1,12 @@
 /** events.query: the audit/event log, by object, level and time. */
 import type { EventLog } from '../../events/log.js';
-import { MvirtError } from '../../../protocol/errors.js';
+import { toMs } from '../time.js';
 import type { Handlers } from '../types.js';
 
 export interface EventHandlerDeps {
   events: Pick<EventLog, 'query'>;
   /** Lets `objectId` name a VM by its name too (PROTOCOL: a VM is its id or name). */
   vms: { resolveId(ref: string): string | undefined };
-}
-
-/** Epoch milliseconds or an ISO date-time (validated by the protocol schema). */
-function toMs(v: number | string | undefined, field: string): number | undefined {
-  if (v === undefined) return undefined;
-  const ms = typeof v === 'number' ? v : Date.parse(v);
-  if (!Number.isFinite(ms)) throw new MvirtError('INVALID_PARAMS', `${field}: not a time`);
-  return ms;
 }
 
 export const eventHandlers = ({ events, vms }: EventHandlerDeps): Handlers<'events.query'> => ({

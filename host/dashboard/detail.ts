@@ -1,0 +1,140 @@
+/**
+ * The selected VM: CPU and memory charts (uPlot; history from metrics.query,
+ * then every live telemetry sample) and its boot timeline from the agent's
+ * hello. `data-points` on each chart says how many samples it draws.
+ */
+import uPlot from 'uplot';
+import type { VmRecord } from '../../protocol/rpc.js';
+import type { Conn } from './conn.js';
+import { byId, h } from './dom.js';
+import type { Model, Series } from './model.js';
+
+const HISTORY_S = 15 * 60;
+
+/** Short y-axis labels: 1.5k rather than 1,500 cut off by the axis width. */
+const axisLabel = (v: number): string =>
+  Math.abs(v) >= 10_000
+    ? `${(v / 1000).toFixed(0)}k`
+    : Math.abs(v) >= 1000
+      ? `${(v / 1000).toFixed(1)}k`
+      : String(v);
+
+function chart(el: HTMLElement, series: uPlot.Series[]): uPlot {
+  const width = Math.max(240, el.clientWidth || 480);
+  return new uPlot(
+    {
+      width,
+      height: 160,
+      series: [{}, ...series],
+      scales: { x: { time: true } },
+      axes: [{}, { size: 60, values: (_u, vals) => vals.map(axisLabel) }],
+      legend: { show: true },
+    },
+    [[], ...series.map(() => [])],
+    el,
+  );
+}
+
+function bootTimeline(v: VmRecord): HTMLElement[] {
+  const b = v.boot;
+  if (!b) return [h('p', {}, 'no boot timeline yet (the agent reports it when it says hello)')];
+  const stages = [
+    { name: 'kernel', s: b.initS },
+    { name: 'init', s: Math.max(0, b.agentStartS - b.initS) },
+    { name: 'connect', s: Math.max(0, b.connectedS - b.agentStartS) },
+  ];
+  const total = stages.reduce((a, x) => a + x.s, 0) || 1;
+  const bar = h(
+    'div',
+    { class: 'bar' },
+    ...stages.map((x) =>
+      h(
+        'div',
+        {
+          class: `seg ${x.name}`,
+          style: `width:${((x.s / total) * 100).toFixed(2)}%`,
+          title: `${x.name}: ${x.s.toFixed(2)} s`,
+          'data-stage': x.name,
+          'data-seconds': x.s.toFixed(3),
+        },
+        `${x.name} ${x.s.toFixed(2)} s`,
+      ),
+    ),
+  );
+  const ready =
+    b.readyAtMs !== undefined
+      ? `; hypervisor launch → ready: ${(b.readyAtMs / 1000).toFixed(2)} s (host clock)`
+      : '';
+  return [
+    bar,
+    h(
+      'p',
+      {},
+      `guest clock: agent connected ${b.connectedS.toFixed(2)} s after kernel start${ready}`,
+    ),
+  ];
+}
+
+export function detailView(m: Model, conn: Conn): { select(id: string): void } {
+  const panel = byId('vm-detail');
+  const title = byId('vm-title');
+  const cpuEl = byId('chart-cpu');
+  const memEl = byId('chart-mem');
+  const boot = byId('boot-timeline');
+  let cpu: uPlot | null = null;
+  let mem: uPlot | null = null;
+  let shown: string | null = null;
+
+  const draw = (s: Series | undefined): void => {
+    const d = s ?? { t: [], cpu: [], memUsed: [], memTotal: [] };
+    cpu?.setData([d.t, d.cpu]);
+    mem?.setData([d.t, d.memUsed, d.memTotal]);
+    cpuEl.dataset.points = String(d.t.length);
+    memEl.dataset.points = String(d.t.length);
+  };
+
+  m.on('detail', () => {
+    const id = m.selectedVm;
+    const v = id ? m.vms.get(id) : undefined;
+    panel.hidden = !v;
+    if (!v) return;
+    panel.dataset.vm = v.id;
+    title.textContent = `${v.name} · ${v.state} · ${v.id}`;
+    if (shown !== v.id) {
+      shown = v.id;
+      cpu?.destroy();
+      mem?.destroy();
+      cpu = chart(cpuEl, [{ label: 'CPU %', stroke: '#2b6cb0', width: 2 }]);
+      mem = chart(memEl, [
+        { label: 'used MiB', stroke: '#2f855a', width: 2, fill: 'rgba(47,133,90,0.1)' },
+        { label: 'total MiB', stroke: '#a0aec0', dash: [4, 4] },
+      ]);
+    }
+    draw(m.series.get(v.id));
+    boot.replaceChildren(...bootTimeline(v));
+  });
+
+  return {
+    select(id) {
+      m.selectedVm = id;
+      m.changed('vms');
+      m.changed('detail');
+      const now = Date.now();
+      // Roll-ups fill the chart's past; live telemetry continues it.
+      conn
+        .call('metrics.query', { vm: id, from: now - HISTORY_S * 1000, to: now })
+        .then((r) =>
+          m.seedSeries(
+            id,
+            r.points.map((p) => ({
+              t: p.t,
+              cpu: p.cpuPercent,
+              memUsed: p.memUsedMiB,
+              memTotal: p.memTotalMiB,
+            })),
+          ),
+        )
+        .catch(() => undefined);
+    },
+  };
+}

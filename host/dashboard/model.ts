@@ -1,0 +1,153 @@
+/**
+ * What the page knows, fed only by messages (retained state, live topics,
+ * replies): VMs, their recent telemetry, hosts, jobs with their output, the
+ * event log. Views register for the parts they draw; changes are coalesced
+ * into one render per animation frame, so a burst of retained messages (200
+ * VMs at connect) costs one render, not 200.
+ */
+import type { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
+import type { EventRecord, JobRecord, OutputChunk, VmRecord } from '../../protocol/rpc.js';
+
+export type Part = 'hosts' | 'vms' | 'detail' | 'jobs' | 'output' | 'events';
+
+/** Recent samples of one VM, oldest first (chart data). */
+export interface Series {
+  t: number[];
+  cpu: number[];
+  memUsed: number[];
+  memTotal: number[];
+}
+
+const SERIES_MAX = 720;
+const EVENTS_MAX = 1000;
+const JOBS_MAX = 200;
+const OUTPUT_CHARS_MAX = 256 * 1024;
+
+export interface Model {
+  readonly vms: Map<string, VmRecord>;
+  readonly telemetry: Map<string, VmTelemetry>;
+  readonly series: Map<string, Series>;
+  readonly hosts: Map<string, HostStatus>;
+  readonly jobs: Map<string, JobRecord>;
+  readonly output: Map<string, OutputChunk[]>;
+  events: EventRecord[];
+  selectedVm: string | null;
+  selectedJob: string | null;
+  changed(part: Part): void;
+  on(part: Part, render: () => void): void;
+  setVm(id: string, rec: VmRecord | null): void;
+  addTelemetry(t: VmTelemetry): void;
+  /** Seed a VM's chart from metrics.query points (older than anything live). */
+  seedSeries(
+    id: string,
+    points: { t: number; cpu: number; memUsed: number; memTotal: number }[],
+  ): void;
+  setJob(id: string, rec: JobRecord | null): void;
+  addOutput(id: string, chunks: OutputChunk[]): void;
+  addEvents(es: EventRecord[]): void;
+}
+
+const emptySeries = (): Series => ({ t: [], cpu: [], memUsed: [], memTotal: [] });
+
+export function createModel(): Model {
+  const renders = new Map<Part, (() => void)[]>();
+  const dirty = new Set<Part>();
+  let frame = false;
+
+  const flush = (): void => {
+    frame = false;
+    const parts = [...dirty];
+    dirty.clear();
+    for (const p of parts) for (const r of renders.get(p) ?? []) r();
+  };
+
+  const m: Model = {
+    vms: new Map(),
+    telemetry: new Map(),
+    series: new Map(),
+    hosts: new Map(),
+    jobs: new Map(),
+    output: new Map(),
+    events: [],
+    selectedVm: null,
+    selectedJob: null,
+    changed(part) {
+      dirty.add(part);
+      if (!frame) {
+        frame = true;
+        requestAnimationFrame(flush);
+      }
+    },
+    on(part, render) {
+      renders.set(part, [...(renders.get(part) ?? []), render]);
+    },
+    setVm(id, rec) {
+      if (rec) m.vms.set(id, rec);
+      else {
+        m.vms.delete(id);
+        m.telemetry.delete(id);
+        m.series.delete(id);
+        if (m.selectedVm === id) m.selectedVm = null;
+      }
+      m.changed('vms');
+      if (m.selectedVm === id) m.changed('detail');
+    },
+    addTelemetry(t) {
+      m.telemetry.set(t.vmId, t);
+      let s = m.series.get(t.vmId);
+      if (!s) m.series.set(t.vmId, (s = emptySeries()));
+      const sec = t.receivedAt / 1000;
+      if (s.t.length > 0 && sec <= s.t[s.t.length - 1]!) return;
+      s.t.push(sec);
+      s.cpu.push(t.cpuPercent);
+      s.memUsed.push(t.memUsedMiB);
+      s.memTotal.push(t.memTotalMiB);
+      if (s.t.length > SERIES_MAX) for (const a of Object.values(s) as number[][]) a.shift();
+      m.changed('vms');
+      if (m.selectedVm === t.vmId) m.changed('detail');
+    },
+    seedSeries(id, points) {
+      const live = m.series.get(id) ?? emptySeries();
+      const first = live.t[0] ?? Infinity;
+      const old = points.filter((p) => p.t / 1000 < first);
+      m.series.set(id, {
+        t: [...old.map((p) => p.t / 1000), ...live.t],
+        cpu: [...old.map((p) => p.cpu), ...live.cpu],
+        memUsed: [...old.map((p) => p.memUsed), ...live.memUsed],
+        memTotal: [...old.map((p) => p.memTotal), ...live.memTotal],
+      });
+      if (m.selectedVm === id) m.changed('detail');
+    },
+    setJob(id, rec) {
+      if (rec) m.jobs.set(id, rec);
+      // An empty retained message clears a finished job's state: keep showing it.
+      if (m.jobs.size > JOBS_MAX) {
+        const oldest = [...m.jobs.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+        for (const j of oldest.slice(0, m.jobs.size - JOBS_MAX)) {
+          m.jobs.delete(j.jobId);
+          m.output.delete(j.jobId);
+        }
+      }
+      m.changed('jobs');
+    },
+    addOutput(id, chunks) {
+      const cur = m.output.get(id) ?? [];
+      const seen = new Set(cur.map((c) => c.seq));
+      const next = [...cur, ...chunks.filter((c) => !seen.has(c.seq))].sort(
+        (a, b) => a.seq - b.seq,
+      );
+      let chars = next.reduce((n, c) => n + c.data.length, 0);
+      while (chars > OUTPUT_CHARS_MAX && next.length > 1) chars -= next.shift()!.data.length;
+      m.output.set(id, next);
+      if (m.selectedJob === id) m.changed('output');
+    },
+    addEvents(es) {
+      const have = new Set(m.events.map((e) => e.id));
+      const add = es.filter((e) => !have.has(e.id));
+      if (add.length === 0) return;
+      m.events = [...m.events, ...add].sort((a, b) => a.id - b.id).slice(-EVENTS_MAX);
+      m.changed('events');
+    },
+  };
+  return m;
+}

@@ -1,0 +1,86 @@
+/**
+ * The VM table: one row per VM, updated in place (a row is rebuilt only when
+ * its VM or its figures changed), start/stop/kill buttons that send the same
+ * RPCs as any controller.
+ */
+import type { VmTelemetry } from '../../protocol/metrics.js';
+import type { VmRecord } from '../../protocol/rpc.js';
+import type { Conn } from './conn.js';
+import { byId, fmt, h, toast } from './dom.js';
+import type { Model } from './model.js';
+
+type Action = 'start' | 'stop' | 'kill';
+
+const ALLOWED: Record<Action, readonly string[]> = {
+  start: ['stopped', 'failed'],
+  stop: ['starting', 'ready', 'busy', 'running', 'paused'],
+  kill: ['starting', 'ready', 'busy', 'running', 'paused', 'stopping'],
+};
+
+function row(v: VmRecord, t: VmTelemetry | undefined, selected: boolean): HTMLTableRowElement {
+  const up = t !== undefined && !['stopped', 'failed'].includes(v.state);
+  const buttons = (['start', 'stop', 'kill'] as const).map((a) => {
+    const b = h('button', { 'data-action': a, type: 'button' }, a);
+    b.disabled = !ALLOWED[a].includes(v.state);
+    return b;
+  });
+  return h(
+    'tr',
+    {
+      class: `vm${selected ? ' selected' : ''}`,
+      'data-id': v.id,
+      'data-name': v.name,
+      'data-state': v.state,
+    },
+    h('td', {}, v.name),
+    h('td', {}, h('span', { class: `state ${v.state}` }, v.state)),
+    h('td', { class: 'num' }, String(v.vcpus)),
+    h('td', { class: 'num' }, fmt.mib(v.memoryMiB)),
+    h('td', { class: 'num' }, up ? fmt.pct(t.cpuPercent) : '–'),
+    h('td', { class: 'num' }, up ? fmt.mib(t.memUsedMiB) : '–'),
+    h('td', {}, ...buttons),
+  );
+}
+
+export function vmsView(m: Model, conn: Conn, select: (id: string) => void): void {
+  const body = byId('vms').querySelector('tbody')!;
+  const count = byId('vm-count');
+  const rows = new Map<string, { el: HTMLTableRowElement; key: unknown[] }>();
+
+  m.on('vms', () => {
+    const vms = [...m.vms.values()].sort((a, b) => a.name.localeCompare(b.name));
+    const next: HTMLTableRowElement[] = [];
+    for (const v of vms) {
+      const t = m.telemetry.get(v.id);
+      const key = [v, t, m.selectedVm === v.id];
+      const cur = rows.get(v.id);
+      if (cur && cur.key.every((k, i) => k === key[i])) next.push(cur.el);
+      else {
+        const el = row(v, t, m.selectedVm === v.id);
+        rows.set(v.id, { el, key });
+        next.push(el);
+      }
+    }
+    for (const id of rows.keys()) if (!m.vms.has(id)) rows.delete(id);
+    body.replaceChildren(...next);
+    count.textContent = `(${vms.length})`;
+    document.body.dataset.vmCount = String(vms.length);
+  });
+
+  body.addEventListener('click', (ev) => {
+    const target = ev.target as HTMLElement;
+    const tr = target.closest('tr.vm') as HTMLTableRowElement | null;
+    if (!tr) return;
+    const id = tr.dataset.id!;
+    const action = target.closest('button')?.dataset.action as Action | undefined;
+    if (!action) return select(id);
+    const name = tr.dataset.name!;
+    const p =
+      action === 'start'
+        ? conn.call('vm.start', { vm: id })
+        : action === 'stop'
+          ? conn.call('vm.stop', { vm: id })
+          : conn.call('vm.kill', { vm: id });
+    p.catch((err: unknown) => toast(`${action} ${name}: ${String((err as Error).message)}`));
+  });
+}

@@ -1,0 +1,91 @@
+/**
+ * The telemetry hub: each agent sample the VM manager validated is
+ * republished on `vm/<id>/telemetry` (protocol VmTelemetry), remembered as the
+ * VM's latest figures (for /metrics and status) and fed to the roll-ups. The
+ * host's own samples go through `host()` into the same roll-ups under `host`.
+ */
+import type { Telemetry } from '../../protocol/agent.js';
+import { HOST_OBJECT, type HostFigures, type VmTelemetry } from '../../protocol/metrics.js';
+import type { Topics } from '../../protocol/topics.js';
+import type { Bus } from '../broker/types.js';
+import type { MvirtLogger } from '../log.js';
+import type { Rollups } from './rollup.js';
+
+export interface TelemetryHub {
+  /** A validated agent sample of a running VM. */
+  report(vmId: string, t: Telemetry): void;
+  /** A host sample (from the host sampler). */
+  host(f: HostFigures): void;
+  latest(vmId: string): VmTelemetry | undefined;
+  /** Every VM's latest sample. */
+  all(): ReadonlyMap<string, VmTelemetry>;
+  /** The VM stopped: its figures are no longer current. */
+  forget(vmId: string): void;
+}
+
+/** The public payload: the agent's figures plus the host's receipt time and totals. */
+export function toVmTelemetry(vmId: string, t: Telemetry, receivedAt: number): VmTelemetry {
+  let diskUsedBytes = 0;
+  let diskTotalBytes = 0;
+  for (const d of t.disk) {
+    diskUsedBytes += d.usedBytes;
+    diskTotalBytes += d.totalBytes;
+  }
+  let netRxBytes = 0;
+  let netTxBytes = 0;
+  for (const n of t.net) {
+    if (n.iface === 'lo') continue;
+    netRxBytes += n.rxBytes;
+    netTxBytes += n.txBytes;
+  }
+  return {
+    ...t,
+    vmId,
+    receivedAt,
+    diskUsedBytes,
+    diskTotalBytes,
+    netRxBytes,
+    netTxBytes,
+  };
+}
+
+export function createTelemetryHub(deps: {
+  bus: Bus;
+  topics: Topics;
+  rollups: Rollups;
+  log: MvirtLogger;
+  now?: () => number;
+}): TelemetryHub {
+  const { bus, topics, rollups, log } = deps;
+  const now = deps.now ?? Date.now;
+  const latest = new Map<string, VmTelemetry>();
+
+  return {
+    report(vmId, t) {
+      const v = toVmTelemetry(vmId, t, now());
+      latest.set(vmId, v);
+      // QoS 0: a sample superseded a few seconds later is not worth a retry.
+      bus.publish(topics.vmTelemetry(vmId), JSON.stringify(v), { qos: 0 }).catch((err: unknown) => {
+        log.warn({ err, vmId }, 'telemetry publish failed');
+      });
+      rollups.add(vmId, v, v.receivedAt);
+    },
+    host(f) {
+      rollups.add(HOST_OBJECT, {
+        cpuPercent: f.cpuPercent,
+        memUsedMiB: f.memUsedMiB,
+        memTotalMiB: f.memTotalMiB,
+        load1: f.load1,
+        diskUsedBytes: 0,
+        netRxBytes: 0,
+        netTxBytes: 0,
+      });
+    },
+    latest: (vmId) => latest.get(vmId),
+    all: () => latest,
+    forget(vmId) {
+      latest.delete(vmId);
+      rollups.forget(vmId);
+    },
+  };
+}

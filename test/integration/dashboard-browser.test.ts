@@ -1,0 +1,92 @@
+/**
+ * The dashboard in a real browser (Debian's chromium, headless) against mvirtd
+ * driving a real QEMU microVM: the page shows the VM, its start button boots
+ * it, the page sees it become ready, draws its boot timeline and a memory
+ * chart that grows with live telemetry, and its stop button stops it. Every
+ * one of those comes over MQTT on the page's WebSocket; the test only looks.
+ * Screenshots go to test-output/.
+ */
+import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import type { VmRecord } from '../../protocol/rpc.js';
+import { launchBrowser, skipNoBrowser, type Browser } from '../helpers/browser.js';
+import { REPO } from '../helpers/daemon-process.js';
+import {
+  BOOT_MS,
+  explained,
+  ok,
+  qemuDaemon,
+  skipNoImage,
+  tempDataDir,
+} from '../helpers/qemu-daemon.js';
+
+const SHOTS = path.join(REPO, 'test-output');
+let browser: Browser | undefined;
+after(async () => browser?.close());
+
+test(
+  'dashboard: start a real VM, see it ready with its boot timeline and memory chart, stop it',
+  { skip: skipNoImage || skipNoBrowser, timeout: BOOT_MS + 240_000 },
+  () =>
+    explained(async () => {
+      const dataDir = await tempDataDir('mvirt-dash-');
+      const { d, c } = await qemuDaemon(dataDir, ['--telemetry-interval-ms', '1000']);
+      assert.ok(d.httpUrl, 'mvirtd reports its HTTP address');
+      const vm = ok(await c.call<VmRecord>('vm.create', { name: 'dash-1', memoryMiB: 256 }));
+
+      browser = await launchBrowser();
+      const page = await browser.context.newPage();
+      const errors: string[] = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(`${d.httpUrl}/`);
+      await page.waitForSelector('#conn-status[data-state="connected"]');
+      const row = page.locator(`tr.vm[data-id="${vm.id}"]`);
+      await row.and(page.locator('[data-state="stopped"]')).waitFor();
+
+      // The start button sends vm.start over the page's own MQTT connection.
+      await row.locator('button[data-action="start"]').click();
+      await page
+        .locator(`tr.vm[data-id="${vm.id}"][data-state="ready"]`)
+        .waitFor({ timeout: BOOT_MS });
+      assert.equal(ok(await c.call<VmRecord>('vm.get', { vm: vm.id })).state, 'ready');
+
+      await row.locator('td').first().click();
+      await page.locator(`#vm-detail[data-vm="${vm.id}"]`).waitFor();
+      // Boot timeline from the agent's hello: three stages with their seconds.
+      const stages = page.locator('#boot-timeline .seg');
+      assert.deepEqual(
+        await stages.evaluateAll((els) => els.map((e) => e.getAttribute('data-stage'))),
+        ['kernel', 'init', 'connect'],
+      );
+      const kernelS = Number(await stages.first().getAttribute('data-seconds'));
+      assert.ok(kernelS > 0 && kernelS < 60, `kernel stage ${kernelS} s`);
+
+      // The memory chart updates as telemetry arrives (1 s interval): wait for
+      // three more points than it had.
+      const first = Number(await page.locator('#chart-mem').getAttribute('data-points'));
+      await page.waitForFunction(
+        (n) => Number(document.querySelector('#chart-mem')?.getAttribute('data-points')) >= n,
+        first + 3,
+        { timeout: 60_000 },
+      );
+      const memCell = await row.locator('td').nth(5).textContent();
+      assert.match(memCell ?? '', /\d+ MiB/, 'the row shows the guest memory in use');
+      await mkdir(SHOTS, { recursive: true });
+      await page.screenshot({ path: path.join(SHOTS, 'dashboard-ready.png'), fullPage: true });
+
+      await row.locator('button[data-action="stop"]').click();
+      await page
+        .locator(`tr.vm[data-id="${vm.id}"][data-state="stopped"]`)
+        .waitFor({ timeout: 120_000 });
+      assert.equal(ok(await c.call<VmRecord>('vm.get', { vm: vm.id })).state, 'stopped');
+      // The operator's stop is in the live event log the page shows.
+      await page
+        .locator('#events li', { hasText: `dash-1: stop` })
+        .first()
+        .waitFor({ timeout: 10_000 });
+      await page.screenshot({ path: path.join(SHOTS, 'dashboard-stopped.png'), fullPage: true });
+      assert.deepEqual(errors, [], 'no script errors on the page');
+    }),
+);
