@@ -42,7 +42,7 @@ export default async function network(): Promise<BenchRow[]> {
     [
       ...['--data-dir', dataDir, '--images-dir', IMAGES, '--host-id', HOST_ID],
       ...['--listen', 'off', '--bridge', 'mvirt0', '--network', 'bridge', '--guest-dns', 'off'],
-      ...['--boot-timeout-ms', '300000', '--stop-vms-on-exit', '--log-level', 'warn'],
+      ...['--boot-timeout-ms', '300000', '--stop-vms-on-exit'],
     ],
     { netns: NS },
   );
