@@ -15,6 +15,7 @@ import { infoCommands } from './info.js';
 import type { Io } from './io.js';
 import { jobCommands } from './jobs.js';
 import { poolCommands } from './pool.js';
+import { topCommands } from './top.js';
 import { vmCommands } from './vm.js';
 
 export const COMMANDS: Command[] = [
@@ -23,6 +24,7 @@ export const COMMANDS: Command[] = [
   ...poolCommands,
   ...infoCommands,
   ...eventsCommands,
+  ...topCommands,
   ...consoleCommands,
 ];
 
