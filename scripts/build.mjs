@@ -1,5 +1,6 @@
 // Build everything that runs: the host programs (bundled, node_modules kept
-// external) and the guest agent executable (guest-agent/build.mjs).
+// external), the dashboard (host/dashboard/build.ts) and the guest agent
+// executable (guest-agent/build.mjs).
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +25,20 @@ if (only !== 'agent') {
     sourcemap: 'linked',
     logLevel: 'warning',
   });
+}
+if (only !== 'agent') {
+  // The dashboard that mvirtd --http serves (a bundled mvirtd reads dist/dashboard/).
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(root, 'host/dashboard/build.ts'),
+      path.join(root, 'dist/dashboard'),
+    ],
+    { stdio: 'inherit', cwd: root },
+  );
+  if (r.status !== 0) process.exit(r.status ?? 1);
 }
 if (only !== 'host') {
   step('guest agent (dist/agent/mvirt-agent)');

@@ -22,8 +22,8 @@ node bin/mvirt.js image build images/recipes/default.json --data-dir "$DATA"
 if node bin/mvirt.js info --timeout 3 >/dev/null 2>&1; then
   say "mvirtd is already running"
 else
-  say "starting mvirtd on 127.0.0.1:1883 (log: $DATA/mvirtd.log)"
-  nohup node bin/mvirtd.js --data-dir "$DATA" --listen 127.0.0.1:1883 --allow-anonymous \
+  say "starting mvirtd on 127.0.0.1:1883, dashboard on http://127.0.0.1:8180/ (log: $DATA/mvirtd.log)"
+  nohup node bin/mvirtd.js --data-dir "$DATA" --listen 127.0.0.1:1883 --http 127.0.0.1:8180 --allow-anonymous \
     >>"$DATA/mvirtd.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     node bin/mvirt.js info --timeout 3 >/dev/null 2>&1 && break
@@ -47,6 +47,8 @@ node bin/mvirt.js run -- uname -a
 cat >&2 <<MSG
 
 mvirt is running. Try:
+  open http://127.0.0.1:8180/ (the dashboard; /metrics for Prometheus)
+  node bin/mvirt.js top
   node bin/mvirt.js vm ls
   node bin/mvirt.js run --vm hello -- cat /proc/cpuinfo
   mosquitto_sub -h 127.0.0.1 -t 'mvirt/+/vm/+/state' -v

@@ -654,6 +654,13 @@ export function asyncApiDocument(): Json {
         protocol: 'ws',
         description: 'mvirtd --ws-listen, for browsers',
       },
+      http: {
+        host: '127.0.0.1:8180',
+        pathname: '/mqtt',
+        protocol: 'ws',
+        description:
+          'mvirtd --http (default on loopback): MQTT over WebSocket on /mqtt beside the dashboard and /metrics',
+      },
     },
     channels,
     operations,

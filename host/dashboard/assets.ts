@@ -4,12 +4,13 @@
  * TypeScript source, an in-memory esbuild build of the current source, so a
  * stale dist/ never shadows an edit.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import type { Assets, Asset } from '../http/server.js';
-import { DIST_FILES, buildDashboard, type DashboardFiles } from './build.js';
+import { buildDashboard, distName, type DashboardFiles } from './build.js';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -19,13 +20,13 @@ const TYPES: Record<string, string> = {
 
 function toAssets(files: DashboardFiles): Assets {
   const out = new Map<string, Asset>();
-  for (const [url, name] of Object.entries(DIST_FILES)) {
-    const raw = files[url as keyof DashboardFiles];
+  for (const [url, raw] of files) {
     const body = Buffer.from(raw);
     out.set(url, {
-      contentType: TYPES[path.extname(name)] ?? 'application/octet-stream',
+      contentType: TYPES[path.extname(distName(url))] ?? 'application/octet-stream',
       body,
       gzip: gzipSync(body, { level: 9 }),
+      etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`,
     });
   }
   return out;
@@ -39,10 +40,13 @@ export function dashboardAssets(moduleUrl: string = import.meta.url): () => Prom
     if (file.endsWith('.ts')) return toAssets(await buildDashboard());
     // Bundled: this code is dist/mvirtd.js and the files are in dist/dashboard/.
     const dir = path.join(path.dirname(file), 'dashboard');
-    const files = {} as Record<string, string | Uint8Array>;
-    for (const [url, name] of Object.entries(DIST_FILES))
-      files[url] = await readFile(path.join(dir, name));
-    return toAssets(files as unknown as DashboardFiles);
+    const files: DashboardFiles = new Map();
+    for (const name of await readdir(dir))
+      files.set(
+        name === 'index.html' ? '/' : `/assets/${name}`,
+        await readFile(path.join(dir, name)),
+      );
+    return toAssets(files);
   };
   return () => (loading ??= load());
 }

@@ -6,18 +6,14 @@
  *
  *     node --import tsx host/dashboard/build.ts [OUTDIR]
  */
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-/** Files by URL path, as the HTTP listener serves them. */
-export interface DashboardFiles {
-  '/': string;
-  '/assets/dashboard.js': Uint8Array;
-  '/assets/dashboard.css': Uint8Array;
-}
+/** Files by URL path, as the HTTP listener serves them: `/` and `/assets/<file>`. */
+export type DashboardFiles = Map<string, Uint8Array>;
 
 export async function buildDashboard(): Promise<DashboardFiles> {
   // esbuild is a build tool: imported only when a build is asked for.
@@ -30,34 +26,32 @@ export async function buildDashboard(): Promise<DashboardFiles> {
     bundle: true,
     platform: 'browser',
     format: 'esm',
+    // zod and the schemas load as their own chunk, off the first render's path.
+    splitting: true,
+    chunkNames: 'chunk-[hash]',
     target: ['chrome110', 'firefox110', 'safari16'],
     minify: true,
     legalComments: 'none',
     logLevel: 'silent',
   });
-  const pick = (ext: string): Uint8Array => {
-    const f = r.outputFiles.find((o) => o.path.endsWith(ext));
-    if (!f) throw new Error(`the dashboard build produced no ${ext}`);
-    return f.contents;
-  };
-  return {
-    '/': await readFile(path.join(HERE, 'index.html'), 'utf8'),
-    '/assets/dashboard.js': pick('.js'),
-    '/assets/dashboard.css': pick('.css'),
-  };
+  const files: DashboardFiles = new Map([
+    ['/', new Uint8Array(await readFile(path.join(HERE, 'index.html')))],
+  ]);
+  for (const o of r.outputFiles) files.set(`/assets/${path.basename(o.path)}`, o.contents);
+  for (const want of ['/assets/dashboard.js', '/assets/dashboard.css'])
+    if (!files.has(want)) throw new Error(`the dashboard build produced no ${want}`);
+  return files;
 }
 
-export const DIST_FILES: Record<keyof DashboardFiles, string> = {
-  '/': 'index.html',
-  '/assets/dashboard.js': 'dashboard.js',
-  '/assets/dashboard.css': 'dashboard.css',
-};
+/** The file name under dist/dashboard/ of a URL path. */
+export const distName = (url: string): string => (url === '/' ? 'index.html' : path.basename(url));
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const out = path.resolve(process.argv[2] ?? path.resolve(HERE, '../../dist/dashboard'));
   await mkdir(out, { recursive: true });
+  await rm(out, { recursive: true, force: true }); // no stale chunks
+  await mkdir(out, { recursive: true });
   const files = await buildDashboard();
-  for (const [url, name] of Object.entries(DIST_FILES))
-    await writeFile(path.join(out, name), files[url as keyof DashboardFiles]);
+  for (const [url, body] of files) await writeFile(path.join(out, distName(url)), body);
   process.stderr.write(`build: dashboard (${path.relative(process.cwd(), out) || out})\n`);
 }

@@ -5,7 +5,7 @@
  * reply topic of its own, subject to the same authentication and ACL.
  */
 import mqtt from 'mqtt';
-import { DashboardSession } from '../../protocol/http.js';
+import type { DashboardSession } from '../../protocol/http.js';
 import type { ParamsOf, ReplyEnvelope, ResultOf, RpcMethod } from '../../protocol/rpc.js';
 import { replyTopicFor, topicMatches, topics, type Topics } from '../../protocol/topics.js';
 
@@ -18,6 +18,7 @@ export interface Conn {
   call<M extends RpcMethod>(method: M, params?: ParamsOf<M>): Promise<ResultOf<M>>;
   /** Subscribe (again after a reconnect); cb gets every matching message. */
   subscribe(filter: string, cb: (topic: string, payload: Uint8Array) => void): void;
+  close(): void;
 }
 
 export class RpcError extends Error {
@@ -37,10 +38,11 @@ function randomHex(bytes: number): string {
   return [...a].map((b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-export async function connect(onState: (s: ConnState, why?: string) => void): Promise<Conn> {
-  const res = await fetch('/session', { credentials: 'same-origin', cache: 'no-store' });
-  if (!res.ok) throw new Error(`/session: HTTP ${res.status}`);
-  const session = DashboardSession.parse(await res.json());
+/** Connect as `/session` says (the caller validates it, see main.ts). */
+export function connect(
+  session: DashboardSession,
+  onState: (s: ConnState, why?: string) => void,
+): Conn {
   const prefix = session.root.slice(0, session.root.length - session.hostId.length - 1);
   const t = topics(session.root);
   const clientId = `dashboard-${randomHex(6)}`;
@@ -113,6 +115,9 @@ export async function connect(onState: (s: ConnState, why?: string) => void): Pr
     subscribe(filter, cb) {
       subs.push({ filter, cb });
       if (client.connected) client.subscribe(filter, { qos: 0 });
+    },
+    close() {
+      client.end(true);
     },
   };
 }

@@ -71,5 +71,7 @@ export function eventsView(m: Model, conn: Conn): void {
   conn.subscribe(conn.t.events, (_t, payload) => {
     m.addEvents([JSON.parse(new TextDecoder().decode(payload)) as EventRecord]);
   });
-  load();
+  // The history can wait until the VM table has been drawn once: on a first
+  // load the table is what the page is for.
+  requestAnimationFrame(() => setTimeout(load, 0));
 }

@@ -62,7 +62,14 @@ export function vmsView(m: Model, conn: Conn, select: (id: string) => void): voi
       }
     }
     for (const id of rows.keys()) if (!m.vms.has(id)) rows.delete(id);
-    body.replaceChildren(...next);
+    // Re-inserting 200 unchanged rows costs a relayout each frame while the
+    // retained states pour in: touch only what changed when the order holds.
+    const cur = body.children;
+    const inPlace =
+      cur.length === next.length && next.every((el, i) => el === cur[i] || el.parentNode === null);
+    if (inPlace) {
+      for (let i = 0; i < next.length; i++) if (cur[i] !== next[i]) cur[i]!.replaceWith(next[i]!);
+    } else body.replaceChildren(...next);
     count.textContent = `(${vms.length})`;
     document.body.dataset.vmCount = String(vms.length);
   });

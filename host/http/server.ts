@@ -23,6 +23,8 @@ export interface Asset {
   body: Buffer;
   /** The body gzipped once at load (the bundle is mostly zod and mqtt.js: ~4× smaller). */
   gzip?: Buffer;
+  /** A strong validator of the body, for conditional requests (If-None-Match). */
+  etag?: string;
 }
 
 /** Dashboard files by URL path (`/`, `/assets/dashboard.js`, …). */
@@ -105,12 +107,23 @@ export async function startHttpServer(d: HttpServerDeps): Promise<HttpServer> {
     if (path === HTTP_PATHS.dashboard || path.startsWith(HTTP_PATHS.assets)) {
       const asset = (await d.assets()).get(path);
       if (!asset) return send(res, 404, 'not found\n');
+      // 304 lets the browser reuse what it has, compiled code included.
+      if (asset.etag !== undefined && req.headers['if-none-match'] === asset.etag) {
+        res.writeHead(304, {
+          etag: asset.etag,
+          'cache-control': 'no-cache',
+          vary: 'accept-encoding',
+        });
+        res.end();
+        return;
+      }
       const gz = asset.gzip !== undefined && /\bgzip\b/.test(req.headers['accept-encoding'] ?? '');
       return send(res, 200, gz ? asset.gzip! : asset.body, {
         'content-type': asset.contentType,
         'content-security-policy': CSP,
         'cache-control': 'no-cache',
         vary: 'accept-encoding',
+        ...(asset.etag !== undefined ? { etag: asset.etag } : {}),
         ...(gz ? { 'content-encoding': 'gzip' } : {}),
       });
     }

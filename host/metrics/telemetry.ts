@@ -38,8 +38,19 @@ export function toVmTelemetry(vmId: string, t: Telemetry, receivedAt: number): V
     netRxBytes += n.rxBytes;
     netTxBytes += n.txBytes;
   }
+  // Spelled out rather than spread: this runs for every sample of every VM.
   return {
-    ...t,
+    at: t.at,
+    cpuPercent: t.cpuPercent,
+    memUsedMiB: t.memUsedMiB,
+    memTotalMiB: t.memTotalMiB,
+    load1: t.load1,
+    load5: t.load5,
+    load15: t.load15,
+    uptimeS: t.uptimeS,
+    procs: t.procs,
+    disk: t.disk,
+    net: t.net,
     vmId,
     receivedAt,
     diskUsedBytes,

@@ -54,10 +54,12 @@ export function createMetricRepo(db: Db) {
     for (const r of rows) upsert.run(r);
   });
 
-  // Integer division groups the stored buckets into output steps; averages
-  // are weighted by samples so a half-empty bucket does not count double.
+  // Buckets are grouped into output steps by t - t % step (% is integer
+  // arithmetic in SQLite whatever the binding; better-sqlite3 binds numbers as
+  // REAL, so t / step would not truncate); averages are weighted by samples so
+  // a half-empty bucket does not count double.
   const select = db.prepare(`
-    SELECT (t / @outStepS) * @outStepS AS t,
+    SELECT t - (t % @outStepS) AS t,
            sum(samples) AS samples,
            sum(cpu_avg * samples) / sum(samples) AS cpuPercent,
            max(cpu_max) AS cpuMaxPercent,
@@ -69,7 +71,7 @@ export function createMetricRepo(db: Db) {
            sum(net_tx_bytes) AS netTxBytes
     FROM metric_rollups
     WHERE object_id = @objectId AND step_s = @stepS AND t >= @from AND t < @to
-    GROUP BY t / @outStepS
+    GROUP BY t - (t % @outStepS)
     ORDER BY 1`);
   const pruneStmt = db.prepare(`DELETE FROM metric_rollups WHERE step_s = ? AND t < ?`);
   const oldestStmt = db.prepare(
