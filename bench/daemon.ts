@@ -17,7 +17,7 @@ import {
   startTestDaemon,
   writeFakeImage,
 } from '../test/helpers/daemon-harness.js';
-import { NO_HOST_NETWORK, REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
+import { REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
 import { echoRoundTrip, measureRoundTrips, round, type BenchRow } from './lib.js';
 
 async function rpcVersusEcho(): Promise<BenchRow[]> {
@@ -122,7 +122,6 @@ async function rss(): Promise<BenchRow[]> {
       '127.0.0.1:0',
       '--host-id',
       HOST_ID,
-      ...NO_HOST_NETWORK,
     ],
     { bundle: await bundleDaemon() },
   );

@@ -23,8 +23,10 @@ export interface DaemonProcess {
 
 /**
  * Host networking off: tests run as root, and a daemon left to its defaults
- * would create the mvirt0 bridge on the machine's own interfaces. Tests of
- * networking run the daemon in a network namespace of their own instead.
+ * would create the mvirt0 bridge on the machine's own interfaces. spawnDaemon
+ * puts these first, so a caller's own --bridge/--network win (the last of a
+ * repeated option counts); tests of networking pass them together with a
+ * network namespace of their own.
  */
 export const NO_HOST_NETWORK = ['--bridge', 'off', '--network', 'none'] as const;
 
@@ -33,8 +35,9 @@ export async function spawnDaemon(
   /** netns: run inside this network namespace (`ip netns exec`); controllers then use the unix socket. */
   opts: { bundle?: string; readyTimeoutMs?: number; netns?: string } = {},
 ): Promise<DaemonProcess> {
-  // Any free port for --http unless the caller chose one: daemons run side by side.
-  const all = args.includes('--http') ? args : ['--http', '127.0.0.1:0', ...args];
+  // Any free port for --http (daemons run side by side) and no host networking,
+  // unless the caller says otherwise later in args.
+  const all = ['--http', '127.0.0.1:0', ...NO_HOST_NETWORK, ...args];
   const node =
     opts.bundle && existsSync(opts.bundle)
       ? [opts.bundle, ...all]

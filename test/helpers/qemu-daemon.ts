@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after } from 'node:test';
 import type { ReplyEnvelope } from '../../protocol/rpc.js';
 import { makeTempDir, removeDir, rpcClient, HOST_ID, type RpcClient } from './daemon-harness.js';
-import { NO_HOST_NETWORK, REPO, spawnDaemon, type DaemonProcess } from './daemon-process.js';
+import { REPO, spawnDaemon, type DaemonProcess } from './daemon-process.js';
 
 export const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
 export const ROOT = `mvirt/${HOST_ID}`;
@@ -98,7 +98,6 @@ export async function qemuDaemon(
       '127.0.0.1:0',
       '--host-id',
       HOST_ID,
-      ...NO_HOST_NETWORK,
       '--boot-timeout-ms',
       String(BOOT_MS),
       // The cleanup below stops the daemon with SIGTERM; its VMs must go with it.

@@ -14,7 +14,7 @@ import {
   writeFakeImage,
   HOST_ID,
 } from '../helpers/daemon-harness.js';
-import { NO_HOST_NETWORK, spawnDaemon } from '../helpers/daemon-process.js';
+import { spawnDaemon } from '../helpers/daemon-process.js';
 
 const dirs: string[] = [];
 after(async () => {
@@ -35,7 +35,6 @@ test(
       '127.0.0.1:0',
       '--host-id',
       HOST_ID,
-      ...NO_HOST_NETWORK,
     ];
     const d = await spawnDaemon(args);
     const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
