@@ -15,6 +15,21 @@ import { nameProblem } from '../../protocol/topics.js';
 import { GuardedStream } from './frame-guard.js';
 import type { AgentChannelHandle } from './types.js';
 
+/** The owner's handle on an admitted agent stream (a channel, or a guest TCP connection). */
+export function agentHandle(guarded: Duplex): AgentChannelHandle {
+  const closed = new Promise<void>((resolve) => {
+    if (guarded.destroyed) resolve();
+    else guarded.once('close', () => resolve());
+  });
+  return {
+    closed,
+    close: () => void guarded.destroy(),
+    hold: (paused) => {
+      if (guarded instanceof GuardedStream) guarded.hold(paused);
+    },
+  };
+}
+
 export function createAgentChannelAttacher(
   admit: (stream: Duplex, vmId: string) => Duplex,
   isClosing: () => boolean,
@@ -26,17 +41,6 @@ export function createAgentChannelAttacher(
       stream.destroy();
       throw new MvirtError('SHUTTING_DOWN', 'the broker is shutting down');
     }
-    const guarded = admit(stream, vmId);
-    const closed = new Promise<void>((resolve) => {
-      if (guarded.destroyed) resolve();
-      else guarded.once('close', () => resolve());
-    });
-    return {
-      closed,
-      close: () => void guarded.destroy(),
-      hold: (paused) => {
-        if (guarded instanceof GuardedStream) guarded.hold(paused);
-      },
-    };
+    return agentHandle(admit(stream, vmId));
   };
 }

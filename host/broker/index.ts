@@ -12,7 +12,7 @@
 import { Aedes } from 'aedes';
 import type { Duplex } from 'node:stream';
 import type { MvirtLogger } from '../log.js';
-import { createAgentChannelAttacher } from './agent-channel.js';
+import { agentHandle, createAgentChannelAttacher } from './agent-channel.js';
 import { createAuthenticate, createPreConnect } from './authenticate.js';
 import {
   createAuthorizeForward,
@@ -21,7 +21,7 @@ import {
 } from './authorize.js';
 import { createBus } from './bus.js';
 import { agentClientId } from './acl.js';
-import { GuardedStream, guardStream, type FrameLimits } from './frame-guard.js';
+import { guardStream, type FrameLimits } from './frame-guard.js';
 import { listenTcp, listenUnix, listenWs, type Listener } from './listeners.js';
 import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './options.js';
 import { createRegistry, isLoopback, type ConnInfo, type Registry } from './registry.js';
@@ -171,18 +171,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     const conn = (client as unknown as { conn: Duplex }).conn;
     const ci = registry.conns.get(conn);
     if (ci?.transport !== 'guest' || !guestAgentListener) return;
-    const vmId = client.id.slice(agentClientId('').length);
-    const closed = new Promise<void>((resolve) => {
-      if (conn.destroyed) resolve();
-      else conn.once('close', () => resolve());
-    });
-    guestAgentListener(vmId, {
-      closed,
-      close: () => void conn.destroy(),
-      hold: (paused) => {
-        if (conn instanceof GuardedStream) conn.hold(paused);
-      },
-    });
+    guestAgentListener(client.id.slice(agentClientId('').length), agentHandle(conn));
   });
   aedes.on('clientDisconnect', (client) =>
     log.debug({ clientId: client.id }, 'client disconnected'),
