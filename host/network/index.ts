@@ -85,6 +85,16 @@ export function createNetwork(deps: {
   const log = deps.log.child({ component: 'network' });
   let bridge = options.bridge;
   let guestListen = bridge ? `${options.subnet.hostIp}:${options.guestPort}` : null;
+  /** VMs whose TAP exists (made at boot, or found alive by recovery): only those are removed. */
+  const withTap = new Set<string>();
+  const bridgeOff = (): MvirtError =>
+    new MvirtError(
+      'NETWORK_UNAVAILABLE',
+      'bridge networking is off on this host: mvirtd must run as root without --bridge off; use network mode user or none',
+      { details: { mode: 'bridge' } },
+    );
+  const allocate = (vmId: string) =>
+    repo.allocate(vmId, macFor(vmId), (taken) => pickFree(options.subnet, taken));
 
   return {
     options,
@@ -116,19 +126,12 @@ export function createNetwork(deps: {
 
     resolve(spec) {
       const s = spec ?? { mode: options.defaultMode };
-      if (s.mode === 'bridge' && !bridge) {
-        throw new MvirtError(
-          'NETWORK_UNAVAILABLE',
-          'bridge networking is off on this host: mvirtd must run as root without --bridge off; use network mode user or none',
-          { details: { mode: 'bridge' } },
-        );
-      }
+      if (s.mode === 'bridge' && !bridge) throw bridgeOff();
       return s;
     },
 
     define(vmId, spec, docs) {
-      if (spec.mode === 'bridge')
-        repo.allocate(vmId, macFor(vmId), (taken) => pickFree(options.subnet, taken));
+      if (spec.mode === 'bridge') allocate(vmId);
       if (
         docs.userData !== undefined ||
         docs.metaData !== undefined ||
@@ -148,12 +151,12 @@ export function createNetwork(deps: {
           [CMDLINE_KEYS.dns]: USER_NET.dns,
         });
       } else if (spec.mode === 'bridge') {
-        if (!bridge) this.resolve(spec); // throws NETWORK_UNAVAILABLE
-        const lease =
-          repo.lease(vm.id) ??
-          repo.allocate(vm.id, macFor(vm.id), (taken) => pickFree(options.subnet, taken));
+        if (!bridge) throw bridgeOff();
+        // The record carries its lease (joined by the store); allocate only if it has none.
+        const lease = vm.ip && vm.mac ? { ip: vm.ip, mac: vm.mac } : allocate(vm.id);
         const tap = tapFor(vm.id);
-        await devices.createTap(tap, bridge!);
+        await devices.createTap(tap, bridge);
+        withTap.add(vm.id);
         out.nic = { mode: 'bridge', tap, mac: lease.mac };
         out.cmdline[CMDLINE_KEYS.ip] = `${lease.ip}/${options.subnet.prefix}`;
         out.cmdline[CMDLINE_KEYS.gw] = options.subnet.hostIp;
@@ -163,7 +166,7 @@ export function createNetwork(deps: {
           out.cmdline[CMDLINE_KEYS.addr] = guestListen!;
         }
       }
-      const docs = repo.seed(vm.id);
+      const docs = vm.cloudInit ? repo.seed(vm.id) : undefined;
       const token = out.channel === 'tcp' ? tokens.issue(vm.id) : undefined;
       if (docs || token !== undefined) {
         const iso = await writeSeed(dir, {
@@ -183,7 +186,8 @@ export function createNetwork(deps: {
 
     async release(vmId) {
       tokens.revoke(vmId);
-      if (bridge) await devices.deleteTap(tapFor(vmId));
+      if (!withTap.delete(vmId)) return;
+      await devices.deleteTap(tapFor(vmId));
     },
 
     verifyToken: (vmId, token) => tokens.verify(vmId, token),
@@ -191,9 +195,13 @@ export function createNetwork(deps: {
     async recovered(running) {
       tokens.load(running);
       if (!bridge) return;
-      const mine = new Set([...running].map(tapFor));
+      const mine = new Map([...running].map((id) => [tapFor(id), id]));
       for (const tap of await devices.listTaps(bridge)) {
-        if (mine.has(tap)) continue;
+        const vmId = mine.get(tap);
+        if (vmId !== undefined) {
+          withTap.add(vmId);
+          continue;
+        }
         await devices
           .deleteTap(tap)
           .then(() => log.info({ tap }, 'removed a stale TAP of a VM that no longer runs'))

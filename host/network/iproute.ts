@@ -73,11 +73,17 @@ export function createNetDevices(
   run: Runner = execRunner,
   sysctl: Sysctl = procSysctl,
 ): NetDevices {
-  async function cmd(file: string, args: readonly string[], stdin?: string): Promise<string> {
+  async function cmd(
+    file: string,
+    args: readonly string[],
+    stdin?: string,
+    o: { missingOk?: boolean } = {},
+  ): Promise<string> {
     try {
       return await run(file, args, stdin);
     } catch (err) {
       const e = err as NodeJS.ErrnoException & { stderr?: string };
+      if (o.missingOk && e.code === 'ENOENT') return '';
       const why =
         e.code === 'ENOENT'
           ? `${file} is not installed (Debian: apt-get install ${file === 'nft' ? 'nftables' : 'iproute2'})`
@@ -149,8 +155,11 @@ export function createNetDevices(
         });
         log.info({ subnet: nat.subnet }, 'outbound NAT on (nftables masquerade)');
       } else {
-        // Turning NAT off removes a table an earlier run left; absent is fine.
-        await cmd('nft', ['-f', '-'], `table ip ${NFT_TABLE}\ndelete table ip ${NFT_TABLE}\n`);
+        // Turning NAT off removes a table an earlier run left; absent is fine,
+        // and so is a host without nftables (it cannot have such a table).
+        await cmd('nft', ['-f', '-'], `table ip ${NFT_TABLE}\ndelete table ip ${NFT_TABLE}\n`, {
+          missingOk: true,
+        });
       }
     },
   };

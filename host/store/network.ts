@@ -29,7 +29,6 @@ export function createNetworkRepo(db: Db) {
     insertLease: db.prepare(
       `INSERT INTO net_leases (vm_id, ip, mac, created_at) VALUES (?, ?, ?, ?)`,
     ),
-    release: db.prepare(`DELETE FROM net_leases WHERE vm_id = ?`),
     putSeed: db.prepare(
       `INSERT OR REPLACE INTO vm_seeds (vm_id, user_data, meta_data, network_config)
        VALUES (?, ?, ?, ?)`,
@@ -55,9 +54,6 @@ export function createNetworkRepo(db: Db) {
         s.insertLease.run(vmId, ip, mac, new Date().toISOString());
         return { vmId, ip, mac };
       })();
-    },
-    release(vmId: string): void {
-      s.release.run(vmId);
     },
     putSeed(vmId: string, d: SeedDocs): void {
       s.putSeed.run(vmId, d.userData ?? null, d.metaData ?? null, d.networkConfig ?? null);
