@@ -504,25 +504,39 @@ export function createVmManager(deps: VmManagerDeps) {
     net?: BootNetwork;
   }
 
-  function admit(vm: VmRecord): void {
-    const a = vms.allocated();
+  type Size = { vcpus: number; memoryMiB: number };
+  type Reserved = Size & { vms: number };
+  const NOTHING_RESERVED: Reserved = { vms: 0, vcpus: 0, memoryMiB: 0 };
+
+  /**
+   * The one admission check: why one more VM of this size would not fit now,
+   * or null. `reserved`: VMs a caller is still creating (not `starting` yet,
+   * so not in allocated()).
+   */
+  function admissionProblem(vm: Size, reserved: Reserved = NOTHING_RESERVED): MvirtError | null {
+    const held = vms.allocated();
+    const a = {
+      vms: held.vms + reserved.vms,
+      vcpus: held.vcpus + reserved.vcpus,
+      memoryMiB: held.memoryMiB + reserved.memoryMiB,
+    };
     const l = options.limits;
     if (a.vms + 1 > l.maxVms) {
-      throw new MvirtError(
+      return new MvirtError(
         'CAPACITY_EXCEEDED',
         `VM limit reached: ${a.vms} of ${l.maxVms} VMs are running (--max-vms)`,
         { details: { limit: 'maxVms', allocated: a.vms, max: l.maxVms } },
       );
     }
     if (a.vcpus + vm.vcpus > l.vcpus) {
-      throw new MvirtError(
+      return new MvirtError(
         'CAPACITY_EXCEEDED',
         `vCPU limit: ${a.vcpus} allocated + ${vm.vcpus} requested > ${l.vcpus} (--max-vcpus)`,
         { details: { limit: 'vcpus', allocated: a.vcpus, requested: vm.vcpus, max: l.vcpus } },
       );
     }
     if (a.memoryMiB + vm.memoryMiB > l.memoryMiB) {
-      throw new MvirtError(
+      return new MvirtError(
         'CAPACITY_EXCEEDED',
         `memory limit: ${a.memoryMiB} MiB allocated + ${vm.memoryMiB} MiB requested > ${l.memoryMiB} MiB (--max-memory-mib)`,
         {
@@ -535,6 +549,12 @@ export function createVmManager(deps: VmManagerDeps) {
         },
       );
     }
+    return null;
+  }
+
+  function admit(vm: VmRecord): void {
+    const problem = admissionProblem(vm);
+    if (problem) throw problem;
   }
 
   const BOOT_STEPS: Step<BootCtx>[] = [
@@ -974,26 +994,9 @@ export function createVmManager(deps: VmManagerDeps) {
 
     /** Resources held by VMs that are not stopped or failed. */
     allocated: () => vms.allocated(),
-    /**
-     * Would a VM of this size pass admission control now? `reserved`: VMs the
-     * caller is still creating (not `starting` yet, so not in allocated()).
-     */
-    canAdmit(
-      size: { vcpus: number; memoryMiB: number },
-      reserved: { vms: number; vcpus: number; memoryMiB: number } = {
-        vms: 0,
-        vcpus: 0,
-        memoryMiB: 0,
-      },
-    ): boolean {
-      const a = vms.allocated();
-      const l = options.limits;
-      return (
-        a.vms + reserved.vms + 1 <= l.maxVms &&
-        a.vcpus + reserved.vcpus + size.vcpus <= l.vcpus &&
-        a.memoryMiB + reserved.memoryMiB + size.memoryMiB <= l.memoryMiB
-      );
-    },
+    /** Would a VM of this size pass admission control now (see admissionProblem)? */
+    canAdmit: (size: Size, reserved?: Reserved): boolean =>
+      admissionProblem(size, reserved) === null,
     defaults: options.defaults,
     /** IMAGE_NOT_FOUND unless the image exists (for job.run and pool.set, like vm.create). */
     async checkImage(name: string): Promise<void> {
