@@ -23,7 +23,7 @@ import {
   controllerPublishProblem,
   type Principal,
 } from './acl.js';
-import { dummyHash, verifyPassword } from './passwords.js';
+import { checkUser } from './passwords.js';
 import type { ConnInfo, Registry } from './registry.js';
 import { clientIdProblem } from './validate.js';
 
@@ -127,13 +127,7 @@ export function createAuthenticate(d: Deps) {
       // A dashboard session token the HTTP listener minted for this user.
       principal = { role: 'controller', user: username };
     } else if (username !== undefined) {
-      const stored = d.users.get(username);
-      // Unknown users cost a real scrypt too, so timing does not reveal names.
-      const ok = await verifyPassword(
-        password?.toString('utf8') ?? '',
-        stored ?? (await dummyHash()),
-      );
-      if (!ok || stored === undefined)
+      if (!(await checkUser(d.users, username, password?.toString('utf8') ?? '')))
         throw refusal(
           BAD_USERNAME_OR_PASSWORD,
           `bad user name or password for ${JSON.stringify(username)}`,

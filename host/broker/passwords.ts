@@ -74,3 +74,17 @@ export async function verifyPassword(password: string, stored: string): Promise<
 let dummy: Promise<string> | null = null;
 export const dummyHash = (): Promise<string> =>
   (dummy ??= hashPassword(randomBytes(16).toString('hex')));
+
+/**
+ * A user's password against a users table (name → hash), for MQTT and HTTP
+ * alike. Unknown users cost a real scrypt too, so timing does not reveal names.
+ */
+export async function checkUser(
+  users: ReadonlyMap<string, string>,
+  user: string,
+  password: string,
+): Promise<boolean> {
+  const stored = users.get(user);
+  const ok = await verifyPassword(password, stored ?? (await dummyHash()));
+  return ok && stored !== undefined;
+}

@@ -97,6 +97,8 @@ export async function startDaemon(
     await network.setup({ optional: !opts.bridgeRequired });
     // Dashboard pages log in once over HTTP and use a token as MQTT password.
     const sessions = createSessionTokens({ ttlMs: SESSION_TTL_MS });
+    // Read once: MQTT and the HTTP listener check the same users.
+    const users = opts.usersFile ? loadUsersFile(opts.usersFile) : new Map<string, string>();
     const broker = await createBroker(
       {
         root,
@@ -108,7 +110,7 @@ export async function startDaemon(
         guestListen: network.guestListen ?? false,
         verifyAgentToken: (vmId, token) => network.verifyToken(vmId, token),
         verifyControllerToken: sessions.verify,
-        ...(opts.usersFile ? { usersFile: opts.usersFile } : {}),
+        users: [...users].map(([username, passwordHash]) => ({ username, passwordHash })),
       },
       log.child({ component: 'broker' }),
     );
@@ -281,7 +283,7 @@ export async function startDaemon(
       http = await startHttpServer({
         listen: parseHostPort(opts.http, '--http'),
         auth: createHttpAuth({
-          users: opts.usersFile ? loadUsersFile(opts.usersFile) : new Map(),
+          users,
           allowAnonymous: opts.allowAnonymous,
         }),
         sessions,

@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { dummyHash, verifyPassword } from '../broker/passwords.js';
+import { checkUser } from '../broker/passwords.js';
 import { isLoopback } from '../broker/registry.js';
 
 export type HttpPrincipal = { user: string | null };
@@ -53,10 +53,7 @@ export function createHttpAuth(o: {
     if (hit && hit.until > now()) return { user: hit.user };
     const creds = parseBasic(header);
     if (!creds) return null;
-    const stored = o.users.get(creds.user);
-    // Unknown users cost a real scrypt too, so timing does not reveal names.
-    const ok = await verifyPassword(creds.password, stored ?? (await dummyHash()));
-    if (!ok || stored === undefined) return null;
+    if (!(await checkUser(o.users, creds.user, creds.password))) return null;
     if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
     cache.set(key, { user: creds.user, until: now() + CACHE_MS });
     return { user: creds.user };
