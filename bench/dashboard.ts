@@ -7,7 +7,7 @@
  * (performance.now(), from navigation start) on the first animation frame at
  * which all 200 rows are in the DOM.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { CHROMIUM, launchBrowser } from '../test/helpers/browser.js';
 import {
@@ -18,18 +18,7 @@ import {
   writeFakeImage,
 } from '../test/helpers/daemon-harness.js';
 import { spawnDaemon } from '../test/helpers/daemon-process.js';
-import { median, ok, round, type BenchRow } from './lib.js';
-
-/** Steal ticks and all ticks from /proc/stat: a busy host shows in the note. */
-function ticks(): { steal: number; total: number } {
-  const f = readFileSync('/proc/stat', 'utf8')
-    .split('\n')[0]!
-    .trim()
-    .split(/\s+/)
-    .slice(1)
-    .map(Number);
-  return { steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) };
-}
+import { median, ok, round, stealTicks, type BenchRow } from './lib.js';
 
 const VMS = 200;
 const RUNS = 7;
@@ -48,7 +37,7 @@ export default async function dashboardBench(): Promise<BenchRow[]> {
   ]);
   const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
   const browser = await launchBrowser();
-  const t0 = ticks();
+  const t0 = stealTicks();
   try {
     for (let i = 0; i < VMS; i++) ok(await c.call('vm.create', { name: `dash-${i}` }));
     const url = `${d.httpUrl!}/`;
@@ -78,7 +67,7 @@ export default async function dashboardBench(): Promise<BenchRow[]> {
         })()`);
       await page.close();
     }
-    const t1 = ticks();
+    const t1 = stealTicks();
     const steal = ((t1.steal - t0.steal) / Math.max(1, t1.total - t0.total)) * 100;
     const ms = median(times);
     return [

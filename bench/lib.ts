@@ -6,7 +6,7 @@
  * raw publish/subscribe echo that RPC benches compare against.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -407,4 +407,15 @@ export async function timedJob(c: RpcClient, params: Record<string, unknown>): P
   const ms = performance.now() - t0;
   if (r.state !== 'succeeded') throw new Error(`bench job ${r.state}: ${r.reason ?? ''}`);
   return ms;
+}
+
+/** Steal ticks and all ticks from /proc/stat: a busy (oversubscribed) host shows in a note. */
+export function stealTicks(): { steal: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8')
+    .split('\n')[0]!
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  return { steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) };
 }

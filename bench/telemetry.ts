@@ -11,7 +11,6 @@
  * the subscriber, roll-ups into SQLite.
  */
 import { fork, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import net from 'node:net';
 import path from 'node:path';
@@ -22,7 +21,7 @@ import type { Hypervisor, RunningVm, VmRuntime, ExitInfo } from '../host/hypervi
 import { procStartTime } from '../host/vm/proc.js';
 import { CMDLINE_KEYS } from '../protocol/agent.js';
 import { removeDir, rpcClient, startTestDaemon } from '../test/helpers/daemon-harness.js';
-import { ok, round, type BenchRow } from './lib.js';
+import { ok, round, stealTicks, type BenchRow } from './lib.js';
 import type { SimReply, SimRequest } from './sim/agents.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -106,17 +105,6 @@ function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
     },
     attach: () => Promise.reject(new Error('no re-attach in the bench')),
   };
-}
-
-/** Steal ticks and all ticks from /proc/stat: a busy host shows in the note. */
-function stealTicks(): { steal: number; total: number } {
-  const f = readFileSync('/proc/stat', 'utf8')
-    .split('\n')[0]!
-    .trim()
-    .split(/\s+/)
-    .slice(1)
-    .map(Number);
-  return { steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) };
 }
 
 /** CPU time of this process (mvirtd) per wall time over a window, in % of one core. */
