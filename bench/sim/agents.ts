@@ -8,8 +8,9 @@
  */
 import net from 'node:net';
 import mqtt, { MqttClient } from 'mqtt';
-import { AGENT_PROTOCOL_VERSION, type Telemetry } from '../../protocol/agent.js';
+import type { Telemetry } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+import { greetAsAgent } from '../../test/helpers/agent-greeting.js';
 
 export type SimRequest =
   | { type: 'serve'; vmId: string; sock: string; root: string }
@@ -103,20 +104,12 @@ function speak(a: Agent, sock: net.Socket): void {
   a.client = client;
   client.on('error', () => undefined);
   client.on('connect', () => {
-    client.subscribe(`${a.root}/agent/${a.vmId}/down/+`, { qos: 1 }, () => {
-      client.publish(
-        up('hello'),
-        encodeCbor({
-          protocol: AGENT_PROTOCOL_VERSION,
-          agentVersion: 'sim-1',
-          kernel: 'sim',
-          hostname: a.vmId,
-          pid: 1,
-          boot: { initS: 0.5, agentStartS: 0.9, connectedS: 1.2 },
-          jobs: [],
-        }),
-      );
-      client.publish(up('ready'), encodeCbor({ at: 1.3 }));
+    greetAsAgent(client, {
+      root: a.root,
+      vmId: a.vmId,
+      name: 'sim',
+      boot: { initS: 0.5, agentStartS: 0.9, connectedS: 1.2 },
+      readyAt: 1.3,
     });
   });
   client.on('message', (topic, payload) => {

@@ -30,8 +30,9 @@ import type {
   VmRuntime,
 } from '../../host/hypervisors/types.js';
 import { procStartTime } from '../../host/vm/proc.js';
-import { AGENT_PROTOCOL_VERSION, CMDLINE_KEYS } from '../../protocol/agent.js';
+import { CMDLINE_KEYS } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+import { greetAsAgent } from './agent-greeting.js';
 import { TEST_AGENT_OPTIONS } from './agent-harness.js';
 
 export type AgentMode = 'ready' | 'silent' | 'garbage' | 'real';
@@ -300,20 +301,12 @@ function startAgent(
       client.publish(up('ready'), encodeCbor({ at: 1, extra: true }));
       return;
     }
-    client.subscribe(`${vm.root}/agent/${vm.vmId}/down/+`, { qos: 1 }, () => {
-      client.publish(
-        up('hello'),
-        encodeCbor({
-          protocol: AGENT_PROTOCOL_VERSION,
-          agentVersion: 'fake-1',
-          kernel: 'fake',
-          hostname: vm.vmId,
-          pid: 1,
-          boot: { initS: 0.1, agentStartS: 0.2, connectedS: 0.3 },
-          jobs: [],
-        }),
-      );
-      client.publish(up('ready'), encodeCbor({ at: 0.4 }));
+    greetAsAgent(client, {
+      root: vm.root,
+      vmId: vm.vmId,
+      name: 'fake',
+      boot: { initS: 0.1, agentStartS: 0.2, connectedS: 0.3 },
+      readyAt: 0.4,
     });
   });
   client.on('message', (topic, payload) => {
