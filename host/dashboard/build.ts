@@ -48,7 +48,6 @@ export const distName = (url: string): string => (url === '/' ? 'index.html' : p
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const out = path.resolve(process.argv[2] ?? path.resolve(HERE, '../../dist/dashboard'));
-  await mkdir(out, { recursive: true });
   await rm(out, { recursive: true, force: true }); // no stale chunks
   await mkdir(out, { recursive: true });
   const files = await buildDashboard();
