@@ -28,14 +28,7 @@ test(
     const dataDir = await makeTempDir('mvirt-crash-');
     dirs.push(dataDir);
     await writeFakeImage(path.join(dataDir, 'images'));
-    const args = [
-      '--data-dir',
-      dataDir,
-      '--listen',
-      '127.0.0.1:0',
-      '--host-id',
-      HOST_ID,
-    ];
+    const args = ['--data-dir', dataDir, '--listen', '127.0.0.1:0', '--host-id', HOST_ID];
     const d = await spawnDaemon(args);
     const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
     const acked: string[] = [];
