@@ -149,7 +149,7 @@ export async function startDaemon(
       rollups,
       log: log.child({ component: 'metrics' }),
     });
-    const sampler = createHostSampler();
+    const sampler = createHostSampler({ onSample: (f) => telemetry.host(f) });
 
     const hypervisors = createHypervisorSet(
       overrides.hypervisors ?? loadBackends(log.child({ component: 'hypervisors' })),
@@ -243,7 +243,6 @@ export async function startDaemon(
       hostId: opts.hostId,
       info: async () => {
         const figures = sampler.sample();
-        telemetry.host(figures);
         return {
           ...(await systemInfo(sysDeps)),
           figures,

@@ -36,7 +36,13 @@ export function memAvailableMiB(meminfo: string): number | null {
   return m ? Number(m[1]) / 1024 : null;
 }
 
-export function createHostSampler(o: { minIntervalMs?: number } = {}): HostSampler {
+export function createHostSampler(
+  o: {
+    minIntervalMs?: number;
+    /** Each fresh sample, once (the roll-ups): a cached answer is not a new sample. */
+    onSample?: (f: HostFigures) => void;
+  } = {},
+): HostSampler {
   const minInterval = o.minIntervalMs ?? 1000;
   const cpus = Math.max(1, os.cpus().length);
   let prevTicks = cpuTicks();
@@ -78,6 +84,7 @@ export function createHostSampler(o: { minIntervalMs?: number } = {}): HostSampl
           rssMiB: process.memoryUsage.rss() / (1024 * 1024),
         },
       };
+      o.onSample?.(last);
       return last;
     },
   };
