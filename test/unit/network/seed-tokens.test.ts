@@ -9,7 +9,7 @@ import { after, test } from 'node:test';
 import { silentLogger } from '../../../host/log.js';
 import { SEED_TOKEN_PATH, writeSeed } from '../../../host/network/seed.js';
 import { createAgentTokens } from '../../../host/network/tokens.js';
-import { createStore } from '../../../host/store/index.js';
+import { createStore, type Store } from '../../../host/store/index.js';
 
 const dirs: string[] = [];
 after(async () => {
@@ -20,6 +20,20 @@ const temp = async () => {
   dirs.push(d);
   return d;
 };
+/** A bridged VM row (named like its id) for the repositories to hang leases and runtime on. */
+const insertBridgedVm = (store: Store, id: string): void =>
+  store.vms.insert({
+    id,
+    name: id,
+    vcpus: 1,
+    memoryMiB: 128,
+    kind: 'service',
+    image: 'default',
+    backend: 'qemu',
+    network: { mode: 'bridge' },
+    metadata: {},
+  });
+
 const hasTools =
   spawnSync('genisoimage', ['-version']).status === 0 &&
   spawnSync('isoinfo', ['-version']).status !== null;
@@ -66,17 +80,7 @@ test('tokens: per boot, per VM, constant shape; persisted hashes survive a resta
   const dir = await temp();
   const store = createStore(path.join(dir, 'mvirt.db'), silentLogger());
   try {
-    store.vms.insert({
-      id: 'vm-a',
-      name: 'a',
-      vcpus: 1,
-      memoryMiB: 128,
-      kind: 'service',
-      image: 'default',
-      backend: 'qemu',
-      network: { mode: 'bridge' },
-      metadata: {},
-    });
+    insertBridgedVm(store, 'vm-a');
     store.vms.putRuntime(
       'vm-a',
       { backend: 'qemu', pid: 1, startTime: 1, accel: 'tcg', sockets: {} },
@@ -113,20 +117,8 @@ test('leases: unique per VM and address, released with the VM', async () => {
   const dir = await temp();
   const store = createStore(path.join(dir, 'mvirt.db'), silentLogger());
   try {
-    const vm = (id: string) =>
-      store.vms.insert({
-        id,
-        name: id,
-        vcpus: 1,
-        memoryMiB: 128,
-        kind: 'service',
-        image: 'default',
-        backend: 'qemu',
-        network: { mode: 'bridge' },
-        metadata: {},
-      });
-    vm('vm-a');
-    vm('vm-b');
+    insertBridgedVm(store, 'vm-a');
+    insertBridgedVm(store, 'vm-b');
     const l = store.network.allocate('vm-a', '02:00:00:00:00:01', () => '10.0.0.2');
     assert.equal(
       store.network.allocate('vm-a', 'x', () => assert.fail('not asked again')).ip,
