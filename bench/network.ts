@@ -86,7 +86,8 @@ export default async function network(): Promise<BenchRow[]> {
       ok(await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: 300_000 }));
       const host = mode === 'bridge' ? '10.213.0.1' : '10.0.2.2';
       const script = [
-        `dd if=/dev/zero of=/tmp/blob bs=1M count=${BLOB_MIB} 2>/dev/null`,
+        // Not zeros: busybox wget posts the file as a C string (it stops at a NUL).
+        `yes 0123456789abcdef | head -c ${BLOB_MIB << 20} >/tmp/blob`,
         'a=$(cut -d" " -f1 /proc/uptime)',
         `wget -q -O - --post-file /tmp/blob http://${host}:${SINK_PORT}/`,
         'echo',
