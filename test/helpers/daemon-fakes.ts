@@ -25,11 +25,12 @@ import type { Settings } from '../../guest-agent/settings.js';
 import type {
   ExitInfo,
   Hypervisor,
+  HypervisorCapabilities,
   LaunchSpec,
   RunningVm,
   VmRuntime,
 } from '../../host/hypervisors/types.js';
-import { procStartTime } from '../../host/vm/proc.js';
+import { procStartTime } from '../../host/hypervisors/proc.js';
 import { CMDLINE_KEYS } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { greetAsAgent } from './agent-greeting.js';
@@ -48,6 +49,8 @@ export interface FakeOptions {
   /** Make launch throw. */
   failLaunch?: boolean;
   available?: boolean;
+  /** Capabilities other than the defaults below (a backend that lacks some). */
+  capabilities?: Partial<HypervisorCapabilities>;
 }
 
 // The guest "program": exits 0 on SIGHUP (ACPI/agent power-off) and SIGTERM.
@@ -388,6 +391,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       gracefulShutdown: true,
       console: false,
       directKernelBoot: true,
+      ...options.capabilities,
     },
     probe: async () =>
       hv.options.available === false
@@ -462,6 +466,23 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
         sockets: { agent: sockPath },
       };
       return running(hv, vm, runtime, exited);
+    },
+
+    // Ours: a process this test process launched, still the same one.
+    identify: (runtime: VmRuntime) =>
+      procStartTime(runtime.pid) !== runtime.startTime
+        ? 'gone'
+        : vmsBySocket.has(runtime.sockets.agent ?? '')
+          ? 'ours'
+          : 'not-ours',
+
+    async dispose(runtime: VmRuntime, dir: string): Promise<void> {
+      if (hv.identify(runtime, dir) !== 'ours') return;
+      try {
+        process.kill(runtime.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     },
 
     async attach(runtime: VmRuntime, _dir: string, _log: Logger): Promise<RunningVm> {
