@@ -49,6 +49,8 @@ export interface FakeOptions {
   /** Make launch throw. */
   failLaunch?: boolean;
   available?: boolean;
+  /** Make attach throw as if the process were ours but its control socket dead. */
+  failAttach?: boolean;
   /** Capabilities other than the defaults below (a backend that lacks some). */
   capabilities?: Partial<HypervisorCapabilities>;
 }
@@ -113,6 +115,8 @@ export interface FakeHypervisor extends Hypervisor {
   spawned: SpawnedJob[];
   /** Mode 'real': the current agent instance of each VM ever launched, by VM id. */
   guests: Map<string, RealGuest>;
+  /** Pids that dispose() ended (recovery of leftovers that are not re-attached). */
+  disposed: number[];
 }
 
 // ------------------------------------------------------------------ mode 'real'
@@ -384,6 +388,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
     received: [],
     spawned: [],
     guests: new Map(),
+    disposed: [],
     capabilities: {
       channels: ['virtio-serial'],
       pause: true,
@@ -478,6 +483,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
 
     async dispose(runtime: VmRuntime, dir: string): Promise<void> {
       if (hv.identify(runtime, dir) !== 'ours') return;
+      hv.disposed.push(runtime.pid);
       try {
         process.kill(runtime.pid, 'SIGKILL');
       } catch {
@@ -490,6 +496,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       if (!vm || procStartTime(runtime.pid) !== runtime.startTime) {
         throw new Error(`process ${runtime.pid} is gone or not ours`);
       }
+      if (hv.options.failAttach) throw new Error(`the control socket of ${runtime.pid} is dead`);
       // An adopted process is not our child: watch /proc (a test double may poll).
       const exited = new Promise<ExitInfo>((resolve) => {
         const t = setInterval(() => {
