@@ -3,8 +3,9 @@
  * (sessions.ts): topics, decoding, validation, requests and their replies.
  * Everything a guest says arrives on `<root>/agent/<vmId>/up/<kind>`, is
  * CBOR, and is untrusted: each message is decoded and validated against
- * protocol/agent.ts, and a bad one is logged with the VM id and dropped. The VM id comes from the topic (the broker
- * confines each agent to its own subtree), never from the payload.
+ * protocol/agent.ts, and a bad one is logged with the VM id and dropped.
+ * The VM id comes from the topic (the broker confines each agent to its own
+ * subtree), never from the payload.
  */
 import { randomUUID } from 'node:crypto';
 import type { Bus } from '../broker/types.js';
