@@ -195,8 +195,6 @@ export function createJobManager(deps: JobManagerDeps) {
     /** After the VM manager's recovery: pick up the jobs of the previous daemon. */
     recover: (): void => recoverJobs(ctx),
 
-    pump: (): void => ctx.pump(),
-
     /** Stop acting; resolves once the VM destroys already under way are done. */
     async close(): Promise<void> {
       ctx.closing = true;
