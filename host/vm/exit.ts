@@ -27,8 +27,10 @@ export function exitPart(ctx: VmContext): Pick<VmContext, 'watchExit' | 'removeS
     live.gone = true;
     clearTimers(live);
     live.console?.destroy();
-    ctx.agents.end(live.id, 'the VM exited');
-    if (ctx.lives.get(live.id) === live) ctx.lives.delete(live.id);
+    // A new boot of the same VM may already be under way: its session is not ours to end.
+    const current = ctx.lives.get(live.id);
+    if (current === undefined || current === live) ctx.agents.end(live.id, 'the VM exited');
+    if (current === live) ctx.lives.delete(live.id);
     const sockets = live.running?.runtime.sockets ?? {};
     try {
       vms.deleteRuntime(live.id);
