@@ -33,14 +33,14 @@ export default async function jobs(): Promise<BenchRow[]> {
     const vm = ok<VmRecord>(
       await c.call('vm.start', { vm: 'bench-svc', wait: true }, { timeoutMs: 300_000 }),
     );
-    const vms = d.daemon.vms;
+    const agents = d.daemon.agents;
 
     // --- /bin/true round trip vs raw echo + fork/exec in the guest
     const t = await medianOf(() => timedJob(c, { vm: vm.id, argv: ['/bin/true'] }), ROUNDS);
     const p = await medianOf(
       async () => {
         const t0 = performance.now();
-        await vms.callAgent(vm.id, 'ping', {}, 30_000);
+        await agents.call(vm.id, 'ping', {}, 30_000);
         return performance.now() - t0;
       },
       ROUNDS,
@@ -117,7 +117,7 @@ export default async function jobs(): Promise<BenchRow[]> {
       Array.from({ length: 8 }, async () => {
         while (moved < BYTES) {
           moved += CHUNK;
-          await vms.callAgent(vm.id, 'ping', { data: payload }, 60_000);
+          await agents.call(vm.id, 'ping', { data: payload }, 60_000);
         }
       }),
     );

@@ -18,7 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { Hypervisor, RunningVm, VmRuntime, ExitInfo } from '../host/hypervisors/types.js';
-import { procStartTime } from '../host/vm/proc.js';
+import { procStartTime } from '../host/hypervisors/proc.js';
 import { CMDLINE_KEYS } from '../protocol/agent.js';
 import { removeDir, rpcClient, startTestDaemon } from '../test/helpers/daemon-harness.js';
 import { ok, round, stealTicks, type BenchRow } from './lib.js';
@@ -103,7 +103,9 @@ function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
         detach: async () => undefined,
       };
     },
+    identify: () => 'not-ours',
     attach: () => Promise.reject(new Error('no re-attach in the bench')),
+    dispose: async () => undefined,
   };
 }
 

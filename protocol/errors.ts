@@ -20,6 +20,8 @@ export const ERROR_CODES = {
   BOOT_TIMEOUT: 'The agent did not say hello within the boot timeout.',
   HYPERVISOR_ERROR: 'The hypervisor refused or failed an operation (QMP/REST error).',
   BACKEND_UNAVAILABLE: 'The requested hypervisor backend is not available on this host.',
+  CAPABILITY_UNSUPPORTED:
+    "The VM's hypervisor backend lacks what the operation needs (pause, reboot, an agent channel, …); details name the backend and capability.",
   AGENT_UNAVAILABLE: 'The VM has no connected agent.',
   AGENT_ERROR: 'The guest agent reported an error.',
   JOB_NOT_FOUND: 'No job with that id.',

@@ -85,6 +85,8 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
   BOOT_FAILED: '`mvirt events --object VM` shows what happened',
   BOOT_TIMEOUT: '`mvirt events --object VM` shows what happened; under TCG boots are slow',
   BACKEND_UNAVAILABLE: '`mvirt info` lists the backends and why one is unavailable',
+  CAPABILITY_UNSUPPORTED:
+    "the VM's backend cannot do this: create the VM on one that can (`mvirt vm create --backend NAME`)",
   UNKNOWN_METHOD: 'mvirtd may be older than this mvirt: compare `mvirt info` versions',
   INVALID_PARAMS: 'see `mvirt COMMAND --help`',
   CONFIG_INVALID: 'see `mvirt COMMAND --help`',

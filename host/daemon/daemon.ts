@@ -1,6 +1,7 @@
 /**
  * Wiring: store → broker → event log → telemetry (roll-ups, hub) →
- * hypervisors and images → VM manager → API → host status → HTTP (/metrics,
+ * hypervisors and images → agent sessions → VM manager → job manager → API →
+ * host status → HTTP (/metrics,
  * dashboard); recovery before the API serves anyone, so the first answer
  * already reflects re-attached VMs. `close()` undoes it in reverse.
  */
@@ -12,15 +13,15 @@ import type { Broker } from '../broker/types.js';
 import { createApi, type Api } from '../api/server.js';
 import { createRoutes } from '../api/routes.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
+import { createAgentSessions, type AgentSessions } from '../agent/sessions.js';
 import { createEventLog } from '../events/log.js';
+import { createHypervisorRegistry } from '../hypervisors/index.js';
 import type { Hypervisor } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import { createStore, type Store } from '../store/index.js';
-import { createHypervisorSet } from '../vm/hypervisors.js';
 import { createImageStore } from '../vm/images.js';
 import { createVmManager, DEFAULT_TIMEOUTS, type VmManager } from '../vm/manager.js';
 import { hostRoot, topics as topicsFor, type Topics } from '../../protocol/topics.js';
-import { loadBackends } from './backends.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
 import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
@@ -48,6 +49,8 @@ export interface Daemon {
   readonly broker: Broker;
   readonly store: Store;
   readonly vms: VmManager;
+  /** Each VM's agent session (calls to the agents). */
+  readonly agents: AgentSessions;
   readonly api: Api;
   readonly topics: Topics;
   /** The HTTP listener (/metrics, dashboard), when --http is on. */
@@ -151,24 +154,28 @@ export async function startDaemon(
     });
     const sampler = createHostSampler({ onSample: (f) => telemetry.host(f) });
 
-    const hypervisors = createHypervisorSet(
-      overrides.hypervisors ?? loadBackends(log.child({ component: 'hypervisors' })),
+    const hypervisors = createHypervisorRegistry(
+      overrides.hypervisors ? { backends: overrides.hypervisors } : {},
       log.child({ component: 'hypervisors' }),
     );
     const images = createImageStore(opts.imagesDir);
     const limits = { vcpus: opts.maxVcpus, memoryMiB: opts.maxMemoryMiB, maxVms: opts.maxVms };
+    const agents = createAgentSessions({
+      bus,
+      attachChannel: (id, s) => broker.attachAgentChannel(id, s),
+      topics: t,
+      log,
+    });
+    agents.listen({ telemetry: (id, m) => telemetry.report(id, m) });
+    broker.onGuestAgent((vmId, handle) => agents.guest(vmId, handle));
     const vms = createVmManager({
       store,
       events,
-      broker: {
-        publish: bus.publish,
-        subscribe: bus.subscribe,
-        attachAgentChannel: (id, s) => broker.attachAgentChannel(id, s),
-      },
+      broker: bus,
       hypervisors,
       images,
       network,
-      telemetry,
+      agents,
       topics: t,
       log,
       options: {
@@ -190,13 +197,12 @@ export async function startDaemon(
       },
     });
 
-    broker.onGuestAgent((vmId, handle) => vms.guestAgent(vmId, handle));
-
     const destroyer = createVmDestroyer(vms, log.child({ component: 'job' }));
     const pools = createPoolManager({
       repo: store.pools,
       destroyer,
       vms,
+      agents,
       events,
       bus,
       topics: t,
@@ -206,6 +212,7 @@ export async function startDaemon(
       repo: store.jobs,
       destroyer,
       vms,
+      agents,
       pools,
       events,
       bus,
@@ -256,6 +263,7 @@ export async function startDaemon(
 
     // Probe backends early: KVM probing takes a while and system.info needs it.
     for (const name of hypervisors.names()) void hypervisors.probe(name);
+    await agents.start();
     await vms.startup(); // recovery
     jobs.recover();
     const prometheus = createPrometheus({
@@ -321,6 +329,7 @@ export async function startDaemon(
       broker,
       store,
       vms,
+      agents,
       api,
       topics: t,
       http,
@@ -330,6 +339,7 @@ export async function startDaemon(
           await jobs.close();
           await pools.close();
           await vms.shutdown(opts.stopVmsOnExit);
+          await agents.close();
           events.append({
             level: 'audit',
             component: 'daemon',

@@ -1,7 +1,8 @@
 /**
  * The one small interface every hypervisor backend implements. Nothing outside
  * `hypervisors/` asks which backend a VM runs on: callers look at
- * `capabilities` instead.
+ * `capabilities` instead (and check them with requireCapability() in
+ * index.ts before an operation, so that a backend never sees a call it lacks).
  */
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -19,6 +20,9 @@ export interface HypervisorCapabilities {
   /** Kernel + initrd direct boot. */
   directKernelBoot: boolean;
 }
+
+/** The yes/no capabilities (channels are a list, checked at boot). */
+export type Capability = Exclude<keyof HypervisorCapabilities, 'channels'>;
 
 export interface ProbeResult {
   available: boolean;
@@ -96,6 +100,13 @@ export type VmEvent =
  */
 export type AttachFailureReason = 'gone' | 'pid-reused' | 'not-ours' | 'control-unreachable';
 
+/**
+ * A backend's answer about a leftover process (a runtime row of a previous
+ * daemon): 'ours' when it runs and is this backend's hypervisor of that VM
+ * folder, else why not.
+ */
+export type Ownership = 'ours' | Exclude<AttachFailureReason, 'control-unreachable'>;
+
 export interface RunningVm {
   readonly runtime: VmRuntime;
   pause(): Promise<void>;
@@ -131,9 +142,22 @@ export interface Hypervisor {
   probe(): Promise<ProbeResult>;
   launch(spec: LaunchSpec, log: Logger): Promise<RunningVm>;
   /**
-   * Re-attach to a VM that outlived the daemon; throws MvirtError
+   * Recovery, first question: is the process of this runtime row (left by a
+   * previous daemon) alive and this backend's own hypervisor of `dir`? Only
+   * looks (pid, start time, command line); never signals anything.
+   */
+  identify(runtime: VmRuntime, dir: string): Ownership;
+  /**
+   * Re-adopt a VM that outlived the daemon; throws MvirtError
    * HYPERVISOR_ERROR with `details.reason: AttachFailureReason` when it is
-   * gone or not ours.
+   * gone, not ours, or ours but out of reach.
    */
   attach(runtime: VmRuntime, dir: string, log: Logger): Promise<RunningVm>;
+  /**
+   * Recovery of a leftover process that is not re-adopted (its VM is not up,
+   * or attach() failed): end it, no orphans. Does nothing unless identify()
+   * says 'ours' (a pid that now belongs to someone else is never signalled).
+   * Resolves once it was told to go.
+   */
+  dispose(runtime: VmRuntime, dir: string, log: Logger): Promise<void>;
 }

@@ -14,6 +14,7 @@ import type { Bus } from '../broker/types.js';
 import type { EventLog } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
 import type { PoolRepo, StoredPool } from '../store/index.js';
+import type { AgentSessions } from '../agent/sessions.js';
 import type { VmManager } from '../vm/manager.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
@@ -31,6 +32,7 @@ export interface PoolManagerDeps {
   repo: PoolRepo;
   destroyer: VmDestroyer;
   vms: VmManager;
+  agents: Pick<AgentSessions, 'call'>;
   events: EventLog;
   bus: Bus;
   topics: Topics;
@@ -52,7 +54,7 @@ interface PoolLive {
 }
 
 export function createPoolManager(deps: PoolManagerDeps) {
-  const { repo, vms, events, bus, topics, destroyer } = deps;
+  const { repo, vms, agents, events, bus, topics, destroyer } = deps;
   const log = deps.log.child({ component: 'pool' });
   const live = new Map<string, PoolLive>();
   /** VM id → job id for pool VMs taken by a job. */
@@ -180,8 +182,8 @@ export function createPoolManager(deps: PoolManagerDeps) {
       // Warm-up: one throw-away exec, so that the guest (and, under TCG, the
       // emulator's code cache) has been through the spawn path before the
       // first real job pays for it. A pool's promise is a VM ready to run.
-      await vms
-        .callAgent(
+      await agents
+        .call(
           id,
           'exec',
           { jobId: `warmup-${randomBytes(6).toString('hex')}`, argv: ['/bin/true'] },

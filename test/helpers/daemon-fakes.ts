@@ -25,11 +25,12 @@ import type { Settings } from '../../guest-agent/settings.js';
 import type {
   ExitInfo,
   Hypervisor,
+  HypervisorCapabilities,
   LaunchSpec,
   RunningVm,
   VmRuntime,
 } from '../../host/hypervisors/types.js';
-import { procStartTime } from '../../host/vm/proc.js';
+import { procStartTime } from '../../host/hypervisors/proc.js';
 import { CMDLINE_KEYS } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { greetAsAgent } from './agent-greeting.js';
@@ -48,6 +49,10 @@ export interface FakeOptions {
   /** Make launch throw. */
   failLaunch?: boolean;
   available?: boolean;
+  /** Make attach throw as if the process were ours but its control socket dead. */
+  failAttach?: boolean;
+  /** Capabilities other than the defaults below (a backend that lacks some). */
+  capabilities?: Partial<HypervisorCapabilities>;
 }
 
 // The guest "program": exits 0 on SIGHUP (ACPI/agent power-off) and SIGTERM.
@@ -110,6 +115,8 @@ export interface FakeHypervisor extends Hypervisor {
   spawned: SpawnedJob[];
   /** Mode 'real': the current agent instance of each VM ever launched, by VM id. */
   guests: Map<string, RealGuest>;
+  /** Pids that dispose() ended (recovery of leftovers that are not re-attached). */
+  disposed: number[];
 }
 
 // ------------------------------------------------------------------ mode 'real'
@@ -381,6 +388,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
     received: [],
     spawned: [],
     guests: new Map(),
+    disposed: [],
     capabilities: {
       channels: ['virtio-serial'],
       pause: true,
@@ -388,6 +396,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       gracefulShutdown: true,
       console: false,
       directKernelBoot: true,
+      ...options.capabilities,
     },
     probe: async () =>
       hv.options.available === false
@@ -464,11 +473,30 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       return running(hv, vm, runtime, exited);
     },
 
+    // Ours: a process this test process launched, still the same one.
+    identify: (runtime: VmRuntime) =>
+      procStartTime(runtime.pid) !== runtime.startTime
+        ? 'gone'
+        : vmsBySocket.has(runtime.sockets.agent ?? '')
+          ? 'ours'
+          : 'not-ours',
+
+    async dispose(runtime: VmRuntime, dir: string): Promise<void> {
+      if (hv.identify(runtime, dir) !== 'ours') return;
+      hv.disposed.push(runtime.pid);
+      try {
+        process.kill(runtime.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    },
+
     async attach(runtime: VmRuntime, _dir: string, _log: Logger): Promise<RunningVm> {
       const vm = vmsBySocket.get(runtime.sockets.agent ?? '');
       if (!vm || procStartTime(runtime.pid) !== runtime.startTime) {
         throw new Error(`process ${runtime.pid} is gone or not ours`);
       }
+      if (hv.options.failAttach) throw new Error(`the control socket of ${runtime.pid} is dead`);
       // An adopted process is not our child: watch /proc (a test double may poll).
       const exited = new Promise<ExitInfo>((resolve) => {
         const t = setInterval(() => {

@@ -11,7 +11,7 @@ import {
   type QemuBackend,
   type QemuBackendOptions,
 } from '../../host/hypervisors/qemu/backend.js';
-import { readProcStat } from '../../host/hypervisors/qemu/process.js';
+import { readProcStat } from '../../host/hypervisors/proc.js';
 import type { LaunchSpec, RunningVm } from '../../host/hypervisors/types.js';
 import { pino, type Logger } from 'pino';
 import type { TestGuest } from './qemu-guest.js';

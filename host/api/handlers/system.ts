@@ -1,7 +1,7 @@
 /** system.info: host facts, allocation, limits, backends, VM counts, images. */
 import type { SystemInfo } from '../../../protocol/rpc.js';
 import type { ProbeResult } from '../../hypervisors/types.js';
-import type { HypervisorSet } from '../../vm/hypervisors.js';
+import type { HypervisorRegistry } from '../../hypervisors/index.js';
 import type { ImageStore } from '../../vm/images.js';
 import type { VmManager } from '../../vm/manager.js';
 import type { Handlers } from '../types.js';
@@ -10,7 +10,7 @@ export interface SystemDeps {
   host: { hostId: string; version: string; cpus: number; memoryMiB: number };
   limits: SystemInfo['limits'];
   vms: Pick<VmManager, 'allocated' | 'countByState'>;
-  hypervisors: HypervisorSet;
+  hypervisors: HypervisorRegistry;
   images: ImageStore;
 }
 

@@ -15,6 +15,7 @@ import type {
   Hypervisor,
   HypervisorCapabilities,
   LaunchSpec,
+  Ownership,
   ProbeResult,
   RunningVm,
   VmRuntime,
@@ -28,7 +29,7 @@ import {
 } from './args.js';
 import { startConsolePump, type ConsolePump } from './console.js';
 import { probeQemu, type QemuProbe } from './probe.js';
-import { readCmdline, readProcStat } from './process.js';
+import { readCmdline, readProcStat } from '../proc.js';
 import { connectQmp, type QmpClient } from './qmp.js';
 import { createQemuVm } from './vm.js';
 
@@ -248,29 +249,39 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     }
   }
 
-  async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
-    if (runtime.backend !== QEMU_BACKEND) {
-      throw attachError('not-ours', `runtime belongs to backend ${runtime.backend}`);
-    }
-    const paths = qemuPaths(dir);
+  /** Ours: alive, same start time, and a qemu-system whose QMP socket is this folder's. */
+  function identify(runtime: VmRuntime, dir: string): Ownership {
+    if (runtime.backend !== QEMU_BACKEND) return 'not-ours';
     const stat = readProcStat(runtime.pid);
-    if (!stat || stat.state === 'Z' || stat.state === 'X') {
-      throw attachError('gone', `QEMU process ${runtime.pid} is gone`);
-    }
-    if (stat.startTime !== runtime.startTime) {
-      throw attachError(
-        'pid-reused',
-        `pid ${runtime.pid} now belongs to another process (start time differs)`,
-      );
-    }
+    if (!stat || stat.state === 'Z' || stat.state === 'X') return 'gone';
+    if (stat.startTime !== runtime.startTime) return 'pid-reused';
     const argv = readCmdline(runtime.pid) ?? [];
-    const qmpArg = `socket,id=qmp,path=${paths.qmp.replace(/,/g, ',,')},`;
+    const qmpArg = `socket,id=qmp,path=${qemuPaths(dir).qmp.replace(/,/g, ',,')},`;
     if (
       !path.basename(argv[0] ?? '').startsWith('qemu-system') ||
       !argv.some((a) => a.startsWith(qmpArg))
     ) {
-      throw attachError('not-ours', `pid ${runtime.pid} is not the QEMU of ${dir}`);
+      return 'not-ours';
     }
+    return 'ours';
+  }
+
+  const OWNERSHIP_TEXT: Record<
+    Exclude<Ownership, 'ours'>,
+    (rt: VmRuntime, dir: string) => string
+  > = {
+    gone: (rt) => `QEMU process ${rt.pid} is gone`,
+    'pid-reused': (rt) => `pid ${rt.pid} now belongs to another process (start time differs)`,
+    'not-ours': (rt, dir) =>
+      rt.backend !== QEMU_BACKEND
+        ? `runtime belongs to backend ${rt.backend}`
+        : `pid ${rt.pid} is not the QEMU of ${dir}`,
+  };
+
+  async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
+    const who = identify(runtime, dir);
+    if (who !== 'ours') throw attachError(who, OWNERSHIP_TEXT[who](runtime, dir));
+    const paths = qemuPaths(dir);
     let qmp: QmpClient;
     try {
       qmp = await connectQmp(paths.qmp, {
@@ -305,12 +316,32 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     });
   }
 
+  /**
+   * SIGKILL, not QMP `quit`: a leftover that is not re-adopted is often one
+   * whose QMP does not answer, and its guest has no say any more either way.
+   */
+  async function dispose(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<void> {
+    const who = identify(runtime, dir);
+    if (who !== 'ours') {
+      vmLog.debug({ pid: runtime.pid, who }, 'leftover QEMU not ours to end');
+      return;
+    }
+    vmLog.warn({ pid: runtime.pid }, 'ending a leftover QEMU process that is not re-attached');
+    try {
+      process.kill(runtime.pid, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+
   return {
     name: QEMU_BACKEND,
     capabilities,
     probe,
     probeDetails,
     launch,
+    identify,
     attach,
+    dispose,
   };
 }

@@ -12,7 +12,7 @@ import { MvirtError } from '../../../protocol/errors.js';
 import type { ExitInfo, RunningVm, VmEvent, VmRunState, VmRuntime } from '../types.js';
 import type { QemuPaths } from './args.js';
 import type { ConsolePump } from './console.js';
-import { readProcStat } from './process.js';
+import { readProcStat } from '../proc.js';
 import type { QmpClient, QmpEvent, QmpRunState } from './qmp.js';
 import { connectUnixWithRetry } from './socket.js';
 

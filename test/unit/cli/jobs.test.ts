@@ -8,7 +8,8 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { runCli, type ClientFactory } from '../../../host/cli/run.js';
-import { jobExit, MAX_STDIN_BYTES, shellLine } from '../../../host/cli/jobs.js';
+import { MAX_STDIN_BYTES } from '../../../host/cli/jobs.js';
+import { jobExit, shellLine } from '../../../host/cli/job-view.js';
 import { parseChunk, sequencer } from '../../../host/cli/follow.js';
 import type { JobRecord, OutputChunk } from '../../../protocol/rpc.js';
 import {

@@ -5,7 +5,7 @@ import {
   parseProcStat,
   readCmdline,
   readProcStat,
-} from '../../../host/hypervisors/qemu/process.js';
+} from '../../../host/hypervisors/proc.js';
 import { probeBios } from '../../../host/hypervisors/qemu/probe.js';
 import { toRunState } from '../../../host/hypervisors/qemu/vm.js';
 

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { JobRecord, VmRecord } from '../../../protocol/rpc.js';
-import { procStartTime } from '../../../host/vm/proc.js';
+import { procStartTime } from '../../../host/hypervisors/proc.js';
 import {
   cleanupAll,
   errorOf,

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import type { ReplyEnvelope, VmRecord } from '../../../protocol/rpc.js';
-import { procStartTime } from '../../../host/vm/proc.js';
+import { procStartTime } from '../../../host/hypervisors/proc.js';
 import {
   createFakeHypervisor,
   killFakes,

@@ -1,9 +1,11 @@
 /**
- * The host end of the private agent exchange. Everything a guest says arrives
- * on `<root>/agent/<vmId>/up/<kind>`, is CBOR, and is untrusted: each message
- * is decoded and validated against protocol/agent.ts, and a bad one is logged
- * with the VM id and dropped. The VM id comes from the topic (the broker
- * confines each agent to its own subtree), never from the payload.
+ * The wire of the private agent exchange, under the agent sessions
+ * (sessions.ts): topics, decoding, validation, requests and their replies.
+ * Everything a guest says arrives on `<root>/agent/<vmId>/up/<kind>`, is
+ * CBOR, and is untrusted: each message is decoded and validated against
+ * protocol/agent.ts, and a bad one is logged with the VM id and dropped.
+ * The VM id comes from the topic (the broker confines each agent to its own
+ * subtree), never from the payload.
  */
 import { randomUUID } from 'node:crypto';
 import type { Bus } from '../broker/types.js';
@@ -37,8 +39,6 @@ export interface AgentLink {
     body: Omit<AgentDownMessage[K], 'id'>,
     timeoutMs: number,
   ): Promise<unknown>;
-  /** Send a message that expects no reply. */
-  send<K extends AgentDownKind>(vmId: string, kind: K, msg: AgentDownMessage[K]): Promise<void>;
   /** Fail the pending requests of a VM whose agent went away. */
   dropVm(vmId: string, reason: string): void;
   close(): Promise<void>;
@@ -126,7 +126,6 @@ export function createAgentLink(deps: {
     async start() {
       unsubscribe = await bus.subscribe(topics.agentUpWildcard, onMessage);
     },
-    send,
     call(vmId, kind, body, timeoutMs) {
       const id = randomUUID();
       return new Promise((resolve, reject) => {

@@ -1,8 +1,9 @@
 /**
- * Process facts read from /proc: liveness, start time (the pid-reuse guard
- * persisted in VmRuntime) and the command line (to check that an adopted pid
- * is really our QEMU). Node has no pidfd, so adopted processes are watched
- * through these plus the QMP socket closing.
+ * Process facts read from /proc, for every backend: liveness, start time (the
+ * pid-reuse guard persisted in VmRuntime) and the command line (to check that
+ * an adopted pid is really the backend's hypervisor). Node has no pidfd, so
+ * adopted processes are watched through these plus their control socket
+ * closing. The one parser of /proc/<pid>/stat in host/.
  */
 import { readFileSync } from 'node:fs';
 
@@ -42,6 +43,17 @@ export function parseProcStat(text: string): ProcStat | null {
   const startTime = Number(rest[19]);
   if (!state || !Number.isFinite(pid) || !Number.isFinite(startTime)) return null;
   return { pid, state, startTime };
+}
+
+/** Start time in clock ticks since boot (field 22); null when the process is gone. */
+export function procStartTime(pid: number, procRoot = '/proc'): number | null {
+  return readProcStat(pid, procRoot)?.startTime ?? null;
+}
+
+/** True when `pid` runs (not a zombie) and is the process that started at `startTime`. */
+export function isSameProcess(pid: number, startTime: number, procRoot = '/proc'): boolean {
+  const st = readProcStat(pid, procRoot);
+  return st !== null && st.state !== 'Z' && st.state !== 'X' && st.startTime === startTime;
 }
 
 /** Alive = exists and is not a zombie (an exited process its parent has not reaped yet). */

@@ -1,0 +1,327 @@
+/**
+ * Agent sessions: the one owner of each VM's agent session on the host side.
+ * A session exists while the VM's hypervisor process runs (from launch or
+ * re-attach to its exit or the daemon's shutdown) and holds the host end of
+ * the channel, the hello of the agent now connected, flow control (hold) and
+ * the reconnect of a fresh host end after the channel closed.
+ *
+ * The VM manager opens and ends sessions and hears hello and ready; the job
+ * manager calls the agent (exec, signal), holds its channel while output is
+ * on the way and hears output, exit and the agent going away. Neither passes
+ * the other's traffic on: both listen here.
+ *
+ * Replay after a reconnect is the listeners' part: every hello (the first and
+ * each one after a reconnect) lists the jobs the agent still has, and the job
+ * manager asks for what it did not store (see host/jobs/agent-events.ts).
+ */
+import type { Duplex } from 'node:stream';
+import type { AgentChannelHandle, Broker } from '../broker/types.js';
+import {
+  AGENT_PROTOCOL_VERSION,
+  type AgentDownMessage,
+  type Exit,
+  type Hello,
+  type Output,
+  type Telemetry,
+} from '../../protocol/agent.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { AgentDownKind, Topics } from '../../protocol/topics.js';
+import type { MvirtLogger } from '../log.js';
+import { createAgentLink } from './link.js';
+
+/** Reconnect backoff of a channel's host end: doubles from MIN to MAX, reset by a hello. */
+export const RECONNECT_MIN_MS = 100;
+export const RECONNECT_MAX_MS = 5000;
+/** How long an attached agent channel may go without a hello before it is recycled. */
+export const AGENT_SESSION_MS = 30_000;
+
+/** What listeners hear from the agents (each after validation, see link.ts). */
+export interface AgentListener {
+  /** Every hello: the first after boot and each one after a reconnect. */
+  hello?(vmId: string, hello: Hello): void;
+  /** The agent is ready (only after a hello of the same session). */
+  ready?(vmId: string, hello: Hello): void;
+  telemetry?(vmId: string, t: Telemetry): void;
+  output?(vmId: string, m: Output): void;
+  exit?(vmId: string, m: Exit): void;
+  /** The channel closed while the VM lives on (the agent may come back). */
+  gone?(vmId: string): void;
+  /** Jobs started or all ended on the VM (see setBusy). */
+  busy?(vmId: string, busy: boolean): void;
+}
+
+export interface OpenSession {
+  log: MvirtLogger;
+  /** The agent dials the guest TCP listener: the host end arrives through guest(). */
+  overNetwork: boolean;
+  /** Connect a new host end of the channel (the hypervisor's agent socket). */
+  connect: () => Promise<Duplex>;
+}
+
+interface Session extends OpenSession {
+  readonly id: string;
+  handle?: AgentChannelHandle;
+  /** The hello of the agent now connected; undefined while none is. */
+  hello?: Hello;
+  /** Flow control asked by the job manager; kept across reconnects. */
+  held: boolean;
+  reconnectDelayMs: number;
+  reconnectTimer?: NodeJS.Timeout;
+  ended: boolean;
+}
+
+export interface AgentSessionsDeps {
+  bus: Pick<Broker, 'publish' | 'subscribe'>;
+  /** broker.attachAgentChannel: the stream's MQTT session, confined to the VM's subtree. */
+  attachChannel: (vmId: string, stream: Duplex) => AgentChannelHandle;
+  topics: Topics;
+  log: MvirtLogger;
+}
+
+export type AgentSessions = ReturnType<typeof createAgentSessions>;
+
+export function createAgentSessions(deps: AgentSessionsDeps) {
+  const log = deps.log.child({ component: 'agent' });
+  const sessions = new Map<string, Session>();
+  const listeners: AgentListener[] = [];
+
+  function emit<K extends keyof AgentListener>(
+    kind: K,
+    ...args: Parameters<NonNullable<AgentListener[K]>>
+  ): void {
+    for (const l of listeners) {
+      const fn = l[kind] as ((...a: unknown[]) => void) | undefined;
+      fn?.(...args);
+    }
+  }
+
+  const link = createAgentLink({
+    bus: deps.bus,
+    topics: deps.topics,
+    log,
+    isKnown: (id) => sessions.has(id),
+    handlers: {
+      hello: onHello,
+      ready: onReady,
+      telemetry: (id, t) => emit('telemetry', id, t),
+      log: (id, m) => sessions.get(id)?.log[m.level]({ guest: true }, m.message),
+      output: (id, m) => emit('output', id, m),
+      exit: (id, m) => emit('exit', id, m),
+    },
+  });
+
+  function onHello(id: string, hello: Hello): void {
+    const s = sessions.get(id);
+    if (!s) return;
+    s.hello = hello;
+    s.reconnectDelayMs = RECONNECT_MIN_MS;
+    if (hello.protocol !== AGENT_PROTOCOL_VERSION) {
+      s.log.warn(
+        { agentProtocol: hello.protocol, hostProtocol: AGENT_PROTOCOL_VERSION },
+        'agent speaks another protocol version',
+      );
+    }
+    emit('hello', id, hello);
+  }
+
+  function onReady(id: string): void {
+    const s = sessions.get(id);
+    if (!s) return;
+    if (!s.hello) {
+      s.log.warn('agent said ready before hello; dropped');
+      return;
+    }
+    emit('ready', id, s.hello);
+  }
+
+  async function connect(s: Session): Promise<void> {
+    // Over the network the guest dials; its session arrives through guest().
+    if (s.overNetwork || s.ended) return;
+    const stream = await s.connect();
+    if (s.ended) {
+      stream.destroy();
+      return;
+    }
+    adopt(s, deps.attachChannel(s.id, stream));
+  }
+
+  /** Wire a session's host end (channel or guest TCP) to the VM. */
+  function adopt(s: Session, handle: AgentChannelHandle): void {
+    const previous = s.handle;
+    s.handle = handle;
+    previous?.close();
+    if (s.held) handle.hold(true);
+    s.log.debug('agent channel attached');
+    // A channel that carries no agent hello for a while is recycled. After a
+    // guest reset, bytes of the old agent's session can still sit in QEMU's
+    // virtio-serial queue and wedge the new session on this stream (seen under
+    // TCG when a reboot followed a resume within milliseconds); a fresh host end
+    // lets the agent's own reconnect through. A silent stream is already
+    // closed by the broker's CONNECT timeout, so this only ends stuck sessions.
+    const watchdog = setTimeout(() => {
+      if (s.handle === handle && !s.hello && !s.overNetwork) {
+        s.log.warn('agent channel without a hello; recycling it');
+        handle.close();
+      }
+    }, AGENT_SESSION_MS);
+    void handle.closed.then(() => {
+      clearTimeout(watchdog);
+      if (s.handle !== handle) return;
+      s.handle = undefined;
+      s.hello = undefined;
+      link.dropVm(s.id, 'the agent channel closed');
+      if (s.ended) return;
+      emit('gone', s.id);
+      if (s.overNetwork) {
+        s.log.info('agent session over the network closed; the agent redials');
+        return;
+      }
+      // The guest side reconnects by itself; we only need a fresh host end.
+      s.log.info('agent channel closed; reconnecting');
+      scheduleReconnect(s);
+    });
+  }
+
+  function scheduleReconnect(s: Session): void {
+    if (s.reconnectTimer || s.ended) return;
+    const delay = s.reconnectDelayMs;
+    s.reconnectDelayMs = Math.min(delay * 2, RECONNECT_MAX_MS);
+    s.reconnectTimer = setTimeout(() => {
+      s.reconnectTimer = undefined;
+      connect(s).catch((err: unknown) => {
+        s.log.debug({ err: String(err) }, 'agent channel reconnect failed');
+        scheduleReconnect(s);
+      });
+    }, delay);
+  }
+
+  return {
+    /** Start listening to what agents send. */
+    start: () => link.start(),
+
+    /** Hear agent events; returns the unsubscribe function. Listeners run in the order added. */
+    listen(l: AgentListener): () => void {
+      listeners.push(l);
+      return () => {
+        const i = listeners.indexOf(l);
+        if (i >= 0) listeners.splice(i, 1);
+      };
+    },
+
+    /** A VM's hypervisor process runs (launched or re-attached): its agent may speak now. */
+    open(vmId: string, o: OpenSession): void {
+      const old = sessions.get(vmId);
+      if (old) end(old);
+      sessions.set(vmId, {
+        ...o,
+        id: vmId,
+        held: false,
+        reconnectDelayMs: RECONNECT_MIN_MS,
+        ended: false,
+      });
+    },
+
+    /** Connect the channel's host end now (boot); rejects when it cannot. */
+    async connect(vmId: string): Promise<void> {
+      const s = sessions.get(vmId);
+      if (s) await connect(s);
+    },
+
+    /** Connect the host end with backoff until it works (recovery). */
+    connectSoon(vmId: string): void {
+      const s = sessions.get(vmId);
+      if (!s) return;
+      connect(s).catch((err: unknown) => {
+        s.log.warn({ err: String(err) }, 'agent channel not re-attached yet; retrying');
+        scheduleReconnect(s);
+      });
+    },
+
+    /** The guest is resetting: its agent's hello no longer holds (nothing is said until the next). */
+    forgetHello(vmId: string): void {
+      const s = sessions.get(vmId);
+      if (s) s.hello = undefined;
+    },
+
+    /** The guest was reset: its new agent starts a fresh MQTT session on a fresh host end. */
+    renew(vmId: string): void {
+      const s = sessions.get(vmId);
+      if (!s) return;
+      if (s.handle) s.handle.close();
+      else if (!s.overNetwork) scheduleReconnect(s);
+    },
+
+    /** An agent authenticated on the guest TCP listener (its token named this VM). */
+    guest(vmId: string, handle: AgentChannelHandle): void {
+      const s = sessions.get(vmId);
+      if (!s?.overNetwork || s.ended) {
+        log.warn({ vmId }, 'guest TCP agent for a VM that does not expect one; closed');
+        handle.close();
+        return;
+      }
+      s.log.debug('agent session over the network');
+      adopt(s, handle);
+    },
+
+    /**
+     * The VM's process is gone (`reason` given: pending calls fail with it)
+     * or the daemon leaves it running: end the session.
+     */
+    end(vmId: string, reason?: string): void {
+      const s = sessions.get(vmId);
+      if (!s) return;
+      end(s);
+      if (reason !== undefined) link.dropVm(vmId, reason);
+    },
+
+    /** The hello of the VM's current agent session, if one is connected. */
+    hello: (vmId: string): Hello | undefined => sessions.get(vmId)?.hello,
+
+    /** An agent said hello on a channel that is still attached. */
+    connected(vmId: string): boolean {
+      const s = sessions.get(vmId);
+      return s?.hello !== undefined && s.handle !== undefined;
+    },
+
+    /** A request to the agent; AGENT_UNAVAILABLE while no agent is connected. */
+    call<K extends AgentDownKind>(
+      vmId: string,
+      kind: K,
+      body: Omit<AgentDownMessage[K], 'id'>,
+      timeoutMs: number,
+    ): Promise<unknown> {
+      if (!sessions.get(vmId)?.hello)
+        return Promise.reject(
+          new MvirtError('AGENT_UNAVAILABLE', `VM ${vmId} has no agent connected`),
+        );
+      return link.call(vmId, kind, body, timeoutMs);
+    },
+
+    /** Flow control: stop (true) or restart reading what the VM's agent sends. */
+    hold(vmId: string, paused: boolean): void {
+      const s = sessions.get(vmId);
+      if (!s) return;
+      s.held = paused;
+      s.handle?.hold(paused);
+    },
+
+    /** Jobs run on the VM (true) or none does any more (false): listeners move it ready ⇄ busy. */
+    setBusy(vmId: string, busy: boolean): void {
+      emit('busy', vmId, busy);
+    },
+
+    /** Daemon shutdown: end every session, fail pending calls, stop listening. */
+    async close(): Promise<void> {
+      for (const s of sessions.values()) end(s);
+      await link.close();
+    },
+  };
+
+  function end(s: Session): void {
+    s.ended = true;
+    if (sessions.get(s.id) === s) sessions.delete(s.id);
+    if (s.reconnectTimer) clearTimeout(s.reconnectTimer);
+    s.reconnectTimer = undefined;
+    s.handle?.close();
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * The VM side of agent sessions and the console: a VM whose process runs gets
+ * an agent session (host/agent/sessions.ts) and its serial console; what the
+ * agent says moves the VM's record (hello: agent version and boot timeline;
+ * ready: starting → ready; busy: ready ⇄ busy as jobs start and end).
+ */
+import type { Hello } from '../../protocol/agent.js';
+import type { VmContext } from './context.js';
+import type { Live } from './live.js';
+
+export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attachConsole'> {
+  const { vms, events } = ctx;
+
+  ctx.agents.listen({ hello: onHello, ready: onReady, busy: onBusy });
+
+  /** A VM's process runs (launched or re-attached): its agent may speak from now on. */
+  function openAgent(live: Live, overNetwork: boolean): void {
+    const running = live.running!;
+    ctx.agents.open(live.id, {
+      log: live.log,
+      overNetwork,
+      connect: () => running.connectAgent(),
+    });
+  }
+
+  async function attachConsole(live: Live): Promise<void> {
+    if (!live.running || !live.hv.capabilities.console) return;
+    try {
+      const s = await live.running.connectConsole();
+      live.console = s;
+      s.on('data', (chunk: Buffer) => ctx.publish(ctx.topics.vmConsoleOut(live.id), chunk));
+      s.on('error', (err) => live.log.debug({ err: String(err) }, 'console stream error'));
+      s.on('close', () => {
+        if (live.console === s) live.console = undefined;
+      });
+    } catch (err) {
+      // The console is a convenience: a VM without one still boots.
+      live.log.warn({ err: String(err) }, 'cannot attach the serial console');
+    }
+  }
+
+  function onHello(id: string, hello: Hello): void {
+    if (!ctx.lives.has(id)) return;
+    vms.setAgent(id, hello.boot, hello.agentVersion, ctx.now());
+    const rec = vms.get(id);
+    if (rec) ctx.publishState(rec);
+    events.append({
+      level: 'info',
+      component: 'agent',
+      message: `agent hello (mvirt-agent ${hello.agentVersion}, kernel ${hello.kernel})`,
+      objects: [id],
+      data: { boot: hello.boot, agentVersion: hello.agentVersion, kernel: hello.kernel },
+    });
+    events.publishVmEvent(id, { at: ctx.now(), type: 'agent.hello' });
+  }
+
+  function onReady(id: string, hello: Hello): void {
+    const live = ctx.lives.get(id);
+    if (!live) return;
+    const cur = vms.get(id);
+    if (cur?.state !== 'starting') {
+      // A re-hello after a channel reconnect or daemon restart: nothing changes.
+      live.log.debug({ state: cur?.state }, 'agent ready again');
+      return;
+    }
+    if (live.bootTimer) clearTimeout(live.bootTimer);
+    live.bootTimer = undefined;
+    if (live.launchedAt !== undefined) {
+      const readyAtMs = Math.round(performance.now() - live.launchedAt);
+      vms.setAgent(id, { ...hello.boot, readyAtMs }, hello.agentVersion, ctx.now());
+      live.log.info({ readyAtMs, boot: hello.boot }, 'VM ready');
+    }
+    ctx.transition(id, 'ready', 'the agent is ready');
+  }
+
+  /** ready ⇄ busy as jobs start and end (also remembered across a pause). */
+  function onBusy(id: string, busy: boolean): void {
+    const cur = vms.get(id);
+    if (!cur) return;
+    if (busy && cur.state === 'ready') ctx.transition(id, 'busy', 'a job is running');
+    else if (!busy && cur.state === 'busy') ctx.transition(id, 'ready', 'no job is running');
+    else if (cur.state === 'paused') {
+      const live = ctx.lives.get(id);
+      if (live && (live.pausedFrom === 'ready' || live.pausedFrom === 'busy'))
+        live.pausedFrom = busy ? 'busy' : 'ready';
+    }
+  }
+
+  return { openAgent, attachConsole };
+}

@@ -1,0 +1,249 @@
+/**
+ * Boot as named steps with rollback (steps.ts runs them), and the one
+ * admission check that guards it: capacity and the backend's capabilities are
+ * checked before anything is launched.
+ */
+import { mkdir } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { requireCapability, requireChannel } from '../hypervisors/index.js';
+import type { LaunchSpec } from '../hypervisors/types.js';
+import type { MvirtLogger } from '../log.js';
+import type { BootNetwork } from '../network/index.js';
+import { CMDLINE_KEYS } from '../../protocol/agent.js';
+import { MvirtError, type ErrorCode } from '../../protocol/errors.js';
+import type { VmRecord } from '../../protocol/rpc.js';
+import type { Reserved, Size, VmContext } from './context.js';
+import type { ResolvedImage } from './images.js';
+import { clearTimers, exitsWithin, newLive, type Live } from './live.js';
+import { isActive } from './states.js';
+import { runSteps, StepError, type Step } from './steps.js';
+
+/** The hypervisor interface takes a plain pino Logger; ours has the extra `audit` level. */
+export const plain = (l: MvirtLogger): Logger => l as unknown as Logger;
+
+interface BootCtx {
+  vm: VmRecord;
+  image?: ResolvedImage;
+  live?: Live;
+  net?: BootNetwork;
+}
+
+const NOTHING_RESERVED: Reserved = { vms: 0, vcpus: 0, memoryMiB: 0 };
+
+export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | 'boot'> {
+  const { vms, options, network, hypervisors, lives } = ctx;
+
+  /**
+   * The one admission check: why one more VM of this size would not fit now,
+   * or null. `reserved`: VMs a caller is still creating (not `starting` yet,
+   * so not in allocated()).
+   */
+  function admissionProblem(vm: Size, reserved: Reserved = NOTHING_RESERVED): MvirtError | null {
+    const held = vms.allocated();
+    const a = {
+      vms: held.vms + reserved.vms,
+      vcpus: held.vcpus + reserved.vcpus,
+      memoryMiB: held.memoryMiB + reserved.memoryMiB,
+    };
+    const l = options.limits;
+    if (a.vms + 1 > l.maxVms) {
+      return new MvirtError(
+        'CAPACITY_EXCEEDED',
+        `VM limit reached: ${a.vms} of ${l.maxVms} VMs are running (--max-vms)`,
+        { details: { limit: 'maxVms', allocated: a.vms, max: l.maxVms } },
+      );
+    }
+    if (a.vcpus + vm.vcpus > l.vcpus) {
+      return new MvirtError(
+        'CAPACITY_EXCEEDED',
+        `vCPU limit: ${a.vcpus} allocated + ${vm.vcpus} requested > ${l.vcpus} (--max-vcpus)`,
+        { details: { limit: 'vcpus', allocated: a.vcpus, requested: vm.vcpus, max: l.vcpus } },
+      );
+    }
+    if (a.memoryMiB + vm.memoryMiB > l.memoryMiB) {
+      return new MvirtError(
+        'CAPACITY_EXCEEDED',
+        `memory limit: ${a.memoryMiB} MiB allocated + ${vm.memoryMiB} MiB requested > ${l.memoryMiB} MiB (--max-memory-mib)`,
+        {
+          details: {
+            limit: 'memoryMiB',
+            allocated: a.memoryMiB,
+            requested: vm.memoryMiB,
+            max: l.memoryMiB,
+          },
+        },
+      );
+    }
+    return null;
+  }
+
+  const BOOT_STEPS: Step<BootCtx>[] = [
+    {
+      name: 'resolve image',
+      run: async (c) => {
+        c.image = await ctx.images.resolve(c.vm.image);
+      },
+    },
+    {
+      name: 'check backend',
+      run: async (c) => {
+        const hv = hypervisors.get(c.vm.backend);
+        const probe = await hypervisors.probe(c.vm.backend);
+        if (!hv || !probe.available) {
+          throw new MvirtError(
+            'BACKEND_UNAVAILABLE',
+            `backend ${c.vm.backend} is not available on this host${probe.reason ? `: ${probe.reason}` : ''}`,
+          );
+        }
+        // µOS images are a kernel and an initrd.
+        requireCapability(hv, 'directKernelBoot');
+        // Its agent's channel (the network's, or the backend's first).
+        const channel =
+          c.vm.network.agentOverNetwork === true
+            ? 'tcp'
+            : (hv.capabilities.channels[0] ?? 'virtio-serial');
+        if (c.image!.agent) requireChannel(hv, channel);
+        c.live = newLive({
+          id: c.vm.id,
+          hv,
+          dir: ctx.dirOf(c.vm.id),
+          log: ctx.log.child({ vmId: c.vm.id, vm: c.vm.name }),
+          agentExpected: c.image!.agent,
+        });
+      },
+    },
+    {
+      // Check and reserve in one synchronous block: the `starting` row is the
+      // reservation the next admission check sees.
+      name: 'admission',
+      run: (c) => {
+        if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
+        const problem = admissionProblem(c.vm);
+        if (problem) throw problem;
+        c.vm = ctx.transition(c.vm.id, 'starting', 'start requested');
+        lives.set(c.vm.id, c.live!);
+        ctx.lastFailure.delete(c.vm.id);
+      },
+      undo: (c) => {
+        if (lives.get(c.vm.id) === c.live) lives.delete(c.vm.id);
+      },
+    },
+    {
+      name: 'prepare dir',
+      run: async (c) => {
+        await mkdir(c.live!.dir, { recursive: true, mode: 0o700 });
+      },
+    },
+    {
+      // TAP on the bridge, the per-boot token, the seed disk.
+      name: 'prepare network',
+      run: async (c) => {
+        c.net = await network.prepare(c.vm, c.live!.dir);
+      },
+      undo: (c) => network.release(c.vm.id),
+    },
+    {
+      name: 'launch hypervisor',
+      run: async (c) => {
+        const live = c.live!;
+        const img = c.image!;
+        const net = c.net!;
+        const spec: LaunchSpec = {
+          vmId: c.vm.id,
+          vcpus: c.vm.vcpus,
+          memoryMiB: c.vm.memoryMiB,
+          kernel: img.kernel,
+          initrd: img.initrd,
+          cmdline: img.cmdline,
+          // The image's root disk first: the µOS looks for its squashfs on the first disks.
+          disks: [...(img.disk ? [{ path: img.disk, readOnly: true }] : []), ...net.disks],
+          dir: live.dir,
+          channel: net.channel ?? live.hv.capabilities.channels[0] ?? 'virtio-serial',
+          // The backend adds mvirt.vm and mvirt.channel itself.
+          agentArgs: {
+            [CMDLINE_KEYS.root]: ctx.topics.root,
+            ...(options.telemetryMs !== undefined
+              ? { [CMDLINE_KEYS.telemetryMs]: String(options.telemetryMs) }
+              : {}),
+            ...net.cmdline,
+          },
+          network: net.nic,
+          consoleLogBytes: options.consoleLogBytes,
+        };
+        live.launchedAt = performance.now();
+        const running = await live.hv.launch(spec, plain(live.log));
+        live.running = running;
+        ctx.openAgent(live, c.vm.network.agentOverNetwork === true);
+        ctx.watchExit(live, running);
+        ctx.armBootTimer(live);
+        live.log.info(
+          { pid: running.runtime.pid, accel: running.runtime.accel },
+          'hypervisor launched',
+        );
+      },
+      undo: async (c) => {
+        const running = c.live?.running;
+        if (!running) return;
+        running.signal('SIGKILL');
+        await exitsWithin(running, options.killTimeoutMs);
+      },
+    },
+    {
+      name: 'persist runtime',
+      run: (c) => {
+        vms.putRuntime(c.vm.id, c.live!.running!.runtime, ctx.now());
+        network.persist(c.vm.id);
+        const rec = vms.get(c.vm.id);
+        if (rec) ctx.publishState(rec); // now with pid and accel
+      },
+      undo: (c) => vms.deleteRuntime(c.vm.id),
+    },
+    { name: 'attach console', run: (c) => ctx.attachConsole(c.live!) },
+    {
+      name: 'connect agent channel',
+      run: async (c) => {
+        if (c.live!.agentExpected) await ctx.agents.connect(c.vm.id);
+      },
+    },
+  ];
+
+  async function boot(id: string): Promise<VmRecord> {
+    const vm = vms.get(id);
+    if (!vm) throw new MvirtError('VM_NOT_FOUND', `no VM with id ${id}`);
+    if (vm.state === 'stopping') {
+      throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is stopping; start it once stopped`);
+    }
+    if (isActive(vm.state)) return vm; // already up or booting: start is idempotent
+    const c: BootCtx = { vm };
+    let failed: { step: string; reason: string } | undefined;
+    try {
+      await runSteps(BOOT_STEPS, c, ctx.log.child({ vmId: id }), (step, err) => {
+        const reason = `boot step '${step}' failed: ${err instanceof Error ? err.message : String(err)}`;
+        failed = { step, reason };
+        // Rollback kills the process; its exit must not be read as a crash.
+        if (c.live) c.live.exitIntent = { to: 'failed', reason };
+      });
+    } catch (err) {
+      const inner = err instanceof StepError ? err.error : err;
+      const code: ErrorCode = inner instanceof MvirtError ? inner.code : 'BOOT_FAILED';
+      const reason = failed?.reason ?? String(inner);
+      if (c.live) {
+        c.live.failure = { code, reason };
+        clearTimers(c.live);
+        if (lives.get(id) === c.live) lives.delete(id);
+      }
+      ctx.lastFailure.set(id, { code, reason });
+      if (vms.get(id)?.state === 'starting') ctx.transition(id, 'failed', reason, 'error');
+      if (inner instanceof MvirtError) throw inner;
+      throw new MvirtError('BOOT_FAILED', reason, { cause: inner });
+    }
+    const live = c.live!;
+    if (!live.agentExpected) {
+      clearTimers(live);
+      return ctx.transition(id, 'running', 'the image has no agent');
+    }
+    return vms.get(id)!;
+  }
+
+  return { admissionProblem, boot };
+}

@@ -1,0 +1,258 @@
+/**
+ * The VM manager's public lifecycle operations (vm.create, start, stop, kill,
+ * pause, resume, reboot, delete). Each runs under the VM's lock (kill
+ * excepted) and checks the backend's capabilities before it asks the backend.
+ */
+import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { requireCapability } from '../hypervisors/index.js';
+import type { Capability } from '../hypervisors/types.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { VmRecord } from '../../protocol/rpc.js';
+import type { CreateVmParams, VmContext } from './context.js';
+import { clearTimers, exitsWithin } from './live.js';
+import { canTransition, isActive, UP_STATES } from './states.js';
+
+export function vmOperations(ctx: VmContext) {
+  const { vms, options, hypervisors, network, topics, events } = ctx;
+
+  /** CAPABILITY_UNSUPPORTED unless the VM's backend can do this (before any state check). */
+  function capable(vm: VmRecord, cap: Capability): void {
+    const hv = hypervisors.get(vm.backend);
+    if (hv) requireCapability(hv, cap);
+  }
+
+  async function hvCall(name: string, what: string, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof MvirtError) throw err;
+      throw new MvirtError('HYPERVISOR_ERROR', `${what} of VM ${name} failed: ${String(err)}`, {
+        cause: err,
+      });
+    }
+  }
+
+  return {
+    async create(p: CreateVmParams): Promise<VmRecord> {
+      if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
+      if (vms.nameTaken(p.name)) {
+        throw new MvirtError('VM_EXISTS', `a VM named ${p.name} already exists`);
+      }
+      const vcpus = p.vcpus ?? options.defaults.vcpus;
+      const memoryMiB = p.memoryMiB ?? options.defaults.memoryMiB;
+      const l = options.limits;
+      if (vcpus > l.vcpus) {
+        throw new MvirtError(
+          'CAPACITY_EXCEEDED',
+          `${vcpus} vCPUs exceed the host limit of ${l.vcpus} (--max-vcpus)`,
+          { details: { limit: 'vcpus', requested: vcpus, max: l.vcpus } },
+        );
+      }
+      if (memoryMiB > l.memoryMiB) {
+        throw new MvirtError(
+          'CAPACITY_EXCEEDED',
+          `${memoryMiB} MiB exceed the host memory limit of ${l.memoryMiB} MiB (--max-memory-mib)`,
+          { details: { limit: 'memoryMiB', requested: memoryMiB, max: l.memoryMiB } },
+        );
+      }
+      const backend = p.backend ?? options.defaults.backend;
+      if (!hypervisors.get(backend)) {
+        throw new MvirtError(
+          'BACKEND_UNAVAILABLE',
+          `no backend named ${backend}; known: ${hypervisors.names().join(', ')}`,
+        );
+      }
+      const image = p.image ?? options.defaults.image;
+      await ctx.images.resolve(image);
+      const net = network.resolve(p.network);
+      const id = `vm-${randomBytes(6).toString('hex')}`;
+      try {
+        // One transaction: a VM whose address cannot be allocated is not created.
+        ctx.store.db.transaction(() => {
+          vms.insert({
+            id,
+            name: p.name,
+            vcpus,
+            memoryMiB,
+            kind: p.kind ?? 'service',
+            image,
+            backend,
+            network: net,
+            metadata: p.metadata ?? {},
+          });
+          network.define(id, net, {
+            ...(p.userData !== undefined ? { userData: p.userData } : {}),
+            ...(p.metaData !== undefined ? { metaData: p.metaData } : {}),
+            ...(p.networkConfig !== undefined ? { networkConfig: p.networkConfig } : {}),
+          });
+        })();
+      } catch (err) {
+        if (err instanceof MvirtError) throw err;
+        if (String(err).includes('UNIQUE')) {
+          throw new MvirtError('VM_EXISTS', `a VM named ${p.name} already exists`);
+        }
+        throw err;
+      }
+      const rec = vms.get(id)!;
+      ctx.publishState(rec);
+      ctx.audit(`${p.name}: created`, [id, `image:${image}`], {
+        name: p.name,
+        image,
+        vcpus,
+        memoryMiB,
+        backend,
+        network: net,
+        ...(rec.ip ? { ip: rec.ip, mac: rec.mac } : {}),
+      });
+      events.publishVmEvent(id, { at: rec.createdAt, type: 'created' });
+      return rec;
+    },
+
+    async start(ref: string, wait = false): Promise<VmRecord> {
+      const { id } = ctx.find(ref);
+      if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
+      const rec = await ctx.withLock(id, () => ctx.boot(id));
+      if (!wait) return rec;
+      return ctx.waitForState(id, ['ready', 'running', 'busy'], ['failed', 'stopped', 'stopping']);
+    },
+
+    async stop(ref: string, timeoutMs = options.stopTimeoutMs): Promise<VmRecord> {
+      const { id } = ctx.find(ref);
+      return ctx.withLock(id, async () => {
+        const cur = vms.get(id);
+        if (!cur) throw new MvirtError('VM_NOT_FOUND', `VM ${ref} was deleted`);
+        const live = ctx.liveOf(id);
+        if (!live) {
+          if (isActive(cur.state)) {
+            // State says up but no process is known: record the truth.
+            if (cur.state !== 'stopping') ctx.transition(id, 'stopping', 'stop requested');
+            return ctx.transition(id, 'stopped', 'no hypervisor process was running');
+          }
+          return cur;
+        }
+        if (cur.state !== 'stopping') {
+          if (!canTransition(cur.state, 'stopping')) return cur;
+          ctx.transition(id, 'stopping', 'stop requested');
+        }
+        ctx.audit(`${cur.name}: stop`, [id], { timeoutMs });
+        await ctx.stopProcess(live, live.running!, timeoutMs);
+        return vms.get(id)!;
+      });
+    },
+
+    async kill(ref: string): Promise<VmRecord> {
+      const { id } = ctx.find(ref);
+      let live = ctx.liveOf(id);
+      // A boot in progress holds the lock until its process exists.
+      if (!live && ctx.locks.has(id)) await ctx.withLock(id, () => Promise.resolve());
+      live = ctx.liveOf(id);
+      const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+      if (!live) {
+        if (isActive(cur.state)) {
+          if (cur.state !== 'stopping') ctx.transition(id, 'stopping', 'kill requested');
+          return ctx.transition(id, 'stopped', 'killed (no hypervisor process was running)');
+        }
+        return cur;
+      }
+      if (cur.state !== 'stopping' && canTransition(cur.state, 'stopping')) {
+        ctx.transition(id, 'stopping', 'kill requested');
+      }
+      live.exitIntent = { to: 'stopped', reason: 'killed' };
+      ctx.audit(`${cur.name}: kill`, [id]);
+      live.running!.signal('SIGKILL');
+      if (!(await exitsWithin(live.running!, options.killTimeoutMs))) {
+        throw new MvirtError('HYPERVISOR_ERROR', `VM ${cur.name} did not exit after SIGKILL`);
+      }
+      return vms.get(id)!;
+    },
+
+    async pause(ref: string): Promise<VmRecord> {
+      const { id } = ctx.find(ref);
+      return ctx.withLock(id, async () => {
+        const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+        capable(cur, 'pause');
+        const live = ctx.liveOf(id);
+        if (!live || !UP_STATES.includes(cur.state)) {
+          throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot pause`);
+        }
+        await hvCall(cur.name, 'pause', () => live.running!.pause());
+        live.pausedFrom = cur.state;
+        return ctx.transition(id, 'paused', 'pause requested');
+      });
+    },
+
+    async resume(ref: string): Promise<VmRecord> {
+      const { id } = ctx.find(ref);
+      return ctx.withLock(id, async () => {
+        const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+        capable(cur, 'pause');
+        const live = ctx.liveOf(id);
+        if (!live || cur.state !== 'paused') {
+          throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot resume`);
+        }
+        await hvCall(cur.name, 'resume', () => live.running!.resume());
+        const to = live.pausedFrom ?? (live.agentExpected ? 'ready' : 'running');
+        live.pausedFrom = undefined;
+        return ctx.transition(id, to, 'resume requested');
+      });
+    },
+
+    async reboot(ref: string): Promise<VmRecord> {
+      const { id } = ctx.find(ref);
+      return ctx.withLock(id, async () => {
+        const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+        capable(cur, 'reboot');
+        const live = ctx.liveOf(id);
+        if (!live || !UP_STATES.includes(cur.state)) {
+          throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot reboot`);
+        }
+        const rec = ctx.transition(id, 'starting', 'reboot requested');
+        ctx.agents.forgetHello(id);
+        live.launchedAt = performance.now();
+        ctx.armBootTimer(live);
+        try {
+          await hvCall(cur.name, 'reboot', () => live.running!.reboot());
+        } catch (err) {
+          ctx.failBoot(live, 'HYPERVISOR_ERROR', `reboot failed: ${String(err)}`);
+          throw err;
+        }
+        // The new guest's agent starts a fresh MQTT session: give it a fresh host end.
+        if (live.agentExpected) {
+          ctx.agents.renew(id);
+        } else {
+          clearTimers(live);
+          return ctx.transition(id, 'running', 'rebooted (the image has no agent)');
+        }
+        return rec;
+      });
+    },
+
+    async delete(ref: string): Promise<Record<string, never>> {
+      const { id } = ctx.find(ref);
+      return ctx.withLock(id, async () => {
+        const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+        if (cur.state !== 'stopped' && cur.state !== 'failed') {
+          throw new MvirtError(
+            'VM_RUNNING',
+            `VM ${cur.name} is ${cur.state}; stop it before deleting it`,
+            { details: { state: cur.state } },
+          );
+        }
+        const live = ctx.lives.get(id);
+        if (live?.running) {
+          // A failed VM whose process is still exiting.
+          live.running.signal('SIGKILL');
+          await exitsWithin(live.running, options.killTimeoutMs);
+        }
+        await rm(ctx.dirOf(id), { recursive: true, force: true });
+        vms.delete(id);
+        ctx.lastFailure.delete(id);
+        ctx.publish(topics.vmState(id), '', true); // clears the retained state
+        ctx.audit(`${cur.name}: deleted`, [id, `image:${cur.image}`]);
+        events.publishVmEvent(id, { at: ctx.now(), type: 'deleted' });
+        return {};
+      });
+    },
+  };
+}
