@@ -5,7 +5,8 @@
  * most once per --interval. On a terminal each frame replaces the previous
  * one; piped, frames follow each other (like `top -b`).
  */
-import { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
+import { VmTelemetry } from '../../protocol/metrics.js';
+import { HostStatus } from '../../protocol/records.js';
 import type { VmRecord } from '../../protocol/rpc.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { str, type Command } from './command.js';

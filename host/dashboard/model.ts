@@ -5,7 +5,8 @@
  * into one render per animation frame, so a burst of retained messages (200
  * VMs at connect) costs one render, not 200.
  */
-import type { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
+import type { VmTelemetry } from '../../protocol/metrics.js';
+import type { HostStatus } from '../../protocol/records.js';
 import type { EventRecord, JobRecord, OutputChunk, VmRecord } from '../../protocol/rpc.js';
 
 export type Part = 'hosts' | 'vms' | 'detail' | 'jobs' | 'output' | 'events';
