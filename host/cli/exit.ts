@@ -86,6 +86,8 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
   BOOT_TIMEOUT: '`mvirt events --object VM` shows what happened; under TCG boots are slow',
   BACKEND_UNAVAILABLE: '`mvirt info` lists the backends and why one is unavailable',
   UNKNOWN_METHOD: 'mvirtd may be older than this mvirt: compare `mvirt info` versions',
+  INVALID_RECORD:
+    'mvirt and mvirtd speak different protocol versions: compare `mvirt info` versions',
   INVALID_PARAMS: 'see `mvirt COMMAND --help`',
   CONFIG_INVALID: 'see `mvirt COMMAND --help`',
   INTERNAL: 'see the mvirtd log',
