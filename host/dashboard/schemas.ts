@@ -5,4 +5,4 @@
  */
 export { DashboardSession } from '../../protocol/http.js';
 export { VmTelemetry } from '../../protocol/metrics.js';
-export { HostStatus } from '../../protocol/records.js';
+export { HostStatus, JobRecord, OutputChunk } from '../../protocol/records.js';
