@@ -10,6 +10,7 @@ import { MetricsResult } from './metrics.js';
 import {
   EVENT_LEVELS,
   Empty,
+  ErrorBodySchema,
   EventRecord,
   JobLogs,
   JobRecord,
@@ -44,8 +45,12 @@ export const JOB_STDIN_BYTES = 512 * 1024;
 export const JOB_WAIT_OUTPUT_BYTES = 1024 * 1024;
 
 export const RequestEnvelope = z.strictObject({
-  id: z.string().max(256).optional(),
-  replyTo: z.string().min(1).max(512).optional(),
+  id: z
+    .string()
+    .max(256)
+    .describe('any string chosen by the caller, echoed in the reply')
+    .optional(),
+  replyTo: z.string().min(1).max(512).describe('reply topic; omit for fire-and-forget').optional(),
   params: z.unknown().optional(),
 });
 export type RequestEnvelope = z.infer<typeof RequestEnvelope>;
@@ -207,6 +212,16 @@ export const RESULTS = {
   'events.query': z.strictObject({ events: z.array(EventRecord) }),
   'metrics.query': MetricsResult,
 } as const satisfies Record<RpcMethod, z.ZodType>;
+
+/** One method's request: the envelope with its params (the server checks the two in turn). */
+export const requestOf = (m: RpcMethod) => RequestEnvelope.extend({ params: PARAMS[m] });
+
+/** One method's reply on the request's replyTo: its result, or an error. */
+export const replyOf = (m: RpcMethod) =>
+  z.discriminatedUnion('ok', [
+    z.strictObject({ id: z.string().optional(), ok: z.literal(true), result: RESULTS[m] }),
+    z.strictObject({ id: z.string().optional(), ok: z.literal(false), error: ErrorBodySchema }),
+  ]);
 
 export type RpcResults = { [M in RpcMethod]: z.infer<(typeof RESULTS)[M]> };
 export type ResultOf<M extends RpcMethod> = RpcResults[M];

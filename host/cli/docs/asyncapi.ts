@@ -3,20 +3,13 @@
  * messages for every RPC method (params and result schemas from PARAMS and
  * RESULTS in protocol/rpc.ts) and every public topic (payloads from the
  * records in protocol/). The only hand-written text is what a schema cannot
- * say: summaries, topic descriptions, servers.
+ * say: summaries, topic descriptions, servers. Requests and replies too come
+ * from the schemas (requestOf and replyOf in protocol/rpc.ts).
  */
-import { PARAMS, RESULTS, RPC_METHODS, type RpcMethod } from '../../../protocol/rpc.js';
+import { RPC_METHODS, replyOf, requestOf, type RpcMethod } from '../../../protocol/rpc.js';
 import { componentSchemas, jsonSchema, type Json } from './schemas.js';
 
 const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
-const str = (description?: string): Json =>
-  description ? { type: 'string', description } : { type: 'string' };
-const obj = (properties: Record<string, Json>, required: string[]): Json => ({
-  type: 'object',
-  required,
-  properties,
-});
-
 const SUMMARIES: Record<RpcMethod, string> = {
   'system.info': 'Host capacity, allocation, backends, VM counts by state, images.',
   'vm.create': 'Define a VM; it stays stopped.',
@@ -60,15 +53,7 @@ export function asyncApiDocument(): Json {
   const channels: Record<string, Json> = {};
   const operations: Record<string, Json> = {};
   const messages: Record<string, Json> = {};
-  const schemas: Record<string, Json> = {
-    ...componentSchemas(),
-    ReplyEnvelope: {
-      oneOf: [
-        obj({ id: str(), ok: { const: true }, result: {} }, ['ok', 'result']),
-        obj({ id: str(), ok: { const: false }, error: ref('ErrorBody') }, ['ok', 'error']),
-      ],
-    },
-  };
+  const schemas: Record<string, Json> = componentSchemas();
 
   channels.replies = {
     address: null,
@@ -86,32 +71,16 @@ export function asyncApiDocument(): Json {
 
   for (const m of RPC_METHODS) {
     const id = channelId(m);
-    schemas[`${id}_params`] = jsonSchema(PARAMS[m], 'input');
     messages[`${id}_request`] = {
       name: `${m} request`,
       contentType: 'application/json',
       description: 'JSON, or CBOR (a map) for a CBOR reply',
-      payload: obj(
-        {
-          id: str('echoed in the reply'),
-          replyTo: str('reply topic; omit for fire-and-forget'),
-          params: ref(`${id}_params`),
-        },
-        [],
-      ),
+      payload: jsonSchema(requestOf(m), 'input'),
     };
     messages[`${id}_reply`] = {
       name: `${m} reply`,
       contentType: 'application/json',
-      payload: {
-        oneOf: [
-          obj({ id: str(), ok: { const: true }, result: jsonSchema(RESULTS[m], 'output') }, [
-            'ok',
-            'result',
-          ]),
-          obj({ id: str(), ok: { const: false }, error: ref('ErrorBody') }, ['ok', 'error']),
-        ],
-      },
+      payload: jsonSchema(replyOf(m), 'output'),
     };
     channels[id] = {
       address: `{prefix}/{hostId}/rpc/${m}`,

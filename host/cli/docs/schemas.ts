@@ -50,7 +50,21 @@ export const NAMED: Record<string, z.ZodType> = {
   ErrorBody: ErrorBodySchema,
 };
 
-const registry = z.registry<{ id: string }>();
+type Meta = { id?: string; description?: string };
+
+/**
+ * The component ids, over the descriptions `.describe()` keeps in zod's
+ * global registry: a conversion reads one registry, and needs both.
+ */
+class DocsRegistry extends z.core.$ZodRegistry<Meta> {
+  override get(schema: z.core.$ZodType): Meta | undefined {
+    const global = z.globalRegistry.get(schema) as Meta | undefined;
+    const own = super.get(schema);
+    return global || own ? { ...global, ...own } : undefined;
+  }
+}
+
+const registry = new DocsRegistry();
 for (const [id, schema] of Object.entries(NAMED)) registry.add(schema, { id });
 
 const COMPONENTS = '#/components/schemas/';
