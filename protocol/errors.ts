@@ -37,6 +37,8 @@ export const ERROR_CODES = {
   DOWNLOAD_FAILED: 'A package or file could not be downloaded.',
   BUILD_FAILED: 'An image or kernel build step failed.',
   CONNECTION_FAILED: 'Could not connect to the broker or the daemon.',
+  INVALID_RECORD:
+    'A reply or a published record does not match the protocol schema: the client and mvirtd disagree (versions) or one of them has a bug.',
   SHUTTING_DOWN: 'The daemon is shutting down.',
   INTERNAL: 'An unexpected internal error; see the daemon log.',
 } as const;

@@ -1,7 +1,8 @@
 /**
  * Fleet telemetry on the public topics: what the host republishes of each
  * agent's figures (`vm/<id>/telemetry`), the host figures inside the retained
- * `status`, and the roll-ups `metrics.query` returns. Dashboards and `mvirt
+ * `status` (protocol/records.ts HostStatus), and the roll-ups `metrics.query`
+ * returns. Dashboards and `mvirt
  * top` validate what they receive with these schemas, so a daemon and a
  * client that disagree fail loudly instead of drawing nonsense.
  */
@@ -53,74 +54,68 @@ export const BrokerFigures = z.strictObject({
 });
 export type BrokerFigures = z.infer<typeof BrokerFigures>;
 
-const count = z.number().int().nonnegative();
-
-/**
- * The retained `<root>/status`. Everything but `hostId`, `online` and `at`
- * is absent in the last will (`online:false`).
- */
-export const HostStatus = z.strictObject({
-  hostId: z.string(),
-  online: z.boolean(),
-  at: z.string(),
-  version: z.string().optional(),
-  cpus: count.optional(),
-  memoryMiB: count.optional(),
-  allocated: z.strictObject({ vcpus: count, memoryMiB: count }).optional(),
-  limits: z.strictObject({ vcpus: count, memoryMiB: count, maxVms: count }).optional(),
-  backends: z
-    .array(
-      z.strictObject({
-        name: z.string(),
-        available: z.boolean(),
-        accel: z.string().nullable(),
-        reason: z.string().optional(),
-      }),
-    )
-    .optional(),
-  vms: z.record(z.string(), count).optional(),
-  images: z.array(z.string()).optional(),
-  figures: HostFigures.optional(),
-  broker: BrokerFigures.optional(),
-  /** Jobs by state (terminal states count what the store still holds). */
-  jobs: z.record(z.string(), count).optional(),
-});
-export type HostStatus = z.infer<typeof HostStatus>;
-
 /** The object id roll-ups of the host itself are kept under (VMs use their id). */
 export const HOST_OBJECT = 'host';
 
 /** Roll-up resolutions the daemon keeps, finest first (seconds per bucket). */
 export const ROLLUP_STEPS = [10, 60] as const;
 
-/** One bucket of a roll-up series: averages over the samples that fell in it. */
-export interface MetricPoint {
-  /** Bucket start, epoch milliseconds. */
-  t: number;
-  /** Samples averaged into this bucket. */
-  samples: number;
-  cpuPercent: number;
-  cpuMaxPercent: number;
-  memUsedMiB: number;
-  memTotalMiB: number;
-  load1: number;
-  /** The last reported value in the bucket. */
-  diskUsedBytes: number;
-  /** Bytes received / sent during the bucket (counter deltas; a guest reboot restarts them). */
-  netRxBytes: number;
-  netTxBytes: number;
-}
+/**
+ * How a figure is folded into a roll-up bucket and re-aggregated to a coarser
+ * step: `avg` weighted by samples, `max`, `last` (the newest value; a coarser
+ * step takes the largest), `delta` (a counter since boot, kept as the sum of
+ * its increases: a counter that goes down was restarted by a guest reboot).
+ */
+export type MetricFold = 'avg' | 'max' | 'last' | 'delta';
 
-export interface MetricsResult {
-  /** `host` or the VM's id. */
-  object: string;
-  /** Seconds per returned point. */
-  step: number;
-  /** The stored resolution the points were computed from (10 or 60 s). */
-  resolution: number;
-  /** Buckets with data, oldest first; gaps are left out. */
-  points: MetricPoint[];
-}
+/**
+ * The figures of a roll-up bucket: the one list that MetricPoint, the roll-up
+ * (host/metrics/rollup.ts), its SQLite table (host/store/metrics.ts) and the
+ * generated docs derive from. `of` names the sampled figure a field is
+ * computed from when it is not sampled under its own name.
+ */
+export const METRIC_FIELDS = {
+  cpuPercent: { fold: 'avg', description: 'average (100 = one CPU)' },
+  cpuMaxPercent: { fold: 'max', of: 'cpuPercent', description: 'highest sample' },
+  memUsedMiB: { fold: 'avg', description: 'average' },
+  memTotalMiB: { fold: 'last', description: 'last value in the bucket' },
+  load1: { fold: 'avg', description: 'average' },
+  diskUsedBytes: { fold: 'last', description: 'last value in the bucket' },
+  netRxBytes: { fold: 'delta', description: 'bytes received during the bucket' },
+  netTxBytes: { fold: 'delta', description: 'bytes sent during the bucket' },
+} as const satisfies Record<string, { fold: MetricFold; of?: string; description: string }>;
+
+export type MetricField = keyof typeof METRIC_FIELDS;
+export const METRIC_FIELD_NAMES = Object.keys(METRIC_FIELDS) as MetricField[];
+
+/** The figure a field is computed from (itself unless `of` says otherwise). */
+export const metricSource = (f: MetricField): SampledMetric => {
+  const d = METRIC_FIELDS[f] as { of?: string };
+  return (d.of ?? f) as SampledMetric;
+};
+/** The figures a roll-up sample carries: every field that is not computed from another. */
+export type SampledMetric = {
+  [K in MetricField]: (typeof METRIC_FIELDS)[K] extends { of: string } ? never : K;
+}[MetricField];
+export type MetricSample = Record<SampledMetric, number>;
+
+/** One bucket of a roll-up series: averages over the samples that fell in it. */
+export const MetricPoint = z.strictObject({
+  t: nonneg.describe('bucket start, epoch milliseconds'),
+  samples: z.number().int().nonnegative().describe('samples averaged into this bucket'),
+  ...(Object.fromEntries(
+    METRIC_FIELD_NAMES.map((f) => [f, z.number().finite().describe(METRIC_FIELDS[f].description)]),
+  ) as Record<MetricField, z.ZodNumber>),
+});
+export type MetricPoint = z.infer<typeof MetricPoint>;
+
+export const MetricsResult = z.strictObject({
+  object: z.string().describe('host, or the VM id'),
+  step: z.number().int().positive().describe('seconds per point'),
+  resolution: z.number().int().positive().describe('stored roll-up read: 10 or 60 s'),
+  points: z.array(MetricPoint).describe('buckets with data, oldest first; gaps left out'),
+});
+export type MetricsResult = z.infer<typeof MetricsResult>;
 
 /** Most points one metrics.query may return (ask with a larger step beyond that). */
 export const METRICS_MAX_POINTS = 10_000;

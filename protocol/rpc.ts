@@ -1,40 +1,29 @@
 /**
  * The public RPC API (PROTOCOL.md): request envelope, one params schema per
- * method, the records it returns. The host's route table and the typed client
+ * method and the schema of its result (the records are in records.ts). The host's route table and the typed client
  * are both keyed by `RpcMethods`, so a method added here is checked on both ends.
  */
 import { z } from 'zod';
 import { NAME_RE } from './topics.js';
-import { JobArgv, JobEnv, JobTimeoutMs, type BootTimeline } from './agent.js';
-import type { MetricsResult } from './metrics.js';
+import { JobArgv, JobEnv, JobTimeoutMs } from './agent.js';
+import { MetricsResult } from './metrics.js';
+import {
+  EVENT_LEVELS,
+  Empty,
+  ErrorBodySchema,
+  EventRecord,
+  JobLogs,
+  JobRecord,
+  JobRunResult,
+  NetworkSpec,
+  PoolRecord,
+  SystemInfo,
+  VmRecord,
+} from './records.js';
+import { JOB_STATES, VM_KINDS, VM_STATES } from './states.js';
 
-export type { HostStatus } from './metrics.js';
-
-export const VM_STATES = [
-  'stopped',
-  'starting',
-  'ready',
-  'busy',
-  'running',
-  'paused',
-  'stopping',
-  'failed',
-] as const;
-export type VmState = (typeof VM_STATES)[number];
-
-export const JOB_STATES = [
-  'queued',
-  'running',
-  'succeeded',
-  'failed',
-  'timed_out',
-  'cancelled',
-  'lost',
-] as const;
-export type JobState = (typeof JOB_STATES)[number];
-
-export const VM_KINDS = ['service', 'ephemeral'] as const;
-export type VmKind = (typeof VM_KINDS)[number];
+export * from './states.js';
+export * from './records.js';
 
 export const Name = z
   .string()
@@ -56,32 +45,15 @@ export const JOB_STDIN_BYTES = 512 * 1024;
 export const JOB_WAIT_OUTPUT_BYTES = 1024 * 1024;
 
 export const RequestEnvelope = z.strictObject({
-  id: z.string().max(256).optional(),
-  replyTo: z.string().min(1).max(512).optional(),
+  id: z
+    .string()
+    .max(256)
+    .describe('any string chosen by the caller, echoed in the reply')
+    .optional(),
+  replyTo: z.string().min(1).max(512).describe('reply topic; omit for fire-and-forget').optional(),
   params: z.unknown().optional(),
 });
 export type RequestEnvelope = z.infer<typeof RequestEnvelope>;
-
-export const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
-export type NetworkMode = (typeof NETWORK_MODES)[number];
-
-/**
- * A VM's network. `user`: QEMU user-mode networking (outbound only, no
- * privileges); `bridge`: a TAP on the host bridge with an address from the
- * host's subnet; `none`: no NIC. `agentOverNetwork` (bridge only): the agent
- * dials the broker's guest listener on the bridge address with a per-boot
- * token instead of using the hypervisor's channel.
- */
-export const NetworkSpec = z
-  .strictObject({
-    mode: z.enum(NETWORK_MODES),
-    agentOverNetwork: z.boolean().optional(),
-  })
-  .refine(
-    (n) => !n.agentOverNetwork || n.mode === 'bridge',
-    'agentOverNetwork needs mode bridge (the guest listener is on the bridge address)',
-  );
-export type NetworkSpec = z.infer<typeof NetworkSpec>;
 
 const Metadata = z
   .record(z.string().max(128), z.string().max(4096))
@@ -192,7 +164,7 @@ export const PARAMS = {
   'events.query': z
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),
-      level: z.enum(['debug', 'info', 'warn', 'error', 'audit']).optional(),
+      level: z.enum(EVENT_LEVELS).optional(),
       since: z.union([z.number(), z.string().datetime()]).optional(),
       until: z.union([z.number(), z.string().datetime()]).optional(),
       limit: z.number().int().min(1).max(10_000).optional(),
@@ -213,151 +185,47 @@ export type RpcMethod = keyof typeof PARAMS;
 export const RPC_METHODS = Object.keys(PARAMS) as RpcMethod[];
 export type ParamsOf<M extends RpcMethod> = z.input<(typeof PARAMS)[M]>;
 
-// ---------------------------------------------------------------- records
+// ---------------------------------------------------------------- results
 
-export interface VmRecord {
-  id: string;
-  name: string;
-  state: VmState;
-  vcpus: number;
-  memoryMiB: number;
-  kind: VmKind;
-  image: string;
-  backend: string;
-  network: NetworkSpec;
-  metadata: Record<string, string>;
-  createdAt: string;
-  updatedAt: string;
-  /** Why the VM is in its state (failed, stopped by recovery, …). */
-  stateReason?: string;
-  startedAt?: string;
-  accel?: string;
-  pid?: number;
-  /** Bridge mode: the address allocated to the VM (kept until delete) and its MAC. */
-  ip?: string;
-  mac?: string;
-  /** Which cloud-init documents the VM's seed carries. */
-  cloudInit?: { userData: boolean; metaData: boolean; networkConfig: boolean };
-  boot?: BootTimeline & { readyAtMs?: number };
-  agentVersion?: string;
-}
+/** The record each method replies with (protocol/records.ts): a client validates a reply by method. */
+export const RESULTS = {
+  'system.info': SystemInfo,
+  'vm.create': VmRecord,
+  'vm.get': VmRecord,
+  'vm.list': z.strictObject({ vms: z.array(VmRecord) }),
+  'vm.start': VmRecord,
+  'vm.stop': VmRecord,
+  'vm.kill': VmRecord,
+  'vm.pause': VmRecord,
+  'vm.resume': VmRecord,
+  'vm.reboot': VmRecord,
+  'vm.delete': Empty,
+  'job.run': JobRunResult,
+  'job.get': JobRecord,
+  'job.list': z.strictObject({ jobs: z.array(JobRecord) }),
+  'job.cancel': JobRecord,
+  'job.logs': JobLogs,
+  'pool.set': PoolRecord,
+  'pool.get': PoolRecord,
+  'pool.list': z.strictObject({ pools: z.array(PoolRecord) }),
+  'pool.delete': Empty,
+  'events.query': z.strictObject({ events: z.array(EventRecord) }),
+  'metrics.query': MetricsResult,
+} as const satisfies Record<RpcMethod, z.ZodType>;
 
-export type JobTarget =
-  { kind: 'vm'; vm: string } | { kind: 'image'; image: string } | { kind: 'pool'; pool: string };
+/** One method's request: the envelope with its params (the server checks the two in turn). */
+export const requestOf = (m: RpcMethod) => RequestEnvelope.extend({ params: PARAMS[m] });
 
-export interface JobRecord {
-  jobId: string;
-  /** The VM the job runs (or ran) in; null while queued for a VM. */
-  vm: string | null;
-  target: JobTarget;
-  argv: string[];
-  cwd?: string;
-  timeoutMs?: number;
-  state: JobState;
-  exitCode: number | null;
-  signal: string | null;
-  oomKilled: boolean;
-  createdAt: string;
-  startedAt: string | null;
-  finishedAt: string | null;
-  /** Why the job ended as it did (lost, failed to start, cancelled, …). */
-  reason?: string;
-  /** 1-based place in the queue while queued waiting for capacity. */
-  queuePosition?: number;
-  /** The next output sequence number (chunks 0 … nextSeq-1 were produced). */
-  nextSeq: number;
-  outputBytes: number;
-  /** Output dropped by the retention limit (oldest first). */
-  dropped: { chunks: number; bytes: number };
-}
+/** One method's reply on the request's replyTo: its result, or an error. */
+export const replyOf = (m: RpcMethod) =>
+  z.discriminatedUnion('ok', [
+    z.strictObject({ id: z.string().optional(), ok: z.literal(true), result: RESULTS[m] }),
+    z.strictObject({ id: z.string().optional(), ok: z.literal(false), error: ErrorBodySchema }),
+  ]);
 
-export interface PoolRecord {
-  name: string;
-  image: string;
-  min: number;
-  max: number;
-  vcpus: number;
-  memoryMiB: number;
-  createdAt: string;
-  updatedAt: string;
-  /** The pool's VMs now: booting, idle and ready, running a job. */
-  vms: { starting: number; ready: number; busy: number };
-}
-
-export interface EventRecord {
-  id: number;
-  at: string;
-  level: 'debug' | 'info' | 'warn' | 'error' | 'audit';
-  component: string;
-  message: string;
-  objects: string[];
-  data?: unknown;
-}
-
-export interface SystemInfo {
-  hostId: string;
-  version: string;
-  cpus: number;
-  memoryMiB: number;
-  allocated: { vcpus: number; memoryMiB: number };
-  limits: { vcpus: number; memoryMiB: number; maxVms: number };
-  backends: { name: string; available: boolean; accel: string | null; reason?: string }[];
-  vms: Partial<Record<VmState, number>>;
-  images: string[];
-}
-
-export interface OutputChunk {
-  seq: number;
-  stream: 'stdout' | 'stderr';
-  data: string;
-}
-
-export interface JobLogs {
-  chunks: OutputChunk[];
-  /** Ask again from here for more (equal to the job's nextSeq when all is read). */
-  nextSeq: number;
-  /** More chunks are stored beyond this page. */
-  more: boolean;
-  /** The oldest chunk still stored (earlier ones were dropped by retention). */
-  firstSeq: number;
-}
-
-export interface RpcResults {
-  'system.info': SystemInfo;
-  'vm.create': VmRecord;
-  'vm.get': VmRecord;
-  'vm.list': { vms: VmRecord[] };
-  'vm.start': VmRecord;
-  'vm.stop': VmRecord;
-  'vm.kill': VmRecord;
-  'vm.pause': VmRecord;
-  'vm.resume': VmRecord;
-  'vm.reboot': VmRecord;
-  'vm.delete': Record<string, never>;
-  'job.run': JobRecord & { stdout?: string; stderr?: string; truncated?: boolean };
-  'job.get': JobRecord;
-  'job.list': { jobs: JobRecord[] };
-  'job.cancel': JobRecord;
-  'job.logs': JobLogs;
-  'pool.set': PoolRecord;
-  'pool.get': PoolRecord;
-  'pool.list': { pools: PoolRecord[] };
-  'pool.delete': Record<string, never>;
-  'events.query': { events: EventRecord[] };
-  'metrics.query': MetricsResult;
-}
-
+export type RpcResults = { [M in RpcMethod]: z.infer<(typeof RESULTS)[M]> };
 export type ResultOf<M extends RpcMethod> = RpcResults[M];
 
 export type ReplyEnvelope<R = unknown> =
   | { id?: string; ok: true; result: R }
   | { id?: string; ok: false; error: { code: string; message: string; details?: unknown } };
-
-/** Public VM event payload on `vm/<id>/events`. */
-export interface VmEvent {
-  at: string;
-  type: string;
-  from?: VmState;
-  to?: VmState;
-  reason?: string;
-}

@@ -1,4 +1,4 @@
-/** Turn a zod failure into one INVALID_PARAMS error that names each bad field. */
+/** Turn a zod failure into one typed error (INVALID_PARAMS, INVALID_RECORD, …) that names each bad field. */
 import type { z } from 'zod';
 import { MvirtError, type ErrorCode } from './errors.js';
 

@@ -5,11 +5,11 @@
  * the terminal is restored on every way out.
  */
 import { MvirtError } from '../../protocol/errors.js';
+import { isLiveVm } from '../../protocol/states.js';
 import type { Command } from './command.js';
 import { EXIT } from './exit.js';
 
 const CTRL_A = 0x01;
-const LIVE = new Set(['starting', 'ready', 'busy', 'running', 'paused']);
 
 /**
  * Split input into bytes for the guest and an exit request. Keeps state
@@ -46,7 +46,7 @@ export const consoleCommands: Command[] = [
       const [ref] = p.positionals;
       const c = await ctx.client();
       const vm = await c.call('vm.get', { vm: ref! });
-      if (!LIVE.has(vm.state))
+      if (!isLiveVm(vm.state))
         throw new MvirtError(
           'VM_BAD_STATE',
           `${vm.name} is ${vm.state}: start it first with \`mvirt vm start ${vm.name}\``,
@@ -73,7 +73,7 @@ export const consoleCommands: Command[] = [
             cleanups.push(
               await c.watchVm(vm.id, (rec) => {
                 if (!rec) finish(EXIT.OK, `[${vm.name} was deleted]`);
-                else if (!LIVE.has(rec.state)) finish(EXIT.OK, `[${vm.name} is ${rec.state}]`);
+                else if (!isLiveVm(rec.state)) finish(EXIT.OK, `[${vm.name} is ${rec.state}]`);
               }),
             );
             const filter = escapeFilter();

@@ -88,6 +88,8 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
   CAPABILITY_UNSUPPORTED:
     "the VM's backend cannot do this: create the VM on one that can (`mvirt vm create --backend NAME`)",
   UNKNOWN_METHOD: 'mvirtd may be older than this mvirt: compare `mvirt info` versions',
+  INVALID_RECORD:
+    'mvirt and mvirtd speak different protocol versions: compare `mvirt info` versions',
   INVALID_PARAMS: 'see `mvirt COMMAND --help`',
   CONFIG_INVALID: 'see `mvirt COMMAND --help`',
   INTERNAL: 'see the mvirtd log',

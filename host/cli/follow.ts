@@ -16,12 +16,8 @@
 import type { MvirtClient } from '../../protocol/client.js';
 import { decode } from '../../protocol/codec.js';
 import { MvirtError } from '../../protocol/errors.js';
-import { JOB_STATES, type JobRecord, type JobState, type OutputChunk } from '../../protocol/rpc.js';
-
-export const TERMINAL_JOB_STATES: ReadonlySet<JobState> = new Set(
-  JOB_STATES.filter((s) => s !== 'queued' && s !== 'running'),
-);
-export const isTerminal = (s: JobState): boolean => TERMINAL_JOB_STATES.has(s);
+import { JobRecord, OutputChunk } from '../../protocol/records.js';
+import { isTerminalJob as isTerminal } from '../../protocol/states.js';
 
 /**
  * Live chunks held behind a gap before job.logs is asked for the gap while the
@@ -83,35 +79,25 @@ export function sequencer(emit: (chunk: OutputChunk) => void, start = 0): Sequen
   };
 }
 
-const asObject = (v: unknown): Record<string, unknown> | null =>
-  typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-
-function tryDecode(payload: Buffer): Record<string, unknown> | null {
+function tryDecode(payload: Buffer): unknown {
   if (payload.length === 0) return null;
   try {
-    return asObject(decode(payload));
+    return decode(payload);
   } catch {
     return null;
   }
 }
 
-/** A live `job/<id>/output` payload, or null when it is not one. */
+/** A live `job/<id>/output` payload (protocol OutputChunk), or null when it is not one. */
 export function parseChunk(payload: Buffer): OutputChunk | null {
-  const v = tryDecode(payload);
-  if (!v) return null;
-  const { seq, stream, data } = v;
-  if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 0) return null;
-  if (stream !== 'stdout' && stream !== 'stderr') return null;
-  if (typeof data !== 'string') return null;
-  return { seq, stream, data };
+  const r = OutputChunk.safeParse(tryDecode(payload));
+  return r.success ? r.data : null;
 }
 
-/** A retained `job/<id>/state` payload of this job, or null. */
+/** A retained `job/<id>/state` payload of this job (protocol JobRecord), or null. */
 export function parseJobRecord(payload: Buffer, jobId: string): JobRecord | null {
-  const v = tryDecode(payload);
-  if (!v || v.jobId !== jobId) return null;
-  if (!(JOB_STATES as readonly unknown[]).includes(v.state)) return null;
-  return v as unknown as JobRecord;
+  const r = JobRecord.safeParse(tryDecode(payload));
+  return r.success && r.data.jobId === jobId ? r.data : null;
 }
 
 export interface FollowOptions {

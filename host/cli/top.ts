@@ -5,8 +5,10 @@
  * most once per --interval. On a terminal each frame replaces the previous
  * one; piped, frames follow each other (like `top -b`).
  */
-import { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
-import type { VmRecord } from '../../protocol/rpc.js';
+import { VmTelemetry } from '../../protocol/metrics.js';
+import { HostStatus } from '../../protocol/records.js';
+import { VmRecord } from '../../protocol/records.js';
+import { isActiveVm } from '../../protocol/states.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { str, type Command } from './command.js';
 import { EXIT } from './exit.js';
@@ -36,8 +38,6 @@ export interface TopFrame {
   vms: TopVm[];
 }
 
-const UP = new Set(['starting', 'ready', 'busy', 'running', 'paused', 'stopping']);
-
 /** VM records and telemetry as they arrive, folded into rows. */
 export function createTopState() {
   const vms = new Map<string, VmRecord>();
@@ -48,7 +48,7 @@ export function createTopState() {
     setVm(id: string, rec: VmRecord | null): void {
       if (rec) vms.set(id, rec);
       else vms.delete(id);
-      if (!rec || !UP.has(rec.state)) tele.delete(id);
+      if (!rec || !isActiveVm(rec.state)) tele.delete(id);
     },
     addTelemetry(t: VmTelemetry): void {
       const old = tele.get(t.vmId);
@@ -67,7 +67,7 @@ export function createTopState() {
           memoryMiB: v.memoryMiB,
         };
         const t = tele.get(v.id);
-        if (!t || !UP.has(v.state)) return row;
+        if (!t || !isActiveVm(v.state)) return row;
         const { cur, prev } = t;
         Object.assign(row, {
           cpuPercent: cur.cpuPercent,
@@ -227,7 +227,12 @@ export const topCommands: Command[] = [
       const unsubs = [
         await c.subscribe(root.vmState('+'), (topic, payload) => {
           const id = topic.split('/').at(-2)!;
-          s.setVm(id, payload.length === 0 ? null : (JSON.parse(payload.toString()) as VmRecord));
+          if (payload.length === 0) s.setVm(id, null);
+          else {
+            const r = VmRecord.safeParse(JSON.parse(payload.toString()));
+            if (!r.success) return; // as with telemetry: skip what the schema does not know
+            s.setVm(id, r.data);
+          }
           changed();
         }),
         await c.subscribe(root.vmTelemetry('+'), (_t, payload) => {

@@ -22,6 +22,7 @@ import { createStore, type Store } from '../store/index.js';
 import { createImageStore } from '../vm/images.js';
 import { createVmManager, DEFAULT_TIMEOUTS, type VmManager } from '../vm/manager.js';
 import { hostRoot, topics as topicsFor, type Topics } from '../../protocol/topics.js';
+import { isInactiveVm, isTerminalJob } from '../../protocol/states.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
 import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
@@ -42,7 +43,6 @@ import { createHttpAuth } from '../http/auth.js';
 import { startHttpServer, type HttpServer } from '../http/server.js';
 import { createSessionTokens } from '../http/sessions.js';
 import { dashboardAssets } from '../dashboard/assets.js';
-import { isTerminal } from '../jobs/states.js';
 import { VERSION } from './version.js';
 
 export interface Daemon {
@@ -278,10 +278,10 @@ export async function startDaemon(
     vms.onStateChange((rec, from) => {
       status.kick();
       if (rec.state === 'ready' && from === 'starting') prometheus.observeBoot(rec);
-      if (rec.state === 'stopped' || rec.state === 'failed') telemetry.forget(rec.id);
+      if (isInactiveVm(rec.state)) telemetry.forget(rec.id);
     });
     jobs.onStateChange((rec) => {
-      if (isTerminal(rec.state)) prometheus.observeJob(rec);
+      if (isTerminalJob(rec.state)) prometheus.observeJob(rec);
     });
     await api.start();
     await status.start();

@@ -7,7 +7,7 @@ import uPlot from 'uplot';
 import type { VmRecord } from '../../protocol/rpc.js';
 import type { Conn } from './conn.js';
 import { byId, h } from './dom.js';
-import type { Model, Series } from './model.js';
+import { emptySeries, type Model, type Series } from './model.js';
 
 const HISTORY_S = 15 * 60;
 
@@ -86,9 +86,9 @@ export function detailView(m: Model, conn: Conn): { select(id: string): void } {
   let shown: string | null = null;
 
   const draw = (s: Series | undefined): void => {
-    const d = s ?? { t: [], cpu: [], memUsed: [], memTotal: [] };
-    cpu?.setData([d.t, d.cpu]);
-    mem?.setData([d.t, d.memUsed, d.memTotal]);
+    const d = s ?? emptySeries();
+    cpu?.setData([d.t, d.cpuPercent]);
+    mem?.setData([d.t, d.memUsedMiB, d.memTotalMiB]);
     cpuEl.dataset.points = String(d.t.length);
     memEl.dataset.points = String(d.t.length);
   };
@@ -123,17 +123,7 @@ export function detailView(m: Model, conn: Conn): { select(id: string): void } {
       // Roll-ups fill the chart's past; live telemetry continues it.
       conn
         .call('metrics.query', { vm: id, from: now - HISTORY_S * 1000, to: now })
-        .then((r) =>
-          m.seedSeries(
-            id,
-            r.points.map((p) => ({
-              t: p.t,
-              cpu: p.cpuPercent,
-              memUsed: p.memUsedMiB,
-              memTotal: p.memTotalMiB,
-            })),
-          ),
-        )
+        .then((r) => m.seedSeries(id, r.points))
         .catch(() => undefined);
     },
   };

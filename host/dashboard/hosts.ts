@@ -1,5 +1,5 @@
 /** The header: every host that publishes a status on this broker, with its figures. */
-import type { HostStatus } from '../../protocol/metrics.js';
+import type { HostStatus } from '../../protocol/records.js';
 import { byId, fmt, h } from './dom.js';
 import type { Model } from './model.js';
 

@@ -5,18 +5,25 @@
  * into one render per animation frame, so a burst of retained messages (200
  * VMs at connect) costs one render, not 200.
  */
-import type { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
+import type { MetricField, MetricPoint, VmTelemetry } from '../../protocol/metrics.js';
+import type { HostStatus } from '../../protocol/records.js';
 import type { EventRecord, JobRecord, OutputChunk, VmRecord } from '../../protocol/rpc.js';
 
 export type Part = 'hosts' | 'vms' | 'detail' | 'jobs' | 'output' | 'events';
 
-/** Recent samples of one VM, oldest first (chart data). */
-export interface Series {
-  t: number[];
-  cpu: number[];
-  memUsed: number[];
-  memTotal: number[];
-}
+/**
+ * The figures the VM charts draw, by their protocol names: live telemetry and
+ * metrics.query points both carry them (METRIC_FIELDS in protocol/metrics.ts).
+ */
+export const CHARTED = [
+  'cpuPercent',
+  'memUsedMiB',
+  'memTotalMiB',
+] as const satisfies readonly MetricField[];
+type Charted = (typeof CHARTED)[number];
+
+/** Recent samples of one VM, oldest first (chart data; t in seconds). */
+export type Series = { t: number[] } & Record<Charted, number[]>;
 
 const SERIES_MAX = 720;
 const EVENTS_MAX = 1000;
@@ -38,16 +45,18 @@ export interface Model {
   setVm(id: string, rec: VmRecord | null): void;
   addTelemetry(t: VmTelemetry): void;
   /** Seed a VM's chart from metrics.query points (older than anything live). */
-  seedSeries(
-    id: string,
-    points: { t: number; cpu: number; memUsed: number; memTotal: number }[],
-  ): void;
+  seedSeries(id: string, points: Pick<MetricPoint, 't' | Charted>[]): void;
   setJob(id: string, rec: JobRecord | null): void;
   addOutput(id: string, chunks: OutputChunk[]): void;
   addEvents(es: EventRecord[]): void;
 }
 
-const emptySeries = (): Series => ({ t: [], cpu: [], memUsed: [], memTotal: [] });
+export const emptySeries = (): Series => ({
+  t: [],
+  cpuPercent: [],
+  memUsedMiB: [],
+  memTotalMiB: [],
+});
 
 export function createModel(): Model {
   const renders = new Map<Part, (() => void)[]>();
@@ -99,9 +108,7 @@ export function createModel(): Model {
       const sec = t.receivedAt / 1000;
       if (s.t.length > 0 && sec <= s.t[s.t.length - 1]!) return;
       s.t.push(sec);
-      s.cpu.push(t.cpuPercent);
-      s.memUsed.push(t.memUsedMiB);
-      s.memTotal.push(t.memTotalMiB);
+      for (const f of CHARTED) s[f].push(t[f]);
       if (s.t.length > SERIES_MAX) for (const a of Object.values(s) as number[][]) a.shift();
       m.changed('vms');
       if (m.selectedVm === t.vmId) m.changed('detail');
@@ -110,12 +117,9 @@ export function createModel(): Model {
       const live = m.series.get(id) ?? emptySeries();
       const first = live.t[0] ?? Infinity;
       const old = points.filter((p) => p.t / 1000 < first);
-      m.series.set(id, {
-        t: [...old.map((p) => p.t / 1000), ...live.t],
-        cpu: [...old.map((p) => p.cpu), ...live.cpu],
-        memUsed: [...old.map((p) => p.memUsed), ...live.memUsed],
-        memTotal: [...old.map((p) => p.memTotal), ...live.memTotal],
-      });
+      const s: Series = { ...emptySeries(), t: [...old.map((p) => p.t / 1000), ...live.t] };
+      for (const f of CHARTED) s[f] = [...old.map((p) => p[f]), ...live[f]];
+      m.series.set(id, s);
       if (m.selectedVm === id) m.changed('detail');
     },
     setJob(id, rec) {

@@ -4,4 +4,5 @@
  * largest part of the page's start-up and the VM table does not need it.
  */
 export { DashboardSession } from '../../protocol/http.js';
-export { HostStatus, VmTelemetry } from '../../protocol/metrics.js';
+export { VmTelemetry } from '../../protocol/metrics.js';
+export { HostStatus, JobRecord, OutputChunk } from '../../protocol/records.js';

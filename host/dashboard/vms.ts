@@ -4,21 +4,28 @@
  * RPCs as any controller.
  */
 import type { VmTelemetry } from '../../protocol/metrics.js';
-import type { VmRecord } from '../../protocol/rpc.js';
+import type { VmRecord } from '../../protocol/records.js';
+import {
+  ACTIVE_VM_STATES,
+  INACTIVE_VM_STATES,
+  LIVE_VM_STATES,
+  isActiveVm,
+  type VmState,
+} from '../../protocol/states.js';
 import type { Conn } from './conn.js';
 import { byId, fmt, h, toast } from './dom.js';
 import type { Model } from './model.js';
 
 type Action = 'start' | 'stop' | 'kill';
 
-const ALLOWED: Record<Action, readonly string[]> = {
-  start: ['stopped', 'failed'],
-  stop: ['starting', 'ready', 'busy', 'running', 'paused'],
-  kill: ['starting', 'ready', 'busy', 'running', 'paused', 'stopping'],
+const ALLOWED: Record<Action, readonly VmState[]> = {
+  start: INACTIVE_VM_STATES,
+  stop: LIVE_VM_STATES,
+  kill: ACTIVE_VM_STATES,
 };
 
 function row(v: VmRecord, t: VmTelemetry | undefined, selected: boolean): HTMLTableRowElement {
-  const up = t !== undefined && !['stopped', 'failed'].includes(v.state);
+  const up = t !== undefined && isActiveVm(v.state);
   const buttons = (['start', 'stop', 'kill'] as const).map((a) => {
     const b = h('button', { 'data-action': a, type: 'button' }, a);
     b.disabled = !ALLOWED[a].includes(v.state);

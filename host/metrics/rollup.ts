@@ -9,20 +9,21 @@
  * memory beyond one bucket per object and resolution.
  */
 import { MvirtError } from '../../protocol/errors.js';
-import { METRICS_MAX_POINTS, ROLLUP_STEPS, type MetricsResult } from '../../protocol/metrics.js';
+import {
+  METRIC_FIELD_NAMES,
+  METRIC_FIELDS,
+  METRICS_MAX_POINTS,
+  ROLLUP_STEPS,
+  metricSource,
+  type MetricField,
+  type MetricSample,
+  type MetricsResult,
+} from '../../protocol/metrics.js';
 import type { MvirtLogger } from '../log.js';
 import type { MetricRepo, RollupRow } from '../store/index.js';
 
-export interface RollupSample {
-  cpuPercent: number;
-  memUsedMiB: number;
-  memTotalMiB: number;
-  load1: number;
-  diskUsedBytes: number;
-  /** Counters since boot; the roll-up keeps deltas. */
-  netRxBytes: number;
-  netTxBytes: number;
-}
+/** One sample of the figures METRIC_FIELDS lists (counters since boot; the roll-up keeps deltas). */
+export type RollupSample = MetricSample;
 
 export interface Resolution {
   stepS: number;
@@ -53,19 +54,13 @@ export interface Rollups {
 interface Bucket {
   t: number;
   n: number;
-  cpuSum: number;
-  cpuMax: number;
-  memSum: number;
-  memTotal: number;
-  loadSum: number;
-  disk: number;
-  rx: number;
-  tx: number;
+  /** Per field as its fold says: avg a sum, max the maximum, last the value, delta a sum of deltas. */
+  v: Record<MetricField, number>;
 }
 
 interface ObjectState {
-  lastRx: number | null;
-  lastTx: number | null;
+  /** The last value of each `delta` counter. */
+  counters: Partial<Record<MetricField, number>>;
   /** Indexed like the resolutions. */
   buckets: (Bucket | null)[];
 }
@@ -73,8 +68,17 @@ interface ObjectState {
 const PRUNE_EVERY_MS = 60_000;
 
 /** A counter delta; a counter that went down was restarted (guest reboot). */
-const delta = (cur: number, last: number | null): number =>
-  last === null ? 0 : cur >= last ? cur - last : cur;
+const delta = (cur: number, last: number | undefined): number =>
+  last === undefined ? 0 : cur >= last ? cur - last : cur;
+
+const zeros = (): Record<MetricField, number> =>
+  Object.fromEntries(METRIC_FIELD_NAMES.map((f) => [f, 0])) as Record<MetricField, number>;
+
+/** A written bucket starts over; `last` values carry on (they are not sums). */
+const restart = (v: Record<MetricField, number>): Record<MetricField, number> =>
+  Object.fromEntries(
+    METRIC_FIELD_NAMES.map((f) => [f, METRIC_FIELDS[f].fold === 'last' ? v[f] : 0]),
+  ) as Record<MetricField, number>;
 
 export function createRollups(deps: {
   repo: MetricRepo;
@@ -93,22 +97,15 @@ export function createRollups(deps: {
     for (const [objectId, o] of objects) {
       o.buckets.forEach((b, i) => {
         if (!b || b.n === 0) return;
-        rows.push({
-          objectId,
-          stepS: res[i]!.stepS,
-          t: b.t,
-          samples: b.n,
-          cpuAvg: b.cpuSum / b.n,
-          cpuMax: b.cpuMax,
-          memUsedMiB: b.memSum / b.n,
-          memTotalMiB: b.memTotal,
-          load1: b.loadSum / b.n,
-          diskUsedBytes: b.disk,
-          netRxBytes: b.rx,
-          netTxBytes: b.tx,
-        });
+        const values = Object.fromEntries(
+          METRIC_FIELD_NAMES.map((f) => [
+            f,
+            METRIC_FIELDS[f].fold === 'avg' ? b.v[f] / b.n : b.v[f],
+          ]),
+        ) as Record<MetricField, number>;
+        rows.push({ objectId, stepS: res[i]!.stepS, t: b.t, samples: b.n, ...values });
         // Written: later samples of the same bucket are merged by the store.
-        o.buckets[i] = { ...b, n: 0, cpuSum: 0, cpuMax: 0, memSum: 0, loadSum: 0, rx: 0, tx: 0 };
+        o.buckets[i] = { t: b.t, n: 0, v: restart(b.v) };
       });
     }
     const t = now();
@@ -147,13 +144,16 @@ export function createRollups(deps: {
     add(objectId, s, atMs = now()) {
       let o = objects.get(objectId);
       if (!o) {
-        o = { lastRx: null, lastTx: null, buckets: res.map(() => null) };
+        o = { counters: {}, buckets: res.map(() => null) };
         objects.set(objectId, o);
       }
-      const rx = delta(s.netRxBytes, o.lastRx);
-      const tx = delta(s.netTxBytes, o.lastTx);
-      o.lastRx = s.netRxBytes;
-      o.lastTx = s.netTxBytes;
+      const deltas: Partial<Record<MetricField, number>> = {};
+      for (const f of METRIC_FIELD_NAMES) {
+        if (METRIC_FIELDS[f].fold !== 'delta') continue;
+        const x = s[metricSource(f)];
+        deltas[f] = delta(x, o.counters[f]);
+        o.counters[f] = x;
+      }
       const sec = Math.floor(atMs / 1000);
       res.forEach((r, i) => {
         const t = sec - (sec % r.stepS);
@@ -164,29 +164,27 @@ export function createRollups(deps: {
           b = o.buckets[i];
         }
         if (!b || b.t !== t) {
-          b = {
-            t,
-            n: 0,
-            cpuSum: 0,
-            cpuMax: 0,
-            memSum: 0,
-            memTotal: 0,
-            loadSum: 0,
-            disk: 0,
-            rx: 0,
-            tx: 0,
-          };
+          b = { t, n: 0, v: zeros() };
           o.buckets[i] = b;
         }
         b.n++;
-        b.cpuSum += s.cpuPercent;
-        b.cpuMax = Math.max(b.cpuMax, s.cpuPercent);
-        b.memSum += s.memUsedMiB;
-        b.memTotal = s.memTotalMiB;
-        b.loadSum += s.load1;
-        b.disk = s.diskUsedBytes;
-        b.rx += rx;
-        b.tx += tx;
+        for (const f of METRIC_FIELD_NAMES) {
+          const x = s[metricSource(f)];
+          switch (METRIC_FIELDS[f].fold) {
+            case 'avg':
+              b.v[f] += x;
+              break;
+            case 'max':
+              b.v[f] = Math.max(b.v[f], x);
+              break;
+            case 'last':
+              b.v[f] = x;
+              break;
+            case 'delta':
+              b.v[f] += deltas[f]!;
+              break;
+          }
+        }
       });
     },
     forget(objectId) {

@@ -5,7 +5,14 @@
  * host's own samples go through `host()` into the same roll-ups under `host`.
  */
 import type { Telemetry } from '../../protocol/agent.js';
-import { HOST_OBJECT, type HostFigures, type VmTelemetry } from '../../protocol/metrics.js';
+import {
+  HOST_OBJECT,
+  METRIC_FIELD_NAMES,
+  metricSource,
+  type HostFigures,
+  type MetricSample,
+  type VmTelemetry,
+} from '../../protocol/metrics.js';
 import type { Topics } from '../../protocol/topics.js';
 import type { Bus } from '../broker/types.js';
 import type { MvirtLogger } from '../log.js';
@@ -82,15 +89,12 @@ export function createTelemetryHub(deps: {
       rollups.add(vmId, v, v.receivedAt);
     },
     host(f) {
-      rollups.add(HOST_OBJECT, {
-        cpuPercent: f.cpuPercent,
-        memUsedMiB: f.memUsedMiB,
-        memTotalMiB: f.memTotalMiB,
-        load1: f.load1,
-        diskUsedBytes: 0,
-        netRxBytes: 0,
-        netTxBytes: 0,
-      });
+      // The host's own disk and network are not sampled (yet): those figures stay 0.
+      const figures: Partial<MetricSample> = f;
+      const sample = Object.fromEntries(
+        METRIC_FIELD_NAMES.map(metricSource).map((m) => [m, figures[m] ?? 0]),
+      ) as MetricSample;
+      rollups.add(HOST_OBJECT, sample);
     },
     latest: (vmId) => latest.get(vmId),
     all: () => latest,

@@ -4,23 +4,61 @@
  * to any coarser step in SQL, weighting averages by their sample counts.
  */
 import type { Db } from './db.js';
-import type { MetricPoint } from '../../protocol/metrics.js';
+import {
+  METRIC_FIELD_NAMES,
+  METRIC_FIELDS,
+  type MetricField,
+  type MetricPoint,
+} from '../../protocol/metrics.js';
 
 /** A finished bucket as the roll-up module hands it over (t in epoch seconds). */
-export interface RollupRow {
+export type RollupRow = {
   objectId: string;
   stepS: number;
   t: number;
   samples: number;
-  cpuAvg: number;
-  cpuMax: number;
-  memUsedMiB: number;
-  memTotalMiB: number;
-  load1: number;
-  diskUsedBytes: number;
-  netRxBytes: number;
-  netTxBytes: number;
-}
+} & Record<MetricField, number>;
+
+/** The metric_rollups column of each field (names from the first schema: migrations.ts). */
+const COLUMN: Readonly<Record<MetricField, string>> = {
+  cpuPercent: 'cpu_avg',
+  cpuMaxPercent: 'cpu_max',
+  memUsedMiB: 'mem_used_mib',
+  memTotalMiB: 'mem_total_mib',
+  load1: 'load1',
+  diskUsedBytes: 'disk_used_bytes',
+  netRxBytes: 'net_rx_bytes',
+  netTxBytes: 'net_tx_bytes',
+};
+
+/** A bucket written twice (a flush inside a bucket, a daemon restart inside it): merged by fold. */
+const merge = (f: MetricField): string => {
+  const c = COLUMN[f];
+  switch (METRIC_FIELDS[f].fold) {
+    case 'avg':
+      return `${c} = (${c} * samples + excluded.${c} * excluded.samples) / (samples + excluded.samples)`;
+    case 'max':
+      return `${c} = max(${c}, excluded.${c})`;
+    case 'last':
+      return `${c} = excluded.${c}`;
+    case 'delta':
+      return `${c} = ${c} + excluded.${c}`;
+  }
+};
+
+/** Buckets grouped into a coarser step: averages weighted by samples, `last` as the largest. */
+const aggregate = (f: MetricField): string => {
+  const c = COLUMN[f];
+  switch (METRIC_FIELDS[f].fold) {
+    case 'avg':
+      return `sum(${c} * samples) / sum(samples) AS ${f}`;
+    case 'max':
+    case 'last':
+      return `max(${c}) AS ${f}`;
+    case 'delta':
+      return `sum(${c}) AS ${f}`;
+  }
+};
 
 export interface RollupQuery {
   objectId: string;
@@ -34,21 +72,13 @@ export interface RollupQuery {
 }
 
 export function createMetricRepo(db: Db) {
+  const columns = METRIC_FIELD_NAMES.map((f) => COLUMN[f]).join(', ');
+  const params = METRIC_FIELD_NAMES.map((f) => `@${f}`).join(', ');
   const upsert = db.prepare(`
-    INSERT INTO metric_rollups (object_id, step_s, t, samples, cpu_avg, cpu_max, mem_used_mib,
-      mem_total_mib, load1, disk_used_bytes, net_rx_bytes, net_tx_bytes)
-    VALUES (@objectId, @stepS, @t, @samples, @cpuAvg, @cpuMax, @memUsedMiB, @memTotalMiB,
-      @load1, @diskUsedBytes, @netRxBytes, @netTxBytes)
+    INSERT INTO metric_rollups (object_id, step_s, t, samples, ${columns})
+    VALUES (@objectId, @stepS, @t, @samples, ${params})
     ON CONFLICT (object_id, step_s, t) DO UPDATE SET
-      -- A bucket flushed twice (daemon restart inside it): merge, weighted.
-      cpu_avg = (cpu_avg * samples + excluded.cpu_avg * excluded.samples) / (samples + excluded.samples),
-      mem_used_mib = (mem_used_mib * samples + excluded.mem_used_mib * excluded.samples) / (samples + excluded.samples),
-      load1 = (load1 * samples + excluded.load1 * excluded.samples) / (samples + excluded.samples),
-      cpu_max = max(cpu_max, excluded.cpu_max),
-      mem_total_mib = excluded.mem_total_mib,
-      disk_used_bytes = excluded.disk_used_bytes,
-      net_rx_bytes = net_rx_bytes + excluded.net_rx_bytes,
-      net_tx_bytes = net_tx_bytes + excluded.net_tx_bytes,
+      ${METRIC_FIELD_NAMES.map(merge).join(',\n      ')},
       samples = samples + excluded.samples`);
   const insertMany = db.transaction((rows: readonly RollupRow[]) => {
     for (const r of rows) upsert.run(r);
@@ -61,14 +91,7 @@ export function createMetricRepo(db: Db) {
   const select = db.prepare(`
     SELECT t - (t % @outStepS) AS t,
            sum(samples) AS samples,
-           sum(cpu_avg * samples) / sum(samples) AS cpuPercent,
-           max(cpu_max) AS cpuMaxPercent,
-           sum(mem_used_mib * samples) / sum(samples) AS memUsedMiB,
-           max(mem_total_mib) AS memTotalMiB,
-           sum(load1 * samples) / sum(samples) AS load1,
-           max(disk_used_bytes) AS diskUsedBytes,
-           sum(net_rx_bytes) AS netRxBytes,
-           sum(net_tx_bytes) AS netTxBytes
+           ${METRIC_FIELD_NAMES.map(aggregate).join(',\n           ')}
     FROM metric_rollups
     WHERE object_id = @objectId AND step_s = @stepS AND t >= @from AND t < @to
     GROUP BY t - (t % @outStepS)

@@ -1,6 +1,7 @@
 /** The `vms` and `vm_runtime` tables: prepared statements and row ↔ record mapping. */
 import type { Db } from './db.js';
 import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.js';
+import { INACTIVE_VM_STATES } from '../../protocol/states.js';
 import type { VmRuntime } from '../hypervisors/types.js';
 
 /** What vm.create stores: the definition part of the public VM record. */
@@ -126,7 +127,7 @@ export function createVmRepo(db: Db) {
     counts: db.prepare(`SELECT state, COUNT(*) AS n FROM vms GROUP BY state`),
     allocated: db.prepare(`
       SELECT COUNT(*) AS n, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mib), 0) AS mem
-      FROM vms WHERE state NOT IN ('stopped', 'failed')`),
+      FROM vms WHERE state NOT IN (${INACTIVE_VM_STATES.map((s) => `'${s}'`).join(', ')})`),
     putRuntime: db.prepare(`
       INSERT OR REPLACE INTO vm_runtime (vm_id, backend, pid, start_time, accel, sockets, started_at)
       VALUES (?, ?, ?, ?, ?, ?, ?)`),

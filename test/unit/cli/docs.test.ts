@@ -2,10 +2,14 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { Parser, DiagnosticSeverity } from '@asyncapi/parser';
 import { ERROR_CODES } from '../../../protocol/errors.js';
 import { RPC_METHODS } from '../../../protocol/rpc.js';
+import { VmRecord } from '../../../protocol/records.js';
+import { METRIC_FIELD_NAMES } from '../../../protocol/metrics.js';
 import {
   ASYNCAPI_PATH,
+  asyncApiDocument,
   ERRORS_PATH,
   asyncApiYaml,
   errorsMarkdown,
@@ -61,6 +65,47 @@ describe('docs', () => {
 
   it('docs/asyncapi.yaml is what the generator writes', () => {
     assert.equal(asyncapi, asyncApiYaml(), `stale: ${REGENERATE}`);
+  });
+
+  // The ecosystem's own validator (what AsyncAPI Studio and the generator run):
+  // the AsyncAPI 3 JSON schema plus its rules (refs resolve, operations point
+  // at their channel's messages, payloads are valid schemas). Offline: the
+  // spec schemas ship in @asyncapi/specs.
+  const parser = new Parser();
+  const problems = async (doc: string): Promise<string[]> =>
+    (await parser.parse(doc)).diagnostics
+      .filter((d) => d.severity <= DiagnosticSeverity.Warning)
+      .map((d) => `${d.code} at ${d.path.join('.')}: ${d.message}`);
+
+  it('docs/asyncapi.yaml is a valid AsyncAPI document (parser: no errors, no warnings)', async () => {
+    assert.deepEqual(await problems(asyncapi), []);
+  });
+
+  it('the AsyncAPI parser catches a broken document (the check above can fail)', async () => {
+    const broken = asyncapi.replace(
+      '$ref: "#/components/schemas/VmRecord"',
+      '$ref: "#/components/schemas/NoSuchRecord"',
+    );
+    assert.notEqual(broken, asyncapi);
+    assert.ok((await problems(broken)).length > 0);
+  });
+
+  it('docs/asyncapi.yaml describes the records with the protocol schemas', () => {
+    const doc = asyncApiDocument() as {
+      components: { schemas: Record<string, { properties?: Record<string, unknown> }> };
+    };
+    for (const name of ['VmRecord', 'JobRecord', 'PoolRecord', 'EventRecord', 'SystemInfo'])
+      assert.ok(doc.components.schemas[name], name);
+    // Field for field what the zod schemas say, so a field added to a record is documented.
+    assert.deepEqual(
+      Object.keys(doc.components.schemas.VmRecord!.properties ?? {}),
+      Object.keys(VmRecord.shape),
+    );
+    assert.deepEqual(Object.keys(doc.components.schemas.MetricPoint!.properties ?? {}), [
+      't',
+      'samples',
+      ...METRIC_FIELD_NAMES,
+    ]);
   });
 
   it('docs/cli.md mentions every command', () => {

@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { HostStatus, VmTelemetry } from '../../../protocol/metrics.js';
+import { VmTelemetry } from '../../../protocol/metrics.js';
+import { HostStatus } from '../../../protocol/records.js';
 import type { MetricsResult } from '../../../protocol/metrics.js';
 import type { VmRecord } from '../../../protocol/rpc.js';
 import {

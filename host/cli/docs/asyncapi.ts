@@ -1,0 +1,252 @@
+/**
+ * The AsyncAPI 3.1 document of the public topic API: channels, operations and
+ * messages for every RPC method (params and result schemas from PARAMS and
+ * RESULTS in protocol/rpc.ts) and every public topic (payloads from the
+ * records in protocol/). The only hand-written text is what a schema cannot
+ * say: summaries, topic descriptions, servers. Requests and replies too come
+ * from the schemas (requestOf and replyOf in protocol/rpc.ts).
+ */
+import { RPC_METHODS, replyOf, requestOf, type RpcMethod } from '../../../protocol/rpc.js';
+import { componentSchemas, jsonSchema, type Json } from './schemas.js';
+
+const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+const SUMMARIES: Record<RpcMethod, string> = {
+  'system.info': 'Host capacity, allocation, backends, VM counts by state, images.',
+  'vm.create': 'Define a VM; it stays stopped.',
+  'vm.get': 'One VM by id or name.',
+  'vm.list': 'All VMs, optionally in one state.',
+  'vm.start':
+    'Boot a VM; with wait, the reply comes once it is ready (or an error once it failed).',
+  'vm.stop': 'Graceful stop (agent or ACPI), then SIGTERM, then SIGKILL; replies once stopped.',
+  'vm.kill': 'Immediate stop; replies once stopped.',
+  'vm.pause': 'Pause the vCPUs.',
+  'vm.resume': 'Resume a paused VM.',
+  'vm.reboot': 'Reboot the guest.',
+  'vm.delete': 'Delete a stopped or failed VM (VM_RUNNING otherwise).',
+  'job.run':
+    'Run argv in a VM, an ephemeral VM of an image, or a pool VM (at most one of vm, image, pool); with wait, replies once finished.',
+  'job.get': 'One job record.',
+  'job.list': 'Jobs, filtered by VM and state, at most limit of them.',
+  'job.cancel': 'Cancel a job (its whole process group in the guest).',
+  'job.logs':
+    'Stored output chunks from a sequence number, one page (at most maxBytes of data) per call; page on with nextSeq while more.',
+  'pool.set':
+    'Create or change a pool: the daemon keeps min ready VMs of its image, at most max in all (max ≥ min).',
+  'pool.get': 'One pool by name.',
+  'pool.list': 'All pools.',
+  'pool.delete': 'Delete a pool.',
+  'events.query': 'The event log, filtered by object, level and time.',
+  'metrics.query':
+    'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',
+};
+
+const channelId = (m: string): string => `rpc_${m.replace(/\./g, '_')}`;
+
+// ------------------------------------------------------------- document
+
+export function asyncApiDocument(): Json {
+  const param = (description: string): Json => ({ description });
+  const hostParams = {
+    prefix: param('topic prefix (mvirtd --prefix, default mvirt)'),
+    hostId: param('host id (mvirtd --host-id, default the hostname)'),
+  };
+  const channels: Record<string, Json> = {};
+  const operations: Record<string, Json> = {};
+  const messages: Record<string, Json> = {};
+  const schemas: Record<string, Json> = componentSchemas();
+
+  channels.replies = {
+    address: null,
+    title: 'RPC replies',
+    description:
+      "The request's replyTo topic, chosen by the caller; it must lie outside <prefix>/<hostId>/. " +
+      'The protocol client uses <prefix>/_clients/<clientId>/replies. The reply uses the request encoding (JSON or CBOR).',
+    messages: Object.fromEntries(
+      RPC_METHODS.map((m) => [
+        `${channelId(m)}_reply`,
+        { $ref: `#/components/messages/${channelId(m)}_reply` },
+      ]),
+    ),
+  };
+
+  for (const m of RPC_METHODS) {
+    const id = channelId(m);
+    messages[`${id}_request`] = {
+      name: `${m} request`,
+      contentType: 'application/json',
+      description: 'JSON, or CBOR (a map) for a CBOR reply',
+      payload: jsonSchema(requestOf(m), 'input'),
+    };
+    messages[`${id}_reply`] = {
+      name: `${m} reply`,
+      contentType: 'application/json',
+      payload: jsonSchema(replyOf(m), 'output'),
+    };
+    channels[id] = {
+      address: `{prefix}/{hostId}/rpc/${m}`,
+      title: m,
+      messages: { request: { $ref: `#/components/messages/${id}_request` } },
+      parameters: {
+        prefix: { $ref: '#/components/parameters/prefix' },
+        hostId: { $ref: '#/components/parameters/hostId' },
+      },
+    };
+    operations[m] = {
+      action: 'send',
+      summary: SUMMARIES[m],
+      channel: { $ref: `#/channels/${id}` },
+      messages: [{ $ref: `#/channels/${id}/messages/request` }],
+      reply: {
+        address: { location: '$message.payload#/replyTo' },
+        channel: { $ref: '#/channels/replies' },
+        messages: [{ $ref: `#/channels/replies/messages/${id}_reply` }],
+      },
+    };
+  }
+
+  const topic = (
+    name: string,
+    address: string,
+    description: string,
+    payload: Json,
+    o: { retained?: boolean; send?: boolean; contentType?: string; extraParams?: string[] } = {},
+  ): void => {
+    messages[name] = {
+      name,
+      contentType: o.contentType ?? 'application/json',
+      payload,
+    };
+    channels[name] = {
+      address,
+      description: `${description}${o.retained ? ' Retained.' : ''}`,
+      messages: { [name]: { $ref: `#/components/messages/${name}` } },
+      parameters: {
+        prefix: { $ref: '#/components/parameters/prefix' },
+        hostId: { $ref: '#/components/parameters/hostId' },
+        ...Object.fromEntries(
+          (o.extraParams ?? []).map((p) => [p, { $ref: `#/components/parameters/${p}` }]),
+        ),
+      },
+    };
+    operations[`${o.send ? 'send' : 'receive'}_${name}`] = {
+      action: o.send ? 'send' : 'receive',
+      channel: { $ref: `#/channels/${name}` },
+      messages: [{ $ref: `#/channels/${name}/messages/${name}` }],
+      ...(o.retained ? { bindings: { mqtt: { retain: true } } } : {}),
+    };
+  };
+  topic(
+    'hostStatus',
+    '{prefix}/{hostId}/status',
+    "Host status; the daemon's last will sets online:false.",
+    ref('HostStatus'),
+    { retained: true },
+  );
+  topic(
+    'hostEvents',
+    '{prefix}/{hostId}/events',
+    'Every event-log entry, live (what events.query returns).',
+    ref('EventRecord'),
+  );
+  topic(
+    'vmState',
+    '{prefix}/{hostId}/vm/{vmId}/state',
+    'The VM record after each change; an empty retained message when the VM is deleted.',
+    ref('VmRecord'),
+    { retained: true, extraParams: ['vmId'] },
+  );
+  topic(
+    'vmEvents',
+    '{prefix}/{hostId}/vm/{vmId}/events',
+    'Lifecycle events of one VM.',
+    ref('VmEvent'),
+    { extraParams: ['vmId'] },
+  );
+  topic(
+    'vmTelemetry',
+    '{prefix}/{hostId}/vm/{vmId}/telemetry',
+    'Guest figures reported by the agent.',
+    ref('VmTelemetry'),
+    { extraParams: ['vmId'] },
+  );
+  topic(
+    'vmConsoleOut',
+    '{prefix}/{hostId}/vm/{vmId}/console/out',
+    'Serial console output, raw bytes.',
+    { type: 'string', format: 'binary' },
+    { contentType: 'application/octet-stream', extraParams: ['vmId'] },
+  );
+  topic(
+    'vmConsoleIn',
+    '{prefix}/{hostId}/vm/{vmId}/console/in',
+    'Serial console input, raw bytes (controllers may publish here).',
+    { type: 'string', format: 'binary' },
+    { contentType: 'application/octet-stream', send: true, extraParams: ['vmId'] },
+  );
+  topic(
+    'jobState',
+    '{prefix}/{hostId}/job/{jobId}/state',
+    'The job record after each change.',
+    ref('JobRecord'),
+    { retained: true, extraParams: ['jobId'] },
+  );
+  topic(
+    'jobOutput',
+    '{prefix}/{hostId}/job/{jobId}/output',
+    'Live output chunks; replay with job.logs.',
+    ref('OutputChunk'),
+    { extraParams: ['jobId'] },
+  );
+  topic(
+    'poolState',
+    '{prefix}/{hostId}/pool/{pool}/state',
+    'The pool record after each change.',
+    ref('PoolRecord'),
+    { retained: true, extraParams: ['pool'] },
+  );
+
+  return {
+    asyncapi: '3.1.0',
+    info: {
+      title: 'mvirt public topic API',
+      version: '1',
+      description:
+        'mvirtd embeds an MQTT 3.1.1 broker. Controllers publish RPC requests on <prefix>/<hostId>/rpc/<method> and ' +
+        'get replies on their replyTo topic; state is retained on topics. Generated by host/cli/docs-gen.ts from ' +
+        'protocol/ (do not edit by hand). The contract in prose: PROTOCOL.md; error codes: docs/errors.md.',
+    },
+    defaultContentType: 'application/json',
+    servers: {
+      local: {
+        host: '127.0.0.1:1883',
+        protocol: 'mqtt',
+        protocolVersion: '3.1.1',
+        description: 'mvirtd --listen (default); also a unix socket at <data-dir>/mvirt.sock',
+      },
+      websocket: {
+        host: '127.0.0.1:1884',
+        protocol: 'ws',
+        description: 'mvirtd --ws-listen, for browsers',
+      },
+      http: {
+        host: '127.0.0.1:8180',
+        pathname: '/mqtt',
+        protocol: 'ws',
+        description:
+          'mvirtd --http (default on loopback): MQTT over WebSocket on /mqtt beside the dashboard and /metrics',
+      },
+    },
+    channels,
+    operations,
+    components: {
+      parameters: {
+        ...hostParams,
+        vmId: param('VM id (as in the VM record)'),
+        jobId: param('job id'),
+        pool: param('pool name'),
+      },
+      schemas,
+      messages,
+    },
+  };
+}

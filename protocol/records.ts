@@ -1,0 +1,261 @@
+/**
+ * The public records: what replies carry and what the daemon publishes on the
+ * public topics (PROTOCOL.md). One zod schema each, the TypeScript types are
+ * inferred from them, docs/asyncapi.yaml is generated from them
+ * (host/cli/docs/), and the client validates what it receives with them.
+ * Unknown fields are rejected, as everywhere on the wire: a daemon that sends
+ * a field the contract lacks fails a test instead of drifting silently.
+ */
+import { z } from 'zod';
+import { BootTimeline } from './agent.js';
+import { ERROR_CODES, type ErrorCode } from './errors.js';
+import { BrokerFigures, HostFigures } from './metrics.js';
+import { JOB_STATES, VM_KINDS, VM_STATES } from './states.js';
+
+const count = z.number().int().nonnegative();
+const time = z.iso.datetime();
+
+/** The state enums as schemas (the lists and their subsets are in states.ts). */
+export const VmStateSchema = z.enum(VM_STATES);
+export const JobStateSchema = z.enum(JOB_STATES);
+
+export const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
+export type NetworkMode = (typeof NETWORK_MODES)[number];
+
+/**
+ * A VM's network. `user`: QEMU user-mode networking (outbound only, no
+ * privileges); `bridge`: a TAP on the host bridge with an address from the
+ * host's subnet; `none`: no NIC. `agentOverNetwork` (bridge only): the agent
+ * dials the broker's guest listener on the bridge address with a per-boot
+ * token instead of using the hypervisor's channel.
+ */
+export const NetworkSpec = z
+  .strictObject({
+    mode: z.enum(NETWORK_MODES),
+    agentOverNetwork: z
+      .boolean()
+      .describe("bridge only: the agent dials the broker's guest listener with a per-boot token")
+      .optional(),
+  })
+  .refine(
+    (n) => !n.agentOverNetwork || n.mode === 'bridge',
+    'agentOverNetwork needs mode bridge (the guest listener is on the bridge address)',
+  );
+export type NetworkSpec = z.infer<typeof NetworkSpec>;
+
+// ---------------------------------------------------------------- VM
+
+export const VmRecord = z.strictObject({
+  id: z.string(),
+  name: z.string(),
+  state: VmStateSchema,
+  vcpus: count,
+  memoryMiB: count,
+  kind: z.enum(VM_KINDS),
+  image: z.string(),
+  backend: z.string(),
+  network: NetworkSpec,
+  metadata: z.record(z.string(), z.string()),
+  createdAt: time,
+  updatedAt: time,
+  stateReason: z
+    .string()
+    .describe('why the VM is in its state (failed, stopped by recovery, …)')
+    .optional(),
+  startedAt: time.optional(),
+  accel: z.string().describe('kvm or tcg').optional(),
+  pid: z.number().int().describe('the hypervisor process').optional(),
+  ip: z.string().describe('bridge mode: the allocated address, kept until delete').optional(),
+  mac: z.string().describe('bridge mode: derived from the VM id').optional(),
+  cloudInit: z
+    .strictObject({ userData: z.boolean(), metaData: z.boolean(), networkConfig: z.boolean() })
+    .describe("which cloud-init documents the VM's seed carries")
+    .optional(),
+  boot: BootTimeline.extend({
+    readyAtMs: z
+      .number()
+      .nonnegative()
+      .describe('ready, from hypervisor spawn (host clock)')
+      .optional(),
+  })
+    .describe('guest uptime in seconds at each boot milestone')
+    .optional(),
+  agentVersion: z.string().optional(),
+});
+export type VmRecord = z.infer<typeof VmRecord>;
+
+/** Public VM event payload on `vm/<id>/events`. */
+export const VmEvent = z.strictObject({
+  at: time,
+  type: z.string().describe('state, created, deleted, agent.hello, …'),
+  from: VmStateSchema.optional(),
+  to: VmStateSchema.optional(),
+  reason: z.string().optional(),
+});
+export type VmEvent = z.infer<typeof VmEvent>;
+
+// ---------------------------------------------------------------- job
+
+export const JobTarget = z
+  .discriminatedUnion('kind', [
+    z.strictObject({ kind: z.literal('vm'), vm: z.string().describe('VM id or name as given') }),
+    z.strictObject({ kind: z.literal('image'), image: z.string() }),
+    z.strictObject({ kind: z.literal('pool'), pool: z.string() }),
+  ])
+  .describe('where the job runs: a VM, an ephemeral VM of an image, or a VM of a pool');
+export type JobTarget = z.infer<typeof JobTarget>;
+
+const jobFields = {
+  jobId: z.string().describe('job-<hex>'),
+  vm: z.string().nullable().describe('the VM the job runs (or ran) in; null while queued for a VM'),
+  target: JobTarget,
+  argv: z.array(z.string()),
+  cwd: z.string().optional(),
+  timeoutMs: count.optional(),
+  state: JobStateSchema,
+  exitCode: z.number().int().nullable(),
+  signal: z.string().nullable().describe('the signal that ended the process, e.g. SIGKILL'),
+  oomKilled: z.boolean(),
+  createdAt: time,
+  startedAt: time.nullable(),
+  finishedAt: time.nullable(),
+  reason: z
+    .string()
+    .describe('why the job ended as it did (lost, failed to start, cancelled, …)')
+    .optional(),
+  queuePosition: z
+    .number()
+    .int()
+    .min(1)
+    .describe('1-based place in the queue while queued waiting for capacity')
+    .optional(),
+  nextSeq: count.describe('the next output sequence number: chunks 0 … nextSeq-1 were produced'),
+  outputBytes: count.describe('output produced so far, in bytes'),
+  dropped: z
+    .strictObject({ chunks: count, bytes: count })
+    .describe('output dropped by the retention limit, oldest first'),
+};
+
+export const JobRecord = z.strictObject(jobFields);
+export type JobRecord = z.infer<typeof JobRecord>;
+
+/** job.run's reply: the job record, and with `wait` its collected output. */
+export const JobRunResult = z.strictObject({
+  ...jobFields,
+  stdout: z
+    .string()
+    .describe('with wait: the output, cut at JOB_WAIT_OUTPUT_BYTES (1 MiB) per stream')
+    .optional(),
+  stderr: z.string().optional(),
+  truncated: z.boolean().describe('with wait: stdout or stderr was cut').optional(),
+});
+export type JobRunResult = z.infer<typeof JobRunResult>;
+
+export const OutputChunk = z.strictObject({
+  seq: count,
+  stream: z.enum(['stdout', 'stderr']),
+  data: z.string(),
+});
+export type OutputChunk = z.infer<typeof OutputChunk>;
+
+export const JobLogs = z.strictObject({
+  chunks: z.array(OutputChunk),
+  nextSeq: count.describe("ask again from here for more (the job's nextSeq once all is read)"),
+  more: z.boolean().describe('more chunks are stored beyond this page'),
+  firstSeq: count.describe('the oldest chunk still stored; earlier ones were dropped by retention'),
+});
+export type JobLogs = z.infer<typeof JobLogs>;
+
+// ---------------------------------------------------------------- pool
+
+export const PoolRecord = z.strictObject({
+  name: z.string(),
+  image: z.string(),
+  min: count.describe('ready VMs the daemon keeps'),
+  max: count.describe('most VMs the pool may hold'),
+  vcpus: count,
+  memoryMiB: count,
+  createdAt: time,
+  updatedAt: time,
+  vms: z
+    .strictObject({ starting: count, ready: count, busy: count })
+    .describe("the pool's VMs now: booting, idle and ready, running a job"),
+});
+export type PoolRecord = z.infer<typeof PoolRecord>;
+
+// ---------------------------------------------------------------- events
+
+export const EVENT_LEVELS = ['debug', 'info', 'warn', 'error', 'audit'] as const;
+
+export const EventRecord = z.strictObject({
+  id: count,
+  at: time,
+  level: z.enum(EVENT_LEVELS),
+  component: z.string(),
+  message: z.string(),
+  objects: z
+    .array(z.string())
+    .describe('ids of every object the event touches (VM, job, image, host:<id>, …)'),
+  data: z.unknown().optional(),
+});
+export type EventRecord = z.infer<typeof EventRecord>;
+
+// ---------------------------------------------------------------- host
+
+export const SystemInfo = z.strictObject({
+  hostId: z.string(),
+  version: z.string(),
+  cpus: count,
+  memoryMiB: count,
+  allocated: z
+    .strictObject({ vcpus: count, memoryMiB: count })
+    .describe('held by VMs that are not stopped or failed'),
+  limits: z.strictObject({ vcpus: count, memoryMiB: count, maxVms: count }),
+  backends: z.array(
+    z.strictObject({
+      name: z.string(),
+      available: z.boolean(),
+      accel: z.string().nullable(),
+      reason: z.string().describe('why the backend is unavailable').optional(),
+    }),
+  ),
+  vms: z.partialRecord(VmStateSchema, count).describe('count of VMs by state'),
+  images: z.array(z.string()),
+});
+export type SystemInfo = z.infer<typeof SystemInfo>;
+
+/**
+ * The retained `<root>/status`. Everything but `hostId`, `online` and `at`
+ * is absent in the last will (`online:false`).
+ */
+export const HostStatus = SystemInfo.partial()
+  .extend({
+    hostId: z.string(),
+    online: z.boolean(),
+    at: time,
+    figures: HostFigures.optional(),
+    broker: BrokerFigures.optional(),
+    jobs: z
+      .partialRecord(JobStateSchema, count)
+      .describe('jobs by state (terminal states count what the store still holds)')
+      .optional(),
+  })
+  .describe(
+    'online:false (with hostId and at only) is the daemon last will; while online, the system.info fields, the host figures, broker counters and jobs by state',
+  );
+export type HostStatus = z.infer<typeof HostStatus>;
+
+// ---------------------------------------------------------------- replies
+
+/** The `error` of a failed reply (errors.ts ErrorBody). */
+export const ErrorBodySchema = z.strictObject({
+  code: z
+    .enum(Object.keys(ERROR_CODES) as [ErrorCode, ...ErrorCode[]])
+    .describe('see docs/errors.md'),
+  message: z.string(),
+  details: z.unknown().optional(),
+});
+
+/** No fields: vm.delete, pool.delete. */
+export const Empty = z.strictObject({});
+export type Empty = z.infer<typeof Empty>;
