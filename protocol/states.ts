@@ -71,6 +71,7 @@ export const JOB_TARGET_VM_STATES = [
   'starting',
   ...AGENT_VM_STATES,
 ] as const satisfies readonly VmState[];
+export const isJobTargetVm = member<VmState>(JOB_TARGET_VM_STATES);
 
 /**
  * A VM with an agent that is, or will again be, usable: it keeps its jobs
@@ -82,6 +83,7 @@ export const AGENT_LIVE_VM_STATES = [
   'busy',
   'paused',
 ] as const satisfies readonly VmState[];
+export const isAgentLiveVm = member<VmState>(AGENT_LIVE_VM_STATES);
 
 /** Down or going down: waiting for a VM to come up ends with an error in these. */
 export const DOWN_VM_STATES = [
@@ -89,6 +91,7 @@ export const DOWN_VM_STATES = [
   'stopped',
   'failed',
 ] as const satisfies readonly VmState[];
+export const isDownVm = member<VmState>(DOWN_VM_STATES);
 
 // ---------------------------------------------------------------- job subsets
 

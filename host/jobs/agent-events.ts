@@ -7,6 +7,7 @@
 import type { Exit, Hello, Output } from '../../protocol/agent.js';
 import type { JobState, VmRecord, VmState } from '../../protocol/rpc.js';
 import { errText, type Active, type JobContext } from './context.js';
+import { isDownVm, isInactiveVm } from '../../protocol/states.js';
 
 export function agentPart(
   ctx: JobContext,
@@ -149,8 +150,8 @@ export function agentPart(
 
   /** A VM stopped or failed: its jobs are lost (or failed, if it never became ready). */
   function onVmState(vm: VmRecord, from: VmState): void {
-    if (vm.state === 'ready' || vm.state === 'stopped' || vm.state === 'failed') ctx.pump();
-    if (vm.state !== 'stopped' && vm.state !== 'failed' && vm.state !== 'stopping') return;
+    if (vm.state === 'ready' || isInactiveVm(vm.state)) ctx.pump();
+    if (!isDownVm(vm.state)) return;
     for (const a of [...active.values()]) {
       if (a.vmId !== vm.id || a.phase === 'waiting') continue;
       if (a.phase === 'placing' && from === 'starting') continue; // the boot's waiter reports it

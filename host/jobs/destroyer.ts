@@ -10,6 +10,7 @@
 import type { MvirtLogger } from '../log.js';
 import type { VmManager } from '../vm/manager.js';
 import { MvirtError } from '../../protocol/errors.js';
+import { isInactiveVm } from '../../protocol/states.js';
 
 export interface VmDestroyer {
   /** Kill and delete the VM; `after` runs once it is gone (or could not be removed). */
@@ -31,7 +32,7 @@ export function createVmDestroyer(vms: VmManager, log: MvirtLogger): VmDestroyer
       const p = (async () => {
         try {
           const rec = vms.get(vmId);
-          if (rec.state !== 'stopped' && rec.state !== 'failed') await vms.kill(vmId);
+          if (!isInactiveVm(rec.state)) await vms.kill(vmId);
           await vms.delete(vmId);
           log.debug({ vmId, why }, 'VM destroyed');
         } catch (err) {

@@ -34,7 +34,7 @@ import { createJobContext, type JobContext, type JobManagerDeps } from './contex
 import { decodeChunks } from './output.js';
 import { placementPart } from './placement.js';
 import { recoverJobs } from './recovery.js';
-import { isTerminal } from './states.js';
+import { isTerminalJob } from '../../protocol/states.js';
 import { transitionPart } from './transition.js';
 
 export {
@@ -56,7 +56,7 @@ export function createJobManager(deps: JobManagerDeps) {
   function waitEnd(id: string, ms?: number): Promise<JobRecord | null> {
     const rec = repo.get(id);
     if (!rec) return Promise.reject(new MvirtError('JOB_NOT_FOUND', `no job with id ${id}`));
-    if (isTerminal(rec.state)) return Promise.resolve(rec);
+    if (isTerminalJob(rec.state)) return Promise.resolve(rec);
     return new Promise((resolve) => {
       const done = (r: JobRecord | null): void => {
         if (timer) clearTimeout(timer);
@@ -160,7 +160,7 @@ export function createJobManager(deps: JobManagerDeps) {
 
     async cancel(id: string): Promise<JobRecord> {
       const rec = ctx.record(id);
-      if (isTerminal(rec.state)) return rec;
+      if (isTerminalJob(rec.state)) return rec;
       const a = active.get(id);
       if (!a) return rec;
       a.cancelRequested = true;

@@ -7,6 +7,7 @@ import { MvirtError } from '../../protocol/errors.js';
 import type { JobTarget, ParamsOf, VmRecord } from '../../protocol/rpc.js';
 import { errText, META_JOB, type Active, type JobContext } from './context.js';
 import { createOutputLog, type OutputLog } from './output.js';
+import { AGENT_VM_STATES, DOWN_VM_STATES, isJobTargetVm } from '../../protocol/states.js';
 
 type PlacementPart = Pick<
   JobContext,
@@ -27,7 +28,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
           `VM ${vm.name} is ${vm.kind === 'ephemeral' ? 'an ephemeral VM of another job or pool' : vm.kind}; jobs run on service VMs, images or pools`,
         );
       }
-      if (!['ready', 'busy', 'starting'].includes(vm.state)) {
+      if (!isJobTargetVm(vm.state)) {
         throw new MvirtError(
           'VM_BAD_STATE',
           `VM ${vm.name} is ${vm.state}; start it first (mvirt vm start ${vm.name})`,
@@ -164,7 +165,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
     repo.setVm(a.id, vmId, ctx.now());
     void (async () => {
       try {
-        await vms.waitForState(vmId, ['ready', 'busy'], ['failed', 'stopped', 'stopping']);
+        await vms.waitForState(vmId, AGENT_VM_STATES, DOWN_VM_STATES);
       } catch (err) {
         if (active.has(a.id))
           ctx.transition(a.id, 'failed', `its VM did not become ready: ${errText(err)}`, {

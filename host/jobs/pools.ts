@@ -20,6 +20,7 @@ import { MvirtError } from '../../protocol/errors.js';
 import type { ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
 import type { VmDestroyer } from './destroyer.js';
+import { isAgentLiveVm, isInactiveVm } from '../../protocol/states.js';
 
 /** VM metadata key that ties a VM to its pool (survives a daemon restart). */
 export const META_POOL = 'mvirt.pool';
@@ -119,17 +120,11 @@ export function createPoolManager(deps: PoolManagerDeps) {
     // boot() runs is left alone: it is `stopped` until vm.start admits it, and
     // boot() itself backs off and destroys it if the boot fails.
     for (const v of members) {
-      if (
-        (v.state === 'failed' || v.state === 'stopped') &&
-        !claims.has(v.id) &&
-        !st.booting.has(v.id)
-      ) {
+      if (isInactiveVm(v.state) && !claims.has(v.id) && !st.booting.has(v.id)) {
         destroy(v.id, `pool member is ${v.state}`);
       }
     }
-    const usable = members.filter(
-      (v) => st.booting.has(v.id) || ['starting', 'ready', 'busy', 'paused'].includes(v.state),
-    );
+    const usable = members.filter((v) => st.booting.has(v.id) || isAgentLiveVm(v.state));
     const spare = usable.filter((v) => !claims.has(v.id));
     const desired = def.min + st.demand;
     // More idle VMs than wanted (min was lowered): let the extra ones go.

@@ -4,6 +4,7 @@
  * the rest queue again) and destroy job VMs whose job is over.
  */
 import { META_JOB, type Active, type JobContext } from './context.js';
+import { isAgentLiveVm } from '../../protocol/states.js';
 
 export function recoverJobs(ctx: JobContext): void {
   const { repo, vms, pools, active } = ctx;
@@ -22,7 +23,7 @@ export function recoverJobs(ctx: JobContext): void {
       execSent: rec.state === 'running',
     };
     active.set(a.id, a);
-    const alive = vm !== undefined && ['starting', 'ready', 'busy', 'paused'].includes(vm.state);
+    const alive = vm !== undefined && isAgentLiveVm(vm.state);
     if (rec.state === 'running') {
       if (!alive) {
         ctx.transition(a.id, 'lost', 'its VM did not survive the daemon restart', {

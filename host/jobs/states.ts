@@ -18,5 +18,3 @@ export const JOB_TRANSITIONS: Readonly<Record<JobState, readonly JobState[]>> = 
 
 export const canTransitionJob = (from: JobState, to: JobState): boolean =>
   JOB_TRANSITIONS[from].includes(to);
-
-export const isTerminal = (s: JobState): boolean => JOB_TRANSITIONS[s].length === 0;

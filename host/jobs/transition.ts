@@ -6,7 +6,8 @@
 import { MvirtError } from '../../protocol/errors.js';
 import type { JobRecord } from '../../protocol/rpc.js';
 import type { JobContext } from './context.js';
-import { canTransitionJob, isTerminal } from './states.js';
+import { canTransitionJob } from './states.js';
+import { isTerminalJob } from '../../protocol/states.js';
 
 export function transitionPart(
   ctx: JobContext,
@@ -32,7 +33,7 @@ export function transitionPart(
         throw new MvirtError('INTERNAL', `job ${id} changed state concurrently`);
       }
       if (to === 'running') repo.setStarted(id, at);
-      if (isTerminal(to)) {
+      if (isTerminalJob(to)) {
         const e = extra.exit;
         repo.setFinish(
           id,
@@ -55,7 +56,7 @@ export function transitionPart(
     const rec = ctx.record(id);
     ctx.publishJob(rec);
     ctx.log.info({ jobId: id, vmId: rec.vm, from: cur.state, to, reason }, 'job state');
-    if (isTerminal(to)) settle(id, rec);
+    if (isTerminalJob(to)) settle(id, rec);
     ctx.changes.emit('state', rec, cur.state);
     return rec;
   };

@@ -15,7 +15,7 @@ import type { VmRecord } from '../../protocol/rpc.js';
 import type { Reserved, Size, VmContext } from './context.js';
 import type { ResolvedImage } from './images.js';
 import { clearTimers, exitsWithin, newLive, type Live } from './live.js';
-import { isActive } from './states.js';
+import { isActiveVm } from '../../protocol/states.js';
 import { runSteps, StepError, type Step } from './steps.js';
 
 /** The hypervisor interface takes a plain pino Logger; ours has the extra `audit` level. */
@@ -213,7 +213,7 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
     if (vm.state === 'stopping') {
       throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is stopping; start it once stopped`);
     }
-    if (isActive(vm.state)) return vm; // already up or booting: start is idempotent
+    if (isActiveVm(vm.state)) return vm; // already up or booting: start is idempotent
     const c: BootCtx = { vm };
     let failed: { step: string; reason: string } | undefined;
     try {

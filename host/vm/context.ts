@@ -102,7 +102,7 @@ export interface VmContext extends Omit<VmManagerDeps, 'log'> {
 
   // transition.ts
   transition(id: string, to: VmState, reason: string | null, level?: Level): VmRecord;
-  waitForState(id: string, ok: VmState[], fail: VmState[]): Promise<VmRecord>;
+  waitForState(id: string, ok: readonly VmState[], fail: readonly VmState[]): Promise<VmRecord>;
   failBoot(live: Live, code: ErrorCode, reason: string): void;
   armBootTimer(live: Live): void;
   // exit.ts

@@ -9,7 +9,8 @@ import type { ExitInfo, RunningVm } from '../hypervisors/types.js';
 import type { VmState } from '../../protocol/rpc.js';
 import type { Level, VmContext } from './context.js';
 import { clearTimers, type Live } from './live.js';
-import { canTransition, isActive } from './states.js';
+import { canTransition } from './states.js';
+import { isActiveVm } from '../../protocol/states.js';
 
 export function exitPart(ctx: VmContext): Pick<VmContext, 'watchExit' | 'removeSockets'> {
   const { vms } = ctx;
@@ -67,7 +68,7 @@ export function exitPart(ctx: VmContext): Pick<VmContext, 'watchExit' | 'removeS
       reason = `hypervisor process exited unexpectedly (${how}): ${info.reason}`;
       level = 'warn';
     }
-    if (cur.state === to || !isActive(cur.state)) {
+    if (cur.state === to || !isActiveVm(cur.state)) {
       ctx.log.info({ vmId: live.id, state: cur.state, how }, 'hypervisor process exited');
       return;
     }

@@ -11,7 +11,14 @@ import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord } from '../../protocol/rpc.js';
 import type { CreateVmParams, VmContext } from './context.js';
 import { clearTimers, exitsWithin } from './live.js';
-import { canTransition, isActive, UP_STATES } from './states.js';
+import { canTransition } from './states.js';
+import {
+  DOWN_VM_STATES,
+  isActiveVm,
+  isInactiveVm,
+  isUpVm,
+  UP_VM_STATES,
+} from '../../protocol/states.js';
 
 export function vmOperations(ctx: VmContext) {
   const { vms, options, hypervisors, network, topics, events } = ctx;
@@ -114,7 +121,7 @@ export function vmOperations(ctx: VmContext) {
       if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
       const rec = await ctx.withLock(id, () => ctx.boot(id));
       if (!wait) return rec;
-      return ctx.waitForState(id, ['ready', 'running', 'busy'], ['failed', 'stopped', 'stopping']);
+      return ctx.waitForState(id, UP_VM_STATES, DOWN_VM_STATES);
     },
 
     async stop(ref: string, timeoutMs = options.stopTimeoutMs): Promise<VmRecord> {
@@ -124,7 +131,7 @@ export function vmOperations(ctx: VmContext) {
         if (!cur) throw new MvirtError('VM_NOT_FOUND', `VM ${ref} was deleted`);
         const live = ctx.liveOf(id);
         if (!live) {
-          if (isActive(cur.state)) {
+          if (isActiveVm(cur.state)) {
             // State says up but no process is known: record the truth.
             if (cur.state !== 'stopping') ctx.transition(id, 'stopping', 'stop requested');
             return ctx.transition(id, 'stopped', 'no hypervisor process was running');
@@ -149,7 +156,7 @@ export function vmOperations(ctx: VmContext) {
       live = ctx.liveOf(id);
       const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
       if (!live) {
-        if (isActive(cur.state)) {
+        if (isActiveVm(cur.state)) {
           if (cur.state !== 'stopping') ctx.transition(id, 'stopping', 'kill requested');
           return ctx.transition(id, 'stopped', 'killed (no hypervisor process was running)');
         }
@@ -173,7 +180,7 @@ export function vmOperations(ctx: VmContext) {
         const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
         capable(cur, 'pause');
         const live = ctx.liveOf(id);
-        if (!live || !UP_STATES.includes(cur.state)) {
+        if (!live || !isUpVm(cur.state)) {
           throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot pause`);
         }
         await hvCall(cur.name, 'pause', () => live.running!.pause());
@@ -204,7 +211,7 @@ export function vmOperations(ctx: VmContext) {
         const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
         capable(cur, 'reboot');
         const live = ctx.liveOf(id);
-        if (!live || !UP_STATES.includes(cur.state)) {
+        if (!live || !isUpVm(cur.state)) {
           throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot reboot`);
         }
         const rec = ctx.transition(id, 'starting', 'reboot requested');
@@ -232,7 +239,7 @@ export function vmOperations(ctx: VmContext) {
       const { id } = ctx.find(ref);
       return ctx.withLock(id, async () => {
         const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-        if (cur.state !== 'stopped' && cur.state !== 'failed') {
+        if (!isInactiveVm(cur.state)) {
           throw new MvirtError(
             'VM_RUNNING',
             `VM ${cur.name} is ${cur.state}; stop it before deleting it`,

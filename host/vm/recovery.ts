@@ -8,7 +8,7 @@ import type { Ownership, RunningVm } from '../hypervisors/types.js';
 import type { VmContext } from './context.js';
 import { newLive } from './live.js';
 import { plain } from './boot.js';
-import { ACTIVE_STATES, isActive } from './states.js';
+import { ACTIVE_VM_STATES, isActiveVm } from '../../protocol/states.js';
 
 const OWNERSHIP_TEXT: Record<Exclude<Ownership, 'ours'>, string> = {
   gone: 'its hypervisor process is gone',
@@ -46,7 +46,7 @@ export function recoveryPart(ctx: VmContext): Pick<VmContext, 'recover'> {
       } else {
         const who = hv.identify(rt, dir);
         why = who === 'ours' ? `the VM is ${vm.state}` : OWNERSHIP_TEXT[who];
-        if (who === 'ours' && isActive(vm.state)) {
+        if (who === 'ours' && isActiveVm(vm.state)) {
           try {
             running = await hv.attach(rt, dir, plain(vlog));
           } catch (err) {
@@ -66,7 +66,7 @@ export function recoveryPart(ctx: VmContext): Pick<VmContext, 'recover'> {
       if (!hv || !running) {
         vms.deleteRuntime(vm.id);
         ctx.removeSockets(dir, rt.sockets);
-        if (isActive(vm.state)) {
+        if (isActiveVm(vm.state)) {
           const to = vm.state === 'stopping' ? 'stopped' : 'failed';
           ctx.transition(vm.id, to, `not re-attached after a daemon restart: ${why}`, 'warn');
         }
@@ -103,7 +103,7 @@ export function recoveryPart(ctx: VmContext): Pick<VmContext, 'recover'> {
       .catch((err: unknown) => ctx.log.warn({ err }, 'network recovery incomplete'));
     // VMs marked up without a runtime row never got a process (or lost it).
     for (const vm of vms.list()) {
-      if (!ACTIVE_STATES.includes(vm.state) || lives.has(vm.id)) continue;
+      if (!ACTIVE_VM_STATES.includes(vm.state) || lives.has(vm.id)) continue;
       const to = vm.state === 'stopping' ? 'stopped' : 'failed';
       ctx.transition(vm.id, to, 'no hypervisor process after a daemon restart', 'warn');
     }

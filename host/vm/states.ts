@@ -3,7 +3,7 @@
  * says which state may follow which; `transition()` in the manager refuses
  * anything else.
  */
-import { VM_STATES, type VmState } from '../../protocol/rpc.js';
+import type { VmState } from '../../protocol/rpc.js';
 
 export const TRANSITIONS: Readonly<Record<VmState, readonly VmState[]>> = {
   stopped: ['starting'],
@@ -21,12 +21,3 @@ export const TRANSITIONS: Readonly<Record<VmState, readonly VmState[]>> = {
 
 export const canTransition = (from: VmState, to: VmState): boolean =>
   TRANSITIONS[from].includes(to);
-
-/** States in which a VM holds host resources (a hypervisor process may exist). */
-export const ACTIVE_STATES: readonly VmState[] = VM_STATES.filter(
-  (s) => s !== 'stopped' && s !== 'failed',
-);
-export const isActive = (s: VmState): boolean => ACTIVE_STATES.includes(s);
-
-/** States a VM can be paused, stopped gracefully or rebooted from. */
-export const UP_STATES: readonly VmState[] = ['ready', 'busy', 'running'];

@@ -60,7 +60,11 @@ export function transitionPart(
   }
 
   /** Resolve once the VM reaches one of `ok`; reject when it reaches one of `fail`. */
-  function waitForState(id: string, ok: VmState[], fail: VmState[]): Promise<VmRecord> {
+  function waitForState(
+    id: string,
+    ok: readonly VmState[],
+    fail: readonly VmState[],
+  ): Promise<VmRecord> {
     return new Promise((resolve, reject) => {
       const settle = (rec: VmRecord): boolean => {
         if (ok.includes(rec.state)) {
