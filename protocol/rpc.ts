@@ -4,6 +4,7 @@
  * are both keyed by `RpcMethods`, so a method added here is checked on both ends.
  */
 import { z } from 'zod';
+import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobTimeoutMs, type BootTimeline } from './agent.js';
 import type { MetricsResult } from './metrics.js';
@@ -91,10 +92,7 @@ const Metadata = z
 export const CLOUD_INIT_BYTES = 64 * 1024;
 const CloudInitText = z
   .string()
-  .refine(
-    (t) => Buffer.byteLength(t) <= CLOUD_INIT_BYTES,
-    `at most ${CLOUD_INIT_BYTES} bytes of UTF-8`,
-  );
+  .refine((t) => utf8Length(t) <= CLOUD_INIT_BYTES, `at most ${CLOUD_INIT_BYTES} bytes of UTF-8`);
 
 /** VM sizes: the same bounds for vm.create, job.run (ephemeral VMs) and pool.set. */
 const Vcpus = z.number().int().min(1).max(64);
@@ -147,7 +145,7 @@ export const PARAMS = {
       stdin: z
         .string()
         .refine(
-          (t) => Buffer.byteLength(t) <= JOB_STDIN_BYTES,
+          (t) => utf8Length(t) <= JOB_STDIN_BYTES,
           `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: copy a file into the VM)`,
         )
         .optional(),

@@ -66,9 +66,10 @@ test(
       // The memory chart updates as telemetry arrives (1 s interval): wait for
       // three more points than it had.
       const first = Number(await page.locator('#chart-mem').getAttribute('data-points'));
+      // A string: it runs in the page, and tests are type-checked without DOM types.
       await page.waitForFunction(
-        (n) => Number(document.querySelector('#chart-mem')?.getAttribute('data-points')) >= n,
-        first + 3,
+        `Number(document.querySelector('#chart-mem')?.getAttribute('data-points')) >= ${first + 3}`,
+        undefined,
         { timeout: 60_000 },
       );
       const memCell = await row.locator('td').nth(5).textContent();
