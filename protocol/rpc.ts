@@ -1,5 +1,5 @@
 /**
- * The public RPC API (PROTOCOL.md): request envelope, one params schema per
+ * The public RPC API (docs/protocol.md): request envelope, one params schema per
  * method, the records it returns. The host's route table and the typed client
  * are both keyed by `RpcMethods`, so a method added here is checked on both ends.
  */

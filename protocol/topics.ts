@@ -1,6 +1,6 @@
 /**
  * Topic names: the only place that spells them. `root` is `<prefix>/<hostId>`.
- * See ../../shared/PROTOCOL.md (public) and DESIGN.md (agent subtree).
+ * The public ones are documented in docs/protocol.md; the agent subtree is private.
  */
 import { utf8Length } from './text.js';
 
