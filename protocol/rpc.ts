@@ -146,7 +146,7 @@ export const PARAMS = {
         .string()
         .refine(
           (t) => utf8Length(t) <= JOB_STDIN_BYTES,
-          `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: copy a file into the VM)`,
+          `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: fetch it inside the job, or put it in the image)`,
         )
         .optional(),
       timeoutMs: JobTimeoutMs.optional(),
