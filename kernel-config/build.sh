@@ -62,6 +62,14 @@ if [ "$MODE" = path ]; then
   fi
   exit 3
 fi
+mkdir -p "$CACHE/kernel"
+# One build of a key at a time on this machine (two clones running `npm test`,
+# say): the second waits for the first, then finds its result in the cache.
+exec 9>"$CACHE/kernel/lock-$KEY"
+if ! flock -n 9; then
+  echo "kernel: another build of $KEY is running; waiting for it" >&2
+  flock 9
+fi
 if [ "$MODE" = build ] && [ -f "$OUT/meta.json" ]; then
   echo "kernel: cached $OUT" >&2
   echo "$OUT"
@@ -74,7 +82,6 @@ step() { echo "[$1/$N] $2  (+$(($(date +%s) - T0))s)" >&2; }
 
 WORK=$CACHE/kernel/work-$KEY
 SRC=$CACHE/kernel/src-$SRC_VERSION
-mkdir -p "$CACHE/kernel"
 
 step 1 "extract linux-source-6.1 $SRC_VERSION"
 if [ ! -f "$SRC/.mvirt-extracted" ]; then

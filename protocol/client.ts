@@ -1,5 +1,5 @@
 /**
- * A typed MQTT client of the public API (PROTOCOL.md) for any TypeScript
+ * A typed MQTT client of the public API (docs/protocol.md) for any TypeScript
  * controller: the `mvirt` CLI uses it, and so can a dashboard or a script.
  *
  *   const c = await createClient({ url: 'mqtt://127.0.0.1:1883' });

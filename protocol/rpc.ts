@@ -1,9 +1,10 @@
 /**
- * The public RPC API (PROTOCOL.md): request envelope, one params schema per
+ * The public RPC API (docs/protocol.md): request envelope, one params schema per
  * method and the schema of its result (the records are in records.ts). The host's route table and the typed client
  * are both keyed by `RpcMethods`, so a method added here is checked on both ends.
  */
 import { z } from 'zod';
+import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobTimeoutMs } from './agent.js';
 import { MetricsResult } from './metrics.js';
@@ -63,10 +64,7 @@ const Metadata = z
 export const CLOUD_INIT_BYTES = 64 * 1024;
 const CloudInitText = z
   .string()
-  .refine(
-    (t) => Buffer.byteLength(t) <= CLOUD_INIT_BYTES,
-    `at most ${CLOUD_INIT_BYTES} bytes of UTF-8`,
-  );
+  .refine((t) => utf8Length(t) <= CLOUD_INIT_BYTES, `at most ${CLOUD_INIT_BYTES} bytes of UTF-8`);
 
 /** VM sizes: the same bounds for vm.create, job.run (ephemeral VMs) and pool.set. */
 const Vcpus = z.number().int().min(1).max(64);
@@ -119,8 +117,8 @@ export const PARAMS = {
       stdin: z
         .string()
         .refine(
-          (t) => Buffer.byteLength(t) <= JOB_STDIN_BYTES,
-          `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: copy a file into the VM)`,
+          (t) => utf8Length(t) <= JOB_STDIN_BYTES,
+          `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: fetch it inside the job, or put it in the image)`,
         )
         .optional(),
       timeoutMs: JobTimeoutMs.optional(),

@@ -1,7 +1,9 @@
 /**
  * Topic names: the only place that spells them. `root` is `<prefix>/<hostId>`.
- * See ../../shared/PROTOCOL.md (public) and DESIGN.md (agent subtree).
+ * The public ones are documented in docs/protocol.md; the agent subtree is private.
  */
+import { utf8Length } from './text.js';
+
 export const DEFAULT_PREFIX = 'mvirt';
 
 export const MAX_TOPIC_LENGTH = 512;
@@ -106,8 +108,7 @@ export function topicProblem(
   opts: { allowWildcards?: boolean } = {},
 ): string | null {
   if (topic.length === 0) return 'empty topic';
-  if (Buffer.byteLength(topic) > MAX_TOPIC_LENGTH)
-    return `topic longer than ${MAX_TOPIC_LENGTH} bytes`;
+  if (utf8Length(topic) > MAX_TOPIC_LENGTH) return `topic longer than ${MAX_TOPIC_LENGTH} bytes`;
   if (topic.split('/').length > MAX_TOPIC_LEVELS)
     return `topic deeper than ${MAX_TOPIC_LEVELS} levels`;
   // eslint-disable-next-line no-control-regex

@@ -38,10 +38,12 @@ export const consoleCommands: Command[] = [
     summary: 'Attach to the serial console of a running VM (leave with Ctrl+a t).',
     args: ['VM'],
     description:
-      'Input is sent raw (Ctrl-C goes to the guest). A non-terminal stdin works too:\n' +
-      'its bytes are sent as they come, and the console stays attached after its end\n' +
-      'until Ctrl+a t appears in it, a signal arrives, or the VM stops.',
-    examples: ['mvirt console web-1', "printf 'uname -a\\n' | mvirt console web-1"],
+      'Shows the kernel and init output. Input is sent raw (Ctrl-C goes to the guest),\n' +
+      'but the default µOS runs no shell on the console, so nothing reads it: run\n' +
+      'commands with `mvirt run`. A non-terminal stdin is sent as it comes, and the\n' +
+      'console stays attached after its end until Ctrl+a t appears in it, a signal\n' +
+      'arrives, or the VM stops.',
+    examples: ['mvirt console web-1'],
     run: async (ctx, p) => {
       const [ref] = p.positionals;
       const c = await ctx.client();

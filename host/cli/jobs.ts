@@ -225,9 +225,9 @@ const commands: Command[] = [
     },
     examples: [
       'mvirt run -- uname -a',
-      'mvirt run --image default --timeout 60 -- sh -c "make test"',
-      'mvirt run --pool builders --env CI=1 --cwd /work -- ./build.sh',
-      'tar c src | mvirt run --vm web-1 -- tar x -C /tmp',
+      'mvirt run --image default --timeout 60 -- sh -c "uname -r; df -h /"',
+      "mvirt run --pool builders --env CI=1 --cwd /tmp -- sh -c 'echo $CI; pwd'",
+      'tar cz src | base64 | mvirt run --vm web-1 -- sh -c "base64 -d | tar xz -C /tmp"',
       'id=$(mvirt run -d -- sleep 100); mvirt logs -f "$id"',
     ],
     run: async (ctx, p) => {

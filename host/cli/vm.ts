@@ -1,4 +1,4 @@
-/** `mvirt vm …`: the VM lifecycle methods of PROTOCOL.md. */
+/** `mvirt vm …`: the VM lifecycle methods of docs/protocol.md. */
 import { readFile } from 'node:fs/promises';
 import type { MvirtClient } from '../../protocol/client.js';
 import { MvirtError } from '../../protocol/errors.js';

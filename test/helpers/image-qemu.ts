@@ -23,6 +23,8 @@ export interface BootOptions {
   agentOut?: string;
   /** QEMU -cpu model (default: QEMU's, qemu64 under TCG). */
   cpu?: string;
+  /** A cloud-init seed ISO (host/network/seed.ts), attached read-only after the root disk. */
+  seed?: string;
 }
 
 export interface BootedVm {
@@ -93,6 +95,13 @@ export function qemuArgs(imageDir: string, m: Manifest, o: BootOptions = {}): st
       `file=${f.disk},if=none,id=root,format=raw,readonly=on`,
       '-device',
       `${mmio ? 'virtio-blk-device' : 'virtio-blk-pci'},drive=root`,
+    );
+  if (o.seed !== undefined)
+    args.push(
+      '-drive',
+      `file=${o.seed},if=none,id=seed,format=raw,readonly=on`,
+      '-device',
+      `${mmio ? 'virtio-blk-device' : 'virtio-blk-pci'},drive=seed`,
     );
   args.push(
     '-device',
@@ -220,6 +229,7 @@ if [ "$n" = 0 ] && grep -q 'mvirt.test=respawn' /proc/cmdline; then exit 3; fi
 for p in /sys/class/virtio-ports/*; do echo "STANDIN port $(cat "$p/name") /dev/\${p##*/} $(test -c "/dev/\${p##*/}" && echo chardev)"; done
 echo "STANDIN hostname $(hostname) init-uptime $(cat /run/mvirt/init-uptime)"
 echo "STANDIN mounts $(grep -c -E ' / overlay | /tmp tmpfs | /dev/pts devpts ' /proc/mounts)"
+if [ -f /run/mvirt/seed/meta-data ]; then echo "STANDIN seed $(head -n 1 /run/mvirt/seed/meta-data) token=$(cat /run/mvirt/token 2>/dev/null)"; fi
 if grep -q 'mvirt.test=' /proc/cmdline; then poweroff; fi
 exec sleep 100000
 `;

@@ -23,6 +23,10 @@ import {
 } from '../helpers/qemu-daemon.js';
 
 const SHOTS = path.join(REPO, 'test-output');
+/** What the page-side function reads (tests are type-checked without DOM types). */
+type PageGlobals = {
+  document: { querySelector(sel: string): { getAttribute(name: string): string | null } | null };
+};
 let browser: Browser | undefined;
 after(async () => browser?.close());
 
@@ -66,8 +70,14 @@ test(
       // The memory chart updates as telemetry arrives (1 s interval): wait for
       // three more points than it had.
       const first = Number(await page.locator('#chart-mem').getAttribute('data-points'));
+      // Runs in the page (a function: the page's CSP forbids evaluating a string).
       await page.waitForFunction(
-        (n) => Number(document.querySelector('#chart-mem')?.getAttribute('data-points')) >= n,
+        (n) =>
+          Number(
+            (globalThis as unknown as PageGlobals).document
+              .querySelector('#chart-mem')
+              ?.getAttribute('data-points'),
+          ) >= n,
         first + 3,
         { timeout: 60_000 },
       );
