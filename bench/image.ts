@@ -23,7 +23,7 @@ import {
   standinAgent,
   testRecipe,
   type BootOptions,
-} from '../test/helpers/image-qemu.js';
+} from '../harness/image-qemu.js';
 
 type BenchResult = BenchRow;
 

@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { ROOT, mvirt, startDaemon, type RunningDaemon } from '../helpers/cli-daemon.js';
+import { ROOT, mvirt, startDaemon, type RunningDaemon } from '../support/cli-daemon.js';
 
 const IMAGES = path.join(ROOT, 'test-output/data/images');
 

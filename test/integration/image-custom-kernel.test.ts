@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildImage } from '../../images/build.js';
 import { KERNEL_CONFIG_DIR } from '../../images/paths.js';
-import { bootImage, busyCore, standinAgent, testRecipe } from '../helpers/image-qemu.js';
+import { bootImage, busyCore, standinAgent, testRecipe } from '../../harness/image-qemu.js';
 
 const cached = spawnSync('bash', [path.join(KERNEL_CONFIG_DIR, 'build.sh'), '--cached-path'], {
   encoding: 'utf8',

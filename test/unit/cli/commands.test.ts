@@ -13,8 +13,8 @@ import {
   startTestBroker,
   type FakeDaemon,
   type TestBroker,
-} from '../../helpers/cli-fake-daemon.js';
-import { memoryIo, type MemoryIo } from '../../helpers/cli-io.js';
+} from '../../support/cli-fake-daemon.js';
+import { memoryIo, type MemoryIo } from '../../support/cli-io.js';
 
 describe('mvirt commands against a fake daemon', () => {
   let broker: TestBroker;

@@ -18,7 +18,7 @@ import {
   startTestBroker,
   type FakeDaemon,
   type TestBroker,
-} from '../../helpers/cli-fake-daemon.js';
+} from '../../support/cli-fake-daemon.js';
 
 /** Values pushed by a callback, and a promise for the first one that satisfies a predicate. */
 function collector<T>() {

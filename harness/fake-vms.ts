@@ -18,22 +18,22 @@ import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import { createAgent, type Agent, type AgentOptions } from '../../guest-agent/agent.js';
-import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
-import type { Platform, PowerAction } from '../../guest-agent/platform/types.js';
-import type { Settings } from '../../guest-agent/settings.js';
+import { createAgent, type Agent, type AgentOptions } from '../guest-agent/agent.js';
+import { createLinuxPlatform } from '../guest-agent/platform/linux.js';
+import type { Platform, PowerAction } from '../guest-agent/platform/types.js';
+import type { Settings } from '../guest-agent/settings.js';
 import type {
   ExitInfo,
   Hypervisor,
   LaunchSpec,
   RunningVm,
   VmRuntime,
-} from '../../host/hypervisors/types.js';
-import { procStartTime } from '../../host/vm/proc.js';
-import { CMDLINE_KEYS } from '../../protocol/agent.js';
-import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+} from '../host/hypervisors/types.js';
+import { procStartTime } from '../host/vm/proc.js';
+import { CMDLINE_KEYS } from '../protocol/agent.js';
+import { decodeCbor, encodeCbor } from '../protocol/codec.js';
 import { greetAsAgent } from './agent-greeting.js';
-import { TEST_AGENT_OPTIONS } from './agent-harness.js';
+import { TEST_AGENT_OPTIONS } from './agent-options.js';
 
 export type AgentMode = 'ready' | 'silent' | 'garbage' | 'real';
 
