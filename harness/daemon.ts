@@ -15,6 +15,7 @@ import { startDaemon, type Daemon } from '../host/daemon/daemon.js';
 import { parseOptions } from '../host/daemon/options.js';
 import type { Hypervisor } from '../host/hypervisors/types.js';
 import { createLogger, silentLogger, type MvirtLogger } from '../host/log.js';
+import { decode, sniffEncoding, type Encoding } from '../protocol/codec.js';
 import { DIST, ensureBuilt } from './build.js';
 import type { DaemonAddress } from './connect.js';
 import { makeTempDir, REPO } from './paths.js';
@@ -232,4 +233,55 @@ export async function spawnDaemon(
 export async function stopProcess(d: DaemonProcess): Promise<void> {
   if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill('SIGTERM');
   await d.exited;
+}
+
+/** An RPC request as the daemon received it. */
+export interface SeenRequest {
+  method: string;
+  params: unknown;
+  encoding: Encoding;
+}
+
+export interface RequestSpy {
+  /** Every request since the spy started, in arrival order. */
+  readonly requests: SeenRequest[];
+  /** The first `method` request at index `from` (default: the next one) or later. */
+  next(method: string, from?: number): Promise<SeenRequest>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Watch the RPC requests an in-process daemon receives (through its own bus,
+ * as its API does): what a controller such as the CLI actually sent.
+ */
+export async function spyRequests(d: TestDaemon): Promise<RequestSpy> {
+  const requests: SeenRequest[] = [];
+  const waiters = new Set<() => void>();
+  const prefix = `${d.root}/rpc/`;
+  const unsubscribe = await d.daemon.broker.subscribe(`${prefix}+`, (topic, payload) => {
+    const encoding = sniffEncoding(payload);
+    let params: unknown;
+    try {
+      params = (decode(payload, encoding) as { params?: unknown }).params;
+    } catch {
+      params = undefined; // the API answers malformed requests; the spy records the method
+    }
+    requests.push({ method: topic.slice(prefix.length), params, encoding });
+    for (const w of [...waiters]) w();
+  });
+  return {
+    requests,
+    next: (method, from = requests.length) =>
+      new Promise<SeenRequest>((resolve) => {
+        const check = (): void => {
+          const r = requests.slice(from).find((q) => q.method === method);
+          if (!r) return;
+          waiters.delete(check);
+          resolve(r);
+        };
+        waiters.add(check);
+        check();
+      }),
+    stop: unsubscribe,
+  };
 }

@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { Duplex } from 'node:stream';
+import { Duplex } from 'node:stream';
 import { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { createAgent, type Agent, type AgentOptions } from '../guest-agent/agent.js';
@@ -366,7 +366,15 @@ function running(
         s.once('connect', () => resolve(s));
         s.once('error', reject);
       }),
-    connectConsole: () => Promise.reject(new Error('no console in the fake')),
+    // The guest's serial console as a tty in echo mode: what goes in comes back out.
+    connectConsole: async () =>
+      new Duplex({
+        read() {},
+        write(chunk: Buffer, _enc, cb) {
+          this.push(chunk);
+          cb();
+        },
+      }),
     signal: sig,
     exited,
     detach: async () => undefined,
@@ -386,7 +394,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       pause: true,
       reboot: true,
       gracefulShutdown: true,
-      console: false,
+      console: true,
       directKernelBoot: true,
     },
     probe: async () =>
