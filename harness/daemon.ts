@@ -3,7 +3,7 @@
  *  - in-process (startTestDaemon): its VMs fake (fake-vms.ts, optionally
  *    running the real agent core) or real QEMU (no `hypervisors` given), or
  *  - a separate process (spawnDaemon): from source through tsx, or the built
- *    bundle (dist/mvirtd.js) as shipped, driving real QEMU; for tests that
+ *    bundle (bin/mvirtd.js → dist/mvirtd.js) as shipped, driving real QEMU; for tests that
  *    kill it with SIGKILL, measure it, or run it in a network namespace.
  * Both get the same base arguments (a temp data dir, any free port, no host
  * networking); controllers reach either through connect.ts.
@@ -16,7 +16,7 @@ import { parseOptions } from '../host/daemon/options.js';
 import type { Hypervisor } from '../host/hypervisors/types.js';
 import { createLogger, silentLogger, type MvirtLogger } from '../host/log.js';
 import { decode, sniffEncoding, type Encoding } from '../protocol/codec.js';
-import { DIST, ensureBuilt } from './build.js';
+import { ensureBuilt } from './build.js';
 import type { DaemonAddress } from './connect.js';
 import { makeTempDir, REPO } from './paths.js';
 
@@ -164,7 +164,10 @@ export async function spawnDaemon(
   if (opts.bundle === 'dist') ensureBuilt();
   const node =
     opts.bundle === 'dist'
-      ? [DIST.mvirtd, ...all]
+      ? // The shipped entry point: run as the main module itself, dist/mvirtd.js
+        // also runs host/dashboard/build.ts's command-line entry (argv[1] is
+        // the bundle) and dies on "Could not resolve dist/main.ts".
+        [path.join(REPO, 'bin/mvirtd.js'), ...all]
       : ['--import', 'tsx', path.join(REPO, 'host/daemon/main.ts'), ...all];
   // `ip netns exec` execs node in place: the pid is the daemon's.
   const [file, argv] = opts.netns
