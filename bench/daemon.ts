@@ -3,29 +3,23 @@
  *  - system.info round trip ÷ raw publish/subscribe echo through the same broker (≤ 1.5)
  *  - vm.list over 10,000 stored VMs ÷ the raw SQLite query (≤ 5)
  *  - mvirtd RSS with 50 defined and 4 running VMs (≤ 120 MiB); the 4 run under
- *    QEMU when the default image exists, else that row says so.
+ *    QEMU, on the default image built (cached) into bench-output/data.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import mqtt from 'mqtt';
-import { createFakeHypervisor, killFakes } from '../test/helpers/daemon-fakes.js';
-import {
-  HOST_ID,
-  makeTempDir,
-  removeDir,
-  rpcClient,
-  startTestDaemon,
-  writeFakeImage,
-} from '../test/helpers/daemon-harness.js';
-import { REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
-import { echoRoundTrip, measureRoundTrips, round, type BenchRow } from './lib.js';
+import { readFileSync } from 'node:fs';
+import { ensureBuilt, imagesDir } from '../harness/build.js';
+import { rpcClient } from '../harness/client.js';
+import { connectController } from '../harness/connect.js';
+import { HOST_ID, spawnDaemon, startTestDaemon, stopProcess } from '../harness/daemon.js';
+import { createFakeHypervisor, killFakes } from '../harness/fake-vms.js';
+import { makeTempDir, removeDir } from '../harness/paths.js';
+import { echoRoundTrip, measureRoundTrips, ok, round, type BenchRow } from './lib.js';
 
 async function rpcVersusEcho(): Promise<BenchRow[]> {
   const hv = createFakeHypervisor();
   const d = await startTestDaemon({ hypervisors: [hv] });
   try {
     const echo = await echoRoundTrip({ bus: d.daemon.broker, url: d.url, count: 2000 });
-    const client = await mqtt.connectAsync(d.url, { clientId: 'bench-info', reconnectPeriod: 0 });
+    const client = await connectController(d.url, { clientId: 'bench-info' });
     const replyTopic = 'bench/info/reply';
     const info = await measureRoundTrips({
       client,
@@ -78,7 +72,7 @@ async function listVersusRaw(): Promise<BenchRow[]> {
     const tRaw = timeIt(() => raw.all());
     const tList = timeIt(() => d.daemon.vms.list());
     // The same through the API, for the record (adds JSON and MQTT transfer of ~4 MB).
-    const c = await rpcClient(d.url, d.root);
+    const c = await rpcClient(d);
     await c.call('vm.list', undefined, { timeoutMs: 30_000 });
     const t0 = performance.now();
     for (let i = 0; i < 5; i++) await c.call('vm.list', undefined, { timeoutMs: 30_000 });
@@ -109,35 +103,33 @@ async function listVersusRaw(): Promise<BenchRow[]> {
 }
 
 async function rss(): Promise<BenchRow[]> {
-  const images = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
-  const real = existsSync(path.join(images, 'default', 'manifest.json'));
+  const images = await imagesDir();
   const dataDir = await makeTempDir('mvirt-bench-rss-');
-  if (!real) await writeFakeImage(path.join(dataDir, 'images'));
+  // mvirtd as shipped (the esbuild bundle in dist/, rebuilt from the current
+  // source), so its RSS is not inflated by tsx.
+  ensureBuilt({ always: true });
   const d = await spawnDaemon(
     [
       '--data-dir',
       dataDir,
-      ...(real ? ['--images-dir', images] : []),
+      '--images-dir',
+      images,
       '--listen',
       '127.0.0.1:0',
       '--host-id',
       HOST_ID,
     ],
-    { bundle: await bundleDaemon() },
+    { bundle: 'dist' },
   );
-  const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
+  const c = await rpcClient(d);
   const pids: number[] = [];
   try {
     for (let i = 0; i < 50; i++) await c.call('vm.create', { name: `rss-${i}` });
-    if (real) {
-      for (let i = 0; i < 4; i++) {
-        const r = await c.call<{ pid?: number }>(
-          'vm.start',
-          { vm: `rss-${i}`, wait: true },
-          { timeoutMs: 300_000 },
-        );
-        if (r.ok && r.result.pid) pids.push(r.result.pid);
-      }
+    for (let i = 0; i < 4; i++) {
+      const vm = ok(
+        await c.call('vm.start', { vm: `rss-${i}`, wait: true }, { timeoutMs: 300_000 }),
+      );
+      if (vm.pid) pids.push(vm.pid);
     }
     const status = readFileSync(`/proc/${d.pid}/status`, 'utf8');
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
@@ -149,17 +141,14 @@ async function rss(): Promise<BenchRow[]> {
         unit: 'MiB',
         ratio: mib / 120,
         target: '<= 1',
-        note: real
-          ? 'ratio is RSS ÷ 120 MiB'
-          : 'no default image: 0 VMs running (ratio is RSS ÷ 120 MiB)',
+        note: 'ratio is RSS ÷ 120 MiB',
       },
     ];
   } finally {
     for (let i = 0; i < pids.length; i++)
       await c.call('vm.kill', { vm: `rss-${i}` }, { timeoutMs: 30_000 });
     c.mqtt.end(true);
-    d.child.kill('SIGTERM');
-    await d.exited;
+    await stopProcess(d);
     for (const pid of pids) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -169,24 +158,6 @@ async function rss(): Promise<BenchRow[]> {
     }
     await removeDir(dataDir);
   }
-}
-
-/** mvirtd as shipped (one esbuild bundle), so its RSS is not inflated by tsx. */
-async function bundleDaemon(): Promise<string> {
-  const outfile = path.join(REPO, 'bench-output', 'mvirtd.js');
-  const { build } = await import('esbuild');
-  await build({
-    absWorkingDir: REPO,
-    entryPoints: ['host/daemon/main.ts'],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'esm',
-    packages: 'external',
-    logLevel: 'warning',
-  });
-  return outfile;
 }
 
 function timeIt(fn: () => unknown, runs = 10): number {

@@ -9,15 +9,10 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { CHROMIUM, launchBrowser } from '../test/helpers/browser.js';
-import {
-  HOST_ID,
-  makeTempDir,
-  removeDir,
-  rpcClient,
-  writeFakeImage,
-} from '../test/helpers/daemon-harness.js';
-import { spawnDaemon } from '../test/helpers/daemon-process.js';
+import { CHROMIUM, launchBrowser } from '../harness/browser.js';
+import { HOST_ID, writeFakeImage, spawnDaemon } from '../harness/daemon.js';
+import { makeTempDir, removeDir } from '../harness/paths.js';
+import { rpcClient } from '../harness/client.js';
 import { median, ok, round, stealTicks, type BenchRow } from './lib.js';
 
 /** What the page-side function reads (benchmarks are type-checked without DOM types). */
@@ -38,7 +33,7 @@ export default async function dashboardBench(): Promise<BenchRow[]> {
     '--host-id',
     HOST_ID,
   ]);
-  const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
+  const c = await rpcClient(d);
   const browser = await launchBrowser();
   const t0 = stealTicks();
   try {

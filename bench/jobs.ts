@@ -9,28 +9,25 @@
  *    service VM ≤ 3
  * Skipped (one row saying so) when the default image is not built.
  */
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-import type { JobRecord, OutputChunk, PoolRecord, VmRecord } from '../protocol/rpc.js';
-import { rpcClient, startTestDaemon, removeDir } from '../test/helpers/daemon-harness.js';
-import { REPO } from '../test/helpers/daemon-process.js';
+import type { JobRecord, OutputChunk, PoolRecord } from '../protocol/rpc.js';
+import { imagesDir } from '../harness/build.js';
+import { rpcClient } from '../harness/client.js';
+import { startTestDaemon } from '../harness/daemon.js';
+import { removeDir } from '../harness/paths.js';
 import { median, medianOf, ok, round, timedJob, type BenchRow } from './lib.js';
 
-const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
 const ROUNDS = 25;
 
 export default async function jobs(): Promise<BenchRow[]> {
-  if (!existsSync(path.join(IMAGES, 'default', 'manifest.json'))) {
-    return [{ name: 'jobs', value: NaN, unit: '', note: `no default image in ${IMAGES}` }];
-  }
+  const IMAGES = await imagesDir();
   const d = await startTestDaemon({
     args: ['--images-dir', IMAGES, '--boot-timeout-ms', '300000', '--stop-vms-on-exit'],
   });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   const rows: BenchRow[] = [];
   try {
     ok(await c.call('vm.create', { name: 'bench-svc', memoryMiB: 256 }));
-    const vm = ok<VmRecord>(
+    const vm = ok(
       await c.call('vm.start', { vm: 'bench-svc', wait: true }, { timeoutMs: 300_000 }),
     );
     const agents = d.daemon.agents;
@@ -47,7 +44,7 @@ export default async function jobs(): Promise<BenchRow[]> {
       0,
     );
     // Fork/exec inside the guest: 200 runs of /bin/true timed by the guest's clock.
-    const loop = ok<JobRecord & { stdout: string }>(
+    const loop = ok(
       await c.call(
         'job.run',
         {
@@ -62,7 +59,7 @@ export default async function jobs(): Promise<BenchRow[]> {
         { timeoutMs: 300_000 },
       ),
     );
-    const [a, b] = loop.stdout.trim().split(' ').map(Number) as [number, number];
+    const [a, b] = (loop.stdout ?? '').trim().split(' ').map(Number) as [number, number];
     const forkMs = ((b - a) * 1000) / 200;
     rows.push(
       { name: 'job /bin/true round trip (p50)', value: round(t), unit: 'ms' },
@@ -79,7 +76,7 @@ export default async function jobs(): Promise<BenchRow[]> {
 
     // --- output throughput vs raw channel throughput
     const BYTES = 32 * 1024 * 1024;
-    const flood = ok<JobRecord>(
+    const flood = ok(
       await c.call('job.run', {
         vm: vm.id,
         argv: ['sh', '-c', `yes 0123456789abcdef0123456789abcdef | head -c ${BYTES}`],

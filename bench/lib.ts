@@ -11,10 +11,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import mqtt, { type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
+import { connectController } from '../harness/connect.js';
 import type { Bus } from '../host/broker/types.js';
-import type { JobRecord, ReplyEnvelope } from '../protocol/rpc.js';
-import type { RpcClient } from '../test/helpers/daemon-harness.js';
+import type { ParamsOf, ReplyEnvelope } from '../protocol/rpc.js';
+import type { RpcClient } from '../harness/client.js';
 
 export interface BenchRow {
   name: string;
@@ -147,7 +148,7 @@ export interface LoadResult {
 }
 
 async function connectQuiet(url: string, clientId: string): Promise<MqttClient> {
-  const c = await mqtt.connectAsync(url, { clientId, protocolVersion: 4, reconnectPeriod: 0 });
+  const c = await connectController(url, { clientId });
   // Without this, Nagle plus delayed ACKs cap a windowed load at window ÷ 40 ms.
   (c.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
   return c;
@@ -399,11 +400,9 @@ export function ok<R>(r: ReplyEnvelope<R>): R {
 }
 
 /** One `job.run {wait}` round trip in ms; a job that did not succeed throws. */
-export async function timedJob(c: RpcClient, params: Record<string, unknown>): Promise<number> {
+export async function timedJob(c: RpcClient, params: ParamsOf<'job.run'>): Promise<number> {
   const t0 = performance.now();
-  const r = ok(
-    await c.call<JobRecord>('job.run', { wait: true, ...params }, { timeoutMs: 300_000 }),
-  );
+  const r = ok(await c.call('job.run', { wait: true, ...params }, { timeoutMs: 300_000 }));
   const ms = performance.now() - t0;
   if (r.state !== 'succeeded') throw new Error(`bench job ${r.state}: ${r.reason ?? ''}`);
   return ms;

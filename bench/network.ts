@@ -10,14 +10,12 @@
  *    sink in the namespace, timed by the guest's own clock.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-import type { JobRecord, VmRecord } from '../protocol/rpc.js';
-import { rpcClient, removeDir, makeTempDir, HOST_ID } from '../test/helpers/daemon-harness.js';
-import { REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
+import { imagesDir } from '../harness/build.js';
+import { rpcClient } from '../harness/client.js';
+import { removeDir, makeTempDir } from '../harness/paths.js';
+import { HOST_ID, spawnDaemon } from '../harness/daemon.js';
 import { median, ok, round, type BenchRow } from './lib.js';
 
-const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
 const NS = `mvirt-b${process.pid}`;
 const ROUNDS = 3;
 const BLOB_MIB = 24;
@@ -29,11 +27,10 @@ const SINK = `require('http').createServer((q, s) => { let n = 0;
   .listen(${SINK_PORT}, '0.0.0.0', () => console.log('listening'));`;
 
 export default async function network(): Promise<BenchRow[]> {
-  if (!existsSync(path.join(IMAGES, 'default', 'manifest.json')))
-    return [{ name: 'network', value: NaN, unit: '', note: `no default image in ${IMAGES}` }];
   if (process.getuid?.() !== 0 || spawnSync('ip', ['-V']).status !== 0)
     return [{ name: 'network', value: NaN, unit: '', note: 'needs root and iproute2' }];
 
+  const IMAGES = await imagesDir();
   spawnSync('ip', ['netns', 'del', NS]);
   execFileSync('ip', ['netns', 'add', NS]);
   execFileSync('ip', ['netns', 'exec', NS, 'ip', 'link', 'set', 'lo', 'up']);
@@ -50,14 +47,12 @@ export default async function network(): Promise<BenchRow[]> {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await new Promise((resolve) => sink.stdout!.once('data', resolve));
-  const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
+  const c = await rpcClient(d);
   const rows: BenchRow[] = [];
   try {
     const bootOnce = async (name: string, mode: 'none' | 'bridge'): Promise<number> => {
       ok(await c.call('vm.create', { name, memoryMiB: 256, network: { mode } }));
-      const vm = ok<VmRecord>(
-        await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: 300_000 }),
-      );
+      const vm = ok(await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: 300_000 }));
       ok(await c.call('vm.kill', { vm: name }));
       ok(await c.call('vm.delete', { vm: name }));
       return vm.boot?.readyAtMs ?? NaN;
@@ -96,14 +91,14 @@ export default async function network(): Promise<BenchRow[]> {
       ].join('; ');
       const best: number[] = [];
       for (let i = 0; i < ROUNDS; i++) {
-        const r = ok<JobRecord & { stdout: string }>(
+        const r = ok(
           await c.call(
             'job.run',
             { vm: name, argv: ['sh', '-c', script], wait: true },
             { timeoutMs: 300_000 },
           ),
         );
-        const [bytes, times] = r.stdout.trim().split('\n');
+        const [bytes, times] = (r.stdout ?? '').trim().split('\n');
         const [a, b] = times!.split(' ').map(Number);
         if (Number(bytes) !== BLOB_MIB << 20) throw new Error(`${mode}: sink got ${bytes} bytes`);
         best.push(BLOB_MIB / (b! - a!));

@@ -7,21 +7,19 @@
  * to back (no sleep between polls: the best case for guest-exec), on a QEMU
  * started here with the agent's virtio-serial port.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { buildQemuArgs, optValue, qemuPaths } from '../host/hypervisors/qemu/args.js';
 import { createImageStore } from '../host/vm/images.js';
-import type { VmRecord } from '../protocol/rpc.js';
-import { rpcClient, startTestDaemon, removeDir } from '../test/helpers/daemon-harness.js';
-import { REPO } from '../test/helpers/daemon-process.js';
+import { rpcClient } from '../harness/client.js';
+import { startTestDaemon } from '../harness/daemon.js';
+import { imagesDir } from '../harness/build.js';
+import { removeDir } from '../harness/paths.js';
 import { medianOf, ok, round, timedJob, type BenchRow } from './lib.js';
 
-const DATA = path.join(REPO, 'test-output/data');
-const IMAGES = path.join(DATA, 'images');
 const ROUNDS = 25;
 const BOOT_WAIT_MS = 300_000;
 
@@ -61,7 +59,7 @@ async function connectWhenThere(p: string, deadline: number): Promise<net.Socket
   }
 }
 
-async function measureQga(): Promise<number> {
+async function measureQga(IMAGES: string): Promise<number> {
   const image = await createImageStore(IMAGES).resolve('bench-qga');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'mvirt-qga-'));
   const paths = qemuPaths(dir);
@@ -126,19 +124,15 @@ async function measureQga(): Promise<number> {
   }
 }
 
-async function measureMvirt(): Promise<number> {
+async function measureMvirt(IMAGES: string): Promise<number> {
   const d = await startTestDaemon({
     args: ['--images-dir', IMAGES, '--boot-timeout-ms', String(BOOT_WAIT_MS), '--stop-vms-on-exit'],
   });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   try {
     await c.call('vm.create', { name: 'qga-cmp', image: 'bench-qga', memoryMiB: 256 });
     const vm = ok(
-      await c.call<VmRecord>(
-        'vm.start',
-        { vm: 'qga-cmp', wait: true },
-        { timeoutMs: BOOT_WAIT_MS },
-      ),
+      await c.call('vm.start', { vm: 'qga-cmp', wait: true }, { timeoutMs: BOOT_WAIT_MS }),
     );
     return await medianOf(() => timedJob(c, { vm: vm.id, argv: ['/bin/true'] }), ROUNDS);
   } finally {
@@ -149,27 +143,10 @@ async function measureMvirt(): Promise<number> {
 }
 
 export default async function qga(): Promise<BenchRow[]> {
-  if (!existsSync(path.join(IMAGES, 'bench-qga', 'manifest.json'))) {
-    process.stderr.write('bench qga: building the bench-qga image (once; cached afterwards)\n');
-    const b = spawnSync(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        path.join(REPO, 'host/cli/main.ts'),
-        'image',
-        'build',
-        'bench/qga/recipe.json',
-        '--data-dir',
-        DATA,
-      ],
-      { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] },
-    );
-    if (b.status !== 0)
-      return [{ name: 'qga', value: NaN, unit: '', note: 'bench-qga image build failed' }];
-  }
-  const mvirt = await measureMvirt();
-  const ga = await measureQga();
+  // Built on first use (cached afterwards) beside the bench's default image.
+  const images = await imagesDir({ recipe: 'bench/qga/recipe.json' });
+  const mvirt = await measureMvirt(images);
+  const ga = await measureQga(images);
   return [
     { name: 'mvirt job /bin/true (bench-qga image, p50)', value: round(mvirt), unit: 'ms' },
     { name: 'qemu-ga guest-exec + status polling (p50)', value: round(ga), unit: 'ms' },

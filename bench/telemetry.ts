@@ -20,7 +20,9 @@ import type { Logger } from 'pino';
 import type { Hypervisor, RunningVm, VmRuntime, ExitInfo } from '../host/hypervisors/types.js';
 import { procStartTime } from '../host/hypervisors/proc.js';
 import { CMDLINE_KEYS } from '../protocol/agent.js';
-import { removeDir, rpcClient, startTestDaemon } from '../test/helpers/daemon-harness.js';
+import { removeDir } from '../harness/paths.js';
+import { rpcClient } from '../harness/client.js';
+import { startTestDaemon } from '../harness/daemon.js';
 import { ok, round, stealTicks, type BenchRow } from './lib.js';
 import type { SimReply, SimRequest } from './sim/agents.js';
 
@@ -125,7 +127,7 @@ export default async function telemetryBench(): Promise<BenchRow[]> {
     hypervisors: [simBackend(sim, sleeps)],
     args: ['--max-vcpus', String(VMS), '--max-memory-mib', String(VMS * 64)],
   });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   try {
     for (let i = 0; i < VMS; i++) {
       ok(await c.call('vm.create', { name: `tele-${i}`, memoryMiB: 64 }));

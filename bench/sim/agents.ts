@@ -10,7 +10,7 @@ import net from 'node:net';
 import mqtt, { MqttClient } from 'mqtt';
 import type { Telemetry } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
-import { greetAsAgent } from '../../test/helpers/agent-greeting.js';
+import { greetAsAgent } from '../../harness/agent-greeting.js';
 
 export type SimRequest =
   | { type: 'serve'; vmId: string; sock: string; root: string }

@@ -16,9 +16,9 @@ import mqtt from 'mqtt';
 import { Hello } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { topics } from '../../protocol/topics.js';
-import { BOOT_WAIT_MS, bootDefaultImage, imageMissing } from '../helpers/agent-vm.js';
-import { withTimeout } from '../helpers/broker-fixtures.js';
-import { killPids } from '../helpers/qemu-vm.js';
+import { BOOT_WAIT_MS, bootDefaultImage, imageMissing } from '../support/agent-vm.js';
+import { withTimeout } from '../support/broker-fixtures.js';
+import { killPids } from '../support/qemu-vm.js';
 
 const ROOT = 'mvirt/mosq-test';
 const VM = 'vm-mosquitto1';

@@ -14,9 +14,9 @@ import { silentLogger } from '../../host/log.js';
 import { Hello, Telemetry, type Exit, type Output, type Reply } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { parseAgentUpTopic, topics, type AgentDownKind } from '../../protocol/topics.js';
-import { BOOT_WAIT_MS, bootDefaultImage, imageMissing } from '../helpers/agent-vm.js';
-import { killPids } from '../helpers/qemu-vm.js';
-import { withTimeout } from '../helpers/broker-fixtures.js';
+import { BOOT_WAIT_MS, bootDefaultImage, imageMissing } from '../support/agent-vm.js';
+import { killPids } from '../support/qemu-vm.js';
+import { withTimeout } from '../support/broker-fixtures.js';
 
 const ROOT = 'mvirt/agent-vm-test';
 const T = topics(ROOT);

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { RawClient, encodePublish } from '../helpers/broker-raw.js';
+import { RawClient, encodePublish } from '../support/broker-raw.js';
 import {
   ROOT,
   closedOf,
@@ -16,7 +16,7 @@ import {
   socketPair,
   startBroker,
   type TestBroker,
-} from '../helpers/broker-fixtures.js';
+} from '../support/broker-fixtures.js';
 
 describe('controller ACL', () => {
   let t: TestBroker;

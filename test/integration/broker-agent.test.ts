@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { MvirtError } from '../../protocol/errors.js';
-import { CONNACK, RawClient, encodePublish } from '../helpers/broker-raw.js';
+import { CONNACK, RawClient, encodePublish } from '../support/broker-raw.js';
 import {
   ROOT,
   closedOf,
@@ -20,7 +20,7 @@ import {
   startBroker,
   withTimeout,
   type TestBroker,
-} from '../helpers/broker-fixtures.js';
+} from '../support/broker-fixtures.js';
 
 const up = (vm: string, kind = 'hello') => `${ROOT}/agent/${vm}/up/${kind}`;
 const down = (vm: string, kind = 'exec') => `${ROOT}/agent/${vm}/down/${kind}`;

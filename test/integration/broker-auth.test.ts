@@ -7,8 +7,8 @@ import { statSync } from 'node:fs';
 import os from 'node:os';
 import { after, before, describe, test } from 'node:test';
 import { hashPassword } from '../../host/broker/passwords.js';
-import { CONNACK, RawClient } from '../helpers/broker-raw.js';
-import { ROOT, connectClient, startBroker, type TestBroker } from '../helpers/broker-fixtures.js';
+import { CONNACK, RawClient } from '../support/broker-raw.js';
+import { ROOT, connectClient, startBroker, type TestBroker } from '../support/broker-fixtures.js';
 
 const cheap = { N: 1024, r: 8, p: 1 };
 

@@ -12,7 +12,7 @@ import {
   encodeConnect,
   encodeLength,
   encodePublish,
-} from '../helpers/broker-raw.js';
+} from '../support/broker-raw.js';
 import {
   ROOT,
   connectClient,
@@ -23,7 +23,7 @@ import {
   startBroker,
   withTimeout,
   type TestBroker,
-} from '../helpers/broker-fixtures.js';
+} from '../support/broker-fixtures.js';
 
 const KiB = 1024;
 

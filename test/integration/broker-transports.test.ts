@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import WebSocket from 'ws';
-import { RawClient } from '../helpers/broker-raw.js';
+import { RawClient } from '../support/broker-raw.js';
 import {
   ROOT,
   closedOf,
@@ -21,7 +21,7 @@ import {
   startBroker,
   withTimeout,
   type TestBroker,
-} from '../helpers/broker-fixtures.js';
+} from '../support/broker-fixtures.js';
 
 const run = promisify(execFile);
 

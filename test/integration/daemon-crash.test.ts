@@ -7,14 +7,9 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
-import {
-  makeTempDir,
-  removeDir,
-  rpcClient,
-  writeFakeImage,
-  HOST_ID,
-} from '../helpers/daemon-harness.js';
-import { spawnDaemon } from '../helpers/daemon-process.js';
+import { makeTempDir, removeDir } from '../../harness/paths.js';
+import { rpcClient } from '../../harness/client.js';
+import { writeFakeImage, HOST_ID, spawnDaemon } from '../../harness/daemon.js';
 
 const dirs: string[] = [];
 after(async () => {
@@ -30,7 +25,7 @@ test(
     await writeFakeImage(path.join(dataDir, 'images'));
     const args = ['--data-dir', dataDir, '--listen', '127.0.0.1:0', '--host-id', HOST_ID];
     const d = await spawnDaemon(args);
-    const c = await rpcClient(d.url, `mvirt/${HOST_ID}`);
+    const c = await rpcClient(d);
     const acked: string[] = [];
     const KILL_AFTER = 60;
     let killed = false;
@@ -68,8 +63,8 @@ test(
 
     // And the daemon starts again on that database.
     const again = await spawnDaemon(args);
-    const c2 = await rpcClient(again.url, `mvirt/${HOST_ID}`);
-    const r = await c2.call<{ vms: unknown[] }>('vm.list');
+    const c2 = await rpcClient(again);
+    const r = await c2.call('vm.list');
     assert.ok(r.ok && r.result.vms.length >= acked.length);
     await c2.close();
     again.child.kill('SIGTERM');

@@ -10,17 +10,9 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import type { VmRecord } from '../../protocol/rpc.js';
-import { launchBrowser, skipNoBrowser, type Browser } from '../helpers/browser.js';
-import { REPO } from '../helpers/daemon-process.js';
-import {
-  BOOT_MS,
-  explained,
-  ok,
-  qemuDaemon,
-  skipNoImage,
-  tempDataDir,
-} from '../helpers/qemu-daemon.js';
+import { launchBrowser, skipNoBrowser, type Browser } from '../../harness/browser.js';
+import { REPO } from '../../harness/paths.js';
+import { BOOT_MS, explained, ok, qemuDaemon, skipNoImage, tempDataDir } from '../support/qemu.js';
 
 const SHOTS = path.join(REPO, 'test-output');
 /** What the page-side function reads (tests are type-checked without DOM types). */
@@ -38,7 +30,7 @@ test(
       const dataDir = await tempDataDir('mvirt-dash-');
       const { d, c } = await qemuDaemon(dataDir, ['--telemetry-interval-ms', '1000']);
       assert.ok(d.httpUrl, 'mvirtd reports its HTTP address');
-      const vm = ok(await c.call<VmRecord>('vm.create', { name: 'dash-1', memoryMiB: 256 }));
+      const vm = ok(await c.call('vm.create', { name: 'dash-1', memoryMiB: 256 }));
 
       browser = await launchBrowser();
       const page = await browser.context.newPage();
@@ -54,7 +46,7 @@ test(
       await page
         .locator(`tr.vm[data-id="${vm.id}"][data-state="ready"]`)
         .waitFor({ timeout: BOOT_MS });
-      assert.equal(ok(await c.call<VmRecord>('vm.get', { vm: vm.id })).state, 'ready');
+      assert.equal(ok(await c.call('vm.get', { vm: vm.id })).state, 'ready');
 
       await row.locator('td').first().click();
       await page.locator(`#vm-detail[data-vm="${vm.id}"]`).waitFor();
@@ -90,7 +82,7 @@ test(
       await page
         .locator(`tr.vm[data-id="${vm.id}"][data-state="stopped"]`)
         .waitFor({ timeout: 120_000 });
-      assert.equal(ok(await c.call<VmRecord>('vm.get', { vm: vm.id })).state, 'stopped');
+      assert.equal(ok(await c.call('vm.get', { vm: vm.id })).state, 'stopped');
       // The operator's stop is in the live event log the page shows.
       await page
         .locator('#events li', { hasText: `dash-1: stop` })

@@ -2,7 +2,7 @@
  * A built image boots under QEMU TCG with the machine's other core busy:
  * init mounts the root disk, sets the hostname, starts the agent, restarts it
  * when it dies, and powers the VM off cleanly. The agent here is a shell
- * stand-in (test/helpers/image-qemu.ts); the agent's own integration test
+ * stand-in (harness/image-qemu.ts); the agent's own integration test
  * uses the real one.
  */
 import assert from 'node:assert/strict';
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildImage } from '../../images/build.js';
-import { bootImage, busyCore, standinAgent, testRecipe } from '../helpers/image-qemu.js';
+import { bootImage, busyCore, standinAgent, testRecipe } from '../../harness/image-qemu.js';
 
 describe('default image boots under TCG with the other core busy', { timeout: 40 * 60_000 }, () => {
   let tmp: Awaited<ReturnType<typeof standinAgent>>;

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { buildImage } from '../../images/build.js';
 import { readManifest } from '../../images/manifest.js';
 import { sha256File } from '../../images/hash.js';
-import { standinAgent, testRecipe } from '../helpers/image-qemu.js';
+import { standinAgent, testRecipe } from '../../harness/image-qemu.js';
 
 describe('image build', { timeout: 30 * 60_000 }, () => {
   let tmp: Awaited<ReturnType<typeof standinAgent>>;

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { writeSeed } from '../../host/network/seed.js';
 import { buildImage } from '../../images/build.js';
-import { bootImage, busyCore, standinAgent, testRecipe } from '../helpers/image-qemu.js';
+import { bootImage, busyCore, standinAgent, testRecipe } from '../../harness/image-qemu.js';
 
 describe('custom kernel image', { timeout: 40 * 60_000 }, () => {
   let tmp: Awaited<ReturnType<typeof standinAgent>>;

@@ -12,14 +12,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import type {
-  JobLogs,
   JobRecord,
   OutputChunk,
+  ParamsOf,
   PoolRecord,
   ReplyEnvelope,
   VmRecord,
 } from '../../protocol/rpc.js';
-import type { RpcClient } from '../helpers/daemon-harness.js';
+import type { RpcClient } from '../../harness/client.js';
 import {
   BOOT_MS,
   explained,
@@ -30,14 +30,14 @@ import {
   skipNoImage as skip,
   tempDataDir,
   trackPid,
-} from '../helpers/qemu-daemon.js';
+} from '../support/qemu.js';
 
 const JOB_MS = 120_000;
 
 type RunResult = JobRecord & { stdout?: string; stderr?: string; truncated?: boolean };
 
-const run = async (c: RpcClient, params: Record<string, unknown>): Promise<RunResult> =>
-  ok(await c.call<RunResult>('job.run', { wait: true, ...params }, { timeoutMs: JOB_MS }));
+const run = async (c: RpcClient, params: ParamsOf<'job.run'>): Promise<RunResult> =>
+  ok(await c.call('job.run', { wait: true, ...params }, { timeoutMs: JOB_MS }));
 
 /** Command names of every process in the guest (busybox has no pgrep). */
 const PS = ['sh', '-c', 'cat /proc/[0-9]*/comm 2>/dev/null'];
@@ -45,7 +45,7 @@ const PS = ['sh', '-c', 'cat /proc/[0-9]*/comm 2>/dev/null'];
 async function startService(c: RpcClient, name: string): Promise<VmRecord> {
   ok(await c.call('vm.create', { name, memoryMiB: 256 }));
   const vm = ok(
-    await c.call<VmRecord>('vm.start', { vm: name, wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
+    await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
   );
   trackPid(vm.pid);
   assert.equal(vm.state, 'ready');
@@ -57,7 +57,7 @@ async function allLogs(c: RpcClient, jobId: string): Promise<OutputChunk[]> {
   const out: OutputChunk[] = [];
   let from = 0;
   for (;;) {
-    const page = ok(await c.call<JobLogs>('job.logs', { jobId, fromSeq: from }));
+    const page = ok(await c.call('job.logs', { jobId, fromSeq: from }));
     out.push(...page.chunks);
     if (!page.more) return out;
     from = page.nextSeq;
@@ -79,7 +79,7 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
 
     // Output (live on the topic, in order) and the exit code.
     const first = ok(
-      await c.call<JobRecord>('job.run', {
+      await c.call('job.run', {
         vm: 'svc',
         argv: ['sh', '-c', 'echo one; echo two >&2; echo three; exit 3'],
       }),
@@ -145,19 +145,19 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
       four.map((j) => [j.state, j.stdout]),
       [1, 2, 3, 4].map((n) => ['succeeded', `job${n}\n`]),
     );
-    const after = ok(await c.call<VmRecord>('vm.get', { vm: 'svc' }));
+    const after = ok(await c.call('vm.get', { vm: 'svc' }));
     assert.equal(after.state, 'ready');
 
     // Cancel and timeout kill the whole process group inside the guest.
     const sleeper = ok(
-      await c.call<JobRecord>('job.run', {
+      await c.call('job.run', {
         vm: 'svc',
         argv: ['sh', '-c', 'sleep 1001 & sleep 1002 & echo started; wait'],
       }),
     );
     await c.waitFor(`${ROOT}/job/${sleeper.jobId}/output`, () => true, JOB_MS);
     const cancelled = ok(
-      await c.call<JobRecord>('job.cancel', { jobId: sleeper.jobId }, { timeoutMs: 60_000 }),
+      await c.call('job.cancel', { jobId: sleeper.jobId }, { timeoutMs: 60_000 }),
     );
     assert.equal(cancelled.state, 'cancelled');
     const timed = await run(c, {
@@ -171,7 +171,7 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
 
     // Bad parameters get typed errors.
     const bad = async (params: unknown): Promise<string> => {
-      const r: ReplyEnvelope = await c.call('job.run', params);
+      const r: ReplyEnvelope = await c.send('job.run', params);
       assert.equal(r.ok, false);
       return r.ok ? '' : r.error.code;
     };
@@ -187,7 +187,7 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
     // 100 MiB of output: mvirtd's memory stays bounded while a controller reads it all.
     const rssBefore = rssKiB(d.pid, 'VmRSS');
     const flood = ok(
-      await c.call<JobRecord>('job.run', {
+      await c.call('job.run', {
         vm: 'svc',
         argv: ['sh', '-c', 'yes 0123456789abcdef0123456789abcdef | head -c 104857600'],
       }),
@@ -218,7 +218,7 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
 
     // A job whose VM is killed ends lost.
     const doomed = ok(
-      await c.call<JobRecord>('job.run', { vm: 'svc', argv: ['sh', '-c', 'echo x; sleep 1000'] }),
+      await c.call('job.run', { vm: 'svc', argv: ['sh', '-c', 'echo x; sleep 1000'] }),
     );
     await c.waitFor(`${ROOT}/job/${doomed.jobId}/output`, () => true, JOB_MS);
     const lost = await c.watch(`${ROOT}/job/${doomed.jobId}/state`, field('state', 'lost'), 30_000);
@@ -254,13 +254,11 @@ test('an ephemeral VM per job and a warm pool', { skip, timeout: 1_200_000 }, ()
       (_t, p) => p.length > 0 && (JSON.parse(p.toString()) as PoolRecord).vms.ready === 1,
       BOOT_MS,
     );
-    const pool = ok(await c.call<PoolRecord>('pool.set', { name: 'warm', min: 1, max: 2 }));
+    const pool = ok(await c.call('pool.set', { name: 'warm', min: 1, max: 2 }));
     assert.equal(pool.min, 1);
     await readyOne.message;
     const list = async (): Promise<VmRecord[]> =>
-      ok(await c.call<{ vms: VmRecord[] }>('vm.list')).vms.filter(
-        (v) => v.metadata['mvirt.pool'] === 'warm',
-      );
+      ok(await c.call('vm.list')).vms.filter((v) => v.metadata['mvirt.pool'] === 'warm');
     const before = await list();
     assert.equal(before.length, 1);
     for (const v of before) trackPid(v.pid);
@@ -293,7 +291,7 @@ test(
       const first = await qemuDaemon(dataDir);
       await startService(first.c, 'svc');
       const job = ok(
-        await first.c.call<JobRecord>('job.run', {
+        await first.c.call('job.run', {
           vm: 'svc',
           argv: [
             'sh',

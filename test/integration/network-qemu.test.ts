@@ -14,7 +14,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import type { JobRecord, VmRecord } from '../../protocol/rpc.js';
-import type { RpcClient } from '../helpers/daemon-harness.js';
+import type { RpcClient } from '../../harness/client.js';
 import {
   BOOT_MS,
   explained,
@@ -24,7 +24,7 @@ import {
   skipNoImage,
   tempDataDir,
   trackPid,
-} from '../helpers/qemu-daemon.js';
+} from '../support/qemu.js';
 
 const NS = `mvirt-t${process.pid}`;
 const JOB_MS = 120_000;
@@ -57,17 +57,11 @@ after(() => {
 
 const run = async (c: RpcClient, vm: string, script: string): Promise<RunResult> =>
   ok(
-    await c.call<RunResult>(
-      'job.run',
-      { vm, argv: ['sh', '-c', script], wait: true },
-      { timeoutMs: JOB_MS },
-    ),
+    await c.call('job.run', { vm, argv: ['sh', '-c', script], wait: true }, { timeoutMs: JOB_MS }),
   );
 
 async function start(c: RpcClient, vm: string): Promise<VmRecord> {
-  const rec = ok(
-    await c.call<VmRecord>('vm.start', { vm, wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
-  );
+  const rec = ok(await c.call('vm.start', { vm, wait: true }, { timeoutMs: BOOT_MS + 10_000 }));
   trackPid(rec.pid);
   assert.equal(rec.state, 'ready', `${vm} ready`);
   return rec;
@@ -118,14 +112,14 @@ test('bridged VMs in a network namespace', { skip, timeout: 1_800_000 }, () =>
 
     // Addresses and MACs: allocated at create, distinct, in the subnet.
     const a = ok(
-      await c.call<VmRecord>('vm.create', {
+      await c.call('vm.create', {
         name: 'alpha',
         memoryMiB: 256,
         network: { mode: 'bridge', agentOverNetwork: true },
         userData: USER_DATA,
       }),
     );
-    const b = ok(await c.call<VmRecord>('vm.create', { name: 'beta', memoryMiB: 256 }));
+    const b = ok(await c.call('vm.create', { name: 'beta', memoryMiB: 256 }));
     assert.equal(b.network.mode, 'bridge', 'the host default as root with a bridge');
     assert.match(a.ip!, /^10\.213\.\d+\.\d+$/);
     assert.match(a.mac!, /^02(:[0-9a-f]{2}){5}$/);
@@ -205,16 +199,16 @@ test('bridged VMs in a network namespace', { skip, timeout: 1_800_000 }, () =>
     assert.deepEqual(taps().sort(), [tapOf(a.id), tapOf(b.id)].sort(), 'TAPs outlive mvirtd');
     ({ c, d } = await qemuDaemon(dataDir, args, { netns: NS }));
     assert.deepEqual(taps(), [tapOf(a.id)], "beta's stale TAP is gone, alpha's kept");
-    assert.notEqual(ok(await c.call<VmRecord>('vm.get', { vm: 'beta' })).state, 'ready');
+    assert.notEqual(ok(await c.call('vm.get', { vm: 'beta' })).state, 'ready');
     const again = await run(c, 'alpha', `ping -c 1 -W 10 ${HOST_IP}`);
     assert.equal(again.exitCode, 0, 'alpha is reachable after the restart');
     assert.ok(ra.pid);
 
     // No address twice across restarts, and delete releases.
-    const g = ok(await c.call<VmRecord>('vm.create', { name: 'gamma' }));
+    const g = ok(await c.call('vm.create', { name: 'gamma' }));
     assert.ok(![a.ip, b.ip].includes(g.ip), `gamma ${g.ip} is new`);
     ok(await c.call('vm.delete', { vm: 'beta' }));
-    const h = ok(await c.call<VmRecord>('vm.create', { name: 'delta' }));
+    const h = ok(await c.call('vm.create', { name: 'delta' }));
     assert.ok(![a.ip, g.ip].includes(h.ip), `delta ${h.ip} is not in use`);
     ok(await c.call('vm.kill', { vm: 'alpha' }));
     assert.deepEqual(taps(), [], 'no TAP after kill');
@@ -249,7 +243,7 @@ test(
       try {
         const dataDir = await tempDataDir('mvirt-user-');
         const { c } = await qemuDaemon(dataDir, ['--network', 'user']);
-        const vm = ok(await c.call<VmRecord>('vm.create', { name: 'u1', memoryMiB: 256 }));
+        const vm = ok(await c.call('vm.create', { name: 'u1', memoryMiB: 256 }));
         assert.equal(vm.network.mode, 'user');
         assert.equal(vm.ip, undefined, 'user mode has no lease');
         await start(c, 'u1');

@@ -1,6 +1,6 @@
 /**
  * The QEMU backend against real QEMU under TCG: a busybox test guest (see
- * test/helpers/qemu-guest.ts) boots, writes markers to the console and the
+ * test/support/qemu-guest.ts) boots, writes markers to the console and the
  * agent port, and is paused, resumed, rebooted, re-attached, powered down,
  * quit and killed. No fixed sleeps: every wait is on a marker, a QMP event or
  * the `exited` promise. Every QEMU is SIGKILLed in the after hook.
@@ -15,7 +15,7 @@ import {
   CONSOLE_MARKER,
   prepareTestGuest,
   type TestGuest,
-} from '../helpers/qemu-guest.js';
+} from '../support/qemu-guest.js';
 import {
   killPids,
   launchTracked,
@@ -25,7 +25,7 @@ import {
   testBackend,
   testSpec,
   within,
-} from '../helpers/qemu-vm.js';
+} from '../support/qemu-vm.js';
 
 const BOOT_MS = 240_000; // TCG on a busy 2-core machine: boots took 15-40 s
 

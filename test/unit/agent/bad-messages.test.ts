@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { encodeCbor } from '../../../protocol/codec.js';
-import { nextId, startHarness, type Harness } from '../../helpers/agent-harness.js';
+import { nextId, startHarness, type Harness } from '../../support/agent-harness.js';
 
 let h: Harness;
 before(async () => {

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { DEFAULT_JOB_OPTIONS } from '../../../guest-agent/jobs.js';
-import { jobOutput, nextId, startHarness, type Harness } from '../../helpers/agent-harness.js';
+import { jobOutput, nextId, startHarness, type Harness } from '../../support/agent-harness.js';
 
 let h: Harness;
 let dir: string;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AGENT_PROTOCOL_VERSION } from '../../../protocol/agent.js';
 import { AGENT_VERSION } from '../../../guest-agent/version.js';
-import { startHarness, ROOT, VM } from '../../helpers/agent-harness.js';
+import { startHarness, ROOT, VM } from '../../support/agent-harness.js';
 
 test('on connect the agent subscribes, says hello with the boot timeline, then ready', async () => {
   const h = await startHarness();

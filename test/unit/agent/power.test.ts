@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { test } from 'node:test';
-import { startHarness } from '../../helpers/agent-harness.js';
+import { startHarness } from '../../support/agent-harness.js';
 
 for (const action of ['poweroff', 'reboot'] as const) {
   test(`power ${action}: the reply goes out first, then the platform acts`, async () => {

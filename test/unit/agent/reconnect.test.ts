@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { DEFAULT_OUTBOX_LIMITS } from '../../../guest-agent/outbox.js';
-import { jobOutput, startHarness } from '../../helpers/agent-harness.js';
+import { jobOutput, startHarness } from '../../support/agent-harness.js';
 
 const HIGH = 32 * 1024;
 

@@ -8,7 +8,7 @@ import {
   parseMounts,
   parseNetDev,
 } from '../../../guest-agent/telemetry.js';
-import { startHarness } from '../../helpers/agent-harness.js';
+import { startHarness } from '../../support/agent-harness.js';
 
 test('telemetry is sent on the interval and validates against the schema', async () => {
   const h = await startHarness({ settings: { telemetryMs: 100 } });

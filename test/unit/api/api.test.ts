@@ -8,15 +8,11 @@ import { execFile, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { encodeCbor, decode } from '../../../protocol/codec.js';
-import type { ReplyEnvelope, VmRecord } from '../../../protocol/rpc.js';
-import { createFakeHypervisor, killFakes } from '../../helpers/daemon-fakes.js';
-import {
-  rpcClient,
-  removeDir,
-  startTestDaemon,
-  type RpcClient,
-  type TestDaemon,
-} from '../../helpers/daemon-harness.js';
+import type { ParamsOf, ReplyEnvelope, RpcMethod } from '../../../protocol/rpc.js';
+import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
+import { rpcClient, type RpcClient } from '../../../harness/client.js';
+import { removeDir } from '../../../harness/paths.js';
+import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
 
 const hv = createFakeHypervisor();
 let d: TestDaemon;
@@ -27,7 +23,7 @@ before(async () => {
     hypervisors: [hv],
     args: ['--max-vcpus', '4', '--max-memory-mib', '2048', '--max-vms', '3'],
   });
-  c = await rpcClient(d.url, d.root);
+  c = await rpcClient(d);
 });
 after(async () => {
   await c?.close();
@@ -51,11 +47,12 @@ function err(r: ReplyEnvelope, code: string): string {
 for (const encoding of ['json', 'cbor'] as const) {
   describe(`every method in ${encoding}`, () => {
     const name = `vm-${encoding}-1`;
-    const call = (m: string, p?: unknown) => c.call(m, p, { encoding, timeoutMs: 20_000 });
+    const call = <M extends RpcMethod>(m: M, p?: ParamsOf<M>) =>
+      c.call(m, p, { encoding, timeoutMs: 20_000 });
 
     test('system.info', async () => {
       const info = ok(await call('system.info'));
-      assert.equal((info as { hostId: string }).hostId, 'test-host');
+      assert.equal(info.hostId, 'test-host');
       const i = info as unknown as Record<string, unknown>;
       for (const k of [
         'version',
@@ -73,42 +70,40 @@ for (const encoding of ['json', 'cbor'] as const) {
     });
 
     test('vm lifecycle', async () => {
-      const created = ok(await call('vm.create', { name, metadata: { team: 'a' } })) as VmRecord;
+      const created = ok(await call('vm.create', { name, metadata: { team: 'a' } }));
       assert.equal(created.state, 'stopped');
       assert.equal(created.vcpus, 1);
       assert.equal(created.memoryMiB, 256);
       assert.equal(created.image, 'default');
       assert.deepEqual(created.metadata, { team: 'a' });
-      assert.equal((ok(await call('vm.get', { vm: created.id })) as VmRecord).name, name);
-      assert.equal((ok(await call('vm.get', { vm: name })) as VmRecord).id, created.id);
-      const listed = ok(await call('vm.list', { state: 'stopped' })) as { vms: VmRecord[] };
+      assert.equal(ok(await call('vm.get', { vm: created.id })).name, name);
+      assert.equal(ok(await call('vm.get', { vm: name })).id, created.id);
+      const listed = ok(await call('vm.list', { state: 'stopped' }));
       assert.ok(listed.vms.some((v) => v.id === created.id));
 
-      const started = ok(await call('vm.start', { vm: name, wait: true })) as VmRecord;
+      const started = ok(await call('vm.start', { vm: name, wait: true }));
       assert.equal(started.state, 'ready');
       assert.equal(started.agentVersion, 'fake-1');
       assert.ok(started.pid && started.boot?.readyAtMs !== undefined, JSON.stringify(started));
-      assert.equal((ok(await call('vm.pause', { vm: name })) as VmRecord).state, 'paused');
-      assert.equal((ok(await call('vm.resume', { vm: name })) as VmRecord).state, 'ready');
+      assert.equal(ok(await call('vm.pause', { vm: name })).state, 'paused');
+      assert.equal(ok(await call('vm.resume', { vm: name })).state, 'ready');
       // Per-VM events are not retained: only a ready that follows the reboot matches.
       const readyAgain = await c.watch(`${d.root}/vm/${created.id}/events`, (_t, p) => {
         return (JSON.parse(p.toString()) as { to?: string }).to === 'ready';
       });
-      assert.equal((ok(await call('vm.reboot', { vm: name })) as VmRecord).state, 'starting');
+      assert.equal(ok(await call('vm.reboot', { vm: name })).state, 'starting');
       await readyAgain.message;
       err(await call('vm.delete', { vm: name }), 'VM_RUNNING');
-      const stopped = ok(await call('vm.stop', { vm: name, timeoutMs: 5000 })) as VmRecord;
+      const stopped = ok(await call('vm.stop', { vm: name, timeoutMs: 5000 }));
       assert.equal(stopped.state, 'stopped');
       assert.ok(hv.received.some((m) => m.vmId === created.id && m.kind === 'power'));
 
       ok(await call('vm.start', { vm: name }));
-      const killed = ok(await call('vm.kill', { vm: name })) as VmRecord;
+      const killed = ok(await call('vm.kill', { vm: name }));
       assert.equal(killed.state, 'stopped');
       assert.equal(killed.stateReason, 'killed');
 
-      const ev = ok(await call('events.query', { objectId: name })) as {
-        events: { message: string; level: string; objects: string[] }[];
-      };
+      const ev = ok(await call('events.query', { objectId: name }));
       assert.ok(ev.events.length >= 8, 'lifecycle events recorded');
       assert.ok(ev.events.every((e) => e.objects.includes(created.id)));
       assert.ok(ev.events.some((e) => e.level === 'audit' && e.message.includes('ready → paused')));
@@ -136,18 +131,18 @@ for (const encoding of ['json', 'cbor'] as const) {
 
 describe('validation and error mapping', () => {
   test('unknown method', async () => {
-    err(await c.call('vm.frobnicate', {}), 'UNKNOWN_METHOD');
+    err(await c.send('vm.frobnicate', {}), 'UNKNOWN_METHOD');
   });
   test('unknown fields are named', async () => {
-    const m = err(await c.call('vm.create', { name: 'x', colour: 'red' }), 'INVALID_PARAMS');
+    const m = err(await c.send('vm.create', { name: 'x', colour: 'red' }), 'INVALID_PARAMS');
     assert.match(m, /colour/);
   });
   test('wrong types and missing fields', async () => {
-    err(await c.call('vm.create', { name: 5 }), 'INVALID_PARAMS');
-    err(await c.call('vm.create', {}), 'INVALID_PARAMS');
-    err(await c.call('vm.create', { name: 'x', vcpus: 'two' }), 'INVALID_PARAMS');
-    err(await c.call('vm.stop', { vm: 'x', timeoutMs: -1 }), 'INVALID_PARAMS');
-    err(await c.call('vm.list', []), 'INVALID_PARAMS');
+    err(await c.send('vm.create', { name: 5 }), 'INVALID_PARAMS');
+    err(await c.send('vm.create', {}), 'INVALID_PARAMS');
+    err(await c.send('vm.create', { name: 'x', vcpus: 'two' }), 'INVALID_PARAMS');
+    err(await c.send('vm.stop', { vm: 'x', timeoutMs: -1 }), 'INVALID_PARAMS');
+    err(await c.send('vm.list', []), 'INVALID_PARAMS');
   });
   test('hostile names are refused', async () => {
     for (const name of [
@@ -193,7 +188,7 @@ describe('validation and error mapping', () => {
   test('replies are never sent into the host tree', async () => {
     const topic = `${d.root}/rpc/system.info`;
     const seen: string[] = [];
-    const probe = await rpcClient(d.url, d.root);
+    const probe = await rpcClient(d);
     await probe.mqtt.subscribeAsync(`${d.root}/#`);
     probe.mqtt.on('message', (t) => {
       if (t.startsWith(`${d.root}/x`)) seen.push(t);
@@ -228,7 +223,7 @@ describe('validation and error mapping', () => {
     ok(await c.call('vm.start', { vm: 'c2', wait: true }, { timeoutMs: 20_000 }));
     ok(await c.call('vm.start', { vm: 'c3', wait: true }, { timeoutMs: 20_000 }));
     assert.match(err(await c.call('vm.start', { vm: 'c4' }), 'CAPACITY_EXCEEDED'), /max-vms/);
-    const c4 = ok(await c.call('vm.get', { vm: 'c4' })) as VmRecord;
+    const c4 = ok(await c.call('vm.get', { vm: 'c4' }));
     assert.equal(c4.state, 'stopped', 'a refused start changes nothing');
     for (const n of ['c1', 'c2', 'c3']) ok(await c.call('vm.kill', { vm: n }));
     for (const n of ['c1', 'c2', 'c3', 'c4']) ok(await c.call('vm.delete', { vm: n }));

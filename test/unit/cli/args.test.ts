@@ -5,7 +5,7 @@ import { globalsFrom, parseCommand, splitCommand } from '../../../host/cli/args.
 import { exitCodeFor } from '../../../host/cli/exit.js';
 import { runCli, type ClientFactory } from '../../../host/cli/run.js';
 import type { Globals } from '../../../host/cli/args.js';
-import { memoryIo } from '../../helpers/cli-io.js';
+import { memoryIo } from '../../support/cli-io.js';
 
 /** A client factory that proves usage errors never reach the network. */
 const noNetwork: ClientFactory = () => assert.fail('usage errors must not connect');

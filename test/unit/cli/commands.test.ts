@@ -1,6 +1,7 @@
 /**
- * The CLI end to end in-process: runCli against a real aedes broker and the
- * fake daemon responder (test/helpers/cli-fake-daemon.ts).
+ * The CLI end to end in-process: runCli against the real mvirtd (in-process,
+ * its VMs fake processes running the real agent core; harness/fake-vms.ts),
+ * with a spy on the requests the daemon received.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,30 +9,26 @@ import { createServer } from 'node:net';
 import { runCli } from '../../../host/cli/run.js';
 import { escapeFilter } from '../../../host/cli/console.js';
 import { parseSince } from '../../../host/cli/events.js';
-import {
-  startFakeDaemon,
-  startTestBroker,
-  type FakeDaemon,
-  type TestBroker,
-} from '../../helpers/cli-fake-daemon.js';
-import { memoryIo, type MemoryIo } from '../../helpers/cli-io.js';
+import { result } from '../../../harness/client.js';
+import { cliEnv } from '../../../harness/connect.js';
+import { spyRequests, type RequestSpy } from '../../../harness/daemon.js';
+import { memoryIo, type MemoryIo } from '../../support/cli-io.js';
+import { cleanupAll, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
-describe('mvirt commands against a fake daemon', () => {
-  let broker: TestBroker;
-  let fake: FakeDaemon;
+describe('mvirt commands against mvirtd', () => {
+  let j: JobDaemon;
+  let spy: RequestSpy;
   before(async () => {
-    broker = await startTestBroker();
-    fake = await startFakeDaemon(broker.url);
+    j = await startJobDaemon();
+    spy = await spyRequests(j.d);
   });
   after(async () => {
-    await fake.close();
-    await broker.close();
+    await spy.stop();
+    await cleanupAll();
   });
+  const env = (): Record<string, string> => cliEnv(j.d);
 
-  async function mvirt(
-    argv: string[],
-    io: MemoryIo = memoryIo({ env: { MVIRT_BROKER: broker.url } }),
-  ) {
+  async function mvirt(argv: string[], io: MemoryIo = memoryIo({ env: env() })) {
     const code = await runCli(argv, io);
     return { code, out: io.out(), err: io.errText(), io };
   }
@@ -41,7 +38,7 @@ describe('mvirt commands against a fake daemon', () => {
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /^Host: +test-host$/m);
     assert.match(r.out, /^BACKEND +AVAILABLE +ACCEL/m);
-    assert.match(r.out, /^qemu +yes +tcg/m);
+    assert.match(r.out, /^qemu +yes +fake/m);
     const j = await mvirt(['info', '--json']);
     assert.equal(JSON.parse(j.out).hostId, 'test-host');
   });
@@ -62,7 +59,7 @@ describe('mvirt commands against a fake daemon', () => {
     ]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /^created web-1 \(vm-[0-9a-f]+\): 2 vCPU, 512 MiB, stopped$/m);
-    assert.deepEqual(fake.requests.at(-1)?.params, {
+    assert.deepEqual(spy.requests.at(-1)?.params, {
       name: 'web-1',
       vcpus: 2,
       memoryMiB: 512,
@@ -87,11 +84,11 @@ describe('mvirt commands against a fake daemon', () => {
     r = await mvirt(['vm', 'start', 'web-1']);
     assert.equal(r.code, 0, r.err);
     assert.match(r.err, /starting web-1/);
-    assert.match(r.err, /web-1: starting after/);
-    assert.match(r.err, /web-1: ready after/);
+    assert.match(r.err, /web-1: starting \(start requested\) after/);
+    assert.match(r.err, /web-1: ready \(the agent is ready\) after/);
     assert.match(r.out, /^web-1 \(vm-\w+\) is ready after/);
-    assert.deepEqual(fake.requests.at(-1)?.params, {
-      vm: [...fake.vms.values()][0]!.id,
+    assert.deepEqual(spy.requests.at(-1)?.params, {
+      vm: result(await j.c.call('vm.get', { vm: 'web-1' })).id,
       wait: true,
     });
 
@@ -101,8 +98,8 @@ describe('mvirt commands against a fake daemon', () => {
 
     r = await mvirt(['vm', 'stop', 'web-1', '--timeout', '5']);
     assert.equal(r.code, 0, r.err);
-    assert.equal(r.out.trim().endsWith('is stopped'), true);
-    assert.equal((fake.requests.at(-1)?.params as { timeoutMs: number }).timeoutMs, 5000);
+    assert.match(r.out, /^web-1 \(vm-\w+\) is stopped/m, r.out);
+    assert.equal((spy.requests.at(-1)?.params as { timeoutMs: number }).timeoutMs, 5000);
 
     r = await mvirt(['vm', 'rm', 'web-1']);
     assert.equal(r.code, 0, r.err);
@@ -115,7 +112,7 @@ describe('mvirt commands against a fake daemon', () => {
     const r = await mvirt(['vm', 'rm', '-f', 'doomed']);
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(
-      fake.requests.slice(-3).map((q) => q.method),
+      spy.requests.slice(-3).map((q) => q.method),
       ['vm.delete', 'vm.kill', 'vm.delete'],
     );
   });
@@ -125,68 +122,68 @@ describe('mvirt commands against a fake daemon', () => {
     assert.equal(r.code, 1);
     assert.equal(
       r.err,
-      'mvirt: no VM named ghost [VM_NOT_FOUND]\nhint: `mvirt vm ls` lists the VMs\n',
+      'mvirt: no VM with id or name ghost [VM_NOT_FOUND]\nhint: `mvirt vm ls` lists the VMs\n',
     );
     const j = await mvirt(['vm', 'get', 'ghost', '--json']);
     assert.equal(JSON.parse(j.err).error.code, 'VM_NOT_FOUND');
   });
 
   it('invalid parameters are usage errors (exit 2) caught before sending', async () => {
-    const n = fake.requests.length;
+    const n = spy.requests.length;
     const r = await mvirt(['vm', 'create', 'bad/name']);
     assert.equal(r.code, 2);
     assert.match(r.err, /INVALID_PARAMS/);
-    assert.equal(fake.requests.length, n);
+    assert.equal(spy.requests.length, n);
   });
 
   it('a host that never replies is a connection error (exit 3)', async () => {
-    fake.handle('vm.kill', 'no-reply');
-    const r = await mvirt(['vm', 'kill', 'x', '--timeout', '0.2']);
+    const r = await mvirt(['vm', 'kill', 'x', '--host', 'elsewhere', '--timeout', '0.2']);
     assert.equal(r.code, 3);
     assert.match(
       r.err,
-      /no reply to vm\.kill from host 'test-host'[\s\S]*hint: pick the host with --host/,
+      /no reply to vm\.kill from host 'elsewhere'[\s\S]*hint: pick the host with --host/,
     );
   });
 
   it('events lists the log, and -f follows it until a signal', async () => {
-    const ev = (id: number, message: string) => ({
-      id,
-      at: new Date().toISOString(),
-      level: 'info' as const,
-      component: 'vm',
-      message,
-      objects: ['vm-x'],
-    });
-    await fake.publishEvent(ev(1, 'first'));
-    let r = await mvirt(['events']);
-    assert.match(r.out, /info +vm +first +\[vm-x\]/);
+    await mvirt(['vm', 'create', 'ev-1']);
+    let r = await mvirt(['events', '--object', 'ev-1']);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /audit +\S+ +.*ev-1/);
 
-    const io = memoryIo({ env: { MVIRT_BROKER: broker.url } });
+    const io = memoryIo({ env: env() });
     const following = mvirt(['events', '-f', '--json'], io);
-    await io.waitOut('"first"');
-    // Published once the follower has printed its history: it must arrive live.
-    await fake.publishEvent(ev(2, 'second'));
-    await io.waitOut('"second"');
+    await io.waitOut('ev-1');
+    // Made once the follower has printed its history: its event must arrive live.
+    await mvirt(['vm', 'create', 'ev-2']);
+    await io.waitOut('ev-2');
     io.signal();
     r = await following;
     assert.equal(r.code, 0, r.err);
     const lines = r.out
       .trim()
       .split('\n')
-      .map((l) => JSON.parse(l) as { id: number });
+      .map((l) => JSON.parse(l) as { id: number; objects: string[] });
+    const ids = lines.map((l) => l.id);
     assert.deepEqual(
-      lines.map((l) => l.id),
-      [1, 2],
+      ids,
+      [...ids].sort((a, b) => a - b),
+      'in order, each once',
+    );
+    assert.equal(new Set(ids).size, ids.length);
+    const ev2 = result(await j.c.call('vm.get', { vm: 'ev-2' })).id;
+    assert.ok(
+      lines.some((l) => l.objects.includes(ev2)),
+      'the live event is there',
     );
   });
 
   it('console relays bytes both ways, leaves on Ctrl+a t and restores the tty', async () => {
     await mvirt(['vm', 'create', 'con']);
     await mvirt(['vm', 'start', 'con']);
-    const io = memoryIo({ env: { MVIRT_BROKER: broker.url }, tty: true });
+    const io = memoryIo({ env: env(), tty: true });
     const attached = mvirt(['console', 'con'], io);
-    // The fake echoes console/in to console/out, as a guest tty would.
+    // The fake guest's console echoes what it gets, as a tty would.
     const echoed = io.waitOut('hello');
     await io.waitErr('[attached');
     io.stdin.write('hello');

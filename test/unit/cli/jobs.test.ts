@@ -17,8 +17,8 @@ import {
   startTestBroker,
   type FakeDaemon,
   type TestBroker,
-} from '../../helpers/cli-fake-daemon.js';
-import { memoryIo, type MemoryIo } from '../../helpers/cli-io.js';
+} from '../../support/cli-fake-daemon.js';
+import { memoryIo, type MemoryIo } from '../../support/cli-io.js';
 
 /** A regression must fail, not hang: every wait in these tests is for an event, bounded here. */
 const T = { timeout: 30_000 };

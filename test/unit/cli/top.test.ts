@@ -8,9 +8,9 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { runCli } from '../../../host/cli/run.js';
 import { renderTop, type TopFrame } from '../../../host/cli/top.js';
-import { memoryIo } from '../../helpers/cli-io.js';
-import { HOST_ID } from '../../helpers/daemon-harness.js';
-import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../helpers/job-daemon.js';
+import { memoryIo } from '../../support/cli-io.js';
+import { HOST_ID } from '../../../harness/daemon.js';
+import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
 let j: JobDaemon;
 before(async () => {

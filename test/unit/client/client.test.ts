@@ -2,9 +2,6 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
 import { connectAsync } from 'mqtt';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import {
   brokerOptions,
   createClient,
@@ -12,13 +9,12 @@ import {
   type MvirtClient,
 } from '../../../protocol/client.js';
 import { MvirtError } from '../../../protocol/errors.js';
-import type { VmRecord } from '../../../protocol/rpc.js';
-import {
-  startFakeDaemon,
-  startTestBroker,
-  type FakeDaemon,
-  type TestBroker,
-} from '../../helpers/cli-fake-daemon.js';
+import type { EventRecord, VmRecord } from '../../../protocol/rpc.js';
+import { startTestDaemon, spyRequests, type RequestSpy } from '../../../harness/daemon.js';
+import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
+import { removeDir } from '../../../harness/paths.js';
+import { cleanupAll, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
+import { startAedes } from '../../support/aedes.js';
 
 /** Values pushed by a callback, and a promise for the first one that satisfies a predicate. */
 function collector<T>() {
@@ -55,16 +51,18 @@ async function rejectsWith(p: Promise<unknown>, code: string, re?: RegExp): Prom
   assert.fail(`expected ${code}`);
 }
 
-describe('client against an in-process broker', () => {
-  let broker: TestBroker;
-  let fake: FakeDaemon;
+describe('client against mvirtd (in-process, fake VMs running the real agent core)', () => {
+  let j: JobDaemon;
+  let spy: RequestSpy;
+  const broker = { url: '' };
   before(async () => {
-    broker = await startTestBroker();
-    fake = await startFakeDaemon(broker.url);
+    j = await startJobDaemon();
+    spy = await spyRequests(j.d);
+    broker.url = j.d.url;
   });
   after(async () => {
-    await fake.close();
-    await broker.close();
+    await spy.stop();
+    await cleanupAll();
   });
 
   for (const encoding of ['json', 'cbor'] as const) {
@@ -77,7 +75,7 @@ describe('client against an in-process broker', () => {
         assert.equal(vm.vcpus, 2);
         const list = await c.call('vm.list', { state: 'stopped' });
         assert.ok(list.vms.some((v) => v.id === vm.id));
-        assert.equal(fake.requests.at(-1)?.encoding, encoding);
+        assert.equal(spy.requests.at(-1)?.encoding, encoding);
         await c.call('vm.delete', { vm: vm.name });
       } finally {
         await c.close();
@@ -105,18 +103,18 @@ describe('client against an in-process broker', () => {
 
   it('validates params before publishing', async () => {
     const c = await createClient({ url: broker.url, hostId: 'test-host' });
-    const before = fake.requests.length;
+    const before = spy.requests.length;
     try {
       await rejectsWith(c.call('vm.create', { name: 'a/b' }), 'INVALID_PARAMS', /name/);
-      assert.equal(fake.requests.length, before);
+      assert.equal(spy.requests.length, before);
     } finally {
       await c.close();
     }
   });
 
   it('times out with TIMEOUT and a hint when nobody replies', async () => {
-    const c = await createClient({ url: broker.url, hostId: 'test-host', timeoutMs: 150 });
-    fake.handle('job.list', 'no-reply');
+    // A host id no daemon serves on this broker: nobody replies.
+    const c = await createClient({ url: broker.url, hostId: 'elsewhere', timeoutMs: 150 });
     try {
       const err = await rejectsWith(c.call('job.list'), 'TIMEOUT', /mvirtd running/);
       assert.deepEqual((err.details as { noReply: boolean }).noReply, true);
@@ -135,11 +133,12 @@ describe('client against an in-process broker', () => {
       await c.call('vm.start', { vm: vm.id, wait: true });
       await seen.until((r) => r?.state === 'ready');
       await c.call('vm.stop', { vm: vm.id });
+      await seen.until((r) => r?.state === 'stopped' && r.updatedAt !== vm.updatedAt);
       await c.call('vm.delete', { vm: vm.id });
       await seen.until((r) => r === null);
       assert.deepEqual(
         seen.values.map((r) => r?.state ?? null).filter((s, i, a) => s !== a[i - 1]),
-        ['stopped', 'starting', 'ready', 'stopped', null],
+        ['stopped', 'starting', 'ready', 'stopping', 'stopped', null],
       );
       await stop();
     } finally {
@@ -150,17 +149,12 @@ describe('client against an in-process broker', () => {
   it('watches host events', async () => {
     const c = await createClient({ url: broker.url, hostId: 'test-host' });
     try {
-      const seen = collector<{ message: string }>();
+      const seen = collector<EventRecord>();
       await c.watchEvents(seen.push);
-      await fake.publishEvent({
-        id: 1,
-        at: new Date().toISOString(),
-        level: 'info',
-        component: 'test',
-        message: 'hello',
-        objects: [],
-      });
-      await seen.until((e) => e.message === 'hello');
+      const vm = await c.call('vm.create', { name: 'eventful' });
+      const ev = await seen.until((e) => e.objects.includes(vm.id));
+      assert.equal(ev.level, 'audit');
+      assert.match(ev.message, /eventful/);
     } finally {
       await c.close();
     }
@@ -191,46 +185,41 @@ describe('client connection and discovery failures', () => {
   });
 
   it('connects over a unix socket path', async () => {
-    const b = await startTestBroker();
-    const dir = mkdtempSync(path.join(tmpdir(), 'mvirt-client-'));
-    const sock = path.join(dir, 'mvirt.sock');
-    const srv = createServer(b.aedes.handle);
-    await new Promise<void>((r) => srv.listen(sock, r));
-    const fake = await startFakeDaemon(b.url, { hostId: 'unix-host' });
+    const hv = createFakeHypervisor();
+    const d = await startTestDaemon({ hypervisors: [hv] });
     try {
+      const sock = d.daemon.broker.addresses.unix!;
       for (const url of [sock, `unix://${sock}`]) {
         const c = await createClient({ url });
-        assert.equal(c.hostId, 'unix-host');
+        assert.equal(c.hostId, 'test-host');
         await c.close();
       }
     } finally {
-      await fake.close();
-      await new Promise((r) => srv.close(r));
-      await b.close();
-      rmSync(dir, { recursive: true, force: true });
+      await d.stop();
+      killFakes(hv);
+      await removeDir(d.dataDir);
     }
   });
 
   it('refuses to guess among several hosts and ignores offline ones', async () => {
-    const b = await startTestBroker();
-    const one = await startFakeDaemon(b.url, { hostId: 'alpha' });
-    const off = await startFakeDaemon(b.url, { hostId: 'gone', online: false });
+    // Several hosts share a broker only beyond one machine (an uplink): what the
+    // client sees of them is their retained status, published here as mvirtd does.
+    const b = await startAedes();
     try {
+      await b.announce('alpha', true);
+      await b.announce('gone', false);
       const c = await createClient({ url: b.url });
       assert.equal(c.hostId, 'alpha');
       await c.close();
-      const two = await startFakeDaemon(b.url, { hostId: 'beta' });
+      await b.announce('beta', true);
       await rejectsWith(createClient({ url: b.url }), 'CONFIG_INVALID', /alpha, beta/);
-      await two.close();
     } finally {
-      await one.close();
-      await off.close();
       await b.close();
     }
   });
 
   it('says no host is online when none announces itself', async () => {
-    const b = await startTestBroker();
+    const b = await startAedes();
     try {
       await rejectsWith(
         createClient({ url: b.url, prefix: 'other', discoveryTimeoutMs: 300 }),
@@ -243,19 +232,27 @@ describe('client connection and discovery failures', () => {
   });
 
   it('fails pending calls when the connection drops', async () => {
-    const b = await startTestBroker();
-    const fake = await startFakeDaemon(b.url);
-    fake.handle('system.info', 'no-reply');
-    const c: MvirtClient = await createClient({
-      url: b.url,
-      hostId: 'test-host',
-      timeoutMs: 60_000,
-    });
-    const p = c.call('system.info');
-    await fake.mqtt.endAsync();
-    await b.close();
-    await rejectsWith(p, 'CONNECTION_FAILED', /lost the connection/);
-    await c.close();
+    // A VM whose agent never says hello: vm.start {wait} stays pending.
+    const hv = createFakeHypervisor({ agent: 'silent' });
+    const d = await startTestDaemon({ hypervisors: [hv] });
+    try {
+      const c: MvirtClient = await createClient({
+        url: d.url,
+        hostId: 'test-host',
+        timeoutMs: 60_000,
+      });
+      const vm = await c.call('vm.create', { name: 'mute' });
+      const p = c.call('vm.start', { vm: 'mute', wait: true });
+      await new Promise<void>(
+        (resolve) => void c.watchVm(vm.id, (r) => void (r?.state === 'starting' && resolve())),
+      );
+      await d.stop();
+      await rejectsWith(p, 'CONNECTION_FAILED', /lost the connection/);
+      await c.close();
+    } finally {
+      killFakes(hv);
+      await removeDir(d.dataDir);
+    }
   });
 });
 

@@ -14,8 +14,9 @@ import { createClient, type MvirtClient } from '../../../protocol/client.js';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { VmRecord } from '../../../protocol/records.js';
 import { isTerminalJob } from '../../../protocol/states.js';
-import { createFakeHypervisor, killFakes } from '../../helpers/daemon-fakes.js';
-import { removeDir, startTestDaemon, type TestDaemon } from '../../helpers/daemon-harness.js';
+import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
+import { removeDir } from '../../../harness/paths.js';
+import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
 
 const AT = '2026-01-01T00:00:00.000Z';
 const GOOD_VM: VmRecord = {

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import type { JobLogs, VmRecord } from '../../../protocol/rpc.js';
-import { createFakeHypervisor, groupMembers } from '../../helpers/daemon-fakes.js';
+import type { VmRecord } from '../../../protocol/rpc.js';
+import { createFakeHypervisor, groupMembers } from '../../../harness/fake-vms.js';
 import {
   cleanupAll,
   gated,
@@ -18,7 +18,7 @@ import {
   text,
   until,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 const GRACE_MS = 3000;
 
@@ -49,7 +49,7 @@ test('a dropped agent channel does not lose the job: the agent comes back and it
   await open(go);
   const done = await j.rec.job(job.jobId, TERMINAL);
   assert.equal(done.state, 'succeeded', done.reason);
-  const logs = result(await j.c.call('job.logs', { jobId: job.jobId })) as JobLogs;
+  const logs = result(await j.c.call('job.logs', { jobId: job.jobId }));
   assert.equal(logs.chunks.map((c) => c.data).join(''), 'start\nend\n');
   assert.deepEqual(
     j.rec.jobStates(job.jobId).map((r) => r.state),
@@ -93,7 +93,7 @@ test('vm.reboot during a job: the job is lost, its processes are gone, the VM is
   // And it takes new jobs.
   const r = result(
     await j.c.call('job.run', { vm: 'rebooter', argv: ['echo', 'again'], wait: true }),
-  ) as { stdout: string };
+  );
   assert.equal(r.stdout, 'again\n');
 });
 
@@ -102,7 +102,7 @@ test('a job sent to a service VM that is still booting runs once it is ready', a
     hv: createFakeHypervisor({ agent: 'real', realAgentStartDelayMs: 500 }),
   });
   result(await slow.c.call('vm.create', { name: 'slowpoke' }));
-  const started = result(await slow.c.call('vm.start', { vm: 'slowpoke' })) as VmRecord;
+  const started = result(await slow.c.call('vm.start', { vm: 'slowpoke' }));
   assert.equal(started.state, 'starting');
   const job = await slow.run({ vm: 'slowpoke', argv: ['echo', 'late'] });
   assert.equal(job.state, 'queued');
@@ -138,7 +138,7 @@ test('a job cancelled while its ephemeral VM boots is cancelled, and the VM is d
       .find((x) => x.metadata['mvirt.job'] === job.jobId && x.state === 'starting');
     return v?.id;
   }, 'the job VM starting');
-  const c = result(await slow.c.call('job.cancel', { jobId: job.jobId })) as { state: string };
+  const c = result(await slow.c.call('job.cancel', { jobId: job.jobId }));
   assert.equal(c.state, 'cancelled');
   await slow.rec.until(
     () => (slow.rec.vmStates(vmId).at(-1) === null ? true : undefined),
@@ -149,9 +149,9 @@ test('a job cancelled while its ephemeral VM boots is cancelled, and the VM is d
     false,
     'never ran',
   );
-  assert.deepEqual((result(await slow.c.call('vm.list')) as { vms: VmRecord[] }).vms, []);
+  assert.deepEqual(result(await slow.c.call('vm.list')).vms, []);
   // The job stays cancelled (nothing later overwrote it).
-  const later = result(await slow.c.call('job.get', { jobId: job.jobId })) as { state: string };
+  const later = result(await slow.c.call('job.get', { jobId: job.jobId }));
   assert.equal(later.state, 'cancelled');
 });
 
@@ -167,9 +167,7 @@ test('a cancel sent while the agent is away takes effect when it comes back', as
   const cancelled = j.c.call('job.cancel', { jobId: job.jobId }, { timeoutMs: 20_000 });
   // (Requests are handled in order: once events.query sees the cancel, it was taken.)
   const cancelRecorded = async (): Promise<boolean> => {
-    const r = result(await j.c.call('events.query', { objectId: job.jobId })) as {
-      events: { message: string }[];
-    };
+    const r = result(await j.c.call('events.query', { objectId: job.jobId }));
     return r.events.some((e) => /: cancel$/.test(e.message));
   };
   for (let i = 0; !(await cancelRecorded()); i++) assert.ok(i < 500, 'cancel recorded');

@@ -19,7 +19,7 @@ import {
   TERMINAL,
   until,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 let j: JobDaemon;
 before(async () => {
@@ -41,7 +41,7 @@ test('job.run on an image boots an ephemeral VM that is gone afterwards', async 
       { image: 'default', argv: ['sh', '-c', 'echo in $0', 'ephemeral'], wait: true },
       { timeoutMs: 20_000 },
     ),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(r.state, 'succeeded', r.reason);
   assert.equal(r.stdout, 'in ephemeral\n');
   assert.deepEqual(r.target, { kind: 'image', image: 'default' });
@@ -54,7 +54,7 @@ test('job.run on an image boots an ephemeral VM that is gone afterwards', async 
   assert.ok(states.some((v) => v.state === 'ready' || v.state === 'busy'));
 
   await deleted(vmId);
-  const list = result(await j.c.call('vm.list')) as { vms: VmRecord[] };
+  const list = result(await j.c.call('vm.list'));
   assert.deepEqual(
     list.vms.map((v) => v.id),
     [],
@@ -65,7 +65,7 @@ test('job.run on an image boots an ephemeral VM that is gone afterwards', async 
   assert.ok(pid !== undefined);
   await until(() => procStartTime(pid) === null, 'the VM process is gone');
   // The job record outlives its VM.
-  assert.equal((result(await j.c.call('job.get', { jobId: r.jobId })) as JobRecord).vm, vmId);
+  assert.equal(result(await j.c.call('job.get', { jobId: r.jobId })).vm, vmId);
 });
 
 test('at capacity a second image job is queued (position 1) and runs once the first VM is gone', async () => {
@@ -79,11 +79,8 @@ test('at capacity a second image job is queued (position 1) and runs once the fi
   const third = await j.run({ image: 'default', argv: ['echo', 'third'] });
   assert.equal(third.queuePosition, 2);
   // job.get and job.list agree.
-  assert.equal(
-    (result(await j.c.call('job.get', { jobId: second.jobId })) as JobRecord).queuePosition,
-    1,
-  );
-  const queued = result(await j.c.call('job.list', { state: 'queued' })) as { jobs: JobRecord[] };
+  assert.equal(result(await j.c.call('job.get', { jobId: second.jobId })).queuePosition, 1);
+  const queued = result(await j.c.call('job.list', { state: 'queued' }));
   assert.deepEqual(
     queued.jobs.map((x) => [x.jobId, x.queuePosition]).sort(),
     [
@@ -127,7 +124,7 @@ test('at capacity a second image job is queued (position 1) and runs once the fi
   const thirdDone = await j.rec.job(third.jobId, TERMINAL);
   assert.equal(thirdDone.state, 'succeeded');
   await deleted(thirdDone.vm!);
-  assert.equal((result(await j.c.call('vm.list')) as { vms: VmRecord[] }).vms.length, 0);
+  assert.equal(result(await j.c.call('vm.list')).vms.length, 0);
   // One VM per job: none was created beyond capacity (only to be thrown away).
   const made = new Set(
     j.rec
@@ -144,7 +141,7 @@ test('a queued job can be cancelled before it starts', async () => {
   await j.rec.job(blocker.jobId, ['running']);
   const waiting = await j.run({ image: 'default', argv: ['echo', 'never'] });
   assert.equal(waiting.state, 'queued');
-  const c = result(await j.c.call('job.cancel', { jobId: waiting.jobId })) as JobRecord;
+  const c = result(await j.c.call('job.cancel', { jobId: waiting.jobId }));
   assert.equal(c.state, 'cancelled');
   assert.equal(c.vm, null, 'no VM was booted for it');
   await open(go);
@@ -161,7 +158,7 @@ test('an image job whose VM cannot be launched ends failed with the reason; no V
   try {
     const r = result(
       await j.c.call('job.run', { image: 'default', argv: ['echo', 'x'], wait: true }),
-    ) as JobRecord;
+    );
     assert.equal(r.state, 'failed');
     assert.match(r.reason ?? '', /could not be booted/);
     assert.match(r.reason ?? '', /fake launch failure/);
@@ -169,19 +166,16 @@ test('an image job whose VM cannot be launched ends failed with the reason; no V
   } finally {
     j.hv.options.failLaunch = false;
   }
-  assert.equal((result(await j.c.call('vm.list')) as { vms: VmRecord[] }).vms.length, 0);
+  assert.equal(result(await j.c.call('vm.list')).vms.length, 0);
   // The queue is not stuck: the next image job runs.
   const ok = result(
     await j.c.call('job.run', { image: 'default', argv: ['echo', 'ok'], wait: true }),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(ok.stdout, 'ok\n');
 });
 
 test('job.run on an image that does not exist is refused with IMAGE_NOT_FOUND', async () => {
   const r = await j.c.call('job.run', { image: 'no-such-image', argv: ['true'] });
   assert.equal(errorOf(r).code, 'IMAGE_NOT_FOUND');
-  assert.deepEqual(
-    (result(await j.c.call('job.list', { state: 'queued' })) as { jobs: unknown[] }).jobs,
-    [],
-  );
+  assert.deepEqual(result(await j.c.call('job.list', { state: 'queued' })).jobs, []);
 });

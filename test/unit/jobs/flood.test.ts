@@ -13,7 +13,7 @@ import {
   startJobDaemon,
   TERMINAL,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 const MiB = 1024 * 1024;
 const RETAIN = 2 * MiB;
@@ -48,7 +48,7 @@ test('a flood of output: live in order and complete, stored up to the retention 
   const kept: JobLogs['chunks'] = [];
   let from = 0;
   for (;;) {
-    const p = result(await j.c.call('job.logs', { jobId: job.jobId, fromSeq: from })) as JobLogs;
+    const p = result(await j.c.call('job.logs', { jobId: job.jobId, fromSeq: from }));
     kept.push(...p.chunks);
     from = p.nextSeq;
     if (!p.more) break;

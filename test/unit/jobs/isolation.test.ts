@@ -18,7 +18,7 @@ import {
   TERMINAL,
   text,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 let j: JobDaemon;
 let a: VmRecord;
@@ -95,15 +95,13 @@ test("a guest cannot affect another VM's job", async () => {
     "B's job is still running",
   );
   assert.equal(text(j.rec.outputs(job.jobId)), 'start\n', 'no forged output published');
-  assert.equal((result(await j.c.call('vm.get', { vm: 'vm-b' })) as VmRecord).state, 'busy');
+  assert.equal(result(await j.c.call('vm.get', { vm: 'vm-b' })).state, 'busy');
 
   await open(go);
   const done = await j.rec.job(job.jobId, TERMINAL);
   assert.equal(done.state, 'succeeded');
   assert.equal(done.vm, b.id);
-  const logs = result(await j.c.call('job.logs', { jobId: job.jobId })) as {
-    chunks: { data: string }[];
-  };
+  const logs = result(await j.c.call('job.logs', { jobId: job.jobId }));
   assert.equal(logs.chunks.map((c) => c.data).join(''), 'start\nend\n');
   await open(goA);
   assert.equal((await j.rec.job(jobA.jobId, TERMINAL)).state, 'succeeded');

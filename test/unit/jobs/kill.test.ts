@@ -7,8 +7,8 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import type { JobRecord, VmRecord } from '../../../protocol/rpc.js';
-import { groupMembers } from '../../helpers/daemon-fakes.js';
+import type { VmRecord } from '../../../protocol/rpc.js';
+import { groupMembers } from '../../../harness/fake-vms.js';
 import {
   cleanupAll,
   gated,
@@ -18,7 +18,7 @@ import {
   TERMINAL,
   until,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 let j: JobDaemon;
 let vm: VmRecord;
@@ -62,12 +62,12 @@ test('cancel: job.cancel answers cancelled and the whole process group is gone',
   const job = await j.run({ vm: 'svc', argv: ['sh', '-c', 'sleep 1000 & sleep 1000', tag] });
   const pgid = await groupOf(tag, 2);
   await j.rec.job(job.jobId, ['running']);
-  const r = result(await j.c.call('job.cancel', { jobId: job.jobId })) as JobRecord;
+  const r = result(await j.c.call('job.cancel', { jobId: job.jobId }));
   assert.equal(r.state, 'cancelled');
   assert.ok(r.finishedAt);
   await gone(pgid);
   // Cancelling again is harmless and changes nothing.
-  const again = result(await j.c.call('job.cancel', { jobId: job.jobId })) as JobRecord;
+  const again = result(await j.c.call('job.cancel', { jobId: job.jobId }));
   assert.equal(again.state, 'cancelled');
   assert.equal(again.finishedAt, r.finishedAt);
 });
@@ -80,7 +80,7 @@ test('cancel of a group that ignores SIGTERM escalates to SIGKILL', async () => 
   });
   const pgid = await groupOf(tag, 2);
   await j.rec.job(job.jobId, ['running']);
-  const r = result(await j.c.call('job.cancel', { jobId: job.jobId })) as JobRecord;
+  const r = result(await j.c.call('job.cancel', { jobId: job.jobId }));
   assert.equal(r.state, 'cancelled');
   assert.equal(r.signal, 'SIGKILL');
   await gone(pgid);
@@ -94,14 +94,14 @@ test('a VM is busy while a job runs and ready afterwards', async () => {
     () => (j.rec.vmStates(vm.id).at(-1)?.state === 'busy' ? true : undefined),
     'VM busy',
   );
-  assert.equal((result(await j.c.call('vm.get', { vm: 'svc' })) as VmRecord).state, 'busy');
+  assert.equal(result(await j.c.call('vm.get', { vm: 'svc' })).state, 'busy');
   await open(go);
   assert.equal((await j.rec.job(job.jobId, TERMINAL)).state, 'succeeded');
   await j.rec.until(
     () => (j.rec.vmStates(vm.id).at(-1)?.state === 'ready' ? true : undefined),
     'VM ready again',
   );
-  assert.equal((result(await j.c.call('vm.get', { vm: 'svc' })) as VmRecord).state, 'ready');
+  assert.equal(result(await j.c.call('vm.get', { vm: 'svc' })).state, 'ready');
 });
 
 test('4 concurrent jobs on one VM: all run at once; the VM stays busy until the last ends', async () => {
@@ -122,7 +122,7 @@ test('4 concurrent jobs on one VM: all run at once; the VM stays busy until the 
   for (const go of gos.slice(0, 3)) await open(go);
   for (const job of jobs.slice(0, 3))
     assert.equal((await j.rec.job(job.jobId, TERMINAL)).state, 'succeeded');
-  assert.equal((result(await j.c.call('vm.get', { vm: 'svc' })) as VmRecord).state, 'busy');
+  assert.equal(result(await j.c.call('vm.get', { vm: 'svc' })).state, 'busy');
   assert.equal(j.rec.jobStates(jobs[3]!.jobId).at(-1)?.state, 'running');
 
   await open(gos[3]!);
@@ -146,7 +146,7 @@ test('a job whose VM is killed ends lost, and its processes die with the VM', as
   const job = await j.run({ vm: 'doomed', argv: ['sh', '-c', 'sleep 1000 & sleep 1000', tag] });
   const pgid = await groupOf(tag, 2);
   await j.rec.job(job.jobId, ['running']);
-  const killed = result(await j.c.call('vm.kill', { vm: 'doomed' })) as VmRecord;
+  const killed = result(await j.c.call('vm.kill', { vm: 'doomed' }));
   assert.equal(killed.state, 'stopped');
   const done = await j.rec.job(job.jobId, TERMINAL);
   assert.equal(done.state, 'lost');
@@ -154,7 +154,7 @@ test('a job whose VM is killed ends lost, and its processes die with the VM', as
   assert.equal(done.vm, doomed.id);
   await gone(pgid);
   // The other VM did not notice.
-  assert.equal((result(await j.c.call('vm.get', { vm: 'svc' })) as VmRecord).state, 'ready');
+  assert.equal(result(await j.c.call('vm.get', { vm: 'svc' })).state, 'ready');
 });
 
 test('vm.stop of a VM running a job: the job ends lost with a reason and its processes are gone', async () => {
@@ -165,7 +165,7 @@ test('vm.stop of a VM running a job: the job ends lost with a reason and its pro
   await j.rec.job(job.jobId, ['running']);
   const stopped = result(
     await j.c.call('vm.stop', { vm: 'stopme', timeoutMs: 5000 }, { timeoutMs: 15_000 }),
-  ) as VmRecord;
+  );
   assert.equal(stopped.state, 'stopped');
   assert.deepEqual(j.hv.guests.get(vm.id)!.powerCalls, ['poweroff'], 'through the agent');
   const done = await j.rec.job(job.jobId, TERMINAL);

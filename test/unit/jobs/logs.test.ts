@@ -5,14 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { JobLogs, JobRecord } from '../../../protocol/rpc.js';
-import {
-  cleanupAll,
-  errorOf,
-  result,
-  startJobDaemon,
-  type JobDaemon,
-} from '../../helpers/job-daemon.js';
+import type { JobLogs, ParamsOf } from '../../../protocol/rpc.js';
+import { cleanupAll, errorOf, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
 const RETAIN = 4096;
 
@@ -23,8 +17,8 @@ before(async () => {
 });
 after(cleanupAll);
 
-const logs = async (p: Record<string, unknown>): Promise<JobLogs> =>
-  result(await j.c.call('job.logs', p)) as JobLogs;
+const logs = async (p: ParamsOf<'job.logs'>): Promise<JobLogs> =>
+  result(await j.c.call('job.logs', p));
 
 /** 24 lines, each written on its own (separate chunks), stdout and stderr mixed. */
 const LINES = [
@@ -133,9 +127,9 @@ test('retention keeps the newest output and reports what was dropped', async () 
       argv: ['sh', '-c', 'for i in $(seq 1 16); do printf "%0999d\\n" $i; sleep 0.01; done'],
       wait: true,
     }),
-  ) as JobRecord & { stdout: string; truncated?: boolean };
+  );
   assert.equal(w.truncated, true);
-  assert.ok(w.stdout.length <= RETAIN);
+  assert.ok(w.stdout !== undefined && w.stdout.length <= RETAIN);
   assert.match(w.stdout, /0016\n$/);
 });
 

@@ -1,14 +1,7 @@
 /** Refused requests get typed errors, and a refused job.run leaves nothing behind. */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { JobRecord } from '../../../protocol/rpc.js';
-import {
-  cleanupAll,
-  errorOf,
-  result,
-  startJobDaemon,
-  type JobDaemon,
-} from '../../helpers/job-daemon.js';
+import { cleanupAll, errorOf, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
 let j: JobDaemon;
 before(async () => {
@@ -19,7 +12,7 @@ before(async () => {
 after(cleanupAll);
 
 const code = async (method: string, params: unknown): Promise<string> =>
-  errorOf(await j.c.call(method, params)).code;
+  errorOf(await j.c.send(method, params)).code;
 
 const UNKNOWN_JOB = 'job-0123456789abcdef';
 
@@ -51,7 +44,7 @@ test('job.run on a missing target: VM_NOT_FOUND, POOL_NOT_FOUND, VM_BAD_STATE', 
 });
 
 test('no job was recorded for any refused job.run', async () => {
-  const list = result(await j.c.call('job.list')) as { jobs: JobRecord[] };
+  const list = result(await j.c.call('job.list'));
   assert.deepEqual(list.jobs, []);
 });
 
@@ -80,6 +73,6 @@ test('pools: unknown → POOL_NOT_FOUND; bad definitions → INVALID_PARAMS', as
     await code('pool.set', { name: 'p', image: 'no-such-image', min: 1 }),
     'IMAGE_NOT_FOUND',
   );
-  const list = result(await j.c.call('pool.list')) as { pools: unknown[] };
+  const list = result(await j.c.call('pool.list'));
   assert.deepEqual(list.pools, []);
 });

@@ -7,9 +7,9 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import type { JobRecord, PoolRecord, VmRecord } from '../../../protocol/rpc.js';
-import { createFakeHypervisor } from '../../helpers/daemon-fakes.js';
-import { makeTempDir, removeDir } from '../../helpers/daemon-harness.js';
+import type { VmRecord } from '../../../protocol/rpc.js';
+import { createFakeHypervisor } from '../../../harness/fake-vms.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import {
   cleanupAll,
   errorOf,
@@ -19,7 +19,7 @@ import {
   startJobDaemon,
   TERMINAL,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 let j: JobDaemon;
 const dirs: string[] = [];
@@ -62,7 +62,7 @@ const deleted = (vmId: string): Promise<true> =>
   j.rec.until(() => (j.rec.vmStates(vmId).at(-1) === null ? true : undefined), `${vmId} deleted`);
 
 test('a pool keeps min VMs ready; a job takes one and the pool refills', async () => {
-  const set = result(await j.c.call('pool.set', { name: 'warm', min: 1, max: 2 })) as PoolRecord;
+  const set = result(await j.c.call('pool.set', { name: 'warm', min: 1, max: 2 }));
   assert.equal(set.name, 'warm');
   assert.equal(set.min, 1);
   assert.equal(set.image, 'default');
@@ -101,20 +101,20 @@ test('a pool keeps min VMs ready; a job takes one and the pool refills', async (
     () => (j.rec.poolStates('warm').at(-1)?.vms.ready === 1 ? true : undefined),
     'pool state says the refill is ready',
   );
-  const pool = result(await j.c.call('pool.get', { name: 'warm' })) as PoolRecord;
+  const pool = result(await j.c.call('pool.get', { name: 'warm' }));
   assert.deepEqual(pool.vms, { starting: 0, ready: 1, busy: 1 });
 
   await open(go);
   assert.equal((await j.rec.job(job.jobId, TERMINAL)).state, 'succeeded');
   await deleted(idle!.id); // a pool VM serves one job
-  const after1 = result(await j.c.call('pool.get', { name: 'warm' })) as PoolRecord;
+  const after1 = result(await j.c.call('pool.get', { name: 'warm' }));
   assert.deepEqual(after1.vms, { starting: 0, ready: 1, busy: 0 });
   assert.deepEqual(
     members('warm').map((v) => v.id),
     [refill!.id],
   );
 
-  const list = result(await j.c.call('pool.list')) as { pools: PoolRecord[] };
+  const list = result(await j.c.call('pool.list'));
   assert.deepEqual(
     list.pools.map((p) => p.name),
     ['warm'],
@@ -128,7 +128,7 @@ test('a pool keeps min VMs ready; a job takes one and the pool refills', async (
     () => (j.rec.poolStates('warm').at(-1) === null ? true : undefined),
     'the pool state is cleared',
   );
-  assert.equal((result(await j.c.call('vm.list')) as { vms: VmRecord[] }).vms.length, 0);
+  assert.equal(result(await j.c.call('vm.list')).vms.length, 0);
 });
 
 test('with no idle VM a pool job makes the pool boot one (up to max)', async () => {
@@ -140,7 +140,7 @@ test('with no idle VM a pool job makes the pool boot one (up to max)', async () 
       { pool: 'cold', argv: ['echo', 'cold start'], wait: true },
       { timeoutMs: 20_000 },
     ),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(r.state, 'succeeded', r.reason);
   assert.equal(r.stdout, 'cold start\n');
   await deleted(r.vm!);
@@ -216,17 +216,14 @@ test('after a daemon restart a pool VM running a job is not handed to another jo
   await first.stopDaemon();
 
   const second = await startJobDaemon({ hv, dataDir });
-  const pool = result(await second.c.call('pool.get', { name: 'keep' })) as PoolRecord;
+  const pool = result(await second.c.call('pool.get', { name: 'keep' }));
   assert.deepEqual(pool.vms, { starting: 0, ready: 1, busy: 1 });
   const r2 = result(
     await second.c.call('job.run', { pool: 'keep', argv: ['echo', 'two'], wait: true }),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(r2.state, 'succeeded', r2.reason);
   assert.notEqual(r2.vm, vm1, 'not the VM of the job still running');
-  assert.equal(
-    (result(await second.c.call('job.get', { jobId: job1.jobId })) as JobRecord).state,
-    'running',
-  );
+  assert.equal(result(await second.c.call('job.get', { jobId: job1.jobId })).state, 'running');
   await open(go);
   const done1 = await second.rec.job(job1.jobId, TERMINAL);
   assert.equal(done1.state, 'succeeded');

@@ -9,8 +9,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import type { JobLogs, JobRecord } from '../../../protocol/rpc.js';
-import { createFakeHypervisor } from '../../helpers/daemon-fakes.js';
-import { makeTempDir, removeDir } from '../../helpers/daemon-harness.js';
+import { createFakeHypervisor } from '../../../harness/fake-vms.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import {
   cleanupAll,
   gated,
@@ -21,7 +21,7 @@ import {
   TERMINAL,
   until,
   type JobDaemon,
-} from '../../helpers/job-daemon.js';
+} from '../../support/jobs.js';
 
 const dirs: string[] = [];
 after(async () => {
@@ -45,7 +45,7 @@ async function allLogs(j: JobDaemon, jobId: string): Promise<JobLogs['chunks']> 
   const out: JobLogs['chunks'] = [];
   let from = 0;
   for (;;) {
-    const p = result(await j.c.call('job.logs', { jobId, fromSeq: from, maxBytes: 64 })) as JobLogs;
+    const p = result(await j.c.call('job.logs', { jobId, fromSeq: from, maxBytes: 64 }));
     out.push(...p.chunks);
     from = p.nextSeq;
     if (!p.more) return out;
@@ -76,7 +76,7 @@ test('daemon restart mid-job: the job finishes and its output has no gap', async
 
   const second = await startJobDaemon({ hv, dataDir });
   // The job is still running after the restart (not lost) …
-  const back = result(await second.c.call('job.get', { jobId: job.jobId })) as JobRecord;
+  const back = result(await second.c.call('job.get', { jobId: job.jobId }));
   assert.equal(back.state, 'running');
   assert.equal(back.vm, vm.id);
   // … and once the agent is back, phase c streams live to the new daemon.
@@ -195,8 +195,7 @@ test('queued jobs survive a restart and then run in their order', async () => {
   await first.stopDaemon();
 
   const second = await startJobDaemon({ hv, dataDir, args });
-  const get = async (id: string) =>
-    result(await second.c.call('job.get', { jobId: id })) as JobRecord;
+  const get = async (id: string) => result(await second.c.call('job.get', { jobId: id }));
   assert.equal((await get(job1.jobId)).state, 'running');
   const [q2, q3] = [await get(job2.jobId), await get(job3.jobId)];
   assert.deepEqual(
@@ -220,5 +219,5 @@ test('queued jobs survive a restart and then run in their order', async () => {
     () => (second.rec.vmStates(last.vm!).at(-1) === null ? true : undefined),
     'the last job VM deleted',
   );
-  assert.deepEqual((result(await second.c.call('vm.list')) as { vms: unknown[] }).vms, []);
+  assert.deepEqual(result(await second.c.call('vm.list')).vms, []);
 });

@@ -6,14 +6,8 @@ import assert from 'node:assert/strict';
 import { realpathSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { DEFAULT_JOB_OPTIONS } from '../../../guest-agent/jobs.js';
-import type { JobRecord, VmRecord } from '../../../protocol/rpc.js';
-import {
-  cleanupAll,
-  result,
-  startJobDaemon,
-  text,
-  type JobDaemon,
-} from '../../helpers/job-daemon.js';
+import type { VmRecord } from '../../../protocol/rpc.js';
+import { cleanupAll, result, startJobDaemon, text, type JobDaemon } from '../../support/jobs.js';
 
 let j: JobDaemon;
 let vm: VmRecord;
@@ -88,7 +82,7 @@ test('an argv that cannot be spawned makes the job failed with a reason', async 
   assert.equal(r2.state, 'failed');
   assert.match(r2.reason ?? '', /nonexistent-dir/);
   // The VM is unharmed and idle again.
-  assert.equal((result(await j.c.call('vm.get', { vm: 'svc' })) as VmRecord).state, 'ready');
+  assert.equal(result(await j.c.call('vm.get', { vm: 'svc' })).state, 'ready');
 });
 
 test('job.run {wait:true} answers once finished, with stdout, stderr and exitCode', async () => {
@@ -98,7 +92,7 @@ test('job.run {wait:true} answers once finished, with stdout, stderr and exitCod
       { vm: 'svc', argv: ['sh', '-c', 'printf hello; printf world >&2; exit 7'], wait: true },
       { timeoutMs: 15_000 },
     ),
-  ) as JobRecord & { stdout: string; stderr: string };
+  );
   assert.equal(r.state, 'failed');
   assert.equal(r.exitCode, 7);
   assert.equal(r.stdout, 'hello');
@@ -110,14 +104,12 @@ test('stdin is delivered to the job', async () => {
   const input = 'line one\nline two\nünïcödé\n';
   const r = result(
     await j.c.call('job.run', { vm: 'svc', argv: ['cat'], stdin: input, wait: true }),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(r.state, 'succeeded');
   assert.equal(r.stdout, input);
   // Without stdin the job reads EOF at once (it does not hang).
-  const r2 = result(
-    await j.c.call('job.run', { vm: 'svc', argv: ['wc', '-c'], wait: true }),
-  ) as JobRecord & { stdout: string };
-  assert.equal(r2.stdout.trim(), '0');
+  const r2 = result(await j.c.call('job.run', { vm: 'svc', argv: ['wc', '-c'], wait: true }));
+  assert.equal(r2.stdout?.trim(), '0');
 });
 
 test('env and cwd reach the job', async () => {
@@ -130,31 +122,31 @@ test('env and cwd reach the job', async () => {
       cwd,
       wait: true,
     }),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(r.state, 'succeeded');
   assert.equal(r.stdout, `hi there|x=y|${cwd}\n`);
   assert.equal(r.cwd, cwd);
 });
 
 test('job.list filters by VM (id or name), state and limit, newest first', async () => {
-  const all = result(await j.c.call('job.list', { vm: 'svc' })) as { jobs: JobRecord[] };
+  const all = result(await j.c.call('job.list', { vm: 'svc' }));
   assert.ok(all.jobs.length >= 6);
   assert.ok(all.jobs.every((x) => x.vm === vm.id));
-  const byId = result(await j.c.call('job.list', { vm: vm.id })) as { jobs: JobRecord[] };
+  const byId = result(await j.c.call('job.list', { vm: vm.id }));
   assert.deepEqual(
     byId.jobs.map((x) => x.jobId),
     all.jobs.map((x) => x.jobId),
   );
   const created = all.jobs.map((x) => x.createdAt);
   assert.deepEqual(created, [...created].sort().reverse(), 'newest first');
-  const failed = result(await j.c.call('job.list', { state: 'failed' })) as { jobs: JobRecord[] };
+  const failed = result(await j.c.call('job.list', { state: 'failed' }));
   assert.ok(failed.jobs.length >= 3 && failed.jobs.every((x) => x.state === 'failed'));
-  const two = result(await j.c.call('job.list', { limit: 2 })) as { jobs: JobRecord[] };
+  const two = result(await j.c.call('job.list', { limit: 2 }));
   assert.deepEqual(
     two.jobs.map((x) => x.jobId),
     all.jobs.slice(0, 2).map((x) => x.jobId),
   );
-  const none = result(await j.c.call('job.list', { vm: 'no-such-vm' })) as { jobs: JobRecord[] };
+  const none = result(await j.c.call('job.list', { vm: 'no-such-vm' }));
   assert.deepEqual(none.jobs, []);
 });
 
@@ -168,14 +160,12 @@ test('multi-byte characters split across chunks arrive whole (live, logs and wai
       argv: ['sh', '-c', `yes '€' | head -n ${n} | tr -d '\\n'`],
       wait: true,
     }),
-  ) as JobRecord & { stdout: string };
+  );
   assert.equal(r.state, 'succeeded');
   assert.equal(r.stdout, expected);
   assert.equal(r.outputBytes, n * 3);
   assert.equal(text(j.rec.outputs(r.jobId)), expected, 'live');
-  const logs = result(await j.c.call('job.logs', { jobId: r.jobId })) as {
-    chunks: { data: string }[];
-  };
+  const logs = result(await j.c.call('job.logs', { jobId: r.jobId }));
   assert.ok(logs.chunks.length >= 2, 'more than one chunk');
   assert.equal(logs.chunks.map((c) => c.data).join(''), expected, 'job.logs');
 });

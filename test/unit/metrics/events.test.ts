@@ -7,15 +7,11 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { EventRecord, VmRecord } from '../../../protocol/rpc.js';
-import { createFakeHypervisor, killFakes } from '../../helpers/daemon-fakes.js';
-import { removeDir, rpcClient, startTestDaemon } from '../../helpers/daemon-harness.js';
-import {
-  cleanupAll,
-  errorOf,
-  result,
-  startJobDaemon,
-  type JobDaemon,
-} from '../../helpers/job-daemon.js';
+import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
+import { removeDir } from '../../../harness/paths.js';
+import { rpcClient } from '../../../harness/client.js';
+import { startTestDaemon } from '../../../harness/daemon.js';
+import { cleanupAll, errorOf, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
 let j: JobDaemon;
 let a: VmRecord;
@@ -29,13 +25,13 @@ before(async () => {
   mid = Date.now();
   // Events are timestamped in milliseconds: make "after mid" unambiguous.
   while (Date.now() === mid) await new Promise((r) => setImmediate(r));
-  b = result(await j.c.call<VmRecord>('vm.create', { name: 'ev-b' }));
+  b = result(await j.c.call('vm.create', { name: 'ev-b' }));
   result(await j.c.call('vm.stop', { vm: 'ev-a' }));
 });
 after(cleanupAll);
 
 const query = async (params: Record<string, unknown>): Promise<EventRecord[]> =>
-  result(await j.c.call<{ events: EventRecord[] }>('events.query', params)).events;
+  result(await j.c.call('events.query', params)).events;
 
 test('by object: a VM by name or id, a job; every event names the objects it touched', async () => {
   const byName = await query({ objectId: 'ev-a', limit: 1000 });
@@ -70,7 +66,7 @@ test('by level', async () => {
   const audit = await query({ level: 'audit', limit: 1000 });
   assert.ok(audit.length > info.length && audit.every((e) => e.level === 'audit'));
   assert.deepEqual(await query({ level: 'error' }), []);
-  assert.equal(errorOf(await j.c.call('events.query', { level: 'loud' })).code, 'INVALID_PARAMS');
+  assert.equal(errorOf(await j.c.send('events.query', { level: 'loud' })).code, 'INVALID_PARAMS');
 });
 
 test('by time (epoch ms or ISO) and paging with limit', async () => {
@@ -117,13 +113,13 @@ test('live on <root>/events: an operator action arrives with its objects, as sto
 test('retention: --events-max-rows bounds the store, newest kept', async () => {
   const hv = createFakeHypervisor();
   const d = await startTestDaemon({ hypervisors: [hv], args: ['--events-max-rows', '100'] });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   try {
     for (let i = 0; i < 80; i++) {
       result(await c.call('vm.create', { name: `r-${i}` }));
       result(await c.call('vm.delete', { vm: `r-${i}` }));
     }
-    const evs = await c.call<{ events: EventRecord[] }>('events.query', { limit: 10_000 });
+    const evs = await c.call('events.query', { limit: 10_000 });
     const kept = result(evs).events;
     assert.ok(kept.length >= 100 && kept.length <= 110, `${kept.length} events kept`);
     assert.equal(kept.at(-1)!.message, 'r-79: deleted', 'the newest is kept');

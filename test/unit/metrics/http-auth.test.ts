@@ -12,14 +12,10 @@ import { after, before, test } from 'node:test';
 import mqtt from 'mqtt';
 import { hashPassword } from '../../../host/broker/passwords.js';
 import { DashboardSession } from '../../../protocol/http.js';
-import { launchBrowser, skipNoBrowser } from '../../helpers/browser.js';
-import { createFakeHypervisor, killFakes } from '../../helpers/daemon-fakes.js';
-import {
-  makeTempDir,
-  removeDir,
-  startTestDaemon,
-  type TestDaemon,
-} from '../../helpers/daemon-harness.js';
+import { launchBrowser, skipNoBrowser } from '../../../harness/browser.js';
+import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
+import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
 
 const USER = 'alice';
 const PASSWORD = 'correct horse';

@@ -7,9 +7,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { VmTelemetry } from '../../../protocol/metrics.js';
-import type { JobRecord, SystemInfo, VmRecord } from '../../../protocol/rpc.js';
-import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../helpers/job-daemon.js';
-import { parsePromText, type PromFamily } from '../../helpers/prom-text.js';
+import type { JobState, VmRecord } from '../../../protocol/rpc.js';
+import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
+import { parsePromText, type PromFamily } from '../../support/prom-text.js';
 
 const MiB = 1024 * 1024;
 
@@ -57,8 +57,8 @@ const labelsOf = (m: Scrape, family: string): Record<string, string>[] =>
 test('host, VM and job figures on /metrics equal what the API says', async () => {
   for (const v of [a, b]) await j.c.waitFor(`${j.d.root}/vm/${v.id}/telemetry`, () => true);
   const m = await scrape();
-  const info = result(await j.c.call<SystemInfo>('system.info'));
-  const vms = result(await j.c.call<{ vms: VmRecord[] }>('vm.list')).vms;
+  const info = result(await j.c.call('system.info'));
+  const vms = result(await j.c.call('vm.list')).vms;
 
   for (const f of m.values()) {
     assert.ok(f.help.length > 0, `${f.name} has a help text`);
@@ -86,8 +86,8 @@ test('host, VM and job figures on /metrics equal what the API says', async () =>
   );
   assert.equal(value(m, 'mvirt_vm_memory_total_bytes', { id: a.id }), t.memTotalMiB * MiB);
 
-  const jobs = async (state: string): Promise<number> =>
-    result(await j.c.call<{ jobs: JobRecord[] }>('job.list', { state })).jobs.length;
+  const jobs = async (state: JobState): Promise<number> =>
+    result(await j.c.call('job.list', { state })).jobs.length;
   assert.equal(await jobs('succeeded'), 2);
   assert.equal(value(m, 'mvirt_jobs', { state: 'succeeded' }), await jobs('succeeded'));
   assert.equal(value(m, 'mvirt_jobs', { state: 'failed' }), await jobs('failed'));

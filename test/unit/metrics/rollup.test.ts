@@ -11,7 +11,7 @@ import { after, test } from 'node:test';
 import { silentLogger } from '../../../host/log.js';
 import { createRollups, type RollupSample } from '../../../host/metrics/rollup.js';
 import { createStore } from '../../../host/store/index.js';
-import { makeTempDir, removeDir } from '../../helpers/daemon-harness.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
 
 const dirs: string[] = [];
 after(async () => {

@@ -10,13 +10,7 @@ import { VmTelemetry } from '../../../protocol/metrics.js';
 import { HostStatus } from '../../../protocol/records.js';
 import type { MetricsResult } from '../../../protocol/metrics.js';
 import type { VmRecord } from '../../../protocol/rpc.js';
-import {
-  cleanupAll,
-  errorOf,
-  result,
-  startJobDaemon,
-  type JobDaemon,
-} from '../../helpers/job-daemon.js';
+import { cleanupAll, errorOf, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
 const FAST = ['--telemetry-interval-ms', '200', '--status-interval-ms', '200'];
 
@@ -77,7 +71,7 @@ test('the retained host status carries host figures, broker counters and jobs by
 test('metrics.query returns 10 s roll-ups of a VM from the SQLite store, re-aggregated by step', async () => {
   const seen = await samples(vm.id, 3);
   const from = Date.now() - 120_000;
-  const r = result(await j.c.call<MetricsResult>('metrics.query', { vm: 'tele', from }));
+  const r = result(await j.c.call('metrics.query', { vm: 'tele', from }));
   assert.equal(r.object, vm.id);
   assert.equal(r.resolution, 10);
   assert.equal(r.step, 10);
@@ -91,7 +85,7 @@ test('metrics.query returns 10 s roll-ups of a VM from the SQLite store, re-aggr
   }
   assert.equal(r.points.at(-1)!.memTotalMiB, seen.at(-1)!.memTotalMiB);
   // The same samples in 60 s steps: fewer points, the same samples.
-  const m = result(await j.c.call<MetricsResult>('metrics.query', { vm: vm.id, from, step: 60 }));
+  const m = result(await j.c.call('metrics.query', { vm: vm.id, from, step: 60 }));
   assert.equal(m.step, 60);
   assert.ok(m.points.length <= 3);
   assert.ok(m.points.every((p) => p.t % 60_000 === 0));
@@ -102,7 +96,7 @@ test('metrics.query returns 10 s roll-ups of a VM from the SQLite store, re-aggr
 test('metrics.query without vm returns the host series; bad ranges and unknown VMs are refused', async () => {
   await j.c.waitFor(`${j.d.root}/status`, () => true);
   const h = result(
-    await j.c.call<MetricsResult>('metrics.query', {
+    await j.c.call('metrics.query', {
       from: new Date(Date.now() - 60_000).toISOString(),
     }),
   );
@@ -128,12 +122,12 @@ test('metrics.query without vm returns the host series; bad ranges and unknown V
     'VM_NOT_FOUND',
   );
   assert.equal(
-    errorOf(await j.c.call('metrics.query', { from: now - 1000, extra: 1 })).code,
+    errorOf(await j.c.send('metrics.query', { from: now - 1000, extra: 1 })).code,
     'INVALID_PARAMS',
     'unknown fields are refused',
   );
   assert.equal(
-    errorOf(await j.c.call('metrics.query', {})).code,
+    errorOf(await j.c.send('metrics.query', {})).code,
     'INVALID_PARAMS',
     'from is required',
   );
@@ -142,11 +136,11 @@ test('metrics.query without vm returns the host series; bad ranges and unknown V
 test('roll-ups survive a daemon restart (they are in mvirt.db)', async () => {
   await samples(vm.id, 2);
   const from = Date.now() - 120_000;
-  const beforeStop = result(await j.c.call<MetricsResult>('metrics.query', { vm: vm.id, from }));
+  const beforeStop = result(await j.c.call('metrics.query', { vm: vm.id, from }));
   const n = beforeStop.points.reduce((s, p) => s + p.samples, 0);
   await j.stopDaemon();
   const again = await startJobDaemon({ dataDir: j.dataDir, hv: j.hv, args: FAST });
-  const r = result(await again.c.call<MetricsResult>('metrics.query', { vm: vm.id, from }));
+  const r = result(await again.c.call('metrics.query', { vm: vm.id, from }));
   assert.ok(
     r.points.reduce((s, p) => s + p.samples, 0) >= n,
     'every sample counted before the restart is still there',

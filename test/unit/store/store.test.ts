@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { createStore, SCHEMA_VERSION } from '../../../host/store/index.js';
 import { MIGRATIONS } from '../../../host/store/migrations.js';
 import { silentLogger } from '../../../host/log.js';
-import { makeTempDir, removeDir } from '../../helpers/daemon-harness.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
 
 const dirs: string[] = [];
 after(async () => {

@@ -3,7 +3,7 @@
  * one is never asked, and the caller gets CAPABILITY_UNSUPPORTED naming the
  * backend. And recovery leaves a leftover process to its backend: one it
  * cannot re-attach is ended by the backend's dispose(), not by the VM manager.
- * Real processes behind a fake backend (test/helpers/daemon-fakes.ts).
+ * Real processes behind a fake backend (harness/fake-vms.ts).
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
@@ -14,15 +14,10 @@ import {
   killFakes,
   type FakeHypervisor,
   type FakeOptions,
-} from '../../helpers/daemon-fakes.js';
-import {
-  makeTempDir,
-  rpcClient,
-  removeDir,
-  startTestDaemon,
-  type RpcClient,
-  type TestDaemon,
-} from '../../helpers/daemon-harness.js';
+} from '../../../harness/fake-vms.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
+import { rpcClient, type RpcClient } from '../../../harness/client.js';
+import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -34,7 +29,7 @@ async function setup(
 ): Promise<{ hv: FakeHypervisor; d: TestDaemon; c: RpcClient }> {
   const hv = createFakeHypervisor({ name: 'lean', ...opts });
   const d = await startTestDaemon({ hypervisors: [hv], args: ['--default-backend', 'lean'] });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   cleanups.push(async () => {
     await c.close().catch(() => undefined);
     await d.stop();
@@ -74,12 +69,12 @@ function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
 test('pause, resume and reboot on a backend without them: CAPABILITY_UNSUPPORTED, the VM untouched', async () => {
   const { hv, c } = await setup({ capabilities: { pause: false, reboot: false } });
   result(await c.call('vm.create', { name: 'lean-1' }));
-  const up = result(await c.call('vm.start', { vm: 'lean-1', wait: true })) as VmRecord;
+  const up = result(await c.call('vm.start', { vm: 'lean-1', wait: true }));
   assert.equal(up.state, 'ready');
   unsupported(await c.call('vm.pause', { vm: 'lean-1' }), 'pause');
   unsupported(await c.call('vm.resume', { vm: 'lean-1' }), 'pause');
   unsupported(await c.call('vm.reboot', { vm: 'lean-1' }), 'reboot');
-  const after = result(await c.call('vm.get', { vm: 'lean-1' })) as VmRecord;
+  const after = result(await c.call('vm.get', { vm: 'lean-1' }));
   assert.equal(after.state, 'ready', 'still ready: nothing reached the backend');
   assert.equal(after.pid, up.pid);
   assert.notEqual(procStartTime(up.pid!), null, 'the process was not signalled');
@@ -92,7 +87,7 @@ test('a boot on a backend without the agent channel it needs fails before launch
   const { hv, c } = await setup({ capabilities: { channels: [] } });
   result(await c.call('vm.create', { name: 'lean-2' }));
   unsupported(await c.call('vm.start', { vm: 'lean-2', wait: true }), 'channels');
-  const rec = result(await c.call('vm.get', { vm: 'lean-2' })) as VmRecord;
+  const rec = result(await c.call('vm.get', { vm: 'lean-2' }));
   assert.equal(rec.state, 'stopped', 'refused before admission: never starting');
   assert.equal(hv.launched.length, 0, 'nothing launched');
 });
@@ -109,9 +104,9 @@ test('recovery: a leftover its backend cannot re-attach is ended by the backend'
   const dataDir = await makeTempDir();
   cleanups.push(() => removeDir(dataDir));
   const first = await startTestDaemon({ hypervisors: [hv], dataDir });
-  let c = await rpcClient(first.url, first.root);
+  let c = await rpcClient(first);
   result(await c.call('vm.create', { name: 'orphan' }));
-  const up = result(await c.call('vm.start', { vm: 'orphan', wait: true })) as VmRecord;
+  const up = result(await c.call('vm.start', { vm: 'orphan', wait: true }));
   await c.close();
   await first.stop(); // leaves the VM running
   assert.notEqual(procStartTime(up.pid!), null);
@@ -122,11 +117,11 @@ test('recovery: a leftover its backend cannot re-attach is ended by the backend'
     await second.stop();
     killFakes(hv);
   });
-  c = await rpcClient(second.url, second.root);
+  c = await rpcClient(second);
   cleanups.push(() => c.close());
   assert.deepEqual(hv.disposed, [up.pid], 'the backend disposed of its own process');
   await until(() => procStartTime(up.pid!) === null);
-  const rec = result(await c.call('vm.get', { vm: 'orphan' })) as VmRecord;
+  const rec = result(await c.call('vm.get', { vm: 'orphan' }));
   assert.equal(rec.state, 'failed');
   assert.match(rec.stateReason ?? '', /not re-attached after a daemon restart: .*control socket/);
   assert.equal(second.daemon.store.vms.getRuntime(rec.id), undefined);

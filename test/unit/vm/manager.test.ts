@@ -5,21 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import type { ReplyEnvelope, VmRecord } from '../../../protocol/rpc.js';
+import type { ReplyEnvelope } from '../../../protocol/rpc.js';
 import { procStartTime } from '../../../host/hypervisors/proc.js';
-import {
-  createFakeHypervisor,
-  killFakes,
-  type FakeHypervisor,
-} from '../../helpers/daemon-fakes.js';
-import {
-  makeTempDir,
-  rpcClient,
-  removeDir,
-  startTestDaemon,
-  type RpcClient,
-  type TestDaemon,
-} from '../../helpers/daemon-harness.js';
+import { createFakeHypervisor, killFakes, type FakeHypervisor } from '../../../harness/fake-vms.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
+import { rpcClient, type RpcClient } from '../../../harness/client.js';
+import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -32,7 +23,7 @@ async function setup(
   dataDir?: string,
 ): Promise<{ d: TestDaemon; c: RpcClient }> {
   const d = await startTestDaemon({ hypervisors: [hv], args, ...(dataDir ? { dataDir } : {}) });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   cleanups.push(async () => {
     await c.close().catch(() => undefined);
     await d.stop();
@@ -68,9 +59,9 @@ function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
 test('boot timeout: failed with a reason, process killed, runtime cleaned', async () => {
   const hv = createFakeHypervisor({ agent: 'silent' });
   const { d, c } = await setup(hv, ['--boot-timeout-ms', '500']);
-  const vm = result(await c.call('vm.create', { name: 't1' })) as VmRecord;
+  const vm = result(await c.call('vm.create', { name: 't1' }));
   assert.equal(code(await c.call('vm.start', { vm: 't1', wait: true })), 'BOOT_TIMEOUT');
-  const rec = result(await c.call('vm.get', { vm: 't1' })) as VmRecord;
+  const rec = result(await c.call('vm.get', { vm: 't1' }));
   assert.equal(rec.state, 'failed');
   assert.match(rec.stateReason ?? '', /boot-timeout-ms/);
   const pid = hv.launched[0]!;
@@ -84,9 +75,9 @@ test('hostile agent messages are dropped; the daemon and other VMs are unharmed'
   result(await c.call('vm.create', { name: 'evil' }));
   assert.equal(code(await c.call('vm.start', { vm: 'evil', wait: true })), 'BOOT_TIMEOUT');
   // A controller cannot forge agent messages either (the broker refuses them).
-  const vm = result(await c.call('vm.get', { vm: 'evil' })) as VmRecord;
+  const vm = result(await c.call('vm.get', { vm: 'evil' }));
   await c.mqtt.publishAsync(`${d.root}/agent/${vm.id}/up/ready`, 'x').catch(() => undefined);
-  const c2 = await rpcClient(d.url, d.root);
+  const c2 = await rpcClient(d);
   assert.ok(result(await c2.call('system.info')));
   await c2.close();
 });
@@ -94,8 +85,8 @@ test('hostile agent messages are dropped; the daemon and other VMs are unharmed'
 test('a VM process killed from outside is noticed within a second, with an event', async () => {
   const hv = createFakeHypervisor();
   const { d, c } = await setup(hv);
-  const vm = result(await c.call('vm.create', { name: 'victim' })) as VmRecord;
-  const started = result(await c.call('vm.start', { vm: 'victim', wait: true })) as VmRecord;
+  const vm = result(await c.call('vm.create', { name: 'victim' }));
+  const started = result(await c.call('vm.start', { vm: 'victim', wait: true }));
   const failed = await c.watch(`${d.root}/vm/${vm.id}/events`, (_t, p) => {
     return (JSON.parse(p.toString()) as { to?: string }).to === 'failed';
   });
@@ -104,24 +95,19 @@ test('a VM process killed from outside is noticed within a second, with an event
   const ev = JSON.parse((await failed.message).toString()) as { reason: string };
   assert.ok(performance.now() - t0 < 1000, `noticed after ${performance.now() - t0} ms`);
   assert.match(ev.reason, /SIGKILL/);
-  const events = result(await c.call('events.query', { objectId: vm.id, level: 'warn' })) as {
-    events: { message: string }[];
-  };
+  const events = result(await c.call('events.query', { objectId: vm.id, level: 'warn' }));
   assert.ok(events.events.some((e) => e.message.includes('→ failed')));
   assert.equal(d.daemon.store.vms.getRuntime(vm.id), undefined);
   // A failed VM can be started again.
-  assert.equal(
-    (result(await c.call('vm.start', { vm: 'victim', wait: true })) as VmRecord).state,
-    'ready',
-  );
+  assert.equal(result(await c.call('vm.start', { vm: 'victim', wait: true })).state, 'ready');
   result(await c.call('vm.kill', { vm: 'victim' }));
 });
 
 test('the guest powering itself off makes the VM stopped', async () => {
   const hv = createFakeHypervisor();
   const { d, c } = await setup(hv);
-  const vm = result(await c.call('vm.create', { name: 'selfoff' })) as VmRecord;
-  const started = result(await c.call('vm.start', { vm: 'selfoff', wait: true })) as VmRecord;
+  const vm = result(await c.call('vm.create', { name: 'selfoff' }));
+  const started = result(await c.call('vm.start', { vm: 'selfoff', wait: true }));
   const stopped = await c.watch(`${d.root}/vm/${vm.id}/events`, (_t, p) => {
     return (JSON.parse(p.toString()) as { to?: string }).to === 'stopped';
   });
@@ -132,11 +118,11 @@ test('the guest powering itself off makes the VM stopped', async () => {
 test('a failed launch rolls back and leaves the VM failed with BOOT_FAILED', async () => {
   const hv = createFakeHypervisor({ failLaunch: true });
   const { d, c } = await setup(hv);
-  const vm = result(await c.call('vm.create', { name: 'nolaunch' })) as VmRecord;
+  const vm = result(await c.call('vm.create', { name: 'nolaunch' }));
   const r = await c.call('vm.start', { vm: 'nolaunch', wait: true });
   assert.equal(code(r), 'BOOT_FAILED');
   assert.match(r.ok ? '' : r.error.message, /launch hypervisor/);
-  const rec = result(await c.call('vm.get', { vm: 'nolaunch' })) as VmRecord;
+  const rec = result(await c.call('vm.get', { vm: 'nolaunch' }));
   assert.equal(rec.state, 'failed');
   assert.equal(d.daemon.store.vms.allocated().vcpus, 0, 'nothing stays allocated');
   result(await c.call('vm.delete', { vm: vm.id }));
@@ -147,11 +133,11 @@ test('recovery: a restarted daemon re-attaches running VMs without rebooting the
   const dataDir = await makeTempDir();
   cleanups.push(() => removeDir(dataDir));
   const first = await startTestDaemon({ hypervisors: [hv], dataDir });
-  let c = await rpcClient(first.url, first.root);
-  const vm = result(await c.call('vm.create', { name: 'survivor' })) as VmRecord;
+  let c = await rpcClient(first);
+  const vm = result(await c.call('vm.create', { name: 'survivor' }));
   result(await c.call('vm.create', { name: 'casualty' }));
-  const started = result(await c.call('vm.start', { vm: 'survivor', wait: true })) as VmRecord;
-  const doomed = result(await c.call('vm.start', { vm: 'casualty', wait: true })) as VmRecord;
+  const started = result(await c.call('vm.start', { vm: 'survivor', wait: true }));
+  const doomed = result(await c.call('vm.start', { vm: 'casualty', wait: true }));
   await c.close();
   await first.stop(); // leaves VMs running (no --stop-vms-on-exit)
   assert.ok(alive(started.pid!), 'the VM outlives the daemon');
@@ -163,19 +149,19 @@ test('recovery: a restarted daemon re-attaches running VMs without rebooting the
     await second.stop();
     killFakes(hv);
   });
-  c = await rpcClient(second.url, second.root);
+  c = await rpcClient(second);
   cleanups.push(() => c.close());
-  const back = result(await c.call('vm.get', { vm: 'survivor' })) as VmRecord;
+  const back = result(await c.call('vm.get', { vm: 'survivor' }));
   assert.equal(back.state, 'ready');
   assert.equal(back.pid, started.pid, 'same process: no reboot');
   assert.equal(hv.launched.length, 2, 'nothing relaunched');
-  const lost = result(await c.call('vm.get', { vm: 'casualty' })) as VmRecord;
+  const lost = result(await c.call('vm.get', { vm: 'casualty' }));
   assert.equal(lost.state, 'failed');
   assert.match(lost.stateReason ?? '', /not re-attached/);
   assert.equal(second.daemon.store.vms.getRuntime(lost.id), undefined);
   // The agent channel is back: a graceful stop goes through the agent.
   hv.received.length = 0;
-  const stopped = result(await c.call('vm.stop', { vm: vm.id, timeoutMs: 5000 })) as VmRecord;
+  const stopped = result(await c.call('vm.stop', { vm: vm.id, timeoutMs: 5000 }));
   assert.equal(stopped.state, 'stopped');
   assert.ok(
     hv.received.some((m) => m.kind === 'power'),
@@ -186,9 +172,9 @@ test('recovery: a restarted daemon re-attaches running VMs without rebooting the
 test('--stop-vms-on-exit stops every VM on a clean shutdown', async () => {
   const hv = createFakeHypervisor();
   const d = await startTestDaemon({ hypervisors: [hv], args: ['--stop-vms-on-exit'] });
-  const c = await rpcClient(d.url, d.root);
+  const c = await rpcClient(d);
   result(await c.call('vm.create', { name: 'x' }));
-  const r = result(await c.call('vm.start', { vm: 'x', wait: true })) as VmRecord;
+  const r = result(await c.call('vm.start', { vm: 'x', wait: true }));
   await c.close();
   await d.stop();
   assert.equal(d.daemon.store.db.open, false);

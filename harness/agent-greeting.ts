@@ -5,8 +5,8 @@
  * where the real agent core is more than the test or bench needs.
  */
 import type { MqttClient } from 'mqtt';
-import { AGENT_PROTOCOL_VERSION, type BootTimeline } from '../../protocol/agent.js';
-import { encodeCbor } from '../../protocol/codec.js';
+import { AGENT_PROTOCOL_VERSION, type BootTimeline } from '../protocol/agent.js';
+import { encodeCbor } from '../protocol/codec.js';
 
 export function greetAsAgent(
   client: MqttClient,

@@ -10,23 +10,12 @@ import { AGENT_UP, type AgentUpMessage, type Reply } from '../../protocol/agent.
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { topics, type AgentDownKind, type AgentUpKind } from '../../protocol/topics.js';
 import { createAgent, type Agent, type AgentOptions } from '../../guest-agent/agent.js';
-import { DEFAULT_OUTBOX_LIMITS } from '../../guest-agent/outbox.js';
-import { DEFAULT_JOB_OPTIONS } from '../../guest-agent/jobs.js';
+import { TEST_AGENT_OPTIONS } from '../../harness/agent-options.js';
 import type { Settings } from '../../guest-agent/settings.js';
 import { createFakePlatform, type FakePlatform } from './agent-platform.js';
 
 export const ROOT = 'mvirt/test';
 
-/** Agent options for tests: fast reconnects and short kill/pipe grace periods. */
-export const TEST_AGENT_OPTIONS: Pick<AgentOptions, 'connection' | 'outbox' | 'jobs'> = {
-  connection: {
-    keepaliveS: 30,
-    connectTimeoutMs: 5000,
-    backoff: { initialMs: 10, maxMs: 100, factor: 2, jitter: 0 },
-  },
-  outbox: DEFAULT_OUTBOX_LIMITS,
-  jobs: { ...DEFAULT_JOB_OPTIONS, killGraceMs: 300, pipeGraceMs: 300 },
-};
 export const VM = 'vm-test';
 export const WAIT_MS = 10_000;
 

@@ -15,13 +15,13 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { Duplex } from 'node:stream';
+import { Duplex } from 'node:stream';
 import { MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
-import { createAgent, type Agent, type AgentOptions } from '../../guest-agent/agent.js';
-import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
-import type { Platform, PowerAction } from '../../guest-agent/platform/types.js';
-import type { Settings } from '../../guest-agent/settings.js';
+import { createAgent, type Agent, type AgentOptions } from '../guest-agent/agent.js';
+import { createLinuxPlatform } from '../guest-agent/platform/linux.js';
+import type { Platform, PowerAction } from '../guest-agent/platform/types.js';
+import type { Settings } from '../guest-agent/settings.js';
 import type {
   ExitInfo,
   Hypervisor,
@@ -29,12 +29,12 @@ import type {
   LaunchSpec,
   RunningVm,
   VmRuntime,
-} from '../../host/hypervisors/types.js';
-import { procStartTime } from '../../host/hypervisors/proc.js';
-import { CMDLINE_KEYS } from '../../protocol/agent.js';
-import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+} from '../host/hypervisors/types.js';
+import { procStartTime } from '../host/hypervisors/proc.js';
+import { CMDLINE_KEYS } from '../protocol/agent.js';
+import { decodeCbor, encodeCbor } from '../protocol/codec.js';
 import { greetAsAgent } from './agent-greeting.js';
-import { TEST_AGENT_OPTIONS } from './agent-harness.js';
+import { TEST_AGENT_OPTIONS } from './agent-options.js';
 
 export type AgentMode = 'ready' | 'silent' | 'garbage' | 'real';
 
@@ -373,7 +373,15 @@ function running(
         s.once('connect', () => resolve(s));
         s.once('error', reject);
       }),
-    connectConsole: () => Promise.reject(new Error('no console in the fake')),
+    // The guest's serial console as a tty in echo mode: what goes in comes back out.
+    connectConsole: async () =>
+      new Duplex({
+        read() {},
+        write(chunk: Buffer, _enc, cb) {
+          this.push(chunk);
+          cb();
+        },
+      }),
     signal: sig,
     exited,
     detach: async () => undefined,
@@ -394,7 +402,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       pause: true,
       reboot: true,
       gracefulShutdown: true,
-      console: false,
+      console: true,
       directKernelBoot: true,
       ...options.capabilities,
     },

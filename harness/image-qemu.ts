@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { bootFiles, readManifest, type Manifest } from '../../images/manifest.js';
+import { bootFiles, readManifest, type Manifest } from '../images/manifest.js';
 
 export interface BootOptions {
   memMiB?: number;
@@ -253,7 +253,7 @@ export async function testRecipe(
   overrides: Record<string, unknown> = {},
 ): Promise<string> {
   const { readFile } = await import('node:fs/promises');
-  const { DEFAULT_RECIPE } = await import('../../images/paths.js');
+  const { DEFAULT_RECIPE } = await import('../images/paths.js');
   const base = JSON.parse(await readFile(DEFAULT_RECIPE, 'utf8')) as Record<string, unknown>;
   const recipe = { ...base, name: 'test-default', agent, ...overrides };
   const file = path.join(dir, `${String(recipe.name)}.json`);

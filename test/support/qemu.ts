@@ -4,13 +4,14 @@
  * logs printed when a test fails, and cleanup that leaves no QEMU behind
  * (SIGKILL to every QEMU whose command line points into the test's data dir).
  */
-import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after } from 'node:test';
-import type { ReplyEnvelope } from '../../protocol/rpc.js';
-import { makeTempDir, removeDir, rpcClient, HOST_ID, type RpcClient } from './daemon-harness.js';
-import { REPO, spawnDaemon, type DaemonProcess } from './daemon-process.js';
+import { rpcClient, type RpcClient } from '../../harness/client.js';
+import { HOST_ID, spawnDaemon, stopProcess, type DaemonProcess } from '../../harness/daemon.js';
+import { makeTempDir, removeDir, REPO } from '../../harness/paths.js';
+
+export { result as ok } from '../../harness/client.js';
 
 export const IMAGES = process.env.MVIRT_IMAGES_DIR ?? path.join(REPO, 'test-output/data/images');
 export const ROOT = `mvirt/${HOST_ID}`;
@@ -70,11 +71,6 @@ export function killQemusOf(dataDir: string): void {
   }
 }
 
-export function ok<R>(r: ReplyEnvelope<R>): R {
-  if (!r.ok) assert.fail(`${r.error.code}: ${r.error.message}`);
-  return r.result;
-}
-
 export async function tempDataDir(prefix: string): Promise<string> {
   const dir = await makeTempDir(prefix);
   cleanups.push(() => removeDir(dir));
@@ -109,11 +105,10 @@ export async function qemuDaemon(
     opts,
   );
   daemons.push(d);
-  const c = await rpcClient(d.url, ROOT);
+  const c = await rpcClient(d);
   cleanups.push(async () => {
     c.mqtt.end(true);
-    d.child.kill('SIGTERM');
-    await d.exited;
+    await stopProcess(d);
     killQemusOf(dataDir); // whatever state the test left its VMs in
   });
   return { d, c };
