@@ -16,6 +16,7 @@ import {
   type AgentUpMessage,
 } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+import { inertDeep } from '../../protocol/inert.js';
 import { MvirtError } from '../../protocol/errors.js';
 import { formatIssues } from '../../protocol/validate.js';
 import {
@@ -83,9 +84,13 @@ export function createAgentLink(deps: {
       log.warn({ vmId, kind, problem: formatIssues(r.error) }, 'invalid agent message; dropped');
       return;
     }
-    if (kind === 'reply') return onReply(vmId, r.data as AgentUpMessage['reply']);
+    // Free text a guest chose (log lines, error messages, a reply's result)
+    // is made inert here, once, before anyone stores, logs or shows it.
+    // Output is bytes (its jobId and stream are validated to a strict class).
+    const m = kind === 'output' ? r.data : inertDeep(r.data);
+    if (kind === 'reply') return onReply(vmId, m as AgentUpMessage['reply']);
     try {
-      (handlers[kind] as ((id: string, m: unknown) => void) | undefined)?.(vmId, r.data);
+      (handlers[kind] as ((id: string, m: unknown) => void) | undefined)?.(vmId, m);
     } catch (err) {
       // A handler bug must not let one guest's message take the daemon down.
       log.error({ vmId, kind, err }, 'agent message handler failed');
