@@ -129,7 +129,12 @@ export async function startDaemon(
       bus,
       topics: t,
       log: log.child({ component: 'events' }),
-      retention: { days: opts.eventsRetentionDays, maxRows: opts.eventsMaxRows },
+      retention: {
+        days: opts.eventsRetentionDays,
+        maxRows: opts.eventsMaxRows,
+        auditDays: opts.auditRetentionDays,
+        auditMaxRows: opts.auditMaxRows,
+      },
     });
     cleanup.unshift(() => events.close());
     events.prune();
@@ -165,6 +170,7 @@ export async function startDaemon(
       attachChannel: (id, s) => broker.attachAgentChannel(id, s),
       topics: t,
       log,
+      guest: events.guest,
     });
     agents.listen({ telemetry: (id, m) => telemetry.report(id, m) });
     broker.onGuestAgent((vmId, handle) => agents.guest(vmId, handle));
