@@ -27,6 +27,7 @@ import {
 import { MvirtError } from '../../protocol/errors.js';
 import type { AgentDownKind, Topics } from '../../protocol/topics.js';
 import type { MvirtLogger } from '../log.js';
+import type { GuestGate } from '../events/guest-gate.js';
 import { createAgentLink } from './link.js';
 
 /** Reconnect backoff of a channel's host end: doubles from MIN to MAX, reset by a hello. */
@@ -76,7 +77,15 @@ export interface AgentSessionsDeps {
   attachChannel: (vmId: string, stream: Duplex) => AgentChannelHandle;
   topics: Topics;
   log: MvirtLogger;
+  /** Counts guest messages refused outright, written aggregated (host/events/guest-gate.ts). */
+  guest?: Pick<GuestGate, 'refuse'>;
 }
+
+/**
+ * Guest log lines are written at most at this level: a guest must not make
+ * its words look like the daemon's warnings or errors (issue 12).
+ */
+const GUEST_LOG_LEVEL = { debug: 'debug', info: 'info', warn: 'info', error: 'info' } as const;
 
 export type AgentSessions = ReturnType<typeof createAgentSessions>;
 
@@ -104,7 +113,11 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
       hello: onHello,
       ready: onReady,
       telemetry: (id, t) => emit('telemetry', id, t),
-      log: (id, m) => sessions.get(id)?.log[m.level]({ guest: true }, m.message),
+      // The message was made inert by the link; its level is capped at info.
+      log: (id, m) =>
+        sessions
+          .get(id)
+          ?.log[GUEST_LOG_LEVEL[m.level]]({ guest: true, guestLevel: m.level }, m.message),
       output: (id, m) => emit('output', id, m),
       exit: (id, m) => emit('exit', id, m),
     },
@@ -113,6 +126,13 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
   function onHello(id: string, hello: Hello): void {
     const s = sessions.get(id);
     if (!s) return;
+    // One hello per MQTT session: the agent says it once after it connects.
+    // Another on the same session is refused (counted, never an event each:
+    // issue 12 saw 236,000 hellos in 60 s).
+    if (s.hello) {
+      deps.guest?.refuse(id, 'hellos refused (one per session)');
+      return;
+    }
     s.hello = hello;
     s.reconnectDelayMs = RECONNECT_MIN_MS;
     if (hello.protocol !== AGENT_PROTOCOL_VERSION) {
