@@ -38,6 +38,9 @@ export function inert(s: string): string {
   return UNSAFE_ONE.test(s) ? s.replace(UNSAFE, escapeOf) : s;
 }
 
+/** Lines of text made inert but for their newlines (notes and errors on stderr). */
+export const inertLines = (s: string): string => s.split('\n').map(inert).join('\n');
+
 /** Whether `s` shows as itself (no character that `inert` would replace). */
 export const isInert = (s: string): boolean => !UNSAFE_ONE.test(s);
 
