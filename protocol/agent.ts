@@ -20,7 +20,8 @@ const id = z
   .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, 'an id is letters, digits and . _ : -');
 const jobId = id;
 const reqId = id;
-const ms = z.number().finite().nonnegative();
+/** Times and durations: finite, and exact as doubles (sums of two stay finite). */
+const ms = z.number().finite().nonnegative().max(Number.MAX_SAFE_INTEGER);
 
 // ------------------------------------------- what a guest may choose, bounded
 //
@@ -78,10 +79,11 @@ export const SIGNALS = [
 // ---------------------------------------------------------------- guest → host
 
 /** Seconds since kernel start (from /proc/uptime) at each boot milestone. */
+const uptime = z.number().nonnegative().max(TELEMETRY_LIMITS.uptimeS);
 export const BootTimeline = z.strictObject({
-  initS: ms,
-  agentStartS: ms,
-  connectedS: ms,
+  initS: uptime,
+  agentStartS: uptime,
+  connectedS: uptime,
 });
 export type BootTimeline = z.infer<typeof BootTimeline>;
 
@@ -172,7 +174,7 @@ export const Telemetry = z.strictObject({
   load1: z.number().nonnegative().max(TELEMETRY_LIMITS.load),
   load5: z.number().nonnegative().max(TELEMETRY_LIMITS.load),
   load15: z.number().nonnegative().max(TELEMETRY_LIMITS.load),
-  uptimeS: z.number().nonnegative().max(TELEMETRY_LIMITS.uptimeS),
+  uptimeS: uptime,
   procs: z.number().int().nonnegative().max(TELEMETRY_LIMITS.procs),
   disk: z.array(DiskUsage).max(32),
   net: z.array(NetCounters).max(32),

@@ -156,6 +156,7 @@ export async function startDaemon(
       topics: t,
       rollups,
       log: log.child({ component: 'metrics' }),
+      size: (id) => store.vms.get(id),
     });
     const sampler = createHostSampler({ onSample: (f) => telemetry.host(f) });
 
