@@ -25,6 +25,8 @@
  */
 const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]/g;
 const UNSAFE_ONE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]/;
+const UNSAFE_ABOVE_C0 = /[\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]/;
+const UNSAFE_ABOVE_C0_ALL = new RegExp(UNSAFE_ABOVE_C0.source, 'g');
 
 const escapeOf = (c: string): string => {
   const n = c.charCodeAt(0);
@@ -51,8 +53,10 @@ export const isInert = (s: string): boolean => !UNSAFE_ONE.test(s);
  */
 export function inertJson(value: unknown, space?: number): string {
   const s = JSON.stringify(value, null, space);
-  return UNSAFE_ONE.test(s)
-    ? s.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  // C0 is left out: JSON escapes it inside strings, and outside them it is
+  // the indentation's own newlines.
+  return UNSAFE_ABOVE_C0.test(s)
+    ? s.replace(UNSAFE_ABOVE_C0_ALL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
     : s;
 }
 
