@@ -7,6 +7,7 @@
  * and `/metrics` (never +Inf); absurd sequence numbers and second hellos are
  * refused and counted in one aggregated event.
  */
+/* eslint-disable no-control-regex -- these tests look for control characters */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { runCli } from '../../../host/cli/run.js';

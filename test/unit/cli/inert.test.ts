@@ -5,6 +5,7 @@
  * schemas refuse what no genuine agent sends (controls in names, figures
  * beyond any VM) while free text keeps its record.
  */
+/* eslint-disable no-control-regex -- these tests look for control characters */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Exit, Hello, Log, Telemetry, TELEMETRY_LIMITS } from '../../../protocol/agent.js';
