@@ -21,6 +21,7 @@ import {
   type AgentDownMessage,
   type Exit,
   type Hello,
+  type Log,
   type Output,
   type Telemetry,
 } from '../../protocol/agent.js';
@@ -28,6 +29,7 @@ import { MvirtError } from '../../protocol/errors.js';
 import type { AgentDownKind, Topics } from '../../protocol/topics.js';
 import type { MvirtLogger } from '../log.js';
 import type { GuestGate } from '../events/guest-gate.js';
+import { createGuestLog, GUEST_LOG_LEVEL, type GuestLog } from './guest-log.js';
 import { createAgentLink } from './link.js';
 
 /** Reconnect backoff of a channel's host end: doubles from MIN to MAX, reset by a hello. */
@@ -57,6 +59,8 @@ export interface OpenSession {
   overNetwork: boolean;
   /** Connect a new host end of the channel (the hypervisor's agent socket). */
   connect: () => Promise<Duplex>;
+  /** The VM's folder: the agent's log lines go to its agent.log (guest-log.ts). */
+  dir?: string;
 }
 
 interface Session extends OpenSession {
@@ -69,6 +73,7 @@ interface Session extends OpenSession {
   reconnectDelayMs: number;
   reconnectTimer?: NodeJS.Timeout;
   ended: boolean;
+  guestLog?: GuestLog;
 }
 
 export interface AgentSessionsDeps {
@@ -80,12 +85,6 @@ export interface AgentSessionsDeps {
   /** Counts guest messages refused outright, written aggregated (host/events/guest-gate.ts). */
   guest?: Pick<GuestGate, 'refuse'>;
 }
-
-/**
- * Guest log lines are written at most at this level: a guest must not make
- * its words look like the daemon's warnings or errors (issue 12).
- */
-const GUEST_LOG_LEVEL = { debug: 'debug', info: 'info', warn: 'info', error: 'info' } as const;
 
 export type AgentSessions = ReturnType<typeof createAgentSessions>;
 
@@ -113,15 +112,27 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
       hello: onHello,
       ready: onReady,
       telemetry: (id, t) => emit('telemetry', id, t),
-      // The message was made inert by the link; its level is capped at info.
-      log: (id, m) =>
-        sessions
-          .get(id)
-          ?.log[GUEST_LOG_LEVEL[m.level]]({ guest: true, guestLevel: m.level }, m.message),
+      log: onLog,
       output: (id, m) => emit('output', id, m),
       exit: (id, m) => emit('exit', id, m),
     },
   });
+
+  /**
+   * A guest's log line (made inert by the link): into the VM's own bounded
+   * agent.log, rate-limited (dropped lines counted); without a VM folder, into
+   * mvirtd's log at most at info.
+   */
+  function onLog(id: string, m: Log): void {
+    const s = sessions.get(id);
+    if (!s) return;
+    if (s.dir === undefined) {
+      s.log[GUEST_LOG_LEVEL[m.level]]({ guest: true, guestLevel: m.level }, m.message);
+      return;
+    }
+    s.guestLog ??= createGuestLog(s.dir);
+    if (!s.guestLog.write(m)) deps.guest?.refuse(id, 'log lines dropped (rate limit)');
+  }
 
   function onHello(id: string, hello: Hello): void {
     const s = sessions.get(id);

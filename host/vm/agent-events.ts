@@ -18,6 +18,7 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
     const running = live.running!;
     ctx.agents.open(live.id, {
       log: live.log,
+      dir: live.dir,
       overNetwork,
       connect: () => running.connectAgent(),
     });

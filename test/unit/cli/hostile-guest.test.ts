@@ -9,7 +9,10 @@
  */
 /* eslint-disable no-control-regex -- these tests look for control characters */
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { GUEST_LOG_FILE } from '../../../host/agent/guest-log.js';
 import { runCli } from '../../../host/cli/run.js';
 import type { TopFrame } from '../../../host/cli/top.js';
 import { AGENT_PROTOCOL_VERSION } from '../../../protocol/agent.js';
@@ -19,7 +22,13 @@ import type { EventRecord, JobRecord, VmRecord } from '../../../protocol/rpc.js'
 import { memoryIo } from '../../helpers/cli-io.js';
 import { HOST_ID } from '../../helpers/daemon-harness.js';
 import type { RealGuest } from '../../helpers/daemon-fakes.js';
-import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../helpers/job-daemon.js';
+import {
+  cleanupAll,
+  result,
+  startJobDaemon,
+  until,
+  type JobDaemon,
+} from '../../helpers/job-daemon.js';
 import { parsePromText } from '../../helpers/prom-text.js';
 
 /** What a terminal acts on (C0 but newline, DEL, C1, bidi): none may reach the screen. */
@@ -206,4 +215,32 @@ test('job output: sequence numbers beyond what the job could have produced are r
     counts.some((m) => m.startsWith('1 exit records refused')),
     JSON.stringify(counts),
   );
+});
+
+test('guest log lines: the VM’s own bounded agent.log, at most info, inert; a flood is cut and counted', async () => {
+  const file = path.join(j.dataDir, 'vm', vm.id, GUEST_LOG_FILE);
+  await speak(
+    () => {
+      up('log', { level: 'error', message: `first ${EVIL}` });
+      for (let i = 0; i < 2000; i++) up('log', { level: 'info', message: `flood ${i}` });
+    },
+    { procs: 4444 },
+  );
+  const lines = () =>
+    existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean) : [];
+  // Every line was taken or dropped once the marker is through: the count says how many went.
+  j.d.daemon.events.guest.flush();
+  const counts = result(
+    await j.c.call<{ events: EventRecord[] }>('events.query', { objectId: vm.id, level: 'warn' }),
+  ).events.map((e) => e.message);
+  const dropped = counts.find((m) => m.includes('log lines dropped (rate limit)'));
+  assert.ok(dropped, JSON.stringify(counts));
+  const count = Number(dropped.split(' ')[0]!.replace(/,/g, ''));
+  const flood = () => lines().filter((l) => l.includes('flood ')).length;
+  await until(() => flood() === 2000 - count, `agent.log has the ${2000 - count} kept lines`);
+  // The burst (200) and what the rate refilled meanwhile; the rest dropped before any queue.
+  assert.ok(count > 1000, `${count} of 2000 flood lines dropped`);
+  const text = readFileSync(file, 'utf8');
+  assert.doesNotMatch(text, ACTIVE);
+  assert.match(text, /Z INFO \(guest said error\) first \\x1b\[2J/, 'at most info; inert');
 });
