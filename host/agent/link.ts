@@ -59,6 +59,12 @@ export function createAgentLink(deps: {
   /** Is this VM one we run? Messages for other ids are dropped. */
   isKnown: (vmId: string) => boolean;
   handlers: AgentHandler;
+  /**
+   * A message of a known VM refused (undecodable or invalid): counted and
+   * written aggregated (events/guest-gate.ts), since a guest can send them
+   * as fast as its channel goes; mvirtd's own log hears of each at debug only.
+   */
+  refused?: (vmId: string, what: string) => void;
 }): AgentLink {
   const { bus, topics, log, isKnown, handlers } = deps;
   const pending = new Map<string, Pending>();
@@ -76,12 +82,14 @@ export function createAgentLink(deps: {
     try {
       raw = decodeCbor(payload);
     } catch (err) {
-      log.warn({ vmId, kind, err: String(err) }, 'undecodable agent message; dropped');
+      log.debug({ vmId, kind, err: String(err) }, 'undecodable agent message; dropped');
+      deps.refused?.(vmId, `undecodable ${kind} messages refused`);
       return;
     }
     const r = AGENT_UP[kind].safeParse(raw);
     if (!r.success) {
-      log.warn({ vmId, kind, problem: formatIssues(r.error) }, 'invalid agent message; dropped');
+      log.debug({ vmId, kind, problem: formatIssues(r.error) }, 'invalid agent message; dropped');
+      deps.refused?.(vmId, `invalid ${kind} messages refused`);
       return;
     }
     // Free text a guest chose (log lines, error messages, a reply's result)

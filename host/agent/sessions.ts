@@ -108,6 +108,7 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
     topics: deps.topics,
     log,
     isKnown: (id) => sessions.has(id),
+    refused: (id, what) => deps.guest?.refuse(id, what),
     handlers: {
       hello: onHello,
       ready: onReady,

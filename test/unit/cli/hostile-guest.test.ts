@@ -141,6 +141,11 @@ test('guest strings: refused in names, inert in free text, on every CLI view', a
     counts.some((m) => /^1 hellos refused \(one per session\) in the last/.test(m)),
     JSON.stringify(counts),
   );
+  for (const what of ['invalid hello messages', 'invalid telemetry messages'])
+    assert.ok(
+      counts.some((m) => m.startsWith(`1 ${what} refused in the last`)),
+      `${what} in ${JSON.stringify(counts)}`,
+    );
 });
 
 test('guest figures: clamped to the VM in top and /metrics; refused beyond any VM; never +Inf', async () => {
