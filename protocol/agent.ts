@@ -6,14 +6,63 @@
  */
 import { z } from 'zod';
 import type { AgentDownKind, AgentUpKind } from './topics.js';
+import { PRINTABLE, PRINTABLE_WORD } from './inert.js';
 
 /** Bumped when the agent channel changes incompatibly. */
 export const AGENT_PROTOCOL_VERSION = 1;
 
 const bytes = z.instanceof(Uint8Array);
-const jobId = z.string().min(1).max(128);
-const reqId = z.string().min(1).max(128);
-const ms = z.number().finite().nonnegative();
+/** Ids are the host's (`job-<hex>`, UUIDs): a guest echoes them, it never names new ones. */
+const id = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, 'an id is letters, digits and . _ : -');
+const jobId = id;
+const reqId = id;
+/** Times and durations: finite, and exact as doubles (sums of two stay finite). */
+const ms = z.number().finite().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+// ------------------------------------------- what a guest may choose, bounded
+//
+// Names a genuine agent reads from the kernel (version, uname, hostname,
+// interface names, mount points) never hold a control, C1 or bidi character:
+// one that does is refused (the message is dropped). Free text (log lines,
+// error messages) may hold anything a program printed: only its length is
+// bounded here, and host/agent/link.ts makes it inert (protocol/inert.ts)
+// before anyone stores, logs or shows it, so the record is not lost.
+const printable = (max: number) =>
+  z.string().max(max).regex(PRINTABLE, 'control, C1 or bidi characters are not allowed');
+const word = (max: number) =>
+  z.string().max(max).regex(PRINTABLE_WORD, 'spaces, control or bidi characters are not allowed');
+/** A version string: `0.4.1`, `0.4.1+git.abc`, `1.0~rc1`. */
+const version = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[0-9A-Za-z][0-9A-Za-z.+~_-]*$/, 'a version is letters, digits and . + ~ _ -');
+
+/**
+ * Upper bounds of guest figures that no VM can exceed (beyond them the sample
+ * is refused: the agent is broken or hostile). Figures within them that still
+ * exceed what this VM has (CPU above 100 % per vCPU, memory above its size)
+ * are clamped by the host (host/metrics/bounds.ts), because sampling jitter
+ * makes honest agents overshoot a little and the rest of the sample is good.
+ */
+export const TELEMETRY_LIMITS = {
+  /** 100 per vCPU; QEMU's own maximum is 1024 vCPUs (x86 q35 with x2apic: 288; ours far fewer). */
+  cpuPercent: 100 * 1024,
+  /** 16 TiB of guest memory, in MiB: memory × 2^20 stays a finite, exact number. */
+  memMiB: 16 * 1024 * 1024,
+  /** Byte and packet counters: exact as doubles up to 2^53. */
+  counter: Number.MAX_SAFE_INTEGER,
+  /** Load averages: runnable tasks, at most the kernel's PID_MAX_LIMIT (2^22). */
+  load: 4 * 1024 * 1024,
+  procs: 4 * 1024 * 1024,
+  /** A century of uptime. */
+  uptimeS: 100 * 365 * 86400,
+} as const;
+const counter = z.number().nonnegative().max(TELEMETRY_LIMITS.counter);
 
 export const SIGNALS = [
   'SIGTERM',
@@ -30,18 +79,21 @@ export const SIGNALS = [
 // ---------------------------------------------------------------- guest → host
 
 /** Seconds since kernel start (from /proc/uptime) at each boot milestone. */
+const uptime = z.number().nonnegative().max(TELEMETRY_LIMITS.uptimeS);
 export const BootTimeline = z.strictObject({
-  initS: ms,
-  agentStartS: ms,
-  connectedS: ms,
+  initS: uptime,
+  agentStartS: uptime,
+  connectedS: uptime,
 });
 export type BootTimeline = z.infer<typeof BootTimeline>;
 
 export const Hello = z.strictObject({
   protocol: z.number().int(),
-  agentVersion: z.string().max(64),
-  kernel: z.string().max(256),
-  hostname: z.string().max(256),
+  agentVersion: version,
+  /** `uname -r`. */
+  kernel: printable(256),
+  /** The kernel's nodename (busybox sets none: `(none)`). */
+  hostname: word(256),
   pid: z.number().int(),
   boot: BootTimeline,
   /** Jobs still known to the agent (running or finished, not yet acknowledged): lets the host resume after a reconnect. */
@@ -60,7 +112,15 @@ export const Reply = z.strictObject({
   id: reqId,
   ok: z.boolean(),
   result: z.unknown().optional(),
-  error: z.strictObject({ code: z.string().max(64), message: z.string().max(4096) }).optional(),
+  error: z
+    .strictObject({
+      code: z
+        .string()
+        .max(64)
+        .regex(/^[A-Z][A-Z0-9_]*$/, 'an error code is capitals, digits and _'),
+      message: z.string().max(4096),
+    })
+    .optional(),
 });
 export type Reply = z.infer<typeof Reply>;
 
@@ -77,7 +137,11 @@ export const Exit = z.strictObject({
   /** Number of output chunks sent before this record (the next seq). */
   seq: z.number().int().nonnegative(),
   exitCode: z.number().int().nullable(),
-  signal: z.string().max(16).nullable(),
+  signal: z
+    .string()
+    .max(16)
+    .regex(/^SIG[A-Z0-9+-]+$/, 'a signal name such as SIGKILL')
+    .nullable(),
   oomKilled: z.boolean(),
   timedOut: z.boolean(),
   /** Set when the process could not be started at all (ENOENT, EACCES…). */
@@ -88,31 +152,30 @@ export const Exit = z.strictObject({
 export type Exit = z.infer<typeof Exit>;
 
 const NetCounters = z.strictObject({
-  iface: z.string().max(32),
-  rxBytes: z.number().nonnegative(),
-  txBytes: z.number().nonnegative(),
-  rxPackets: z.number().nonnegative(),
-  txPackets: z.number().nonnegative(),
+  /** Linux keeps at most 15 bytes (IFNAMSIZ 16); 32 leaves room for other guests. */
+  iface: word(32).min(1),
+  rxBytes: counter,
+  txBytes: counter,
+  rxPackets: counter,
+  txPackets: counter,
 });
 const DiskUsage = z.strictObject({
-  mount: z.string().max(256),
-  totalBytes: z.number().nonnegative(),
-  usedBytes: z.number().nonnegative(),
+  /** As /proc/mounts spells it (a space is `\040` there). */
+  mount: printable(256).min(1),
+  totalBytes: counter,
+  usedBytes: counter,
 });
 
 export const Telemetry = z.strictObject({
   at: ms,
-  cpuPercent: z
-    .number()
-    .min(0)
-    .max(100 * 1024),
-  memUsedMiB: z.number().nonnegative(),
-  memTotalMiB: z.number().nonnegative(),
-  load1: z.number().nonnegative(),
-  load5: z.number().nonnegative(),
-  load15: z.number().nonnegative(),
-  uptimeS: z.number().nonnegative(),
-  procs: z.number().int().nonnegative(),
+  cpuPercent: z.number().min(0).max(TELEMETRY_LIMITS.cpuPercent),
+  memUsedMiB: z.number().nonnegative().max(TELEMETRY_LIMITS.memMiB),
+  memTotalMiB: z.number().nonnegative().max(TELEMETRY_LIMITS.memMiB),
+  load1: z.number().nonnegative().max(TELEMETRY_LIMITS.load),
+  load5: z.number().nonnegative().max(TELEMETRY_LIMITS.load),
+  load15: z.number().nonnegative().max(TELEMETRY_LIMITS.load),
+  uptimeS: uptime,
+  procs: z.number().int().nonnegative().max(TELEMETRY_LIMITS.procs),
   disk: z.array(DiskUsage).max(32),
   net: z.array(NetCounters).max(32),
 });

@@ -16,6 +16,7 @@ import {
   type AgentUpMessage,
 } from '../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
+import { inertDeep } from '../../protocol/inert.js';
 import { MvirtError } from '../../protocol/errors.js';
 import { formatIssues } from '../../protocol/validate.js';
 import {
@@ -58,6 +59,12 @@ export function createAgentLink(deps: {
   /** Is this VM one we run? Messages for other ids are dropped. */
   isKnown: (vmId: string) => boolean;
   handlers: AgentHandler;
+  /**
+   * A message of a known VM refused (undecodable or invalid): counted and
+   * written aggregated (events/guest-gate.ts), since a guest can send them
+   * as fast as its channel goes; mvirtd's own log hears of each at debug only.
+   */
+  refused?: (vmId: string, what: string) => void;
 }): AgentLink {
   const { bus, topics, log, isKnown, handlers } = deps;
   const pending = new Map<string, Pending>();
@@ -75,17 +82,23 @@ export function createAgentLink(deps: {
     try {
       raw = decodeCbor(payload);
     } catch (err) {
-      log.warn({ vmId, kind, err: String(err) }, 'undecodable agent message; dropped');
+      log.debug({ vmId, kind, err: String(err) }, 'undecodable agent message; dropped');
+      deps.refused?.(vmId, `undecodable ${kind} messages refused`);
       return;
     }
     const r = AGENT_UP[kind].safeParse(raw);
     if (!r.success) {
-      log.warn({ vmId, kind, problem: formatIssues(r.error) }, 'invalid agent message; dropped');
+      log.debug({ vmId, kind, problem: formatIssues(r.error) }, 'invalid agent message; dropped');
+      deps.refused?.(vmId, `invalid ${kind} messages refused`);
       return;
     }
-    if (kind === 'reply') return onReply(vmId, r.data as AgentUpMessage['reply']);
+    // Free text a guest chose (log lines, error messages, a reply's result)
+    // is made inert here, once, before anyone stores, logs or shows it.
+    // Output is bytes (its jobId and stream are validated to a strict class).
+    const m = kind === 'output' ? r.data : inertDeep(r.data);
+    if (kind === 'reply') return onReply(vmId, m as AgentUpMessage['reply']);
     try {
-      (handlers[kind] as ((id: string, m: unknown) => void) | undefined)?.(vmId, r.data);
+      (handlers[kind] as ((id: string, m: unknown) => void) | undefined)?.(vmId, m);
     } catch (err) {
       // A handler bug must not let one guest's message take the daemon down.
       log.error({ vmId, kind, err }, 'agent message handler failed');

@@ -21,12 +21,15 @@ import {
   type AgentDownMessage,
   type Exit,
   type Hello,
+  type Log,
   type Output,
   type Telemetry,
 } from '../../protocol/agent.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { AgentDownKind, Topics } from '../../protocol/topics.js';
 import type { MvirtLogger } from '../log.js';
+import type { GuestGate } from '../events/guest-gate.js';
+import { createGuestLog, GUEST_LOG_LEVEL, type GuestLog } from './guest-log.js';
 import { createAgentLink } from './link.js';
 
 /** Reconnect backoff of a channel's host end: doubles from MIN to MAX, reset by a hello. */
@@ -56,6 +59,8 @@ export interface OpenSession {
   overNetwork: boolean;
   /** Connect a new host end of the channel (the hypervisor's agent socket). */
   connect: () => Promise<Duplex>;
+  /** The VM's folder: the agent's log lines go to its agent.log (guest-log.ts). */
+  dir?: string;
 }
 
 interface Session extends OpenSession {
@@ -68,6 +73,7 @@ interface Session extends OpenSession {
   reconnectDelayMs: number;
   reconnectTimer?: NodeJS.Timeout;
   ended: boolean;
+  guestLog?: GuestLog;
 }
 
 export interface AgentSessionsDeps {
@@ -76,6 +82,8 @@ export interface AgentSessionsDeps {
   attachChannel: (vmId: string, stream: Duplex) => AgentChannelHandle;
   topics: Topics;
   log: MvirtLogger;
+  /** Counts guest messages refused outright, written aggregated (host/events/guest-gate.ts). */
+  guest?: Pick<GuestGate, 'refuse'>;
 }
 
 export type AgentSessions = ReturnType<typeof createAgentSessions>;
@@ -100,19 +108,43 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
     topics: deps.topics,
     log,
     isKnown: (id) => sessions.has(id),
+    refused: (id, what) => deps.guest?.refuse(id, what),
     handlers: {
       hello: onHello,
       ready: onReady,
       telemetry: (id, t) => emit('telemetry', id, t),
-      log: (id, m) => sessions.get(id)?.log[m.level]({ guest: true }, m.message),
+      log: onLog,
       output: (id, m) => emit('output', id, m),
       exit: (id, m) => emit('exit', id, m),
     },
   });
 
+  /**
+   * A guest's log line (made inert by the link): into the VM's own bounded
+   * agent.log, rate-limited (dropped lines counted); without a VM folder, into
+   * mvirtd's log at most at info.
+   */
+  function onLog(id: string, m: Log): void {
+    const s = sessions.get(id);
+    if (!s) return;
+    if (s.dir === undefined) {
+      s.log[GUEST_LOG_LEVEL[m.level]]({ guest: true, guestLevel: m.level }, m.message);
+      return;
+    }
+    s.guestLog ??= createGuestLog(s.dir);
+    if (!s.guestLog.write(m)) deps.guest?.refuse(id, 'log lines dropped (rate limit)');
+  }
+
   function onHello(id: string, hello: Hello): void {
     const s = sessions.get(id);
     if (!s) return;
+    // One hello per MQTT session: the agent says it once after it connects.
+    // Another on the same session is refused (counted, never an event each:
+    // issue 12 saw 236,000 hellos in 60 s).
+    if (s.hello) {
+      deps.guest?.refuse(id, 'hellos refused (one per session)');
+      return;
+    }
     s.hello = hello;
     s.reconnectDelayMs = RECONNECT_MIN_MS;
     if (hello.protocol !== AGENT_PROTOCOL_VERSION) {

@@ -5,7 +5,8 @@ import { nameProblem } from '../../protocol/topics.js';
 import { UsageError, integer } from './args.js';
 import { str, type Command, type Context } from './command.js';
 import { EXIT } from './exit.js';
-import { clock, json } from './output.js';
+import { inert } from '../../protocol/inert.js';
+import { clock, json, jsonLine } from './output.js';
 
 const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
@@ -24,7 +25,7 @@ export function parseSince(s: string, now: number): string {
 
 export function eventLine(e: EventRecord): string {
   const objs = e.objects?.length ? `  [${e.objects.join(' ')}]` : '';
-  return `${clock(e.at)}  ${e.level.padEnd(5)}  ${e.component.padEnd(10)}  ${e.message}${objs}\n`;
+  return `${clock(e.at)}  ${e.level.padEnd(5)}  ${inert(`${e.component.padEnd(10)}  ${e.message}${objs}`)}\n`;
 }
 
 /** Oldest first, as logs read. */
@@ -94,7 +95,7 @@ export const eventsCommands: Command[] = [
       const c = await ctx.client();
       if (objRef !== undefined) params.objectId = await resolveObject(ctx, objRef);
       const print = (e: EventRecord): void =>
-        ctx.out(ctx.globals.json && follow ? JSON.stringify(e) + '\n' : eventLine(e));
+        ctx.out(ctx.globals.json && follow ? jsonLine(e) : eventLine(e));
       if (!follow) {
         const r = await c.call('events.query', params);
         if (ctx.globals.json) ctx.out(json(r));

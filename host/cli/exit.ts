@@ -3,6 +3,7 @@
  * the message and the hint under it. docs/errors.md is generated from
  * `errorsTable()` and a unit test keeps the two equal.
  */
+import { inertJson, inertLines } from '../../protocol/inert.js';
 import { ERROR_CODES, MvirtError, type ErrorCode } from '../../protocol/errors.js';
 import { UsageError } from './args.js';
 
@@ -97,18 +98,23 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
 
 /** Render an error for stderr: a message, then a hint (or usage pointer). */
 export function renderError(err: unknown, json: boolean): string {
+  // A message may quote what a guest said (an agent's error): inert on a terminal.
+  return json ? renderRaw(err, true) : inertLines(renderRaw(err, false));
+}
+
+function renderRaw(err: unknown, json: boolean): string {
   if (err instanceof UsageError) {
     const cmd = err.command ? `mvirt ${err.command} --help` : 'mvirt --help';
-    if (json) return JSON.stringify({ error: { code: 'USAGE', message: err.message } }) + '\n';
+    if (json) return inertJson({ error: { code: 'USAGE', message: err.message } }) + '\n';
     return `mvirt: ${err.message}\nRun '${cmd}' for usage.\n`;
   }
   if (err instanceof MvirtError) {
-    if (json) return JSON.stringify({ error: err.toBody() }) + '\n';
+    if (json) return inertJson({ error: err.toBody() }) + '\n';
     const hint = HINTS[err.code];
     return `mvirt: ${err.message} [${err.code}]\n${hint ? `hint: ${hint}\n` : ''}`;
   }
   const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);
-  if (json) return JSON.stringify({ error: { code: 'INTERNAL', message: String(err) } }) + '\n';
+  if (json) return inertJson({ error: { code: 'INTERNAL', message: String(err) } }) + '\n';
   return `mvirt: unexpected error: ${msg}\n`;
 }
 

@@ -3,6 +3,7 @@
  * show` details, the command line as a shell would take it, and how `mvirt
  * run` ends for a finished job (its exit code and the note on stderr).
  */
+import { inert } from '../../protocol/inert.js';
 import { constants as os } from 'node:os';
 import type { JobRecord } from '../../protocol/rpc.js';
 import { EXIT } from './exit.js';
@@ -102,7 +103,7 @@ export function jobDetails(j: JobRecord, now: number): string {
 /** How `mvirt run` ends for a terminal job: its exit code and what to say on stderr. */
 export function jobExit(rec: JobRecord): { code: number; note?: string } {
   const id = rec.jobId;
-  const why = rec.reason ? `: ${rec.reason}` : '';
+  const why = rec.reason ? `: ${inert(rec.reason)}` : '';
   switch (rec.state) {
     case 'succeeded':
       return { code: rec.exitCode ?? EXIT.OK };

@@ -3,6 +3,7 @@
  * code), `mvirt jobs` / `mvirt job …` (list, show, cancel) and `mvirt logs`.
  * Output ordering lives in follow.ts, how records read in job-view.ts.
  */
+import { inert } from '../../protocol/inert.js';
 import { MvirtError } from '../../protocol/errors.js';
 import {
   JOB_STATES,
@@ -17,7 +18,7 @@ import { EXIT, RUN_EXIT_CODES } from './exit.js';
 import { followJob } from './follow.js';
 import type { TtyIn } from './io.js';
 import { bytes, jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
-import { json } from './output.js';
+import { json, jsonLine } from './output.js';
 
 /** The most stdin `mvirt run` passes (the job.run schema's limit). */
 /** The protocol's cap (a request must fit the broker's packet limit). */
@@ -137,7 +138,7 @@ const writeChunk =
 const jsonChunk =
   (ctx: Context) =>
   (c: OutputChunk): void =>
-    ctx.out(JSON.stringify(c) + '\n');
+    ctx.out(jsonLine(c));
 
 const RUN_DESCRIPTION = [
   "Submits the job, then prints its output as it comes: the job's stdout on stdout, its",
@@ -294,7 +295,7 @@ const commands: Command[] = [
           initial: job,
           signal: stop.signal,
           onChunk: writeChunk(ctx),
-          onNote: (line) => ctx.err(`${line}\n`),
+          onNote: (line) => ctx.err(`${inert(line)}\n`),
           onRecord: (r) => {
             if (
               r.state === 'queued' &&
@@ -389,7 +390,7 @@ const commands: Command[] = [
           follow,
           signal: stop.signal,
           onChunk: ctx.globals.json ? jsonChunk(ctx) : writeChunk(ctx),
-          onNote: (line) => ctx.err(`${line}\n`),
+          onNote: (line) => ctx.err(`${inert(line)}\n`),
         });
       } finally {
         offSignal();

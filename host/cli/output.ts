@@ -2,7 +2,12 @@
  * Human output: aligned tables, key/value blocks, relative times, sizes.
  * Hand-written (about 80 lines) rather than a table dependency: we need
  * left/right alignment and no borders, nothing more.
+ *
+ * Every cell, value and JSON document goes through protocol/inert.ts: a
+ * string a guest chose (agent version, a job's error, an event message) can
+ * never clear the screen, set the window title, ring, link or reorder text.
  */
+import { inert, inertJson } from '../../protocol/inert.js';
 
 export type Align = 'left' | 'right';
 
@@ -19,7 +24,7 @@ const pad = (s: string, w: number, align: Align): string => {
  * (the last column is not padded unless it is right-aligned).
  */
 export function table(header: string[], rows: string[][], align: Align[] = []): string {
-  const all = [header.map((h) => h.toUpperCase()), ...rows];
+  const all = [header.map((h) => h.toUpperCase()), ...rows.map((r) => r.map(inert))];
   const widths = header.map((_, c) => Math.max(...all.map((r) => width(r[c] ?? ''))));
   return (
     all
@@ -39,7 +44,9 @@ export function table(header: string[], rows: string[][], align: Align[] = []): 
 
 /** `Key:  value` lines with the values aligned; undefined values are left out. */
 export function keyValues(pairs: [string, string | undefined][]): string {
-  const present = pairs.filter((p): p is [string, string] => p[1] !== undefined && p[1] !== '');
+  const present = pairs
+    .filter((p): p is [string, string] => p[1] !== undefined && p[1] !== '')
+    .map(([k, v]): [string, string] => [k, inert(v)]);
   const w = Math.max(0, ...present.map(([k]) => width(k) + 1));
   return present.map(([k, v]) => `${pad(`${k}:`, w, 'left')}  ${v}`).join('\n') + '\n';
 }
@@ -89,4 +96,7 @@ export function clock(at: string | number): string {
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
-export const json = (v: unknown): string => JSON.stringify(v, null, 2) + '\n';
+/** A JSON document (indented), terminal-safe (see inertJson). */
+export const json = (v: unknown): string => inertJson(v, 2) + '\n';
+/** One JSON line (for streams: `-f --json`, `top --json`), terminal-safe. */
+export const jsonLine = (v: unknown): string => inertJson(v) + '\n';

@@ -12,7 +12,7 @@ import { isActiveVm } from '../../protocol/states.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { str, type Command } from './command.js';
 import { EXIT } from './exit.js';
-import { mib, table } from './output.js';
+import { jsonLine, mib, table } from './output.js';
 
 const SORTS = ['cpu', 'mem', 'name', 'state'] as const;
 type Sort = (typeof SORTS)[number];
@@ -212,7 +212,7 @@ export const topCommands: Command[] = [
         if (finished) return;
         last = ctx.io.now();
         const f = s.frame(sort, last);
-        if (ctx.globals.json) ctx.out(JSON.stringify(f) + '\n');
+        if (ctx.globals.json) ctx.out(jsonLine(f));
         else ctx.out(tty ? CLEAR + renderTop(f) : (frames > 0 ? '\n' : '') + renderTop(f));
         if (iterations !== undefined && ++frames >= iterations) finish(EXIT.OK);
       };

@@ -12,6 +12,7 @@ import {
 import { UsageError, integer, oneOf, seconds } from './args.js';
 import { str, type Command, type Context } from './command.js';
 import { EXIT } from './exit.js';
+import { inert } from '../../protocol/inert.js';
 import { duration, json, keyValues, mib, relativeTime, table } from './output.js';
 
 /** Waiting for a boot under TCG on a loaded 2-core machine takes a while. */
@@ -19,7 +20,7 @@ const START_TIMEOUT_MS = 300_000;
 const STOP_MARGIN_MS = 60_000;
 
 export function vmLine(vm: VmRecord): string {
-  return `${vm.name} (${vm.id}) is ${vm.state}${vm.stateReason ? `: ${vm.stateReason}` : ''}\n`;
+  return `${inert(`${vm.name} (${vm.id}) is ${vm.state}${vm.stateReason ? `: ${vm.stateReason}` : ''}`)}\n`;
 }
 
 export function vmDetails(vm: VmRecord, now: number): string {

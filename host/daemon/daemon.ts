@@ -14,7 +14,7 @@ import { createApi, type Api } from '../api/server.js';
 import { createRoutes } from '../api/routes.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions, type AgentSessions } from '../agent/sessions.js';
-import { createEventLog } from '../events/log.js';
+import { createEventLog, type EventLog } from '../events/log.js';
 import { createHypervisorRegistry } from '../hypervisors/index.js';
 import type { Hypervisor } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
@@ -51,6 +51,8 @@ export interface Daemon {
   readonly vms: VmManager;
   /** Each VM's agent session (calls to the agents). */
   readonly agents: AgentSessions;
+  /** The event/audit log (and its gate for guest-caused events). */
+  readonly events: EventLog;
   readonly api: Api;
   readonly topics: Topics;
   /** The HTTP listener (/metrics, dashboard), when --http is on. */
@@ -129,7 +131,12 @@ export async function startDaemon(
       bus,
       topics: t,
       log: log.child({ component: 'events' }),
-      retention: { days: opts.eventsRetentionDays, maxRows: opts.eventsMaxRows },
+      retention: {
+        days: opts.eventsRetentionDays,
+        maxRows: opts.eventsMaxRows,
+        auditDays: opts.auditRetentionDays,
+        auditMaxRows: opts.auditMaxRows,
+      },
     });
     cleanup.unshift(() => events.close());
     events.prune();
@@ -151,6 +158,7 @@ export async function startDaemon(
       topics: t,
       rollups,
       log: log.child({ component: 'metrics' }),
+      size: (id) => store.vms.get(id),
     });
     const sampler = createHostSampler({ onSample: (f) => telemetry.host(f) });
 
@@ -165,6 +173,7 @@ export async function startDaemon(
       attachChannel: (id, s) => broker.attachAgentChannel(id, s),
       topics: t,
       log,
+      guest: events.guest,
     });
     agents.listen({ telemetry: (id, m) => telemetry.report(id, m) });
     broker.onGuestAgent((vmId, handle) => agents.guest(vmId, handle));
@@ -330,6 +339,7 @@ export async function startDaemon(
       store,
       vms,
       agents,
+      events,
       api,
       topics: t,
       http,

@@ -64,6 +64,8 @@ export interface DaemonOptions {
   logLevel: string;
   eventsRetentionDays: number;
   eventsMaxRows: number;
+  auditRetentionDays: number;
+  auditMaxRows: number;
   statusIntervalMs: number;
   help: boolean;
   version: boolean;
@@ -108,8 +110,11 @@ export const USAGE = `usage: mvirtd [options]
   --allow-anonymous         anonymous controllers over loopback and the unix socket
                             (the default when no --users file is given)
   --stop-vms-on-exit        stop every VM when mvirtd exits (default: leave them running)
-  --events-retention-days N keep events this many days (default 30)
-  --events-max-rows N       keep at most this many events (default 100000)
+  --events-retention-days N keep events this many days (default 30; audit records apart)
+  --events-max-rows N       keep at most this many events (default 100000; audit records apart)
+  --audit-retention-days N  keep audit records this many days (default 365, at least
+                            --events-retention-days)
+  --audit-max-rows N        keep at most this many audit records (default 1000000)
   --telemetry-interval-ms N agents report telemetry this often (default: 5000, the agent's)
   --metrics-retention-hours N
                             keep 1-minute metric roll-ups this long (default 24;
@@ -246,6 +251,8 @@ export function parseOptions(
         'stop-vms-on-exit': { type: 'boolean' },
         'events-retention-days': { type: 'string' },
         'events-max-rows': { type: 'string' },
+        'audit-retention-days': { type: 'string' },
+        'audit-max-rows': { type: 'string' },
         'status-interval-ms': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -327,6 +334,8 @@ export function parseOptions(
     logLevel,
     eventsRetentionDays: int(str('events-retention-days'), 'events-retention-days', 30, 1, 36500),
     eventsMaxRows: int(str('events-max-rows'), 'events-max-rows', 100_000, 100, 100_000_000),
+    auditRetentionDays: int(str('audit-retention-days'), 'audit-retention-days', 365, 1, 36500),
+    auditMaxRows: int(str('audit-max-rows'), 'audit-max-rows', 1_000_000, 100, 100_000_000),
     statusIntervalMs: int(str('status-interval-ms'), 'status-interval-ms', 5000, 100, 3600_000),
     help: (values.help as boolean | undefined) ?? false,
     version: (values.version as boolean | undefined) ?? false,

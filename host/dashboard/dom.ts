@@ -1,4 +1,7 @@
 /** A few DOM helpers: the dashboard is small enough not to need a framework. */
+import { inert } from '../../protocol/inert.js';
+
+/** An element; string children are text (never markup), made inert (no bidi override reorders a row). */
 export function h<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   attrs: Record<string, string | undefined> = {},
@@ -6,7 +9,7 @@ export function h<K extends keyof HTMLElementTagNameMap>(
 ): HTMLElementTagNameMap[K] {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) if (v !== undefined) el.setAttribute(k, v);
-  el.append(...children);
+  el.append(...children.map((c) => (typeof c === 'string' ? inert(c) : c)));
   return el;
 }
 

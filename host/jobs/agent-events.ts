@@ -33,8 +33,21 @@ export function agentPart(
     if (a.phase !== 'running') ctx.markRunning(a);
     a.out ??= ctx.openOutput(a.id, vmId);
     const r = a.out.append({ seq: m.seq, stream: m.stream, data: Buffer.from(m.data) });
+    if (r === 'refused') return refuseSeq(a, vmId, 'output', m.seq);
     if (r === 'gap') requestReplay(a, vmId);
     finishIfComplete(a);
+  }
+
+  /** A sequence number the job cannot have reached: the message is dropped, counted per VM. */
+  function refuseSeq(a: Active, vmId: string, kind: string, seq: number): void {
+    ctx.log.debug(
+      { jobId: a.id, vmId, kind, seq, nextSeq: a.out?.nextSeq },
+      'implausible seq; refused',
+    );
+    ctx.events.guest.refuse(
+      vmId,
+      `${kind} records refused (sequence number beyond the job's output)`,
+    );
   }
 
   /**
@@ -64,6 +77,7 @@ export function agentPart(
     const a = ownJob(vmId, m.jobId, 'exit');
     if (!a) return;
     a.out ??= ctx.openOutput(a.id, vmId);
+    if (!a.out.plausible(m.seq)) return refuseSeq(a, vmId, 'exit', m.seq);
     a.exitRecord = m;
     // The exit overtook output we have not stored: the replay brings it.
     if (m.seq > a.out.nextSeq) requestReplay(a, vmId);

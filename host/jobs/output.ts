@@ -28,6 +28,17 @@ export interface OutputLogOptions {
   batchMs: number;
   /** Out-of-order chunks held back per job while a replay is awaited. */
   holdBytes: number;
+  /**
+   * Sequence numbers beyond what the job could have produced are refused:
+   * at most `seqSlack` plus `maxChunksPerS` for each second since it started
+   * ahead of `nextSeq`. The agent sends a chunk per read of a pipe and
+   * coalesces small reads for 5 ms (guest-agent/jobs.ts), so one job makes
+   * at most a few hundred chunks a second per stream plus one per 128 KiB;
+   * 100,000 a second and a million of slack is far above that, and far
+   * below the 2^53 a hostile guest sends to wreck its record (issue 12).
+   */
+  maxChunksPerS: number;
+  seqSlack: number;
 }
 
 export const DEFAULT_OUTPUT_OPTIONS: OutputLogOptions = {
@@ -35,12 +46,17 @@ export const DEFAULT_OUTPUT_OPTIONS: OutputLogOptions = {
   batchBytes: 256 * 1024,
   batchMs: 20,
   holdBytes: 4 * 1024 * 1024,
+  maxChunksPerS: 100_000,
+  seqSlack: 1_000_000,
 };
 
-export type AppendResult = 'ok' | 'duplicate' | 'gap';
+/** `refused`: beyond what the job could have produced (see maxChunksPerS). */
+export type AppendResult = 'ok' | 'duplicate' | 'gap' | 'refused';
 
 export interface OutputLog {
   readonly nextSeq: number;
+  /** Could the job have produced this sequence number by now? */
+  plausible(seq: number): boolean;
   /** Take one chunk from the agent; `publish` gets it live when it is new and in order. */
   append(c: StoredChunk): AppendResult;
   /** Chunks after a hole are held back: is there a hole now? */
@@ -63,9 +79,16 @@ export function createOutputLog(deps: {
   publish(chunk: OutputChunk, bytes: number): void;
   /** For a storage error: logged by the caller, never thrown into the agent path. */
   onError(err: unknown): void;
+  now?: () => number;
 }): OutputLog {
   const { jobId, repo, options } = deps;
+  const now = deps.now ?? Date.now;
   const rec = repo.get(jobId);
+  // Since when the job could produce output: its start, or now (not started yet).
+  const startedAt = rec?.startedAt ? Date.parse(rec.startedAt) : now();
+  const plausible = (seq: number): boolean =>
+    seq <=
+    nextSeq + options.seqSlack + (options.maxChunksPerS * Math.max(0, now() - startedAt)) / 1000;
   let nextSeq = rec?.nextSeq ?? 0;
   let totalBytes = rec?.outputBytes ?? 0;
   const dropped = { ...(rec?.dropped ?? { chunks: 0, bytes: 0 }) };
@@ -139,8 +162,10 @@ export function createOutputLog(deps: {
     get nextSeq() {
       return nextSeq;
     },
+    plausible,
     append(c) {
       if (c.seq < nextSeq || held.has(c.seq)) return 'duplicate';
+      if (!plausible(c.seq)) return 'refused';
       if (c.seq > nextSeq) {
         // Beyond the bound it is dropped here and must come again in the replay.
         if (heldBytes + c.data.length <= options.holdBytes) {

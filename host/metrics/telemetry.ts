@@ -16,6 +16,7 @@ import {
 import type { Topics } from '../../protocol/topics.js';
 import type { Bus } from '../broker/types.js';
 import type { MvirtLogger } from '../log.js';
+import { clampTelemetry, type VmSize } from './bounds.js';
 import type { Rollups } from './rollup.js';
 
 export interface TelemetryHub {
@@ -73,13 +74,17 @@ export function createTelemetryHub(deps: {
   rollups: Rollups;
   log: MvirtLogger;
   now?: () => number;
+  /** The VM's size: figures above it are clamped (bounds.ts). */
+  size?: (vmId: string) => VmSize | undefined;
 }): TelemetryHub {
   const { bus, topics, rollups, log } = deps;
   const now = deps.now ?? Date.now;
   const latest = new Map<string, VmTelemetry>();
 
   return {
-    report(vmId, t) {
+    report(vmId, sample) {
+      const { t, clamped } = clampTelemetry(sample, deps.size?.(vmId));
+      if (clamped.length) log.debug({ vmId, clamped }, 'guest figures above the VM size; clamped');
       const v = toVmTelemetry(vmId, t, now());
       latest.set(vmId, v);
       // QoS 0: a sample superseded a few seconds later is not worth a retry.

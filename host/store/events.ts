@@ -36,6 +36,14 @@ interface EventRow {
 
 export const DEFAULT_EVENT_LIMIT = 100;
 
+/** Retention bounds: epoch-ms cut-offs and row counts, for audit records and for the rest. */
+export interface PruneBounds {
+  before: number;
+  maxRows: number;
+  auditBefore: number;
+  auditMaxRows: number;
+}
+
 export function createEventRepo(db: Db) {
   const insertEvent = db.prepare(
     `INSERT INTO events (at, level, component, message, data) VALUES (?, ?, ?, ?, ?)`,
@@ -89,9 +97,20 @@ export function createEventRepo(db: Db) {
     return { sql, args };
   }
 
-  const pruneOld = db.prepare(`DELETE FROM events WHERE at < ?`);
+  // Audit records (who changed what) and the rest (state noise, and every
+  // event a guest's messages cause) are kept apart: each class has its own
+  // age and row bound, so no flood of guest events can push an audit record
+  // out. Both DELETEs walk the events_level (level, id) index.
+  const pruneOld = db.prepare(`DELETE FROM events WHERE level != 'audit' AND at < ?`);
   const pruneRows = db.prepare(
-    `DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)`,
+    `DELETE FROM events WHERE level != 'audit' AND id <= (SELECT id FROM events WHERE level != 'audit' ORDER BY id DESC LIMIT 1 OFFSET ?)`,
+  );
+  const pruneOldAudit = db.prepare(`DELETE FROM events WHERE level = 'audit' AND at < ?`);
+  const pruneAuditRows = db.prepare(
+    `DELETE FROM events WHERE level = 'audit' AND id <= (SELECT id FROM events WHERE level = 'audit' ORDER BY id DESC LIMIT 1 OFFSET ?)`,
+  );
+  const count = db.prepare<[], { audit: number; other: number }>(
+    `SELECT COALESCE(SUM(level = 'audit'), 0) AS audit, COALESCE(SUM(level != 'audit'), 0) AS other FROM events`,
   );
 
   return {
@@ -116,12 +135,18 @@ export function createEventRepo(db: Db) {
         return rec;
       });
     },
-    /** Bounded retention: drop events older than `before` and beyond `maxRows`. */
-    prune(before: number, maxRows: number): number {
+    /** Bounded retention, per class: audit records and the rest each by age and row count. */
+    prune(r: PruneBounds): number {
       return db.transaction(
-        () => pruneOld.run(before).changes + pruneRows.run(Math.max(0, maxRows)).changes,
+        () =>
+          pruneOld.run(r.before).changes +
+          pruneRows.run(Math.max(0, r.maxRows)).changes +
+          pruneOldAudit.run(r.auditBefore).changes +
+          pruneAuditRows.run(Math.max(0, r.auditMaxRows)).changes,
       )();
     },
+    /** How many audit records and other events the store holds. */
+    count: (): { audit: number; other: number } => count.get()!,
   };
 }
 

@@ -18,6 +18,7 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
     const running = live.running!;
     ctx.agents.open(live.id, {
       log: live.log,
+      dir: live.dir,
       overNetwork,
       connect: () => running.connectAgent(),
     });
@@ -44,12 +45,18 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
     vms.setAgent(id, hello.boot, hello.agentVersion, ctx.now());
     const rec = vms.get(id);
     if (rec) ctx.publishState(rec);
-    events.append({
+    // Caused by the guest: rate-limited per VM, the excess counted (events/guest-gate.ts).
+    events.guest.append(id, 'hello events not recorded (rate limit)', {
       level: 'info',
       component: 'agent',
       message: `agent hello (mvirt-agent ${hello.agentVersion}, kernel ${hello.kernel})`,
       objects: [id],
-      data: { boot: hello.boot, agentVersion: hello.agentVersion, kernel: hello.kernel },
+      data: {
+        guest: true,
+        boot: hello.boot,
+        agentVersion: hello.agentVersion,
+        kernel: hello.kernel,
+      },
     });
     events.publishVmEvent(id, { at: ctx.now(), type: 'agent.hello' });
   }

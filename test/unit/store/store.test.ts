@@ -127,15 +127,17 @@ test('events: query by object, level and time; retention', async () => {
     s.events.query({ since: base, limit: 2 }).map((e) => e.message),
     ['e0', 'e1'],
   );
-  // Retention: older than e2 goes, then keep at most 5 rows.
-  s.events.prune(base + 2000, 5);
+  // Retention per class: of the rest, older than e2 goes, then at most 3
+  // rows; of the audit records, older than e4 goes, then at most 2 rows.
+  s.events.prune({ before: base + 2000, maxRows: 3, auditBefore: base + 4000, auditMaxRows: 2 });
   assert.deepEqual(
     s.events.query({}).map((e) => e.message),
-    ['e5', 'e6', 'e7', 'e8', 'e9'],
+    ['e4', 'e6', 'e7', 'e8', 'e9'],
   );
-  assert.equal(s.events.query({ objectId: 'vm-a' }).length, 0, 'links cascaded');
+  assert.deepEqual(s.events.count(), { audit: 2, other: 3 });
+  assert.equal(s.events.query({ objectId: 'vm-a' }).length, 1, 'links cascaded');
   const orphans = s.db.prepare('SELECT COUNT(*) AS n FROM event_objects').get() as { n: number };
-  assert.equal(orphans.n, 5);
+  assert.equal(orphans.n, 6);
   s.close();
 });
 
