@@ -18,7 +18,7 @@ import type { TopFrame } from '../../../host/cli/top.js';
 import { AGENT_PROTOCOL_VERSION } from '../../../protocol/agent.js';
 import { encodeCbor } from '../../../protocol/codec.js';
 import type { VmTelemetry } from '../../../protocol/metrics.js';
-import type { EventRecord, JobRecord, VmRecord } from '../../../protocol/rpc.js';
+import type { EventRecord, VmRecord } from '../../../protocol/rpc.js';
 import { memoryIo } from '../../support/cli-io.js';
 import { HOST_ID } from '../../../harness/daemon.js';
 import type { RealGuest } from '../../../harness/fake-vms.js';
