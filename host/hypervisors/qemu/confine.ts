@@ -27,6 +27,7 @@ import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync } from 'node:fs';
 import { chmod, chown, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { HypervisorConfinement, LaunchSpec } from '../types.js';
 import { probeCgroups, type CgroupDriver, type VmCgroup } from './cgroup.js';
@@ -43,6 +44,8 @@ import { probeCgroups, type CgroupDriver, type VmCgroup } from './cgroup.js';
 export const QEMU_OVERHEAD_BASE_MIB = 96;
 /** Thread pool (up to 64 workers), RCU, I/O and vCPU threads, with room. */
 export const QEMU_PIDS_MAX = 128;
+
+const RELEASE_BACKOFF_MS = [50, 100, 200, 400, 800, 1600, 3200];
 
 /** Reserved uid/gid range for per-VM QEMU users (well above login and subordinate ids). */
 export const DEFAULT_UID_BASE = 0x6d760000;
@@ -268,8 +271,19 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       reserved.delete(vmId);
       launching.delete(vmId);
       if (!cgroups) return;
-      const gone = await cgroups.existing(groupOf(path.dirname(dir)), vmId).remove();
-      if (!gone) vlog.warn({ vmId }, 'VM cgroup still busy; removed at its next boot or restart');
+      const cg = cgroups.existing(groupOf(path.dirname(dir)), vmId);
+      // An adopted QEMU (after a daemon restart) is not our child: we learn of
+      // its end from /proc before its new parent reaps it, and a v1 cgroup
+      // with an unreaped zombie refuses rmdir (EBUSY; seen on the dev
+      // machines). v1 has no event for "empty", so retry with backoff
+      // (about 6 s in all); a cgroup still busy then goes at the next sweep.
+      for (const ms of RELEASE_BACKOFF_MS) {
+        if (await cg.remove()) return;
+        await delay(ms, undefined, { ref: false });
+      }
+      if (!(await cg.remove())) {
+        vlog.warn({ vmId }, 'VM cgroup still busy; removed at its next boot or restart');
+      }
     },
     async sweep(vmRoot, slog) {
       if (!cgroups) return;
