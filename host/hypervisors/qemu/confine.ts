@@ -23,11 +23,13 @@
  * bridging). Without root it says so once and runs QEMU as itself,
  * unconfined except for seccomp; system.info shows it.
  */
+import { execFile as execFileCb } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync } from 'node:fs';
-import { chmod, chown, readdir, stat } from 'node:fs/promises';
+import { chmod, chown, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import type { HypervisorConfinement, LaunchSpec } from '../types.js';
 import { probeCgroups, type CgroupDriver, type VmCgroup } from './cgroup.js';
@@ -44,6 +46,23 @@ import { probeCgroups, type CgroupDriver, type VmCgroup } from './cgroup.js';
 export const QEMU_OVERHEAD_BASE_MIB = 96;
 /** Thread pool (up to 64 workers), RCU, I/O and vCPU threads, with room. */
 export const QEMU_PIDS_MAX = 128;
+
+const execFile = promisify(execFileCb);
+
+/**
+ * A TAP without an owner can be attached only with CAP_NET_ADMIN, which the
+ * VM's QEMU does not have; `ip tuntap` cannot change the owner of an existing
+ * TAP (TUNSETIFF: busy), so the TAP the network module made is made again,
+ * same name and bridge, owned by the VM's uid. Follow-up: let the network
+ * module create it with that owner in the first place.
+ */
+async function handTapTo(tap: string, uid: number): Promise<void> {
+  const master = path.basename(await readlink(`/sys/class/net/${tap}/master`));
+  const ip = (...args: string[]) => execFile('ip', args);
+  await ip('link', 'del', 'dev', tap);
+  await ip('tuntap', 'add', 'dev', tap, 'mode', 'tap', 'user', String(uid), 'group', String(uid));
+  await ip('link', 'set', 'dev', tap, 'master', master, 'up');
+}
 
 const RELEASE_BACKOFF_MS = [50, 100, 200, 400, 800, 1600, 3200];
 
@@ -227,6 +246,9 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
             `${f} is not readable by the VM's user (mode ${(st.mode & 0o777).toString(8)}); make it world-readable`,
           );
         }
+      }
+      if (spec.network.mode === 'bridge' && spec.network.tap) {
+        await handTapTo(spec.network.tap, uid);
       }
       let cgroup: VmCgroup | null = null;
       if (cgroups) {
