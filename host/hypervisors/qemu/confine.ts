@@ -48,6 +48,7 @@ export const QEMU_OVERHEAD_BASE_MIB = 96;
 export const QEMU_PIDS_MAX = 128;
 
 const execFile = promisify(execFileCb);
+const TUN = '/dev/net/tun';
 
 /**
  * A TAP without an owner can be attached only with CAP_NET_ADMIN, which the
@@ -56,7 +57,15 @@ const execFile = promisify(execFileCb);
  * same name and bridge, owned by the VM's uid. Follow-up: let the network
  * module create it with that owner in the first place.
  */
-async function handTapTo(tap: string, uid: number): Promise<void> {
+async function handTapTo(tap: string, uid: number, log: Logger): Promise<void> {
+  // Opening /dev/net/tun is harmless by itself (attaching to a TAP checks its
+  // owner), so udev makes it 0666 on every standard distribution; hosts
+  // without udev (containers, these dev machines: 0600) get the same mode.
+  const tun = await stat(TUN);
+  if ((tun.mode & 0o006) !== 0o006) {
+    await chmod(TUN, 0o666);
+    log.info({ path: TUN }, 'made /dev/net/tun 0666 (udev default) so VM users can open their TAP');
+  }
   const master = path.basename(await readlink(`/sys/class/net/${tap}/master`));
   const ip = (...args: string[]) => execFile('ip', args);
   await ip('link', 'del', 'dev', tap);
@@ -248,7 +257,7 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
         }
       }
       if (spec.network.mode === 'bridge' && spec.network.tap) {
-        await handTapTo(spec.network.tap, uid);
+        await handTapTo(spec.network.tap, uid, log);
       }
       let cgroup: VmCgroup | null = null;
       if (cgroups) {
