@@ -162,7 +162,7 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
   async function uidFor(dir: string, vmId: string): Promise<number> {
     const own = (await stat(dir)).uid;
     if (inRange(own)) return own;
-    const taken = new Set(reserved.values());
+    const taken = new Set<number>();
     const root = path.dirname(dir);
     for (const name of await readdir(root)) {
       try {
@@ -172,6 +172,8 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
         // removed meanwhile
       }
     }
+    // No await from here on: two VMs starting at once never get the same uid.
+    for (const uid of reserved.values()) taken.add(uid);
     for (let uid = opts.uidBase; uid < opts.uidBase + opts.uidCount; uid++) {
       if (!taken.has(uid)) {
         reserved.set(vmId, uid);
