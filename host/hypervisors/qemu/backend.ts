@@ -288,6 +288,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         connect,
         handshakeTimeoutMs: opts.launchTimeoutMs,
       });
+      // QMP answers once QEMU has set itself up: seccomp on, running as the VM's uid.
+      confiner.verify(confined, pid);
       consolePump = await startConsolePump({
         socketPath: paths.console,
         logFile: paths.consoleLog,

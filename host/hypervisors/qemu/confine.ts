@@ -2,7 +2,7 @@
  * The confined hypervisor: each QEMU runs as its own unprivileged user, owns
  * only its VM's folder, sits in its own cgroup (cpu, memory, pids), inherits
  * only its stdio, gets an empty environment and runs under QEMU's seccomp
- * filter (`-sandbox`, args.ts; verified by tests through /proc).
+ * filter (`-sandbox`, args.ts), which each launch checks in /proc (verify()).
  *
  * One uid per VM, not one shared `mvirt-vm` user: QEMU's QMP socket lives in
  * its VM's folder, and whoever can connect to it controls that VM (quit,
@@ -25,7 +25,7 @@
  */
 import { execFile as execFileCb } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { accessSync, constants, existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { chmod, chown, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -115,6 +115,11 @@ export interface Confiner {
   prepare(spec: LaunchSpec, binary: string, qemuArgs: string[]): Promise<Confined>;
   /** Put the freshly spawned (still paused) QEMU into its cgroup. */
   join(confined: Confined, pid: number): Promise<void>;
+  /**
+   * Once QEMU answers QMP (it has set itself up): its seccomp mode and uid as
+   * /proc reports them; throws when they are not what was asked for.
+   */
+  verify(confined: Confined, pid: number): void;
   /** Remove the cgroup of the VM whose folder is `dir` once its process is gone. */
   release(dir: string, log: Logger): Promise<void>;
   /**
@@ -297,6 +302,17 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
         await confined.cgroup?.join(pid);
       } finally {
         launching.delete(confined.vmId);
+      }
+    },
+    verify(confined, pid) {
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const field = (k: string) => new RegExp(`^${k}:[ \t]*(.*)$`, 'm').exec(status)?.[1] ?? '';
+      if (opts.seccomp && field('Seccomp').trim() !== '2') {
+        throw new Error(`QEMU runs without its seccomp filter (Seccomp: ${field('Seccomp')})`);
+      }
+      const uids = field('Uid').split(/\s+/).filter(Boolean).map(Number);
+      if (confined.uid !== null && !uids.every((u) => u === confined.uid)) {
+        throw new Error(`QEMU runs as uid ${uids.join('/')}, not ${confined.uid}`);
       }
     },
     async release(dir, vlog) {
