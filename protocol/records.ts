@@ -217,6 +217,18 @@ export const SystemInfo = z.strictObject({
       available: z.boolean(),
       accel: z.string().nullable(),
       reason: z.string().describe('why the backend is unavailable').optional(),
+      confinement: z
+        .strictObject({
+          user: z.boolean().describe('each hypervisor process runs as its own unprivileged user'),
+          cgroup: z
+            .enum(['v2', 'v1'])
+            .nullable()
+            .describe('the cgroup hierarchy limiting its cpu, memory and pids; null: none'),
+          seccomp: z.boolean(),
+          reasons: z.array(z.string()).describe('why a part is off; empty when fully confined'),
+        })
+        .describe('how the hypervisor processes are confined here')
+        .optional(),
     }),
   ),
   vms: z.partialRecord(VmStateSchema, count).describe('count of VMs by state'),

@@ -27,10 +27,11 @@ export function infoText(i: SystemInfo): string {
     b.name,
     b.available ? 'yes' : 'no',
     b.accel ?? '-',
+    confinedText(b.confinement),
     b.reason ?? '',
   ]);
   return backends.length
-    ? `${head}\n${table(['backend', 'available', 'accel', 'note'], backends)}`
+    ? `${head}\n${table(['backend', 'available', 'accel', 'confined', 'note'], backends)}`
     : head;
 }
 
@@ -51,3 +52,14 @@ export const infoCommands: Command[] = [
     },
   },
 ];
+
+/** `own uid, cgroup v1, seccomp`, or what is missing and why. */
+function confinedText(c: NonNullable<SystemInfo['backends']>[number]['confinement']): string {
+  if (!c) return '-';
+  const parts = [
+    c.user ? 'own uid' : 'as mvirtd',
+    c.cgroup ? `cgroup ${c.cgroup}` : 'no cgroup',
+    c.seccomp ? 'seccomp' : 'no seccomp',
+  ];
+  return c.reasons.length ? `${parts.join(', ')} (${c.reasons.join('; ')})` : parts.join(', ');
+}

@@ -163,7 +163,9 @@ export async function startDaemon(
     const sampler = createHostSampler({ onSample: (f) => telemetry.host(f) });
 
     const hypervisors = createHypervisorRegistry(
-      overrides.hypervisors ? { backends: overrides.hypervisors } : {},
+      overrides.hypervisors
+        ? { backends: overrides.hypervisors }
+        : { qemu: { confine: !opts.unconfined } },
       log.child({ component: 'hypervisors' }),
     );
     const images = createImageStore(opts.imagesDir);

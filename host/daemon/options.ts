@@ -61,6 +61,8 @@ export interface DaemonOptions {
   /** Anonymous controllers over loopback/unix; default: only when no users file is given. */
   allowAnonymous: boolean;
   stopVmsOnExit: boolean;
+  /** Run hypervisors as mvirtd's user, no cgroup (debugging, the confinement bench). */
+  unconfined: boolean;
   logLevel: string;
   eventsRetentionDays: number;
   eventsMaxRows: number;
@@ -100,6 +102,8 @@ export const USAGE = `usage: mvirtd [options]
   --default-image NAME      image of a VM created without image (default default)
   --default-backend NAME    hypervisor backend (default qemu)
   --boot-timeout-ms N       time for the agent to say ready (default 120000)
+  --unconfined              run QEMU as mvirtd's user in no cgroup (default: its own uid
+                            and cgroup when root; see README "What runs as whom")
   --stop-timeout-ms N       graceful stop budget before SIGTERM (default 30000)
   --job-output-bytes N      output stored per job; the oldest is dropped beyond it
                             (default 8388608 = 8 MiB)
@@ -249,6 +253,7 @@ export function parseOptions(
         users: { type: 'string' },
         'allow-anonymous': { type: 'boolean' },
         'stop-vms-on-exit': { type: 'boolean' },
+        unconfined: { type: 'boolean' },
         'events-retention-days': { type: 'string' },
         'events-max-rows': { type: 'string' },
         'audit-retention-days': { type: 'string' },
@@ -331,6 +336,7 @@ export function parseOptions(
     allowAnonymous:
       (values['allow-anonymous'] as boolean | undefined) ?? str('users') === undefined,
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,
+    unconfined: (values.unconfined as boolean | undefined) ?? false,
     logLevel,
     eventsRetentionDays: int(str('events-retention-days'), 'events-retention-days', 30, 1, 36500),
     eventsMaxRows: int(str('events-max-rows'), 'events-max-rows', 100_000, 100, 100_000_000),

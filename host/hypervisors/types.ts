@@ -33,6 +33,19 @@ export interface ProbeResult {
   version?: string | null;
   /** Backend-specific probe facts for system.info (QEMU: per-accelerator result and timing). */
   details?: Record<string, unknown>;
+  /** How the backend's hypervisor processes are confined on this host (shown in system.info). */
+  confinement?: HypervisorConfinement;
+}
+
+/** Each part false/null when off, with the reasons; never off silently. */
+export interface HypervisorConfinement {
+  /** Runs as an unprivileged user of its own (not mvirtd's). */
+  user: boolean;
+  /** The cgroup hierarchy limiting its CPU, memory and pids, or null. */
+  cgroup: 'v2' | 'v1' | null;
+  /** Under a seccomp filter. */
+  seccomp: boolean;
+  reasons: string[];
 }
 
 export interface DiskSpec {

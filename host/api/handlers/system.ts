@@ -48,6 +48,7 @@ function build(
         available: p.available,
         accel: p.accel,
         ...(p.reason ? { reason: p.reason } : {}),
+        ...(p.confinement ? { confinement: p.confinement } : {}),
       };
     }),
     vms: d.vms.countByState(),

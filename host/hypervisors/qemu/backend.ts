@@ -28,6 +28,14 @@ import {
   type QemuPaths,
 } from './args.js';
 import { startConsolePump, type ConsolePump } from './console.js';
+import {
+  createConfiner,
+  DEFAULT_UID_BASE,
+  DEFAULT_UID_COUNT,
+  resolveProgram,
+  type Confined,
+  type Confinement,
+} from './confine.js';
 import { probeQemu, type QemuProbe } from './probe.js';
 import { readCmdline, readProcStat } from '../proc.js';
 import { connectQmp, type QmpClient } from './qmp.js';
@@ -48,6 +56,17 @@ export interface QemuBackendOptions {
   agentConnectTimeoutMs?: number;
   tcgTbSizeMiB?: number;
   sandbox?: boolean;
+  /**
+   * Run each QEMU as its VM's own uid in its own cgroup (confine.ts); needs
+   * root. false, or mvirtd not root: QEMU runs as mvirtd's user, said once
+   * at start and shown in system.info.
+   */
+  confine?: boolean;
+  /** First of the uids reserved for VMs, and how many. */
+  uidBase?: number;
+  uidCount?: number;
+  /** The launcher that drops privileges (util-linux). */
+  setpriv?: string;
   /** console.log cap for re-attached VMs (the spec's value is not persisted). */
   consoleLogBytes?: number;
   /** Where /dev/vhost-vsock is looked for (tests). */
@@ -64,6 +83,10 @@ const DEFAULTS = {
   agentConnectTimeoutMs: 5000,
   tcgTbSizeMiB: 128,
   sandbox: true,
+  confine: true,
+  uidBase: DEFAULT_UID_BASE,
+  uidCount: DEFAULT_UID_COUNT,
+  setpriv: 'setpriv',
   consoleLogBytes: 1024 * 1024,
   vhostVsockPath: '/dev/vhost-vsock',
 } as const;
@@ -84,6 +107,8 @@ async function logTail(file: string, bytes = 2048): Promise<string> {
 export interface QemuBackend extends Hypervisor {
   /** The full probe (both accelerators), cached. */
   probeDetails(): Promise<QemuProbe>;
+  /** How QEMU processes are confined here (decided once, at construction). */
+  readonly confinement: Confinement;
 }
 
 export function createQemuBackend(options: QemuBackendOptions, log: Logger): QemuBackend {
@@ -103,6 +128,34 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     console: true,
     directKernelBoot: true,
   };
+
+  const confiner = createConfiner(
+    {
+      enabled: opts.confine,
+      seccomp: opts.sandbox,
+      uidBase: opts.uidBase,
+      uidCount: opts.uidCount,
+      tcgTbSizeMiB: opts.tcgTbSizeMiB,
+      setpriv: opts.setpriv,
+    },
+    blog,
+  );
+  // QEMU gets an empty environment, so the launcher needs its absolute path.
+  const binary = resolveProgram(opts.binary) ?? opts.binary;
+  /** Each data folder's VM cgroups are swept once, at the first call about it (recovery). */
+  const swept = new Set<string>();
+  const sweep = async (dir: string) => {
+    const root = path.dirname(dir);
+    if (swept.has(root)) return;
+    swept.add(root);
+    await confiner
+      .sweep(root, blog)
+      .catch((err: unknown) => blog.warn({ err }, 'cgroup sweep failed'));
+  };
+  const release = (dir: string, vmLog: Logger) =>
+    confiner
+      .release(dir, vmLog)
+      .catch((err: unknown) => vmLog.warn({ err }, 'cannot remove the VM cgroup'));
 
   let probing: Promise<QemuProbe> | null = null;
   const probeDetails = () =>
@@ -131,6 +184,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       accel,
       version: p.version,
       details: { binary: p.binary, kvm: p.kvm, tcg: p.tcg, machine: opts.machine },
+      confinement: confiner.state,
     };
     if (!accel)
       result.reason = opts.accel === 'kvm' ? `kvm: ${p.kvm.reason}` : `tcg: ${p.tcg.reason}`;
@@ -160,18 +214,41 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       sandbox: opts.sandbox,
     });
     await mkdir(spec.dir, { recursive: true, mode: 0o700 });
+    await sweep(spec.dir);
     await removeSockets(paths);
+    let confined: Confined;
+    try {
+      confined = await confiner.prepare(spec, binary, args);
+    } catch (err) {
+      await release(spec.dir, vmLog);
+      throw new MvirtError('BOOT_FAILED', `cannot confine QEMU: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
     const out = await open(paths.log, 'w');
     const started = Date.now();
     let child: ChildProcess;
     try {
       // Own session (setsid): signals to mvirtd's group and its exit do not reach QEMU.
-      child = spawn(opts.binary, args, { detached: true, stdio: ['ignore', out.fd, out.fd] });
+      // Only stdio is inherited (Node opens everything else close-on-exec), and no
+      // environment variable at all.
+      child = spawn(confined.command, confined.args, {
+        detached: true,
+        stdio: ['ignore', out.fd, out.fd],
+        env: confined.env,
+      });
     } finally {
       await out.close();
     }
     vmLog.info(
-      { pid: child.pid, accel, machine: opts.machine, argv: [opts.binary, ...args] },
+      {
+        pid: child.pid,
+        accel,
+        machine: opts.machine,
+        uid: confined.uid,
+        cgroup: confined.cgroup?.dirs,
+        argv: [confined.command, ...confined.args],
+      },
       'QEMU spawned',
     );
 
@@ -196,6 +273,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       const pid = child.pid;
       const stat = pid !== undefined ? readProcStat(pid) : null;
       if (pid === undefined || !stat) throw new Error('QEMU did not start');
+      // Paused (-S) until `cont` below: the guest's first instruction already runs in the cgroup.
+      await confiner.join(confined, pid);
       const runtime: VmRuntime = {
         backend: QEMU_BACKEND,
         pid,
@@ -209,6 +288,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         connect,
         handshakeTimeoutMs: opts.launchTimeoutMs,
       });
+      // QMP answers once QEMU has set itself up: seccomp on, running as the VM's uid.
+      confiner.verify(confined, pid);
       consolePump = await startConsolePump({
         socketPath: paths.console,
         logFile: paths.consoleLog,
@@ -219,7 +300,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       // QEMU was started with -S: the console is connected, run the guest now.
       await qmp.execute('cont');
       vmLog.info({ pid, ms: Date.now() - started }, 'QEMU running');
-      return createQemuVm({
+      const vm = createQemuVm({
         runtime,
         paths,
         qmp,
@@ -228,6 +309,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         log: vmLog,
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
       });
+      void vm.exited.then(() => release(spec.dir, vmLog));
+      return vm;
     } catch (err) {
       qmp?.close();
       consolePump?.close();
@@ -235,6 +318,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         child.kill('SIGKILL');
       }
       const exit = await exitedEarly;
+      await release(spec.dir, vmLog);
       const tail = await logTail(paths.log);
       const how = exit.error
         ? `could not be started: ${exit.error.message}`
@@ -279,6 +363,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
   };
 
   async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
+    await sweep(dir);
     const who = identify(runtime, dir);
     if (who !== 'ours') throw attachError(who, OWNERSHIP_TEXT[who](runtime, dir));
     const paths = qemuPaths(dir);
@@ -306,7 +391,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       vmLog.warn({ err }, 'cannot reconnect the serial console');
     }
     vmLog.info({ pid: runtime.pid }, 'QEMU re-attached');
-    return createQemuVm({
+    const vm = createQemuVm({
       runtime,
       paths,
       qmp,
@@ -314,6 +399,9 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       log: vmLog,
       agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
     });
+    // The adopted process keeps its cgroup; removed when it ends.
+    void vm.exited.then(() => release(dir, vmLog));
+    return vm;
   }
 
   /**
@@ -321,6 +409,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
    * whose QMP does not answer, and its guest has no say any more either way.
    */
   async function dispose(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<void> {
+    await sweep(dir);
     const who = identify(runtime, dir);
     if (who !== 'ours') {
       vmLog.debug({ pid: runtime.pid, who }, 'leftover QEMU not ours to end');
@@ -339,6 +428,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     capabilities,
     probe,
     probeDetails,
+    confinement: confiner.state,
     launch,
     identify,
     attach,
