@@ -193,6 +193,8 @@ export const PARAMS = {
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),
       level: z.enum(['debug', 'info', 'warn', 'error', 'audit']).optional(),
+      /** Exact actor: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>`, `mvirtd`. */
+      actor: z.string().min(1).max(200).optional(),
       since: z.union([z.number(), z.string().datetime()]).optional(),
       until: z.union([z.number(), z.string().datetime()]).optional(),
       limit: z.number().int().min(1).max(10_000).optional(),
@@ -292,6 +294,10 @@ export interface EventRecord {
   message: string;
   objects: string[];
   data?: unknown;
+  /** Who acted: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>` or `mvirtd`. */
+  actor?: string;
+  /** The controller's client id, when a controller acted. */
+  actorClient?: string;
 }
 
 export interface SystemInfo {

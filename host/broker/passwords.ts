@@ -8,6 +8,8 @@
  * `node --import tsx host/broker/hash-password.ts` (reads the password on stdin).
  */
 import { randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import pLimit from 'p-limit';
+import { MvirtError } from '../../protocol/errors.js';
 
 const KEY_LENGTH = 32;
 const SALT_LENGTH = 16;
@@ -54,18 +56,32 @@ export async function hashPassword(
   return `$scrypt$n=${o.N},r=${o.r},p=${o.p}$${salt.toString('base64')}$${key.toString('base64')}`;
 }
 
+/**
+ * Password checks run one at a time, and at most MAX_WAITING wait. Each
+ * scrypt at the default parameters takes 128·N·r = 16 MiB on libuv's shared
+ * thread pool; unbounded, 64 connections looping wrong passwords grew mvirtd
+ * by 87 MiB and slowed a logged-in controller's vm.create from 17 ms to 9 s
+ * (issue 11), because the pool also serves SQLite-free fs work. One at a time
+ * bounds pre-auth scrypt memory to 16 MiB and leaves three of the four pool
+ * threads to everyone else; a login beyond the queue is refused at once.
+ */
+const checks = pLimit(1);
+export const MAX_WAITING_CHECKS = 64;
+
 /** Constant-time check of a password against a stored hash (false on a malformed hash). */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   const h = parsePasswordHash(stored);
   if (!h) return false;
-  const key = await scrypt(password, h.salt, h.hash.length, {
-    N: h.N,
-    r: h.r,
-    p: h.p,
-    maxmem: MAX_MEM,
-  });
+  if (checks.pendingCount >= MAX_WAITING_CHECKS)
+    throw new MvirtError('NOT_AUTHORIZED', 'too many logins in progress; try again in a moment');
+  const key = await checks(() =>
+    scrypt(password, h.salt, h.hash.length, { N: h.N, r: h.r, p: h.p, maxmem: MAX_MEM }),
+  );
   return timingSafeEqual(key, h.hash);
 }
+
+/** Password checks running or waiting now (for tests and logs). */
+export const checksInFlight = (): number => checks.activeCount + checks.pendingCount;
 
 /**
  * A fixed hash for unknown user names: verifying against it costs the same as

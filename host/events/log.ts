@@ -9,6 +9,7 @@ import type { EventQuery, EventRepo, EventLevel } from '../store/index.js';
 import type { EventRecord, VmEvent } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
 import type { MvirtLogger } from '../log.js';
+import { actorClientId, actorName, currentActing } from '../auth/actor.js';
 
 export interface AppendEvent {
   level: EventLevel;
@@ -69,7 +70,10 @@ export function createEventLog(deps: {
   return {
     append(e) {
       const at = Date.now();
-      const id = repo.append({ ...e, at });
+      const { actor: who } = currentActing();
+      const actor = actorName(who);
+      const actorClient = actorClientId(who);
+      const id = repo.append({ ...e, at, actor, actorClient });
       const rec: EventRecord = {
         id,
         at: new Date(at).toISOString(),
@@ -79,7 +83,12 @@ export function createEventLog(deps: {
         objects: [...e.objects],
       };
       if (e.data !== undefined) rec.data = e.data;
-      log[e.level]({ component: e.component, objects: e.objects, data: e.data }, e.message);
+      rec.actor = actor;
+      if (actorClient !== null) rec.actorClient = actorClient;
+      log[e.level](
+        { component: e.component, objects: e.objects, data: e.data, actor, actorClient },
+        e.message,
+      );
       publish(topics.events, rec);
       if (++sinceprune >= pruneEvery) prune();
       return rec;

@@ -156,7 +156,8 @@ export async function rpcClient(url: string, root: string): Promise<RpcClient> {
   const b = brokerOptions(url);
   const opts = { ...b.opts, clientId, protocolVersion: 4 as const, reconnectPeriod: 0 };
   const client = await (b.url ? mqtt.connectAsync(b.url, opts) : mqtt.connectAsync(opts));
-  const replyTopic = `test/replies/${clientId}`;
+  // The client's own reply namespace (PROTOCOL.md): the only place mvirtd replies to.
+  const replyTopic = `${root.slice(0, root.lastIndexOf('/'))}/_clients/${clientId}/replies`;
   const waiting = new Map<string, (r: ReplyEnvelope) => void>();
   const watchers = new Set<(topic: string, payload: Buffer) => void>();
   client.on('message', (topic, payload) => {

@@ -157,10 +157,12 @@ describe('mvirt commands against a fake daemon', () => {
       component: 'vm',
       message,
       objects: ['vm-x'],
+      actor: 'user:alice',
+      actorClient: 'ctl-1',
     });
     await fake.publishEvent(ev(1, 'first'));
     let r = await mvirt(['events']);
-    assert.match(r.out, /info +vm +first +\[vm-x\]/);
+    assert.match(r.out, /info +vm +user:alice \(ctl-1\) +first +\[vm-x\]/);
 
     const io = memoryIo({ env: { MVIRT_BROKER: broker.url } });
     const following = mvirt(['events', '-f', '--json'], io);
