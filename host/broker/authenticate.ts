@@ -142,7 +142,10 @@ export function createAuthenticate(d: Deps) {
       principal = controller(client, username);
     } else if (username !== undefined) {
       const limited = d.limiter?.check(ci.remote, username) ?? null;
-      if (limited !== null) throw refusal(NOT_AUTHORIZED, limited);
+      if (limited !== null) {
+        await new Promise((resolve) => setTimeout(resolve, d.limiter!.penaltyMs).unref());
+        throw refusal(NOT_AUTHORIZED, limited);
+      }
       if (!(await checkUser(d.users, username, password?.toString('utf8') ?? ''))) {
         d.limiter?.failed(ci.remote, username);
         throw refusal(
@@ -163,7 +166,8 @@ export function createAuthenticate(d: Deps) {
     }
     const w = willProblem(principal, (client as unknown as { _will: Will })._will);
     if (w !== null) throw refusal(NOT_AUTHORIZED, w);
-    const taken = principal.role === 'controller' ? bindClientId(d.registry, client, principal) : null;
+    const taken =
+      principal.role === 'controller' ? bindClientId(d.registry, client, principal) : null;
     if (taken !== null) throw refusal(IDENTIFIER_REJECTED, taken);
     return principal;
   }

@@ -11,7 +11,13 @@
  */
 import type { AedesPublishPacket, Client, PublishPacket, Subscription } from 'aedes';
 import type { MvirtLogger } from '../log.js';
-import { identityOf, mayReceive, publishProblem, subscribeProblem, type AclContext } from './acl.js';
+import {
+  identityOf,
+  mayReceive,
+  publishProblem,
+  subscribeProblem,
+  type AclContext,
+} from './acl.js';
 import type { RetainedQuota } from './quotas.js';
 import type { Registry } from './registry.js';
 import type { Counters } from './stats.js';

@@ -11,15 +11,28 @@ export interface LoginLimitOptions {
   burst: number;
   perSecond: number;
   maxKeys: number;
+  /**
+   * A refused login is answered after this long (a tarpit): refused at once,
+   * 64 connections looping a wrong password reconnect as fast as the event
+   * loop lets them and take it from everyone else; held, each costs one
+   * timer and its socket (bounded by the listener's maxConnections).
+   */
+  penaltyMs: number;
 }
 
 /**
  * 20 failures at once, then one every 2 s per source, and the same per user:
  * a person who mistypes is never slowed; a guessing loop gets 0.5 tries/s.
  */
-export const DEFAULT_LOGIN_LIMITS: LoginLimitOptions = { burst: 20, perSecond: 0.5, maxKeys: 10_000 };
+export const DEFAULT_LOGIN_LIMITS: LoginLimitOptions = {
+  burst: 20,
+  perSecond: 0.5,
+  maxKeys: 10_000,
+  penaltyMs: 2000,
+};
 
 export interface LoginLimiter {
+  readonly penaltyMs: number;
   /** null when a login may be tried, otherwise why not (and when to retry). */
   check(source: string | null, user: string | undefined): string | null;
   failed(source: string | null, user: string | undefined): void;
@@ -49,6 +62,7 @@ export function createLoginLimiter(
   ];
 
   return {
+    penaltyMs: o.penaltyMs,
     check(source, user) {
       for (const k of keys(source, user)) {
         const b = level(k);

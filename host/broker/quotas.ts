@@ -25,7 +25,9 @@ export const DEFAULT_RETAINED_LIMITS: RetainedLimits = {
   maxMessages: 10_000,
 };
 
-export function createRetainedQuota(limits: RetainedLimits = DEFAULT_RETAINED_LIMITS): RetainedQuota {
+export function createRetainedQuota(
+  limits: RetainedLimits = DEFAULT_RETAINED_LIMITS,
+): RetainedQuota {
   const byTopic = new Map<string, { identity: string; bytes: number }>();
   const usage = new Map<string, { bytes: number; messages: number }>();
   const account = (identity: string): { bytes: number; messages: number } => {

@@ -75,5 +75,4 @@ export function loadUserEntries(path: string): Users {
   return parseUserEntries(json, path);
 }
 
-export const loadUsersFile = (path: string): Map<string, string> =>
-  hashesOf(loadUserEntries(path));
+export const loadUsersFile = (path: string): Map<string, string> => hashesOf(loadUserEntries(path));

@@ -18,7 +18,8 @@ export function clientIdProblem(id: string): string | null {
   // eslint-disable-next-line no-control-regex -- refusing control characters is the point
   if (/[/+#\u0000-\u001f\u007f]/.test(id))
     return "client id contains '/', '+', '#' or a control character (it names a topic level)";
-  if (id === '.' || id === '..' || id.startsWith('$')) return `client id ${JSON.stringify(id)} is reserved`;
+  if (id === '.' || id === '..' || id.startsWith('$'))
+    return `client id ${JSON.stringify(id)} is reserved`;
   return null;
 }
 
