@@ -20,7 +20,7 @@ async function rpcVersusEcho(): Promise<BenchRow[]> {
   try {
     const echo = await echoRoundTrip({ bus: d.daemon.broker, url: d.url, count: 2000 });
     const client = await connectController(d.url, { clientId: 'bench-info' });
-    const replyTopic = 'bench/info/reply';
+    const replyTopic = 'mvirt/_clients/bench-info/replies';
     const info = await measureRoundTrips({
       client,
       requestTopic: `${d.root}/rpc/system.info`,

@@ -72,7 +72,8 @@ let seq = 0;
 export async function rpcClient(d: DaemonAddress): Promise<RpcClient> {
   const clientId = nextClientId();
   const client = await connectController(d.url, { clientId });
-  const replyTopic = `test/replies/${clientId}`;
+  // The client's own reply namespace (docs/protocol.md): the only place mvirtd replies to.
+  const replyTopic = `${d.root.slice(0, d.root.lastIndexOf('/'))}/_clients/${clientId}/replies`;
   const waiting = new Map<string, (r: ReplyEnvelope) => void>();
   const watchers = new Set<(topic: string, payload: Buffer) => void>();
   client.on('message', (topic, payload) => {

@@ -16,8 +16,12 @@ export function encode(value: unknown, encoding: Encoding): Buffer {
   return encoding === 'cbor' ? cbor.encode(value) : Buffer.from(JSON.stringify(value));
 }
 
+/** UTF-8 byte-order mark: some tools (PowerShell, Notepad) start JSON with it. */
+const hasBom = (p: Uint8Array): boolean =>
+  p.length >= 3 && p[0] === 0xef && p[1] === 0xbb && p[2] === 0xbf;
+
 export function sniffEncoding(payload: Uint8Array): Encoding {
-  for (const b of payload) {
+  for (const b of hasBom(payload) ? payload.subarray(3) : payload) {
     if (b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d) continue;
     return b === 0x7b ? 'json' : 'cbor';
   }
@@ -26,7 +30,13 @@ export function sniffEncoding(payload: Uint8Array): Encoding {
 
 /** Decode a payload; throws on malformed input (callers map that to BAD_REQUEST). */
 export function decode(payload: Uint8Array, encoding: Encoding = sniffEncoding(payload)): unknown {
-  if (encoding === 'json') return JSON.parse(Buffer.from(payload).toString('utf8'));
+  if (encoding === 'json')
+    return JSON.parse(
+      Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString(
+        'utf8',
+        hasBom(payload) ? 3 : 0,
+      ),
+    );
   return cbor.decode(payload);
 }
 

@@ -8,6 +8,8 @@ export const ERROR_CODES = {
   INVALID_PARAMS: 'Parameters failed validation: wrong type, missing or unknown field.',
   UNKNOWN_METHOD: 'No such RPC method.',
   NOT_AUTHORIZED: 'The client may not do this (authentication or ACL).',
+  FORBIDDEN:
+    "The caller's role or scope does not allow this method on this object; nothing was changed. Ask an admin for a role that does (docs/security.md).",
   PAYLOAD_TOO_LARGE: 'A packet or payload exceeds the configured limit.',
   INVALID_NAME: 'A name, client id or topic contains forbidden characters or is too long.',
   VM_NOT_FOUND: 'No VM with that id or name.',

@@ -197,6 +197,11 @@ export const EventRecord = z.strictObject({
     .array(z.string())
     .describe('ids of every object the event touches (VM, job, image, host:<id>, …)'),
   data: z.unknown().optional(),
+  actor: z
+    .string()
+    .optional()
+    .describe('who acted: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>` or `mvirtd`'),
+  actorClient: z.string().optional().describe("the controller's client id, when a controller acted"),
 });
 export type EventRecord = z.infer<typeof EventRecord>;
 

@@ -1,10 +1,12 @@
 /**
  * The one route table: every RPC method of protocol/rpc.ts maps to its params
- * schema (from the protocol, never redefined here) and its handler. The type
- * requires an entry for every method, so a method added to the protocol does
- * not compile until it is routed.
+ * schema (from the protocol, never redefined here), the permission it needs
+ * and its handler. The types require an entry for every method, so a method
+ * added to the protocol does not compile until it is routed and given a
+ * permission.
  */
 import { PARAMS, type RpcMethod } from '../../protocol/rpc.js';
+import type { Permission } from '../auth/roles.js';
 import type { Handlers, RouteTable } from './types.js';
 import { systemHandlers, type SystemDeps } from './handlers/system.js';
 import { vmHandlers, type VmHandlerDeps } from './handlers/vm.js';
@@ -20,6 +22,38 @@ export type RouteDeps = SystemDeps &
   PoolHandlerDeps &
   MetricsHandlerDeps;
 
+const read = (scope: Permission['scope']): Permission => ({ role: 'viewer', scope });
+const operate = (scope: Permission['scope']): Permission => ({ role: 'operator', scope });
+const vm = { kind: 'vm', param: 'vm' } as const;
+const job = { kind: 'job', param: 'jobId' } as const;
+const pool = { kind: 'pool', param: 'name' } as const;
+
+/** Who may call what (host/auth/roles.ts describes the roles; docs/security.md the table). */
+export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
+  'system.info': read({ kind: 'none' }),
+  'vm.create': operate({ kind: 'create' }),
+  'vm.get': read(vm),
+  'vm.list': read({ kind: 'list' }),
+  'vm.start': operate(vm),
+  'vm.stop': operate(vm),
+  'vm.kill': operate(vm),
+  'vm.pause': operate(vm),
+  'vm.resume': operate(vm),
+  'vm.reboot': operate(vm),
+  'vm.delete': operate(vm),
+  'job.run': operate({ kind: 'job-target' }),
+  'job.get': read(job),
+  'job.list': read({ kind: 'list' }),
+  'job.cancel': operate(job),
+  'job.logs': read(job),
+  'pool.set': { role: 'admin', scope: { kind: 'create' } },
+  'pool.get': read(pool),
+  'pool.list': read({ kind: 'list' }),
+  'pool.delete': { role: 'admin', scope: pool },
+  'events.query': read({ kind: 'list' }),
+  'metrics.query': read({ ...vm, optional: true }),
+};
+
 export function createRoutes(deps: RouteDeps): RouteTable {
   const handlers: Handlers<RpcMethod> = {
     ...systemHandlers(deps),
@@ -31,7 +65,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {
-    table[m] = { schema: PARAMS[m], handler: handlers[m] };
+    table[m] = { schema: PARAMS[m], permission: PERMISSIONS[m], handler: handlers[m] };
   }
   return table as RouteTable;
 }

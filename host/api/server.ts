@@ -6,9 +6,12 @@
  * Input is untrusted: anything that cannot be decoded, validated or routed
  * gets a typed error (when a reply topic can be read) and nothing else.
  */
-import type { Bus } from '../broker/types.js';
+import type { Bus, Sender } from '../broker/types.js';
+import type { AppendEvent } from '../events/log.js';
+import type { AccessCheck } from './access.js';
+import { salvageCbor } from './salvage.js';
 import { decode, encode, sniffEncoding, type Encoding } from '../../protocol/codec.js';
-import { MvirtError, toErrorBody } from '../../protocol/errors.js';
+import { MvirtError, toErrorBody, type ErrorBody } from '../../protocol/errors.js';
 import { RequestEnvelope, type ReplyEnvelope, type RpcMethod } from '../../protocol/rpc.js';
 import { parseRpcTopic, topicProblem, type Topics } from '../../protocol/topics.js';
 import { parseWith } from '../../protocol/validate.js';
@@ -38,6 +41,9 @@ export function replyTopicProblem(root: string, topic: string): string | null {
   return null;
 }
 
+/** An id is echoed up to this many characters (the envelope allows no more). */
+const MAX_ECHOED_ID = 256;
+
 /** Best effort for payloads that are not valid JSON: still find where to reply. */
 function salvage(payload: Buffer): { replyTo?: string; id?: string } {
   const text = payload.subarray(0, 4096).toString('utf8');
@@ -58,11 +64,37 @@ function salvage(payload: Buffer): { replyTo?: string; id?: string } {
   return out;
 }
 
+/** Error messages and details stay short whatever the request held (issue 11). */
+const MAX_ERROR_MESSAGE = 1024;
+const MAX_ERROR_DETAILS = 4096;
+
+type WireError = Pick<ErrorBody, 'message' | 'details'> & { code: string };
+
+function boundError(e: WireError): WireError {
+  const out: WireError = { code: e.code, message: e.message };
+  if (e.message.length > MAX_ERROR_MESSAGE)
+    out.message = `${e.message.slice(0, MAX_ERROR_MESSAGE)}… (${e.message.length - MAX_ERROR_MESSAGE} more characters)`;
+  if (e.details !== undefined) {
+    let size = Infinity;
+    try {
+      size = JSON.stringify(e.details).length;
+    } catch {
+      // circular or otherwise unencodable: dropped below
+    }
+    if (size <= MAX_ERROR_DETAILS) out.details = e.details;
+  }
+  return out;
+}
+
 export function createApi(deps: {
   bus: Bus;
   topics: Topics;
   routes: RouteTable;
   log: MvirtLogger;
+  /** Role and scope checks (access.ts); without it every caller may call everything. */
+  access?: AccessCheck;
+  /** Records refusals in the event log (level audit). */
+  audit?: (e: AppendEvent) => void;
 }): Api {
   const { bus, topics, routes } = deps;
   const log = deps.log.child({ component: 'api' });
@@ -73,20 +105,27 @@ export function createApi(deps: {
     replyTo: string | undefined,
     encoding: Encoding,
     body: ReplyEnvelope,
+    sender: Sender | undefined,
   ): Promise<void> {
     if (replyTo === undefined) return; // fire-and-forget request
+    const refused = sender?.replyRefusal(replyTo) ?? null;
+    if (refused !== null) {
+      log.warn({ replyTo, reason: refused }, 'refusing to reply to this topic');
+      return;
+    }
     const problem = replyTopicProblem(topics.root, replyTo);
     if (problem) {
       log.warn({ replyTo, problem }, 'refusing to reply to this topic');
       return;
     }
+    if (!body.ok) body = { ...body, error: boundError(body.error) };
     // QoS 0: callers are connected and waiting; in aedes a QoS 1 publish also
     // looks up offline sessions on every reply, which costs the round trip
     // about a third (bench/daemon.ts).
     await bus.publish(replyTo, encode(body, encoding), { qos: 0 });
   }
 
-  async function handle(topic: string, payload: Buffer): Promise<void> {
+  async function handle(topic: string, payload: Buffer, sender: Sender | undefined): Promise<void> {
     const method = parseRpcTopic(topics.root, topic);
     if (method === null) return;
     const encoding = sniffEncoding(payload);
@@ -98,7 +137,7 @@ export function createApi(deps: {
       try {
         raw = decode(payload, encoding);
       } catch (err) {
-        if (encoding === 'json') ({ replyTo, id } = salvage(payload));
+        ({ replyTo, id } = encoding === 'json' ? salvage(payload) : salvageCbor(payload));
         throw new MvirtError('BAD_REQUEST', `the request is not valid ${encoding.toUpperCase()}`, {
           cause: err,
         });
@@ -111,7 +150,15 @@ export function createApi(deps: {
       }
       // Read where to reply before validating, so a bad envelope still gets an answer.
       if (typeof raw.replyTo === 'string' && raw.replyTo.length > 0) replyTo = raw.replyTo;
-      if (typeof raw.id === 'string') id = raw.id;
+      if (typeof raw.id === 'string') id = raw.id.slice(0, MAX_ECHOED_ID);
+      // A reply goes only where the caller alone can read it (its own reply
+      // namespace); anywhere else the request is not even run.
+      const refused = replyTo === undefined ? null : (sender?.replyRefusal(replyTo) ?? null);
+      if (refused !== null) {
+        log.warn({ method, replyTo, reason: refused }, 'request dropped: reply topic refused');
+        replyTo = undefined;
+        return;
+      }
       const env = parseWith(RequestEnvelope, raw, 'BAD_REQUEST', 'request');
       if (!Object.prototype.hasOwnProperty.call(routes, method)) {
         throw new MvirtError('UNKNOWN_METHOD', `no method named ${method}`, {
@@ -120,23 +167,47 @@ export function createApi(deps: {
       }
       const route = routes[method as RpcMethod] as Route<RpcMethod>;
       const params: unknown = parseWith(route.schema, env.params);
+      authorize(sender, method as RpcMethod, route, params);
       const ctx = { method: method as RpcMethod, encoding, ...(id !== undefined ? { id } : {}) };
-      const result = await (route.handler as (p: unknown, c: typeof ctx) => unknown)(params, ctx);
+      const out = await (route.handler as (p: unknown, c: typeof ctx) => unknown)(params, ctx);
+      const result =
+        sender && deps.access ? deps.access.filter(sender.access, method as RpcMethod, out) : out;
       log.debug({ method, id, ms: Math.round(performance.now() - t0) }, 'request done');
-      await reply(replyTo, encoding, { ...(id !== undefined ? { id } : {}), ok: true, result });
+      await reply(replyTo, encoding, { ...(id !== undefined ? { id } : {}), ok: true, result }, sender);
     } catch (err) {
       const error = toErrorBody(err);
       if (error.code === 'INTERNAL') log.error({ method, id, err }, 'request failed unexpectedly');
       else log.debug({ method, id, code: error.code, message: error.message }, 'request refused');
-      await reply(replyTo, encoding, { ...(id !== undefined ? { id } : {}), ok: false, error });
+      await reply(replyTo, encoding, { ...(id !== undefined ? { id } : {}), ok: false, error }, sender);
     }
+  }
+
+  /** Throws FORBIDDEN (and records it) unless the sender may make this call. */
+  function authorize(
+    sender: Sender | undefined,
+    method: RpcMethod,
+    route: Route<RpcMethod>,
+    params: unknown,
+  ): void {
+    if (sender === undefined)
+      throw new MvirtError('FORBIDDEN', 'a request of unknown origin is not served');
+    const no = deps.access?.check(sender.access, method, route.permission, params) ?? null;
+    if (no === null) return;
+    deps.audit?.({
+      level: 'audit',
+      component: 'api',
+      message: `${method} refused: ${no.reason}`,
+      objects: no.objects,
+      data: { method, refused: true },
+    });
+    throw new MvirtError('FORBIDDEN', no.reason, { details: { method } });
   }
 
   return {
     async start() {
-      unsubscribe = await bus.subscribe(topics.rpcWildcard, (topic, payload) => {
+      unsubscribe = await bus.subscribe(topics.rpcWildcard, (topic, payload, sender) => {
         inFlight++;
-        handle(topic, payload)
+        handle(topic, payload, sender)
           .catch((err: unknown) => log.error({ err, topic }, 'cannot send reply'))
           .finally(() => inFlight--);
       });

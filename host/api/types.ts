@@ -2,6 +2,7 @@
 import type { z } from 'zod';
 import type { PARAMS, ResultOf, RpcMethod } from '../../protocol/rpc.js';
 import type { Encoding } from '../../protocol/codec.js';
+import type { Permission } from '../auth/roles.js';
 
 export interface RequestCtx {
   method: RpcMethod;
@@ -20,6 +21,7 @@ export type Handlers<M extends RpcMethod> = { [K in M]: Handler<K> };
 
 export interface Route<M extends RpcMethod> {
   schema: (typeof PARAMS)[M];
+  permission: Permission;
   handler: Handler<M>;
 }
 

@@ -13,12 +13,60 @@
  *    below `<root>/agent/v/down/`, never retained. The identity is the channel
  *    (or the VM id + token over guest TCP); nothing the guest sends changes it.
  *  - the daemon: in-process, bypasses these hooks (aedes.publish/subscribe).
+ *
+ * On top of that base, a controller's role and scope (host/auth/roles.ts)
+ * narrow what it may publish and receive (`controllerMay…` with an
+ * AclContext): a viewer never types on a console; a scoped controller receives
+ * only its own VMs', jobs' and pools' topics and events; nobody receives
+ * requests (`rpc/`), `$` topics or another user's reply namespace
+ * `<prefix>/_clients/<clientId>/`, and nobody publishes into one.
  */
 import { nameProblem, parseRpcTopic } from '../../protocol/topics.js';
+import { inScope, roleAtLeast, type Access, type ObjectKind } from '../auth/roles.js';
 import { filterProblem, publishTopicProblem } from './validate.js';
 
-export type Principal =
-  { role: 'controller'; user: string | null } | { role: 'agent'; vmId: string };
+export interface ControllerPrincipal {
+  role: 'controller';
+  /** The authenticated user; null when anonymous. */
+  user: string | null;
+  /** A local user named by the unix socket's peer credentials (anonymous controllers). */
+  unixUser?: string;
+  access: Access;
+  clientId: string;
+}
+export type Principal = ControllerPrincipal | { role: 'agent'; vmId: string };
+
+/** Who owns a client id: `user:<name>`, `unix:<name>` or `anonymous`. */
+export const identityOf = (p: ControllerPrincipal): string =>
+  p.user !== null ? `user:${p.user}` : p.unixUser ? `unix:${p.unixUser}` : 'anonymous';
+
+/** What the per-controller rules need to know beyond the topic. */
+export interface AclContext {
+  /** `<prefix>/<hostId>` */
+  root: string;
+  /** `<prefix>/_clients/`: reply namespaces, one per client id. */
+  clientsPrefix: string;
+  /** Owner label of an object, null when it has none (host/store/owners.ts). */
+  ownerOf(kind: ObjectKind, id: string): string | null;
+  /** Identity the client id is bound to (identityOf), null when free. */
+  clientIdentity(clientId: string): string | null;
+}
+
+/** `<prefix>/_clients/` for a root `<prefix>/<hostId>`. */
+export const clientsPrefixOf = (root: string): string =>
+  `${root.slice(0, root.lastIndexOf('/'))}/_clients/`;
+
+/** The client id whose namespace a topic lies in, or null when it lies in none. */
+function namespaceClient(ctx: AclContext, topic: string): string | null {
+  if (!topic.startsWith(ctx.clientsPrefix)) return null;
+  const rest = topic.slice(ctx.clientsPrefix.length);
+  const slash = rest.indexOf('/');
+  return slash === -1 ? rest : rest.slice(0, slash);
+}
+
+/** Is the client id's namespace this controller's (its own id, or one bound to the same user)? */
+const ownsNamespace = (ctx: AclContext, p: ControllerPrincipal, clientId: string): boolean =>
+  clientId === p.clientId || ctx.clientIdentity(clientId) === identityOf(p);
 
 const under = (topic: string, prefix: string): boolean =>
   topic.length > prefix.length && topic.startsWith(prefix);
@@ -71,6 +119,119 @@ export function controllerSubscribeProblem(root: string, filter: string): string
 export const controllerMayReceive = (root: string, topic: string): boolean =>
   !isAgentTopic(root, topic);
 
+/** The base rules plus role, scope and reply namespaces. */
+export function controllerMayPublish(
+  ctx: AclContext,
+  p: ControllerPrincipal,
+  topic: string,
+  retain: boolean,
+): string | null {
+  const base = controllerPublishProblem(ctx.root, topic, retain);
+  if (base !== null) return base;
+  const cid = namespaceClient(ctx, topic);
+  if (cid !== null && !ownsNamespace(ctx, p, cid))
+    return `${ctx.clientsPrefix}${cid}/ is another controller's reply namespace`;
+  if (isConsoleIn(ctx.root, topic)) {
+    if (!roleAtLeast(p.access.role, 'operator'))
+      return `a ${p.access.role} may not type on a VM's console`;
+    const vmId = topic.split('/')[ctx.root.split('/').length + 1]!;
+    if (!inScope(p.access, ctx.ownerOf('vm', vmId)))
+      return `VM ${vmId} is outside scope ${p.access.scope}`;
+  }
+  return null;
+}
+
+export function controllerMaySubscribe(
+  ctx: AclContext,
+  p: ControllerPrincipal,
+  filter: string,
+): string | null {
+  const base = controllerSubscribeProblem(ctx.root, filter);
+  if (base !== null) return base;
+  // $SYS lists every client id and more: nothing there is a controller's business.
+  if (filter.startsWith('$')) return "'$' topics are not served to controllers";
+  if (filter === `${ctx.root}/rpc` || filter.startsWith(`${ctx.root}/rpc/`))
+    return 'requests are read by the daemon only';
+  const cid = namespaceClient(ctx, filter);
+  if (cid !== null && cid !== '+' && cid !== '#' && !ownsNamespace(ctx, p, cid))
+    return `${ctx.clientsPrefix}${cid}/ is another controller's reply namespace`;
+  return null;
+}
+
+const ROOT_KINDS: Record<string, ObjectKind | undefined> = { vm: 'vm', job: 'job', pool: 'pool' };
+
+/**
+ * Per-message delivery check (aedes authorizeForward), so wildcard filters
+ * (`#`, `mvirt/+/vm/+/state`) see exactly what the controller may see. Cheap
+ * on purpose: a prefix test or two and, for scoped controllers, one cached
+ * owner lookup (bench/authz.ts measures it).
+ */
+export function controllerMayReceiveAs(
+  ctx: AclContext,
+  p: ControllerPrincipal,
+  topic: string,
+  payload: Buffer | string,
+): boolean {
+  if (topic.charCodeAt(0) === 36 /* $ */) return false;
+  const cid = namespaceClient(ctx, topic);
+  if (cid !== null) return ownsNamespace(ctx, p, cid);
+  const root = ctx.root;
+  if (!(topic.length > root.length && topic.startsWith(root) && topic[root.length] === '/'))
+    return true;
+  const next = topic.indexOf('/', root.length + 1);
+  const family = topic.slice(root.length + 1, next === -1 ? undefined : next);
+  if (family === 'agent' || family === 'rpc') return false;
+  const scope = p.access.scope;
+  if (scope === null) return true;
+  const kind = ROOT_KINDS[family];
+  if (kind !== undefined) {
+    if (next === -1) return false;
+    const end = topic.indexOf('/', next + 1);
+    return ctx.ownerOf(kind, topic.slice(next + 1, end === -1 ? undefined : end)) === scope;
+  }
+  if (family === 'events') return eventInScope(ctx, scope, payload);
+  return true;
+}
+
+/** The host's event stream, for a scoped controller: events naming one of its objects. */
+function eventInScope(ctx: AclContext, scope: string, payload: Buffer | string): boolean {
+  let objects: unknown;
+  try {
+    objects = (JSON.parse(payload.toString()) as { objects?: unknown }).objects;
+  } catch {
+    return false;
+  }
+  if (!Array.isArray(objects)) return false;
+  return objects.some(
+    (o) =>
+      typeof o === 'string' &&
+      (ctx.ownerOf('vm', o) === scope ||
+        ctx.ownerOf('job', o) === scope ||
+        ctx.ownerOf('pool', o) === scope),
+  );
+}
+
+/**
+ * May the daemon send this request's reply to `replyTo`? Only into the
+ * requester's own reply namespace (PROTOCOL.md): any other topic could be read
+ * by another controller, so replies there would not be private.
+ */
+export function replyTopicRefusal(
+  ctx: AclContext,
+  p: ControllerPrincipal,
+  replyTo: string,
+): string | null {
+  const cid = namespaceClient(ctx, replyTo);
+  if (cid === null)
+    return `replies go only to ${ctx.clientsPrefix}<clientId>/replies[/…] (your client id: ${p.clientId})`;
+  const rest = replyTo.slice(ctx.clientsPrefix.length + cid.length);
+  if (rest !== '/replies' && !rest.startsWith('/replies/'))
+    return `replies go only to ${ctx.clientsPrefix}<clientId>/replies[/…]`;
+  if (!ownsNamespace(ctx, p, cid))
+    return `client id ${cid} is not connected as ${identityOf(p)}: its replies are not yours`;
+  return null;
+}
+
 export function agentPublishProblem(
   root: string,
   vmId: string,
@@ -105,19 +266,26 @@ export const agentClientId = (vmId: string): string => `agent-${vmId}`;
 export const RESERVED_CLIENT_ID_PREFIX = 'agent-';
 
 export const publishProblem = (
-  root: string,
+  ctx: AclContext,
   p: Principal,
   topic: string,
   retain: boolean,
 ): string | null =>
   p.role === 'agent'
-    ? agentPublishProblem(root, p.vmId, topic, retain)
-    : controllerPublishProblem(root, topic, retain);
+    ? agentPublishProblem(ctx.root, p.vmId, topic, retain)
+    : controllerMayPublish(ctx, p, topic, retain);
 
-export const subscribeProblem = (root: string, p: Principal, filter: string): string | null =>
+export const subscribeProblem = (ctx: AclContext, p: Principal, filter: string): string | null =>
   p.role === 'agent'
-    ? agentSubscribeProblem(root, p.vmId, filter)
-    : controllerSubscribeProblem(root, filter);
+    ? agentSubscribeProblem(ctx.root, p.vmId, filter)
+    : controllerMaySubscribe(ctx, p, filter);
 
-export const mayReceive = (root: string, p: Principal, topic: string): boolean =>
-  p.role === 'agent' ? agentMayReceive(root, p.vmId, topic) : controllerMayReceive(root, topic);
+export const mayReceive = (
+  ctx: AclContext,
+  p: Principal,
+  topic: string,
+  payload: Buffer | string,
+): boolean =>
+  p.role === 'agent'
+    ? agentMayReceive(ctx.root, p.vmId, topic)
+    : controllerMayReceiveAs(ctx, p, topic, payload);

@@ -23,7 +23,10 @@ import {
   controllerPublishProblem,
   type Principal,
 } from './acl.js';
+import { FULL_ACCESS, type Access } from '../auth/roles.js';
+import type { LoginLimiter } from './login-limit.js';
 import { checkUser } from './passwords.js';
+import { bindClientId } from './sessions.js';
 import type { ConnInfo, Registry } from './registry.js';
 import { clientIdProblem } from './validate.js';
 
@@ -43,6 +46,10 @@ interface Deps {
   allowAnonymous: boolean;
   verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
   verifyControllerToken?: ((username: string, token: string) => boolean) | null;
+  /** A user's role and scope (users.ts); default: admin, unscoped. */
+  accessOf?: (user: string) => Access;
+  /** Failed-login limits per source and user (login-limit.ts). */
+  limiter?: LoginLimiter;
   log: MvirtLogger;
 }
 
@@ -66,6 +73,13 @@ export function createPreConnect(registry: Registry) {
 }
 
 export function createAuthenticate(d: Deps) {
+  const controller = (client: Client, user: string): Principal => ({
+    role: 'controller',
+    user,
+    access: d.accessOf?.(user) ?? FULL_ACCESS,
+    clientId: client.id,
+  });
+
   function willProblem(p: Principal, will: Will): string | null {
     if (!will) return null;
     const retain = will.retain === true;
@@ -125,16 +139,23 @@ export function createAuthenticate(d: Deps) {
       d.verifyControllerToken?.(username, password.toString('utf8'))
     ) {
       // A dashboard session token the HTTP listener minted for this user.
-      principal = { role: 'controller', user: username };
+      principal = controller(client, username);
     } else if (username !== undefined) {
-      if (!(await checkUser(d.users, username, password?.toString('utf8') ?? '')))
+      const limited = d.limiter?.check(ci.remote, username) ?? null;
+      if (limited !== null) {
+        await new Promise((resolve) => setTimeout(resolve, d.limiter!.penaltyMs).unref());
+        throw refusal(NOT_AUTHORIZED, limited);
+      }
+      if (!(await checkUser(d.users, username, password?.toString('utf8') ?? ''))) {
+        d.limiter?.failed(ci.remote, username);
         throw refusal(
           BAD_USERNAME_OR_PASSWORD,
           `bad user name or password for ${JSON.stringify(username)}`,
         );
-      principal = { role: 'controller', user: username };
+      }
+      principal = controller(client, username);
     } else if (d.allowAnonymous && ci.local) {
-      principal = { role: 'controller', user: null };
+      principal = { role: 'controller', user: null, access: FULL_ACCESS, clientId: client.id };
     } else {
       throw refusal(
         NOT_AUTHORIZED,
@@ -145,6 +166,9 @@ export function createAuthenticate(d: Deps) {
     }
     const w = willProblem(principal, (client as unknown as { _will: Will })._will);
     if (w !== null) throw refusal(NOT_AUTHORIZED, w);
+    const taken =
+      principal.role === 'controller' ? bindClientId(d.registry, client, principal) : null;
+    if (taken !== null) throw refusal(IDENTIFIER_REJECTED, taken);
     return principal;
   }
 

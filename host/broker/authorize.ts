@@ -1,22 +1,32 @@
 /**
  * aedes `authorizePublish`, `authorizeSubscribe` and `authorizeForward`: one
- * small handler each, all delegating to the pure rules in acl.ts.
+ * small handler each, all delegating to the pure rules in acl.ts (role, scope
+ * and reply namespaces through an AclContext) and to quotas.ts.
  *
  * A refused PUBLISH closes the connection: MQTT 3.1.1 has no negative ack, and
  * silently acknowledging a forged status would hide the attempt from the
  * client's author. A refused subscription is answered with SUBACK 0x80 and
- * the client stays connected.
+ * the client stays connected. An allowed PUBLISH remembers its publisher
+ * (registry.senders) so the API knows who sent a request.
  */
 import type { AedesPublishPacket, Client, PublishPacket, Subscription } from 'aedes';
 import type { MvirtLogger } from '../log.js';
-import { mayReceive, publishProblem, subscribeProblem } from './acl.js';
+import {
+  identityOf,
+  mayReceive,
+  publishProblem,
+  subscribeProblem,
+  type AclContext,
+} from './acl.js';
+import type { RetainedQuota } from './quotas.js';
 import type { Registry } from './registry.js';
 import type { Counters } from './stats.js';
 
 interface Deps {
-  root: string;
+  ctx: AclContext;
   registry: Registry;
   counters: Counters;
+  retained: RetainedQuota;
   log: MvirtLogger;
 }
 
@@ -29,9 +39,11 @@ export function createAuthorizePublish(d: Deps) {
     // client is null only for wills left by another broker instance; this
     // broker keeps no persistent wills, so there is nothing legitimate here.
     const principal = client ? d.registry.principals.get(client) : undefined;
-    const problem = principal
-      ? publishProblem(d.root, principal, packet.topic, packet.retain)
+    let problem = principal
+      ? publishProblem(d.ctx, principal, packet.topic, packet.retain)
       : 'no authenticated client';
+    if (problem === null && packet.retain && principal?.role === 'controller')
+      problem = d.retained.charge(identityOf(principal), packet.topic, packet.payload.length);
     if (problem !== null) {
       d.log.warn(
         {
@@ -45,6 +57,7 @@ export function createAuthorizePublish(d: Deps) {
       callback(new Error(`publish to ${JSON.stringify(packet.topic)} refused: ${problem}`));
       return;
     }
+    if (typeof packet.payload === 'object') d.registry.senders.set(packet.payload, principal!);
     d.counters.messagesIn++;
     callback(null);
   };
@@ -58,7 +71,7 @@ export function createAuthorizeSubscribe(d: Deps) {
   ): void {
     const principal = d.registry.principals.get(client);
     const problem = principal
-      ? subscribeProblem(d.root, principal, sub.topic)
+      ? subscribeProblem(d.ctx, principal, sub.topic)
       : 'no authenticated client';
     if (problem !== null) {
       d.log.warn(
@@ -78,7 +91,7 @@ export function createAuthorizeForward(d: Deps) {
     packet: AedesPublishPacket,
   ): AedesPublishPacket | null {
     const principal = d.registry.principals.get(client);
-    if (!principal || !mayReceive(d.root, principal, packet.topic)) return null;
+    if (!principal || !mayReceive(d.ctx, principal, packet.topic, packet.payload)) return null;
     d.counters.messagesOut++;
     return packet;
   };

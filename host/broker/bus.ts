@@ -6,9 +6,11 @@
  */
 import type { Aedes, AedesPublishPacket } from 'aedes';
 import { MvirtError } from '../../protocol/errors.js';
+import { DAEMON, runAs } from '../auth/actor.js';
+import { FULL_ACCESS } from '../auth/roles.js';
 import type { MvirtLogger } from '../log.js';
 import type { Counters } from './stats.js';
-import type { Bus, LastWill, MessageHandler, PublishOpts } from './types.js';
+import type { Bus, LastWill, MessageHandler, PublishOpts, Sender } from './types.js';
 import { filterProblem, publishTopicProblem } from './validate.js';
 
 export interface InProcessBus extends Bus {
@@ -17,7 +19,23 @@ export interface InProcessBus extends Bus {
   lastWill(): LastWill | null;
 }
 
-export function createBus(aedes: Aedes, counters: Counters, log: MvirtLogger): InProcessBus {
+export const DAEMON_SENDER: Sender = {
+  actor: DAEMON,
+  access: FULL_ACCESS,
+  replyRefusal: () => null,
+};
+
+/**
+ * @param senderOf who published a payload (authorize.ts records it); the
+ *   daemon's own publishes are recorded here as DAEMON_SENDER.
+ */
+export function createBus(
+  aedes: Aedes,
+  counters: Counters,
+  log: MvirtLogger,
+  senderOf: (payload: Buffer) => Sender | undefined = () => undefined,
+  remember: (payload: Buffer, sender: Sender) => void = () => undefined,
+): InProcessBus {
   let will: LastWill | null = null;
 
   function publish(topic: string, payload: Buffer | string, opts: PublishOpts = {}): Promise<void> {
@@ -27,12 +45,14 @@ export function createBus(aedes: Aedes, counters: Counters, log: MvirtLogger): I
         new MvirtError('INVALID_NAME', `topic ${JSON.stringify(topic)}: ${bad}`),
       );
     counters.messagesIn++;
+    const body = typeof payload === 'string' ? Buffer.from(payload) : payload;
+    remember(body, DAEMON_SENDER);
     return new Promise((resolve, reject) =>
       aedes.publish(
         {
           cmd: 'publish',
           topic,
-          payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+          payload: body,
           qos: opts.qos ?? 0,
           retain: opts.retain ?? false,
           dup: false,
@@ -50,8 +70,10 @@ export function createBus(aedes: Aedes, counters: Counters, log: MvirtLogger): I
       const payload = Buffer.isBuffer(packet.payload)
         ? packet.payload
         : Buffer.from(packet.payload);
+      const sender = senderOf(payload);
       try {
-        handler(packet.topic, payload);
+        if (sender === undefined) handler(packet.topic, payload);
+        else runAs(sender, () => handler(packet.topic, payload, sender));
       } catch (err) {
         // A throwing handler must not stall mqemitter for everyone else.
         log.error({ err, topic: packet.topic, filter }, 'bus handler threw');

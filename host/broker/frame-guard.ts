@@ -14,6 +14,7 @@
  * wait for a slow reader before that reader is dropped.
  */
 import { Duplex } from 'node:stream';
+import { captureLength, packetProblem, PUBLISH, publishTopicEnd } from './conformance.js';
 
 export interface FrameLimits {
   /** Largest remaining length accepted for any packet after CONNECT. */
@@ -30,6 +31,8 @@ export interface FrameScanner {
   readonly packets: number;
   /** Stream offset just past the CONNECT packet, once its length is known. */
   readonly connectEnd: number | null;
+  /** With a violation: the CONNACK return code MQTT wants sent before closing. */
+  readonly connack: number | null;
 }
 
 const HEADER = 0;
@@ -46,6 +49,38 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
   let skip = 0;
   let offset = 0; // stream offset of chunk[0]
   let connectEnd: number | null = null;
+  let connack: number | null = null;
+  // conformance.ts: bodies of CONNECT/SUBSCRIBE/UNSUBSCRIBE and PUBLISH topics.
+  let type = 0;
+  let bodyLength = 0;
+  let cap: Buffer[] | null = null;
+  let capLen = 0;
+  let want = 0;
+
+  /** Capture up to `want` bytes of chunk[i, i+take); a violation ends the scan. */
+  function capture(chunk: Buffer, i: number, take: number): string | null {
+    while (cap !== null && take > 0 && capLen < want) {
+      const k = Math.min(take, want - capLen);
+      cap.push(chunk.subarray(i, i + k));
+      capLen += k;
+      i += k;
+      take -= k;
+      if (capLen < want) break;
+      const body = cap.length === 1 ? cap[0]! : Buffer.concat(cap);
+      if (type === PUBLISH && want === 2 && bodyLength > 2) {
+        want = publishTopicEnd(body, bodyLength);
+        cap = [body];
+        if (want > capLen) continue;
+      }
+      cap = null;
+      const v = packetProblem(type, body);
+      if (v !== null) {
+        connack = v.connack ?? null;
+        return v.reason;
+      }
+    }
+    return null;
+  }
 
   function feed(chunk: Buffer): string | null {
     const problem = scan(chunk);
@@ -58,8 +93,12 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
     const n = chunk.length;
     while (i < n) {
       if (state === BODY) {
-        // Skip the body without looking at it; aedes parses it later.
+        // Skip the body (aedes parses it later), capturing what conformance.ts checks.
         const take = Math.min(skip, n - i);
+        if (cap !== null) {
+          const v = capture(chunk, i, take);
+          if (v !== null) return v;
+        }
         skip -= take;
         i += take;
         if (skip === 0) state = HEADER;
@@ -67,7 +106,7 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
       }
       const b = chunk[i++]!;
       if (state === HEADER) {
-        const type = b >> 4;
+        type = b >> 4;
         if (packets === 0 && type !== CONNECT) return 'first packet is not CONNECT';
         if (type === 0 || type === 15) return `reserved packet type ${type}`;
         state = LENGTH;
@@ -80,18 +119,25 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
       length += (b & 0x7f) * multiplier;
       multiplier *= 128;
       lengthBytes++;
-      const cap = packets === 0 ? limits.maxConnectSize : limits.maxPacketSize;
+      const limit = packets === 0 ? limits.maxConnectSize : limits.maxPacketSize;
       // Checked on every length byte so a header split across reads is caught
       // as early as the bytes allow.
-      if (length > cap) return `packet announces ${length} bytes, limit ${cap}`;
+      if (length > limit) return `packet announces ${length} bytes, limit ${limit}`;
       if (b & 0x80) {
         if (lengthBytes === 4) return 'malformed remaining length';
         continue;
       }
       if (packets === 0) connectEnd = offset + i + length;
       packets++;
-      if (length === 0) state = HEADER;
-      else {
+      bodyLength = length;
+      want = captureLength(type, length);
+      cap = want > 0 ? [] : null;
+      capLen = 0;
+      if (length === 0) {
+        const v = captureLength(type, 1) > 0 ? packetProblem(type, Buffer.alloc(0)) : null;
+        if (v !== null) return v.reason;
+        state = HEADER;
+      } else {
         skip = length;
         state = BODY;
       }
@@ -106,6 +152,9 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
     },
     get connectEnd() {
       return connectEnd;
+    },
+    get connack() {
+      return connack;
     },
   };
 }
@@ -166,7 +215,13 @@ export class GuardedStream extends Duplex {
     if (problem !== null) {
       this.inner.pause();
       this.#onViolation(problem);
-      this.destroy(new FrameLimitError(problem));
+      const code = this.#scanner.connack;
+      // MQTT wants a CONNACK with this code before the close (nothing was
+      // sent yet: the violation is in CONNECT).
+      if (code !== null && !this.inner.destroyed)
+        this.inner.write(Buffer.from([0x20, 0x02, 0x00, code]));
+      if (code !== null) this.destroy();
+      else this.destroy(new FrameLimitError(problem));
       return;
     }
     const start = this.#received;

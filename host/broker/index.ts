@@ -5,6 +5,9 @@
  *   frame-guard.ts   packet size cap before anything is buffered
  *   authenticate.ts  who a client is (controller, agent)
  *   authorize.ts     what it may publish / subscribe / receive (rules: acl.ts)
+ *   sessions.ts      client ids bound to the user that holds them
+ *   quotas.ts        retained messages per controller
+ *   login-limit.ts   failed logins per source and user
  *   listeners.ts     TCP, unix socket, WebSocket, guest TCP
  *   agent-channel.ts per-VM streams
  *   bus.ts           the daemon's in-process publish/subscribe
@@ -19,26 +22,61 @@ import {
   createAuthorizePublish,
   createAuthorizeSubscribe,
 } from './authorize.js';
-import { createBus } from './bus.js';
-import { agentClientId } from './acl.js';
+import { createBus, DAEMON_SENDER } from './bus.js';
+import {
+  agentClientId,
+  clientsPrefixOf,
+  replyTopicRefusal,
+  type AclContext,
+  type Principal,
+} from './acl.js';
+import { createLoginLimiter } from './login-limit.js';
+import { createRetainedQuota } from './quotas.js';
+import { releaseClientId } from './sessions.js';
+import type { Actor } from '../auth/actor.js';
 import { guardStream, type FrameLimits } from './frame-guard.js';
 import { listenTcp, listenUnix, listenWs, type Listener } from './listeners.js';
 import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './options.js';
 import { createRegistry, isLoopback, type ConnInfo, type Registry } from './registry.js';
 import { createCounters } from './stats.js';
-import type { AgentChannelHandle, Broker } from './types.js';
-import { loadUsersFile, parseUsers } from './users.js';
+import type { AgentChannelHandle, Broker, Sender } from './types.js';
+import { accessOf, loadUserEntries, parseUserEntries, type Users } from './users.js';
+import { hashesOf } from './users.js';
 
 export type { BrokerOptions } from './options.js';
 export type { Broker, Bus, AgentChannelHandle, LastWill, BrokerStats } from './types.js';
 export { hashPassword, verifyPassword } from './passwords.js';
 
-function loadUsers(o: BrokerOptions): Map<string, string> {
-  const users = o.users
-    ? parseUsers({ users: o.users }, 'users option')
-    : new Map<string, string>();
-  if (o.usersFile) for (const [k, v] of loadUsersFile(o.usersFile)) users.set(k, v);
+function loadUsers(o: BrokerOptions): Users {
+  const users = o.users ? parseUserEntries({ users: o.users }, 'users option') : new Map();
+  if (o.usersFile) for (const [k, v] of loadUserEntries(o.usersFile)) users.set(k, v);
   return users;
+}
+
+/** What the API learns about a publisher; one object per principal. */
+function createSenders(ctx: AclContext) {
+  const cache = new WeakMap<Principal, Sender>();
+  return (p: Principal): Sender => {
+    let s = cache.get(p);
+    if (s) return s;
+    if (p.role === 'agent') {
+      s = {
+        actor: { kind: 'guest', vmId: p.vmId },
+        access: { role: 'viewer', scope: null },
+        replyRefusal: () => 'a guest gets no replies',
+      };
+    } else {
+      const actor: Actor =
+        p.user !== null
+          ? { kind: 'user', user: p.user, clientId: p.clientId }
+          : p.unixUser
+            ? { kind: 'unix', user: p.unixUser, clientId: p.clientId }
+            : { kind: 'anonymous', clientId: p.clientId };
+      s = { actor, access: p.access, replyRefusal: (t) => replyTopicRefusal(ctx, p, t) };
+    }
+    cache.set(p, s);
+    return s;
+  };
 }
 
 function limitsFor(o: ResolvedOptions, agent: boolean): FrameLimits {
@@ -137,7 +175,16 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
   const users = loadUsers(options);
   const registry = createRegistry();
   const counters = createCounters();
-  const deps = { root: o.root, registry, counters, log };
+  const ownerOf = options.ownerOf ?? (() => null);
+  const ctx: AclContext = {
+    root: o.root,
+    clientsPrefix: clientsPrefixOf(o.root),
+    ownerOf,
+    clientIdentity: (id) => registry.bindings.get(id)?.identity ?? null,
+  };
+  const deps = { ctx, registry, counters, retained: createRetainedQuota(o.retainedLimits), log };
+  const senderFor = createSenders(ctx);
+  const daemonPayloads = new WeakSet<object>();
 
   const aedes = await Aedes.createBroker({
     connectTimeout: o.connectTimeoutMs,
@@ -149,7 +196,12 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     authenticate: createAuthenticate({
       root: o.root,
       registry,
-      users,
+      users: hashesOf(users),
+      accessOf: (name) => {
+        const u = users.get(name);
+        return u ? accessOf(u) : { role: 'viewer', scope: name };
+      },
+      limiter: createLoginLimiter(o.loginLimits),
       allowAnonymous: o.allowAnonymous,
       verifyAgentToken: o.verifyAgentToken,
       verifyControllerToken: o.verifyControllerToken,
@@ -173,9 +225,10 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     if (ci?.transport !== 'guest' || !guestAgentListener) return;
     guestAgentListener(client.id.slice(agentClientId('').length), agentHandle(conn));
   });
-  aedes.on('clientDisconnect', (client) =>
-    log.debug({ clientId: client.id }, 'client disconnected'),
-  );
+  aedes.on('clientDisconnect', (client) => {
+    releaseClientId(registry, client);
+    log.debug({ clientId: client.id }, 'client disconnected');
+  });
 
   // Every admitted stream, including those that never completed CONNECT
   // (aedes.close() only knows registered clients): close() ends them all.
@@ -189,7 +242,17 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     throw err;
   }
-  const bus = createBus(aedes, counters, log);
+  const bus = createBus(
+    aedes,
+    counters,
+    log,
+    (payload) => {
+      const p = registry.senders.get(payload);
+      if (p !== undefined) return senderFor(p);
+      return daemonPayloads.has(payload) ? DAEMON_SENDER : undefined;
+    },
+    (payload) => daemonPayloads.add(payload),
+  );
   let closing: Promise<void> | null = null;
 
   async function close(): Promise<void> {

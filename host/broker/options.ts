@@ -1,6 +1,9 @@
 /** createBroker options, their defaults, and `host:port` parsing. */
 import path from 'node:path';
 import { MvirtError } from '../../protocol/errors.js';
+import type { ObjectKind } from '../auth/roles.js';
+import { DEFAULT_LOGIN_LIMITS, type LoginLimitOptions } from './login-limit.js';
+import { DEFAULT_RETAINED_LIMITS, type RetainedLimits } from './quotas.js';
 import type { UserEntry } from './users.js';
 
 export interface BrokerOptions {
@@ -48,6 +51,12 @@ export interface BrokerOptions {
   keepaliveLimitS?: number;
   /** Per listener; default 1024. */
   maxConnections?: number;
+  /** Owner label of a VM, job or pool, for scoped controllers (host/store/owners.ts). */
+  ownerOf?: (kind: ObjectKind, id: string) => string | null;
+  /** Retained messages each controller may keep; default 128 MiB in 10,000 topics. */
+  retainedLimits?: RetainedLimits;
+  /** Failed logins per source and user; default 20 at once, then one per 2 s. */
+  loginLimits?: LoginLimitOptions;
 }
 
 export interface ResolvedOptions {
@@ -68,6 +77,8 @@ export interface ResolvedOptions {
   drainTimeoutMs: number;
   keepaliveLimitS: number;
   maxConnections: number;
+  retainedLimits: RetainedLimits;
+  loginLimits: LoginLimitOptions;
 }
 
 export interface HostPort {
@@ -129,5 +140,7 @@ export function resolveOptions(o: BrokerOptions): ResolvedOptions {
     drainTimeoutMs: positive(o.drainTimeoutMs, 30_000, 'drainTimeoutMs'),
     keepaliveLimitS: o.keepaliveLimitS ?? 0,
     maxConnections: positive(o.maxConnections, 1024, 'maxConnections'),
+    retainedLimits: o.retainedLimits ?? DEFAULT_RETAINED_LIMITS,
+    loginLimits: o.loginLimits ?? DEFAULT_LOGIN_LIMITS,
   };
 }

@@ -18,16 +18,40 @@ export interface ConnInfo {
   vmId?: string;
 }
 
+/** Which identity (acl.ts identityOf) a client id belongs to, and since when. */
+export interface Binding {
+  identity: string;
+  /** The client that holds it now (null once it left a persistent session behind). */
+  client: object | null;
+  /** A session with clean=false: the id stays bound after the client leaves. */
+  persistent: boolean;
+}
+
 export interface Registry {
   /** Keyed by the guarded stream aedes holds as `client.conn`. */
   readonly conns: WeakMap<object, ConnInfo>;
   /** Keyed by the aedes client. */
   readonly principals: WeakMap<object, Principal>;
+  /**
+   * Client ids bound to the identity that connected with them: another user
+   * can neither take the id over (which would kick the holder off) nor resume
+   * its session, nor read its reply namespace.
+   */
+  readonly bindings: Map<string, Binding>;
+  /**
+   * Who published a message, keyed by its payload Buffer: aedes hands the
+   * daemon's in-process subscribers the same Buffer its authorizePublish saw
+   * (aedes-packet copies the reference), but not the client. This carries the
+   * publisher from the hook to the API handler (bus.ts).
+   */
+  readonly senders: WeakMap<object, Principal>;
 }
 
 export const createRegistry = (): Registry => ({
   conns: new WeakMap(),
   principals: new WeakMap(),
+  bindings: new Map(),
+  senders: new WeakMap(),
 });
 
 export function isLoopback(address: string | undefined | null): boolean {

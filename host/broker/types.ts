@@ -4,6 +4,8 @@
  * could implement it tomorrow without the VM or job managers noticing.
  */
 import type { Duplex } from 'node:stream';
+import type { Actor } from '../auth/actor.js';
+import type { Access } from '../auth/roles.js';
 import type { BrokerStats } from './stats.js';
 
 export type { BrokerStats };
@@ -13,7 +15,20 @@ export interface PublishOpts {
   qos?: 0 | 1;
 }
 
-export type MessageHandler = (topic: string, payload: Buffer) => void;
+/** Who published a message the daemon receives (the API's caller). */
+export interface Sender {
+  actor: Actor;
+  access: Access;
+  /** Why a reply to this topic would not be private to the sender; null when it may go there. */
+  replyRefusal(topic: string): string | null;
+}
+
+/**
+ * `sender` is known for every message a client published through the broker
+ * and for the daemon's own publishes; the handler runs as that actor
+ * (host/auth/actor.ts), so what it appends to the event log names it.
+ */
+export type MessageHandler = (topic: string, payload: Buffer, sender?: Sender) => void;
 
 export interface Bus {
   publish(topic: string, payload: Buffer | string, opts?: PublishOpts): Promise<void>;

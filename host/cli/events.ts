@@ -23,9 +23,13 @@ export function parseSince(s: string, now: number): string {
   return new Date(t).toISOString();
 }
 
+/** Who acted, as the event log names it: `user:alice (ctl-1)`, `vm:vm-…`, `mvirtd`. */
+export const actorText = (e: EventRecord): string =>
+  e.actor === undefined ? '-' : e.actorClient ? `${e.actor} (${e.actorClient})` : e.actor;
+
 export function eventLine(e: EventRecord): string {
   const objs = e.objects?.length ? `  [${e.objects.join(' ')}]` : '';
-  return `${clock(e.at)}  ${e.level.padEnd(5)}  ${inert(`${e.component.padEnd(10)}  ${e.message}${objs}`)}\n`;
+  return `${clock(e.at)}  ${e.level.padEnd(5)}  ${inert(`${e.component.padEnd(10)}  ${actorText(e).padEnd(12)}  ${e.message}${objs}`)}\n`;
 }
 
 /** Oldest first, as logs read. */
@@ -69,11 +73,17 @@ export const eventsCommands: Command[] = [
         value: 'L',
         help: 'only this level: debug, info, warn, error, audit',
       },
+      actor: {
+        type: 'string',
+        value: 'WHO',
+        help: 'only what this actor did: user:NAME, unix:NAME, anonymous, vm:ID or mvirtd',
+      },
       follow: { type: 'boolean', short: 'f', help: 'keep printing new events until Ctrl-C' },
     },
     examples: [
       'mvirt events --since 1h',
       'mvirt events --object web-1 -f',
+      'mvirt events --actor user:alice --level audit',
       'mvirt events -f --json',
     ],
     run: async (ctx, p) => {
@@ -92,6 +102,8 @@ export const eventsCommands: Command[] = [
       if (limit !== undefined) params.limit = limit;
       else if (follow && since === undefined) params.limit = 20;
       if (level !== undefined) params.level = level as NonNullable<typeof params.level>;
+      const actor = str(p, 'actor');
+      if (actor !== undefined) params.actor = actor;
       const c = await ctx.client();
       if (objRef !== undefined) params.objectId = await resolveObject(ctx, objRef);
       const print = (e: EventRecord): void =>
@@ -110,7 +122,8 @@ export const eventsCommands: Command[] = [
       const early: EventRecord[] = [];
       const wanted = (e: EventRecord): boolean =>
         (params.objectId === undefined || (e.objects ?? []).includes(params.objectId)) &&
-        (params.level === undefined || e.level === params.level);
+        (params.level === undefined || e.level === params.level) &&
+        (params.actor === undefined || e.actor === params.actor);
       const unsubscribe = await c.watchEvents((e) => {
         if (!wanted(e)) return;
         if (replaying) early.push(e);

@@ -12,6 +12,7 @@ import { createBroker } from '../broker/index.js';
 import type { Broker } from '../broker/types.js';
 import { createApi, type Api } from '../api/server.js';
 import { createRoutes } from '../api/routes.js';
+import { createAccessCheck } from '../api/access.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions, type AgentSessions } from '../agent/sessions.js';
 import { createEventLog, type EventLog } from '../events/log.js';
@@ -33,7 +34,7 @@ import { createStatusPublisher } from './status.js';
 import { createNetwork } from '../network/index.js';
 import { createNetDevices } from '../network/iproute.js';
 import { createAgentTokens } from '../network/tokens.js';
-import { loadUsersFile } from '../broker/users.js';
+import { hashesOf, loadUserEntries } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
 import { createHostSampler } from '../metrics/host-sampler.js';
 import { createPrometheus } from '../metrics/prometheus.js';
@@ -103,7 +104,8 @@ export async function startDaemon(
     // Dashboard pages log in once over HTTP and use a token as MQTT password.
     const sessions = createSessionTokens({ ttlMs: SESSION_TTL_MS });
     // Read once: MQTT and the HTTP listener check the same users.
-    const users = opts.usersFile ? loadUsersFile(opts.usersFile) : new Map<string, string>();
+    const userEntries = opts.usersFile ? loadUserEntries(opts.usersFile) : new Map();
+    const users = hashesOf(userEntries);
     const broker = await createBroker(
       {
         root,
@@ -115,7 +117,8 @@ export async function startDaemon(
         guestListen: network.guestListen ?? false,
         verifyAgentToken: (vmId, token) => network.verifyToken(vmId, token),
         verifyControllerToken: sessions.verify,
-        users: [...users].map(([username, passwordHash]) => ({ username, passwordHash })),
+        users: [...userEntries.values()],
+        ownerOf: (kind, id) => store.owners.get(kind, id),
       },
       log.child({ component: 'broker' }),
     );
@@ -253,6 +256,11 @@ export async function startDaemon(
       bus,
       topics: t,
       routes: createRoutes({ ...sysDeps, vms, events, jobs, pools, rollups }),
+      access: createAccessCheck({
+        resolveVm: (ref) => vms.resolveId(ref),
+        ownerOf: (kind, id) => store.owners.get(kind, id),
+      }),
+      audit: (e) => events.append(e),
       log,
     });
     const status = createStatusPublisher({

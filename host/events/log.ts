@@ -11,6 +11,7 @@ import type { Topics } from '../../protocol/topics.js';
 import type { MvirtLogger } from '../log.js';
 import { inert } from '../../protocol/inert.js';
 import { createGuestGate, type GuestGate, type GuestGateOptions } from './guest-gate.js';
+import { actorClientId, actorName, currentActing } from '../auth/actor.js';
 
 export interface AppendEvent {
   level: EventLevel;
@@ -98,7 +99,10 @@ export function createEventLog(deps: {
 
   function append(e: AppendEvent): EventRecord {
     const at = Date.now();
-    const id = repo.append({ ...e, at });
+    const { actor: who } = currentActing();
+    const actor = actorName(who);
+    const actorClient = actorClientId(who);
+    const id = repo.append({ ...e, at, actor, actorClient });
     const rec: EventRecord = {
       id,
       at: new Date(at).toISOString(),
@@ -108,9 +112,14 @@ export function createEventLog(deps: {
       objects: [...e.objects],
     };
     if (e.data !== undefined) rec.data = e.data;
+    rec.actor = actor;
+    if (actorClient !== null) rec.actorClient = actorClient;
     // pino's JSON escapes C0 but not C1 or bidi characters: a message that
     // quotes a guest's words is made inert for the daemon's own log too.
-    log[e.level]({ component: e.component, objects: e.objects, data: e.data }, inert(e.message));
+    log[e.level](
+      { component: e.component, objects: e.objects, data: e.data, actor, actorClient },
+      inert(e.message),
+    );
     publish(topics.events, rec);
     if (++sinceprune >= pruneEvery) prune();
     return rec;

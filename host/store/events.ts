@@ -12,11 +12,16 @@ export interface NewEvent {
   message: string;
   objects: readonly string[];
   data?: unknown;
+  /** Who acted (host/auth/actor.ts actorName) and with which client id. */
+  actor?: string;
+  actorClient?: string | null;
 }
 
 export interface EventQuery {
   objectId?: string;
   level?: EventLevel;
+  /** Exact actor name (`user:alice`, `vm:<id>`, `mvirtd`, …). */
+  actor?: string;
   /** Epoch milliseconds, inclusive. */
   since?: number;
   /** Epoch milliseconds, exclusive. */
@@ -32,6 +37,8 @@ interface EventRow {
   message: string;
   data: string | null;
   objects: string | null;
+  actor: string | null;
+  actor_client: string | null;
 }
 
 export const DEFAULT_EVENT_LIMIT = 100;
@@ -46,7 +53,8 @@ export interface PruneBounds {
 
 export function createEventRepo(db: Db) {
   const insertEvent = db.prepare(
-    `INSERT INTO events (at, level, component, message, data) VALUES (?, ?, ?, ?, ?)`,
+    `INSERT INTO events (at, level, component, message, data, actor, actor_client)
+     VALUES (?, ?, ?, ?, ?, ?, ?)`,
   );
   const insertObject = db.prepare(
     `INSERT OR IGNORE INTO event_objects (event_id, object_id) VALUES (?, ?)`,
@@ -59,6 +67,8 @@ export function createEventRepo(db: Db) {
         e.component,
         e.message,
         e.data === undefined ? null : JSON.stringify(e.data),
+        e.actor ?? null,
+        e.actorClient ?? null,
       ).lastInsertRowid,
     );
     for (const o of new Set(e.objects)) insertObject.run(id, o);
@@ -74,6 +84,10 @@ export function createEventRepo(db: Db) {
     if (q.objectId !== undefined) {
       where.push('e.id IN (SELECT event_id FROM event_objects WHERE object_id = ?)');
       args.push(q.objectId);
+    }
+    if (q.actor !== undefined) {
+      where.push('e.actor = ?');
+      args.push(q.actor);
     }
     if (q.level !== undefined) {
       where.push('e.level = ?');
@@ -132,6 +146,8 @@ export function createEventRepo(db: Db) {
           objects: r.objects ? (JSON.parse(r.objects) as string[]) : [],
         };
         if (r.data !== null) rec.data = JSON.parse(r.data) as unknown;
+        if (r.actor !== null) rec.actor = r.actor;
+        if (r.actor_client !== null) rec.actorClient = r.actor_client;
         return rec;
       });
     },

@@ -7,6 +7,7 @@ import { createJobRepo, type JobRepo } from './jobs.js';
 import { createPoolRepo, type PoolRepo } from './pools.js';
 import { createNetworkRepo, type NetworkRepo } from './network.js';
 import { createMetricRepo, type MetricRepo } from './metrics.js';
+import { createOwnerRepo, type OwnerRepo } from './owners.js';
 
 export interface Store {
   readonly db: Db;
@@ -16,17 +17,21 @@ export interface Store {
   readonly pools: PoolRepo;
   readonly network: NetworkRepo;
   readonly metrics: MetricRepo;
+  /** Owner labels of VMs, jobs and pools (scopes, host/auth/roles.ts). */
+  readonly owners: OwnerRepo;
   close(): void;
 }
 
 export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = {}): Store {
   const db = openDatabase(file, log, opts);
+  const owners = createOwnerRepo(db);
   return {
     db,
-    vms: createVmRepo(db),
+    owners,
+    vms: createVmRepo(db, owners),
     events: createEventRepo(db),
-    jobs: createJobRepo(db),
-    pools: createPoolRepo(db),
+    jobs: createJobRepo(db, owners),
+    pools: createPoolRepo(db, owners),
     network: createNetworkRepo(db),
     metrics: createMetricRepo(db),
     close: () => {
@@ -42,4 +47,5 @@ export type { Lease, NetworkRepo, SeedDocs } from './network.js';
 export type { PoolDef, PoolRepo, StoredPool } from './pools.js';
 export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
 export type { MetricRepo, RollupQuery, RollupRow } from './metrics.js';
+export type { OwnerRepo } from './owners.js';
 export { SCHEMA_VERSION } from './migrations.js';

@@ -5,6 +5,7 @@
  * that floods its output keeps its newest part and a record of the loss.
  */
 import type { Db } from './db.js';
+import { createOwnerRepo, type OwnerRepo } from './owners.js';
 import type { JobRecord, JobState, JobTarget, OutputChunk } from '../../protocol/rpc.js';
 
 /** What job.run stores besides the public record: the request itself, for a restart. */
@@ -96,7 +97,7 @@ function rowToSpec(r: JobRow): JobSpec {
   return spec;
 }
 
-export function createJobRepo(db: Db) {
+export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     insert: db.prepare(`
       INSERT INTO jobs (id, target, argv, env, cwd, stdin, timeout_ms, vcpus, memory_mib,
@@ -156,6 +157,7 @@ export function createJobRepo(db: Db) {
         memoryMiB: spec.memoryMiB ?? null,
         now,
       });
+      owners.claim('job', spec.id);
     },
     get(id: string): JobRecord | undefined {
       const r = s.byId.get(id) as JobRow | undefined;

@@ -166,6 +166,29 @@ export const MIGRATIONS: readonly Migration[] = [
         CREATE INDEX metric_rollups_age ON metric_rollups(step_s, t);
       `),
   },
+  {
+    // Issue 11: who acted (every event names its actor) and who owns what
+    // (the scope a controller is confined to). Self-contained like the one
+    // above, so it can be renumbered against other branches at merge time.
+    name: 'event actors, object owners',
+    up: (db) =>
+      db.exec(`
+        -- user:<name>, unix:<name>, anonymous, vm:<id> or mvirtd; NULL for
+        -- events written before actors were recorded.
+        ALTER TABLE events ADD COLUMN actor TEXT;
+        ALTER TABLE events ADD COLUMN actor_client TEXT;
+        CREATE INDEX events_actor ON events(actor, id);
+        -- The owner label (a controller's scope) of each VM, job and pool
+        -- created by a scoped controller. No foreign keys: a deleted object's
+        -- row is dropped with it by the repo, and the table stays reorderable.
+        CREATE TABLE owners (
+          kind  TEXT NOT NULL,
+          id    TEXT NOT NULL,
+          owner TEXT NOT NULL,
+          PRIMARY KEY (kind, id)
+        ) WITHOUT ROWID;
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

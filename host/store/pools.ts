@@ -1,5 +1,6 @@
 /** The `pools` table: pool definitions. Their VMs are ordinary VM rows tagged with the pool. */
 import type { Db } from './db.js';
+import { createOwnerRepo, type OwnerRepo } from './owners.js';
 import type { PoolRecord } from '../../protocol/rpc.js';
 
 export type PoolDef = Omit<PoolRecord, 'vms' | 'createdAt' | 'updatedAt'>;
@@ -27,7 +28,7 @@ const toPool = (r: PoolRow): StoredPool => ({
   updatedAt: r.updated_at,
 });
 
-export function createPoolRepo(db: Db) {
+export function createPoolRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     upsert: db.prepare(`
       INSERT INTO pools (name, image, min, max, vcpus, memory_mib, created_at, updated_at)
@@ -41,7 +42,9 @@ export function createPoolRepo(db: Db) {
   };
   return {
     put(def: PoolDef, now: string): StoredPool {
+      const isNew = s.get.get(def.name) === undefined;
       s.upsert.run({ ...def, now });
+      if (isNew) owners.claim('pool', def.name);
       return toPool(s.get.get(def.name) as PoolRow);
     },
     get(name: string): StoredPool | undefined {
@@ -52,7 +55,9 @@ export function createPoolRepo(db: Db) {
       return (s.all.all() as PoolRow[]).map(toPool);
     },
     delete(name: string): boolean {
-      return s.del.run(name).changes === 1;
+      const gone = s.del.run(name).changes === 1;
+      if (gone) owners.forget('pool', name);
+      return gone;
     },
   };
 }

@@ -1,5 +1,6 @@
 /** The `vms` and `vm_runtime` tables: prepared statements and row ↔ record mapping. */
 import type { Db } from './db.js';
+import { createOwnerRepo, type OwnerRepo } from './owners.js';
 import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.js';
 import { INACTIVE_VM_STATES } from '../../protocol/states.js';
 import type { VmRuntime } from '../hypervisors/types.js';
@@ -99,7 +100,7 @@ const SELECT = `
     LEFT JOIN net_leases l ON l.vm_id = v.id
     LEFT JOIN vm_seeds s ON s.vm_id = v.id`;
 
-export function createVmRepo(db: Db) {
+export function createVmRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     insert: db.prepare(`
       INSERT INTO vms (id, name, state, vcpus, memory_mib, kind, image, backend, network,
@@ -153,6 +154,7 @@ export function createVmRepo(db: Db) {
         metadata: JSON.stringify(vm.metadata),
         now,
       });
+      owners.claim('vm', vm.id);
     },
     get(id: string): VmRecord | undefined {
       const r = s.byId.get(id) as VmRow | undefined;
@@ -186,7 +188,9 @@ export function createVmRepo(db: Db) {
       s.setAgent.run(JSON.stringify(boot), agentVersion, now, id);
     },
     delete(id: string): boolean {
-      return s.del.run(id).changes === 1;
+      const gone = s.del.run(id).changes === 1;
+      if (gone) owners.forget('vm', id);
+      return gone;
     },
     countByState(): Partial<Record<VmState, number>> {
       const out: Partial<Record<VmState, number>> = {};

@@ -138,14 +138,13 @@ describe('transports and interop', () => {
 
   test('MQTT.js publisher → mosquitto_sub (live message)', async () => {
     const c = await connectClient(`mqtt://${t.broker.addresses.tcp}`, { clientId: 'pub-interop' });
-    // aedes announces every subscription on $SYS: publish once mosquitto_sub's is in.
-    await c.subscribeAsync('$SYS/+/new/subscribes');
-    const subscribed = new Promise<void>((resolve) =>
-      c.on('message', (topic, payload) => {
-        if (topic.endsWith('/new/subscribes') && payload.toString().includes('"mosq-sub"'))
-          resolve();
-      }),
-    );
+    // aedes announces every subscription on $SYS (which controllers may not
+    // read; the daemon's own bus may): publish once mosquitto_sub's is in.
+    let seen: () => void = () => undefined;
+    const subscribed = new Promise<void>((resolve) => (seen = resolve));
+    const stop = await t.broker.subscribe('$SYS/+/new/subscribes', (_topic, payload) => {
+      if (payload.toString().includes('"mosq-sub"')) seen();
+    });
     const sub = spawn('mosquitto_sub', [
       '-h',
       '127.0.0.1',
@@ -167,6 +166,7 @@ describe('transports and interop', () => {
     await c.publishAsync('interop/out', 'to mosquitto_sub');
     assert.equal(await withTimeout(exited, 'mosquitto_sub exit'), 0);
     assert.equal(out.trim(), 'to mosquitto_sub');
+    await stop();
     await c.endAsync();
   });
 

@@ -14,6 +14,7 @@ export const eventHandlers = ({ events, vms }: EventHandlerDeps): Handlers<'even
     const q: Parameters<EventLog['query']>[0] = {};
     if (p?.objectId !== undefined) q.objectId = vms.resolveId(p.objectId) ?? p.objectId;
     if (p?.level !== undefined) q.level = p.level;
+    if (p?.actor !== undefined) q.actor = p.actor;
     const since = toMs(p?.since, 'since');
     const until = toMs(p?.until, 'until');
     if (since !== undefined) q.since = since;

@@ -241,7 +241,8 @@ describe('mosquitto interop', () => {
   const run = promisify(execFile);
   test('mosquitto_pub request, mosquitto_sub reply (JSON)', async () => {
     const port = d.daemon.broker.addresses.tcp!.split(':').pop()!;
-    const replyTo = 'mosq/replies/1';
+    // mosquitto_sub's own reply namespace: its client id is mosq-sub.
+    const replyTo = 'mvirt/_clients/mosq-sub/replies/1';
     // Also subscribe to the retained status: its arrival proves the SUBACK is done.
     const sub = spawn('mosquitto_sub', [
       '-p',

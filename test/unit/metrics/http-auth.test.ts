@@ -103,11 +103,9 @@ test('the session token logs the page in over WebSocket as its user, and nowhere
   const c = await connect(ws, USER, s.password!);
   // A controller like any other: its RPC gets an answer on its reply topic.
   const reply = new Promise<string>((resolve) => c.on('message', (_t, p) => resolve(p.toString())));
-  await c.subscribeAsync('ctl/alice/replies');
-  await c.publishAsync(
-    `${d.root}/rpc/system.info`,
-    JSON.stringify({ id: '1', replyTo: 'ctl/alice/replies' }),
-  );
+  const replyTo = `mvirt/_clients/${c.options.clientId}/replies`; // its own namespace
+  await c.subscribeAsync(replyTo);
+  await c.publishAsync(`${d.root}/rpc/system.info`, JSON.stringify({ id: '1', replyTo }));
   assert.equal((JSON.parse(await reply) as { ok: boolean }).ok, true);
   await c.endAsync();
 
