@@ -18,7 +18,14 @@ import { nameProblem, parseRpcTopic } from '../../protocol/topics.js';
 import { filterProblem, publishTopicProblem } from './validate.js';
 
 export type Principal =
-  { role: 'controller'; user: string | null } | { role: 'agent'; vmId: string };
+  | {
+      role: 'controller';
+      /** The users-file user, or null for an anonymous controller on the unix socket. */
+      user: string | null;
+      /** Unix socket: the local user on the other end (peer credentials), for the audit log. */
+      local?: { uid: number; user: string | null; pid: number } | null;
+    }
+  | { role: 'agent'; vmId: string };
 
 const under = (topic: string, prefix: string): boolean =>
   topic.length > prefix.length && topic.startsWith(prefix);

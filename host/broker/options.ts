@@ -1,6 +1,8 @@
 /** createBroker options, their defaults, and `host:port` parsing. */
 import path from 'node:path';
 import { MvirtError } from '../../protocol/errors.js';
+import type { Gate } from './listeners.js';
+import type { TlsContext } from './tls.js';
 import type { UserEntry } from './users.js';
 
 export interface BrokerOptions {
@@ -26,8 +28,16 @@ export interface BrokerOptions {
    * own password.
    */
   verifyControllerToken?: (username: string, token: string) => boolean;
-  /** Anonymous controllers, only over loopback TCP/WebSocket and the unix socket. Default false. */
+  /**
+   * Anonymous controllers, only over the unix socket (whose owner, group and
+   * mode decide who may connect). TCP and WebSocket controllers always log
+   * in: loopback is not an identity. Default false.
+   */
   allowAnonymous?: boolean;
+  /** TLS on the controller TCP and WebSocket listeners (not the guest listener, whose token is per VM). */
+  tls?: TlsContext | null;
+  /** Controller TCP/WebSocket connections to turn away before CONNECT (peers on a guest network). */
+  gate?: Gate;
   /** Controller users (password hashes); merged with usersFile. */
   users?: UserEntry[];
   /** JSON file `{ "users": [{ "username", "passwordHash" }] }`. */
@@ -60,6 +70,8 @@ export interface ResolvedOptions {
   verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
   verifyControllerToken: ((username: string, token: string) => boolean) | null;
   allowAnonymous: boolean;
+  tls: TlsContext | null;
+  gate: Gate | undefined;
   maxPacketSize: number;
   agentMaxPacketSize: number;
   maxConnectSize: number;
@@ -121,6 +133,8 @@ export function resolveOptions(o: BrokerOptions): ResolvedOptions {
     verifyAgentToken: o.verifyAgentToken ?? null,
     verifyControllerToken: o.verifyControllerToken ?? null,
     allowAnonymous: o.allowAnonymous ?? false,
+    tls: o.tls ?? null,
+    gate: o.gate,
     maxPacketSize: positive(o.maxPacketSize, MiB, 'maxPacketSize'),
     agentMaxPacketSize: positive(o.agentMaxPacketSize, MiB, 'agentMaxPacketSize'),
     maxConnectSize: positive(o.maxConnectSize, 64 * 1024, 'maxConnectSize'),

@@ -1,6 +1,7 @@
 /**
- * The controllers' users file: `{ "users": [{ "username", "passwordHash" }] }`
- * with hashes in the format of passwords.ts. Read once at start; a malformed
+ * The controllers' users file: `{ "users": [{ "username", "passwordHash", "role"? }] }`
+ * with hashes in the format of passwords.ts. `role` (admin, operator, viewer)
+ * is additive: a file without it stays valid. Read once at start; a malformed
  * file is a CONFIG_INVALID error, never a silently open broker.
  */
 import { readFileSync } from 'node:fs';
@@ -14,6 +15,7 @@ export const UserEntry = z.strictObject({
   passwordHash: z.string().refine((s) => parsePasswordHash(s) !== null, {
     message: 'not a $scrypt$n=…,r=…,p=…$salt$hash string (see host/broker/passwords.ts)',
   }),
+  role: z.enum(['admin', 'operator', 'viewer']).optional(),
 });
 export type UserEntry = z.infer<typeof UserEntry>;
 

@@ -33,6 +33,8 @@ import { createNetDevices } from '../network/iproute.js';
 import { createAgentTokens } from '../network/tokens.js';
 import { loadUsersFile } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
+import { createTlsContext, type TlsContext } from '../broker/tls.js';
+import { guestNetworkGate, plainListenerWarnings } from './exposure.js';
 import { createHostSampler } from '../metrics/host-sampler.js';
 import { createPrometheus } from '../metrics/prometheus.js';
 import { createRollups, DEFAULT_RESOLUTIONS } from '../metrics/rollup.js';
@@ -52,6 +54,10 @@ export interface Daemon {
   readonly topics: Topics;
   /** The HTTP listener (/metrics, dashboard), when --http is on. */
   readonly http: HttpServer | null;
+  /** TLS of the controller listeners, when configured. */
+  readonly tls: TlsContext | null;
+  /** SIGHUP: read the TLS certificate and key again (a failure keeps the old ones). */
+  reloadTls(): void;
   /** Orderly stop: leaves VMs running unless options.stopVmsOnExit. */
   close(): Promise<void>;
 }
@@ -99,9 +105,15 @@ export async function startDaemon(
     const sessions = createSessionTokens({ ttlMs: SESSION_TTL_MS });
     // Read once: MQTT and the HTTP listener check the same users.
     const users = opts.usersFile ? loadUsersFile(opts.usersFile) : new Map<string, string>();
+    // One TLS context for MQTT TCP, WebSocket and HTTP: one SIGHUP renews all three.
+    const tls = opts.tls ? createTlsContext(opts.tls) : null;
+    // Controller and HTTP listeners never answer a guest network, whatever they are bound to.
+    const gate = guestNetworkGate(network);
     const broker = await createBroker(
       {
         root,
+        tls,
+        gate,
         listen: opts.listen,
         ws: opts.wsListen,
         unixPath: opts.unixSocket,
@@ -281,10 +293,9 @@ export async function startDaemon(
     if (opts.http) {
       http = await startHttpServer({
         listen: parseHostPort(opts.http, '--http'),
-        auth: createHttpAuth({
-          users,
-          allowAnonymous: opts.allowAnonymous,
-        }),
+        auth: createHttpAuth({ users }),
+        tls,
+        gate,
         sessions,
         hostId: opts.hostId,
         root,
@@ -305,6 +316,7 @@ export async function startDaemon(
       objects: [`host:${opts.hostId}`],
       data: { addresses: broker.addresses, http: http?.url ?? null, dataDir: opts.dataDir },
     });
+    for (const w of plainListenerWarnings(opts, tls !== null)) log.warn(w);
     log.info(
       {
         version: VERSION,
@@ -324,6 +336,16 @@ export async function startDaemon(
       api,
       topics: t,
       http,
+      tls,
+      reloadTls() {
+        if (!tls) return;
+        try {
+          tls.reload();
+          log.info({ cert: tls.files.cert }, 'TLS certificate and key reloaded');
+        } catch (err) {
+          log.error({ err }, 'TLS reload failed; the previous certificate stays in use');
+        }
+      },
       close: () =>
         (closing ??= (async () => {
           await api.close();

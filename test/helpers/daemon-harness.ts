@@ -10,6 +10,7 @@ import mqtt from 'mqtt';
 import { startDaemon, type Daemon } from '../../host/daemon/daemon.js';
 import { parseOptions } from '../../host/daemon/options.js';
 import { NO_HOST_NETWORK } from './daemon-process.js';
+import { adminLogin, writeAdminUsers } from './test-admin.js';
 import type { Hypervisor } from '../../host/hypervisors/types.js';
 import { createLogger, silentLogger, type MvirtLogger } from '../../host/log.js';
 import { brokerOptions } from '../../protocol/client.js';
@@ -90,6 +91,11 @@ export async function startTestDaemon(opts: {
 }): Promise<TestDaemon> {
   const dataDir = opts.dataDir ?? (await makeTempDir());
   await writeFakeImage(path.join(dataDir, 'images'));
+  // TCP, WebSocket and HTTP controllers always log in: the test admin, unless
+  // the test brings its own users; anonymous stays on for the unix socket.
+  const login = (opts.args ?? []).includes('--users')
+    ? []
+    : ['--users', writeAdminUsers(dataDir), '--allow-anonymous'];
   const options = parseOptions([
     '--data-dir',
     dataDir,
@@ -101,6 +107,7 @@ export async function startTestDaemon(opts: {
     // Any free port: tests run side by side (a later --http in args wins).
     '--http',
     '127.0.0.1:0',
+    ...login,
     ...(opts.args ?? []),
   ]);
   const daemon = await startDaemon(options, opts.log ?? testLogger(), {
@@ -109,7 +116,10 @@ export async function startTestDaemon(opts: {
   return {
     daemon,
     dataDir,
-    url: `mqtt://${daemon.broker.addresses.tcp!}`,
+    // The unix socket (anonymous, as the local user); TCP needs the test admin's login.
+    url: daemon.broker.addresses.unix
+      ? `unix://${daemon.broker.addresses.unix}`
+      : `mqtt://${daemon.broker.addresses.tcp!}`,
     root: daemon.topics.root,
     stop: () => daemon.close(),
   };
@@ -154,7 +164,9 @@ export async function rpcClient(url: string, root: string): Promise<RpcClient> {
   const clientId = `test-${process.pid}-${++seq}`;
   // brokerOptions: `unix://` URLs (a daemon in a network namespace) become unix-socket options.
   const b = brokerOptions(url);
-  const opts = { ...b.opts, clientId, protocolVersion: 4 as const, reconnectPeriod: 0 };
+  // Over TCP/WebSocket controllers log in: as the test admin.
+  const login = b.url ? adminLogin() : {};
+  const opts = { ...b.opts, ...login, clientId, protocolVersion: 4 as const, reconnectPeriod: 0 };
   const client = await (b.url ? mqtt.connectAsync(b.url, opts) : mqtt.connectAsync(opts));
   const replyTopic = `test/replies/${clientId}`;
   const waiting = new Map<string, (r: ReplyEnvelope) => void>();

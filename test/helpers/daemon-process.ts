@@ -3,17 +3,21 @@
  * when built), for tests that kill it with SIGKILL or measure it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { adminLogin, writeAdminUsers } from './test-admin.js';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 export interface DaemonProcess {
   child: ChildProcess;
   url: string;
-  /** `http://host:port` of --http (null when off). */
+  /** `http://host:port` of --http (null when off); it asks for `admin`'s login. */
   httpUrl: string | null;
+  /** The test admin of the users file spawnDaemon wrote (null when the caller gave --users). */
+  admin: { username: string; password: string } | null;
   pid: number;
   /** stderr lines so far (JSON logs). */
   logs: string[];
@@ -32,12 +36,20 @@ export const NO_HOST_NETWORK = ['--bridge', 'off', '--network', 'none'] as const
 
 export async function spawnDaemon(
   args: string[],
-  /** netns: run inside this network namespace (`ip netns exec`); controllers then use the unix socket. */
+  /** netns: run inside this network namespace (`ip netns exec`). Controllers use the unix socket. */
   opts: { bundle?: string; readyTimeoutMs?: number; netns?: string } = {},
 ): Promise<DaemonProcess> {
   // Any free port for --http (daemons run side by side) and no host networking,
   // unless the caller says otherwise later in args.
-  const all = ['--http', '127.0.0.1:0', ...NO_HOST_NETWORK, ...args];
+  // TCP, WebSocket and HTTP controllers always log in: a users file with the
+  // test admin, and anonymous controllers on the unix socket (the URL below).
+  const ownUsers = args.includes('--users');
+  const di = args.indexOf('--data-dir');
+  const usersDir =
+    di >= 0 && args[di + 1] ? args[di + 1]! : mkdtempSync(path.join(os.tmpdir(), 'mvirt-users-'));
+  mkdirSync(usersDir, { recursive: true });
+  const login = ownUsers ? [] : ['--users', writeAdminUsers(usersDir), '--allow-anonymous'];
+  const all = ['--http', '127.0.0.1:0', ...NO_HOST_NETWORK, ...login, ...args];
   const node =
     opts.bundle && existsSync(opts.bundle)
       ? [opts.bundle, ...all]
@@ -77,7 +89,8 @@ export async function spawnDaemon(
           };
           if (j.msg !== 'mvirtd ready') continue;
           httpUrl = j.http ?? null;
-          if (opts.netns && j.addresses?.unix) resolve(`unix://${j.addresses.unix}`);
+          // Controllers use the unix socket: anonymous there, as the local user.
+          if (j.addresses?.unix) resolve(`unix://${j.addresses.unix}`);
           else if (j.addresses?.tcp) resolve(`mqtt://${j.addresses.tcp}`);
         } catch {
           /* not JSON */
@@ -97,5 +110,13 @@ export async function spawnDaemon(
     resolveReady = () => clearTimeout(t);
   });
   resolveReady();
-  return { child, url, httpUrl, pid: child.pid!, logs, exited };
+  return {
+    child,
+    url,
+    httpUrl,
+    admin: ownUsers ? null : adminLogin(),
+    pid: child.pid!,
+    logs,
+    exited,
+  };
 }
