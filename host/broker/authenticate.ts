@@ -178,7 +178,12 @@ export function createAuthenticate(d: Deps) {
       (principal) => {
         d.registry.principals.set(client, principal);
         const ci = d.registry.conns.get(client.conn);
-        const entry = { clientId: client.id, transport: ci?.transport, remote: ci?.remote, principal };
+        const entry = {
+          clientId: client.id,
+          transport: ci?.transport,
+          remote: ci?.remote,
+          principal,
+        };
         // Controllers are audited (who may act); agents are routine.
         if (principal.role === 'controller') d.log.audit(entry, 'controller connected');
         else d.log.info(entry, 'client connected');

@@ -30,6 +30,7 @@ import { createPoolManager } from '../jobs/pools.js';
 import { createStatusPublisher } from './status.js';
 import { createNetwork } from '../network/index.js';
 import { createNetDevices } from '../network/iproute.js';
+import { createPasst } from '../network/passt.js';
 import { createAgentTokens } from '../network/tokens.js';
 import { loadUsersFile } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
@@ -96,7 +97,9 @@ export async function startDaemon(
         nat: opts.nat,
         guestPort: opts.guestPort,
         dns: opts.guestDns,
+        vmDir,
       },
+      passt: createPasst({ log: log.child({ component: 'network' }) }),
       log,
     });
     // The bridge address must exist before the guest listener binds to it.

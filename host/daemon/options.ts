@@ -366,7 +366,10 @@ export function parseOptions(
   const cert = str('tls-cert');
   const key = str('tls-key');
   if ((cert === undefined) !== (key === undefined))
-    throw bad(cert === undefined ? 'tls-key' : 'tls-cert', 'give --tls-cert and --tls-key together');
+    throw bad(
+      cert === undefined ? 'tls-key' : 'tls-cert',
+      'give --tls-cert and --tls-key together',
+    );
   if (str('tls-client-ca') !== undefined && cert === undefined)
     throw bad('tls-client-ca', 'client certificates need TLS: give --tls-cert and --tls-key too');
   if (cert !== undefined && key !== undefined) {

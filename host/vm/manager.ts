@@ -669,6 +669,12 @@ export function createVmManager(deps: VmManagerDeps) {
       },
       undo: (c) => vms.deleteRuntime(c.vm.id),
     },
+    {
+      // User mode: the VM's passt on the hypervisor's network socket (network/passt.ts).
+      // Its undo is the 'prepare network' step's release().
+      name: 'start user network',
+      run: (c) => network.attach(c.vm, c.live!.dir),
+    },
     { name: 'attach console', run: (c) => attachConsole(c.live!) },
     {
       name: 'connect agent channel',
