@@ -51,8 +51,8 @@ export interface LaunchSpec {
   /** Extra `mvirt.*` kernel arguments (vm id, topic root); never secrets. */
   agentArgs: Record<string, string>;
   /**
-   * user + socket: a stream netdev the backend listens on at `socket` (passt
-   * connects through mvirtd); user without socket: slirp with restrict=on
+   * user + socket: a stream netdev the backend connects to at `socket` (the
+   * VM's passt listens there); user without socket: slirp with restrict=on
    * (no outbound, no host).
    */
   network: { mode: 'none' | 'user' | 'bridge'; tap?: string; mac?: string; socket?: string };

@@ -18,7 +18,7 @@ import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import type { NetworkRepo, SeedDocs } from '../store/network.js';
 import type { NetDevices } from './iproute.js';
-import { NET_SOCKET, PASST_NET, passtInstalled, type Passt } from './passt.js';
+import { PASST_NET, passtInstalled, type Passt } from './passt.js';
 import { SEED_FILE, writeSeed } from './seed.js';
 import { macFor, pickFree, tapFor, type Subnet } from './subnet.js';
 import type { AgentTokens } from './tokens.js';
@@ -74,8 +74,6 @@ export interface Network {
   define(vmId: string, spec: NetworkSpec, docs: SeedDocs): void;
   /** Boot step: TAP, token and seed disk. Undo with release(). */
   prepare(vm: VmRecord, dir: string): Promise<BootNetwork>;
-  /** Boot step once the hypervisor runs: user mode starts the VM's passt. Undo with release(). */
-  attach(vm: VmRecord, dir: string): Promise<void>;
   /** Once the runtime row exists: keep this boot's token across a daemon restart. */
   persist(vmId: string): void;
   /** The boot ended: remove the TAP, revoke the token. Idempotent. */
@@ -166,7 +164,8 @@ export function createNetwork(deps: {
       const out: BootNetwork = { nic: { mode: spec.mode }, disks: [], cmdline: {} };
       if (spec.mode === 'user') {
         out.nic.mac = macFor(vm.id);
-        if (passt) out.nic.socket = path.join(dir, NET_SOCKET);
+        // passt listens before QEMU starts; release() stops it if the boot fails later.
+        if (passt) out.nic.socket = await passt.start(vm.id, dir);
         Object.assign(out.cmdline, {
           [CMDLINE_KEYS.ip]: USER_NET.ip,
           [CMDLINE_KEYS.gw]: USER_NET.gw,
@@ -202,10 +201,6 @@ export function createNetwork(deps: {
         await rm(path.join(dir, SEED_FILE), { force: true });
       }
       return out;
-    },
-
-    async attach(vm, dir) {
-      if (vm.network.mode === 'user' && passt) await passt.start(vm.id, dir);
     },
 
     persist: (vmId) => tokens.persist(vmId),

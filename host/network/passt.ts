@@ -10,13 +10,16 @@
  * and what they can reach on the host is what anyone on the network can
  * (listeners bound to the host's own addresses, which always authenticate).
  *
- * How it is wired: QEMU listens on `<vm dir>/net.sock` (`-netdev stream,
- * server=on`), mvirtd connects to it once QEMU runs and hands that connected
- * socket to passt as fd 3 (`--fd 3`). passt never binds a path (as root it
- * drops to `nobody` before binding, and the VM folder is 0700), and with
- * `--one-off` it exits when QEMU closes the stream: its life is the VM's.
- * passt sandboxes itself into new namespaces and forks, so the pid we spawn
- * is not the one that stays: it runs in its own session and process group
+ * How it is wired: mvirtd starts passt before QEMU (boot step 'prepare
+ * network'), listening on `<vm dir>/net.sock` (`--socket`, `--runas` mvirtd's
+ * own uid so that it can bind in the 0700 VM folder; passt otherwise drops to
+ * `nobody`), and waits for the socket to appear; QEMU connects to it
+ * (`-netdev stream,server=off`). With `--one-off` passt exits when QEMU
+ * closes the stream: its life is the VM's. (Handing passt an already
+ * connected socket with `--fd` was tried first: passt 2023.03 then never
+ * learns the guest's MAC and only ARP replies reach the guest.) passt
+ * sandboxes itself into new namespaces and forks, so the pid we spawn is not
+ * the one that stays: it runs in its own session and process group
  * (detached), kept in `<vm dir>/passt.pgid`, which `stop()` signals; after a
  * daemon restart the file is all that is needed.
  *
@@ -24,10 +27,8 @@
  * see the figures in the commit that chose it and in docs.
  */
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { openSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, watch } from 'node:fs';
 import { access, constants, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { MvirtError } from '../../protocol/errors.js';
 import type { MvirtLogger } from '../log.js';
@@ -38,13 +39,15 @@ export const NET_SOCKET = 'net.sock';
 const PGID_FILE = 'passt.pgid';
 const LOG_FILE = 'passt.log';
 
-export function passtArgs(): string[] {
+export function passtArgs(socket: string, uid: number): string[] {
   return [
     '--foreground',
     '--one-off',
     '--quiet',
-    '--fd',
-    '3',
+    '--socket',
+    socket,
+    '--runas',
+    String(uid),
     // The gateway is not the host: no path to the host's loopback.
     '--no-map-gw',
     '--address',
@@ -94,20 +97,25 @@ export async function passtInstalled(binary = 'passt'): Promise<boolean> {
 }
 
 export interface Passt {
-  /** Connect to QEMU's stream socket in `dir` and start passt on it. */
-  start(vmId: string, dir: string): Promise<void>;
+  /** Start passt listening on `<dir>/net.sock`; resolves once the socket is there. */
+  start(vmId: string, dir: string): Promise<string>;
   /** Stop the VM's passt if it still runs (idempotent; works after a daemon restart). */
   stop(dir: string): Promise<void>;
 }
 
-function connectUnix(p: string): Promise<net.Socket> {
+/** Resolves once `file` exists in `dir` (fs.watch, no polling), or rejects when `failed` does. */
+function appears(dir: string, file: string, failed: Promise<never>): Promise<void> {
   return new Promise((resolve, reject) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.off('error', reject);
-      resolve(s);
+    const w = watch(dir, (_ev, name) => {
+      if (name === file && existsSync(path.join(dir, file))) done();
     });
-    s.once('error', reject);
+    const done = (err?: unknown): void => {
+      w.close();
+      if (err) reject(err);
+      else resolve();
+    };
+    failed.catch(done);
+    if (existsSync(path.join(dir, file))) done();
   });
 }
 
@@ -115,30 +123,44 @@ export function createPasst(o: { binary?: string; log: MvirtLogger }): Passt {
   const binary = o.binary ?? 'passt';
   return {
     async start(vmId, dir) {
-      const sock = await connectUnix(path.join(dir, NET_SOCKET));
+      const sock = path.join(dir, NET_SOCKET);
+      await rm(sock, { force: true });
       const logFd = openSync(path.join(dir, LOG_FILE), 'a', 0o600);
       try {
-        const child = spawn(binary, passtArgs(), {
+        const child = spawn(binary, passtArgs(sock, process.getuid?.() ?? 0), {
           cwd: dir,
           detached: true,
-          stdio: ['ignore', logFd, logFd, sock],
+          stdio: ['ignore', logFd, logFd],
           env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
         });
-        const spawned = once(child, 'spawn');
-        const failed = once(child, 'error').then(([err]) => {
-          throw new MvirtError(
-            'NETWORK_UNAVAILABLE',
-            `cannot start passt for user-mode networking: ${(err as Error).message}; install the passt package (apt-get install passt)`,
+        const failed = new Promise<never>((_, reject) => {
+          child.once('error', (err) =>
+            reject(
+              new MvirtError(
+                'NETWORK_UNAVAILABLE',
+                `cannot start passt for user-mode networking: ${err.message}; install the passt package (apt-get install passt)`,
+              ),
+            ),
           );
+          // passt forks into its sandbox: an exit before the socket exists is a failure.
+          child.once('exit', (code) => {
+            if (!existsSync(sock))
+              reject(
+                new MvirtError(
+                  'NETWORK_UNAVAILABLE',
+                  `passt exited (${String(code)}) before listening; see ${path.join(dir, LOG_FILE)}`,
+                ),
+              );
+          });
         });
-        await Promise.race([spawned, failed]);
+        failed.catch(() => undefined);
+        await appears(dir, NET_SOCKET, failed);
         child.unref();
         await writeFile(path.join(dir, PGID_FILE), `${child.pid}\n`, { mode: 0o600 });
         o.log.info({ vmId, pgid: child.pid }, 'passt started (user-mode networking)');
+        return sock;
       } finally {
         closeSync(logFd);
-        // passt holds its own copy of the stream now; QEMU's end stays open.
-        sock.destroy();
       }
     },
 

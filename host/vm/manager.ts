@@ -607,7 +607,7 @@ export function createVmManager(deps: VmManagerDeps) {
       },
     },
     {
-      // TAP on the bridge, the per-boot token, the seed disk.
+      // TAP on the bridge (or user mode's passt), the per-boot token, the seed disk.
       name: 'prepare network',
       run: async (c) => {
         c.net = await network.prepare(c.vm, c.live!.dir);
@@ -668,12 +668,6 @@ export function createVmManager(deps: VmManagerDeps) {
         if (rec) publishState(rec); // now with pid and accel
       },
       undo: (c) => vms.deleteRuntime(c.vm.id),
-    },
-    {
-      // User mode: the VM's passt on the hypervisor's network socket (network/passt.ts).
-      // Its undo is the 'prepare network' step's release().
-      name: 'start user network',
-      run: (c) => network.attach(c.vm, c.live!.dir),
     },
     { name: 'attach console', run: (c) => attachConsole(c.live!) },
     {

@@ -163,16 +163,18 @@ const external = Object.values(os.networkInterfaces())
   .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
 
 test(
-  'user mode (passt): 10.0.2.2 is not the host loopback; every listener on every host address refuses the guest',
+  'user mode (passt): outbound works, 10.0.2.2 is not the host loopback, every listener on every host address refuses the guest',
   {
     skip: skipNoImage || (!hasPasst && 'needs passt') || (!external && 'needs an external address'),
     timeout: 900_000,
   },
   () =>
     explained(async () => {
-      // A service on the host's loopback.
+      // A service on the host's loopback and one on its external address.
       const loop = createServer((s) => s.end('loopback secret\n'));
+      const ext = createServer((s) => s.end('hello outside\n'));
       await new Promise<void>((r) => loop.listen(0, '127.0.0.1', r));
+      await new Promise<void>((r) => ext.listen(0, external!, r));
       try {
         const dataDir = await tempDataDir('mvirt-reach-u-');
         const { c, d } = await qemuDaemon(dataDir, [
@@ -189,12 +191,17 @@ test(
             'job.run',
             {
               vm: 'u1',
-              argv: ['sh', '-c', `nc -w 5 10.0.2.2 ${loopPort} </dev/null; echo "gw=$?"`],
+              argv: [
+                'sh',
+                '-c',
+                `nc -w 5 ${external} ${(ext.address() as AddressInfo).port} </dev/null; nc -w 5 10.0.2.2 ${loopPort} </dev/null; echo "gw=$?"`,
+              ],
               wait: true,
             },
             { timeoutMs: JOB_MS },
           ),
         );
+        assert.match(reach.stdout ?? '', /hello outside\n/, 'outbound to the host network works');
         assert.match(reach.stdout ?? '', /gw=\d+/);
         assert.doesNotMatch(reach.stdout ?? '', /loopback secret/, '10.0.2.2 is not the host');
 
@@ -206,7 +213,13 @@ test(
         const vs = await probeFromGuest(c, 'u1', probes);
         const why = describeVerdicts(probes, vs);
         for (const v of vs) assert.ok(refused(v), why);
+        // The external address answered (with refusals): the probes did reach the listeners.
+        assert.ok(
+          vs.some((v) => v.kind === 'connack') && vs.some((v) => v.kind === 'http'),
+          `the listeners answered with refusals:\n${why}`,
+        );
       } finally {
+        ext.close();
         loop.close();
       }
     }),

@@ -200,7 +200,7 @@ function networkArgs(spec: LaunchSpec, nicDevice: string): string[] {
         throw new MvirtError('INVALID_PARAMS', `bad network socket path ${sock}`);
       const netdev =
         sock !== undefined
-          ? `stream,id=net0,server=on,addr.type=unix,addr.path=${sock}`
+          ? `stream,id=net0,server=off,addr.type=unix,addr.path=${sock}`
           : 'user,id=net0,restrict=on';
       return ['-netdev', netdev, '-device', `${nicDevice},netdev=net0${mac}`];
     }

@@ -97,7 +97,7 @@ describe('qemu args', () => {
       'microvm',
     );
     assert.deepEqual(after(passt, '-netdev'), [
-      'stream,id=net0,server=on,addr.type=unix,addr.path=/d/vm/v1/net.sock',
+      'stream,id=net0,server=off,addr.type=unix,addr.path=/d/vm/v1/net.sock',
     ]);
   });
 
