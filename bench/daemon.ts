@@ -18,14 +18,17 @@ import {
   writeFakeImage,
 } from '../test/helpers/daemon-harness.js';
 import { REPO, spawnDaemon } from '../test/helpers/daemon-process.js';
+import { TEST_ADMIN } from '../test/helpers/test-admin.js';
 import { echoRoundTrip, measureRoundTrips, round, type BenchRow } from './lib.js';
 
 async function rpcVersusEcho(): Promise<BenchRow[]> {
   const hv = createFakeHypervisor();
   const d = await startTestDaemon({ hypervisors: [hv] });
   try {
-    const echo = await echoRoundTrip({ bus: d.daemon.broker, url: d.url, count: 2000 });
-    const client = await mqtt.connectAsync(d.url, { clientId: 'bench-info', reconnectPeriod: 0 });
+    // Loopback TCP as the test admin (the login is per connection, not per request).
+    const url = `mqtt://${TEST_ADMIN.username}:${TEST_ADMIN.password}@${d.daemon.broker.addresses.tcp!}`;
+    const echo = await echoRoundTrip({ bus: d.daemon.broker, url, count: 2000 });
+    const client = await mqtt.connectAsync(url, { clientId: 'bench-info', reconnectPeriod: 0 });
     const replyTopic = 'bench/info/reply';
     const info = await measureRoundTrips({
       client,

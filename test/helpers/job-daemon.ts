@@ -4,6 +4,8 @@
  * subscribed to every job, VM and pool topic from the start, so a test awaits
  * what the daemon publishes (past or future) instead of sleeping.
  */
+import { brokerOptions } from '../../protocol/client.js';
+import { adminLogin } from './test-admin.js';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -79,11 +81,16 @@ export interface Recorder {
 }
 
 export async function record(url: string, root: string): Promise<Recorder> {
-  const client = await mqtt.connectAsync(url, {
+  // `unix://` (the test daemon's anonymous socket) or TCP as the test admin.
+  const b = brokerOptions(url);
+  const opts = {
+    ...b.opts,
+    ...(b.url ? adminLogin() : {}),
     clientId: `rec-${process.pid}-${Math.random().toString(16).slice(2, 8)}`,
-    protocolVersion: 4,
+    protocolVersion: 4 as const,
     reconnectPeriod: 0,
-  });
+  };
+  const client = await (b.url ? mqtt.connectAsync(b.url, opts) : mqtt.connectAsync(opts));
   const seen: Seen[] = [];
   const checks = new Set<() => void>();
   client.on('message', (topic, payload) => {
