@@ -79,6 +79,8 @@ type Verdict =
   | { kind: 'no connection' }
   | { kind: 'connack'; code: number }
   | { kind: 'http'; status: number }
+  /** Upgraded, then closed with no CONNACK in the capture (the broker's log has the refusal). */
+  | { kind: 'upgraded, closed' }
   | { kind: 'other'; text: string };
 
 function classify(hex: string): Verdict {
@@ -89,6 +91,7 @@ function classify(hex: string): Verdict {
     // A WebSocket frame with the CONNACK follows the headers: 82 04 20 02 00 rc
     const at = b.indexOf(Buffer.from([0x82, 0x04, 0x20, 0x02, 0x00]));
     if (at >= 0 && at + 5 < b.length) return { kind: 'connack', code: b[at + 5]! };
+    if (!text.includes('\x82')) return { kind: 'upgraded, closed' };
     return { kind: 'other', text };
   }
   const m = /^HTTP\/1\.[01] (\d{3})/.exec(text);
@@ -99,6 +102,7 @@ function classify(hex: string): Verdict {
 
 const refused = (v: Verdict): boolean =>
   v.kind === 'no connection' ||
+  v.kind === 'upgraded, closed' ||
   (v.kind === 'connack' && v.code !== 0) ||
   (v.kind === 'http' && v.status === 401);
 
@@ -212,6 +216,15 @@ test(
         const vs = await probeFromGuest(c, 'u1', probes);
         const why = describeVerdicts(probes, vs);
         for (const v of vs) assert.ok(refused(v), why);
+        // Every WebSocket CONNECT that got through the upgrade was refused by the broker.
+        const wsRefusals = d.logs.filter(
+          (l) => /"transport":"ws"/.test(l) && /authentication required/.test(l),
+        ).length;
+        const upgraded = probes.filter(
+          (p, i) =>
+            (p.listener === 'ws' || p.listener === 'http-mqtt') && vs[i]!.kind !== 'no connection',
+        ).length;
+        assert.ok(wsRefusals >= upgraded, `broker refusals ${wsRefusals} of ${upgraded}:\n${why}`);
         // The external address answered (with refusals): the probes did reach the listeners.
         assert.ok(
           vs.some((v) => v.kind === 'connack') && vs.some((v) => v.kind === 'http'),
