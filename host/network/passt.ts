@@ -23,8 +23,8 @@
  * (detached), kept in `<vm dir>/passt.pgid`, which `stop()` signals; after a
  * daemon restart the file is all that is needed.
  *
- * Cost, seen on the 2-core TCG machine: starting passt and waiting for its
- * socket took ~50 ms of the boot (the 'prepare network' step), against
+ * Cost, seen on the 2-core TCG machine: starting passt took ~50 ms of the
+ * boot (timed with the first, --fd wiring; the socket wait adds little), against
  * 30–60 s boots to ready under load. Throughput against slirp is not
  * measured yet (bench/network.ts covers bridged VMs only): a follow-up.
  */
