@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../host/broker/index.js';
 import { silentLogger } from '../host/log.js';
+import { TEST_ADMIN } from '../harness/test-admin.js';
 import {
   echoRoundTrip,
   runLoadInChild,
@@ -74,11 +75,17 @@ async function compare(
 export default async function brokerBench(): Promise<BenchRow[]> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'mvirt-bench-broker-'));
   const broker = await createBroker(
-    { root: ROOT, listen: '127.0.0.1:0', dataDir: dir, allowAnonymous: true },
+    {
+      root: ROOT,
+      listen: '127.0.0.1:0',
+      dataDir: dir,
+      users: [{ username: TEST_ADMIN.username, passwordHash: TEST_ADMIN.passwordHash }],
+    },
     silentLogger(),
   );
   const mosquitto = await startMosquitto();
-  const embeddedUrl = `mqtt://${broker.addresses.tcp}`;
+  // TCP controllers log in (loopback is not an identity); the login is per connection only.
+  const embeddedUrl = `mqtt://${TEST_ADMIN.username}:${TEST_ADMIN.password}@${broker.addresses.tcp}`;
   const rows: BenchRow[] = [];
   try {
     for (const { label, load } of LOADS) {

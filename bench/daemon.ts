@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { ensureBuilt, imagesDir } from '../harness/build.js';
 import { rpcClient } from '../harness/client.js';
 import { connectController } from '../harness/connect.js';
+import { TEST_ADMIN } from '../harness/test-admin.js';
 import { HOST_ID, spawnDaemon, startTestDaemon, stopProcess } from '../harness/daemon.js';
 import { createFakeHypervisor, killFakes } from '../harness/fake-vms.js';
 import { makeTempDir, removeDir } from '../harness/paths.js';
@@ -18,8 +19,10 @@ async function rpcVersusEcho(): Promise<BenchRow[]> {
   const hv = createFakeHypervisor();
   const d = await startTestDaemon({ hypervisors: [hv] });
   try {
-    const echo = await echoRoundTrip({ bus: d.daemon.broker, url: d.url, count: 2000 });
-    const client = await connectController(d.url, { clientId: 'bench-info' });
+    // Loopback TCP as the test admin (the login is per connection, not per request).
+    const url = `mqtt://${TEST_ADMIN.username}:${TEST_ADMIN.password}@${d.daemon.broker.addresses.tcp!}`;
+    const echo = await echoRoundTrip({ bus: d.daemon.broker, url, count: 2000 });
+    const client = await connectController(url, { clientId: 'bench-info' });
     const replyTopic = 'mvirt/_clients/bench-info/replies';
     const info = await measureRoundTrips({
       client,

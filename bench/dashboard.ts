@@ -34,7 +34,7 @@ export default async function dashboardBench(): Promise<BenchRow[]> {
     HOST_ID,
   ]);
   const c = await rpcClient(d);
-  const browser = await launchBrowser();
+  const browser = await launchBrowser({ httpCredentials: d.admin! });
   const t0 = stealTicks();
   try {
     for (let i = 0; i < VMS; i++) ok(await c.call('vm.create', { name: `dash-${i}` }));

@@ -21,7 +21,11 @@ export interface Browser {
 }
 
 export async function launchBrowser(
-  o: { httpCredentials?: { username: string; password: string } } = {},
+  o: {
+    httpCredentials?: { username: string; password: string };
+    /** More chromium flags, e.g. --ignore-certificate-errors-spki-list=<pin> for a test CA. */
+    args?: string[];
+  } = {},
 ): Promise<Browser> {
   const profile = await mkdtemp(path.join(os.tmpdir(), 'mvirt-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
@@ -39,6 +43,7 @@ export async function launchBrowser(
       '--disable-background-networking',
       '--disable-component-update',
       '--disable-sync',
+      ...(o.args ?? []),
     ],
   });
   return {

@@ -6,6 +6,7 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { brokerOptions } from '../protocol/client.js';
+import { adminLogin } from './test-admin.js';
 
 /** How to reach one daemon: its broker address and topic root. */
 export interface DaemonAddress {
@@ -30,6 +31,8 @@ export async function connectController(
   const b = brokerOptions(url);
   const opts: IClientOptions = {
     ...b.opts,
+    // Over TCP/WebSocket controllers log in (as the test admin); the unix socket is anonymous.
+    ...(b.url ? adminLogin() : {}),
     clientId: o.clientId ?? nextClientId(),
     protocolVersion: 4,
     reconnectPeriod: 0,

@@ -9,7 +9,9 @@
  * networking); controllers reach either through connect.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { startDaemon, type Daemon } from '../host/daemon/daemon.js';
 import { parseOptions } from '../host/daemon/options.js';
@@ -19,6 +21,7 @@ import { decode, sniffEncoding, type Encoding } from '../protocol/codec.js';
 import { ensureBuilt } from './build.js';
 import type { DaemonAddress } from './connect.js';
 import { makeTempDir, REPO } from './paths.js';
+import { adminLogin, writeAdminUsers } from './test-admin.js';
 
 export const HOST_ID = 'test-host';
 
@@ -119,14 +122,23 @@ export async function startTestDaemon(opts: {
 }): Promise<TestDaemon> {
   const dataDir = opts.dataDir ?? (await makeTempDir());
   await writeFakeImage(path.join(dataDir, 'images'));
-  const options = parseOptions(['--data-dir', dataDir, ...baseArgs(), ...(opts.args ?? [])]);
+  const options = parseOptions([
+    '--data-dir',
+    dataDir,
+    ...baseArgs(),
+    ...loginArgs(opts.args ?? [], dataDir),
+    ...(opts.args ?? []),
+  ]);
   const daemon = await startDaemon(options, opts.log ?? testLogger(), {
     ...(opts.hypervisors ? { hypervisors: opts.hypervisors } : {}),
   });
   return {
     daemon,
     dataDir,
-    url: `mqtt://${daemon.broker.addresses.tcp!}`,
+    // The unix socket (anonymous, as the local user); TCP needs the test admin's login.
+    url: daemon.broker.addresses.unix
+      ? `unix://${daemon.broker.addresses.unix}`
+      : `mqtt://${daemon.broker.addresses.tcp!}`,
     root: daemon.topics.root,
     stop: () => daemon.close(),
   };
@@ -134,7 +146,9 @@ export async function startTestDaemon(opts: {
 
 export interface DaemonProcess extends DaemonAddress {
   child: ChildProcess;
-  /** `http://host:port` of --http (null when off). */
+  /** The test admin of the users file spawnDaemon wrote (null when the caller gave --users). */
+  admin: { username: string; password: string } | null;
+  /** `http://host:port` of --http (null when off); it asks for `admin`'s login. */
   httpUrl: string | null;
   /** The unix socket controllers may use (always there). */
   socket: string | null;
@@ -143,6 +157,17 @@ export interface DaemonProcess extends DaemonAddress {
   logs: string[];
   /** Resolves with the exit once the process is gone. */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * TCP, WebSocket and HTTP controllers always log in (loopback is not an
+ * identity): every test daemon knows the test admin, unless the caller brings
+ * its own --users; anonymous controllers stay allowed on the unix socket.
+ */
+function loginArgs(args: readonly string[], dir: string): string[] {
+  if (args.includes('--users')) return [];
+  mkdirSync(dir, { recursive: true });
+  return ['--users', writeAdminUsers(dir), '--allow-anonymous'];
 }
 
 /**
@@ -160,7 +185,10 @@ export async function spawnDaemon(
     netns?: string;
   } = {},
 ): Promise<DaemonProcess> {
-  const all = [...baseArgs(), ...args];
+  const di = args.indexOf('--data-dir');
+  const usersDir =
+    di >= 0 && args[di + 1] ? args[di + 1]! : mkdtempSync(path.join(os.tmpdir(), 'mvirt-users-'));
+  const all = [...baseArgs(), ...loginArgs(args, usersDir), ...args];
   if (opts.bundle === 'dist') ensureBuilt();
   const node =
     opts.bundle === 'dist'
@@ -211,7 +239,8 @@ export async function spawnDaemon(
         if (j.msg !== 'mvirtd ready') continue;
         const unix = j.addresses?.unix ?? null;
         const tcp = opts.netns ? null : (j.addresses?.tcp ?? null);
-        const url = tcp ? `mqtt://${tcp}` : unix ? `unix://${unix}` : null;
+        // Controllers use the unix socket (anonymous there, as the local user).
+        const url = unix ? `unix://${unix}` : tcp ? `mqtt://${tcp}` : null;
         if (!url || !j.root) return reject(new Error(`mvirtd ready without an address: ${line}`));
         resolve({ url, root: j.root, httpUrl: j.http ?? null, socket: unix });
       }
@@ -229,7 +258,8 @@ export async function spawnDaemon(
     clearReadyTimer = () => clearTimeout(t);
   });
   clearReadyTimer();
-  return { child, ...ready, pid: child.pid!, logs, exited };
+  const admin = args.includes('--users') ? null : adminLogin();
+  return { child, ...ready, admin, pid: child.pid!, logs, exited };
 }
 
 /** Stop a spawned daemon with SIGTERM and wait for it to be gone. */

@@ -45,6 +45,8 @@ export interface ClientOptions {
   encoding?: Encoding;
   username?: string;
   password?: string;
+  /** CA certificate(s) to trust for mqtts:// and wss:// (PEM). */
+  ca?: string | Buffer;
   /** Default time to wait for a reply, per call. */
   timeoutMs?: number;
   connectTimeoutMs?: number;
@@ -145,6 +147,7 @@ export async function connectBroker(
     clientId: string;
     username?: string;
     password?: string;
+    ca?: string | Buffer;
     connectTimeoutMs?: number;
     will?: IClientOptions['will'];
   },
@@ -161,6 +164,7 @@ export async function connectBroker(
     connectTimeout: timeoutMs,
     ...(o.username !== undefined ? { username: o.username } : {}),
     ...(o.password !== undefined ? { password: o.password } : {}),
+    ...(o.ca !== undefined ? { ca: o.ca } : {}),
     ...(o.will ? { will: o.will } : {}),
   };
   const client = u === undefined ? connect(options) : connect(u, options);
@@ -327,6 +331,7 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
       clientId,
       ...(options.username !== undefined ? { username: options.username } : {}),
       ...(options.password !== undefined ? { password: options.password } : {}),
+      ...(options.ca !== undefined ? { ca: options.ca } : {}),
       ...(options.connectTimeoutMs !== undefined
         ? { connectTimeoutMs: options.connectTimeoutMs }
         : {}),

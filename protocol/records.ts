@@ -201,7 +201,10 @@ export const EventRecord = z.strictObject({
     .string()
     .optional()
     .describe('who acted: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>` or `mvirtd`'),
-  actorClient: z.string().optional().describe("the controller's client id, when a controller acted"),
+  actorClient: z
+    .string()
+    .optional()
+    .describe("the controller's client id, when a controller acted"),
 });
 export type EventRecord = z.infer<typeof EventRecord>;
 

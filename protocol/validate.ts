@@ -15,7 +15,9 @@ export function formatIssues(error: z.ZodError): string {
     .map((i) => {
       const path = i.path.length ? i.path.join('.') : '(root)';
       if (i.code === 'unrecognized_keys') {
-        const keys = i.keys.slice(0, MAX_ISSUES).map((k) => (k.length > 64 ? `${k.slice(0, 64)}…` : k));
+        const keys = i.keys
+          .slice(0, MAX_ISSUES)
+          .map((k) => (k.length > 64 ? `${k.slice(0, 64)}…` : k));
         const extra = i.keys.length > MAX_ISSUES ? ` and ${i.keys.length - MAX_ISSUES} more` : '';
         return `${path.slice(0, 200)}: unknown field(s) ${keys.join(', ')}${extra}`;
       }

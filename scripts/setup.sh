@@ -14,7 +14,13 @@ npm run --silent build
 
 if [ "$(id -u)" = 0 ]; then DATA=${MVIRT_DATA_DIR:-/var/lib/mvirt}; else DATA=${MVIRT_DATA_DIR:-$HOME/.local/share/mvirt}; fi
 mkdir -p "$DATA"
-export MVIRT_BROKER=${MVIRT_BROKER:-mqtt://127.0.0.1:1883}
+
+# Loopback is not an identity: mvirtd's TCP, WebSocket and HTTP listeners
+# always ask for a login. An admin credential for the installing user, in a
+# file only that user can read; the CLI finds it by itself.
+CRED=${MVIRT_CREDENTIALS:-${XDG_CONFIG_HOME:-$HOME/.config}/mvirt/credentials.json}
+say "admin credential for $(id -un): $CRED"
+node --import tsx host/cli/setup-admin.ts "$DATA/users.json" "$CRED" mqtt://127.0.0.1:1883 "$(id -un)"
 
 say "building the default µOS image into $DATA/images (cached after the first time)"
 node bin/mvirt.js image build images/recipes/default.json --data-dir "$DATA"
@@ -23,7 +29,9 @@ if node bin/mvirt.js info --timeout 3 >/dev/null 2>&1; then
   say "mvirtd is already running"
 else
   say "starting mvirtd on 127.0.0.1:1883, dashboard on http://127.0.0.1:8180/ (log: $DATA/mvirtd.log)"
-  nohup node bin/mvirtd.js --data-dir "$DATA" --listen 127.0.0.1:1883 --http 127.0.0.1:8180 --allow-anonymous \
+  # --allow-anonymous: only over the unix socket $DATA/mvirt.sock (mode 0660).
+  nohup node bin/mvirtd.js --data-dir "$DATA" --listen 127.0.0.1:1883 --http 127.0.0.1:8180 \
+    --users "$DATA/users.json" --allow-anonymous \
     >>"$DATA/mvirtd.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     node bin/mvirt.js info --timeout 3 >/dev/null 2>&1 && break
@@ -47,10 +55,11 @@ node bin/mvirt.js run -- uname -a
 cat >&2 <<MSG
 
 mvirt is running. Try:
-  open http://127.0.0.1:8180/ (the dashboard; /metrics for Prometheus)
+  open http://127.0.0.1:8180/ (the dashboard; /metrics for Prometheus): log in as
+    $(id -un) with the password in $CRED
   node bin/mvirt.js top
   node bin/mvirt.js vm ls
   node bin/mvirt.js run --vm hello -- cat /proc/cpuinfo
-  mosquitto_sub -h 127.0.0.1 -t 'mvirt/+/vm/+/state' -v
+  mosquitto_sub --unix $DATA/mvirt.sock -t 'mvirt/+/vm/+/state' -v
   node bin/mvirt.js vm stop hello
 MSG

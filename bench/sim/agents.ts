@@ -6,6 +6,7 @@
  * CBOR telemetry at the asked interval. It can also run one subscriber of
  * `vm/+/telemetry`, as a dashboard would. Driven over IPC by bench/telemetry.ts.
  */
+import { brokerOptions } from '../../protocol/client.js';
 import net from 'node:net';
 import mqtt, { MqttClient } from 'mqtt';
 import type { Telemetry } from '../../protocol/agent.js';
@@ -130,7 +131,10 @@ process.on('message', (m: SimRequest) => {
     setTelemetry(m.intervalMs);
     reply({ type: 'ok' });
   } else if (m.type === 'watch') {
-    const c = mqtt.connect(m.url, { protocolVersion: 4, clientId: 'sim-dashboard' });
+    // The daemon's unix socket (`unix://`, anonymous) or a URL mqtt.js knows.
+    const b = brokerOptions(m.url);
+    const o = { ...b.opts, protocolVersion: 4 as const, clientId: 'sim-dashboard' };
+    const c = b.url ? mqtt.connect(b.url, o) : mqtt.connect(o);
     c.on('message', () => {
       received++;
       if (awaited && received >= awaited.count) {

@@ -5,8 +5,20 @@
  * the scope afterwards. A refusal is a FORBIDDEN error (server.ts turns it
  * into a reply and an audit event); nothing has been changed by then.
  */
-import type { EventRecord, JobRecord, PoolRecord, RpcMethod, VmRecord } from '../../protocol/rpc.js';
-import { inScope, roleAtLeast, type Access, type ObjectKind, type Permission } from '../auth/roles.js';
+import type {
+  EventRecord,
+  JobRecord,
+  PoolRecord,
+  RpcMethod,
+  VmRecord,
+} from '../../protocol/rpc.js';
+import {
+  inScope,
+  roleAtLeast,
+  type Access,
+  type ObjectKind,
+  type Permission,
+} from '../auth/roles.js';
 
 export interface AccessDeps {
   /** A VM id or name → the VM's id (undefined when there is none). */
@@ -36,7 +48,12 @@ export function createAccessCheck(d: AccessDeps) {
       : { reason: `${kind} ${ref} is outside your scope ${access.scope}`, objects: [id] };
   }
   /** null when the call may go ahead. */
-  function check(access: Access, method: RpcMethod, perm: Permission, params: unknown): Refusal | null {
+  function check(
+    access: Access,
+    method: RpcMethod,
+    perm: Permission,
+    params: unknown,
+  ): Refusal | null {
     if (!roleAtLeast(access.role, perm.role))
       return {
         reason: `${method} needs the ${perm.role} role; you are ${access.role === 'admin' ? 'an' : 'a'} ${access.role}`,

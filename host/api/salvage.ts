@@ -55,7 +55,8 @@ function skip(b: Buffer, i: number): number {
     switch (h.major) {
       case 2:
       case 3:
-        if (h.arg === -1) pending.push(-1); // chunks follow, each a string
+        if (h.arg === -1)
+          pending.push(-1); // chunks follow, each a string
         else if ((i += h.arg) > b.length) return -1;
         break;
       case 4:

@@ -173,12 +173,22 @@ export function createApi(deps: {
       const result =
         sender && deps.access ? deps.access.filter(sender.access, method as RpcMethod, out) : out;
       log.debug({ method, id, ms: Math.round(performance.now() - t0) }, 'request done');
-      await reply(replyTo, encoding, { ...(id !== undefined ? { id } : {}), ok: true, result }, sender);
+      await reply(
+        replyTo,
+        encoding,
+        { ...(id !== undefined ? { id } : {}), ok: true, result },
+        sender,
+      );
     } catch (err) {
       const error = toErrorBody(err);
       if (error.code === 'INTERNAL') log.error({ method, id, err }, 'request failed unexpectedly');
       else log.debug({ method, id, code: error.code, message: error.message }, 'request refused');
-      await reply(replyTo, encoding, { ...(id !== undefined ? { id } : {}), ok: false, error }, sender);
+      await reply(
+        replyTo,
+        encoding,
+        { ...(id !== undefined ? { id } : {}), ok: false, error },
+        sender,
+      );
     }
   }
 

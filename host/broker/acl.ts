@@ -31,6 +31,8 @@ export interface ControllerPrincipal {
   user: string | null;
   /** A local user named by the unix socket's peer credentials (anonymous controllers). */
   unixUser?: string;
+  /** Unix socket: the local user on the other end (peer credentials), for the audit log. */
+  local?: { uid: number; user: string | null; pid: number } | null;
   access: Access;
   clientId: string;
 }

@@ -9,8 +9,11 @@
  *    injected verifier; then the same rules as an agent channel.
  *  - controllers (TCP, unix, WebSocket): a user from the users file with a
  *    scrypt-hashed password (over WebSocket also a session token the HTTP
- *    listener minted for that user after checking the password), or anonymous where `allowAnonymous` is set and
- *    the connection is local (loopback or unix socket).
+ *    listener minted for that user after checking the password), or
+ *    anonymous where `allowAnonymous` is set and the connection came over the
+ *    unix socket. Loopback TCP is not an identity (QEMU's slirp and every
+ *    local user reach it): TCP and WebSocket controllers always log in. On the
+ *    unix socket the peer's credentials name the local user in the log.
  * Every refusal is logged at warn with the client id and the reason.
  */
 import type { Client, ConnectPacket } from 'aedes';
@@ -154,15 +157,21 @@ export function createAuthenticate(d: Deps) {
         );
       }
       principal = controller(client, username);
-    } else if (d.allowAnonymous && ci.local) {
+    } else if (d.allowAnonymous && ci.transport === 'unix') {
       principal = { role: 'controller', user: null, access: FULL_ACCESS, clientId: client.id };
     } else {
       throw refusal(
         NOT_AUTHORIZED,
         d.allowAnonymous
-          ? 'anonymous access only over loopback or the unix socket'
+          ? 'authentication required: anonymous access only over the unix socket'
           : 'authentication required',
       );
+    }
+    if (ci.peer && principal.role === 'controller') {
+      principal.local = await ci.peer;
+      // An anonymous controller on the unix socket is the local user its peer credentials name.
+      if (principal.user === null && principal.local?.user)
+        principal.unixUser = principal.local.user;
     }
     const w = willProblem(principal, (client as unknown as { _will: Will })._will);
     if (w !== null) throw refusal(NOT_AUTHORIZED, w);
@@ -198,10 +207,15 @@ export function createAuthenticate(d: Deps) {
       (principal) => {
         d.registry.principals.set(client, principal);
         const ci = d.registry.conns.get(client.conn);
-        d.log.info(
-          { clientId: client.id, transport: ci?.transport, remote: ci?.remote, principal },
-          'client connected',
-        );
+        const entry = {
+          clientId: client.id,
+          transport: ci?.transport,
+          remote: ci?.remote,
+          principal,
+        };
+        // Controllers are audited (who may act); agents are routine.
+        if (principal.role === 'controller') d.log.audit(entry, 'controller connected');
+        else d.log.info(entry, 'client connected');
         done(null, true);
       },
       (err: unknown) => {

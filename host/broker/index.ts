@@ -37,7 +37,8 @@ import type { Actor } from '../auth/actor.js';
 import { guardStream, type FrameLimits } from './frame-guard.js';
 import { listenTcp, listenUnix, listenWs, type Listener } from './listeners.js';
 import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './options.js';
-import { createRegistry, isLoopback, type ConnInfo, type Registry } from './registry.js';
+import { peerCred } from './peer.js';
+import { createRegistry, type ConnInfo, type Registry } from './registry.js';
 import { createCounters } from './stats.js';
 import type { AgentChannelHandle, Broker, Sender } from './types.js';
 import { accessOf, loadUserEntries, parseUserEntries, type Users } from './users.js';
@@ -127,31 +128,47 @@ const wsMaxPayload = (o: ResolvedOptions): number => 2 * o.maxPacketSize + 64 * 
 async function openListeners(
   o: ResolvedOptions,
   admit: (stream: Duplex, ci: ConnInfo) => Duplex,
+  log: MvirtLogger,
 ): Promise<{ listeners: Listener[]; addresses: Broker['addresses'] }> {
   const listeners: Listener[] = [];
   const addresses: { tcp?: string; unix?: string; ws?: string; guest?: string } = {};
+  // Loopback is not an identity: only the unix socket is `local`.
   const remote = (addr: string | undefined): Pick<ConnInfo, 'remote' | 'local'> => ({
     remote: addr ?? null,
-    local: isLoopback(addr),
+    local: false,
+  });
+  const controllerListen = (transport: string) => ({
+    tls: o.tls,
+    ...(o.gate ? { gate: o.gate } : {}),
+    onRefused: (remote: string | null, reason: string) =>
+      log.warn({ transport, remote, reason }, 'connection refused'),
   });
   try {
     if (o.listen) {
-      const l = await listenTcp(o.listen, o.maxConnections, (s) =>
-        admit(s, { transport: 'tcp', ...remote(s.remoteAddress) }),
+      const l = await listenTcp(
+        o.listen,
+        o.maxConnections,
+        (s) => admit(s, { transport: 'tcp', ...remote(s.remoteAddress) }),
+        controllerListen('tcp'),
       );
       listeners.push(l);
       addresses.tcp = l.address;
     }
     if (o.unixPath) {
       const l = await listenUnix(o.unixPath, o.maxConnections, (s) =>
-        admit(s, { transport: 'unix', remote: null, local: true }),
+        admit(s, { transport: 'unix', remote: null, local: true, peer: peerCred(s) }),
       );
       listeners.push(l);
       addresses.unix = l.address;
     }
     if (o.ws) {
-      const l = await listenWs(o.ws, o.wsPath, wsMaxPayload(o), o.maxConnections, (s, req) =>
-        admit(s, { transport: 'ws', ...remote(req.socket.remoteAddress) }),
+      const l = await listenWs(
+        o.ws,
+        o.wsPath,
+        wsMaxPayload(o),
+        o.maxConnections,
+        (s, req) => admit(s, { transport: 'ws', ...remote(req.socket.remoteAddress) }),
+        controllerListen('ws'),
       );
       listeners.push(l);
       addresses.ws = l.address;
@@ -236,7 +253,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
   const admit = createAdmitter(aedes, registry, live, o, log);
   let opened: Awaited<ReturnType<typeof openListeners>>;
   try {
-    opened = await openListeners(o, admit);
+    opened = await openListeners(o, admit, log);
   } catch (err) {
     counters.stop();
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
@@ -289,11 +306,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
         stream.destroy();
         return;
       }
-      admit(stream, {
-        transport: 'ws',
-        remote: remoteAddress ?? null,
-        local: isLoopback(remoteAddress),
-      });
+      admit(stream, { transport: 'ws', remote: remoteAddress ?? null, local: false });
     },
     wsMaxPayload: wsMaxPayload(o),
     addresses: opened.addresses,

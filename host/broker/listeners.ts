@@ -5,10 +5,13 @@
  */
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import http, { type IncomingMessage } from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import { formatHostPort, type HostPort } from './options.js';
+import type { TlsContext } from './tls.js';
 
 export interface Listener {
   readonly address: string;
@@ -16,6 +19,33 @@ export interface Listener {
 }
 
 type OnSocket = (socket: net.Socket) => void;
+
+/**
+ * Connections a listener turns away before a byte is read: controller and
+ * HTTP listeners refuse peers on a guest network (the bridge subnet), even
+ * when an operator binds them to 0.0.0.0. Returns why, or null to accept.
+ */
+export type Gate = (remote: string | undefined, local: string | undefined) => string | null;
+
+/** Apply a gate to a server's raw TCP connections (before TLS and HTTP see them). */
+function gateConnections(server: net.Server, gate: Gate | undefined, onRefused: RefusedLog): void {
+  if (!gate) return;
+  server.prependListener('connection', (socket: net.Socket) => {
+    const why = gate(socket.remoteAddress, socket.localAddress);
+    if (why === null) return;
+    onRefused(socket.remoteAddress ?? null, why);
+    socket.destroy();
+  });
+}
+
+export type RefusedLog = (remote: string | null, why: string) => void;
+
+/** TLS or plain, and an optional gate, for every TCP-based listener. */
+export interface TcpListenOptions {
+  tls?: TlsContext | null;
+  gate?: Gate;
+  onRefused?: RefusedLog;
+}
 
 function closeServer(server: net.Server | http.Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
@@ -36,18 +66,36 @@ function boundAddress(server: net.Server): HostPort {
   return { host: a.address, port: a.port };
 }
 
-/** A TCP listener (controllers on --listen, agents on the guest address). */
+/** A TCP listener (controllers on --listen, agents on the guest address), plain or TLS. */
 export async function listenTcp(
   at: HostPort,
   maxConnections: number,
   onSocket: OnSocket,
+  o: TcpListenOptions = {},
 ): Promise<Listener> {
   // noDelay: RPC is request/response with small packets; Nagle plus delayed
   // ACK would add up to 40 ms per round trip.
-  const server = net.createServer({ noDelay: true }, onSocket);
+  const ctx = o.tls ?? null;
+  const server = ctx
+    ? tls.createServer({ ...ctx.serverOptions(), noDelay: true }, onSocket)
+    : net.createServer({ noDelay: true }, onSocket);
+  if (ctx) {
+    ctx.track(server as tls.Server);
+    // A failed handshake (plaintext, unknown CA) is the client's problem: log it, keep serving.
+    server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) =>
+      o.onRefused?.(socket.remoteAddress ?? null, `TLS handshake failed: ${err.message}`),
+    );
+  }
+  gateConnections(server, o.gate, o.onRefused ?? (() => undefined));
   server.maxConnections = maxConnections;
   await listen(server, { host: at.host, port: at.port });
-  return { address: formatHostPort(boundAddress(server)), close: () => closeServer(server) };
+  return {
+    address: formatHostPort(boundAddress(server)),
+    close: async () => {
+      if (ctx) ctx.untrack(server as tls.Server);
+      await closeServer(server);
+    },
+  };
 }
 
 /** Remove a socket file left by a daemon that died, but never steal a live one. */
@@ -112,11 +160,21 @@ export async function listenWs(
   maxPayload: number,
   maxConnections: number,
   onStream: (stream: Duplex, req: IncomingMessage) => void,
+  o: TcpListenOptions = {},
 ): Promise<Listener> {
-  const server = http.createServer((_req, res) => {
+  const answer = (_req: IncomingMessage, res: http.ServerResponse): void => {
     res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' });
     res.end('MQTT over WebSocket: connect with subprotocol "mqtt"\n');
-  });
+  };
+  const ctx = o.tls ?? null;
+  const server = ctx ? https.createServer(ctx.serverOptions(), answer) : http.createServer(answer);
+  if (ctx) {
+    ctx.track(server as https.Server);
+    server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) =>
+      o.onRefused?.(socket.remoteAddress ?? null, `TLS handshake failed: ${err.message}`),
+    );
+  }
+  gateConnections(server, o.gate, o.onRefused ?? (() => undefined));
   server.maxConnections = maxConnections;
   const wss = new WebSocketServer({
     server,
@@ -130,8 +188,9 @@ export async function listenWs(
   await listen(server, { host: at.host, port: at.port });
   const a = boundAddress(server);
   return {
-    address: `ws://${formatHostPort(a)}${wsPath}`,
+    address: `${ctx ? 'wss' : 'ws'}://${formatHostPort(a)}${wsPath}`,
     close: async () => {
+      if (ctx) ctx.untrack(server as https.Server);
       for (const c of wss.clients) c.terminate();
       wss.close();
       server.closeAllConnections();

@@ -4,6 +4,8 @@ import { MvirtError } from '../../protocol/errors.js';
 import type { ObjectKind } from '../auth/roles.js';
 import { DEFAULT_LOGIN_LIMITS, type LoginLimitOptions } from './login-limit.js';
 import { DEFAULT_RETAINED_LIMITS, type RetainedLimits } from './quotas.js';
+import type { Gate } from './listeners.js';
+import type { TlsContext } from './tls.js';
 import type { UserEntry } from './users.js';
 
 export interface BrokerOptions {
@@ -29,8 +31,16 @@ export interface BrokerOptions {
    * own password.
    */
   verifyControllerToken?: (username: string, token: string) => boolean;
-  /** Anonymous controllers, only over loopback TCP/WebSocket and the unix socket. Default false. */
+  /**
+   * Anonymous controllers, only over the unix socket (whose owner, group and
+   * mode decide who may connect). TCP and WebSocket controllers always log
+   * in: loopback is not an identity. Default false.
+   */
   allowAnonymous?: boolean;
+  /** TLS on the controller TCP and WebSocket listeners (not the guest listener, whose token is per VM). */
+  tls?: TlsContext | null;
+  /** Controller TCP/WebSocket connections to turn away before CONNECT (peers on a guest network). */
+  gate?: Gate;
   /** Controller users (password hashes); merged with usersFile. */
   users?: UserEntry[];
   /** JSON file `{ "users": [{ "username", "passwordHash" }] }`. */
@@ -69,6 +79,8 @@ export interface ResolvedOptions {
   verifyAgentToken: ((vmId: string, token: string) => boolean) | null;
   verifyControllerToken: ((username: string, token: string) => boolean) | null;
   allowAnonymous: boolean;
+  tls: TlsContext | null;
+  gate: Gate | undefined;
   maxPacketSize: number;
   agentMaxPacketSize: number;
   maxConnectSize: number;
@@ -132,6 +144,8 @@ export function resolveOptions(o: BrokerOptions): ResolvedOptions {
     verifyAgentToken: o.verifyAgentToken ?? null,
     verifyControllerToken: o.verifyControllerToken ?? null,
     allowAnonymous: o.allowAnonymous ?? false,
+    tls: o.tls ?? null,
+    gate: o.gate,
     maxPacketSize: positive(o.maxPacketSize, MiB, 'maxPacketSize'),
     agentMaxPacketSize: positive(o.agentMaxPacketSize, MiB, 'agentMaxPacketSize'),
     maxConnectSize: positive(o.maxConnectSize, 64 * 1024, 'maxConnectSize'),

@@ -5,6 +5,7 @@
  * principal its client acts as. WeakMaps: nothing to clean up on close.
  */
 import type { Principal } from './acl.js';
+import type { PeerCred } from './peer.js';
 
 export type Transport = 'tcp' | 'unix' | 'ws' | 'guest' | 'agent-channel';
 
@@ -12,8 +13,10 @@ export interface ConnInfo {
   transport: Transport;
   /** Peer address for logs (null for unix sockets and agent channels). */
   remote: string | null;
-  /** Loopback TCP/WebSocket or the unix socket: where anonymous controllers may be allowed. */
+  /** The unix socket: the only place anonymous controllers may be allowed (loopback is not an identity). */
   local: boolean;
+  /** Unix socket: who is on the other end (looked up while CONNECT is in flight). */
+  peer?: Promise<PeerCred | null>;
   /** Set for agent channels: the VM this stream belongs to. */
   vmId?: string;
 }

@@ -6,6 +6,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from '../../protocol/client.js';
 import { DEFAULT_PREFIX } from '../../protocol/topics.js';
+import { credentialsPath, loadCredentials } from './credentials.js';
 import type { Io } from './io.js';
 
 export class UsageError extends Error {
@@ -43,6 +44,11 @@ export const GLOBAL_OPTIONS = {
     value: 'PW',
     help: 'MQTT password (env MVIRT_PASSWORD, which stays out of `ps`)',
   },
+  cafile: {
+    type: 'string',
+    value: 'FILE',
+    help: 'CA certificate (PEM) to trust for mqtts:// and wss:// (env MVIRT_CAFILE)',
+  },
   json: { type: 'boolean', help: 'print results as JSON (the RPC result as the daemon sent it)' },
   timeout: {
     type: 'string',
@@ -58,6 +64,8 @@ export interface Globals {
   prefix: string;
   user: string | undefined;
   password: string | undefined;
+  /** CA file for TLS brokers. */
+  cafile: string | undefined;
   json: boolean;
   /** Reply timeout in ms when given with --timeout; commands pick their own default otherwise. */
   timeoutMs: number | undefined;
@@ -151,12 +159,20 @@ export function globalsFrom(values: Parsed['values'], env: Io['env']): Globals {
     return typeof v === 'string' ? v : undefined;
   };
   const t = str('timeout');
+  const user = str('user') ?? nonEmpty(env.MVIRT_USER);
+  const password = str('password') ?? nonEmpty(env.MVIRT_PASSWORD);
+  const broker = str('broker') ?? nonEmpty(env.MVIRT_BROKER);
+  // No login given: the credential setup.sh made for this user, if any.
+  const saved = user === undefined ? loadCredentials(credentialsPath(env)) : null;
+  // A saved credential is for its own broker: not sent to another one.
+  const useSaved = saved !== null && (broker === undefined || broker === saved.broker);
   return {
-    broker: str('broker') ?? nonEmpty(env.MVIRT_BROKER) ?? DEFAULT_BROKER_URL,
+    broker: broker ?? (useSaved ? saved.broker : undefined) ?? DEFAULT_BROKER_URL,
     host: str('host') ?? nonEmpty(env.MVIRT_HOST),
     prefix: str('prefix') ?? nonEmpty(env.MVIRT_PREFIX) ?? DEFAULT_PREFIX,
-    user: str('user') ?? nonEmpty(env.MVIRT_USER),
-    password: str('password') ?? nonEmpty(env.MVIRT_PASSWORD),
+    user: user ?? (useSaved ? saved.username : undefined),
+    password: password ?? (useSaved && user === undefined ? saved.password : undefined),
+    cafile: str('cafile') ?? nonEmpty(env.MVIRT_CAFILE) ?? (useSaved ? saved.cafile : undefined),
     json: values.json === true,
     timeoutMs: t === undefined ? undefined : seconds(t, '--timeout') * 1000,
   };

@@ -6,6 +6,7 @@
  */
 import { createClient, type MvirtClient } from '../../protocol/client.js';
 import { DEFAULT_TIMEOUT_MS } from '../../protocol/client.js';
+import { readFileSync } from 'node:fs';
 import { UsageError, globalsFrom, parseCommand, splitCommand, type Globals } from './args.js';
 import { commandHelp, positionals, type Command, type Context } from './command.js';
 import { consoleCommands } from './console.js';
@@ -100,7 +101,16 @@ export const defaultClientFactory: ClientFactory = (g) =>
     ...(g.host !== undefined ? { hostId: g.host } : {}),
     ...(g.user !== undefined ? { username: g.user } : {}),
     ...(g.password !== undefined ? { password: g.password } : {}),
+    ...(g.cafile !== undefined ? { ca: readCa(g.cafile) } : {}),
   });
+
+function readCa(file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new UsageError(`--cafile ${file}: ${(err as Error).message}`);
+  }
+}
 
 export async function runCli(
   argv: string[],

@@ -33,9 +33,12 @@ import { createPoolManager } from '../jobs/pools.js';
 import { createStatusPublisher } from './status.js';
 import { createNetwork } from '../network/index.js';
 import { createNetDevices } from '../network/iproute.js';
+import { createPasst } from '../network/passt.js';
 import { createAgentTokens } from '../network/tokens.js';
 import { hashesOf, loadUserEntries } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
+import { createTlsContext, type TlsContext } from '../broker/tls.js';
+import { guestNetworkGate, plainListenerWarnings } from './exposure.js';
 import { createHostSampler } from '../metrics/host-sampler.js';
 import { createPrometheus } from '../metrics/prometheus.js';
 import { createRollups, DEFAULT_RESOLUTIONS } from '../metrics/rollup.js';
@@ -58,6 +61,10 @@ export interface Daemon {
   readonly topics: Topics;
   /** The HTTP listener (/metrics, dashboard), when --http is on. */
   readonly http: HttpServer | null;
+  /** TLS of the controller listeners, when configured. */
+  readonly tls: TlsContext | null;
+  /** SIGHUP: read the TLS certificate and key again (a failure keeps the old ones). */
+  reloadTls(): void;
   /** Orderly stop: leaves VMs running unless options.stopVmsOnExit. */
   close(): Promise<void>;
 }
@@ -96,7 +103,9 @@ export async function startDaemon(
         nat: opts.nat,
         guestPort: opts.guestPort,
         dns: opts.guestDns,
+        vmDir,
       },
+      passt: createPasst({ log: log.child({ component: 'network' }) }),
       log,
     });
     // The bridge address must exist before the guest listener binds to it.
@@ -106,9 +115,15 @@ export async function startDaemon(
     // Read once: MQTT and the HTTP listener check the same users.
     const userEntries = opts.usersFile ? loadUserEntries(opts.usersFile) : new Map();
     const users = hashesOf(userEntries);
+    // One TLS context for MQTT TCP, WebSocket and HTTP: one SIGHUP renews all three.
+    const tls = opts.tls ? createTlsContext(opts.tls) : null;
+    // Controller and HTTP listeners never answer a guest network, whatever they are bound to.
+    const gate = guestNetworkGate(network);
     const broker = await createBroker(
       {
         root,
+        tls,
+        gate,
         listen: opts.listen,
         ws: opts.wsListen,
         unixPath: opts.unixSocket,
@@ -308,10 +323,9 @@ export async function startDaemon(
     if (opts.http) {
       http = await startHttpServer({
         listen: parseHostPort(opts.http, '--http'),
-        auth: createHttpAuth({
-          users,
-          allowAnonymous: opts.allowAnonymous,
-        }),
+        auth: createHttpAuth({ users }),
+        tls,
+        gate,
         sessions,
         hostId: opts.hostId,
         root,
@@ -332,6 +346,7 @@ export async function startDaemon(
       objects: [`host:${opts.hostId}`],
       data: { addresses: broker.addresses, http: http?.url ?? null, dataDir: opts.dataDir },
     });
+    for (const w of plainListenerWarnings(opts, tls !== null)) log.warn(w);
     log.info(
       {
         version: VERSION,
@@ -353,6 +368,16 @@ export async function startDaemon(
       api,
       topics: t,
       http,
+      tls,
+      reloadTls() {
+        if (!tls) return;
+        try {
+          tls.reload();
+          log.info({ cert: tls.files.cert }, 'TLS certificate and key reloaded');
+        } catch (err) {
+          log.error({ err }, 'TLS reload failed; the previous certificate stays in use');
+        }
+      },
       close: () =>
         (closing ??= (async () => {
           await api.close();

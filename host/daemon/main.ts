@@ -64,6 +64,8 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // SIGHUP: renewed TLS certificates, without a restart (open connections keep theirs).
+  process.on('SIGHUP', () => daemon.reloadTls());
 }
 
 await main();

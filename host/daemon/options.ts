@@ -58,8 +58,10 @@ export interface DaemonOptions {
   /** How long a job survives its agent being away before it is lost. */
   jobAgentGraceMs: number;
   usersFile?: string;
-  /** Anonymous controllers over loopback/unix; default: only when no users file is given. */
+  /** Anonymous controllers over the unix socket (never TCP); default: only when no users file is given. */
   allowAnonymous: boolean;
+  /** TLS on the MQTT TCP, WebSocket and HTTP listeners; reloaded on SIGHUP. */
+  tls?: { cert: string; key: string; clientCa?: string };
   stopVmsOnExit: boolean;
   /** Run hypervisors as mvirtd's user, no cgroup (debugging, the confinement bench). */
   unconfined: boolean;
@@ -110,9 +112,15 @@ export const USAGE = `usage: mvirtd [options]
   --default-pool NAME       where jobs without vm/image/pool go when that pool exists
                             (default: an ephemeral VM of the default image)
   --job-agent-grace-ms N    a job whose agent stays away this long is lost (default 60000)
-  --users FILE              controller users: {"users":[{"username","passwordHash"}]}
-  --allow-anonymous         anonymous controllers over loopback and the unix socket
-                            (the default when no --users file is given)
+  --users FILE              controller users: {"users":[{"username","passwordHash","role"}]};
+                            TCP, WebSocket and HTTP clients always log in as one of them
+  --allow-anonymous         anonymous controllers over the unix socket only (its owner,
+                            group and mode decide who may connect; the default when no
+                            --users file is given)
+  --tls-cert FILE           TLS certificate (PEM) for the MQTT TCP, WebSocket and HTTP
+                            listeners; with --tls-key; both re-read on SIGHUP
+  --tls-key FILE            its private key (PEM)
+  --tls-client-ca FILE      clients must present a certificate signed by this CA
   --stop-vms-on-exit        stop every VM when mvirtd exits (default: leave them running)
   --events-retention-days N keep events this many days (default 30; audit records apart)
   --events-max-rows N       keep at most this many events (default 100000; audit records apart)
@@ -252,6 +260,9 @@ export function parseOptions(
         'job-agent-grace-ms': { type: 'string' },
         users: { type: 'string' },
         'allow-anonymous': { type: 'boolean' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
+        'tls-client-ca': { type: 'string' },
         'stop-vms-on-exit': { type: 'boolean' },
         unconfined: { type: 'boolean' },
         'events-retention-days': { type: 'string' },
@@ -367,6 +378,19 @@ export function parseOptions(
       3600_000,
     );
   if (str('users') !== undefined) opts.usersFile = path.resolve(str('users')!);
+  const cert = str('tls-cert');
+  const key = str('tls-key');
+  if ((cert === undefined) !== (key === undefined))
+    throw bad(
+      cert === undefined ? 'tls-key' : 'tls-cert',
+      'give --tls-cert and --tls-key together',
+    );
+  if (str('tls-client-ca') !== undefined && cert === undefined)
+    throw bad('tls-client-ca', 'client certificates need TLS: give --tls-cert and --tls-key too');
+  if (cert !== undefined && key !== undefined) {
+    opts.tls = { cert: path.resolve(cert), key: path.resolve(key) };
+    if (str('tls-client-ca') !== undefined) opts.tls.clientCa = path.resolve(str('tls-client-ca')!);
+  }
   if (opts.defaultVcpus > opts.maxVcpus) {
     throw bad('default-vcpus', `${opts.defaultVcpus} exceeds --max-vcpus ${opts.maxVcpus}`);
   }

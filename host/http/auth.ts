@@ -1,8 +1,8 @@
 /**
- * Who may use the HTTP listener: the broker's rules, over HTTP. With a users
- * file, every request needs HTTP Basic credentials of a user in it (the same
- * scrypt hashes); anonymous requests are served only where anonymous MQTT
- * controllers are allowed (--allow-anonymous, loopback peers).
+ * Who may use the HTTP listener: the broker's rules, over HTTP. Every request
+ * needs HTTP Basic credentials of a user in the users file (the same scrypt
+ * hashes); there is no anonymous HTTP, from loopback either: loopback is not
+ * an identity (a guest on QEMU's slirp and every local user reach it).
  *
  * scrypt costs tens of milliseconds on purpose; a Prometheus scrape every few
  * seconds or a page load with its assets would pay it on every request, so a
@@ -11,14 +11,13 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { checkUser } from '../broker/passwords.js';
-import { isLoopback } from '../broker/registry.js';
 
 export type HttpPrincipal = { user: string | null };
 
 export interface HttpAuth {
   /** The principal, or null when the request must be refused (401). */
   check(req: IncomingMessage): Promise<HttpPrincipal | null>;
-  /** Does this listener ask for credentials at all (for the page's login hint)? */
+  /** Always true: kept for callers that show a login hint. */
   readonly required: boolean;
 }
 
@@ -37,7 +36,6 @@ export function parseBasic(header: string | undefined): { user: string; password
 
 export function createHttpAuth(o: {
   users: ReadonlyMap<string, string>;
-  allowAnonymous: boolean;
   now?: () => number;
 }): HttpAuth {
   const now = o.now ?? Date.now;
@@ -45,9 +43,7 @@ export function createHttpAuth(o: {
 
   async function check(req: IncomingMessage): Promise<HttpPrincipal | null> {
     const header = req.headers.authorization;
-    if (header === undefined) {
-      return o.allowAnonymous && isLoopback(req.socket.remoteAddress) ? { user: null } : null;
-    }
+    if (header === undefined) return null;
     const key = createHash('sha256').update(header).digest('base64');
     const hit = cache.get(key);
     if (hit && hit.until > now()) return { user: hit.user };
@@ -59,5 +55,5 @@ export function createHttpAuth(o: {
     return { user: creds.user };
   }
 
-  return { check, required: o.users.size > 0 || !o.allowAnonymous };
+  return { check, required: true };
 }

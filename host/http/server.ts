@@ -7,11 +7,14 @@
  * authenticates the connection itself.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
 import type net from 'node:net';
+import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import { HTTP_PATHS, type DashboardSession } from '../../protocol/http.js';
-import { mqttSubprotocol } from '../broker/listeners.js';
+import { mqttSubprotocol, type Gate } from '../broker/listeners.js';
+import type { TlsContext } from '../broker/tls.js';
 import { formatHostPort, type HostPort } from '../broker/options.js';
 import type { Broker } from '../broker/types.js';
 import type { MvirtLogger } from '../log.js';
@@ -40,11 +43,15 @@ export interface HttpServerDeps {
   /** Resolves once the dashboard is built (or rejects with why it cannot be). */
   assets: () => Promise<Assets>;
   broker: Pick<Broker, 'attachWebSocket' | 'wsMaxPayload'>;
+  /** HTTPS (and WSS on /mqtt) with this context; plain HTTP without. */
+  tls?: TlsContext | null;
+  /** Connections to turn away before HTTP sees them (peers on a guest network). */
+  gate?: Gate;
   log: MvirtLogger;
 }
 
 export interface HttpServer {
-  /** `http://host:port` actually bound. */
+  /** `http://host:port` (or `https://`) actually bound. */
   readonly url: string;
   close(): Promise<void>;
 }
@@ -131,13 +138,32 @@ export async function startHttpServer(d: HttpServerDeps): Promise<HttpServer> {
     return send(res, 404, 'not found\n');
   }
 
-  const server = http.createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     route(req, res).catch((err: unknown) => {
       log.error({ err, url: req.url }, 'HTTP request failed');
       if (!res.headersSent) send(res, 500, 'internal error; see the mvirtd log\n');
       else res.destroy();
     });
-  });
+  };
+  const ctx = d.tls ?? null;
+  const server = ctx
+    ? https.createServer(ctx.serverOptions(), handler)
+    : http.createServer(handler);
+  if (ctx) {
+    ctx.track(server as https.Server);
+    server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) =>
+      log.warn({ remote: socket.remoteAddress, reason: err.message }, 'TLS handshake failed'),
+    );
+  }
+  const gate = d.gate;
+  if (gate) {
+    server.prependListener('connection', (socket: net.Socket) => {
+      const why = gate(socket.remoteAddress, socket.localAddress);
+      if (why === null) return;
+      log.warn({ remote: socket.remoteAddress, reason: why }, 'HTTP connection refused');
+      socket.destroy();
+    });
+  }
 
   const wss = new WebSocketServer({
     noServer: true,
@@ -163,12 +189,13 @@ export async function startHttpServer(d: HttpServerDeps): Promise<HttpServer> {
     });
   });
   const a = server.address() as net.AddressInfo;
-  const url = `http://${formatHostPort({ host: a.address, port: a.port })}`;
+  const url = `${ctx ? 'https' : 'http'}://${formatHostPort({ host: a.address, port: a.port })}`;
   log.info({ url }, 'HTTP listening: /metrics, the dashboard, MQTT over WebSocket on /mqtt');
 
   return {
     url,
     async close() {
+      if (ctx) ctx.untrack(server as https.Server);
       for (const c of wss.clients) c.terminate();
       wss.close();
       server.closeAllConnections();

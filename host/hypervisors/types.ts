@@ -67,7 +67,12 @@ export interface LaunchSpec {
   channel: Channel;
   /** Extra `mvirt.*` kernel arguments (vm id, topic root); never secrets. */
   agentArgs: Record<string, string>;
-  network: { mode: 'none' | 'user' | 'bridge'; tap?: string; mac?: string };
+  /**
+   * user + socket: a stream netdev the backend connects to at `socket` (the
+   * VM's passt listens there); user without socket: slirp with restrict=on
+   * (no outbound, no host).
+   */
+  network: { mode: 'none' | 'user' | 'bridge'; tap?: string; mac?: string; socket?: string };
   /** Bytes of serial console kept in `<dir>/console.log` (ring-trimmed). */
   consoleLogBytes: number;
 }

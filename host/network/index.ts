@@ -18,12 +18,20 @@ import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import type { NetworkRepo, SeedDocs } from '../store/network.js';
 import type { NetDevices } from './iproute.js';
+import { PASST_NET, passtInstalled, type Passt } from './passt.js';
 import { SEED_FILE, writeSeed } from './seed.js';
 import { macFor, pickFree, tapFor, type Subnet } from './subnet.js';
 import type { AgentTokens } from './tokens.js';
 
-/** QEMU user-mode networking's fixed addresses (slirp defaults). */
-export const USER_NET = { ip: '10.0.2.15/24', gw: '10.0.2.2', dns: '10.0.2.3' } as const;
+/**
+ * User-mode networking's fixed addresses (slirp's defaults, kept with passt).
+ * The gateway is not the host: passt runs with --no-map-gw (passt.ts).
+ */
+export const USER_NET = {
+  ip: `${PASST_NET.ip}/${PASST_NET.prefix}`,
+  gw: PASST_NET.gw,
+  dns: PASST_NET.dns,
+} as const;
 
 export interface NetworkOptions {
   /** The mode of a VM created without `network`. */
@@ -36,6 +44,8 @@ export interface NetworkOptions {
   guestPort: number;
   /** DNS server handed to bridged guests, if any. */
   dns: string | null;
+  /** `<data-dir>/vm`: passt's state lives in each VM's folder. */
+  vmDir?: string;
 }
 
 /** What one boot gets from the network: NIC, extra disks and kernel arguments. */
@@ -78,9 +88,12 @@ export function createNetwork(deps: {
   devices: NetDevices;
   tokens: AgentTokens;
   options: NetworkOptions;
+  /** User-mode networking; null: passt is not used (slirp with restrict=on). */
+  passt?: Passt | null;
   log: MvirtLogger;
 }): Network {
   const { repo, devices, tokens } = deps;
+  let passt = deps.passt ?? null;
   const options = { ...deps.options };
   const log = deps.log.child({ component: 'network' });
   let bridge = options.bridge;
@@ -103,6 +116,12 @@ export function createNetwork(deps: {
     },
 
     async setup(o = { optional: false }) {
+      if (passt && !(await passtInstalled())) {
+        passt = null;
+        log.warn(
+          'passt is not installed: user-mode VMs get no network access at all (slirp restricted, since plain slirp would let guests reach the host loopback); apt-get install passt',
+        );
+      }
       if (!bridge) return;
       try {
         await devices.ensureBridge(bridge, options.subnet.hostCidr);
@@ -145,6 +164,8 @@ export function createNetwork(deps: {
       const out: BootNetwork = { nic: { mode: spec.mode }, disks: [], cmdline: {} };
       if (spec.mode === 'user') {
         out.nic.mac = macFor(vm.id);
+        // passt listens before QEMU starts; release() stops it if the boot fails later.
+        if (passt) out.nic.socket = await passt.start(vm.id, dir);
         Object.assign(out.cmdline, {
           [CMDLINE_KEYS.ip]: USER_NET.ip,
           [CMDLINE_KEYS.gw]: USER_NET.gw,
@@ -186,6 +207,8 @@ export function createNetwork(deps: {
 
     async release(vmId) {
       tokens.revoke(vmId);
+      // passt leaves with QEMU (--one-off); stop() covers one that did not, also after a restart.
+      if (passt && options.vmDir) await passt.stop(path.join(options.vmDir, vmId));
       if (!withTap.delete(vmId)) return;
       await devices.deleteTap(tapFor(vmId));
     },

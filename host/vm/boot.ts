@@ -135,7 +135,7 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
       },
     },
     {
-      // TAP on the bridge, the per-boot token, the seed disk.
+      // TAP on the bridge (or user mode's passt), the per-boot token, the seed disk.
       name: 'prepare network',
       run: async (c) => {
         c.net = await network.prepare(c.vm, c.live!.dir);

@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import mqtt from 'mqtt';
 import {
   CONNACK,
   RawClient,
@@ -135,11 +134,7 @@ describe('packet size cap and CONNECT timeout', () => {
     c.publish('ws/big', Buffer.alloc(70 * KiB));
     await withTimeout(closed, 'oversized WebSocket publisher closed');
     c.end(true);
-    const ok = await mqtt.connectAsync(t.broker.addresses.ws!, {
-      clientId: 'ws-ok',
-      protocolVersion: 4,
-      reconnectPeriod: 0,
-    });
+    const ok = await connectClient(t.broker.addresses.ws!, { clientId: 'ws-ok' });
     await ok.endAsync();
   });
 });

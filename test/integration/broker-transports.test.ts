@@ -19,9 +19,13 @@ import {
   inbox,
   socketPair,
   startBroker,
+  TEST_ADMIN,
   withTimeout,
   type TestBroker,
 } from '../support/broker-fixtures.js';
+
+// TCP controllers log in (loopback is not an identity): mosquitto as the test admin.
+const login = ['-u', TEST_ADMIN.username, '-P', TEST_ADMIN.password];
 
 const run = promisify(execFile);
 
@@ -70,6 +74,7 @@ describe('transports and interop', () => {
       '127.0.0.1',
       '-p',
       port,
+      ...login,
       '-t',
       'interop/in',
       '-m',
@@ -88,6 +93,7 @@ describe('transports and interop', () => {
       '127.0.0.1',
       '-p',
       port,
+      ...login,
       '-t',
       `${ROOT}/rpc/system.info`,
       '-m',
@@ -99,6 +105,7 @@ describe('transports and interop', () => {
       '127.0.0.1',
       '-p',
       port,
+      ...login,
       '-i',
       'mosq-forger',
       '-t',
@@ -125,6 +132,7 @@ describe('transports and interop', () => {
       '127.0.0.1',
       '-p',
       port,
+      ...login,
       '-t',
       `${ROOT}/status`,
       '-C',
@@ -150,6 +158,7 @@ describe('transports and interop', () => {
       '127.0.0.1',
       '-p',
       port,
+      ...login,
       '-i',
       'mosq-sub',
       '-t',

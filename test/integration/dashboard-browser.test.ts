@@ -32,7 +32,8 @@ test(
       assert.ok(d.httpUrl, 'mvirtd reports its HTTP address');
       const vm = ok(await c.call('vm.create', { name: 'dash-1', memoryMiB: 256 }));
 
-      browser = await launchBrowser();
+      // The dashboard asks for a login (HTTP Basic): the test admin's.
+      browser = await launchBrowser({ httpCredentials: d.admin! });
       const page = await browser.context.newPage();
       const errors: string[] = [];
       page.on('pageerror', (e) => errors.push(e.message));

@@ -12,6 +12,9 @@ import path from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { createBroker, type Broker, type BrokerOptions } from '../../host/broker/index.js';
 import { createLogger } from '../../host/log.js';
+import { TEST_ADMIN } from '../../harness/test-admin.js';
+
+export { TEST_ADMIN } from '../../harness/test-admin.js';
 
 export const ROOT = 'mvirt/test';
 export const TIMEOUT = 10_000;
@@ -70,6 +73,11 @@ export async function startBroker(o: Partial<BrokerOptions> = {}): Promise<TestB
       allowAnonymous: true,
       ws: '127.0.0.1:0',
       ...o,
+      // TCP and WebSocket controllers always log in: every test broker knows the test admin.
+      users: [
+        { username: TEST_ADMIN.username, passwordHash: TEST_ADMIN.passwordHash },
+        ...(o.users ?? []),
+      ],
     },
     log,
   ).catch((err: unknown) => {
@@ -100,9 +108,17 @@ export async function startBroker(o: Partial<BrokerOptions> = {}): Promise<TestB
 
 const base: IClientOptions = { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: TIMEOUT };
 
-/** Connect with mqtt.js; rejects with the CONNACK error (err.code = return code). */
+/**
+ * Connect with mqtt.js; rejects with the CONNACK error (err.code = return code).
+ * Over TCP and WebSocket the client logs in as the test admin unless `o` says
+ * `username` itself (pass `username: undefined` to try anonymously).
+ */
 export function connectClient(url: string, o: IClientOptions = {}): Promise<MqttClient> {
-  const client = mqtt.connect(url, { ...base, ...o });
+  const login =
+    'username' in o || o.unixSocket === true || /^(unix|mqtt\+unix):/.test(url)
+      ? {}
+      : { username: TEST_ADMIN.username, password: TEST_ADMIN.password };
+  const client = mqtt.connect(url, { ...base, ...login, ...o });
   return settle(client);
 }
 

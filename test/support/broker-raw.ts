@@ -4,6 +4,7 @@
  * headers, oversized lengths, half packets) and read the broker's raw answers.
  */
 import net from 'node:net';
+import { TEST_ADMIN } from '../../harness/test-admin.js';
 import { once } from 'node:events';
 
 export function encodeLength(n: number): Buffer {
@@ -92,6 +93,8 @@ export class RawClient {
   #queue: RawPacket[] = [];
   #waiters: Array<(p: RawPacket | null) => void> = [];
   #closed = false;
+  /** TCP controllers log in: handshake() adds the test admin unless told a username. */
+  #login = false;
   readonly closed: Promise<void>;
 
   constructor(socket: net.Socket) {
@@ -110,7 +113,9 @@ export class RawClient {
   static async connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
     const s = net.connect(port, host);
     await once(s, 'connect');
-    return new RawClient(s);
+    const c = new RawClient(s);
+    c.#login = true;
+    return c;
   }
 
   static async connectUnix(path: string): Promise<RawClient> {
@@ -160,7 +165,11 @@ export class RawClient {
 
   /** CONNECT and return the CONNACK return code (null when closed without one). */
   async handshake(c: ConnectFields): Promise<number | null> {
-    this.send(encodeConnect(c));
+    const login =
+      this.#login && !('username' in c)
+        ? { username: TEST_ADMIN.username, password: TEST_ADMIN.password }
+        : {};
+    this.send(encodeConnect({ ...login, ...c }));
     const p = await this.next();
     if (!p) return null;
     if (p.type !== 2) throw new Error(`expected CONNACK, got type ${p.type}`);

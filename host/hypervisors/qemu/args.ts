@@ -191,9 +191,19 @@ function networkArgs(spec: LaunchSpec, nicDevice: string): string[] {
   switch (spec.network.mode) {
     case 'none':
       return ['-nic', 'none'];
-    case 'user':
-      // Slirp: the guest reaches the host as 10.0.2.2 (TCP agent channel).
-      return ['-netdev', 'user,id=net0', '-device', `${nicDevice},netdev=net0${mac}`];
+    case 'user': {
+      // Never plain slirp: it maps the guest's gateway to the host's 127.0.0.1.
+      // With a socket, passt (started by mvirtd) carries the traffic
+      // (network/passt.ts); without one, slirp restricted to nothing at all.
+      const sock = spec.network.socket;
+      if (sock !== undefined && /[,\s]/.test(sock))
+        throw new MvirtError('INVALID_PARAMS', `bad network socket path ${sock}`);
+      const netdev =
+        sock !== undefined
+          ? `stream,id=net0,server=off,addr.type=unix,addr.path=${sock}`
+          : 'user,id=net0,restrict=on';
+      return ['-netdev', netdev, '-device', `${nicDevice},netdev=net0${mac}`];
+    }
     case 'bridge': {
       // Hook for the network module: it creates the TAP (owned by mvirt,
       // attached to the bridge) and passes its name; QEMU only opens it.

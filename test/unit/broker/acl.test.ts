@@ -110,7 +110,15 @@ test('agent: own up/ to publish, own down/ to subscribe, nothing else', () => {
 });
 
 test('client ids: what MQTT allows, unless it would alias a topic level', () => {
-  for (const id of ['ctl-1', 'mqttjs_abc123', 'mosq-XyZ', 'agent-vm1', 'a b', 'mosqpub|12-host', 'é'])
+  for (const id of [
+    'ctl-1',
+    'mqttjs_abc123',
+    'mosq-XyZ',
+    'agent-vm1',
+    'a b',
+    'mosqpub|12-host',
+    'é',
+  ])
     ok(clientIdProblem(id), id);
   for (const id of ['', 'a/b', 'a+b', 'a#b', 'a\u0000b', 'a\nb', '..', '.', '$SYS', 'x'.repeat(65)])
     no(clientIdProblem(id), JSON.stringify(id));

@@ -1,7 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { MvirtError } from '../../../protocol/errors.js';
-import { globalsFrom, parseCommand, splitCommand } from '../../../host/cli/args.js';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { UsageError, globalsFrom, parseCommand, splitCommand } from '../../../host/cli/args.js';
 import { exitCodeFor } from '../../../host/cli/exit.js';
 import { runCli, type ClientFactory } from '../../../host/cli/run.js';
 import type { Globals } from '../../../host/cli/args.js';
@@ -127,6 +130,7 @@ describe('global options and environment', () => {
       prefix: 'mvirt',
       user: undefined,
       password: undefined,
+      cafile: undefined,
       json: false,
       timeoutMs: undefined,
     } satisfies Globals);
@@ -136,6 +140,7 @@ describe('global options and environment', () => {
       prefix: 'p',
       user: 'alice',
       password: 'pw',
+      cafile: undefined,
       json: false,
       timeoutMs: undefined,
     });
@@ -144,6 +149,44 @@ describe('global options and environment', () => {
     assert.equal(g.host, 'flag-host');
     assert.equal(g.timeoutMs, 2500);
     assert.equal(g.json, true);
+  });
+
+  it("finds setup's credential by itself, for its own broker only, and refuses one others can read", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'mvirt-cred-'));
+    try {
+      const file = path.join(dir, 'mvirt', 'credentials.json');
+      mkdirSync(path.dirname(file));
+      const saved = {
+        broker: 'mqtt://127.0.0.1:1883',
+        username: 'me',
+        password: 'pw1',
+        cafile: '/ca.pem',
+      };
+      writeFileSync(file, JSON.stringify(saved), { mode: 0o600 });
+      const none = parseCommand('info', [], {});
+      const g = globalsFrom(none.values, { XDG_CONFIG_HOME: dir });
+      assert.deepEqual(
+        { broker: g.broker, user: g.user, password: g.password, cafile: g.cafile },
+        { broker: saved.broker, user: 'me', password: 'pw1', cafile: '/ca.pem' },
+      );
+      // Another broker: the saved password is not sent there.
+      const other = globalsFrom(none.values, {
+        XDG_CONFIG_HOME: dir,
+        MVIRT_BROKER: 'mqtt://elsewhere:1',
+      });
+      assert.equal(other.user, undefined);
+      assert.equal(other.password, undefined);
+      // An explicit user wins and gets no saved password.
+      const bob = globalsFrom(none.values, { XDG_CONFIG_HOME: dir, MVIRT_USER: 'bob' });
+      assert.deepEqual([bob.user, bob.password], ['bob', undefined]);
+      chmodSync(file, 0o644);
+      assert.throws(
+        () => globalsFrom(none.values, { MVIRT_CREDENTIALS: file }),
+        (e: Error) => e instanceof UsageError && /chmod 600/.test(e.message),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('hands the resolved globals to the client factory', async () => {

@@ -90,7 +90,15 @@ describe('qemu args', () => {
     const devices = after(args, '-device');
     assert.ok(devices.includes('virtio-serial-device,id=vser0'));
     assert.ok(devices.includes('virtio-net-device,netdev=net0,mac=52:54:00:12:34:56'));
-    assert.deepEqual(after(args, '-netdev'), ['user,id=net0']);
+    // Without passt's socket: slirp restricted to nothing (never the host's loopback).
+    assert.deepEqual(after(args, '-netdev'), ['user,id=net0,restrict=on']);
+    const passt = build(
+      spec({ network: { mode: 'user', mac: '52:54:00:12:34:56', socket: '/d/vm/v1/net.sock' } }),
+      'microvm',
+    );
+    assert.deepEqual(after(passt, '-netdev'), [
+      'stream,id=net0,server=off,addr.type=unix,addr.path=/d/vm/v1/net.sock',
+    ]);
   });
 
   it('refuses bridge mode without a TAP, bad MACs, vsock, and socket paths too long', () => {

@@ -119,7 +119,7 @@ test('the session token logs the page in over WebSocket as its user, and nowhere
     "another user's name",
   );
   await assert.rejects(
-    connect(d.url, USER, s.password!),
+    connect(`mqtt://${d.daemon.broker.addresses.tcp!}`, USER, s.password!),
     /Bad username or password/i,
     'tokens are for WebSocket only',
   );

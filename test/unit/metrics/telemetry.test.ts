@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { VmTelemetry } from '../../../protocol/metrics.js';
 import { HostStatus } from '../../../protocol/records.js';
-import type { MetricsResult } from '../../../protocol/metrics.js';
 import type { VmRecord } from '../../../protocol/rpc.js';
 import { cleanupAll, errorOf, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
