@@ -59,6 +59,9 @@ run(process.execPath, [
   'tsx',
   '--test',
   '--test-concurrency=1',
+  // A file that never ends (a handle left open, a wait on something that
+  // never comes) fails after this instead of stalling CI until its limit.
+  '--test-timeout=1200000',
   '--test-reporter=spec',
   ...files.map((f) => path.relative(root, f)),
 ]);

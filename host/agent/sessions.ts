@@ -184,6 +184,14 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
     previous?.close();
     if (s.held) handle.hold(true);
     s.log.debug('agent channel attached');
+    // The agent began a new MQTT session on the same channel: as after a
+    // reconnect, its old session's hello and pending calls no longer hold.
+    handle.onRestart?.(() => {
+      if (s.handle !== handle) return;
+      s.hello = undefined;
+      link.dropVm(s.id, 'the agent started a new session');
+      if (!s.ended) emit('gone', s.id);
+    });
     // A channel that carries no agent hello for a while is recycled. After a
     // guest reset, bytes of the old agent's session can still sit in QEMU's
     // virtio-serial queue and wedge the new session on this stream (seen under

@@ -5,13 +5,16 @@
  * reads a byte, so whatever the guest sends it can only ever be that VM's
  * agent (see authenticate.ts and acl.ts).
  *
- * With virtio-serial the host-side socket outlives an agent restart: a second
- * CONNECT on the same stream is a protocol error and closes the channel; the
- * owner re-attaches when `closed` resolves.
+ * With virtio-serial the host-side socket outlives an agent restart and can
+ * start with bytes of an older session: channel-sessions.ts splits the stream
+ * into the agent's successive sessions. A session the broker ends closes the
+ * channel; the owner re-attaches when `closed` resolves.
  */
 import type { Duplex } from 'node:stream';
 import { MvirtError } from '../../protocol/errors.js';
 import { nameProblem } from '../../protocol/topics.js';
+import type { MvirtLogger } from '../log.js';
+import { splitChannelSessions } from './channel-sessions.js';
 import { GuardedStream } from './frame-guard.js';
 import type { AgentChannelHandle } from './types.js';
 
@@ -33,6 +36,8 @@ export function agentHandle(guarded: Duplex): AgentChannelHandle {
 export function createAgentChannelAttacher(
   admit: (stream: Duplex, vmId: string) => Duplex,
   isClosing: () => boolean,
+  maxConnectSize: number,
+  log: MvirtLogger,
 ) {
   return function attachAgentChannel(vmId: string, stream: Duplex): AgentChannelHandle {
     const bad = nameProblem(vmId);
@@ -41,6 +46,15 @@ export function createAgentChannelAttacher(
       stream.destroy();
       throw new MvirtError('SHUTTING_DOWN', 'the broker is shutting down');
     }
-    return agentHandle(admit(stream, vmId));
+    return splitChannelSessions(
+      stream,
+      (session) => admit(session, vmId),
+      { maxConnectSize },
+      {
+        skipped: (bytes) => log.info({ vmId, bytes }, 'agent channel: skipped bytes of no session'),
+        restarted: () => log.info({ vmId }, 'agent channel: the agent began a new session'),
+        violation: (reason) => log.warn({ vmId, reason }, 'agent channel closed'),
+      },
+    );
   };
 }

@@ -297,6 +297,8 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
       (stream, vmId) =>
         admit(stream, { transport: 'agent-channel', remote: null, local: false, vmId }),
       () => closing !== null,
+      o.maxConnectSize,
+      log,
     ),
     onGuestAgent: (listener) => {
       guestAgentListener = listener;

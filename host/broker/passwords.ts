@@ -88,7 +88,6 @@ function checkerScrypt(
 ): Promise<Buffer> {
   if (!worker) {
     const w = new Worker(WORKER_SOURCE, { eval: true });
-    w.unref();
     w.on('message', (m: { id: number; key?: Uint8Array; error?: string }) => {
       const p = pending.get(m.id);
       pending.delete(m.id);
@@ -102,6 +101,10 @@ function checkerScrypt(
     };
     w.on('error', fail);
     w.on('exit', (code) => fail(new Error(`password worker exited (${code})`)));
+    // After the listeners: adding a 'message' listener refs the worker's port
+    // again, and a ref'd worker kept every test process that checked a
+    // password alive after its last test (CI hung on broker-agent.test.ts).
+    w.unref();
     worker = w;
   }
   const id = ++nextId;

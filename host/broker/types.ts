@@ -52,11 +52,17 @@ export interface LastWill {
 }
 
 export interface AgentChannelHandle {
-  /** Resolves when the agent's MQTT session on this stream ends. */
+  /** Resolves when the stream closes (for a guest TCP connection: its one session ends). */
   readonly closed: Promise<void>;
   close(): void;
   /** Stop or restart reading what the agent sends (flow control). */
   hold(paused: boolean): void;
+  /**
+   * A channel (not a guest TCP connection) can carry successive sessions: the
+   * listener hears that the agent began a new one on the same stream, so what
+   * the old session said (its hello) no longer holds (see channel-sessions.ts).
+   */
+  onRestart?(listener: () => void): void;
 }
 
 export interface Broker extends Bus {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { MvirtError } from '../../protocol/errors.js';
-import { CONNACK, RawClient, encodePublish } from '../support/broker-raw.js';
+import { CONNACK, RawClient, encodeConnect, encodePublish } from '../support/broker-raw.js';
 import {
   ROOT,
   closedOf,
@@ -22,6 +22,7 @@ import {
   type TestBroker,
 } from '../support/broker-fixtures.js';
 
+const encodeConnectOf = (clientId: string) => encodeConnect({ clientId, keepalive: 30 });
 const up = (vm: string, kind = 'hello') => `${ROOT}/agent/${vm}/up/${kind}`;
 const down = (vm: string, kind = 'exec') => `${ROOT}/agent/${vm}/down/${kind}`;
 
@@ -240,6 +241,31 @@ describe('agent channel isolation', () => {
       assert.equal(await raw.handshake(fields), code, JSON.stringify(fields));
       raw.destroy();
     }
+  });
+
+  test("a channel survives what a restart leaves in it: stale bytes, a dead client's CONNECT", async () => {
+    // What QEMU hands a new host end after mvirtd was killed mid-job: the tail
+    // of a packet from the old session, then the CONNECT of a guest client
+    // that has since given up; the agent's live client connects after it.
+    const { host, guest } = await socketPair(t.dir);
+    const handle = t.broker.attachAgentChannel('vm-r', host);
+    let restarts = 0;
+    handle.onRestart?.(() => restarts++);
+    const raw = new RawClient(guest);
+    const tail = encodePublish(up('vm-r', 'output'), Buffer.alloc(500, 0x10)).subarray(200);
+    raw.send(Buffer.concat([tail, encodeConnectOf('')]));
+    const connack = await raw.next();
+    assert.equal(connack?.type, 2, 'the stale CONNECT was answered');
+    raw.socket.removeAllListeners('data');
+    // The live client: exactly one CONNACK reaches it, then it works.
+    const daemon = await daemonInbox(t.broker, up('vm-r'));
+    const agent = await connectOverStream(guest, { clientId: 'agent-vm-r' });
+    await agent.publishAsync(up('vm-r'), 'after restart', { qos: 1 });
+    await daemon.wait(up('vm-r'));
+    assert.equal(restarts, 1);
+    assert.equal(host.destroyed, false, 'the channel stayed open');
+    await daemon.unsubscribe();
+    await agent.endAsync();
   });
 
   test('attachAgentChannel refuses a bad VM id', async () => {
