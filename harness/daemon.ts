@@ -152,6 +152,8 @@ export interface DaemonProcess extends DaemonAddress {
   httpUrl: string | null;
   /** The unix socket controllers may use (always there). */
   socket: string | null;
+  /** `mqtt://host:port` of --listen (null when off or inside a network namespace); it asks for a login. */
+  tcpUrl: string | null;
   pid: number;
   /** stderr lines so far (JSON logs). */
   logs: string[];
@@ -172,8 +174,8 @@ function loginArgs(args: readonly string[], dir: string): string[] {
 
 /**
  * mvirtd as a separate process; resolves on its 'mvirtd ready' log line (or
- * rejects with its stderr). `url` is its TCP listener, or its unix socket when
- * TCP is off (--listen off) or it runs in a network namespace.
+ * rejects with its stderr). `url` is its unix socket (anonymous there, as the
+ * local user), else its TCP listener; `tcpUrl` is the TCP listener.
  */
 export async function spawnDaemon(
   args: string[],
@@ -216,6 +218,7 @@ export async function spawnDaemon(
     root: string;
     httpUrl: string | null;
     socket: string | null;
+    tcpUrl: string | null;
   }>((resolve, reject) => {
     let buf = '';
     child.stderr!.on('data', (b: Buffer) => {
@@ -242,7 +245,13 @@ export async function spawnDaemon(
         // Controllers use the unix socket (anonymous there, as the local user).
         const url = unix ? `unix://${unix}` : tcp ? `mqtt://${tcp}` : null;
         if (!url || !j.root) return reject(new Error(`mvirtd ready without an address: ${line}`));
-        resolve({ url, root: j.root, httpUrl: j.http ?? null, socket: unix });
+        resolve({
+          url,
+          root: j.root,
+          httpUrl: j.http ?? null,
+          socket: unix,
+          tcpUrl: tcp ? `mqtt://${tcp}` : null,
+        });
       }
     });
     void exited.then(({ code }) =>

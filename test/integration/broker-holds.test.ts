@@ -222,7 +222,7 @@ describe('a login flood', () => {
       '--users',
       usersFile,
     ]);
-    const floodPort = Number(daemon.url.split(':').pop());
+    const floodPort = Number(daemon.tcpUrl!.split(':').pop());
     const rss = (): number =>
       Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${daemon.pid}/status`, 'utf8'))![1]) *
       1024;
