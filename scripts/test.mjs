@@ -39,8 +39,9 @@ if (which !== 'unit') {
   // (~/.cache/mvirt/kernel/<key>, keyed by the fragments and the source
   // version), and prints its progress every 30 s; a cached key costs nothing.
   // Only the first run on a machine (or after a fragment changes) pays the
-  // build: 13 min on 2 cores, so a fresh CI machine spends about 13 min here
-  // plus ~16 min of tests plus the package installs, under the 45 min CI bound;
+  // build: 699 s on 2 cores (measured 2026-12-06 at nice 19 beside a full test
+  // run; 1,155 CPU-seconds), so a fresh CI machine spends about 12 min here
+  // plus ~15 min of tests plus the package installs, under the 45 min CI bound;
   // every later run skips it.
   run('bash', ['kernel-config/build.sh']);
   run(process.execPath, [
