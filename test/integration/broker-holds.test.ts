@@ -208,7 +208,7 @@ describe('quotas', () => {
 });
 
 describe('a login flood', () => {
-  test("leaves a logged-in controller's calls within 2× of idle", async () => {
+  test("leaves a logged-in controller's calls within 2× of idle", async (t) => {
     // mvirtd in its own process, so that its memory is measured alone.
     const dataDir = await makeTempDir('mvirt-flood-');
     await writeFakeImage(path.join(dataDir, 'images'));
@@ -222,6 +222,10 @@ describe('a login flood', () => {
       '--users',
       usersFile,
     ]);
+    // Whatever fails below, the daemon goes (left running, it kept the file from ending).
+    t.after(() => {
+      if (daemon.child.exitCode === null) daemon.child.kill('SIGKILL');
+    });
     const floodPort = Number(daemon.tcpUrl!.split(':').pop());
     const rss = (): number =>
       Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${daemon.pid}/status`, 'utf8'))![1]) *
