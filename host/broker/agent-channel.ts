@@ -36,7 +36,7 @@ export function agentHandle(guarded: Duplex): AgentChannelHandle {
 export function createAgentChannelAttacher(
   admit: (stream: Duplex, vmId: string) => Duplex,
   isClosing: () => boolean,
-  maxConnectSize: number,
+  limits: { maxConnectSize: number; connectTimeoutMs: number },
   log: MvirtLogger,
 ) {
   return function attachAgentChannel(vmId: string, stream: Duplex): AgentChannelHandle {
@@ -46,15 +46,10 @@ export function createAgentChannelAttacher(
       stream.destroy();
       throw new MvirtError('SHUTTING_DOWN', 'the broker is shutting down');
     }
-    return splitChannelSessions(
-      stream,
-      (session) => admit(session, vmId),
-      { maxConnectSize },
-      {
-        skipped: (bytes) => log.info({ vmId, bytes }, 'agent channel: skipped bytes of no session'),
-        restarted: () => log.info({ vmId }, 'agent channel: the agent began a new session'),
-        violation: (reason) => log.warn({ vmId, reason }, 'agent channel closed'),
-      },
-    );
+    return splitChannelSessions(stream, (session) => admit(session, vmId), limits, {
+      skipped: (bytes) => log.info({ vmId, bytes }, 'agent channel: skipped bytes of no session'),
+      restarted: () => log.info({ vmId }, 'agent channel: the agent began a new session'),
+      violation: (reason) => log.warn({ vmId, reason }, 'agent channel closed'),
+    });
   };
 }

@@ -34,6 +34,8 @@ import type { AgentChannelHandle } from './types.js';
 export interface ChannelSessionsOptions {
   /** Largest CONNECT accepted as the start of a session (the broker's maxConnectSize). */
   maxConnectSize: number;
+  /** A channel whose first session has not begun by then is closed (the broker's CONNECT timeout). */
+  connectTimeoutMs: number;
   /** Restarts allowed at once; beyond it the channel closes. */
   restartBurst?: number;
   /** Restarts allowed per second, sustained. */
@@ -213,7 +215,14 @@ export function splitChannelSessions(
     cb?.();
   });
 
+  // Until a session begins, aedes' CONNECT timeout has nothing to time: the
+  // same bound applies here, and the owner re-attaches as before.
+  const mute = setTimeout(() => {
+    if (!session) raw.destroy();
+  }, options.connectTimeoutMs);
+
   function admitNext(): void {
+    clearTimeout(mute);
     const s = new ChannelSession(resume, write);
     session = s;
     walk = createBoundaryWalker();
@@ -276,6 +285,7 @@ export function splitChannelSessions(
     session?.push(null);
   });
   raw.on('close', () => {
+    clearTimeout(mute);
     const s = session;
     session = null;
     if (s) {

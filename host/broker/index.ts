@@ -297,7 +297,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
       (stream, vmId) =>
         admit(stream, { transport: 'agent-channel', remote: null, local: false, vmId }),
       () => closing !== null,
-      o.maxConnectSize,
+      { maxConnectSize: o.maxConnectSize, connectTimeoutMs: o.connectTimeoutMs },
       log,
     ),
     onGuestAgent: (listener) => {

@@ -30,7 +30,9 @@ interface Recorded {
   stream: Duplex;
 }
 
-async function channel(o: { restartBurst?: number; now?: () => number } = {}) {
+async function channel(
+  o: { restartBurst?: number; now?: () => number; connectTimeoutMs?: number } = {},
+) {
   const { host, guest } = await socketPair(dir);
   const sessions: Recorded[] = [];
   const events = { skipped: [] as number[], restarted: 0, violations: [] as string[] };
@@ -53,7 +55,7 @@ async function channel(o: { restartBurst?: number; now?: () => number } = {}) {
       settle();
       return stream;
     },
-    { maxConnectSize: 64 * 1024, ...o },
+    { maxConnectSize: 64 * 1024, connectTimeoutMs: 10_000, ...o },
     {
       skipped: (n) => events.skipped.push(n),
       restarted: () => events.restarted++,
@@ -196,4 +198,19 @@ test('hold stops reading the guest; release goes on', async () => {
   await c.until(() => c.bytes(0).length === CONNECT_A.length + PUBLISH.length);
   c.handle.close();
   await c.handle.closed;
+});
+
+test('a channel where no session begins is closed after the CONNECT timeout', async () => {
+  const c = await channel({ connectTimeoutMs: 50 });
+  c.guest.write(Buffer.from('not mqtt at all'));
+  await c.handle.closed;
+  assert.equal(c.sessions.length, 0);
+  // One that began in time is not.
+  const d = await channel({ connectTimeoutMs: 50 });
+  d.guest.write(CONNECT_A);
+  await d.until(() => d.sessions.length === 1);
+  await new Promise((r) => setTimeout(r, 100)); // past the timeout: nothing to await when nothing happens
+  assert.equal(d.host.destroyed, false);
+  d.handle.close();
+  await d.handle.closed;
 });
