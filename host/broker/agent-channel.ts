@@ -34,7 +34,8 @@ export function agentHandle(guarded: Duplex): AgentChannelHandle {
 }
 
 export function createAgentChannelAttacher(
-  admit: (stream: Duplex, vmId: string) => Duplex,
+  /** Take the channel (the broker tracks it) and give back how to admit each of its sessions. */
+  track: (channel: Duplex, vmId: string) => (session: Duplex) => Duplex,
   isClosing: () => boolean,
   limits: { maxConnectSize: number; connectTimeoutMs: number },
   log: MvirtLogger,
@@ -46,7 +47,7 @@ export function createAgentChannelAttacher(
       stream.destroy();
       throw new MvirtError('SHUTTING_DOWN', 'the broker is shutting down');
     }
-    return splitChannelSessions(stream, (session) => admit(session, vmId), limits, {
+    return splitChannelSessions(stream, track(stream, vmId), limits, {
       skipped: (bytes) => log.info({ vmId, bytes }, 'agent channel: skipped bytes of no session'),
       restarted: () => log.info({ vmId }, 'agent channel: the agent began a new session'),
       violation: (reason) => log.warn({ vmId, reason }, 'agent channel closed'),

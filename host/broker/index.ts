@@ -294,8 +294,14 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     subscribe: bus.subscribe,
     setLastWill: bus.setLastWill,
     attachAgentChannel: createAgentChannelAttacher(
-      (stream, vmId) =>
-        admit(stream, { transport: 'agent-channel', remote: null, local: false, vmId }),
+      (stream, vmId) => {
+        // The channel itself, not only its sessions: one where no session
+        // began yet must end at close() too.
+        live.add(stream);
+        stream.once('close', () => live.delete(stream));
+        return (session: Duplex) =>
+          admit(session, { transport: 'agent-channel', remote: null, local: false, vmId });
+      },
       () => closing !== null,
       { maxConnectSize: o.maxConnectSize, connectTimeoutMs: o.connectTimeoutMs },
       log,
