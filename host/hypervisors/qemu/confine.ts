@@ -266,6 +266,13 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       if (spec.network.mode === 'bridge' && spec.network.tap) {
         await handTapTo(spec.network.tap, uid, log);
       }
+      // passt's socket (user mode) was bound with mvirtd's uid; connecting
+      // needs write access, and QEMU connects as the VM's uid. Without this
+      // the guest booted with a NIC and no network: QEMU's stream netdev
+      // connects asynchronously and only logs its failure.
+      if (spec.network.mode === 'user' && spec.network.socket !== undefined) {
+        await chown(spec.network.socket, uid, uid);
+      }
       let cgroup: VmCgroup | null = null;
       if (cgroups) {
         const group = groupOf(vmRoot);
