@@ -91,6 +91,7 @@ function checkerScrypt(
     w.on('message', (m: { id: number; key?: Uint8Array; error?: string }) => {
       const p = pending.get(m.id);
       pending.delete(m.id);
+      if (pending.size === 0) w.unref();
       if (m.key) p?.resolve(Buffer.from(m.key));
       else p?.reject(new Error(m.error ?? 'scrypt failed'));
     });
@@ -101,15 +102,18 @@ function checkerScrypt(
     };
     w.on('error', fail);
     w.on('exit', (code) => fail(new Error(`password worker exited (${code})`)));
-    // After the listeners: adding a 'message' listener refs the worker's port
-    // again, and a ref'd worker kept every test process that checked a
-    // password alive after its last test (CI hung on broker-agent.test.ts).
+    // Held (ref'd) only while a check is pending: a worker ref'd when idle
+    // kept every test process that checked a password alive after its last
+    // test (CI hung on broker-agent.test.ts); one unref'd while a check is
+    // pending let a process end with the check unanswered. unref() comes
+    // after the listeners, since adding a 'message' listener refs it again.
     w.unref();
     worker = w;
   }
   const id = ++nextId;
   return new Promise((resolve, reject) => {
     pending.set(id, { resolve, reject });
+    worker!.ref();
     worker!.postMessage({ id, password, salt, len, o });
   });
 }

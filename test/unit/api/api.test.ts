@@ -13,6 +13,7 @@ import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
 import { rpcClient, type RpcClient } from '../../../harness/client.js';
 import { removeDir } from '../../../harness/paths.js';
 import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
+import { TEST_ADMIN } from '../../../harness/test-admin.js';
 
 const hv = createFakeHypervisor();
 let d: TestDaemon;
@@ -239,12 +240,15 @@ describe('validation and error mapping', () => {
 
 describe('mosquitto interop', () => {
   const run = promisify(execFile);
+  // Over TCP a controller logs in (loopback is not an identity).
+  const login = ['-u', TEST_ADMIN.username, '-P', TEST_ADMIN.password];
   test('mosquitto_pub request, mosquitto_sub reply (JSON)', async () => {
     const port = d.daemon.broker.addresses.tcp!.split(':').pop()!;
     // mosquitto_sub's own reply namespace: its client id is mosq-sub.
     const replyTo = 'mvirt/_clients/mosq-sub/replies/1';
     // Also subscribe to the retained status: its arrival proves the SUBACK is done.
     const sub = spawn('mosquitto_sub', [
+      ...login,
       '-p',
       port,
       '-t',
@@ -268,8 +272,16 @@ describe('mosquitto interop', () => {
       const l = out.split('\n').filter(Boolean);
       for (const w of lines) w(l);
     });
-    await new Promise<void>((resolve) => lines.push((l) => l.length >= 1 && resolve()));
+    const exited = new Promise((resolve) => sub.once('exit', resolve));
+    // Bounded by mosquitto_sub itself: a refused or failed subscriber exits.
+    await Promise.race([
+      new Promise<void>((resolve) => lines.push((l) => l.length >= 1 && resolve())),
+      exited.then((code) =>
+        assert.fail(`mosquitto_sub exited (${String(code)}) before the status`),
+      ),
+    ]);
     await run('mosquitto_pub', [
+      ...login,
       '-p',
       port,
       '-t',
@@ -277,7 +289,7 @@ describe('mosquitto interop', () => {
       '-m',
       JSON.stringify({ id: 'm1', replyTo }),
     ]);
-    await new Promise((resolve) => sub.once('exit', resolve));
+    await exited;
     const line = out.split('\n').find((l) => l.startsWith(`${replyTo} `))!;
     out = line.slice(replyTo.length + 1);
     const reply = decode(Buffer.from(out.trim())) as ReplyEnvelope<{ hostId: string }>;
@@ -287,6 +299,7 @@ describe('mosquitto interop', () => {
   test('mosquitto_sub sees retained status', async () => {
     const port = d.daemon.broker.addresses.tcp!.split(':').pop()!;
     const { stdout } = await run('mosquitto_sub', [
+      ...login,
       '-p',
       port,
       '-t',

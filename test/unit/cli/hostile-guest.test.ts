@@ -24,6 +24,7 @@ import { HOST_ID } from '../../../harness/daemon.js';
 import type { RealGuest } from '../../../harness/fake-vms.js';
 import { cleanupAll, result, startJobDaemon, until, type JobDaemon } from '../../support/jobs.js';
 import { parsePromText } from '../../support/prom-text.js';
+import { adminBasic } from '../../../harness/test-admin.js';
 
 /** What a terminal acts on (C0 but newline, DEL, C1, bidi): none may reach the screen. */
 const ACTIVE =
@@ -165,7 +166,9 @@ test('guest figures: clamped to the VM in top and /metrics; refused beyond any V
   assert.equal(row.cpuPercent, 100 * vm.vcpus);
   assert.equal(row.memUsedMiB, vm.memoryMiB);
 
-  const text = await (await fetch(`${j.d.daemon.http!.url}/metrics`)).text();
+  const text = await (
+    await fetch(`${j.d.daemon.http!.url}/metrics`, { headers: { authorization: adminBasic() } })
+  ).text();
   const fams = parsePromText(text);
   const of = (name: string): number =>
     fams.get(name)!.samples.find((s) => s.labels.name === 'evil')!.value;

@@ -1,7 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
-import { connectAsync } from 'mqtt';
+import { connectController } from '../../../harness/connect.js';
 import {
   brokerOptions,
   createClient,
@@ -161,7 +161,7 @@ describe('client against mvirtd (in-process, fake VMs running the real agent cor
   });
 
   it('uses a connection it is given and leaves it open', async () => {
-    const m = await connectAsync(broker.url);
+    const m = await connectController(broker.url);
     const c = await createClient({ mqtt: m, hostId: 'test-host' });
     assert.equal((await c.call('system.info')).hostId, 'test-host');
     await c.close();

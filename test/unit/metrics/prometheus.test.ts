@@ -10,6 +10,7 @@ import { VmTelemetry } from '../../../protocol/metrics.js';
 import type { JobState, VmRecord } from '../../../protocol/rpc.js';
 import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 import { parsePromText, type PromFamily } from '../../support/prom-text.js';
+import { adminBasic } from '../../../harness/test-admin.js';
 
 const MiB = 1024 * 1024;
 
@@ -29,7 +30,9 @@ after(cleanupAll);
 type Scrape = Map<string, PromFamily>;
 
 async function scrape(): Promise<Scrape> {
-  const res = await fetch(`${j.d.daemon.http!.url}/metrics`);
+  const res = await fetch(`${j.d.daemon.http!.url}/metrics`, {
+    headers: { authorization: adminBasic() },
+  });
   assert.equal(res.status, 200);
   assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
   return parsePromText(await res.text());
