@@ -7,8 +7,8 @@ export interface MemoryIo extends Io {
   stdin: PassThrough & TtyIn;
   out(): string;
   errText(): string;
-  /** Resolve once stdout contains `s`. */
-  waitOut(s: string): Promise<void>;
+  /** Resolve once stdout contains `s` (or satisfies it, given a predicate). */
+  waitOut(s: string | ((out: string) => boolean)): Promise<void>;
   /** Resolve once stderr contains `s`. */
   waitErr(s: string): Promise<void>;
   signal(sig?: NodeJS.Signals): void;
@@ -36,10 +36,14 @@ function sink(onWrite: (text: string) => void = () => {}): {
   return { w, chunks, events, text: () => Buffer.concat(chunks).toString('utf8') };
 }
 
-function waitText(k: ReturnType<typeof sink>, s: string): Promise<void> {
+function waitText(
+  k: ReturnType<typeof sink>,
+  s: string | ((text: string) => boolean),
+): Promise<void> {
+  const done = typeof s === 'string' ? (t: string) => t.includes(s) : s;
   return new Promise<void>((resolve) => {
     const check = (): void => {
-      if (!k.text().includes(s)) return;
+      if (!done(k.text())) return;
       k.events.removeListener('data', check);
       resolve();
     };

@@ -25,19 +25,33 @@ after(cleanupAll);
 
 const io = () => memoryIo({ env: { MVIRT_BROKER: j.d.url, MVIRT_HOST: HOST_ID } });
 
-test('--json frames: every VM with its state; running VMs get CPU and memory from telemetry', async () => {
-  const m = io();
-  const code = await runCli(['top', '--json', '-n', '4', '--interval', '0'], m);
-  assert.equal(code, 0, m.errText());
-  const frames = m
-    .out()
+const framesOf = (out: string): TopFrame[] =>
+  out
     .trim()
     .split('\n')
+    .filter(Boolean)
     .map((l) => JSON.parse(l) as TopFrame);
-  assert.equal(frames.length, 4);
-  const first = frames[0]!;
+const figured = (f: TopFrame): string[] =>
+  f.vms
+    .filter((v) => v.memUsedMiB !== undefined)
+    .map((v) => v.name)
+    .sort();
+
+test('--json frames: every VM with its state; running VMs get CPU and memory from telemetry', async () => {
+  const m = io();
+  const running = runCli(['top', '--json', '--interval', '0'], m);
+  // Telemetry comes on its own interval: wait for a frame with both running
+  // VMs' figures rather than hoping a fixed number of frames holds one.
+  await m.waitOut((out) => {
+    if (!out.endsWith('\n')) return false;
+    const fs = framesOf(out);
+    return fs.some((f) => figured(f).length >= 2) && fs.some((f) => f.host?.figures !== undefined);
+  });
+  m.signal('SIGINT');
+  assert.equal(await running, 0, m.errText());
+  const frames = framesOf(m.out());
   assert.deepEqual(
-    first.vms.map((v) => [v.name, v.state]).sort(),
+    frames[0]!.vms.map((v) => [v.name, v.state]).sort(),
     [
       ['top-a', 'ready'],
       ['top-b', 'ready'],
@@ -45,9 +59,8 @@ test('--json frames: every VM with its state; running VMs get CPU and memory fro
     ],
     'the first frame has every VM (vm.list), before any telemetry',
   );
-  const last = frames.at(-1)!;
-  const withFigures = last.vms.filter((v) => v.memUsedMiB !== undefined).map((v) => v.name);
-  assert.deepEqual(withFigures.sort(), ['top-a', 'top-b'], 'telemetry of the running VMs only');
+  const last = frames.find((f) => figured(f).length >= 2)!;
+  assert.deepEqual(figured(last), ['top-a', 'top-b'], 'telemetry of the running VMs only');
   for (const v of last.vms.filter((x) => x.cpuPercent !== undefined)) {
     assert.ok(v.cpuPercent! >= 0 && v.memUsedMiB! > 0 && v.uptimeS! > 0);
   }
@@ -55,6 +68,12 @@ test('--json frames: every VM with its state; running VMs get CPU and memory fro
     frames.some((f) => f.host?.figures !== undefined),
     'host figures from status',
   );
+});
+
+test('-n stops after N frames', async () => {
+  const m = io();
+  assert.equal(await runCli(['top', '--json', '-n', '3', '--interval', '0'], m), 0, m.errText());
+  assert.equal(framesOf(m.out()).length, 3);
 });
 
 test('text frames follow state changes; Ctrl-C ends the view', async () => {
