@@ -70,9 +70,14 @@ export function createAuthorizeSubscribe(d: Deps) {
     callback: (error: Error | null, subscription?: Subscription | null) => void,
   ): void {
     const principal = d.registry.principals.get(client);
-    const problem = principal
-      ? subscribeProblem(d.ctx, principal, sub.topic)
-      : 'no authenticated client';
+    // An agent never gets QoS 2: its unacknowledged deliveries would wait in
+    // mvirtd for a PUBREC a hostile guest never sends. (Refused rather than
+    // downgraded: aedes answers SUBACK with the QoS asked before this hook runs.)
+    const problem = !principal
+      ? 'no authenticated client'
+      : principal.role === 'agent' && sub.qos > 1
+        ? 'agents subscribe at QoS 0 or 1 only'
+        : subscribeProblem(d.ctx, principal, sub.topic);
     if (problem !== null) {
       d.log.warn(
         { clientId: client.id, filter: sub.topic, reason: problem },

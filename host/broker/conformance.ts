@@ -11,6 +11,12 @@
  *    decodes them with replacement characters, which would alias topics);
  *  - SUBSCRIBE and UNSUBSCRIBE without a filter [MQTT-3.8.3-3, 3.10.3-2].
  *
+ * Agents (the VM's own channel or its guest TCP connection) are held to more
+ * (issue 12): a clean session only (CONNACK 5 otherwise: nothing of an agent
+ * session may outlive its connection in mvirtd's memory) and PUBLISH at QoS
+ * 0 or 1 (a QoS 2 message waits in the broker for a PUBREL that a hostile
+ * guest never sends; the agent never uses QoS 2). See agentHeaderProblem.
+ *
  * These look at raw packet bodies, which the frame guard captures (only for
  * these packet types, and only a PUBLISH's topic), hand-written because the
  * parser's decoded strings have already lost the bytes.
@@ -40,7 +46,7 @@ function field(b: Buffer, i: number): [number, number] | null {
 
 const utf8 = (b: Buffer, f: [number, number]): boolean => isUtf8(b.subarray(f[0], f[1]));
 
-function connectProblem(b: Buffer): Violation | null {
+function connectProblem(b: Buffer, agent: boolean): Violation | null {
   const name = field(b, 0);
   if (!name) return null; // mqtt-packet reports malformed headers itself
   let i = name[1] + 1; // protocol level
@@ -53,6 +59,7 @@ function connectProblem(b: Buffer): Violation | null {
   const clean = (flags & 0x02) !== 0;
   if (hasPassword && !hasUser) return { reason: 'password flag without user name flag' };
   if (hasWill && ((flags >> 3) & 3) === 3) return { reason: 'will QoS 3' };
+  if (agent && !clean) return { reason: 'an agent session must be clean', connack: 5 };
   const id = field(b, i);
   if (!id) return null;
   if (!utf8(b, id)) return { reason: 'client id is not well-formed UTF-8' };
@@ -93,10 +100,10 @@ function filtersProblem(b: Buffer, subscribe: boolean): Violation | null {
  * Check a captured body. For PUBLISH, `body` holds at least the topic (the
  * guard stops capturing after it).
  */
-export function packetProblem(type: number, body: Buffer): Violation | null {
+export function packetProblem(type: number, body: Buffer, agent = false): Violation | null {
   switch (type) {
     case CONNECT:
-      return connectProblem(body);
+      return connectProblem(body, agent);
     case PUBLISH: {
       const t = field(body, 0);
       return t && !utf8(body, t) ? { reason: 'topic is not well-formed UTF-8' } : null;
@@ -108,6 +115,13 @@ export function packetProblem(type: number, body: Buffer): Violation | null {
     default:
       return null;
   }
+}
+
+/** An agent's fixed header (type and flags byte): QoS 2 PUBLISH is refused. */
+export function agentHeaderProblem(header: number): string | null {
+  return header >> 4 === PUBLISH && ((header >> 1) & 3) >= 2
+    ? 'agents may publish at QoS 0 or 1 only'
+    : null;
 }
 
 /** How many body bytes to capture for a packet of this type and length (0 = none). */

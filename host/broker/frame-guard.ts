@@ -14,7 +14,14 @@
  * wait for a slow reader before that reader is dropped.
  */
 import { Duplex } from 'node:stream';
-import { captureLength, packetProblem, PUBLISH, publishTopicEnd } from './conformance.js';
+import type { AgentBudget } from './agent-budget.js';
+import {
+  agentHeaderProblem,
+  captureLength,
+  packetProblem,
+  PUBLISH,
+  publishTopicEnd,
+} from './conformance.js';
 
 export interface FrameLimits {
   /** Largest remaining length accepted for any packet after CONNECT. */
@@ -23,6 +30,8 @@ export interface FrameLimits {
   maxConnectSize: number;
   /** Outbound bytes allowed to queue towards a peer that does not read. */
   maxQueuedBytes: number;
+  /** An agent's stream: clean sessions and QoS ≤ 1 only (conformance.ts). */
+  agent?: boolean;
 }
 
 /** Incremental scanner of MQTT fixed headers; returns a reason on violation. */
@@ -40,7 +49,10 @@ const LENGTH = 1;
 const BODY = 2;
 const CONNECT = 1;
 
-export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>): FrameScanner {
+export function createFrameScanner(
+  limits: Omit<FrameLimits, 'maxQueuedBytes' | 'budget'>,
+): FrameScanner {
+  const agent = limits.agent === true;
   let state = HEADER;
   let packets = 0;
   let length = 0;
@@ -73,7 +85,7 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
         if (want > capLen) continue;
       }
       cap = null;
-      const v = packetProblem(type, body);
+      const v = packetProblem(type, body, agent);
       if (v !== null) {
         connack = v.connack ?? null;
         return v.reason;
@@ -109,6 +121,10 @@ export function createFrameScanner(limits: Omit<FrameLimits, 'maxQueuedBytes'>):
         type = b >> 4;
         if (packets === 0 && type !== CONNECT) return 'first packet is not CONNECT';
         if (type === 0 || type === 15) return `reserved packet type ${type}`;
+        if (agent) {
+          const v = agentHeaderProblem(b);
+          if (v !== null) return v;
+        }
         state = LENGTH;
         length = 0;
         multiplier = 1;
@@ -186,6 +202,14 @@ export class GuardedStream extends Duplex {
   #received = 0;
   /** Flow control by the stream's owner (see hold()). */
   #hold = false;
+  /** Flow control by the budget: the peer sent more than it may (agent-budget.ts). */
+  #throttle: NodeJS.Timeout | null = null;
+  #charged = 0;
+  /** What the peer may send per second; reading stops while it is in debt (agent-budget.ts). */
+  #budget: AgentBudget | null = null;
+  /** Chunks read while over budget, delivered when the debt is paid. */
+  #delayed: Buffer[] = [];
+  #endPushed = false;
 
   constructor(inner: Duplex, limits: FrameLimits, onViolation: (reason: string) => void) {
     // allowHalfOpen false: when the peer ends, our writable side ends too,
@@ -198,8 +222,7 @@ export class GuardedStream extends Duplex {
     inner.on('data', (chunk: Buffer) => this.#onData(chunk));
     inner.on('end', () => {
       this.#ended = true;
-      // Held bytes go first; #release ends the stream after them.
-      if (this.#held === null || this.#held.length === 0) this.push(null);
+      this.#endIfDrained();
     });
     inner.on('drain', () => this.#onDrain());
     inner.on('error', (err: Error) => this.destroy(err));
@@ -224,6 +247,24 @@ export class GuardedStream extends Duplex {
       else this.destroy(new FrameLimitError(problem));
       return;
     }
+    const budget = this.#budget;
+    if (budget) {
+      const wait = budget.charge(this.#scanner.packets - this.#charged, chunk.length);
+      this.#charged = this.#scanner.packets;
+      // Over budget: this chunk (at most one socket read) waits here until
+      // the debt is paid, and nothing more is read meanwhile, so the rest of
+      // a flood waits in the peer's pipe, not in mvirtd.
+      if (wait > 0 || this.#delayed.length > 0) {
+        this.#delayed.push(chunk);
+        if (wait > 0) this.#throttleFor(wait);
+        return;
+      }
+    }
+    this.#deliver(chunk);
+  }
+
+  /** Pass a scanned chunk on to aedes (or hold what follows CONNECT until CONNACK). */
+  #deliver(chunk: Buffer): void {
     const start = this.#received;
     this.#received += chunk.length;
     if (this.#held !== null) {
@@ -242,15 +283,50 @@ export class GuardedStream extends Duplex {
     if (!this.push(chunk)) this.inner.pause();
   }
 
+  /**
+   * Charge what this peer sends from now on to `budget` (an agent's VM,
+   * known from the start on a channel, after CONNECT on the guest listener).
+   */
+  setBudget(budget: AgentBudget): void {
+    this.#budget = budget;
+    this.#charged = this.#scanner.packets;
+  }
+
+  #throttleFor(ms: number): void {
+    if (this.#throttle) clearTimeout(this.#throttle);
+    this.inner.pause();
+    this.#throttle = setTimeout(() => {
+      this.#throttle = null;
+      if (this.destroyed) return;
+      for (const c of this.#delayed.splice(0)) this.#deliver(c);
+      this.#endIfDrained();
+      this.#resumeIfFree();
+    }, ms);
+  }
+
+  /** The peer ended: end our readable side once held and delayed bytes went first. */
+  #endIfDrained(): void {
+    if (!this.#ended || this.#endPushed || this.#delayed.length > 0) return;
+    if (this.#held !== null && this.#held.length > 0) return;
+    this.#endPushed = true;
+    this.push(null);
+  }
+
+  /** Read again unless the owner holds, the budget throttles, bytes wait for CONNACK, or aedes is full. */
+  #resumeIfFree(): void {
+    if (this.#hold || this.#throttle !== null || this.destroyed) return;
+    if (this.#held !== null && this.#held.length > 0) return;
+    if (this.readableLength < this.readableHighWaterMark) this.inner.resume();
+  }
+
   /** The broker wrote its first packet (CONNACK): let the held bytes through. */
   #release(): void {
     const held = this.#held;
     this.#held = null;
     if (!held) return;
     for (const b of held) this.push(b);
-    if (this.#ended) {
-      if (held.length > 0) this.push(null);
-    } else if (!this.#hold && this.readableLength < this.readableHighWaterMark) this.inner.resume();
+    if (this.#ended) this.#endIfDrained();
+    else this.#resumeIfFree();
   }
 
   /**
@@ -263,9 +339,7 @@ export class GuardedStream extends Duplex {
     if (this.#hold === paused) return;
     this.#hold = paused;
     if (paused) this.inner.pause();
-    else if ((this.#held === null || this.#held.length === 0) && !this.destroyed) {
-      if (this.readableLength < this.readableHighWaterMark) this.inner.resume();
-    }
+    else this.#resumeIfFree();
   }
 
   #onDrain(): void {
@@ -275,7 +349,8 @@ export class GuardedStream extends Duplex {
   }
 
   override _read(): void {
-    if (!this.#hold && (this.#held === null || this.#held.length === 0)) this.inner.resume();
+    if (this.#hold || this.#throttle !== null) return;
+    if (this.#held === null || this.#held.length === 0) this.inner.resume();
   }
 
   #forward(buf: Buffer, cb: (err?: Error | null) => void): void {
@@ -303,6 +378,13 @@ export class GuardedStream extends Duplex {
   };
 
   /**
+   * Each peer has its own bounded queue, and a slow one delays only itself:
+   * write() reports success whatever the socket says, so aedes never waits
+   * for this peer's 'drain' (it would: one delivery at a time per message,
+   * holding mqemitter's shared slots, and one stuck subscriber stalled every
+   * delivery in the broker for its 30 s drain timeout — issue 12 measured a
+   * bystander's job at 24 s instead of 0.6 s). What the peer has not taken
+   * waits here; past maxQueuedBytes the peer is disconnected (the policy).
    * Counted at write time, not in _write: while the peer is not reading,
    * further writes pile up in our own buffer without reaching _write.
    */
@@ -311,14 +393,14 @@ export class GuardedStream extends Duplex {
     encoding?: BufferEncoding | ((error: Error | null | undefined) => void),
     cb?: (error: Error | null | undefined) => void,
   ): boolean {
-    const ok = super.write(chunk, encoding as BufferEncoding, cb);
+    super.write(chunk, encoding as BufferEncoding, cb);
     const queued = this.writableLength + this.inner.writableLength;
     if (queued > this.#limits.maxQueuedBytes && !this.destroyed) {
       const reason = `peer not reading: ${queued} bytes queued, limit ${this.#limits.maxQueuedBytes}`;
       this.#onViolation(reason);
       this.destroy(new FrameLimitError(reason));
     }
-    return ok;
+    return true;
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -339,6 +421,8 @@ export class GuardedStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (this.#throttle) clearTimeout(this.#throttle);
+    this.#throttle = null;
     const inner = this.inner;
     if (!err && !inner.destroyed && inner.writableLength > 0) {
       // An orderly close (after a CONNACK refusal, a DISCONNECT, a will at

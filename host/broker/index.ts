@@ -10,11 +10,14 @@
  *   login-limit.ts   failed logins per source and user
  *   listeners.ts     TCP, unix socket, WebSocket, guest TCP
  *   agent-channel.ts per-VM streams
+ *   agent-budget.ts  what each VM's agent may send per second
  *   bus.ts           the daemon's in-process publish/subscribe
+ *   listening.ts     whether any client subscribes to a topic
  */
 import { Aedes } from 'aedes';
 import type { Duplex } from 'node:stream';
 import type { MvirtLogger } from '../log.js';
+import { createAgentBudgets, type AgentBudgets } from './agent-budget.js';
 import { agentHandle, createAgentChannelAttacher } from './agent-channel.js';
 import { createAuthenticate, createPreConnect } from './authenticate.js';
 import {
@@ -30,11 +33,12 @@ import {
   type AclContext,
   type Principal,
 } from './acl.js';
+import { trackListening } from './listening.js';
 import { createLoginLimiter } from './login-limit.js';
 import { createRetainedQuota } from './quotas.js';
 import { releaseClientId } from './sessions.js';
 import type { Actor } from '../auth/actor.js';
-import { guardStream, type FrameLimits } from './frame-guard.js';
+import { GuardedStream, guardStream, type FrameLimits } from './frame-guard.js';
 import { listenTcp, listenUnix, listenWs, type Listener } from './listeners.js';
 import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './options.js';
 import { peerCred } from './peer.js';
@@ -85,6 +89,7 @@ function limitsFor(o: ResolvedOptions, agent: boolean): FrameLimits {
     maxPacketSize: agent ? o.agentMaxPacketSize : o.maxPacketSize,
     maxConnectSize: o.maxConnectSize,
     maxQueuedBytes: o.maxQueuedBytes,
+    agent,
   };
 }
 
@@ -94,9 +99,10 @@ function createAdmitter(
   registry: Registry,
   live: Set<Duplex>,
   o: ResolvedOptions,
+  budgets: AgentBudgets,
   log: MvirtLogger,
 ) {
-  return function admit(stream: Duplex, ci: ConnInfo): Duplex {
+  return function admit(stream: Duplex, ci: ConnInfo): GuardedStream {
     const agent = ci.transport === 'guest' || ci.transport === 'agent-channel';
     const guarded = guardStream(stream, limitsFor(o, agent), (reason) =>
       log.warn(
@@ -110,6 +116,8 @@ function createAdmitter(
         'connection dropped',
       ),
     );
+    // A channel's VM is known now; a guest TCP agent's once it logs in (see 'client').
+    if (ci.vmId !== undefined) guarded.setBudget(budgets.of(ci.vmId));
     registry.conns.set(guarded, ci);
     live.add(guarded);
     guarded.once('close', () => live.delete(guarded));
@@ -201,11 +209,11 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
   };
   const deps = { ctx, registry, counters, retained: createRetainedQuota(o.retainedLimits), log };
   const senderFor = createSenders(ctx);
+  const budgets = createAgentBudgets(o.agentBudget);
   const daemonPayloads = new WeakSet<object>();
 
   const aedes = await Aedes.createBroker({
     connectTimeout: o.connectTimeoutMs,
-    drainTimeout: o.drainTimeoutMs,
     keepaliveLimit: o.keepaliveLimitS,
     // Only MQTT 3.1 looks at this; ids are bounded by clientIdProblem anyway.
     maxClientsIdLength: 64,
@@ -228,6 +236,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     authorizeSubscribe: createAuthorizeSubscribe(deps),
     authorizeForward: createAuthorizeForward(deps),
   });
+  const listening = trackListening(aedes);
   aedes.on('clientError', (client, err) =>
     log.debug({ clientId: client.id, err: err.message }, 'client error'),
   );
@@ -239,8 +248,10 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
   aedes.on('client', (client) => {
     const conn = (client as unknown as { conn: Duplex }).conn;
     const ci = registry.conns.get(conn);
-    if (ci?.transport !== 'guest' || !guestAgentListener) return;
-    guestAgentListener(client.id.slice(agentClientId('').length), agentHandle(conn));
+    if (ci?.transport !== 'guest') return;
+    const vmId = client.id.slice(agentClientId('').length);
+    if (conn instanceof GuardedStream) conn.setBudget(budgets.of(vmId));
+    guestAgentListener?.(vmId, agentHandle(conn));
   });
   aedes.on('clientDisconnect', (client) => {
     releaseClientId(registry, client);
@@ -250,7 +261,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
   // Every admitted stream, including those that never completed CONNECT
   // (aedes.close() only knows registered clients): close() ends them all.
   const live = new Set<Duplex>();
-  const admit = createAdmitter(aedes, registry, live, o, log);
+  const admit = createAdmitter(aedes, registry, live, o, budgets, log);
   let opened: Awaited<ReturnType<typeof openListeners>>;
   try {
     opened = await openListeners(o, admit, log);
@@ -318,6 +329,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     },
     wsMaxPayload: wsMaxPayload(o),
     addresses: opened.addresses,
+    hasSubscriber: (topic) => listening.has(topic),
     clientCount: () => aedes.connectedClients,
     stats: () => counters.snapshot(aedes.connectedClients),
     close: () => (closing ??= close()),

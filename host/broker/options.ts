@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { MvirtError } from '../../protocol/errors.js';
 import type { ObjectKind } from '../auth/roles.js';
+import { DEFAULT_AGENT_BUDGET, type AgentBudgetLimits } from './agent-budget.js';
 import { DEFAULT_LOGIN_LIMITS, type LoginLimitOptions } from './login-limit.js';
 import { DEFAULT_RETAINED_LIMITS, type RetainedLimits } from './quotas.js';
 import type { Gate } from './listeners.js';
@@ -51,12 +52,13 @@ export interface BrokerOptions {
   agentMaxPacketSize?: number;
   /** Largest CONNECT packet; default 64 KiB. */
   maxConnectSize?: number;
-  /** Outbound bytes queued for a client that does not read before it is dropped; default 16 MiB. */
+  /**
+   * Outbound bytes queued for a client that does not keep up before it is
+   * dropped (the broker never waits for one client: frame-guard.ts); default 16 MiB.
+   */
   maxQueuedBytes?: number;
   /** Close connections that send no complete CONNECT within this; default 10 s. */
   connectTimeoutMs?: number;
-  /** Drop a subscriber whose socket does not drain within this; default 30 s. */
-  drainTimeoutMs?: number;
   /** Refuse keepalives above this many seconds (0 = no limit); default 0. */
   keepaliveLimitS?: number;
   /** Per listener; default 1024. */
@@ -67,6 +69,8 @@ export interface BrokerOptions {
   retainedLimits?: RetainedLimits;
   /** Failed logins per source and user; default 20 at once, then one per 2 s. */
   loginLimits?: LoginLimitOptions;
+  /** What each VM's agent may send per second (agent-budget.ts); default 1,000 packets, 32 MiB. */
+  agentBudget?: Partial<AgentBudgetLimits>;
 }
 
 export interface ResolvedOptions {
@@ -86,11 +90,11 @@ export interface ResolvedOptions {
   maxConnectSize: number;
   maxQueuedBytes: number;
   connectTimeoutMs: number;
-  drainTimeoutMs: number;
   keepaliveLimitS: number;
   maxConnections: number;
   retainedLimits: RetainedLimits;
   loginLimits: LoginLimitOptions;
+  agentBudget: AgentBudgetLimits;
 }
 
 export interface HostPort {
@@ -151,10 +155,20 @@ export function resolveOptions(o: BrokerOptions): ResolvedOptions {
     maxConnectSize: positive(o.maxConnectSize, 64 * 1024, 'maxConnectSize'),
     maxQueuedBytes: positive(o.maxQueuedBytes, 16 * MiB, 'maxQueuedBytes'),
     connectTimeoutMs: positive(o.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
-    drainTimeoutMs: positive(o.drainTimeoutMs, 30_000, 'drainTimeoutMs'),
     keepaliveLimitS: o.keepaliveLimitS ?? 0,
     maxConnections: positive(o.maxConnections, 1024, 'maxConnections'),
     retainedLimits: o.retainedLimits ?? DEFAULT_RETAINED_LIMITS,
     loginLimits: o.loginLimits ?? DEFAULT_LOGIN_LIMITS,
+    agentBudget: agentBudget(o.agentBudget),
+  };
+}
+
+function agentBudget(o: Partial<AgentBudgetLimits> = {}): AgentBudgetLimits {
+  const d = DEFAULT_AGENT_BUDGET;
+  return {
+    packetsPerS: positive(o.packetsPerS, d.packetsPerS, 'agentBudget.packetsPerS'),
+    packetBurst: positive(o.packetBurst, d.packetBurst, 'agentBudget.packetBurst'),
+    bytesPerS: positive(o.bytesPerS, d.bytesPerS, 'agentBudget.bytesPerS'),
+    byteBurst: positive(o.byteBurst, d.byteBurst, 'agentBudget.byteBurst'),
   };
 }

@@ -86,6 +86,11 @@ export interface Broker extends Bus {
    * handle like attachAgentChannel's (the guest dials; the host cannot).
    */
   onGuestAgent(listener: (vmId: string, handle: AgentChannelHandle) => void): void;
+  /**
+   * Whether a connected client subscribes to `topic` now: work whose only
+   * purpose is to be delivered (a VM's console output) is skipped otherwise.
+   */
+  hasSubscriber(topic: string): boolean;
   /** Number of connected clients (controllers and agents). */
   clientCount(): number;
   /** Message counters and per-second rates for host status. */

@@ -61,7 +61,7 @@ export function encodeConnect(c: ConnectFields): Buffer {
 export function encodePublish(
   topic: string | Buffer,
   payload: string | Buffer,
-  o: { qos?: 0 | 1; retain?: boolean; messageId?: number } = {},
+  o: { qos?: 0 | 1 | 2; retain?: boolean; messageId?: number } = {},
 ): Buffer {
   const qos = o.qos ?? 0;
   const parts = [str(topic)];
@@ -74,10 +74,14 @@ export function encodePublish(
   return packet(0x30 | (qos << 1) | (o.retain ? 1 : 0), Buffer.concat(parts));
 }
 
-export function encodeSubscribe(messageId: number, filters: Array<string | Buffer>): Buffer {
+export function encodeSubscribe(
+  messageId: number,
+  filters: Array<string | Buffer>,
+  qos: 0 | 1 | 2 = 0,
+): Buffer {
   const id = Buffer.alloc(2);
   id.writeUInt16BE(messageId);
-  return packet(0x82, Buffer.concat([id, ...filters.flatMap((f) => [str(f), Buffer.from([0])])]));
+  return packet(0x82, Buffer.concat([id, ...filters.flatMap((f) => [str(f), Buffer.from([qos])])]));
 }
 
 export interface RawPacket {
@@ -177,8 +181,12 @@ export class RawClient {
   }
 
   /** SUBSCRIBE and return the granted codes (0x80 = refused), or null when closed. */
-  async subscribe(filters: Array<string | Buffer>, messageId = 1): Promise<number[] | null> {
-    this.send(encodeSubscribe(messageId, filters));
+  async subscribe(
+    filters: Array<string | Buffer>,
+    messageId = 1,
+    qos: 0 | 1 | 2 = 0,
+  ): Promise<number[] | null> {
+    this.send(encodeSubscribe(messageId, filters, qos));
     const p = await this.next();
     if (!p) return null;
     if (p.type !== 9) throw new Error(`expected SUBACK, got type ${p.type}`);
