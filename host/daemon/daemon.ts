@@ -205,6 +205,7 @@ export async function startDaemon(
       images,
       network,
       agents,
+      listening: (topic) => broker.hasSubscriber(topic),
       topics: t,
       log,
       options: {

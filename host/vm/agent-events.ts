@@ -2,9 +2,11 @@
  * The VM side of agent sessions and the console: a VM whose process runs gets
  * an agent session (host/agent/sessions.ts) and its serial console; what the
  * agent says moves the VM's record (hello: agent version and boot timeline;
- * ready: starting → ready; busy: ready ⇄ busy as jobs start and end).
+ * ready: starting → ready; busy: ready ⇄ busy as jobs start and end). The
+ * console's output goes out batched, only while someone listens (console-out.ts).
  */
 import type { Hello } from '../../protocol/agent.js';
+import { createConsoleOut } from './console-out.js';
 import type { VmContext } from './context.js';
 import type { Live } from './live.js';
 
@@ -29,9 +31,19 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
     try {
       const s = await live.running.connectConsole();
       live.console = s;
-      s.on('data', (chunk: Buffer) => ctx.publish(ctx.topics.vmConsoleOut(live.id), chunk));
+      const topic = ctx.topics.vmConsoleOut(live.id);
+      const out = createConsoleOut({
+        // QoS 0: a console is a live view; the console log keeps everything.
+        publish: (payload) =>
+          void ctx.broker.publish(topic, payload, { qos: 0 }).catch((err: unknown) => {
+            live.log.warn({ err, topic }, 'publish failed');
+          }),
+        listening: () => ctx.listening?.(topic) ?? true,
+      });
+      s.on('data', (chunk: Buffer) => out.push(chunk));
       s.on('error', (err) => live.log.debug({ err: String(err) }, 'console stream error'));
       s.on('close', () => {
+        out.flush();
         if (live.console === s) live.console = undefined;
       });
     } catch (err) {

@@ -63,6 +63,8 @@ export interface VmManagerDeps {
   network: Network;
   /** Each VM's agent session (host/agent/). */
   agents: AgentSessions;
+  /** Whether a client subscribes to a topic now (the broker's hasSubscriber); default: always. */
+  listening?: (topic: string) => boolean;
   topics: Topics;
   log: MvirtLogger;
   options: VmManagerOptions;
