@@ -7,6 +7,7 @@
  *   authorize.ts     what it may publish / subscribe / receive (rules: acl.ts)
  *   sessions.ts      client ids bound to the user that holds them
  *   quotas.ts        retained messages per controller
+ *   queue-quota.ts   queued messages per controller
  *   login-limit.ts   failed logins per source and user
  *   listeners.ts     TCP, unix socket, WebSocket, guest TCP
  *   agent-channel.ts per-VM streams
@@ -36,6 +37,7 @@ import {
 import { trackListening } from './listening.js';
 import { createLoginLimiter } from './login-limit.js';
 import { createRetainedQuota } from './quotas.js';
+import { applyQueueQuota } from './queue-quota.js';
 import { releaseClientId } from './sessions.js';
 import type { Actor } from '../auth/actor.js';
 import { GuardedStream, guardStream, type FrameLimits } from './frame-guard.js';
@@ -237,6 +239,7 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     authorizeForward: createAuthorizeForward(deps),
   });
   const listening = trackListening(aedes);
+  applyQueueQuota(aedes, o.queueLimits, (id) => ctx.clientIdentity(id), log);
   aedes.on('clientError', (client, err) =>
     log.debug({ clientId: client.id, err: err.message }, 'client error'),
   );

@@ -5,6 +5,7 @@ import type { ObjectKind } from '../auth/roles.js';
 import { DEFAULT_AGENT_BUDGET, type AgentBudgetLimits } from './agent-budget.js';
 import { DEFAULT_LOGIN_LIMITS, type LoginLimitOptions } from './login-limit.js';
 import { DEFAULT_RETAINED_LIMITS, type RetainedLimits } from './quotas.js';
+import { DEFAULT_QUEUE_LIMITS, type QueueLimits } from './queue-quota.js';
 import type { Gate } from './listeners.js';
 import type { TlsContext } from './tls.js';
 import type { UserEntry } from './users.js';
@@ -69,6 +70,8 @@ export interface BrokerOptions {
   retainedLimits?: RetainedLimits;
   /** Failed logins per source and user; default 20 at once, then one per 2 s. */
   loginLimits?: LoginLimitOptions;
+  /** Messages queued per controller (persistent sessions, unacknowledged QoS 1); default 10,000 / 16 MiB. */
+  queueLimits?: QueueLimits;
   /** What each VM's agent may send per second (agent-budget.ts); default 1,000 packets, 32 MiB. */
   agentBudget?: Partial<AgentBudgetLimits>;
 }
@@ -94,6 +97,7 @@ export interface ResolvedOptions {
   maxConnections: number;
   retainedLimits: RetainedLimits;
   loginLimits: LoginLimitOptions;
+  queueLimits: QueueLimits;
   agentBudget: AgentBudgetLimits;
 }
 
@@ -159,6 +163,7 @@ export function resolveOptions(o: BrokerOptions): ResolvedOptions {
     maxConnections: positive(o.maxConnections, 1024, 'maxConnections'),
     retainedLimits: o.retainedLimits ?? DEFAULT_RETAINED_LIMITS,
     loginLimits: o.loginLimits ?? DEFAULT_LOGIN_LIMITS,
+    queueLimits: o.queueLimits ?? DEFAULT_QUEUE_LIMITS,
     agentBudget: agentBudget(o.agentBudget),
   };
 }

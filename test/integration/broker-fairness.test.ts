@@ -11,6 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import mqtt from 'mqtt';
 import { CONNACK, RawClient, encodePublish } from '../support/broker-raw.js';
 import {
   ROOT,
@@ -20,6 +21,7 @@ import {
   socketPair,
   startBroker,
   withTimeout,
+  TEST_ADMIN,
   type TestBroker,
 } from '../support/broker-fixtures.js';
 
@@ -202,6 +204,71 @@ describe('a controller that stops reading', () => {
         check();
       }),
       'the broker saw the disconnect',
+    );
+  });
+});
+
+describe('queued messages per controller', () => {
+  let t: TestBroker;
+  before(async () => {
+    t = await startBroker({ queueLimits: { maxMessages: 100, maxBytes: 4 * MiB } });
+  });
+  after(() => t.close());
+
+  /** Connect the persistent session `id`, collect what it receives until `n` came. */
+  async function collect(id: string, n: number): Promise<string[]> {
+    const got: string[] = [];
+    let all!: () => void;
+    const allIn = new Promise<void>((resolve) => (all = resolve));
+    // Listening before CONNACK: the queue follows it in the same read.
+    const c = mqtt.connect(`mqtt://127.0.0.1:${t.tcpPort()}`, {
+      clientId: id,
+      clean: false,
+      reconnectPeriod: 0,
+      username: TEST_ADMIN.username,
+      password: TEST_ADMIN.password,
+    });
+    c.on('message', (topic, payload) => {
+      if (topic !== 'q/x') return;
+      got.push(payload.toString());
+      if (got.length === n) all();
+    });
+    await withTimeout(allIn, `${n} queued messages`);
+    // Acknowledged by now (mqtt.js answers PUBACK as it receives); a marker
+    // published after them arrives behind them, so nothing else was queued.
+    await c.publishAsync('q/marker', 'end', { qos: 1 });
+    await withTimeout(
+      new Promise<void>((resolve) => c.on('message', (topic) => topic === 'q/marker' && resolve())),
+      'the marker',
+    );
+    await c.endAsync();
+    return got.slice(0, n);
+  }
+
+  test('an offline persistent session keeps at most its quota, then works again', async () => {
+    const c = await connectClient(`mqtt://127.0.0.1:${t.tcpPort()}`, {
+      clientId: 'sleepy',
+      clean: false,
+    });
+    await c.subscribeAsync('q/#', { qos: 1 });
+    await c.endAsync(); // offline: from now on the broker queues for it
+
+    for (let i = 0; i < 300; i++) await t.broker.publish('q/x', `m${i}`, { qos: 1 });
+    const reached = await t.waitForLog((e) => e.msg?.startsWith('queue quota reached') ?? false);
+    assert.equal(reached.clientId, 'sleepy');
+    const first = await collect('sleepy', 100);
+    assert.deepEqual(
+      first,
+      Array.from({ length: 100 }, (_, i) => `m${i}`),
+      'the first 100, in order',
+    );
+
+    // Delivered and acknowledged: the quota is free again.
+    for (let i = 0; i < 50; i++) await t.broker.publish('q/x', `n${i}`, { qos: 1 });
+    const second = await collect('sleepy', 50);
+    assert.deepEqual(
+      second,
+      Array.from({ length: 50 }, (_, i) => `n${i}`),
     );
   });
 });
