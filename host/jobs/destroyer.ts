@@ -10,7 +10,6 @@
 import type { MvirtLogger } from '../log.js';
 import type { VmManager } from '../vm/manager.js';
 import { MvirtError } from '../../protocol/errors.js';
-import { isInactiveVm } from '../../protocol/states.js';
 
 export interface VmDestroyer {
   /** Kill and delete the VM; `after` runs once it is gone (or could not be removed). */
@@ -31,9 +30,10 @@ export function createVmDestroyer(vms: VmManager, log: MvirtLogger): VmDestroyer
       destroying.add(vmId);
       const p = (async () => {
         try {
-          const rec = vms.get(vmId);
-          if (!isInactiveVm(rec.state)) await vms.kill(vmId);
-          await vms.delete(vmId);
+          // Not "kill unless stopped": a VM whose boot has not reached admission
+          // yet is still `stopped`, and a delete queued behind that boot found
+          // it `starting` (VM_RUNNING). destroy() kills whatever the state.
+          await vms.destroy(vmId);
           log.debug({ vmId, why }, 'VM destroyed');
         } catch (err) {
           if (!(err instanceof MvirtError && err.code === 'VM_NOT_FOUND'))

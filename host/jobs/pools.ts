@@ -170,9 +170,14 @@ export function createPoolManager(deps: PoolManagerDeps) {
         metadata: { [META_POOL]: def.name },
       });
       id = vm.id;
+      created();
+      if (!repo.get(def.name)) {
+        // pool.delete came while the row was being made: it could not see it.
+        destroy(id, 'its pool was deleted');
+        return;
+      }
       st.booting.add(id);
       warming.add(id);
-      created();
       await vms.start(id, true);
       // Warm-up: one throw-away exec, so that the guest (and, under TCG, the
       // emulator's code cache) has been through the spawn path before the

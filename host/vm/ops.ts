@@ -1,7 +1,8 @@
 /**
  * The VM manager's public lifecycle operations (vm.create, start, stop, kill,
- * pause, resume, reboot, delete). Each runs under the VM's lock (kill
- * excepted) and checks the backend's capabilities before it asks the backend.
+ * pause, resume, reboot, delete; destroy for the VMs of jobs and pools). Each
+ * runs under the VM's lock (kill excepted) and checks the backend's
+ * capabilities before it asks the backend.
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -40,7 +41,57 @@ export function vmOperations(ctx: VmContext) {
     }
   }
 
-  return {
+  /** SIGKILL the VM's process if it has one and wait for its exit; a VM marked up without one is recorded stopped. */
+  async function killNow(id: string): Promise<VmRecord> {
+    const live = ctx.liveOf(id);
+    const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+    if (!live) {
+      if (isActiveVm(cur.state)) {
+        if (cur.state !== 'stopping') ctx.transition(id, 'stopping', 'kill requested');
+        return ctx.transition(id, 'stopped', 'killed (no hypervisor process was running)');
+      }
+      return cur;
+    }
+    if (cur.state !== 'stopping' && canTransition(cur.state, 'stopping')) {
+      ctx.transition(id, 'stopping', 'kill requested');
+    }
+    live.exitIntent = { to: 'stopped', reason: 'killed' };
+    ctx.audit(`${cur.name}: kill`, [id]);
+    live.running!.signal('SIGKILL');
+    if (!(await exitsWithin(live.running!, options.killTimeoutMs))) {
+      throw new MvirtError('HYPERVISOR_ERROR', `VM ${cur.name} did not exit after SIGKILL`);
+    }
+    return vms.get(id)!;
+  }
+
+  /** Remove a VM that is down (VM_RUNNING otherwise): its folder, its row, its retained state. Under its lock. */
+  async function deleteNow(id: string): Promise<Record<string, never>> {
+    const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+    if (!isInactiveVm(cur.state)) {
+      throw new MvirtError(
+        'VM_RUNNING',
+        `VM ${cur.name} is ${cur.state}; stop it before deleting it`,
+        {
+          details: { state: cur.state },
+        },
+      );
+    }
+    const live = ctx.lives.get(id);
+    if (live?.running) {
+      // A failed VM whose process is still exiting.
+      live.running.signal('SIGKILL');
+      await exitsWithin(live.running, options.killTimeoutMs);
+    }
+    await rm(ctx.dirOf(id), { recursive: true, force: true });
+    vms.delete(id);
+    ctx.lastFailure.delete(id);
+    ctx.publish(topics.vmState(id), '', true); // clears the retained state
+    ctx.audit(`${cur.name}: deleted`, [id, `image:${cur.image}`]);
+    events.publishVmEvent(id, { at: ctx.now(), type: 'deleted' });
+    return {};
+  }
+
+  const ops = {
     async create(p: CreateVmParams): Promise<VmRecord> {
       if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
       if (vms.nameTaken(p.name)) {
@@ -150,28 +201,9 @@ export function vmOperations(ctx: VmContext) {
 
     async kill(ref: string): Promise<VmRecord> {
       const { id } = ctx.find(ref);
-      let live = ctx.liveOf(id);
       // A boot in progress holds the lock until its process exists.
-      if (!live && ctx.locks.has(id)) await ctx.withLock(id, () => Promise.resolve());
-      live = ctx.liveOf(id);
-      const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-      if (!live) {
-        if (isActiveVm(cur.state)) {
-          if (cur.state !== 'stopping') ctx.transition(id, 'stopping', 'kill requested');
-          return ctx.transition(id, 'stopped', 'killed (no hypervisor process was running)');
-        }
-        return cur;
-      }
-      if (cur.state !== 'stopping' && canTransition(cur.state, 'stopping')) {
-        ctx.transition(id, 'stopping', 'kill requested');
-      }
-      live.exitIntent = { to: 'stopped', reason: 'killed' };
-      ctx.audit(`${cur.name}: kill`, [id]);
-      live.running!.signal('SIGKILL');
-      if (!(await exitsWithin(live.running!, options.killTimeoutMs))) {
-        throw new MvirtError('HYPERVISOR_ERROR', `VM ${cur.name} did not exit after SIGKILL`);
-      }
-      return vms.get(id)!;
+      if (!ctx.liveOf(id) && ctx.locks.has(id)) await ctx.withLock(id, () => Promise.resolve());
+      return killNow(id);
     },
 
     async pause(ref: string): Promise<VmRecord> {
@@ -237,29 +269,23 @@ export function vmOperations(ctx: VmContext) {
 
     async delete(ref: string): Promise<Record<string, never>> {
       const { id } = ctx.find(ref);
+      return ctx.withLock(id, () => deleteNow(id));
+    },
+
+    /**
+     * Kill and delete, whatever state the VM is in (the VMs of jobs and pools:
+     * nothing in them is worth a graceful stop). The first kill does not wait
+     * for an operation under way (a stop) but does for a boot; the second, under
+     * the lock with the delete, catches a start that slipped in between.
+     */
+    async destroy(ref: string): Promise<Record<string, never>> {
+      const { id } = ctx.find(ref);
+      await ops.kill(id);
       return ctx.withLock(id, async () => {
-        const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-        if (!isInactiveVm(cur.state)) {
-          throw new MvirtError(
-            'VM_RUNNING',
-            `VM ${cur.name} is ${cur.state}; stop it before deleting it`,
-            { details: { state: cur.state } },
-          );
-        }
-        const live = ctx.lives.get(id);
-        if (live?.running) {
-          // A failed VM whose process is still exiting.
-          live.running.signal('SIGKILL');
-          await exitsWithin(live.running, options.killTimeoutMs);
-        }
-        await rm(ctx.dirOf(id), { recursive: true, force: true });
-        vms.delete(id);
-        ctx.lastFailure.delete(id);
-        ctx.publish(topics.vmState(id), '', true); // clears the retained state
-        ctx.audit(`${cur.name}: deleted`, [id, `image:${cur.image}`]);
-        events.publishVmEvent(id, { at: ctx.now(), type: 'deleted' });
-        return {};
+        await killNow(id);
+        return deleteNow(id);
       });
     },
   };
+  return ops;
 }

@@ -76,6 +76,14 @@ function errorKeepingLogger(): MvirtLogger {
   });
 }
 
+/**
+ * The exceptions logged so far, taken: a test that provokes a race asserts
+ * right there that none was logged (cleanupAll would report it only at the end).
+ */
+export function takeErrorLogs(): string[] {
+  return errorLogs.splice(0);
+}
+
 /** Undo everything the job daemons of this file started (call from `after`); fails on logged errors. */
 export async function cleanupAll(): Promise<void> {
   for (const c of cleanups.splice(0).reverse()) await c();

@@ -5,6 +5,7 @@
  * the idle VMs.
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { VmRecord } from '../../../protocol/rpc.js';
@@ -17,7 +18,9 @@ import {
   open,
   result,
   startJobDaemon,
+  takeErrorLogs,
   TERMINAL,
+  until,
   type JobDaemon,
 } from '../../support/jobs.js';
 
@@ -233,4 +236,46 @@ test('after a daemon restart a pool VM running a job is not handed to another jo
     'the job VM destroyed after its job',
   );
   result(await second.c.call('pool.delete', { name: 'keep' }));
+});
+
+test('pool.delete while its VMs boot: each is killed, then deleted; none gets to ready', async () => {
+  // pool.delete right after pool.set meets the VMs between their creation and
+  // their boot's admission (still `stopped`, the boot holding the VM's lock) or
+  // starting; the slow agent keeps them from getting ready meanwhile. The
+  // destroyer used to skip the kill of a `stopped` VM, and the delete, queued
+  // behind the boot, then found it `starting`: VM_RUNNING, "cannot destroy a VM".
+  const slow = await startJobDaemon({
+    hv: createFakeHypervisor({ agent: 'real', realAgentStartDelayMs: 2000 }),
+  });
+  result(await slow.c.call('pool.set', { name: 'brief', min: 2 }));
+  result(await slow.c.call('pool.delete', { name: 'brief' }));
+  const history = (id: string): (VmRecord | null)[] => slow.rec.vmStates(id);
+  const ids = await slow.rec.until(() => {
+    const all = new Set(
+      slow.rec
+        .allVmStates()
+        .filter((v) => v.metadata['mvirt.pool'] === 'brief')
+        .map((v) => v.id),
+    );
+    return all.size === 2 && [...all].every((id) => history(id).at(-1) === null)
+      ? [...all]
+      : undefined;
+  }, 'both pool VMs deleted');
+  assert.deepEqual(takeErrorLogs(), [], 'no VM failed to be destroyed');
+  for (const id of ids) {
+    const seen = history(id).filter((v): v is VmRecord => v !== null);
+    const states = seen.map((v) => v.state);
+    assert.ok(!states.includes('ready'), `${id} never ready: ${states.join(' > ')}`);
+    // Launched: killed (stopping, then stopped as `killed`) before its delete.
+    if (states.includes('starting')) {
+      assert.ok(states.includes('stopping'), `${id} killed: ${states.join(' > ')}`);
+      assert.equal(seen.at(-1)!.state, 'stopped');
+      assert.match(seen.at(-1)!.stateReason ?? '', /killed/);
+    }
+  }
+  // No fake guest process is left behind.
+  await until(
+    () => slow.hv.launched.every((pid) => !existsSync(`/proc/${pid}`)),
+    'the guest processes gone',
+  );
 });
