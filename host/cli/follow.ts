@@ -7,17 +7,22 @@
  * subscribed is gone from it, and MQTT does not promise that a retry keeps
  * the order) and `job.logs` (the stored output, in pages). So: subscribe
  * first, then page job.logs from the start; every chunk then arrives at least
- * once, some twice. The sequencer prints each one once, in order, and holds
- * live chunks that come ahead of a gap. Chunks below the stored `firstSeq`
- * were dropped by the daemon's retention: they are skipped with one note.
- * Once the job is terminal, job.logs fills whatever is still missing below
- * the record's `nextSeq`, and following ends.
+ * once, some twice. The sequencer (sequencer.ts) prints each one once, in
+ * order, and holds live chunks that come ahead of a gap. Chunks below the
+ * stored `firstSeq` were dropped by the daemon's retention: they are skipped
+ * with one note. Once the job is terminal, job.logs fills whatever is still
+ * missing below the record's `nextSeq`, and following ends.
+ *
+ * What it needs of mvirtd is the FollowClient seam: mqttFollowClient() over
+ * MQTT; the unit tests script streams no real daemon produces on demand (out
+ * of order, duplicated, with gaps, in pages) through one in memory.
  */
 import type { MvirtClient } from '../../protocol/client.js';
 import { decode } from '../../protocol/codec.js';
 import { MvirtError } from '../../protocol/errors.js';
-import { JobRecord, OutputChunk } from '../../protocol/records.js';
+import { JobRecord, OutputChunk, type JobLogs } from '../../protocol/records.js';
 import { isTerminalJob as isTerminal } from '../../protocol/states.js';
+import { sequencer } from './sequencer.js';
 
 /**
  * Live chunks held behind a gap before job.logs is asked for the gap while the
@@ -25,59 +30,6 @@ import { isTerminalJob as isTerminal } from '../../protocol/states.js';
  * does not turn into a request per chunk).
  */
 export const BACKFILL_CHUNKS = 256;
-
-export interface Sequencer {
-  /** The next sequence number to print. */
-  readonly next: number;
-  /** Chunks held back behind a gap. */
-  readonly held: number;
-  /** Offer a chunk from any source: printed (with what it unblocks), held, or a duplicate ignored. */
-  add(chunk: OutputChunk): void;
-  /** Nothing below `seq` can come any more: print what is held below it; returns how many were skipped. */
-  skipTo(seq: number): number;
-}
-
-export function sequencer(emit: (chunk: OutputChunk) => void, start = 0): Sequencer {
-  let next = start;
-  const held = new Map<number, OutputChunk>();
-  const flush = (): void => {
-    for (let c = held.get(next); c !== undefined; c = held.get(next)) {
-      held.delete(next);
-      next++;
-      emit(c);
-    }
-  };
-  return {
-    get next() {
-      return next;
-    },
-    get held() {
-      return held.size;
-    },
-    add(chunk) {
-      if (chunk.seq < next || held.has(chunk.seq)) return;
-      held.set(chunk.seq, chunk);
-      flush();
-    },
-    skipTo(seq) {
-      let skipped = 0;
-      const below = [...held.keys()].filter((k) => k < seq).sort((a, b) => a - b);
-      for (const k of below) {
-        skipped += k - next;
-        next = k + 1;
-        const c = held.get(k)!;
-        held.delete(k);
-        emit(c);
-      }
-      if (seq > next) {
-        skipped += seq - next;
-        next = seq;
-      }
-      flush();
-      return skipped;
-    },
-  };
-}
 
 function tryDecode(payload: Buffer): unknown {
   if (payload.length === 0) return null;
@@ -98,6 +50,57 @@ export function parseChunk(payload: Buffer): OutputChunk | null {
 export function parseJobRecord(payload: Buffer, jobId: string): JobRecord | null {
   const r = JobRecord.safeParse(tryDecode(payload));
   return r.success && r.data.jobId === jobId ? r.data : null;
+}
+
+/** The job's live topics, parsed: what FollowClient.watch delivers. */
+export interface JobFeed {
+  chunk(chunk: OutputChunk): void;
+  record(rec: JobRecord): void;
+}
+
+/** What following a job needs of mvirtd. */
+export interface FollowClient {
+  /**
+   * Deliver the job's live chunks and newer records to `feed` from the moment
+   * this resolves (output subscribed first) until the returned function runs.
+   */
+  watch(jobId: string, feed: JobFeed): Promise<() => Promise<void>>;
+  /** job.logs: one page of stored output from `fromSeq`. */
+  logs(jobId: string, fromSeq: number): Promise<JobLogs>;
+  get(jobId: string): Promise<JobRecord>;
+  /** Run `cb` when the connection to mvirtd is lost; returns a function that stops that. */
+  onClose(cb: () => void): () => void;
+}
+
+/** The FollowClient of a connected client: the job's topics and its RPCs. */
+export function mqttFollowClient(c: MvirtClient): FollowClient {
+  return {
+    async watch(jobId, feed) {
+      // Output first: from the moment this subscription stands nothing can be
+      // missed live, and job.logs (asked after it) has everything before.
+      const offOutput = await c.subscribe(c.topics.jobOutput(jobId), (_topic, payload) => {
+        const chunk = parseChunk(payload);
+        if (chunk) feed.chunk(chunk);
+      });
+      const offState = await c
+        .subscribe(c.topics.jobState(jobId), (_topic, payload) => {
+          const rec = parseJobRecord(payload, jobId);
+          if (rec) feed.record(rec);
+        })
+        .catch(async (err: unknown) => {
+          await offOutput().catch(() => undefined);
+          throw err;
+        });
+      // Best effort, each whatever the other does (the connection may be gone).
+      return async () => void (await Promise.allSettled([offState(), offOutput()]));
+    },
+    logs: (jobId, fromSeq) => c.call('job.logs', { jobId, fromSeq }),
+    get: (jobId) => c.call('job.get', { jobId }),
+    onClose(cb) {
+      c.mqtt.on('close', cb);
+      return () => void c.mqtt.removeListener('close', cb);
+    },
+  };
 }
 
 export interface FollowOptions {
@@ -121,7 +124,7 @@ export interface FollowOptions {
  * nextSeq has been printed (or reported lost); without, once the stored output
  * is printed, with null. Null also when `signal` aborts.
  */
-export async function followJob(c: MvirtClient, o: FollowOptions): Promise<JobRecord | null> {
+export async function followJob(c: FollowClient, o: FollowOptions): Promise<JobRecord | null> {
   const { jobId } = o;
   let finished = false;
   const seq = sequencer((chunk) => {
@@ -141,7 +144,7 @@ export async function followJob(c: MvirtClient, o: FollowOptions): Promise<JobRe
     let from = seq.next;
     for (;;) {
       if (finished) return;
-      const r = await c.call('job.logs', { jobId, fromSeq: from });
+      const r = await c.logs(jobId, from);
       if (finished) return;
       if (r.firstSeq > seq.next) noteSkipped(seq.skipTo(r.firstSeq), r.firstSeq);
       for (const chunk of r.chunks) seq.add(chunk);
@@ -209,14 +212,13 @@ export async function followJob(c: MvirtClient, o: FollowOptions): Promise<JobRe
         if (!caughtUp) {
           await page();
           caughtUp = true;
-          if (!latest && !finished) offer(await c.call('job.get', { jobId }));
+          if (!latest && !finished) offer(await c.get(jobId));
         }
         const rec = latest;
         if (rec && isTerminal(rec.state)) {
-          // A record without nextSeq (an older daemon): what is stored is all there is.
-          const end = typeof rec.nextSeq === 'number' ? rec.nextSeq : undefined;
-          if (end === undefined || seq.next < end) await page();
-          if (end !== undefined && seq.next < end) {
+          const end = rec.nextSeq;
+          if (seq.next < end) await page();
+          if (seq.next < end) {
             if (again) continue; // something arrived meanwhile: look again
             const n = end - seq.next;
             o.onNote(
@@ -253,22 +255,17 @@ export async function followJob(c: MvirtClient, o: FollowOptions): Promise<JobRe
     if (o.initial) offer(o.initial);
     o.signal?.addEventListener('abort', onAbort);
     cleanups.push(() => o.signal?.removeEventListener('abort', onAbort));
-    c.mqtt.on('close', onClose);
-    cleanups.push(() => c.mqtt.removeListener('close', onClose));
-    // Output first: from the moment this subscription stands, nothing can be
-    // missed live, and job.logs (asked after it) has everything before.
+    cleanups.push(c.onClose(onClose));
     cleanups.push(
-      await c.subscribe(c.topics.jobOutput(jobId), (_topic, payload) => {
-        const chunk = parseChunk(payload);
-        if (!chunk || finished) return;
-        seq.add(chunk);
-        if (seq.held >= backfillAt || (latest && isTerminal(latest.state))) kick();
-      }),
-    );
-    cleanups.push(
-      await c.subscribe(c.topics.jobState(jobId), (_topic, payload) => {
-        const rec = parseJobRecord(payload, jobId);
-        if (rec && !finished) offer(rec);
+      await c.watch(jobId, {
+        chunk: (chunk) => {
+          if (finished) return;
+          seq.add(chunk);
+          if (seq.held >= backfillAt || (latest && isTerminal(latest.state))) kick();
+        },
+        record: (rec) => {
+          if (!finished) offer(rec);
+        },
       }),
     );
     started = true;

@@ -15,7 +15,7 @@ import {
 import { UsageError, integer, oneOf, seconds, type Parsed } from './args.js';
 import { str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
-import { followJob } from './follow.js';
+import { followJob, mqttFollowClient } from './follow.js';
 import type { TtyIn } from './io.js';
 import { bytes, jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
 import { json, jsonLine } from './output.js';
@@ -289,7 +289,7 @@ const commands: Command[] = [
           return interrupts > 0 ? EXIT.JOB_CANCELLED : EXIT.OK;
         }
         let queueShown = false;
-        const rec = await followJob(c, {
+        const rec = await followJob(mqttFollowClient(c), {
           jobId,
           follow: true,
           initial: job,
@@ -385,7 +385,7 @@ const commands: Command[] = [
       const stop = new AbortController();
       const offSignal = follow ? ctx.io.onSignal(() => stop.abort()) : () => {};
       try {
-        await followJob(c, {
+        await followJob(mqttFollowClient(c), {
           jobId,
           follow,
           signal: stop.signal,

@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { runCli, type ClientFactory } from '../../../host/cli/run.js';
 import { MAX_STDIN_BYTES } from '../../../host/cli/jobs.js';
 import { jobExit, shellLine } from '../../../host/cli/job-view.js';
-import { parseChunk, sequencer } from '../../../host/cli/follow.js';
 import type { JobRecord, OutputChunk } from '../../../protocol/rpc.js';
 import {
   startFakeDaemon,
@@ -566,41 +565,7 @@ describe('mvirt run, job, logs and pool usage errors: exit 2, nothing sent', () 
   });
 });
 
-describe('job output ordering and exit codes, without a broker', () => {
-  it('the sequencer prints in order, once, and skips what retention dropped', () => {
-    const out: number[] = [];
-    const s = sequencer((c) => out.push(c.seq));
-    const c = (seq: number): OutputChunk => ({ seq, stream: 'stdout', data: String(seq) });
-    s.add(c(1));
-    s.add(c(2));
-    assert.deepEqual(out, []);
-    assert.equal(s.held, 2);
-    s.add(c(0));
-    s.add(c(1));
-    assert.deepEqual(out, [0, 1, 2]);
-    s.add(c(6));
-    s.add(c(4));
-    // 3 and 5 were dropped: 4 and 6 were held and are printed, 3 and 5 are counted.
-    assert.equal(s.skipTo(6), 2);
-    assert.deepEqual(out, [0, 1, 2, 4, 6]);
-    assert.equal(s.next, 7);
-    assert.equal(s.held, 0);
-    assert.equal(s.skipTo(3), 0);
-  });
-
-  it('reads live chunk payloads strictly', () => {
-    const p = (v: unknown) => parseChunk(Buffer.from(JSON.stringify(v)));
-    assert.deepEqual(p({ seq: 1, stream: 'stderr', data: 'x' }), {
-      seq: 1,
-      stream: 'stderr',
-      data: 'x',
-    });
-    assert.equal(p({ seq: -1, stream: 'stdout', data: 'x' }), null);
-    assert.equal(p({ seq: 1, stream: 'stdin', data: 'x' }), null);
-    assert.equal(p({ seq: 1.5, stream: 'stdout', data: 'x' }), null);
-    assert.equal(parseChunk(Buffer.from('not json')), null);
-  });
-
+describe('job exit codes and command lines, without a broker', () => {
   it('maps signals by name and quotes command lines', () => {
     const rec = (o: Partial<JobRecord>) =>
       ({ jobId: 'job-1', reason: undefined, ...o }) as JobRecord;
