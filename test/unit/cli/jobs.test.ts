@@ -1,47 +1,66 @@
 /**
- * `mvirt run`, `jobs`, `job …`, `logs` and `pool …` in-process against a real
- * aedes broker and the fake daemon (test/helpers/cli-fake-daemon.ts). The
- * fake stands in for the job manager: a test scripts a job's output and state
- * changes, and waits for the CLI's requests (not for time) to know where the
- * CLI is: once it asked job.logs, it has subscribed to the job's topics.
+ * `mvirt run`, `jobs`, `job …`, `logs` and `pool …` in-process (runCli with a
+ * memory Io) against the real mvirtd, whose fake VMs run the real agent core:
+ * jobs are real processes (`sh -c …`), their output, exit codes, signals,
+ * timeouts and cancels real. A test steers a job with go-files (gated/open)
+ * and waits for events (what the CLI printed, the requests the daemon got,
+ * what it published), never for time. Output sequencing under streams a real
+ * daemon does not produce on demand (out of order, duplicates, gaps, pages)
+ * is tested against an in-memory seam in follow.test.ts.
  */
-import { after, afterEach, before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { runCli, type ClientFactory } from '../../../host/cli/run.js';
 import { MAX_STDIN_BYTES } from '../../../host/cli/jobs.js';
 import { jobExit, shellLine } from '../../../host/cli/job-view.js';
-import type { JobRecord, OutputChunk } from '../../../protocol/rpc.js';
-import {
-  startFakeDaemon,
-  startTestBroker,
-  type FakeDaemon,
-  type TestBroker,
-} from '../../support/cli-fake-daemon.js';
+import type { JobRecord, OutputChunk, VmRecord } from '../../../protocol/rpc.js';
+import { TEST_AGENT_OPTIONS } from '../../../harness/agent-options.js';
+import { cliEnv } from '../../../harness/connect.js';
+import { spyRequests, writeFakeImage, type RequestSpy } from '../../../harness/daemon.js';
+import { createFakeHypervisor } from '../../../harness/fake-vms.js';
 import { memoryIo, type MemoryIo } from '../../support/cli-io.js';
+import {
+  cleanupAll,
+  gated,
+  open,
+  result,
+  startJobDaemon,
+  TERMINAL,
+  text,
+  type JobDaemon,
+} from '../../support/jobs.js';
 
 /** A regression must fail, not hang: every wait in these tests is for an event, bounded here. */
 const T = { timeout: 30_000 };
+/** Stored output per job: small, so that retention drops some (the logs test). */
+const RETAIN = 4096;
 
-describe('mvirt run, jobs, logs and pool against a fake daemon', () => {
-  let broker: TestBroker;
-  let fake: FakeDaemon;
+describe('mvirt run, jobs, logs and pool against mvirtd', () => {
+  let j: JobDaemon;
+  let spy: RequestSpy;
+  let svc: VmRecord;
   before(async () => {
-    broker = await startTestBroker();
-    fake = await startFakeDaemon(broker.url);
+    j = await startJobDaemon({
+      args: ['--job-output-bytes', String(RETAIN)],
+      // A job that ignores SIGTERM is SIGKILLed only after a minute: a test
+      // decides when it ends (the second Ctrl-C leaves while it still runs).
+      hv: createFakeHypervisor({
+        agent: 'real',
+        realAgent: { jobs: { ...TEST_AGENT_OPTIONS.jobs, killGraceMs: 60_000 } },
+      }),
+    });
+    spy = await spyRequests(j.d);
+    svc = await j.serviceVm('svc');
   });
   after(async () => {
-    await fake.close();
-    await broker.close();
-  });
-  afterEach(() => {
-    fake.onJobRun = undefined;
-    fake.onJobCancel = undefined;
-    fake.logsPageChunks = Infinity;
+    await spy.stop();
+    await cleanupAll();
   });
 
   /** A fresh io whose stdin is an empty pipe (already at its end) unless told otherwise. */
   const newIo = (o: { tty?: boolean; errTty?: boolean; stdin?: string | null } = {}): MemoryIo => {
-    const io = memoryIo({ env: { MVIRT_BROKER: broker.url }, ...o });
+    const io = memoryIo({ env: cliEnv(j.d), ...o });
     if (!o.tty && o.stdin !== null) io.stdin.end(o.stdin ?? '');
     return io;
   };
@@ -53,25 +72,56 @@ describe('mvirt run, jobs, logs and pool against a fake daemon', () => {
 
   /** Start `mvirt run …` and resolve once it has subscribed to the job (its first job.logs). */
   async function started(argv: string[], io: MemoryIo = newIo()) {
-    const mark = fake.requests.length;
+    const mark = spy.requests.length;
     const done = mvirt(argv, io);
-    const logs = await fake.waitRequest('job.logs', mark);
+    const logs = await spy.next('job.logs', mark);
     const jobId = (logs.params as { jobId: string }).jobId;
     return { done, jobId, io, mark };
   }
 
-  const lastJob = (): JobRecord => [...fake.jobs.values()].at(-1)!;
+  /** The params of the first `method` request since `mark`. */
+  const sent = (method: string, mark: number): unknown =>
+    spy.requests.slice(mark).find((q) => q.method === method)?.params;
+  const count = (method: string, mark: number): number =>
+    spy.requests.slice(mark).filter((q) => q.method === method).length;
+  const goFile = (name: string): string => path.join(j.tmp, name);
+  /** The VMs that exist now, as last published (a delete publishes an empty state). */
+  const liveVms = (): VmRecord[] => {
+    const latest = new Map<string, VmRecord | null>();
+    for (const m of j.rec.seen) {
+      const t = m.topic.split('/');
+      if (t.at(-1) !== 'state' || t.at(-3) !== 'vm') continue;
+      latest.set(
+        t.at(-2)!,
+        m.payload.length === 0 ? null : (JSON.parse(m.payload.toString()) as VmRecord),
+      );
+    }
+    return [...latest.values()].filter((v): v is VmRecord => v !== null);
+  };
+  /** The first published record of a job whose argv contains `tag`, once it is in `state`. */
+  const jobTagged = (tag: string, state: JobRecord['state']): Promise<JobRecord> =>
+    j.rec.until(() => {
+      for (const m of j.rec.seen) {
+        if (!m.topic.endsWith('/state') || !m.topic.includes('/job/') || m.payload.length === 0)
+          continue;
+        const r = JSON.parse(m.payload.toString()) as JobRecord;
+        if (r.argv.includes(tag) && r.state === state) return r;
+      }
+      return undefined;
+    }, `a job tagged ${tag} ${state}`);
 
   it('streams stdout and stderr in order as they come and exits with the job code', T, async () => {
-    const { done, jobId, io, mark } = await started(['run', '--', 'sh', '-c', 'make test']);
-    await fake.setJob(jobId, { state: 'running', startedAt: new Date().toISOString() });
-    await fake.addOutput(jobId, 'stdout', 'compiling\n');
-    // No line buffering: a partial line is printed at once.
+    const [go1, go2] = [goFile('stream-1'), goFile('stream-2')];
+    const script =
+      'printf "compiling\\n"; until [ -e "$1" ]; do sleep 0.01; done; printf "warning: x" >&2; ' +
+      'until [ -e "$2" ]; do sleep 0.01; done; echo "tests: 1 failed"; exit 3';
+    const argv = ['sh', '-c', script, 'sh', go1, go2];
+    const { done, io, mark } = await started(['run', '--vm', 'svc', '--', ...argv]);
     await io.waitOut('compiling\n');
-    await fake.addOutput(jobId, 'stderr', 'warning: x');
+    await open(go1);
+    // No line buffering: a partial line is printed at once (the job waits for go2).
     await io.waitErr('warning: x');
-    await fake.addOutput(jobId, 'stdout', 'tests: 1 failed\n');
-    await fake.setJob(jobId, { state: 'failed', exitCode: 3 });
+    await open(go2);
     const r = await done;
     assert.equal(r.code, 3, r.err);
     assert.equal(r.out, 'compiling\ntests: 1 failed\n');
@@ -81,175 +131,163 @@ describe('mvirt run, jobs, logs and pool against a fake daemon', () => {
       ['err', 'warning: x'],
       ['out', 'tests: 1 failed\n'],
     ]);
-    const run = fake.requests.slice(mark).find((q) => q.method === 'job.run');
-    assert.deepEqual(run?.params, { argv: ['sh', '-c', 'make test'] });
+    assert.deepEqual(sent('job.run', mark), { argv, vm: 'svc' });
   });
 
-  it('prints out-of-order and duplicate live chunks once, in order', T, async () => {
-    const { done, jobId, io, mark } = await started(['run', '--', 'count']);
-    await fake.setJob(jobId, { state: 'running' });
-    const c = (seq: number, data: string): OutputChunk => ({ seq, stream: 'stdout', data });
-    // Live only (never stored): only the live path can deliver these.
-    for (const ch of [c(2, 'three '), c(0, 'one '), c(0, 'one '), c(3, 'four'), c(1, 'two ')])
-      await fake.publishOutput(jobId, ch);
-    await fake.publishOutput(jobId, c(2, 'three '));
-    await io.waitOut('one two three four');
-    await fake.setJob(jobId, { state: 'succeeded', exitCode: 0, nextSeq: 4 });
-    const r = await done;
+  it('a job that writes at once and ends: all its output, once, in order', T, async () => {
+    // What it writes before mvirt has subscribed comes from job.logs, the rest
+    // live, some of it both ways: each line is printed once, in order.
+    const script =
+      'i=0; while [ $i -lt 100 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done';
+    const r = await mvirt(['run', '--vm', 'svc', '--', 'sh', '-c', script]);
     assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, 'one two three four');
-    assert.equal(r.err, '');
-    const logs = fake.requests.slice(mark).filter((q) => q.method === 'job.logs');
-    assert.equal(logs.length, 1, 'no gap to fill: one job.logs for the catch-up only');
-  });
-
-  it('recovers output published before it subscribed through job.logs', T, async () => {
-    fake.onJobRun = async (job) => {
-      await fake.setJob(job.jobId, { state: 'running' });
-      // Published live before the reply: nobody can have subscribed yet.
-      await fake.addOutput(job.jobId, 'stdout', 'early\n');
-      await fake.addOutput(job.jobId, 'stderr', 'early err\n');
-    };
-    const { done, jobId, mark, io } = await started(['run', '--', 'x']);
-    const first = fake.requests.slice(mark).find((q) => q.method === 'job.logs');
-    assert.deepEqual(first?.params, { jobId, fromSeq: 0 });
-    await fake.addOutput(jobId, 'stdout', 'late\n');
-    // Caught up while the job runs, not only once it has ended.
-    await io.waitOut('early\nlate\n');
-    await fake.setJob(jobId, { state: 'succeeded', exitCode: 0 });
-    const r = await done;
-    assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, 'early\nlate\n');
-    assert.equal(r.err, 'early err\n');
-  });
-
-  it('prints a job that ended before it subscribed, entirely from job.logs', T, async () => {
-    fake.onJobRun = async (job) => {
-      await fake.addOutput(job.jobId, 'stdout', 'all done\n');
-      await fake.setJob(job.jobId, { state: 'succeeded', exitCode: 0 });
-    };
-    const r = await mvirt(['run', '--', 'true']);
-    assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, 'all done\n');
-  });
-
-  it('fills a gap that is still open when the job ends with job.logs', T, async () => {
-    const { done, jobId, mark } = await started(['run', '--', 'x']);
-    await fake.addOutput(jobId, 'stdout', 'a');
-    await fake.addOutput(jobId, 'stdout', 'b', { live: false }); // lost live
-    await fake.addOutput(jobId, 'stdout', 'c');
-    await fake.setJob(jobId, { state: 'succeeded', exitCode: 0 });
-    const r = await done;
-    assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, 'abc');
-    const fill = fake.requests
-      .slice(mark)
-      .filter((q) => q.method === 'job.logs')
-      .map((q) => (q.params as { fromSeq: number }).fromSeq);
-    assert.deepEqual(fill, [0, 1]);
+    const lines = (p: string) => Array.from({ length: 100 }, (_, i) => `${p} ${i}\n`).join('');
+    assert.equal(r.out, lines('out'));
+    assert.equal(r.err, lines('err'));
   });
 
   it('maps how a job ended onto its exit code, with a note on stderr', T, async () => {
-    const cases: [Partial<JobRecord>, number, RegExp | null][] = [
-      [{ state: 'succeeded', exitCode: 0 }, 0, null],
-      [{ state: 'failed', exitCode: 42 }, 42, null],
+    const cases: [string[], number, RegExp | null][] = [
+      [['--', 'true'], 0, null],
+      [['--', 'sh', '-c', 'exit 42'], 42, null],
+      [['--', 'sh', '-c', 'kill -TERM $$'], 143, /^mvirt: job-\w+ was killed by SIGTERM\n$/],
+      [['--', 'sh', '-c', 'kill -KILL $$'], 137, /^mvirt: job-\w+ was killed by SIGKILL\n$/],
       [
-        { state: 'failed', signal: 'SIGKILL', oomKilled: true },
-        137,
-        /killed by SIGKILL \(out of memory/,
+        ['--timeout', '1', '--', 'sleep', '100'],
+        124,
+        /^mvirt: job-\w+ timed out after 1\.0 s and was killed\n$/,
       ],
-      [{ state: 'failed', signal: 'SIGTERM' }, 143, /killed by SIGTERM/],
-      [{ state: 'timed_out', signal: 'SIGKILL', timeoutMs: 5000 }, 124, /timed out after 5\.0 s/],
-      [{ state: 'cancelled', signal: 'SIGTERM' }, 130, /was cancelled/],
-      [{ state: 'lost', reason: 'the VM stopped under the job' }, 125, /lost: the VM stopped/],
-      [{ state: 'failed', reason: 'spawn nope ENOENT' }, 126, /could not be started: spawn/],
+      [
+        ['--', '/nonexistent/mvirt-test-command'],
+        126,
+        /^mvirt: job-\w+ could not be started: the command could not be started: .*ENOENT/,
+      ],
     ];
-    for (const [end, code, note] of cases) {
-      fake.onJobRun = async (job) => void (await fake.setJob(job.jobId, end));
-      const r = await mvirt(['run', '--', 'x']);
-      assert.equal(r.code, code, `${JSON.stringify(end)}: ${r.err}`);
+    for (const [args, code, note] of cases) {
+      const r = await mvirt(['run', '--vm', 'svc', ...args]);
+      assert.equal(r.code, code, `${args.join(' ')}: ${r.err}`);
       if (note) assert.match(r.err, note);
       else assert.equal(r.err, '');
     }
   });
 
+  it('a job whose VM dies under it is lost: 125 and the reason', T, async () => {
+    const doomed = await j.serviceVm('doomed');
+    const { done, io } = await started(['run', '--vm', 'doomed', '--', ...gated(goFile('never'))]);
+    await io.waitOut('start\n');
+    result(await j.c.call('vm.kill', { vm: 'doomed' }));
+    const r = await done;
+    assert.equal(r.code, 125, r.err);
+    assert.match(r.err, /^mvirt: job-\w+ was lost: its VM doomed is (stopping|stopped)/m);
+    assert.equal(r.out, 'start\n');
+    result(await j.c.call('vm.delete', { vm: doomed.id }));
+  });
+
   it('Ctrl-C cancels the job and keeps streaming until it has ended', T, async () => {
-    const { done, jobId, io } = await started(['run', '--', 'sleep', '100']);
-    await fake.setJob(jobId, { state: 'running' });
-    const mark = fake.requests.length;
-    fake.onJobCancel = async (job) => {
-      // The job still says something on its way out.
-      await fake.addOutput(job.jobId, 'stdout', 'bye\n');
-      await fake.setJob(job.jobId, { state: 'cancelled', signal: 'SIGTERM' });
-    };
+    // The job says something on its way out: mvirt prints it before leaving.
+    const script = 'trap "echo bye; exit 0" TERM; echo started; while :; do sleep 0.01; done';
+    const { done, jobId, io } = await started(['run', '--vm', 'svc', '--', 'sh', '-c', script]);
+    await io.waitOut('started\n');
+    const mark = spy.requests.length;
     io.signal('SIGINT');
-    const cancel = await fake.waitRequest('job.cancel', mark);
-    assert.deepEqual(cancel.params, { jobId });
+    assert.deepEqual((await spy.next('job.cancel', mark)).params, { jobId });
     const r = await done;
     assert.equal(r.code, 130, r.err);
-    assert.equal(r.out, 'bye\n');
-    assert.match(r.err, new RegExp(`cancelling ${jobId}`));
+    assert.equal(r.out, 'started\nbye\n');
+    assert.match(r.err, new RegExp(`^mvirt: cancelling ${jobId} \\(Ctrl-C again`, 'm'));
+    assert.match(r.err, new RegExp(`^mvirt: ${jobId} was cancelled`, 'm'));
+    assert.equal(result(await j.c.call('job.get', { jobId })).state, 'cancelled');
   });
 
   it('a second Ctrl-C leaves at once with 130 while the job still runs', T, async () => {
-    const { done, jobId, io } = await started(['run', '--', 'sleep', '100']);
-    await fake.setJob(jobId, { state: 'running' });
-    fake.onJobCancel = () => {}; // a cancel that takes its time
-    const mark = fake.requests.length;
+    const go = goFile('stubborn');
+    // SIGTERM ignored: the cancel takes its time (the kill grace is a minute here).
+    const script = 'trap "" TERM; echo started; until [ -e "$1" ]; do sleep 0.01; done';
+    const { done, jobId, io } = await started([
+      'run',
+      '--vm',
+      'svc',
+      '--',
+      'sh',
+      '-c',
+      script,
+      'sh',
+      go,
+    ]);
+    await io.waitOut('started\n');
+    const mark = spy.requests.length;
     io.signal('SIGINT');
-    await fake.waitRequest('job.cancel', mark);
+    await spy.next('job.cancel', mark);
     io.signal('SIGINT');
     const r = await done;
     assert.equal(r.code, 130);
-    assert.equal(fake.jobs.get(jobId)?.state, 'running');
-    assert.equal(fake.requests.slice(mark).filter((q) => q.method === 'job.cancel').length, 1);
+    assert.equal(count('job.cancel', mark), 1, 'the cancel stands; no second one');
+    assert.equal(result(await j.c.call('job.get', { jobId })).state, 'running');
+    await open(go);
+    assert.equal((await j.rec.job(jobId, TERMINAL)).state, 'cancelled');
+  });
+
+  it('Ctrl-C while the job is being submitted cancels it as soon as it exists', T, async () => {
+    const mark = spy.requests.length;
+    const io = newIo();
+    const done = mvirt(['run', '--vm', 'svc', '--', 'sleep', '100'], io);
+    await spy.next('job.run', mark);
+    io.signal('SIGINT');
+    const r = await done;
+    assert.equal(r.code, 130, r.err);
+    assert.match(r.err, /^mvirt: the job will be cancelled as soon as it exists$/m);
+    const { jobId } = sent('job.cancel', mark) as { jobId: string };
+    assert.match(r.err, new RegExp(`^mvirt: ${jobId} was cancelled`, 'm'));
+    assert.equal((await j.rec.job(jobId, TERMINAL)).state, 'cancelled');
   });
 
   it('passes piped stdin to the job, and leaves a terminal stdin alone', T, async () => {
-    fake.onJobRun = async (job) => void (await fake.setJob(job.jobId, { state: 'succeeded' }));
-    let mark = fake.requests.length;
-    let r = await mvirt(['run', '--', 'wc', '-l'], newIo({ stdin: 'line 1\nline 2 é\n' }));
+    const input = 'line 1\nline 2 é\n';
+    let mark = spy.requests.length;
+    let r = await mvirt(['run', '--vm', 'svc', '--', 'cat'], newIo({ stdin: input }));
     assert.equal(r.code, 0, r.err);
-    let run = fake.requests.slice(mark).find((q) => q.method === 'job.run');
-    assert.equal((run?.params as { stdin?: string }).stdin, 'line 1\nline 2 é\n');
+    assert.equal(r.out, input);
+    assert.equal((sent('job.run', mark) as { stdin?: string }).stdin, input);
 
-    mark = fake.requests.length;
-    r = await mvirt(['run', '--', 'true'], newIo({ tty: true }));
+    const catThenEnd = ['run', '--vm', 'svc', '--', 'sh', '-c', 'cat; echo end'];
+    mark = spy.requests.length;
+    r = await mvirt(catThenEnd, newIo({ tty: true }));
     assert.equal(r.code, 0, r.err);
-    run = fake.requests.slice(mark).find((q) => q.method === 'job.run');
-    assert.equal((run?.params as { stdin?: string }).stdin, undefined);
+    assert.equal(r.out, 'end\n', 'the job got no stdin: cat ended at once');
+    assert.equal((sent('job.run', mark) as { stdin?: string }).stdin, undefined);
 
     // --no-stdin does not wait for a pipe that never ends.
-    mark = fake.requests.length;
-    r = await mvirt(['run', '-n', '--', 'true'], newIo({ stdin: null }));
+    mark = spy.requests.length;
+    r = await mvirt(['run', '-n', ...catThenEnd.slice(1)], newIo({ stdin: null }));
     assert.equal(r.code, 0, r.err);
-    run = fake.requests.slice(mark).find((q) => q.method === 'job.run');
-    assert.equal((run?.params as { stdin?: string }).stdin, undefined);
+    assert.equal(r.out, 'end\n');
+    assert.equal((sent('job.run', mark) as { stdin?: string }).stdin, undefined);
   });
 
   it(
     'refuses stdin beyond the protocol cap or not UTF-8 before submitting anything',
     T,
     async () => {
-      const mark = fake.requests.length;
+      const mark = spy.requests.length;
       const io = newIo({ stdin: null });
       io.stdin.write(Buffer.alloc(MAX_STDIN_BYTES, 'a'));
       io.stdin.end('b');
-      let r = await mvirt(['run', '--', 'cat'], io);
+      let r = await mvirt(['run', '--vm', 'svc', '--', 'cat'], io);
       assert.equal(r.code, 2);
       assert.match(r.err, /stdin is larger than [^,]+, the most a job takes[\s\S]*--no-stdin/);
 
       const bin = newIo({ stdin: null });
       bin.stdin.end(Buffer.from([0x66, 0xff, 0xfe]));
-      r = await mvirt(['run', '--', 'cat'], bin);
+      r = await mvirt(['run', '--vm', 'svc', '--', 'cat'], bin);
       assert.equal(r.code, 2);
       assert.match(r.err, /stdin is not UTF-8 text/);
-      assert.equal(fake.requests.length, mark, 'nothing was sent');
+      assert.equal(spy.requests.length, mark, 'nothing was sent');
     },
   );
 
   it('sends the target, env, cwd, timeout and size; --detach prints the id', T, async () => {
-    const mark = fake.requests.length;
+    const mark = spy.requests.length;
+    const argv = ['sh', '-c', 'echo "$A $B"; pwd'];
     const r = await mvirt([
       'run',
       '--image',
@@ -259,182 +297,225 @@ describe('mvirt run, jobs, logs and pool against a fake daemon', () => {
       '--env',
       'B=x=y',
       '--cwd',
-      '/work',
+      '/tmp',
       '--timeout',
-      '2.5',
+      '20.5',
       '--vcpus',
       '2',
       '--memory',
-      '512',
+      '128',
       '-d',
       '--',
-      'make',
-      '-j2',
+      ...argv,
     ]);
     assert.equal(r.code, 0, r.err);
-    assert.equal(r.out, `${lastJob().jobId}\n`);
-    const run = fake.requests.slice(mark).find((q) => q.method === 'job.run');
-    assert.deepEqual(run?.params, {
-      argv: ['make', '-j2'],
+    const jobId = r.out.trim();
+    assert.match(r.out, /^job-[0-9a-f]+\n$/);
+    assert.deepEqual(sent('job.run', mark), {
+      argv,
       image: 'default',
       env: { A: '1', B: 'x=y' },
-      cwd: '/work',
-      timeoutMs: 2500,
+      cwd: '/tmp',
+      timeoutMs: 20_500,
       vcpus: 2,
-      memoryMiB: 512,
+      memoryMiB: 128,
     });
-    assert.equal(
-      fake.requests.slice(mark).some((q) => q.method === 'job.logs'),
-      false,
-      '--detach does not follow',
-    );
-    const j = await mvirt(['run', '--pool', 'p1', '--detach', '--json', '--', 'true']);
-    assert.deepEqual(JSON.parse(j.out).target, { kind: 'pool', pool: 'p1' });
+    assert.equal(count('job.logs', mark), 0, '--detach does not follow');
+    // It ran in an ephemeral VM of that size, with that env and cwd.
+    const done = await j.rec.job(jobId, TERMINAL);
+    assert.equal(done.state, 'succeeded', done.reason);
+    assert.equal(text(j.rec.outputs(jobId)), '1 x=y\n/tmp\n');
+    const vm = j.rec.vmStates(done.vm!).find((v) => v !== null)!;
+    assert.deepEqual([vm.kind, vm.vcpus, vm.memoryMiB], ['ephemeral', 2, 128]);
+  });
+
+  it('says what is wrong with a target the daemon does not know', T, async () => {
+    for (const [args, re] of [
+      [['--vm', 'no-such-vm'], /VM_NOT_FOUND[\s\S]*hint: `mvirt vm ls` lists the VMs/],
+      [['--pool', 'no-such-pool'], /POOL_NOT_FOUND[\s\S]*hint: `mvirt pool ls` lists the pools/],
+      [['--image', 'no-such-image'], /IMAGE_NOT_FOUND[\s\S]*hint: build it: `mvirt image build`/],
+    ] as const) {
+      const r = await mvirt(['run', ...args, '--', 'true']);
+      assert.equal(r.code, 1, r.err);
+      assert.match(r.err, re);
+      assert.equal(r.out, '');
+    }
   });
 
   it('shows the queue position once on a terminal stderr', T, async () => {
-    fake.onJobRun = async (job) =>
-      void (await fake.setJob(job.jobId, { state: 'queued', queuePosition: 2 }));
-    for (const tty of [true, false]) {
-      const { done, jobId } = await started(['run', '--', 'x'], newIo({ errTty: tty }));
-      await fake.setJob(jobId, { queuePosition: 1 });
-      await fake.setJob(jobId, { state: 'running' });
-      await fake.setJob(jobId, { state: 'succeeded', exitCode: 0 });
-      const r = await done;
-      assert.equal(r.code, 0, r.err);
-      assert.equal(r.err, tty ? `mvirt: ${jobId} is queued (position 2)\n` : '');
-    }
+    // A pool of one VM, held by a job: the next two jobs queue, #1 and #2.
+    result(await j.c.call('pool.set', { name: 'q', min: 0, max: 1 }));
+    const go = goFile('queue-holder');
+    const holder = await j.run({ pool: 'q', argv: gated(go) });
+    await j.rec.job(holder.jobId, ['running']);
+    const first = mvirt(['run', '--pool', 'q', '--', 'echo', 'q1'], newIo({ errTty: false }));
+    await jobTagged('q1', 'queued');
+    const io = newIo({ errTty: true });
+    const second = mvirt(['run', '--pool', 'q', '--', 'echo', 'q2'], io);
+    await io.waitErr('is queued (position 2)');
+    await open(go);
+    const [r1, r2] = await Promise.all([first, second]);
+    assert.equal(r1.code, 0, r1.err);
+    assert.equal(r1.out, 'q1\n');
+    assert.equal(r1.err, '', 'not a terminal: nothing about the queue');
+    assert.equal(r2.code, 0, r2.err);
+    assert.equal(r2.out, 'q2\n');
+    // It became #1 when the first left the queue, and that is not shown again.
+    const q2 = await jobTagged('q2', 'succeeded');
+    assert.ok(
+      j.rec.jobStates(q2.jobId).some((s) => s.state === 'queued' && s.queuePosition === 1),
+      'it moved up to #1',
+    );
+    assert.equal(r2.err, `mvirt: ${q2.jobId} is queued (position 2)\n`);
+    result(await j.c.call('pool.delete', { name: 'q' }));
   });
 
   it('jobs lists jobs as a table, newest first, or as JSON', T, async () => {
-    const t0 = Date.now() - 600_000;
-    for (const [i, state, exitCode, signal] of [
-      [1, 'succeeded', 0, null],
-      [2, 'failed', null, 'SIGKILL'],
-      [3, 'running', null, null],
-    ] as const) {
-      fake.onJobRun = async (job) =>
-        void (await fake.setJob(job.jobId, {
-          vm: 'vm-table',
-          state,
-          exitCode,
-          signal,
-          createdAt: new Date(t0 + i * 1000).toISOString(),
-          startedAt: new Date(t0 + i * 1000).toISOString(),
-          finishedAt: state === 'running' ? null : new Date(t0 + i * 1000 + 2500).toISOString(),
-        }));
-      await mvirt(['run', '-d', '--vm', 'vm-table', '--', 'echo', `job ${i}`]);
+    const tab = await j.serviceVm('tab');
+    const go = goFile('table-3');
+    const ids: string[] = [];
+    for (const argv of [
+      ['sh', '-c', 'echo "job 1"'],
+      ['sh', '-c', 'kill -KILL $$'],
+      gated(go, 'job-3'),
+    ]) {
+      const r = await mvirt(['run', '-d', '--vm', 'tab', '--', ...argv]);
+      ids.push(r.out.trim());
+      // One after the other: each has ended (or runs) before the next is made.
+      await j.rec.job(ids.at(-1)!, ids.length < 3 ? TERMINAL : ['running']);
     }
-    const mark = fake.requests.length;
-    const io = memoryIo({ env: { MVIRT_BROKER: broker.url }, now: t0 + 600_000 });
-    const r = await mvirt(['jobs', '--vm', 'vm-table'], io);
+    const mark = spy.requests.length;
+    // Two hours on: every start reads "2h ago"; the running job's duration grows.
+    const io = memoryIo({ env: cliEnv(j.d), now: Date.now() + 2 * 3_600_000 });
+    const r = await mvirt(['jobs', '--vm', 'tab'], io);
     assert.equal(r.code, 0, r.err);
     const lines = r.out.trimEnd().split('\n');
+    const row = (id: string, rest: string) => new RegExp(`^${id} +${rest}$`);
     assert.match(lines[0]!, /^ID +STATE +VM +EXIT +STARTED +DURATION +COMMAND$/);
-    assert.match(lines[1]!, /^job-\w+ +running +vm-table +- +9m ago +9m57s +echo 'job 3'$/);
-    assert.match(lines[2]!, /^job-\w+ +failed +vm-table +SIGKILL +9m ago +2\.5 s +echo 'job 2'$/);
-    assert.match(lines[3]!, /^job-\w+ +succeeded +vm-table +0 +9m ago +2\.5 s +echo 'job 1'$/);
-    assert.equal(lines.length, 4);
-    assert.deepEqual(fake.requests[mark]?.params, { vm: 'vm-table' });
-
-    const j = await mvirt([
-      'jobs',
-      '--vm',
-      'vm-table',
-      '--state',
-      'failed',
-      '--limit',
-      '5',
-      '--json',
-    ]);
-    const parsed = JSON.parse(j.out) as { jobs: JobRecord[] };
-    assert.deepEqual(
-      parsed.jobs.map((x) => x.signal),
-      ['SIGKILL'],
+    assert.match(lines[1]!, row(ids[2]!, `running +${tab.id} +- +2h ago +120m\\d\\ds +sh -c .*…`));
+    assert.match(
+      lines[2]!,
+      row(ids[1]!, `failed +${tab.id} +SIGKILL +2h ago +[\\d.]+ m?s +sh -c 'kill -KILL \\$\\$'`),
     );
-    assert.deepEqual(fake.requests.at(-1)?.params, { vm: 'vm-table', state: 'failed', limit: 5 });
+    assert.match(
+      lines[3]!,
+      row(ids[0]!, `succeeded +${tab.id} +0 +2h ago +[\\d.]+ m?s +sh -c 'echo "job 1"'`),
+    );
+    assert.equal(lines.length, 4);
+    assert.deepEqual(sent('job.list', mark), { vm: 'tab' });
 
-    const none = await mvirt(['job', 'ls', '--vm', 'vm-nothing']);
+    const mark2 = spy.requests.length;
+    const js = await mvirt(['jobs', '--vm', 'tab', '--state', 'failed', '--limit', '5', '--json']);
+    const parsed = JSON.parse(js.out) as { jobs: JobRecord[] };
+    assert.deepEqual(
+      parsed.jobs.map((x) => [x.jobId, x.signal]),
+      [[ids[1], 'SIGKILL']],
+    );
+    assert.deepEqual(sent('job.list', mark2), { vm: 'tab', state: 'failed', limit: 5 });
+
+    const none = await mvirt(['job', 'ls', '--vm', 'tab', '--state', 'timed_out']);
     assert.equal(none.out, 'no jobs match\n');
+    await open(go);
+    await j.rec.job(ids[2]!, TERMINAL);
   });
 
   it('job get shows a job, job cancel cancels one, unknown jobs say what to do', T, async () => {
-    fake.onJobRun = async (job) =>
-      void (await fake.setJob(job.jobId, { state: 'running', vm: 'vm-g' }));
-    const d = await mvirt(['run', '-d', '--cwd', '/tmp', '--', 'sleep', '9']);
+    const d = await mvirt(['run', '-d', '--vm', 'svc', '--cwd', '/tmp', '--', 'sleep', '100']);
     const jobId = d.out.trim();
+    await j.rec.job(jobId, ['running']);
     let r = await mvirt(['job', 'get', jobId]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /^State: +running$/m);
-    assert.match(r.out, /^Command: +sleep 9$/m);
-    assert.match(r.out, /^Target: +image default$/m);
+    assert.match(r.out, /^Command: +sleep 100$/m);
+    // The daemon keeps the VM it resolved the name to.
+    assert.match(r.out, new RegExp(`^Target: +vm ${svc.id}$`, 'm'));
+    assert.match(r.out, new RegExp(`^VM: +${svc.id}$`, 'm'));
     assert.match(r.out, /^Cwd: +\/tmp$/m);
+    const js = await mvirt(['job', 'get', jobId, '--json']);
+    assert.equal((JSON.parse(js.out) as JobRecord).state, 'running');
 
     r = await mvirt(['job', 'cancel', jobId]);
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, `${jobId} is cancelled\n`);
+    assert.match(
+      (await mvirt(['job', 'get', jobId])).out,
+      /^State: +cancelled \(cancelled by request\)$/m,
+    );
 
-    r = await mvirt(['job', 'get', 'job-ffffffffffff']);
-    assert.equal(r.code, 1);
-    assert.match(r.err, /JOB_NOT_FOUND[\s\S]*hint: `mvirt jobs` lists the jobs/);
+    for (const argv of [
+      ['job', 'get', 'job-ffffffffffff'],
+      ['job', 'cancel', 'job-ffffffffffff'],
+      ['logs', 'job-ffffffffffff'],
+    ]) {
+      r = await mvirt(argv);
+      assert.equal(r.code, 1, argv.join(' '));
+      assert.match(r.err, /JOB_NOT_FOUND[\s\S]*hint: `mvirt jobs` lists the jobs/);
+    }
   });
 
   it(
-    'logs pages through stored output (more/nextSeq) and notes dropped chunks once',
+    'logs prints the stored output by stream, in order, and notes what retention dropped once',
     T,
     async () => {
-      fake.onJobRun = async (job) => {
-        for (let i = 0; i < 7; i++)
-          await fake.addOutput(job.jobId, i % 3 === 2 ? 'stderr' : 'stdout', `${i}\n`);
-        await fake.setJob(job.jobId, { state: 'succeeded', exitCode: 0 });
-      };
-      const jobId = (await mvirt(['run', '-d', '--', 'x'])).out.trim();
-      fake.logsPageChunks = 2;
-      let mark = fake.requests.length;
-      let r = await mvirt(['logs', jobId]);
+      const script =
+        'for i in 0 1 2 3 4 5 6; do if [ $((i % 3)) = 2 ]; then echo $i >&2; else echo $i; fi; done';
+      const small = (
+        await mvirt(['run', '-d', '--vm', 'svc', '--', 'sh', '-c', script])
+      ).out.trim();
+      await j.rec.job(small, TERMINAL);
+      let r = await mvirt(['logs', small]);
       assert.equal(r.code, 0, r.err);
       assert.equal(r.out, '0\n1\n3\n4\n6\n');
       assert.equal(r.err, '2\n5\n');
-      const pages = (from: number) =>
-        fake.requests
-          .slice(from)
-          .filter((q) => q.method === 'job.logs')
-          .map((q) => (q.params as { fromSeq: number }).fromSeq);
-      assert.deepEqual(pages(mark), [0, 2, 4, 6]);
+      // -f of a job that has ended: the same, then done.
+      const f = await mvirt(['logs', '-f', small]);
+      assert.deepEqual([f.code, f.out, f.err], [0, '0\n1\n3\n4\n6\n', '2\n5\n']);
 
-      fake.dropOutput(jobId, 3);
-      mark = fake.requests.length;
-      r = await mvirt(['logs', jobId]);
-      assert.equal(r.out, '3\n4\n6\n');
-      const notes = r.err.split('\n').filter((l) => l.startsWith('mvirt:'));
-      assert.equal(notes.length, 1, r.err);
-      assert.match(notes[0]!, /3 output chunks .* dropped by the daemon's output retention/);
-      assert.equal(r.err.replace(/^mvirt:.*\n/m, ''), '5\n');
-      assert.deepEqual(pages(mark), [0, 5]);
+      // Twice the retention, a line per chunk: the oldest chunks are dropped.
+      const lines =
+        'i=0; while [ $i -lt 40 ]; do printf "%0199d\\n" $i; sleep 0.002; i=$((i+1)); done';
+      const big = (await mvirt(['run', '-d', '--vm', 'svc', '--', 'sh', '-c', lines])).out.trim();
+      const done = await j.rec.job(big, TERMINAL);
+      assert.equal(done.state, 'succeeded', done.reason);
+      const mark = spy.requests.length;
+      r = await mvirt(['logs', big]);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(count('job.logs', mark), 1, 'one page');
+      const { firstSeq } = result(await j.c.call('job.logs', { jobId: big, fromSeq: 0 }));
+      assert.ok(firstSeq > 0, 'retention dropped the oldest chunks');
+      const kept = j.rec.outputs(big).filter((c) => c.seq >= firstSeq);
+      assert.equal(r.out, text(kept), 'exactly what is still stored');
+      assert.equal(
+        r.err,
+        `mvirt: note: ${firstSeq} output chunk${firstSeq === 1 ? '' : 's'} of ${big} before #${firstSeq} ` +
+          `${firstSeq === 1 ? 'was' : 'were'} dropped by the daemon's output retention and cannot be shown\n`,
+      );
 
-      const j = await mvirt(['logs', jobId, '--json']);
-      assert.deepEqual(JSON.parse(j.out.split('\n')[0]!), {
-        seq: 3,
-        stream: 'stdout',
-        data: '3\n',
-      });
+      const js = await mvirt(['logs', big, '--json']);
+      const chunks = js.out
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l) as OutputChunk);
+      assert.deepEqual(chunks, kept);
     },
   );
 
   it('logs -f prints what is stored, then follows until the job has ended', T, async () => {
-    fake.onJobRun = async (job) => {
-      await fake.setJob(job.jobId, { state: 'running' });
-      await fake.addOutput(job.jobId, 'stdout', 'before\n');
-    };
-    const jobId = (await mvirt(['run', '-d', '--', 'x'])).out.trim();
+    const go = goFile('follow');
+    const script =
+      'echo before; until [ -e "$1" ]; do sleep 0.01; done; echo after; echo oops >&2; exit 1';
+    const jobId = (
+      await mvirt(['run', '-d', '--vm', 'svc', '--', 'sh', '-c', script, 'sh', go])
+    ).out.trim();
+    // Written before `logs -f` starts: it comes from the store.
+    await j.rec.until(
+      () => (text(j.rec.outputs(jobId)) === 'before\n' ? true : undefined),
+      'before',
+    );
     const io = newIo();
-    const mark = fake.requests.length;
     const following = mvirt(['logs', '-f', jobId], io);
-    await fake.waitRequest('job.logs', mark);
     await io.waitOut('before\n');
-    await fake.addOutput(jobId, 'stdout', 'after\n');
-    await fake.addOutput(jobId, 'stderr', 'oops\n');
-    await fake.setJob(jobId, { state: 'failed', exitCode: 1 });
+    await open(go);
     const r = await following;
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, 'before\nafter\n');
@@ -442,56 +523,79 @@ describe('mvirt run, jobs, logs and pool against a fake daemon', () => {
   });
 
   it('logs -f stops at Ctrl-C and leaves the job alone', T, async () => {
-    fake.onJobRun = async (job) => void (await fake.setJob(job.jobId, { state: 'running' }));
-    const jobId = (await mvirt(['run', '-d', '--', 'x'])).out.trim();
+    const go = goFile('follow-stop');
+    const jobId = (await mvirt(['run', '-d', '--vm', 'svc', '--', ...gated(go)])).out.trim();
     const io = newIo();
-    const mark = fake.requests.length;
+    const mark = spy.requests.length;
     const following = mvirt(['logs', '-f', jobId], io);
-    await fake.waitRequest('job.logs', mark);
+    await io.waitOut('start\n');
     io.signal('SIGINT');
     const r = await following;
     assert.equal(r.code, 0, r.err);
-    assert.equal(
-      fake.requests.slice(mark).some((q) => q.method === 'job.cancel'),
-      false,
-    );
-    assert.equal(fake.jobs.get(jobId)?.state, 'running');
+    assert.equal(r.out, 'start\n');
+    assert.equal(count('job.cancel', mark), 0);
+    assert.equal(result(await j.c.call('job.get', { jobId })).state, 'running');
+    await open(go);
+    assert.equal((await j.rec.job(jobId, TERMINAL)).state, 'succeeded');
   });
 
-  it('pool set, ls, get and rm', T, async () => {
+  it('pool set, ls, get and rm; run --pool takes a pool VM', T, async () => {
+    await writeFakeImage(path.join(j.dataDir, 'images'), 'tiny');
+    const mark = spy.requests.length;
     let r = await mvirt(['pool', 'set', 'builders', '--min', '2', '--max', '4', '--vcpus', '2']);
     assert.equal(r.code, 0, r.err);
-    assert.deepEqual(fake.requests.at(-1)?.params, { name: 'builders', min: 2, max: 4, vcpus: 2 });
-    assert.equal(
+    assert.deepEqual(sent('pool.set', mark), { name: 'builders', min: 2, max: 4, vcpus: 2 });
+    assert.match(
       r.out,
-      'pool builders: 2–4 VMs of default (2 vCPU, 256 MiB); now 0 ready, 2 starting, 0 busy\n',
+      /^pool builders: 2–4 VMs of default \(2 vCPU, 256 MiB\); now \d+ ready, \d+ starting, 0 busy\n$/,
     );
-    await mvirt(['pool', 'set', 'alpha', '--min', '0', '--image', 'tiny']);
+    r = await mvirt(['pool', 'set', 'alpha', '--min', '0', '--image', 'tiny']);
+    assert.equal(r.code, 0, r.err);
+    r = await mvirt(['pool', 'set', 'beta', '--min', '0', '--image', 'no-such-image']);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /IMAGE_NOT_FOUND[\s\S]*hint: build it/);
 
+    await j.rec.until(
+      () => (j.rec.poolStates('builders').at(-1)?.vms.ready === 2 ? true : undefined),
+      'two builders ready',
+    );
     r = await mvirt(['pool', 'ls']);
     assert.equal(r.code, 0, r.err);
     const lines = r.out.trimEnd().split('\n');
     assert.match(lines[0]!, /^NAME +IMAGE +MIN +MAX +VCPUS +MEMORY +READY +STARTING +BUSY$/);
-    assert.match(lines[1]!, /^alpha +tiny +0 +0 +1 +256 MiB +0 +0 +0$/);
-    assert.match(lines[2]!, /^builders +default +2 +4 +2 +256 MiB +0 +2 +0$/);
+    assert.match(lines[1]!, /^alpha +tiny +0 +1 +1 +256 MiB +0 +0 +0$/);
+    assert.match(lines[2]!, /^builders +default +2 +4 +2 +256 MiB +2 +0 +0$/);
+    assert.equal(lines.length, 3);
 
     r = await mvirt(['pool', 'ls', '--json']);
     assert.deepEqual(
       (JSON.parse(r.out) as { pools: { name: string }[] }).pools.map((p) => p.name).sort(),
       ['alpha', 'builders'],
     );
-
     r = await mvirt(['pool', 'get', 'builders']);
     assert.match(r.out, /^Max: +4$/m);
-    assert.match(r.out, /^VMs: +0 ready, 2 starting, 0 busy$/m);
+    assert.match(r.out, /^VMs: +2 ready, 0 starting, 0 busy$/m);
 
+    r = await mvirt(['run', '--pool', 'builders', '--', 'echo', 'from the pool']);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, 'from the pool\n');
+    r = await mvirt(['run', '--pool', 'builders', '-d', '--json', '--', 'true']);
+    const detached = JSON.parse(r.out) as JobRecord;
+    assert.deepEqual(detached.target, { kind: 'pool', pool: 'builders' });
+    assert.equal((await j.rec.job(detached.jobId, TERMINAL)).state, 'succeeded');
+
+    // Removed while it refills: every one of its VMs goes (the daemon logs no error).
     r = await mvirt(['pool', 'rm', 'builders']);
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, 'deleted pool builders\n');
+    await j.rec.until(
+      () => (liveVms().every((v) => v.metadata['mvirt.pool'] !== 'builders') ? true : undefined),
+      'the builders VMs gone',
+    );
     r = await mvirt(['pool', 'get', 'builders']);
     assert.equal(r.code, 1);
     assert.match(r.err, /POOL_NOT_FOUND[\s\S]*hint: `mvirt pool ls` lists the pools/);
-    await mvirt(['pool', 'rm', 'alpha']);
+    assert.equal((await mvirt(['pool', 'rm', 'alpha'])).code, 0);
     r = await mvirt(['pool', 'ls']);
     assert.match(r.out, /^no pools yet/);
   });
@@ -572,6 +676,12 @@ describe('job exit codes and command lines, without a broker', () => {
     assert.equal(jobExit(rec({ state: 'failed', exitCode: null, signal: 'SIGHUP' })).code, 129);
     assert.equal(jobExit(rec({ state: 'failed', exitCode: null, signal: 'SIGSEGV' })).code, 139);
     assert.equal(jobExit(rec({ state: 'succeeded', exitCode: 0, signal: null })).code, 0);
+    // The OOM killer is a SIGKILL no fake VM can produce: its note, from the record.
+    const oom = jobExit(
+      rec({ state: 'failed', exitCode: null, signal: 'SIGKILL', oomKilled: true }),
+    );
+    assert.equal(oom.code, 137);
+    assert.match(oom.note ?? '', /killed by SIGKILL \(out of memory: the OOM killer\)/);
     assert.equal(shellLine(['sh', '-c', "echo 'hi there'"]), `sh -c 'echo '\\''hi there'\\'''`);
   });
 });
