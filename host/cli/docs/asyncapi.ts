@@ -172,7 +172,7 @@ export function asyncApiDocument(): Json {
   topic(
     'vmConsoleOut',
     '{prefix}/{hostId}/vm/{vmId}/console/out',
-    'Serial console output, raw bytes.',
+    'Serial console output, raw bytes: what arrives within 50 ms (at most 64 KiB) as one message, published only while a client subscribes.',
     { type: 'string', format: 'binary' },
     { contentType: 'application/octet-stream', extraParams: ['vmId'] },
   );
