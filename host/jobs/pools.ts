@@ -100,10 +100,11 @@ export function createPoolManager(deps: PoolManagerDeps) {
       .catch((err: unknown) => log.warn({ err, pool: name }, 'publish failed'));
   }
 
-  function destroy(vmId: string, why: string): void {
+  function destroy(vmId: string, why: string, pool: string): void {
     claims.delete(vmId);
     // While shutting down, leave it: the next start's reconcile clears it away.
-    if (!closing) destroyer.destroy(vmId, why);
+    // Once it is gone its place under max is free again (see reconcile).
+    if (!closing) destroyer.destroy(vmId, why, () => reconcile(pool));
   }
 
   /** Bring one pool to its target: min idle VMs, more while jobs wait, never above max. */
@@ -113,7 +114,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
     const st = stateOf(name);
     const members = membersOf(name);
     if (!def) {
-      for (const v of members) if (!claims.has(v.id)) destroy(v.id, 'its pool was deleted');
+      for (const v of members) if (!claims.has(v.id)) destroy(v.id, 'its pool was deleted', name);
       return;
     }
     // A member that failed or stopped is of no use: clear it away. A VM whose
@@ -121,21 +122,24 @@ export function createPoolManager(deps: PoolManagerDeps) {
     // boot() itself backs off and destroys it if the boot fails.
     for (const v of members) {
       if (isInactiveVm(v.state) && !claims.has(v.id) && !st.booting.has(v.id)) {
-        destroy(v.id, `pool member is ${v.state}`);
+        destroy(v.id, `pool member is ${v.state}`, name);
       }
     }
     const usable = members.filter((v) => st.booting.has(v.id) || isAgentLiveVm(v.state));
+    // max bounds every member whose process may still run: one that is
+    // stopping (destroyed after its job) holds its place until it is down.
+    const alive = members.filter((v) => st.booting.has(v.id) || !isInactiveVm(v.state));
     const spare = usable.filter((v) => !claims.has(v.id));
     const desired = def.min + st.demand;
     // More idle VMs than wanted (min was lowered): let the extra ones go.
     const idle = spare.filter(isIdle);
     for (let extra = spare.length - desired; extra > 0 && idle.length > 0; extra--) {
-      destroy(idle.pop()!.id, 'the pool shrank');
+      destroy(idle.pop()!.id, 'the pool shrank', name);
     }
     // Boots whose VM row does not exist yet are not among the members: count them.
     let missing = Math.min(
       desired - spare.length - st.creating,
-      def.max - usable.length - st.creating,
+      def.max - alive.length - st.creating,
     );
     if (missing <= 0) return;
     const wait = st.retryAt - Date.now();
@@ -173,7 +177,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
       created();
       if (!repo.get(def.name)) {
         // pool.delete came while the row was being made: it could not see it.
-        destroy(id, 'its pool was deleted');
+        destroy(id, 'its pool was deleted', def.name);
         return;
       }
       st.booting.add(id);
@@ -202,7 +206,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
         warming.delete(id);
       }
       if (err instanceof MvirtError && err.code === 'CAPACITY_EXCEEDED') {
-        if (id) destroy(id, 'no capacity');
+        if (id) destroy(id, 'no capacity', def.name);
         return;
       }
       st.retryAt = Date.now() + st.backoffMs;
@@ -211,7 +215,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
         'pool VM boot failed',
       );
       st.backoffMs = Math.min(st.backoffMs * 2, BACKOFF_MAX_MS);
-      if (id) destroy(id, 'its boot failed');
+      if (id) destroy(id, 'its boot failed', def.name);
       reconcile(def.name);
     }
   }
@@ -309,7 +313,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
       for (const v of vms.tagged(META_POOL)) {
         const name = v.metadata[META_POOL]!;
         if (!repo.get(name) && !claims.has(v.id) && v.state !== 'stopping')
-          destroy(v.id, 'its pool no longer exists');
+          destroy(v.id, 'its pool no longer exists', name);
       }
     },
     /** A pool VM's job ended (its VM is destroyed by the job manager). */
