@@ -197,6 +197,8 @@ export interface Recorder {
   vmStates(vmId: string): (VmRecord | null)[];
   /** Every VM state message, in arrival order. */
   allVmStates(): VmRecord[];
+  /** The VMs that exist now, each as last published (a delete publishes an empty state). */
+  liveVms(): VmRecord[];
   poolStates(name: string): (PoolRecord | null)[];
   /** Resolve with fn()'s value once it is not undefined (checked on every message). */
   until<T>(fn: () => T | undefined, what: string, timeoutMs?: number): Promise<T>;
@@ -231,6 +233,14 @@ export async function record(d: DaemonAddress): Promise<Recorder> {
       seen
         .filter((s) => s.topic.startsWith(`${root}/vm/`) && s.payload.length > 0)
         .map((s) => json<VmRecord>(s)!),
+    liveVms() {
+      const latest = new Map<string, VmRecord | null>();
+      for (const s of seen) {
+        const t = s.topic.split('/');
+        if (t.at(-1) === 'state' && t.at(-3) === 'vm') latest.set(t.at(-2)!, json<VmRecord>(s));
+      }
+      return [...latest.values()].filter((v): v is VmRecord => v !== null);
+    },
     poolStates: (name) => on(`${root}/pool/${name}/state`).map((s) => json<PoolRecord>(s)),
     until<T>(fn: () => T | undefined, what: string, timeoutMs = WAIT_MS): Promise<T> {
       return new Promise((resolve, reject) => {

@@ -85,19 +85,6 @@ describe('mvirt run, jobs, logs and pool against mvirtd', () => {
   const count = (method: string, mark: number): number =>
     spy.requests.slice(mark).filter((q) => q.method === method).length;
   const goFile = (name: string): string => path.join(j.tmp, name);
-  /** The VMs that exist now, as last published (a delete publishes an empty state). */
-  const liveVms = (): VmRecord[] => {
-    const latest = new Map<string, VmRecord | null>();
-    for (const m of j.rec.seen) {
-      const t = m.topic.split('/');
-      if (t.at(-1) !== 'state' || t.at(-3) !== 'vm') continue;
-      latest.set(
-        t.at(-2)!,
-        m.payload.length === 0 ? null : (JSON.parse(m.payload.toString()) as VmRecord),
-      );
-    }
-    return [...latest.values()].filter((v): v is VmRecord => v !== null);
-  };
   /** The first published record of a job whose argv contains `tag`, once it is in `state`. */
   const jobTagged = (tag: string, state: JobRecord['state']): Promise<JobRecord> =>
     j.rec.until(() => {
@@ -589,7 +576,8 @@ describe('mvirt run, jobs, logs and pool against mvirtd', () => {
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, 'deleted pool builders\n');
     await j.rec.until(
-      () => (liveVms().every((v) => v.metadata['mvirt.pool'] !== 'builders') ? true : undefined),
+      () =>
+        j.rec.liveVms().every((v) => v.metadata['mvirt.pool'] !== 'builders') ? true : undefined,
       'the builders VMs gone',
     );
     r = await mvirt(['pool', 'get', 'builders']);

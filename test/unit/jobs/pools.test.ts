@@ -36,18 +36,7 @@ after(async () => {
 
 /** The latest state of every VM of pool `name` (deleted ones left out). */
 function members(name: string): VmRecord[] {
-  const latest = new Map<string, VmRecord | null>();
-  for (const m of j.rec.seen) {
-    const t = m.topic.split('/');
-    if (t.at(-1) !== 'state' || t.at(-3) !== 'vm') continue;
-    latest.set(
-      t.at(-2)!,
-      m.payload.length === 0 ? null : (JSON.parse(m.payload.toString()) as VmRecord),
-    );
-  }
-  return [...latest.values()].filter(
-    (v): v is VmRecord => v !== null && v.metadata['mvirt.pool'] === name,
-  );
+  return j.rec.liveVms().filter((v) => v.metadata['mvirt.pool'] === name);
 }
 
 /** Ids of every VM that was ever a member of pool `name`. */
