@@ -197,9 +197,16 @@ export function splitChannelSessions(
     return true;
   }
 
+  /**
+   * Read again (the session's consumer asked, or the hold ended). No check
+   * of the session's buffer here: Node calls _read only when it wants data,
+   * and a _read that returns without pushing is not called again, so a
+   * "still full" early return wedged the channel for good (a QoS 1 flood
+   * stopped after 44 messages). A full session makes the next push return
+   * false, which pauses the socket again.
+   */
   function resume(): void {
     if (held || raw.destroyed) return;
-    if (session && session.readableLength >= session.readableHighWaterMark) return;
     raw.resume();
   }
 

@@ -312,11 +312,16 @@ export class GuardedStream extends Duplex {
     this.push(null);
   }
 
-  /** Read again unless the owner holds, the budget throttles, bytes wait for CONNACK, or aedes is full. */
+  /**
+   * Read again unless the owner holds, the budget throttles, or bytes wait
+   * for CONNACK. Not "unless aedes is full": a _read that returned early is
+   * not called again, so waiting for it could wedge the stream; if aedes is
+   * full, the next push returns false and pauses the peer again.
+   */
   #resumeIfFree(): void {
     if (this.#hold || this.#throttle !== null || this.destroyed) return;
     if (this.#held !== null && this.#held.length > 0) return;
-    if (this.readableLength < this.readableHighWaterMark) this.inner.resume();
+    this.inner.resume();
   }
 
   /** The broker wrote its first packet (CONNACK): let the held bytes through. */

@@ -72,6 +72,45 @@ describe('agent budget and agent session rules', () => {
     raw.destroy();
   });
 
+  test('a QoS 1 flood written as fast as the socket takes it keeps moving, at the budget', async () => {
+    // The flood a hostile guest writes: no waiting for PUBACKs. This wedged
+    // the channel for good after 44 messages once (a _read that returned
+    // without reading again was never called again).
+    let got = 0;
+    const unsubscribe = await t.broker.subscribe(up('vm-q1'), () => got++);
+    const { raw, code } = await rawAgent('vm-q1');
+    assert.equal(code, CONNACK.ACCEPTED);
+    let id = 0;
+    let stop = false;
+    const pump = (): void => {
+      while (!stop) {
+        const p = encodePublish(up('vm-q1'), Buffer.alloc(4000, 0x61), {
+          qos: 1,
+          messageId: (id++ % 65535) + 1,
+        });
+        if (!raw.socket.write(p)) {
+          raw.socket.once('drain', pump);
+          return;
+        }
+      }
+    };
+    pump();
+    const perSecond: number[] = [];
+    for (let i = 0, last = 0; i < 4; i++) {
+      await new Promise((r) => setTimeout(r, 1000));
+      perSecond.push(got - last);
+      last = got;
+    }
+    stop = true;
+    raw.destroy();
+    await unsubscribe();
+    // 100 at once, then 200 a second: every second moves, none beyond the budget.
+    for (const n of perSecond.slice(1)) {
+      assert.ok(n >= 100, `moved ${perSecond.join(', ')} a second: it stalled`);
+      assert.ok(n <= 300, `moved ${perSecond.join(', ')} a second: over the budget`);
+    }
+  });
+
   test('an agent asking for a persistent session is refused with CONNACK 5', async () => {
     const { code, handle } = await rawAgent('vm-sticky', false);
     assert.equal(code, CONNACK.NOT_AUTHORIZED);
