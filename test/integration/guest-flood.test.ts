@@ -1,0 +1,139 @@
+/**
+ * Issue 12, "Contain the guest": a hostile job in a real µOS VM under QEMU
+ * takes its agent channel over (test/support/hostile-guest.sh) and floods
+ * mvirtd — a separate process — with what an agent may send, sent without
+ * limit: log lines, QoS 2 publishes never released, hellos, output for its
+ * own job, and bytes on the serial console (with a controller reading it).
+ * Then the output flood again while a controller subscribed to `#` stops
+ * reading its socket. For each flood:
+ *  - mvirtd's RSS (sampled every 200 ms) grows by at most 32 MiB;
+ *  - the other VM's `/bin/true` job keeps at most 2× its idle latency
+ *    (medians), and with the stuck subscriber so do other controllers'
+ *    system.info / vm.list replies;
+ *  - every audit record from before is still there;
+ *  - mvirtd is still up, and the flooding VM is usable again afterwards:
+ *    its own agent comes back without a VM restart (init respawns it once
+ *    the hostile job lets go of the port) and runs a job;
+ *  - the flood really happened (the guest's count of packets written, the
+ *    console subscriber's bytes), so a broken flood cannot pass.
+ * Every flood runs to its end and the figures of all of them are printed
+ * before the assertions, so one run shows what holds and what does not.
+ *
+ * MVIRT_FLOOD_SECONDS sets the length of each flood; the issue asks for 30 s,
+ * the default is 20 s so that the whole test stays near 5 minutes on a
+ * 2-core TCG host (six floods plus two boots).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  describe as describeFlood,
+  measureIdle,
+  runFlood,
+  startServiceVm,
+  trueJob,
+  watchStates,
+  type FloodContext,
+  type FloodFigures,
+} from '../../harness/flood.js';
+import { FLOOD_KINDS } from '../support/hostile-guest.js';
+import {
+  BOOT_MS,
+  explained,
+  onCleanup,
+  qemuDaemon,
+  skipNoImage as skip,
+  tempDataDir,
+  trackPid,
+} from '../support/qemu.js';
+
+const SECONDS = Number(process.env.MVIRT_FLOOD_SECONDS ?? 20);
+const MAX_GROWTH_MIB = 32;
+const MAX_LATENCY_RATIO = 2;
+/** Packets the guest must at least have written for a flood to count (a TCG guest in a shell loop). */
+const MIN_PACKETS: Record<string, number> = { log: 200, qos2: 20, hello: 200, output: 100 };
+const MIN_CONSOLE_BYTES = 64 * 1024;
+
+test(
+  'a hostile guest floods mvirtd: memory, other VMs, controllers and audit hold',
+  { skip, timeout: 3_600_000 },
+  () =>
+    explained(async () => {
+      const started = performance.now();
+      const dataDir = await tempDataDir('mvirt-flood-');
+      // Info, as in production: at debug mvirtd logs a line per refused guest message.
+      const { d, c } = await qemuDaemon(dataDir, ['--log-level', 'info']);
+      const states = await watchStates(d);
+      onCleanup(() => states.close());
+      const [bystander, flooder] = await Promise.all([
+        startServiceVm(c, 'bystander', BOOT_MS + 10_000),
+        startServiceVm(c, 'flooder', BOOT_MS + 10_000),
+      ]);
+      trackPid(bystander.pid);
+      trackPid(flooder.pid);
+      const idle = await measureIdle(c, bystander.id);
+      console.error(
+        `idle: /bin/true on the bystander ${idle.jobMs.toFixed(0)} ms, controller request ${idle.rpcMs.toFixed(1)} ms; booted in ${((performance.now() - started) / 1000).toFixed(0)} s`,
+      );
+      const ctx: FloodContext = {
+        c,
+        d,
+        states,
+        bystander,
+        flooder,
+        idle,
+        seconds: SECONDS,
+        bootMs: BOOT_MS + 10_000,
+      };
+
+      const figures: FloodFigures[] = [];
+      const plan = [
+        ...FLOOD_KINDS.map((kind) => ({ kind })),
+        { kind: 'output' as const, stuckSubscriber: true },
+      ];
+      for (const p of plan) {
+        const f = await runFlood(ctx, p);
+        trackPid(ctx.flooder.pid);
+        console.error(describeFlood(f));
+        figures.push(f);
+        if (!f.daemonAlive) break;
+      }
+      console.error(
+        `guest floods: ${figures.length} floods of ${SECONDS} s in ${((performance.now() - started) / 1000).toFixed(0)} s`,
+      );
+
+      const problems: string[] = [];
+      for (const f of figures) {
+        const bad = (what: string): number => problems.push(`${f.name}: ${what}`);
+        if (!f.daemonAlive) bad('mvirtd died');
+        if (f.safetyTripped) bad('mvirtd grew past the safety valve; the flooding VM was killed');
+        if (f.rssGrowthMiB > MAX_GROWTH_MIB)
+          bad(
+            `mvirtd RSS grew by ${f.rssGrowthMiB} MiB (${f.rssBeforeMiB} → ${f.rssPeakMiB}), limit ${MAX_GROWTH_MIB}`,
+          );
+        if (f.jobRatio > MAX_LATENCY_RATIO)
+          bad(
+            `the other VM's /bin/true took ${f.jobRatio.toFixed(2)}× its idle latency (${f.jobMs.join(', ')} ms; idle ${idle.jobMs.toFixed(0)} ms)`,
+          );
+        if (f.stuck && f.rpcRatio > MAX_LATENCY_RATIO)
+          bad(
+            `controller requests took ${f.rpcRatio.toFixed(2)}× their idle latency (median of ${f.rpcMs.length}; idle ${idle.rpcMs.toFixed(1)} ms)`,
+          );
+        if (f.audit.missing > 0) bad(`${f.audit.missing} of ${f.audit.before} audit records gone`);
+        if (!f.usable) bad(`the flooding VM is not usable again: ${f.usableNote}`);
+        if (f.kind === 'console') {
+          if ((f.console?.bytes ?? 0) < MIN_CONSOLE_BYTES)
+            bad(`the console subscriber got only ${f.console?.bytes ?? 0} bytes: no flood`);
+        } else if (f.usable && (f.guest?.sent ?? 0) < MIN_PACKETS[f.kind]!) {
+          bad(
+            `the guest wrote only ${f.guest?.sent ?? 0} packets: no flood\n${f.guest?.text ?? ''}`,
+          );
+        }
+      }
+      assert.equal(figures.length, plan.length, 'every flood ran');
+      assert.deepEqual(problems, [], `\n${problems.join('\n')}`);
+
+      // Still serving, both VMs, after all of it.
+      await trueJob(c, bystander.id);
+      await trueJob(c, ctx.flooder.id);
+    }),
+);
