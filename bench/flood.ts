@@ -1,0 +1,105 @@
+/**
+ * Guest floods (issue 12 targets), on real QEMU VMs (TCG here) through mvirtd
+ * as a separate process, so that /proc tells its own CPU and memory: one VM
+ * runs the hostile job of test/support/hostile-guest.ts for each kind of
+ * message (log, QoS 2 never released, hello, output, console bytes) while
+ * another VM stands by. Per kind:
+ *  - mvirtd's CPU over the first half of the flood, with nothing else going
+ *    on, in % of one core (recorded; goal ≤ 25 % per flooding VM);
+ *  - the other VM's `/bin/true` job latency over the second half ÷ its idle
+ *    latency (target ≤ 2), both medians.
+ * MVIRT_BENCH_FLOOD_S sets each flood's length (default 20 s).
+ */
+import { spawnDaemon, stopProcess } from '../harness/daemon.js';
+import { imagesDir } from '../harness/build.js';
+import { rpcClient } from '../harness/client.js';
+import {
+  describe as describeFlood,
+  measureIdle,
+  median,
+  runFlood,
+  startServiceVm,
+  watchStates,
+  type FloodContext,
+} from '../harness/flood.js';
+import { makeTempDir, removeDir } from '../harness/paths.js';
+import { FLOOD_KINDS } from '../test/support/hostile-guest.js';
+import { round, type BenchRow } from './lib.js';
+
+const SECONDS = Number(process.env.MVIRT_BENCH_FLOOD_S ?? 20);
+const BOOT_MS = 300_000;
+
+export default async function flood(): Promise<BenchRow[]> {
+  const dataDir = await makeTempDir('mvirt-bench-flood-');
+  const d = await spawnDaemon([
+    '--data-dir',
+    dataDir,
+    '--images-dir',
+    await imagesDir(),
+    '--boot-timeout-ms',
+    String(BOOT_MS),
+    '--stop-vms-on-exit',
+  ]);
+  const c = await rpcClient(d);
+  const states = await watchStates(d);
+  const rows: BenchRow[] = [];
+  try {
+    const [bystander, flooder] = await Promise.all([
+      startServiceVm(c, 'bench-bystander', BOOT_MS),
+      startServiceVm(c, 'bench-flooder', BOOT_MS),
+    ]);
+    const idle = await measureIdle(c, bystander.id);
+    rows.push({
+      name: 'flood: other VM /bin/true job, idle (p50)',
+      value: round(idle.jobMs),
+      unit: 'ms',
+    });
+    const ctx: FloodContext = {
+      c,
+      d,
+      states,
+      bystander,
+      flooder,
+      idle,
+      seconds: SECONDS,
+      bootMs: BOOT_MS,
+    };
+    for (const kind of FLOOD_KINDS) {
+      const f = await runFlood(ctx, { kind, windows: 'split' });
+      process.stderr.write(`bench: ${describeFlood(f)}\n`);
+      const note = [
+        `RSS +${f.rssGrowthMiB} MiB`,
+        f.guest ? `guest sent ${f.guest.sent} packets` : null,
+        f.console ? `console ${f.console.messages} msgs, ${f.console.bytes} B` : null,
+        f.usable ? null : `VM not usable after: ${f.usableNote}`,
+      ]
+        .filter(Boolean)
+        .join('; ');
+      rows.push(
+        {
+          name: `flood ${kind}: mvirtd CPU (first ${SECONDS / 2} s)`,
+          value: f.cpuPercent,
+          unit: '% core',
+          ratio: f.cpuPercent / 100,
+          target: '<= 0.25',
+          note,
+        },
+        {
+          name: `flood ${kind}: other VM job ÷ idle (p50)`,
+          value: round(f.jobRatio),
+          unit: 'ratio',
+          ratio: f.jobRatio,
+          target: '<= 2',
+          note: `${Math.round(median(f.jobMs))} ms, n=${f.jobMs.length}`,
+        },
+      );
+      if (!f.daemonAlive) throw new Error(`mvirtd died during the ${kind} flood`);
+    }
+  } finally {
+    await states.close().catch(() => undefined);
+    await c.close().catch(() => undefined);
+    await stopProcess(d);
+    await removeDir(dataDir);
+  }
+  return rows;
+}
