@@ -148,6 +148,8 @@ export async function watchStates(d: DaemonAddress): Promise<StateWatch> {
 
 // ------------------------------------------------------------------ figures
 
+export const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+
 export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0
@@ -200,8 +202,12 @@ export async function controllerCall(c: RpcClient): Promise<number> {
 }
 
 export interface Idle {
+  /** Medians … */
   jobMs: number;
   rpcMs: number;
+  /** … and means (a stall shows in the mean, not the median). */
+  jobMeanMs: number;
+  rpcMeanMs: number;
 }
 
 /** Latencies with every VM idle: the bystander's /bin/true job and controller requests (medians). */
@@ -218,7 +224,7 @@ export async function measureIdle(c: RpcClient, bystander: string): Promise<Idle
     min: 60,
     gapMs: RPC_GAP_MS,
   });
-  return { jobMs: median(jobs), rpcMs: median(rpc) };
+  return { jobMs: median(jobs), rpcMs: median(rpc), jobMeanMs: mean(jobs), rpcMeanMs: mean(rpc) };
 }
 
 /** A service VM, created and started; its record once ready. */
@@ -270,10 +276,16 @@ export interface FloodFigures {
   rssGrowthMiB: number;
   /** mvirtd's CPU over its window, in % of one core. */
   cpuPercent: number;
+  /** The other VM's /bin/true jobs during the flood, ms. */
   jobMs: number[];
+  /** Their median ÷ the idle median. */
   jobRatio: number;
+  /** Their mean ÷ the idle mean: a stall (one very slow job) shows here. */
+  jobMeanRatio: number;
+  /** Controller requests (system.info, vm.list) during the flood, ms. */
   rpcMs: number[];
   rpcRatio: number;
+  rpcMeanRatio: number;
   audit: { before: number; missing: number };
   /** The guest's own report (packets written, sessions begun). */
   guest: HostileReport | null;
@@ -331,16 +343,29 @@ async function consoleCounter(d: DaemonAddress, vmId: string) {
 }
 
 /** A controller on the TCP listener subscribed to `#` that then never reads again. */
-async function stuckSubscriber(tcpUrl: string): Promise<{ raw: RawClient; closed: boolean }> {
+async function stuckSubscriber(tcpUrl: string): Promise<RawClient> {
   const raw = await RawClient.connect(Number(new URL(tcpUrl).port));
   const code = await raw.handshake({ clientId: nextClientId('stuck'), keepalive: 0 });
   if (code !== 0) throw new Error(`stuck subscriber refused (CONNACK ${code})`);
   const granted = await raw.subscribe(['#']);
   if (!granted || granted[0] === 0x80) throw new Error('stuck subscriber: # refused');
   raw.socket.pause();
-  const s = { raw, closed: false };
-  void raw.closed.then(() => (s.closed = true));
-  return s;
+  return raw;
+}
+
+/**
+ * Whether mvirtd dropped the stuck subscriber: a paused socket cannot see its
+ * end, so it reads again, through what the kernel still holds, up to the
+ * close (or, if it was not dropped, until the bound).
+ */
+async function wasDropped(raw: RawClient): Promise<boolean> {
+  raw.socket.resume();
+  const dropped = await Promise.race([
+    raw.closed.then(() => true),
+    new Promise<boolean>((r) => setTimeout(() => r(false), 30_000).unref()),
+  ]);
+  raw.destroy();
+  return dropped;
 }
 
 const timeoutAfter = (ms: number, what: string): Promise<never> =>
@@ -455,8 +480,7 @@ export async function runFlood(ctx: FloodContext, o: FloodOptions): Promise<Floo
   sampler.stop();
   const consoleCounts = consoleSub?.counts();
   await consoleSub?.close();
-  const stuckDisconnected = stuck?.closed ?? false;
-  stuck?.raw.destroy();
+  const stuckDropped = stuck ? await wasDropped(stuck) : false;
 
   const daemonAlive = alive(d.pid);
   let missing = auditBefore.size;
@@ -476,13 +500,15 @@ export async function runFlood(ctx: FloodContext, o: FloodOptions): Promise<Floo
     cpuPercent: Math.round(cpuPercent * 10) / 10,
     jobMs: jobMs.map(Math.round),
     jobRatio: median(jobMs) / ctx.idle.jobMs,
+    jobMeanRatio: mean(jobMs) / ctx.idle.jobMeanMs,
     rpcMs: rpcMs.map((x) => Math.round(x * 10) / 10),
     rpcRatio: median(rpcMs) / ctx.idle.rpcMs,
+    rpcMeanRatio: mean(rpcMs) / ctx.idle.rpcMeanMs,
     audit: { before: auditBefore.size, missing },
     guest,
     packetBytes: job.packetBytes,
     ...(consoleCounts ? { console: consoleCounts } : {}),
-    ...(stuck ? { stuck: { disconnected: stuckDisconnected } } : {}),
+    ...(stuck ? { stuck: { disconnected: stuckDropped } } : {}),
     daemonAlive,
     usable,
     usableNote,
@@ -512,8 +538,10 @@ export function describe(f: FloodFigures): string {
     : '';
   return (
     `${f.name} (${f.seconds} s): RSS ${f.rssBeforeMiB} → peak ${f.rssPeakMiB} MiB (+${f.rssGrowthMiB}); ` +
-    `CPU ${f.cpuPercent} %; job ${Math.round(median(f.jobMs))} ms ×${f.jobRatio.toFixed(2)} (n=${f.jobMs.length}); ` +
-    `rpc ${median(f.rpcMs).toFixed(1)} ms ×${f.rpcRatio.toFixed(2)} (n=${f.rpcMs.length}); ` +
+    `CPU ${f.cpuPercent} %; other VM's job p50 ${Math.round(median(f.jobMs))} ms ×${f.jobRatio.toFixed(2)}, ` +
+    `mean ×${f.jobMeanRatio.toFixed(2)}, max ${Math.max(...f.jobMs)} ms (n=${f.jobMs.length}); ` +
+    `controller p50 ${median(f.rpcMs).toFixed(1)} ms ×${f.rpcRatio.toFixed(2)}, mean ×${f.rpcMeanRatio.toFixed(2)}, ` +
+    `max ${Math.max(...f.rpcMs)} ms (n=${f.rpcMs.length}); ` +
     `audit ${f.audit.before} before, ${f.audit.missing} missing;${g}${con}${st} ` +
     `usable: ${f.usable ? 'yes' : 'NO'} (${f.usableNote})${f.safetyTripped ? '; SAFETY VALVE' : ''}${f.daemonAlive ? '' : '; MVIRTD DEAD'}`
   );

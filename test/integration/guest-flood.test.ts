@@ -9,7 +9,9 @@
  *  - mvirtd's RSS (sampled every 200 ms) grows by at most 32 MiB;
  *  - the other VM's `/bin/true` job keeps at most 2× its idle latency
  *    (medians), and with the stuck subscriber so do other controllers'
- *    system.info / vm.list replies;
+ *    system.info / vm.list replies; nothing stalls meanwhile (no job or
+ *    request over 5 s: the issue saw a job take 24 s while aedes waited up
+ *    to 30 s for a stuck subscriber to drain);
  *  - every audit record from before is still there;
  *  - mvirtd is still up, and the flooding VM is usable again afterwards:
  *    its own agent comes back without a VM restart (init respawns it once
@@ -19,9 +21,9 @@
  * Every flood runs to its end and the figures of all of them are printed
  * before the assertions, so one run shows what holds and what does not.
  *
- * MVIRT_FLOOD_SECONDS sets the length of each flood; the issue asks for 30 s,
- * the default is 20 s so that the whole test stays near 5 minutes on a
- * 2-core TCG host (six floods plus two boots).
+ * MVIRT_FLOOD_SECONDS sets the length of each flood: 30 s as the issue asks
+ * by default (the whole test took 253 s on the 2-core TCG host: six floods,
+ * two boots); 20 s would bring it near 3.5 minutes.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -46,9 +48,11 @@ import {
   trackPid,
 } from '../support/qemu.js';
 
-const SECONDS = Number(process.env.MVIRT_FLOOD_SECONDS ?? 20);
+const SECONDS = Number(process.env.MVIRT_FLOOD_SECONDS ?? 30);
 const MAX_GROWTH_MIB = 32;
 const MAX_LATENCY_RATIO = 2;
+/** A job or request slower than this during a flood is a stall (idle: ~0.1 s and ~3 ms here). */
+const STALL_MS = 5000;
 /** Packets the guest must at least have written for a flood to count (a TCG guest in a shell loop). */
 const MIN_PACKETS: Record<string, number> = { log: 200, qos2: 20, hello: 200, output: 100 };
 const MIN_CONSOLE_BYTES = 64 * 1024;
@@ -72,7 +76,7 @@ test(
       trackPid(flooder.pid);
       const idle = await measureIdle(c, bystander.id);
       console.error(
-        `idle: /bin/true on the bystander ${idle.jobMs.toFixed(0)} ms, controller request ${idle.rpcMs.toFixed(1)} ms; booted in ${((performance.now() - started) / 1000).toFixed(0)} s`,
+        `idle: /bin/true on the bystander p50 ${idle.jobMs.toFixed(0)} ms (mean ${idle.jobMeanMs.toFixed(0)}), controller request p50 ${idle.rpcMs.toFixed(1)} ms (mean ${idle.rpcMeanMs.toFixed(1)}); booted in ${((performance.now() - started) / 1000).toFixed(0)} s`,
       );
       const ctx: FloodContext = {
         c,
@@ -114,6 +118,9 @@ test(
           bad(
             `the other VM's /bin/true took ${f.jobRatio.toFixed(2)}× its idle latency (${f.jobMs.join(', ')} ms; idle ${idle.jobMs.toFixed(0)} ms)`,
           );
+        const slowest = Math.max(...f.jobMs, ...f.rpcMs);
+        if (slowest > STALL_MS)
+          bad(`a stall: the slowest job or controller request took ${Math.round(slowest)} ms`);
         if (f.stuck && f.rpcRatio > MAX_LATENCY_RATIO)
           bad(
             `controller requests took ${f.rpcRatio.toFixed(2)}× their idle latency (median of ${f.rpcMs.length}; idle ${idle.rpcMs.toFixed(1)} ms)`,
