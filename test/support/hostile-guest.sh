@@ -131,7 +131,15 @@ main() {
   # Its own session, so that one signal ends it and every child holding the port.
   setsid sh "$0" flood "$port" &
   fpid=$!
-  sleep "$D"
+  # The flood's progress every 5 s (its count is written every 16 packets).
+  t=0
+  while [ $((t + 5)) -le "$D" ]; do
+    sleep 5
+    t=$((t + 5))
+    read -r sent sessions <"$COUNT" 2>/dev/null
+    say "after ${t} s: sent=${sent:-0} sessions=${sessions:-0}"
+  done
+  [ "$t" -lt "$D" ] && sleep $((D - t))
   kill -TERM -"$fpid" 2>/dev/null
   usleep 500000
   kill -KILL -"$fpid" 2>/dev/null
