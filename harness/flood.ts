@@ -528,7 +528,7 @@ async function restartVm(ctx: FloodContext, vm: VmRecord): Promise<VmRecord> {
 /** One line per flood, for logs and reports. */
 export function describe(f: FloodFigures): string {
   const g = f.guest
-    ? ` guest sent ${f.guest.sent} packets (${((f.guest.sent * f.packetBytes) / 1048576).toFixed(1)} MiB) in ${f.guest.sessions} session(s);`
+    ? ` guest sent ${f.guest.sent} packets (${((f.guest.sent * f.packetBytes) / 1048576).toFixed(1)} MiB; by 5 s: ${f.guest.progress.join('/')}) in ${f.guest.sessions} session(s);`
     : '';
   const con = f.console
     ? ` console subscriber got ${f.console.messages} msgs / ${f.console.bytes} B;`

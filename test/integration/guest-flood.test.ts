@@ -17,7 +17,8 @@
  *    its own agent comes back without a VM restart (init respawns it once
  *    the hostile job lets go of the port) and runs a job;
  *  - the flood really happened (the guest's count of packets written, the
- *    console subscriber's bytes), so a broken flood cannot pass.
+ *    console subscriber's bytes), so a broken flood cannot pass, and it was
+ *    throttled, never stopped: the guest wrote something in every 5 s.
  * Every flood runs to its end and the figures of all of them are printed
  * before the assertions, so one run shows what holds and what does not.
  *
@@ -134,6 +135,15 @@ test(
           bad(
             `the guest wrote only ${f.guest?.sent ?? 0} packets: no flood\n${f.guest?.text ?? ''}`,
           );
+        } else if (f.guest) {
+          // Throttled, never stopped: a channel mvirtd stops reading for good
+          // would wedge an honest agent just the same.
+          const p = f.guest.progress;
+          const stalled = p.findIndex((n, i) => n <= (i === 0 ? 0 : p[i - 1]!));
+          if (stalled >= 0)
+            bad(
+              `the flood stopped: nothing written between ${stalled * 5} and ${stalled * 5 + 5} s (packets by each 5 s: ${p.join('/')}); mvirtd stopped reading the channel`,
+            );
         }
       }
       assert.equal(figures.length, plan.length, 'every flood ran');

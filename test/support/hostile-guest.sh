@@ -21,7 +21,8 @@
 #              (0, 2 or 4), H_B, then H_PAYLOAD zero bytes (from a file)
 #   H_START    first counter value; H_WRAP: after it the counter restarts at 1
 #   H_LINE     console mode: the line written to the serial console
-#   H_LOG      where this script reports (the host reads it afterwards)
+#   H_LOG      where this script reports (the host reads it afterwards):
+#              the flood's progress every 5 s and its total
 # A session the host closes (refused, or the channel recycled) is begun
 # again: CONNECT and hello, as a real agent would after a reconnect.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -40,9 +41,12 @@ flood() {
     i=$((i + 1))
   done
   payload=
+  # The count is written every 16 packets, every one when they are big.
+  every=15
   if [ "${H_PAYLOAD:-0}" -gt 0 ]; then
     head -c "$H_PAYLOAD" /dev/zero >/tmp/hostile.payload
     payload=/tmp/hostile.payload
+    every=0
   fi
   n=${H_START:-0}
   sent=0
@@ -71,7 +75,7 @@ flood() {
     n=$((n + 1))
     [ "${H_WRAP:-0}" -gt 0 ] && [ $n -gt "$H_WRAP" ] && n=1
     sent=$((sent + 1))
-    [ $((sent & 15)) -eq 0 ] && echo "$sent $sessions" >$COUNT
+    [ $((sent & every)) -eq 0 ] && echo "$sent $sessions" >$COUNT
   done
 }
 

@@ -179,6 +179,8 @@ export interface HostileReport {
   tookOver: boolean;
   sent: number;
   sessions: number;
+  /** Packets written by the end of each 5 s of the flood. */
+  progress: number[];
   text: string;
 }
 
@@ -188,6 +190,7 @@ export function parseHostileLog(text: string): HostileReport {
     tookOver: /took over /.test(text),
     sent: Number(done?.[1] ?? 0),
     sessions: Number(done?.[2] ?? 0),
+    progress: [...text.matchAll(/after \d+ s: sent=(\d+)/g)].map((m) => Number(m[1])),
     text,
   };
 }
