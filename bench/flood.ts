@@ -8,6 +8,8 @@
  *    on, in % of one core (recorded; goal ≤ 25 % per flooding VM);
  *  - the other VM's `/bin/true` job latency over the second half ÷ its idle
  *    latency (target ≤ 2), both medians.
+ * A control comes first: the flooding guest as busy, sending nothing (its
+ * QEMU alone takes one of the 2 cores), recorded beside the floods.
  * MVIRT_BENCH_FLOOD_S sets each flood's length (default 20 s).
  */
 import { spawnDaemon, stopProcess } from '../harness/daemon.js';
@@ -64,6 +66,23 @@ export default async function flood(): Promise<BenchRow[]> {
       seconds: SECONDS,
       bootMs: BOOT_MS,
     };
+    // The control: the guest as busy as in a flood, nothing sent to mvirtd.
+    const spin = await runFlood(ctx, { kind: 'spin', windows: 'split' });
+    process.stderr.write(`bench: ${describeFlood(spin)}\n`);
+    rows.push(
+      {
+        name: 'control, guest only spinning: mvirtd CPU',
+        value: spin.cpuPercent,
+        unit: '% core',
+        note: 'the same guest loop as the log flood, to /dev/null',
+      },
+      {
+        name: 'control, guest only spinning: other VM job ÷ idle',
+        value: round(spin.jobRatio),
+        unit: 'ratio',
+        note: `${Math.round(median(spin.jobMs))} ms; the flooding guest's QEMU takes a core`,
+      },
+    );
     for (const kind of FLOOD_KINDS) {
       const f = await runFlood(ctx, { kind, windows: 'split' });
       process.stderr.write(`bench: ${describeFlood(f)}\n`);

@@ -24,7 +24,7 @@ import {
   HOSTILE_LOG,
   hostileJob,
   parseHostileLog,
-  type FloodKind,
+  type HostileKind,
   type HostileReport,
 } from '../test/support/hostile-guest.js';
 import { result as ok, matches, type RpcClient } from './client.js';
@@ -254,7 +254,7 @@ export interface FloodContext {
 }
 
 export interface FloodOptions {
-  kind: FloodKind;
+  kind: HostileKind;
   /** During the flood a controller subscribed to `#` stops reading its socket. */
   stuckSubscriber?: boolean;
   /**
@@ -269,7 +269,7 @@ export interface FloodOptions {
 
 export interface FloodFigures {
   name: string;
-  kind: FloodKind;
+  kind: HostileKind;
   seconds: number;
   rssBeforeMiB: number;
   rssPeakMiB: number;
@@ -416,10 +416,14 @@ export async function runFlood(ctx: FloodContext, o: FloodOptions): Promise<Floo
   ).jobId;
 
   // The flood has begun: the console shows the line, or the hostile hello
-  // (which does not list the hostile job) made mvirtd give that job up.
+  // (which does not list the hostile job) made mvirtd give that job up; the
+  // control spins once its job runs.
   const STARTED_MS = 180_000;
+  const agentKept = o.kind === 'console' || o.kind === 'spin';
   if (consoleSub) {
     await Promise.race([consoleSub.line, timeoutAfter(STARTED_MS, 'no console flood seen')]);
+  } else if (o.kind === 'spin') {
+    await states.job(hostile, ['running'], STARTED_MS);
   } else {
     const rec = await states.job(hostile, TERMINAL_JOB_STATES, STARTED_MS);
     if (rec.state !== 'lost') {
@@ -453,9 +457,9 @@ export async function runFlood(ctx: FloodContext, o: FloodOptions): Promise<Floo
   const OVER_MS = seconds * 1000 + 240_000;
   try {
     if (safetyTripped) throw new Error('the flooding VM was killed (safety valve)');
-    if (consoleSub) {
+    if (agentKept) {
       const rec = await states.job(hostile, TERMINAL_JOB_STATES, OVER_MS);
-      if (rec.state !== 'succeeded') throw new Error(`the console job ended ${rec.state}`);
+      if (rec.state !== 'succeeded') throw new Error(`the ${o.kind} job ended ${rec.state}`);
     } else {
       await states.until(
         () => {
@@ -472,11 +476,11 @@ export async function runFlood(ctx: FloodContext, o: FloodOptions): Promise<Floo
     }
     await trueJob(c, flooder.id);
     usable = true;
-    usableNote = consoleSub ? 'agent untouched; ran a job' : 'its agent came back; ran a job';
+    usableNote = agentKept ? 'agent untouched; ran a job' : 'its agent came back; ran a job';
   } catch (err) {
     usableNote = err instanceof Error ? err.message : String(err);
   }
-  const guest = o.kind === 'console' ? null : usable ? await guestReport(c, flooder.id) : null;
+  const guest = agentKept || !usable ? null : await guestReport(c, flooder.id);
   sampler.stop();
   const consoleCounts = consoleSub?.counts();
   await consoleSub?.close();

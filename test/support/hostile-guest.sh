@@ -2,7 +2,8 @@
 # A hostile job for the µOS (busybox sh only), driven by hostile-guest.ts.
 #
 #   sh hostile-guest.sh main     run by the job: takes the agent channel over
-#                                (or floods the console), restores the agent
+#                                (or floods the console, or only spins), and
+#                                restores the agent
 #   sh hostile-guest.sh flood P  the flood itself on port P, in its own session
 #
 # Taking over: busybox init respawns /usr/libexec/mvirt/agent-run whenever it
@@ -14,7 +15,8 @@
 #
 # Everything the host must not trust is precomputed on the host as printf
 # formats (octal escapes, so environment strings hold binary MQTT packets):
-#   H_MODE     log | qos2 | hello | output | console
+#   H_MODE     log | qos2 | hello | output | console | spin (the control:
+#              the log flood's loop writing to /dev/null, the agent untouched)
 #   H_SECONDS  how long to flood
 #   H_CONNECT  the CONNECT packet; H_HELLO the hello sent right after it
 #   H_A, H_B   each flooded packet is H_A, a big-endian counter of H_W bytes
@@ -85,6 +87,15 @@ main() {
   D=${H_SECONDS:-30}
   say "mode=$H_MODE seconds=$D uptime=$(cut -d' ' -f1 /proc/uptime)"
 
+  if [ "$H_MODE" = spin ]; then
+    # As busy as a flood, for the guest's vCPU and its QEMU; nothing reaches mvirtd.
+    (while :; do printf "$H_A$H_B"; done >/dev/null) &
+    pid=$!
+    sleep "$D"
+    kill -9 $pid
+    say "spin done uptime=$(cut -d' ' -f1 /proc/uptime)"
+    return 0
+  fi
   if [ "$H_MODE" = console ]; then
     yes "$H_LINE" >/dev/ttyS0 &
     pid=$!

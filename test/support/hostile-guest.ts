@@ -19,6 +19,7 @@
  *             chunks with dense sequence numbers
  *  - console: lines written to the serial console (ttyS0) as fast as it takes
  *             them; the agent is left alone
+ *  - spin:    the control (no flood, see HostileKind)
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -30,6 +31,13 @@ import { encodeConnect, encodePublish } from './broker-raw.js';
 
 export const FLOOD_KINDS = ['log', 'qos2', 'hello', 'output', 'console'] as const;
 export type FloodKind = (typeof FLOOD_KINDS)[number];
+/**
+ * The control: the guest as busy as in the log flood (the same loop, writing
+ * to /dev/null), its agent untouched, nothing sent to mvirtd. On a 2-core
+ * host a flooding guest's QEMU takes a core by itself; this tells that share
+ * of the other VM's latency from mvirtd's.
+ */
+export type HostileKind = FloodKind | 'spin';
 
 /** The agentVersion the hostile hello claims: the host shows it while the takeover lasts. */
 export const HOSTILE_AGENT_VERSION = '0.0.0-hostile';
@@ -69,7 +77,7 @@ export interface HostileJob {
 }
 
 export interface HostileOptions {
-  kind: FloodKind;
+  kind: HostileKind;
   vmId: string;
   /** `<prefix>/<hostId>` */
   root: string;
@@ -136,7 +144,8 @@ function loopPacket(o: HostileOptions, hello: Buffer): Record<string, string> {
     };
   };
   switch (o.kind) {
-    case 'log': {
+    case 'log':
+    case 'spin': {
       const pkt = encodePublish(
         t.agentUp(o.vmId, 'log'),
         agentPayload('log', { level: 'error', message: `hostile ${'x'.repeat(3992)}` }),
