@@ -1,7 +1,7 @@
 /**
  * Guest floods (issue 12 targets), on real QEMU VMs (TCG here) through mvirtd
  * as a separate process, so that /proc tells its own CPU and memory: one VM
- * runs the hostile job of test/support/hostile-guest.ts for each kind of
+ * runs the hostile job of harness/hostile-guest.ts for each kind of
  * message (log, QoS 2 never released, hello, output, console bytes) while
  * another VM stands by. Per kind:
  *  - mvirtd's CPU over the first half of the flood, with nothing else going
@@ -25,7 +25,7 @@ import {
   type FloodContext,
 } from '../harness/flood.js';
 import { makeTempDir, removeDir } from '../harness/paths.js';
-import { FLOOD_KINDS } from '../test/support/hostile-guest.js';
+import { FLOOD_KINDS } from '../harness/hostile-guest.js';
 import { round, type BenchRow } from './lib.js';
 
 const SECONDS = Number(process.env.MVIRT_BENCH_FLOOD_S ?? 20);

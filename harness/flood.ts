@@ -1,7 +1,7 @@
 /**
  * Guest floods against a real mvirtd (issue 12), for the integration test
  * (test/integration/guest-flood.test.ts) and the bench (bench/flood.ts): one
- * VM runs the hostile job of test/support/hostile-guest.ts while another VM
+ * VM runs the hostile job of harness/hostile-guest.ts while another VM
  * (the bystander) and a controller go on working, and mvirtd's memory and CPU
  * are read from /proc. Each flood yields its figures; judging them is the
  * caller's part.
@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import type { MqttClient } from 'mqtt';
 import type { JobRecord, JobState, VmRecord } from '../protocol/rpc.js';
 import { TERMINAL_JOB_STATES } from '../protocol/states.js';
-import { RawClient } from '../test/support/broker-raw.js';
+import { RawClient } from './broker-raw.js';
 import {
   HOSTILE_AGENT_VERSION,
   HOSTILE_CONSOLE_LINE,
@@ -26,7 +26,7 @@ import {
   parseHostileLog,
   type HostileKind,
   type HostileReport,
-} from '../test/support/hostile-guest.js';
+} from './hostile-guest.js';
 import { result as ok, matches, type RpcClient } from './client.js';
 import { connectController, nextClientId, type DaemonAddress } from './connect.js';
 

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { RawClient, encodePublish } from '../support/broker-raw.js';
+import { RawClient, encodePublish } from '../../harness/broker-raw.js';
 import {
   ROOT,
   closedOf,

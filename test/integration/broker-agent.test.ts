@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import type net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { MvirtError } from '../../protocol/errors.js';
-import { CONNACK, RawClient, encodeConnect, encodePublish } from '../support/broker-raw.js';
+import { CONNACK, RawClient, encodeConnect, encodePublish } from '../../harness/broker-raw.js';
 import {
   ROOT,
   closedOf,

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { hashPassword } from '../../host/broker/passwords.js';
-import { CONNACK, RawClient } from '../support/broker-raw.js';
+import { CONNACK, RawClient } from '../../harness/broker-raw.js';
 import { ROOT, connectClient, startBroker, type TestBroker } from '../support/broker-fixtures.js';
 
 const cheap = { N: 1024, r: 8, p: 1 };

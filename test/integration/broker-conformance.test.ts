@@ -16,7 +16,7 @@ import {
   withTimeout,
   type TestBroker,
 } from '../support/broker-fixtures.js';
-import { encodeConnect, encodeLength, RawClient } from '../support/broker-raw.js';
+import { encodeConnect, encodeLength, RawClient } from '../../harness/broker-raw.js';
 
 const children: ChildProcess[] = [];
 let dir: string;

@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import mqtt from 'mqtt';
-import { CONNACK, RawClient, encodePublish } from '../support/broker-raw.js';
+import { CONNACK, RawClient, encodePublish } from '../../harness/broker-raw.js';
 import {
   ROOT,
   connectClient,

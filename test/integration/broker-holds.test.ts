@@ -14,7 +14,7 @@ import { hashPassword } from '../../host/broker/passwords.js';
 import { decode, encodeCbor } from '../../protocol/codec.js';
 import type { ReplyEnvelope } from '../../protocol/rpc.js';
 import { connectClient, startBroker, withTimeout } from '../support/broker-fixtures.js';
-import { CONNACK, RawClient } from '../support/broker-raw.js';
+import { CONNACK, RawClient } from '../../harness/broker-raw.js';
 import { createFakeHypervisor, killFakes } from '../../harness/fake-vms.js';
 import { makeTempDir, removeDir } from '../../harness/paths.js';
 import { startTestDaemon, writeFakeImage, type TestDaemon } from '../../harness/daemon.js';

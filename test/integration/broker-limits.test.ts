@@ -11,7 +11,7 @@ import {
   encodeConnect,
   encodeLength,
   encodePublish,
-} from '../support/broker-raw.js';
+} from '../../harness/broker-raw.js';
 import {
   ROOT,
   connectClient,

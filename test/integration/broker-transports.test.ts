@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import WebSocket from 'ws';
-import { RawClient } from '../support/broker-raw.js';
+import { RawClient } from '../../harness/broker-raw.js';
 import {
   ROOT,
   closedOf,

@@ -1,6 +1,6 @@
 /**
  * Issue 12, "Contain the guest": a hostile job in a real µOS VM under QEMU
- * takes its agent channel over (test/support/hostile-guest.sh) and floods
+ * takes its agent channel over (harness/hostile-guest.sh) and floods
  * mvirtd — a separate process — with what an agent may send, sent without
  * limit: log lines, QoS 2 publishes never released, hellos, output for its
  * own job, and bytes on the serial console (with a controller reading it).
@@ -44,7 +44,7 @@ import {
   type FloodContext,
   type FloodFigures,
 } from '../../harness/flood.js';
-import { FLOOD_KINDS } from '../support/hostile-guest.js';
+import { FLOOD_KINDS } from '../../harness/hostile-guest.js';
 import {
   BOOT_MS,
   explained,

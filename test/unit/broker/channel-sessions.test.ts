@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { findConnect, splitChannelSessions } from '../../../host/broker/channel-sessions.js';
-import { encodeConnect, encodePublish } from '../../support/broker-raw.js';
+import { encodeConnect, encodePublish } from '../../../harness/broker-raw.js';
 import { socketPair } from '../../support/broker-fixtures.js';
 
 let dir: string;

@@ -3,7 +3,7 @@ import { Duplex, PassThrough } from 'node:stream';
 import { once } from 'node:events';
 import { test } from 'node:test';
 import { createFrameScanner, guardStream } from '../../../host/broker/frame-guard.js';
-import { encodeConnect, encodeLength, encodePublish } from '../../support/broker-raw.js';
+import { encodeConnect, encodeLength, encodePublish } from '../../../harness/broker-raw.js';
 
 const closed = (s: NodeJS.EventEmitter) => new Promise((resolve) => s.once('close', resolve));
 const limits = { maxPacketSize: 1000, maxConnectSize: 100 };

@@ -4,7 +4,7 @@
  * headers, oversized lengths, half packets) and read the broker's raw answers.
  */
 import net from 'node:net';
-import { TEST_ADMIN } from '../../harness/test-admin.js';
+import { TEST_ADMIN } from './test-admin.js';
 import { once } from 'node:events';
 
 export function encodeLength(n: number): Buffer {

@@ -24,9 +24,9 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AGENT_PROTOCOL_VERSION, AGENT_UP } from '../../protocol/agent.js';
-import { encodeCbor } from '../../protocol/codec.js';
-import { topics, type AgentUpKind } from '../../protocol/topics.js';
+import { AGENT_PROTOCOL_VERSION, AGENT_UP } from '../protocol/agent.js';
+import { encodeCbor } from '../protocol/codec.js';
+import { topics, type AgentUpKind } from '../protocol/topics.js';
 import { encodeConnect, encodePublish } from './broker-raw.js';
 
 export const FLOOD_KINDS = ['log', 'qos2', 'hello', 'output', 'console'] as const;
