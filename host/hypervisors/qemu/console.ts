@@ -9,7 +9,6 @@ import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { createBoundedLog, type BoundedLog } from '../console-log.js';
-import { paceReads } from '../console-pace.js';
 import { connectUnixWithRetry, type ConnectOptions } from './socket.js';
 
 /** A viewer that stops reading is dropped once this much is buffered for it. */
@@ -48,11 +47,8 @@ export async function startConsolePump(opts: {
       v.push(chunk);
     }
   });
-  // A console flood is paced here, at the socket (console-pace.ts).
-  const stopPacing = paceReads(sock);
   sock.on('error', (err) => opts.log.debug({ err }, 'console socket error'));
   sock.on('close', () => {
-    stopPacing();
     for (const v of viewers) v.push(null);
     viewers.clear();
     resolveClosed();
