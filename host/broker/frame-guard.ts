@@ -210,6 +210,13 @@ export class GuardedStream extends Duplex {
   /** Chunks read while over budget, delivered when the debt is paid. */
   #delayed: Buffer[] = [];
   #endPushed = false;
+  /** Bytes written in this turn of the event loop (not yet offered to the peer). */
+  #turnBytes = 0;
+  #turnEnds = false;
+  readonly #endTurn = (): void => {
+    this.#turnBytes = 0;
+    this.#turnEnds = false;
+  };
 
   constructor(inner: Duplex, limits: FrameLimits, onViolation: (reason: string) => void) {
     // allowHalfOpen false: when the peer ends, our writable side ends too,
@@ -389,17 +396,26 @@ export class GuardedStream extends Duplex {
    * holding mqemitter's shared slots, and one stuck subscriber stalled every
    * delivery in the broker for its 30 s drain timeout — issue 12 measured a
    * bystander's job at 24 s instead of 0.6 s). What the peer has not taken
-   * waits here; past maxQueuedBytes the peer is disconnected (the policy).
-   * Counted at write time, not in _write: while the peer is not reading,
-   * further writes pile up in our own buffer without reaching _write.
+   * waits here; a peer that still has more than maxQueuedBytes waiting from
+   * earlier turns of the event loop when the next message comes is
+   * disconnected (the policy). What this turn wrote is not counted (it sits
+   * corked until the turn ends, see #forward), so a burst, or one message
+   * bigger than the cap (a vm.list of many VMs), still goes to a peer that
+   * keeps up. Counted at write time, not in _write: while the peer is not
+   * reading, further writes pile up in our own buffer without reaching _write.
    */
   override write(
     chunk: unknown,
     encoding?: BufferEncoding | ((error: Error | null | undefined) => void),
     cb?: (error: Error | null | undefined) => void,
   ): boolean {
+    const queued = this.writableLength + this.inner.writableLength - this.#turnBytes;
+    this.#turnBytes += Buffer.isBuffer(chunk) ? chunk.length : Buffer.byteLength(String(chunk));
+    if (!this.#turnEnds) {
+      this.#turnEnds = true;
+      setImmediate(this.#endTurn);
+    }
     super.write(chunk, encoding as BufferEncoding, cb);
-    const queued = this.writableLength + this.inner.writableLength;
     if (queued > this.#limits.maxQueuedBytes && !this.destroyed) {
       const reason = `peer not reading: ${queued} bytes queued, limit ${this.#limits.maxQueuedBytes}`;
       this.#onViolation(reason);
