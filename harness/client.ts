@@ -6,6 +6,7 @@
  * published (past or future) instead of sleeping. Connections are made in
  * connect.ts.
  */
+import { createConditions } from './conditions.js';
 import assert from 'node:assert/strict';
 import type { MqttClient } from 'mqtt';
 import { decode, encode, type Encoding } from '../protocol/codec.js';
@@ -211,10 +212,10 @@ export async function record(d: DaemonAddress): Promise<Recorder> {
   const root = d.root;
   const client = await connectController(d.url, { clientId: nextClientId('rec') });
   const seen: Seen[] = [];
-  const checks = new Set<() => void>();
+  const conditions = createConditions();
   client.on('message', (topic, payload) => {
     seen.push({ topic, payload: Buffer.from(payload) });
-    for (const c of [...checks]) c();
+    conditions.notify();
   });
   await client.subscribeAsync(
     [`${root}/job/+/state`, `${root}/job/+/output`, `${root}/vm/+/state`, `${root}/pool/+/state`],
@@ -243,21 +244,7 @@ export async function record(d: DaemonAddress): Promise<Recorder> {
     },
     poolStates: (name) => on(`${root}/pool/${name}/state`).map((s) => json<PoolRecord>(s)),
     until<T>(fn: () => T | undefined, what: string, timeoutMs = WAIT_MS): Promise<T> {
-      return new Promise((resolve, reject) => {
-        const check = (): void => {
-          const v = fn();
-          if (v === undefined) return;
-          checks.delete(check);
-          clearTimeout(timer);
-          resolve(v);
-        };
-        const timer = setTimeout(() => {
-          checks.delete(check);
-          reject(new Error(`${what}: not seen within ${timeoutMs} ms`));
-        }, timeoutMs);
-        checks.add(check);
-        check();
-      });
+      return conditions.until(fn, what, timeoutMs);
     },
     job(jobId, states, timeoutMs) {
       return rec.until(

@@ -12,6 +12,7 @@
  * and the VM runs a job. When it does not, the VM is restarted so that the
  * next flood has a VM to run on, and the figures say so.
  */
+import { createConditions } from './conditions.js';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { MqttClient } from 'mqtt';
@@ -99,7 +100,7 @@ export async function watchStates(d: DaemonAddress): Promise<StateWatch> {
   const client = await connectController(d.url, { clientId: nextClientId('states') });
   const jobs = new Map<string, JobRecord[]>();
   const vms = new Map<string, VmRecord[]>();
-  const checks = new Set<() => void>();
+  const conditions = createConditions();
   client.on('message', (topic, payload) => {
     if (payload.length === 0) return;
     const parts = topic.split('/');
@@ -109,29 +110,13 @@ export async function watchStates(d: DaemonAddress): Promise<StateWatch> {
     };
     if (matches(`${d.root}/job/+/state`, topic)) add(jobs);
     else add(vms);
-    for (const c of [...checks]) c();
+    conditions.notify();
   });
   await client.subscribeAsync([`${d.root}/job/+/state`, `${d.root}/vm/+/state`], { qos: 1 });
   const w: StateWatch = {
     jobStates: (id) => jobs.get(id) ?? [],
     vmStates: (id) => vms.get(id) ?? [],
-    until(fn, what, timeoutMs) {
-      return new Promise((resolve, reject) => {
-        const check = (): void => {
-          const v = fn();
-          if (v === undefined) return;
-          checks.delete(check);
-          clearTimeout(timer);
-          resolve(v);
-        };
-        const timer = setTimeout(() => {
-          checks.delete(check);
-          reject(new Error(`${what}: not seen within ${timeoutMs} ms`));
-        }, timeoutMs);
-        checks.add(check);
-        check();
-      });
-    },
+    until: (fn, what, timeoutMs) => conditions.until(fn, what, timeoutMs),
     job: (jobId, states, timeoutMs) =>
       w.until(
         () => w.jobStates(jobId).find((r) => states.includes(r.state)),
