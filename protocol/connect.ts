@@ -1,0 +1,200 @@
+/**
+ * Reaching mvirt over MQTT, for the typed client (client.ts): broker
+ * addresses and the connection with advice on failure, host discovery
+ * from the retained status topics, and lenient payload decoding.
+ */
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { randomBytes } from 'node:crypto';
+import { decode } from './codec.js';
+import { MvirtError } from './errors.js';
+import type { HostStatus } from './records.js';
+import { topicMatches } from './topics.js';
+
+export const randomClientId = (tag = 'mvirt'): string => `${tag}-${randomBytes(6).toString('hex')}`;
+
+/**
+ * Turn a broker address into MQTT.js options. Paths and `unix://` URLs become
+ * unix-socket connections (mvirtd listens on `<data-dir>/mvirt.sock`).
+ */
+export function brokerOptions(url: string): { url?: string; opts: IClientOptions } {
+  const unix = /^(?:unix|mqtt\+unix):\/\/(.+)$/.exec(url);
+  if (unix) return { opts: { protocol: 'mqtt', unixSocket: true, path: unix[1]! } };
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
+    // No scheme: a path to a unix socket (./mvirt.sock, /var/lib/mvirt/mvirt.sock).
+    return { opts: { protocol: 'mqtt', unixSocket: true, path: url } };
+  }
+  return { url, opts: {} };
+}
+
+export const noReplyHint = (prefix: string, hostId: string): string =>
+  `is mvirtd running with --host-id ${hostId} and --prefix ${prefix}?`;
+
+/** Connect to the broker; failures become CONNECTION_FAILED / NOT_AUTHORIZED with advice. */
+export async function connectBroker(
+  url: string,
+  o: {
+    clientId: string;
+    username?: string;
+    password?: string;
+    ca?: string | Buffer;
+    connectTimeoutMs?: number;
+    will?: IClientOptions['will'];
+  },
+): Promise<MqttClient> {
+  const { url: u, opts } = brokerOptions(url);
+  const timeoutMs = o.connectTimeoutMs ?? 5000;
+  const options: IClientOptions = {
+    ...opts,
+    clientId: o.clientId,
+    protocolVersion: 4,
+    clean: true,
+    // A CLI must fail fast and say why instead of retrying silently forever.
+    reconnectPeriod: 0,
+    connectTimeout: timeoutMs,
+    ...(o.username !== undefined ? { username: o.username } : {}),
+    ...(o.password !== undefined ? { password: o.password } : {}),
+    ...(o.ca !== undefined ? { ca: o.ca } : {}),
+    ...(o.will ? { will: o.will } : {}),
+  };
+  const client = u === undefined ? connect(options) : connect(u, options);
+  return new Promise<MqttClient>((resolve, reject) => {
+    const fail = (err: MvirtError): void => {
+      clearTimeout(timer);
+      client.removeAllListeners('connect');
+      client.end(true);
+      reject(err);
+    };
+    const timer = setTimeout(
+      () =>
+        fail(
+          new MvirtError(
+            'CONNECTION_FAILED',
+            `cannot connect to ${url}: no answer within ${timeoutMs} ms: is mvirtd running and listening there?`,
+          ),
+        ),
+      timeoutMs,
+    );
+    client.once('connect', () => {
+      clearTimeout(timer);
+      client.removeListener('error', onError);
+      client.removeListener('close', onClose);
+      resolve(client);
+    });
+    const onError = (err: Error & { code?: string | number }): void => {
+      // CONNACK return codes 4 (bad user name or password) and 5 (not authorized).
+      if (err.code === 4 || err.code === 5) {
+        fail(
+          new MvirtError(
+            'NOT_AUTHORIZED',
+            `the broker at ${url} refused the connection (${err.message}): check the user name and password`,
+            { cause: err },
+          ),
+        );
+        return;
+      }
+      fail(
+        new MvirtError(
+          'CONNECTION_FAILED',
+          `cannot connect to ${url} (${err.message}): is mvirtd running? start it with \`mvirtd --data-dir <dir>\``,
+          { cause: err },
+        ),
+      );
+    };
+    const onClose = (): void =>
+      fail(
+        new MvirtError(
+          'CONNECTION_FAILED',
+          `cannot connect to ${url}: the connection was closed before the broker accepted it`,
+        ),
+      );
+    client.on('error', onError);
+    client.on('close', onClose);
+  });
+}
+
+export function asRecord(v: unknown): Record<string, unknown> | null {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+    ? (v as Record<string, unknown>)
+    : null;
+}
+
+/** Decode a payload leniently: null when it is empty or unreadable. */
+export function tryDecode(payload: Buffer): unknown {
+  if (payload.length === 0) return null;
+  try {
+    return decode(payload);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Find the mvirt hosts under a prefix from their retained status. There is no
+ * end-of-retained marker in MQTT 3.1.1, so wait until statuses stop arriving
+ * (a short quiet period after the first one), bounded by `timeoutMs` (which is
+ * also how long it takes to conclude that no host is there).
+ */
+export async function discoverHosts(
+  mqtt: MqttClient,
+  prefix: string,
+  o: { timeoutMs?: number; quietMs?: number } = {},
+): Promise<HostStatus[]> {
+  const filter = `${prefix}/+/status`;
+  const found = new Map<string, HostStatus>();
+  const quietMs = o.quietMs ?? 60;
+  const timeoutMs = o.timeoutMs ?? 2000;
+  let poke: () => void = () => {};
+  const onMessage = (topic: string, payload: Buffer): void => {
+    if (!topicMatches(filter, topic)) return;
+    const hostId = topic.slice(prefix.length + 1, -'/status'.length);
+    const s = asRecord(tryDecode(payload));
+    if (!s) found.delete(hostId);
+    else found.set(hostId, { ...(s as HostStatus), hostId: String(s.hostId ?? hostId) });
+    poke();
+  };
+  mqtt.on('message', onMessage);
+  try {
+    await mqtt.subscribeAsync(filter, { qos: 0 });
+    await new Promise<void>((resolve) => {
+      const hard = setTimeout(done, timeoutMs);
+      // The quiet period starts with the first status: retained statuses come
+      // in one burst, and a slow broker must not make a live host look absent.
+      let quiet: NodeJS.Timeout | undefined =
+        found.size > 0 ? setTimeout(done, quietMs) : undefined;
+      poke = () => {
+        clearTimeout(quiet);
+        quiet = setTimeout(done, quietMs);
+      };
+      function done(): void {
+        clearTimeout(hard);
+        clearTimeout(quiet);
+        resolve();
+      }
+    });
+    await mqtt.unsubscribeAsync(filter);
+  } finally {
+    mqtt.removeListener('message', onMessage);
+  }
+  return [...found.values()].sort((a, b) => a.hostId.localeCompare(b.hostId));
+}
+
+/** Pick the one online host, or say precisely why there is none. */
+export function pickHost(hosts: HostStatus[], prefix: string, where: string): string {
+  const online = hosts.filter((h) => h.online);
+  if (online.length === 1) return online[0]!.hostId;
+  if (online.length === 0) {
+    const offline = hosts.map((h) => h.hostId);
+    throw new MvirtError(
+      'CONNECTION_FAILED',
+      offline.length > 0
+        ? `no mvirt host is online under prefix '${prefix}' at ${where} (offline: ${offline.join(', ')}): is mvirtd running?`
+        : `no mvirt host announces itself under prefix '${prefix}' at ${where}: is mvirtd running, with this --prefix?`,
+      { details: { hosts: offline } },
+    );
+  }
+  throw new MvirtError(
+    'CONFIG_INVALID',
+    `several mvirt hosts are online under prefix '${prefix}' (${online.map((h) => h.hostId).join(', ')}): choose one (hostId option, \`--host\` or MVIRT_HOST)`,
+    { details: { hosts: online.map((h) => h.hostId) } },
+  );
+}
