@@ -7,6 +7,18 @@ import { encodeConnect, encodeLength, encodePublish } from '../../../harness/bro
 
 const closed = (s: NodeJS.EventEmitter) => new Promise((resolve) => s.once('close', resolve));
 const limits = { maxPacketSize: 1000, maxConnectSize: 100 };
+/** A peer that takes every write at once and keeps what it got. */
+function recordingPeer(): { inner: Duplex; written: Buffer[] } {
+  const written: Buffer[] = [];
+  const inner = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      written.push(chunk);
+      cb();
+    },
+  });
+  return { inner, written };
+}
 const connect = encodeConnect({ clientId: 'c1' });
 
 test('accepts a CONNECT and packets up to the cap, in any chunking', () => {
@@ -90,14 +102,7 @@ test('guardStream drops a peer that does not read once the outbound queue is ove
 });
 
 test('one message bigger than the queue cap still goes to a peer that keeps up', async () => {
-  const written: Buffer[] = [];
-  const inner = new Duplex({
-    read() {},
-    write(chunk: Buffer, _enc, cb) {
-      written.push(chunk);
-      cb();
-    },
-  });
+  const { inner, written } = recordingPeer();
   const reasons: string[] = [];
   const g = guardStream(inner, { ...limits, maxQueuedBytes: 4096 }, (r) => reasons.push(r));
   g.write(Buffer.alloc(10 * 1024)); // a vm.list of many VMs, say
@@ -110,14 +115,7 @@ test('one message bigger than the queue cap still goes to a peer that keeps up',
 });
 
 test('bytes after CONNECT are held back until the broker answers (no pre-auth queueing)', async () => {
-  const written: Buffer[] = [];
-  const inner = new Duplex({
-    read() {},
-    write(chunk: Buffer, _enc, cb) {
-      written.push(chunk);
-      cb();
-    },
-  });
+  const { inner, written } = recordingPeer();
   const g = guardStream(inner, { ...limits, maxQueuedBytes: 1 << 20 }, () => {});
   const out: Buffer[] = [];
   g.on('data', (d: Buffer) => out.push(d));
