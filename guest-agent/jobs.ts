@@ -8,7 +8,7 @@ import type { Exec, Exit, Hello, Signal, Stdin } from '../protocol/agent.js';
 import { AgentError } from './errors.js';
 import type { Outbox } from './outbox.js';
 import { createOutputSink, type Chunk, type OutputSink } from './output.js';
-import type { Platform, Proc } from './platform/types.js';
+import type { JobGroup, Platform, Proc } from './platform/types.js';
 
 export interface JobOptions {
   /** SIGTERM → SIGKILL escalation delay for timeouts and cancels. */
@@ -51,7 +51,9 @@ interface Job {
   exitStatus: { code: number | null; signal: NodeJS.Signals | null } | null;
   timedOut: boolean;
   killedByUs: boolean;
+  /** Fallback OOM attribution where the platform has no job groups. */
   oomBefore: number | null;
+  group: Promise<JobGroup | null> | null;
   timers: Set<NodeJS.Timeout>;
   killTimer: NodeJS.Timeout | null;
 }
@@ -135,18 +137,22 @@ export function createJobs(
     }
   };
 
+  /** Whether the kernel's OOM killer ended this job: its own group's count,
+   *  else (no groups) any OOM kill in the VM while it ran. */
+  const wasOomKilled = async (j: Job, group: JobGroup | null): Promise<boolean> => {
+    if (j.exitStatus?.signal !== 'SIGKILL' || j.killedByUs) return false;
+    if (group) return ((await group.oomKills()) ?? 0) > 0;
+    const after = j.oomBefore === null ? null : await oomKills();
+    return j.oomBefore !== null && after !== null && after > j.oomBefore;
+  };
+
   const finish = async (j: Job, error?: string) => {
     if (j.exit) return;
     j.out.flush();
     const status = j.exitStatus ?? { code: null, signal: null };
-    const oomAfter = j.oomBefore === null ? null : await oomKills();
+    const group = await j.group;
+    const oomKilled = await wasOomKilled(j, group ?? null);
     if (j.exit) return;
-    const oomKilled =
-      status.signal === 'SIGKILL' &&
-      !j.killedByUs &&
-      j.oomBefore !== null &&
-      oomAfter !== null &&
-      oomAfter > j.oomBefore;
     j.exit = {
       jobId: j.id,
       seq: j.out.nextSeq,
@@ -161,6 +167,7 @@ export function createJobs(
     for (const t of j.timers) clearTimeout(t);
     j.timers.clear();
     for (const s of streams(j)) s.destroy();
+    void group?.remove();
     sinks.exit(j.exit);
     remember(j);
   };
@@ -184,6 +191,7 @@ export function createJobs(
       timedOut: false,
       killedByUs: false,
       oomBefore: null,
+      group: null,
       timers: new Set(),
       killTimer: null,
     };
@@ -199,7 +207,6 @@ export function createJobs(
       return Promise.reject(new AgentError('SPAWN_FAILED', message));
     }
     j.proc = proc;
-    void oomKills().then((n) => (j.oomBefore = n));
 
     return new Promise((resolve, reject) => {
       let spawned = false;
@@ -216,6 +223,16 @@ export function createJobs(
       proc.on('spawn', () => {
         spawned = true;
         j.pid = proc.pid ?? null;
+        if (j.pid !== null) {
+          const pid = j.pid;
+          j.group = platform
+            .jobGroup(j.id, pid)
+            .catch(() => null)
+            .then(async (g) => {
+              if (!g) j.oomBefore = await oomKills();
+              return g;
+            });
+        }
         wire(j, proc, msg);
         resolve({ pid: j.pid });
       });

@@ -221,6 +221,8 @@ function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
       });
       return p;
     },
+    // Never the host's cgroups: fake guests' jobs run ungrouped.
+    jobGroup: async () => null,
     killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
     readText: async (p) => (p === settings.initUptimePath ? '0.10 0.05\n' : linux.readText(p)),
     statfs: (p) => linux.statfs(p),

@@ -13,6 +13,7 @@ import {
   type PowerAction,
 } from './types.js';
 import { findVirtioPort, openPollableDevice } from './virtio.js';
+import { createJobGroups } from './cgroups.js';
 import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -46,6 +47,8 @@ function openTcp(host: string, port: number): Promise<Duplex> {
 export interface LinuxPlatformOptions {
   /** Environment the agent was started with (jobs inherit it minus MVIRT_*). */
   env?: NodeJS.ProcessEnv;
+  /** Where cgroup v2 is mounted (the µOS's rcS makes agent/ and jobs/ there). */
+  cgroupRoot?: string;
 }
 
 export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
@@ -53,6 +56,7 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   // process.uptime() counts from this process's start, so this is the exec time
   // even though JavaScript started running later.
   const processStartS = uptimeS() - process.uptime();
+  const groups = createJobGroups({ root: o.cgroupRoot });
 
   return {
     spawn(req) {
@@ -61,6 +65,7 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       // kill of -pid reaches every descendant that did not leave it.
       return spawn(file, args, { env: req.env, cwd: req.cwd, detached: true, stdio: 'pipe' });
     },
+    jobGroup: (jobId, pid) => groups.place(jobId, pid),
     killGroup(pgid, signal) {
       try {
         process.kill(-pgid, signal);

@@ -38,9 +38,19 @@ export interface StatFs {
   usedBytes: number;
 }
 
+/** A job's own resource group (Linux: a cgroup v2 under `jobs/`, see cgroups.ts). */
+export interface JobGroup {
+  /** OOM kills inside this job's group so far; null when unreadable. */
+  oomKills(): Promise<number | null>;
+  /** Remove the group; one that still holds processes is left for a later sweep. */
+  remove(): Promise<void>;
+}
+
 export interface Platform {
   /** Spawn `argv` in its own process group with piped stdio. */
   spawn(req: SpawnRequest): Proc;
+  /** Move a spawned job into its own resource group; null where the OS has none. */
+  jobGroup(jobId: string, pid: number): Promise<JobGroup | null>;
   /** Signal a whole process group; false when it no longer exists. */
   killGroup(pgid: number, signal: NodeJS.Signals): boolean;
   /** Text of a (usually /proc or /run) file, or null when it does not exist. */

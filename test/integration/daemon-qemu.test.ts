@@ -170,7 +170,12 @@ test(
       const cg = cgroupFacts(vm.pid!);
       assert.equal(cg.memoryMax, memoryLimitBytes(256, 128));
 
-      // A job that wants far more than the 256 MiB the guest has.
+      // A job that wants far more than the 256 MiB the guest has, beside one that
+      // wants nothing: the guest's OOM killer must pick the first and only it.
+      const bystander = ok(
+        await c.call('job.run', { vm: 'hog', argv: ['sh', '-c', 'echo up; exec sleep 600'] }),
+      );
+      await c.waitFor(`${ROOT}/job/${bystander.jobId}/output`, () => true, 120_000);
       const mvirtdRss = rssKiB(d.pid);
       const hog = ok(
         await c.call(
@@ -193,6 +198,18 @@ test(
         `the guest's OOM killer ends the job: ${JSON.stringify(hog)}`,
       );
       assert.doesNotMatch(hog.stdout ?? '', /allocated/);
+      assert.equal(hog.oomKilled, true);
+      // The agent kept its session all along (one hello), and the other job runs on.
+      const hellos = (
+        ok(await c.call('events.query', { objectId: vm.id })) as { events: { message: string }[] }
+      ).events.filter((e) => /^agent hello/.test(e.message));
+      assert.equal(hellos.length, 1, "the agent's pages were never taken from it");
+      assert.equal(ok(await c.call('job.get', { jobId: bystander.jobId })).state, 'running');
+      const cancelled = ok(
+        await c.call('job.cancel', { jobId: bystander.jobId }, { timeoutMs: 60_000 }),
+      );
+      assert.equal(cancelled.state, 'cancelled');
+      assert.equal(cancelled.oomKilled, false, 'the OOM kill is not charged to the bystander');
       const vmstat = ok(
         await c.call(
           'job.run',

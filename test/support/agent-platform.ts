@@ -22,6 +22,14 @@ export interface FakePlatform extends Platform {
   uptime: number;
   /** 'attempt' (spec), 'channel' (hostSide), 'read' (path), 'power' (action). */
   events: EventEmitter;
+  /** Job groups by job id: set oomKills to play the kernel's OOM killer. */
+  groups: Map<string, FakeJobGroup>;
+}
+
+export interface FakeJobGroup {
+  pid: number;
+  oomKills: number;
+  removed: boolean;
 }
 
 export const PROC_FILES: Record<string, string> = {
@@ -53,7 +61,16 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
     channelSpecs: [],
     uptime: 12.5,
     events,
+    groups: new Map(),
     spawn: (req) => linux.spawn(req),
+    async jobGroup(jobId, pid) {
+      const g: FakeJobGroup = { pid, oomKills: 0, removed: false };
+      p.groups.set(jobId, g);
+      return {
+        oomKills: async () => g.oomKills,
+        remove: async () => void (g.removed = true),
+      };
+    },
     killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
     async readText(path) {
       events.emit('read', path);

@@ -178,3 +178,35 @@ test('a resent exec while the job still runs is recognised too', async () => {
   assert.equal(jobOutput(h, jobId), 'done');
   assert.equal(h.all('exit').filter((e) => e.jobId === jobId).length, 1);
 });
+
+test("an OOM kill is the job's own: counted in its group, not in the VM's", async () => {
+  // Two jobs SIGKILLed from outside; the kernel (the fake's group count)
+  // charged the OOM kill to the first one only.
+  const start = async () => {
+    const jobId = nextId('job');
+    const reply = await h.request('exec', {
+      id: nextId(),
+      jobId,
+      argv: ['sh', '-c', 'echo started; exec sleep 60'],
+    });
+    await h.waitFor('output', (o) => o.jobId === jobId);
+    return { jobId, pid: (reply.result as { pid: number }).pid };
+  };
+  const hog = await start();
+  const bystander = await start();
+  const group = h.platform.groups.get(hog.jobId);
+  assert.ok(group);
+  assert.equal(group.pid, hog.pid, 'the job was placed in its own group');
+  group.oomKills = 1;
+  h.platform.files.set('/proc/vmstat', 'oom_kill 7\n'); // the VM-wide count moved too
+  process.kill(hog.pid, 'SIGKILL');
+  process.kill(bystander.pid, 'SIGKILL');
+  const [a, b] = await Promise.all([
+    h.waitFor('exit', (e) => e.jobId === hog.jobId),
+    h.waitFor('exit', (e) => e.jobId === bystander.jobId),
+  ]);
+  assert.equal(a.oomKilled, true);
+  assert.equal(b.oomKilled, false, 'another job killed at the same time is not OOM-killed');
+  assert.equal(group.removed, true, 'the group goes with the job');
+  assert.equal(h.platform.groups.get(bystander.jobId)?.removed, true);
+});

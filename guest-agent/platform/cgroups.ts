@@ -1,0 +1,120 @@
+/**
+ * Job groups: each job in its own cgroup v2 under `jobs/`, apart from the
+ * agent's `agent/` (both made by the µOS rcS; agent-run moves the agent in
+ * before it starts, so the agent's pages are charged to `agent/`).
+ *
+ * What it buys, measured under TCG with a 256 MiB guest and a job allocating
+ * past it: without groups the kernel reclaims the agent's own pages (its
+ * ~80 MB binary is file-backed on the squashfs root) long before it kills
+ * anything, the agent stalls for a minute or more, misses the host's
+ * keepalives and the job ends `lost`, not OOM-killed. With `jobs/` capped below
+ * the VM's memory and the agent's usage protected (`memory.min`), the
+ * allocation hits the cap, the cgroup's own OOM killer ends the job at once
+ * and the agent never notices. An OOM kill is also counted per job
+ * (`memory.events`), so one job's OOM no longer marks every job OOM-killed.
+ */
+import { mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { JobGroup } from './types.js';
+
+const MiB = 1024 * 1024;
+/** Room for the agent to grow past its usage when the groups are sized. */
+export const AGENT_HEADROOM_BYTES = 32 * MiB;
+/** Kept out of `jobs/` for the kernel's own allocations (page tables, slab,
+ *  network buffers) and the µOS's other processes (init, agent-run). */
+export const SYSTEM_RESERVE_BYTES = 24 * MiB;
+/** Never give jobs less than this, whatever the arithmetic says. */
+export const MIN_JOBS_BYTES = 32 * MiB;
+
+export interface GroupSizes {
+  /** `agent/memory.min`: the agent's pages the kernel will not reclaim. */
+  agentMin: number;
+  /** `jobs/memory.max`: what all jobs together may use. */
+  jobsMax: number;
+}
+
+/** Pure arithmetic, so it is tested without a kernel. */
+export function sizeGroups(memTotal: number, agentCurrent: number): GroupSizes {
+  const agentMin = agentCurrent + AGENT_HEADROOM_BYTES;
+  const jobsMax = Math.max(MIN_JOBS_BYTES, memTotal - agentMin - SYSTEM_RESERVE_BYTES);
+  return { agentMin, jobsMax };
+}
+
+export interface JobGroups {
+  /** Move a spawned job into its own group; null where there are no groups. */
+  place(jobId: string, pid: number): Promise<JobGroup | null>;
+}
+
+const SAFE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+export interface JobGroupsOptions {
+  /** Where cgroup v2 is mounted. */
+  root?: string | undefined;
+  meminfoPath?: string;
+}
+
+export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
+  const root = o.root ?? '/sys/fs/cgroup';
+  const jobsDir = path.join(root, 'jobs');
+  let ready: Promise<boolean> | null = null;
+  let serial = 0;
+
+  const read = (p: string) => readFile(p, 'utf8').catch(() => null);
+  const setup = async (): Promise<boolean> => {
+    const current = await read(path.join(root, 'agent', 'memory.current'));
+    const meminfo = (await read(o.meminfoPath ?? '/proc/meminfo')) ?? '';
+    const kib = /^MemTotal:\s+(\d+) kB$/m.exec(meminfo);
+    const agentCurrent = Number(current);
+    if (current === null || !Number.isSafeInteger(agentCurrent) || !kib) return false;
+    const sizes = sizeGroups(Number(kib[1]) * 1024, agentCurrent);
+    try {
+      await writeFile(path.join(root, 'agent', 'memory.min'), String(sizes.agentMin));
+      await writeFile(path.join(jobsDir, 'memory.max'), String(sizes.jobsMax));
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  /** Groups of ended jobs whose stragglers outlived them: gone once empty. */
+  const sweep = async () => {
+    for (const name of await readdir(jobsDir).catch(() => [] as string[])) {
+      const procs = await read(path.join(jobsDir, name, 'cgroup.procs'));
+      if (procs === '') await rmdir(path.join(jobsDir, name)).catch(() => undefined);
+    }
+  };
+
+  return {
+    async place(jobId, pid) {
+      ready ??= setup();
+      if (!(await ready)) return null;
+      await sweep();
+      const name = SAFE_NAME.test(jobId) ? jobId : 'job';
+      let dir = path.join(jobsDir, name);
+      try {
+        // A group of that name left by an earlier agent: take a fresh one.
+        await mkdir(dir).catch(async () => {
+          dir = path.join(jobsDir, `${name}-${++serial}`);
+          await mkdir(dir);
+        });
+        // The whole job dies together on OOM: no half-killed pipelines.
+        await writeFile(path.join(dir, 'memory.oom.group'), '1');
+        await writeFile(path.join(dir, 'cgroup.procs'), String(pid));
+      } catch {
+        // The job exited before it could be moved (ESRCH): nothing to confine.
+        await rmdir(dir).catch(() => undefined);
+        return null;
+      }
+      return {
+        async oomKills() {
+          const events = await read(path.join(dir, 'memory.events'));
+          const m = events && /^oom_kill (\d+)$/m.exec(events);
+          return m ? Number(m[1]) : null;
+        },
+        async remove() {
+          await rmdir(dir).catch(() => undefined);
+        },
+      };
+    },
+  };
+}
