@@ -115,7 +115,9 @@ const jobFields = {
   state: JobStateSchema,
   exitCode: z.number().int().nullable(),
   signal: z.string().nullable().describe('the signal that ended the process, e.g. SIGKILL'),
-  oomKilled: z.boolean(),
+  oomKilled: z
+    .boolean()
+    .describe("the guest's OOM killer ended this job (counted in the job's own memory group)"),
   createdAt: time,
   startedAt: time.nullable(),
   finishedAt: time.nullable(),
