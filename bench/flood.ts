@@ -10,7 +10,8 @@
  *    latency (target ≤ 2), both medians.
  * A control comes first: the flooding guest as busy, sending nothing (its
  * QEMU alone takes one of the 2 cores), recorded beside the floods.
- * MVIRT_BENCH_FLOOD_S sets each flood's length (default 20 s).
+ * MVIRT_BENCH_FLOOD_S sets each flood's length (default 20 s);
+ * MVIRT_BENCH_FLOOD_KINDS (comma-separated, e.g. `console`) runs only those kinds.
  */
 import { spawnDaemon, stopProcess } from '../harness/daemon.js';
 import { imagesDir } from '../harness/build.js';
@@ -29,6 +30,9 @@ import { FLOOD_KINDS } from '../harness/hostile-guest.js';
 import { round, type BenchRow } from './lib.js';
 
 const SECONDS = Number(process.env.MVIRT_BENCH_FLOOD_S ?? 20);
+const KINDS = process.env.MVIRT_BENCH_FLOOD_KINDS
+  ? FLOOD_KINDS.filter((k) => process.env.MVIRT_BENCH_FLOOD_KINDS!.split(',').includes(k))
+  : FLOOD_KINDS;
 const BOOT_MS = 300_000;
 
 export default async function flood(): Promise<BenchRow[]> {
@@ -83,7 +87,7 @@ export default async function flood(): Promise<BenchRow[]> {
         note: `${Math.round(median(spin.jobMs))} ms; the flooding guest's QEMU takes a core`,
       },
     );
-    for (const kind of FLOOD_KINDS) {
+    for (const kind of KINDS) {
       const f = await runFlood(ctx, { kind, windows: 'split' });
       process.stderr.write(`bench: ${describeFlood(f)}\n`);
       const note = [

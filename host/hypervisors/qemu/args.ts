@@ -20,7 +20,10 @@ export type QemuAccel = 'kvm' | 'tcg';
 
 export interface QemuPaths {
   qmp: string;
+  /** The console FIFOs' base: QEMU reads `<console>.in` and writes `<console>.out` (console.ts). */
   console: string;
+  /** The console socket of VMs launched by an earlier mvirtd (re-attach only). */
+  consoleSocket: string;
   agent: string;
   /** QEMU's own stdout/stderr. */
   log: string;
@@ -30,7 +33,8 @@ export interface QemuPaths {
 export function qemuPaths(dir: string): QemuPaths {
   return {
     qmp: path.join(dir, 'qmp.sock'),
-    console: path.join(dir, 'console.sock'),
+    console: path.join(dir, 'console'),
+    consoleSocket: path.join(dir, 'console.sock'),
     agent: path.join(dir, 'agent.sock'),
     log: path.join(dir, 'qemu.log'),
     consoleLog: path.join(dir, 'console.log'),
@@ -87,7 +91,7 @@ export interface QemuArgsInput {
 
 export function buildQemuArgs(input: QemuArgsInput): string[] {
   const { spec, accel, machine, paths } = input;
-  for (const p of [paths.qmp, paths.console, paths.agent]) {
+  for (const p of [paths.qmp, paths.agent]) {
     if (Buffer.byteLength(p) > MAX_UNIX_PATH) {
       throw new MvirtError('BOOT_FAILED', `socket path too long for a unix socket: ${p}`);
     }
@@ -142,9 +146,9 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     `socket,id=qmp,path=${optValue(paths.qmp)},server=on,wait=off`,
     '-mon',
     'chardev=qmp,mode=control',
-    // Serial console (ttyS0) on a socket; output is dropped while nobody is connected.
+    // Serial console (ttyS0) on two FIFOs the backend made (console.ts says why not a socket).
     '-chardev',
-    `socket,id=console,path=${optValue(paths.console)},server=on,wait=off`,
+    `pipe,id=console,path=${optValue(paths.console)}`,
     '-serial',
     'chardev:console',
     // The agent channel: virtio-serial port `mvirt.agent`.

@@ -1,7 +1,7 @@
 /**
- * The QEMU backend: direct kernel boot of the µOS, QMP for control, the
- * serial console and the agent's virtio-serial port on unix sockets in the
- * VM's folder. QEMU runs in its own session so that it outlives mvirtd;
+ * The QEMU backend: direct kernel boot of the µOS, QMP for control and the
+ * agent's virtio-serial port on unix sockets in the VM's folder, the serial
+ * console on two FIFOs there (console.ts). QEMU runs in its own session so that it outlives mvirtd;
  * attach() adopts it again after a restart.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -27,7 +27,7 @@ import {
   type QemuMachine,
   type QemuPaths,
 } from './args.js';
-import { startConsolePump, type ConsolePump } from './console.js';
+import { makeConsoleFifos, startConsolePump, type ConsolePump } from './console.js';
 import {
   createConfiner,
   DEFAULT_UID_BASE,
@@ -192,7 +192,14 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
   }
 
   async function removeSockets(paths: QemuPaths) {
-    await Promise.all([paths.qmp, paths.console, paths.agent].map((p) => rm(p, { force: true })));
+    const all = [
+      paths.qmp,
+      paths.agent,
+      paths.consoleSocket,
+      `${paths.console}.in`,
+      `${paths.console}.out`,
+    ];
+    await Promise.all(all.map((p) => rm(p, { force: true })));
   }
 
   async function launch(spec: LaunchSpec, vmLog: Logger): Promise<RunningVm> {
@@ -216,9 +223,14 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     await mkdir(spec.dir, { recursive: true, mode: 0o700 });
     await sweep(spec.dir);
     await removeSockets(paths);
+    const fifos = await makeConsoleFifos(paths.console).catch((err: unknown) => {
+      throw new MvirtError('BOOT_FAILED', `cannot make the console FIFOs: ${String(err)}`, {
+        cause: err,
+      });
+    });
     let confined: Confined;
     try {
-      confined = await confiner.prepare(spec, binary, args);
+      confined = await confiner.prepare(spec, binary, args, fifos);
     } catch (err) {
       await release(spec.dir, vmLog);
       throw new MvirtError('BOOT_FAILED', `cannot confine QEMU: ${(err as Error).message}`, {
@@ -291,7 +303,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       // QMP answers once QEMU has set itself up: seccomp on, running as the VM's uid.
       confiner.verify(confined, pid);
       consolePump = await startConsolePump({
-        socketPath: paths.console,
+        source: { kind: 'pipe', base: paths.console },
         logFile: paths.consoleLog,
         maxLogBytes: spec.consoleLogBytes,
         connect,
@@ -380,7 +392,10 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     let consolePump: ConsolePump | null = null;
     try {
       consolePump = await startConsolePump({
-        socketPath: paths.console,
+        // A VM launched by an earlier mvirtd has a console socket instead of FIFOs.
+        source: existsSync(`${paths.console}.out`)
+          ? { kind: 'pipe', base: paths.console }
+          : { kind: 'socket', path: paths.consoleSocket },
         logFile: paths.consoleLog,
         maxLogBytes: opts.consoleLogBytes,
         connect: { timeoutMs: 5000 },

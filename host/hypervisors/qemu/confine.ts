@@ -111,8 +111,17 @@ export interface Confined {
 
 export interface Confiner {
   readonly state: Confinement;
-  /** Own the folder, make the cgroup, and the command line that drops privileges. */
-  prepare(spec: LaunchSpec, binary: string, qemuArgs: string[]): Promise<Confined>;
+  /**
+   * Own the folder, make the cgroup, and the command line that drops
+   * privileges. `handOver`: files mvirtd made in the folder for QEMU to open
+   * (the console FIFOs), given to the VM's user.
+   */
+  prepare(
+    spec: LaunchSpec,
+    binary: string,
+    qemuArgs: string[],
+    handOver?: readonly string[],
+  ): Promise<Confined>;
   /** Put the freshly spawned (still paused) QEMU into its cgroup. */
   join(confined: Confined, pid: number): Promise<void>;
   /**
@@ -223,7 +232,7 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
 
   return {
     state,
-    async prepare(spec, binary, qemuArgs) {
+    async prepare(spec, binary, qemuArgs, handOver = []) {
       if (!state.user)
         return {
           vmId: spec.vmId,
@@ -248,10 +257,11 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       const uid = await uidFor(spec.dir, spec.vmId);
       await chown(spec.dir, uid, uid);
       await chmod(spec.dir, 0o700);
-      // Files mvirtd put in the folder for QEMU (the seed disk) become the VM's.
+      // Files mvirtd put in the folder for QEMU (the seed disk, the console) become the VM's.
       for (const d of spec.disks) {
         if (path.dirname(d.path) === spec.dir) await chown(d.path, uid, uid);
       }
+      for (const f of handOver) await chown(f, uid, uid);
       // Read-only inputs outside the folder (kernel, initrd, image disk) must be
       // readable by others: fail here with the file's name rather than in QEMU.
       for (const f of [spec.kernel, spec.initrd, ...spec.disks.map((d) => d.path)]) {

@@ -75,6 +75,8 @@ describe('qemu args', () => {
     assert.ok(
       chardevs.includes('socket,id=agent,path=/var/lib/mvirt/vm/vm1/agent.sock,server=on,wait=off'),
     );
+    // The console on FIFOs (console.ts): a socket holds only 278 one-byte writes.
+    assert.ok(chardevs.includes('pipe,id=console,path=/var/lib/mvirt/vm/vm1/console'));
     const devices = after(args, '-device');
     assert.ok(devices.includes('virtserialport,bus=vser0.0,chardev=agent,name=mvirt.agent'));
     assert.ok(devices.includes('virtio-rng-pci,rng=rng0'));
