@@ -98,7 +98,12 @@ export type VmEvent = z.infer<typeof VmEvent>;
 
 export const JobTarget = z
   .discriminatedUnion('kind', [
-    z.strictObject({ kind: z.literal('vm'), vm: z.string().describe('VM id or name as given') }),
+    z.strictObject({
+      kind: z.literal('vm'),
+      vm: z
+        .string()
+        .describe('the VM id (a name in the request is resolved to its id: names can be reused)'),
+    }),
     z.strictObject({ kind: z.literal('image'), image: z.string() }),
     z.strictObject({ kind: z.literal('pool'), pool: z.string() }),
   ])
