@@ -433,6 +433,14 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
           resolve({ code, signal, reason: signal ? `killed by ${signal}` : `exited ${code}` }),
         ),
       );
+      // User mode: connect to passt as QEMU's stream netdev does, for the
+      // VM's life. passt runs with --one-off and leaves when that connection
+      // closes; without it every started fake VM left a passt behind.
+      if (spec.network.mode === 'user' && spec.network.socket !== undefined) {
+        const nic = net.connect(spec.network.socket);
+        nic.on('error', () => undefined);
+        child.once('exit', () => nic.destroy());
+      }
       const sockPath = path.join(spec.dir, 'agent.sock');
       const vm: FakeVm = {
         server: net.createServer(),
