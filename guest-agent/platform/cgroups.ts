@@ -8,10 +8,16 @@
  * ~80 MB binary is file-backed on the squashfs root) long before it kills
  * anything, the agent stalls for a minute or more, misses the host's
  * keepalives and the job ends `lost`, not OOM-killed. With `jobs/` capped below
- * the VM's memory and the agent's usage protected (`memory.min`), the
- * allocation hits the cap, the cgroup's own OOM killer ends the job at once
- * and the agent never notices. An OOM kill is also counted per job
+ * the VM's memory, the allocation hits the cap, the cgroup's own OOM killer
+ * ends the job at once (reclaim under a cgroup's cap takes only that cgroup's
+ * pages) and the agent never notices. An OOM kill is also counted per job
  * (`memory.events`), so one job's OOM no longer marks every job OOM-killed.
+ *
+ * The agent's usage is also protected against the rest of the guest, but
+ * best-effort (`memory.low`) and never more than half the VM: with a hard
+ * `memory.min` of its whole usage plus headroom, a 128 MiB VM (80 MiB for
+ * the kernel to give out, 51 of them the agent's) had nothing left to
+ * reclaim, and the agent itself stalled with its first jobs.
  */
 import { mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -28,21 +34,23 @@ export const AGENT_HEADROOM_BYTES = 16 * MiB;
 /** Kept out of `jobs/` for what no group is charged with: the kernel's own
  *  allocations and the µOS's other processes (init, agent-run; ~2 MiB seen). */
 export const SYSTEM_RESERVE_BYTES = 8 * MiB;
-/** Never give jobs less than this, whatever the arithmetic says. */
-export const MIN_JOBS_BYTES = 32 * MiB;
 
 export interface GroupSizes {
-  /** `agent/memory.min`: the agent's pages the kernel will not reclaim. */
-  agentMin: number;
+  /** `agent/memory.low`: the agent's pages reclaimed only when nothing else can be. */
+  agentLow: number;
   /** `jobs/memory.max`: what all jobs together may use. */
   jobsMax: number;
 }
 
-/** Pure arithmetic, so it is tested without a kernel. */
+/**
+ * Pure arithmetic, so it is tested without a kernel. The agent's protection
+ * is at most half the VM and jobs get at least a quarter; together with the
+ * reserve they never promise more than the VM has (above 32 MiB).
+ */
 export function sizeGroups(memTotal: number, agentCurrent: number): GroupSizes {
-  const agentMin = agentCurrent + AGENT_HEADROOM_BYTES;
-  const jobsMax = Math.max(MIN_JOBS_BYTES, memTotal - agentMin - SYSTEM_RESERVE_BYTES);
-  return { agentMin, jobsMax };
+  const agentLow = Math.min(agentCurrent + AGENT_HEADROOM_BYTES, Math.floor(memTotal / 2));
+  const jobsMax = Math.max(Math.floor(memTotal / 4), memTotal - agentLow - SYSTEM_RESERVE_BYTES);
+  return { agentLow, jobsMax };
 }
 
 export interface JobGroups {
@@ -73,7 +81,7 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
     if (current === null || !Number.isSafeInteger(agentCurrent) || !kib) return false;
     const sizes = sizeGroups(Number(kib[1]) * 1024, agentCurrent);
     try {
-      await writeFile(path.join(root, 'agent', 'memory.min'), String(sizes.agentMin));
+      await writeFile(path.join(root, 'agent', 'memory.low'), String(sizes.agentLow));
       await writeFile(path.join(jobsDir, 'memory.max'), String(sizes.jobsMax));
       return true;
     } catch {

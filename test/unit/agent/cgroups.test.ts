@@ -10,7 +10,6 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import {
   AGENT_HEADROOM_BYTES,
-  MIN_JOBS_BYTES,
   SYSTEM_RESERVE_BYTES,
   createJobGroups,
   sizeGroups,
@@ -33,11 +32,27 @@ function fakeMount(agentCurrent: number | null) {
 }
 
 test('sizes: the agent keeps its usage plus headroom, jobs get the rest minus the system reserve', () => {
-  const s = sizeGroups(226 * MiB, 60 * MiB);
-  assert.equal(s.agentMin, 60 * MiB + AGENT_HEADROOM_BYTES);
-  assert.equal(s.jobsMax, 226 * MiB - s.agentMin - SYSTEM_RESERVE_BYTES);
-  // A tiny VM still leaves jobs something to run in.
-  assert.equal(sizeGroups(96 * MiB, 70 * MiB).jobsMax, MIN_JOBS_BYTES);
+  const s = sizeGroups(206 * MiB, 73 * MiB); // a 256 MiB VM of the default image
+  assert.equal(s.agentLow, 73 * MiB + AGENT_HEADROOM_BYTES);
+  assert.equal(s.jobsMax, 206 * MiB - s.agentLow - SYSTEM_RESERVE_BYTES);
+  assert.equal(s.jobsMax, 109 * MiB);
+});
+
+test('sizes: a small VM never promises more than it has', () => {
+  for (const [total, agent] of [
+    [80, 51], // a 128 MiB VM of the default image
+    [40, 60], // an agent bigger than the VM
+    [961, 80], // 1 GiB
+  ] as const) {
+    const s = sizeGroups(total * MiB, agent * MiB);
+    assert.ok(s.agentLow <= (total * MiB) / 2, `${total}: agent protected ${s.agentLow}`);
+    assert.ok(s.jobsMax >= (total * MiB) / 4 - 1, `${total}: jobs ${s.jobsMax}`);
+    assert.ok(
+      s.agentLow + s.jobsMax + SYSTEM_RESERVE_BYTES <= total * MiB,
+      `${total} MiB: ${s.agentLow} + ${s.jobsMax} + reserve`,
+    );
+  }
+  assert.equal(sizeGroups(80 * MiB, 51 * MiB).jobsMax, 32 * MiB);
 });
 
 test('place: sizes the groups once, moves the job, counts its OOM kills, removes it', async () => {
@@ -46,7 +61,7 @@ test('place: sizes the groups once, moves the job, counts its OOM kills, removes
   const g = await groups.place('job-abc', 4242);
   assert.ok(g);
   const want = sizeGroups(231424 * 1024, 50 * MiB);
-  assert.equal(m.read('agent/memory.min'), String(want.agentMin));
+  assert.equal(m.read('agent/memory.low'), String(want.agentLow));
   assert.equal(m.read('jobs/memory.max'), String(want.jobsMax));
   assert.equal(m.read('jobs/job-abc/cgroup.procs'), '4242');
   assert.equal(m.read('jobs/job-abc/memory.oom.group'), '1');
