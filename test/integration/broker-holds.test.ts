@@ -6,6 +6,8 @@
  * get a typed reply, CBOR and BOM-prefixed JSON included.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -14,7 +16,6 @@ import { hashPassword } from '../../host/broker/passwords.js';
 import { decode, encodeCbor } from '../../protocol/codec.js';
 import type { ReplyEnvelope } from '../../protocol/rpc.js';
 import { connectClient, startBroker, withTimeout } from '../support/broker-fixtures.js';
-import { CONNACK, RawClient } from '../../harness/broker-raw.js';
 import { createFakeHypervisor, killFakes } from '../../harness/fake-vms.js';
 import { makeTempDir, removeDir } from '../../harness/paths.js';
 import { startTestDaemon, writeFakeImage, type TestDaemon } from '../../harness/daemon.js';
@@ -237,27 +238,30 @@ describe('a login flood', () => {
     const idle: number[] = [];
     for (let i = 0; i < 15; i++) idle.push(await create());
 
-    let peakRss = 0;
-    let refused = 0;
-    /** 64 connections looping wrong passwords (half for a real user, half not) until stopped. */
-    const hostileLogins = (tag: string) => {
-      let stop = false;
-      const loops = Array.from({ length: 64 }, async (_, i) => {
-        for (let n = 0; !stop; n++) {
-          const c = await RawClient.connect(floodPort);
-          const code = await c.handshake({
-            clientId: `${tag}-${i}-${n}`,
-            username: i % 2 ? 'alice' : 'mallory',
-            password: 'wrong',
-          });
-          c.destroy();
-          if (code !== CONNACK.ACCEPTED) refused++;
-          peakRss = Math.max(peakRss, rss());
-        }
+    /**
+     * harness/login-flood.ts in its own process: 64 connections looping wrong
+     * passwords. Resolves once `warmUp` refusals are counted; `end()` stops it.
+     */
+    const hostileLogins = async (warmUp: number) => {
+      const child = spawn(
+        process.execPath,
+        ['--import', 'tsx', 'harness/login-flood.ts', String(floodPort)],
+        {
+          stdio: ['pipe', 'pipe', 'inherit'],
+        },
+      );
+      t.after(() => void child.kill('SIGKILL'));
+      let count = 0;
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        count = Number(d.trim().split('\n').pop());
       });
-      return () => {
-        stop = true;
-        return withTimeout(Promise.all(loops), 'flood ends', 30_000);
+      while (count < warmUp) await once(child.stdout, 'data');
+      return {
+        refused: () => count,
+        end: async () => {
+          child.stdin.end();
+          await withTimeout(once(child, 'exit'), 'flood ends', 30_000);
+        },
       };
     };
     // A first, short flood of the same shape: it starts the password worker
@@ -267,21 +271,17 @@ describe('a login flood', () => {
     // users, not memory held for logins in flight: measured over four 3 s
     // floods in a row, +38.6 MiB in the first, then −17.2, −0.2 and +3.3.
     const rssBefore = rss();
-    const endWarm = hostileLogins('warm');
-    while (refused < 128) await new Promise((r) => setImmediate(r));
-    await endWarm();
+    await (await hostileLogins(128)).end();
     const rss0 = rss();
-    peakRss = rss0;
-    refused = 0;
-    const endFlood = hostileLogins('evil');
-    // Let the flood reach its stride (the first hostile logins queue scrypt).
-    while (refused < 64) await new Promise((r) => setImmediate(r));
+    let peakRss = rss0;
+    const sampler = setInterval(() => (peakRss = Math.max(peakRss, rss())), 20);
+    // Measured once the flood has reached its stride (the first logins queue scrypt).
+    const hostile = await hostileLogins(64);
     const flood: number[] = [];
-    for (let i = 0; i < 15; i++) {
-      flood.push(await create());
-      peakRss = Math.max(peakRss, rss());
-    }
-    await endFlood();
+    for (let i = 0; i < 15; i++) flood.push(await create());
+    const refused = hostile.refused();
+    await hostile.end();
+    clearInterval(sampler);
     await ctl.c.endAsync();
     daemon.child.kill('SIGTERM');
     await daemon.exited;
