@@ -29,6 +29,16 @@ export const ERROR_CODES = {
   JOB_NOT_FOUND: 'No job with that id.',
   JOB_DUPLICATE: 'A job with that id already exists.',
   POOL_NOT_FOUND: 'No pool with that name.',
+  VOLUME_NOT_FOUND: 'No volume with that id or name.',
+  VOLUME_EXISTS: 'A volume with that name already exists.',
+  VOLUME_IN_USE:
+    'The volume is attached (read-write to another VM, or to any VM for delete and resize), or is the template of a clone; details name the VMs or clones.',
+  STORAGE_FULL:
+    'Not enough storage: the free space of the volumes folder or --storage-max-gib would be exceeded; details say how many bytes are free.',
+  STORAGE_UNSAFE:
+    'A file in the storage folder is not what mvirtd made (a symbolic link, not a regular file, or outside the folder); nothing was done to it.',
+  IMPORT_REFUSED:
+    'The import source is not a regular file inside the configured import folder (--volume-import-dir), or no import folder is configured.',
   NETWORK_UNAVAILABLE:
     'The requested network mode cannot be used on this host (bridge needs root and --bridge).',
   NETWORK_EXHAUSTED: 'Every address of the subnet (--subnet) is allocated.',

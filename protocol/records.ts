@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { BootTimeline } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
-import { JOB_STATES, VM_KINDS, VM_STATES } from './states.js';
+import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS, VOLUME_STATES } from './states.js';
 
 const count = z.number().int().nonnegative();
 const time = z.iso.datetime();
@@ -81,6 +81,20 @@ export const VmRecord = z.strictObject({
     .describe('guest uptime in seconds at each boot milestone')
     .optional(),
   agentVersion: z.string().optional(),
+  disks: z
+    .array(
+      z.strictObject({
+        volume: z.string().describe('the volume id'),
+        readOnly: z.boolean(),
+        serial: z
+          .string()
+          .describe('the virtio-blk serial the guest sees (/dev/disk/by-id/virtio-<serial>)'),
+      }),
+    )
+    .describe(
+      'volumes attached as virtio-blk at every boot, in this order, after the image root disk',
+    )
+    .optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 
@@ -190,6 +204,29 @@ export const PoolRecord = z.strictObject({
 });
 export type PoolRecord = z.infer<typeof PoolRecord>;
 
+// ---------------------------------------------------------------- volume
+
+export const VolumeRecord = z.strictObject({
+  id: z
+    .string()
+    .describe('vol-<hex>; also the file name under <data-dir>/volumes/ and the disk serial'),
+  name: z.string(),
+  state: z.enum(VOLUME_STATES),
+  format: z.enum(VOLUME_FORMATS),
+  sizeBytes: count.describe('virtual size: what the guest sees'),
+  usedBytes: count.describe('space the file takes on the host now (qemu-img actual-size)'),
+  backing: z
+    .string()
+    .nullable()
+    .describe('qcow2 overlay clones: the template volume id its unwritten blocks come from'),
+  attachedTo: z
+    .array(z.strictObject({ vm: z.string().describe('VM id'), readOnly: z.boolean() }))
+    .describe('the VMs listing this volume among their disks'),
+  createdAt: time,
+  updatedAt: time,
+});
+export type VolumeRecord = z.infer<typeof VolumeRecord>;
+
 // ---------------------------------------------------------------- events
 
 export const EVENT_LEVELS = ['debug', 'info', 'warn', 'error', 'audit'] as const;
@@ -248,6 +285,19 @@ export const SystemInfo = z.strictObject({
   ),
   vms: z.partialRecord(VmStateSchema, count).describe('count of VMs by state'),
   images: z.array(z.string()),
+  storage: z
+    .strictObject({
+      provisionedBytes: count.describe(
+        "sum of the volumes' virtual sizes (what --storage-max-gib bounds)",
+      ),
+      usedBytes: count.describe('space the volume files take on the host'),
+      freeBytes: count.describe(
+        "free space of the volumes folder's file system (statfs, for mvirtd)",
+      ),
+      maxBytes: count.nullable().describe('--storage-max-gib in bytes; null: no cap'),
+    })
+    .describe('volume storage')
+    .optional(),
 });
 export type SystemInfo = z.infer<typeof SystemInfo>;
 

@@ -20,8 +20,9 @@ import {
   PoolRecord,
   SystemInfo,
   VmRecord,
+  VolumeRecord,
 } from './records.js';
-import { JOB_STATES, VM_KINDS, VM_STATES } from './states.js';
+import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS } from './states.js';
 
 export * from './states.js';
 export * from './records.js';
@@ -33,6 +34,23 @@ export const Name = z
 
 /** A VM reference: its id or its name. */
 export const VmRef = Name;
+
+/** A volume reference: its id (vol-<hex>) or its name. Never a path. */
+export const VolumeRef = Name;
+
+/** Volume sizes in MiB: at least 1 MiB, at most 64 TiB. */
+export const VolumeSizeMiB = z
+  .number()
+  .int()
+  .min(1)
+  .max(64 * 1024 * 1024);
+
+/** vm.create's disks: at most 16, each a volume at most once. */
+export const MAX_VM_DISKS = 16;
+const VmDisks = z
+  .array(z.strictObject({ volume: VolumeRef, readOnly: z.boolean().optional() }))
+  .max(MAX_VM_DISKS)
+  .refine((d) => new Set(d.map((x) => x.volume)).size === d.length, 'each volume at most once');
 
 export const JobId = z
   .string()
@@ -90,6 +108,8 @@ export const PARAMS = {
     userData: CloudInitText.optional(),
     metaData: CloudInitText.optional(),
     networkConfig: CloudInitText.optional(),
+    /** Volumes attached as virtio-blk at every boot, in order. */
+    disks: VmDisks.optional(),
   }),
   'vm.get': z.strictObject({ vm: VmRef }),
   'vm.list': z.strictObject({ state: z.enum(VM_STATES).optional() }).optional(),
@@ -159,6 +179,29 @@ export const PARAMS = {
   'pool.get': z.strictObject({ name: Name }),
   'pool.list': z.strictObject({}).optional(),
   'pool.delete': z.strictObject({ name: Name }),
+  'volume.create': z
+    .strictObject({
+      name: Name,
+      format: z.enum(VOLUME_FORMATS).optional(),
+      /** Required unless importing. */
+      sizeMiB: VolumeSizeMiB.optional(),
+      /** A file name inside the host's --volume-import-dir (not a path): copied in, converted to format. */
+      importFrom: Name.optional(),
+    })
+    .refine(
+      (p) => (p.sizeMiB === undefined) !== (p.importFrom === undefined),
+      'give exactly one of sizeMiB and importFrom',
+    ),
+  'volume.get': z.strictObject({ volume: VolumeRef }),
+  'volume.list': z.strictObject({}).optional(),
+  'volume.resize': z.strictObject({ volume: VolumeRef, sizeMiB: VolumeSizeMiB }),
+  'volume.delete': z.strictObject({ volume: VolumeRef }),
+  'volume.clone': z.strictObject({
+    volume: VolumeRef,
+    name: Name,
+    /** overlay (default): a qcow2 copy-on-write over the template; full: an independent copy. */
+    mode: z.enum(['overlay', 'full']).optional(),
+  }),
   'events.query': z
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),
@@ -209,6 +252,12 @@ export const RESULTS = {
   'pool.get': PoolRecord,
   'pool.list': z.strictObject({ pools: z.array(PoolRecord) }),
   'pool.delete': Empty,
+  'volume.create': VolumeRecord,
+  'volume.get': VolumeRecord,
+  'volume.list': z.strictObject({ volumes: z.array(VolumeRecord) }),
+  'volume.resize': VolumeRecord,
+  'volume.delete': Empty,
+  'volume.clone': VolumeRecord,
   'events.query': z.strictObject({ events: z.array(EventRecord) }),
   'metrics.query': MetricsResult,
 } as const satisfies Record<RpcMethod, z.ZodType>;

@@ -29,6 +29,16 @@ export const JOB_STATES = [
 export type JobState = (typeof JOB_STATES)[number];
 
 export const VM_KINDS = ['service', 'ephemeral'] as const;
+
+/**
+ * A volume is `available` (no VM lists it among its disks) or `attached`
+ * (one VM read-write, or any number read-only). Creation and deletion are
+ * the row's birth and end, not states.
+ */
+export const VOLUME_STATES = ['available', 'attached'] as const;
+export type VolumeState = (typeof VOLUME_STATES)[number];
+export const VOLUME_FORMATS = ['raw', 'qcow2'] as const;
+export type VolumeFormat = (typeof VOLUME_FORMATS)[number];
 export type VmKind = (typeof VM_KINDS)[number];
 
 const member =

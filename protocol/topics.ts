@@ -27,6 +27,7 @@ export const topics = (root: string) => ({
   jobState: (jobId: string) => `${root}/job/${jobId}/state`,
   jobOutput: (jobId: string) => `${root}/job/${jobId}/output`,
   poolState: (name: string) => `${root}/pool/${name}/state`,
+  volumeState: (volumeId: string) => `${root}/volume/${volumeId}/state`,
   /** Private agent subtree of one VM: the guest may only touch what is below it. */
   agentRoot: (vmId: string) => `${root}/agent/${vmId}`,
   /** guest → host */

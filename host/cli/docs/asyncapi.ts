@@ -35,6 +35,15 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'pool.get': 'One pool by name.',
   'pool.list': 'All pools.',
   'pool.delete': 'Delete a pool.',
+  'volume.create':
+    'Create a raw or qcow2 volume of sizeMiB under <data-dir>/volumes/, or import a file by name from --volume-import-dir; STORAGE_FULL when it does not fit.',
+  'volume.get': 'One volume by id or name, its actual usage measured now.',
+  'volume.list': 'All volumes (the caller may see).',
+  'volume.resize': 'Grow a volume (never shrink); refused while a running VM has it attached.',
+  'volume.delete':
+    'Delete a volume and its file; refused while attached or while clones use it as template.',
+  'volume.clone':
+    'A new volume from a template: a qcow2 copy-on-write overlay (default) or a full copy.',
   'events.query': 'The event log, filtered by object, level and time.',
   'metrics.query':
     'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',
@@ -204,6 +213,13 @@ export function asyncApiDocument(): Json {
     ref('PoolRecord'),
     { retained: true, extraParams: ['pool'] },
   );
+  topic(
+    'volumeState',
+    '{prefix}/{hostId}/volume/{volumeId}/state',
+    'The volume record after each change; an empty retained message once deleted.',
+    ref('VolumeRecord'),
+    { retained: true, extraParams: ['volumeId'] },
+  );
 
   return {
     asyncapi: '3.1.0',
@@ -244,6 +260,7 @@ export function asyncApiDocument(): Json {
         vmId: param('VM id (as in the VM record)'),
         jobId: param('job id'),
         pool: param('pool name'),
+        volumeId: param('volume id (vol-<hex>)'),
       },
       schemas,
       messages,

@@ -24,6 +24,7 @@ import {
   VmEvent,
   VmRecord,
   VmStateSchema,
+  VolumeRecord,
 } from '../../../protocol/records.js';
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
@@ -41,6 +42,7 @@ export const NAMED: Record<string, z.ZodType> = {
   OutputChunk,
   JobLogs,
   PoolRecord,
+  VolumeRecord,
   EventRecord,
   SystemInfo,
   HostStatus,
