@@ -8,6 +8,7 @@ import { createPoolRepo, type PoolRepo } from './pools.js';
 import { createNetworkRepo, type NetworkRepo } from './network.js';
 import { createMetricRepo, type MetricRepo } from './metrics.js';
 import { createOwnerRepo, type OwnerRepo } from './owners.js';
+import { createVolumeRepo, type VolumeRepo } from './volumes.js';
 
 export interface Store {
   readonly db: Db;
@@ -19,6 +20,7 @@ export interface Store {
   readonly metrics: MetricRepo;
   /** Owner labels of VMs, jobs and pools (scopes, host/auth/roles.ts). */
   readonly owners: OwnerRepo;
+  readonly volumes: VolumeRepo;
   close(): void;
 }
 
@@ -34,6 +36,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
     pools: createPoolRepo(db, owners),
     network: createNetworkRepo(db),
     metrics: createMetricRepo(db),
+    volumes: createVolumeRepo(db, owners),
     close: () => {
       if (db.open) db.close();
     },
@@ -48,4 +51,5 @@ export type { PoolDef, PoolRepo, StoredPool } from './pools.js';
 export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
 export type { MetricRepo, RollupQuery, RollupRow } from './metrics.js';
 export type { OwnerRepo } from './owners.js';
+export type { NewVolume, VmDisk, VolumeRepo } from './volumes.js';
 export { SCHEMA_VERSION } from './migrations.js';

@@ -189,6 +189,40 @@ export const MIGRATIONS: readonly Migration[] = [
         ) WITHOUT ROWID;
       `),
   },
+  {
+    // Issue 13: volumes and the disks VMs boot with. Touches vms only through
+    // a foreign key, so it can be renumbered against other branches.
+    name: 'volumes, vm disks',
+    up: (db) =>
+      db.exec(`
+        -- One row per volume file <data-dir>/volumes/<id>.<format>; the path is
+        -- derived from id and format, never stored, never taken from a client.
+        CREATE TABLE volumes (
+          id         TEXT PRIMARY KEY,
+          name       TEXT NOT NULL UNIQUE,
+          state      TEXT NOT NULL,
+          format     TEXT NOT NULL,
+          size_bytes INTEGER NOT NULL,
+          used_bytes INTEGER NOT NULL,
+          backing_id TEXT REFERENCES volumes(id),
+          created_at TEXT NOT NULL,
+          updated_at TEXT NOT NULL
+        );
+        CREATE INDEX volumes_backing ON volumes(backing_id);
+
+        -- A VM's disks in boot order. Deleting the VM drops them; a volume
+        -- cannot go while a VM lists it (no cascade on that side).
+        CREATE TABLE vm_disks (
+          vm_id     TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+          position  INTEGER NOT NULL,
+          volume_id TEXT NOT NULL REFERENCES volumes(id),
+          read_only INTEGER NOT NULL,
+          PRIMARY KEY (vm_id, position),
+          UNIQUE (vm_id, volume_id)
+        );
+        CREATE INDEX vm_disks_volume ON vm_disks(volume_id);
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

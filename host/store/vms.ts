@@ -39,6 +39,8 @@ interface VmRow {
   mac: string | null;
   /** Bit set of the seed's documents (1 user-data, 2 meta-data, 4 network-config); null: no seed. */
   seed: number | null;
+  /** JSON array of `<volume id>:<0|1 read-only>` in boot order; '[]' without disks. */
+  disks: string;
 }
 
 interface RuntimeRow {
@@ -88,6 +90,13 @@ export function rowToRecord(r: VmRow): VmRecord {
     };
   if (r.boot !== null) rec.boot = JSON.parse(r.boot) as VmRecord['boot'];
   if (r.agent_version !== null) rec.agentVersion = r.agent_version;
+  if (r.disks !== '[]') {
+    // The serial is the volume id (vol-<12 hex>: 16 bytes, within virtio-blk's 20).
+    rec.disks = (JSON.parse(r.disks) as string[]).map((d) => {
+      const [volume, ro] = d.split(':') as [string, string];
+      return { volume, readOnly: ro === '1', serial: volume };
+    });
+  }
   return rec;
 }
 
@@ -95,7 +104,10 @@ const SELECT = `
   SELECT v.*, r.pid AS pid, r.accel AS accel, l.ip AS ip, l.mac AS mac,
     CASE WHEN s.vm_id IS NULL THEN NULL ELSE
       (s.user_data IS NOT NULL) | ((s.meta_data IS NOT NULL) << 1) | ((s.network_config IS NOT NULL) << 2)
-    END AS seed
+    END AS seed,
+    (SELECT json_group_array(d.volume_id || ':' || d.read_only)
+       FROM (SELECT volume_id, read_only FROM vm_disks WHERE vm_id = v.id ORDER BY position) d
+    ) AS disks
   FROM vms v LEFT JOIN vm_runtime r ON r.vm_id = v.id
     LEFT JOIN net_leases l ON l.vm_id = v.id
     LEFT JOIN vm_seeds s ON s.vm_id = v.id`;
