@@ -11,6 +11,7 @@ import type {
   PoolRecord,
   RpcMethod,
   VmRecord,
+  VolumeRecord,
 } from '../../protocol/rpc.js';
 import {
   inScope,
@@ -23,6 +24,8 @@ import {
 export interface AccessDeps {
   /** A VM id or name → the VM's id (undefined when there is none). */
   resolveVm(ref: string): string | undefined;
+  /** A volume id or name → the volume's id. */
+  resolveVolume(ref: string): string | undefined;
   ownerOf(kind: ObjectKind, id: string): string | null;
 }
 
@@ -39,9 +42,9 @@ const str = (p: Params, k: string): string | undefined =>
 export function createAccessCheck(d: AccessDeps) {
   function outOfScope(access: Access, kind: ObjectKind, ref: string | undefined): Refusal | null {
     if (ref === undefined || access.scope === null) return null;
-    // A VM that does not exist is left to the handler (VM_NOT_FOUND); a job
+    // A VM or volume that does not exist is left to the handler (…_NOT_FOUND); a job
     // or pool id without this scope's label is refused whether or not it exists.
-    const id = kind === 'vm' ? d.resolveVm(ref) : ref;
+    const id = kind === 'vm' ? d.resolveVm(ref) : kind === 'volume' ? d.resolveVolume(ref) : ref;
     if (id === undefined) return null;
     return inScope(access, d.ownerOf(kind, id))
       ? null
@@ -72,6 +75,17 @@ export function createAccessCheck(d: AccessDeps) {
         return outOfScope(access, 'job', str(p, rule.param));
       case 'pool':
         return outOfScope(access, 'pool', str(p, rule.param));
+      case 'volume':
+        return outOfScope(access, 'volume', str(p, rule.param));
+      case 'create-with-disks': {
+        const disks = p && Array.isArray(p.disks) ? (p.disks as unknown[]) : [];
+        for (const disk of disks) {
+          const ref = (disk as Params) && str(disk as Params, 'volume');
+          const r = outOfScope(access, 'volume', ref);
+          if (r) return r;
+        }
+        return null;
+      }
       case 'job-target':
         return outOfScope(access, 'vm', str(p, 'vm')) ?? outOfScope(access, 'pool', str(p, 'pool'));
     }
@@ -96,13 +110,21 @@ export function createAccessCheck(d: AccessDeps) {
         const r = result as { pools: PoolRecord[] };
         return { ...r, pools: r.pools.filter((x) => mine(access, 'pool', x.name)) };
       }
+      case 'volume.list': {
+        const r = result as { volumes: VolumeRecord[] };
+        return { ...r, volumes: r.volumes.filter((x) => mine(access, 'volume', x.id)) };
+      }
       case 'events.query': {
         const r = result as { events: EventRecord[] };
         return {
           ...r,
           events: r.events.filter((e) =>
             e.objects.some(
-              (o) => mine(access, 'vm', o) || mine(access, 'job', o) || mine(access, 'pool', o),
+              (o) =>
+                mine(access, 'vm', o) ||
+                mine(access, 'job', o) ||
+                mine(access, 'pool', o) ||
+                mine(access, 'volume', o),
             ),
           ),
         };

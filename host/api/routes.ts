@@ -14,24 +14,27 @@ import { eventHandlers, type EventHandlerDeps } from './handlers/events.js';
 import { jobHandlers, type JobHandlerDeps } from './handlers/job.js';
 import { poolHandlers, type PoolHandlerDeps } from './handlers/pool.js';
 import { metricsHandlers, type MetricsHandlerDeps } from './handlers/metrics.js';
+import { volumeHandlers, type VolumeHandlerDeps } from './handlers/volume.js';
 
 export type RouteDeps = SystemDeps &
   VmHandlerDeps &
   EventHandlerDeps &
   JobHandlerDeps &
   PoolHandlerDeps &
-  MetricsHandlerDeps;
+  MetricsHandlerDeps &
+  VolumeHandlerDeps;
 
 const read = (scope: Permission['scope']): Permission => ({ role: 'viewer', scope });
 const operate = (scope: Permission['scope']): Permission => ({ role: 'operator', scope });
 const vm = { kind: 'vm', param: 'vm' } as const;
 const job = { kind: 'job', param: 'jobId' } as const;
 const pool = { kind: 'pool', param: 'name' } as const;
+const volume = { kind: 'volume', param: 'volume' } as const;
 
 /** Who may call what (host/auth/roles.ts describes the roles; docs/security.md the table). */
 export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'system.info': read({ kind: 'none' }),
-  'vm.create': operate({ kind: 'create' }),
+  'vm.create': operate({ kind: 'create-with-disks' }),
   'vm.get': read(vm),
   'vm.list': read({ kind: 'list' }),
   'vm.start': operate(vm),
@@ -50,6 +53,13 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'pool.get': read(pool),
   'pool.list': read({ kind: 'list' }),
   'pool.delete': { role: 'admin', scope: pool },
+  'volume.create': operate({ kind: 'create' }),
+  'volume.get': read(volume),
+  'volume.list': read({ kind: 'list' }),
+  'volume.resize': operate(volume),
+  'volume.delete': operate(volume),
+  // The template must be in scope; the clone takes the caller's label.
+  'volume.clone': operate(volume),
   'events.query': read({ kind: 'list' }),
   'metrics.query': read({ ...vm, optional: true }),
 };
@@ -62,6 +72,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...jobHandlers(deps),
     ...poolHandlers(deps),
     ...metricsHandlers(deps),
+    ...volumeHandlers(deps),
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {

@@ -6,6 +6,7 @@
  *    publishes to a VM's console.
  *  - operator: a viewer that may also change VMs and jobs (`vm.create` …
  *    `vm.delete`, `job.run`, `job.cancel`) and type on a VM's console.
+ *    Volumes too (`volume.create` … `volume.delete`).
  *  - admin: an operator that may also shape the host's capacity (`pool.set`,
  *    `pool.delete`).
  *
@@ -45,14 +46,17 @@ export type ScopeRule =
   | { kind: 'job-target' }
   | { kind: 'vm'; param: 'vm'; optional?: boolean }
   | { kind: 'job'; param: 'jobId' }
-  | { kind: 'pool'; param: 'name' };
+  | { kind: 'pool'; param: 'name' }
+  | { kind: 'volume'; param: 'volume' }
+  /** vm.create: a new object, and every volume among its disks must be in scope. */
+  | { kind: 'create-with-disks' };
 
 export interface Permission {
   role: Role;
   scope: ScopeRule;
 }
 
-export type ObjectKind = 'vm' | 'job' | 'pool';
+export type ObjectKind = 'vm' | 'job' | 'pool' | 'volume';
 
 /** Does an object with this owner label lie in the access's scope? */
 export const inScope = (access: Access, owner: string | null | undefined): boolean =>

@@ -17,7 +17,7 @@
  * On top of that base, a controller's role and scope (host/auth/roles.ts)
  * narrow what it may publish and receive (`controllerMay…` with an
  * AclContext): a viewer never types on a console; a scoped controller receives
- * only its own VMs', jobs' and pools' topics and events; nobody receives
+ * only its own VMs', jobs', pools' and volumes' topics and events; nobody receives
  * requests (`rpc/`), `$` topics or another user's reply namespace
  * `<prefix>/_clients/<clientId>/`, and nobody publishes into one.
  */
@@ -160,7 +160,12 @@ export function controllerMaySubscribe(
   return null;
 }
 
-const ROOT_KINDS: Record<string, ObjectKind | undefined> = { vm: 'vm', job: 'job', pool: 'pool' };
+const ROOT_KINDS: Record<string, ObjectKind | undefined> = {
+  vm: 'vm',
+  job: 'job',
+  pool: 'pool',
+  volume: 'volume',
+};
 
 /**
  * Per-message delivery check (aedes authorizeForward), so wildcard filters
@@ -209,7 +214,8 @@ function eventInScope(ctx: AclContext, scope: string, payload: Buffer | string):
       typeof o === 'string' &&
       (ctx.ownerOf('vm', o) === scope ||
         ctx.ownerOf('job', o) === scope ||
-        ctx.ownerOf('pool', o) === scope),
+        ctx.ownerOf('pool', o) === scope ||
+        ctx.ownerOf('volume', o) === scope),
   );
 }
 

@@ -23,13 +23,18 @@ import { createStore, type Store } from '../store/index.js';
 import { createImageStore } from '../vm/images.js';
 import { createVmManager, DEFAULT_TIMEOUTS, type VmManager } from '../vm/manager.js';
 import { hostRoot, topics as topicsFor, type Topics } from '../../protocol/topics.js';
-import { isInactiveVm, isTerminalJob } from '../../protocol/states.js';
+import { isActiveVm, isInactiveVm, isTerminalJob } from '../../protocol/states.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
 import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
 import { createVmDestroyer } from '../jobs/destroyer.js';
 import { DEFAULT_OUTPUT_OPTIONS } from '../jobs/output.js';
 import { createPoolManager } from '../jobs/pools.js';
+import { createVolumeFiles } from '../volumes/files.js';
+import { createVolumeTransitions } from '../volumes/transition.js';
+import { createVolumeAttach } from '../volumes/attach.js';
+import { createVolumeManager } from '../volumes/manager.js';
+import { createQemuImg } from '../volumes/qemu-img.js';
 import { createStatusPublisher } from './status.js';
 import { createNetwork } from '../network/index.js';
 import { createNetDevices } from '../network/iproute.js';
@@ -197,9 +202,26 @@ export async function startDaemon(
     });
     agents.listen({ telemetry: (id, m) => telemetry.report(id, m) });
     broker.onGuestAgent((vmId, handle) => agents.guest(vmId, handle));
+    // Volumes (issue 13): files under <data-dir>/volumes/, one queue of changes.
+    const volumeFiles = createVolumeFiles(path.join(opts.dataDir, 'volumes'));
+    await volumeFiles.init();
+    const volumeLog = log.child({ component: 'volume' });
+    const volumeTransitions = createVolumeTransitions({
+      store,
+      events,
+      bus,
+      topics: t,
+      log: volumeLog,
+    });
+    const volumeAttach = createVolumeAttach({
+      store,
+      files: volumeFiles,
+      transitions: volumeTransitions,
+    });
     const vms = createVmManager({
       store,
       events,
+      volumes: { attach: volumeAttach, files: volumeFiles },
       broker: bus,
       hypervisors,
       images,
@@ -224,6 +246,22 @@ export async function startDaemon(
         bootTimeoutMs: opts.bootTimeoutMs,
         stopTimeoutMs: opts.stopTimeoutMs,
         consoleLogBytes: 1024 * 1024,
+      },
+    });
+
+    const volumes = createVolumeManager({
+      store,
+      files: volumeFiles,
+      qemuImg: createQemuImg(),
+      transitions: volumeTransitions,
+      vmActive: (id) => {
+        const v = store.vms.get(id);
+        return v !== undefined && isActiveVm(v.state);
+      },
+      log,
+      options: {
+        maxBytes: opts.storageMaxGiB === null ? null : opts.storageMaxGiB * 1024 ** 3,
+        importDir: opts.volumeImportDir,
       },
     });
 
@@ -267,13 +305,15 @@ export async function startDaemon(
       vms,
       hypervisors,
       images,
+      storage: volumes.capacity,
     };
     const api = createApi({
       bus,
       topics: t,
-      routes: createRoutes({ ...sysDeps, vms, events, jobs, pools, rollups }),
+      routes: createRoutes({ ...sysDeps, vms, events, jobs, pools, rollups, volumes }),
       access: createAccessCheck({
         resolveVm: (ref) => vms.resolveId(ref),
+        resolveVolume: (ref) => store.volumes.find(ref)?.id,
         ownerOf: (kind, id) => store.owners.get(kind, id),
       }),
       audit: (e) => events.append(e),

@@ -57,6 +57,10 @@ export interface DaemonOptions {
   defaultPool?: string;
   /** How long a job survives its agent being away before it is lost. */
   jobAgentGraceMs: number;
+  /** --storage-max-gib: the volumes' virtual sizes together at most this; null: no cap. */
+  storageMaxGiB: number | null;
+  /** --volume-import-dir: the only folder volume.create {importFrom} reads; null: none. */
+  volumeImportDir: string | null;
   usersFile?: string;
   /** Anonymous controllers over the unix socket (never TCP); default: only when no users file is given. */
   allowAnonymous: boolean;
@@ -112,6 +116,10 @@ export const USAGE = `usage: mvirtd [options]
   --default-pool NAME       where jobs without vm/image/pool go when that pool exists
                             (default: an ephemeral VM of the default image)
   --job-agent-grace-ms N    a job whose agent stays away this long is lost (default 60000)
+  --storage-max-gib N       volumes (their virtual sizes together) may take at most this
+                            (default: no cap but the free space of DIR/volumes)
+  --volume-import-dir DIR   volume.create {importFrom: FILE} copies FILE from here only
+                            (default: no imports)
   --users FILE              controller users: {"users":[{"username","passwordHash","role"}]};
                             TCP, WebSocket and HTTP clients always log in as one of them
   --allow-anonymous         anonymous controllers over the unix socket only (its owner,
@@ -258,6 +266,8 @@ export function parseOptions(
         'job-output-bytes': { type: 'string' },
         'default-pool': { type: 'string' },
         'job-agent-grace-ms': { type: 'string' },
+        'storage-max-gib': { type: 'string' },
+        'volume-import-dir': { type: 'string' },
         users: { type: 'string' },
         'allow-anonymous': { type: 'boolean' },
         'tls-cert': { type: 'string' },
@@ -344,6 +354,12 @@ export function parseOptions(
     stopTimeoutMs: int(str('stop-timeout-ms'), 'stop-timeout-ms', 30_000, 0, 3600_000),
     jobOutputBytes: int(str('job-output-bytes'), 'job-output-bytes', 8 << 20, 4096, 1 << 30),
     jobAgentGraceMs: int(str('job-agent-grace-ms'), 'job-agent-grace-ms', 60_000, 100, 86_400_000),
+    storageMaxGiB:
+      str('storage-max-gib') === undefined
+        ? null
+        : int(str('storage-max-gib'), 'storage-max-gib', 0, 1, 1 << 30),
+    volumeImportDir:
+      str('volume-import-dir') === undefined ? null : path.resolve(str('volume-import-dir')!),
     allowAnonymous:
       (values['allow-anonymous'] as boolean | undefined) ?? str('users') === undefined,
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,

@@ -5,6 +5,7 @@ import type { HypervisorRegistry } from '../../hypervisors/index.js';
 import type { ImageStore } from '../../vm/images.js';
 import type { VmManager } from '../../vm/manager.js';
 import type { Handlers } from '../types.js';
+import type { Capacity } from '../../volumes/capacity.js';
 
 export interface SystemDeps {
   host: { hostId: string; version: string; cpus: number; memoryMiB: number };
@@ -12,6 +13,8 @@ export interface SystemDeps {
   vms: Pick<VmManager, 'allocated' | 'countByState'>;
   hypervisors: HypervisorRegistry;
   images: ImageStore;
+  /** Volume storage figures; absent where no volume store runs. */
+  storage?: Pick<Capacity, 'info'>;
 }
 
 /**
@@ -53,6 +56,7 @@ function build(
     }),
     vms: d.vms.countByState(),
     images,
+    ...(d.storage ? { storage: d.storage.info() } : {}),
   };
 }
 

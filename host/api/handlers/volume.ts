@@ -1,0 +1,24 @@
+/** The volume.* methods: thin adapters from validated params onto the volume manager. */
+import type { VolumeManager } from '../../volumes/manager.js';
+import type { Handlers } from '../types.js';
+
+export interface VolumeHandlerDeps {
+  volumes: VolumeManager;
+}
+
+type VolumeMethods =
+  | 'volume.create'
+  | 'volume.get'
+  | 'volume.list'
+  | 'volume.resize'
+  | 'volume.delete'
+  | 'volume.clone';
+
+export const volumeHandlers = ({ volumes }: VolumeHandlerDeps): Handlers<VolumeMethods> => ({
+  'volume.create': (p) => volumes.create(p),
+  'volume.get': (p) => volumes.get(p.volume),
+  'volume.list': () => ({ volumes: volumes.list() }),
+  'volume.resize': (p) => volumes.resize(p.volume, p.sizeMiB),
+  'volume.delete': (p) => volumes.delete(p.volume),
+  'volume.clone': (p) => volumes.clone(p),
+});

@@ -1,0 +1,140 @@
+/**
+ * Volumes as VM disks: the attach rules (vm.create), the files a boot hands
+ * to the hypervisor, and what a VM's deletion gives back. Rules:
+ *  - a volume attached read-write belongs to that one VM: no other VM may
+ *    attach it at all;
+ *  - a volume attached read-only anywhere may be attached read-only again,
+ *    never read-write;
+ *  - a template of qcow2 clones is attached read-only only (a write under
+ *    its overlays would change what they read).
+ */
+import type { Store, VmDisk } from '../store/index.js';
+import type { DiskSpec } from '../hypervisors/types.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { VolumeRecord } from '../../protocol/rpc.js';
+import type { VolumeFiles } from './files.js';
+import type { VolumeTransitions } from './transition.js';
+
+export interface DiskRequest {
+  volume: string;
+  readOnly?: boolean;
+}
+
+export interface VolumeAttachDeps {
+  store: Store;
+  files: VolumeFiles;
+  transitions: VolumeTransitions;
+}
+
+export function createVolumeAttach(d: VolumeAttachDeps) {
+  const repo = d.store.volumes;
+
+  function problem(v: VolumeRecord, readOnly: boolean): MvirtError | null {
+    const writer = v.attachedTo.find((a) => !a.readOnly);
+    if (writer)
+      return new MvirtError(
+        'VOLUME_IN_USE',
+        `volume ${v.name} is attached read-write to VM ${writer.vm}`,
+        { details: { vms: [writer.vm] } },
+      );
+    if (!readOnly && v.attachedTo.length > 0)
+      return new MvirtError(
+        'VOLUME_IN_USE',
+        `volume ${v.name} is attached read-only to VM ${v.attachedTo.map((a) => a.vm).join(', ')}; attach it read-only too`,
+        { details: { vms: v.attachedTo.map((a) => a.vm) } },
+      );
+    const clones = repo.clonesOf(v.id);
+    if (!readOnly && clones.length > 0)
+      return new MvirtError(
+        'VOLUME_IN_USE',
+        `volume ${v.name} is the template of clone ${clones.join(', ')}; attach it read-only`,
+        { details: { clones } },
+      );
+    return null;
+  }
+
+  return {
+    /**
+     * Resolve and check a VM's disks (names or ids → ids). Call again inside
+     * the creating transaction: `attach` re-checks synchronously.
+     */
+    resolve(disks: readonly DiskRequest[]): VmDisk[] {
+      return disks.map((r) => {
+        const v = repo.find(r.volume);
+        if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${r.volume}`);
+        const readOnly = r.readOnly ?? false;
+        const p = problem(v, readOnly);
+        if (p) throw p;
+        return { volume: v.id, readOnly };
+      });
+    },
+
+    /**
+     * Inside vm.create's transaction (synchronous, so no other attach slips
+     * in between check and write): the disk rows and each volume's change.
+     */
+    attach(vmId: string, vmName: string, disks: readonly VmDisk[]): void {
+      for (const disk of disks) {
+        const v = repo.get(disk.volume);
+        if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `volume ${disk.volume} was deleted`);
+        const p = problem(v, disk.readOnly);
+        if (p) throw p;
+      }
+      repo.addDisks(vmId, disks);
+      for (const disk of disks)
+        d.transitions.change(disk.volume, {
+          to: 'attached',
+          what: `attached to VM ${vmName}${disk.readOnly ? ' read-only' : ''}`,
+          objects: [vmId],
+          data: { vm: vmId, readOnly: disk.readOnly },
+        });
+    },
+
+    /** After a VM's rows are gone: the volumes it held, available again when nobody else holds them. */
+    released(vmId: string, vmName: string, disks: readonly VmDisk[]): void {
+      for (const disk of disks) {
+        const v = repo.get(disk.volume);
+        if (!v) continue;
+        d.transitions.change(disk.volume, {
+          ...(v.attachedTo.length === 0 ? { to: 'available' as const } : {}),
+          what: `detached from VM ${vmName} (deleted)`,
+          objects: [vmId],
+        });
+      }
+    },
+
+    /**
+     * The hypervisor's view of a VM's disks for one boot, in order: each
+     * file checked (never a link), with its format and serial; a qcow2
+     * overlay brings its template (read-only) along in `backing`.
+     */
+    async bootDisks(vmId: string): Promise<DiskSpec[]> {
+      const out: DiskSpec[] = [];
+      for (const disk of repo.disksOf(vmId)) {
+        const v = repo.get(disk.volume);
+        if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `volume ${disk.volume} is gone`);
+        const backing: DiskSpec['backing'] = [];
+        for (let b = v.backing; b !== null;) {
+          const t = repo.get(b);
+          if (!t) throw new MvirtError('VOLUME_NOT_FOUND', `template volume ${b} is gone`);
+          backing.push({
+            path: await d.files.checkFile(t.id, t.format),
+            name: d.files.nameOf(t.id, t.format),
+          });
+          b = t.backing;
+        }
+        out.push({
+          path: await d.files.checkFile(v.id, v.format),
+          name: d.files.nameOf(v.id, v.format),
+          readOnly: disk.readOnly,
+          format: v.format,
+          serial: v.id,
+          backing,
+        });
+      }
+      return out;
+    },
+  };
+}
+
+export type VolumeAttach = ReturnType<typeof createVolumeAttach>;

@@ -1,0 +1,74 @@
+/**
+ * Storage capacity: a new volume (or a resize's growth) must fit both the
+ * free space of the volumes folder's file system and `--storage-max-gib`.
+ * Sizes count in full (virtual size, not what a sparse file takes today): a
+ * guest may fill its disk, and a host whose disk fills up fails every VM on
+ * it at once, mid-write.
+ */
+import { statfsSync } from 'node:fs';
+import { MvirtError } from '../../protocol/errors.js';
+import type { SystemInfo } from '../../protocol/rpc.js';
+import type { VolumeRepo } from '../store/index.js';
+import type { VolumeFiles } from './files.js';
+
+export interface CapacityOptions {
+  /** --storage-max-gib in bytes; null: no cap beyond the free space. */
+  maxBytes: number | null;
+}
+
+const GIB = 1024 * 1024 * 1024;
+const gib = (n: number): string => `${(n / GIB).toFixed(2)} GiB`;
+
+export function createCapacity(
+  files: VolumeFiles,
+  repo: Pick<VolumeRepo, 'totals'>,
+  opts: CapacityOptions,
+) {
+  /** Free bytes for mvirtd (statfs: blocks available to unprivileged users, times block size). */
+  const freeBytes = (): number => {
+    const s = statfsSync(files.dir);
+    return s.bavail * s.bsize;
+  };
+  return {
+    /** STORAGE_FULL, naming what is free, unless `bytes` more fit. */
+    async require(bytes: number): Promise<void> {
+      const free = await files.freeBytes();
+      if (bytes > free)
+        throw new MvirtError(
+          'STORAGE_FULL',
+          `${gib(bytes)} do not fit: ${gib(free)} (${free} bytes) free in the volumes folder`,
+          { details: { limit: 'disk', requestedBytes: bytes, freeBytes: free } },
+        );
+      if (opts.maxBytes !== null) {
+        const { provisioned } = repo.totals();
+        const left = Math.max(0, opts.maxBytes - provisioned);
+        if (bytes > left)
+          throw new MvirtError(
+            'STORAGE_FULL',
+            `${gib(bytes)} do not fit: ${gib(left)} (${left} bytes) of --storage-max-gib ${gib(opts.maxBytes)} are free`,
+            {
+              details: {
+                limit: 'storageMax',
+                requestedBytes: bytes,
+                freeBytes: left,
+                maxBytes: opts.maxBytes,
+                provisionedBytes: provisioned,
+              },
+            },
+          );
+      }
+    },
+    /** system.info's storage figures (synchronous: statfs is one cheap syscall). */
+    info(): NonNullable<SystemInfo['storage']> {
+      const t = repo.totals();
+      return {
+        provisionedBytes: t.provisioned,
+        usedBytes: t.used,
+        freeBytes: freeBytes(),
+        maxBytes: opts.maxBytes,
+      };
+    },
+  };
+}
+
+export type Capacity = ReturnType<typeof createCapacity>;
