@@ -51,6 +51,17 @@ export interface HypervisorConfinement {
 export interface DiskSpec {
   path: string;
   readOnly: boolean;
+  /** Default raw (the image's root disk, the seed). */
+  format?: 'raw' | 'qcow2';
+  /** virtio-blk serial (at most 20 bytes): the guest's /dev/disk/by-id/virtio-<serial>. */
+  serial?: string;
+  /** The file name (volumes: `<id>.<format>`), where it differs from the path's. */
+  name?: string;
+  /**
+   * qcow2 overlays: the template files QEMU opens read-only through the
+   * overlay's relative backing reference, nearest first.
+   */
+  backing?: { path: string; name: string }[];
 }
 
 export interface LaunchSpec {

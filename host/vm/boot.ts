@@ -6,7 +6,8 @@
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { requireCapability, requireChannel } from '../hypervisors/index.js';
-import type { LaunchSpec } from '../hypervisors/types.js';
+import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
+import { linkDisks, unlinkDisks } from './disks.js';
 import type { MvirtLogger } from '../log.js';
 import type { BootNetwork } from '../network/index.js';
 import { CMDLINE_KEYS } from '../../protocol/agent.js';
@@ -26,6 +27,8 @@ interface BootCtx {
   image?: ResolvedImage;
   live?: Live;
   net?: BootNetwork;
+  /** The VM's volumes for this boot, linked into its folder. */
+  disks?: DiskSpec[];
 }
 
 const NOTHING_RESERVED: Reserved = { vms: 0, vcpus: 0, memoryMiB: 0 };
@@ -135,6 +138,17 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
       },
     },
     {
+      // After the image root disk and before the seed: the guest sees them in
+      // this order, each also under /dev/disk/by-id/virtio-<volume id>.
+      name: 'link volumes',
+      run: async (c) => {
+        c.disks = ctx.volumes ? await linkDisks(ctx.volumes, c.vm.id, c.live!.dir) : [];
+      },
+      undo: (c) => {
+        if (ctx.volumes) unlinkDisks(ctx.volumes, c.live!.dir, c.live!.log);
+      },
+    },
+    {
       // TAP on the bridge (or user mode's passt), the per-boot token, the seed disk.
       name: 'prepare network',
       run: async (c) => {
@@ -156,7 +170,11 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
           initrd: img.initrd,
           cmdline: img.cmdline,
           // The image's root disk first: the µOS looks for its squashfs on the first disks.
-          disks: [...(img.disk ? [{ path: img.disk, readOnly: true }] : []), ...net.disks],
+          disks: [
+            ...(img.disk ? [{ path: img.disk, readOnly: true }] : []),
+            ...(c.disks ?? []),
+            ...net.disks,
+          ],
           dir: live.dir,
           channel: net.channel ?? live.hv.capabilities.channels[0] ?? 'virtio-serial',
           // The backend adds mvirt.vm and mvirt.channel itself.

@@ -20,6 +20,8 @@ import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.
 import type { Topics } from '../../protocol/topics.js';
 import type { ImageStore } from './images.js';
 import type { Live } from './live.js';
+import type { VolumeAttach } from '../volumes/attach.js';
+import type { VolumeFiles } from '../volumes/files.js';
 
 export interface VmManagerOptions {
   /** `<data-dir>/vm`: one folder per VM id. */
@@ -52,6 +54,8 @@ export interface CreateVmParams {
   userData?: string;
   metaData?: string;
   networkConfig?: string;
+  /** Volumes attached at every boot, in order (vm/disks.ts). */
+  disks?: { volume: string; readOnly?: boolean }[];
 }
 
 export interface VmManagerDeps {
@@ -61,6 +65,8 @@ export interface VmManagerDeps {
   hypervisors: HypervisorRegistry;
   images: ImageStore;
   network: Network;
+  /** Volumes as disks; without it vm.create refuses disks. */
+  volumes?: { attach: VolumeAttach; files: VolumeFiles };
   /** Each VM's agent session (host/agent/). */
   agents: AgentSessions;
   /** Whether a client subscribes to a topic now (the broker's hasSubscriber); default: always. */

@@ -9,6 +9,7 @@ import type { ExitInfo, RunningVm } from '../hypervisors/types.js';
 import type { VmState } from '../../protocol/rpc.js';
 import type { Level, VmContext } from './context.js';
 import { clearTimers, type Live } from './live.js';
+import { unlinkDisks } from './disks.js';
 import { canTransition } from './states.js';
 import { isActiveVm } from '../../protocol/states.js';
 
@@ -39,6 +40,7 @@ export function exitPart(ctx: VmContext): Pick<VmContext, 'watchExit' | 'removeS
       ctx.log.error({ vmId: live.id, err }, 'cannot delete runtime row');
     }
     removeSockets(live.dir, sockets);
+    if (ctx.volumes) unlinkDisks(ctx.volumes, live.dir, live.log);
     ctx.network
       .release(live.id)
       .catch((err: unknown) => live.log.warn({ err }, 'cannot release the network of the VM'));

@@ -12,6 +12,7 @@ import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord } from '../../protocol/rpc.js';
 import type { CreateVmParams, VmContext } from './context.js';
 import { clearTimers, exitsWithin } from './live.js';
+import { unlinkDisks } from './disks.js';
 import { canTransition } from './states.js';
 import {
   DOWN_VM_STATES,
@@ -82,8 +83,14 @@ export function vmOperations(ctx: VmContext) {
       live.running.signal('SIGKILL');
       await exitsWithin(live.running, options.killTimeoutMs);
     }
+    if (ctx.volumes) unlinkDisks(ctx.volumes, ctx.dirOf(id), ctx.log);
     await rm(ctx.dirOf(id), { recursive: true, force: true });
-    vms.delete(id);
+    const disks = ctx.store.volumes.disksOf(id);
+    // The disk rows go with the VM's (a foreign key cascade); its volumes follow.
+    ctx.store.db.transaction(() => {
+      vms.delete(id);
+      ctx.volumes?.attach.released(id, cur.name, disks);
+    })();
     ctx.lastFailure.delete(id);
     ctx.publish(topics.vmState(id), '', true); // clears the retained state
     ctx.audit(`${cur.name}: deleted`, [id, `image:${cur.image}`]);
@@ -124,6 +131,10 @@ export function vmOperations(ctx: VmContext) {
       const image = p.image ?? options.defaults.image;
       await ctx.images.resolve(image);
       const net = network.resolve(p.network);
+      if (p.disks?.length && !ctx.volumes)
+        throw new MvirtError('CAPABILITY_UNSUPPORTED', 'this mvirtd has no volume storage');
+      // Checked before anything is written, and again inside the transaction.
+      const disks = ctx.volumes?.attach.resolve(p.disks ?? []) ?? [];
       const id = `vm-${randomBytes(6).toString('hex')}`;
       try {
         // One transaction: a VM whose address cannot be allocated is not created.
@@ -144,6 +155,7 @@ export function vmOperations(ctx: VmContext) {
             ...(p.metaData !== undefined ? { metaData: p.metaData } : {}),
             ...(p.networkConfig !== undefined ? { networkConfig: p.networkConfig } : {}),
           });
+          if (disks.length > 0) ctx.volumes!.attach.attach(id, p.name, disks);
         })();
       } catch (err) {
         if (err instanceof MvirtError) throw err;
@@ -154,7 +166,7 @@ export function vmOperations(ctx: VmContext) {
       }
       const rec = vms.get(id)!;
       ctx.publishState(rec);
-      ctx.audit(`${p.name}: created`, [id, `image:${image}`], {
+      ctx.audit(`${p.name}: created`, [id, `image:${image}`, ...disks.map((d) => d.volume)], {
         name: p.name,
         image,
         vcpus,
@@ -162,6 +174,7 @@ export function vmOperations(ctx: VmContext) {
         backend,
         network: net,
         ...(rec.ip ? { ip: rec.ip, mac: rec.mac } : {}),
+        ...(disks.length > 0 ? { disks } : {}),
       });
       events.publishVmEvent(id, { at: rec.createdAt, type: 'created' });
       return rec;

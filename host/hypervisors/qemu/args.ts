@@ -167,11 +167,17 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
 
   spec.disks.forEach((disk, i) => {
     const ro = disk.readOnly ? ',readonly=on' : '';
+    // The format is always named: probing would let a raw disk whose guest
+    // wrote a qcow2 header make QEMU open the backing file that header names.
+    const format = disk.format ?? 'raw';
+    if (disk.serial !== undefined && !/^[A-Za-z0-9-]{1,20}$/.test(disk.serial)) {
+      throw new MvirtError('INVALID_PARAMS', `bad disk serial ${disk.serial}`);
+    }
     args.push(
       '-drive',
-      `file=${optValue(disk.path)},if=none,format=raw,id=d${i}${ro}`,
+      `file=${optValue(disk.path)},if=none,format=${format},id=d${i}${ro}`,
       '-device',
-      `${virtio('blk')},drive=d${i}`,
+      `${virtio('blk')},drive=d${i}${disk.serial !== undefined ? `,serial=${disk.serial}` : ''}`,
     );
   });
 

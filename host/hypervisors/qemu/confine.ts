@@ -258,8 +258,14 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       await chown(spec.dir, uid, uid);
       await chmod(spec.dir, 0o700);
       // Files mvirtd put in the folder for QEMU (the seed disk, the console) become the VM's.
+      // Volumes are hard links mvirtd made in the folder just now (vm/disks.ts):
+      // the volume's file, and a qcow2 overlay's templates, become the VM's
+      // for the run and are given back when it ends.
       for (const d of spec.disks) {
         if (path.dirname(d.path) === spec.dir) await chown(d.path, uid, uid);
+        for (const b of d.backing ?? []) {
+          if (path.dirname(b.path) === spec.dir) await chown(b.path, uid, uid);
+        }
       }
       for (const f of handOver) await chown(f, uid, uid);
       // Read-only inputs outside the folder (kernel, initrd, image disk) must be
