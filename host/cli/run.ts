@@ -16,6 +16,7 @@ import { infoCommands } from './info.js';
 import type { Io } from './io.js';
 import { jobCommands } from './jobs.js';
 import { poolCommands } from './pool.js';
+import { volumeCommands } from './volume.js';
 import { topCommands } from './top.js';
 import { vmCommands } from './vm.js';
 
@@ -23,6 +24,7 @@ export const COMMANDS: Command[] = [
   ...vmCommands,
   ...jobCommands,
   ...poolCommands,
+  ...volumeCommands,
   ...infoCommands,
   ...eventsCommands,
   ...topCommands,

@@ -85,6 +85,16 @@ const print = (ctx: Context, vm: VmRecord): number => {
   return EXIT.OK;
 };
 
+/** `--disk VOL[:ro]` → vm.create's disks (undefined when none). */
+export function parseDisks(specs: string[]): { volume: string; readOnly?: boolean }[] | undefined {
+  if (specs.length === 0) return undefined;
+  return specs.map((s) => {
+    const m = /^([^:]+)(?::(ro|rw))?$/.exec(s);
+    if (!m) throw new UsageError(`--disk ${s}: expected VOLUME or VOLUME:ro`);
+    return m[2] === 'ro' ? { volume: m[1]!, readOnly: true } : { volume: m[1]! };
+  });
+}
+
 /** A one-VM action with no options: pause, resume, reboot, kill. */
 function simple(
   method: 'vm.pause' | 'vm.resume' | 'vm.reboot' | 'vm.kill',
@@ -171,9 +181,16 @@ const commands: Command[] = [
         help: 'hypervisor backend (default: the host default)',
       },
       meta: { type: 'string', multiple: true, value: 'K=V', help: 'metadata, repeatable' },
+      disk: {
+        type: 'string',
+        multiple: true,
+        value: 'VOL[:ro]',
+        help: 'attach a volume at every boot, in order (`:ro` read-only), repeatable',
+      },
     },
     examples: [
       'mvirt vm create web-1',
+      'mvirt vm create db-1 --disk pgdata --disk seed-data:ro',
       'mvirt vm create web-2 --vcpus 2 --memory 512 --network user --meta team=blue',
       'mvirt vm create web-3 --network bridge --user-data ./cloud-config.yaml',
     ],
@@ -197,6 +214,7 @@ const commands: Command[] = [
         userData: await readDoc(str(p, 'user-data'), '--user-data'),
         metaData: await readDoc(str(p, 'meta-data'), '--meta-data'),
         networkConfig: await readDoc(str(p, 'network-config'), '--network-config'),
+        disks: parseDisks((p.values.disk as string[] | undefined) ?? []),
       };
       const c = await ctx.client();
       const vm = await c.call(

@@ -29,6 +29,7 @@ describe('docs/protocol.md', () => {
       t.jobState('<jobId>'),
       t.jobOutput('<jobId>'),
       t.poolState('<name>'),
+      t.volumeState('<volumeId>'),
     ];
     for (const topic of publicTopics)
       assert.ok(doc.includes(`\`${topic}\``), `${topic} is missing`);
