@@ -14,7 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
 import { hashPassword } from '../../../host/broker/passwords.js';
-import type { EventRecord, ReplyEnvelope, VmRecord } from '../../../protocol/rpc.js';
+import type { EventRecord, ReplyEnvelope, VmRecord, VolumeRecord } from '../../../protocol/rpc.js';
 import { createFakeHypervisor, killFakes } from '../../../harness/fake-vms.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
@@ -155,6 +155,12 @@ const PARAMS: Record<string, unknown> = {
   'pool.get': { name: 'nope' },
   'pool.list': {},
   'pool.delete': { name: 'nope' },
+  'volume.create': undefined, // filled per role: a fresh name
+  'volume.get': { volume: 'nope' },
+  'volume.list': {},
+  'volume.resize': { volume: 'nope', sizeMiB: 2 },
+  'volume.delete': { volume: 'nope' },
+  'volume.clone': { volume: 'nope', name: 'nope-2' },
   'events.query': {},
   'metrics.query': { from: 0 },
 };
@@ -169,6 +175,8 @@ const READS = [
   'pool.list',
   'events.query',
   'metrics.query',
+  'volume.get',
+  'volume.list',
 ];
 const OPERATE = [
   'vm.create',
@@ -181,6 +189,10 @@ const OPERATE = [
   'vm.delete',
   'job.run',
   'job.cancel',
+  'volume.create',
+  'volume.resize',
+  'volume.delete',
+  'volume.clone',
 ];
 /** What docs/security.md promises each role. */
 const ALLOWED: Record<string, string[]> = {
@@ -202,7 +214,9 @@ describe('each role against each method (mosquitto_pub → mosquitto_sub)', () =
               ? { name: `vm-of-${login}` }
               : method === 'pool.set'
                 ? { name: `pool-of-${login}`, min: 0 }
-                : PARAMS[method];
+                : method === 'volume.create'
+                  ? { name: `vol-of-${login}`, sizeMiB: 1 }
+                  : PARAMS[method];
           const reply = await r.call(method, params);
           const code = reply.ok ? 'ok' : reply.error.code;
           if (ALLOWED[user]!.includes(method))
@@ -212,12 +226,14 @@ describe('each role against each method (mosquitto_pub → mosquitto_sub)', () =
       } finally {
         r.sub.stop();
       }
-      // A refusal changed nothing: the viewer created no VM.
-      if (user === 'viewer')
+      // A refusal changed nothing: the viewer created no VM and no volume.
+      if (user === 'viewer') {
         assert.equal(
           d.daemon.vms.list().some((v: VmRecord) => v.name === 'vm-of-viewer'),
           false,
         );
+        assert.equal(d.daemon.store.volumes.nameTaken('vol-of-viewer'), false);
+      }
     });
   }
 
@@ -265,6 +281,47 @@ describe('scopes', () => {
     }
   });
 
+  test('a scoped operator sees and uses only its own volumes', async () => {
+    const a = await replies('op-a');
+    const b = await replies('op-b');
+    try {
+      const va = await a.call('volume.create', { name: 'vol-a', sizeMiB: 1 });
+      const vb = await b.call('volume.create', { name: 'vol-b', sizeMiB: 1 });
+      assert.ok(va.ok && vb.ok);
+      const idB = (vb.result as VolumeRecord).id;
+      const list = await a.call('volume.list', {});
+      assert.ok(list.ok);
+      assert.deepEqual(
+        (list.result as { volumes: VolumeRecord[] }).volumes.map((v) => v.name),
+        ['vol-a'],
+      );
+      for (const [m, params] of [
+        ['volume.get', { volume: 'vol-b' }],
+        ['volume.delete', { volume: idB }],
+        ['volume.resize', { volume: 'vol-b', sizeMiB: 4 }],
+        ['volume.clone', { volume: 'vol-b', name: 'stolen' }],
+        ['vm.create', { name: 'thief', disks: [{ volume: 'vol-b' }] }],
+      ] as const) {
+        const r = await a.call(m, params);
+        assert.equal(r.ok ? 'ok' : r.error.code, 'FORBIDDEN', m);
+      }
+      assert.equal(d.daemon.store.volumes.get(idB)?.sizeBytes, 1024 * 1024, 'vol-b unchanged');
+      assert.equal(d.daemon.vms.resolveId('thief'), undefined);
+      // Its own volume it may attach; the clone carries its label.
+      const vm = await a.call('vm.create', { name: 'with-disk', disks: [{ volume: 'vol-a' }] });
+      assert.ok(vm.ok, JSON.stringify(vm));
+      const cl = await a.call('volume.clone', {
+        volume: 'vol-a',
+        name: 'vol-a-copy',
+        mode: 'full',
+      });
+      assert.equal(cl.ok ? 'ok' : cl.error.code, 'VOLUME_IN_USE', 'attached read-write');
+    } finally {
+      a.sub.stop();
+      b.sub.stop();
+    }
+  });
+
   test('a scoped controller acts only on its own VMs and lists only them', async () => {
     const a = await replies('op-a');
     try {
@@ -276,7 +333,7 @@ describe('scopes', () => {
       const list = await a.call('vm.list', {});
       assert.ok(list.ok);
       const names = (list.result as { vms: VmRecord[] }).vms.map((v) => v.name);
-      assert.deepEqual(names, ['scoped-a']);
+      assert.deepEqual(names.sort(), ['scoped-a', 'with-disk']);
     } finally {
       a.sub.stop();
     }
