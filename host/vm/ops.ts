@@ -158,6 +158,7 @@ export function vmOperations(ctx: VmContext) {
           if (disks.length > 0) ctx.volumes!.attach.attach(id, p.name, disks);
         })();
       } catch (err) {
+        if (disks.length > 0) ctx.volumes!.attach.republish(disks);
         if (err instanceof MvirtError) throw err;
         if (String(err).includes('UNIQUE')) {
           throw new MvirtError('VM_EXISTS', `a VM named ${p.name} already exists`);

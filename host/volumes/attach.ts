@@ -90,6 +90,14 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
         });
     },
 
+    /**
+     * vm.create's transaction rolled back after attach() ran: the records it
+     * published no longer hold; publish what the database says again.
+     */
+    republish(disks: readonly VmDisk[]): void {
+      for (const disk of disks) d.transitions.publish(disk.volume, repo.get(disk.volume));
+    },
+
     /** After a VM's rows are gone: the volumes it held, available again when nobody else holds them. */
     released(vmId: string, vmName: string, disks: readonly VmDisk[]): void {
       for (const disk of disks) {
