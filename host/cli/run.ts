@@ -35,6 +35,7 @@ const GROUPS: Record<string, string> = {
   vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm',
   job: 'inspect jobs: ls (also `mvirt jobs`), get, cancel; start one with `mvirt run`',
   pool: 'keep ready VMs for jobs: set, ls, get, rm',
+  volume: 'disks that outlive VMs: create, ls, get, rm, resize, clone',
   info: 'show the host',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',
@@ -86,7 +87,7 @@ function groupHelp(group: string): string {
 }
 
 /** Groups whose commands take two words (`mvirt vm ls`). */
-const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool']);
+const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool', 'volume']);
 
 const depthOf = (group: string): number =>
   group === 'help' ? 3 : SUBCOMMAND_GROUPS.has(group) ? 2 : 1;
