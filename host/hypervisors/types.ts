@@ -55,6 +55,11 @@ export interface DiskSpec {
   format?: 'raw' | 'qcow2';
   /** virtio-blk serial (at most 20 bytes): the guest's /dev/disk/by-id/virtio-<serial>. */
   serial?: string;
+  /**
+   * A file other VMs may open too (a volume attached read-only): the VM's
+   * user may read it, never own it. Templates in `backing` are always shared.
+   */
+  shared?: boolean;
   /** The file name (volumes: `<id>.<format>`), where it differs from the path's. */
   name?: string;
   /**

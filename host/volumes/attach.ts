@@ -135,6 +135,7 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
           path: await d.files.checkFile(v.id, v.format),
           name: d.files.nameOf(v.id, v.format),
           readOnly: disk.readOnly,
+          shared: disk.readOnly,
           format: v.format,
           serial: v.id,
           backing,

@@ -31,8 +31,13 @@ const FIND =
   'for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && D=/dev/${b##*/}; done; [ -n "$D" ] || { echo "no disk with serial $ID" >&2; exit 9; }';
 const MARK = 'mvirt-volume-data-42';
 
-async function boot(c: RpcClient, name: string, volume: string): Promise<VmRecord> {
-  ok(await c.call('vm.create', { name, memoryMiB: 256, disks: [{ volume }] }));
+async function boot(
+  c: RpcClient,
+  name: string,
+  volume: string,
+  readOnly = false,
+): Promise<VmRecord> {
+  ok(await c.call('vm.create', { name, memoryMiB: 256, disks: [{ volume, readOnly }] }));
   const vm = ok(
     await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
   );
@@ -96,7 +101,17 @@ test('a volume keeps its data from one VM to the next', { skip, timeout: 600_000
     assert.equal(del.ok ? 'ok' : del.error.code, 'VOLUME_IN_USE');
     ok(await c.call('vm.delete', { vm: 'writer' }));
 
-    await boot(c, 'reader', 'shared');
+    // Read-only, a volume other VMs may open too stays mvirtd's: its QEMU may
+    // read it, never write it (a guest that took QEMU over must not reach
+    // what another VM reads).
+    const two = await boot(c, 'reader', 'shared', true);
+    assert.equal(statSync(file).uid, process.getuid!());
+    assert.equal(statSync(file).mode & 0o022, 0, 'nobody else may write it');
+    assert.equal(statSync(file).mode & 0o004, 0o004, "readable by the VM's user");
+    assert.equal(
+      statSync(path.join(dataDir, 'vm', two.id, `${vol.id}.raw`)).ino,
+      statSync(file).ino,
+    );
     const r = await sh(
       c,
       'reader',

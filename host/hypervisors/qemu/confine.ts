@@ -26,7 +26,7 @@
 import { execFile as execFileCb } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
-import { chmod, chown, readdir, readlink, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -136,6 +136,13 @@ export interface Confiner {
    * process (a VM that ended while mvirtd was down); busy ones stay.
    */
   sweep(vmRoot: string, log: Logger): Promise<void>;
+}
+
+/** o+r on the file itself (lstat: never through a link). */
+async function readableByOthers(p: string): Promise<void> {
+  const st = await lstat(p);
+  if (!st.isFile()) throw new Error(`${p} is not a regular file`);
+  if ((st.mode & 0o004) === 0) await chmod(p, (st.mode & 0o7777) | 0o004);
 }
 
 export function memoryLimitBytes(memoryMiB: number, tcgTbSizeMiB: number): number {
@@ -259,12 +266,18 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       await chmod(spec.dir, 0o700);
       // Files mvirtd put in the folder for QEMU (the seed disk, the console) become the VM's.
       // Volumes are hard links mvirtd made in the folder just now (vm/disks.ts):
-      // the volume's file, and a qcow2 overlay's templates, become the VM's
-      // for the run and are given back when it ends.
+      // a volume attached read-write becomes the VM's for the run and is
+      // given back when it ends. One that other VMs may open too (attached
+      // read-only, or a qcow2 overlay's template) stays mvirtd's and is only
+      // made readable: owning it, a QEMU taken over by its guest could write
+      // what every other clone reads. (The file is reachable only through the
+      // 0700 volumes folder and this VM's 0700 folder.)
       for (const d of spec.disks) {
-        if (path.dirname(d.path) === spec.dir) await chown(d.path, uid, uid);
+        if (path.dirname(d.path) !== spec.dir) continue;
+        if (d.shared) await readableByOthers(d.path);
+        else await chown(d.path, uid, uid);
         for (const b of d.backing ?? []) {
-          if (path.dirname(b.path) === spec.dir) await chown(b.path, uid, uid);
+          if (path.dirname(b.path) === spec.dir) await readableByOthers(b.path);
         }
       }
       for (const f of handOver) await chown(f, uid, uid);
