@@ -4,6 +4,7 @@
  * which is what the schema's 100×1024 bound allows for.
  */
 import type { Telemetry } from '../protocol/agent.js';
+import { listBlockDevices } from './block-devices.js';
 import type { Platform } from './platform/types.js';
 
 // Filesystems that hold no user data: not worth a disk entry.
@@ -144,6 +145,7 @@ export function createTelemetrySampler(platform: Platform): TelemetrySampler {
         procs: l.procs,
         disk,
         net: parseNetDev(netdev),
+        blockDevices: await listBlockDevices(platform, mounts),
       };
     },
   };

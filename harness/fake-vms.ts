@@ -226,6 +226,8 @@ function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
     killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
     readText: async (p) => (p === settings.initUptimePath ? '0.10 0.05\n' : linux.readText(p)),
     statfs: (p) => linux.statfs(p),
+    // No disks: the test host's /sys/block is not the guest's.
+    listDir: async () => [],
     cmdline: async () => `mvirt.vm=${vm.vmId} mvirt.root=${vm.root} mvirt.channel=virtio-serial`,
     uname: () => ({ release: '6.1.0-fake-real', hostname: vm.vmId }),
     openChannel: () =>

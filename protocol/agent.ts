@@ -166,6 +166,17 @@ const DiskUsage = z.strictObject({
   usedBytes: counter,
 });
 
+const BlockDevice = z.strictObject({
+  /** As /sys/block names it (vda, vdb…). */
+  name: word(32).min(1),
+  /** The serial the host gave the disk: a volume's id. */
+  serial: printable(20).min(1).optional(),
+  sizeBytes: counter,
+  readOnly: z.boolean(),
+  /** Where it (or a partition of it) is mounted; its usage is under `disk`. */
+  mount: printable(256).min(1).optional(),
+});
+
 export const Telemetry = z.strictObject({
   at: ms,
   cpuPercent: z.number().min(0).max(TELEMETRY_LIMITS.cpuPercent),
@@ -178,6 +189,8 @@ export const Telemetry = z.strictObject({
   procs: z.number().int().nonnegative().max(TELEMETRY_LIMITS.procs),
   disk: z.array(DiskUsage).max(32),
   net: z.array(NetCounters).max(32),
+  /** Optional: agents of images built before it was added do not send it. */
+  blockDevices: z.array(BlockDevice).max(32).optional(),
 });
 export type Telemetry = z.infer<typeof Telemetry>;
 

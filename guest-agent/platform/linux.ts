@@ -1,7 +1,7 @@
 /** The real Platform: Linux, as seen from inside the µOS (busybox init is PID 1). */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, mkdir, open, readFile, statfs, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, readdir, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { connect } from 'node:net';
 import os from 'node:os';
@@ -73,6 +73,9 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       } catch {
         return false;
       }
+    },
+    async listDir(p) {
+      return readdir(p).catch(() => []);
     },
     async readText(p) {
       try {

@@ -53,6 +53,8 @@ export interface Platform {
   jobGroup(jobId: string, pid: number): Promise<JobGroup | null>;
   /** Signal a whole process group; false when it no longer exists. */
   killGroup(pgid: number, signal: NodeJS.Signals): boolean;
+  /** Names in a folder (usually under /sys), or none when it cannot be read. */
+  listDir(path: string): Promise<string[]>;
   /** Text of a (usually /proc or /run) file, or null when it does not exist. */
   readText(path: string): Promise<string | null>;
   statfs(path: string): Promise<StatFs | null>;

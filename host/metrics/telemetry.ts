@@ -59,6 +59,7 @@ export function toVmTelemetry(vmId: string, t: Telemetry, receivedAt: number): V
     procs: t.procs,
     disk: t.disk,
     net: t.net,
+    ...(t.blockDevices ? { blockDevices: t.blockDevices } : {}),
     vmId,
     receivedAt,
     diskUsedBytes,

@@ -72,6 +72,13 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
       };
     },
     killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
+    async listDir(dir) {
+      const names = new Set<string>();
+      for (const f of p.files.keys()) {
+        if (f.startsWith(`${dir}/`)) names.add(f.slice(dir.length + 1).split('/')[0]!);
+      }
+      return [...names];
+    },
     async readText(path) {
       events.emit('read', path);
       return p.files.get(path) ?? null;

@@ -72,3 +72,36 @@ test('parsers cope with odd input', () => {
   assert.deepEqual(parseMounts(''), ['/']);
   assert.deepEqual(parseMounts('a /x\\040y ext4 rw 0 0\nb /p proc rw 0 0\n'), ['/', '/x y']);
 });
+
+test('block devices: name, serial, size, read-only and mount; loop devices and bad serials left out', async () => {
+  const h = await startHarness({ settings: { telemetryMs: 100 } });
+  try {
+    const f = h.platform.files;
+    const disk = (name: string, sectors: string, ro: string, serial?: string) => {
+      f.set(`/sys/block/${name}/size`, `${sectors}\n`);
+      f.set(`/sys/block/${name}/ro`, `${ro}\n`);
+      if (serial !== undefined) f.set(`/sys/block/${name}/serial`, serial);
+    };
+    disk('vda', '65536', '1'); // the image's root disk: no serial
+    disk('vdb', '32768', '0', 'vol-0123456789ab\n');
+    disk('vdc', '2048', '0', 'bad\x1b[2Jserial'); // a serial is the host's, but a terminal escape is refused anyway
+    disk('loop0', '8', '0');
+    f.set('/proc/mounts', `${f.get('/proc/mounts')}/dev/vdb1 /mnt/my\\040data ext2 rw 0 0\n`);
+    const since = h.received.length;
+    const t = await h.waitFor('telemetry', (m) => (m.blockDevices?.length ?? 0) > 0, { since });
+    assert.equal(Telemetry.safeParse(t).success, true);
+    assert.deepEqual(t.blockDevices, [
+      { name: 'vda', sizeBytes: 65536 * 512, readOnly: true, mount: '/mnt/os' },
+      {
+        name: 'vdb',
+        sizeBytes: 32768 * 512,
+        readOnly: false,
+        serial: 'vol-0123456789ab',
+        mount: '/mnt/my data',
+      },
+      { name: 'vdc', sizeBytes: 2048 * 512, readOnly: false },
+    ]);
+  } finally {
+    await h.close();
+  }
+});
