@@ -56,6 +56,11 @@ test('a flood of output: live in order and complete, stored up to the retention 
   const keptBytes = kept.reduce((n, c) => n + Buffer.byteLength(c.data), 0);
   assert.ok(keptBytes <= RETAIN, `${keptBytes} bytes stored`);
   assert.equal(done.dropped.bytes + keptBytes, done.outputBytes);
-  assert.equal(kept.at(-1)!.seq, done.nextSeq - 1);
-  assert.equal(kept.at(-1)!.data, 'done\n');
+  assert.equal(kept.at(-1)!.seq, done.nextSeq - 1, 'the newest chunks are the ones kept');
+  // stdout and stderr are two pipes: which the agent reads last is not fixed
+  // (seen in a loaded run: the tail of stdout after stderr's line).
+  assert.deepEqual(
+    kept.filter((c) => c.stream === 'stderr').map((c) => c.data),
+    ['done\n'],
+  );
 });
