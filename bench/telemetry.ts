@@ -61,6 +61,7 @@ function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
       gracefulShutdown: false,
       console: false,
       directKernelBoot: true,
+      hotplugDisks: false,
     },
     probe: async () => ({ available: true, accel: 'sim' }),
     async launch(spec, _log: Logger): Promise<RunningVm> {

@@ -408,6 +408,8 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       gracefulShutdown: true,
       console: true,
       directKernelBoot: true,
+      // Fake VMs have no block devices to plug: vm.attachDisk on a running one is refused.
+      hotplugDisks: false,
       ...options.capabilities,
     },
     probe: async () =>

@@ -39,6 +39,9 @@ export const ERROR_CODES = {
     'A file in the storage folder is not what mvirtd made (a symbolic link, not a regular file, or outside the folder); nothing was done to it.',
   IMPORT_REFUSED:
     'The import source is not a regular file inside the configured import folder (--volume-import-dir), or no import folder is configured.',
+  DISK_NOT_ATTACHED: 'The volume is not among the disks of that VM.',
+  DISK_BUSY:
+    'The guest did not release a disk being detached within the timeout; the disk stays attached and recorded (retry, or detach it while the VM is stopped).',
   NETWORK_UNAVAILABLE:
     'The requested network mode cannot be used on this host (bridge needs root and --bridge).',
   NETWORK_EXHAUSTED: 'Every address of the subnet (--subnet) is allocated.',

@@ -123,6 +123,18 @@ export const PARAMS = {
   'vm.resume': z.strictObject({ vm: VmRef }),
   'vm.reboot': z.strictObject({ vm: VmRef }),
   'vm.delete': z.strictObject({ vm: VmRef }),
+  /** Hot-plug on a running VM; on a stopped one, recorded for the next boot. */
+  'vm.attachDisk': z.strictObject({
+    vm: VmRef,
+    volume: VolumeRef,
+    readOnly: z.boolean().optional(),
+  }),
+  'vm.detachDisk': z.strictObject({
+    vm: VmRef,
+    volume: VolumeRef,
+    /** How long to wait for the guest to release the disk (default 30 s); then DISK_BUSY. */
+    timeoutMs: z.number().int().min(0).max(600_000).optional(),
+  }),
   'job.run': z
     .strictObject({
       argv: JobArgv,
@@ -243,6 +255,8 @@ export const RESULTS = {
   'vm.resume': VmRecord,
   'vm.reboot': VmRecord,
   'vm.delete': Empty,
+  'vm.attachDisk': VmRecord,
+  'vm.detachDisk': VmRecord,
   'job.run': JobRunResult,
   'job.get': JobRecord,
   'job.list': z.strictObject({ jobs: z.array(JobRecord) }),

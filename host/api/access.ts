@@ -77,6 +77,10 @@ export function createAccessCheck(d: AccessDeps) {
         return outOfScope(access, 'pool', str(p, rule.param));
       case 'volume':
         return outOfScope(access, 'volume', str(p, rule.param));
+      case 'vm-and-volume':
+        return (
+          outOfScope(access, 'vm', str(p, 'vm')) ?? outOfScope(access, 'volume', str(p, 'volume'))
+        );
       case 'create-with-disks': {
         const disks = p && Array.isArray(p.disks) ? (p.disks as unknown[]) : [];
         for (const disk of disks) {

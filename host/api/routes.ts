@@ -44,6 +44,9 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'vm.resume': operate(vm),
   'vm.reboot': operate(vm),
   'vm.delete': operate(vm),
+  // Both objects change: the VM's disks and the volume's attachments.
+  'vm.attachDisk': operate({ kind: 'vm-and-volume' }),
+  'vm.detachDisk': operate({ kind: 'vm-and-volume' }),
   'job.run': operate({ kind: 'job-target' }),
   'job.get': read(job),
   'job.list': read({ kind: 'list' }),

@@ -48,6 +48,8 @@ export type ScopeRule =
   | { kind: 'job'; param: 'jobId' }
   | { kind: 'pool'; param: 'name' }
   | { kind: 'volume'; param: 'volume' }
+  /** vm.attachDisk, vm.detachDisk: the VM and the volume must both be in scope. */
+  | { kind: 'vm-and-volume' }
   /** vm.create: a new object, and every volume among its disks must be in scope. */
   | { kind: 'create-with-disks' };
 

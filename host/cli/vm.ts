@@ -336,6 +336,51 @@ const commands: Command[] = [
   simple('vm.resume', 'Resume a paused VM.', 'mvirt vm resume web-1'),
   simple('vm.reboot', 'Reboot a VM.', 'mvirt vm reboot web-1'),
   {
+    name: 'vm attach',
+    summary:
+      'Attach a volume: hot-plugged into a running VM, or recorded for the next boot of a stopped one.',
+    args: ['VM', 'VOLUME'],
+    options: { ro: { type: 'boolean', help: 'read-only (the only way to share a volume)' } },
+    examples: ['mvirt vm attach web-1 pgdata', 'mvirt vm attach web-2 seed-data --ro'],
+    run: async (ctx, p) => {
+      const [vm, volume] = p.positionals;
+      const c = await ctx.client();
+      const r = await c.call('vm.attachDisk', {
+        vm: vm!,
+        volume: volume!,
+        ...(p.values.ro === true ? { readOnly: true } : {}),
+      });
+      ctx.out(ctx.globals.json ? json(r) : `${inert(`attached ${volume!} to ${r.name}`)}\n`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'vm detach',
+    summary: 'Detach a volume; on a running VM, once the guest has released the disk.',
+    args: ['VM', 'VOLUME'],
+    options: {
+      timeout: {
+        type: 'string',
+        value: 'S',
+        help: 'seconds to wait for the guest to release the disk (default 30; then DISK_BUSY)',
+      },
+    },
+    examples: ['mvirt vm detach web-1 pgdata', 'mvirt vm detach web-1 pgdata --timeout 60'],
+    run: async (ctx, p) => {
+      const [vm, volume] = p.positionals;
+      const t = str(p, 'timeout');
+      const ms = t === undefined ? undefined : Math.round(seconds(t, '--timeout') * 1000);
+      const c = await ctx.client();
+      const r = await c.call(
+        'vm.detachDisk',
+        { vm: vm!, volume: volume!, ...(ms === undefined ? {} : { timeoutMs: ms }) },
+        { timeoutMs: (ms ?? 30_000) + STOP_MARGIN_MS },
+      );
+      ctx.out(ctx.globals.json ? json(r) : `${inert(`detached ${volume!} from ${r.name}`)}\n`);
+      return EXIT.OK;
+    },
+  },
+  {
     name: 'vm rm',
     summary: 'Delete a stopped or failed VM and its folder.',
     args: ['VM'],

@@ -71,6 +71,7 @@ const CAPABILITY_TEXT: Record<Capability, string> = {
   gracefulShutdown: 'ask a guest to power off',
   console: 'attach a serial console',
   directKernelBoot: 'boot a kernel and initrd directly',
+  hotplugDisks: 'add or remove disks of a running VM',
 };
 
 /**

@@ -19,6 +19,8 @@ export interface HypervisorCapabilities {
   console: boolean;
   /** Kernel + initrd direct boot. */
   directKernelBoot: boolean;
+  /** Disks added to and removed from a running VM (RunningVm.hotplug). */
+  hotplugDisks: boolean;
 }
 
 /** The yes/no capabilities (channels are a list, checked at boot). */
@@ -141,8 +143,34 @@ export type AttachFailureReason = 'gone' | 'pid-reused' | 'not-ours' | 'control-
  */
 export type Ownership = 'ours' | Exclude<AttachFailureReason, 'control-unreachable'>;
 
+/**
+ * Disks on a running VM, one call per step so the VM manager can run them as
+ * named steps with rollback (vm/hotplug.ts). Every name the hypervisor knows a
+ * disk by is derived from its serial (the volume id), so nothing about a
+ * hot-plugged disk needs persisting: after a daemon restart the re-attached
+ * VM's disks are found again by their serials.
+ */
+export interface DiskHotplug {
+  /** Give a file linked into the VM's folder to the VM's user, exactly as a boot does. */
+  handOver(disk: DiskSpec): Promise<void>;
+  /** Open the disk's file (and format) in the hypervisor; nothing is visible to the guest yet. */
+  addBackend(disk: DiskSpec): Promise<void>;
+  /** Close what addBackend opened; done already (nothing open) is no error. */
+  removeBackend(serial: string): Promise<void>;
+  /** Plug the virtio-blk device (with `serial`) the guest then sees. */
+  plug(disk: DiskSpec): Promise<void>;
+  /**
+   * Ask the guest to release the device and wait for the hypervisor to say it
+   * is gone; DISK_BUSY after `timeoutMs` (the device then stays). A device
+   * already gone is no error.
+   */
+  unplug(serial: string, timeoutMs: number): Promise<void>;
+}
+
 export interface RunningVm {
   readonly runtime: VmRuntime;
+  /** Present when the backend has the hotplugDisks capability. */
+  readonly hotplug?: DiskHotplug;
   pause(): Promise<void>;
   resume(): Promise<void>;
   reboot(): Promise<void>;

@@ -68,6 +68,10 @@ export function createVolumeRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)
     addDisk: db.prepare(
       `INSERT INTO vm_disks (vm_id, position, volume_id, read_only) VALUES (?, ?, ?, ?)`,
     ),
+    nextPosition: db
+      .prepare(`SELECT COALESCE(MAX(position) + 1, 0) FROM vm_disks WHERE vm_id = ?`)
+      .pluck(),
+    removeDisk: db.prepare(`DELETE FROM vm_disks WHERE vm_id = ? AND volume_id = ?`),
   };
 
   type Attachment = VolumeRecord['attachedTo'][number];
@@ -144,6 +148,14 @@ export function createVolumeRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)
         volume: r.volume_id,
         readOnly: r.read_only === 1,
       }));
+    },
+    /** One more disk after the VM's others (hot-plug; the next boot keeps the order). */
+    appendDisk(vmId: string, d: VmDisk): void {
+      s.addDisk.run(vmId, s.nextPosition.get(vmId) as number, d.volume, d.readOnly ? 1 : 0);
+    },
+    /** false when the VM had no such disk. */
+    removeDisk(vmId: string, volumeId: string): boolean {
+      return s.removeDisk.run(vmId, volumeId).changes === 1;
     },
     /** Inside the VM's creation transaction. */
     addDisks(vmId: string, disks: readonly VmDisk[]): void {

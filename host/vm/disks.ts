@@ -41,26 +41,64 @@ async function linkInto(dir: string, file: string, name: string): Promise<string
   return to;
 }
 
+/** One disk (and its templates) linked into the VM's folder: boot and hot-plug alike. */
+export async function linkDisk(dir: string, d: DiskSpec): Promise<DiskSpec> {
+  const backing = [];
+  for (const b of d.backing ?? [])
+    backing.push({ path: await linkInto(dir, b.path, b.name), name: b.name });
+  return { ...d, path: await linkInto(dir, d.path, d.name ?? path.basename(d.path)), backing };
+}
+
 /** The VM's disks for this boot, linked into its folder. */
 export async function linkDisks(v: VmVolumes, vmId: string, dir: string): Promise<DiskSpec[]> {
   const disks = await v.attach.bootDisks(vmId);
   const out: DiskSpec[] = [];
-  for (const d of disks) {
-    const backing = [];
-    for (const b of d.backing ?? [])
-      backing.push({ path: await linkInto(dir, b.path, b.name), name: b.name });
-    out.push({ ...d, path: await linkInto(dir, d.path, d.name ?? path.basename(d.path)), backing });
-  }
+  for (const d of disks) out.push(await linkDisk(dir, d));
   return out;
+}
+
+/**
+ * One link of the folder given back and removed (a name that is not a volume
+ * link is left alone). Files are given back through their own path in the
+ * volumes folder, never through the link: the VM's user owns its folder and
+ * could have put a link to any host file there.
+ */
+function unlinkOne(v: VmVolumes, dir: string, name: string, log: MvirtLogger): void {
+  const m = LINK_RE.exec(name);
+  if (!m) return;
+  const [, id, format] = m as unknown as [string, string, 'raw' | 'qcow2'];
+  const uid = process.getuid?.() ?? -1;
+  const gid = process.getgid?.() ?? -1;
+  try {
+    const own = v.files.pathOf(id, format);
+    const st = lstatSync(own, { throwIfNoEntry: false });
+    if (uid === 0 && st?.isFile()) chownSync(own, uid, gid);
+  } catch (err) {
+    log.warn({ err, volume: id }, 'cannot give a volume file back to mvirtd');
+  }
+  rmSync(path.join(dir, name), { force: true });
+}
+
+/**
+ * Hot-unplug: the links of one detached disk (`names`: the file and its
+ * templates, VolumeAttach.linkNames) given back and removed, except those a
+ * disk still in the VM needs (`keep`: a template two overlays share, or one
+ * also attached read-only by itself).
+ */
+export function unlinkDisk(
+  v: VmVolumes,
+  dir: string,
+  names: readonly string[],
+  keep: ReadonlySet<string>,
+  log: MvirtLogger,
+): void {
+  for (const name of names) if (!keep.has(name)) unlinkOne(v, dir, name, log);
 }
 
 /**
  * Give the volume files back to mvirtd and remove their links. Synchronous on
  * purpose (as removeSockets in exit.ts): a boot right after an exit links the
- * same names, and a late unlink would remove the new boot's disks. Files are
- * given back through their own path in the volumes folder, never through the
- * link: the VM's user owns its folder and could have put a link to any host
- * file there.
+ * same names, and a late unlink would remove the new boot's disks.
  */
 export function unlinkDisks(v: VmVolumes, dir: string, log: MvirtLogger): void {
   let names: string[];
@@ -69,19 +107,5 @@ export function unlinkDisks(v: VmVolumes, dir: string, log: MvirtLogger): void {
   } catch {
     return; // no folder, no links
   }
-  const uid = process.getuid?.() ?? -1;
-  const gid = process.getgid?.() ?? -1;
-  for (const name of names) {
-    const m = LINK_RE.exec(name);
-    if (!m) continue;
-    const [, id, format] = m as unknown as [string, string, 'raw' | 'qcow2'];
-    try {
-      const own = v.files.pathOf(id, format);
-      const st = lstatSync(own, { throwIfNoEntry: false });
-      if (uid === 0 && st?.isFile()) chownSync(own, uid, gid);
-    } catch (err) {
-      log.warn({ err, volume: id }, 'cannot give a volume file back to mvirtd');
-    }
-    rmSync(path.join(dir, name), { force: true });
-  }
+  for (const name of names) unlinkOne(v, dir, name, log);
 }

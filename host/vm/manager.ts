@@ -14,6 +14,7 @@
  * | stop.ts | graceful stop, then SIGTERM, then SIGKILL |
  * | recovery.ts | re-adoption or disposal of leftovers through their backend |
  * | ops.ts | create, start, stop, kill, pause, resume, reboot, delete |
+ * | hotplug.ts | attachDisk, detachDisk (recorded, or hot-plugged as steps) |
  *
  * Everything is event-driven: readiness comes from the agent's `ready`, death
  * from `RunningVm.exited`, timeouts are timers racing those events.
@@ -29,6 +30,7 @@ import {
   type VmManagerDeps,
 } from './context.js';
 import { exitPart } from './exit.js';
+import { diskOperations } from './hotplug.js';
 import { clearTimers } from './live.js';
 import { vmOperations } from './ops.js';
 import { recoveryPart } from './recovery.js';
@@ -60,10 +62,12 @@ export function createVmManager(deps: VmManagerDeps) {
   );
   const { vms, lives, log } = ctx;
   const ops = vmOperations(ctx);
+  const diskOps = diskOperations(ctx);
   let unsubscribeConsole: (() => Promise<void>) | undefined;
 
   return {
     ...ops,
+    ...diskOps,
     waitForState: ctx.waitForState,
 
     get: (ref: string): VmRecord => ctx.find(ref),

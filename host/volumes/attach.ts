@@ -11,7 +11,7 @@
 import type { Store, VmDisk } from '../store/index.js';
 import type { DiskSpec } from '../hypervisors/types.js';
 import { MvirtError } from '../../protocol/errors.js';
-import type { VolumeRecord } from '../../protocol/rpc.js';
+import { MAX_VM_DISKS, type VolumeRecord } from '../../protocol/rpc.js';
 import type { VolumeFiles } from './files.js';
 import type { VolumeTransitions } from './transition.js';
 
@@ -51,6 +51,31 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
         { details: { clones } },
       );
     return null;
+  }
+
+  /** One disk's files, checked (never a link), with format, serial and templates. */
+  async function diskSpec(disk: VmDisk): Promise<DiskSpec> {
+    const v = repo.get(disk.volume);
+    if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `volume ${disk.volume} is gone`);
+    const backing: DiskSpec['backing'] = [];
+    for (let b = v.backing; b !== null;) {
+      const t = repo.get(b);
+      if (!t) throw new MvirtError('VOLUME_NOT_FOUND', `template volume ${b} is gone`);
+      backing.push({
+        path: await d.files.checkFile(t.id, t.format),
+        name: d.files.nameOf(t.id, t.format),
+      });
+      b = t.backing;
+    }
+    return {
+      path: await d.files.checkFile(v.id, v.format),
+      name: d.files.nameOf(v.id, v.format),
+      readOnly: disk.readOnly,
+      shared: disk.readOnly,
+      format: v.format,
+      serial: v.id,
+      backing,
+    };
   }
 
   return {
@@ -112,35 +137,96 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
     },
 
     /**
+     * vm.attachDisk (hot-plug, or recorded for the next boot), in one
+     * synchronous transaction so no other attach slips in between check and
+     * write: the rules of vm.create, plus: not twice in one VM, at most
+     * MAX_VM_DISKS. Returns the disk as recorded.
+     */
+    attachOne(vmId: string, vmName: string, req: DiskRequest, how: string): VmDisk {
+      let disk!: VmDisk;
+      d.store.db.transaction(() => {
+        const v = repo.find(req.volume);
+        if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${req.volume}`);
+        const mine = repo.disksOf(vmId);
+        if (mine.some((x) => x.volume === v.id))
+          throw new MvirtError(
+            'VOLUME_IN_USE',
+            `volume ${v.name} is already a disk of VM ${vmName}`,
+            {
+              details: { vms: [vmId] },
+            },
+          );
+        if (mine.length >= MAX_VM_DISKS)
+          throw new MvirtError(
+            'INVALID_PARAMS',
+            `VM ${vmName} has ${mine.length} disks, the most a VM may have`,
+          );
+        disk = { volume: v.id, readOnly: req.readOnly ?? false };
+        const p = problem(v, disk.readOnly);
+        if (p) throw p;
+        d.transitions.change(v.id, {
+          to: 'attached',
+          what: `attached to VM ${vmName}${disk.readOnly ? ' read-only' : ''} (${how})`,
+          objects: [vmId],
+          data: { vm: vmId, readOnly: disk.readOnly, how },
+          write: () => repo.appendDisk(vmId, disk),
+        });
+      })();
+      return disk;
+    },
+
+    /**
+     * vm.detachDisk's record (the disk is no longer in the VM, or the VM is
+     * down): its row goes, and the volume is available again when nobody else
+     * holds it. DISK_NOT_ATTACHED when the VM did not have it.
+     */
+    detachOne(vmId: string, vmName: string, volumeId: string, how: string): void {
+      // Synchronous from the check to the write: nobody attaches in between.
+      const v = repo.get(volumeId);
+      if (!v || !v.attachedTo.some((a) => a.vm === vmId))
+        throw new MvirtError(
+          'DISK_NOT_ATTACHED',
+          `volume ${v?.name ?? volumeId} is not a disk of VM ${vmName}`,
+        );
+      const others = v.attachedTo.filter((a) => a.vm !== vmId).length;
+      d.transitions.change(volumeId, {
+        ...(others === 0 ? { to: 'available' as const } : {}),
+        what: `detached from VM ${vmName} (${how})`,
+        objects: [vmId],
+        data: { vm: vmId, how },
+        write: () => {
+          repo.removeDisk(vmId, volumeId);
+        },
+      });
+    },
+
+    /**
+     * The file names a disk brings into the VM's folder (itself and its
+     * templates), without touching the files: what a detach may unlink once
+     * no other disk of the VM needs them.
+     */
+    linkNames(volumeId: string): string[] {
+      const names: string[] = [];
+      for (let id: string | null = volumeId; id !== null;) {
+        const v = repo.get(id);
+        if (!v) break;
+        names.push(d.files.nameOf(v.id, v.format));
+        id = v.backing;
+      }
+      return names;
+    },
+
+    /** The hypervisor's view of one disk (see bootDisks). */
+    diskSpec,
+
+    /**
      * The hypervisor's view of a VM's disks for one boot, in order: each
      * file checked (never a link), with its format and serial; a qcow2
      * overlay brings its template (read-only) along in `backing`.
      */
     async bootDisks(vmId: string): Promise<DiskSpec[]> {
       const out: DiskSpec[] = [];
-      for (const disk of repo.disksOf(vmId)) {
-        const v = repo.get(disk.volume);
-        if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `volume ${disk.volume} is gone`);
-        const backing: DiskSpec['backing'] = [];
-        for (let b = v.backing; b !== null;) {
-          const t = repo.get(b);
-          if (!t) throw new MvirtError('VOLUME_NOT_FOUND', `template volume ${b} is gone`);
-          backing.push({
-            path: await d.files.checkFile(t.id, t.format),
-            name: d.files.nameOf(t.id, t.format),
-          });
-          b = t.backing;
-        }
-        out.push({
-          path: await d.files.checkFile(v.id, v.format),
-          name: d.files.nameOf(v.id, v.format),
-          readOnly: disk.readOnly,
-          shared: disk.readOnly,
-          format: v.format,
-          serial: v.id,
-          backing,
-        });
-      }
+      for (const disk of repo.disksOf(vmId)) out.push(await diskSpec(disk));
       return out;
     },
   };

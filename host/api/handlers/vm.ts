@@ -16,7 +16,9 @@ type VmMethods =
   | 'vm.pause'
   | 'vm.resume'
   | 'vm.reboot'
-  | 'vm.delete';
+  | 'vm.delete'
+  | 'vm.attachDisk'
+  | 'vm.detachDisk';
 
 export const vmHandlers = ({ vms }: VmHandlerDeps): Handlers<VmMethods> => ({
   'vm.create': (p) => vms.create(p),
@@ -29,4 +31,6 @@ export const vmHandlers = ({ vms }: VmHandlerDeps): Handlers<VmMethods> => ({
   'vm.resume': (p) => vms.resume(p.vm),
   'vm.reboot': (p) => vms.reboot(p.vm),
   'vm.delete': (p) => vms.delete(p.vm),
+  'vm.attachDisk': (p) => vms.attachDisk(p),
+  'vm.detachDisk': (p) => vms.detachDisk(p),
 });

@@ -23,6 +23,10 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'vm.resume': 'Resume a paused VM.',
   'vm.reboot': 'Reboot the guest.',
   'vm.delete': 'Delete a stopped or failed VM (VM_RUNNING otherwise).',
+  'vm.attachDisk':
+    'Attach a volume: hot-plugged into a running VM (virtio-blk, serial = volume id), recorded for the next boot of a stopped one.',
+  'vm.detachDisk':
+    'Detach a volume: the guest must release it (DISK_BUSY after timeoutMs, the disk then stays); on a stopped VM only the record changes.',
   'job.run':
     'Run argv in a VM, an ephemeral VM of an image, or a pool VM (at most one of vm, image, pool); with wait, replies once finished.',
   'job.get': 'One job record.',

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { CMDLINE_KEYS, VIRTIO_PORT_NAME } from '../../../protocol/agent.js';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { LaunchSpec } from '../types.js';
+import { blockdevObjects, deviceProps } from './hotplug.js';
 
 /**
  * `pc` is the default: under TCG on a loaded 2-core host the Debian kernel on
@@ -166,18 +167,27 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
   ];
 
   spec.disks.forEach((disk, i) => {
+    if (disk.serial !== undefined) {
+      // Volumes: block nodes and a device named after the serial, exactly as
+      // hot-plug makes them (hotplug.ts), so either kind is detached alike.
+      for (const o of blockdevObjects({ ...disk, serial: disk.serial }))
+        args.push('-blockdev', JSON.stringify(o));
+      const { driver, ...props } = deviceProps(disk.serial, virtio('blk'));
+      args.push(
+        '-device',
+        [driver, ...Object.entries(props).map(([k, v]) => `${k}=${optValue(v)}`)].join(','),
+      );
+      return;
+    }
     const ro = disk.readOnly ? ',readonly=on' : '';
     // The format is always named: probing would let a raw disk whose guest
     // wrote a qcow2 header make QEMU open the backing file that header names.
     const format = disk.format ?? 'raw';
-    if (disk.serial !== undefined && !/^[A-Za-z0-9-]{1,20}$/.test(disk.serial)) {
-      throw new MvirtError('INVALID_PARAMS', `bad disk serial ${disk.serial}`);
-    }
     args.push(
       '-drive',
       `file=${optValue(disk.path)},if=none,format=${format},id=d${i}${ro}`,
       '-device',
-      `${virtio('blk')},drive=d${i}${disk.serial !== undefined ? `,serial=${disk.serial}` : ''}`,
+      `${virtio('blk')},drive=d${i}`,
     );
   });
 

@@ -39,6 +39,7 @@ import {
 import { probeQemu, type QemuProbe } from './probe.js';
 import { readCmdline, readProcStat } from '../proc.js';
 import { connectQmp, type QmpClient } from './qmp.js';
+import { createQemuHotplug } from './hotplug.js';
 import { createQemuVm } from './vm.js';
 
 export const QEMU_BACKEND = 'qemu';
@@ -127,6 +128,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     gracefulShutdown: true,
     console: true,
     directKernelBoot: true,
+    // microvm's virtio-mmio devices cannot be plugged in later; pc and q35 have ACPI PCI hot-plug.
+    hotplugDisks: opts.machine !== 'microvm',
   };
 
   const confiner = createConfiner(
@@ -156,6 +159,17 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     confiner
       .release(dir, vmLog)
       .catch((err: unknown) => vmLog.warn({ err }, 'cannot remove the VM cgroup'));
+
+  const hotplugFor = (qmp: QmpClient, dir: string, vmLog: Logger) =>
+    capabilities.hotplugDisks
+      ? createQemuHotplug({
+          qmp,
+          dir,
+          blkDriver: 'virtio-blk-pci',
+          handOver: (d, disk) => confiner.handOverDisk(d, disk),
+          log: vmLog,
+        })
+      : undefined;
 
   let probing: Promise<QemuProbe> | null = null;
   const probeDetails = () =>
@@ -320,6 +334,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         child,
         log: vmLog,
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+        hotplug: hotplugFor(qmp, spec.dir, vmLog),
       });
       void vm.exited.then(() => release(spec.dir, vmLog));
       return vm;
@@ -413,6 +428,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       console: consolePump,
       log: vmLog,
       agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+      // Names derive from serials: a re-adopted VM's disks are detachable as they were.
+      hotplug: hotplugFor(qmp, dir, vmLog),
     });
     // The adopted process keeps its cgroup; removed when it ends.
     void vm.exited.then(() => release(dir, vmLog));

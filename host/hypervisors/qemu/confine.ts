@@ -31,7 +31,7 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
-import type { HypervisorConfinement, LaunchSpec } from '../types.js';
+import type { DiskSpec, HypervisorConfinement, LaunchSpec } from '../types.js';
 import { probeCgroups, type CgroupDriver, type VmCgroup } from './cgroup.js';
 
 /**
@@ -122,6 +122,12 @@ export interface Confiner {
     qemuArgs: string[],
     handOver?: readonly string[],
   ): Promise<Confined>;
+  /**
+   * Hot-plug: a disk linked into the running VM's folder `dir`, given to the
+   * VM's user (the folder's owner) by the rule a boot uses. Nothing to do
+   * when QEMU runs as mvirtd's user.
+   */
+  handOverDisk(dir: string, disk: DiskSpec): Promise<void>;
   /** Put the freshly spawned (still paused) QEMU into its cgroup. */
   join(confined: Confined, pid: number): Promise<void>;
   /**
@@ -143,6 +149,26 @@ async function readableByOthers(p: string): Promise<void> {
   const st = await lstat(p);
   if (!st.isFile()) throw new Error(`${p} is not a regular file`);
   if ((st.mode & 0o004) === 0) await chmod(p, (st.mode & 0o7777) | 0o004);
+}
+
+/**
+ * One disk file in the VM's folder given to the VM's user, at boot (prepare)
+ * and at hot-plug (handOverDisk): the same rule for both. Volumes are hard
+ * links mvirtd made in the folder just now (vm/disks.ts): a volume attached
+ * read-write becomes the VM's for the run and is given back when it ends.
+ * One that other VMs may open too (attached read-only, or a qcow2 overlay's
+ * template) stays mvirtd's and is only made readable: owning it, a QEMU taken
+ * over by its guest could write what every other clone reads. (The file is
+ * reachable only through the 0700 volumes folder and this VM's 0700 folder.)
+ * Files outside the folder (the image's disk) are not touched here.
+ */
+async function handDiskTo(dir: string, uid: number, d: DiskSpec): Promise<void> {
+  if (path.dirname(d.path) !== dir) return;
+  if (d.shared) await readableByOthers(d.path);
+  else await chown(d.path, uid, uid);
+  for (const b of d.backing ?? []) {
+    if (path.dirname(b.path) === dir) await readableByOthers(b.path);
+  }
 }
 
 export function memoryLimitBytes(memoryMiB: number, tcgTbSizeMiB: number): number {
@@ -265,21 +291,7 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       await chown(spec.dir, uid, uid);
       await chmod(spec.dir, 0o700);
       // Files mvirtd put in the folder for QEMU (the seed disk, the console) become the VM's.
-      // Volumes are hard links mvirtd made in the folder just now (vm/disks.ts):
-      // a volume attached read-write becomes the VM's for the run and is
-      // given back when it ends. One that other VMs may open too (attached
-      // read-only, or a qcow2 overlay's template) stays mvirtd's and is only
-      // made readable: owning it, a QEMU taken over by its guest could write
-      // what every other clone reads. (The file is reachable only through the
-      // 0700 volumes folder and this VM's 0700 folder.)
-      for (const d of spec.disks) {
-        if (path.dirname(d.path) !== spec.dir) continue;
-        if (d.shared) await readableByOthers(d.path);
-        else await chown(d.path, uid, uid);
-        for (const b of d.backing ?? []) {
-          if (path.dirname(b.path) === spec.dir) await readableByOthers(b.path);
-        }
-      }
+      for (const d of spec.disks) await handDiskTo(spec.dir, uid, d);
       for (const f of handOver) await chown(f, uid, uid);
       // Read-only inputs outside the folder (kernel, initrd, image disk) must be
       // readable by others: fail here with the file's name rather than in QEMU.
@@ -332,6 +344,13 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
         uid,
         cgroup,
       };
+    },
+    async handOverDisk(dir, disk) {
+      if (!state.user) return;
+      // The folder's owner is the VM's uid for the folder's life (uidFor).
+      const uid = (await stat(dir)).uid;
+      if (!inRange(uid)) throw new Error(`${dir} is not owned by a VM user (uid ${uid})`);
+      await handDiskTo(dir, uid, disk);
     },
     async join(confined, pid) {
       try {

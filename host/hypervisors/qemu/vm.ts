@@ -9,7 +9,14 @@ import type { ChildProcess } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
-import type { ExitInfo, RunningVm, VmEvent, VmRunState, VmRuntime } from '../types.js';
+import type {
+  DiskHotplug,
+  ExitInfo,
+  RunningVm,
+  VmEvent,
+  VmRunState,
+  VmRuntime,
+} from '../types.js';
 import type { QemuPaths } from './args.js';
 import type { ConsolePump } from './console.js';
 import { readProcStat } from '../proc.js';
@@ -74,6 +81,8 @@ export interface QemuVmParts {
   child?: ChildProcess;
   log: Logger;
   agentConnectTimeoutMs: number;
+  /** Hot-plug of disks over this QMP connection (hotplug.ts); absent where the machine has none. */
+  hotplug?: DiskHotplug;
 }
 
 export function createQemuVm(parts: QemuVmParts): RunningVm {
@@ -174,8 +183,19 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     await fn();
   };
 
+  // Each hot-plug step goes through control(): none once the process is gone or detached.
+  const h = parts.hotplug;
+  const hotplug: DiskHotplug | undefined = h && {
+    handOver: (d) => control('hand over a disk', () => h.handOver(d)),
+    addBackend: (d) => control('add a disk', () => h.addBackend(d)),
+    removeBackend: (s) => control('remove a disk', () => h.removeBackend(s)),
+    plug: (d) => control('plug a disk', () => h.plug(d)),
+    unplug: (s, ms) => control('unplug a disk', () => h.unplug(s, ms)),
+  };
+
   return {
     runtime,
+    ...(hotplug ? { hotplug } : {}),
     pause: () => control('pause', () => qmp.execute('stop')),
     resume: () => control('resume', () => qmp.execute('cont')),
     reboot: () => control('reboot', () => qmp.execute('system_reset')),
