@@ -1,0 +1,166 @@
+/**
+ * Disk hot-plug in real microVMs under QEMU (TCG), through mvirtd as a
+ * separate process: two VMs boot side by side without disks; a volume is
+ * hot-plugged into the first (the guest sees it in /sys/block with the
+ * volume id as serial), written, hot-unplugged (the guest no longer has it),
+ * hot-plugged into the second and read back. Refusals change nothing: a
+ * volume attached read-write elsewhere, a detach of a disk the VM lacks.
+ * In the guest, a disk's appearance can only be polled (sysfs has no event
+ * the job could wait on); on the host every wait is on a reply.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import type { RpcClient } from '../../harness/client.js';
+import type { JobRunResult } from '../../protocol/rpc.js';
+import {
+  BOOT_MS,
+  explained,
+  ok,
+  qemuDaemon,
+  skipNoImage as skip,
+  tempDataDir,
+  trackPid,
+} from '../support/qemu.js';
+
+const JOB_MS = 60_000;
+const MARK = 'mvirt-hotplug-data-7';
+
+/** Wait (in the guest) for the block device whose serial is $ID; $D is its /dev path. */
+const FIND = `i=0; D=; while [ -z "$D" ] && [ $i -lt 100 ]; do for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && D=/dev/\${b##*/}; done; [ -n "$D" ] || { sleep 0.1 2>/dev/null || sleep 1; }; i=$((i+1)); done; [ -n "$D" ] || { echo "no disk with serial $ID" >&2; ls /sys/block >&2; exit 9; }`;
+
+const sh = async (c: RpcClient, vm: string, script: string, id: string): Promise<JobRunResult> =>
+  ok(
+    await c.call(
+      'job.run',
+      { vm, argv: ['sh', '-c', script], env: { ID: id }, wait: true },
+      { timeoutMs: JOB_MS },
+    ),
+  );
+
+const code = (r: { ok: boolean; error?: { code: string } }): string =>
+  r.ok ? 'ok' : r.error!.code;
+
+test('hot-plug a volume into one running VM, then into another', { skip, timeout: 300_000 }, () =>
+  explained(async () => {
+    const dataDir = await tempDataDir('mvirt-hotplug-qemu-');
+    const { c } = await qemuDaemon(dataDir);
+    const vol = ok(await c.call('volume.create', { name: 'hot', sizeMiB: 16 }));
+    const file = path.join(dataDir, 'volumes', `${vol.id}.raw`);
+    const t0 = performance.now();
+    for (const name of ['one', 'two']) ok(await c.call('vm.create', { name, memoryMiB: 256 }));
+    // Both boots at once: the test waits for the slower one, not for their sum.
+    const [one, two] = await Promise.all(
+      ['one', 'two'].map(async (name) =>
+        ok(await c.call('vm.start', { vm: name, wait: true }, { timeoutMs: BOOT_MS + 10_000 })),
+      ),
+    );
+    for (const vm of [one!, two!]) {
+      trackPid(vm.pid);
+      assert.equal(vm.state, 'ready');
+    }
+    const booted = performance.now();
+
+    // Attach to the running VM `one`: recorded, linked, the guest sees it.
+    const a = ok(await c.call('vm.attachDisk', { vm: 'one', volume: 'hot' }));
+    assert.deepEqual(a.disks, [{ volume: vol.id, readOnly: false, serial: vol.id }]);
+    assert.equal(a.state, 'ready', 'the VM kept running');
+    const held = ok(await c.call('volume.get', { volume: 'hot' }));
+    assert.deepEqual(held.attachedTo, [{ vm: one!.id, readOnly: false }]);
+    assert.equal(held.state, 'attached');
+    const link = path.join(dataDir, 'vm', one!.id, `${vol.id}.raw`);
+    assert.equal(statSync(link).ino, statSync(file).ino, 'hard-linked into the VM folder');
+    assert.equal(
+      statSync(file).uid,
+      statSync(path.join(dataDir, 'vm', one!.id)).uid,
+      "the VM's uid",
+    );
+
+    const w = await sh(
+      c,
+      'one',
+      `${FIND}; ls /sys/block | tr '\\n' ' '; echo; printf '%s' ${MARK} | dd of=$D bs=512 seek=2048 conv=fsync 2>/dev/null && echo "written to $D"`,
+      vol.id,
+    );
+    assert.equal(w.exitCode, 0, w.stderr);
+    assert.match(w.stdout!, /vd[a-z]/);
+    assert.match(w.stdout!, /written to \/dev\/vd[a-z]/);
+    console.log(`guest one: ${w.stdout!.trim().replace(/\n/g, '; ')}`);
+
+    // Refusals, each typed and changing nothing.
+    const events = async () =>
+      ok(await c.call('events.query', { objectId: vol.id, level: 'audit' })).events.length;
+    const before = await events();
+    assert.equal(
+      code(await c.call('vm.attachDisk', { vm: 'two', volume: 'hot' })),
+      'VOLUME_IN_USE',
+      'attached read-write to one: nobody else may attach it',
+    );
+    assert.equal(
+      code(await c.call('vm.attachDisk', { vm: 'two', volume: 'hot', readOnly: true })),
+      'VOLUME_IN_USE',
+    );
+    assert.equal(
+      code(await c.call('vm.detachDisk', { vm: 'two', volume: 'hot' })),
+      'DISK_NOT_ATTACHED',
+    );
+    assert.equal(ok(await c.call('vm.get', { vm: 'two' })).disks, undefined);
+    assert.deepEqual(ok(await c.call('volume.get', { volume: 'hot' })).attachedTo, held.attachedTo);
+    assert.equal(await events(), before, 'no audit event for a refusal');
+    assert.deepEqual(
+      readdirSync(path.join(dataDir, 'vm', two!.id)).filter((n) => n.startsWith('vol-')),
+      [],
+    );
+
+    // Detach: the guest lets go, the disk is gone from it, the link from the folder.
+    const d = ok(
+      await c.call('vm.detachDisk', { vm: 'one', volume: 'hot' }, { timeoutMs: 60_000 }),
+    );
+    assert.equal(d.disks, undefined);
+    assert.ok(!readdirSync(path.join(dataDir, 'vm', one!.id)).includes(`${vol.id}.raw`));
+    assert.equal(statSync(file).uid, process.getuid!(), 'given back to mvirtd');
+    const gone = await sh(
+      c,
+      'one',
+      'for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && echo "still there: $b"; done; ls /sys/block | tr "\\n" " "',
+      vol.id,
+    );
+    assert.equal(gone.exitCode, 0, gone.stderr);
+    assert.doesNotMatch(gone.stdout!, /still there/);
+    const free = ok(await c.call('volume.get', { volume: 'hot' }));
+    assert.equal(free.state, 'available');
+    assert.deepEqual(free.attachedTo, []);
+
+    // Into the other running VM: the data is there.
+    ok(await c.call('vm.attachDisk', { vm: 'two', volume: 'hot' }));
+    const r = await sh(
+      c,
+      'two',
+      `${FIND}; dd if=$D bs=512 skip=2048 count=1 2>/dev/null | head -c ${MARK.length}`,
+      vol.id,
+    );
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.equal(r.stdout, MARK);
+
+    // Each change is an audit event naming the VM, the volume and the caller.
+    const audit = ok(await c.call('events.query', { objectId: vol.id, level: 'audit' })).events;
+    const changes = audit.filter((e) => /hot-(un)?plugged/.test(e.message));
+    assert.deepEqual(
+      changes.map((e) => e.message.replace(/^hot: /, '')),
+      [
+        'attached to VM one (hot-plugged) (available → attached)',
+        'detached from VM one (hot-unplugged) (attached → available)',
+        'attached to VM two (hot-plugged) (available → attached)',
+      ],
+    );
+    assert.deepEqual(
+      changes.map((e) => [...e.objects].sort()),
+      [one!.id, one!.id, two!.id].map((vm) => [vm, vol.id].sort()),
+    );
+    for (const e of changes) assert.ok(e.actor && e.actor !== 'mvirtd', `actor named: ${e.actor}`);
+    console.log(
+      `boots ${Math.round((booted - t0) / 1000)} s, hot-plug part ${Math.round((performance.now() - booted) / 1000)} s`,
+    );
+  }),
+);
