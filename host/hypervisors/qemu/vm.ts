@@ -9,14 +9,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
-import type {
-  DiskHotplug,
-  ExitInfo,
-  RunningVm,
-  VmEvent,
-  VmRunState,
-  VmRuntime,
-} from '../types.js';
+import type { DiskHotplug, ExitInfo, RunningVm, VmEvent, VmRunState, VmRuntime } from '../types.js';
 import type { QemuPaths } from './args.js';
 import type { ConsolePump } from './console.js';
 import { readProcStat } from '../proc.js';
