@@ -32,7 +32,11 @@ export const ERROR_CODES = {
   VOLUME_NOT_FOUND: 'No volume with that id or name.',
   VOLUME_EXISTS: 'A volume with that name already exists.',
   VOLUME_IN_USE:
-    'The volume is attached (read-write to another VM, or to any VM for delete and resize), or is the template of a clone; details name the VMs or clones.',
+    'The volume is attached (read-write to another VM, to any VM for delete and resize, to a running VM for a snapshot restore), or is the template of a clone; details name the VMs or clones.',
+  SNAPSHOT_UNSUPPORTED:
+    'The volume cannot have snapshots: it is raw (only qcow2 keeps internal snapshots; make a qcow2 volume or a qcow2 overlay clone).',
+  SNAPSHOT_NOT_FOUND: 'The volume has no snapshot with that name.',
+  SNAPSHOT_EXISTS: 'The volume already has a snapshot with that name.',
   STORAGE_FULL:
     'Not enough storage: the free space of the volumes folder or --storage-max-gib would be exceeded; details say how many bytes are free.',
   STORAGE_UNSAFE:

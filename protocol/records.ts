@@ -227,6 +227,15 @@ export const VolumeRecord = z.strictObject({
 });
 export type VolumeRecord = z.infer<typeof VolumeRecord>;
 
+/** One qcow2 internal snapshot of a volume (volume.snapshots), as qemu-img lists it. */
+export const VolumeSnapshot = z.strictObject({
+  name: z.string(),
+  id: z.string().describe("qemu's own snapshot id inside the qcow2 file"),
+  vmStateBytes: count.describe('saved VM memory and device state; 0 for a disk-only snapshot'),
+  createdAt: time,
+});
+export type VolumeSnapshot = z.infer<typeof VolumeSnapshot>;
+
 // ---------------------------------------------------------------- events
 
 export const EVENT_LEVELS = ['debug', 'info', 'warn', 'error', 'audit'] as const;

@@ -21,6 +21,7 @@ import {
   SystemInfo,
   VmRecord,
   VolumeRecord,
+  VolumeSnapshot,
 } from './records.js';
 import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS } from './states.js';
 
@@ -37,6 +38,13 @@ export const VmRef = Name;
 
 /** A volume reference: its id (vol-<hex>) or its name. Never a path. */
 export const VolumeRef = Name;
+
+/**
+ * A disk snapshot's name: a Name (no '/', '..', NUL or control characters, at
+ * most 64) that is not all digits, since qemu-img takes a snapshot argument of
+ * digits for a snapshot id as readily as for a name.
+ */
+export const SnapshotName = Name.refine((s) => !/^[0-9]+$/.test(s), 'must not be all digits');
 
 /** Volume sizes in MiB: at least 1 MiB, at most 64 TiB. */
 export const VolumeSizeMiB = z
@@ -214,6 +222,11 @@ export const PARAMS = {
     /** overlay (default): a qcow2 copy-on-write over the template; full: an independent copy. */
     mode: z.enum(['overlay', 'full']).optional(),
   }),
+  /** qcow2 internal snapshots (live through the hypervisor while a running VM has the volume). */
+  'volume.snapshot': z.strictObject({ volume: VolumeRef, name: SnapshotName }),
+  'volume.snapshots': z.strictObject({ volume: VolumeRef }),
+  'volume.restore': z.strictObject({ volume: VolumeRef, snapshot: SnapshotName }),
+  'volume.deleteSnapshot': z.strictObject({ volume: VolumeRef, snapshot: SnapshotName }),
   'events.query': z
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),
@@ -272,6 +285,10 @@ export const RESULTS = {
   'volume.resize': VolumeRecord,
   'volume.delete': Empty,
   'volume.clone': VolumeRecord,
+  'volume.snapshot': VolumeSnapshot,
+  'volume.snapshots': z.strictObject({ snapshots: z.array(VolumeSnapshot) }),
+  'volume.restore': VolumeRecord,
+  'volume.deleteSnapshot': Empty,
   'events.query': z.strictObject({ events: z.array(EventRecord) }),
   'metrics.query': MetricsResult,
 } as const satisfies Record<RpcMethod, z.ZodType>;

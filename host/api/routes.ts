@@ -63,6 +63,10 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'volume.delete': operate(volume),
   // The template must be in scope; the clone takes the caller's label.
   'volume.clone': operate(volume),
+  'volume.snapshot': operate(volume),
+  'volume.snapshots': read(volume),
+  'volume.restore': operate(volume),
+  'volume.deleteSnapshot': operate(volume),
   'events.query': read({ kind: 'list' }),
   'metrics.query': read({ ...vm, optional: true }),
 };

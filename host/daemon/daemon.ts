@@ -258,6 +258,7 @@ export async function startDaemon(
         const v = store.vms.get(id);
         return v !== undefined && isActiveVm(v.state);
       },
+      vms: vms.disks,
       log,
       options: {
         maxBytes: opts.storageMaxGiB === null ? null : opts.storageMaxGiB * 1024 ** 3,

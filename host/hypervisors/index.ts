@@ -72,6 +72,7 @@ const CAPABILITY_TEXT: Record<Capability, string> = {
   console: 'attach a serial console',
   directKernelBoot: 'boot a kernel and initrd directly',
   hotplugDisks: 'add or remove disks of a running VM',
+  liveDiskSnapshots: "snapshot a running VM's disk",
 };
 
 /**

@@ -21,6 +21,8 @@ export interface HypervisorCapabilities {
   directKernelBoot: boolean;
   /** Disks added to and removed from a running VM (RunningVm.hotplug). */
   hotplugDisks: boolean;
+  /** Internal snapshots of a qcow2 disk taken and deleted while the VM runs (RunningVm.diskSnapshot). */
+  liveDiskSnapshots?: boolean;
 }
 
 /** The yes/no capabilities (channels are a list, checked at boot). */
@@ -194,6 +196,12 @@ export interface RunningVm {
    * `exited` for the end. Optional: a backend without it is stopped by signal().
    */
   quit?(): Promise<void>;
+  /**
+   * Take (`create`) or delete an internal snapshot of the running VM's qcow2
+   * disk whose file is named `file` (`<volume id>.qcow2`), without stopping
+   * the guest. Only where `capabilities.liveDiskSnapshots` says so.
+   */
+  diskSnapshot?(action: 'create' | 'delete', file: string, name: string): Promise<void>;
   /** Subscribe to hypervisor events; returns the unsubscribe function. Optional. */
   onEvent?(listener: (event: VmEvent) => void): () => void;
 }

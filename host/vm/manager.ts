@@ -15,6 +15,7 @@
  * | recovery.ts | re-adoption or disposal of leftovers through their backend |
  * | ops.ts | create, start, stop, kill, pause, resume, reboot, delete |
  * | hotplug.ts | attachDisk, detachDisk (recorded, or hot-plugged as steps) |
+ * | disk-access.ts | VM locks and live disk snapshots for the volume manager |
  *
  * Everything is event-driven: readiness comes from the agent's `ready`, death
  * from `RunningVm.exited`, timeouts are timers racing those events.
@@ -31,6 +32,7 @@ import {
 } from './context.js';
 import { exitPart } from './exit.js';
 import { diskOperations } from './hotplug.js';
+import { vmDiskAccess } from './disk-access.js';
 import { clearTimers } from './live.js';
 import { vmOperations } from './ops.js';
 import { recoveryPart } from './recovery.js';
@@ -68,6 +70,7 @@ export function createVmManager(deps: VmManagerDeps) {
   return {
     ...ops,
     ...diskOps,
+    disks: vmDiskAccess(ctx),
     waitForState: ctx.waitForState,
 
     get: (ref: string): VmRecord => ctx.find(ref),

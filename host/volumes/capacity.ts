@@ -29,16 +29,25 @@ export function createCapacity(
     const s = statfsSync(files.dir);
     return s.bavail * s.bsize;
   };
+  async function requireDisk(bytes: number): Promise<void> {
+    const free = await files.freeBytes();
+    if (bytes > free)
+      throw new MvirtError(
+        'STORAGE_FULL',
+        `${gib(bytes)} do not fit: ${gib(free)} (${free} bytes) free in the volumes folder`,
+        { details: { limit: 'disk', requestedBytes: bytes, freeBytes: free } },
+      );
+  }
   return {
+    /**
+     * STORAGE_FULL unless `bytes` more fit the file system's free space alone:
+     * for growth inside an existing volume's file (a snapshot's copied
+     * clusters), which --storage-max-gib's count of virtual sizes does not see.
+     */
+    requireDisk,
     /** STORAGE_FULL, naming what is free, unless `bytes` more fit. */
     async require(bytes: number): Promise<void> {
-      const free = await files.freeBytes();
-      if (bytes > free)
-        throw new MvirtError(
-          'STORAGE_FULL',
-          `${gib(bytes)} do not fit: ${gib(free)} (${free} bytes) free in the volumes folder`,
-          { details: { limit: 'disk', requestedBytes: bytes, freeBytes: free } },
-        );
+      await requireDisk(bytes);
       if (opts.maxBytes !== null) {
         const { provisioned } = repo.totals();
         const left = Math.max(0, opts.maxBytes - provisioned);

@@ -16,6 +16,7 @@ import { runSteps, StepError, type Step } from '../vm/steps.js';
 import { createCapacity, type CapacityOptions } from './capacity.js';
 import type { VolumeFiles } from './files.js';
 import type { QemuImg } from './qemu-img.js';
+import { createVolumeSnapshots, type VolumeVms } from './snapshots.js';
 import type { VolumeTransitions } from './transition.js';
 
 export const MIB = 1024 * 1024;
@@ -27,6 +28,8 @@ export interface VolumeManagerDeps {
   transitions: VolumeTransitions;
   /** Is this VM up (its hypervisor may have the file open)? */
   vmActive(vmId: string): boolean;
+  /** The VMs' locks and live disk snapshots (snapshots.ts); without it no VM runs. */
+  vms?: VolumeVms;
   log: MvirtLogger;
   options: CapacityOptions & {
     /** --volume-import-dir: the only place volume.import reads from; null: no imports. */
@@ -127,8 +130,20 @@ export function createVolumeManager(d: VolumeManagerDeps) {
     return { vms: v.attachedTo.map((a) => a.vm), clones: repo.clonesOf(v.id) };
   }
 
+  const snapshots = createVolumeSnapshots({
+    store,
+    files,
+    qemuImg,
+    transitions,
+    capacity,
+    ...(d.vms ? { vms: d.vms } : {}),
+    serial,
+    find,
+  });
+
   return {
     capacity,
+    ...snapshots,
 
     create(p: ParamsOf<'volume.create'>): Promise<VolumeRecord> {
       return serial(async () => {

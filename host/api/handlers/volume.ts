@@ -12,7 +12,11 @@ type VolumeMethods =
   | 'volume.list'
   | 'volume.resize'
   | 'volume.delete'
-  | 'volume.clone';
+  | 'volume.clone'
+  | 'volume.snapshot'
+  | 'volume.snapshots'
+  | 'volume.restore'
+  | 'volume.deleteSnapshot';
 
 export const volumeHandlers = ({ volumes }: VolumeHandlerDeps): Handlers<VolumeMethods> => ({
   'volume.create': (p) => volumes.create(p),
@@ -21,4 +25,8 @@ export const volumeHandlers = ({ volumes }: VolumeHandlerDeps): Handlers<VolumeM
   'volume.resize': (p) => volumes.resize(p.volume, p.sizeMiB),
   'volume.delete': (p) => volumes.delete(p.volume),
   'volume.clone': (p) => volumes.clone(p),
+  'volume.snapshot': (p) => volumes.snapshot(p),
+  'volume.snapshots': async (p) => ({ snapshots: await volumes.snapshots(p.volume) }),
+  'volume.restore': (p) => volumes.restore(p),
+  'volume.deleteSnapshot': (p) => volumes.deleteSnapshot(p),
 });

@@ -48,6 +48,13 @@ const SUMMARIES: Record<RpcMethod, string> = {
     'Delete a volume and its file; refused while attached or while clones use it as template.',
   'volume.clone':
     'A new volume from a template: a qcow2 copy-on-write overlay (default) or a full copy.',
+  'volume.snapshot':
+    'Take a qcow2 internal snapshot of a volume: live in the running VM that has it attached, else with qemu-img; SNAPSHOT_UNSUPPORTED for raw volumes.',
+  'volume.snapshots':
+    "A volume's snapshots, oldest first, with their vm-state size (0: disk-only) and date.",
+  'volume.restore':
+    "Bring a volume's data back to a snapshot; refused while a running VM has it attached.",
+  'volume.deleteSnapshot': 'Delete one snapshot of a volume (live when a running VM has it).',
   'events.query': 'The event log, filtered by object, level and time.',
   'metrics.query':
     'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',

@@ -130,6 +130,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     directKernelBoot: true,
     // microvm's virtio-mmio devices cannot be plugged in later; pc and q35 have ACPI PCI hot-plug.
     hotplugDisks: opts.machine !== 'microvm',
+    liveDiskSnapshots: true,
   };
 
   const confiner = createConfiner(

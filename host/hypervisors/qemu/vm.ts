@@ -15,6 +15,7 @@ import type { ConsolePump } from './console.js';
 import { readProcStat } from '../proc.js';
 import type { QmpClient, QmpEvent, QmpRunState } from './qmp.js';
 import { connectUnixWithRetry } from './socket.js';
+import { qmpDiskSnapshot } from './disk-snapshot.js';
 
 /** Liveness poll for adopted processes while QMP is not telling us (≤ 1 s detection). */
 const POLL_MS = 250;
@@ -194,6 +195,8 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     reboot: () => control('reboot', () => qmp.execute('system_reset')),
     powerdown: () => control('power down', () => qmp.execute('system_powerdown')),
     quit: () => control('quit', () => qmp.execute('quit')),
+    diskSnapshot: (action, file, name) =>
+      control('snapshot a disk', () => qmpDiskSnapshot(qmp, action, file, name)),
     async status() {
       if (done) return 'shutdown';
       const st = await qmp.execute('query-status');

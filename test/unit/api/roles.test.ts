@@ -161,6 +161,10 @@ const PARAMS: Record<string, unknown> = {
   'volume.resize': { volume: 'nope', sizeMiB: 2 },
   'volume.delete': { volume: 'nope' },
   'volume.clone': { volume: 'nope', name: 'nope-2' },
+  'volume.snapshot': { volume: 'nope', name: 'snap' },
+  'volume.snapshots': { volume: 'nope' },
+  'volume.restore': { volume: 'nope', snapshot: 'snap' },
+  'volume.deleteSnapshot': { volume: 'nope', snapshot: 'snap' },
   'events.query': {},
   'metrics.query': { from: 0 },
 };
@@ -177,6 +181,7 @@ const READS = [
   'metrics.query',
   'volume.get',
   'volume.list',
+  'volume.snapshots',
 ];
 const OPERATE = [
   'vm.create',
@@ -193,6 +198,9 @@ const OPERATE = [
   'volume.resize',
   'volume.delete',
   'volume.clone',
+  'volume.snapshot',
+  'volume.restore',
+  'volume.deleteSnapshot',
 ];
 /** What docs/security.md promises each role. */
 const ALLOWED: Record<string, string[]> = {
