@@ -35,7 +35,8 @@ const GROUPS: Record<string, string> = {
   vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm',
   job: 'inspect jobs: ls (also `mvirt jobs`), get, cancel; start one with `mvirt run`',
   pool: 'keep ready VMs for jobs: set, ls, get, rm',
-  volume: 'disks that outlive VMs: create, ls, get, rm, resize, clone',
+  volume:
+    'disks that outlive VMs: create, ls, get, rm, resize, clone, snapshot, snapshots, restore, rmsnap',
   info: 'show the host',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',

@@ -1,5 +1,5 @@
 /** `mvirt volume …`: disks that outlive VMs, made with qemu-img by mvirtd. */
-import type { ParamsOf, VolumeRecord } from '../../protocol/rpc.js';
+import type { ParamsOf, VolumeRecord, VolumeSnapshot } from '../../protocol/rpc.js';
 import { UsageError } from './args.js';
 import { str, type Command } from './command.js';
 import { EXIT } from './exit.js';
@@ -55,6 +55,14 @@ function volumeDetails(v: VolumeRecord, now: number): string {
     ['Created', when(v.createdAt)],
     ['Updated', when(v.updatedAt)],
   ]);
+}
+
+export function snapshotTable(ss: VolumeSnapshot[]): string {
+  return table(
+    ['name', 'id', 'vm state', 'created'],
+    ss.map((s) => [s.name, s.id, size(s.vmStateBytes), s.createdAt]),
+    ['left', 'right', 'right', 'left'],
+  );
 }
 
 /** `--size 10G`, `512M`, `512` (MiB) → MiB. */
@@ -177,6 +185,67 @@ export const volumeCommands: Command[] = [
         mode: p.values.full === true ? 'full' : 'overlay',
       });
       ctx.out(ctx.globals.json ? json(v) : `created ${volumeLine(v)}`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'volume snapshot',
+    summary: 'Snapshot a qcow2 volume (live when a running VM has it).',
+    args: ['VOLUME', 'NAME'],
+    description:
+      "A qcow2 internal snapshot, kept inside the volume's file. While a running VM\n" +
+      'has the volume, its hypervisor takes the snapshot and the guest keeps running\n' +
+      '(disk-only: the point a power cut would leave). Raw volumes have no snapshots.',
+    examples: ['mvirt volume snapshot data before-upgrade'],
+    run: async (ctx, p) => {
+      const [volume, name] = p.positionals;
+      const c = await ctx.client();
+      const s = await c.call('volume.snapshot', { volume: volume!, name: name! });
+      ctx.out(ctx.globals.json ? json(s) : `snapshot ${s.name} of volume ${volume!} taken\n`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'volume snapshots',
+    summary: "List a volume's snapshots, oldest first.",
+    args: ['VOLUME'],
+    examples: ['mvirt volume snapshots data', 'mvirt volume snapshots data --json'],
+    run: async (ctx, p) => {
+      const volume = p.positionals[0]!;
+      const c = await ctx.client();
+      const r = await c.call('volume.snapshots', { volume });
+      if (ctx.globals.json) ctx.out(json(r));
+      else if (r.snapshots.length === 0)
+        ctx.out(
+          `volume ${volume} has no snapshots: take one with \`mvirt volume snapshot ${volume} NAME\`\n`,
+        );
+      else ctx.out(snapshotTable(r.snapshots));
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'volume restore',
+    summary: "Bring a volume's data back to a snapshot (the VM must be stopped).",
+    args: ['VOLUME', 'SNAPSHOT'],
+    examples: ['mvirt volume restore data before-upgrade'],
+    run: async (ctx, p) => {
+      const [volume, snapshot] = p.positionals;
+      const c = await ctx.client();
+      const v = await c.call('volume.restore', { volume: volume!, snapshot: snapshot! });
+      ctx.out(ctx.globals.json ? json(v) : `restored to ${snapshot!}: ${volumeLine(v)}`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'volume rmsnap',
+    summary: 'Delete one snapshot of a volume.',
+    args: ['VOLUME', 'SNAPSHOT'],
+    examples: ['mvirt volume rmsnap data before-upgrade'],
+    run: async (ctx, p) => {
+      const [volume, snapshot] = p.positionals;
+      const c = await ctx.client();
+      await c.call('volume.deleteSnapshot', { volume: volume!, snapshot: snapshot! });
+      ctx.out(ctx.globals.json ? json({}) : `deleted snapshot ${snapshot!} of volume ${volume!}\n`);
       return EXIT.OK;
     },
   },
