@@ -126,3 +126,27 @@ test('recovery: a leftover its backend cannot re-attach is ended by the backend'
   assert.match(rec.stateReason ?? '', /not re-attached after a daemon restart: .*control socket/);
   assert.equal(second.daemon.store.vms.getRuntime(rec.id), undefined);
 });
+
+test('a disk snapshot of a running VM on a backend without live disk snapshots: CAPABILITY_UNSUPPORTED, nothing changed', async () => {
+  const { hv, c } = await setup({});
+  assert.ok(!hv.capabilities.liveDiskSnapshots);
+  result(await c.call('volume.create', { name: 'lean-vol', sizeMiB: 1, format: 'qcow2' }));
+  result(await c.call('vm.create', { name: 'lean-5', disks: [{ volume: 'lean-vol' }] }));
+  // Stopped, the volume is snapshotted with qemu-img whatever the backend.
+  result(await c.call('volume.snapshot', { volume: 'lean-vol', name: 's0' }));
+  const up = result(await c.call('vm.start', { vm: 'lean-5', wait: true }));
+  unsupported(
+    await c.call('volume.snapshot', { volume: 'lean-vol', name: 's1' }),
+    'liveDiskSnapshots',
+  );
+  unsupported(
+    await c.call('volume.deleteSnapshot', { volume: 'lean-vol', snapshot: 's0' }),
+    'liveDiskSnapshots',
+  );
+  const names = result(await c.call('volume.snapshots', { volume: 'lean-vol' })).snapshots;
+  assert.deepEqual(
+    names.map((s) => s.name),
+    ['s0'],
+  );
+  assert.equal(result(await c.call('vm.get', { vm: 'lean-5' })).pid, up.pid);
+});
