@@ -90,10 +90,31 @@ export interface RawPacket {
   body: Buffer;
 }
 
+/** The whole packets at the start of buf, and what is left of an incomplete one. */
+export function splitPackets(buf: Buffer): { packets: RawPacket[]; rest: Buffer } {
+  const packets: RawPacket[] = [];
+  for (;;) {
+    if (buf.length < 2) return { packets, rest: buf };
+    let len = 0;
+    let mul = 1;
+    let i = 1;
+    for (;;) {
+      if (i >= buf.length) return { packets, rest: buf };
+      const b = buf[i++]!;
+      len += (b & 0x7f) * mul;
+      mul *= 128;
+      if (!(b & 0x80)) break;
+    }
+    if (buf.length < i + len) return { packets, rest: buf };
+    packets.push({ type: buf[0]! >> 4, flags: buf[0]! & 0x0f, body: buf.subarray(i, i + len) });
+    buf = buf.subarray(i + len);
+  }
+}
+
 /** Reads whole packets from a socket; `next()` waits for the next one or the close. */
 export class RawClient {
   readonly socket: net.Socket;
-  #buf = Buffer.alloc(0);
+  #buf: Buffer = Buffer.alloc(0);
   #queue: RawPacket[] = [];
   #waiters: Array<(p: RawPacket | null) => void> = [];
   #closed = false;
@@ -129,26 +150,9 @@ export class RawClient {
   }
 
   #onData(d: Buffer): void {
-    this.#buf = Buffer.concat([this.#buf, d]);
-    for (;;) {
-      if (this.#buf.length < 2) return;
-      let len = 0;
-      let mul = 1;
-      let i = 1;
-      for (;;) {
-        if (i >= this.#buf.length) return;
-        const b = this.#buf[i++]!;
-        len += (b & 0x7f) * mul;
-        mul *= 128;
-        if (!(b & 0x80)) break;
-      }
-      if (this.#buf.length < i + len) return;
-      const p = {
-        type: this.#buf[0]! >> 4,
-        flags: this.#buf[0]! & 0x0f,
-        body: this.#buf.subarray(i, i + len),
-      };
-      this.#buf = this.#buf.subarray(i + len);
+    const { packets, rest } = splitPackets(Buffer.concat([this.#buf, d]));
+    this.#buf = rest;
+    for (const p of packets) {
       const w = this.#waiters.shift();
       if (w) w(p);
       else this.#queue.push(p);
