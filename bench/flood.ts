@@ -22,9 +22,9 @@ import {
   median,
   runFlood,
   startServiceVm,
-  watchStates,
   type FloodContext,
 } from '../harness/flood.js';
+import { watchStates } from '../harness/state-watch.js';
 import { makeTempDir, removeDir } from '../harness/paths.js';
 import { FLOOD_KINDS } from '../harness/hostile-guest.js';
 import { round, type BenchRow } from './lib.js';

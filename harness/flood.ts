@@ -12,15 +12,13 @@
  * and the VM runs a job. When it does not, the VM is restarted so that the
  * next flood has a VM to run on, and the figures say so.
  */
-import { createConditions } from './conditions.js';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { MqttClient } from 'mqtt';
-import type { JobRecord, JobState, VmRecord } from '../protocol/rpc.js';
+import type { VmRecord } from '../protocol/rpc.js';
 import { TERMINAL_JOB_STATES } from '../protocol/states.js';
 import { RawClient } from './broker-raw.js';
 import {
-  HOSTILE_AGENT_VERSION,
   HOSTILE_CONSOLE_LINE,
   HOSTILE_LOG,
   hostileJob,
@@ -28,8 +26,9 @@ import {
   type HostileKind,
   type HostileReport,
 } from './hostile-guest.js';
-import { result as ok, matches, type RpcClient } from './client.js';
+import { result as ok, type RpcClient } from './client.js';
 import { connectController, nextClientId, type DaemonAddress } from './connect.js';
+import { ownAgentBack, type StateWatch } from './state-watch.js';
 
 // ------------------------------------------------------------------ /proc
 
@@ -78,57 +77,6 @@ export function sampleRss(pid: number, everyMs = 200, onSample?: (kib: number) =
     },
     stop: () => clearInterval(timer),
   };
-}
-
-// ------------------------------------------------------------------ states
-
-/**
- * Job and VM state records as mvirtd publishes them, kept from the start (a
- * job may end before the caller knows its id). Output topics are left out on
- * purpose: a flood of them must not fill the test process.
- */
-export interface StateWatch {
-  jobStates(jobId: string): JobRecord[];
-  vmStates(vmId: string): VmRecord[];
-  /** Resolve with fn()'s value once it is not undefined (checked on every state message). */
-  until<T>(fn: () => T | undefined, what: string, timeoutMs: number): Promise<T>;
-  job(jobId: string, states: readonly JobState[], timeoutMs: number): Promise<JobRecord>;
-  close(): Promise<void>;
-}
-
-export async function watchStates(d: DaemonAddress): Promise<StateWatch> {
-  const client = await connectController(d.url, { clientId: nextClientId('states') });
-  const jobs = new Map<string, JobRecord[]>();
-  const vms = new Map<string, VmRecord[]>();
-  const conditions = createConditions();
-  client.on('message', (topic, payload) => {
-    if (payload.length === 0) return;
-    const parts = topic.split('/');
-    const id = parts[parts.length - 2]!;
-    const add = <T>(into: Map<string, T[]>): void => {
-      into.set(id, [...(into.get(id) ?? []), JSON.parse(payload.toString()) as T]);
-    };
-    if (matches(`${d.root}/job/+/state`, topic)) add(jobs);
-    else add(vms);
-    conditions.notify();
-  });
-  await client.subscribeAsync([`${d.root}/job/+/state`, `${d.root}/vm/+/state`], { qos: 1 });
-  const w: StateWatch = {
-    jobStates: (id) => jobs.get(id) ?? [],
-    vmStates: (id) => vms.get(id) ?? [],
-    until: (fn, what, timeoutMs) => conditions.until(fn, what, timeoutMs),
-    job: (jobId, states, timeoutMs) =>
-      w.until(
-        () => w.jobStates(jobId).find((r) => states.includes(r.state)),
-        `job ${jobId} ${states.join('|')} (seen: ${w
-          .jobStates(jobId)
-          .map((r) => r.state)
-          .join(',')})`,
-        timeoutMs,
-      ),
-    close: () => client.endAsync(),
-  };
-  return w;
 }
 
 // ------------------------------------------------------------------ figures
@@ -446,18 +394,7 @@ export async function runFlood(ctx: FloodContext, o: FloodOptions): Promise<Floo
       const rec = await states.job(hostile, TERMINAL_JOB_STATES, OVER_MS);
       if (rec.state !== 'succeeded') throw new Error(`the ${o.kind} job ended ${rec.state}`);
     } else {
-      await states.until(
-        () => {
-          const since = states.vmStates(flooder.id).slice(statesBefore);
-          const h = since.findIndex((v) => v.agentVersion === HOSTILE_AGENT_VERSION);
-          if (h < 0) return undefined;
-          return since
-            .slice(h)
-            .find((v) => v.agentVersion === flooder.agentVersion && v.state === 'ready');
-        },
-        `the flooding VM's own agent back and the VM ready`,
-        OVER_MS,
-      );
+      await ownAgentBack(states, flooder, statesBefore, OVER_MS);
     }
     await trueJob(c, flooder.id);
     usable = true;

@@ -43,10 +43,10 @@ import {
   runFlood,
   startServiceVm,
   trueJob,
-  watchStates,
   type FloodContext,
   type FloodFigures,
 } from '../../harness/flood.js';
+import { watchStates } from '../../harness/state-watch.js';
 import { FLOOD_KINDS } from '../../harness/hostile-guest.js';
 import {
   BOOT_MS,
