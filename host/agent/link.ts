@@ -8,7 +8,7 @@
  * subtree), never from the payload.
  */
 import { randomUUID } from 'node:crypto';
-import type { Bus } from '../broker/types.js';
+import type { Bus, Sender } from '../broker/types.js';
 import {
   AGENT_DOWN,
   AGENT_UP,
@@ -28,7 +28,8 @@ import {
 import type { MvirtLogger } from '../log.js';
 
 export type AgentHandler = {
-  [K in AgentUpKind]?: (vmId: string, msg: AgentUpMessage[K]) => void;
+  /** `from`: the broker session that sent it (one Sender per client connection). */
+  [K in AgentUpKind]?: (vmId: string, msg: AgentUpMessage[K], from?: Sender) => void;
 };
 
 export interface AgentLink {
@@ -70,7 +71,7 @@ export function createAgentLink(deps: {
   const pending = new Map<string, Pending>();
   let unsubscribe: (() => Promise<void>) | undefined;
 
-  function onMessage(topic: string, payload: Buffer): void {
+  function onMessage(topic: string, payload: Buffer, from?: Sender): void {
     const t = parseAgentUpTopic(topics.root, topic);
     if (!t) return;
     const { vmId, kind } = t;
@@ -98,7 +99,11 @@ export function createAgentLink(deps: {
     const m = kind === 'output' ? r.data : inertDeep(r.data);
     if (kind === 'reply') return onReply(vmId, m as AgentUpMessage['reply']);
     try {
-      (handlers[kind] as ((id: string, m: unknown) => void) | undefined)?.(vmId, m);
+      (handlers[kind] as ((id: string, m: unknown, f?: Sender) => void) | undefined)?.(
+        vmId,
+        m,
+        from,
+      );
     } catch (err) {
       // A handler bug must not let one guest's message take the daemon down.
       log.error({ vmId, kind, err }, 'agent message handler failed');

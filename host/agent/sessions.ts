@@ -15,7 +15,7 @@
  * manager asks for what it did not store (see host/jobs/agent-events.ts).
  */
 import type { Duplex } from 'node:stream';
-import type { AgentChannelHandle, Broker } from '../broker/types.js';
+import type { AgentChannelHandle, Broker, Sender } from '../broker/types.js';
 import {
   AGENT_PROTOCOL_VERSION,
   type AgentDownMessage,
@@ -68,6 +68,8 @@ interface Session extends OpenSession {
   handle?: AgentChannelHandle;
   /** The hello of the agent now connected; undefined while none is. */
   hello?: Hello;
+  /** The broker session that said it (see onHello). */
+  helloFrom?: Sender;
   /** Flow control asked by the job manager; kept across reconnects. */
   held: boolean;
   reconnectDelayMs: number;
@@ -92,6 +94,8 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
   const log = deps.log.child({ component: 'agent' });
   const sessions = new Map<string, Session>();
   const listeners: AgentListener[] = [];
+  /** Broker sessions an agent started over from, once they had said hello. */
+  const ended = new WeakSet<Sender>();
 
   function emit<K extends keyof AgentListener>(
     kind: K,
@@ -135,17 +139,32 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
     if (!s.guestLog.write(m)) deps.guest?.refuse(id, 'log lines dropped (rate limit)');
   }
 
-  function onHello(id: string, hello: Hello): void {
+  function onHello(id: string, hello: Hello, from?: Sender): void {
     const s = sessions.get(id);
     if (!s) return;
+    // A hello still on its way through the broker when its channel closed
+    // (a session the broker ended right after it, for a refused publish):
+    // that session is over, and kept, it made the next session's hello look
+    // like a second one, so the agent that came back was never heard.
+    if (!s.handle) {
+      deps.guest?.refuse(id, 'hellos of a closed channel dropped');
+      return;
+    }
+    // Likewise a late hello of a session the agent started over since.
+    if (from && ended.has(from)) {
+      deps.guest?.refuse(id, 'hellos of an ended session dropped');
+      return;
+    }
     // One hello per MQTT session: the agent says it once after it connects.
-    // Another on the same session is refused (counted, never an event each:
-    // issue 12 saw 236,000 hellos in 60 s).
-    if (s.hello) {
+    // Another from the same session is refused (counted, never an event
+    // each: issue 12 saw 236,000 hellos in 60 s). A session is the broker's
+    // client connection, which `from` stands for.
+    if (s.hello && from === s.helloFrom) {
       deps.guest?.refuse(id, 'hellos refused (one per session)');
       return;
     }
     s.hello = hello;
+    s.helloFrom = from;
     s.reconnectDelayMs = RECONNECT_MIN_MS;
     if (hello.protocol !== AGENT_PROTOCOL_VERSION) {
       s.log.warn(
@@ -188,6 +207,7 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
     // reconnect, its old session's hello and pending calls no longer hold.
     handle.onRestart?.(() => {
       if (s.handle !== handle) return;
+      if (s.helloFrom) ended.add(s.helloFrom);
       s.hello = undefined;
       link.dropVm(s.id, 'the agent started a new session');
       if (!s.ended) emit('gone', s.id);

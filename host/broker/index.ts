@@ -60,7 +60,7 @@ function loadUsers(o: BrokerOptions): Users {
   return users;
 }
 
-/** What the API learns about a publisher; one object per principal. */
+/** What the API learns about a publisher; one object per principal, i.e. per client connection. */
 function createSenders(ctx: AclContext) {
   const cache = new WeakMap<Principal, Sender>();
   return (p: Principal): Sender => {

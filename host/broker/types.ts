@@ -15,7 +15,10 @@ export interface PublishOpts {
   qos?: 0 | 1;
 }
 
-/** Who published a message the daemon receives (the API's caller). */
+/**
+ * Who published a message the daemon receives (the API's caller). One object
+ * per client connection, so a handler can tell an agent's sessions apart.
+ */
 export interface Sender {
   actor: Actor;
   access: Access;
