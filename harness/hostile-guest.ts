@@ -24,7 +24,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AGENT_PROTOCOL_VERSION, AGENT_UP } from '../protocol/agent.js';
+import { AGENT_PROTOCOL_VERSION, AGENT_UP, type Hello } from '../protocol/agent.js';
 import { encodeCbor } from '../protocol/codec.js';
 import { topics, type AgentUpKind } from '../protocol/topics.js';
 import { encodeConnect, encodePublish } from './broker-raw.js';
@@ -64,9 +64,41 @@ export function printfFormat(b: Uint8Array): string {
 }
 
 /** An agent message as the agent would send it (validated: the host must not refuse it as malformed). */
-function agentPayload(kind: AgentUpKind, msg: unknown): Buffer {
+export function agentPayload(kind: AgentUpKind, msg: unknown): Buffer {
   AGENT_UP[kind].parse(msg);
   return encodeCbor(msg);
+}
+
+/** job.run's argv for hostile-guest.sh, shipped in env H_SCRIPT (the image has no copy). */
+export const HOSTILE_ARGV: readonly string[] = [
+  'sh',
+  '-c',
+  'printf %s "$H_SCRIPT" >/tmp/hostile.sh && exec sh /tmp/hostile.sh main',
+];
+export const HOSTILE_SCRIPT = SCRIPT;
+
+/** The CONNECT an agent of vmId sends on its channel (no credentials: the channel is the identity). */
+export const agentConnect = (vmId: string): Buffer =>
+  encodeConnect({ clientId: `agent-${vmId}`, clean: true, keepalive: 30 });
+
+/**
+ * A hello as the agent sends it after CONNECT (QoS 1, packet id 1), claiming
+ * HOSTILE_AGENT_VERSION so the host's VM record shows the takeover.
+ */
+export function hostileHello(root: string, vmId: string, jobs: Hello['jobs'] = []): Buffer {
+  return encodePublish(
+    topics(root).agentUp(vmId, 'hello'),
+    agentPayload('hello', {
+      protocol: AGENT_PROTOCOL_VERSION,
+      agentVersion: HOSTILE_AGENT_VERSION,
+      kernel: 'hostile',
+      hostname: vmId,
+      pid: 1,
+      boot: { initS: 1, agentStartS: 2, connectedS: 3 },
+      jobs,
+    }),
+    { qos: 1, messageId: 1 },
+  );
 }
 
 export interface HostileJob {
@@ -88,7 +120,6 @@ export interface HostileOptions {
 
 /** The job that runs the flood in the VM (job.run argv and env). */
 export function hostileJob(o: HostileOptions): HostileJob {
-  const t = topics(o.root);
   const env: Record<string, string> = {
     H_MODE: o.kind,
     H_SECONDS: String(o.seconds),
@@ -98,27 +129,19 @@ export function hostileJob(o: HostileOptions): HostileJob {
   if (o.kind === 'console') {
     env.H_LINE = HOSTILE_CONSOLE_LINE;
   } else {
-    const connect = encodeConnect({ clientId: `agent-${o.vmId}`, clean: true, keepalive: 30 });
-    const hello = encodePublish(
-      t.agentUp(o.vmId, 'hello'),
-      agentPayload('hello', {
-        protocol: AGENT_PROTOCOL_VERSION,
-        agentVersion: HOSTILE_AGENT_VERSION,
-        kernel: 'hostile',
-        hostname: o.vmId,
-        pid: 1,
-        boot: { initS: 1, agentStartS: 2, connectedS: 3 },
-        // The job it floods stays the VM's (lastSeq -1: nothing to replay).
-        jobs: o.targetJobId ? [{ jobId: o.targetJobId, state: 'running', lastSeq: -1 }] : [],
-      }),
-      { qos: 1, messageId: 1 },
+    const connect = agentConnect(o.vmId);
+    // The job it floods stays the VM's (lastSeq -1: nothing to replay).
+    const hello = hostileHello(
+      o.root,
+      o.vmId,
+      o.targetJobId ? [{ jobId: o.targetJobId, state: 'running', lastSeq: -1 }] : [],
     );
     env.H_CONNECT = printfFormat(connect);
     env.H_HELLO = printfFormat(hello);
     Object.assign(env, loopPacket(o, hello));
   }
   return {
-    argv: ['sh', '-c', 'printf %s "$H_SCRIPT" >/tmp/hostile.sh && exec sh /tmp/hostile.sh main'],
+    argv: [...HOSTILE_ARGV],
     env,
     packetBytes: Number(env.H_PACKET_BYTES ?? 0),
   };
