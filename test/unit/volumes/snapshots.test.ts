@@ -12,18 +12,15 @@ import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createStore, type Store } from '../../../host/store/index.js';
-import { createEventLog } from '../../../host/events/log.js';
 import { silentLogger } from '../../../host/log.js';
 import { createVolumeFiles } from '../../../host/volumes/files.js';
 import { createQemuImg } from '../../../host/volumes/qemu-img.js';
-import { createVolumeTransitions } from '../../../host/volumes/transition.js';
-import { createVolumeAttach } from '../../../host/volumes/attach.js';
-import { createVolumeManager, type VolumeManager } from '../../../host/volumes/manager.js';
+import type { createVolumeAttach } from '../../../host/volumes/attach.js';
+import type { VolumeManager } from '../../../host/volumes/manager.js';
 import type { VolumeVms } from '../../../host/volumes/snapshots.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
-import { MvirtError, type ErrorCode } from '../../../protocol/errors.js';
+import { refused, volumeRig } from '../../support/volumes.js';
 import { PARAMS } from '../../../protocol/rpc.js';
-import { topics } from '../../../protocol/topics.js';
 
 const log = silentLogger();
 const qemuImg = createQemuImg();
@@ -55,48 +52,19 @@ before(async () => {
   dir = await makeTempDir('mvirt-snapshots-');
   volDir = path.join(dir, 'volumes');
   store = createStore(path.join(dir, 'mvirt.db'), log);
-  const files = createVolumeFiles(volDir);
-  await files.init();
-  const bus = {
-    publish: () => Promise.resolve(),
-    subscribe: () => Promise.resolve(() => Promise.resolve()),
-  };
-  const t = topics('mvirt/h');
-  const events = createEventLog({
-    repo: store.events,
-    bus,
-    topics: t,
-    log,
-    retention: { days: 30, maxRows: 10_000 },
-  });
-  const transitions = createVolumeTransitions({ store, events, bus, topics: t, log });
-  attach = createVolumeAttach({ store, files, transitions });
-  volumes = createVolumeManager({
+  await createVolumeFiles(volDir).init();
+  ({ volumes, attach } = volumeRig({
     store,
-    files,
-    qemuImg,
-    transitions,
+    volDir,
+    log,
     vmActive: (id) => running.has(id),
     vms,
-    log,
-    options: { maxBytes: null, importDir: null },
-  });
+  }));
 });
 after(async () => {
   store.close();
   await removeDir(dir);
 });
-
-async function refused(p: Promise<unknown>, code: ErrorCode): Promise<MvirtError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof MvirtError, `an MvirtError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 const fileOf = (id: string, fmt = 'qcow2'): string => path.join(volDir, `${id}.${fmt}`);
 const write = (id: string, byte: string): void => {

@@ -12,16 +12,12 @@ import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createStore, type Store } from '../../../host/store/index.js';
-import { createEventLog } from '../../../host/events/log.js';
 import { silentLogger } from '../../../host/log.js';
 import { createVolumeFiles } from '../../../host/volumes/files.js';
-import { createQemuImg } from '../../../host/volumes/qemu-img.js';
-import { createVolumeTransitions } from '../../../host/volumes/transition.js';
-import { createVolumeAttach } from '../../../host/volumes/attach.js';
-import { createVolumeManager, MIB, type VolumeManager } from '../../../host/volumes/manager.js';
+import type { createVolumeAttach } from '../../../host/volumes/attach.js';
+import { MIB, type VolumeManager } from '../../../host/volumes/manager.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
-import { MvirtError, type ErrorCode } from '../../../protocol/errors.js';
-import { topics } from '../../../protocol/topics.js';
+import { refused, volumeRig } from '../../support/volumes.js';
 
 const log = silentLogger();
 let dir: string;
@@ -33,33 +29,9 @@ let importDir: string;
 const published: { topic: string; payload: string }[] = [];
 
 function build(maxBytes: number | null): VolumeManager {
-  const files = createVolumeFiles(volDir);
-  const bus = {
-    publish: (topic: string, payload: Buffer | string) => {
-      published.push({ topic, payload: payload.toString() });
-      return Promise.resolve();
-    },
-    subscribe: () => Promise.resolve(() => Promise.resolve()),
-  };
-  const t = topics('mvirt/h');
-  const events = createEventLog({
-    repo: store.events,
-    bus,
-    topics: t,
-    log,
-    retention: { days: 30, maxRows: 10_000 },
-  });
-  const transitions = createVolumeTransitions({ store, events, bus, topics: t, log });
-  attach = createVolumeAttach({ store, files, transitions });
-  return createVolumeManager({
-    store,
-    files,
-    qemuImg: createQemuImg(),
-    transitions,
-    vmActive: () => false,
-    log,
-    options: { maxBytes, importDir },
-  });
+  const rig = volumeRig({ store, volDir, log, published, maxBytes, importDir });
+  attach = rig.attach;
+  return rig.volumes;
 }
 
 before(async () => {
@@ -75,20 +47,6 @@ after(async () => {
   store.close();
   await removeDir(dir);
 });
-
-async function refused(
-  p: Promise<unknown> | (() => unknown),
-  code: ErrorCode,
-): Promise<MvirtError> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (err) {
-    assert.ok(err instanceof MvirtError, `an MvirtError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 /** What must not change when a call is refused. */
 function snapshot(): string {
