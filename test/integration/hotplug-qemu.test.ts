@@ -12,8 +12,6 @@ import assert from 'node:assert/strict';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import type { RpcClient } from '../../harness/client.js';
-import type { JobRunResult } from '../../protocol/rpc.js';
 import {
   BOOT_MS,
   explained,
@@ -23,21 +21,11 @@ import {
   tempDataDir,
   trackPid,
 } from '../support/qemu.js';
+import { diskJob, FIND_DISK } from '../support/disks.js';
 
-const JOB_MS = 60_000;
 const MARK = 'mvirt-hotplug-data-7';
 
 /** Wait (in the guest) for the block device whose serial is $ID; $D is its /dev path. */
-const FIND = `i=0; D=; while [ -z "$D" ] && [ $i -lt 100 ]; do for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && D=/dev/\${b##*/}; done; [ -n "$D" ] || { sleep 0.1 2>/dev/null || sleep 1; }; i=$((i+1)); done; [ -n "$D" ] || { echo "no disk with serial $ID" >&2; ls /sys/block >&2; exit 9; }`;
-
-const sh = async (c: RpcClient, vm: string, script: string, id: string): Promise<JobRunResult> =>
-  ok(
-    await c.call(
-      'job.run',
-      { vm, argv: ['sh', '-c', script], env: { ID: id }, wait: true },
-      { timeoutMs: JOB_MS },
-    ),
-  );
 
 const code = (r: { ok: boolean; error?: { code: string } }): string =>
   r.ok ? 'ok' : r.error!.code;
@@ -77,10 +65,10 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
       "the VM's uid",
     );
 
-    const w = await sh(
+    const w = await diskJob(
       c,
       'one',
-      `${FIND}; ls /sys/block | tr '\\n' ' '; echo; printf '%s' ${MARK} | dd of=$D bs=512 seek=2048 conv=fsync 2>/dev/null && echo "written to $D"`,
+      `${FIND_DISK}; ls /sys/block | tr '\\n' ' '; echo; printf '%s' ${MARK} | dd of=$D bs=512 seek=2048 conv=fsync 2>/dev/null && echo "written to $D"`,
       vol.id,
     );
     assert.equal(w.exitCode, 0, w.stderr);
@@ -120,7 +108,7 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
     assert.equal(d.disks, undefined);
     assert.ok(!readdirSync(path.join(dataDir, 'vm', one!.id)).includes(`${vol.id}.raw`));
     assert.equal(statSync(file).uid, process.getuid!(), 'given back to mvirtd');
-    const gone = await sh(
+    const gone = await diskJob(
       c,
       'one',
       'for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && echo "still there: $b"; done; ls /sys/block | tr "\\n" " "',
@@ -134,10 +122,10 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
 
     // Into the other running VM: the data is there.
     ok(await c.call('vm.attachDisk', { vm: 'two', volume: 'hot' }));
-    const r = await sh(
+    const r = await diskJob(
       c,
       'two',
-      `${FIND}; dd if=$D bs=512 skip=2048 count=1 2>/dev/null | head -c ${MARK.length}`,
+      `${FIND_DISK}; dd if=$D bs=512 skip=2048 count=1 2>/dev/null | head -c ${MARK.length}`,
       vol.id,
     );
     assert.equal(r.exitCode, 0, r.stderr);

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { JobRunResult, OutputChunk, VmRecord } from '../../protocol/rpc.js';
+import type { OutputChunk, VmRecord } from '../../protocol/rpc.js';
 import type { RpcClient } from '../../harness/client.js';
 import {
   BOOT_MS,
@@ -22,23 +22,12 @@ import {
   tempDataDir,
   trackPid,
 } from '../support/qemu.js';
+import { diskJob, FIND_DISK } from '../support/disks.js';
 
 const JOB_MS = 60_000;
 
-/** The guest's block device whose serial is $ID (busybox sh). */
-const FIND =
-  'for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && D=/dev/${b##*/}; done; [ -n "$D" ] || { echo "no disk with serial $ID" >&2; exit 9; }';
 const FIRST = 'mvirt-snapshot-first-1';
 const SECOND = 'mvirt-snapshot-second2';
-
-const sh = async (c: RpcClient, vm: string, script: string, id: string): Promise<JobRunResult> =>
-  ok(
-    await c.call(
-      'job.run',
-      { vm, argv: ['sh', '-c', script], env: { ID: id }, wait: true },
-      { timeoutMs: JOB_MS },
-    ),
-  );
 
 async function start(c: RpcClient, name: string): Promise<VmRecord> {
   const vm = ok(
@@ -50,8 +39,8 @@ async function start(c: RpcClient, name: string): Promise<VmRecord> {
 }
 
 const mark = (text: string): string =>
-  `${FIND}; printf '%s' ${text} | dd of=$D bs=512 seek=2048 conv=fsync 2>/dev/null && echo written`;
-const readMark = `${FIND}; dd if=$D bs=512 skip=2048 count=1 2>/dev/null | head -c ${FIRST.length}`;
+  `${FIND_DISK}; printf '%s' ${text} | dd of=$D bs=512 seek=2048 conv=fsync 2>/dev/null && echo written`;
+const readMark = `${FIND_DISK}; dd if=$D bs=512 skip=2048 count=1 2>/dev/null | head -c ${FIRST.length}`;
 
 test(
   'a live snapshot while the guest writes; restore on the stopped volume brings it back',
@@ -73,7 +62,7 @@ test(
       const t0 = performance.now();
       const one = await start(c, 'snapper');
 
-      const w = await sh(c, 'snapper', mark(FIRST), vol.id);
+      const w = await diskJob(c, 'snapper', mark(FIRST), vol.id);
       assert.equal(w.exitCode, 0, w.stderr);
       assert.match(w.stdout!, /written/);
 
@@ -84,7 +73,7 @@ test(
           argv: [
             'sh',
             '-c',
-            `${FIND}; i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=$D bs=4096 seek=1024 count=8 conv=fsync 2>/dev/null; echo "w $i"; done`,
+            `${FIND_DISK}; i=0; while :; do i=$((i+1)); dd if=/dev/urandom of=$D bs=4096 seek=1024 count=8 conv=fsync 2>/dev/null; echo "w $i"; done`,
           ],
           env: { ID: vol.id },
         }),
@@ -129,7 +118,7 @@ test(
       assert.ok(ev, JSON.stringify(evs.map((e) => e.message)));
       assert.ok(ev.objects.includes(vol.id));
 
-      const w2 = await sh(c, 'snapper', mark(SECOND), vol.id);
+      const w2 = await diskJob(c, 'snapper', mark(SECOND), vol.id);
       assert.equal(w2.exitCode, 0, w2.stderr);
       const refused = await c.call('volume.restore', { volume: 'snapvol', snapshot: 'first' });
       assert.equal(refused.ok ? 'ok' : refused.error.code, 'VOLUME_IN_USE');
@@ -143,7 +132,7 @@ test(
       ok(await c.call('volume.restore', { volume: 'snapvol', snapshot: 'first' }));
 
       await start(c, 'snapper');
-      const r = await sh(c, 'snapper', readMark, vol.id);
+      const r = await diskJob(c, 'snapper', readMark, vol.id);
       assert.equal(r.exitCode, 0, r.stderr);
       assert.equal(r.stdout, FIRST);
       console.log(

@@ -13,7 +13,7 @@ import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { VmTelemetry } from '../../protocol/metrics.js';
-import type { JobRunResult, VmRecord } from '../../protocol/rpc.js';
+import type { VmRecord } from '../../protocol/rpc.js';
 import type { RpcClient } from '../../harness/client.js';
 import {
   BOOT_MS,
@@ -25,12 +25,8 @@ import {
   tempDataDir,
   trackPid,
 } from '../support/qemu.js';
+import { diskJob, FIND_DISK } from '../support/disks.js';
 
-const JOB_MS = 60_000;
-
-/** The guest's block device whose serial is $ID (busybox sh). */
-const FIND =
-  'for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "$ID" ] && D=/dev/${b##*/}; done; [ -n "$D" ] || { echo "no disk with serial $ID" >&2; exit 9; }';
 const MARK = 'mvirt-volume-data-42';
 
 async function boot(
@@ -48,15 +44,6 @@ async function boot(
   return vm;
 }
 
-const sh = async (c: RpcClient, vm: string, script: string, id: string): Promise<JobRunResult> =>
-  ok(
-    await c.call(
-      'job.run',
-      { vm, argv: ['sh', '-c', script], env: { ID: id }, wait: true },
-      { timeoutMs: JOB_MS },
-    ),
-  );
-
 test('a volume keeps its data from one VM to the next', { skip, timeout: 600_000 }, () =>
   explained(async () => {
     const dataDir = await tempDataDir('mvirt-vol-qemu-');
@@ -73,10 +60,10 @@ test('a volume keeps its data from one VM to the next', { skip, timeout: 600_000
     const qemuUid = statSync(path.join(dataDir, 'vm', one.id)).uid;
     assert.equal(statSync(file).uid, qemuUid);
 
-    const probe = await sh(
+    const probe = await diskJob(
       c,
       'writer',
-      `${FIND}; echo "dev=$D size=$(cat /sys/block/\${D#/dev/}/size)"`,
+      `${FIND_DISK}; echo "dev=$D size=$(cat /sys/block/\${D#/dev/}/size)"`,
       vol.id,
     );
     assert.equal(probe.exitCode, 0, probe.stderr);
@@ -93,10 +80,10 @@ test('a volume keeps its data from one VM to the next', { skip, timeout: 600_000
       120_000,
     );
     await mounted;
-    const w = await sh(
+    const w = await diskJob(
       c,
       'writer',
-      `${FIND}; mke2fs -q $D && mkdir -p /mnt/v && mount $D /mnt/v && echo ${MARK} >/mnt/v/mark && sync && echo written`,
+      `${FIND_DISK}; mke2fs -q $D && mkdir -p /mnt/v && mount $D /mnt/v && echo ${MARK} >/mnt/v/mark && sync && echo written`,
       vol.id,
     );
     assert.equal(w.exitCode, 0, w.stderr);
@@ -134,10 +121,10 @@ test('a volume keeps its data from one VM to the next', { skip, timeout: 600_000
       statSync(path.join(dataDir, 'vm', two.id, `${vol.id}.raw`)).ino,
       statSync(file).ino,
     );
-    const r = await sh(
+    const r = await diskJob(
       c,
       'reader',
-      `${FIND}; mkdir -p /mnt/v && mount -o ro $D /mnt/v && cat /mnt/v/mark`,
+      `${FIND_DISK}; mkdir -p /mnt/v && mount -o ro $D /mnt/v && cat /mnt/v/mark`,
       vol.id,
     );
     assert.equal(r.exitCode, 0, r.stderr);
