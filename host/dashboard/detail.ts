@@ -1,11 +1,13 @@
 /**
  * The selected VM: CPU and memory charts (uPlot; history from metrics.query,
- * then every live telemetry sample) and its boot timeline from the agent's
- * hello. `data-points` on each chart says how many samples it draws.
+ * then every live telemetry sample), its boot timeline from the agent's
+ * hello, and its disks (disks.ts). `data-points` on each chart says how many
+ * samples it draws.
  */
 import uPlot from 'uplot';
 import type { VmRecord } from '../../protocol/rpc.js';
 import type { Conn } from './conn.js';
+import { diskRows } from './disks.js';
 import { byId, h } from './dom.js';
 import { emptySeries, type Model, type Series } from './model.js';
 
@@ -81,6 +83,7 @@ export function detailView(m: Model, conn: Conn): { select(id: string): void } {
   const cpuEl = byId('chart-cpu');
   const memEl = byId('chart-mem');
   const boot = byId('boot-timeline');
+  const disks = byId('vm-disks-body');
   let cpu: uPlot | null = null;
   let mem: uPlot | null = null;
   let shown: string | null = null;
@@ -112,6 +115,7 @@ export function detailView(m: Model, conn: Conn): { select(id: string): void } {
     }
     draw(m.series.get(v.id));
     boot.replaceChildren(...bootTimeline(v));
+    disks.replaceChildren(...diskRows(v, m.telemetry.get(v.id)));
   });
 
   return {

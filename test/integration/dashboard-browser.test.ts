@@ -2,8 +2,10 @@
  * The dashboard in a real browser (Debian's chromium, headless) against mvirtd
  * driving a real QEMU microVM: the page shows the VM, its start button boots
  * it, the page sees it become ready, draws its boot timeline and a memory
- * chart that grows with live telemetry, and its stop button stops it. Every
- * one of those comes over MQTT on the page's WebSocket; the test only looks.
+ * chart that grows with live telemetry, its volume (attached at boot) with
+ * the guest's name, size, mount and usage for it once a job mounts it, and
+ * its stop button stops it. Every one of those comes over MQTT on the page's
+ * WebSocket; the test only looks (the mount is a job the test runs).
  * Screenshots go to test-output/.
  */
 import assert from 'node:assert/strict';
@@ -13,6 +15,7 @@ import { after, test } from 'node:test';
 import { launchBrowser, skipNoBrowser, type Browser } from '../../harness/browser.js';
 import { REPO } from '../../harness/paths.js';
 import { BOOT_MS, explained, ok, qemuDaemon, skipNoImage, tempDataDir } from '../support/qemu.js';
+import { diskJob, FIND_DISK } from '../support/disks.js';
 
 const SHOTS = path.join(REPO, 'test-output');
 /** What the page-side function reads (tests are type-checked without DOM types). */
@@ -30,7 +33,14 @@ test(
       const dataDir = await tempDataDir('mvirt-dash-');
       const { d, c } = await qemuDaemon(dataDir, ['--telemetry-interval-ms', '1000']);
       assert.ok(d.httpUrl, 'mvirtd reports its HTTP address');
-      const vm = ok(await c.call('vm.create', { name: 'dash-1', memoryMiB: 256 }));
+      const vol = ok(await c.call('volume.create', { name: 'dash-vol', sizeMiB: 16 }));
+      const vm = ok(
+        await c.call('vm.create', {
+          name: 'dash-1',
+          memoryMiB: 256,
+          disks: [{ volume: vol.id }],
+        }),
+      );
 
       // The dashboard asks for a login (HTTP Basic): the test admin's.
       browser = await launchBrowser({ httpCredentials: d.admin! });
@@ -74,6 +84,26 @@ test(
         first + 3,
         { timeout: 60_000 },
       );
+
+      // The volume, from the VM record, then the guest's view of it from telemetry.
+      const disk = page.locator(`#vm-disks tr.disk[data-volume="${vol.id}"]`);
+      await disk.waitFor({ timeout: 10_000 });
+      assert.equal(await disk.locator('td').nth(1).textContent(), 'read-write');
+      const mounted = await diskJob(
+        c,
+        vm.id,
+        `${FIND_DISK}; mke2fs -q $D && mkdir -p /mnt/d && mount $D /mnt/d && echo $D`,
+        vol.id,
+      );
+      assert.equal(mounted.exitCode, 0, mounted.stderr);
+      const dev = mounted.stdout!.trim().split('\n').pop();
+      await page
+        .locator(`#vm-disks tr.disk[data-volume="${vol.id}"]`, { hasText: '/mnt/d' })
+        .waitFor({ timeout: 60_000 });
+      const cells = await disk.locator('td').allTextContents();
+      assert.deepEqual(cells.slice(0, 5), [vol.id, 'read-write', dev, '16.0 MiB', '/mnt/d']);
+      assert.match(cells[5]!, /^[\d.]+ (B|KiB|MiB) of 1\d\.\d MiB$/, "the mount's usage");
+
       const memCell = await row.locator('td').nth(5).textContent();
       assert.match(memCell ?? '', /\d+ MiB/, 'the row shows the guest memory in use');
       await mkdir(SHOTS, { recursive: true });
