@@ -4,6 +4,7 @@
  * checked not to be a symbolic link just before the call.
  */
 import { execFile as execFileCb } from 'node:child_process';
+import { open } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { MvirtError } from '../../protocol/errors.js';
 import type { VolumeFormat } from '../../protocol/rpc.js';
@@ -76,6 +77,15 @@ export function createQemuImg(binary = 'qemu-img'): QemuImg {
         ['convert', '-q', ...(fromFormat ? ['-f', fromFormat] : []), '-O', format, from, to],
         'qemu-img convert',
       );
+      // qemu-img convert writes with cache=unsafe and never flushes (seen with
+      // strace): without this the volume's row could be committed while its
+      // data is still in the page cache, and a power cut leave it torn.
+      const fh = await open(to, 'r');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
     },
     async resize(file, format, sizeBytes) {
       await run(['resize', '-q', '-f', format, file, String(sizeBytes)], 'qemu-img resize');
