@@ -63,6 +63,21 @@ export function volumeRig(o: {
   return { volumes, attach };
 }
 
+/** A stopped service VM row, for volumes to be attached to. */
+export function addStoreVm(store: Store, id: string): void {
+  store.vms.insert({
+    id,
+    name: id,
+    vcpus: 1,
+    memoryMiB: 256,
+    kind: 'service',
+    image: 'default',
+    backend: 'qemu',
+    network: { mode: 'none' },
+    metadata: {},
+  });
+}
+
 /** `p` fails with an MvirtError of this code; returns it. */
 export async function refused(
   p: Promise<unknown> | (() => unknown),

@@ -19,7 +19,7 @@ import type { createVolumeAttach } from '../../../host/volumes/attach.js';
 import type { VolumeManager } from '../../../host/volumes/manager.js';
 import type { VolumeVms } from '../../../host/volumes/snapshots.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
-import { refused, volumeRig } from '../../support/volumes.js';
+import { addStoreVm, refused, volumeRig } from '../../support/volumes.js';
 import { PARAMS } from '../../../protocol/rpc.js';
 
 const log = silentLogger();
@@ -97,19 +97,7 @@ const state = (id: string): string =>
     events: store.events.query({ objectId: id }).length,
   });
 
-function addVm(id: string): void {
-  store.vms.insert({
-    id,
-    name: id,
-    vcpus: 1,
-    memoryMiB: 256,
-    kind: 'service',
-    image: 'default',
-    backend: 'qemu',
-    network: { mode: 'none' },
-    metadata: {},
-  });
-}
+const addVm = (id: string): void => addStoreVm(store, id);
 
 describe('disk snapshots', () => {
   test('snapshot, overwrite, restore brings the snapshotted data back; list; delete', async () => {

@@ -17,7 +17,7 @@ import { createVolumeFiles } from '../../../host/volumes/files.js';
 import type { createVolumeAttach } from '../../../host/volumes/attach.js';
 import { MIB, type VolumeManager } from '../../../host/volumes/manager.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
-import { refused, volumeRig } from '../../support/volumes.js';
+import { addStoreVm, refused, volumeRig } from '../../support/volumes.js';
 
 const log = silentLogger();
 let dir: string;
@@ -57,19 +57,7 @@ function snapshot(): string {
   });
 }
 
-function addVm(id: string): void {
-  store.vms.insert({
-    id,
-    name: id,
-    vcpus: 1,
-    memoryMiB: 256,
-    kind: 'service',
-    image: 'default',
-    backend: 'qemu',
-    network: { mode: 'none' },
-    metadata: {},
-  });
-}
+const addVm = (id: string): void => addStoreVm(store, id);
 
 const info = (file: string) =>
   JSON.parse(
