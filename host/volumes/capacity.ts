@@ -5,7 +5,6 @@
  * guest may fill its disk, and a host whose disk fills up fails every VM on
  * it at once, mid-write.
  */
-import { statfsSync } from 'node:fs';
 import { MvirtError } from '../../protocol/errors.js';
 import type { SystemInfo } from '../../protocol/rpc.js';
 import type { VolumeRepo } from '../store/index.js';
@@ -24,13 +23,8 @@ export function createCapacity(
   repo: Pick<VolumeRepo, 'totals'>,
   opts: CapacityOptions,
 ) {
-  /** Free bytes for mvirtd (statfs: blocks available to unprivileged users, times block size). */
-  const freeBytes = (): number => {
-    const s = statfsSync(files.dir);
-    return s.bavail * s.bsize;
-  };
   async function requireDisk(bytes: number): Promise<void> {
-    const free = await files.freeBytes();
+    const free = files.freeBytes();
     if (bytes > free)
       throw new MvirtError(
         'STORAGE_FULL',
@@ -67,13 +61,13 @@ export function createCapacity(
           );
       }
     },
-    /** system.info's storage figures (synchronous: statfs is one cheap syscall). */
+    /** system.info's storage figures. */
     info(): NonNullable<SystemInfo['storage']> {
       const t = repo.totals();
       return {
         provisionedBytes: t.provisioned,
         usedBytes: t.used,
-        freeBytes: freeBytes(),
+        freeBytes: files.freeBytes(),
         maxBytes: opts.maxBytes,
       };
     },

@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
+import pLimit from 'p-limit';
 import type { MvirtLogger } from '../log.js';
 import type { Store } from '../store/index.js';
 import { MvirtError } from '../../protocol/errors.js';
@@ -41,7 +42,6 @@ interface MakeCtx {
   id: string;
   name: string;
   format: VolumeFormat;
-  sizeBytes: number;
   backing: VolumeRecord | null;
   /** Builds the file at `file`. */
   make: (file: string) => Promise<void>;
@@ -56,13 +56,9 @@ export function createVolumeManager(d: VolumeManagerDeps) {
   const repo = store.volumes;
   const log = d.log.child({ component: 'volume' });
   const capacity = createCapacity(files, repo, d.options);
-  let queue: Promise<unknown> = Promise.resolve();
   /** One change at a time, in arrival order. */
-  function serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = queue.then(fn, fn);
-    queue = next.catch(() => undefined);
-    return next;
-  }
+  const queue = pLimit(1);
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => queue(fn);
   const now = (): string => new Date().toISOString();
 
   function find(ref: string): VolumeRecord {
@@ -170,7 +166,6 @@ export function createVolumeManager(d: VolumeManagerDeps) {
             id: newId(),
             name: p.name,
             format,
-            sizeBytes: info.virtualSize,
             backing: null,
             make: (file) => qemuImg.convert(src, file, format, info.format),
             what: `imported from ${p.importFrom}`,
@@ -183,7 +178,6 @@ export function createVolumeManager(d: VolumeManagerDeps) {
           id: newId(),
           name: p.name,
           format,
-          sizeBytes,
           backing: null,
           make: (file) => qemuImg.create(file, format, sizeBytes),
           what: 'created',
@@ -213,7 +207,6 @@ export function createVolumeManager(d: VolumeManagerDeps) {
           id: newId(),
           name: p.name,
           format: mode === 'overlay' ? 'qcow2' : src.format,
-          sizeBytes: src.sizeBytes,
           backing: mode === 'overlay' ? src : null,
           make: (file) =>
             mode === 'overlay'
