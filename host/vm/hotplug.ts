@@ -173,8 +173,9 @@ export function diskOperations(ctx: VmContext) {
         };
         try {
           await runDiskSteps(ATTACH_STEPS, c);
-        } finally {
-          ctx.publishState(vms.get(id)!);
+        } catch (err) {
+          ctx.publishState(vms.get(id)!); // the claim was rolled back
+          throw err;
         }
         return done(id);
       });
