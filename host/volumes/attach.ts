@@ -53,19 +53,35 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
     return null;
   }
 
+  /** The volume and its templates, nearest first; the ids that are gone, where the chain breaks. */
+  function chain(volumeId: string): { found: VolumeRecord[]; missing: string | null } {
+    const found: VolumeRecord[] = [];
+    for (let id: string | null = volumeId; id !== null;) {
+      const v = repo.get(id);
+      if (!v) return { found, missing: id };
+      found.push(v);
+      id = v.backing;
+    }
+    return { found, missing: null };
+  }
+
   /** One disk's files, checked (never a link), with format, serial and templates. */
   async function diskSpec(disk: VmDisk): Promise<DiskSpec> {
-    const v = repo.get(disk.volume);
-    if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `volume ${disk.volume} is gone`);
+    const { found, missing } = chain(disk.volume);
+    if (missing !== null)
+      throw new MvirtError(
+        'VOLUME_NOT_FOUND',
+        missing === disk.volume
+          ? `volume ${missing} is gone`
+          : `template volume ${missing} is gone`,
+      );
+    const [v, ...templates] = found as [VolumeRecord, ...VolumeRecord[]];
     const backing: DiskSpec['backing'] = [];
-    for (let b = v.backing; b !== null;) {
-      const t = repo.get(b);
-      if (!t) throw new MvirtError('VOLUME_NOT_FOUND', `template volume ${b} is gone`);
+    for (const t of templates) {
       backing.push({
         path: await d.files.checkFile(t.id, t.format),
         name: d.files.nameOf(t.id, t.format),
       });
-      b = t.backing;
     }
     return {
       path: await d.files.checkFile(v.id, v.format),
@@ -206,14 +222,7 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
      * no other disk of the VM needs them.
      */
     linkNames(volumeId: string): string[] {
-      const names: string[] = [];
-      for (let id: string | null = volumeId; id !== null;) {
-        const v = repo.get(id);
-        if (!v) break;
-        names.push(d.files.nameOf(v.id, v.format));
-        id = v.backing;
-      }
-      return names;
+      return chain(volumeId).found.map((v) => d.files.nameOf(v.id, v.format));
     },
 
     /** The hypervisor's view of one disk (see bootDisks). */
