@@ -146,6 +146,8 @@ const PARAMS: Record<string, unknown> = {
   'vm.resume': { vm: 'nope' },
   'vm.reboot': { vm: 'nope' },
   'vm.delete': { vm: 'nope' },
+  'vm.attachDisk': { vm: 'nope', volume: 'nope' },
+  'vm.detachDisk': { vm: 'nope', volume: 'nope' },
   'job.run': { vm: 'nope', argv: ['true'] },
   'job.get': { jobId: 'job-000000000000' },
   'job.list': {},
@@ -192,6 +194,8 @@ const OPERATE = [
   'vm.resume',
   'vm.reboot',
   'vm.delete',
+  'vm.attachDisk',
+  'vm.detachDisk',
   'job.run',
   'job.cancel',
   'volume.create',
@@ -318,6 +322,14 @@ describe('scopes', () => {
       // Its own volume it may attach; the clone carries its label.
       const vm = await a.call('vm.create', { name: 'with-disk', disks: [{ volume: 'vol-a' }] });
       assert.ok(vm.ok, JSON.stringify(vm));
+      // Both objects are checked: another scope's volume onto its own VM, or
+      // its own volume off another scope's VM, is refused and changes nothing.
+      const plug = await a.call('vm.attachDisk', { vm: 'with-disk', volume: 'vol-b' });
+      assert.equal(plug.ok ? 'ok' : plug.error.code, 'FORBIDDEN');
+      const unplug = await b.call('vm.detachDisk', { vm: 'with-disk', volume: 'vol-a' });
+      assert.equal(unplug.ok ? 'ok' : unplug.error.code, 'FORBIDDEN');
+      assert.deepEqual(d.daemon.store.volumes.get(idB)?.attachedTo, []);
+      assert.equal(d.daemon.store.volumes.find('vol-a')?.attachedTo.length, 1);
       const cl = await a.call('volume.clone', {
         volume: 'vol-a',
         name: 'vol-a-copy',
