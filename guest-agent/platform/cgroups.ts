@@ -83,17 +83,27 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
     try {
       await writeFile(path.join(root, 'agent', 'memory.low'), String(sizes.agentLow));
       await writeFile(path.join(jobsDir, 'memory.max'), String(sizes.jobsMax));
+      for (const e of await readdir(jobsDir, { withFileTypes: true }))
+        if (e.isDirectory()) leftovers.add(path.join(jobsDir, e.name));
       return true;
     } catch {
       return false;
     }
   };
 
-  /** Groups of ended jobs whose stragglers outlived them: gone once empty. */
+  /**
+   * Groups that could not be removed yet (an ended job's stragglers outlived
+   * it; at start, whatever an earlier agent left): tried again before each
+   * new job, and gone once empty (rmdir refuses a group that holds processes).
+   * Only these, so a job's start costs no listing of jobs/.
+   */
+  const leftovers = new Set<string>();
   const sweep = async () => {
-    for (const name of await readdir(jobsDir).catch(() => [] as string[])) {
-      const procs = await read(path.join(jobsDir, name, 'cgroup.procs'));
-      if (procs === '') await rmdir(path.join(jobsDir, name)).catch(() => undefined);
+    for (const dir of leftovers) {
+      await rmdir(dir).then(
+        () => leftovers.delete(dir),
+        (err: NodeJS.ErrnoException) => err.code === 'ENOENT' && leftovers.delete(dir),
+      );
     }
   };
 
@@ -125,7 +135,7 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
           return m ? Number(m[1]) : null;
         },
         async remove() {
-          await rmdir(dir).catch(() => undefined);
+          await rmdir(dir).catch(() => leftovers.add(dir));
         },
       };
     },
