@@ -18,15 +18,15 @@ import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { topics } from '../../protocol/topics.js';
 import { BOOT_WAIT_MS, bootDefaultImage, imageMissing } from '../support/agent-vm.js';
 import { withTimeout } from '../support/broker-fixtures.js';
-import { killPids } from '../support/qemu-vm.js';
+import { killLaunched } from '../support/qemu-vm.js';
 
 const ROOT = 'mvirt/mosq-test';
 const VM = 'vm-mosquitto1';
 const T = topics(ROOT);
 const children: ChildProcess[] = [];
-after(() => {
+after(async () => {
   for (const c of children) c.kill('SIGKILL');
-  killPids();
+  await killLaunched();
 });
 
 async function freePort(): Promise<number> {

@@ -15,14 +15,14 @@ import { Hello, Telemetry, type Exit, type Output, type Reply } from '../../prot
 import { decodeCbor, encodeCbor } from '../../protocol/codec.js';
 import { parseAgentUpTopic, topics, type AgentDownKind } from '../../protocol/topics.js';
 import { BOOT_WAIT_MS, bootDefaultImage, imageMissing } from '../support/agent-vm.js';
-import { killPids } from '../support/qemu-vm.js';
+import { killLaunched } from '../support/qemu-vm.js';
 import { withTimeout } from '../support/broker-fixtures.js';
 
 const ROOT = 'mvirt/agent-vm-test';
 const T = topics(ROOT);
 const JOB_MS = 120_000;
 
-after(killPids);
+after(killLaunched);
 
 type Up = { kind: string; msg: Record<string, unknown> };
 

@@ -17,7 +17,7 @@ import {
   type TestGuest,
 } from '../support/qemu-guest.js';
 import {
-  killPids,
+  killLaunched,
   launchTracked,
   quietLog,
   stillRunning,
@@ -36,7 +36,7 @@ before(async () => {
 });
 
 after(async () => {
-  killPids();
+  await killLaunched();
   await guest?.cleanup();
 });
 

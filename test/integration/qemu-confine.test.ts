@@ -17,7 +17,7 @@ import type { LaunchSpec, RunningVm } from '../../host/hypervisors/types.js';
 import { cgroupFacts, procFacts, readAs } from '../support/confinement.js';
 import { AGENT_MARKER, prepareTestGuest, type TestGuest } from '../support/qemu-guest.js';
 import {
-  killPids,
+  killLaunched,
   launchTracked,
   streamReader,
   testBackend,
@@ -33,7 +33,7 @@ before(async () => {
   guest = await prepareTestGuest();
 });
 after(async () => {
-  killPids();
+  await killLaunched();
   await guest?.cleanup();
 });
 

@@ -1,7 +1,7 @@
 /**
  * Boot the built default µOS image with the QEMU backend and give tests the
  * host end of its agent channel. Shared by the agent-in-a-VM tests; every
- * QEMU is tracked and killed in an after hook by the caller (killPids).
+ * QEMU is tracked and killed in an after hook by the caller (killLaunched).
  */
 import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';

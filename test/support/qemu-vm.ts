@@ -19,18 +19,15 @@ import type { TestGuest } from './qemu-guest.js';
 /** The hypervisor interface takes plain pino loggers (the daemon passes children). */
 export const quietLog = (): Logger => pino({ level: 'silent' });
 
-/** Pids of every QEMU a test launched; killPids() ends them. */
-export const launchedPids = new Set<number>();
+/** Every QEMU a test launched; killLaunched() ends them. */
+const launched = new Set<RunningVm>();
 
-export function killPids(): void {
-  for (const pid of launchedPids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* already gone */
-    }
-    launchedPids.delete(pid);
-  }
+/** SIGKILLs every launched QEMU and waits until each has ended (its console log written). */
+export async function killLaunched(): Promise<void> {
+  const all = [...launched];
+  launched.clear();
+  for (const vm of all) vm.signal('SIGKILL');
+  await Promise.all(all.map((vm) => vm.exited));
 }
 
 export function testBackend(opts: QemuBackendOptions = {}): QemuBackend {
@@ -60,7 +57,7 @@ export function testSpec(guest: TestGuest, over: Partial<LaunchSpec> = {}): Laun
 
 export async function launchTracked(backend: QemuBackend, spec: LaunchSpec): Promise<RunningVm> {
   const vm = await backend.launch(spec, quietLog());
-  launchedPids.add(vm.runtime.pid);
+  launched.add(vm);
   return vm;
 }
 

@@ -129,7 +129,12 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     qmp.close();
     parts.console?.close();
     log.info({ pid, ...info }, 'hypervisor process exited');
-    resolveExited(info);
+    // Ended once the console's last output is on disk: a folder removed right
+    // after the exit (vm.delete, a test's cleanup) must find nothing still
+    // writing into it (a late append re-created console.log mid-removal).
+    void Promise.resolve(parts.console?.closed)
+      .then(() => parts.console?.log.flush())
+      .then(() => resolveExited(info));
   };
 
   if (child) {
