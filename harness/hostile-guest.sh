@@ -276,6 +276,18 @@ main() {
     return 0
   fi
   rm -f "$COUNT" "$EOF_MARK"
+  # The flood's count. Its writer truncates, then writes: an empty read is a
+  # write under way (a reading of 0 mid-flood once looked like a stall), so
+  # read again.
+  count() {
+    sent=
+    i=0
+    while [ -z "$sent" ] && [ $i -lt 50 ]; do
+      [ $i -gt 0 ] && usleep 2000
+      read -r sent sessions <"$COUNT" 2>/dev/null
+      i=$((i + 1))
+    done
+  }
   # Its own session, so that one signal ends it and every child holding the port.
   setsid sh "$0" flood "$port" &
   fpid=$!
@@ -284,14 +296,14 @@ main() {
   while [ $((t + 5)) -le "$D" ]; do
     sleep 5
     t=$((t + 5))
-    read -r sent sessions <"$COUNT" 2>/dev/null
+    count
     say "after ${t} s: sent=${sent:-0} sessions=${sessions:-0}"
   done
   [ "$t" -lt "$D" ] && sleep $((D - t))
   kill -TERM -"$fpid" 2>/dev/null
   usleep 500000
   kill -KILL -"$fpid" 2>/dev/null
-  read -r sent sessions <"$COUNT" 2>/dev/null
+  count
   say "flood done sent=${sent:-0} sessions=${sessions:-0} uptime=$(cut -d' ' -f1 /proc/uptime)"
   restore
 }
