@@ -15,7 +15,15 @@ import { encode, type Encoding } from './codec.js';
 import { MvirtError, fromErrorBody, isErrorCode, type ErrorBody } from './errors.js';
 import type { z } from 'zod';
 import { EventRecord, HostStatus, VmEvent, VmRecord } from './records.js';
-import { PARAMS, RESULTS, type ParamsOf, type ResultOf, type RpcMethod } from './rpc.js';
+import {
+  DryRunPlan,
+  PARAMS,
+  RESULTS,
+  type MutatingMethod,
+  type ParamsOf,
+  type ResultOf,
+  type RpcMethod,
+} from './rpc.js';
 import {
   DEFAULT_PREFIX,
   hostRoot,
@@ -107,6 +115,16 @@ export interface MvirtClient {
    * or INVALID_RECORD when the result does not match the method's schema.
    */
   call<M extends RpcMethod>(method: M, ...args: CallArgs<M>): Promise<ResultOf<M>>;
+  /**
+   * A dry run of a state-changing method: its plan (the same checks, the
+   * steps, commands and files it would run and touch), nothing changed. A
+   * call the method would refuse rejects with the same error.
+   */
+  plan<M extends MutatingMethod>(
+    method: M,
+    params: ParamsOf<M>,
+    opts?: CallOptions,
+  ): Promise<DryRunPlan>;
   /** Call a method this library does not know (a newer daemon's); no validation. */
   callRaw(method: string, params?: unknown, opts?: CallOptions): Promise<unknown>;
   /** Retained VM state by VM id: the current record at once, then every change; null on delete. */
@@ -301,8 +319,23 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
   async function call<M extends RpcMethod>(method: M, ...args: CallArgs<M>): Promise<ResultOf<M>> {
     const [params, opts] = args;
     if (validate) parseWith(PARAMS[method], params, 'INVALID_PARAMS', `${method} params`);
+    if ((params as { dryRun?: unknown } | undefined)?.dryRun === true)
+      throw new MvirtError(
+        'INVALID_PARAMS',
+        `a dry run answers with a plan: use plan('${method}')`,
+      );
     const result = await callRaw(method, params, opts);
     return checked(RESULTS[method], result, `${method} reply`) as ResultOf<M>;
+  }
+
+  async function plan<M extends MutatingMethod>(
+    method: M,
+    params: ParamsOf<M>,
+    opts?: CallOptions,
+  ): Promise<DryRunPlan> {
+    const p = { ...params, dryRun: true };
+    if (validate) parseWith(PARAMS[method], p, 'INVALID_PARAMS', `${method} params`);
+    return checked(DryRunPlan, await callRaw(method, p, opts), `${method} plan`);
   }
 
   async function subscribe(filter: string, cb: RawHandler): Promise<Unsubscribe> {
@@ -377,6 +410,7 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
     encoding,
     mqtt,
     call,
+    plan,
     callRaw,
     watchVm: (vmId, cb, onInvalid) =>
       subscribe(t.vmState(vmId), decoded(VmRecord, cb, onInvalid, true)),

@@ -8,6 +8,7 @@ import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobTimeoutMs } from './agent.js';
 import { MetricsResult } from './metrics.js';
+import { DRY_RUN } from './plan.js';
 import {
   EVENT_LEVELS,
   Empty,
@@ -27,6 +28,7 @@ import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS } from './states.js';
 
 export * from './states.js';
 export * from './records.js';
+export * from './plan.js';
 
 export const Name = z
   .string()
@@ -103,6 +105,7 @@ const MemoryMiB = z
 export const PARAMS = {
   'system.info': z.strictObject({}).optional(),
   'vm.create': z.strictObject({
+    ...DRY_RUN,
     name: Name,
     image: Name.optional(),
     vcpus: Vcpus.optional(),
@@ -121,23 +124,26 @@ export const PARAMS = {
   }),
   'vm.get': z.strictObject({ vm: VmRef }),
   'vm.list': z.strictObject({ state: z.enum(VM_STATES).optional() }).optional(),
-  'vm.start': z.strictObject({ vm: VmRef, wait: z.boolean().optional() }),
+  'vm.start': z.strictObject({ ...DRY_RUN, vm: VmRef, wait: z.boolean().optional() }),
   'vm.stop': z.strictObject({
+    ...DRY_RUN,
     vm: VmRef,
     timeoutMs: z.number().int().min(0).max(3600_000).optional(),
   }),
-  'vm.kill': z.strictObject({ vm: VmRef }),
-  'vm.pause': z.strictObject({ vm: VmRef }),
-  'vm.resume': z.strictObject({ vm: VmRef }),
-  'vm.reboot': z.strictObject({ vm: VmRef }),
-  'vm.delete': z.strictObject({ vm: VmRef }),
+  'vm.kill': z.strictObject({ ...DRY_RUN, vm: VmRef }),
+  'vm.pause': z.strictObject({ ...DRY_RUN, vm: VmRef }),
+  'vm.resume': z.strictObject({ ...DRY_RUN, vm: VmRef }),
+  'vm.reboot': z.strictObject({ ...DRY_RUN, vm: VmRef }),
+  'vm.delete': z.strictObject({ ...DRY_RUN, vm: VmRef }),
   /** Hot-plug on a running VM; on a stopped one, recorded for the next boot. */
   'vm.attachDisk': z.strictObject({
+    ...DRY_RUN,
     vm: VmRef,
     volume: VolumeRef,
     readOnly: z.boolean().optional(),
   }),
   'vm.detachDisk': z.strictObject({
+    ...DRY_RUN,
     vm: VmRef,
     volume: VolumeRef,
     /** How long to wait for the guest to release the disk (default 30 s); then DISK_BUSY. */
@@ -145,6 +151,7 @@ export const PARAMS = {
   }),
   'job.run': z
     .strictObject({
+      ...DRY_RUN,
       argv: JobArgv,
       /** A ready service VM (id or name). */
       vm: VmRef.optional(),
@@ -179,7 +186,7 @@ export const PARAMS = {
       limit: z.number().int().min(1).max(10_000).optional(),
     })
     .optional(),
-  'job.cancel': z.strictObject({ jobId: JobId }),
+  'job.cancel': z.strictObject({ ...DRY_RUN, jobId: JobId }),
   'job.logs': z.strictObject({
     jobId: JobId,
     fromSeq: z.number().int().nonnegative().optional(),
@@ -188,6 +195,7 @@ export const PARAMS = {
   }),
   'pool.set': z
     .strictObject({
+      ...DRY_RUN,
       name: Name,
       image: Name.optional(),
       min: z.number().int().min(0).max(256),
@@ -198,9 +206,10 @@ export const PARAMS = {
     .refine((p) => p.max === undefined || p.max >= p.min, 'max must be at least min'),
   'pool.get': z.strictObject({ name: Name }),
   'pool.list': z.strictObject({}).optional(),
-  'pool.delete': z.strictObject({ name: Name }),
+  'pool.delete': z.strictObject({ ...DRY_RUN, name: Name }),
   'volume.create': z
     .strictObject({
+      ...DRY_RUN,
       name: Name,
       format: z.enum(VOLUME_FORMATS).optional(),
       /** Required unless importing. */
@@ -214,19 +223,24 @@ export const PARAMS = {
     ),
   'volume.get': z.strictObject({ volume: VolumeRef }),
   'volume.list': z.strictObject({}).optional(),
-  'volume.resize': z.strictObject({ volume: VolumeRef, sizeMiB: VolumeSizeMiB }),
-  'volume.delete': z.strictObject({ volume: VolumeRef }),
+  'volume.resize': z.strictObject({ ...DRY_RUN, volume: VolumeRef, sizeMiB: VolumeSizeMiB }),
+  'volume.delete': z.strictObject({ ...DRY_RUN, volume: VolumeRef }),
   'volume.clone': z.strictObject({
+    ...DRY_RUN,
     volume: VolumeRef,
     name: Name,
     /** overlay (default): a qcow2 copy-on-write over the template; full: an independent copy. */
     mode: z.enum(['overlay', 'full']).optional(),
   }),
   /** qcow2 internal snapshots (live through the hypervisor while a running VM has the volume). */
-  'volume.snapshot': z.strictObject({ volume: VolumeRef, name: SnapshotName }),
+  'volume.snapshot': z.strictObject({ ...DRY_RUN, volume: VolumeRef, name: SnapshotName }),
   'volume.snapshots': z.strictObject({ volume: VolumeRef }),
-  'volume.restore': z.strictObject({ volume: VolumeRef, snapshot: SnapshotName }),
-  'volume.deleteSnapshot': z.strictObject({ volume: VolumeRef, snapshot: SnapshotName }),
+  'volume.restore': z.strictObject({ ...DRY_RUN, volume: VolumeRef, snapshot: SnapshotName }),
+  'volume.deleteSnapshot': z.strictObject({
+    ...DRY_RUN,
+    volume: VolumeRef,
+    snapshot: SnapshotName,
+  }),
   'events.query': z
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),

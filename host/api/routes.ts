@@ -5,16 +5,16 @@
  * added to the protocol does not compile until it is routed and given a
  * permission.
  */
-import { PARAMS, type RpcMethod } from '../../protocol/rpc.js';
+import { isMutating, PARAMS, type MutatingMethod, type RpcMethod } from '../../protocol/rpc.js';
 import type { Permission } from '../auth/roles.js';
-import type { Handlers, RouteTable } from './types.js';
+import type { Handlers, Planners, RouteTable } from './types.js';
 import { systemHandlers, type SystemDeps } from './handlers/system.js';
-import { vmHandlers, type VmHandlerDeps } from './handlers/vm.js';
+import { vmHandlers, vmPlanners, type VmHandlerDeps } from './handlers/vm.js';
 import { eventHandlers, type EventHandlerDeps } from './handlers/events.js';
-import { jobHandlers, type JobHandlerDeps } from './handlers/job.js';
-import { poolHandlers, type PoolHandlerDeps } from './handlers/pool.js';
+import { jobHandlers, jobPlanners, type JobHandlerDeps } from './handlers/job.js';
+import { poolHandlers, poolPlanners, type PoolHandlerDeps } from './handlers/pool.js';
 import { metricsHandlers, type MetricsHandlerDeps } from './handlers/metrics.js';
-import { volumeHandlers, type VolumeHandlerDeps } from './handlers/volume.js';
+import { volumeHandlers, volumePlanners, type VolumeHandlerDeps } from './handlers/volume.js';
 
 export type RouteDeps = SystemDeps &
   VmHandlerDeps &
@@ -81,9 +81,21 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...metricsHandlers(deps),
     ...volumeHandlers(deps),
   };
+  // Every mutating method's dry run (protocol/plan.ts): the compiler keeps this complete too.
+  const planners: Planners<MutatingMethod> = {
+    ...vmPlanners(deps),
+    ...jobPlanners(deps),
+    ...poolPlanners(deps),
+    ...volumePlanners(deps),
+  };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {
-    table[m] = { schema: PARAMS[m], permission: PERMISSIONS[m], handler: handlers[m] };
+    table[m] = {
+      schema: PARAMS[m],
+      permission: PERMISSIONS[m],
+      handler: handlers[m],
+      ...(isMutating(m) ? { plan: planners[m] } : {}),
+    };
   }
   return table as RouteTable;
 }

@@ -169,9 +169,15 @@ export function createApi(deps: {
       const params: unknown = parseWith(route.schema, env.params);
       authorize(sender, method as RpcMethod, route, params);
       const ctx = { method: method as RpcMethod, encoding, ...(id !== undefined ? { id } : {}) };
-      const out = await (route.handler as (p: unknown, c: typeof ctx) => unknown)(params, ctx);
+      // A dry run answers with its plan (a description of objects the caller
+      // may already act on, so nothing to filter) and records nothing.
+      const dry = route.plan !== undefined && isObject(params) && params.dryRun === true;
+      type Call = (p: unknown, c: typeof ctx) => unknown;
+      const out = await ((dry ? route.plan : route.handler) as Call)(params, ctx);
       const result =
-        sender && deps.access ? deps.access.filter(sender.access, method as RpcMethod, out) : out;
+        !dry && sender && deps.access
+          ? deps.access.filter(sender.access, method as RpcMethod, out)
+          : out;
       log.debug({ method, id, ms: Math.round(performance.now() - t0) }, 'request done');
       await reply(
         replyTo,

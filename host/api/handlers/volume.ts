@@ -1,6 +1,7 @@
 /** The volume.* methods: thin adapters from validated params onto the volume manager. */
 import type { VolumeManager } from '../../volumes/manager.js';
-import type { Handlers } from '../types.js';
+import { MvirtError } from '../../../protocol/errors.js';
+import type { Handlers, Planners } from '../types.js';
 
 export interface VolumeHandlerDeps {
   volumes: VolumeManager;
@@ -29,4 +30,38 @@ export const volumeHandlers = ({ volumes }: VolumeHandlerDeps): Handlers<VolumeM
   'volume.snapshots': async (p) => ({ snapshots: await volumes.snapshots(p.volume) }),
   'volume.restore': (p) => volumes.restore(p),
   'volume.deleteSnapshot': (p) => volumes.deleteSnapshot(p),
+});
+
+type VolumePlanned =
+  | 'volume.create'
+  | 'volume.resize'
+  | 'volume.delete'
+  | 'volume.clone'
+  | 'volume.snapshot'
+  | 'volume.restore'
+  | 'volume.deleteSnapshot';
+
+/** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
+export const volumePlanners = (_deps: VolumeHandlerDeps): Planners<VolumePlanned> => ({
+  'volume.create': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.create yet');
+  },
+  'volume.resize': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.resize yet');
+  },
+  'volume.delete': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.delete yet');
+  },
+  'volume.clone': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.clone yet');
+  },
+  'volume.snapshot': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.snapshot yet');
+  },
+  'volume.restore': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.restore yet');
+  },
+  'volume.deleteSnapshot': () => {
+    throw new MvirtError('INTERNAL', 'no dry run for volume.deleteSnapshot yet');
+  },
 });
