@@ -119,6 +119,8 @@ export async function startTestDaemon(opts: {
   hypervisors?: Hypervisor[];
   args?: string[];
   log?: MvirtLogger;
+  /** DaemonOverrides.rollupFlushMs */
+  rollupFlushMs?: number;
 }): Promise<TestDaemon> {
   const dataDir = opts.dataDir ?? (await makeTempDir());
   await writeFakeImage(path.join(dataDir, 'images'));
@@ -131,6 +133,7 @@ export async function startTestDaemon(opts: {
   ]);
   const daemon = await startDaemon(options, opts.log ?? testLogger(), {
     ...(opts.hypervisors ? { hypervisors: opts.hypervisors } : {}),
+    ...(opts.rollupFlushMs !== undefined ? { rollupFlushMs: opts.rollupFlushMs } : {}),
   });
   return {
     daemon,

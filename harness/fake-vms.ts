@@ -412,6 +412,17 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       hotplugDisks: false,
       ...options.capabilities,
     },
+    // A dry run shows the fake guest's argv; it has no control commands.
+    plans: {
+      launch: (spec) =>
+        Promise.resolve({
+          argv: [process.execPath, '-e', GUEST],
+          files: [path.join(spec.dir, 'agent.sock')],
+        }),
+      control: () => [],
+      attachDisk: () => [],
+      detachDisk: () => [],
+    },
     probe: async () =>
       hv.options.available === false
         ? { available: false, accel: null, reason: 'disabled in the test' }

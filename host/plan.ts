@@ -35,7 +35,8 @@ export function createPlan(method: string, dataDir?: string): PlanBuilder {
   const shown = (f: string): string => {
     if (!dataDir || !path.isAbsolute(f)) return f;
     const rel = path.relative(dataDir, f);
-    return rel.startsWith('..') || path.isAbsolute(rel) ? f : rel;
+    if (rel.startsWith('..') || path.isAbsolute(rel)) return f;
+    return f.endsWith('/') ? `${rel}/` : rel; // a folder stays one
   };
   const b: PlanBuilder = {
     admit: (c) => (plan.admission.push(c), b),

@@ -82,6 +82,11 @@ const ROLLUP_FLUSH_MS = 10_000;
 export interface DaemonOverrides {
   /** Test doubles instead of the compiled-in backends. */
   hypervisors?: Hypervisor[];
+  /**
+   * How often roll-ups reach SQLite (default ROLLUP_FLUSH_MS): tests that
+   * compare the database file byte for byte (dry runs) hold it still.
+   */
+  rollupFlushMs?: number;
 }
 
 export async function startDaemon(
@@ -172,7 +177,7 @@ export async function startDaemon(
           DEFAULT_RESOLUTIONS[0]!,
           { ...DEFAULT_RESOLUTIONS[1]!, keepS: opts.metricsRetentionHours * 3600 },
         ],
-        flushIntervalMs: ROLLUP_FLUSH_MS,
+        flushIntervalMs: overrides.rollupFlushMs ?? ROLLUP_FLUSH_MS,
       },
     });
     cleanup.unshift(() => rollups.close());

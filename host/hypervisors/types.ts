@@ -7,6 +7,7 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Channel } from '../../protocol/agent.js';
+import type { PlanCommand } from '../../protocol/plan.js';
 
 export interface HypervisorCapabilities {
   /** Agent channels this backend can provide, best first. */
@@ -206,9 +207,28 @@ export interface RunningVm {
   onEvent?(listener: (event: VmEvent) => void): () => void;
 }
 
+/** Operations on a running VM a dry run may describe. */
+export type ControlOp = 'pause' | 'resume' | 'reboot' | 'powerdown' | 'quit';
+
+/**
+ * What a dry run shows of this backend's work (protocol/plan.ts): the
+ * process it would start and the control commands it would send. Nothing
+ * here starts, opens or writes anything.
+ */
+export interface HypervisorPlans {
+  /** The hypervisor's argv for this spec and the files it would make in the VM's folder. */
+  launch(spec: LaunchSpec): Promise<{ argv: string[]; files: string[] }>;
+  control(op: ControlOp): PlanCommand[];
+  /** Hot-plug of a disk (with its serial) linked into the VM's folder, and its removal. */
+  attachDisk(disk: DiskSpec): PlanCommand[];
+  detachDisk(serial: string): PlanCommand[];
+}
+
 export interface Hypervisor {
   readonly name: string;
   readonly capabilities: HypervisorCapabilities;
+  /** Dry runs; a backend without them is planned by step names alone. */
+  readonly plans?: HypervisorPlans;
   probe(): Promise<ProbeResult>;
   launch(spec: LaunchSpec, log: Logger): Promise<RunningVm>;
   /**

@@ -17,8 +17,8 @@ import type { NetworkMode, NetworkSpec, VmRecord } from '../../protocol/rpc.js';
 import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import type { NetworkRepo, SeedDocs } from '../store/network.js';
-import type { NetDevices } from './iproute.js';
-import { PASST_NET, passtInstalled, type Passt } from './passt.js';
+import { tapArgv, type NetDevices } from './iproute.js';
+import { NET_SOCKET, PASST_NET, passtInstalled, type Passt } from './passt.js';
 import { SEED_FILE, writeSeed } from './seed.js';
 import { macFor, pickFree, tapFor, type Subnet } from './subnet.js';
 import type { AgentTokens } from './tokens.js';
@@ -57,6 +57,22 @@ export interface BootNetwork {
   channel?: Channel;
 }
 
+export interface NetworkPlan {
+  boot: BootNetwork;
+  commands: string[][];
+  files: string[];
+}
+
+/** prepare()'s side effects: done for real, or noted for a dry run (plan()). */
+interface Effects {
+  startPasst(vmId: string, dir: string): Promise<string>;
+  allocate(vmId: string): { ip: string; mac: string };
+  createTap(vmId: string, tap: string, bridge: string): Promise<void>;
+  token(vmId: string): string;
+  writeSeed(dir: string, input: Parameters<typeof writeSeed>[1]): Promise<string>;
+  removeSeed(dir: string): Promise<void>;
+}
+
 export interface Network {
   readonly options: NetworkOptions;
   /** `host:port` of the guest listener (bridge on), for the broker. */
@@ -74,6 +90,12 @@ export interface Network {
   define(vmId: string, spec: NetworkSpec, docs: SeedDocs): void;
   /** Boot step: TAP, token and seed disk. Undo with release(). */
   prepare(vm: VmRecord, dir: string): Promise<BootNetwork>;
+  /**
+   * prepare()'s dry run: the same checks and the same BootNetwork (a token and
+   * a lease not yet issued are placeholders), the processes and files it would
+   * make; nothing started, allocated or written.
+   */
+  plan(vm: VmRecord, dir: string): Promise<NetworkPlan>;
   /** Once the runtime row exists: keep this boot's token across a daemon restart. */
   persist(vmId: string): void;
   /** The boot ended: remove the TAP, revoke the token. Idempotent. */
@@ -109,6 +131,61 @@ export function createNetwork(deps: {
   const allocate = (vmId: string) =>
     repo.allocate(vmId, macFor(vmId), (taken) => pickFree(options.subnet, taken));
 
+  const real: Effects = {
+    startPasst: (vmId, dir) => passt!.start(vmId, dir),
+    allocate,
+    async createTap(vmId, tap, br) {
+      await devices.createTap(tap, br);
+      withTap.add(vmId);
+    },
+    token: (vmId) => tokens.issue(vmId),
+    writeSeed: (dir, input) => writeSeed(dir, input),
+    removeSeed: (dir) => rm(path.join(dir, SEED_FILE), { force: true }),
+  };
+
+  /** The one boot-time path, for real (prepare) or as a plan (plan). */
+  async function bootNetwork(vm: VmRecord, dir: string, fx: Effects): Promise<BootNetwork> {
+    const spec = vm.network;
+    const out: BootNetwork = { nic: { mode: spec.mode }, disks: [], cmdline: {} };
+    if (spec.mode === 'user') {
+      out.nic.mac = macFor(vm.id);
+      // passt listens before QEMU starts; release() stops it if the boot fails later.
+      if (passt) out.nic.socket = await fx.startPasst(vm.id, dir);
+      Object.assign(out.cmdline, {
+        [CMDLINE_KEYS.ip]: USER_NET.ip,
+        [CMDLINE_KEYS.gw]: USER_NET.gw,
+        [CMDLINE_KEYS.dns]: USER_NET.dns,
+      });
+    } else if (spec.mode === 'bridge') {
+      if (!bridge) throw bridgeOff();
+      // The record carries its lease (joined by the store); allocate only if it has none.
+      const lease = vm.ip && vm.mac ? { ip: vm.ip, mac: vm.mac } : fx.allocate(vm.id);
+      const tap = tapFor(vm.id);
+      await fx.createTap(vm.id, tap, bridge);
+      out.nic = { mode: 'bridge', tap, mac: lease.mac };
+      out.cmdline[CMDLINE_KEYS.ip] = `${lease.ip}/${options.subnet.prefix}`;
+      out.cmdline[CMDLINE_KEYS.gw] = options.subnet.hostIp;
+      if (options.dns) out.cmdline[CMDLINE_KEYS.dns] = options.dns;
+      if (spec.agentOverNetwork) {
+        out.channel = 'tcp';
+        out.cmdline[CMDLINE_KEYS.addr] = guestListen!;
+      }
+    }
+    const docs = vm.cloudInit ? repo.seed(vm.id) : undefined;
+    const token = out.channel === 'tcp' ? fx.token(vm.id) : undefined;
+    if (docs || token !== undefined) {
+      const iso = await fx.writeSeed(dir, {
+        vmId: vm.id,
+        hostname: vm.name,
+        docs: docs ?? {},
+        ...(token !== undefined ? { token } : {}),
+      });
+      out.disks.push({ path: iso, readOnly: true });
+    } else {
+      await fx.removeSeed(dir);
+    }
+    return out;
+  }
   return {
     options,
     get guestListen() {
@@ -159,47 +236,35 @@ export function createNetwork(deps: {
         repo.putSeed(vmId, docs);
     },
 
-    async prepare(vm, dir) {
-      const spec = vm.network;
-      const out: BootNetwork = { nic: { mode: spec.mode }, disks: [], cmdline: {} };
-      if (spec.mode === 'user') {
-        out.nic.mac = macFor(vm.id);
-        // passt listens before QEMU starts; release() stops it if the boot fails later.
-        if (passt) out.nic.socket = await passt.start(vm.id, dir);
-        Object.assign(out.cmdline, {
-          [CMDLINE_KEYS.ip]: USER_NET.ip,
-          [CMDLINE_KEYS.gw]: USER_NET.gw,
-          [CMDLINE_KEYS.dns]: USER_NET.dns,
-        });
-      } else if (spec.mode === 'bridge') {
-        if (!bridge) throw bridgeOff();
-        // The record carries its lease (joined by the store); allocate only if it has none.
-        const lease = vm.ip && vm.mac ? { ip: vm.ip, mac: vm.mac } : allocate(vm.id);
-        const tap = tapFor(vm.id);
-        await devices.createTap(tap, bridge);
-        withTap.add(vm.id);
-        out.nic = { mode: 'bridge', tap, mac: lease.mac };
-        out.cmdline[CMDLINE_KEYS.ip] = `${lease.ip}/${options.subnet.prefix}`;
-        out.cmdline[CMDLINE_KEYS.gw] = options.subnet.hostIp;
-        if (options.dns) out.cmdline[CMDLINE_KEYS.dns] = options.dns;
-        if (spec.agentOverNetwork) {
-          out.channel = 'tcp';
-          out.cmdline[CMDLINE_KEYS.addr] = guestListen!;
-        }
-      }
-      const docs = vm.cloudInit ? repo.seed(vm.id) : undefined;
-      const token = out.channel === 'tcp' ? tokens.issue(vm.id) : undefined;
-      if (docs || token !== undefined) {
-        const iso = await writeSeed(dir, {
-          vmId: vm.id,
-          hostname: vm.name,
-          docs: docs ?? {},
-          ...(token !== undefined ? { token } : {}),
-        });
-        out.disks.push({ path: iso, readOnly: true });
-      } else {
-        await rm(path.join(dir, SEED_FILE), { force: true });
-      }
+    prepare: (vm, dir) => bootNetwork(vm, dir, real),
+
+    async plan(vm, dir) {
+      const out: NetworkPlan = {
+        boot: { nic: { mode: 'none' }, disks: [], cmdline: {} },
+        commands: [],
+        files: [],
+      };
+      out.boot = await bootNetwork(vm, dir, {
+        startPasst: (_id, d) => {
+          out.commands.push(passt!.argv(d));
+          out.files.push(path.join(d, NET_SOCKET));
+          return Promise.resolve(path.join(d, NET_SOCKET));
+        },
+        // The next free address, as allocate() would pick it; nothing leased.
+        allocate: (id) => ({ ip: pickFree(options.subnet, repo.leasedIps()), mac: macFor(id) }),
+        createTap: (_id, tap, br) => {
+          out.commands.push(...tapArgv(tap, br));
+          return Promise.resolve();
+        },
+        token: () => '<per-boot token>',
+        writeSeed: (d) => {
+          const iso = path.join(d, SEED_FILE);
+          out.commands.push(['genisoimage', '-V', 'cidata', '-o', iso, '…']);
+          out.files.push(iso);
+          return Promise.resolve(iso);
+        },
+        removeSeed: () => Promise.resolve(),
+      });
       return out;
     },
 

@@ -28,6 +28,12 @@ interface LinkInfo {
   operstate?: string;
 }
 
+/** The two `ip` commands that make a TAP on the bridge (createTap; dry runs show them). */
+export const tapArgv = (name: string, bridge: string): string[][] => [
+  ['ip', 'tuntap', 'add', 'dev', name, 'mode', 'tap'],
+  ['ip', 'link', 'set', 'dev', name, 'master', bridge, 'up'],
+];
+
 export interface NetDevices {
   /** Create the bridge with the host address on it when missing; idempotent. */
   ensureBridge(name: string, hostCidr: string): Promise<void>;
@@ -119,9 +125,10 @@ export function createNetDevices(
     },
     async createTap(name, bridge) {
       await ip('link', 'del', 'dev', name).catch(() => undefined);
-      await ip('tuntap', 'add', 'dev', name, 'mode', 'tap');
+      const [add, attach] = tapArgv(name, bridge);
+      await ip(...add!.slice(1));
       try {
-        await ip('link', 'set', 'dev', name, 'master', bridge, 'up');
+        await ip(...attach!.slice(1));
       } catch (err) {
         await ip('link', 'del', 'dev', name).catch(() => undefined);
         throw err;

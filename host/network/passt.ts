@@ -102,6 +102,8 @@ export async function passtInstalled(binary = 'passt'): Promise<boolean> {
 export interface Passt {
   /** Start passt listening on `<dir>/net.sock`; resolves once the socket is there. */
   start(vmId: string, dir: string): Promise<string>;
+  /** What start() would run for this folder (a dry run shows it). */
+  argv(dir: string): string[];
   /** Stop the VM's passt if it still runs (idempotent; works after a daemon restart). */
   stop(dir: string): Promise<void>;
 }
@@ -125,6 +127,7 @@ function appears(dir: string, file: string, failed: Promise<never>): Promise<voi
 export function createPasst(o: { binary?: string; log: MvirtLogger }): Passt {
   const binary = o.binary ?? 'passt';
   return {
+    argv: (dir) => [binary, ...passtArgs(path.join(dir, NET_SOCKET), process.getuid?.() ?? 0)],
     async start(vmId, dir) {
       const sock = path.join(dir, NET_SOCKET);
       await rm(sock, { force: true });

@@ -55,6 +55,8 @@ export function createNetworkRepo(db: Db) {
         return { vmId, ip, mac };
       })();
     },
+    /** Every leased address (a dry run's pick of the next free one). */
+    leasedIps: (): Set<string> => new Set(s.leasedIps.all() as string[]),
     putSeed(vmId: string, d: SeedDocs): void {
       s.putSeed.run(vmId, d.userData ?? null, d.metaData ?? null, d.networkConfig ?? null);
     },

@@ -7,7 +7,8 @@ import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { requireCapability, requireChannel } from '../hypervisors/index.js';
 import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
-import { linkDisks, unlinkDisks } from './disks.js';
+import { linkDisks, linkedSpec, unlinkDisks } from './disks.js';
+import type { PlanBuilder } from '../plan.js';
 import type { MvirtLogger } from '../log.js';
 import type { BootNetwork } from '../network/index.js';
 import { CMDLINE_KEYS } from '../../protocol/agent.js';
@@ -17,7 +18,7 @@ import type { Reserved, Size, VmContext } from './context.js';
 import type { ResolvedImage } from './images.js';
 import { clearTimers, exitsWithin, newLive, type Live } from './live.js';
 import { isActiveVm } from '../../protocol/states.js';
-import { runSteps, StepError, type Step } from './steps.js';
+import { planSteps, runSteps, StepError, type Step } from './steps.js';
 
 /** The hypervisor interface takes a plain pino Logger; ours has the extra `audit` level. */
 export const plain = (l: MvirtLogger): Logger => l as unknown as Logger;
@@ -33,7 +34,9 @@ interface BootCtx {
 
 const NOTHING_RESERVED: Reserved = { vms: 0, vcpus: 0, memoryMiB: 0 };
 
-export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | 'boot'> {
+export function bootPart(
+  ctx: VmContext,
+): Pick<VmContext, 'admissionProblem' | 'boot' | 'planBoot'> {
   const { vms, options, network, hypervisors, lives } = ctx;
 
   /**
@@ -86,43 +89,25 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
       run: async (c) => {
         c.image = await ctx.images.resolve(c.vm.image);
       },
+      plan: async (c, b) => {
+        c.image = await ctx.images.resolve(c.vm.image);
+        b.admit(`image ${c.vm.image} found`);
+      },
     },
     {
       name: 'check backend',
-      run: async (c) => {
-        const hv = hypervisors.get(c.vm.backend);
-        const probe = await hypervisors.probe(c.vm.backend);
-        if (!hv || !probe.available) {
-          throw new MvirtError(
-            'BACKEND_UNAVAILABLE',
-            `backend ${c.vm.backend} is not available on this host${probe.reason ? `: ${probe.reason}` : ''}`,
-          );
-        }
-        // µOS images are a kernel and an initrd.
-        requireCapability(hv, 'directKernelBoot');
-        // Its agent's channel (the network's, or the backend's first).
-        const channel =
-          c.vm.network.agentOverNetwork === true
-            ? 'tcp'
-            : (hv.capabilities.channels[0] ?? 'virtio-serial');
-        if (c.image!.agent) requireChannel(hv, channel);
-        c.live = newLive({
-          id: c.vm.id,
-          hv,
-          dir: ctx.dirOf(c.vm.id),
-          log: ctx.log.child({ vmId: c.vm.id, vm: c.vm.name }),
-          agentExpected: c.image!.agent,
-        });
+      plan: async (c, b) => {
+        await checkBackend(c);
+        b.admit(`backend ${c.vm.backend} is available and can boot this image`);
       },
+      run: (c) => checkBackend(c),
     },
     {
       // Check and reserve in one synchronous block: the `starting` row is the
       // reservation the next admission check sees.
       name: 'admission',
       run: (c) => {
-        if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
-        const problem = admissionProblem(c.vm);
-        if (problem) throw problem;
+        admit(c);
         c.vm = ctx.transition(c.vm.id, 'starting', 'start requested');
         lives.set(c.vm.id, c.live!);
         ctx.lastFailure.delete(c.vm.id);
@@ -130,12 +115,22 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
       undo: (c) => {
         if (lives.get(c.vm.id) === c.live) lives.delete(c.vm.id);
       },
+      plan: (c, b) => {
+        admit(c);
+        const l = options.limits;
+        const held = vms.allocated();
+        b.admit(
+          `capacity: ${held.vms + 1} of ${l.maxVms} VMs, ${held.vcpus + c.vm.vcpus} of ${l.vcpus} vCPUs, ${held.memoryMiB + c.vm.memoryMiB} of ${l.memoryMiB} MiB`,
+        );
+        b.change(`vm ${c.vm.name}: ${c.vm.state} → starting`);
+      },
     },
     {
       name: 'prepare dir',
       run: async (c) => {
         await mkdir(c.live!.dir, { recursive: true, mode: 0o700 });
       },
+      plan: (c, b) => void b.create(`${c.live!.dir}/`),
     },
     {
       // After the image root disk and before the seed: the guest sees them in
@@ -147,6 +142,11 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
       undo: (c) => {
         if (ctx.volumes) unlinkDisks(ctx.volumes, c.live!.dir, c.live!.log);
       },
+      plan: async (c, b) => {
+        const disks = ctx.volumes ? await ctx.volumes.attach.bootDisks(c.vm.id) : [];
+        c.disks = disks.map((d) => linkedSpec(c.live!.dir, d));
+        for (const d of c.disks) b.create(...(d.backing ?? []).map((x) => x.path), d.path);
+      },
     },
     {
       // TAP on the bridge (or user mode's passt), the per-boot token, the seed disk.
@@ -155,41 +155,19 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
         c.net = await network.prepare(c.vm, c.live!.dir);
       },
       undo: (c) => network.release(c.vm.id),
+      plan: async (c, b) => {
+        const p = await network.plan(c.vm, c.live!.dir);
+        c.net = p.boot;
+        for (const argv of p.commands) b.exec(argv);
+        b.create(...p.files);
+      },
     },
     {
       name: 'launch hypervisor',
       run: async (c) => {
         const live = c.live!;
-        const img = c.image!;
-        const net = c.net!;
-        const spec: LaunchSpec = {
-          vmId: c.vm.id,
-          vcpus: c.vm.vcpus,
-          memoryMiB: c.vm.memoryMiB,
-          kernel: img.kernel,
-          initrd: img.initrd,
-          cmdline: img.cmdline,
-          // The image's root disk first: the µOS looks for its squashfs on the first disks.
-          disks: [
-            ...(img.disk ? [{ path: img.disk, readOnly: true }] : []),
-            ...(c.disks ?? []),
-            ...net.disks,
-          ],
-          dir: live.dir,
-          channel: net.channel ?? live.hv.capabilities.channels[0] ?? 'virtio-serial',
-          // The backend adds mvirt.vm and mvirt.channel itself.
-          agentArgs: {
-            [CMDLINE_KEYS.root]: ctx.topics.root,
-            ...(options.telemetryMs !== undefined
-              ? { [CMDLINE_KEYS.telemetryMs]: String(options.telemetryMs) }
-              : {}),
-            ...net.cmdline,
-          },
-          network: net.nic,
-          consoleLogBytes: options.consoleLogBytes,
-        };
         live.launchedAt = performance.now();
-        const running = await live.hv.launch(spec, plain(live.log));
+        const running = await live.hv.launch(launchSpec(c), plain(live.log));
         live.running = running;
         ctx.openAgent(live, c.vm.network.agentOverNetwork === true);
         ctx.watchExit(live, running);
@@ -205,6 +183,12 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
         running.signal('SIGKILL');
         await exitsWithin(running, options.killTimeoutMs);
       },
+      plan: async (c, b) => {
+        const plans = c.live!.hv.plans;
+        if (!plans) return;
+        const p = await plans.launch(launchSpec(c));
+        b.exec(p.argv).create(...p.files);
+      },
     },
     {
       name: 'persist runtime',
@@ -215,6 +199,7 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
         if (rec) ctx.publishState(rec); // now with pid and accel
       },
       undo: (c) => vms.deleteRuntime(c.vm.id),
+      plan: (c, b) => void b.change(`vm ${c.vm.name}: runtime recorded (pid, sockets)`),
     },
     { name: 'attach console', run: (c) => ctx.attachConsole(c.live!) },
     {
@@ -225,13 +210,100 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
     },
   ];
 
-  async function boot(id: string): Promise<VmRecord> {
+  /** The hypervisor's launch spec for this boot (launched, or planned). */
+  function launchSpec(c: BootCtx): LaunchSpec {
+    const live = c.live!;
+    const img = c.image!;
+    const net = c.net!;
+    return {
+      vmId: c.vm.id,
+      vcpus: c.vm.vcpus,
+      memoryMiB: c.vm.memoryMiB,
+      kernel: img.kernel,
+      initrd: img.initrd,
+      cmdline: img.cmdline,
+      // The image's root disk first: the µOS looks for its squashfs on the first disks.
+      disks: [
+        ...(img.disk ? [{ path: img.disk, readOnly: true }] : []),
+        ...(c.disks ?? []),
+        ...net.disks,
+      ],
+      dir: live.dir,
+      channel: net.channel ?? live.hv.capabilities.channels[0] ?? 'virtio-serial',
+      // The backend adds mvirt.vm and mvirt.channel itself.
+      agentArgs: {
+        [CMDLINE_KEYS.root]: ctx.topics.root,
+        ...(options.telemetryMs !== undefined
+          ? { [CMDLINE_KEYS.telemetryMs]: String(options.telemetryMs) }
+          : {}),
+        ...net.cmdline,
+      },
+      network: net.nic,
+      consoleLogBytes: options.consoleLogBytes,
+    };
+  }
+
+  function admit(c: BootCtx): void {
+    if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
+    const problem = admissionProblem(c.vm);
+    if (problem) throw problem;
+  }
+
+  async function checkBackend(c: BootCtx): Promise<void> {
+    const hv = hypervisors.get(c.vm.backend);
+    const probe = await hypervisors.probe(c.vm.backend);
+    if (!hv || !probe.available) {
+      throw new MvirtError(
+        'BACKEND_UNAVAILABLE',
+        `backend ${c.vm.backend} is not available on this host${probe.reason ? `: ${probe.reason}` : ''}`,
+      );
+    }
+    // µOS images are a kernel and an initrd.
+    requireCapability(hv, 'directKernelBoot');
+    // Its agent's channel (the network's, or the backend's first).
+    const channel =
+      c.vm.network.agentOverNetwork === true
+        ? 'tcp'
+        : (hv.capabilities.channels[0] ?? 'virtio-serial');
+    if (c.image!.agent) requireChannel(hv, channel);
+    c.live = newLive({
+      id: c.vm.id,
+      hv,
+      dir: ctx.dirOf(c.vm.id),
+      log: ctx.log.child({ vmId: c.vm.id, vm: c.vm.name }),
+      agentExpected: c.image!.agent,
+    });
+  }
+
+  /** The VM, and whether it needs booting (start of one up or booting is a no-op). */
+  function bootable(id: string): { vm: VmRecord; boot: boolean } {
     const vm = vms.get(id);
     if (!vm) throw new MvirtError('VM_NOT_FOUND', `no VM with id ${id}`);
     if (vm.state === 'stopping') {
       throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is stopping; start it once stopped`);
     }
-    if (isActiveVm(vm.state)) return vm; // already up or booting: start is idempotent
+    return { vm, boot: !isActiveVm(vm.state) };
+  }
+
+  /** vm.start's dry run: the same precondition, then each boot step's plan. */
+  async function planBoot(id: string, b: PlanBuilder): Promise<void> {
+    const { vm, boot } = bootable(id);
+    if (!boot) {
+      b.admit(`VM ${vm.name} is ${vm.state} already: nothing to do`);
+      return;
+    }
+    const c: BootCtx = { vm };
+    await planSteps(BOOT_STEPS, c, b);
+    b.change(
+      c.live!.agentExpected
+        ? `vm ${vm.name}: starting → ready once its agent says so`
+        : `vm ${vm.name}: starting → running (the image has no agent)`,
+    );
+  }
+
+  async function boot(id: string): Promise<VmRecord> {
+    const { vm, boot } = bootable(id);
+    if (!boot) return vm; // already up or booting: start is idempotent
     const c: BootCtx = { vm };
     let failed: { step: string; reason: string } | undefined;
     try {
@@ -263,5 +335,5 @@ export function bootPart(ctx: VmContext): Pick<VmContext, 'admissionProblem' | '
     return vms.get(id)!;
   }
 
-  return { admissionProblem, boot };
+  return { admissionProblem, boot, planBoot };
 }

@@ -5,6 +5,7 @@
  * (transition.ts, boot.ts, exit.ts, stop.ts, recovery.ts, agent-events.ts,
  * ops.ts) call each other through it and never import each other.
  */
+import type { PlanBuilder } from '../plan.js';
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import type { AgentSessions } from '../agent/sessions.js';
@@ -122,6 +123,8 @@ export interface VmContext extends Omit<VmManagerDeps, 'log'> {
   // boot.ts
   admissionProblem(size: Size, reserved?: Reserved): MvirtError | null;
   boot(id: string): Promise<VmRecord>;
+  /** vm.start's dry run (boot.ts). */
+  planBoot(id: string, plan: PlanBuilder): Promise<void>;
   // stop.ts
   stopProcess(live: Live, running: RunningVm, timeoutMs: number): Promise<void>;
   // recovery.ts

@@ -24,8 +24,7 @@ export interface VmVolumes {
 
 const LINK_RE = /^(vol-[0-9a-f]{12})\.(raw|qcow2)$/;
 
-async function linkInto(dir: string, file: string, name: string): Promise<string> {
-  const to = path.join(dir, name);
+async function linkInto(file: string, to: string): Promise<void> {
   await rm(to, { force: true }); // a leftover of a crash; rm never follows a link
   try {
     await link(file, to);
@@ -38,15 +37,23 @@ async function linkInto(dir: string, file: string, name: string): Promise<string
       );
     throw err;
   }
-  return to;
+}
+
+/** Where linkDisk puts a disk and its templates in the VM's folder (a dry run shows these). */
+export function linkedSpec(dir: string, d: DiskSpec): DiskSpec {
+  return {
+    ...d,
+    path: path.join(dir, d.name ?? path.basename(d.path)),
+    backing: (d.backing ?? []).map((b) => ({ path: path.join(dir, b.name), name: b.name })),
+  };
 }
 
 /** One disk (and its templates) linked into the VM's folder: boot and hot-plug alike. */
 export async function linkDisk(dir: string, d: DiskSpec): Promise<DiskSpec> {
-  const backing = [];
-  for (const b of d.backing ?? [])
-    backing.push({ path: await linkInto(dir, b.path, b.name), name: b.name });
-  return { ...d, path: await linkInto(dir, d.path, d.name ?? path.basename(d.path)), backing };
+  const to = linkedSpec(dir, d);
+  for (const [i, b] of (d.backing ?? []).entries()) await linkInto(b.path, to.backing![i]!.path);
+  await linkInto(d.path, to.path);
+  return to;
 }
 
 /** The VM's disks for this boot, linked into its folder. */

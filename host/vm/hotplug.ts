@@ -17,7 +17,7 @@
  * from the volume id (hypervisors/qemu/hotplug.ts): nothing else is stored.
  */
 import { requireCapability } from '../hypervisors/index.js';
-import type { DiskHotplug, DiskSpec } from '../hypervisors/types.js';
+import type { DiskHotplug, DiskSpec, Hypervisor } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
 import type { VmDisk } from '../store/index.js';
 import type { VolumeAttach } from '../volumes/attach.js';
@@ -102,35 +102,34 @@ export async function runDiskSteps(steps: readonly Step<PlugCtx>[], c: PlugCtx):
   }
 }
 
-export function diskOperations(ctx: VmContext) {
-  const { vms, hypervisors } = ctx;
+export function storage(ctx: VmContext) {
+  if (!ctx.volumes)
+    throw new MvirtError('CAPABILITY_UNSUPPORTED', 'this mvirtd has no volume storage');
+  return ctx.volumes;
+}
 
-  function storage() {
-    if (!ctx.volumes)
-      throw new MvirtError('CAPABILITY_UNSUPPORTED', 'this mvirtd has no volume storage');
-    return ctx.volumes;
-  }
+/** The running VM's hot-plug handle, or why there is none (nothing changed yet). */
+export function hotplugOf(
+  ctx: VmContext,
+  vm: VmRecord,
+  what: string,
+): { hp: DiskHotplug; hv: Hypervisor; dir: string; log: MvirtLogger } {
+  const hv = ctx.hypervisors.get(vm.backend);
+  if (hv) requireCapability(hv, 'hotplugDisks');
+  const live = ctx.liveOf(vm.id);
+  if (!isUpVm(vm.state) || !live?.running?.hotplug)
+    throw new MvirtError(
+      'VM_BAD_STATE',
+      `VM ${vm.name} is ${vm.state}; ${what} a disk while it is up (ready, busy, running) or stopped`,
+      { details: { state: vm.state } },
+    );
+  return { hp: live.running.hotplug, hv: live.hv, dir: live.dir, log: live.log };
+}
 
-  /** The running VM's hot-plug handle, or why there is none (nothing changed yet). */
-  function hotplugOf(
-    vm: VmRecord,
-    what: string,
-  ): { hp: DiskHotplug; dir: string; log: MvirtLogger } {
-    const hv = hypervisors.get(vm.backend);
-    if (hv) requireCapability(hv, 'hotplugDisks');
-    const live = ctx.liveOf(vm.id);
-    if (!isUpVm(vm.state) || !live?.running?.hotplug)
-      throw new MvirtError(
-        'VM_BAD_STATE',
-        `VM ${vm.name} is ${vm.state}; ${what} a disk while it is up (ready, busy, running) or stopped`,
-        { details: { state: vm.state } },
-      );
-    return { hp: live.running.hotplug, dir: live.dir, log: live.log };
-  }
-
-  /** What a disk leaving the VM must not unlink: the other disks' files and templates. */
-  const keepFor = (vmId: string, volumeId: string) => (): ReadonlySet<string> => {
-    const v = storage();
+/** What a disk leaving the VM must not unlink: the other disks' files and templates. */
+export const keepFor =
+  (ctx: VmContext, vmId: string, volumeId: string) => (): ReadonlySet<string> => {
+    const v = storage(ctx);
     return new Set(
       ctx.store.volumes
         .disksOf(vmId)
@@ -138,6 +137,9 @@ export function diskOperations(ctx: VmContext) {
         .flatMap((d) => v.attach.linkNames(d.volume)),
     );
   };
+
+export function diskOperations(ctx: VmContext) {
+  const { vms } = ctx;
 
   const done = (id: string): VmRecord => {
     const rec = vms.get(id)!;
@@ -147,7 +149,7 @@ export function diskOperations(ctx: VmContext) {
 
   return {
     async attachDisk(p: { vm: string; volume: string; readOnly?: boolean }): Promise<VmRecord> {
-      const v = storage();
+      const v = storage(ctx);
       const { id } = ctx.find(p.vm);
       return ctx.withLock(id, async () => {
         const vm = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
@@ -156,7 +158,7 @@ export function diskOperations(ctx: VmContext) {
           v.attach.attachOne(id, vm.name, req, 'for its next boot');
           return done(id);
         }
-        const h = hotplugOf(vm, 'attach');
+        const h = hotplugOf(ctx, vm, 'attach');
         let disk: VmDisk | undefined;
         const c: PlugCtx = {
           ...h,
@@ -164,7 +166,7 @@ export function diskOperations(ctx: VmContext) {
           get disk() {
             return disk!;
           },
-          keep: () => keepFor(id, disk!.volume)(),
+          keep: () => keepFor(ctx, id, disk!.volume)(),
           record: () => {
             disk = v.attach.attachOne(id, vm.name, req, 'hot-plugged');
           },
@@ -182,7 +184,7 @@ export function diskOperations(ctx: VmContext) {
     },
 
     async detachDisk(p: { vm: string; volume: string; timeoutMs?: number }): Promise<VmRecord> {
-      const v = storage();
+      const v = storage(ctx);
       const { id } = ctx.find(p.vm);
       return ctx.withLock(id, async () => {
         const vm = ctx.find(id);
@@ -199,10 +201,10 @@ export function diskOperations(ctx: VmContext) {
           return done(id);
         }
         const c: PlugCtx = {
-          ...hotplugOf(vm, 'detach'),
+          ...hotplugOf(ctx, vm, 'detach'),
           volumes: v,
           disk,
-          keep: keepFor(id, vol.id),
+          keep: keepFor(ctx, id, vol.id),
           record: () => v.attach.detachOne(id, vm.name, vol.id, 'hot-unplugged'),
           unrecord: () => undefined,
           timeoutMs: p.timeoutMs ?? DETACH_TIMEOUT_MS,

@@ -14,6 +14,8 @@
  * | stop.ts | graceful stop, then SIGTERM, then SIGKILL |
  * | recovery.ts | re-adoption or disposal of leftovers through their backend |
  * | ops.ts | create, start, stop, kill, pause, resume, reboot, delete |
+ * | admit.ts | the checks an operation and its dry run share |
+ * | plan.ts | dry runs of the vm.* methods |
  * | hotplug.ts | attachDisk, detachDisk (recorded, or hot-plugged as steps) |
  * | disk-access.ts | VM locks and live disk snapshots for the volume manager |
  *
@@ -35,6 +37,7 @@ import { diskOperations } from './hotplug.js';
 import { vmDiskAccess } from './disk-access.js';
 import { clearTimers } from './live.js';
 import { vmOperations } from './ops.js';
+import { vmPlans } from './plan.js';
 import { recoveryPart } from './recovery.js';
 import { stopPart } from './stop.js';
 import { transitionPart } from './transition.js';
@@ -71,6 +74,8 @@ export function createVmManager(deps: VmManagerDeps) {
     ...ops,
     ...diskOps,
     disks: vmDiskAccess(ctx),
+    /** Dry runs of the vm.* methods (plan.ts). */
+    plan: vmPlans(ctx),
     waitForState: ctx.waitForState,
 
     get: (ref: string): VmRecord => ctx.find(ref),

@@ -6,30 +6,17 @@
  */
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import { requireCapability } from '../hypervisors/index.js';
-import type { Capability } from '../hypervisors/types.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord } from '../../protocol/rpc.js';
 import type { CreateVmParams, VmContext } from './context.js';
+import { admitCreate, capable, pausedLive, upLive } from './admit.js';
 import { clearTimers, exitsWithin } from './live.js';
 import { unlinkDisks } from './disks.js';
 import { canTransition } from './states.js';
-import {
-  DOWN_VM_STATES,
-  isActiveVm,
-  isInactiveVm,
-  isUpVm,
-  UP_VM_STATES,
-} from '../../protocol/states.js';
+import { DOWN_VM_STATES, isActiveVm, isInactiveVm, UP_VM_STATES } from '../../protocol/states.js';
 
 export function vmOperations(ctx: VmContext) {
-  const { vms, options, hypervisors, network, topics, events } = ctx;
-
-  /** CAPABILITY_UNSUPPORTED unless the VM's backend can do this (before any state check). */
-  function capable(vm: VmRecord, cap: Capability): void {
-    const hv = hypervisors.get(vm.backend);
-    if (hv) requireCapability(hv, cap);
-  }
+  const { vms, options, network, topics, events } = ctx;
 
   async function hvCall(name: string, what: string, fn: () => Promise<void>): Promise<void> {
     try {
@@ -100,41 +87,7 @@ export function vmOperations(ctx: VmContext) {
 
   const ops = {
     async create(p: CreateVmParams): Promise<VmRecord> {
-      if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
-      if (vms.nameTaken(p.name)) {
-        throw new MvirtError('VM_EXISTS', `a VM named ${p.name} already exists`);
-      }
-      const vcpus = p.vcpus ?? options.defaults.vcpus;
-      const memoryMiB = p.memoryMiB ?? options.defaults.memoryMiB;
-      const l = options.limits;
-      if (vcpus > l.vcpus) {
-        throw new MvirtError(
-          'CAPACITY_EXCEEDED',
-          `${vcpus} vCPUs exceed the host limit of ${l.vcpus} (--max-vcpus)`,
-          { details: { limit: 'vcpus', requested: vcpus, max: l.vcpus } },
-        );
-      }
-      if (memoryMiB > l.memoryMiB) {
-        throw new MvirtError(
-          'CAPACITY_EXCEEDED',
-          `${memoryMiB} MiB exceed the host memory limit of ${l.memoryMiB} MiB (--max-memory-mib)`,
-          { details: { limit: 'memoryMiB', requested: memoryMiB, max: l.memoryMiB } },
-        );
-      }
-      const backend = p.backend ?? options.defaults.backend;
-      if (!hypervisors.get(backend)) {
-        throw new MvirtError(
-          'BACKEND_UNAVAILABLE',
-          `no backend named ${backend}; known: ${hypervisors.names().join(', ')}`,
-        );
-      }
-      const image = p.image ?? options.defaults.image;
-      await ctx.images.resolve(image);
-      const net = network.resolve(p.network);
-      if (p.disks?.length && !ctx.volumes)
-        throw new MvirtError('CAPABILITY_UNSUPPORTED', 'this mvirtd has no volume storage');
-      // Checked before anything is written, and again inside the transaction.
-      const disks = ctx.volumes?.attach.resolve(p.disks ?? []) ?? [];
+      const { vcpus, memoryMiB, backend, image, net, disks } = await admitCreate(ctx, p);
       const id = `vm-${randomBytes(6).toString('hex')}`;
       try {
         // One transaction: a VM whose address cannot be allocated is not created.
@@ -224,11 +177,8 @@ export function vmOperations(ctx: VmContext) {
       const { id } = ctx.find(ref);
       return ctx.withLock(id, async () => {
         const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-        capable(cur, 'pause');
-        const live = ctx.liveOf(id);
-        if (!live || !isUpVm(cur.state)) {
-          throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot pause`);
-        }
+        capable(ctx, cur, 'pause');
+        const live = upLive(ctx, cur, 'pause');
         await hvCall(cur.name, 'pause', () => live.running!.pause());
         live.pausedFrom = cur.state;
         return ctx.transition(id, 'paused', 'pause requested');
@@ -239,11 +189,8 @@ export function vmOperations(ctx: VmContext) {
       const { id } = ctx.find(ref);
       return ctx.withLock(id, async () => {
         const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-        capable(cur, 'pause');
-        const live = ctx.liveOf(id);
-        if (!live || cur.state !== 'paused') {
-          throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot resume`);
-        }
+        capable(ctx, cur, 'pause');
+        const live = pausedLive(ctx, cur);
         await hvCall(cur.name, 'resume', () => live.running!.resume());
         const to = live.pausedFrom ?? (live.agentExpected ? 'ready' : 'running');
         live.pausedFrom = undefined;
@@ -255,11 +202,8 @@ export function vmOperations(ctx: VmContext) {
       const { id } = ctx.find(ref);
       return ctx.withLock(id, async () => {
         const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-        capable(cur, 'reboot');
-        const live = ctx.liveOf(id);
-        if (!live || !isUpVm(cur.state)) {
-          throw new MvirtError('VM_BAD_STATE', `VM ${cur.name} is ${cur.state}; cannot reboot`);
-        }
+        capable(ctx, cur, 'reboot');
+        const live = upLive(ctx, cur, 'reboot');
         const rec = ctx.transition(id, 'starting', 'reboot requested');
         ctx.agents.forgetHello(id);
         live.launchedAt = performance.now();

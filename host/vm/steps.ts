@@ -4,12 +4,19 @@
  * leaves no process, runtime row or socket behind.
  */
 import type { MvirtLogger } from '../log.js';
+import type { PlanBuilder } from '../plan.js';
 
 export interface Step<C> {
   name: string;
   run(ctx: C): Promise<void> | void;
   /** Undo what `run` did; called only when a later step fails. */
   undo?(ctx: C): Promise<void> | void;
+  /**
+   * A dry run of this step (protocol/plan.ts): its checks, and what it would
+   * create, start or send, written to the plan; nothing changed. Without it the
+   * step is only named.
+   */
+  plan?(ctx: C, plan: PlanBuilder): Promise<void> | void;
 }
 
 export class StepError extends Error {
@@ -51,5 +58,17 @@ export async function runSteps<C>(
     }
     log.debug({ step: step.name, ms: Math.round(performance.now() - t0) }, 'boot step done');
     done.push(step);
+  }
+}
+
+/** The dry run of a list of steps: each named in the plan, in order, and planned. */
+export async function planSteps<C>(
+  steps: readonly Step<C>[],
+  ctx: C,
+  plan: PlanBuilder,
+): Promise<void> {
+  for (const step of steps) {
+    plan.step(step.name);
+    await step.plan?.(ctx, plan);
   }
 }

@@ -94,7 +94,32 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
     };
   }
 
+  /** attachOne's rules, checked without writing (its dry run calls this alone). */
+  function checkOne(
+    vmId: string,
+    vmName: string,
+    req: DiskRequest,
+  ): { v: VolumeRecord; disk: VmDisk } {
+    const v = repo.find(req.volume);
+    if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${req.volume}`);
+    const mine = repo.disksOf(vmId);
+    if (mine.some((x) => x.volume === v.id))
+      throw new MvirtError('VOLUME_IN_USE', `volume ${v.name} is already a disk of VM ${vmName}`, {
+        details: { vms: [vmId] },
+      });
+    if (mine.length >= MAX_VM_DISKS)
+      throw new MvirtError(
+        'INVALID_PARAMS',
+        `VM ${vmName} has ${mine.length} disks, the most a VM may have`,
+      );
+    const disk = { volume: v.id, readOnly: req.readOnly ?? false };
+    const p = problem(v, disk.readOnly);
+    if (p) throw p;
+    return { v, disk };
+  }
+
   return {
+    checkOne,
     /**
      * Resolve and check a VM's disks (names or ids → ids). Call again inside
      * the creating transaction: `attach` re-checks synchronously.
@@ -161,25 +186,8 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
     attachOne(vmId: string, vmName: string, req: DiskRequest, how: string): VmDisk {
       let disk!: VmDisk;
       d.store.db.transaction(() => {
-        const v = repo.find(req.volume);
-        if (!v) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${req.volume}`);
-        const mine = repo.disksOf(vmId);
-        if (mine.some((x) => x.volume === v.id))
-          throw new MvirtError(
-            'VOLUME_IN_USE',
-            `volume ${v.name} is already a disk of VM ${vmName}`,
-            {
-              details: { vms: [vmId] },
-            },
-          );
-        if (mine.length >= MAX_VM_DISKS)
-          throw new MvirtError(
-            'INVALID_PARAMS',
-            `VM ${vmName} has ${mine.length} disks, the most a VM may have`,
-          );
-        disk = { volume: v.id, readOnly: req.readOnly ?? false };
-        const p = problem(v, disk.readOnly);
-        if (p) throw p;
+        const { v, disk: checked } = checkOne(vmId, vmName, req);
+        disk = checked;
         d.transitions.change(v.id, {
           to: 'attached',
           what: `attached to VM ${vmName}${disk.readOnly ? ' read-only' : ''} (${how})`,

@@ -1,6 +1,5 @@
 /** The vm.* methods: thin adapters from validated params onto the VM manager. */
 import type { VmManager } from '../../vm/manager.js';
-import { MvirtError } from '../../../protocol/errors.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface VmHandlerDeps {
@@ -49,35 +48,15 @@ type VmPlanned =
   | 'vm.detachDisk';
 
 /** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
-export const vmPlanners = (_deps: VmHandlerDeps): Planners<VmPlanned> => ({
-  'vm.create': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.create yet');
-  },
-  'vm.start': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.start yet');
-  },
-  'vm.stop': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.stop yet');
-  },
-  'vm.kill': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.kill yet');
-  },
-  'vm.pause': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.pause yet');
-  },
-  'vm.resume': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.resume yet');
-  },
-  'vm.reboot': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.reboot yet');
-  },
-  'vm.delete': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.delete yet');
-  },
-  'vm.attachDisk': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.attachDisk yet');
-  },
-  'vm.detachDisk': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for vm.detachDisk yet');
-  },
+export const vmPlanners = ({ vms }: VmHandlerDeps): Planners<VmPlanned> => ({
+  'vm.create': (p) => vms.plan.create(p),
+  'vm.start': (p) => vms.plan.start(p.vm),
+  'vm.stop': (p) => vms.plan.stop(p.vm, p.timeoutMs),
+  'vm.kill': (p) => vms.plan.kill(p.vm),
+  'vm.pause': (p) => vms.plan.pause(p.vm),
+  'vm.resume': (p) => vms.plan.resume(p.vm),
+  'vm.reboot': (p) => vms.plan.reboot(p.vm),
+  'vm.delete': (p) => vms.plan.delete(p.vm),
+  'vm.attachDisk': (p) => vms.plan.attachDisk(p),
+  'vm.detachDisk': (p) => vms.plan.detachDisk(p),
 });

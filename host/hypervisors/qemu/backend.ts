@@ -37,6 +37,7 @@ import {
   type Confinement,
 } from './confine.js';
 import { probeQemu, type QemuProbe } from './probe.js';
+import { qemuPlans } from './plans.js';
 import { readCmdline, readProcStat } from '../proc.js';
 import { connectQmp, type QmpClient } from './qmp.js';
 import { createQemuHotplug } from './hotplug.js';
@@ -112,6 +113,9 @@ export interface QemuBackend extends Hypervisor {
   readonly confinement: Confinement;
 }
 
+/** The disk device of pc and q35 machines (hot-plug and boot alike). */
+const BLK_DRIVER = 'virtio-blk-pci';
+
 export function createQemuBackend(options: QemuBackendOptions, log: Logger): QemuBackend {
   const opts = { ...DEFAULTS, ...options };
   const blog = log.child({ backend: QEMU_BACKEND });
@@ -166,7 +170,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       ? createQemuHotplug({
           qmp,
           dir,
-          blkDriver: 'virtio-blk-pci',
+          blkDriver: BLK_DRIVER,
           handOver: (d, disk) => confiner.handOverDisk(d, disk),
           log: vmLog,
         })
@@ -456,9 +460,27 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     }
   }
 
+  const plans = qemuPlans({
+    binary,
+    machine: opts.machine,
+    tcgTbSizeMiB: opts.tcgTbSizeMiB,
+    sandbox: opts.sandbox,
+    blkDriver: BLK_DRIVER,
+    accel: async () => {
+      const p = await probe();
+      if (!p.available || !p.accel)
+        throw new MvirtError(
+          'BACKEND_UNAVAILABLE',
+          `QEMU cannot run VMs here: ${p.reason ?? 'unknown'}`,
+        );
+      return p.accel as QemuAccel;
+    },
+  });
+
   return {
     name: QEMU_BACKEND,
     capabilities,
+    plans,
     probe,
     probeDetails,
     confinement: confiner.state,

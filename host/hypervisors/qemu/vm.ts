@@ -5,6 +5,7 @@
  * through the QMP socket closing plus a /proc check, with a short /proc poll
  * as a fallback when the control connection is not there.
  */
+import { QMP_CONTROL } from './plans.js';
 import type { ChildProcess } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -195,11 +196,11 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
   return {
     runtime,
     ...(hotplug ? { hotplug } : {}),
-    pause: () => control('pause', () => qmp.execute('stop')),
-    resume: () => control('resume', () => qmp.execute('cont')),
-    reboot: () => control('reboot', () => qmp.execute('system_reset')),
-    powerdown: () => control('power down', () => qmp.execute('system_powerdown')),
-    quit: () => control('quit', () => qmp.execute('quit')),
+    pause: () => control('pause', () => qmp.execute(QMP_CONTROL.pause)),
+    resume: () => control('resume', () => qmp.execute(QMP_CONTROL.resume)),
+    reboot: () => control('reboot', () => qmp.execute(QMP_CONTROL.reboot)),
+    powerdown: () => control('power down', () => qmp.execute(QMP_CONTROL.powerdown)),
+    quit: () => control('quit', () => qmp.execute(QMP_CONTROL.quit)),
     diskSnapshot: (action, file, name) =>
       control('snapshot a disk', () => qmpDiskSnapshot(qmp, action, file, name)),
     async status() {
