@@ -50,6 +50,10 @@ export const GLOBAL_OPTIONS = {
     help: 'CA certificate (PEM) to trust for mqtts:// and wss:// (env MVIRT_CAFILE)',
   },
   json: { type: 'boolean', help: 'print results as JSON (the RPC result as the daemon sent it)' },
+  'dry-run': {
+    type: 'boolean',
+    help: "show what the command's change would do (checks, steps, commands, files) and change nothing",
+  },
   timeout: {
     type: 'string',
     value: 'S',
@@ -67,6 +71,8 @@ export interface Globals {
   /** CA file for TLS brokers. */
   cafile: string | undefined;
   json: boolean;
+  /** --dry-run: the first change is planned, not made (plan.ts). */
+  dryRun: boolean;
   /** Reply timeout in ms when given with --timeout; commands pick their own default otherwise. */
   timeoutMs: number | undefined;
 }
@@ -174,6 +180,7 @@ export function globalsFrom(values: Parsed['values'], env: Io['env']): Globals {
     password: password ?? (useSaved && user === undefined ? saved.password : undefined),
     cafile: str('cafile') ?? nonEmpty(env.MVIRT_CAFILE) ?? (useSaved ? saved.cafile : undefined),
     json: values.json === true,
+    dryRun: values['dry-run'] === true,
     timeoutMs: t === undefined ? undefined : seconds(t, '--timeout') * 1000,
   };
 }

@@ -13,6 +13,7 @@ import { consoleCommands } from './console.js';
 import { eventsCommands } from './events.js';
 import { EXIT, exitCodeFor, renderError } from './exit.js';
 import { infoCommands } from './info.js';
+import { DryRunAnswer, dryRunClient, formatPlan } from './plan.js';
 import type { Io } from './io.js';
 import { jobCommands } from './jobs.js';
 import { poolCommands } from './pool.js';
@@ -191,12 +192,19 @@ export async function runCli(
     const ctx: Context = {
       io,
       globals,
-      client: async () => (client ??= await makeClient(globals)),
+      client: async () => {
+        client ??= await makeClient(globals);
+        return globals.dryRun ? dryRunClient(client) : client;
+      },
       out: (s) => void io.stdout.write(s),
       err: (s) => void io.stderr.write(s),
     };
     return await cmd.run(ctx, parsed);
   } catch (err) {
+    if (err instanceof DryRunAnswer) {
+      io.stdout.write(json ? `${JSON.stringify(err.plan, null, 2)}\n` : formatPlan(err.plan));
+      return EXIT.OK;
+    }
     io.stderr.write(renderError(err, json));
     if (io.env.MVIRT_DEBUG && err instanceof Error && err.stack) io.stderr.write(`${err.stack}\n`);
     return exitCodeFor(err);

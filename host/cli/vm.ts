@@ -288,7 +288,7 @@ const commands: Command[] = [
       if (p.values['no-wait'] === true) return print(ctx, await c.call('vm.start', { vm: ref! }));
       const vm = await c.call('vm.get', { vm: ref! });
       const t0 = ctx.io.now();
-      if (!ctx.globals.json) ctx.err(`starting ${vm.name} (${vm.id})…\n`);
+      if (!ctx.globals.json && !ctx.globals.dryRun) ctx.err(`starting ${vm.name} (${vm.id})…\n`);
       const r = await withProgress(ctx, c, vm, () =>
         c.call(
           'vm.start',

@@ -132,6 +132,7 @@ describe('global options and environment', () => {
       password: undefined,
       cafile: undefined,
       json: false,
+      dryRun: false,
       timeoutMs: undefined,
     } satisfies Globals);
     assert.deepEqual(globalsFrom(none.values, env), {
@@ -142,6 +143,7 @@ describe('global options and environment', () => {
       password: 'pw',
       cafile: undefined,
       json: false,
+      dryRun: false,
       timeoutMs: undefined,
     });
     const flags = parseCommand('info', ['--host', 'flag-host', '--timeout', '2.5', '--json'], {});

@@ -117,6 +117,33 @@ describe('mvirt commands against mvirtd', () => {
     );
   });
 
+  it('--dry-run: the first change is planned and printed, nothing is made', async () => {
+    let r = await mvirt(['vm', 'create', 'plan-1', '--vcpus', '2', '--dry-run']);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^Dry run of vm\.create: nothing was changed\.$/m);
+    assert.match(r.out, /^ {2}name plan-1 is free$/m);
+    assert.match(r.out, /^ {2}vm plan-1: created \(stopped; 2 vCPUs/m);
+    assert.deepEqual(spy.requests.at(-1)?.params, { name: 'plan-1', vcpus: 2, dryRun: true });
+    assert.equal((await mvirt(['vm', 'get', 'plan-1'])).code, 1, 'no VM was made');
+
+    await mvirt(['vm', 'create', 'plan-1']);
+    r = await mvirt(['--json', '--dry-run', 'vm', 'start', 'plan-1']);
+    assert.equal(r.code, 0, r.err);
+    const plan = JSON.parse(r.out) as { method: string; steps: string[]; commands: unknown[] };
+    assert.equal(plan.method, 'vm.start');
+    assert.ok(plan.steps.includes('launch hypervisor'));
+    r = await mvirt(['vm', 'start', 'plan-1', '--dry-run']);
+    assert.match(r.out, /^ {2}\$ \S+ -e /m, 'the launch argv, shell-quoted');
+    assert.doesNotMatch(r.err, /starting plan-1/, 'no wait for a start that was not made');
+    assert.match((await mvirt(['vm', 'get', 'plan-1'])).out, /^State: +stopped$/m);
+
+    // A refusal is the real call's: exit 1 with its code.
+    r = await mvirt(['vm', 'create', 'plan-1', '--dry-run']);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /VM_EXISTS/);
+    assert.equal((await mvirt(['vm', 'rm', 'plan-1'])).code, 0);
+  });
+
   it('operation errors exit 1 with the code and a hint', async () => {
     const r = await mvirt(['vm', 'get', 'ghost']);
     assert.equal(r.code, 1);
