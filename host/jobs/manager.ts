@@ -19,7 +19,6 @@
  * away longer than `agentGraceMs`, the job ends `lost` with a reason.
  */
 import { randomBytes } from 'node:crypto';
-import type { JobSpec } from '../store/index.js';
 import { MvirtError } from '../../protocol/errors.js';
 import {
   JOB_LOGS_PAGE_BYTES,
@@ -30,6 +29,8 @@ import {
   type ParamsOf,
 } from '../../protocol/rpc.js';
 import { agentPart } from './agent-events.js';
+import { jobChecks, jobSpec } from './checks.js';
+import { jobPlans } from './plan.js';
 import { createJobContext, type JobContext, type JobManagerDeps } from './context.js';
 import { decodeChunks } from './output.js';
 import { placementPart } from './placement.js';
@@ -52,6 +53,7 @@ export function createJobManager(deps: JobManagerDeps) {
   const agent = agentPart(ctx);
   Object.assign(ctx, transitionPart(ctx), placement, agent);
   const { repo, vms, events, active, options } = ctx;
+  const checks = jobChecks(ctx);
 
   function waitEnd(id: string, ms?: number): Promise<JobRecord | null> {
     const rec = repo.get(id);
@@ -99,20 +101,13 @@ export function createJobManager(deps: JobManagerDeps) {
   }
 
   return {
+    /** Dry runs (plan.ts): the same checks as run and cancel, a plan, no change. */
+    plan: jobPlans(ctx, checks, placement.creatingEphemeral),
+
     async run(p: ParamsOf<'job.run'>): Promise<JobRecord & { stdout?: string; stderr?: string }> {
-      if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
-      const target = placement.resolveTarget(p);
-      if (target.kind === 'image') await vms.checkImage(target.image);
+      const { target } = await checks.run(p);
       const id = `job-${randomBytes(8).toString('hex')}`;
-      const spec: JobSpec = { id, target, argv: p.argv };
-      if (p.env) spec.env = p.env;
-      if (p.cwd !== undefined) spec.cwd = p.cwd;
-      if (p.stdin !== undefined) spec.stdin = Buffer.from(p.stdin);
-      if (p.timeoutMs !== undefined) spec.timeoutMs = p.timeoutMs;
-      if (target.kind === 'image') {
-        spec.vcpus = p.vcpus ?? vms.defaults.vcpus;
-        spec.memoryMiB = p.memoryMiB ?? vms.defaults.memoryMiB;
-      }
+      const spec = jobSpec(id, p, target, vms.defaults);
       repo.transaction(() => {
         repo.insert(spec, ctx.now());
         events.append({
@@ -159,10 +154,9 @@ export function createJobManager(deps: JobManagerDeps) {
     },
 
     async cancel(id: string): Promise<JobRecord> {
-      const rec = ctx.record(id);
-      if (isTerminalJob(rec.state)) return rec;
-      const a = active.get(id);
-      if (!a) return rec;
+      const c = checks.cancel(id);
+      if (c.kind === 'finished' || c.kind === 'untracked') return c.rec;
+      const { rec, a } = c;
       a.cancelRequested = true;
       events.append({
         level: 'audit',
@@ -170,7 +164,7 @@ export function createJobManager(deps: JobManagerDeps) {
         message: `job ${id}: cancel`,
         objects: rec.vm ? [id, rec.vm] : [id],
       });
-      if (rec.state === 'queued' && !a.execSent) {
+      if (c.kind === 'before-start') {
         return ctx.transition(id, 'cancelled', 'cancelled before it started');
       }
       await ctx.sendCancel(a);

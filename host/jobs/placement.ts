@@ -4,10 +4,10 @@
  * that starts a job, and its live output with backpressure on the agent.
  */
 import { MvirtError } from '../../protocol/errors.js';
-import type { JobTarget, ParamsOf, VmRecord } from '../../protocol/rpc.js';
+import type { VmRecord } from '../../protocol/rpc.js';
 import { errText, META_JOB, type Active, type JobContext } from './context.js';
 import { createOutputLog, type OutputLog } from './output.js';
-import { AGENT_VM_STATES, DOWN_VM_STATES, isJobTargetVm } from '../../protocol/states.js';
+import { AGENT_VM_STATES, DOWN_VM_STATES } from '../../protocol/states.js';
 
 type PlacementPart = Pick<
   JobContext,
@@ -15,37 +15,9 @@ type PlacementPart = Pick<
 >;
 
 export function placementPart(ctx: JobContext): PlacementPart & {
-  resolveTarget(p: ParamsOf<'job.run'>): JobTarget;
+  creatingEphemeral(): { vms: number; vcpus: number; memoryMiB: number };
 } {
   const { repo, vms, pools, active, options } = ctx;
-
-  function resolveTarget(p: ParamsOf<'job.run'>): JobTarget {
-    if (p.vm !== undefined) {
-      const vm = vms.get(p.vm);
-      if (vm.kind !== 'service') {
-        throw new MvirtError(
-          'VM_BAD_STATE',
-          `VM ${vm.name} is ${vm.kind === 'ephemeral' ? 'an ephemeral VM of another job or pool' : vm.kind}; jobs run on service VMs, images or pools`,
-        );
-      }
-      if (!isJobTargetVm(vm.state)) {
-        throw new MvirtError(
-          'VM_BAD_STATE',
-          `VM ${vm.name} is ${vm.state}; start it first (mvirt vm start ${vm.name})`,
-          { details: { state: vm.state } },
-        );
-      }
-      return { kind: 'vm', vm: vm.id };
-    }
-    if (p.pool !== undefined) {
-      pools.get(p.pool); // POOL_NOT_FOUND
-      return { kind: 'pool', pool: p.pool };
-    }
-    if (p.image !== undefined) return { kind: 'image', image: p.image };
-    const dp = options.defaultPool;
-    if (dp !== undefined && pools.exists(dp)) return { kind: 'pool', pool: dp };
-    return { kind: 'image', image: vms.defaults.image };
-  }
 
   /**
    * Ephemeral VMs being created for jobs that are not `starting` yet: their
@@ -274,5 +246,5 @@ export function placementPart(ctx: JobContext): PlacementPart & {
     });
   }
 
-  return { resolveTarget, pump, startOn, execute, markRunning, armGrace, openOutput };
+  return { creatingEphemeral, pump, startOn, execute, markRunning, armGrace, openOutput };
 }

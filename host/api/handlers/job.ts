@@ -1,6 +1,5 @@
 /** The job.* methods: thin adapters from validated params onto the job manager. */
 import type { JobManager } from '../../jobs/manager.js';
-import { MvirtError } from '../../../protocol/errors.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface JobHandlerDeps {
@@ -19,12 +18,8 @@ export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => (
 
 type JobPlanned = 'job.run' | 'job.cancel';
 
-/** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
-export const jobPlanners = (_deps: JobHandlerDeps): Planners<JobPlanned> => ({
-  'job.run': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for job.run yet');
-  },
-  'job.cancel': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for job.cancel yet');
-  },
+/** Dry runs (protocol/plan.ts): the job manager's planners make the handlers' own checks. */
+export const jobPlanners = ({ jobs }: JobHandlerDeps): Planners<JobPlanned> => ({
+  'job.run': (p) => jobs.plan.run(p),
+  'job.cancel': (p) => jobs.plan.cancel(p.jobId),
 });
