@@ -13,13 +13,14 @@ import { randomBytes } from 'node:crypto';
 import type { Bus } from '../broker/types.js';
 import type { EventLog } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
-import type { PoolRepo, StoredPool } from '../store/index.js';
+import type { PoolDef, PoolRepo, StoredPool } from '../store/index.js';
 import type { AgentSessions } from '../agent/sessions.js';
 import type { VmManager } from '../vm/manager.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
 import type { VmDestroyer } from './destroyer.js';
+import { poolPlans, type PoolNeeds, type SetCheck } from './pool-plan.js';
 import { isAgentLiveVm, isInactiveVm } from '../../protocol/states.js';
 
 /** VM metadata key that ties a VM to its pool (survives a daemon restart). */
@@ -65,10 +66,17 @@ export function createPoolManager(deps: PoolManagerDeps) {
   let onAvailable: () => void = () => undefined;
 
   const now = (): string => new Date().toISOString();
+  const freshLive = (): PoolLive => ({
+    demand: 0,
+    booting: new Set(),
+    creating: 0,
+    backoffMs: BACKOFF_MIN_MS,
+    retryAt: 0,
+  });
   const stateOf = (name: string): PoolLive => {
     let p = live.get(name);
     if (!p) {
-      p = { demand: 0, booting: new Set(), creating: 0, backoffMs: BACKOFF_MIN_MS, retryAt: 0 };
+      p = freshLive();
       live.set(name, p);
     }
     return p;
@@ -107,22 +115,25 @@ export function createPoolManager(deps: PoolManagerDeps) {
     if (!closing) destroyer.destroy(vmId, why, () => reconcile(pool));
   }
 
-  /** Bring one pool to its target: min idle VMs, more while jobs wait, never above max. */
-  function reconcile(name: string): void {
-    if (closing) return;
-    const def = repo.get(name);
-    const st = stateOf(name);
+  /**
+   * What reconcile would do to pool `name` defined as `def` (none: deleted),
+   * from the VMs as they are: which to destroy and why, and how many to boot.
+   * Reads only; reconcile() acts on it, the dry runs describe it.
+   */
+  function needs(name: string, def: PoolDef | undefined, st: PoolLive): PoolNeeds {
     const members = membersOf(name);
+    const destroy: { vm: VmRecord; why: string }[] = [];
     if (!def) {
-      for (const v of members) if (!claims.has(v.id)) destroy(v.id, 'its pool was deleted', name);
-      return;
+      for (const v of members)
+        if (!claims.has(v.id)) destroy.push({ vm: v, why: 'its pool was deleted' });
+      return { destroy, missing: 0 };
     }
     // A member that failed or stopped is of no use: clear it away. A VM whose
     // boot() runs is left alone: it is `stopped` until vm.start admits it, and
     // boot() itself backs off and destroys it if the boot fails.
     for (const v of members) {
       if (isInactiveVm(v.state) && !claims.has(v.id) && !st.booting.has(v.id)) {
-        destroy(v.id, `pool member is ${v.state}`, name);
+        destroy.push({ vm: v, why: `pool member is ${v.state}` });
       }
     }
     const usable = members.filter((v) => st.booting.has(v.id) || isAgentLiveVm(v.state));
@@ -134,13 +145,25 @@ export function createPoolManager(deps: PoolManagerDeps) {
     // More idle VMs than wanted (min was lowered): let the extra ones go.
     const idle = spare.filter(isIdle);
     for (let extra = spare.length - desired; extra > 0 && idle.length > 0; extra--) {
-      destroy(idle.pop()!.id, 'the pool shrank', name);
+      destroy.push({ vm: idle.pop()!, why: 'the pool shrank' });
     }
     // Boots whose VM row does not exist yet are not among the members: count them.
-    let missing = Math.min(
+    const missing = Math.min(
       desired - spare.length - st.creating,
       def.max - alive.length - st.creating,
     );
+    return { destroy, missing };
+  }
+
+  /** Bring one pool to its target: min idle VMs, more while jobs wait, never above max. */
+  function reconcile(name: string): void {
+    if (closing) return;
+    const def = repo.get(name);
+    const st = stateOf(name);
+    const n = needs(name, def, st);
+    for (const d of n.destroy) destroy(d.vm.id, d.why, name);
+    if (!def) return;
+    let missing = n.missing;
     if (missing <= 0) return;
     const wait = st.retryAt - Date.now();
     if (wait > 0) {
@@ -226,28 +249,48 @@ export function createPoolManager(deps: PoolManagerDeps) {
     if (name !== undefined) publish(name);
   });
 
+  /** pool.set's checks (shared with its dry run): the definition it would store. */
+  async function checkSet(p: ParamsOf<'pool.set'>): Promise<SetCheck> {
+    if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
+    const old = repo.get(p.name);
+    const def: PoolDef = {
+      name: p.name,
+      image: p.image ?? old?.image ?? vms.defaults.image,
+      min: p.min,
+      max: p.max ?? Math.max(p.min, old?.max ?? 0, 1),
+      vcpus: p.vcpus ?? old?.vcpus ?? vms.defaults.vcpus,
+      memoryMiB: p.memoryMiB ?? old?.memoryMiB ?? vms.defaults.memoryMiB,
+    };
+    if (def.max < def.min) {
+      throw new MvirtError('INVALID_PARAMS', `max (${def.max}) must be at least min (${def.min})`);
+    }
+    await vms.checkImage(def.image); // IMAGE_NOT_FOUND: not a pool that can never boot
+    return { ...(old ? { old } : {}), def };
+  }
+
+  /** pool.delete's check (shared with its dry run): the pool (POOL_NOT_FOUND otherwise). */
+  function checkDelete(name: string): StoredPool {
+    const p = repo.get(name);
+    if (!p) throw new MvirtError('POOL_NOT_FOUND', `no pool named ${name}`);
+    return p;
+  }
+
   return {
+    /** Dry runs (pool-plan.ts): the same checks as set and delete, a plan, no change. */
+    plan: poolPlans({
+      vms,
+      checkSet,
+      checkDelete,
+      // A pool's live state read, never created: a dry run leaves no trace.
+      needs: (name, def) => needs(name, def, live.get(name) ?? freshLive()),
+      members: membersOf,
+      claimOf: (vmId) => claims.get(vmId),
+    }),
     onVmAvailable(fn: () => void): void {
       onAvailable = fn;
     },
     async set(p: ParamsOf<'pool.set'>): Promise<PoolRecord> {
-      if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
-      const old = repo.get(p.name);
-      const def = {
-        name: p.name,
-        image: p.image ?? old?.image ?? vms.defaults.image,
-        min: p.min,
-        max: p.max ?? Math.max(p.min, old?.max ?? 0, 1),
-        vcpus: p.vcpus ?? old?.vcpus ?? vms.defaults.vcpus,
-        memoryMiB: p.memoryMiB ?? old?.memoryMiB ?? vms.defaults.memoryMiB,
-      };
-      if (def.max < def.min) {
-        throw new MvirtError(
-          'INVALID_PARAMS',
-          `max (${def.max}) must be at least min (${def.min})`,
-        );
-      }
-      await vms.checkImage(def.image); // IMAGE_NOT_FOUND: not a pool that can never boot
+      const { old, def } = await checkSet(p);
       if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
       const stored = repo.put(def, now());
       events.append({
@@ -270,7 +313,8 @@ export function createPoolManager(deps: PoolManagerDeps) {
     exists: (name: string): boolean => repo.get(name) !== undefined,
     list: (): PoolRecord[] => repo.list().map(toRecord),
     delete(name: string): Record<string, never> {
-      if (!repo.delete(name)) throw new MvirtError('POOL_NOT_FOUND', `no pool named ${name}`);
+      checkDelete(name);
+      repo.delete(name);
       events.append({
         level: 'audit',
         component: 'pool',

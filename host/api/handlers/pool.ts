@@ -1,6 +1,5 @@
 /** The pool.* methods: thin adapters from validated params onto the pool manager. */
 import type { PoolManager } from '../../jobs/pools.js';
-import { MvirtError } from '../../../protocol/errors.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface PoolHandlerDeps {
@@ -18,12 +17,8 @@ export const poolHandlers = ({ pools }: PoolHandlerDeps): Handlers<PoolMethods> 
 
 type PoolPlanned = 'pool.set' | 'pool.delete';
 
-/** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
-export const poolPlanners = (_deps: PoolHandlerDeps): Planners<PoolPlanned> => ({
-  'pool.set': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for pool.set yet');
-  },
-  'pool.delete': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for pool.delete yet');
-  },
+/** Dry runs (protocol/plan.ts): the pool manager's planners make the handlers' own checks. */
+export const poolPlanners = ({ pools }: PoolHandlerDeps): Planners<PoolPlanned> => ({
+  'pool.set': (p) => pools.plan.set(p),
+  'pool.delete': (p) => pools.plan.delete(p.name),
 });
