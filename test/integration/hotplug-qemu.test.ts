@@ -9,7 +9,7 @@
  * the job could wait on); on the host every wait is on a reply.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
@@ -22,10 +22,16 @@ import {
   trackPid,
 } from '../support/qemu.js';
 import { diskJob, FIND_DISK } from '../support/disks.js';
+import type { DryRunPlan, ReplyEnvelope } from '../../protocol/rpc.js';
 
 const MARK = 'mvirt-hotplug-data-7';
 
 /** Wait (in the guest) for the block device whose serial is $ID; $D is its /dev path. */
+
+const plan = (r: ReplyEnvelope): DryRunPlan => {
+  assert.ok(r.ok, JSON.stringify(r));
+  return r.result as DryRunPlan;
+};
 
 const code = (r: { ok: boolean; error?: { code: string } }): string =>
   r.ok ? 'ok' : r.error!.code;
@@ -38,6 +44,11 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
     const file = path.join(dataDir, 'volumes', `${vol.id}.raw`);
     const t0 = performance.now();
     for (const name of ['one', 'two']) ok(await c.call('vm.create', { name, memoryMiB: 256 }));
+    // A dry run of the boot: QEMU's own argv, and nothing started.
+    const boot = plan(await c.send('vm.start', { vm: 'one', dryRun: true }));
+    const argv = boot.commands.find((x) => x.kind === 'exec' && /qemu-system/.test(x.argv[0]!));
+    assert.ok(argv?.kind === 'exec' && argv.argv.includes('-S'), JSON.stringify(boot.commands));
+    assert.equal(ok(await c.call('vm.get', { vm: 'one' })).state, 'stopped');
     // Both boots at once: the test waits for the slower one, not for their sum.
     const [one, two] = await Promise.all(
       ['one', 'two'].map(async (name) =>
@@ -49,6 +60,22 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
       assert.equal(vm.state, 'ready');
     }
     const booted = performance.now();
+
+    // A dry run of the hot-plug: the QMP commands the attach sends, nothing linked or recorded.
+    const dry = plan(await c.send('vm.attachDisk', { vm: 'one', volume: 'hot', dryRun: true }));
+    assert.deepEqual(
+      dry.commands.map((x) =>
+        x.kind === 'qmp' ? `${x.execute} ${JSON.stringify(x.arguments)}` : x.kind,
+      ),
+      [
+        `blockdev-add {"driver":"file","node-name":"f-${vol.id}","filename":"${path.join(dataDir, 'vm', one!.id, `${vol.id}.raw`)}","read-only":false}`,
+        `blockdev-add {"driver":"raw","node-name":"d-${vol.id}","file":"f-${vol.id}","read-only":false}`,
+        `device_add {"driver":"virtio-blk-pci","id":"disk-${vol.id}","drive":"d-${vol.id}","serial":"${vol.id}"}`,
+      ],
+    );
+    assert.deepEqual(dry.files.create, [`vm/${one!.id}/${vol.id}.raw`]);
+    assert.equal(existsSync(path.join(dataDir, 'vm', one!.id, `${vol.id}.raw`)), false);
+    assert.deepEqual(ok(await c.call('vm.get', { vm: 'one' })).disks ?? [], []);
 
     // Attach to the running VM `one`: recorded, linked, the guest sees it.
     const a = ok(await c.call('vm.attachDisk', { vm: 'one', volume: 'hot' }));
