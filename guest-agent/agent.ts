@@ -3,6 +3,7 @@
  * dispatcher, jobs, telemetry. Everything OS-specific arrives through the
  * Platform, so this runs unchanged in unit tests and in the guest.
  */
+import { blockDevicesNow } from './block-devices.js';
 import { AGENT_PROTOCOL_VERSION, AGENT_UP, type AgentUpMessage } from '../protocol/agent.js';
 import { encodeCbor } from '../protocol/codec.js';
 import { topics, type AgentUpKind } from '../protocol/topics.js';
@@ -118,6 +119,7 @@ export function createAgent(
     stdin: (m) => jobs.stdin(m),
     signal: (m) => jobs.signal(m),
     ping: (m) => (m.data === undefined ? {} : { data: m.data }),
+    blockDevices: async () => ({ blockDevices: await blockDevicesNow(platform) }),
     configure: (m) => {
       if (m.telemetryIntervalMs !== undefined) {
         telemetryMs = m.telemetryIntervalMs;

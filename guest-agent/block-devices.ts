@@ -9,6 +9,16 @@ import type { Platform } from './platform/types.js';
 
 type BlockDevice = NonNullable<Telemetry['blockDevices']>[number];
 
+/** The devices with their mounted file systems' size and use (the `blockDevices` request). */
+export async function blockDevicesNow(platform: Platform): Promise<BlockDevice[]> {
+  const devices = await listBlockDevices(platform, (await platform.readText('/proc/mounts')) ?? '');
+  for (const d of devices) {
+    const s = d.mount !== undefined ? await platform.statfs(d.mount) : null;
+    if (s) Object.assign(d, s);
+  }
+  return devices;
+}
+
 const NOT_DISKS = /^(loop|ram|zram)\d/;
 const MAX_DEVICES = 32;
 /** virtio-blk serials are at most 20 bytes. */

@@ -175,7 +175,17 @@ const BlockDevice = z.strictObject({
   readOnly: z.boolean(),
   /** Where it (or a partition of it) is mounted; its usage is under `disk`. */
   mount: printable(256).min(1).optional(),
+  /** The mounted file system's size and use (blockDevices replies; telemetry has them under `disk`). */
+  totalBytes: counter.optional(),
+  usedBytes: counter.optional(),
 });
+export type BlockDevice = z.infer<typeof BlockDevice>;
+
+/** The agent's answer to `blockDevices`: what /sys/block lists now. */
+export const BlockDevicesResult = z.strictObject({
+  blockDevices: z.array(BlockDevice).max(32),
+});
+export type BlockDevicesResult = z.infer<typeof BlockDevicesResult>;
 
 export const Telemetry = z.strictObject({
   at: ms,
@@ -263,6 +273,9 @@ export const Configure = z.strictObject({
 });
 export type Configure = z.infer<typeof Configure>;
 
+/** The guest's block devices now (the reply's result is a BlockDevicesResult). */
+export const BlockDevicesRequest = z.strictObject({ id: reqId });
+
 export const AGENT_DOWN = {
   exec: Exec,
   stdin: Stdin,
@@ -270,6 +283,7 @@ export const AGENT_DOWN = {
   power: Power,
   ping: Ping,
   configure: Configure,
+  blockDevices: BlockDevicesRequest,
 } as const satisfies Record<AgentDownKind, z.ZodType>;
 
 export type AgentDownMessage = { [K in AgentDownKind]: z.infer<(typeof AGENT_DOWN)[K]> };

@@ -7,7 +7,7 @@
  * a field the contract lacks fails a test instead of drifting silently.
  */
 import { z } from 'zod';
-import { BootTimeline } from './agent.js';
+import { BlockDevicesResult, BootTimeline } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
 import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS, VOLUME_STATES } from './states.js';
@@ -97,6 +97,14 @@ export const VmRecord = z.strictObject({
     .optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
+
+/** vm.blockDevices: what the guest's agent lists in /sys/block now, with each mount's use. */
+export const VmBlockDevices = z.strictObject({
+  vm: z.string(),
+  at: time,
+  blockDevices: BlockDevicesResult.shape.blockDevices,
+});
+export type VmBlockDevices = z.infer<typeof VmBlockDevices>;
 
 /** Public VM event payload on `vm/<id>/events`. */
 export const VmEvent = z.strictObject({

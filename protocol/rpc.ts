@@ -20,6 +20,7 @@ import {
   NetworkSpec,
   PoolRecord,
   SystemInfo,
+  VmBlockDevices,
   VmRecord,
   VolumeRecord,
   VolumeSnapshot,
@@ -142,6 +143,8 @@ export const PARAMS = {
     volume: VolumeRef,
     readOnly: z.boolean().optional(),
   }),
+  /** Asks the guest's agent (the VM must be up with its agent connected). */
+  'vm.blockDevices': z.strictObject({ vm: VmRef }),
   'vm.detachDisk': z.strictObject({
     ...DRY_RUN,
     vm: VmRef,
@@ -284,6 +287,7 @@ export const RESULTS = {
   'vm.delete': Empty,
   'vm.attachDisk': VmRecord,
   'vm.detachDisk': VmRecord,
+  'vm.blockDevices': VmBlockDevices,
   'job.run': JobRunResult,
   'job.get': JobRecord,
   'job.list': z.strictObject({ jobs: z.array(JobRecord) }),

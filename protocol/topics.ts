@@ -50,7 +50,15 @@ export const AGENT_UP_KINDS = [
   'log',
 ] as const;
 export type AgentUpKind = (typeof AGENT_UP_KINDS)[number];
-export const AGENT_DOWN_KINDS = ['exec', 'stdin', 'signal', 'power', 'ping', 'configure'] as const;
+export const AGENT_DOWN_KINDS = [
+  'exec',
+  'stdin',
+  'signal',
+  'power',
+  'ping',
+  'configure',
+  'blockDevices',
+] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 
 /** The reply topic of one client: outside every host subtree, one per client id. */

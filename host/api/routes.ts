@@ -47,6 +47,7 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   // Both objects change: the VM's disks and the volume's attachments.
   'vm.attachDisk': operate({ kind: 'vm-and-volume' }),
   'vm.detachDisk': operate({ kind: 'vm-and-volume' }),
+  'vm.blockDevices': read(vm),
   'job.run': operate({ kind: 'job-target' }),
   'job.get': read(job),
   'job.list': read({ kind: 'list' }),

@@ -97,6 +97,17 @@ export function clock(at: string | number): string {
 }
 
 /** A JSON document (indented), terminal-safe (see inertJson). */
+/** Bytes in binary units, one decimal where needed (1.5 GiB, 16 MiB). */
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) {
+    n /= 1024;
+    u++;
+  }
+  return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[u]}`;
+}
+
 export const json = (v: unknown): string => inertJson(v, 2) + '\n';
 /** One JSON line (for streams: `-f --json`, `top --json`), terminal-safe. */
 export const jsonLine = (v: unknown): string => inertJson(v) + '\n';

@@ -13,7 +13,7 @@ import { UsageError, integer, oneOf, seconds } from './args.js';
 import { str, type Command, type Context } from './command.js';
 import { EXIT } from './exit.js';
 import { inert } from '../../protocol/inert.js';
-import { duration, json, keyValues, mib, relativeTime, table } from './output.js';
+import { bytes, duration, json, keyValues, mib, relativeTime, table } from './output.js';
 
 /** Waiting for a boot under TCG on a loaded 2-core machine takes a while. */
 const START_TIMEOUT_MS = 300_000;
@@ -271,6 +271,38 @@ const commands: Command[] = [
       const c = await ctx.client();
       const r = await c.call('vm.get', { vm: vm! });
       ctx.out(ctx.globals.json ? json(r) : vmDetails(r, ctx.io.now()));
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'vm disks',
+    summary: "List a running VM's block devices as its guest sees them now.",
+    description:
+      "Asked of the guest's agent: each disk's name, serial (a volume's id for volumes), size, whether it is read-only, where it is mounted and how full that file system is.",
+    args: ['VM'],
+    examples: ['mvirt vm disks web-1', 'mvirt vm disks web-1 --json'],
+    run: async (ctx, p) => {
+      const [vm] = p.positionals;
+      const c = await ctx.client();
+      const r = await c.call('vm.blockDevices', { vm: vm! });
+      if (ctx.globals.json) ctx.out(json(r));
+      else
+        ctx.out(
+          table(
+            ['name', 'serial', 'size', 'ro', 'mount', 'used'],
+            r.blockDevices.map((d) => [
+              d.name,
+              d.serial ?? '-',
+              bytes(d.sizeBytes),
+              d.readOnly ? 'yes' : 'no',
+              d.mount ?? '-',
+              d.totalBytes !== undefined && d.usedBytes !== undefined
+                ? `${bytes(d.usedBytes)} of ${bytes(d.totalBytes)}`
+                : '-',
+            ]),
+            ['left', 'left', 'right'],
+          ),
+        );
       return EXIT.OK;
     },
   },

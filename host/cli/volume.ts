@@ -3,18 +3,7 @@ import type { ParamsOf, VolumeRecord, VolumeSnapshot } from '../../protocol/rpc.
 import { UsageError } from './args.js';
 import { str, type Command } from './command.js';
 import { EXIT } from './exit.js';
-import { json, keyValues, relativeTime, table } from './output.js';
-
-const size = (bytes: number): string => {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let n = bytes;
-  let u = 0;
-  while (n >= 1024 && u < units.length - 1) {
-    n /= 1024;
-    u++;
-  }
-  return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[u]}`;
-};
+import { bytes as size, json, keyValues, relativeTime, table } from './output.js';
 
 const attached = (v: VolumeRecord): string =>
   v.attachedTo.length === 0

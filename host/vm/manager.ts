@@ -16,6 +16,7 @@
  * | ops.ts | create, start, stop, kill, pause, resume, reboot, delete |
  * | admit.ts | the checks an operation and its dry run share |
  * | plan.ts | dry runs of the vm.* methods |
+ * | inspect.ts | questions to a guest's agent (vm.blockDevices) |
  * | hotplug.ts | attachDisk, detachDisk (recorded, or hot-plugged as steps) |
  * | disk-access.ts | VM locks and live disk snapshots for the volume manager |
  *
@@ -37,6 +38,7 @@ import { diskOperations } from './hotplug.js';
 import { vmDiskAccess } from './disk-access.js';
 import { clearTimers } from './live.js';
 import { vmOperations } from './ops.js';
+import { inspectPart } from './inspect.js';
 import { vmPlans } from './plan.js';
 import { recoveryPart } from './recovery.js';
 import { stopPart } from './stop.js';
@@ -73,6 +75,7 @@ export function createVmManager(deps: VmManagerDeps) {
   return {
     ...ops,
     ...diskOps,
+    ...inspectPart(ctx),
     disks: vmDiskAccess(ctx),
     /** Dry runs of the vm.* methods (plan.ts). */
     plan: vmPlans(ctx),

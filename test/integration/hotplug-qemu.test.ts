@@ -102,6 +102,11 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
     assert.match(w.stdout!, /vd[a-z]/);
     assert.match(w.stdout!, /written to \/dev\/vd[a-z]/);
     console.log(`guest one: ${w.stdout!.trim().replace(/\n/g, '; ')}`);
+    // The agent's list on request: the volume by its serial, its size.
+    const listed = ok(await c.call('vm.blockDevices', { vm: 'one' })).blockDevices;
+    const mine = listed.find((b) => b.serial === vol.id);
+    assert.equal(mine?.sizeBytes, 16 << 20, JSON.stringify(listed));
+    assert.equal(mine?.readOnly, false);
 
     // Refusals, each typed and changing nothing.
     const events = async () =>
@@ -143,6 +148,8 @@ test('hot-plug a volume into one running VM, then into another', { skip, timeout
     );
     assert.equal(gone.exitCode, 0, gone.stderr);
     assert.doesNotMatch(gone.stdout!, /still there/);
+    const after = ok(await c.call('vm.blockDevices', { vm: 'one' })).blockDevices;
+    assert.ok(!after.some((b) => b.serial === vol.id), JSON.stringify(after));
     const free = ok(await c.call('volume.get', { volume: 'hot' }));
     assert.equal(free.state, 'available');
     assert.deepEqual(free.attachedTo, []);

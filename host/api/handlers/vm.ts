@@ -18,7 +18,8 @@ type VmMethods =
   | 'vm.reboot'
   | 'vm.delete'
   | 'vm.attachDisk'
-  | 'vm.detachDisk';
+  | 'vm.detachDisk'
+  | 'vm.blockDevices';
 
 export const vmHandlers = ({ vms }: VmHandlerDeps): Handlers<VmMethods> => ({
   'vm.create': (p) => vms.create(p),
@@ -33,6 +34,7 @@ export const vmHandlers = ({ vms }: VmHandlerDeps): Handlers<VmMethods> => ({
   'vm.delete': (p) => vms.delete(p.vm),
   'vm.attachDisk': (p) => vms.attachDisk(p),
   'vm.detachDisk': (p) => vms.detachDisk(p),
+  'vm.blockDevices': (p) => vms.blockDevices(p.vm),
 });
 
 type VmPlanned =

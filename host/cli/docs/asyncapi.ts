@@ -25,6 +25,8 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'vm.delete': 'Delete a stopped or failed VM (VM_RUNNING otherwise).',
   'vm.attachDisk':
     'Attach a volume: hot-plugged into a running VM (virtio-blk, serial = volume id), recorded for the next boot of a stopped one.',
+  'vm.blockDevices':
+    "The guest's block devices now, asked of its agent: name, serial (a volume's id), size, read-only, mount and the mount's use.",
   'vm.detachDisk':
     'Detach a volume: the guest must release it (DISK_BUSY after timeoutMs, the disk then stays); on a stopped VM only the record changes.',
   'job.run':

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Telemetry } from '../../../protocol/agent.js';
+import { BlockDevicesResult, Telemetry } from '../../../protocol/agent.js';
 import { createLinuxPlatform } from '../../../guest-agent/platform/linux.js';
 import {
   createTelemetrySampler,
@@ -100,6 +100,35 @@ test('block devices: name, serial, size, read-only and mount; loop devices and b
         mount: '/mnt/my data',
       },
       { name: 'vdc', sizeBytes: 2048 * 512, readOnly: false },
+    ]);
+  } finally {
+    await h.close();
+  }
+});
+
+test('blockDevices on request: the devices now, each mounted one with its file system size and use', async () => {
+  const h = await startHarness({});
+  try {
+    const f = h.platform.files;
+    f.set('/sys/block/vda/size', '65536\n');
+    f.set('/sys/block/vda/ro', '1\n');
+    f.set('/sys/block/vdb/size', '32768\n');
+    f.set('/sys/block/vdb/ro', '0\n');
+    f.set('/sys/block/vdb/serial', 'vol-0123456789ab');
+    const r = await h.request('blockDevices', { id: 'bd-1' });
+    assert.equal(r.ok, true, JSON.stringify(r));
+    const parsed = BlockDevicesResult.parse(r.result);
+    assert.deepEqual(parsed.blockDevices, [
+      // The fake platform's /mnt/os: 400 of 1000 bytes used.
+      {
+        name: 'vda',
+        sizeBytes: 65536 * 512,
+        readOnly: true,
+        mount: '/mnt/os',
+        totalBytes: 1000,
+        usedBytes: 400,
+      },
+      { name: 'vdb', sizeBytes: 32768 * 512, readOnly: false, serial: 'vol-0123456789ab' },
     ]);
   } finally {
     await h.close();

@@ -117,6 +117,21 @@ describe('mvirt commands against mvirtd', () => {
     );
   });
 
+  it("vm disks lists the guest's block devices, asked of its agent", async () => {
+    await mvirt(['vm', 'create', 'disks-1']);
+    assert.equal((await mvirt(['vm', 'disks', 'disks-1'])).code, 1, 'no agent yet');
+    await mvirt(['vm', 'start', 'disks-1']);
+    // The fake guest's agent runs on this host's Linux: its /sys/block.
+    const r = await mvirt(['vm', 'disks', 'disks-1']);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^NAME +SERIAL +SIZE +RO +MOUNT +USED$/m);
+    const j = JSON.parse((await mvirt(['--json', 'vm', 'disks', 'disks-1'])).out) as {
+      blockDevices: { name: string }[];
+    };
+    for (const d of j.blockDevices) assert.match(r.out, new RegExp(`^${d.name} `, 'm'));
+    await mvirt(['vm', 'rm', '-f', 'disks-1']);
+  });
+
   it('--dry-run: the first change is planned and printed, nothing is made', async () => {
     let r = await mvirt(['vm', 'create', 'plan-1', '--vcpus', '2', '--dry-run']);
     assert.equal(r.code, 0, r.err);
