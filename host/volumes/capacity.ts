@@ -16,14 +16,18 @@ export interface CapacityOptions {
 }
 
 const GIB = 1024 * 1024 * 1024;
+const MIB = 1024 * 1024;
 const gib = (n: number): string => `${(n / GIB).toFixed(2)} GiB`;
+const mib = (n: number): string =>
+  `${Number.isInteger(n / MIB) ? n / MIB : (n / MIB).toFixed(2)} MiB`;
 
 export function createCapacity(
   files: VolumeFiles,
   repo: Pick<VolumeRepo, 'totals'>,
   opts: CapacityOptions,
 ) {
-  async function requireDisk(bytes: number): Promise<void> {
+  /** Each check, once passed, says so in words: a dry run's admission (plan.ts). */
+  async function requireDisk(bytes: number): Promise<string> {
     const free = files.freeBytes();
     if (bytes > free)
       throw new MvirtError(
@@ -31,6 +35,7 @@ export function createCapacity(
         `${gib(bytes)} do not fit: ${gib(free)} (${free} bytes) free in the volumes folder`,
         { details: { limit: 'disk', requestedBytes: bytes, freeBytes: free } },
       );
+    return `capacity: ${mib(bytes)} needed, ${gib(free)} free in the volumes folder`;
   }
   return {
     /**
@@ -40,26 +45,26 @@ export function createCapacity(
      */
     requireDisk,
     /** STORAGE_FULL, naming what is free, unless `bytes` more fit. */
-    async require(bytes: number): Promise<void> {
-      await requireDisk(bytes);
-      if (opts.maxBytes !== null) {
-        const { provisioned } = repo.totals();
-        const left = Math.max(0, opts.maxBytes - provisioned);
-        if (bytes > left)
-          throw new MvirtError(
-            'STORAGE_FULL',
-            `${gib(bytes)} do not fit: ${gib(left)} (${left} bytes) of --storage-max-gib ${gib(opts.maxBytes)} are free`,
-            {
-              details: {
-                limit: 'storageMax',
-                requestedBytes: bytes,
-                freeBytes: left,
-                maxBytes: opts.maxBytes,
-                provisionedBytes: provisioned,
-              },
+    async require(bytes: number): Promise<string> {
+      const disk = await requireDisk(bytes);
+      if (opts.maxBytes === null) return `${disk} (no --storage-max-gib)`;
+      const { provisioned } = repo.totals();
+      const left = Math.max(0, opts.maxBytes - provisioned);
+      if (bytes > left)
+        throw new MvirtError(
+          'STORAGE_FULL',
+          `${gib(bytes)} do not fit: ${gib(left)} (${left} bytes) of --storage-max-gib ${gib(opts.maxBytes)} are free`,
+          {
+            details: {
+              limit: 'storageMax',
+              requestedBytes: bytes,
+              freeBytes: left,
+              maxBytes: opts.maxBytes,
+              provisionedBytes: provisioned,
             },
-          );
-      }
+          },
+        );
+      return `${disk}, ${gib(left)} of --storage-max-gib ${gib(opts.maxBytes)} left`;
     },
     /** system.info's storage figures. */
     info(): NonNullable<SystemInfo['storage']> {

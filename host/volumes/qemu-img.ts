@@ -33,7 +33,21 @@ export interface ImageSnapshot {
 export type SnapshotAction = 'create' | 'apply' | 'delete';
 const SNAPSHOT_FLAG: Record<SnapshotAction, string> = { create: '-c', apply: '-a', delete: '-d' };
 
+/**
+ * The argv (binary first) of each qemu-img command that writes: the one
+ * place each is spelled, used by the calls below and by dry runs (plan.ts),
+ * so a plan shows exactly what would run.
+ */
+export interface QemuImgArgv {
+  create(file: string, format: VolumeFormat, sizeBytes: number): string[];
+  overlay(file: string, backingName: string, backingFormat: VolumeFormat): string[];
+  convert(from: string, to: string, format: VolumeFormat, fromFormat?: string): string[];
+  resize(file: string, format: VolumeFormat, sizeBytes: number): string[];
+  snapshot(file: string, action: SnapshotAction, name: string): string[];
+}
+
 export interface QemuImg {
+  readonly argv: QemuImgArgv;
   create(file: string, format: VolumeFormat, sizeBytes: number): Promise<void>;
   /** A qcow2 overlay whose backing file is `backingName`, relative to the overlay's folder. */
   overlay(file: string, backingName: string, backingFormat: VolumeFormat): Promise<void>;
@@ -46,9 +60,9 @@ export interface QemuImg {
 }
 
 export function createQemuImg(binary = 'qemu-img'): QemuImg {
-  async function run(args: string[], what: string): Promise<string> {
+  async function run([bin = binary, ...args]: string[], what: string): Promise<string> {
     try {
-      const { stdout } = await execFile(binary, args, { maxBuffer: 4 * 1024 * 1024 });
+      const { stdout } = await execFile(bin, args, { maxBuffer: 4 * 1024 * 1024 });
       return stdout;
     } catch (err) {
       const e = err as NodeJS.ErrnoException & { stderr?: string };
@@ -61,22 +75,39 @@ export function createQemuImg(binary = 'qemu-img'): QemuImg {
       );
     }
   }
+  const q = (...args: string[]): string[] => [binary, ...args];
+  const argv: QemuImgArgv = {
+    create: (file, format, sizeBytes) => q('create', '-q', '-f', format, file, String(sizeBytes)),
+    // -u would skip opening the backing file; opening it checks it is there.
+    overlay: (file, backingName, backingFormat) =>
+      q('create', '-q', '-f', 'qcow2', '-b', backingName, '-F', backingFormat, file),
+    convert: (from, to, format, fromFormat) =>
+      q('convert', '-q', ...(fromFormat ? ['-f', fromFormat] : []), '-O', format, from, to),
+    resize: (file, format, sizeBytes) => q('resize', '-q', '-f', format, file, String(sizeBytes)),
+    // qemu-img snapshot has no -f: --image-opts names the driver instead of
+    // letting qemu-img probe the file (commas doubled, QEMU's escape). The
+    // name follows its flag as that option's argument: even one starting
+    // with '-' is never read as an option (and names are checked anyway).
+    snapshot: (file, action, name) =>
+      q(
+        'snapshot',
+        '-q',
+        '--image-opts',
+        SNAPSHOT_FLAG[action],
+        name,
+        `driver=qcow2,file.driver=file,file.filename=${file.replace(/,/g, ',,')}`,
+      ),
+  };
   return {
+    argv,
     async create(file, format, sizeBytes) {
-      await run(['create', '-q', '-f', format, file, String(sizeBytes)], 'qemu-img create');
+      await run(argv.create(file, format, sizeBytes), 'qemu-img create');
     },
     async overlay(file, backingName, backingFormat) {
-      // -u would skip opening the backing file; opening it checks it is there.
-      await run(
-        ['create', '-q', '-f', 'qcow2', '-b', backingName, '-F', backingFormat, file],
-        'qemu-img create (overlay)',
-      );
+      await run(argv.overlay(file, backingName, backingFormat), 'qemu-img create (overlay)');
     },
     async convert(from, to, format, fromFormat) {
-      await run(
-        ['convert', '-q', ...(fromFormat ? ['-f', fromFormat] : []), '-O', format, from, to],
-        'qemu-img convert',
-      );
+      await run(argv.convert(from, to, format, fromFormat), 'qemu-img convert');
       // qemu-img convert writes with cache=unsafe and never flushes (seen with
       // strace): without this the volume's row could be committed while its
       // data is still in the page cache, and a power cut leave it torn.
@@ -88,13 +119,13 @@ export function createQemuImg(binary = 'qemu-img'): QemuImg {
       }
     },
     async resize(file, format, sizeBytes) {
-      await run(['resize', '-q', '-f', format, file, String(sizeBytes)], 'qemu-img resize');
+      await run(argv.resize(file, format, sizeBytes), 'qemu-img resize');
     },
     async info(file, format) {
       // --force-share: a running VM holds a write lock on its disks; reading
       // the header beside it is harmless.
       const out = await run(
-        ['info', '--force-share', '--output=json', ...(format ? ['-f', format] : []), file],
+        q('info', '--force-share', '--output=json', ...(format ? ['-f', format] : []), file),
         'qemu-img info',
       );
       const j = JSON.parse(out) as {
@@ -118,21 +149,7 @@ export function createQemuImg(binary = 'qemu-img'): QemuImg {
       };
     },
     async snapshot(file, action, name) {
-      // qemu-img snapshot has no -f: --image-opts names the driver instead of
-      // letting qemu-img probe the file (commas doubled, QEMU's escape). The
-      // name follows its flag as that option's argument: even one starting
-      // with '-' is never read as an option (and names are checked anyway).
-      await run(
-        [
-          'snapshot',
-          '-q',
-          '--image-opts',
-          SNAPSHOT_FLAG[action],
-          name,
-          `driver=qcow2,file.driver=file,file.filename=${file.replace(/,/g, ',,')}`,
-        ],
-        `qemu-img snapshot ${SNAPSHOT_FLAG[action]}`,
-      );
+      await run(argv.snapshot(file, action, name), `qemu-img snapshot ${SNAPSHOT_FLAG[action]}`);
     },
   };
 }
