@@ -18,9 +18,15 @@
  * of the VMs the volume is attached to held: none boots or stops meanwhile.
  * Snapshots keep the volume's state; each change is an audit event through
  * transitions.change, linked to the volume and, when live, the VM.
+ *
+ * As in manager.ts, each change has a check part shared by the real call and
+ * its dry run (`plan.*`), which runs under the same queue and locks.
  */
 import { MvirtError } from '../../protocol/errors.js';
+import type { DryRunPlan } from '../../protocol/plan.js';
 import type { ParamsOf, VolumeRecord, VolumeSnapshot } from '../../protocol/rpc.js';
+import { QMP_DISK_SNAPSHOT } from '../hypervisors/qemu/disk-snapshot.js';
+import { createPlan, type PlanBuilder } from '../plan.js';
 import type { Store } from '../store/index.js';
 import type { Capacity } from './capacity.js';
 import type { VolumeFiles } from './files.js';
@@ -45,6 +51,8 @@ export interface VolumeSnapshotDeps {
   /** The manager's one-change-at-a-time queue. */
   serial<T>(fn: () => Promise<T>): Promise<T>;
   find(ref: string): VolumeRecord;
+  /** Plans show paths relative to it. */
+  dataDir: string;
 }
 
 const toRecord = (s: ImageSnapshot): VolumeSnapshot => ({
@@ -86,7 +94,10 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
    * fn on a qcow2 volume, in the queue, with its VMs' locks held; v is read
    * again under the locks and the file checked (never a link).
    */
-  function locked<T>(ref: string, fn: (v: VolumeRecord, file: string) => Promise<T>): Promise<T> {
+  function locked<T>(
+    ref: string,
+    fn: (v: VolumeRecord, file: string, admitted: string[]) => Promise<T>,
+  ): Promise<T> {
     return d.serial(async () => {
       const first = d.find(ref);
       qcow2Only(first);
@@ -100,7 +111,11 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
             `volume ${v.name} was attached to VM ${late.join(', ')} meanwhile; try again`,
             { details: { vms: late } },
           );
-        return fn(v, await files.checkFile(v.id, v.format));
+        const file = await files.checkFile(v.id, v.format);
+        return fn(v, file, [
+          `volume ${v.name} is qcow2`,
+          `volume ${v.name}'s file is a regular file in the volumes folder`,
+        ]);
       };
       return d.vms ? d.vms.withVmLocks(held, run) : run();
     });
@@ -139,19 +154,95 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
     return null;
   }
 
+  async function checkSnapshot(v: VolumeRecord, file: string, name: string, admitted: string[]) {
+    const before = await qemuImg.info(file, 'qcow2');
+    if (before.snapshots.some((s) => s.name === name))
+      throw new MvirtError('SNAPSHOT_EXISTS', `volume ${v.name} has a snapshot ${name}`, {
+        details: { snapshot: name },
+      });
+    admitted.push(`volume ${v.name} has no snapshot ${name} yet`);
+    const vm = writer(v);
+    admitted.push(writerWords(v, vm));
+    // The snapshot itself is a copy of the cluster tables; from then on each
+    // cluster the guest rewrites is copied, up to what the file holds now.
+    admitted.push(await d.capacity.requireDisk(before.actualSize));
+    return { vm };
+  }
+
+  async function checkRestore(v: VolumeRecord, file: string, name: string, admitted: string[]) {
+    const up = v.attachedTo.map((a) => a.vm).filter(running);
+    if (up.length > 0)
+      throw new MvirtError(
+        'VOLUME_IN_USE',
+        `volume ${v.name} is attached to running VM ${up.join(', ')}; restore it once the VM is stopped`,
+        { details: { vms: up } },
+      );
+    const clones = repo.clonesOf(v.id);
+    if (clones.length > 0)
+      throw new MvirtError(
+        'VOLUME_IN_USE',
+        `volume ${v.name} is the template of clone ${clones.join(', ')}; a restore would change what they read`,
+        { details: { clones } },
+      );
+    await existing(v, file, name);
+    admitted.push(
+      `volume ${v.name} is attached to no running VM`,
+      `volume ${v.name} is no clone's template`,
+      `volume ${v.name} has a snapshot ${name}`,
+    );
+  }
+
+  async function checkDeleteSnapshot(
+    v: VolumeRecord,
+    file: string,
+    name: string,
+    admitted: string[],
+  ) {
+    await existing(v, file, name);
+    admitted.push(`volume ${v.name} has a snapshot ${name}`);
+    const vm = writer(v);
+    admitted.push(writerWords(v, vm));
+    return { vm };
+  }
+
+  function writerWords(v: VolumeRecord, vm: string | null): string {
+    return vm !== null
+      ? `volume ${v.name} is open read-write in running VM ${vm}: changed live by its hypervisor`
+      : `no running VM has volume ${v.name} open: changed with qemu-img`;
+  }
+
+  /**
+   * A snapshot made or dropped live: for a QEMU VM the QMP commands
+   * qmpDiskSnapshot sends (the node name is read from query-block only then,
+   * so it is shown as a placeholder); for another backend, the step alone.
+   */
+  function planLive(
+    b: PlanBuilder,
+    vm: string,
+    v: VolumeRecord,
+    action: 'create' | 'delete',
+    name: string,
+  ): void {
+    const fileName = files.nameOf(v.id, v.format);
+    b.step(`${action === 'create' ? 'take' : 'delete'} snapshot live in VM ${vm}`, 'update row');
+    if (store.vms.get(vm)?.backend !== 'qemu') return;
+    b.qmp('query-block').qmp(QMP_DISK_SNAPSHOT[action], {
+      device: `<node of ${fileName}, from query-block>`,
+      name,
+    });
+  }
+
+  const plan = (method: string, admitted: string[]): PlanBuilder => {
+    const b = createPlan(method, d.dataDir);
+    for (const a of admitted) b.admit(a);
+    return b;
+  };
+
   return {
     /** Take snapshot `name` now: live when a running VM has the volume, else with qemu-img. */
     snapshot(p: ParamsOf<'volume.snapshot'>): Promise<VolumeSnapshot> {
-      return locked(p.volume, async (v, file) => {
-        const before = await qemuImg.info(file, 'qcow2');
-        if (before.snapshots.some((s) => s.name === p.name))
-          throw new MvirtError('SNAPSHOT_EXISTS', `volume ${v.name} has a snapshot ${p.name}`, {
-            details: { snapshot: p.name },
-          });
-        const vm = writer(v);
-        // The snapshot itself is a copy of the cluster tables; from then on each
-        // cluster the guest rewrites is copied, up to what the file holds now.
-        await d.capacity.requireDisk(before.actualSize);
+      return locked(p.volume, async (v, file, admitted) => {
+        const { vm } = await checkSnapshot(v, file, p.name, admitted);
         if (vm !== null)
           await d.vms!.diskSnapshot(vm, 'create', files.nameOf(v.id, v.format), p.name);
         else await qemuImg.snapshot(file, 'create', p.name);
@@ -183,22 +274,8 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
 
     /** The volume's data as it was at the snapshot; only while no VM runs with it. */
     restore(p: ParamsOf<'volume.restore'>): Promise<VolumeRecord> {
-      return locked(p.volume, async (v, file) => {
-        const up = v.attachedTo.map((a) => a.vm).filter(running);
-        if (up.length > 0)
-          throw new MvirtError(
-            'VOLUME_IN_USE',
-            `volume ${v.name} is attached to running VM ${up.join(', ')}; restore it once the VM is stopped`,
-            { details: { vms: up } },
-          );
-        const clones = repo.clonesOf(v.id);
-        if (clones.length > 0)
-          throw new MvirtError(
-            'VOLUME_IN_USE',
-            `volume ${v.name} is the template of clone ${clones.join(', ')}; a restore would change what they read`,
-            { details: { clones } },
-          );
-        await existing(v, file, p.snapshot);
+      return locked(p.volume, async (v, file, admitted) => {
+        await checkRestore(v, file, p.snapshot, admitted);
         await qemuImg.snapshot(file, 'apply', p.snapshot);
         // A snapshot taken before a resize brings its own size back.
         const after = await qemuImg.info(file, 'qcow2');
@@ -212,9 +289,8 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
 
     /** Drop a snapshot (live when a running VM has the volume); its clusters are freed. */
     deleteSnapshot(p: ParamsOf<'volume.deleteSnapshot'>): Promise<Record<string, never>> {
-      return locked(p.volume, async (v, file) => {
-        await existing(v, file, p.snapshot);
-        const vm = writer(v);
+      return locked(p.volume, async (v, file, admitted) => {
+        const { vm } = await checkDeleteSnapshot(v, file, p.snapshot, admitted);
         if (vm !== null)
           await d.vms!.diskSnapshot(vm, 'delete', files.nameOf(v.id, v.format), p.snapshot);
         else await qemuImg.snapshot(file, 'delete', p.snapshot);
@@ -227,6 +303,56 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
         });
         return {};
       });
+    },
+
+    /**
+     * Dry runs, in the same queue and under the same VM locks. A live change
+     * goes through the VM's hypervisor (host/vm/disk-access.ts), whose own
+     * checks (backend capability, process still there) are made only by the
+     * real call.
+     */
+    plan: {
+      snapshot: (p: ParamsOf<'volume.snapshot'>): Promise<DryRunPlan> =>
+        locked(p.volume, async (v, file, admitted) => {
+          const { vm } = await checkSnapshot(v, file, p.name, admitted);
+          const b = plan('volume.snapshot', admitted);
+          if (vm !== null) planLive(b, vm, v, 'create', p.name);
+          else
+            b.step('take snapshot', 'update row').exec(
+              qemuImg.argv.snapshot(file, 'create', p.name),
+            );
+          return b
+            .change(
+              `volume ${v.name}: snapshot ${p.name} taken${vm !== null ? ` live in VM ${vm}` : ''}`,
+            )
+            .done();
+        }),
+
+      restore: (p: ParamsOf<'volume.restore'>): Promise<DryRunPlan> =>
+        locked(p.volume, async (v, file, admitted) => {
+          await checkRestore(v, file, p.snapshot, admitted);
+          return plan('volume.restore', admitted)
+            .step('apply snapshot', 'update row')
+            .exec(qemuImg.argv.snapshot(file, 'apply', p.snapshot))
+            .change(`volume ${v.name}: restored to snapshot ${p.snapshot}`)
+            .done();
+        }),
+
+      deleteSnapshot: (p: ParamsOf<'volume.deleteSnapshot'>): Promise<DryRunPlan> =>
+        locked(p.volume, async (v, file, admitted) => {
+          const { vm } = await checkDeleteSnapshot(v, file, p.snapshot, admitted);
+          const b = plan('volume.deleteSnapshot', admitted);
+          if (vm !== null) planLive(b, vm, v, 'delete', p.snapshot);
+          else
+            b.step('delete snapshot', 'update row').exec(
+              qemuImg.argv.snapshot(file, 'delete', p.snapshot),
+            );
+          return b
+            .change(
+              `volume ${v.name}: snapshot ${p.snapshot} deleted${vm !== null ? ` live in VM ${vm}` : ''}`,
+            )
+            .done();
+        }),
     },
   };
 }

@@ -43,6 +43,12 @@ export async function findDiskNode(qmp: QmpClient, file: string): Promise<string
   });
 }
 
+/** The QMP command of each action (also what a dry run of volume.snapshot shows). */
+export const QMP_DISK_SNAPSHOT = {
+  create: 'blockdev-snapshot-internal-sync',
+  delete: 'blockdev-snapshot-delete-internal-sync',
+} as const;
+
 export async function qmpDiskSnapshot(
   qmp: QmpClient,
   action: 'create' | 'delete',
@@ -50,10 +56,5 @@ export async function qmpDiskSnapshot(
   name: string,
 ): Promise<void> {
   const device = await findDiskNode(qmp, file);
-  await qmp.executeRaw(
-    action === 'create'
-      ? 'blockdev-snapshot-internal-sync'
-      : 'blockdev-snapshot-delete-internal-sync',
-    { device, name },
-  );
+  await qmp.executeRaw(QMP_DISK_SNAPSHOT[action], { device, name });
 }
