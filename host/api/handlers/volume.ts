@@ -1,6 +1,5 @@
 /** The volume.* methods: thin adapters from validated params onto the volume manager. */
 import type { VolumeManager } from '../../volumes/manager.js';
-import { MvirtError } from '../../../protocol/errors.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface VolumeHandlerDeps {
@@ -42,26 +41,12 @@ type VolumePlanned =
   | 'volume.deleteSnapshot';
 
 /** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
-export const volumePlanners = (_deps: VolumeHandlerDeps): Planners<VolumePlanned> => ({
-  'volume.create': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.create yet');
-  },
-  'volume.resize': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.resize yet');
-  },
-  'volume.delete': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.delete yet');
-  },
-  'volume.clone': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.clone yet');
-  },
-  'volume.snapshot': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.snapshot yet');
-  },
-  'volume.restore': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.restore yet');
-  },
-  'volume.deleteSnapshot': () => {
-    throw new MvirtError('INTERNAL', 'no dry run for volume.deleteSnapshot yet');
-  },
+export const volumePlanners = ({ volumes }: VolumeHandlerDeps): Planners<VolumePlanned> => ({
+  'volume.create': (p) => volumes.plan.create(p),
+  'volume.resize': (p) => volumes.plan.resize(p.volume, p.sizeMiB),
+  'volume.delete': (p) => volumes.plan.delete(p.volume),
+  'volume.clone': (p) => volumes.plan.clone(p),
+  'volume.snapshot': (p) => volumes.plan.snapshot(p),
+  'volume.restore': (p) => volumes.plan.restore(p),
+  'volume.deleteSnapshot': (p) => volumes.plan.deleteSnapshot(p),
 });
