@@ -434,7 +434,7 @@ export function createVolumeManager(d: VolumeManagerDeps) {
           return b
             .step('resize file', 'update row')
             .exec(qemuImg.argv.resize(file, v.format, sizeBytes))
-            .change(`volume ${v.name}: resized ${mib(v.sizeBytes)} → ${mib(sizeBytes)}`)
+            .change(`volume ${v.name}: resized ${v.sizeBytes / MIB} → ${sizeMiB} MiB`)
             .done();
         }),
 
