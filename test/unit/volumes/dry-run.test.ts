@@ -135,7 +135,9 @@ async function refusedAlike(
 ): Promise<void> {
   const d = await unchanged(() => refused(plan(), code));
   const r = await unchanged(() => refused(real(), code));
-  assert.equal(d.message, r.message);
+  // Figures aside: free space moves between the two calls (other tests write).
+  const words = (m: string): string => m.replace(/\d+(\.\d+)?/g, 'N');
+  assert.equal(words(d.message), words(r.message));
 }
 
 const volFiles = (): string[] => readdirSync(volDir).sort();
