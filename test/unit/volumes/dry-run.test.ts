@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, readFileSync, realpathSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, realpathSync } from 'node:fs';
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -23,6 +23,7 @@ import type { VolumeVms } from '../../../host/volumes/snapshots.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import type { ErrorCode } from '../../../protocol/errors.js';
 import { DryRunPlan } from '../../../protocol/plan.js';
+import { snapshot } from '../../support/dry-run.js';
 import { addStoreVm, refused, volumeRig } from '../../support/volumes.js';
 
 const log = silentLogger();
@@ -71,54 +72,17 @@ after(async () => {
   await removeDir(dir);
 });
 
-/** Every file under the data folder: name, size, mtime, mode (links not followed). */
-function listing(at = dir, rel = ''): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync(at).sort()) {
-    // SQLite's shared-memory index: readers write their read marks into it.
-    if (name.endsWith('-shm')) continue;
-    const st = lstatSync(path.join(at, name));
-    const r = path.join(rel, name);
-    out.push(`${r} ${st.size} ${st.mtimeMs} ${st.mode.toString(8)}`);
-    if (st.isDirectory()) out.push(...listing(path.join(at, name), r));
-  }
-  return out;
-}
-
-/** This process's children, from every thread's /proc children list. */
-function children(): string {
-  const tasks = `/proc/${process.pid}/task`;
-  return readdirSync(tasks)
-    .flatMap((t) =>
-      readFileSync(path.join(tasks, t, 'children'), 'utf8')
-        .trim()
-        .split(/\s+/),
-    )
-    .filter(Boolean)
-    .sort()
-    .join(' ');
-}
-
-function world() {
-  const wal = `${dbFile}-wal`;
-  return {
-    db: readFileSync(dbFile),
-    wal: existsSync(wal) ? readFileSync(wal) : null,
-    listing: listing(),
-    children: children(),
-    published: published.length,
-  };
-}
+/** The database, the data folder, the processes (test/support/dry-run.ts) and what was published. */
+const world = () => ({ ...snapshot(dir), published: published.length });
 
 /** Runs fn (a dry run, or a refusal) and asserts it changed nothing. */
 async function unchanged<T>(fn: () => Promise<T>): Promise<T> {
   const before = world();
   const out = await fn();
   const after = world();
-  assert.ok(before.db.equals(after.db), 'the database file is byte for byte the same');
-  assert.deepEqual(after.wal, before.wal, 'the WAL is byte for byte the same');
-  assert.deepEqual(after.listing, before.listing, 'the data folder is the same');
-  assert.equal(after.children, before.children, 'no process left behind');
+  assert.deepEqual(after.db, before.db, 'the database and its WAL are byte for byte the same');
+  assert.deepEqual(after.files, before.files, 'the data folder is the same');
+  assert.deepEqual(after.procs, before.procs, 'no process left behind');
   assert.equal(after.published, before.published, 'nothing published');
   return out;
 }
