@@ -29,9 +29,10 @@ export interface VolumeFiles {
   checkFile(id: string, format: VolumeFormat): Promise<string>;
   /** Nothing there yet (a new volume's file): STORAGE_UNSAFE when anything is. */
   checkAbsent(id: string, format: VolumeFormat): Promise<string>;
-  /** Free bytes for mvirtd on the folder's file system. */
   /** Bytes free for mvirtd (statfs: blocks available to unprivileged users × block size). */
   freeBytes(): number;
+  /** Bytes a file of the folder takes on disk (its allocated blocks; lstat, never a link's target). */
+  allocatedBytes(file: string): Promise<number>;
   /** A file of the import folder, by its name only: IMPORT_REFUSED unless safe. */
   importSource(importDir: string | null, name: string): Promise<string>;
 }
@@ -91,6 +92,9 @@ export function createVolumeFiles(dir: string): VolumeFiles {
         throw err;
       }
       throw unsafe(file, 'already exists');
+    },
+    async allocatedBytes(file) {
+      return (await lstat(file)).blocks * 512;
     },
     freeBytes() {
       // Synchronous: one cheap syscall, and system.info is synchronous.

@@ -24,6 +24,7 @@ import type { DryRunPlan } from '../../protocol/plan.js';
 import type { ParamsOf, VolumeFormat, VolumeRecord } from '../../protocol/rpc.js';
 import { runSteps, StepError, type Step } from '../vm/steps.js';
 import { createCapacity, type CapacityOptions } from './capacity.js';
+import { writeQcow2Overlay } from './qcow2-overlay.js';
 import type { VolumeFiles } from './files.js';
 import type { QemuImg } from './qemu-img.js';
 import { createVolumeSnapshots, type VolumeVms } from './snapshots.js';
@@ -50,11 +51,11 @@ export interface VolumeManagerDeps {
 }
 
 /**
- * The qemu-img call that makes a new volume's file at `file`, spelled once:
- * `argv` is what a plan shows, `run` is the call (qemu-img.ts builds the argv
- * of both from one function).
+ * What makes a new volume's file at `file`, spelled once: `argv` is the
+ * qemu-img call a plan shows (qemu-img.ts builds it and the real call from
+ * one function; none for an overlay, written in-process), `run` makes it.
  */
-type Maker = (file: string) => { argv: string[]; run(): Promise<void> };
+type Maker = (file: string) => { argv?: string[]; run(): Promise<void> };
 
 /** What a create or clone resolved once every check passed. */
 interface MakePrep {
@@ -119,7 +120,9 @@ export function createVolumeManager(d: VolumeManagerDeps) {
     {
       name: 'insert row',
       run: async (c) => {
-        const info = await qemuImg.info(c.file!, c.format);
+        // Its virtual size is the one asked for (or its source's): only the
+        // blocks it takes are read back (stat, not a qemu-img info spawn).
+        const info = { virtualSize: c.sizeBytes, actualSize: await files.allocatedBytes(c.file!) };
         c.rec = transitions.change(c.id, {
           what: c.mode ? `${c.verb} (${c.mode})` : c.verb,
           objects: c.backing ? [c.backing.id] : [],
@@ -178,11 +181,11 @@ export function createVolumeManager(d: VolumeManagerDeps) {
         argv: qemuImg.argv.create(file, format, sizeBytes),
         run: () => qemuImg.create(file, format, sizeBytes),
       }),
+    // qemu-img's own bytes, written in-process (qcow2-overlay.ts says why).
     overlay:
-      (backingName: string, backingFormat: VolumeFormat): Maker =>
+      (backingName: string, backingFormat: VolumeFormat, sizeBytes: number): Maker =>
       (file) => ({
-        argv: qemuImg.argv.overlay(file, backingName, backingFormat),
-        run: () => qemuImg.overlay(file, backingName, backingFormat),
+        run: () => writeQcow2Overlay(file, { sizeBytes, backingName, backingFormat }),
       }),
     convert:
       (from: string, format: VolumeFormat, fromFormat: string): Maker =>
@@ -270,7 +273,7 @@ export function createVolumeManager(d: VolumeManagerDeps) {
       make:
         mode === 'overlay'
           ? // Relative to the overlay's folder: the pair stays valid if the data folder moves.
-            makers.overlay(files.nameOf(src.id, src.format), src.format)
+            makers.overlay(files.nameOf(src.id, src.format), src.format, src.sizeBytes)
           : makers.convert(srcFile, src.format, src.format),
       verb: `cloned from ${src.name}`,
       mode,
@@ -347,12 +350,10 @@ export function createVolumeManager(d: VolumeManagerDeps) {
   function planMake(method: string, prep: MakePrep): DryRunPlan {
     const file = path.join(files.dir, `vol-<new>.${prep.format}`);
     const what = [prep.mode, prep.format, mib(prep.sizeBytes)].filter(Boolean).join(', ');
-    return plan(method, prep.admitted)
-      .step(...MAKE_STEPS.map((s) => s.name))
-      .exec(prep.make(file).argv)
-      .create(file)
-      .change(`volume ${prep.name}: ${prep.verb} (${what})`)
-      .done();
+    const b = plan(method, prep.admitted).step(...MAKE_STEPS.map((s) => s.name));
+    const argv = prep.make(file).argv;
+    if (argv) b.exec(argv);
+    return b.create(file).change(`volume ${prep.name}: ${prep.verb} (${what})`).done();
   }
 
   return {

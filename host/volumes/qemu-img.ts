@@ -40,7 +40,6 @@ const SNAPSHOT_FLAG: Record<SnapshotAction, string> = { create: '-c', apply: '-a
  */
 export interface QemuImgArgv {
   create(file: string, format: VolumeFormat, sizeBytes: number): string[];
-  overlay(file: string, backingName: string, backingFormat: VolumeFormat): string[];
   convert(from: string, to: string, format: VolumeFormat, fromFormat?: string): string[];
   resize(file: string, format: VolumeFormat, sizeBytes: number): string[];
   snapshot(file: string, action: SnapshotAction, name: string): string[];
@@ -49,8 +48,6 @@ export interface QemuImgArgv {
 export interface QemuImg {
   readonly argv: QemuImgArgv;
   create(file: string, format: VolumeFormat, sizeBytes: number): Promise<void>;
-  /** A qcow2 overlay whose backing file is `backingName`, relative to the overlay's folder. */
-  overlay(file: string, backingName: string, backingFormat: VolumeFormat): Promise<void>;
   /** A full, independent copy (also how imports are brought in and converted). */
   convert(from: string, to: string, format: VolumeFormat, fromFormat?: string): Promise<void>;
   resize(file: string, format: VolumeFormat, sizeBytes: number): Promise<void>;
@@ -79,8 +76,6 @@ export function createQemuImg(binary = 'qemu-img'): QemuImg {
   const argv: QemuImgArgv = {
     create: (file, format, sizeBytes) => q('create', '-q', '-f', format, file, String(sizeBytes)),
     // -u would skip opening the backing file; opening it checks it is there.
-    overlay: (file, backingName, backingFormat) =>
-      q('create', '-q', '-f', 'qcow2', '-b', backingName, '-F', backingFormat, file),
     convert: (from, to, format, fromFormat) =>
       q('convert', '-q', ...(fromFormat ? ['-f', fromFormat] : []), '-O', format, from, to),
     resize: (file, format, sizeBytes) => q('resize', '-q', '-f', format, file, String(sizeBytes)),
@@ -102,9 +97,6 @@ export function createQemuImg(binary = 'qemu-img'): QemuImg {
     argv,
     async create(file, format, sizeBytes) {
       await run(argv.create(file, format, sizeBytes), 'qemu-img create');
-    },
-    async overlay(file, backingName, backingFormat) {
-      await run(argv.overlay(file, backingName, backingFormat), 'qemu-img create (overlay)');
     },
     async convert(from, to, format, fromFormat) {
       await run(argv.convert(from, to, format, fromFormat), 'qemu-img convert');
