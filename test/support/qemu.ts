@@ -81,8 +81,16 @@ export async function tempDataDir(prefix: string): Promise<string> {
 export async function qemuDaemon(
   dataDir: string,
   extra: string[] = [],
-  /** netns: run the daemon in this network namespace (controllers use its unix socket). */
-  opts: { netns?: string } = {},
+  opts: {
+    /** Run the daemon in this network namespace (controllers use its unix socket). */
+    netns?: string;
+    /**
+     * Leave its VMs running when it exits, SIGTERM included (mvirtd's default):
+     * for tests that restart the daemon under running VMs. The cleanup still
+     * kills every QEMU of the data dir.
+     */
+    leaveVms?: boolean;
+  } = {},
 ): Promise<{ d: DaemonProcess; c: RpcClient }> {
   const d = await spawnDaemon(
     [
@@ -97,12 +105,12 @@ export async function qemuDaemon(
       '--boot-timeout-ms',
       String(BOOT_MS),
       // The cleanup below stops the daemon with SIGTERM; its VMs must go with it.
-      '--stop-vms-on-exit',
+      ...(opts.leaveVms ? [] : ['--stop-vms-on-exit']),
       '--log-level',
       'debug',
       ...extra,
     ],
-    opts,
+    { netns: opts.netns },
   );
   daemons.push(d);
   const c = await rpcClient(d);
