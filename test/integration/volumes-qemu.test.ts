@@ -5,11 +5,17 @@
  * makes a filesystem on it (busybox mke2fs: ext2, mounted by the ext4 driver
  * the default image loads) and writes a file; the agent's telemetry lists the
  * disk with its serial and mount; the VM stops; a second VM boots with the
- * same volume, read-only, and reads the file back.
- * No sleeps: every wait is on a reply.
+ * same volume, read-only, and reads the file back. That volume is then the
+ * template of a qcow2 overlay clone hot-plugged into the same VM: the guest
+ * reads the template's file through the clone and overwrites it there, while
+ * the template's bytes on the host stay as they were; a full clone of the
+ * overlay, plugged in next, carries the clone's write and no template.
+ * No sleeps on the host: every wait is on a reply (in the guest a hot-plugged
+ * disk's appearance can only be polled, FIND_DISK).
  */
 import assert from 'node:assert/strict';
-import { readdirSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { VmTelemetry } from '../../protocol/metrics.js';
@@ -28,6 +34,10 @@ import {
 import { diskJob, FIND_DISK } from '../support/disks.js';
 
 const MARK = 'mvirt-volume-data-42';
+const CLONE_MARK = 'mvirt-clone-wrote-this';
+
+const sha256 = (file: string): string =>
+  createHash('sha256').update(readFileSync(file)).digest('hex');
 
 async function boot(
   c: RpcClient,
@@ -129,6 +139,60 @@ test('a volume keeps its data from one VM to the next', { skip, timeout: 600_000
     );
     assert.equal(r.exitCode, 0, r.stderr);
     assert.equal(r.stdout, `${MARK}\n`);
-    console.log(`two boots and three jobs in ${Math.round((performance.now() - t0) / 1000)} s`);
+    const twoBoots = performance.now();
+
+    // An overlay clone of the written volume (attached read-only: it may be a
+    // template), hot-plugged into the same VM beside its template.
+    const templateBytes = sha256(file);
+    const layer = ok(await c.call('volume.clone', { volume: 'shared', name: 'layer' }));
+    assert.deepEqual(
+      { format: layer.format, backing: layer.backing },
+      { format: 'qcow2', backing: vol.id },
+    );
+    ok(await c.call('vm.attachDisk', { vm: 'reader', volume: 'layer' }));
+    // The same ext2 filesystem through the clone: the template's file, then
+    // overwritten there and read back after a remount with the caches dropped
+    // (from the overlay, not from memory).
+    const cw = await diskJob(
+      c,
+      'reader',
+      `${FIND_DISK}; mkdir -p /mnt/c && mount $D /mnt/c && cat /mnt/c/mark && echo ${CLONE_MARK} >/mnt/c/mark && umount /mnt/c && echo 3 >/proc/sys/vm/drop_caches && mount $D /mnt/c && cat /mnt/c/mark && umount /mnt/c`,
+      layer.id,
+    );
+    assert.equal(cw.exitCode, 0, cw.stderr);
+    assert.equal(
+      cw.stdout,
+      `${MARK}\n${CLONE_MARK}\n`,
+      'the template read through the clone, then its own write',
+    );
+    assert.equal(sha256(file), templateBytes, "the template's file is byte for byte unchanged");
+    // The write went to the overlay's file (qcow2 keeps data clusters as they are).
+    assert.ok(
+      readFileSync(path.join(dataDir, 'volumes', `${layer.id}.qcow2`)).includes(CLONE_MARK),
+      "the clone's write is in the overlay",
+    );
+
+    // A full clone of the overlay (detached first: a disk being written is not
+    // cloned) is one independent file: the template's filesystem, copied (it
+    // mounts with no backing file), with the clone's write in it.
+    ok(await c.call('vm.detachDisk', { vm: 'reader', volume: 'layer' }, { timeoutMs: 60_000 }));
+    const flat = ok(await c.call('volume.clone', { volume: 'layer', name: 'flat', mode: 'full' }));
+    assert.deepEqual(
+      { format: flat.format, backing: flat.backing },
+      { format: 'qcow2', backing: null },
+    );
+    ok(await c.call('vm.attachDisk', { vm: 'reader', volume: 'flat' }));
+    const fr = await diskJob(
+      c,
+      'reader',
+      `${FIND_DISK}; mkdir -p /mnt/f && mount -o ro $D /mnt/f && cat /mnt/f/mark`,
+      flat.id,
+    );
+    assert.equal(fr.exitCode, 0, fr.stderr);
+    assert.equal(fr.stdout, `${CLONE_MARK}\n`);
+    assert.equal(sha256(file), templateBytes);
+    console.log(
+      `two boots and three jobs in ${Math.round((twoBoots - t0) / 1000)} s; clones, plugs and two jobs in ${Math.round((performance.now() - twoBoots) / 1000)} s`,
+    );
   }),
 );
