@@ -1,6 +1,6 @@
 /**
  * Agent options for tests and benches that run the real agent core in the
- * host process (test/support/agent-harness.ts, the fake VMs in fake-vms.ts):
+ * host process (test/support/agent-harness.ts, the fake VMs' guests in fake-guest.ts):
  * fast reconnects and short kill/pipe grace periods.
  */
 import type { AgentOptions } from '../guest-agent/agent.js';
