@@ -1,5 +1,6 @@
 /** The job.* methods: thin adapters from validated params onto the job manager. */
 import type { JobManager } from '../../jobs/manager.js';
+import type { MutatingMethod } from '../../../protocol/plan.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface JobHandlerDeps {
@@ -16,7 +17,8 @@ export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => (
   'job.logs': (p) => jobs.logs(p),
 });
 
-type JobPlanned = 'job.run' | 'job.cancel';
+/** The methods above that change something: each has a dry run. */
+type JobPlanned = Extract<JobMethods, MutatingMethod>;
 
 /** Dry runs (protocol/plan.ts): the job manager's planners make the handlers' own checks. */
 export const jobPlanners = ({ jobs }: JobHandlerDeps): Planners<JobPlanned> => ({

@@ -1,5 +1,6 @@
 /** The pool.* methods: thin adapters from validated params onto the pool manager. */
 import type { PoolManager } from '../../jobs/pools.js';
+import type { MutatingMethod } from '../../../protocol/plan.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface PoolHandlerDeps {
@@ -15,7 +16,8 @@ export const poolHandlers = ({ pools }: PoolHandlerDeps): Handlers<PoolMethods> 
   'pool.delete': (p) => pools.delete(p.name),
 });
 
-type PoolPlanned = 'pool.set' | 'pool.delete';
+/** The methods above that change something: each has a dry run. */
+type PoolPlanned = Extract<PoolMethods, MutatingMethod>;
 
 /** Dry runs (protocol/plan.ts): the pool manager's planners make the handlers' own checks. */
 export const poolPlanners = ({ pools }: PoolHandlerDeps): Planners<PoolPlanned> => ({

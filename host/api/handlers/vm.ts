@@ -1,5 +1,6 @@
 /** The vm.* methods: thin adapters from validated params onto the VM manager. */
 import type { VmManager } from '../../vm/manager.js';
+import type { MutatingMethod } from '../../../protocol/plan.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface VmHandlerDeps {
@@ -37,17 +38,8 @@ export const vmHandlers = ({ vms }: VmHandlerDeps): Handlers<VmMethods> => ({
   'vm.blockDevices': (p) => vms.blockDevices(p.vm),
 });
 
-type VmPlanned =
-  | 'vm.create'
-  | 'vm.start'
-  | 'vm.stop'
-  | 'vm.kill'
-  | 'vm.pause'
-  | 'vm.resume'
-  | 'vm.reboot'
-  | 'vm.delete'
-  | 'vm.attachDisk'
-  | 'vm.detachDisk';
+/** The methods above that change something: each has a dry run. */
+type VmPlanned = Extract<VmMethods, MutatingMethod>;
 
 /** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
 export const vmPlanners = ({ vms }: VmHandlerDeps): Planners<VmPlanned> => ({

@@ -1,5 +1,6 @@
 /** The volume.* methods: thin adapters from validated params onto the volume manager. */
 import type { VolumeManager } from '../../volumes/manager.js';
+import type { MutatingMethod } from '../../../protocol/plan.js';
 import type { Handlers, Planners } from '../types.js';
 
 export interface VolumeHandlerDeps {
@@ -31,14 +32,8 @@ export const volumeHandlers = ({ volumes }: VolumeHandlerDeps): Handlers<VolumeM
   'volume.deleteSnapshot': (p) => volumes.deleteSnapshot(p),
 });
 
-type VolumePlanned =
-  | 'volume.create'
-  | 'volume.resize'
-  | 'volume.delete'
-  | 'volume.clone'
-  | 'volume.snapshot'
-  | 'volume.restore'
-  | 'volume.deleteSnapshot';
+/** The methods above that change something: each has a dry run. */
+type VolumePlanned = Extract<VolumeMethods, MutatingMethod>;
 
 /** Dry runs (protocol/plan.ts): the same checks as the handlers, a plan, no change. */
 export const volumePlanners = ({ volumes }: VolumeHandlerDeps): Planners<VolumePlanned> => ({

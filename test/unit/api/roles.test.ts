@@ -66,6 +66,7 @@ const READS = [
   'volume.get',
   'volume.list',
   'volume.snapshots',
+  'vm.blockDevices',
 ];
 const OPERATE = [
   'vm.create',
