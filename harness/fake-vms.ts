@@ -121,6 +121,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       control: () => [],
       attachDisk: () => [],
       detachDisk: () => [],
+      diskSnapshot: () => [],
     },
     probe: async () =>
       hv.options.available === false

@@ -222,6 +222,8 @@ export interface HypervisorPlans {
   /** Hot-plug of a disk (with its serial) linked into the VM's folder, and its removal. */
   attachDisk(disk: DiskSpec): PlanCommand[];
   detachDisk(serial: string): PlanCommand[];
+  /** RunningVm.diskSnapshot of the disk file named `file` (where liveDiskSnapshots). */
+  diskSnapshot(action: 'create' | 'delete', file: string, name: string): PlanCommand[];
 }
 
 export interface Hypervisor {

@@ -7,9 +7,29 @@
  */
 import { requireCapability } from '../hypervisors/index.js';
 import { MvirtError } from '../../protocol/errors.js';
+import type { PlanCommand } from '../../protocol/plan.js';
 import type { VmContext } from './context.js';
 
 export function vmDiskAccess(ctx: VmContext) {
+  /** The VM's running hypervisor that can snapshot its disks live, or why not. */
+  function live(id: string) {
+    const vm = ctx.find(id);
+    const hv = ctx.hypervisors.get(vm.backend);
+    if (hv) requireCapability(hv, 'liveDiskSnapshots');
+    const l = ctx.liveOf(id);
+    const running = l?.running;
+    if (!l || !running)
+      throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} has no running hypervisor process`);
+    const snapshot = running.diskSnapshot?.bind(running);
+    if (!snapshot)
+      throw new MvirtError(
+        'CAPABILITY_UNSUPPORTED',
+        `backend ${vm.backend} cannot snapshot a running VM's disk`,
+        { details: { backend: vm.backend, capability: 'liveDiskSnapshots' } },
+      );
+    return { hv: l.hv, snapshot };
+  }
+
   return {
     /**
      * Run fn under these VMs' lifecycle locks, taken in id order so two
@@ -36,19 +56,17 @@ export function vmDiskAccess(ctx: VmContext) {
       file: string,
       name: string,
     ): Promise<void> {
-      const vm = ctx.find(id);
-      const hv = ctx.hypervisors.get(vm.backend);
-      if (hv) requireCapability(hv, 'liveDiskSnapshots');
-      const running = ctx.liveOf(id)?.running;
-      if (!running)
-        throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} has no running hypervisor process`);
-      if (!running.diskSnapshot)
-        throw new MvirtError(
-          'CAPABILITY_UNSUPPORTED',
-          `backend ${vm.backend} cannot snapshot a running VM's disk`,
-          { details: { backend: vm.backend, capability: 'liveDiskSnapshots' } },
-        );
-      await running.diskSnapshot(action, file, name);
+      await live(id).snapshot(action, file, name);
+    },
+
+    /** diskSnapshot's dry run: the same checks, then what the backend would send. */
+    planDiskSnapshot(
+      id: string,
+      action: 'create' | 'delete',
+      file: string,
+      name: string,
+    ): PlanCommand[] {
+      return live(id).hv.plans?.diskSnapshot(action, file, name) ?? [];
     },
   };
 }

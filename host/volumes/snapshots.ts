@@ -23,9 +23,8 @@
  * its dry run (`plan.*`), which runs under the same queue and locks.
  */
 import { MvirtError } from '../../protocol/errors.js';
-import type { DryRunPlan } from '../../protocol/plan.js';
+import type { DryRunPlan, PlanCommand } from '../../protocol/plan.js';
 import type { ParamsOf, VolumeRecord, VolumeSnapshot } from '../../protocol/rpc.js';
-import { QMP_DISK_SNAPSHOT } from '../hypervisors/qemu/disk-snapshot.js';
 import { createPlan, type PlanBuilder } from '../plan.js';
 import type { Store } from '../store/index.js';
 import type { Capacity } from './capacity.js';
@@ -38,6 +37,13 @@ export interface VolumeVms {
   withVmLocks<T>(ids: readonly string[], fn: () => Promise<T>): Promise<T>;
   hasProcess(id: string): boolean;
   diskSnapshot(id: string, action: 'create' | 'delete', file: string, name: string): Promise<void>;
+  /** diskSnapshot's dry run: its checks, and the commands the VM's backend would get. */
+  planDiskSnapshot(
+    id: string,
+    action: 'create' | 'delete',
+    file: string,
+    name: string,
+  ): PlanCommand[];
 }
 
 export interface VolumeSnapshotDeps {
@@ -211,11 +217,7 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
       : `no running VM has volume ${v.name} open: changed with qemu-img`;
   }
 
-  /**
-   * A snapshot made or dropped live: for a QEMU VM the QMP commands
-   * qmpDiskSnapshot sends (the node name is read from query-block only then,
-   * so it is shown as a placeholder); for another backend, the step alone.
-   */
+  /** A snapshot made or dropped live: the VM's own checks, and what its backend would get. */
   function planLive(
     b: PlanBuilder,
     vm: string,
@@ -223,13 +225,9 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
     action: 'create' | 'delete',
     name: string,
   ): void {
-    const fileName = files.nameOf(v.id, v.format);
     b.step(`${action === 'create' ? 'take' : 'delete'} snapshot live in VM ${vm}`, 'update row');
-    if (store.vms.get(vm)?.backend !== 'qemu') return;
-    b.qmp('query-block').qmp(QMP_DISK_SNAPSHOT[action], {
-      device: `<node of ${fileName}, from query-block>`,
-      name,
-    });
+    for (const c of d.vms!.planDiskSnapshot(vm, action, files.nameOf(v.id, v.format), name))
+      b.command(c);
   }
 
   const plan = (method: string, admitted: string[]): PlanBuilder => {
@@ -306,10 +304,8 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
     },
 
     /**
-     * Dry runs, in the same queue and under the same VM locks. A live change
-     * goes through the VM's hypervisor (host/vm/disk-access.ts), whose own
-     * checks (backend capability, process still there) are made only by the
-     * real call.
+     * Dry runs, in the same queue and under the same VM locks; a live change
+     * makes the VM's own checks too (host/vm/disk-access.ts).
      */
     plan: {
       snapshot: (p: ParamsOf<'volume.snapshot'>): Promise<DryRunPlan> =>

@@ -14,6 +14,7 @@
  * hot-plugged ones (blockdev-add, their own node names) alike. Commands go
  * through executeRaw so this stays beside, not inside, the shared QmpCommands.
  */
+import type { PlanCommand } from '../../../protocol/plan.js';
 import path from 'node:path';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { QmpClient } from './qmp.js';
@@ -43,11 +44,30 @@ export async function findDiskNode(qmp: QmpClient, file: string): Promise<string
   });
 }
 
-/** The QMP command of each action (also what a dry run of volume.snapshot shows). */
-export const QMP_DISK_SNAPSHOT = {
+/** The QMP command of each action. */
+const QMP_DISK_SNAPSHOT = {
   create: 'blockdev-snapshot-internal-sync',
   delete: 'blockdev-snapshot-delete-internal-sync',
 } as const;
+
+/**
+ * What qmpDiskSnapshot sends, for a dry run: the node name is read from
+ * query-block only then, so it is shown as a placeholder.
+ */
+export function qmpDiskSnapshotPlan(
+  action: 'create' | 'delete',
+  file: string,
+  name: string,
+): PlanCommand[] {
+  return [
+    { kind: 'qmp', execute: 'query-block' },
+    {
+      kind: 'qmp',
+      execute: QMP_DISK_SNAPSHOT[action],
+      arguments: { device: `<node of ${file}, from query-block>`, name },
+    },
+  ];
+}
 
 export async function qmpDiskSnapshot(
   qmp: QmpClient,

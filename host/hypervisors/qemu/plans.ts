@@ -6,6 +6,7 @@
 import type { PlanCommand } from '../../../protocol/plan.js';
 import type { ControlOp, DiskSpec, HypervisorPlans, LaunchSpec } from '../types.js';
 import { buildQemuArgs, qemuPaths, type QemuAccel, type QemuMachine } from './args.js';
+import { qmpDiskSnapshotPlan } from './disk-snapshot.js';
 import { blockdevObjects, deviceProps, diskIds } from './hotplug.js';
 import type { QmpCommands } from './qmp.js';
 
@@ -61,6 +62,7 @@ export function qemuPlans(p: {
       ...blockdevObjects({ ...disk, serial: serialOf(disk) }).map((o) => qmp('blockdev-add', o)),
       qmp('device_add', deviceProps(serialOf(disk), p.blkDriver)),
     ],
+    diskSnapshot: qmpDiskSnapshotPlan,
     detachDisk: (serial) => {
       const ids = diskIds(serial);
       return [

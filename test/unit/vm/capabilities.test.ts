@@ -143,6 +143,15 @@ test('a disk snapshot of a running VM on a backend without live disk snapshots: 
     await c.call('volume.deleteSnapshot', { volume: 'lean-vol', snapshot: 's0' }),
     'liveDiskSnapshots',
   );
+  // Their dry runs make the VM's checks too.
+  unsupported(
+    await c.send('volume.snapshot', { volume: 'lean-vol', name: 's1', dryRun: true }),
+    'liveDiskSnapshots',
+  );
+  unsupported(
+    await c.send('volume.deleteSnapshot', { volume: 'lean-vol', snapshot: 's0', dryRun: true }),
+    'liveDiskSnapshots',
+  );
   const names = result(await c.call('volume.snapshots', { volume: 'lean-vol' })).snapshots;
   assert.deepEqual(
     names.map((s) => s.name),

@@ -6,6 +6,7 @@
  * mtimes), this process's children and the published messages as they were.
  * A dry run the real call would refuse is refused with the same error.
  */
+import { qmpDiskSnapshotPlan } from '../../../host/hypervisors/qemu/disk-snapshot.js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, realpathSync } from 'node:fs';
@@ -47,6 +48,8 @@ const vms: VolumeVms = {
     liveCalls.push(`${id} ${action} ${file} ${name}`);
     await qemuImg.snapshot(path.join(volDir, file), action, name);
   },
+  // What the QEMU backend would send (its own plan builder); other backends send nothing.
+  planDiskSnapshot: (_id, action, file, name) => qmpDiskSnapshotPlan(action, file, name),
 };
 
 before(async () => {

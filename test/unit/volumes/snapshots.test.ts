@@ -6,6 +6,7 @@
  * changed: raw volume, duplicate name, hostile names, unknown snapshot,
  * restore while attached to a running VM, a template of clones.
  */
+import { qmpDiskSnapshotPlan } from '../../../host/hypervisors/qemu/disk-snapshot.js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -46,6 +47,8 @@ const vms: VolumeVms = {
     liveCalls.push(`${id} ${action} ${file} ${name}`);
     await qemuImg.snapshot(path.join(volDir, file), action, name);
   },
+  // What the QEMU backend would send (its own plan builder); other backends send nothing.
+  planDiskSnapshot: (_id, action, file, name) => qmpDiskSnapshotPlan(action, file, name),
 };
 
 before(async () => {
