@@ -171,6 +171,9 @@ function timeIt(fn: () => unknown, runs = 10): number {
   return (performance.now() - t0) / runs;
 }
 
-export default async function bench(): Promise<BenchRow[]> {
-  return [...(await rpcVersusEcho()), ...(await listVersusRaw()), ...(await rss())];
+export default async function bench(emit: (rows: BenchRow[]) => void): Promise<BenchRow[]> {
+  // Each stage's rows are kept if a later one fails.
+  emit(await rpcVersusEcho());
+  emit(await listVersusRaw());
+  return rss();
 }

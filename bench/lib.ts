@@ -28,7 +28,12 @@ export interface BenchRow {
   target?: string;
 }
 
-export type BenchModule = () => Promise<BenchRow[]>;
+/**
+ * A bench module: resolves with its rows. A module measured in stages may
+ * also hand finished rows to `emit` as it goes, so that a later stage that
+ * fails does not take them down with it (run.ts prints them and the failure).
+ */
+export type BenchModule = (emit: (rows: BenchRow[]) => void) => Promise<BenchRow[]>;
 
 /** Does `ratio` meet `target` (`>= x`, `<= x`, `> x`, `< x`)? null when not comparable. */
 export function meetsTarget(ratio: number | undefined, target: string | undefined): boolean | null {

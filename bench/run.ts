@@ -40,7 +40,10 @@ for (const file of toRun) {
       default?: BenchModule;
     };
     if (typeof mod.default !== 'function') throw new Error('no default export function');
-    for (const r of await mod.default()) rows.push({ ...r, module: name });
+    const add = (rs: BenchRow[]) => {
+      for (const r of rs) rows.push({ ...r, module: name });
+    };
+    add(await mod.default(add));
   } catch (err) {
     rows.push({
       module: name,
