@@ -186,6 +186,7 @@ export function createNetwork(deps: {
     }
     return out;
   }
+
   return {
     options,
     get guestListen() {
