@@ -13,6 +13,12 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { buildQemuArgs, optValue, qemuPaths } from '../host/hypervisors/qemu/args.js';
+import {
+  makeConsoleFifos,
+  startConsolePump,
+  type ConsolePump,
+} from '../host/hypervisors/qemu/console.js';
+import { pino } from 'pino';
 import { createImageStore } from '../host/vm/images.js';
 import { rpcClient } from '../harness/client.js';
 import { startTestDaemon } from '../harness/daemon.js';
@@ -91,9 +97,20 @@ async function measureQga(IMAGES: string): Promise<number> {
     '-device',
     'virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0',
   ];
+  // The serial console is two FIFOs mvirtd makes and reads (console.ts), as the backend does.
+  await makeConsoleFifos(paths.console);
   const qemu = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+  let pump: ConsolePump | undefined;
   try {
     const sock = await connectWhenThere(qgaSock, Date.now() + 30_000);
+    // QEMU holds the FIFOs open once its sockets are there.
+    pump = await startConsolePump({
+      source: { kind: 'pipe', base: paths.console },
+      logFile: paths.consoleLog,
+      maxLogBytes: 1 << 20,
+      connect: { timeoutMs: 30_000 },
+      log: pino({ level: 'silent' }),
+    });
     const call = qgaClient(sock);
     // Until the guest's qemu-ga answers, guest-sync goes unanswered: retry.
     const deadline = Date.now() + BOOT_WAIT_MS;
@@ -120,6 +137,9 @@ async function measureQga(IMAGES: string): Promise<number> {
     return ms;
   } finally {
     qemu.kill('SIGKILL');
+    pump?.close();
+    await pump?.closed;
+    await pump?.log.flush();
     await rm(dir, { recursive: true, force: true });
   }
 }
