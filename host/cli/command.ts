@@ -3,7 +3,14 @@
  * a run function. Help text is generated from it, so it cannot drift.
  */
 import type { MvirtClient } from '../../protocol/client.js';
-import { GLOBAL_OPTIONS, UsageError, type Globals, type OptionSpec, type Parsed } from './args.js';
+import {
+  GLOBAL_OPTIONS,
+  UsageError,
+  seconds,
+  type Globals,
+  type OptionSpec,
+  type Parsed,
+} from './args.js';
 import type { Io } from './io.js';
 
 export interface Context {
@@ -74,4 +81,10 @@ export function positionals(c: Command, p: Parsed): string[] {
 export const str = (p: Parsed, k: string): string | undefined => {
   const v = p.values[k];
   return typeof v === 'string' ? v : undefined;
+};
+
+/** A `--<k> S` option of seconds, in whole milliseconds (undefined when not given). */
+export const secondsMs = (p: Parsed, k: string): number | undefined => {
+  const t = str(p, k);
+  return t === undefined ? undefined : Math.round(seconds(t, `--${k}`) * 1000);
 };

@@ -12,8 +12,8 @@ import {
   type OutputChunk,
   type ParamsOf,
 } from '../../protocol/rpc.js';
-import { UsageError, integer, oneOf, seconds, type Parsed } from './args.js';
-import { str, type Command, type Context } from './command.js';
+import { UsageError, integer, oneOf, type Parsed } from './args.js';
+import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
 import { followJob, mqttFollowClient } from './follow.js';
 import type { TtyIn } from './io.js';
@@ -112,13 +112,13 @@ export function runParams(p: Parsed): RunParams {
       '--vcpus and --memory size the ephemeral VM of --image (or of the default image); a --vm or --pool VM has its own size',
       'run',
     );
-  const t = str(p, 'timeout');
+  const timeoutMs = secondsMs(p, 'timeout');
   const params: RunParams = {
     argv,
     ...(image !== undefined ? { image } : {}),
     ...(vm !== undefined ? { vm } : {}),
     ...(pool !== undefined ? { pool } : {}),
-    ...(t !== undefined ? { timeoutMs: Math.round(seconds(t, '--timeout') * 1000) } : {}),
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
     ...(vcpus !== undefined ? { vcpus } : {}),
     ...(memoryMiB !== undefined ? { memoryMiB } : {}),
   };

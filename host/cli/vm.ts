@@ -9,8 +9,8 @@ import {
   type VmRecord,
   type VmState,
 } from '../../protocol/rpc.js';
-import { UsageError, integer, oneOf, seconds } from './args.js';
-import { str, type Command, type Context } from './command.js';
+import { UsageError, integer, oneOf } from './args.js';
+import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT } from './exit.js';
 import { inert } from '../../protocol/inert.js';
 import { bytes, duration, json, keyValues, mib, relativeTime, table } from './output.js';
@@ -347,8 +347,7 @@ const commands: Command[] = [
     examples: ['mvirt vm stop web-1', 'mvirt vm stop web-1 --timeout 5'],
     run: async (ctx, p) => {
       const [vm] = p.positionals;
-      const t = str(p, 'timeout');
-      const stopMs = t === undefined ? undefined : Math.round(seconds(t, '--timeout') * 1000);
+      const stopMs = secondsMs(p, 'timeout');
       const c = await ctx.client();
       const r = await c.call(
         'vm.stop',
@@ -400,8 +399,7 @@ const commands: Command[] = [
     examples: ['mvirt vm detach web-1 pgdata', 'mvirt vm detach web-1 pgdata --timeout 60'],
     run: async (ctx, p) => {
       const [vm, volume] = p.positionals;
-      const t = str(p, 'timeout');
-      const ms = t === undefined ? undefined : Math.round(seconds(t, '--timeout') * 1000);
+      const ms = secondsMs(p, 'timeout');
       const c = await ctx.client();
       const r = await c.call(
         'vm.detachDisk',
