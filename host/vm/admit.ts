@@ -5,7 +5,7 @@
  */
 import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord } from '../../protocol/rpc.js';
-import { isUpVm } from '../../protocol/states.js';
+import { isInactiveVm, isUpVm } from '../../protocol/states.js';
 import { requireCapability } from '../hypervisors/index.js';
 import type { Capability } from '../hypervisors/types.js';
 import type { CreateVmParams, VmContext } from './context.js';
@@ -64,6 +64,14 @@ export function upLive(ctx: VmContext, vm: VmRecord, what: string): Live {
   if (!live || !isUpVm(vm.state))
     throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is ${vm.state}; cannot ${what}`);
   return live;
+}
+
+/** delete: VM_RUNNING unless the VM is down (stopped or failed). */
+export function requireDown(vm: VmRecord): void {
+  if (!isInactiveVm(vm.state))
+    throw new MvirtError('VM_RUNNING', `VM ${vm.name} is ${vm.state}; stop it before deleting it`, {
+      details: { state: vm.state },
+    });
 }
 
 /** resume: the VM's process, while the VM is paused. */

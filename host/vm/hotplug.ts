@@ -22,7 +22,7 @@ import type { MvirtLogger } from '../log.js';
 import type { VmDisk } from '../store/index.js';
 import type { VolumeAttach } from '../volumes/attach.js';
 import { MvirtError } from '../../protocol/errors.js';
-import type { VmRecord } from '../../protocol/rpc.js';
+import type { VmRecord, VolumeRecord } from '../../protocol/rpc.js';
 import { isInactiveVm, isUpVm } from '../../protocol/states.js';
 import type { VmContext } from './context.js';
 import { linkDisk, unlinkDisk, type VmVolumes } from './disks.js';
@@ -126,6 +126,20 @@ export function hotplugOf(
   return { hp: live.running.hotplug, hv: live.hv, dir: live.dir, log: live.log };
 }
 
+/** The VM's disk of this volume (detach's check): VOLUME_NOT_FOUND, DISK_NOT_ATTACHED. */
+export function diskOf(
+  ctx: VmContext,
+  vm: VmRecord,
+  volumeRef: string,
+): { vol: VolumeRecord; disk: VmDisk } {
+  const vol = ctx.store.volumes.find(volumeRef);
+  if (!vol) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${volumeRef}`);
+  const disk = ctx.store.volumes.disksOf(vm.id).find((d) => d.volume === vol.id);
+  if (!disk)
+    throw new MvirtError('DISK_NOT_ATTACHED', `volume ${vol.name} is not a disk of VM ${vm.name}`);
+  return { vol, disk };
+}
+
 /** What a disk leaving the VM must not unlink: the other disks' files and templates. */
 export const keepFor =
   (ctx: VmContext, vmId: string, volumeId: string) => (): ReadonlySet<string> => {
@@ -188,14 +202,7 @@ export function diskOperations(ctx: VmContext) {
       const { id } = ctx.find(p.vm);
       return ctx.withLock(id, async () => {
         const vm = ctx.find(id);
-        const vol = ctx.store.volumes.find(p.volume);
-        if (!vol) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${p.volume}`);
-        const disk = ctx.store.volumes.disksOf(id).find((d) => d.volume === vol.id);
-        if (!disk)
-          throw new MvirtError(
-            'DISK_NOT_ATTACHED',
-            `volume ${vol.name} is not a disk of VM ${vm.name}`,
-          );
+        const { vol, disk } = diskOf(ctx, vm, p.volume);
         if (isInactiveVm(vm.state)) {
           v.attach.detachOne(id, vm.name, vol.id, 'for its next boot');
           return done(id);

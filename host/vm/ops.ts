@@ -9,11 +9,11 @@ import { rm } from 'node:fs/promises';
 import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord } from '../../protocol/rpc.js';
 import type { CreateVmParams, VmContext } from './context.js';
-import { admitCreate, capable, pausedLive, upLive } from './admit.js';
+import { admitCreate, capable, pausedLive, requireDown, upLive } from './admit.js';
 import { clearTimers, exitsWithin } from './live.js';
 import { unlinkDisks } from './disks.js';
 import { canTransition } from './states.js';
-import { DOWN_VM_STATES, isActiveVm, isInactiveVm, UP_VM_STATES } from '../../protocol/states.js';
+import { DOWN_VM_STATES, isActiveVm, UP_VM_STATES } from '../../protocol/states.js';
 
 export function vmOperations(ctx: VmContext) {
   const { vms, options, network, topics, events } = ctx;
@@ -55,15 +55,7 @@ export function vmOperations(ctx: VmContext) {
   /** Remove a VM that is down (VM_RUNNING otherwise): its folder, its row, its retained state. Under its lock. */
   async function deleteNow(id: string): Promise<Record<string, never>> {
     const cur = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
-    if (!isInactiveVm(cur.state)) {
-      throw new MvirtError(
-        'VM_RUNNING',
-        `VM ${cur.name} is ${cur.state}; stop it before deleting it`,
-        {
-          details: { state: cur.state },
-        },
-      );
-    }
+    requireDown(cur);
     const live = ctx.lives.get(id);
     if (live?.running) {
       // A failed VM whose process is still exiting.

@@ -6,15 +6,14 @@
  */
 import path from 'node:path';
 import type { DryRunPlan } from '../../protocol/plan.js';
-import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord } from '../../protocol/rpc.js';
 import { isActiveVm, isInactiveVm } from '../../protocol/states.js';
 import type { ControlOp } from '../hypervisors/types.js';
 import { createPlan, type PlanBuilder } from '../plan.js';
-import { admitCreate, capable, pausedLive, upLive } from './admit.js';
+import { admitCreate, capable, pausedLive, requireDown, upLive } from './admit.js';
 import type { CreateVmParams, VmContext } from './context.js';
 import { linkedSpec } from './disks.js';
-import { ATTACH_STEPS, DETACH_STEPS, hotplugOf, keepFor, storage } from './hotplug.js';
+import { ATTACH_STEPS, DETACH_STEPS, diskOf, hotplugOf, keepFor, storage } from './hotplug.js';
 import type { Live } from './live.js';
 import { canTransition } from './states.js';
 
@@ -123,14 +122,7 @@ export function vmPlans(ctx: VmContext) {
     delete(ref: string): DryRunPlan {
       const b = begin('vm.delete');
       const vm = ctx.find(ref);
-      if (!isInactiveVm(vm.state))
-        throw new MvirtError(
-          'VM_RUNNING',
-          `VM ${vm.name} is ${vm.state}; stop it before deleting it`,
-          {
-            details: { state: vm.state },
-          },
-        );
+      requireDown(vm);
       b.admit(`VM ${vm.name} is ${vm.state}`);
       b.step(
         'unlink its volumes',
@@ -168,13 +160,7 @@ export function vmPlans(ctx: VmContext) {
       const b = begin('vm.detachDisk');
       const v = storage(ctx);
       const vm = ctx.find(p.vm);
-      const vol = ctx.store.volumes.find(p.volume);
-      if (!vol) throw new MvirtError('VOLUME_NOT_FOUND', `no volume with id or name ${p.volume}`);
-      if (!ctx.store.volumes.disksOf(vm.id).some((d) => d.volume === vol.id))
-        throw new MvirtError(
-          'DISK_NOT_ATTACHED',
-          `volume ${vol.name} is not a disk of VM ${vm.name}`,
-        );
+      const { vol } = diskOf(ctx, vm, p.volume);
       b.admit(`volume ${vol.name} is a disk of VM ${vm.name}`);
       const how = isInactiveVm(vm.state) ? 'for its next boot' : 'hot-unplugged';
       if (!isInactiveVm(vm.state)) {
