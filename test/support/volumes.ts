@@ -4,6 +4,8 @@
  * function. Published messages are kept for tests that look at them.
  */
 import assert from 'node:assert/strict';
+import path from 'node:path';
+import { qmpDiskSnapshotPlan } from '../../host/hypervisors/qemu/disk-snapshot.js';
 import { createEventLog } from '../../host/events/log.js';
 import type { MvirtLogger } from '../../host/log.js';
 import type { Store } from '../../host/store/index.js';
@@ -91,4 +93,33 @@ export async function refused(
     return err;
   }
   assert.fail(`expected ${code}`);
+}
+
+/**
+ * The VMs' side of the volume manager, faked: `running` VMs have the volume
+ * open, live snapshots are recorded in `liveCalls` and written with qemu-img
+ * (the same internal snapshot QEMU's QMP command writes; test/integration has
+ * QEMU), their plans are the QEMU backend's own, and lock requests are kept
+ * in `locked`.
+ */
+export function fakeVolumeVms(o: {
+  /** The volumes folder (a getter: tests make it in before()). */
+  volDir: () => string;
+  running: ReadonlySet<string>;
+  liveCalls: string[];
+  locked?: string[][];
+}): VolumeVms {
+  const qemuImg = createQemuImg();
+  return {
+    withVmLocks: (ids, fn) => {
+      o.locked?.push([...ids]);
+      return fn();
+    },
+    hasProcess: (id) => o.running.has(id),
+    async diskSnapshot(id, action, file, name) {
+      o.liveCalls.push(`${id} ${action} ${file} ${name}`);
+      await qemuImg.snapshot(path.join(o.volDir(), file), action, name);
+    },
+    planDiskSnapshot: (_id, action, file, name) => qmpDiskSnapshotPlan(action, file, name),
+  };
 }

@@ -6,7 +6,6 @@
  * mtimes), this process's children and the published messages as they were.
  * A dry run the real call would refuse is refused with the same error.
  */
-import { qmpDiskSnapshotPlan } from '../../../host/hypervisors/qemu/disk-snapshot.js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, realpathSync } from 'node:fs';
@@ -19,16 +18,13 @@ import { createStore, type Store } from '../../../host/store/index.js';
 import type { createVolumeAttach } from '../../../host/volumes/attach.js';
 import { createVolumeFiles } from '../../../host/volumes/files.js';
 import { MIB, type VolumeManager } from '../../../host/volumes/manager.js';
-import { createQemuImg } from '../../../host/volumes/qemu-img.js';
-import type { VolumeVms } from '../../../host/volumes/snapshots.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import type { ErrorCode } from '../../../protocol/errors.js';
 import { DryRunPlan } from '../../../protocol/plan.js';
 import { snapshot } from '../../support/dry-run.js';
-import { addStoreVm, refused, volumeRig } from '../../support/volumes.js';
+import { addStoreVm, refused, volumeRig, fakeVolumeVms } from '../../support/volumes.js';
 
 const log = silentLogger();
-const qemuImg = createQemuImg();
 let dir: string;
 let volDir: string;
 let importDir: string;
@@ -40,17 +36,7 @@ const published: { topic: string; payload: string }[] = [];
 const running = new Set<string>();
 const liveCalls: string[] = [];
 
-const vms: VolumeVms = {
-  withVmLocks: (_ids, fn) => fn(),
-  hasProcess: (id) => running.has(id),
-  // qemu-img writes the same internal snapshot QEMU's QMP command does.
-  async diskSnapshot(id, action, file, name) {
-    liveCalls.push(`${id} ${action} ${file} ${name}`);
-    await qemuImg.snapshot(path.join(volDir, file), action, name);
-  },
-  // What the QEMU backend would send (its own plan builder); other backends send nothing.
-  planDiskSnapshot: (_id, action, file, name) => qmpDiskSnapshotPlan(action, file, name),
-};
+const vms = fakeVolumeVms({ volDir: () => volDir, running, liveCalls });
 
 before(async () => {
   dir = await makeTempDir('mvirt-dry-run-');

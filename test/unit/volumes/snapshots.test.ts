@@ -6,7 +6,6 @@
  * changed: raw volume, duplicate name, hostile names, unknown snapshot,
  * restore while attached to a running VM, a template of clones.
  */
-import { qmpDiskSnapshotPlan } from '../../../host/hypervisors/qemu/disk-snapshot.js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -15,16 +14,13 @@ import { after, before, describe, test } from 'node:test';
 import { createStore, type Store } from '../../../host/store/index.js';
 import { silentLogger } from '../../../host/log.js';
 import { createVolumeFiles } from '../../../host/volumes/files.js';
-import { createQemuImg } from '../../../host/volumes/qemu-img.js';
 import type { createVolumeAttach } from '../../../host/volumes/attach.js';
 import type { VolumeManager } from '../../../host/volumes/manager.js';
-import type { VolumeVms } from '../../../host/volumes/snapshots.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
-import { addStoreVm, refused, volumeRig } from '../../support/volumes.js';
+import { addStoreVm, refused, volumeRig, fakeVolumeVms } from '../../support/volumes.js';
 import { PARAMS } from '../../../protocol/rpc.js';
 
 const log = silentLogger();
-const qemuImg = createQemuImg();
 let dir: string;
 let volDir: string;
 let store: Store;
@@ -35,21 +31,7 @@ const running = new Set<string>();
 const locked: string[][] = [];
 const liveCalls: string[] = [];
 
-const vms: VolumeVms = {
-  withVmLocks: (ids, fn) => {
-    locked.push([...ids]);
-    return fn();
-  },
-  hasProcess: (id) => running.has(id),
-  // QEMU's blockdev-snapshot-internal-sync writes the same qcow2 snapshot
-  // qemu-img does: qemu-img stands in for it here (test/integration has QEMU).
-  async diskSnapshot(id, action, file, name) {
-    liveCalls.push(`${id} ${action} ${file} ${name}`);
-    await qemuImg.snapshot(path.join(volDir, file), action, name);
-  },
-  // What the QEMU backend would send (its own plan builder); other backends send nothing.
-  planDiskSnapshot: (_id, action, file, name) => qmpDiskSnapshotPlan(action, file, name),
-};
+const vms = fakeVolumeVms({ volDir: () => volDir, running, liveCalls, locked });
 
 before(async () => {
   dir = await makeTempDir('mvirt-snapshots-');
