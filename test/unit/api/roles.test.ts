@@ -132,6 +132,32 @@ describe('each role against each method (mosquitto_pub → mosquitto_sub)', () =
     });
   }
 
+  test('a dry run needs the role of the real call: refused, recorded, nothing planned', async () => {
+    const refusals = () =>
+      fx.d.daemon.store.events
+        .query({ actor: 'user:viewer', level: 'audit' })
+        .filter((e: EventRecord) => / refused/.test(e.message)).length;
+    const before = refusals();
+    const r = await replies('viewer');
+    try {
+      for (const [method, params] of [
+        ['vm.create', { name: 'dry-of-viewer', dryRun: true }],
+        ['volume.create', { name: 'dry-vol-of-viewer', sizeMiB: 1, dryRun: true }],
+        ['pool.set', { name: 'dry-pool-of-viewer', min: 0, dryRun: true }],
+      ] as const) {
+        const reply = await r.call(method, params);
+        assert.equal(
+          reply.ok ? 'ok' : reply.error.code,
+          'FORBIDDEN',
+          `viewer's dry run of ${method}`,
+        );
+      }
+    } finally {
+      r.sub.stop();
+    }
+    assert.equal(refusals(), before + 3, 'each refusal recorded');
+  });
+
   test('a refusal is an audit event naming the actor', async () => {
     const events = fx.d.daemon.store.events.query({ actor: 'user:viewer', level: 'audit' });
     const refused = events.find((e: EventRecord) => e.message.startsWith('vm.create refused'));
