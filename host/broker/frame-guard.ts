@@ -120,6 +120,10 @@ export function createFrameScanner(
       if (state === HEADER) {
         type = b >> 4;
         if (packets === 0 && type !== CONNECT) return 'first packet is not CONNECT';
+        // [MQTT-3.1.0-2]. aedes checks this too, but not after a refused
+        // CONNECT: the held bytes go through with the CONNACK, and a second
+        // CONNECT there got a second authentication and CONNACK (seen in CI).
+        if (packets > 0 && type === CONNECT) return 'second CONNECT';
         if (type === 0 || type === 15) return `reserved packet type ${type}`;
         if (agent) {
           const v = agentHeaderProblem(b);

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { hashPassword } from '../../host/broker/passwords.js';
-import { CONNACK, RawClient } from '../../harness/broker-raw.js';
+import { CONNACK, RawClient, encodeConnect } from '../../harness/broker-raw.js';
 import { ROOT, connectClient, startBroker, type TestBroker } from '../support/broker-fixtures.js';
 
 const cheap = { N: 1024, r: 8, p: 1 };
@@ -47,6 +47,16 @@ describe('password-only broker (allowAnonymous false)', () => {
     const e = await t.waitForLog((l) => l.msg === 'connection refused' && l.username === 'mallory');
     assert.equal(e.clientId, 'x1');
     assert.equal(e.level, 40);
+  });
+
+  test('two CONNECTs in one write get no second authentication and no second CONNACK', async () => {
+    const raw = await RawClient.connect(t.tcpPort());
+    const wrong = encodeConnect({ clientId: 'twice', username: 'alice', password: 'wrong' });
+    raw.send(Buffer.concat([wrong, wrong]));
+    const got: number[] = [];
+    for (let p = await raw.next(); p; p = await raw.next()) got.push(p.type);
+    assert.deepEqual(got, [], 'closed before any answer: a second CONNECT is a protocol violation');
+    await t.waitForLog((l) => l.msg === 'connection dropped' && l.reason === 'second CONNECT');
   });
 
   test('mqtt.js sees "Not authorized" for an anonymous client', async () => {

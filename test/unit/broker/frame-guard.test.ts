@@ -71,6 +71,16 @@ test('the first packet must be CONNECT; reserved types and 5-byte lengths are re
   assert.equal(t.feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff])), 'malformed remaining length');
 });
 
+test('a second CONNECT is a protocol violation, in one read or two', () => {
+  assert.equal(
+    createFrameScanner(limits).feed(Buffer.concat([connect, connect])),
+    'second CONNECT',
+  );
+  const s = createFrameScanner(limits);
+  assert.equal(s.feed(connect), null);
+  assert.equal(s.feed(connect.subarray(0, 1)), 'second CONNECT');
+});
+
 test('guardStream destroys both sides on a violation and passes good bytes through', async () => {
   const inner = new PassThrough();
   const reasons: string[] = [];
