@@ -87,6 +87,25 @@ export const BootTimeline = z.strictObject({
 });
 export type BootTimeline = z.infer<typeof BootTimeline>;
 
+/**
+ * What an agent did when it found itself restored from a snapshot (its
+ * identity's generation changed while it ran): reported in the next hello.
+ */
+export const RestoreReport = z.strictObject({
+  /** The identity generation before and now. */
+  fromGeneration: z.number().int().nonnegative(),
+  generation: z.number().int().nonnegative(),
+  /** Who the agent was (the snapshot's source VM) and now is. */
+  previous: z.strictObject({ vmId: id, hostname: word(64) }),
+  /** Host entropy written into the kernel pool (/dev/urandom), in bytes. */
+  entropyBytes: z.number().int().nonnegative().max(4096),
+  /** The NIC took the identity's MAC and address (bridged mode), or why not. */
+  network: z.enum(['applied', 'none', 'failed']),
+  /** Jobs of the previous identity the agent ended (they belong to another VM's records). */
+  jobsDropped: z.number().int().nonnegative().max(4096),
+});
+export type RestoreReport = z.infer<typeof RestoreReport>;
+
 export const Hello = z.strictObject({
   protocol: z.number().int(),
   agentVersion: version,
@@ -102,6 +121,10 @@ export const Hello = z.strictObject({
       z.strictObject({ jobId, state: z.enum(['running', 'exited']), lastSeq: z.number().int() }),
     )
     .max(1024),
+  /** The identity generation the agent runs with (absent: no identity, a booted µOS without one). */
+  generation: z.number().int().nonnegative().optional(),
+  /** Present on the first hello after the agent found itself restored. */
+  restored: RestoreReport.optional(),
 });
 export type Hello = z.infer<typeof Hello>;
 
@@ -273,6 +296,24 @@ export const Configure = z.strictObject({
 });
 export type Configure = z.infer<typeof Configure>;
 
+/**
+ * After a restore or a resume: set the wall clock to the host's `nowMs` and
+ * mix `entropy` into the kernel's pool. The reply's result is a SyncResult.
+ */
+export const Sync = z.strictObject({
+  id: reqId,
+  nowMs: ms,
+  entropy: bytes.refine((b) => b.length >= 16 && b.length <= 256, 'entropy is 16 to 256 bytes'),
+});
+export type Sync = z.infer<typeof Sync>;
+
+export const SyncResult = z.strictObject({
+  /** How far the guest clock was stepped (host minus guest before, ms). */
+  clockStepMs: z.number().finite(),
+  entropyBytes: z.number().int().nonnegative().max(256),
+});
+export type SyncResult = z.infer<typeof SyncResult>;
+
 /** The guest's block devices now (the reply's result is a BlockDevicesResult). */
 export const BlockDevicesRequest = z.strictObject({ id: reqId });
 
@@ -284,6 +325,7 @@ export const AGENT_DOWN = {
   ping: Ping,
   configure: Configure,
   blockDevices: BlockDevicesRequest,
+  sync: Sync,
 } as const satisfies Record<AgentDownKind, z.ZodType>;
 
 export type AgentDownMessage = { [K in AgentDownKind]: z.infer<(typeof AGENT_DOWN)[K]> };
@@ -296,6 +338,48 @@ export const AGENT_ERROR = {
   SPAWN_FAILED: 'SPAWN_FAILED',
   INTERNAL: 'INTERNAL',
 } as const;
+
+/**
+ * Who a VM is, handed to its guest by the hypervisor where the kernel command
+ * line cannot change: a restored VM keeps the command line (memory) of the VM
+ * its snapshot was taken from. QEMU: the fw_cfg file FW_CFG_IDENTITY, which
+ * the guest reads at /sys/firmware/qemu_fw_cfg/by_name/<name>/raw.
+ *
+ * Always exactly IDENTITY_BYTES long (JSON, space-padded): the guest's fw_cfg
+ * driver lists each file's size once, at boot, and reads that many bytes
+ * ever after, so every generation of a VM's identity has the same size.
+ */
+export const IDENTITY_BYTES = 1024;
+export const FW_CFG_IDENTITY = 'opt/mvirt/identity';
+export const Identity = z.strictObject({
+  v: z.literal(1),
+  /** 0 at a cold boot; each restore from saved state gets a higher one. */
+  generation: z.number().int().nonnegative(),
+  vmId: id,
+  hostname: word(64),
+  /** Random bytes, base64, fresh per generation: mixed into the guest's pool before anything runs. */
+  entropy: z.string().max(512),
+  /** The agent's token over TCP (bridged agentOverNetwork), per VM. */
+  token: z.string().max(256).optional(),
+  /** Bridged mode: the NIC's MAC and address (`10.1.2.3/24`), gateway and DNS. */
+  net: z
+    .strictObject({
+      mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/),
+      ip: z.string().max(64),
+      gw: z.string().max(64).optional(),
+      dns: z.string().max(64).optional(),
+    })
+    .optional(),
+});
+export type Identity = z.infer<typeof Identity>;
+
+/** The identity as the guest reads it: JSON padded with spaces to IDENTITY_BYTES. */
+export function encodeIdentity(identity: Identity): Buffer {
+  const json = Buffer.from(JSON.stringify(Identity.parse(identity)));
+  if (json.length > IDENTITY_BYTES)
+    throw new Error(`identity is ${json.length} bytes, more than ${IDENTITY_BYTES}`);
+  return Buffer.concat([json, Buffer.alloc(IDENTITY_BYTES - json.length, 0x20)]);
+}
 
 /** Kernel command line keys the agent reads (`mvirt.<key>=value`). */
 export const CMDLINE_KEYS = {

@@ -58,6 +58,7 @@ export const AGENT_DOWN_KINDS = [
   'ping',
   'configure',
   'blockDevices',
+  'sync',
 ] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 
