@@ -35,8 +35,13 @@ export const ERROR_CODES = {
     'The volume is attached (read-write to another VM, to any VM for delete and resize, to a running VM for a snapshot restore), or is the template of a clone; details name the VMs or clones.',
   SNAPSHOT_UNSUPPORTED:
     'The volume cannot have snapshots: it is raw (only qcow2 keeps internal snapshots; make a qcow2 volume or a qcow2 overlay clone).',
-  SNAPSHOT_NOT_FOUND: 'The volume has no snapshot with that name.',
-  SNAPSHOT_EXISTS: 'The volume already has a snapshot with that name.',
+  SNAPSHOT_NOT_FOUND:
+    'No such snapshot: no VM snapshot with that id or name, or the volume has no snapshot with that name.',
+  SNAPSHOT_EXISTS: 'A VM snapshot, or a snapshot of that volume, with that name already exists.',
+  SNAPSHOT_INCOMPATIBLE:
+    'The saved state cannot be resumed here: another hypervisor build, machine type, VM size, device layout or image; details say which.',
+  SNAPSHOT_INVALID:
+    "The snapshot's files are incomplete, damaged or do not match its manifest (size or sha256); nothing was started.",
   STORAGE_FULL:
     'Not enough storage: the free space of the volumes folder or --storage-max-gib would be exceeded; details say how many bytes are free.',
   STORAGE_UNSAFE:

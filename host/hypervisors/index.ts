@@ -73,6 +73,7 @@ const CAPABILITY_TEXT: Record<Capability, string> = {
   directKernelBoot: 'boot a kernel and initrd directly',
   hotplugDisks: 'add or remove disks of a running VM',
   liveDiskSnapshots: "snapshot a running VM's disk",
+  snapshots: "save a VM's memory and device state and resume from it",
 };
 
 /**

@@ -24,6 +24,11 @@ export interface HypervisorCapabilities {
   hotplugDisks: boolean;
   /** Internal snapshots of a qcow2 disk taken and deleted while the VM runs (RunningVm.diskSnapshot). */
   liveDiskSnapshots?: boolean;
+  /**
+   * The VM's memory and device state saved to a file (RunningVm.saveState)
+   * and a new process resumed from it (LaunchSpec.restore) instead of booting.
+   */
+  snapshots?: boolean;
 }
 
 /** The yes/no capabilities (channels are a list, checked at boot). */
@@ -96,6 +101,35 @@ export interface LaunchSpec {
   network: { mode: 'none' | 'user' | 'bridge'; tap?: string; mac?: string; socket?: string };
   /** Bytes of serial console kept in `<dir>/console.log` (ring-trimmed). */
   consoleLogBytes: number;
+  /**
+   * Who the VM is (protocol/agent.ts encodeIdentity, IDENTITY_BYTES): handed
+   * to the guest where it can read it again after a restore (QEMU: fw_cfg).
+   */
+  identity?: Buffer;
+  /**
+   * Resume from saved state instead of booting: the file RunningVm.saveState
+   * wrote and what it said about it. The rest of the spec must describe the
+   * same machine (stateProblem() says whether it does).
+   */
+  restore?: { file: string; state: SavedState };
+}
+
+/**
+ * What a saved state depends on: a process resumed from it must be the same
+ * hypervisor build, machine type and devices. Recorded with every snapshot.
+ */
+export interface SavedState {
+  backend: string;
+  /** The hypervisor's exact version (QEMU: `query-version`'s package and numbers). */
+  version: string;
+  /** The resolved machine type (`pc` is an alias: `pc-i440fx-7.2`). */
+  machine: string;
+  memoryMiB: number;
+  vcpus: number;
+  /** sha256 of the device layout the guest saw (disks, NIC, channel, console), not of per-VM paths. */
+  devices: string;
+  /** Size of the state file. */
+  bytes: number;
 }
 
 /** What must be persisted to re-attach to a running VM after a daemon restart. */
@@ -203,6 +237,12 @@ export interface RunningVm {
    * the guest. Only where `capabilities.liveDiskSnapshots` says so.
    */
   diskSnapshot?(action: 'create' | 'delete', file: string, name: string): Promise<void>;
+  /**
+   * Pause the guest and write its memory and device state into `file` (made
+   * here, never overwritten). The VM stays paused: resume() it (a snapshot)
+   * or quit() it (suspend). Only where `capabilities.snapshots` says so.
+   */
+  saveState?(file: string, spec: StateSpec): Promise<SavedState>;
   /** Subscribe to hypervisor events; returns the unsubscribe function. Optional. */
   onEvent?(listener: (event: VmEvent) => void): () => void;
 }
@@ -225,6 +265,9 @@ export interface HypervisorPlans {
   /** RunningVm.diskSnapshot of the disk file named `file` (where liveDiskSnapshots). */
   diskSnapshot(action: 'create' | 'delete', file: string, name: string): PlanCommand[];
 }
+
+/** The parts of a launch spec a saved state depends on (a fork's spec must match). */
+export type StateSpec = Pick<LaunchSpec, 'memoryMiB' | 'vcpus' | 'disks' | 'network' | 'channel'>;
 
 export interface Hypervisor {
   readonly name: string;
@@ -252,4 +295,10 @@ export interface Hypervisor {
    * Resolves once it was told to go.
    */
   dispose(runtime: VmRuntime, dir: string, log: Logger): Promise<void>;
+  /**
+   * Why a process launched with `spec` could not resume from `state` (other
+   * version, machine type, size or devices), or null when it can. Where
+   * `capabilities.snapshots`.
+   */
+  stateProblem?(state: SavedState, spec: StateSpec): Promise<string | null>;
 }

@@ -4,7 +4,7 @@
  * inside QEMU's `key=value,…` option lists have their commas doubled).
  */
 import path from 'node:path';
-import { CMDLINE_KEYS, VIRTIO_PORT_NAME } from '../../../protocol/agent.js';
+import { CMDLINE_KEYS, FW_CFG_IDENTITY, VIRTIO_PORT_NAME } from '../../../protocol/agent.js';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { LaunchSpec } from '../types.js';
 import { blockdevObjects, deviceProps } from './hotplug.js';
@@ -88,7 +88,12 @@ export interface QemuArgsInput {
   tcgTbSizeMiB: number;
   /** seccomp sandbox; off only for debugging. */
   sandbox: boolean;
+  /** The exact machine type a restored state needs (`pc-i440fx-7.2`), instead of `machine`'s alias. */
+  machineType?: string;
 }
+
+/** The identity file in the VM's folder, handed to the guest as fw_cfg FW_CFG_IDENTITY. */
+export const IDENTITY_FILE = 'identity';
 
 export function buildQemuArgs(input: QemuArgsInput): string[] {
   const { spec, accel, machine, paths } = input;
@@ -111,7 +116,7 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       ? // Keep the legacy timers the kernel calibrates against (see QemuMachine).
         'microvm,pit=on,pic=on,rtc=on,isa-serial=on'
       : // SMM and vmport only cost time under TCG; nothing in the µOS uses them.
-        `${machine},smm=off,vmport=off`;
+        `${input.machineType ?? machine},smm=off,vmport=off`;
   const accelOpt = accel === 'kvm' ? 'kvm' : `tcg,tb-size=${input.tcgTbSizeMiB}`;
 
   const args: string[] = [
@@ -165,6 +170,17 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     '-device',
     `${virtio('rng')},rng=rng0`,
   ];
+  if (spec.identity) {
+    // Read-only to the guest and re-read after a restore (protocol/agent.ts Identity).
+    args.push(
+      '-fw_cfg',
+      `name=${FW_CFG_IDENTITY},file=${optValue(path.join(spec.dir, IDENTITY_FILE))}`,
+    );
+    // A new generation id at every restore: the guest kernel reseeds its RNG at once.
+    if (machine !== 'microvm') args.push('-device', 'vmgenid,guid=auto');
+  }
+  // Restore: wait, paused, for the saved state (state.ts loadState) instead of booting.
+  if (spec.restore) args.push('-incoming', 'defer');
 
   spec.disks.forEach((disk, i) => {
     if (disk.serial !== undefined) {

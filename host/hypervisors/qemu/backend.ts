@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
@@ -18,10 +18,13 @@ import type {
   Ownership,
   ProbeResult,
   RunningVm,
+  SavedState,
+  StateSpec,
   VmRuntime,
 } from '../types.js';
 import {
   buildQemuArgs,
+  IDENTITY_FILE,
   qemuPaths,
   type QemuAccel,
   type QemuMachine,
@@ -38,12 +41,14 @@ import {
 } from './confine.js';
 import { probeQemu, type QemuProbe } from './probe.js';
 import { qemuPlans } from './plans.js';
-import { readCmdline, readProcStat } from '../proc.js';
+import { readProcStat } from '../proc.js';
+import { attachError, identify, OWNERSHIP_TEXT, QEMU_BACKEND } from './ownership.js';
 import { connectQmp, type QmpClient } from './qmp.js';
 import { createQemuHotplug } from './hotplug.js';
 import { createQemuVm } from './vm.js';
+import { loadState, saveState, stateProblem as stateProblemOf } from './state.js';
 
-export const QEMU_BACKEND = 'qemu';
+export { QEMU_BACKEND };
 
 export interface QemuBackendOptions {
   /** Default `qemu-system-x86_64` (looked up on PATH). */
@@ -93,10 +98,6 @@ const DEFAULTS = {
   vhostVsockPath: '/dev/vhost-vsock',
 } as const;
 
-function attachError(reason: AttachFailureReason, message: string, cause?: unknown): MvirtError {
-  return new MvirtError('HYPERVISOR_ERROR', message, { details: { reason }, cause });
-}
-
 async function logTail(file: string, bytes = 2048): Promise<string> {
   try {
     const text = await readFile(file, 'utf8');
@@ -135,6 +136,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     // microvm's virtio-mmio devices cannot be plugged in later; pc and q35 have ACPI PCI hot-plug.
     hotplugDisks: opts.machine !== 'microvm',
     liveDiskSnapshots: true,
+    snapshots: true,
   };
 
   const confiner = createConfiner(
@@ -175,6 +177,27 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
           log: vmLog,
         })
       : undefined;
+
+  const stateSaverFor =
+    (qmp: QmpClient, dir: string, vmLog: Logger) => async (file: string, spec: StateSpec) => {
+      const { version } = await probeDetails();
+      if (!version) throw new MvirtError('BACKEND_UNAVAILABLE', 'QEMU does not say its version');
+      const grant = (f: string) => confiner.handOverFile(dir, f);
+      return saveState({ qmp, dir, grant, version, log: vmLog }, file, spec);
+    };
+
+  /** The machine family each `machine` option boots; a state of another is refused. */
+  const FAMILY: Record<QemuMachine, RegExp> = {
+    pc: /^pc-i440fx-/,
+    q35: /^pc-q35-/,
+    microvm: /^microvm$/,
+  };
+
+  async function stateProblem(state: SavedState, spec: StateSpec): Promise<string | null> {
+    if (!FAMILY[opts.machine].test(state.machine))
+      return `the state is of machine type ${state.machine}; this host boots ${opts.machine} machines`;
+    return stateProblemOf(state, spec, { version: (await probeDetails()).version });
+  }
 
   let probing: Promise<QemuProbe> | null = null;
   const probeDetails = () =>
@@ -231,10 +254,15 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     }
     const accel = p.accel as QemuAccel;
     const paths = qemuPaths(spec.dir);
+    if (spec.restore) {
+      const problem = await stateProblem(spec.restore.state, spec);
+      if (problem) throw new MvirtError('SNAPSHOT_INCOMPATIBLE', problem);
+    }
     const args = buildQemuArgs({
       spec,
       accel,
       machine: opts.machine,
+      machineType: spec.restore?.state.machine,
       paths,
       tcgTbSizeMiB: opts.tcgTbSizeMiB,
       sandbox: opts.sandbox,
@@ -242,6 +270,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     await mkdir(spec.dir, { recursive: true, mode: 0o700 });
     await sweep(spec.dir);
     await removeSockets(paths);
+    const identity = path.join(spec.dir, IDENTITY_FILE);
+    if (spec.identity) await writeFile(identity, spec.identity, { mode: 0o600 });
     const fifos = await makeConsoleFifos(paths.console).catch((err: unknown) => {
       throw new MvirtError('BOOT_FAILED', `cannot make the console FIFOs: ${String(err)}`, {
         cause: err,
@@ -249,7 +279,10 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     });
     let confined: Confined;
     try {
-      confined = await confiner.prepare(spec, binary, args, fifos);
+      confined = await confiner.prepare(spec, binary, args, [
+        ...fifos,
+        ...(spec.identity ? [identity] : []),
+      ]);
     } catch (err) {
       await release(spec.dir, vmLog);
       throw new MvirtError('BOOT_FAILED', `cannot confine QEMU: ${(err as Error).message}`, {
@@ -328,6 +361,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         connect,
         log: vmLog,
       });
+      if (spec.restore)
+        await loadState(qmp, spec.dir, spec.restore.file, vmLog, opts.launchTimeoutMs);
       // QEMU was started with -S: the console is connected, run the guest now.
       await qmp.execute('cont');
       vmLog.info({ pid, ms: Date.now() - started }, 'QEMU running');
@@ -340,6 +375,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         log: vmLog,
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
         hotplug: hotplugFor(qmp, spec.dir, vmLog),
+        saveState: stateSaverFor(qmp, spec.dir, vmLog),
       });
       void vm.exited.then(() => release(spec.dir, vmLog));
       return vm;
@@ -364,35 +400,6 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       });
     }
   }
-
-  /** Ours: alive, same start time, and a qemu-system whose QMP socket is this folder's. */
-  function identify(runtime: VmRuntime, dir: string): Ownership {
-    if (runtime.backend !== QEMU_BACKEND) return 'not-ours';
-    const stat = readProcStat(runtime.pid);
-    if (!stat || stat.state === 'Z' || stat.state === 'X') return 'gone';
-    if (stat.startTime !== runtime.startTime) return 'pid-reused';
-    const argv = readCmdline(runtime.pid) ?? [];
-    const qmpArg = `socket,id=qmp,path=${qemuPaths(dir).qmp.replace(/,/g, ',,')},`;
-    if (
-      !path.basename(argv[0] ?? '').startsWith('qemu-system') ||
-      !argv.some((a) => a.startsWith(qmpArg))
-    ) {
-      return 'not-ours';
-    }
-    return 'ours';
-  }
-
-  const OWNERSHIP_TEXT: Record<
-    Exclude<Ownership, 'ours'>,
-    (rt: VmRuntime, dir: string) => string
-  > = {
-    gone: (rt) => `QEMU process ${rt.pid} is gone`,
-    'pid-reused': (rt) => `pid ${rt.pid} now belongs to another process (start time differs)`,
-    'not-ours': (rt, dir) =>
-      rt.backend !== QEMU_BACKEND
-        ? `runtime belongs to backend ${rt.backend}`
-        : `pid ${rt.pid} is not the QEMU of ${dir}`,
-  };
 
   async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
     await sweep(dir);
@@ -435,6 +442,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
       // Names derive from serials: a re-adopted VM's disks are detachable as they were.
       hotplug: hotplugFor(qmp, dir, vmLog),
+      saveState: stateSaverFor(qmp, dir, vmLog),
     });
     // The adopted process keeps its cgroup; removed when it ends.
     void vm.exited.then(() => release(dir, vmLog));
@@ -488,5 +496,6 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     identify,
     attach,
     dispose,
+    stateProblem,
   };
 }

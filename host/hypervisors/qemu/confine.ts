@@ -128,6 +128,11 @@ export interface Confiner {
    * when QEMU runs as mvirtd's user.
    */
   handOverDisk(dir: string, disk: DiskSpec): Promise<void>;
+  /**
+   * A file or socket mvirtd made in the running VM's folder `dir` for QEMU
+   * to open (the socket a saved state streams into), given to the VM's user.
+   */
+  handOverFile(dir: string, file: string): Promise<void>;
   /** Put the freshly spawned (still paused) QEMU into its cgroup. */
   join(confined: Confined, pid: number): Promise<void>;
   /**
@@ -351,6 +356,13 @@ export function createConfiner(opts: ConfineOptions, log: Logger): Confiner {
       const uid = (await stat(dir)).uid;
       if (!inRange(uid)) throw new Error(`${dir} is not owned by a VM user (uid ${uid})`);
       await handDiskTo(dir, uid, disk);
+    },
+    async handOverFile(dir, file) {
+      if (!state.user) return;
+      const uid = (await stat(dir)).uid;
+      if (!inRange(uid)) throw new Error(`${dir} is not owned by a VM user (uid ${uid})`);
+      if (path.dirname(file) !== dir) throw new Error(`${file} is not in ${dir}`);
+      await chown(file, uid, uid);
     },
     async join(confined, pid) {
       try {

@@ -78,6 +78,8 @@ export interface QemuVmParts {
   agentConnectTimeoutMs: number;
   /** Hot-plug of disks over this QMP connection (hotplug.ts); absent where the machine has none. */
   hotplug?: DiskHotplug;
+  /** Memory and device state to a file (state.ts). */
+  saveState?: NonNullable<RunningVm['saveState']>;
 }
 
 export function createQemuVm(parts: QemuVmParts): RunningVm {
@@ -183,6 +185,15 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     await fn();
   };
 
+  /** fn through control(): refused once the process is gone or detached. */
+  const guarded =
+    <A extends unknown[], R>(what: string, fn: (...a: A) => Promise<R>) =>
+    async (...a: A): Promise<R> => {
+      let out!: R;
+      await control(what, async () => (out = await fn(...a)));
+      return out;
+    };
+
   // Each hot-plug step goes through control(): none once the process is gone or detached.
   const h = parts.hotplug;
   const hotplug: DiskHotplug | undefined = h && {
@@ -203,6 +214,7 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     quit: () => control('quit', () => qmp.execute(QMP_CONTROL.quit)),
     diskSnapshot: (action, file, name) =>
       control('snapshot a disk', () => qmpDiskSnapshot(qmp, action, file, name)),
+    ...(parts.saveState ? { saveState: guarded('save the state', parts.saveState) } : {}),
     async status() {
       if (done) return 'shutdown';
       const st = await qmp.execute('query-status');
