@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   SNAPSHOT_NOT_FOUND:
     'No such snapshot: no VM snapshot with that id or name, or the volume has no snapshot with that name.',
   SNAPSHOT_EXISTS: 'A VM snapshot, or a snapshot of that volume, with that name already exists.',
+  SNAPSHOT_IN_USE:
+    'VMs made from the snapshot have not started yet and need its files; start or delete them first (details name them).',
   SNAPSHOT_INCOMPATIBLE:
     'The saved state cannot be resumed here: another hypervisor build, machine type, VM size, device layout or image; details say which.',
   SNAPSHOT_INVALID:

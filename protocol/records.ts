@@ -10,7 +10,14 @@ import { z } from 'zod';
 import { BlockDevicesResult, BootTimeline } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
-import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS, VOLUME_STATES } from './states.js';
+import {
+  JOB_STATES,
+  SNAPSHOT_STATES,
+  VM_KINDS,
+  VM_STATES,
+  VOLUME_FORMATS,
+  VOLUME_STATES,
+} from './states.js';
 
 const count = z.number().int().nonnegative();
 const time = z.iso.datetime();
@@ -44,6 +51,20 @@ export const NetworkSpec = z
 export type NetworkSpec = z.infer<typeof NetworkSpec>;
 
 // ---------------------------------------------------------------- VM
+
+/** What the agent of a restored VM did and how long the restore took (vm.create {fromSnapshot}, resume). */
+export const RestoreInfo = z.strictObject({
+  snapshot: z.string().describe('the snapshot id, or `suspend` for a resume of a suspended VM'),
+  generation: z.number().int().nonnegative().describe('identity generation of this restore'),
+  spawnToRunningMs: z.number().nonnegative().describe('hypervisor spawn → guest running'),
+  readyAtMs: z.number().nonnegative().describe('hypervisor spawn → agent ready').optional(),
+  clockStepMs: z.number().describe('how far the agent stepped the guest clock').optional(),
+  entropyBytes: z.number().int().nonnegative().describe('host entropy mixed in').optional(),
+  previousVm: z.string().describe('the VM id the guest was before (a fork: the source)').optional(),
+  network: z.enum(['applied', 'none', 'failed']).optional(),
+  jobsDropped: z.number().int().nonnegative().optional(),
+});
+export type RestoreInfo = z.infer<typeof RestoreInfo>;
 
 export const VmRecord = z.strictObject({
   id: z.string(),
@@ -95,6 +116,11 @@ export const VmRecord = z.strictObject({
       'volumes attached as virtio-blk at every boot, in this order, after the image root disk',
     )
     .optional(),
+  restoredFrom: z
+    .string()
+    .describe('the snapshot this VM was made from (vm.create {fromSnapshot})')
+    .optional(),
+  restore: RestoreInfo.describe('the last restore: from a snapshot, or a resume').optional(),
 });
 export type VmRecord = z.infer<typeof VmRecord>;
 
@@ -243,6 +269,26 @@ export const VolumeSnapshot = z.strictObject({
   createdAt: time,
 });
 export type VolumeSnapshot = z.infer<typeof VolumeSnapshot>;
+
+/** A VM's saved memory and device state (vm.snapshot), in <data-dir>/snapshots/<id>/. */
+export const SnapshotRecord = z.strictObject({
+  id: z.string().describe('snap-<hex>; also its folder under <data-dir>/snapshots/'),
+  name: z.string(),
+  state: z.enum(SNAPSHOT_STATES),
+  source: z.strictObject({ vm: z.string(), name: z.string() }).describe('the VM it was taken of'),
+  image: z.string(),
+  backend: z.string(),
+  vcpus: count,
+  memoryMiB: count,
+  network: NetworkSpec,
+  hypervisor: z
+    .strictObject({ version: z.string(), machine: z.string() })
+    .describe('a snapshot resumes only on the same hypervisor build and machine type'),
+  bytes: count.describe('size of the saved state'),
+  createdAt: time,
+  createdBy: z.string().describe('who took it (`user:<name>`, …)').optional(),
+});
+export type SnapshotRecord = z.infer<typeof SnapshotRecord>;
 
 // ---------------------------------------------------------------- events
 

@@ -19,6 +19,7 @@ import {
   JobRunResult,
   NetworkSpec,
   PoolRecord,
+  SnapshotRecord,
   SystemInfo,
   VmBlockDevices,
   VmRecord,
@@ -55,6 +56,9 @@ export const VolumeSizeMiB = z
   .int()
   .min(1)
   .max(64 * 1024 * 1024);
+
+/** vm.create {fromSnapshot, count}: at most this many forks per call. */
+export const MAX_FORKS = 64;
 
 /** vm.create's disks: at most 16, each a volume at most once. */
 export const MAX_VM_DISKS = 16;
@@ -105,24 +109,54 @@ const MemoryMiB = z
 
 export const PARAMS = {
   'system.info': z.strictObject({}).optional(),
-  'vm.create': z.strictObject({
-    ...DRY_RUN,
-    name: Name,
-    image: Name.optional(),
-    vcpus: Vcpus.optional(),
-    memoryMiB: MemoryMiB.optional(),
-    kind: z.enum(VM_KINDS).optional(),
-    backend: Name.optional(),
-    /** Default: the host's --network mode. */
-    network: NetworkSpec.optional(),
-    metadata: Metadata.optional(),
-    /** cloud-init NoCloud seed (a `cidata` disk attached read-only). */
-    userData: CloudInitText.optional(),
-    metaData: CloudInitText.optional(),
-    networkConfig: CloudInitText.optional(),
-    /** Volumes attached as virtio-blk at every boot, in order. */
-    disks: VmDisks.optional(),
-  }),
+  'vm.create': z
+    .strictObject({
+      ...DRY_RUN,
+      name: Name,
+      image: Name.optional(),
+      vcpus: Vcpus.optional(),
+      memoryMiB: MemoryMiB.optional(),
+      kind: z.enum(VM_KINDS).optional(),
+      backend: Name.optional(),
+      /** Default: the host's --network mode. */
+      network: NetworkSpec.optional(),
+      metadata: Metadata.optional(),
+      /** cloud-init NoCloud seed (a `cidata` disk attached read-only). */
+      userData: CloudInitText.optional(),
+      metaData: CloudInitText.optional(),
+      networkConfig: CloudInitText.optional(),
+      /** Volumes attached as virtio-blk at every boot, in order. */
+      disks: VmDisks.optional(),
+      /**
+       * Resume from this snapshot (id or name) instead of booting: size, image,
+       * backend and network are the snapshot's. The VMs start at once.
+       */
+      fromSnapshot: Name.optional(),
+      /** With fromSnapshot: this many forks, named `<name>-1` … `<name>-<count>`. */
+      count: z.number().int().min(1).max(MAX_FORKS).optional(),
+      /** With fromSnapshot: answer once every fork is ready. */
+      wait: z.boolean().optional(),
+    })
+    .refine(
+      (p) =>
+        p.fromSnapshot === undefined ||
+        [
+          p.image,
+          p.vcpus,
+          p.memoryMiB,
+          p.backend,
+          p.network,
+          p.disks,
+          p.userData,
+          p.metaData,
+          p.networkConfig,
+        ].every((x) => x === undefined),
+      'a VM from a snapshot takes image, size, backend, network, disks and cloud-init from the snapshot',
+    )
+    .refine(
+      (p) => p.fromSnapshot !== undefined || (p.count === undefined && p.wait === undefined),
+      'count and wait go with fromSnapshot',
+    ),
   'vm.get': z.strictObject({ vm: VmRef }),
   'vm.list': z.strictObject({ state: z.enum(VM_STATES).optional() }).optional(),
   'vm.start': z.strictObject({ ...DRY_RUN, vm: VmRef, wait: z.boolean().optional() }),
@@ -145,6 +179,13 @@ export const PARAMS = {
   }),
   /** Asks the guest's agent (the VM must be up with its agent connected). */
   'vm.blockDevices': z.strictObject({ vm: VmRef }),
+  /** Save the VM's memory and device state (it pauses for as long as that takes). */
+  'vm.snapshot': z.strictObject({ ...DRY_RUN, vm: VmRef, name: Name }),
+  /** Save the VM's state and end its hypervisor process; vm.start resumes it. */
+  'vm.suspend': z.strictObject({ ...DRY_RUN, vm: VmRef }),
+  'snapshot.get': z.strictObject({ snapshot: Name }),
+  'snapshot.list': z.strictObject({ vm: VmRef.optional() }).optional(),
+  'snapshot.delete': z.strictObject({ ...DRY_RUN, snapshot: Name }),
   'vm.detachDisk': z.strictObject({
     ...DRY_RUN,
     vm: VmRef,
@@ -275,7 +316,12 @@ export type ParamsOf<M extends RpcMethod> = z.input<(typeof PARAMS)[M]>;
 /** The record each method replies with (protocol/records.ts): a client validates a reply by method. */
 export const RESULTS = {
   'system.info': SystemInfo,
-  'vm.create': VmRecord,
+  'vm.create': VmRecord.extend({
+    forks: z
+      .array(VmRecord)
+      .describe('fromSnapshot with count > 1: the VMs after the first')
+      .optional(),
+  }),
   'vm.get': VmRecord,
   'vm.list': z.strictObject({ vms: z.array(VmRecord) }),
   'vm.start': VmRecord,
@@ -288,6 +334,11 @@ export const RESULTS = {
   'vm.attachDisk': VmRecord,
   'vm.detachDisk': VmRecord,
   'vm.blockDevices': VmBlockDevices,
+  'vm.snapshot': SnapshotRecord,
+  'vm.suspend': VmRecord,
+  'snapshot.get': SnapshotRecord,
+  'snapshot.list': z.strictObject({ snapshots: z.array(SnapshotRecord) }),
+  'snapshot.delete': Empty,
   'job.run': JobRunResult,
   'job.get': JobRecord,
   'job.list': z.strictObject({ jobs: z.array(JobRecord) }),

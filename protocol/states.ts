@@ -14,6 +14,7 @@ export const VM_STATES = [
   'paused',
   'stopping',
   'failed',
+  'suspended',
 ] as const;
 export type VmState = (typeof VM_STATES)[number];
 
@@ -48,8 +49,16 @@ const member =
 
 // ---------------------------------------------------------------- VM subsets
 
-/** A VM at rest: no hypervisor process, holds no host resources; it can be started or deleted. */
-export const INACTIVE_VM_STATES = ['stopped', 'failed'] as const satisfies readonly VmState[];
+/**
+ * A VM at rest: no hypervisor process, holds no host resources; it can be
+ * started or deleted. `suspended`: its memory is saved on disk and a start
+ * resumes it instead of booting.
+ */
+export const INACTIVE_VM_STATES = [
+  'stopped',
+  'failed',
+  'suspended',
+] as const satisfies readonly VmState[];
 export const isInactiveVm = member<VmState>(INACTIVE_VM_STATES);
 
 /**
@@ -100,7 +109,21 @@ export const DOWN_VM_STATES = [
   'stopping',
   'stopped',
   'failed',
+  'suspended',
 ] as const satisfies readonly VmState[];
+
+/** A VM whose memory and device state can be saved now (vm.snapshot, vm.suspend). */
+export const SAVABLE_VM_STATES = [
+  'ready',
+  'busy',
+  'running',
+  'paused',
+] as const satisfies readonly VmState[];
+export const isSavableVm = member<VmState>(SAVABLE_VM_STATES);
+
+/** A VM snapshot is `saving` until its files are complete and checked, then `ready`. */
+export const SNAPSHOT_STATES = ['saving', 'ready'] as const;
+export type SnapshotState = (typeof SNAPSHOT_STATES)[number];
 export const isDownVm = member<VmState>(DOWN_VM_STATES);
 
 // ---------------------------------------------------------------- job subsets

@@ -10,6 +10,7 @@ import type {
   JobRecord,
   PoolRecord,
   RpcMethod,
+  SnapshotRecord,
   VmRecord,
   VolumeRecord,
 } from '../../protocol/rpc.js';
@@ -26,6 +27,8 @@ export interface AccessDeps {
   resolveVm(ref: string): string | undefined;
   /** A volume id or name → the volume's id. */
   resolveVolume(ref: string): string | undefined;
+  /** A VM snapshot id or name → its id. */
+  resolveSnapshot(ref: string): string | undefined;
   ownerOf(kind: ObjectKind, id: string): string | null;
 }
 
@@ -44,7 +47,12 @@ export function createAccessCheck(d: AccessDeps) {
     if (ref === undefined || access.scope === null) return null;
     // A VM or volume that does not exist is left to the handler (…_NOT_FOUND); a job
     // or pool id without this scope's label is refused whether or not it exists.
-    const id = kind === 'vm' ? d.resolveVm(ref) : kind === 'volume' ? d.resolveVolume(ref) : ref;
+    const resolve: Partial<Record<ObjectKind, (ref: string) => string | undefined>> = {
+      vm: d.resolveVm,
+      volume: d.resolveVolume,
+      snapshot: d.resolveSnapshot,
+    };
+    const id = (resolve[kind] ?? ((r: string) => r))(ref);
     if (id === undefined) return null;
     return inScope(access, d.ownerOf(kind, id))
       ? null
@@ -77,11 +85,16 @@ export function createAccessCheck(d: AccessDeps) {
         return outOfScope(access, 'pool', str(p, rule.param));
       case 'volume':
         return outOfScope(access, 'volume', str(p, rule.param));
+      case 'snapshot':
+        return outOfScope(access, 'snapshot', str(p, rule.param));
       case 'vm-and-volume':
         return (
           outOfScope(access, 'vm', str(p, 'vm')) ?? outOfScope(access, 'volume', str(p, 'volume'))
         );
       case 'create-with-disks': {
+        // A fork: the snapshot it resumes from must be in scope.
+        const snap = outOfScope(access, 'snapshot', str(p, 'fromSnapshot'));
+        if (snap) return snap;
         const disks = p && Array.isArray(p.disks) ? (p.disks as unknown[]) : [];
         for (const disk of disks) {
           const ref = (disk as Params) && str(disk as Params, 'volume');
@@ -114,6 +127,10 @@ export function createAccessCheck(d: AccessDeps) {
         const r = result as { pools: PoolRecord[] };
         return { ...r, pools: r.pools.filter((x) => mine(access, 'pool', x.name)) };
       }
+      case 'snapshot.list': {
+        const r = result as { snapshots: SnapshotRecord[] };
+        return { ...r, snapshots: r.snapshots.filter((x) => mine(access, 'snapshot', x.id)) };
+      }
       case 'volume.list': {
         const r = result as { volumes: VolumeRecord[] };
         return { ...r, volumes: r.volumes.filter((x) => mine(access, 'volume', x.id)) };
@@ -128,7 +145,8 @@ export function createAccessCheck(d: AccessDeps) {
                 mine(access, 'vm', o) ||
                 mine(access, 'job', o) ||
                 mine(access, 'pool', o) ||
-                mine(access, 'volume', o),
+                mine(access, 'volume', o) ||
+                mine(access, 'snapshot', o),
             ),
           ),
         };

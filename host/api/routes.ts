@@ -30,6 +30,7 @@ const vm = { kind: 'vm', param: 'vm' } as const;
 const job = { kind: 'job', param: 'jobId' } as const;
 const pool = { kind: 'pool', param: 'name' } as const;
 const volume = { kind: 'volume', param: 'volume' } as const;
+const snapshot = { kind: 'snapshot', param: 'snapshot' } as const;
 
 /** Who may call what (host/auth/roles.ts describes the roles; docs/security.md the table). */
 export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
@@ -48,6 +49,12 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'vm.attachDisk': operate({ kind: 'vm-and-volume' }),
   'vm.detachDisk': operate({ kind: 'vm-and-volume' }),
   'vm.blockDevices': read(vm),
+  // The snapshot takes the caller's label; the VM must be in scope.
+  'vm.snapshot': operate(vm),
+  'vm.suspend': operate(vm),
+  'snapshot.get': read(snapshot),
+  'snapshot.list': read({ kind: 'list' }),
+  'snapshot.delete': operate(snapshot),
   'job.run': operate({ kind: 'job-target' }),
   'job.get': read(job),
   'job.list': read({ kind: 'list' }),

@@ -48,6 +48,7 @@ export type ScopeRule =
   | { kind: 'job'; param: 'jobId' }
   | { kind: 'pool'; param: 'name' }
   | { kind: 'volume'; param: 'volume' }
+  | { kind: 'snapshot'; param: 'snapshot' }
   /** vm.attachDisk, vm.detachDisk: the VM and the volume must both be in scope. */
   | { kind: 'vm-and-volume' }
   /** vm.create: a new object, and every volume among its disks must be in scope. */
@@ -58,7 +59,7 @@ export interface Permission {
   scope: ScopeRule;
 }
 
-export type ObjectKind = 'vm' | 'job' | 'pool' | 'volume';
+export type ObjectKind = 'vm' | 'job' | 'pool' | 'volume' | 'snapshot';
 
 /** Does an object with this owner label lie in the access's scope? */
 export const inScope = (access: Access, owner: string | null | undefined): boolean =>

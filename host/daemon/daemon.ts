@@ -53,6 +53,8 @@ import { startHttpServer, type HttpServer } from '../http/server.js';
 import { createSessionTokens } from '../http/sessions.js';
 import { dashboardAssets } from '../dashboard/assets.js';
 import { VERSION } from './version.js';
+import { createSnapshotFiles } from '../snapshots/files.js';
+import { createSnapshotManager } from '../snapshots/manager.js';
 
 export interface Daemon {
   readonly broker: Broker;
@@ -223,9 +225,12 @@ export async function startDaemon(
       files: volumeFiles,
       transitions: volumeTransitions,
     });
+    // VM snapshots (issue 14): <data-dir>/snapshots/<id>/.
+    const snapshotFiles = createSnapshotFiles(path.join(opts.dataDir, 'snapshots'));
     const vms = createVmManager({
       store,
       events,
+      snapshotFiles,
       volumes: { attach: volumeAttach, files: volumeFiles },
       broker: bus,
       hypervisors,
@@ -269,6 +274,16 @@ export async function startDaemon(
         maxBytes: opts.storageMaxGiB === null ? null : opts.storageMaxGiB * 1024 ** 3,
         importDir: opts.volumeImportDir,
       },
+    });
+
+    const snapshots = createSnapshotManager({
+      store,
+      files: snapshotFiles,
+      images,
+      vms,
+      events,
+      log,
+      dataDir: opts.dataDir,
     });
 
     const destroyer = createVmDestroyer(vms, log.child({ component: 'job' }));
@@ -316,10 +331,11 @@ export async function startDaemon(
     const api = createApi({
       bus,
       topics: t,
-      routes: createRoutes({ ...sysDeps, vms, events, jobs, pools, rollups, volumes }),
+      routes: createRoutes({ ...sysDeps, vms, snapshots, events, jobs, pools, rollups, volumes }),
       access: createAccessCheck({
         resolveVm: (ref) => vms.resolveId(ref),
         resolveVolume: (ref) => store.volumes.find(ref)?.id,
+        resolveSnapshot: (ref) => snapshots.resolveId(ref),
         ownerOf: (kind, id) => store.owners.get(kind, id),
       }),
       audit: (e) => events.append(e),
@@ -345,6 +361,7 @@ export async function startDaemon(
     // Probe backends early: KVM probing takes a while and system.info needs it.
     for (const name of hypervisors.names()) void hypervisors.probe(name);
     await agents.start();
+    await snapshots.recover(); // before the VMs: a fork's start reads its snapshot
     await vms.startup(); // recovery
     jobs.recover();
     const prometheus = createPrometheus({

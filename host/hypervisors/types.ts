@@ -111,7 +111,12 @@ export interface LaunchSpec {
    * wrote and what it said about it. The rest of the spec must describe the
    * same machine (stateProblem() says whether it does).
    */
-  restore?: { file: string; state: SavedState };
+  restore?: {
+    file: string;
+    state: SavedState;
+    /** Awaited once the state is loaded and before the guest runs: its rejection ends the launch. */
+    check?: Promise<void>;
+  };
 }
 
 /**

@@ -165,7 +165,9 @@ export function agentPart(
   /** A VM stopped or failed: its jobs are lost (or failed, if it never became ready). */
   function onVmState(vm: VmRecord, from: VmState): void {
     if (vm.state === 'ready' || isInactiveVm(vm.state)) ctx.pump();
-    if (!isDownVm(vm.state)) return;
+    // Suspended: the jobs stay in the saved guest and go on if it resumes
+    // within the agent grace of a reconnect (its agent's hello lists them).
+    if (!isDownVm(vm.state) || vm.state === 'suspended') return;
     for (const a of [...active.values()]) {
       if (a.vmId !== vm.id || a.phase === 'waiting') continue;
       if (a.phase === 'placing' && from === 'starting') continue; // the boot's waiter reports it

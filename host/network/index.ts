@@ -55,6 +55,8 @@ export interface BootNetwork {
   cmdline: Record<string, string>;
   /** Set when the agent dials over the network instead of the hypervisor's channel. */
   channel?: Channel;
+  /** That agent's per-boot token (also on the seed disk), for a restored guest's identity. */
+  token?: string;
 }
 
 export interface NetworkPlan {
@@ -173,6 +175,7 @@ export function createNetwork(deps: {
     }
     const docs = vm.cloudInit ? repo.seed(vm.id) : undefined;
     const token = out.channel === 'tcp' ? fx.token(vm.id) : undefined;
+    if (token !== undefined) out.token = token;
     if (docs || token !== undefined) {
       const iso = await fx.writeSeed(dir, {
         vmId: vm.id,

@@ -9,6 +9,7 @@ import { createNetworkRepo, type NetworkRepo } from './network.js';
 import { createMetricRepo, type MetricRepo } from './metrics.js';
 import { createOwnerRepo, type OwnerRepo } from './owners.js';
 import { createVolumeRepo, type VolumeRepo } from './volumes.js';
+import { createSnapshotRepo, type SnapshotRepo } from './snapshots.js';
 
 export interface Store {
   readonly db: Db;
@@ -21,6 +22,7 @@ export interface Store {
   /** Owner labels of VMs, jobs and pools (scopes, host/auth/roles.ts). */
   readonly owners: OwnerRepo;
   readonly volumes: VolumeRepo;
+  readonly snapshots: SnapshotRepo;
   close(): void;
 }
 
@@ -37,6 +39,7 @@ export function createStore(file: string, log: MvirtLogger, opts: OpenOptions = 
     network: createNetworkRepo(db),
     metrics: createMetricRepo(db),
     volumes: createVolumeRepo(db, owners),
+    snapshots: createSnapshotRepo(db, owners),
     close: () => {
       if (db.open) db.close();
     },
@@ -52,4 +55,6 @@ export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
 export type { MetricRepo, RollupQuery, RollupRow } from './metrics.js';
 export type { OwnerRepo } from './owners.js';
 export type { NewVolume, VmDisk, VolumeRepo } from './volumes.js';
+export type { NewSnapshot, SnapshotRepo, StoredSnapshot } from './snapshots.js';
+export type { PendingRestore, RestoreState } from './vms.js';
 export { SCHEMA_VERSION } from './migrations.js';

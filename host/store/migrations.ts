@@ -223,6 +223,43 @@ export const MIGRATIONS: readonly Migration[] = [
         CREATE INDEX vm_disks_volume ON vm_disks(volume_id);
       `),
   },
+  {
+    // Issue 14: VM snapshots, suspend and forks.
+    name: 'snapshots, suspend, restore',
+    up: (db) =>
+      db.exec(`
+        -- One row per <data-dir>/snapshots/<id>/ (state file and manifest.json,
+        -- paths derived from the id). 'saving' rows are incomplete: recovery
+        -- deletes them with their folder. The source VM may be deleted later.
+        CREATE TABLE snapshots (
+          id             TEXT PRIMARY KEY,
+          name           TEXT NOT NULL UNIQUE,
+          state          TEXT NOT NULL,
+          source_vm_id   TEXT NOT NULL,
+          source_vm_name TEXT NOT NULL,
+          image          TEXT NOT NULL,
+          image_key      TEXT NOT NULL,
+          backend        TEXT NOT NULL,
+          vcpus          INTEGER NOT NULL,
+          memory_mib     INTEGER NOT NULL,
+          network        TEXT NOT NULL,
+          generation     INTEGER NOT NULL,
+          saved          TEXT,
+          sha256         TEXT,
+          created_at     TEXT NOT NULL,
+          created_by     TEXT
+        );
+        -- The identity generation the VM's guest runs with (0: cold boot).
+        ALTER TABLE vms ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+        -- The snapshot a fork was made from (no foreign key: it may be deleted).
+        ALTER TABLE vms ADD COLUMN restored_from TEXT;
+        -- JSON RestoreInfo of the last restore or resume.
+        ALTER TABLE vms ADD COLUMN restore_info TEXT;
+        -- JSON {saved, sha256, bytes} of a suspended VM's state file, or of the
+        -- snapshot a fork resumes from at its first start; NULL otherwise.
+        ALTER TABLE vms ADD COLUMN pending_restore TEXT;
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -3,13 +3,26 @@ import type { Db } from './db.js';
 import { createOwnerRepo, type OwnerRepo } from './owners.js';
 import type { NetworkSpec, VmKind, VmRecord, VmState } from '../../protocol/rpc.js';
 import { INACTIVE_VM_STATES } from '../../protocol/states.js';
-import type { VmRuntime } from '../hypervisors/types.js';
+import type { SavedState, VmRuntime } from '../hypervisors/types.js';
 
 /** What vm.create stores: the definition part of the public VM record. */
 export type NewVm = Pick<
   VmRecord,
   'id' | 'name' | 'vcpus' | 'memoryMiB' | 'kind' | 'image' | 'backend' | 'network' | 'metadata'
 >;
+
+/**
+ * What a VM's next start resumes from instead of booting: the snapshot a fork
+ * was made from, or the state file its suspend wrote in its folder.
+ */
+export type PendingRestore =
+  { from: 'snapshot'; snapshot: string } | { from: 'suspend'; saved: SavedState; sha256: string };
+
+/** A VM's restore facts (not in its public record except restoredFrom/restore). */
+export interface RestoreState {
+  generation: number;
+  pending: PendingRestore | null;
+}
 
 export interface StoredRuntime extends VmRuntime {
   vmId: string;
@@ -41,6 +54,10 @@ interface VmRow {
   seed: number | null;
   /** JSON array of `<volume id>:<0|1 read-only>` in boot order; '[]' without disks. */
   disks: string;
+  generation: number;
+  restored_from: string | null;
+  restore_info: string | null;
+  pending_restore: string | null;
 }
 
 interface RuntimeRow {
@@ -97,6 +114,8 @@ export function rowToRecord(r: VmRow): VmRecord {
       return { volume, readOnly: ro === '1', serial: volume };
     });
   }
+  if (r.restored_from !== null) rec.restoredFrom = r.restored_from;
+  if (r.restore_info !== null) rec.restore = JSON.parse(r.restore_info) as VmRecord['restore'];
   return rec;
 }
 
@@ -137,6 +156,13 @@ export function createVmRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
     ),
     setAgent: db.prepare(`UPDATE vms SET boot = ?, agent_version = ?, updated_at = ? WHERE id = ?`),
     del: db.prepare(`DELETE FROM vms WHERE id = ?`),
+    setRestoredFrom: db.prepare(`UPDATE vms SET restored_from = ? WHERE id = ?`),
+    restoreState: db.prepare(`SELECT generation, pending_restore FROM vms WHERE id = ?`),
+    setPending: db.prepare(`UPDATE vms SET pending_restore = ?, updated_at = ? WHERE id = ?`),
+    setRestored: db.prepare(
+      `UPDATE vms SET generation = ?, restore_info = ?, pending_restore = NULL, updated_at = ? WHERE id = ?`,
+    ),
+    setRestoreInfo: db.prepare(`UPDATE vms SET restore_info = ?, updated_at = ? WHERE id = ?`),
     counts: db.prepare(`SELECT state, COUNT(*) AS n FROM vms GROUP BY state`),
     allocated: db.prepare(`
       SELECT COUNT(*) AS n, COALESCE(SUM(vcpus), 0) AS vcpus, COALESCE(SUM(memory_mib), 0) AS mem
@@ -234,6 +260,30 @@ export function createVmRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
     },
     deleteRuntime(vmId: string): void {
       s.delRuntime.run(vmId);
+    },
+    /** A fork: the snapshot it was made from and resumes from at its first start. */
+    markFork(id: string, snapshot: string, now: string): void {
+      s.setRestoredFrom.run(snapshot, id);
+      s.setPending.run(JSON.stringify({ from: 'snapshot', snapshot }), now, id);
+    },
+    restoreState(id: string): RestoreState | undefined {
+      const r = s.restoreState.get(id) as
+        { generation: number; pending_restore: string | null } | undefined;
+      if (!r) return undefined;
+      const pending =
+        r.pending_restore === null ? null : (JSON.parse(r.pending_restore) as PendingRestore);
+      return { generation: r.generation, pending };
+    },
+    setPendingRestore(id: string, pending: PendingRestore | null, now: string): void {
+      s.setPending.run(pending === null ? null : JSON.stringify(pending), now, id);
+    },
+    /** Resumed from saved state: its new generation, what the restore did; nothing pending. */
+    setRestored(id: string, generation: number, info: VmRecord['restore'], now: string): void {
+      s.setRestored.run(generation, JSON.stringify(info), now, id);
+    },
+    /** The agent's part of the restore (clock, entropy, identity) once it reported. */
+    setRestoreInfo(id: string, info: VmRecord['restore'], now: string): void {
+      s.setRestoreInfo.run(JSON.stringify(info), now, id);
     },
   };
 }

@@ -9,10 +9,12 @@ import type { Hello } from '../../protocol/agent.js';
 import { createConsoleOut } from './console-out.js';
 import type { VmContext } from './context.js';
 import type { Live } from './live.js';
+import { restorePart } from './restore.js';
 
 export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attachConsole'> {
   const { vms, events } = ctx;
 
+  const restore = restorePart(ctx);
   ctx.agents.listen({ hello: onHello, ready: onReady, busy: onBusy });
 
   /** A VM's process runs (launched or re-attached): its agent may speak from now on. */
@@ -53,7 +55,9 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
   }
 
   function onHello(id: string, hello: Hello): void {
-    if (!ctx.lives.has(id)) return;
+    const live = ctx.lives.get(id);
+    if (!live) return;
+    restore.onRestoredHello(live, hello);
     vms.setAgent(id, hello.boot, hello.agentVersion, ctx.now());
     const rec = vms.get(id);
     if (rec) ctx.publishState(rec);
@@ -76,6 +80,10 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
   function onReady(id: string, hello: Hello): void {
     const live = ctx.lives.get(id);
     if (!live) return;
+    // A restored guest is ready with its new identity and entropy (its agent
+    // applied them before this hello); the clock's step may still be running
+    // (up to a few seconds: busybox sets whole seconds), restore.clockStepMs says when done.
+    const r = live.restoring;
     const cur = vms.get(id);
     if (cur?.state !== 'starting') {
       // A re-hello after a channel reconnect or daemon restart: nothing changes.
@@ -88,6 +96,10 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
       const readyAtMs = Math.round(performance.now() - live.launchedAt);
       vms.setAgent(id, { ...hello.boot, readyAtMs }, hello.agentVersion, ctx.now());
       live.log.info({ readyAtMs, boot: hello.boot }, 'VM ready');
+      if (r) {
+        r.info.readyAtMs = readyAtMs;
+        vms.setRestoreInfo(id, r.info, ctx.now());
+      }
     }
     ctx.transition(id, 'ready', 'the agent is ready');
   }

@@ -3,7 +3,7 @@
  * admission check that guards it: capacity and the backend's capabilities are
  * checked before anything is launched.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { requireCapability, requireChannel } from '../hypervisors/index.js';
 import type { DiskSpec, LaunchSpec } from '../hypervisors/types.js';
@@ -13,7 +13,9 @@ import type { MvirtLogger } from '../log.js';
 import type { BootNetwork } from '../network/index.js';
 import { CMDLINE_KEYS } from '../../protocol/agent.js';
 import { MvirtError, type ErrorCode } from '../../protocol/errors.js';
-import type { VmRecord } from '../../protocol/rpc.js';
+import type { RestoreInfo, VmRecord } from '../../protocol/rpc.js';
+import { checkSha256, findSavedState, identityFor, type RestoreSource } from './restore.js';
+import { writeStateSpec } from './save.js';
 import type { Reserved, Size, VmContext } from './context.js';
 import type { ResolvedImage } from './images.js';
 import { clearTimers, exitsWithin, newLive, type Live } from './live.js';
@@ -30,6 +32,8 @@ interface BootCtx {
   net?: BootNetwork;
   /** The VM's volumes for this boot, linked into its folder. */
   disks?: DiskSpec[];
+  /** Resume from this saved state instead of booting (restore.ts); null: a cold boot. */
+  restore?: RestoreSource | null;
 }
 
 const NOTHING_RESERVED: Reserved = { vms: 0, vcpus: 0, memoryMiB: 0 };
@@ -103,6 +107,19 @@ export function bootPart(
       run: (c) => checkBackend(c),
     },
     {
+      name: 'find saved state',
+      run: async (c) => {
+        c.restore = await findSavedState(ctx, c.vm, c.image!);
+      },
+      plan: async (c, b) => {
+        c.restore = await findSavedState(ctx, c.vm, c.image!);
+        if (c.restore)
+          b.admit(
+            `resumes from ${c.restore.from === 'suspend' ? 'its suspended state' : `snapshot ${c.restore.from}`} (${c.restore.saved.bytes} bytes, ${c.restore.saved.version}, ${c.restore.saved.machine}) instead of booting`,
+          );
+      },
+    },
+    {
       // Check and reserve in one synchronous block: the `starting` row is the
       // reservation the next admission check sees.
       name: 'admission',
@@ -167,8 +184,17 @@ export function bootPart(
       run: async (c) => {
         const live = c.live!;
         live.launchedAt = performance.now();
-        const running = await live.hv.launch(launchSpec(c), plain(live.log));
+        const spec = launchSpec(c);
+        const r = c.restore;
+        if (r) {
+          const check = checkSha256(r.file, r.sha256, `VM ${c.vm.name}`);
+          check.catch(() => undefined); // awaited by the backend; unobserved if launch fails first
+          spec.restore = { file: r.file, state: r.saved, check };
+        }
+        const running = await live.hv.launch(spec, plain(live.log));
         live.running = running;
+        await writeStateSpec(live.dir, spec);
+        if (r) resumed(c, r, performance.now() - live.launchedAt);
         ctx.openAgent(live, c.vm.network.agentOverNetwork === true);
         ctx.watchExit(live, running);
         ctx.armBootTimer(live);
@@ -210,6 +236,20 @@ export function bootPart(
     },
   ];
 
+  /** Resumed from saved state: record it; the agent's first hello finishes it (restore.ts). */
+  function resumed(c: BootCtx, r: RestoreSource, ms: number): void {
+    const info: RestoreInfo = {
+      snapshot: r.from === 'suspend' ? 'suspend' : r.from,
+      generation: r.generation,
+      spawnToRunningMs: Math.round(ms),
+    };
+    c.live!.restoring = { info };
+    vms.setRestored(c.vm.id, r.generation, info, ctx.now());
+    c.live!.log.info(info, 'resumed from saved state');
+    // Loaded into the new process: a suspended VM's state file has served.
+    if (r.from === 'suspend') void rm(r.file, { force: true });
+  }
+
   /** The hypervisor's launch spec for this boot (launched, or planned). */
   function launchSpec(c: BootCtx): LaunchSpec {
     const live = c.live!;
@@ -240,6 +280,7 @@ export function bootPart(
       },
       network: net.nic,
       consoleLogBytes: options.consoleLogBytes,
+      identity: identityFor(c.vm, net, c.restore?.generation ?? 0),
     };
   }
 
@@ -306,12 +347,14 @@ export function bootPart(
     if (!boot) return vm; // already up or booting: start is idempotent
     const c: BootCtx = { vm };
     let failed: { step: string; reason: string } | undefined;
+    // A suspended VM whose resume fails stays suspended, its state kept for another try.
+    const down = vm.state === 'suspended' ? 'suspended' : 'failed';
     try {
       await runSteps(BOOT_STEPS, c, ctx.log.child({ vmId: id }), (step, err) => {
         const reason = `boot step '${step}' failed: ${err instanceof Error ? err.message : String(err)}`;
         failed = { step, reason };
         // Rollback kills the process; its exit must not be read as a crash.
-        if (c.live) c.live.exitIntent = { to: 'failed', reason };
+        if (c.live) c.live.exitIntent = { to: down, reason };
       });
     } catch (err) {
       const inner = err instanceof StepError ? err.error : err;
@@ -323,7 +366,7 @@ export function bootPart(
         if (lives.get(id) === c.live) lives.delete(id);
       }
       ctx.lastFailure.set(id, { code, reason });
-      if (vms.get(id)?.state === 'starting') ctx.transition(id, 'failed', reason, 'error');
+      if (vms.get(id)?.state === 'starting') ctx.transition(id, down, reason, 'error');
       if (inner instanceof MvirtError) throw inner;
       throw new MvirtError('BOOT_FAILED', reason, { cause: inner });
     }

@@ -23,6 +23,7 @@ import type { ImageStore } from './images.js';
 import type { Live } from './live.js';
 import type { VolumeAttach } from '../volumes/attach.js';
 import type { VolumeFiles } from '../volumes/files.js';
+import type { SnapshotFiles } from '../snapshots/files.js';
 
 export interface VmManagerOptions {
   /** `<data-dir>/vm`: one folder per VM id. */
@@ -70,6 +71,8 @@ export interface VmManagerDeps {
   volumes?: { attach: VolumeAttach; files: VolumeFiles };
   /** Each VM's agent session (host/agent/). */
   agents: AgentSessions;
+  /** VM snapshots' folders (forks resume from them). */
+  snapshotFiles: SnapshotFiles;
   /** Whether a client subscribes to a topic now (the broker's hasSubscriber); default: always. */
   listening?: (topic: string) => boolean;
   topics: Topics;

@@ -7,7 +7,7 @@
 import type { Duplex } from 'node:stream';
 import type { Hypervisor, RunningVm } from '../hypervisors/types.js';
 import type { ErrorCode } from '../../protocol/errors.js';
-import type { VmState } from '../../protocol/rpc.js';
+import type { RestoreInfo, VmState } from '../../protocol/rpc.js';
 import type { MvirtLogger } from '../log.js';
 
 export interface Live {
@@ -25,7 +25,13 @@ export interface Live {
   console?: Duplex;
   pausedFrom?: VmState;
   /** What the exit of the process means, when we caused it. */
-  exitIntent?: { to: 'stopped' | 'failed'; reason: string };
+  exitIntent?: { to: 'stopped' | 'failed' | 'suspended'; reason: string };
+  /** Resumed from saved state: what the agent's first hello must finish (restore.ts). */
+  restoring?: {
+    info: RestoreInfo;
+    /** The agent's clock and entropy sync, once asked for. */
+    synced?: Promise<void>;
+  };
   /** Why the last boot failed, for `vm.start {wait}` callers. */
   failure?: { code: ErrorCode; reason: string };
   /** The daemon is shutting down and leaves this VM running. */

@@ -38,6 +38,8 @@ import { diskOperations } from './hotplug.js';
 import { vmDiskAccess } from './disk-access.js';
 import { clearTimers } from './live.js';
 import { vmOperations } from './ops.js';
+import { savableLive, savePart } from './save.js';
+import { forkPart } from './forks.js';
 import { inspectPart } from './inspect.js';
 import { vmPlans } from './plan.js';
 import { recoveryPart } from './recovery.js';
@@ -69,12 +71,23 @@ export function createVmManager(deps: VmManagerDeps) {
   );
   const { vms, lives, log } = ctx;
   const ops = vmOperations(ctx);
+  const save = savePart(ctx);
+  const forks = forkPart(ctx, ops);
   const diskOps = diskOperations(ctx);
   let unsubscribeConsole: (() => Promise<void>) | undefined;
 
   return {
     ...ops,
     ...diskOps,
+    ...forks,
+    suspend: save.suspend,
+    saveForSnapshot: save.saveForSnapshot,
+    /** vm.snapshot's checks (VM_BAD_STATE, CAPABILITY_UNSUPPORTED), without saving. */
+    checkSavable(ref: string): VmRecord {
+      const vm = ctx.find(ref);
+      savableLive(ctx, vm, 'snapshot');
+      return vm;
+    },
     ...inspectPart(ctx),
     disks: vmDiskAccess(ctx),
     /** Dry runs of the vm.* methods (plan.ts). */

@@ -13,6 +13,8 @@ import { admitCreate, capable, pausedLive, requireDown, upLive } from './admit.j
 import { clearTimers, exitsWithin } from './live.js';
 import { unlinkDisks } from './disks.js';
 import { canTransition } from './states.js';
+import { SUSPEND_FILE } from './save.js';
+import path from 'node:path';
 import { DOWN_VM_STATES, isActiveVm, UP_VM_STATES } from '../../protocol/states.js';
 
 export function vmOperations(ctx: VmContext) {
@@ -140,6 +142,12 @@ export function vmOperations(ctx: VmContext) {
         const cur = vms.get(id);
         if (!cur) throw new MvirtError('VM_NOT_FOUND', `VM ${ref} was deleted`);
         const live = ctx.liveOf(id);
+        if (!live && cur.state === 'suspended') {
+          // Stopping a suspended VM drops its saved state: its next start boots.
+          vms.setPendingRestore(id, null, ctx.now());
+          await rm(path.join(ctx.dirOf(id), SUSPEND_FILE), { force: true });
+          return ctx.transition(id, 'stopped', 'stop requested: saved state dropped');
+        }
         if (!live) {
           if (isActiveVm(cur.state)) {
             // State says up but no process is known: record the truth.

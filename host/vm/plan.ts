@@ -16,6 +16,7 @@ import { linkedSpec } from './disks.js';
 import { ATTACH_STEPS, DETACH_STEPS, diskOf, hotplugOf, keepFor, storage } from './hotplug.js';
 import type { Live } from './live.js';
 import { canTransition } from './states.js';
+import { savableLive, SUSPEND_FILE } from './save.js';
 
 export function vmPlans(ctx: VmContext) {
   const dataDir = path.dirname(ctx.options.vmDir);
@@ -96,6 +97,17 @@ export function vmPlans(ctx: VmContext) {
       capable(ctx, vm, 'pause');
       control(b.step('pause the vCPUs'), upLive(ctx, vm, 'pause'), 'pause');
       vmChange(b, vm, 'paused');
+      return b.done();
+    },
+
+    suspend(ref: string): DryRunPlan {
+      const b = begin('vm.suspend');
+      const vm = ctx.find(ref);
+      savableLive(ctx, vm, 'suspend');
+      b.admit(`VM ${vm.name} is ${vm.state}: its state can be saved`);
+      b.step('pause the VM', 'save its memory and device state', 'end its hypervisor process');
+      b.create(path.join(ctx.dirOf(vm.id), SUSPEND_FILE));
+      vmChange(b, vm, ...(vm.state === 'paused' ? [] : ['paused']), 'suspended');
       return b.done();
     },
 

@@ -25,6 +25,14 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'vm.delete': 'Delete a stopped or failed VM (VM_RUNNING otherwise).',
   'vm.attachDisk':
     'Attach a volume: hot-plugged into a running VM (virtio-blk, serial = volume id), recorded for the next boot of a stopped one.',
+  'vm.snapshot':
+    "Save a VM's memory and device state as a named snapshot (the VM pauses for as long as that takes, then goes on); forks resume from it with vm.create {fromSnapshot}.",
+  'vm.suspend':
+    "Save a VM's memory and device state into its folder and end its hypervisor process (state suspended); vm.start resumes it without booting.",
+  'snapshot.get': 'One VM snapshot: its source VM, image, size, hypervisor build and machine type.',
+  'snapshot.list': 'The VM snapshots (of one VM with `vm`), oldest first.',
+  'snapshot.delete':
+    'Delete a VM snapshot and its files; refused (SNAPSHOT_IN_USE) while VMs made from it have not started yet.',
   'vm.blockDevices':
     "The guest's block devices now, asked of its agent: name, serial (a volume's id), size, read-only, mount and the mount's use.",
   'vm.detachDisk':

@@ -361,8 +361,11 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         connect,
         log: vmLog,
       });
-      if (spec.restore)
+      if (spec.restore) {
         await loadState(qmp, spec.dir, spec.restore.file, vmLog, opts.launchTimeoutMs);
+        // Loaded, not yet run: a state that fails its check never executes.
+        await spec.restore.check;
+      }
       // QEMU was started with -S: the console is connected, run the guest now.
       await qmp.execute('cont');
       vmLog.info({ pid, ms: Date.now() - started }, 'QEMU running');
@@ -387,6 +390,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       }
       const exit = await exitedEarly;
       await release(spec.dir, vmLog);
+      // A saved state that failed its check: the caller's typed error, not a boot failure.
+      if (err instanceof MvirtError && err.code.startsWith('SNAPSHOT_')) throw err;
       const tail = await logTail(paths.log);
       const how = exit.error
         ? `could not be started: ${exit.error.message}`

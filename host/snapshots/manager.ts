@@ -1,0 +1,212 @@
+/**
+ * VM snapshots (vm.snapshot, snapshot.get|list|delete): a row in SQLite
+ * (host/store/snapshots.ts) and a folder with the saved state and its
+ * manifest (files.ts). The VM manager saves the state (vm/save.ts); forks
+ * resume from it (vm/restore.ts). A snapshot is listed as usable only once
+ * its manifest is on disk and its row says `ready`: a crash while saving
+ * leaves a `saving` row that recover() removes with its folder.
+ */
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { actorName, currentActing } from '../auth/actor.js';
+import type { EventLog } from '../events/log.js';
+import type { MvirtLogger } from '../log.js';
+import { createPlan } from '../plan.js';
+import type { Store, StoredSnapshot } from '../store/index.js';
+import { publicSnapshot } from '../store/snapshots.js';
+import type { ImageStore } from '../vm/images.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { DryRunPlan } from '../../protocol/plan.js';
+import type { SnapshotRecord, VmRecord } from '../../protocol/rpc.js';
+import { newSnapshotId, STATE_FILE, MANIFEST_FILE, type SnapshotFiles } from './files.js';
+import type { SavedVm } from '../vm/save.js';
+
+export interface SnapshotManagerDeps {
+  store: Store;
+  files: SnapshotFiles;
+  images: ImageStore;
+  vms: {
+    get(ref: string): VmRecord;
+    /** VM_BAD_STATE / CAPABILITY_UNSUPPORTED unless the VM's state can be saved now. */
+    checkSavable(ref: string): VmRecord;
+    saveForSnapshot(id: string, file: string): Promise<SavedVm>;
+  };
+  events: EventLog;
+  log: MvirtLogger;
+  dataDir: string;
+}
+
+export function createSnapshotManager(d: SnapshotManagerDeps) {
+  const repo = d.store.snapshots;
+  const log = d.log.child({ component: 'snapshot' });
+
+  function find(ref: string): StoredSnapshot {
+    const s = repo.find(ref);
+    if (!s || s.state !== 'ready')
+      throw new MvirtError('SNAPSHOT_NOT_FOUND', `no snapshot with id or name ${ref}`);
+    return s;
+  }
+
+  /** The forks that have not resumed from it yet (they need its files at their first start). */
+  const waitingForks = (id: string): VmRecord[] =>
+    d.store.vms
+      .list()
+      .filter((v) => v.restoredFrom === id && d.store.vms.restoreState(v.id)?.pending !== null);
+
+  async function takeChecks(vmRef: string, name: string) {
+    const vm = d.vms.checkSavable(vmRef);
+    if (repo.nameTaken(name))
+      throw new MvirtError('SNAPSHOT_EXISTS', `a snapshot named ${name} already exists`);
+    const image = await d.images.resolve(vm.image);
+    return { vm, image };
+  }
+
+  async function take(vmRef: string, name: string): Promise<SnapshotRecord> {
+    const { vm, image } = await takeChecks(vmRef, name);
+    const id = newSnapshotId();
+    const generation = d.store.vms.restoreState(vm.id)?.generation ?? 0;
+    const createdBy = actorName(currentActing().actor);
+    try {
+      repo.insert(
+        {
+          id,
+          name,
+          sourceVm: vm.id,
+          sourceName: vm.name,
+          image: image.name,
+          imageKey: image.manifest.key,
+          backend: vm.backend,
+          vcpus: vm.vcpus,
+          memoryMiB: vm.memoryMiB,
+          network: vm.network,
+          generation,
+          createdBy,
+        },
+        new Date().toISOString(),
+      );
+    } catch (err) {
+      if (String(err).includes('UNIQUE'))
+        throw new MvirtError('SNAPSHOT_EXISTS', `a snapshot named ${name} already exists`);
+      throw err;
+    }
+    try {
+      await d.files.prepare(id);
+      const r = await d.vms.saveForSnapshot(vm.id, d.files.stateFile(id));
+      const row = repo.get(id)!;
+      await d.files.writeManifest({
+        format: 1,
+        id,
+        name,
+        createdAt: row.createdAt,
+        createdBy,
+        source: { vm: vm.id, name: vm.name, generation },
+        image: { name: image.name, key: image.manifest.key },
+        network: vm.network,
+        state: r.saved,
+        files: { [STATE_FILE]: { bytes: r.saved.bytes, sha256: r.sha256 } },
+      });
+      repo.markReady(id, r.saved, r.sha256);
+      const rec = publicSnapshot(repo.get(id)!);
+      d.events.append({
+        level: 'audit',
+        component: 'snapshot',
+        message: `${vm.name}: snapshot ${name} taken (${r.saved.bytes} bytes in ${r.ms} ms)`,
+        objects: [id, vm.id],
+        data: { ms: r.ms, bytes: r.saved.bytes, machine: r.saved.machine },
+      });
+      return rec;
+    } catch (err) {
+      await d.files.remove(id).catch(() => undefined);
+      repo.delete(id);
+      throw err;
+    }
+  }
+
+  async function remove(ref: string): Promise<Record<string, never>> {
+    const s = find(ref);
+    const forks = waitingForks(s.id);
+    if (forks.length > 0)
+      throw new MvirtError(
+        'SNAPSHOT_IN_USE',
+        `snapshot ${s.name} is the saved state of VMs that have not started yet: ${forks.map((v) => v.name).join(', ')}; start or delete them first`,
+        { details: { vms: forks.map((v) => v.id) } },
+      );
+    repo.delete(s.id);
+    await d.files.remove(s.id);
+    d.events.append({
+      level: 'audit',
+      component: 'snapshot',
+      message: `snapshot ${s.name} deleted`,
+      objects: [s.id],
+    });
+    return {};
+  }
+
+  const plan = {
+    async take(vmRef: string, name: string): Promise<DryRunPlan> {
+      const b = createPlan('vm.snapshot', d.dataDir);
+      const { vm, image } = await takeChecks(vmRef, name);
+      b.admit(`VM ${vm.name} is ${vm.state}: its state can be saved`)
+        .admit(`name ${name} is free`)
+        .admit(`image ${image.name} found`);
+      b.step('record the snapshot (saving)', 'pause the VM', 'save its memory and device state');
+      b.step('hash the state file', 'write the manifest', 'resume the VM as it was');
+      const dir = path.join(d.files.root, '<new id>');
+      b.create(`${dir}/`, path.join(dir, STATE_FILE), path.join(dir, MANIFEST_FILE));
+      b.change(`snapshot ${name}: created from VM ${vm.name}`);
+      return b.done();
+    },
+    remove(ref: string): DryRunPlan {
+      const b = createPlan('snapshot.delete', d.dataDir);
+      const s = find(ref);
+      const forks = waitingForks(s.id);
+      if (forks.length > 0)
+        throw new MvirtError(
+          'SNAPSHOT_IN_USE',
+          `snapshot ${s.name} is needed by ${forks.length} VMs`,
+        );
+      b.admit(`no VM waits to resume from snapshot ${s.name}`);
+      b.remove(`${d.files.dirOf(s.id)}/`);
+      b.change(`snapshot ${s.name}: deleted`);
+      return b.done();
+    },
+  };
+
+  /**
+   * After a restart: a `saving` row is a snapshot a crash interrupted (its
+   * files may be partial): removed with its folder. A folder without a row
+   * (a crash between the two) goes too.
+   */
+  async function recover(): Promise<void> {
+    for (const id of repo.saving()) {
+      log.warn({ snapshot: id }, 'removing a snapshot that was being saved when mvirtd stopped');
+      await d.files.remove(id);
+      repo.delete(id);
+    }
+    const known = new Set(repo.list().map((s) => s.id));
+    const entries = await readdir(d.files.root).catch(() => [] as string[]);
+    for (const name of entries) {
+      if (known.has(name) || !/^snap-[0-9a-f]{12}$/.test(name)) continue;
+      log.warn({ snapshot: name }, 'removing a snapshot folder with no record');
+      await d.files.remove(name);
+    }
+  }
+
+  return {
+    take,
+    get: (ref: string): SnapshotRecord => publicSnapshot(find(ref)),
+    list: (vmRef?: string): SnapshotRecord[] => {
+      const vm = vmRef === undefined ? undefined : (d.store.vms.find(vmRef)?.id ?? vmRef);
+      return repo
+        .list(vm)
+        .filter((s) => s.state === 'ready')
+        .map(publicSnapshot);
+    },
+    resolveId: (ref: string): string | undefined => repo.find(ref)?.id,
+    delete: remove,
+    plan,
+    recover,
+  };
+}
+
+export type SnapshotManager = ReturnType<typeof createSnapshotManager>;

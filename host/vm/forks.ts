@@ -1,0 +1,103 @@
+/**
+ * vm.create {fromSnapshot, count}: one or N new VMs that resume from a
+ * snapshot instead of booting. Each is an ordinary VM (its own id, name,
+ * address, token, topic subtree) whose first start loads the snapshot's
+ * state (restore.ts); the agent inside takes the new identity it is handed.
+ */
+import { MvirtError } from '../../protocol/errors.js';
+import type { DryRunPlan } from '../../protocol/plan.js';
+import type { VmRecord } from '../../protocol/rpc.js';
+import { DOWN_VM_STATES, UP_VM_STATES } from '../../protocol/states.js';
+import { createPlan } from '../plan.js';
+import type { StoredSnapshot } from '../store/index.js';
+import type { CreateVmParams, VmContext } from './context.js';
+import path from 'node:path';
+
+export interface ForkParams {
+  name: string;
+  fromSnapshot: string;
+  count?: number;
+  wait?: boolean;
+  kind?: CreateVmParams['kind'];
+  metadata?: Record<string, string>;
+}
+
+export type ForkResult = VmRecord & { forks?: VmRecord[] };
+
+export function forkPart(
+  ctx: VmContext,
+  ops: {
+    create(p: CreateVmParams): Promise<VmRecord>;
+    start(ref: string, wait?: boolean): Promise<VmRecord>;
+  },
+) {
+  function snapshotOf(ref: string): StoredSnapshot {
+    const s = ctx.store.snapshots.find(ref);
+    if (!s || s.state !== 'ready')
+      throw new MvirtError('SNAPSHOT_NOT_FOUND', `no snapshot with id or name ${ref}`);
+    return s;
+  }
+
+  /** The forks' names, free, and room for all of them now. */
+  function checks(p: ForkParams): { snap: StoredSnapshot; names: string[] } {
+    const snap = snapshotOf(p.fromSnapshot);
+    const count = p.count ?? 1;
+    const names =
+      count === 1 ? [p.name] : Array.from({ length: count }, (_, i) => `${p.name}-${i + 1}`);
+    for (const n of names)
+      if (ctx.vms.nameTaken(n)) throw new MvirtError('VM_EXISTS', `a VM named ${n} already exists`);
+    const size = { vcpus: snap.vcpus, memoryMiB: snap.memoryMiB };
+    for (let i = 0; i < count; i++) {
+      const problem = ctx.admissionProblem(size, {
+        vms: i,
+        vcpus: i * size.vcpus,
+        memoryMiB: i * size.memoryMiB,
+      });
+      if (problem) throw problem;
+    }
+    return { snap, names };
+  }
+
+  async function createFromSnapshot(p: ForkParams): Promise<ForkResult> {
+    const { snap, names } = checks(p);
+    const made: VmRecord[] = [];
+    for (const name of names) {
+      const vm = await ops.create({
+        name,
+        image: snap.image,
+        vcpus: snap.vcpus,
+        memoryMiB: snap.memoryMiB,
+        backend: snap.backend,
+        network: snap.network,
+        ...(p.kind ? { kind: p.kind } : {}),
+        metadata: { ...p.metadata, 'mvirt.snapshot': snap.id },
+      });
+      ctx.vms.markFork(vm.id, snap.id, ctx.now());
+      made.push(vm);
+    }
+    // Side by side: each start is its own VM's lock; the hypervisor spawns overlap.
+    const started = await Promise.all(made.map((vm) => ops.start(vm.id)));
+    const all = p.wait
+      ? await Promise.all(
+          started.map((vm) => ctx.waitForState(vm.id, UP_VM_STATES, DOWN_VM_STATES)),
+        )
+      : started.map((vm) => ctx.vms.get(vm.id) ?? vm);
+    const [first, ...rest] = all;
+    return rest.length > 0 ? { ...first!, forks: rest } : first!;
+  }
+
+  function plan(p: ForkParams): DryRunPlan {
+    const b = createPlan('vm.create', path.dirname(ctx.options.vmDir));
+    const { snap, names } = checks(p);
+    b.admit(
+      `snapshot ${snap.name} is ready (${snap.vcpus} vCPUs, ${snap.memoryMiB} MiB, image ${snap.image})`,
+    )
+      .admit(`names ${names.join(', ')} are free`)
+      .admit(`room for ${names.length} more VMs of that size`);
+    b.step('record each VM', 'start each: resume from the snapshot (no boot)');
+    for (const n of names) b.change(`vm ${n}: created from snapshot ${snap.name}, starting`);
+    return b.done();
+  }
+
+  return { createFromSnapshot, planFromSnapshot: plan };
+}

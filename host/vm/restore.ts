@@ -1,0 +1,183 @@
+/**
+ * Booting by resuming saved state instead (a fork's first start from its
+ * snapshot, or a start of a suspended VM), and the guest's side of it: who it
+ * is now (the identity the hypervisor hands it), and the first hello of its
+ * agent afterwards, when mvirtd sets the guest's clock, adds entropy and
+ * records what the agent did (fork hygiene, reported as a `restored` event).
+ */
+import { randomBytes } from 'node:crypto';
+import { rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  CMDLINE_KEYS,
+  encodeIdentity,
+  SyncResult,
+  type Hello,
+  type Identity,
+} from '../../protocol/agent.js';
+import { MvirtError } from '../../protocol/errors.js';
+import type { RestoreInfo, VmRecord } from '../../protocol/rpc.js';
+import type { SavedState } from '../hypervisors/types.js';
+import type { BootNetwork } from '../network/index.js';
+import type { PendingRestore } from '../store/index.js';
+import { savedOf, sha256File } from '../snapshots/files.js';
+import type { VmContext } from './context.js';
+import type { ResolvedImage } from './images.js';
+import type { Live } from './live.js';
+import { SUSPEND_FILE } from './save.js';
+
+/** What a boot resumes from instead of booting. */
+export interface RestoreSource {
+  /** `suspend`, or the snapshot id. */
+  from: string;
+  file: string;
+  saved: SavedState;
+  sha256: string;
+  /** The identity generation the guest gets (higher than any it ran with). */
+  generation: number;
+}
+
+/** Entropy handed to a guest per boot and per sync (mixed into its pool). */
+const ENTROPY_BYTES = 64;
+
+/** Who the VM is, as its guest reads it (protocol/agent.ts Identity). */
+export function identityFor(vm: VmRecord, net: BootNetwork, generation: number): Buffer {
+  const ip = net.cmdline[CMDLINE_KEYS.ip];
+  const identity: Identity = {
+    v: 1,
+    generation,
+    vmId: vm.id,
+    hostname: vm.name,
+    entropy: randomBytes(ENTROPY_BYTES).toString('base64'),
+    ...(net.token !== undefined ? { token: net.token } : {}),
+    ...(net.nic.mode === 'bridge' && net.nic.mac && ip
+      ? {
+          net: {
+            mac: net.nic.mac,
+            ip,
+            ...(net.cmdline[CMDLINE_KEYS.gw] ? { gw: net.cmdline[CMDLINE_KEYS.gw] } : {}),
+            ...(net.cmdline[CMDLINE_KEYS.dns] ? { dns: net.cmdline[CMDLINE_KEYS.dns] } : {}),
+          },
+        }
+      : {}),
+  };
+  return encodeIdentity(identity);
+}
+
+const incompatible = (why: string) => new MvirtError('SNAPSHOT_INCOMPATIBLE', why);
+
+/**
+ * The saved state this start of `vm` resumes from, or null for a cold boot:
+ * checked (manifest, sizes, image) before anything is launched. The state
+ * file's sha256 is checked while the hypervisor loads it (restore.check).
+ */
+export async function findSavedState(
+  ctx: VmContext,
+  vm: VmRecord,
+  image: ResolvedImage,
+): Promise<RestoreSource | null> {
+  const rs = ctx.vms.restoreState(vm.id);
+  const pending: PendingRestore | null = rs?.pending ?? null;
+  if (!rs || !pending) return null;
+  if (pending.from === 'suspend') {
+    // Only a suspended VM resumes; a leftover of an interrupted suspend is dropped.
+    if (vm.state !== 'suspended') {
+      ctx.vms.setPendingRestore(vm.id, null, ctx.now());
+      await rm(path.join(ctx.dirOf(vm.id), SUSPEND_FILE), { force: true });
+      return null;
+    }
+    const file = path.join(ctx.dirOf(vm.id), SUSPEND_FILE);
+    const size = await stat(file).then(
+      (s) => s.size,
+      () => -1,
+    );
+    if (size !== pending.saved.bytes)
+      throw new MvirtError(
+        'SNAPSHOT_INVALID',
+        `the suspended state of VM ${vm.name} has ${size < 0 ? 'no file' : `${size} bytes`}, ${pending.saved.bytes} expected; delete the VM or start it afresh after vm.stop`,
+      );
+    return {
+      from: 'suspend',
+      file,
+      saved: pending.saved,
+      sha256: pending.sha256,
+      generation: rs.generation + 1,
+    };
+  }
+  const snap = ctx.store.snapshots.get(pending.snapshot);
+  if (!snap || snap.state !== 'ready')
+    throw new MvirtError(
+      'SNAPSHOT_NOT_FOUND',
+      `VM ${vm.name} was made from snapshot ${pending.snapshot}, which is gone; delete the VM`,
+    );
+  const m = await ctx.snapshotFiles.readManifest(snap.id);
+  if (m.image.name !== image.name || m.image.key !== image.manifest.key)
+    throw incompatible(
+      `snapshot ${snap.name} was taken of image ${m.image.name} as built then; image ${image.name} was rebuilt since`,
+    );
+  return {
+    from: snap.id,
+    file: ctx.snapshotFiles.stateFile(snap.id),
+    saved: savedOf(m),
+    sha256: m.files['state.bin'].sha256,
+    generation: Math.max(m.source.generation, rs.generation) + 1,
+  };
+}
+
+/** Resolves when the file's sha256 is `want`; SNAPSHOT_INVALID otherwise. */
+export async function checkSha256(file: string, want: string, what: string): Promise<void> {
+  const got = await sha256File(file);
+  if (got !== want)
+    throw new MvirtError(
+      'SNAPSHOT_INVALID',
+      `${what}: the state file's sha256 is ${got}, the record says ${want}; it was changed or damaged`,
+    );
+}
+
+export function restorePart(ctx: VmContext) {
+  /** The first hello after a restore: set the clock, add entropy, record the agent's report. */
+  function onHello(live: Live, hello: Hello): void {
+    const r = live.restoring;
+    if (!r || r.synced) return;
+    r.synced = sync(live, r, hello).catch((err: unknown) => {
+      live.log.warn({ err }, 'cannot sync the restored guest (clock, entropy)');
+    });
+  }
+
+  async function sync(live: Live, r: NonNullable<Live['restoring']>, hello: Hello): Promise<void> {
+    const raw = await ctx.agents.call(
+      live.id,
+      'sync',
+      { nowMs: Date.now(), entropy: randomBytes(ENTROPY_BYTES) },
+      ctx.options.agentCallTimeoutMs,
+    );
+    const res = SyncResult.parse(raw);
+    const rep = hello.restored;
+    // r.info is the one object ready and sync both complete (in either order).
+    Object.assign(r.info, {
+      clockStepMs: res.clockStepMs,
+      entropyBytes: res.entropyBytes + (rep?.entropyBytes ?? 0),
+      ...(rep
+        ? {
+            network: rep.network,
+            jobsDropped: rep.jobsDropped,
+            ...(rep.previous.vmId !== live.id ? { previousVm: rep.previous.vmId } : {}),
+          }
+        : {}),
+    } satisfies Partial<RestoreInfo>);
+    const info = r.info;
+    ctx.vms.setRestoreInfo(live.id, info, ctx.now());
+    const vm = ctx.vms.get(live.id);
+    if (!vm) return;
+    ctx.events.append({
+      level: 'info',
+      component: 'vm',
+      message: `${vm.name}: restored (clock stepped ${Math.round(res.clockStepMs)} ms, ${info.entropyBytes} bytes of entropy${info.previousVm ? `, was ${info.previousVm}` : ''})`,
+      objects: [live.id, ...(info.snapshot !== 'suspend' ? [info.snapshot] : [])],
+      data: info,
+    });
+    ctx.events.publishVmEvent(live.id, { at: ctx.now(), type: 'restored' });
+  }
+
+  return { onRestoredHello: onHello };
+}
