@@ -142,6 +142,14 @@ export function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
       if (action === 'reboot') rebootRealGuest(hv, vm);
       else signalGuest(vm.pid, 'SIGHUP'); // the fake guest exits 0: a poweroff
     },
+    // No fw_cfg: the fake guest runs as its command line's VM. The test
+    // host's clock, random pool, hostname and NICs are not the guest's: a
+    // sync or restore changes none of them.
+    readIdentity: async () => null,
+    setClock: async () => 0,
+    mixEntropy: async () => undefined,
+    setHostname: async () => undefined,
+    configureNic: async () => undefined,
     jobEnv: () => linux.jobEnv(),
     clock: linux.clock,
   };

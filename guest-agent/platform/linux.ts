@@ -6,12 +6,15 @@ import path from 'node:path';
 import { connect } from 'node:net';
 import os from 'node:os';
 import type { Duplex } from 'node:stream';
+import { FW_CFG_IDENTITY } from '../../protocol/agent.js';
 import {
   UnsupportedChannelError,
   type ChannelSpec,
+  type NicConfig,
   type Platform,
   type PowerAction,
 } from './types.js';
+import { createClockSetter } from './clock.js';
 import { findVirtioPort, openPollableDevice } from './virtio.js';
 import { createJobGroups } from './cgroups.js';
 import type { SeedIo } from '../cloud-init.js';
@@ -20,6 +23,49 @@ const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 const TCP_CONNECT_TIMEOUT_MS = 10_000;
 /** If init has not taken the machine down by then, force it. */
 const POWER_FALLBACK_MS = 10_000;
+/**
+ * The identity's fw_cfg file. The µOS init loads qemu_fw_cfg (the image
+ * recipe's modules); the modules stay in the initramfs, so the agent cannot
+ * load it itself: without it (or without the file) there is no identity.
+ */
+export const IDENTITY_PATH = `/sys/firmware/qemu_fw_cfg/by_name/${FW_CFG_IDENTITY}/raw`;
+/** The one NIC mvirtd gives a VM (the µOS's net-up configures the same). */
+const NIC = 'eth0';
+
+/** Run a (busybox) command; rejects with its exit status and stderr when it fails. */
+function run(argv: readonly string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const [file, ...args] = argv as [string, ...string[]];
+    const child = spawn(file, args, {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { PATH: DEFAULT_PATH },
+    });
+    let stderr = '';
+    child.stderr
+      .setEncoding('utf8')
+      .on('data', (d: string) => (stderr = (stderr + d).slice(0, 1024)));
+    child.once('error', (err) => reject(new Error(`${argv.join(' ')}: ${err.message}`)));
+    child.once('exit', (code, signal) => {
+      if (code === 0) return resolve();
+      const why = stderr.trim().slice(0, 512) || `exit ${code ?? signal}`;
+      reject(new Error(`${argv.join(' ')}: ${why}`));
+    });
+  });
+}
+
+async function configureNic(net: NicConfig): Promise<void> {
+  // virtio-net refuses a new MAC while the link is up (EBUSY) unless the
+  // device offers live changes: take it down. Down also drops its routes.
+  await run(['ip', 'link', 'set', 'dev', NIC, 'down']);
+  await run(['ip', 'link', 'set', 'dev', NIC, 'address', net.mac]);
+  await run(['ip', 'link', 'set', 'dev', NIC, 'up']);
+  await run(['ip', 'addr', 'flush', 'dev', NIC]);
+  await run(['ip', 'addr', 'add', net.ip, 'dev', NIC]);
+  if (net.gw) await run(['ip', 'route', 'replace', 'default', 'via', net.gw, 'dev', NIC]);
+  // /etc/resolv.conf links to /run/resolv.conf in the µOS; a read-only one is left alone.
+  if (net.dns)
+    await writeFile('/etc/resolv.conf', `nameserver ${net.dns}\n`).catch(() => undefined);
+}
 
 function uptimeS(): number {
   return Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
@@ -57,6 +103,12 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   // even though JavaScript started running later.
   const processStartS = uptimeS() - process.uptime();
   const groups = createJobGroups({ root: o.cgroupRoot });
+  const clock = createClockSetter({
+    wallMs: () => Date.now(),
+    monoMs: () => performance.now(),
+    wait: (ms) => new Promise((r) => setTimeout(r, ms)),
+    setSeconds: (s) => run(['date', '-u', '-s', `@${s}`]),
+  });
 
   return {
     spawn(req) {
@@ -129,6 +181,28 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       }
       setTimeout(force, POWER_FALLBACK_MS);
     },
+    async readIdentity() {
+      try {
+        return await readFile(IDENTITY_PATH);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+        throw err;
+      }
+    },
+    setClock: (nowMs) => clock.set(nowMs),
+    async mixEntropy(bytes) {
+      // Written bytes are mixed into the pool but not credited: crediting
+      // needs the RNDADDENTROPY ioctl, which Node cannot make. Restores are
+      // covered by the kernel itself: its vmgenid driver reseeds the RNG when
+      // the host's vmgenid device says the VM was restored.
+      await writeFile('/dev/urandom', bytes);
+    },
+    async setHostname(name) {
+      await writeFile('/proc/sys/kernel/hostname', name);
+      // /etc/hostname links here (rcS writes it at boot).
+      await writeFile('/run/hostname', `${name}\n`).catch(() => undefined);
+    },
+    configureNic,
     jobEnv() {
       const out: Record<string, string> = {};
       for (const [k, v] of Object.entries(env)) {

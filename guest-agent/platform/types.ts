@@ -46,6 +46,15 @@ export interface JobGroup {
   remove(): Promise<void>;
 }
 
+/** Bridged mode: what the NIC of a restored VM must take (protocol Identity.net). */
+export interface NicConfig {
+  mac: string;
+  /** ADDR/PREFIX */
+  ip: string;
+  gw?: string | undefined;
+  dns?: string | undefined;
+}
+
 export interface Platform {
   /** Spawn `argv` in its own process group with piped stdio. */
   spawn(req: SpawnRequest): Proc;
@@ -66,6 +75,22 @@ export interface Platform {
   openChannel(spec: ChannelSpec): Promise<Duplex>;
   /** Ask init to power off or reboot the machine. */
   power(action: PowerAction): Promise<void>;
+  /**
+   * The identity the hypervisor hands this VM (QEMU fw_cfg, protocol
+   * FW_CFG_IDENTITY), raw; null when there is none (no fw_cfg file).
+   */
+  readIdentity(): Promise<Buffer | null>;
+  /**
+   * Step the wall clock so that it reads `nowMs` (ms since the epoch, true as
+   * of this call). Resolves with how far off it still is (wall − true, ms).
+   */
+  setClock(nowMs: number): Promise<number>;
+  /** Mix bytes into the kernel's random pool (without crediting entropy). */
+  mixEntropy(bytes: Uint8Array): Promise<void>;
+  /** Set the kernel's hostname (nodename). */
+  setHostname(name: string): Promise<void>;
+  /** Give the VM's one NIC this MAC, address, default route and DNS server. */
+  configureNic(net: NicConfig): Promise<void>;
   /** Base environment for jobs (exec.env is layered on top). */
   jobEnv(): Record<string, string>;
   readonly clock: {

@@ -8,8 +8,14 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
-import type { ChannelSpec, Platform, PowerAction } from '../../guest-agent/platform/types.js';
+import type {
+  ChannelSpec,
+  NicConfig,
+  Platform,
+  PowerAction,
+} from '../../guest-agent/platform/types.js';
 import { duplexPair } from './agent-duplex.js';
+import { encodeIdentity, type Identity } from '../../protocol/agent.js';
 
 export interface FakePlatform extends Platform {
   files: Map<string, string>;
@@ -20,10 +26,21 @@ export interface FakePlatform extends Platform {
   current: Duplex | null;
   channelSpecs: ChannelSpec[];
   uptime: number;
-  /** 'attempt' (spec), 'channel' (hostSide), 'read' (path), 'power' (action). */
+  /** 'attempt' (spec), 'channel' (hostSide), 'read' (path), 'power' (action), 'identity', 'spawn' (proc). */
   events: EventEmitter;
   /** Job groups by job id: set oomKills to play the kernel's OOM killer. */
   groups: Map<string, FakeJobGroup>;
+  /** The fw_cfg identity file (null: none); an Error is thrown by readIdentity. */
+  identity: Buffer | Error | null;
+  /** A fixed wall clock (ms) when set; setClock sets it. Null: the real clock. */
+  wallMs: number | null;
+  /** Every setClock target; entropy mixed; NICs configured. */
+  clockSets: number[];
+  entropy: Buffer[];
+  nics: NicConfig[];
+  hostname: string;
+  /** Make the next calls of these fail with this message. */
+  failures: { clock?: string; entropy?: string; nic?: string };
 }
 
 export interface FakeJobGroup {
@@ -50,6 +67,22 @@ export const PROC_FILES: Record<string, string> = {
   '/run/mvirt/init-uptime': '1.25 1.00\n',
 };
 
+/** Entropy of test identities (fw_cfg), before base64. */
+export const IDENTITY_ENTROPY = Buffer.from('0123456789abcdef0123456789abcdef');
+
+/** A valid identity (the harness's VM at generation 0 unless told otherwise). */
+export const identity = (o: Partial<Identity> = {}): Identity => ({
+  v: 1,
+  generation: 0,
+  vmId: 'vm-test',
+  hostname: 'vm-test',
+  entropy: IDENTITY_ENTROPY.toString('base64'),
+  ...o,
+});
+
+/** The fw_cfg file of an identity, as the guest reads it. */
+export const identityFile = (o: Partial<Identity> = {}): Buffer => encodeIdentity(identity(o));
+
 export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakePlatform {
   const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
   const events = new EventEmitter();
@@ -62,7 +95,18 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
     uptime: 12.5,
     events,
     groups: new Map(),
-    spawn: (req) => linux.spawn(req),
+    identity: null,
+    wallMs: null,
+    clockSets: [],
+    entropy: [],
+    nics: [],
+    hostname: 'guest',
+    failures: {},
+    spawn(req) {
+      const proc = linux.spawn(req);
+      events.emit('spawn', proc);
+      return proc;
+    },
     async jobGroup(jobId, pid) {
       const g: FakeJobGroup = { pid, oomKills: 0, removed: false };
       p.groups.set(jobId, g);
@@ -89,7 +133,7 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
     async cmdline() {
       return '';
     },
-    uname: () => ({ release: '6.1.0-test', hostname: 'guest' }),
+    uname: () => ({ release: '6.1.0-test', hostname: p.hostname }),
     async openChannel(spec) {
       p.channelSpecs.push(spec);
       events.emit('attempt', spec);
@@ -104,9 +148,31 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
       p.powerCalls.push(action);
       events.emit('power', action);
     },
+    async readIdentity() {
+      events.emit('identity');
+      if (p.identity instanceof Error) throw p.identity;
+      return p.identity;
+    },
+    async setClock(ms) {
+      if (p.failures.clock) throw new Error(p.failures.clock);
+      p.clockSets.push(ms);
+      p.wallMs = ms;
+      return 0;
+    },
+    async mixEntropy(bytes) {
+      if (p.failures.entropy) throw new Error(p.failures.entropy);
+      p.entropy.push(Buffer.from(bytes));
+    },
+    async setHostname(name) {
+      p.hostname = name;
+    },
+    async configureNic(net) {
+      if (p.failures.nic) throw new Error(p.failures.nic);
+      p.nics.push(net);
+    },
     jobEnv: () => linux.jobEnv(),
     clock: {
-      now: () => Date.now(),
+      now: () => p.wallMs ?? Date.now(),
       uptimeS: () => p.uptime,
       processStartS: () => 2.5,
     },
