@@ -14,6 +14,7 @@ import {
   type ConnectionOptions,
 } from './connection.js';
 import { AfterReply, createDispatcher, type Handlers } from './dispatch.js';
+import { AgentError } from './errors.js';
 import { createJobs, DEFAULT_JOB_OPTIONS, type JobOptions } from './jobs.js';
 import { createOutbox, DEFAULT_OUTBOX_LIMITS, type OutboxLimits, type Outbox } from './outbox.js';
 import type { Platform } from './platform/types.js';
@@ -50,6 +51,9 @@ export interface Agent {
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
 
+/** A clock still this far off (ms) after a sync's step is worth a warning. */
+const CLOCK_WARN_MS = 100;
+
 /** Seconds in a /proc/uptime-style file ("12.34 5.67"), or null. */
 export const parseUptime = (text: string | null): number | null => {
   const n = Number(text?.trim().split(/\s+/)[0]);
@@ -70,6 +74,8 @@ export function createAgent(
   let telemetryTimer: NodeJS.Timeout | null = null;
   let sampling = false;
   const sampler = createTelemetrySampler(platform);
+  /** One sync at a time: each may step the clock in rounds. */
+  let syncing: Promise<unknown> = Promise.resolve();
 
   /** Encode a validated up message. Our own invalid message is a bug: say so, do not send it. */
   function encodeUp<K extends AgentUpKind>(kind: K, msg: AgentUpMessage[K]): Buffer | null {
@@ -114,12 +120,37 @@ export function createAgent(
     }, telemetryMs);
   }
 
+  async function sync(nowMs: number, entropy: Uint8Array) {
+    const t0 = performance.now();
+    const clockStepMs = nowMs - platform.clock.now();
+    await platform.mixEntropy(entropy).catch((err: Error) => {
+      throw new AgentError('INTERNAL', `cannot mix entropy into the kernel pool: ${err.message}`);
+    });
+    const errorMs = await platform
+      .setClock(nowMs + (performance.now() - t0))
+      .catch((err: Error) => {
+        throw new AgentError('INTERNAL', `cannot set the clock: ${err.message}`);
+      });
+    if (Math.abs(errorMs) > CLOCK_WARN_MS) {
+      log(
+        'warn',
+        `sync: the clock is still ${Math.round(errorMs)} ms off the host's after the step`,
+      );
+    }
+    return { clockStepMs, entropyBytes: entropy.length };
+  }
+
   const handlers: Handlers = {
     exec: (m) => jobs.exec(m),
     stdin: (m) => jobs.stdin(m),
     signal: (m) => jobs.signal(m),
     ping: (m) => (m.data === undefined ? {} : { data: m.data }),
     blockDevices: async () => ({ blockDevices: await blockDevicesNow(platform) }),
+    sync: (m) => {
+      const run = syncing.then(() => sync(m.nowMs, m.entropy));
+      syncing = run.catch(() => undefined);
+      return run;
+    },
     configure: (m) => {
       if (m.telemetryIntervalMs !== undefined) {
         telemetryMs = m.telemetryIntervalMs;
