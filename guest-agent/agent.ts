@@ -4,7 +4,12 @@
  * Platform, so this runs unchanged in unit tests and in the guest.
  */
 import { blockDevicesNow } from './block-devices.js';
-import { AGENT_PROTOCOL_VERSION, AGENT_UP, type AgentUpMessage } from '../protocol/agent.js';
+import {
+  AGENT_PROTOCOL_VERSION,
+  AGENT_UP,
+  type AgentUpMessage,
+  type RestoreReport,
+} from '../protocol/agent.js';
 import { encodeCbor } from '../protocol/codec.js';
 import { topics, type AgentUpKind } from '../protocol/topics.js';
 import { formatIssues } from '../protocol/validate.js';
@@ -15,6 +20,7 @@ import {
 } from './connection.js';
 import { AfterReply, createDispatcher, type Handlers } from './dispatch.js';
 import { AgentError } from './errors.js';
+import { createIdentityKeeper, type Change } from './identity.js';
 import { createJobs, DEFAULT_JOB_OPTIONS, type JobOptions } from './jobs.js';
 import { createOutbox, DEFAULT_OUTBOX_LIMITS, type OutboxLimits, type Outbox } from './outbox.js';
 import type { Platform } from './platform/types.js';
@@ -74,6 +80,11 @@ export function createAgent(
   let telemetryTimer: NodeJS.Timeout | null = null;
   let sampling = false;
   const sampler = createTelemetrySampler(platform);
+  /** Who we are: the command line's VM until an identity says otherwise. */
+  const keeper = createIdentityKeeper(platform, settings.vmId, (level, m) => log(level, m));
+  const vmId = () => keeper.self.vmId;
+  /** Goes out with the next hello (until the broker has one). */
+  let restored: RestoreReport | undefined;
   /** One sync at a time: each may step the clock in rounds. */
   let syncing: Promise<unknown> = Promise.resolve();
 
@@ -87,7 +98,7 @@ export function createAgent(
 
   function say<K extends AgentUpKind>(kind: K, msg: AgentUpMessage[K], onSent?: () => void) {
     const payload = encodeUp(kind, msg);
-    if (payload) outbox.push(kind, t.agentUp(settings.vmId, kind), payload, { onSent });
+    if (payload) outbox.push(kind, t.agentUp(vmId(), kind), payload, { onSent });
   }
 
   function log(level: Level, message: string) {
@@ -118,6 +129,39 @@ export function createAgent(
         .catch((err: Error) => log('warn', `telemetry: ${err.message}`))
         .finally(() => (sampling = false));
     }, telemetryMs);
+  }
+
+  /**
+   * A new identity generation found before a connect attempt. Another VM id
+   * (a fork): this agent's jobs and unsent messages are its source VM's, so
+   * they end here; the same one (a resume): they are kept, as after any
+   * reconnect.
+   */
+  function onRestored(c: Change) {
+    const moved = c.to.vmId !== c.from.vmId;
+    let jobsDropped = 0;
+    if (moved) {
+      jobsDropped = jobs.drop();
+      outbox.discard(`${t.agentRoot(c.from.vmId)}/`);
+      outbox.takeDrops();
+    }
+    keeper.commit(c);
+    restored = {
+      fromGeneration: c.from.generation ?? 0,
+      generation: c.to.generation ?? 0,
+      previous: { vmId: c.from.vmId, hostname: c.previousHostname.slice(0, 64) },
+      entropyBytes: c.entropyBytes,
+      network: c.network,
+      jobsDropped,
+    };
+    const who = moved
+      ? `now ${c.to.vmId} (was ${c.from.vmId}; ${jobsDropped} running jobs ended)`
+      : `still ${c.to.vmId}`;
+    log(
+      'info',
+      `restored: identity generation ${restored.fromGeneration} → ${restored.generation}, ${who}`,
+    );
+    for (const w of c.warnings) log('warn', `restore: ${w}`);
   }
 
   async function sync(nowMs: number, entropy: Uint8Array) {
@@ -183,14 +227,22 @@ export function createAgent(
     log,
   });
 
-  const downPrefix = `${t.agentRoot(settings.vmId)}/down/`;
-
   const connection = createConnection(
     platform,
     settings,
     outbox,
     {
+      async prepare() {
+        try {
+          const change = await keeper.check();
+          if (change) onRestored(change);
+        } catch (err) {
+          log('warn', `identity: ${(err as Error).message}`);
+        }
+      },
+      who: () => ({ vmId: keeper.self.vmId, token: keeper.self.token }),
       async greet(connectedS) {
+        const { generation } = keeper.self;
         const { release, hostname } = platform.uname();
         const hello = encodeUp('hello', {
           protocol: AGENT_PROTOCOL_VERSION,
@@ -200,14 +252,17 @@ export function createAgent(
           pid: process.pid,
           boot: { initS, agentStartS, connectedS },
           jobs: jobs.known().slice(-1024),
+          ...(generation === undefined ? {} : { generation }),
+          ...(restored ? { restored } : {}),
         });
         const ready = encodeUp('ready', { at: platform.clock.now() });
         const out = [];
-        if (hello) out.push({ topic: t.agentUp(settings.vmId, 'hello'), payload: hello });
-        if (ready) out.push({ topic: t.agentUp(settings.vmId, 'ready'), payload: ready });
+        if (hello) out.push({ topic: t.agentUp(vmId(), 'hello'), payload: hello });
+        if (ready) out.push({ topic: t.agentUp(vmId(), 'ready'), payload: ready });
         return out;
       },
       onMessage(topic, payload) {
+        const downPrefix = `${t.agentRoot(vmId())}/down/`;
         if (!topic.startsWith(downPrefix)) {
           log('warn', `message on unexpected topic ${topic.slice(0, 256)}`);
           return;
@@ -216,6 +271,8 @@ export function createAgent(
       },
       onConnected() {
         opts.console('connected');
+        // The broker has acknowledged the hello that carried it.
+        restored = undefined;
         const d = outbox.takeDrops();
         if (d.telemetry || d.log || d.failed) {
           log(
@@ -235,6 +292,7 @@ export function createAgent(
   return {
     async start() {
       initS = parseUptime(await platform.readText(settings.initUptimePath)) ?? 0;
+      await keeper.adopt();
       scheduleTelemetry();
       connection.start();
     },

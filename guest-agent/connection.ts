@@ -34,6 +34,10 @@ export const DEFAULT_CONNECTION_OPTIONS: ConnectionOptions = {
 };
 
 export interface SessionHooks {
+  /** Before each connect attempt (the agent re-reads its identity here). */
+  prepare?(): Promise<void>;
+  /** Who to connect as, asked at each attempt: the client id, ACL subtree and TCP password. */
+  who(): { vmId: string; token: string | undefined };
   /** Messages to publish right after connecting, before anything buffered (hello, ready). */
   greet(connectedS: number): Promise<Array<{ topic: string; payload: Buffer }>>;
   onMessage(topic: string, payload: Buffer): void;
@@ -79,18 +83,21 @@ export function createConnection(
 
   async function credentials(): Promise<Pick<IClientOptions, 'username' | 'password'> | null> {
     if (settings.channel.kind !== 'tcp') return {};
-    const token = (await platform.readText(settings.tokenPath))?.trim();
+    const { vmId, token: given } = hooks.who();
+    const token = given ?? (await platform.readText(settings.tokenPath))?.trim();
     if (!token) {
       noteFailure(`no token in ${settings.tokenPath}: cannot authenticate over tcp`);
       return null;
     }
-    return { username: settings.vmId, password: token };
+    return { username: vmId, password: token };
   }
 
   async function attempt(): Promise<void> {
     if (stopped) return;
     let stream: Duplex;
     try {
+      await hooks.prepare?.();
+      if (stopped) return;
       const creds = await credentials();
       if (!creds) return schedule();
       stream = await platform.openChannel(settings.channel);
@@ -98,9 +105,11 @@ export function createConnection(
         stream.destroy();
         return;
       }
+      // Read once per session: a change of identity only ever happens between attempts.
+      const { vmId } = hooks.who();
       const client: MqttClient = new MqttClient(() => stream, {
         protocolVersion: 4,
-        clientId: `agent-${settings.vmId}`,
+        clientId: `agent-${vmId}`,
         clean: true,
         keepalive: options.keepaliveS,
         connectTimeout: options.connectTimeoutMs,
@@ -114,7 +123,7 @@ export function createConnection(
       client.on('message', (topic, payload) => {
         if (current === client) hooks.onMessage(topic, payload);
       });
-      client.on('connect', () => void onConnect(client));
+      client.on('connect', () => void onConnect(client, vmId));
       client.on('close', () => {
         if (current !== client) return;
         current = null;
@@ -132,10 +141,10 @@ export function createConnection(
     }
   }
 
-  async function onConnect(client: MqttClient): Promise<void> {
+  async function onConnect(client: MqttClient, vmId: string): Promise<void> {
     const connectedS = platform.clock.uptimeS();
     try {
-      await client.subscribeAsync(t.agentDownWildcard(settings.vmId), { qos: 1 });
+      await client.subscribeAsync(t.agentDownWildcard(vmId), { qos: 1 });
       // Wait for each PUBACK: brokers may fan out packets that arrive in one
       // read concurrently (aedes does), so only acknowledged greetings are sure
       // to reach the host before the backlog the outbox is about to release.

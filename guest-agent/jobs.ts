@@ -56,6 +56,8 @@ interface Job {
   group: Promise<JobGroup | null> | null;
   timers: Set<NodeJS.Timeout>;
   killTimer: NodeJS.Timeout | null;
+  /** Ended by drop(): nothing more of it is reported. */
+  dropped: boolean;
 }
 
 export interface Jobs {
@@ -67,6 +69,12 @@ export interface Jobs {
   known(): Hello['jobs'];
   /** Kill every running job's process group (agent shutdown). */
   killAll(): void;
+  /**
+   * Kill every running job and forget every job, reporting nothing more of
+   * them (a restored VM's jobs belong to its source VM's records). Returns
+   * how many were running.
+   */
+  drop(): number;
 }
 
 export function createJobs(
@@ -147,12 +155,12 @@ export function createJobs(
   };
 
   const finish = async (j: Job, error?: string) => {
-    if (j.exit) return;
+    if (j.exit || j.dropped) return;
     j.out.flush();
     const status = j.exitStatus ?? { code: null, signal: null };
     const group = await j.group;
     const oomKilled = await wasOomKilled(j, group ?? null);
-    if (j.exit) return;
+    if (j.exit || j.dropped) return;
     j.exit = {
       jobId: j.id,
       seq: j.out.nextSeq,
@@ -184,7 +192,9 @@ export function createJobs(
       id: msg.jobId,
       proc: null,
       pid: null,
-      out: createOutputSink(opts, (c) => sinks.output({ jobId: msg.jobId, ...c })),
+      out: createOutputSink(opts, (c) => {
+        if (!j.dropped) sinks.output({ jobId: msg.jobId, ...c });
+      }),
       startedAt: platform.clock.now(),
       exit: null,
       exitStatus: null,
@@ -194,6 +204,7 @@ export function createJobs(
       group: null,
       timers: new Set(),
       killTimer: null,
+      dropped: false,
     };
     jobs.set(j.id, j);
     const env = { ...platform.jobEnv(), ...msg.env };
@@ -223,6 +234,8 @@ export function createJobs(
       proc.on('spawn', () => {
         spawned = true;
         j.pid = proc.pid ?? null;
+        // Dropped while its spawn was in flight: it must not outlive the others.
+        if (j.dropped && j.pid !== null) platform.killGroup(j.pid, 'SIGKILL');
         if (j.pid !== null) {
           const pid = j.pid;
           j.group = platform
@@ -325,6 +338,26 @@ export function createJobs(
         for (const t of j.timers) clearTimeout(t);
         if (j.killTimer) clearTimeout(j.killTimer);
       }
+    },
+    drop() {
+      let running = 0;
+      for (const j of jobs.values()) {
+        j.dropped = true;
+        if (!j.exit) {
+          running++;
+          if (j.pid !== null) platform.killGroup(j.pid, 'SIGKILL');
+          // Its group goes once empty (or at a later sweep).
+          void j.group?.then((g) => g?.remove());
+        }
+        for (const t of j.timers) clearTimeout(t);
+        j.timers.clear();
+        if (j.killTimer) clearTimeout(j.killTimer);
+        for (const s of streams(j)) s.destroy();
+        j.out.clearReplay();
+      }
+      jobs.clear();
+      finishedOrder.length = 0;
+      return running;
     },
   };
 }

@@ -7,6 +7,7 @@
 import v8 from 'node:v8';
 import { Telemetry } from '../protocol/agent.js';
 import { createAgent } from './agent.js';
+import { parseIdentity } from './identity.js';
 import { applySeed } from './cloud-init.js';
 import { createLinuxPlatform, createLinuxSeedIo } from './platform/linux.js';
 import { resolveSettings, SettingsError } from './settings.js';
@@ -23,6 +24,23 @@ async function selfTest(): Promise<number> {
     out.settings = resolveSettings(await platform.cmdline(), process.env);
   } catch (err) {
     out.settings = { error: (err as Error).message };
+  }
+  // The identity without its secrets (entropy, token).
+  try {
+    const raw = await platform.readIdentity();
+    const r = raw && parseIdentity(raw);
+    out.identity =
+      r && 'identity' in r
+        ? {
+            generation: r.identity.generation,
+            vmId: r.identity.vmId,
+            hostname: r.identity.hostname,
+            token: r.identity.token === undefined ? 'none' : 'set',
+            net: r.identity.net,
+          }
+        : r;
+  } catch (err) {
+    out.identity = { problem: (err as Error).message };
   }
   const t = await createTelemetrySampler(platform).sample();
   out.telemetry = t;

@@ -72,6 +72,11 @@ export interface Outbox {
   readonly outputPaused: boolean;
   /** Called with the new state whenever `outputPaused` changes. */
   onFlow(fn: (paused: boolean) => void): () => void;
+  /**
+   * Forget every entry (pending or in flight) whose topic starts with
+   * `prefix`, without calling its onSent; returns how many.
+   */
+  discard(prefix: string): number;
   /** Drops since the last call (and resets the counters). */
   takeDrops(): Drops;
   stats(): { pending: number; inflight: number; outputBytes: number; drops: Drops };
@@ -167,6 +172,23 @@ export function createOutbox(limits: OutboxLimits = DEFAULT_OUTBOX_LIMITS): Outb
       inflight.clear();
       inflightBytes = 0;
       pending = [...back, ...pending];
+    },
+    discard(prefix) {
+      const gone = (e: Entry) => e.topic.startsWith(prefix);
+      let n = 0;
+      for (const [order, e] of inflight) {
+        if (!gone(e)) continue;
+        inflight.delete(order);
+        inflightBytes -= e.payload.length;
+        release(e);
+        n++;
+      }
+      const keep = pending.filter((e) => !gone(e));
+      for (const e of pending) if (gone(e)) release(e);
+      n += pending.length - keep.length;
+      pending = keep;
+      pump();
+      return n;
     },
     get outputPaused() {
       return paused;

@@ -40,9 +40,14 @@ export interface Harness {
     opts?: { since?: number; timeoutMs?: number },
   ): Promise<AgentUpMessage[K]>;
   all<K extends AgentUpKind>(kind: K, since?: number): AgentUpMessage[K][];
-  send(kind: AgentDownKind | string, msg: unknown): Promise<void>;
-  sendRaw(kind: string, payload: Buffer): Promise<void>;
-  request(kind: AgentDownKind, msg: { id: string } & Record<string, unknown>): Promise<Reply>;
+  /** Down messages go to VM's topics unless `vmId` names another (a restored agent's new self). */
+  send(kind: AgentDownKind | string, msg: unknown, vmId?: string): Promise<void>;
+  sendRaw(kind: string, payload: Buffer, vmId?: string): Promise<void>;
+  request(
+    kind: AgentDownKind,
+    msg: { id: string } & Record<string, unknown>,
+    vmId?: string,
+  ): Promise<Reply>;
   close(): Promise<void>;
 }
 
@@ -60,8 +65,9 @@ export async function startHarness(
   broker.on('client', (c) => clientIds.push(c.id));
 
   await new Promise<void>((resolve) =>
+    // Every VM's: a restored agent speaks as another VM.
     broker.subscribe(
-      `${t.agentRoot(VM)}/up/+`,
+      `${t.agentRoot('+')}/up/+`,
       (packet, cb) => {
         const kind = packet.topic.split('/').pop() as AgentUpKind;
         let msg: unknown;
@@ -123,12 +129,12 @@ export async function startHarness(
       check();
     });
 
-  const sendRaw = (kind: string, payload: Buffer) =>
+  const sendRaw = (kind: string, payload: Buffer, vmId = VM) =>
     new Promise<void>((resolve, reject) =>
       broker.publish(
         {
           cmd: 'publish',
-          topic: `${t.agentRoot(VM)}/down/${kind}`,
+          topic: `${t.agentRoot(vmId)}/down/${kind}`,
           payload,
           qos: 1,
           retain: false,
@@ -147,11 +153,11 @@ export async function startHarness(
     clientIds,
     waitFor,
     all,
-    send: (kind, msg) => sendRaw(kind, encodeCbor(msg)),
+    send: (kind, msg, vmId) => sendRaw(kind, encodeCbor(msg), vmId),
     sendRaw,
-    async request(kind, msg) {
+    async request(kind, msg, vmId) {
       const since = received.length;
-      await h.send(kind, msg);
+      await h.send(kind, msg, vmId);
       return waitFor('reply', (r) => r.id === msg.id, { since });
     },
     async close() {
