@@ -61,7 +61,22 @@ export interface OpenSession {
   connect: () => Promise<Duplex>;
   /** The VM's folder: the agent's log lines go to its agent.log (guest-log.ts). */
   dir?: string;
+  /**
+   * The guest was resumed from saved state: its agent's MQTT client still
+   * believes in the session of the process the state was saved from, and
+   * the guest sees no hang-up. The first host end starts with a stale CONNACK
+   * so that the client drops that session at once and starts a new one.
+   */
+  resumed?: boolean;
 }
+
+/**
+ * A CONNACK out of turn: mqtt.js ends the connection on a duplicate one
+ * ("Protocol error: duplicate CONNACK"), as MQTT wants for a protocol
+ * violation. Without it a resumed agent sat in its dead session until the
+ * broker's CONNECT timeout recycled the channel: 10 s of a 0.5 s resume.
+ */
+const STALE_SESSION_WAKE = Buffer.from([0x20, 0x02, 0x00, 0x00]);
 
 interface Session extends OpenSession {
   readonly id: string;
@@ -192,6 +207,10 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
     if (s.ended) {
       stream.destroy();
       return;
+    }
+    if (s.resumed) {
+      s.resumed = false;
+      stream.write(STALE_SESSION_WAKE);
     }
     adopt(s, deps.attachChannel(s.id, stream));
   }

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { NetworkSpec } from '../../protocol/records.js';
 import { MvirtError } from '../../protocol/errors.js';
+import { formatIssues } from '../../protocol/validate.js';
 import type { SavedState } from '../hypervisors/types.js';
 
 export const STATE_FILE = 'state.bin';
@@ -121,12 +122,16 @@ export function createSnapshotFiles(root: string): SnapshotFiles {
       if (!st.isDirectory()) throw invalid(id, 'its folder is not a directory');
       const file = path.join(dir, MANIFEST_FILE);
       await plainFile(id, file);
-      let parsed: SnapshotManifest;
+      let raw: unknown;
       try {
-        parsed = SnapshotManifest.parse(JSON.parse(await readFile(file, 'utf8')));
+        raw = JSON.parse(await readFile(file, 'utf8'));
       } catch (err) {
-        throw invalid(id, `manifest.json is not a valid manifest: ${(err as Error).message}`, err);
+        throw invalid(id, `manifest.json is not JSON: ${(err as Error).message}`, err);
       }
+      const r = SnapshotManifest.safeParse(raw);
+      if (!r.success)
+        throw invalid(id, `manifest.json is not a valid manifest: ${formatIssues(r.error)}`);
+      const parsed = r.data;
       if (parsed.id !== id) throw invalid(id, `manifest.json names snapshot ${parsed.id}`);
       const size = await plainFile(id, stateFile(id));
       const want = parsed.files[STATE_FILE].bytes;

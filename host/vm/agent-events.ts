@@ -24,6 +24,7 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
       log: live.log,
       dir: live.dir,
       overNetwork,
+      resumed: live.restoring !== undefined,
       connect: () => running.connectAgent(),
     });
   }

@@ -11,11 +11,9 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
 import type {
-  AttachFailureReason,
   Hypervisor,
   HypervisorCapabilities,
   LaunchSpec,
-  Ownership,
   ProbeResult,
   RunningVm,
   SavedState,
