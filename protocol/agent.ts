@@ -374,11 +374,13 @@ export const Identity = z.strictObject({
 export type Identity = z.infer<typeof Identity>;
 
 /** The identity as the guest reads it: JSON padded with spaces to IDENTITY_BYTES. */
-export function encodeIdentity(identity: Identity): Buffer {
-  const json = Buffer.from(JSON.stringify(Identity.parse(identity)));
+export function encodeIdentity(identity: Identity): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(Identity.parse(identity)));
   if (json.length > IDENTITY_BYTES)
     throw new Error(`identity is ${json.length} bytes, more than ${IDENTITY_BYTES}`);
-  return Buffer.concat([json, Buffer.alloc(IDENTITY_BYTES - json.length, 0x20)]);
+  const out = new Uint8Array(IDENTITY_BYTES).fill(0x20);
+  out.set(json);
+  return out;
 }
 
 /** Kernel command line keys the agent reads (`mvirt.<key>=value`). */

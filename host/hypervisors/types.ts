@@ -105,7 +105,7 @@ export interface LaunchSpec {
    * Who the VM is (protocol/agent.ts encodeIdentity, IDENTITY_BYTES): handed
    * to the guest where it can read it again after a restore (QEMU: fw_cfg).
    */
-  identity?: Buffer;
+  identity?: Uint8Array;
   /**
    * Resume from saved state instead of booting: the file RunningVm.saveState
    * wrote and what it said about it. The rest of the spec must describe the

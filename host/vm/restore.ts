@@ -41,7 +41,7 @@ export interface RestoreSource {
 const ENTROPY_BYTES = 64;
 
 /** Who the VM is, as its guest reads it (protocol/agent.ts Identity). */
-export function identityFor(vm: VmRecord, net: BootNetwork, generation: number): Buffer {
+export function identityFor(vm: VmRecord, net: BootNetwork, generation: number): Uint8Array {
   const ip = net.cmdline[CMDLINE_KEYS.ip];
   const identity: Identity = {
     v: 1,

@@ -81,7 +81,8 @@ export const identity = (o: Partial<Identity> = {}): Identity => ({
 });
 
 /** The fw_cfg file of an identity, as the guest reads it. */
-export const identityFile = (o: Partial<Identity> = {}): Buffer => encodeIdentity(identity(o));
+export const identityFile = (o: Partial<Identity> = {}): Buffer =>
+  Buffer.from(encodeIdentity(identity(o)));
 
 export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakePlatform {
   const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });

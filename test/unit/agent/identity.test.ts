@@ -18,7 +18,7 @@ test('identity: the padded JSON of the fw_cfg file parses, its entropy decoded',
     token: 'secret-token',
     net: { mac: '52:54:00:12:34:56', ip: '10.1.2.3/24', gw: '10.1.2.1', dns: '10.1.2.1' },
   });
-  const raw = encodeIdentity(id);
+  const raw = Buffer.from(encodeIdentity(id));
   assert.equal(raw.length, IDENTITY_BYTES);
   const r = parseIdentity(raw);
   assert.ok('identity' in r, JSON.stringify(r));
