@@ -181,7 +181,10 @@ export function createAgent(
         `sync: the clock is still ${Math.round(errorMs)} ms off the host's after the step`,
       );
     }
-    return { clockStepMs, entropyBytes: entropy.length };
+    // The restore's NIC change runs beside the reconnect: the host waits for it here.
+    const nic = await keeper.network();
+    if (nic.error) log('warn', `restore: network: ${nic.error}`);
+    return { clockStepMs, entropyBytes: entropy.length, network: nic.result };
   }
 
   const handlers: Handlers = {

@@ -64,7 +64,7 @@ export interface Change {
   to: Self;
   previousHostname: string;
   entropyBytes: number;
-  network: 'applied' | 'none' | 'failed';
+  network: 'applied' | 'none' | 'failed' | 'pending';
   /** Problems applying it, to log once the agent speaks as `to`. */
   warnings: string[];
 }
@@ -77,6 +77,18 @@ export interface IdentityKeeper {
   check(): Promise<Change | null>;
   /** Run as the change's new self from now on. */
   commit(change: Change): void;
+  /**
+   * How the last restore's NIC change went, once done. It runs beside the
+   * reconnect (each `ip` step is a spawn: too slow for the ready path); the
+   * host keeps the fork's link down until the sync reply says it is done.
+   */
+  network(): Promise<NicOutcome>;
+}
+
+/** How a restore's NIC change went; `error` says why it failed. */
+export interface NicOutcome {
+  result: 'applied' | 'none' | 'failed';
+  error?: string;
 }
 
 type Log = (level: 'info' | 'warn', message: string) => void;
@@ -116,12 +128,24 @@ export function createIdentityKeeper(
     return null;
   }
 
+  const NONE: NicOutcome = { result: 'none' };
+  let nic: Promise<NicOutcome> = Promise.resolve(NONE);
+
+  /** The NIC change in the background: its outcome (and why it failed) is `nic`. */
+  function configureLater(net: NonNullable<Identity['net']>): void {
+    nic = platform.configureNic(net).then(
+      (): NicOutcome => ({ result: 'applied' }),
+      (err: Error): NicOutcome => ({ result: 'failed', error: err.message }),
+    );
+  }
+
   /** Entropy first (nothing of this generation should draw from a cloned pool), then the hostname and the NIC. */
   async function applyOs(
     id: Identity,
     entropy: Buffer,
     netWas: Identity['net'],
     warnings: string[],
+    background = false,
   ): Promise<Pick<Change, 'entropyBytes' | 'network'>> {
     let entropyBytes = 0;
     if (entropy.length > 0) {
@@ -138,7 +162,10 @@ export function createIdentityKeeper(
         .catch((err: Error) => warnings.push(`hostname ${id.hostname}: ${err.message}`));
     }
     let network: Change['network'] = 'none';
-    if (id.net && JSON.stringify(id.net) !== JSON.stringify(netWas)) {
+    if (id.net && JSON.stringify(id.net) !== JSON.stringify(netWas) && background) {
+      configureLater(id.net);
+      network = 'pending';
+    } else if (id.net && JSON.stringify(id.net) !== JSON.stringify(netWas)) {
       try {
         await platform.configureNic(id.net);
         network = 'applied';
@@ -181,11 +208,13 @@ export function createIdentityKeeper(
       }
       const warnings: string[] = [];
       const previousHostname = platform.uname().hostname;
-      const os = await applyOs(id, r.entropy, self.net, warnings);
+      nic = Promise.resolve(NONE);
+      const os = await applyOs(id, r.entropy, self.net, warnings, true);
       return { from: self, to: selfOf(id), previousHostname, ...os, warnings };
     },
     commit(change) {
       self = change.to;
     },
+    network: () => nic,
   };
 }

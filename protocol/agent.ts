@@ -99,8 +99,11 @@ export const RestoreReport = z.strictObject({
   previous: z.strictObject({ vmId: id, hostname: word(64) }),
   /** Host entropy written into the kernel pool (/dev/urandom), in bytes. */
   entropyBytes: z.number().int().nonnegative().max(4096),
-  /** The NIC took the identity's MAC and address (bridged mode), or why not. */
-  network: z.enum(['applied', 'none', 'failed']),
+  /**
+   * The NIC took the identity's MAC and address (bridged mode), or not:
+   * `pending` while it is being done (the sync reply then says how it went).
+   */
+  network: z.enum(['applied', 'none', 'failed', 'pending']),
   /** Jobs of the previous identity the agent ended (they belong to another VM's records). */
   jobsDropped: z.number().int().nonnegative().max(4096),
 });
@@ -311,6 +314,8 @@ export const SyncResult = z.strictObject({
   /** How far the guest clock was stepped (host minus guest before, ms). */
   clockStepMs: z.number().finite(),
   entropyBytes: z.number().int().nonnegative().max(256),
+  /** After a restore: how re-addressing the NIC went (awaited by the sync). */
+  network: z.enum(['applied', 'none', 'failed']).optional(),
 });
 export type SyncResult = z.infer<typeof SyncResult>;
 

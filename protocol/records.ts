@@ -61,7 +61,10 @@ export const RestoreInfo = z.strictObject({
   clockStepMs: z.number().describe('how far the agent stepped the guest clock').optional(),
   entropyBytes: z.number().int().nonnegative().describe('host entropy mixed in').optional(),
   previousVm: z.string().describe('the VM id the guest was before (a fork: the source)').optional(),
-  network: z.enum(['applied', 'none', 'failed']).optional(),
+  network: z
+    .enum(['applied', 'none', 'failed', 'pending'])
+    .describe("the NIC took the fork's MAC and address (bridged); its link is up only once applied")
+    .optional(),
   jobsDropped: z.number().int().nonnegative().optional(),
 });
 export type RestoreInfo = z.infer<typeof RestoreInfo>;

@@ -116,6 +116,11 @@ export interface LaunchSpec {
     state: SavedState;
     /** Awaited once the state is loaded and before the guest runs: its rejection ends the launch. */
     check?: Promise<void>;
+    /**
+     * Run with the NIC's link down until setLink(true): a fork wakes with its
+     * source's MAC and address, and must not use them on a shared bridge.
+     */
+    linkDown?: boolean;
   };
 }
 
@@ -248,6 +253,8 @@ export interface RunningVm {
    * or quit() it (suspend). Only where `capabilities.snapshots` says so.
    */
   saveState?(file: string, spec: StateSpec): Promise<SavedState>;
+  /** The guest NIC's link up or down (the guest sees the carrier change). Where `snapshots`. */
+  setLink?(up: boolean): Promise<void>;
   /** Subscribe to hypervisor events; returns the unsubscribe function. Optional. */
   onEvent?(listener: (event: VmEvent) => void): () => void;
 }

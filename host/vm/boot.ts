@@ -189,12 +189,14 @@ export function bootPart(
         if (r) {
           const check = checkSha256(r.file, r.sha256, `VM ${c.vm.name}`);
           check.catch(() => undefined); // awaited by the backend; unobserved if launch fails first
-          spec.restore = { file: r.file, state: r.saved, check };
+          // A fork wakes with its source's MAC and address: no link until it has its own.
+          const linkDown = r.from !== 'suspend' && spec.network.mode === 'bridge';
+          spec.restore = { file: r.file, state: r.saved, check, linkDown };
         }
         const running = await live.hv.launch(spec, plain(live.log));
         live.running = running;
         await writeStateSpec(live.dir, spec);
-        if (r) resumed(c, r, performance.now() - live.launchedAt);
+        if (r) resumed(c, r, performance.now() - live.launchedAt, spec.restore?.linkDown === true);
         ctx.openAgent(live, c.vm.network.agentOverNetwork === true);
         ctx.watchExit(live, running);
         ctx.armBootTimer(live);
@@ -237,13 +239,13 @@ export function bootPart(
   ];
 
   /** Resumed from saved state: record it; the agent's first hello finishes it (restore.ts). */
-  function resumed(c: BootCtx, r: RestoreSource, ms: number): void {
+  function resumed(c: BootCtx, r: RestoreSource, ms: number, linkDown: boolean): void {
     const info: RestoreInfo = {
       snapshot: r.from === 'suspend' ? 'suspend' : r.from,
       generation: r.generation,
       spawnToRunningMs: Math.round(ms),
     };
-    c.live!.restoring = { info };
+    c.live!.restoring = { info, linkDown };
     vms.setRestored(c.vm.id, r.generation, info, ctx.now());
     c.live!.log.info(info, 'resumed from saved state');
     // Loaded into the new process: a suspended VM's state file has served.

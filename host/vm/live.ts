@@ -31,6 +31,8 @@ export interface Live {
     info: RestoreInfo;
     /** The agent's clock and entropy sync, once asked for. */
     synced?: Promise<void>;
+    /** The NIC's link is down until the agent says its new address is on (forks, bridged). */
+    linkDown: boolean;
   };
   /** Why the last boot failed, for `vm.start {wait}` callers. */
   failure?: { code: ErrorCode; reason: string };

@@ -153,13 +153,20 @@ export function restorePart(ctx: VmContext) {
     );
     const res = SyncResult.parse(raw);
     const rep = hello.restored;
+    const network = res.network ?? rep?.network;
+    if (r.linkDown && (network === 'applied' || network === 'none')) {
+      await live.running?.setLink?.(true);
+      r.linkDown = false;
+    } else if (r.linkDown) {
+      live.log.warn({ network }, 'the fork did not take its own address: its link stays down');
+    }
     // r.info is the one object ready and sync both complete (in either order).
     Object.assign(r.info, {
       clockStepMs: res.clockStepMs,
       entropyBytes: res.entropyBytes + (rep?.entropyBytes ?? 0),
       ...(rep
         ? {
-            network: rep.network,
+            ...(network !== undefined ? { network } : {}),
             jobsDropped: rep.jobsDropped,
             ...(rep.previous.vmId !== live.id ? { previousVm: rep.previous.vmId } : {}),
           }

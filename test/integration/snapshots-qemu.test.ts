@@ -123,6 +123,18 @@ test(
       for (const f of forks) {
         const rec = await restoredRecord(c, f.name);
         assert.equal(rec.restore?.previousVm, src.id, 'the agent says it was the source');
+        if (rec.network.mode === 'bridge') {
+          // Its own MAC and address, and its link up only once it had them.
+          assert.equal(rec.restore?.network, 'applied');
+          assert.notEqual(rec.ip, src.ip);
+          const nic = await sh(
+            c,
+            f.name,
+            'cat /sys/class/net/eth0/address /sys/class/net/eth0/carrier; ip -4 addr show eth0',
+          );
+          assert.match(nic, new RegExp(`^${rec.mac}\n1\n`), nic);
+          assert.match(nic, new RegExp(`inet ${rec.ip!.replace(/\./g, '\\.')}/`), nic);
+        }
         assert.ok((rec.restore?.entropyBytes ?? 0) >= 64);
         const out = await sh(
           c,

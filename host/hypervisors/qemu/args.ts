@@ -92,6 +92,9 @@ export interface QemuArgsInput {
   machineType?: string;
 }
 
+/** The netdev of the VM's one NIC (set_link takes it for the NIC too). */
+export const NETDEV = 'net0';
+
 /** The identity file in the VM's folder, handed to the guest as fw_cfg FW_CFG_IDENTITY. */
 export const IDENTITY_FILE = 'identity';
 

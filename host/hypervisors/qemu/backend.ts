@@ -23,6 +23,7 @@ import type {
 import {
   buildQemuArgs,
   IDENTITY_FILE,
+  NETDEV,
   qemuPaths,
   type QemuAccel,
   type QemuMachine,
@@ -44,7 +45,7 @@ import { attachError, identify, OWNERSHIP_TEXT, QEMU_BACKEND } from './ownership
 import { connectQmp, type QmpClient } from './qmp.js';
 import { createQemuHotplug } from './hotplug.js';
 import { createQemuVm } from './vm.js';
-import { loadState, saveState, stateProblem as stateProblemOf } from './state.js';
+import { loadState, saveState, STATE_FD, stateProblem as stateProblemOf } from './state.js';
 
 export { QEMU_BACKEND };
 
@@ -288,19 +289,23 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       });
     }
     const out = await open(paths.log, 'w');
+    // A restore's state file, opened here (read-only) and inherited as fd 3:
+    // the VM's user never needs access to the snapshot's folder (state.ts).
+    const state = spec.restore ? await open(spec.restore.file, 'r') : null;
     const started = Date.now();
     let child: ChildProcess;
     try {
       // Own session (setsid): signals to mvirtd's group and its exit do not reach QEMU.
-      // Only stdio is inherited (Node opens everything else close-on-exec), and no
-      // environment variable at all.
+      // Only stdio (and a restore's state file) is inherited (Node opens everything
+      // else close-on-exec), and no environment variable at all.
       child = spawn(confined.command, confined.args, {
         detached: true,
-        stdio: ['ignore', out.fd, out.fd],
+        stdio: ['ignore', out.fd, out.fd, ...(state ? [state.fd] : [])],
         env: confined.env,
       });
     } finally {
       await out.close();
+      await state?.close();
     }
     vmLog.info(
       {
@@ -360,9 +365,10 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         log: vmLog,
       });
       if (spec.restore) {
-        await loadState(qmp, spec.dir, spec.restore.file, vmLog, opts.launchTimeoutMs);
+        await loadState(qmp, `fd:${STATE_FD}`, spec.restore.state.bytes, vmLog);
         // Loaded, not yet run: a state that fails its check never executes.
         await spec.restore.check;
+        if (spec.restore.linkDown) await qmp.executeRaw('set_link', { name: NETDEV, up: false });
       }
       // QEMU was started with -S: the console is connected, run the guest now.
       await qmp.execute('cont');

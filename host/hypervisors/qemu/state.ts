@@ -14,8 +14,8 @@
  */
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rm, stat } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { open, rm } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -23,10 +23,8 @@ import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { SavedState, StateSpec } from '../types.js';
 import { QmpError, type QmpClient, type QmpEvent } from './qmp.js';
-import { connectUnixWithRetry } from './socket.js';
 
 export const STATE_OUT_SOCKET = 'state-out.sock';
-export const STATE_IN_SOCKET = 'state-in.sock';
 
 /**
  * QEMU's default migration bandwidth cap (128 MiB/s in 7.2) is for live
@@ -163,40 +161,31 @@ export async function saveState(
 const errText = (err: unknown) =>
   err instanceof QmpError ? err.desc : err instanceof Error ? err.message : String(err);
 
+/** The fd a restoring QEMU inherits its state file on (backend.ts spawn). */
+export const STATE_FD = 3;
+
 /**
- * QEMU was started with `-incoming defer` (paused): open the incoming
- * socket, stream `file` into it and wait until QEMU has loaded it all.
+ * QEMU was started with `-incoming defer` (paused) and its state file on an
+ * inherited fd: load it and wait until QEMU has. Measured (144 MB state of a
+ * µOS guest, TCG, 2 cores): 781 ms streamed by mvirtd through a unix socket,
+ * XXX ms read by QEMU from the inherited file.
  */
 export async function loadState(
   qmp: QmpClient,
-  dir: string,
-  file: string,
+  uri: string,
+  bytes: number,
   log: Logger,
-  timeoutMs: number,
 ): Promise<void> {
   const started = performance.now();
-  const sock = path.join(dir, STATE_IN_SOCKET);
-  const size = (await stat(file)).size;
   await qmp.executeRaw('migrate-set-capabilities', {
     capabilities: [{ capability: 'events', state: true }],
   });
   const done = migrationDone(qmp, 'loading state');
-  await qmp.executeRaw('migrate-incoming', { uri: `unix:${sock}` });
-  const conn = await connectUnixWithRetry(sock, { timeoutMs });
-  try {
-    const sent = pipeline(createReadStream(file), conn).catch((err: unknown) => {
-      // QEMU closing early is reported by its MIGRATION event, with its reason.
-      log.debug({ err }, 'state stream ended early');
-    });
-    await done.catch(async (err: Error) => {
-      throw await migrationError(qmp, err);
-    });
-    await sent;
-  } finally {
-    conn.destroy();
-    await rm(sock, { force: true });
-  }
-  log.info({ file, bytes: size, ms: Math.round(performance.now() - started) }, 'state loaded');
+  await qmp.executeRaw('migrate-incoming', { uri });
+  await done.catch(async (err: Error) => {
+    throw await migrationError(qmp, err);
+  });
+  log.info({ bytes, ms: Math.round(performance.now() - started) }, 'state loaded');
 }
 
 /** Why a QEMU launched for `spec` here could not load `state`, or null. */

@@ -11,7 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { DiskHotplug, ExitInfo, RunningVm, VmEvent, VmRunState, VmRuntime } from '../types.js';
-import type { QemuPaths } from './args.js';
+import { NETDEV, type QemuPaths } from './args.js';
 import type { ConsolePump } from './console.js';
 import { readProcStat } from '../proc.js';
 import type { QmpClient, QmpEvent, QmpRunState } from './qmp.js';
@@ -215,6 +215,8 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     diskSnapshot: (action, file, name) =>
       control('snapshot a disk', () => qmpDiskSnapshot(qmp, action, file, name)),
     ...(parts.saveState ? { saveState: guarded('save the state', parts.saveState) } : {}),
+    setLink: (up) =>
+      control('set the link', () => qmp.executeRaw('set_link', { name: NETDEV, up })),
     async status() {
       if (done) return 'shutdown';
       const st = await qmp.execute('query-status');

@@ -114,13 +114,20 @@ test('restored as another VM: its topics and client id, restored in hello, the o
       generation: 1,
       previous: { vmId: VM, hostname: VM },
       entropyBytes: 48,
-      network: 'applied',
+      // Re-addressed beside the reconnect; the sync reply says how it went.
+      network: 'pending',
       jobsDropped: 1,
     });
     assert.deepEqual(hello.jobs, []);
     assert.equal(hello.hostname, 'fork-1');
     assert.deepEqual(h.platform.entropy.at(-1), entropy);
     assert.deepEqual(h.platform.nics, [NET]);
+    const synced = await h.request(
+      'sync',
+      { id: 's-fork', nowMs: Date.now(), entropy: Buffer.alloc(16) },
+      FORK,
+    );
+    assert.equal((synced.result as { network?: string }).network, 'applied');
     // The source's job was killed, group and all.
     assert.deepEqual(kills, [[proc.pid, 'SIGKILL']]);
     await closed;
@@ -213,7 +220,13 @@ test('restored without an identity before: from generation 0, and a NIC that fai
     const hello = await h.waitFor('hello', undefined, { since });
     assert.equal(hello.restored?.fromGeneration, 0);
     assert.equal(hello.restored?.generation, 2);
-    assert.equal(hello.restored?.network, 'failed');
+    assert.equal(hello.restored?.network, 'pending');
+    const synced = await h.request(
+      'sync',
+      { id: 's-nic', nowMs: Date.now(), entropy: Buffer.alloc(16) },
+      FORK,
+    );
+    assert.equal((synced.result as { network?: string }).network, 'failed');
     const warn = await h.waitFor('log', (l) => l.message.startsWith('restore: network'), { since });
     assert.equal(warn.level, 'warn');
     assert.match(warn.message, /Device or resource busy/);

@@ -15,7 +15,11 @@ test('sync steps the clock to the host time and mixes the entropy into the pool'
     const entropy = Buffer.alloc(32, 0xa5);
     const r = await h.request('sync', { id: 's1', nowMs, entropy });
     assert.equal(r.ok, true, JSON.stringify(r.error));
-    assert.deepEqual(SyncResult.parse(r.result), { clockStepMs: HOUR, entropyBytes: 32 });
+    assert.deepEqual(SyncResult.parse(r.result), {
+      clockStepMs: HOUR,
+      entropyBytes: 32,
+      network: 'none',
+    });
     // Stepped to the host's time, carried forward by what the agent spent before the step.
     assert.equal(h.platform.clockSets.length, 1);
     const set = h.platform.clockSets[0]!;
