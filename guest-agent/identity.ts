@@ -78,9 +78,9 @@ export interface IdentityKeeper {
   /** Run as the change's new self from now on. */
   commit(change: Change): void;
   /**
-   * How the last restore's NIC change went, once done. It runs beside the
-   * reconnect (each `ip` step is a spawn: too slow for the ready path); the
-   * host keeps the fork's link down until the sync reply says it is done.
+   * Make the last restore's NIC change (if not yet) and say how it went. It
+   * waits for the host's sync, after the hello (a spawn is too slow for the
+   * ready path); the host keeps the fork's link down until then.
    */
   network(): Promise<NicOutcome>;
 }
@@ -130,13 +130,29 @@ export function createIdentityKeeper(
 
   const NONE: NicOutcome = { result: 'none' };
   let nic: Promise<NicOutcome> = Promise.resolve(NONE);
+  /** A restore's NIC change, made when the host first asks how it went (its sync). */
+  let nicToDo: NonNullable<Identity['net']> | null = null;
 
-  /** The NIC change in the background: its outcome (and why it failed) is `nic`. */
+  /**
+   * Not on the way to the hello: `ip` is a spawn, and a spawn forks this
+   * ~80 MB process with the event loop stopped (300+ ms under TCG). The
+   * host keeps the fork's link down until its sync says the NIC is done.
+   */
   function configureLater(net: NonNullable<Identity['net']>): void {
-    nic = platform.configureNic(net).then(
-      (): NicOutcome => ({ result: 'applied' }),
-      (err: Error): NicOutcome => ({ result: 'failed', error: err.message }),
-    );
+    nicToDo = net;
+    nic = Promise.resolve(NONE);
+  }
+
+  function nicOutcome(): Promise<NicOutcome> {
+    if (nicToDo) {
+      const net = nicToDo;
+      nicToDo = null;
+      nic = platform.configureNic(net).then(
+        (): NicOutcome => ({ result: 'applied' }),
+        (err: Error): NicOutcome => ({ result: 'failed', error: err.message }),
+      );
+    }
+    return nic;
   }
 
   /** Entropy first (nothing of this generation should draw from a cloned pool), then the hostname and the NIC. */
@@ -208,6 +224,7 @@ export function createIdentityKeeper(
       }
       const warnings: string[] = [];
       const previousHostname = platform.uname().hostname;
+      nicToDo = null;
       nic = Promise.resolve(NONE);
       const os = await applyOs(id, r.entropy, self.net, warnings, true);
       return { from: self, to: selfOf(id), previousHostname, ...os, warnings };
@@ -215,6 +232,6 @@ export function createIdentityKeeper(
     commit(change) {
       self = change.to;
     },
-    network: () => nic,
+    network: nicOutcome,
   };
 }

@@ -121,13 +121,14 @@ test('restored as another VM: its topics and client id, restored in hello, the o
     assert.deepEqual(hello.jobs, []);
     assert.equal(hello.hostname, 'fork-1');
     assert.deepEqual(h.platform.entropy.at(-1), entropy);
-    assert.deepEqual(h.platform.nics, [NET]);
+    assert.deepEqual(h.platform.nics, [], 'the NIC waits for the host’s sync');
     const synced = await h.request(
       'sync',
       { id: 's-fork', nowMs: Date.now(), entropy: Buffer.alloc(16) },
       FORK,
     );
     assert.equal((synced.result as { network?: string }).network, 'applied');
+    assert.deepEqual(h.platform.nics, [NET]);
     // The source's job was killed, group and all.
     assert.deepEqual(kills, [[proc.pid, 'SIGKILL']]);
     await closed;
