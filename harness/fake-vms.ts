@@ -10,11 +10,20 @@
  * types they share. Tests import all of it from here.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import type { ExitInfo, LaunchSpec, RunningVm, VmRuntime } from '../host/hypervisors/types.js';
+import type {
+  ExitInfo,
+  LaunchSpec,
+  RunningVm,
+  SavedState,
+  StateSpec,
+  VmRuntime,
+} from '../host/hypervisors/types.js';
 import { procStartTime } from '../host/hypervisors/proc.js';
 import { CMDLINE_KEYS } from '../protocol/agent.js';
 import { startAgent } from './fake-agent.js';
@@ -33,6 +42,31 @@ export type {
 
 // The guest "program": exits 0 on SIGHUP (ACPI/agent power-off) and SIGTERM.
 const GUEST = `process.on('SIGHUP',()=>process.exit(0));process.on('SIGTERM',()=>process.exit(0));setInterval(()=>{},1e9);process.stdout.write('up');`;
+
+/** The size of a fake VM's saved state (64 KiB: not its memory, but a real file to hash). */
+export const FAKE_STATE_BYTES = 64 * 1024;
+
+/**
+ * `saveState` for fakes with `capabilities.snapshots`: a file of the size
+ * above; a resume (LaunchSpec.restore) is a boot of the same guest, so the
+ * daemon's restore path (checks, identity, the agent's sync) runs for real.
+ */
+async function saveFakeState(
+  hv: FakeHypervisor,
+  file: string,
+  spec: StateSpec,
+): Promise<SavedState> {
+  await writeFile(file, Buffer.alloc(FAKE_STATE_BYTES, spec.memoryMiB & 0xff), { flag: 'wx' });
+  return {
+    backend: hv.name,
+    version: 'fake 1.0',
+    machine: 'fake-machine',
+    memoryMiB: spec.memoryMiB,
+    vcpus: spec.vcpus,
+    devices: createHash('sha256').update('fake devices').digest('hex'),
+    bytes: FAKE_STATE_BYTES,
+  };
+}
 
 /** Fake VMs by agent socket path: survives a daemon restart inside one test process. */
 const vmsBySocket = new Map<string, FakeVm>();
@@ -88,6 +122,9 @@ function running(
     signal: sig,
     exited,
     detach: async () => undefined,
+    ...(hv.capabilities.snapshots
+      ? { saveState: (file: string, spec: StateSpec) => saveFakeState(hv, file, spec) }
+      : {}),
   };
 }
 
@@ -130,6 +167,8 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
 
     async launch(spec: LaunchSpec, _log: Logger): Promise<RunningVm> {
       if (hv.options.failLaunch) throw new Error('fake launch failure');
+      // A resume: the daemon's check of the saved state (its sha256) comes first.
+      await spec.restore?.check;
       const child = spawn(process.execPath, ['-e', GUEST], {
         stdio: ['ignore', 'pipe', 'ignore'],
         detached: true,
