@@ -93,8 +93,27 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
     'mvirt and mvirtd speak different protocol versions: compare `mvirt info` versions',
   INVALID_PARAMS: 'see `mvirt COMMAND --help`',
   CONFIG_INVALID: 'see `mvirt COMMAND --help`',
+  SNAPSHOT_NOT_FOUND:
+    '`mvirt snapshot ls` lists the VM snapshots; `mvirt volume snapshots VOLUME` those of a volume',
+  SNAPSHOT_EXISTS: 'choose another name, or delete the old one first (`mvirt snapshot rm NAME`)',
+  SNAPSHOT_IN_USE:
+    'start the VMs it names (they resume from it) or delete them, then delete the snapshot',
+  SNAPSHOT_INCOMPATIBLE:
+    'this host cannot resume that state (`mvirt snapshot get S` shows what it needs): take a new snapshot here',
+  SNAPSHOT_INVALID:
+    'the saved state is damaged: delete the snapshot (`mvirt snapshot rm S`); a suspended VM boots afresh after `mvirt vm stop VM`',
   INTERNAL: 'see the mvirtd log',
 };
+
+/** A daemon's error with a hint that fits the command better than the code's usual one. */
+export class HintedError extends MvirtError {
+  constructor(
+    err: MvirtError,
+    readonly hint: string,
+  ) {
+    super(err.code, err.message, { details: err.details, cause: err });
+  }
+}
 
 /** Render an error for stderr: a message, then a hint (or usage pointer). */
 export function renderError(err: unknown, json: boolean): string {
@@ -110,7 +129,7 @@ function renderRaw(err: unknown, json: boolean): string {
   }
   if (err instanceof MvirtError) {
     if (json) return inertJson({ error: err.toBody() }) + '\n';
-    const hint = HINTS[err.code];
+    const hint = err instanceof HintedError ? err.hint : HINTS[err.code];
     return `mvirt: ${err.message} [${err.code}]\n${hint ? `hint: ${hint}\n` : ''}`;
   }
   const msg = err instanceof Error ? (err.stack ?? err.message) : String(err);

@@ -17,15 +17,18 @@ import { DryRunAnswer, dryRunClient, formatPlan } from './plan.js';
 import type { Io } from './io.js';
 import { jobCommands } from './jobs.js';
 import { poolCommands } from './pool.js';
+import { snapshotCommands, vmSaveCommands } from './snapshot.js';
 import { volumeCommands } from './volume.js';
 import { topCommands } from './top.js';
 import { vmCommands } from './vm.js';
 
 export const COMMANDS: Command[] = [
   ...vmCommands,
+  ...vmSaveCommands,
   ...jobCommands,
   ...poolCommands,
   ...volumeCommands,
+  ...snapshotCommands,
   ...infoCommands,
   ...eventsCommands,
   ...topCommands,
@@ -33,11 +36,13 @@ export const COMMANDS: Command[] = [
 ];
 
 const GROUPS: Record<string, string> = {
-  vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm',
+  vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm, attach, detach, disks, snapshot, suspend',
   job: 'inspect jobs: ls (also `mvirt jobs`), get, cancel; start one with `mvirt run`',
   pool: 'keep ready VMs for jobs: set, ls, get, rm',
   volume:
     'disks that outlive VMs: create, ls, get, rm, resize, clone, snapshot, snapshots, restore, rmsnap',
+  snapshot:
+    'VM snapshots (saved memory and device state): ls, get, rm; take one with `mvirt vm snapshot`',
   info: 'show the host',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',
@@ -89,7 +94,7 @@ function groupHelp(group: string): string {
 }
 
 /** Groups whose commands take two words (`mvirt vm ls`). */
-const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool', 'volume']);
+const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool', 'volume', 'snapshot']);
 
 const depthOf = (group: string): number =>
   group === 'help' ? 3 : SUBCOMMAND_GROUPS.has(group) ? 2 : 1;

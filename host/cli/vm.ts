@@ -2,72 +2,18 @@
 import { readFile } from 'node:fs/promises';
 import type { MvirtClient } from '../../protocol/client.js';
 import { MvirtError } from '../../protocol/errors.js';
-import {
-  NETWORK_MODES,
-  VM_KINDS,
-  VM_STATES,
-  type VmRecord,
-  type VmState,
-} from '../../protocol/rpc.js';
+import { NETWORK_MODES, VM_KINDS, VM_STATES, type VmRecord } from '../../protocol/rpc.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
-import { EXIT } from './exit.js';
+import { EXIT, HintedError } from './exit.js';
 import { inert } from '../../protocol/inert.js';
-import { bytes, duration, json, keyValues, mib, relativeTime, table } from './output.js';
+import { createFromSnapshot, FORK_OPTIONS, wantsFork } from './fork.js';
+import { bytes, duration, json, mib, table } from './output.js';
+import { snapshotNames, vmDetails, vmLine, vmTable, withProgress } from './vm-view.js';
 
 /** Waiting for a boot under TCG on a loaded 2-core machine takes a while. */
 const START_TIMEOUT_MS = 300_000;
 const STOP_MARGIN_MS = 60_000;
-
-export function vmLine(vm: VmRecord): string {
-  return `${inert(`${vm.name} (${vm.id}) is ${vm.state}${vm.stateReason ? `: ${vm.stateReason}` : ''}`)}\n`;
-}
-
-export function vmDetails(vm: VmRecord, now: number): string {
-  const when = (t: string | undefined): string | undefined =>
-    t ? `${relativeTime(t, now)} (${t})` : undefined;
-  const meta = Object.entries(vm.metadata ?? {});
-  return keyValues([
-    ['Name', vm.name],
-    ['ID', vm.id],
-    ['State', vm.state + (vm.stateReason ? ` (${vm.stateReason})` : '')],
-    ['Kind', vm.kind],
-    ['Image', vm.image],
-    ['Backend', vm.backend + (vm.accel ? ` (${vm.accel})` : '')],
-    ['vCPUs', String(vm.vcpus)],
-    ['Memory', mib(vm.memoryMiB)],
-    ['Network', vm.network?.mode],
-    ['IP', vm.ip],
-    ['MAC', vm.mac],
-    ['PID', vm.pid === undefined ? undefined : String(vm.pid)],
-    ['Agent', vm.agentVersion],
-    [
-      'Boot',
-      vm.boot?.readyAtMs !== undefined ? `ready after ${duration(vm.boot.readyAtMs)}` : undefined,
-    ],
-    ['Created', when(vm.createdAt)],
-    ['Started', when(vm.startedAt)],
-    ['Updated', when(vm.updatedAt)],
-    ['Metadata', meta.length ? meta.map(([k, v]) => `${k}=${v}`).join(', ') : undefined],
-  ]);
-}
-
-export function vmTable(vms: VmRecord[], now: number): string {
-  return table(
-    ['name', 'id', 'state', 'vcpus', 'memory', 'kind', 'image', 'created'],
-    vms.map((v) => [
-      v.name,
-      v.id,
-      v.state,
-      String(v.vcpus),
-      mib(v.memoryMiB),
-      v.kind,
-      v.image ?? '-',
-      relativeTime(v.createdAt, now),
-    ]),
-    ['left', 'left', 'left', 'right', 'right'],
-  );
-}
 
 function parseMeta(items: string[]): Record<string, string> | undefined {
   if (items.length === 0) return undefined;
@@ -110,33 +56,22 @@ function simple(
     run: async (ctx, p) => {
       const [vm] = p.positionals;
       const c = await ctx.client();
-      return print(ctx, await c.call(method, { vm: vm! }));
+      try {
+        return print(ctx, await c.call(method, { vm: vm! }));
+      } catch (err) {
+        throw method === 'vm.resume' ? await suspendedHint(c, err, vm!) : err;
+      }
     },
   };
 }
 
-/** Follow the retained state topic and print each change while `work` runs. */
-async function withProgress<T>(
-  ctx: Context,
-  c: MvirtClient,
-  vm: VmRecord,
-  work: () => Promise<T>,
-): Promise<T> {
-  const t0 = ctx.io.now();
-  let last: VmState | undefined = vm.state;
-  const quiet = ctx.globals.json;
-  const stop = await c.watchVm(vm.id, (rec) => {
-    if (!rec || rec.state === last || quiet) return;
-    last = rec.state;
-    ctx.err(
-      `  ${vm.name}: ${rec.state}${rec.stateReason ? ` (${rec.stateReason})` : ''} after ${duration(ctx.io.now() - t0)}\n`,
-    );
-  });
-  try {
-    return await work();
-  } finally {
-    await stop();
-  }
+/** `vm resume` of a suspended VM: that is `vm start`'s work. */
+async function suspendedHint(c: MvirtClient, err: unknown, ref: string): Promise<unknown> {
+  if (!(err instanceof MvirtError) || err.code !== 'VM_BAD_STATE') return err;
+  const vm = await c.call('vm.get', { vm: ref }).catch(() => undefined);
+  return vm?.state === 'suspended'
+    ? new HintedError(err, `a suspended VM resumes with \`mvirt vm start ${vm.name}\``)
+    : err;
 }
 
 /** A cloud-init document from a file (`-` = stdin is not offered: the CLI may be interactive). */
@@ -152,8 +87,14 @@ async function readDoc(file: string | undefined, option: string): Promise<string
 const commands: Command[] = [
   {
     name: 'vm create',
-    summary: 'Define a VM (it stays stopped until `mvirt vm start`).',
+    summary: 'Define a VM (it stays stopped until `mvirt vm start`), or fork VMs from a snapshot.',
     args: ['NAME'],
+    description:
+      'With --from-snapshot the VMs resume from a VM snapshot (`mvirt vm snapshot`)\n' +
+      'instead of booting, and start at once: image, size, backend, network and\n' +
+      "disks are the snapshot's, so --image, --vcpus, --memory, --network, --backend,\n" +
+      '--disk and the cloud-init options do not go with it. Each fork gets its own\n' +
+      'id, name, address and identity; its agent steps the clock and adds entropy.',
     options: {
       image: { type: 'string', value: 'IMAGE', help: 'image name (default: the host default)' },
       vcpus: { type: 'string', value: 'N', help: 'virtual CPUs' },
@@ -187,15 +128,23 @@ const commands: Command[] = [
         value: 'VOL[:ro]',
         help: 'attach a volume at every boot, in order (`:ro` read-only), repeatable',
       },
+      ...FORK_OPTIONS,
     },
     examples: [
       'mvirt vm create web-1',
+      'mvirt vm create worker --from-snapshot warm --count 4 --wait',
       'mvirt vm create db-1 --disk pgdata --disk seed-data:ro',
       'mvirt vm create web-2 --vcpus 2 --memory 512 --network user --meta team=blue',
       'mvirt vm create web-3 --network bridge --user-data ./cloud-config.yaml',
     ],
     run: async (ctx, p) => {
       const [name] = p.positionals;
+      if (wantsFork(p))
+        return createFromSnapshot(ctx, p, {
+          name: name!,
+          kind: oneOf(str(p, 'kind'), VM_KINDS, '--kind'),
+          metadata: parseMeta((p.values.meta as string[] | undefined) ?? []),
+        });
       const network = oneOf(str(p, 'network'), NETWORK_MODES, '--network');
       const overNet = p.values['agent-over-network'] === true;
       if (overNet && network !== 'bridge')
@@ -251,13 +200,10 @@ const commands: Command[] = [
         ctx.out(
           state ? `no VMs are ${state}\n` : 'no VMs yet: create one with `mvirt vm create NAME`\n',
         );
-      else
-        ctx.out(
-          vmTable(
-            [...r.vms].sort((a, b) => a.name.localeCompare(b.name)),
-            ctx.io.now(),
-          ),
-        );
+      else {
+        const vms = [...r.vms].sort((a, b) => a.name.localeCompare(b.name));
+        ctx.out(vmTable(vms, ctx.io.now(), await snapshotNames(c, vms)));
+      }
       return EXIT.OK;
     },
   },
@@ -270,7 +216,7 @@ const commands: Command[] = [
       const [vm] = p.positionals;
       const c = await ctx.client();
       const r = await c.call('vm.get', { vm: vm! });
-      ctx.out(ctx.globals.json ? json(r) : vmDetails(r, ctx.io.now()));
+      ctx.out(ctx.globals.json ? json(r) : vmDetails(r, ctx.io.now(), await snapshotNames(c, [r])));
       return EXIT.OK;
     },
   },
@@ -308,7 +254,10 @@ const commands: Command[] = [
   },
   {
     name: 'vm start',
-    summary: 'Boot a VM and wait until its agent is ready, showing its state changes.',
+    summary: 'Boot a VM (or resume a suspended one) and wait until its agent is ready.',
+    description:
+      'Prints each state change on stderr. A suspended VM (`mvirt vm suspend`) resumes\n' +
+      'from its saved state instead of booting.',
     args: ['VM'],
     options: {
       'no-wait': { type: 'boolean', help: 'return as soon as the boot has begun' },
@@ -320,7 +269,12 @@ const commands: Command[] = [
       if (p.values['no-wait'] === true) return print(ctx, await c.call('vm.start', { vm: ref! }));
       const vm = await c.call('vm.get', { vm: ref! });
       const t0 = ctx.io.now();
-      if (!ctx.globals.json && !ctx.globals.dryRun) ctx.err(`starting ${vm.name} (${vm.id})…\n`);
+      if (!ctx.globals.json && !ctx.globals.dryRun)
+        ctx.err(
+          vm.state === 'suspended'
+            ? `resuming ${vm.name} (${vm.id}) from its suspended state…\n`
+            : `starting ${vm.name} (${vm.id})…\n`,
+        );
       const r = await withProgress(ctx, c, vm, () =>
         c.call(
           'vm.start',
@@ -336,6 +290,9 @@ const commands: Command[] = [
   {
     name: 'vm stop',
     summary: 'Stop a VM gracefully (agent or ACPI shutdown), forcing it after a timeout.',
+    description:
+      'A suspended VM has no process to stop: its saved state is dropped and its next\n' +
+      'start boots afresh.',
     args: ['VM'],
     options: {
       timeout: {
@@ -412,7 +369,7 @@ const commands: Command[] = [
   },
   {
     name: 'vm rm',
-    summary: 'Delete a stopped or failed VM and its folder.',
+    summary: 'Delete a stopped, failed or suspended VM and its folder.',
     args: ['VM'],
     options: { force: { type: 'boolean', short: 'f', help: 'kill the VM first if it runs' } },
     examples: ['mvirt vm rm web-1', 'mvirt vm rm -f web-1'],
