@@ -109,6 +109,32 @@ describe('mvirt against mvirtd', { timeout: 600_000 }, () => {
     assert.match(r.stderr, /VM_NOT_FOUND/);
   });
 
+  it('VM snapshots on the QEMU backend, without booting: none yet, a stopped VM refused', async () => {
+    let r = await mvirt(['snapshot', 'ls', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { snapshots: [] });
+    r = await mvirt(['vm', 'create', 'it-cold']);
+    assert.equal(r.code, 0, r.stderr);
+    // QEMU can save state: the refusal is the VM's state, not the backend's.
+    for (const args of [
+      ['vm', 'snapshot', 'it-cold', 's1'],
+      ['vm', 'suspend', 'it-cold', '--dry-run'],
+    ]) {
+      r = await mvirt(args);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.match(
+        r.stderr,
+        /VM it-cold is stopped; cannot (snapshot|suspend) it \[VM_BAD_STATE\]/,
+      );
+      assert.match(r.stderr, /^hint: .*start it first \(`mvirt vm start it-cold`\)$/m);
+    }
+    r = await mvirt(['vm', 'create', 'it-fork', '--from-snapshot', 'nope', '--count', '2']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /no snapshot with id or name nope \[SNAPSHOT_NOT_FOUND\]/);
+    assert.equal((await mvirt(['vm', 'get', 'it-fork-1'])).code, 1, 'no fork was made');
+    assert.equal((await mvirt(['vm', 'rm', 'it-cold'])).code, 0);
+  });
+
   it('an invalid VM name is a usage error (exit 2), refused before sending', async () => {
     const r = await mvirt(['vm', 'get', 'no/such']);
     assert.equal(r.code, 2);
