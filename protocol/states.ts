@@ -111,6 +111,7 @@ export const DOWN_VM_STATES = [
   'failed',
   'suspended',
 ] as const satisfies readonly VmState[];
+export const isDownVm = member<VmState>(DOWN_VM_STATES);
 
 /** A VM whose memory and device state can be saved now (vm.snapshot, vm.suspend). */
 export const SAVABLE_VM_STATES = [
@@ -124,7 +125,6 @@ export const isSavableVm = member<VmState>(SAVABLE_VM_STATES);
 /** A VM snapshot is `saving` until its files are complete and checked, then `ready`. */
 export const SNAPSHOT_STATES = ['saving', 'ready'] as const;
 export type SnapshotState = (typeof SNAPSHOT_STATES)[number];
-export const isDownVm = member<VmState>(DOWN_VM_STATES);
 
 // ---------------------------------------------------------------- job subsets
 

@@ -215,7 +215,8 @@ function eventInScope(ctx: AclContext, scope: string, payload: Buffer | string):
       (ctx.ownerOf('vm', o) === scope ||
         ctx.ownerOf('job', o) === scope ||
         ctx.ownerOf('pool', o) === scope ||
-        ctx.ownerOf('volume', o) === scope),
+        ctx.ownerOf('volume', o) === scope ||
+        ctx.ownerOf('snapshot', o) === scope),
   );
 }
 

@@ -122,7 +122,8 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     }
   }
 
-  async function remove(ref: string): Promise<Record<string, never>> {
+  /** snapshot.delete's check, for the call and its dry run: no VM still needs its files. */
+  function deletable(ref: string): StoredSnapshot {
     const s = find(ref);
     const forks = waitingForks(s.id);
     if (forks.length > 0)
@@ -131,14 +132,20 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
         `snapshot ${s.name} is the saved state of VMs that have not started yet: ${forks.map((v) => v.name).join(', ')}; start or delete them first`,
         { details: { vms: forks.map((v) => v.id) } },
       );
-    repo.delete(s.id);
-    await d.files.remove(s.id);
+    return s;
+  }
+
+  async function remove(ref: string): Promise<Record<string, never>> {
+    const s = deletable(ref);
+    // Recorded while its owner label still exists (scoped controllers see it), with its source VM.
     d.events.append({
       level: 'audit',
       component: 'snapshot',
       message: `snapshot ${s.name} deleted`,
-      objects: [s.id],
+      objects: [s.id, s.source.vm],
     });
+    repo.delete(s.id);
+    await d.files.remove(s.id);
     return {};
   }
 
@@ -158,13 +165,7 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     },
     remove(ref: string): DryRunPlan {
       const b = createPlan('snapshot.delete', d.dataDir);
-      const s = find(ref);
-      const forks = waitingForks(s.id);
-      if (forks.length > 0)
-        throw new MvirtError(
-          'SNAPSHOT_IN_USE',
-          `snapshot ${s.name} is needed by ${forks.length} VMs`,
-        );
+      const s = deletable(ref);
       b.admit(`no VM waits to resume from snapshot ${s.name}`);
       b.remove(`${d.files.dirOf(s.id)}/`);
       b.change(`snapshot ${s.name}: deleted`);
@@ -195,11 +196,16 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
   return {
     take,
     get: (ref: string): SnapshotRecord => publicSnapshot(find(ref)),
+    /** Ready snapshots; of one VM by its id or name (a deleted source VM by the name it had). */
     list: (vmRef?: string): SnapshotRecord[] => {
-      const vm = vmRef === undefined ? undefined : (d.store.vms.find(vmRef)?.id ?? vmRef);
+      const vm = vmRef === undefined ? undefined : d.store.vms.find(vmRef)?.id;
+      const of = (s: StoredSnapshot) =>
+        vmRef === undefined ||
+        s.source.vm === (vm ?? vmRef) ||
+        (vm === undefined && s.source.name === vmRef);
       return repo
-        .list(vm)
-        .filter((s) => s.state === 'ready')
+        .list()
+        .filter((s) => s.state === 'ready' && of(s))
         .map(publicSnapshot);
     },
     resolveId: (ref: string): string | undefined => repo.find(ref)?.id,

@@ -7,7 +7,6 @@
 import { MvirtError } from '../../protocol/errors.js';
 import type { DryRunPlan } from '../../protocol/plan.js';
 import type { VmRecord } from '../../protocol/rpc.js';
-import { DOWN_VM_STATES, UP_VM_STATES } from '../../protocol/states.js';
 import { createPlan } from '../plan.js';
 import type { StoredSnapshot } from '../store/index.js';
 import type { CreateVmParams, VmContext } from './context.js';
@@ -29,6 +28,7 @@ export function forkPart(
   ops: {
     create(p: CreateVmParams): Promise<VmRecord>;
     start(ref: string, wait?: boolean): Promise<VmRecord>;
+    delete(ref: string): Promise<unknown>;
   },
 ) {
   function snapshotOf(ref: string): StoredSnapshot {
@@ -61,8 +61,47 @@ export function forkPart(
   async function createFromSnapshot(p: ForkParams): Promise<ForkResult> {
     const { snap, names } = checks(p);
     const made: VmRecord[] = [];
-    for (const name of names) {
-      const vm = await ops.create({
+    try {
+      for (const name of names) made.push(await createOne(p, snap, name));
+    } catch (err) {
+      // All or none: forks recorded before the failure go again.
+      for (const vm of made) await ops.delete(vm.id).catch(() => undefined);
+      throw err;
+    }
+    // Side by side: each start is its own VM's lock; the hypervisor spawns overlap.
+    const started = await Promise.allSettled(
+      made.map((vm) =>
+        ops
+          .start(vm.id, p.wait ?? false)
+          .then((rec) => (p.wait ? rec : (ctx.vms.get(rec.id) ?? rec))),
+      ),
+    );
+    const failed = started.flatMap((s, i) =>
+      s.status === 'rejected' ? [{ i, err: s.reason }] : [],
+    );
+    if (failed.length > 0) {
+      // Each fork is still there to inspect or delete; the error names them all.
+      const vms = made.map((vm) => ({
+        id: vm.id,
+        name: vm.name,
+        state: ctx.vms.get(vm.id)?.state,
+      }));
+      const first = failed[0]!.err as unknown;
+      const why = first instanceof Error ? first.message : String(first);
+      throw new MvirtError(
+        first instanceof MvirtError ? first.code : 'BOOT_FAILED',
+        `${failed.length} of ${made.length} VMs from snapshot ${snap.name} did not come up (${made[failed[0]!.i]!.name}: ${why})`,
+        { details: { vms }, cause: first },
+      );
+    }
+    const all = started.map((s) => (s as PromiseFulfilledResult<VmRecord>).value);
+    const [first, ...rest] = all;
+    return rest.length > 0 ? { ...first!, forks: rest } : first!;
+  }
+
+  function createOne(p: ForkParams, snap: StoredSnapshot, name: string): Promise<VmRecord> {
+    return ops
+      .create({
         name,
         image: snap.image,
         vcpus: snap.vcpus,
@@ -71,19 +110,11 @@ export function forkPart(
         network: snap.network,
         ...(p.kind ? { kind: p.kind } : {}),
         metadata: { ...p.metadata, 'mvirt.snapshot': snap.id },
+      })
+      .then((vm) => {
+        ctx.vms.markFork(vm.id, snap.id, ctx.now());
+        return vm;
       });
-      ctx.vms.markFork(vm.id, snap.id, ctx.now());
-      made.push(vm);
-    }
-    // Side by side: each start is its own VM's lock; the hypervisor spawns overlap.
-    const started = await Promise.all(made.map((vm) => ops.start(vm.id)));
-    const all = p.wait
-      ? await Promise.all(
-          started.map((vm) => ctx.waitForState(vm.id, UP_VM_STATES, DOWN_VM_STATES)),
-        )
-      : started.map((vm) => ctx.vms.get(vm.id) ?? vm);
-    const [first, ...rest] = all;
-    return rest.length > 0 ? { ...first!, forks: rest } : first!;
   }
 
   function plan(p: ForkParams): DryRunPlan {

@@ -26,6 +26,8 @@ import type { ResolvedImage } from './images.js';
 import type { Live } from './live.js';
 import { SUSPEND_FILE } from './save.js';
 
+type Restoring = NonNullable<Live['restoring']>;
+
 /** What a boot resumes from instead of booting. */
 export interface RestoreSource {
   /** `suspend`, or the snapshot id. */
@@ -139,12 +141,17 @@ export function restorePart(ctx: VmContext) {
   function onHello(live: Live, hello: Hello): void {
     const r = live.restoring;
     if (!r || r.synced) return;
-    r.synced = sync(live, r, hello).catch((err: unknown) => {
-      live.log.warn({ err }, 'cannot sync the restored guest (clock, entropy)');
-    });
+    r.synced = sync(live, r, hello).then(
+      (res) => recorded(live, r, hello, res),
+      (err: unknown) => {
+        live.log.warn({ err }, 'cannot sync the restored guest (clock, entropy)');
+        recorded(live, r, hello, null, err instanceof Error ? err.message : String(err));
+      },
+    );
   }
 
-  async function sync(live: Live, r: NonNullable<Live['restoring']>, hello: Hello): Promise<void> {
+  /** Clock and entropy; then the fork's link up once its agent says it took its own address. */
+  async function sync(live: Live, r: Restoring, hello: Hello): Promise<SyncResult> {
     const raw = await ctx.agents.call(
       live.id,
       'sync',
@@ -152,21 +159,31 @@ export function restorePart(ctx: VmContext) {
       ctx.options.agentCallTimeoutMs,
     );
     const res = SyncResult.parse(raw);
-    const rep = hello.restored;
-    const network = res.network ?? rep?.network;
+    const network = res.network ?? hello.restored?.network;
     if (r.linkDown && (network === 'applied' || network === 'none')) {
       await live.running?.setLink?.(true);
       r.linkDown = false;
-    } else if (r.linkDown) {
-      live.log.warn({ network }, 'the fork did not take its own address: its link stays down');
     }
+    return res;
+  }
+
+  /** What the restore did, kept on the VM and said as a `restored` event (a failed sync too). */
+  function recorded(
+    live: Live,
+    r: Restoring,
+    hello: Hello,
+    res: SyncResult | null,
+    syncError?: string,
+  ): void {
+    const rep = hello.restored;
+    const network = res?.network ?? rep?.network;
     // r.info is the one object ready and sync both complete (in either order).
     Object.assign(r.info, {
-      clockStepMs: res.clockStepMs,
-      entropyBytes: res.entropyBytes + (rep?.entropyBytes ?? 0),
+      ...(res ? { clockStepMs: res.clockStepMs } : {}),
+      entropyBytes: (res?.entropyBytes ?? 0) + (rep?.entropyBytes ?? 0),
+      ...(network !== undefined ? { network } : {}),
       ...(rep
         ? {
-            ...(network !== undefined ? { network } : {}),
             jobsDropped: rep.jobsDropped,
             ...(rep.previous.vmId !== live.id ? { previousVm: rep.previous.vmId } : {}),
           }
@@ -176,10 +193,14 @@ export function restorePart(ctx: VmContext) {
     ctx.vms.setRestoreInfo(live.id, info, ctx.now());
     const vm = ctx.vms.get(live.id);
     if (!vm) return;
+    const linkDown = r.linkDown ? '; its link stays down: it did not take its own address' : '';
+    const what = res
+      ? `clock stepped ${Math.round(res.clockStepMs)} ms, ${info.entropyBytes} bytes of entropy`
+      : `the guest's clock and entropy were not synced: ${syncError}`;
     ctx.events.append({
-      level: 'info',
+      level: res && !r.linkDown ? 'info' : 'warn',
       component: 'vm',
-      message: `${vm.name}: restored (clock stepped ${Math.round(res.clockStepMs)} ms, ${info.entropyBytes} bytes of entropy${info.previousVm ? `, was ${info.previousVm}` : ''})`,
+      message: `${vm.name}: restored (${what}${info.previousVm ? `, was ${info.previousVm}` : ''}${linkDown})`,
       objects: [live.id, ...(info.snapshot !== 'suspend' ? [info.snapshot] : [])],
       data: info,
     });
