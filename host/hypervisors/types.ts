@@ -308,6 +308,13 @@ export interface Hypervisor {
    */
   dispose(runtime: VmRuntime, dir: string, log: Logger): Promise<void>;
   /**
+   * Recovery, last: this backend's hypervisor processes of VM folders under
+   * `vmRoot` that no runtime row names (`known`), e.g. launched by a daemon
+   * killed before it recorded them (a restore's state was loading): ended,
+   * no orphans. Returns the pids it ended.
+   */
+  disposeOrphans?(vmRoot: string, known: ReadonlySet<number>, log: Logger): Promise<number[]>;
+  /**
    * Why a process launched with `spec` could not resume from `state` (other
    * version, machine type, size or devices), or null when it can. Where
    * `capabilities.snapshots`.

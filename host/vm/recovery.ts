@@ -49,6 +49,13 @@ export function recoveryPart(ctx: VmContext): Pick<VmContext, 'recover'> {
         if (who === 'ours' && isActiveVm(vm.state)) {
           try {
             running = await hv.attach(rt, dir, plain(vlog));
+            // Launched but never run (a restore's state loading, or -S): the
+            // daemon that would have finished the launch is gone.
+            if ((await running.status()) === 'starting') {
+              why = 'its launch never finished (the guest never ran)';
+              await running.detach();
+              running = undefined;
+            }
           } catch (err) {
             why = err instanceof Error ? err.message : String(err);
           }
@@ -96,6 +103,14 @@ export function recoveryPart(ctx: VmContext): Pick<VmContext, 'recover'> {
           .withLock(vm.id, () => ctx.stopProcess(live, running, options.stopTimeoutMs))
           .catch((err: unknown) => vlog.error({ err }, 'stop after restart failed'));
       }
+    }
+    // Processes launched but never recorded (the daemon died in between): ended.
+    const known = new Set([...lives.values()].map((l) => l.running!.runtime.pid));
+    for (const name of hypervisors.names()) {
+      await hypervisors
+        .get(name)
+        ?.disposeOrphans?.(options.vmDir, known, plain(ctx.log))
+        .catch((err: unknown) => ctx.log.warn({ err }, 'cannot look for orphan processes'));
     }
     // Tokens of re-attached VMs back in memory; TAPs of everything else removed.
     await ctx.network

@@ -16,8 +16,6 @@ import type {
   LaunchSpec,
   ProbeResult,
   RunningVm,
-  SavedState,
-  StateSpec,
   VmRuntime,
 } from '../types.js';
 import {
@@ -41,11 +39,17 @@ import {
 import { probeQemu, type QemuProbe } from './probe.js';
 import { qemuPlans } from './plans.js';
 import { readProcStat } from '../proc.js';
-import { attachError, identify, OWNERSHIP_TEXT, QEMU_BACKEND } from './ownership.js';
+import {
+  attachError,
+  disposeOrphans,
+  identify,
+  OWNERSHIP_TEXT,
+  QEMU_BACKEND,
+} from './ownership.js';
 import { connectQmp, type QmpClient } from './qmp.js';
 import { createQemuHotplug } from './hotplug.js';
 import { createQemuVm } from './vm.js';
-import { loadState, saveState, STATE_FD, stateProblem as stateProblemOf } from './state.js';
+import { loadState, qemuStates, STATE_FD } from './state.js';
 
 export { QEMU_BACKEND };
 
@@ -177,26 +181,11 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         })
       : undefined;
 
-  const stateSaverFor =
-    (qmp: QmpClient, dir: string, vmLog: Logger) => async (file: string, spec: StateSpec) => {
-      const { version } = await probeDetails();
-      if (!version) throw new MvirtError('BACKEND_UNAVAILABLE', 'QEMU does not say its version');
-      const grant = (f: string) => confiner.handOverFile(dir, f);
-      return saveState({ qmp, dir, grant, version, log: vmLog }, file, spec);
-    };
-
-  /** The machine family each `machine` option boots; a state of another is refused. */
-  const FAMILY: Record<QemuMachine, RegExp> = {
-    pc: /^pc-i440fx-/,
-    q35: /^pc-q35-/,
-    microvm: /^microvm$/,
-  };
-
-  async function stateProblem(state: SavedState, spec: StateSpec): Promise<string | null> {
-    if (!FAMILY[opts.machine].test(state.machine))
-      return `the state is of machine type ${state.machine}; this host boots ${opts.machine} machines`;
-    return stateProblemOf(state, spec, { version: (await probeDetails()).version });
-  }
+  const states = qemuStates({
+    machine: opts.machine,
+    version: async () => (await probeDetails()).version,
+    grant: (dir, f) => confiner.handOverFile(dir, f),
+  });
 
   let probing: Promise<QemuProbe> | null = null;
   const probeDetails = () =>
@@ -254,7 +243,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     const accel = p.accel as QemuAccel;
     const paths = qemuPaths(spec.dir);
     if (spec.restore) {
-      const problem = await stateProblem(spec.restore.state, spec);
+      const problem = await states.problem(spec.restore.state, spec);
       if (problem) throw new MvirtError('SNAPSHOT_INCOMPATIBLE', problem);
     }
     const args = buildQemuArgs({
@@ -382,7 +371,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         log: vmLog,
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
         hotplug: hotplugFor(qmp, spec.dir, vmLog),
-        saveState: stateSaverFor(qmp, spec.dir, vmLog),
+        saveState: states.saverFor(qmp, spec.dir, vmLog),
       });
       void vm.exited.then(() => release(spec.dir, vmLog));
       return vm;
@@ -451,7 +440,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
       // Names derive from serials: a re-adopted VM's disks are detachable as they were.
       hotplug: hotplugFor(qmp, dir, vmLog),
-      saveState: stateSaverFor(qmp, dir, vmLog),
+      saveState: states.saverFor(qmp, dir, vmLog),
     });
     // The adopted process keeps its cgroup; removed when it ends.
     void vm.exited.then(() => release(dir, vmLog));
@@ -505,6 +494,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     identify,
     attach,
     dispose,
-    stateProblem,
+    stateProblem: states.problem,
+    disposeOrphans: async (vmRoot, known, l) => disposeOrphans(vmRoot, known, l),
   };
 }

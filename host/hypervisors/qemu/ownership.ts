@@ -2,7 +2,9 @@
  * Is a leftover process this backend's QEMU of a VM folder? Only looks (pid,
  * start time, command line); never signals anything.
  */
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
+import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { AttachFailureReason, Ownership, VmRuntime } from '../types.js';
 import { readCmdline, readProcStat } from '../proc.js';
@@ -46,3 +48,32 @@ export const OWNERSHIP_TEXT: Record<
       ? `runtime belongs to backend ${rt.backend}`
       : `pid ${rt.pid} is not the QEMU of ${dir}`,
 };
+
+/**
+ * QEMUs of VM folders under `vmRoot` that no runtime row names: their QMP
+ * socket argument points into `<vmRoot>/<id>/`. SIGKILLed: nothing records
+ * them, so nothing would ever end them.
+ */
+export function disposeOrphans(vmRoot: string, known: ReadonlySet<number>, log: Logger): number[] {
+  const prefix = `socket,id=qmp,path=${vmRoot.replace(/,/g, ',,')}/`;
+  const ended: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || known.has(pid) || pid === process.pid) continue;
+    const argv = readCmdline(pid);
+    if (!argv || !path.basename(argv[0] ?? '').startsWith('qemu-system')) continue;
+    if (!argv.some((a) => a.startsWith(prefix))) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+      ended.push(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  if (ended.length > 0)
+    log.warn(
+      { pids: ended, vmRoot },
+      'ended QEMU processes that no VM record names (orphans of a killed daemon)',
+    );
+  return ended;
+}

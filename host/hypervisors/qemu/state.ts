@@ -23,6 +23,7 @@ import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { SavedState, StateSpec } from '../types.js';
 import { QmpError, type QmpClient, type QmpEvent } from './qmp.js';
+import type { QemuMachine } from './args.js';
 
 export const STATE_OUT_SOCKET = 'state-out.sock';
 
@@ -204,4 +205,35 @@ export function stateProblem(
   if (state.devices !== deviceDigest(spec, state.machine))
     return 'the VM’s devices (disks, network, agent channel) differ from those the state was saved with';
   return null;
+}
+
+/** The machine family each `machine` option boots; a state of another is refused. */
+const FAMILY: Record<QemuMachine, RegExp> = {
+  pc: /^pc-i440fx-/,
+  q35: /^pc-q35-/,
+  microvm: /^microvm$/,
+};
+
+/** The backend's saved-state parts: RunningVm.saveState for a VM, and Hypervisor.stateProblem. */
+export function qemuStates(o: {
+  machine: QemuMachine;
+  /** This host's QEMU build (the probe's `-version` line). */
+  version(): Promise<string | null>;
+  /** Give a file in a VM's folder to its user (confine.ts handOverFile). */
+  grant(dir: string, file: string): Promise<void>;
+}) {
+  return {
+    saverFor:
+      (qmp: QmpClient, dir: string, log: Logger) =>
+      async (file: string, spec: StateSpec): Promise<SavedState> => {
+        const version = await o.version();
+        if (!version) throw new MvirtError('BACKEND_UNAVAILABLE', 'QEMU does not say its version');
+        return saveState({ qmp, dir, grant: (f) => o.grant(dir, f), version, log }, file, spec);
+      },
+    async problem(state: SavedState, spec: StateSpec): Promise<string | null> {
+      if (!FAMILY[o.machine].test(state.machine))
+        return `the state is of machine type ${state.machine}; this host boots ${o.machine} machines`;
+      return stateProblem(state, spec, { version: await o.version() });
+    },
+  };
 }
