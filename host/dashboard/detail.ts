@@ -1,8 +1,8 @@
 /**
  * The selected VM: CPU and memory charts (uPlot; history from metrics.query,
- * then every live telemetry sample), its boot timeline from the agent's
- * hello, and its disks (disks.ts). `data-points` on each chart says how many
- * samples it draws.
+ * then every live telemetry sample), how it started (its boot timeline from
+ * the agent's hello, or its restore beside a cold boot: restore.ts), and its
+ * disks (disks.ts). `data-points` on each chart says how many samples it draws.
  */
 import uPlot from 'uplot';
 import type { VmRecord } from '../../protocol/rpc.js';
@@ -10,6 +10,7 @@ import type { Conn } from './conn.js';
 import { diskRows } from './disks.js';
 import { byId, h } from './dom.js';
 import { emptySeries, type Model, type Series } from './model.js';
+import { startView, type Timeline } from './restore.js';
 
 const HISTORY_S = 15 * 60;
 
@@ -37,43 +38,55 @@ function chart(el: HTMLElement, series: uPlot.Series[]): uPlot {
   );
 }
 
-function bootTimeline(v: VmRecord): HTMLElement[] {
-  const b = v.boot;
-  if (!b) return [h('p', {}, 'no boot timeline yet (the agent reports it when it says hello)')];
-  const stages = [
-    { name: 'kernel', s: b.initS },
-    { name: 'init', s: Math.max(0, b.agentStartS - b.initS) },
-    { name: 'connect', s: Math.max(0, b.connectedS - b.agentStartS) },
-  ];
-  const total = stages.reduce((a, x) => a + x.s, 0) || 1;
-  const bar = h(
+const pct = (x: number): string => `${(Math.min(1, Math.max(0, x)) * 100).toFixed(2)}%`;
+
+function bar(t: Timeline, scaleMs: number): HTMLElement {
+  const sum = t.segments.reduce((a, x) => a + x.ms, 0) || 1;
+  return h(
     'div',
-    { class: 'bar' },
-    ...stages.map((x) =>
-      h(
-        'div',
-        {
-          class: `seg ${x.name}`,
-          style: `width:${((x.s / total) * 100).toFixed(2)}%`,
-          title: `${x.name}: ${x.s.toFixed(2)} s`,
-          'data-stage': x.name,
-          'data-seconds': x.s.toFixed(3),
-        },
-        `${x.name} ${x.s.toFixed(2)} s`,
+    {
+      class: `timeline ${t.kind}`,
+      'data-kind': t.kind,
+      'data-vm': t.vm,
+      'data-total-ms': String(Math.round(t.totalMs)),
+    },
+    h('div', { class: 'label' }, t.label),
+    h(
+      'div',
+      { class: 'bar', style: `width:${pct(t.totalMs / scaleMs)}` },
+      ...t.segments.map((x) =>
+        h(
+          'div',
+          {
+            class: `seg ${x.stage}`,
+            style: `width:${pct(x.ms / sum)}`,
+            title: `${x.stage}: ${(x.ms / 1000).toFixed(2)} s, ${x.about}`,
+            'data-stage': x.stage,
+            'data-seconds': (x.ms / 1000).toFixed(3),
+          },
+          `${x.stage} ${(x.ms / 1000).toFixed(2)} s`,
+        ),
       ),
     ),
+    h('p', {}, t.note),
   );
-  const ready =
-    b.readyAtMs !== undefined
-      ? `; hypervisor launch → ready: ${(b.readyAtMs / 1000).toFixed(2)} s (host clock)`
-      : '';
-  return [
-    bar,
+}
+
+/** The VM's start: a restore beside a cold boot on one scale, and what the restore fixed. */
+function startTimeline(v: VmRecord, m: Model): HTMLElement[] {
+  const s = startView(v, m.vms, m.snapshots);
+  if (s.empty !== undefined) return [h('p', {}, s.empty)];
+  const facts = s.facts.map((f) =>
     h(
-      'p',
-      {},
-      `guest clock: agent connected ${b.connectedS.toFixed(2)} s after kernel start${ready}`,
+      'div',
+      { 'data-fact': f.key, 'data-level': f.level },
+      h('dt', {}, f.label),
+      h('dd', {}, f.value),
     ),
+  );
+  return [
+    ...s.bars.map((t) => bar(t, s.scaleMs)),
+    ...(facts.length > 0 ? [h('dl', { class: 'facts' }, ...facts)] : []),
   ];
 }
 
@@ -114,7 +127,7 @@ export function detailView(m: Model, conn: Conn): { select(id: string): void } {
       ]);
     }
     draw(m.series.get(v.id));
-    boot.replaceChildren(...bootTimeline(v));
+    boot.replaceChildren(...startTimeline(v, m));
     disks.replaceChildren(...diskRows(v, m.telemetry.get(v.id)));
   });
 

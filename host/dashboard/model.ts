@@ -6,10 +6,10 @@
  * VMs at connect) costs one render, not 200.
  */
 import type { MetricField, MetricPoint, VmTelemetry } from '../../protocol/metrics.js';
-import type { HostStatus } from '../../protocol/records.js';
+import type { HostStatus, SnapshotRecord } from '../../protocol/records.js';
 import type { EventRecord, JobRecord, OutputChunk, VmRecord } from '../../protocol/rpc.js';
 
-export type Part = 'hosts' | 'vms' | 'detail' | 'jobs' | 'output' | 'events';
+export type Part = 'hosts' | 'vms' | 'detail' | 'jobs' | 'output' | 'events' | 'snapshots';
 
 /**
  * The figures the VM charts draw, by their protocol names: live telemetry and
@@ -37,6 +37,8 @@ export interface Model {
   readonly hosts: Map<string, HostStatus>;
   readonly jobs: Map<string, JobRecord>;
   readonly output: Map<string, OutputChunk[]>;
+  /** VM snapshots as snapshot.list last said (no retained topic carries them). */
+  readonly snapshots: Map<string, SnapshotRecord>;
   events: EventRecord[];
   selectedVm: string | null;
   selectedJob: string | null;
@@ -49,6 +51,7 @@ export interface Model {
   setJob(id: string, rec: JobRecord | null): void;
   addOutput(id: string, chunks: OutputChunk[]): void;
   addEvents(es: EventRecord[]): void;
+  setSnapshots(list: SnapshotRecord[]): void;
 }
 
 export const emptySeries = (): Series => ({
@@ -77,6 +80,7 @@ export function createModel(): Model {
     hosts: new Map(),
     jobs: new Map(),
     output: new Map(),
+    snapshots: new Map(),
     events: [],
     selectedVm: null,
     selectedJob: null,
@@ -99,7 +103,9 @@ export function createModel(): Model {
         if (m.selectedVm === id) m.selectedVm = null;
       }
       m.changed('vms');
-      if (m.selectedVm === id) m.changed('detail');
+      // A fork's detail compares its restore with its source's cold boot.
+      const sel = m.selectedVm !== null ? m.vms.get(m.selectedVm) : undefined;
+      if (m.selectedVm === id || sel?.restore?.previousVm === id) m.changed('detail');
     },
     addTelemetry(t) {
       m.telemetry.set(t.vmId, t);
@@ -151,6 +157,14 @@ export function createModel(): Model {
       if (add.length === 0) return;
       m.events = [...m.events, ...add].sort((a, b) => a.id - b.id).slice(-EVENTS_MAX);
       m.changed('events');
+    },
+    setSnapshots(list) {
+      m.snapshots.clear();
+      for (const s of list) m.snapshots.set(s.id, s);
+      m.changed('snapshots');
+      // Marks and the detail view name the snapshots a VM was made from.
+      m.changed('vms');
+      if (m.selectedVm !== null) m.changed('detail');
     },
   };
   return m;

@@ -1,10 +1,11 @@
 /**
  * The VM table: one row per VM, updated in place (a row is rebuilt only when
  * its VM or its figures changed), start/stop/kill buttons that send the same
- * RPCs as any controller.
+ * RPCs as any controller. A restored VM is marked (restore.ts), and a
+ * suspended VM's start button says resume.
  */
 import type { VmTelemetry } from '../../protocol/metrics.js';
-import type { VmRecord } from '../../protocol/records.js';
+import type { SnapshotRecord, VmRecord } from '../../protocol/records.js';
 import {
   ACTIVE_VM_STATES,
   INACTIVE_VM_STATES,
@@ -15,6 +16,7 @@ import {
 import type { Conn } from './conn.js';
 import { byId, fmt, h, toast } from './dom.js';
 import type { Model } from './model.js';
+import { restoreMark } from './restore.js';
 
 type Action = 'start' | 'stop' | 'kill';
 
@@ -24,10 +26,17 @@ const ALLOWED: Record<Action, readonly VmState[]> = {
   kill: ACTIVE_VM_STATES,
 };
 
-function row(v: VmRecord, t: VmTelemetry | undefined, selected: boolean): HTMLTableRowElement {
+function row(
+  v: VmRecord,
+  t: VmTelemetry | undefined,
+  selected: boolean,
+  snaps: ReadonlyMap<string, SnapshotRecord>,
+): HTMLTableRowElement {
   const up = t !== undefined && isActiveVm(v.state);
+  const mark = restoreMark(v, snaps);
   const buttons = (['start', 'stop', 'kill'] as const).map((a) => {
-    const b = h('button', { 'data-action': a, type: 'button' }, a);
+    const label = a === 'start' && v.state === 'suspended' ? 'resume' : a;
+    const b = h('button', { 'data-action': a, type: 'button' }, label);
     b.disabled = !ALLOWED[a].includes(v.state);
     return b;
   });
@@ -38,8 +47,16 @@ function row(v: VmRecord, t: VmTelemetry | undefined, selected: boolean): HTMLTa
       'data-id': v.id,
       'data-name': v.name,
       'data-state': v.state,
+      'data-restored': mark?.kind,
     },
-    h('td', {}, v.name),
+    h(
+      'td',
+      {},
+      v.name,
+      ...(mark
+        ? [' ', h('span', { class: `mark ${mark.kind}`, title: mark.title }, mark.text)]
+        : []),
+    ),
     h('td', {}, h('span', { class: `state ${v.state}` }, v.state)),
     h('td', { class: 'num' }, String(v.vcpus)),
     h('td', { class: 'num' }, fmt.mib(v.memoryMiB)),
@@ -59,11 +76,13 @@ export function vmsView(m: Model, conn: Conn, select: (id: string) => void): voi
     const next: HTMLTableRowElement[] = [];
     for (const v of vms) {
       const t = m.telemetry.get(v.id);
-      const key = [v, t, m.selectedVm === v.id];
+      // A fork's mark names its snapshot: the row changes with that record too.
+      const snap = v.restoredFrom !== undefined ? m.snapshots.get(v.restoredFrom) : undefined;
+      const key = [v, t, m.selectedVm === v.id, snap];
       const cur = rows.get(v.id);
       if (cur && cur.key.every((k, i) => k === key[i])) next.push(cur.el);
       else {
-        const el = row(v, t, m.selectedVm === v.id);
+        const el = row(v, t, m.selectedVm === v.id, m.snapshots);
         rows.set(v.id, { el, key });
         next.push(el);
       }

@@ -61,13 +61,21 @@ test(
 
       await row.locator('td').first().click();
       await page.locator(`#vm-detail[data-vm="${vm.id}"]`).waitFor();
-      // Boot timeline from the agent's hello: three stages with their seconds.
+      // A cold boot, no restore: one bar, the hypervisor's launch (what the
+      // guest's stages leave of spawn → ready) and the agent hello's three stages.
+      assert.equal(await row.getAttribute('data-restored'), null, 'a cold boot is not marked');
+      assert.deepEqual(
+        await page
+          .locator('#boot-timeline .timeline')
+          .evaluateAll((els) => els.map((e) => e.getAttribute('data-kind'))),
+        ['boot'],
+      );
       const stages = page.locator('#boot-timeline .seg');
       assert.deepEqual(
         await stages.evaluateAll((els) => els.map((e) => e.getAttribute('data-stage'))),
-        ['kernel', 'init', 'connect'],
+        ['launch', 'kernel', 'init', 'connect'],
       );
-      const kernelS = Number(await stages.first().getAttribute('data-seconds'));
+      const kernelS = Number(await stages.nth(1).getAttribute('data-seconds'));
       assert.ok(kernelS > 0 && kernelS < 60, `kernel stage ${kernelS} s`);
 
       // The memory chart updates as telemetry arrives (1 s interval): wait for
