@@ -17,6 +17,7 @@ import { eventsView } from './events.js';
 import { hostsView } from './hosts.js';
 import { jobsView } from './jobs.js';
 import { createModel } from './model.js';
+import { snapshotsView } from './snapshots.js';
 import { vmsView } from './vms.js';
 
 const decoder = new TextDecoder();
@@ -97,6 +98,7 @@ async function main(): Promise<void> {
     });
   });
   eventsView(m, conn);
+  snapshotsView(m, conn, schemas);
 }
 
 function fail(err: unknown): void {

@@ -5,4 +5,11 @@
  */
 export { DashboardSession } from '../../protocol/http.js';
 export { VmTelemetry } from '../../protocol/metrics.js';
-export { HostStatus, JobRecord, OutputChunk } from '../../protocol/records.js';
+export {
+  HostStatus,
+  JobRecord,
+  OutputChunk,
+  SnapshotRecord,
+  VmEvent,
+  VmRecord,
+} from '../../protocol/records.js';
