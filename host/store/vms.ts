@@ -151,8 +151,9 @@ export function createVmRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
     setState: db.prepare(
       `UPDATE vms SET state = ?, state_reason = ?, updated_at = ? WHERE id = ? AND state = ?`,
     ),
+    // A new start: the last boot's and the last restore's facts no longer hold.
     setStarted: db.prepare(
-      `UPDATE vms SET started_at = ?, boot = NULL, updated_at = ? WHERE id = ?`,
+      `UPDATE vms SET started_at = ?, boot = NULL, restore_info = NULL, updated_at = ? WHERE id = ?`,
     ),
     setAgent: db.prepare(`UPDATE vms SET boot = ?, agent_version = ?, updated_at = ? WHERE id = ?`),
     del: db.prepare(`DELETE FROM vms WHERE id = ?`),
@@ -223,7 +224,7 @@ export function createVmRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
       s.setStarted.run(now, now, id);
     },
     setAgent(id: string, boot: VmRecord['boot'], agentVersion: string, now: string): void {
-      s.setAgent.run(JSON.stringify(boot), agentVersion, now, id);
+      s.setAgent.run(boot === undefined ? null : JSON.stringify(boot), agentVersion, now, id);
     },
     delete(id: string): boolean {
       const gone = s.del.run(id).changes === 1;

@@ -59,7 +59,8 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
     const live = ctx.lives.get(id);
     if (!live) return;
     restore.onRestoredHello(live, hello);
-    vms.setAgent(id, hello.boot, hello.agentVersion, ctx.now());
+    // A restored guest's hello carries its source's cold-boot timeline: not this start's.
+    vms.setAgent(id, live.restoring ? undefined : hello.boot, hello.agentVersion, ctx.now());
     const rec = vms.get(id);
     if (rec) ctx.publishState(rec);
     // Caused by the guest: rate-limited per VM, the excess counted (events/guest-gate.ts).
@@ -95,11 +96,14 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
     live.bootTimer = undefined;
     if (live.launchedAt !== undefined) {
       const readyAtMs = Math.round(performance.now() - live.launchedAt);
-      vms.setAgent(id, { ...hello.boot, readyAtMs }, hello.agentVersion, ctx.now());
-      live.log.info({ readyAtMs, boot: hello.boot }, 'VM ready');
       if (r) {
+        // A restored guest's boot timeline is its source's cold boot: not this start's.
         r.info.readyAtMs = readyAtMs;
         vms.setRestoreInfo(id, r.info, ctx.now());
+        live.log.info({ readyAtMs }, 'VM ready (restored)');
+      } else {
+        vms.setAgent(id, { ...hello.boot, readyAtMs }, hello.agentVersion, ctx.now());
+        live.log.info({ readyAtMs, boot: hello.boot }, 'VM ready');
       }
     }
     ctx.transition(id, 'ready', 'the agent is ready');

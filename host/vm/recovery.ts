@@ -122,6 +122,9 @@ export function recoveryPart(ctx: VmContext): Pick<VmContext, 'recover'> {
       const to = vm.state === 'stopping' ? 'stopped' : 'failed';
       ctx.transition(vm.id, to, 'no hypervisor process after a daemon restart', 'warn');
     }
+    // Retained states live in the broker's memory: every VM's, again (the
+    // re-attached ones were published above; the rest would be missing).
+    for (const vm of vms.list()) if (!lives.has(vm.id)) ctx.publishState(vm);
     ctx.log.info({ adopted, runtimeRows: runtimes.length }, 'recovery done');
   }
 

@@ -193,6 +193,7 @@ export function restorePart(ctx: VmContext) {
     ctx.vms.setRestoreInfo(live.id, info, ctx.now());
     const vm = ctx.vms.get(live.id);
     if (!vm) return;
+    ctx.publishState(vm);
     const linkDown = r.linkDown ? '; its link stays down: it did not take its own address' : '';
     const what = res
       ? `clock stepped ${Math.round(res.clockStepMs)} ms, ${info.entropyBytes} bytes of entropy`
