@@ -101,6 +101,8 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
         r.info.readyAtMs = readyAtMs;
         vms.setRestoreInfo(id, r.info, ctx.now());
         live.log.info({ readyAtMs }, 'VM ready (restored)');
+        // Its sync goes on with r; a later reboot of this process is a cold boot again.
+        live.restoring = undefined;
       } else {
         vms.setAgent(id, { ...hello.boot, readyAtMs }, hello.agentVersion, ctx.now());
         live.log.info({ readyAtMs, boot: hello.boot }, 'VM ready');
