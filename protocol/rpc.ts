@@ -57,6 +57,9 @@ export const VolumeSizeMiB = z
   .min(1)
   .max(64 * 1024 * 1024);
 
+/** Template snapshots (mvirtd's own, one per image build and VM size) are named so. */
+export const TEMPLATE_SNAPSHOT_PREFIX = 'mvirt-template-';
+
 /** vm.create {fromSnapshot, count}: at most this many forks per call. */
 export const MAX_FORKS = 64;
 
@@ -180,7 +183,14 @@ export const PARAMS = {
   /** Asks the guest's agent (the VM must be up with its agent connected). */
   'vm.blockDevices': z.strictObject({ vm: VmRef }),
   /** Save the VM's memory and device state (it pauses for as long as that takes). */
-  'vm.snapshot': z.strictObject({ ...DRY_RUN, vm: VmRef, name: Name }),
+  'vm.snapshot': z.strictObject({
+    ...DRY_RUN,
+    vm: VmRef,
+    name: Name.refine(
+      (n) => !n.startsWith(TEMPLATE_SNAPSHOT_PREFIX),
+      `names starting ${TEMPLATE_SNAPSHOT_PREFIX} are mvirtd's template snapshots`,
+    ),
+  }),
   /** Save the VM's state and end its hypervisor process; vm.start resumes it. */
   'vm.suspend': z.strictObject({ ...DRY_RUN, vm: VmRef }),
   'snapshot.get': z.strictObject({ snapshot: Name }),

@@ -55,6 +55,7 @@ import { dashboardAssets } from '../dashboard/assets.js';
 import { VERSION } from './version.js';
 import { createSnapshotFiles } from '../snapshots/files.js';
 import { createSnapshotManager } from '../snapshots/manager.js';
+import { createTemplates } from '../snapshots/templates.js';
 
 export interface Daemon {
   readonly broker: Broker;
@@ -286,6 +287,15 @@ export async function startDaemon(
       dataDir: opts.dataDir,
     });
 
+    const templates = createTemplates({
+      store,
+      images,
+      vms,
+      snapshots: { take: snapshots.take, delete: (ref) => snapshots.delete(ref, { force: true }) },
+      log,
+      enabled: opts.templates,
+    });
+
     const destroyer = createVmDestroyer(vms, log.child({ component: 'job' }));
     const pools = createPoolManager({
       repo: store.pools,
@@ -303,6 +313,7 @@ export async function startDaemon(
       vms,
       agents,
       pools,
+      templates,
       events,
       bus,
       topics: t,

@@ -67,6 +67,8 @@ export interface DaemonOptions {
   /** TLS on the MQTT TCP, WebSocket and HTTP listeners; reloaded on SIGHUP. */
   tls?: { cert: string; key: string; clientCa?: string };
   stopVmsOnExit: boolean;
+  /** Ephemeral VMs (jobs without a VM, snapshot pools) fork a template snapshot of their kind; --no-templates: they boot. */
+  templates: boolean;
   /** Run hypervisors as mvirtd's user, no cgroup (debugging, the confinement bench). */
   unconfined: boolean;
   logLevel: string;
@@ -130,6 +132,8 @@ export const USAGE = `usage: mvirtd [options]
   --tls-key FILE            its private key (PEM)
   --tls-client-ca FILE      clients must present a certificate signed by this CA
   --stop-vms-on-exit        stop every VM when mvirtd exits (default: leave them running)
+  --no-templates            boot every ephemeral VM (default: the first of each image and
+                            size is snapshotted once ready, the rest resume from it)
   --events-retention-days N keep events this many days (default 30; audit records apart)
   --events-max-rows N       keep at most this many events (default 100000; audit records apart)
   --audit-retention-days N  keep audit records this many days (default 365, at least
@@ -274,6 +278,7 @@ export function parseOptions(
         'tls-key': { type: 'string' },
         'tls-client-ca': { type: 'string' },
         'stop-vms-on-exit': { type: 'boolean' },
+        'no-templates': { type: 'boolean' },
         unconfined: { type: 'boolean' },
         'events-retention-days': { type: 'string' },
         'events-max-rows': { type: 'string' },
@@ -363,6 +368,7 @@ export function parseOptions(
     allowAnonymous:
       (values['allow-anonymous'] as boolean | undefined) ?? str('users') === undefined,
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,
+    templates: !((values['no-templates'] as boolean | undefined) ?? false),
     unconfined: (values.unconfined as boolean | undefined) ?? false,
     logLevel,
     eventsRetentionDays: int(str('events-retention-days'), 'events-retention-days', 30, 1, 36500),

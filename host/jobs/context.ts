@@ -10,6 +10,7 @@ import type { Bus } from '../broker/types.js';
 import type { EventLog } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
 import type { JobRepo } from '../store/index.js';
+import type { Templates } from '../snapshots/templates.js';
 import type { VmManager } from '../vm/manager.js';
 import type { Exit, Hello } from '../../protocol/agent.js';
 import { MvirtError } from '../../protocol/errors.js';
@@ -78,6 +79,8 @@ export interface JobManagerDeps {
   /** Each VM's agent session (host/agent/): exec, signal, hold, busy, and what agents say. */
   agents: AgentSessions;
   pools: PoolManager;
+  /** Template snapshots: ephemeral VMs as forks instead of boots (host/snapshots/templates.ts). */
+  templates?: Templates;
   events: EventLog;
   bus: Bus;
   topics: Topics;

@@ -95,21 +95,27 @@ export function placementPart(ctx: JobContext): PlacementPart & {
     size: { vcpus: number; memoryMiB: number },
   ): Promise<void> {
     let vm: VmRecord | undefined;
+    let template: 'used' | 'wanted' | 'none' = 'none';
     try {
-      vm = await vms.create({
+      const v = {
         name: `job-${a.id.slice(4, 16)}`,
         image,
         vcpus: size.vcpus,
         memoryMiB: size.memoryMiB,
-        kind: 'ephemeral',
         metadata: { [META_JOB]: a.id },
-      });
+      };
+      // A fork of the template of this kind of VM, or a boot (that becomes the template).
+      ({ vm, template } = ctx.templates
+        ? await ctx.templates.create(v)
+        : { vm: await vms.create({ ...v, kind: 'ephemeral' }), template: 'none' as const });
       a.vmId = vm.id;
       a.ownsVm = true;
       repo.setVm(a.id, vm.id, ctx.now());
       if (a.cancelRequested) return ctx.destroyVm(vm.id, 'its job was cancelled while booting');
       await vms.start(vm.id, true);
       if (!active.has(a.id)) return ctx.destroyVm(vm.id, 'its job ended while booting');
+      // Fresh and ready, nothing run yet: the moment to keep it as the template.
+      if (template === 'wanted') await ctx.templates!.adopt(vms.get(vm.id));
       void execute(a, vm.id);
     } catch (err) {
       if (err instanceof MvirtError && err.code === 'CAPACITY_EXCEEDED' && active.has(a.id)) {
@@ -121,6 +127,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
         if (vm) ctx.destroyVm(vm.id, 'capacity taken meanwhile');
         return;
       }
+      if (vm && template === 'used') await ctx.templates!.failed(vm);
       if (vm) ctx.destroyVm(vm.id, 'its boot failed');
       if (active.has(a.id))
         ctx.transition(a.id, 'failed', `the job's VM could not be booted: ${errText(err)}`, {

@@ -135,8 +135,12 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     return s;
   }
 
-  async function remove(ref: string): Promise<Record<string, never>> {
-    const s = deletable(ref);
+  /**
+   * `force` (templates only): delete even while forks wait for it; they
+   * then fail to start with SNAPSHOT_NOT_FOUND (ephemeral VMs, destroyed anyway).
+   */
+  async function remove(ref: string, o: { force?: boolean } = {}): Promise<Record<string, never>> {
+    const s = o.force ? find(ref) : deletable(ref);
     // Recorded while its owner label still exists (scoped controllers see it), with its source VM.
     d.events.append({
       level: 'audit',

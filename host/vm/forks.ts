@@ -117,6 +117,11 @@ export function forkPart(
       });
   }
 
+  /** One fork, recorded and not started (templates.ts starts it as its caller's VM). */
+  function createFork(p: ForkParams): Promise<VmRecord> {
+    return createOne(p, snapshotOf(p.fromSnapshot), p.name);
+  }
+
   function plan(p: ForkParams): DryRunPlan {
     const b = createPlan('vm.create', path.dirname(ctx.options.vmDir));
     const { snap, names } = checks(p);
@@ -130,5 +135,5 @@ export function forkPart(
     return b.done();
   }
 
-  return { createFromSnapshot, planFromSnapshot: plan };
+  return { createFromSnapshot, createFork, planFromSnapshot: plan };
 }

@@ -82,6 +82,9 @@ export function createVmManager(deps: VmManagerDeps) {
     ...forks,
     suspend: save.suspend,
     saveForSnapshot: save.saveForSnapshot,
+    /** Whether VMs of this backend can be saved and restored (template snapshots). */
+    canSave: (backend: string): boolean =>
+      deps.hypervisors.get(backend)?.capabilities.snapshots === true,
     /** vm.snapshot's checks (VM_BAD_STATE, CAPABILITY_UNSUPPORTED), without saving. */
     checkSavable(ref: string): VmRecord {
       const vm = ctx.find(ref);

@@ -219,3 +219,52 @@ test(
       assert.equal(ok(await c.call('vm.get', { vm: 'src' })).state, 'ready');
     }),
 );
+
+test(
+  'jobs without a VM: the first boots and becomes its kind’s template, the next ones resume from it',
+  { skip, timeout: 1_800_000 },
+  () =>
+    explained(async () => {
+      const dataDir = await tempDataDir('mvirt-tmpl-');
+      const { c } = await qemuDaemon(dataDir);
+      const run = async (script: string) => {
+        const t0 = performance.now();
+        const r = ok(
+          await c.call(
+            'job.run',
+            { argv: ['sh', '-c', script], memoryMiB: 256, wait: true },
+            { timeoutMs: BOOT_MS + JOB_MS },
+          ),
+        );
+        assert.equal(r.exitCode, 0, r.stderr);
+        return { r, ms: performance.now() - t0 };
+      };
+      // The first job's VM boots; it is saved as the template before the job runs.
+      const first = await run('echo first > /run/mark');
+      const templates = ok(await c.call('snapshot.list', {})).snapshots;
+      assert.equal(templates.length, 1);
+      assert.match(templates[0]!.name, /^mvirt-template-default-1x256-/);
+      assert.equal(templates[0]!.source.vm, first.r.vm);
+      // The next jobs' VMs are forks of it: the same boot, none of the first job's traces.
+      const second = await run('cat /run/mark 2>/dev/null || echo clean');
+      const third = await run('hostname');
+      assert.match(
+        second.r.stdout!,
+        /^clean\n/,
+        'a fork of the template, taken before the first job ran',
+      );
+      assert.notEqual(second.r.vm, first.r.vm);
+      assert.match(third.r.stdout!, /^job-/);
+      const restored = ok(
+        await c.call('events.query', { objectId: second.r.vm!, limit: 100 }),
+      ).events.filter((e) => /restored/.test(e.message));
+      assert.equal(restored.length, 1, 'its VM was restored from the template');
+      console.log(
+        `# job without a VM: first (boot + template) ${first.ms.toFixed(0)} ms, then ${second.ms.toFixed(0)} and ${third.ms.toFixed(0)} ms from the template`,
+      );
+      assert.ok(second.ms < first.ms / 2, `${second.ms} ms is not well under ${first.ms} ms`);
+      // The template is mvirtd's: a user cannot take one of that name.
+      const refused = await c.call('vm.snapshot', { vm: 'x', name: templates[0]!.name });
+      assert.equal(refused.ok ? '' : refused.error.code, 'INVALID_PARAMS');
+    }),
+);
