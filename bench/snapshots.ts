@@ -1,0 +1,140 @@
+/**
+ * Snapshots, forks and templates under QEMU (TCG), through mvirtd, side by
+ * side in one run on one daemon:
+ *  - cold boot → ready of a fresh VM of the default image, against restore →
+ *    ready of a fork of a snapshot of the same VM (both spawn → agent ready,
+ *    the host's clock; target ≤ 0.1);
+ *  - `job.run /bin/true` with no target (a fresh ephemeral VM, a fork of its
+ *    template) against the same job on a warm service VM (target ≤ 5);
+ *  - 8 forks of one snapshot → all ready, wall time, against one restore
+ *    (target ≤ 4 on 2 cores);
+ *  - host memory of the 8 idle forks (QEMU PSS) against 8 × one VM's RSS
+ *    (recorded: each fork's RAM is its own copy of the state here);
+ *  - save time and size of a snapshot (recorded).
+ */
+import { readFileSync } from 'node:fs';
+import { imagesDir } from '../harness/build.js';
+import { rpcClient, type RpcClient } from '../harness/client.js';
+import { HOST_ID, spawnDaemon } from '../harness/daemon.js';
+import { makeTempDir, removeDir } from '../harness/paths.js';
+import { median, ok, round, timedJob, type BenchModule, type BenchRow } from './lib.js';
+
+const BOOT_MS = 300_000;
+const FORKS = 8;
+const JOBS = 5;
+
+/** A process's memory from /proc: RSS and PSS (its share of pages it shares), MiB. */
+function memoryOf(pid: number): { rss: number; pss: number } {
+  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  return { rss: kb('Rss') / 1024, pss: kb('Pss') / 1024 };
+}
+
+async function ready(c: RpcClient, vm: string) {
+  return ok(await c.call('vm.start', { vm, wait: true }, { timeoutMs: BOOT_MS }));
+}
+
+const snapshots: BenchModule = async (emit) => {
+  const IMAGES = await imagesDir();
+  const dataDir = await makeTempDir('mvirt-bench-snap-');
+  const d = await spawnDaemon([
+    ...['--data-dir', dataDir, '--images-dir', IMAGES, '--host-id', HOST_ID],
+    ...['--listen', '127.0.0.1:0', '--boot-timeout-ms', String(BOOT_MS), '--stop-vms-on-exit'],
+    ...['--max-vms', '16', '--max-memory-mib', '8192', '--max-vcpus', '16'],
+  ]);
+  const c = await rpcClient(d);
+  const add = (r: BenchRow) => emit([r]);
+  try {
+    // Cold boot, then a snapshot of that VM once idle.
+    ok(await c.call('vm.create', { name: 'cold', memoryMiB: 256 }));
+    const cold = await ready(c, 'cold');
+    const coldMs = cold.boot?.readyAtMs ?? NaN;
+    const coldRss = memoryOf(cold.pid!).rss;
+    const t0 = performance.now();
+    const snap = ok(
+      await c.call('vm.snapshot', { vm: 'cold', name: 'bench' }, { timeoutMs: BOOT_MS }),
+    );
+    const saveMs = performance.now() - t0;
+    add({
+      name: 'vm.snapshot of an idle 256 MiB µOS VM',
+      value: round(saveMs, 0),
+      unit: 'ms',
+      note: `${(snap.bytes / 2 ** 20).toFixed(0)} MiB of state (zero pages are not stored); the VM is paused meanwhile`,
+    });
+
+    // One restore → ready (spawn → agent ready, like the cold boot's figure).
+    const one = ok(
+      await c.call(
+        'vm.create',
+        { name: 'one', fromSnapshot: 'bench', wait: true },
+        { timeoutMs: BOOT_MS },
+      ),
+    );
+    const restoreMs = one.restore?.readyAtMs ?? NaN;
+    add({
+      name: 'restore → ready ÷ cold boot → ready (same image and size)',
+      value: round(restoreMs, 0),
+      unit: 'ms',
+      ratio: round(restoreMs / coldMs, 3),
+      target: '<= 0.1',
+      note: `restore ${restoreMs} ms (state loaded in ${one.restore?.spawnToRunningMs} ms) vs cold boot ${coldMs} ms, spawn → agent ready`,
+    });
+    ok(await c.call('vm.kill', { vm: 'one' }));
+
+    // A job in a fresh VM (template fork) vs on a warm service VM.
+    const warm: number[] = [];
+    for (let i = 0; i < JOBS; i++)
+      warm.push(await timedJob(c, { vm: 'cold', argv: ['/bin/true'] }));
+    // The first job without a VM boots one and makes the template: not measured.
+    await timedJob(c, { argv: ['/bin/true'], memoryMiB: 256 });
+    const fresh: number[] = [];
+    for (let i = 0; i < JOBS; i++)
+      fresh.push(await timedJob(c, { argv: ['/bin/true'], memoryMiB: 256 }));
+    const w = median(warm);
+    const f = median(fresh);
+    add({
+      name: 'job /bin/true in a fresh VM (no target) ÷ on a warm service VM',
+      value: round(f, 0),
+      unit: 'ms',
+      ratio: round(f / w, 2),
+      target: '<= 5',
+      note: `medians of ${JOBS}: fresh ${fresh.map(Math.round).join(', ')} ms (forks of the image's template), warm ${warm.map(Math.round).join(', ')} ms`,
+    });
+
+    // 8 forks side by side.
+    const t1 = performance.now();
+    const made = ok(
+      await c.call(
+        'vm.create',
+        { name: 'f', fromSnapshot: 'bench', count: FORKS, wait: true },
+        { timeoutMs: BOOT_MS },
+      ),
+    );
+    const wallMs = performance.now() - t1;
+    const forks = [made, ...(made.forks ?? [])];
+    add({
+      name: `${FORKS} forks of one snapshot → all ready, wall ÷ one restore`,
+      value: round(wallMs, 0),
+      unit: 'ms',
+      ratio: round(wallMs / restoreMs, 2),
+      target: '<= 4',
+      note: `2 cores; each fork spawn → ready: ${forks.map((v) => v.restore?.readyAtMs).join(', ')} ms`,
+    });
+    const pss = forks.reduce((sum, v) => sum + memoryOf(v.pid!).pss, 0);
+    add({
+      name: `host memory of ${FORKS} idle forks (PSS) ÷ ${FORKS} × one VM's RSS`,
+      value: round(pss, 0),
+      unit: 'MiB',
+      ratio: round(pss / (FORKS * coldRss), 2),
+      note: `one cold-booted VM's QEMU RSS ${coldRss.toFixed(0)} MiB; recorded (each fork's guest RAM is its own copy of the state)`,
+    });
+    return []; // every row was emitted as it was measured
+  } finally {
+    c.mqtt.end(true);
+    d.child.kill('SIGTERM');
+    await d.exited;
+    await removeDir(dataDir);
+  }
+};
+
+export default snapshots;
