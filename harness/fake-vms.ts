@@ -45,6 +45,7 @@ const GUEST = `process.on('SIGHUP',()=>process.exit(0));process.on('SIGTERM',()=
 
 /** The size of a fake VM's saved state (64 KiB: not its memory, but a real file to hash). */
 export const FAKE_STATE_BYTES = 64 * 1024;
+const FAKE_STATE_FILE = 'state.bin';
 
 /**
  * `saveState` for fakes with `capabilities.snapshots`: a file of the size
@@ -53,9 +54,10 @@ export const FAKE_STATE_BYTES = 64 * 1024;
  */
 async function saveFakeState(
   hv: FakeHypervisor,
-  file: string,
+  dir: string,
   spec: StateSpec,
 ): Promise<SavedState> {
+  const file = path.join(dir, FAKE_STATE_FILE);
   await writeFile(file, Buffer.alloc(FAKE_STATE_BYTES, spec.memoryMiB & 0xff), { flag: 'wx' });
   return {
     backend: hv.name,
@@ -64,6 +66,8 @@ async function saveFakeState(
     memoryMiB: spec.memoryMiB,
     vcpus: spec.vcpus,
     devices: createHash('sha256').update('fake devices').digest('hex'),
+    ram: 'stream',
+    files: { [FAKE_STATE_FILE]: FAKE_STATE_BYTES },
     bytes: FAKE_STATE_BYTES,
   };
 }

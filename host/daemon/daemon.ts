@@ -196,7 +196,7 @@ export async function startDaemon(
     const hypervisors = createHypervisorRegistry(
       overrides.hypervisors
         ? { backends: overrides.hypervisors }
-        : { qemu: { confine: !opts.unconfined } },
+        : { qemu: { confine: !opts.unconfined, ramDir: opts.ramDir } },
       log.child({ component: 'hypervisors' }),
     );
     const images = createImageStore(opts.imagesDir);

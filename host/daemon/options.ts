@@ -2,7 +2,8 @@
  * mvirtd's command line. Every problem is a CONFIG_INVALID error that names
  * the option and says what to do, because an operator reads it at start-up.
  */
-import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -71,6 +72,8 @@ export interface DaemonOptions {
   templates: boolean;
   /** Run hypervisors as mvirtd's user, no cgroup (debugging, the confinement bench). */
   unconfined: boolean;
+  /** Guest RAM as files in this folder (tmpfs): fast snapshots and restores; null: anonymous RAM. */
+  ramDir: string | null;
   logLevel: string;
   eventsRetentionDays: number;
   eventsMaxRows: number;
@@ -110,6 +113,10 @@ export const USAGE = `usage: mvirtd [options]
   --default-image NAME      image of a VM created without image (default default)
   --default-backend NAME    hypervisor backend (default qemu)
   --boot-timeout-ms N       time for the agent to say ready (default 120000)
+  --ram-dir DIR|none        keep each VM's RAM as a file on this tmpfs folder, so a snapshot is
+                            its device state plus a copy of that file (default:
+                            /dev/shm/mvirt-<hash of the data dir> when /dev/shm exists;
+                            none: anonymous RAM, saved inside the migration stream)
   --unconfined              run QEMU as mvirtd's user in no cgroup (default: its own uid
                             and cgroup when root; see README "What runs as whom")
   --stop-timeout-ms N       graceful stop budget before SIGTERM (default 30000)
@@ -280,6 +287,7 @@ export function parseOptions(
         'stop-vms-on-exit': { type: 'boolean' },
         'no-templates': { type: 'boolean' },
         unconfined: { type: 'boolean' },
+        'ram-dir': { type: 'string' },
         'events-retention-days': { type: 'string' },
         'events-max-rows': { type: 'string' },
         'audit-retention-days': { type: 'string' },
@@ -370,6 +378,7 @@ export function parseOptions(
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,
     templates: !((values['no-templates'] as boolean | undefined) ?? false),
     unconfined: (values.unconfined as boolean | undefined) ?? false,
+    ramDir: ramDirOf(str('ram-dir'), dataDir),
     logLevel,
     eventsRetentionDays: int(str('events-retention-days'), 'events-retention-days', 30, 1, 36500),
     eventsMaxRows: int(str('events-max-rows'), 'events-max-rows', 100_000, 100, 100_000_000),
@@ -423,4 +432,16 @@ export function parseOptions(
     );
   }
   return opts;
+}
+
+/**
+ * The RAM folder: given, `none`, or a folder of this data dir on /dev/shm
+ * (two daemons on one host never share one).
+ */
+function ramDirOf(given: string | undefined, dataDir: string): string | null {
+  if (given === 'none') return null;
+  if (given !== undefined) return path.resolve(given);
+  if (!existsSync('/dev/shm')) return null;
+  const hash = createHash('sha256').update(path.resolve(dataDir)).digest('hex').slice(0, 12);
+  return `/dev/shm/mvirt-${hash}`;
 }

@@ -91,3 +91,13 @@ export async function createBoundedLog(
     },
   };
 }
+
+/** The last `bytes` of a log file, trimmed; '' when it cannot be read (a launch failure's QEMU log). */
+export async function logTail(file: string, bytes = 2048): Promise<string> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return text.slice(-bytes).trim();
+  } catch {
+    return '';
+  }
+}

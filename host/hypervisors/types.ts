@@ -112,7 +112,8 @@ export interface LaunchSpec {
    * same machine (stateProblem() says whether it does).
    */
   restore?: {
-    file: string;
+    /** The folder RunningVm.saveState wrote (its `state.files`). */
+    dir: string;
     state: SavedState;
     /** Awaited once the state is loaded and before the guest runs: its rejection ends the launch. */
     check?: Promise<void>;
@@ -138,7 +139,15 @@ export interface SavedState {
   vcpus: number;
   /** sha256 of the device layout the guest saw (disks, NIC, channel, console), not of per-VM paths. */
   devices: string;
-  /** Size of the state file. */
+  /**
+   * How guest RAM was saved: `stream` (inside the state file) or `file` (the
+   * VM's RAM is a file, copied beside it as ram.bin): a state resumes only
+   * into a process that keeps RAM the same way.
+   */
+  ram: 'stream' | 'file';
+  /** The files written into the state's folder (name → bytes): state.bin, and ram.bin for `file`. */
+  files: Record<string, number>;
+  /** All of them together. */
   bytes: number;
 }
 
@@ -248,11 +257,12 @@ export interface RunningVm {
    */
   diskSnapshot?(action: 'create' | 'delete', file: string, name: string): Promise<void>;
   /**
-   * Pause the guest and write its memory and device state into `file` (made
-   * here, never overwritten). The VM stays paused: resume() it (a snapshot)
-   * or quit() it (suspend). Only where `capabilities.snapshots` says so.
+   * Pause the guest and write its memory and device state into the folder
+   * `dir` (which exists and holds none of the files yet; nothing is ever
+   * overwritten). The VM stays paused: resume() it (a snapshot) or quit() it
+   * (suspend). Only where `capabilities.snapshots` says so.
    */
-  saveState?(file: string, spec: StateSpec): Promise<SavedState>;
+  saveState?(dir: string, spec: StateSpec): Promise<SavedState>;
   /** The guest NIC's link up or down (the guest sees the carrier change). Where `snapshots`. */
   setLink?(up: boolean): Promise<void>;
   /** Subscribe to hypervisor events; returns the unsubscribe function. Optional. */

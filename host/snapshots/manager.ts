@@ -18,7 +18,7 @@ import type { ImageStore } from '../vm/images.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { DryRunPlan } from '../../protocol/plan.js';
 import type { SnapshotRecord, VmRecord } from '../../protocol/rpc.js';
-import { newSnapshotId, STATE_FILE, MANIFEST_FILE, type SnapshotFiles } from './files.js';
+import { newSnapshotId, MANIFEST_FILE, type SnapshotFiles } from './files.js';
 import type { SavedVm } from '../vm/save.js';
 
 export interface SnapshotManagerDeps {
@@ -91,7 +91,7 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     }
     try {
       await d.files.prepare(id);
-      const r = await d.vms.saveForSnapshot(vm.id, d.files.stateFile(id));
+      const r = await d.vms.saveForSnapshot(vm.id, d.files.dirOf(id));
       const row = repo.get(id)!;
       await d.files.writeManifest({
         format: 1,
@@ -103,16 +103,18 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
         image: { name: image.name, key: image.manifest.key },
         network: vm.network,
         state: r.saved,
-        files: { [STATE_FILE]: { bytes: r.saved.bytes, sha256: r.sha256 } },
+        files: Object.fromEntries(
+          Object.entries(r.saved.files).map(([n, bytes]) => [n, { bytes, sha256: r.hashes[n]! }]),
+        ),
       });
-      repo.markReady(id, r.saved, r.sha256);
+      repo.markReady(id, r.saved, JSON.stringify(r.hashes));
       const rec = publicSnapshot(repo.get(id)!);
       d.events.append({
         level: 'audit',
         component: 'snapshot',
-        message: `${vm.name}: snapshot ${name} taken (${r.saved.bytes} bytes in ${r.ms} ms)`,
+        message: `${vm.name}: snapshot ${name} taken (${r.saved.bytes} bytes; the VM paused ${r.ms} ms)`,
         objects: [id, vm.id],
-        data: { ms: r.ms, bytes: r.saved.bytes, machine: r.saved.machine },
+        data: { pausedMs: r.ms, files: r.saved.files, ram: r.saved.ram, machine: r.saved.machine },
       });
       return rec;
     } catch (err) {
@@ -163,7 +165,7 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
       b.step('record the snapshot (saving)', 'pause the VM', 'save its memory and device state');
       b.step('hash the state file', 'write the manifest', 'resume the VM as it was');
       const dir = path.join(d.files.root, '<new id>');
-      b.create(`${dir}/`, path.join(dir, STATE_FILE), path.join(dir, MANIFEST_FILE));
+      b.create(`${dir}/`, path.join(dir, '<state files>'), path.join(dir, MANIFEST_FILE));
       b.change(`snapshot ${name}: created from VM ${vm.name}`);
       return b.done();
     },

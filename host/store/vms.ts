@@ -16,7 +16,8 @@ export type NewVm = Pick<
  * was made from, or the state file its suspend wrote in its folder.
  */
 export type PendingRestore =
-  { from: 'snapshot'; snapshot: string } | { from: 'suspend'; saved: SavedState; sha256: string };
+  | { from: 'snapshot'; snapshot: string }
+  | { from: 'suspend'; saved: SavedState; hashes: Record<string, string> };
 
 /** A VM's restore facts (not in its public record except restoredFrom/restore). */
 export interface RestoreState {

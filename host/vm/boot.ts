@@ -14,7 +14,8 @@ import type { BootNetwork } from '../network/index.js';
 import { CMDLINE_KEYS } from '../../protocol/agent.js';
 import { MvirtError, type ErrorCode } from '../../protocol/errors.js';
 import type { RestoreInfo, VmRecord } from '../../protocol/rpc.js';
-import { checkSha256, findSavedState, identityFor, type RestoreSource } from './restore.js';
+import { findSavedState, identityFor, type RestoreSource } from './restore.js';
+import { checkHashes } from '../snapshots/files.js';
 import { writeStateSpec } from './save.js';
 import type { Reserved, Size, VmContext } from './context.js';
 import type { ResolvedImage } from './images.js';
@@ -187,11 +188,11 @@ export function bootPart(
         const spec = launchSpec(c);
         const r = c.restore;
         if (r) {
-          const check = checkSha256(r.file, r.sha256, `VM ${c.vm.name}`);
+          const check = checkHashes(r.dir, r.hashes, `VM ${c.vm.name}`);
           check.catch(() => undefined); // awaited by the backend; unobserved if launch fails first
           // A fork wakes with its source's MAC and address: no link until it has its own.
           const linkDown = r.from !== 'suspend' && spec.network.mode === 'bridge';
-          spec.restore = { file: r.file, state: r.saved, check, linkDown };
+          spec.restore = { dir: r.dir, state: r.saved, check, linkDown };
         }
         const running = await live.hv.launch(spec, plain(live.log));
         live.running = running;
@@ -248,8 +249,8 @@ export function bootPart(
     c.live!.restoring = { info, linkDown };
     vms.setRestored(c.vm.id, r.generation, info, ctx.now());
     c.live!.log.info(info, 'resumed from saved state');
-    // Loaded into the new process: a suspended VM's state file has served.
-    if (r.from === 'suspend') void rm(r.file, { force: true });
+    // Loaded into the new process: a suspended VM's state has served.
+    if (r.from === 'suspend') void rm(r.dir, { recursive: true, force: true });
   }
 
   /** The hypervisor's launch spec for this boot (launched, or planned). */

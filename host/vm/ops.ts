@@ -13,7 +13,7 @@ import { admitCreate, capable, pausedLive, requireDown, upLive } from './admit.j
 import { clearTimers, exitsWithin } from './live.js';
 import { unlinkDisks } from './disks.js';
 import { canTransition } from './states.js';
-import { SUSPEND_FILE } from './save.js';
+import { SUSPEND_DIR } from './save.js';
 import path from 'node:path';
 import { DOWN_VM_STATES, isActiveVm, UP_VM_STATES } from '../../protocol/states.js';
 
@@ -145,7 +145,7 @@ export function vmOperations(ctx: VmContext) {
         if (!live && cur.state === 'suspended') {
           // Stopping a suspended VM drops its saved state: its next start boots.
           vms.setPendingRestore(id, null, ctx.now());
-          await rm(path.join(ctx.dirOf(id), SUSPEND_FILE), { force: true });
+          await rm(path.join(ctx.dirOf(id), SUSPEND_DIR), { recursive: true, force: true });
           return ctx.transition(id, 'stopped', 'stop requested: saved state dropped');
         }
         if (!live) {

@@ -16,7 +16,7 @@ import { linkedSpec } from './disks.js';
 import { ATTACH_STEPS, DETACH_STEPS, diskOf, hotplugOf, keepFor, storage } from './hotplug.js';
 import type { Live } from './live.js';
 import { canTransition } from './states.js';
-import { savableLive, SUSPEND_FILE } from './save.js';
+import { savableLive, SUSPEND_DIR } from './save.js';
 
 export function vmPlans(ctx: VmContext) {
   const dataDir = path.dirname(ctx.options.vmDir);
@@ -106,7 +106,7 @@ export function vmPlans(ctx: VmContext) {
       savableLive(ctx, vm, 'suspend');
       b.admit(`VM ${vm.name} is ${vm.state}: its state can be saved`);
       b.step('pause the VM', 'save its memory and device state', 'end its hypervisor process');
-      b.create(path.join(ctx.dirOf(vm.id), SUSPEND_FILE));
+      b.create(path.join(ctx.dirOf(vm.id), SUSPEND_DIR));
       vmChange(b, vm, ...(vm.state === 'paused' ? [] : ['paused']), 'suspended');
       return b.done();
     },

@@ -20,11 +20,11 @@ import type { RestoreInfo, VmRecord } from '../../protocol/rpc.js';
 import type { SavedState } from '../hypervisors/types.js';
 import type { BootNetwork } from '../network/index.js';
 import type { PendingRestore } from '../store/index.js';
-import { savedOf, sha256File } from '../snapshots/files.js';
+import { savedOf } from '../snapshots/files.js';
 import type { VmContext } from './context.js';
 import type { ResolvedImage } from './images.js';
 import type { Live } from './live.js';
-import { SUSPEND_FILE } from './save.js';
+import { SUSPEND_DIR } from './save.js';
 
 type Restoring = NonNullable<Live['restoring']>;
 
@@ -32,9 +32,11 @@ type Restoring = NonNullable<Live['restoring']>;
 export interface RestoreSource {
   /** `suspend`, or the snapshot id. */
   from: string;
-  file: string;
+  /** The folder of the state's files. */
+  dir: string;
   saved: SavedState;
-  sha256: string;
+  /** sha256 of each file, checked while the hypervisor loads them. */
+  hashes: Record<string, string>;
   /** The identity generation the guest gets (higher than any it ran with). */
   generation: number;
 }
@@ -70,8 +72,8 @@ const incompatible = (why: string) => new MvirtError('SNAPSHOT_INCOMPATIBLE', wh
 
 /**
  * The saved state this start of `vm` resumes from, or null for a cold boot:
- * checked (manifest, sizes, image) before anything is launched. The state
- * file's sha256 is checked while the hypervisor loads it (restore.check).
+ * checked (manifest, sizes, image) before anything is launched. The files'
+ * sha256 are checked while the hypervisor loads them (restore.check).
  */
 export async function findSavedState(
   ctx: VmContext,
@@ -82,27 +84,29 @@ export async function findSavedState(
   const pending: PendingRestore | null = rs?.pending ?? null;
   if (!rs || !pending) return null;
   if (pending.from === 'suspend') {
+    const dir = path.join(ctx.dirOf(vm.id), SUSPEND_DIR);
     // Only a suspended VM resumes; a leftover of an interrupted suspend is dropped.
     if (vm.state !== 'suspended') {
       ctx.vms.setPendingRestore(vm.id, null, ctx.now());
-      await rm(path.join(ctx.dirOf(vm.id), SUSPEND_FILE), { force: true });
+      await rm(dir, { recursive: true, force: true });
       return null;
     }
-    const file = path.join(ctx.dirOf(vm.id), SUSPEND_FILE);
-    const size = await stat(file).then(
-      (s) => s.size,
-      () => -1,
-    );
-    if (size !== pending.saved.bytes)
-      throw new MvirtError(
-        'SNAPSHOT_INVALID',
-        `the suspended state of VM ${vm.name} has ${size < 0 ? 'no file' : `${size} bytes`}, ${pending.saved.bytes} expected; delete the VM or start it afresh after vm.stop`,
+    for (const [name, bytes] of Object.entries(pending.saved.files)) {
+      const size = await stat(path.join(dir, name)).then(
+        (s) => s.size,
+        () => -1,
       );
+      if (size !== bytes)
+        throw new MvirtError(
+          'SNAPSHOT_INVALID',
+          `the suspended state of VM ${vm.name}: ${name} has ${size < 0 ? 'no file' : `${size} bytes`}, ${bytes} expected; delete the VM, or vm.stop it and start it afresh`,
+        );
+    }
     return {
       from: 'suspend',
-      file,
+      dir,
       saved: pending.saved,
-      sha256: pending.sha256,
+      hashes: pending.hashes,
       generation: rs.generation + 1,
     };
   }
@@ -119,21 +123,11 @@ export async function findSavedState(
     );
   return {
     from: snap.id,
-    file: ctx.snapshotFiles.stateFile(snap.id),
+    dir: ctx.snapshotFiles.dirOf(snap.id),
     saved: savedOf(m),
-    sha256: m.files['state.bin'].sha256,
+    hashes: Object.fromEntries(Object.entries(m.files).map(([n, f]) => [n, f.sha256])),
     generation: Math.max(m.source.generation, rs.generation) + 1,
   };
-}
-
-/** Resolves when the file's sha256 is `want`; SNAPSHOT_INVALID otherwise. */
-export async function checkSha256(file: string, want: string, what: string): Promise<void> {
-  const got = await sha256File(file);
-  if (got !== want)
-    throw new MvirtError(
-      'SNAPSHOT_INVALID',
-      `${what}: the state file's sha256 is ${got}, the record says ${want}; it was changed or damaged`,
-    );
 }
 
 export function restorePart(ctx: VmContext) {

@@ -5,25 +5,26 @@
  * writes the state, so that a crash of mvirtd meanwhile leaves it paused and
  * resumable, never marked up while it is not.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord, VmState } from '../../protocol/rpc.js';
 import { isSavableVm, isUpVm } from '../../protocol/states.js';
 import type { SavedState, StateSpec } from '../hypervisors/types.js';
-import { sha256File } from '../snapshots/files.js';
+import { hashFiles } from '../snapshots/files.js';
 import { capable } from './admit.js';
 import type { VmContext } from './context.js';
 import { exitsWithin, type Live } from './live.js';
 
-/** A suspended VM's state, in its folder. */
-export const SUSPEND_FILE = 'suspend.state';
+/** A suspended VM's saved state: a folder in the VM's folder. */
+export const SUSPEND_DIR = 'suspend';
 /** What the VM's last launch gave the hypervisor that a saved state depends on (boot.ts writes it). */
 export const STATE_SPEC_FILE = 'state-spec.json';
 
 export interface SavedVm {
   saved: SavedState;
-  sha256: string;
+  /** sha256 of each file of the state, by name. */
+  hashes: Record<string, string>;
   /** The VM as it was when saved (its identity generation is in the store). */
   vm: VmRecord;
   ms: number;
@@ -61,10 +62,10 @@ export function savableLive(ctx: VmContext, vm: VmRecord, what: string): Live {
 
 export function savePart(ctx: VmContext) {
   /**
-   * Pause (if up), save into `file`, hash it. The VM is left paused; the
-   * caller resumes it or ends it. Under the VM's lock.
+   * Pause (if up) and save into the folder `target`. The VM is left paused;
+   * the caller resumes it or ends it. Under the VM's lock.
    */
-  async function saveInto(id: string, file: string, what: string): Promise<SavedVm> {
+  async function saveInto(id: string, target: string, what: string) {
     const cur = ctx.find(id);
     const live = savableLive(ctx, cur, what);
     const spec = JSON.parse(
@@ -77,11 +78,9 @@ export function savePart(ctx: VmContext) {
       ctx.transition(id, 'paused', `saving its state (${what})`);
     }
     try {
-      const saved = await live.running!.saveState!(file, spec);
-      const sha256 = await sha256File(file);
-      return { saved, sha256, vm: cur, ms: Math.round(performance.now() - started) };
+      const saved = await live.running!.saveState!(target, spec);
+      return { saved, vm: cur, pausedMs: Math.round(performance.now() - started) };
     } catch (err) {
-      await rm(file, { force: true });
       await resumeIfWas(id, live, cur.state).catch((e: unknown) =>
         live.log.warn({ err: e }, 'cannot resume the VM after a failed save'),
       );
@@ -98,35 +97,42 @@ export function savePart(ctx: VmContext) {
     ctx.transition(id, to, 'state saved');
   }
 
-  /** vm.snapshot's part: save into `file`, then let the VM go on as it was. */
-  async function saveForSnapshot(id: string, file: string): Promise<SavedVm> {
-    return ctx.withLock(id, async () => {
-      const r = await saveInto(id, file, 'snapshot');
+  /**
+   * vm.snapshot's part: save into the folder `target` and let the VM go on as
+   * it was; the files are hashed after it goes on (they no longer change).
+   */
+  async function saveForSnapshot(id: string, target: string): Promise<SavedVm> {
+    const r = await ctx.withLock(id, async () => {
+      const r = await saveInto(id, target, 'snapshot');
       await resumeIfWas(id, ctx.liveOf(id)!, r.vm.state);
       return r;
     });
+    return { saved: r.saved, vm: r.vm, ms: r.pausedMs, hashes: await hashFiles(target, r.saved) };
   }
 
   /** vm.suspend: save into the VM's folder, record it, end the process. */
   async function suspend(ref: string): Promise<VmRecord> {
     const { id } = ctx.find(ref);
     return ctx.withLock(id, async () => {
-      const file = path.join(ctx.dirOf(id), SUSPEND_FILE);
-      await rm(file, { force: true }); // a leftover of a suspend that did not finish
-      const r = await saveInto(id, file, 'suspend');
+      const target = path.join(ctx.dirOf(id), SUSPEND_DIR);
+      // A leftover of a suspend that did not finish goes first.
+      await rm(target, { recursive: true, force: true });
+      await mkdir(target, { mode: 0o700 });
+      const r = await saveInto(id, target, 'suspend').catch(async (err: unknown) => {
+        await rm(target, { recursive: true, force: true });
+        throw err;
+      });
       const live = ctx.liveOf(id)!;
-      ctx.vms.setPendingRestore(
-        id,
-        { from: 'suspend', saved: r.saved, sha256: r.sha256 },
-        ctx.now(),
-      );
-      live.exitIntent = { to: 'suspended', reason: `suspended (${r.saved.bytes} bytes saved)` };
-      ctx.audit(`${r.vm.name}: suspended`, [id], { bytes: r.saved.bytes, ms: r.ms });
+      live.exitIntent = { to: 'suspended', reason: `${r.saved.bytes} bytes saved` };
       await (live.running!.quit?.() ?? Promise.resolve(live.running!.signal('SIGKILL')));
       if (!(await exitsWithin(live.running!, ctx.options.killTimeoutMs))) {
         live.running!.signal('SIGKILL');
         await exitsWithin(live.running!, ctx.options.killTimeoutMs);
       }
+      // Hashed once the process is gone (nothing writes them any more), before anything resumes them.
+      const hashes = await hashFiles(target, r.saved);
+      ctx.vms.setPendingRestore(id, { from: 'suspend', saved: r.saved, hashes }, ctx.now());
+      ctx.audit(`${r.vm.name}: suspended`, [id], { bytes: r.saved.bytes, ms: r.pausedMs });
       return ctx.find(id);
     });
   }

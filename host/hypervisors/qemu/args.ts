@@ -8,6 +8,7 @@ import { CMDLINE_KEYS, FW_CFG_IDENTITY, VIRTIO_PORT_NAME } from '../../../protoc
 import { MvirtError } from '../../../protocol/errors.js';
 import type { LaunchSpec } from '../types.js';
 import { blockdevObjects, deviceProps } from './hotplug.js';
+import { RAM_BACKEND_ID } from './state.js';
 
 /**
  * `pc` is the default: under TCG on a loaded 2-core host the Debian kernel on
@@ -90,6 +91,8 @@ export interface QemuArgsInput {
   sandbox: boolean;
   /** The exact machine type a restored state needs (`pc-i440fx-7.2`), instead of `machine`'s alias. */
   machineType?: string;
+  /** Guest RAM as this file (tmpfs; state.ts says why), or anonymous memory without it. */
+  ramFile?: string;
 }
 
 /** The netdev of the VM's one NIC (set_link takes it for the NIC too). */
@@ -120,6 +123,7 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
         'microvm,pit=on,pic=on,rtc=on,isa-serial=on'
       : // SMM and vmport only cost time under TCG; nothing in the µOS uses them.
         `${input.machineType ?? machine},smm=off,vmport=off`;
+  const ramOpt = input.ramFile ? `,memory-backend=${RAM_BACKEND_ID}` : '';
   const accelOpt = accel === 'kvm' ? 'kvm' : `tcg,tb-size=${input.tcgTbSizeMiB}`;
 
   const args: string[] = [
@@ -132,7 +136,13 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     '-accel',
     accelOpt,
     '-machine',
-    machineOpt,
+    machineOpt + ramOpt,
+    ...(input.ramFile
+      ? [
+          '-object',
+          `memory-backend-file,id=${RAM_BACKEND_ID},size=${spec.memoryMiB}M,mem-path=${optValue(input.ramFile)},share=on`,
+        ]
+      : []),
     // KVM: the host CPU as is. TCG: QEMU's default model (cheapest to emulate).
     ...(accel === 'kvm' ? ['-cpu', 'host'] : []),
     '-m',

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
@@ -14,7 +14,6 @@ import type {
   Hypervisor,
   HypervisorCapabilities,
   LaunchSpec,
-  ProbeResult,
   RunningVm,
   VmRuntime,
 } from '../types.js';
@@ -36,9 +35,10 @@ import {
   type Confined,
   type Confinement,
 } from './confine.js';
-import { probeQemu, type QemuProbe } from './probe.js';
+import { createProber, type QemuProbe } from './probe.js';
 import { qemuPlans } from './plans.js';
 import { readProcStat } from '../proc.js';
+import { logTail } from '../console-log.js';
 import {
   attachError,
   disposeOrphans,
@@ -49,7 +49,8 @@ import {
 import { connectQmp, type QmpClient } from './qmp.js';
 import { createQemuHotplug } from './hotplug.js';
 import { createQemuVm } from './vm.js';
-import { loadState, qemuStates, STATE_FD } from './state.js';
+import { loadState, qemuStates, STATE_FD, STATE_FILE } from './state.js';
+import { createRamFiles } from './ram.js';
 
 export { QEMU_BACKEND };
 
@@ -81,6 +82,11 @@ export interface QemuBackendOptions {
   consoleLogBytes?: number;
   /** Where /dev/vhost-vsock is looked for (tests). */
   vhostVsockPath?: string;
+  /**
+   * Guest RAM as files in this folder (tmpfs), so that a saved state is the
+   * device state plus a copy of the file (ram.ts); null: anonymous RAM.
+   */
+  ramDir?: string | null;
 }
 
 const DEFAULTS = {
@@ -99,16 +105,8 @@ const DEFAULTS = {
   setpriv: 'setpriv',
   consoleLogBytes: 1024 * 1024,
   vhostVsockPath: '/dev/vhost-vsock',
+  ramDir: null,
 } as const;
-
-async function logTail(file: string, bytes = 2048): Promise<string> {
-  try {
-    const text = await readFile(file, 'utf8');
-    return text.slice(-bytes).trim();
-  } catch {
-    return '';
-  }
-}
 
 export interface QemuBackend extends Hypervisor {
   /** The full probe (both accelerators), cached. */
@@ -165,10 +163,16 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       .sweep(root, blog)
       .catch((err: unknown) => blog.warn({ err }, 'cgroup sweep failed'));
   };
-  const release = (dir: string, vmLog: Logger) =>
-    confiner
+  const ram = createRamFiles(opts.ramDir);
+  /** What a VM's process held, once it is gone: its cgroup and its RAM file. */
+  const release = async (dir: string, vmLog: Logger) => {
+    await ram
+      .remove(path.basename(dir))
+      .catch((err: unknown) => vmLog.warn({ err }, 'cannot remove the VM RAM file'));
+    await confiner
       .release(dir, vmLog)
       .catch((err: unknown) => vmLog.warn({ err }, 'cannot remove the VM cgroup'));
+  };
 
   const hotplugFor = (qmp: QmpClient, dir: string, vmLog: Logger) =>
     capabilities.hotplugDisks
@@ -183,43 +187,22 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
 
   const states = qemuStates({
     machine: opts.machine,
+    ramFileOf: (vmId) => ram.fileOf(vmId),
     version: async () => (await probeDetails()).version,
     grant: (dir, f) => confiner.handOverFile(dir, f),
   });
 
-  let probing: Promise<QemuProbe> | null = null;
-  const probeDetails = () =>
-    (probing ??= probeQemu(
-      {
-        binary: opts.binary,
-        kvmTimeoutMs: opts.kvmProbeTimeoutMs,
-        tcgTimeoutMs: opts.tcgProbeTimeoutMs,
-        allowKvm: opts.accel !== 'tcg',
-      },
-      blog,
-    ).then((p) => {
-      blog.info(
-        { accel: p.accel, kvm: p.kvm, tcg: p.tcg, version: p.version },
-        p.accel ? `QEMU usable with ${p.accel}` : 'QEMU unusable',
-      );
-      return p;
-    }));
-
-  async function probe(): Promise<ProbeResult> {
-    const p = await probeDetails();
-    let accel: QemuAccel | null = p.accel;
-    if (opts.accel === 'kvm' && !p.kvm.available) accel = null;
-    const result: ProbeResult = {
-      available: accel !== null,
-      accel,
-      version: p.version,
-      details: { binary: p.binary, kvm: p.kvm, tcg: p.tcg, machine: opts.machine },
-      confinement: confiner.state,
-    };
-    if (!accel)
-      result.reason = opts.accel === 'kvm' ? `kvm: ${p.kvm.reason}` : `tcg: ${p.tcg.reason}`;
-    return result;
-  }
+  const { probeDetails, probe } = createProber(
+    {
+      binary: opts.binary,
+      kvmTimeoutMs: opts.kvmProbeTimeoutMs,
+      tcgTimeoutMs: opts.tcgProbeTimeoutMs,
+      accel: opts.accel,
+      machine: opts.machine,
+      confinement: () => confiner.state,
+    },
+    blog,
+  );
 
   async function removeSockets(paths: QemuPaths) {
     const all = [
@@ -246,11 +229,13 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       const problem = await states.problem(spec.restore.state, spec);
       if (problem) throw new MvirtError('SNAPSHOT_INCOMPATIBLE', problem);
     }
+    const ramFile = ram.fileOf(spec.vmId) ?? undefined;
     const args = buildQemuArgs({
       spec,
       accel,
       machine: opts.machine,
       machineType: spec.restore?.state.machine,
+      ...(ramFile ? { ramFile } : {}),
       paths,
       tcgTbSizeMiB: opts.tcgTbSizeMiB,
       sandbox: opts.sandbox,
@@ -267,9 +252,11 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     });
     let confined: Confined;
     try {
+      await ram.prepare(spec.vmId, spec.memoryMiB, spec.restore?.dir);
       confined = await confiner.prepare(spec, binary, args, [
         ...fifos,
         ...(spec.identity ? [identity] : []),
+        ...(ramFile ? [ramFile] : []),
       ]);
     } catch (err) {
       await release(spec.dir, vmLog);
@@ -280,7 +267,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     const out = await open(paths.log, 'w');
     // A restore's state file, opened here (read-only) and inherited as fd 3:
     // the VM's user never needs access to the snapshot's folder (state.ts).
-    const state = spec.restore ? await open(spec.restore.file, 'r') : null;
+    const state = spec.restore ? await open(path.join(spec.restore.dir, STATE_FILE), 'r') : null;
     const started = Date.now();
     let child: ChildProcess;
     try {
@@ -354,7 +341,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         log: vmLog,
       });
       if (spec.restore) {
-        await loadState(qmp, `fd:${STATE_FD}`, spec.restore.state.bytes, vmLog);
+        await loadState(qmp, `fd:${STATE_FD}`, spec.restore.state, vmLog);
         // Loaded, not yet run: a state that fails its check never executes.
         await spec.restore.check;
         if (spec.restore.linkDown) await qmp.executeRaw('set_link', { name: NETDEV, up: false });
@@ -372,8 +359,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
         hotplug: hotplugFor(qmp, spec.dir, vmLog),
         saveState: states.saverFor(qmp, spec.dir, vmLog),
+        release: () => release(spec.dir, vmLog),
       });
-      void vm.exited.then(() => release(spec.dir, vmLog));
       return vm;
     } catch (err) {
       qmp?.close();
@@ -441,9 +428,9 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       // Names derive from serials: a re-adopted VM's disks are detachable as they were.
       hotplug: hotplugFor(qmp, dir, vmLog),
       saveState: states.saverFor(qmp, dir, vmLog),
+      // The adopted process keeps its cgroup and RAM file; released when it ends.
+      release: () => release(dir, vmLog),
     });
-    // The adopted process keeps its cgroup; removed when it ends.
-    void vm.exited.then(() => release(dir, vmLog));
     return vm;
   }
 
@@ -495,6 +482,12 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     attach,
     dispose,
     stateProblem: states.problem,
-    disposeOrphans: async (vmRoot, known, l) => disposeOrphans(vmRoot, known, l),
+    disposeOrphans: async (vmRoot, known, l) => {
+      const ended = disposeOrphans(vmRoot, known, l);
+      // RAM files of VMs whose QEMU is gone (killed above, or while mvirtd was down).
+      const freed = await ram.sweep();
+      if (freed.length > 0) l.info({ files: freed }, 'removed RAM files no QEMU maps');
+      return ended;
+    },
   };
 }

@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { QemuAccel } from './args.js';
+import type { HypervisorConfinement, ProbeResult } from '../types.js';
 
 export interface AccelProbe {
   accel: QemuAccel;
@@ -184,4 +185,54 @@ export async function probeQemu(opts: ProbeOptions, log: Logger): Promise<QemuPr
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The backend's probe: the full one (both accelerators) run once and cached,
+ * and the ProbeResult system.info and the registry see.
+ */
+export function createProber(
+  o: {
+    binary: string;
+    kvmTimeoutMs: number;
+    tcgTimeoutMs: number;
+    accel: 'auto' | QemuAccel;
+    machine: string;
+    confinement: () => HypervisorConfinement;
+  },
+  log: Logger,
+) {
+  let probing: Promise<QemuProbe> | null = null;
+  const probeDetails = () =>
+    (probing ??= probeQemu(
+      {
+        binary: o.binary,
+        kvmTimeoutMs: o.kvmTimeoutMs,
+        tcgTimeoutMs: o.tcgTimeoutMs,
+        allowKvm: o.accel !== 'tcg',
+      },
+      log,
+    ).then((p) => {
+      log.info(
+        { accel: p.accel, kvm: p.kvm, tcg: p.tcg, version: p.version },
+        p.accel ? `QEMU usable with ${p.accel}` : 'QEMU unusable',
+      );
+      return p;
+    }));
+
+  async function probe(): Promise<ProbeResult> {
+    const p = await probeDetails();
+    let accel: QemuAccel | null = p.accel;
+    if (o.accel === 'kvm' && !p.kvm.available) accel = null;
+    const result: ProbeResult = {
+      available: accel !== null,
+      accel,
+      version: p.version,
+      details: { binary: p.binary, kvm: p.kvm, tcg: p.tcg, machine: o.machine },
+      confinement: o.confinement(),
+    };
+    if (!accel) result.reason = o.accel === 'kvm' ? `kvm: ${p.kvm.reason}` : `tcg: ${p.tcg.reason}`;
+    return result;
+  }
+  return { probeDetails, probe };
 }

@@ -78,6 +78,8 @@ export interface QemuVmParts {
   agentConnectTimeoutMs: number;
   /** Hot-plug of disks over this QMP connection (hotplug.ts); absent where the machine has none. */
   hotplug?: DiskHotplug;
+  /** What the process held outside its folder (cgroup, RAM file): released before `exited` resolves. */
+  release?: () => Promise<void>;
   /** Memory and device state to a file (state.ts). */
   saveState?: NonNullable<RunningVm['saveState']>;
 }
@@ -137,6 +139,8 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     // writing into it (a late append re-created console.log mid-removal).
     void Promise.resolve(parts.console?.closed)
       .then(() => parts.console?.log.flush())
+      .then(() => parts.release?.())
+      .catch((err: unknown) => log.warn({ err }, 'clean-up after the exit failed'))
       .then(() => resolveExited(info));
   };
 

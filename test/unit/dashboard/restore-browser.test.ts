@@ -72,6 +72,8 @@ function snapshot(id: string, name: string): void {
     memoryMiB: 256,
     vcpus: 1,
     devices: '0'.repeat(64),
+    ram: 'stream' as const,
+    files: { 'state.bin': 90 << 20 },
     bytes: 90 << 20,
   };
   assert.ok(s.markReady(id, saved, '0'.repeat(64)));
