@@ -86,7 +86,7 @@ test(
 
       // A damaged state file: the resume fails, typed; the VM stays suspended, the file as it was.
       ok(await c.call('vm.suspend', { vm: 's1' }, { timeoutMs: JOB_MS }));
-      const file = path.join(dataDir, 'vm', vm.id, 'suspend.state');
+      const file = path.join(dataDir, 'vm', vm.id, 'suspend', 'state.bin');
       const size = (await stat(file)).size;
       const fh = await open(file, 'r+');
       await fh.write(Buffer.from('garbage'), 0, 7, Math.floor(size / 2));
@@ -101,7 +101,7 @@ test(
       // vm.stop drops the saved state; the next start boots afresh.
       const stopped = ok(await c.call('vm.stop', { vm: 's1' }));
       assert.equal(stopped.state, 'stopped');
-      assert.equal(existsSync(file), false);
+      assert.equal(existsSync(path.dirname(file)), false, 'the saved state is dropped');
       const cold = ok(
         await c.call('vm.start', { vm: 's1', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
       );
