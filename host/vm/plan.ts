@@ -106,7 +106,7 @@ export function vmPlans(ctx: VmContext) {
       savableLive(ctx, vm, 'suspend');
       b.admit(`VM ${vm.name} is ${vm.state}: its state can be saved`);
       b.step('pause the VM', 'save its memory and device state', 'end its hypervisor process');
-      b.create(path.join(ctx.dirOf(vm.id), SUSPEND_DIR));
+      b.create(`${path.join(ctx.dirOf(vm.id), SUSPEND_DIR)}/`);
       vmChange(b, vm, ...(vm.state === 'paused' ? [] : ['paused']), 'suspended');
       return b.done();
     },

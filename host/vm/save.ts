@@ -114,6 +114,7 @@ export function savePart(ctx: VmContext) {
   async function suspend(ref: string): Promise<VmRecord> {
     const { id } = ctx.find(ref);
     return ctx.withLock(id, async () => {
+      savableLive(ctx, ctx.find(id), 'suspend'); // before anything is made
       const target = path.join(ctx.dirOf(id), SUSPEND_DIR);
       // A leftover of a suspend that did not finish goes first.
       await rm(target, { recursive: true, force: true });

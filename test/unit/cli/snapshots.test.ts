@@ -152,7 +152,7 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
     assert.equal(r.code, 0, r.err);
     const plan = JSON.parse(r.out) as { method: string; files: { create: string[] } };
     assert.equal(plan.method, 'vm.suspend');
-    assert.deepEqual(plan.files.create, [`vm/${id}/suspend.state`]);
+    assert.deepEqual(plan.files.create, [`vm/${id}/suspend/`]);
     assert.equal(result(await j.c.call('vm.get', { vm: 'src' })).state, 'ready');
     assert.equal(JSON.parse((await mvirt(['snapshot', 'ls', '--json'])).out).snapshots.length, 0);
   });
