@@ -113,7 +113,8 @@ export function forkPart(
       })
       .then((vm) => {
         ctx.vms.markFork(vm.id, snap.id, ctx.now());
-        return vm;
+        // The record as it is now, restoredFrom set (templates.failed() reads it).
+        return ctx.vms.get(vm.id) ?? vm;
       });
   }
 
