@@ -39,7 +39,7 @@ export const ERROR_CODES = {
     'No such snapshot: no VM snapshot with that id or name, or the volume has no snapshot with that name.',
   SNAPSHOT_EXISTS: 'A VM snapshot, or a snapshot of that volume, with that name already exists.',
   SNAPSHOT_IN_USE:
-    'VMs made from the snapshot have not started yet and need its files; start or delete them first (details name them).',
+    'VMs made from the snapshot have not started yet and need its files, or a pool makes its VMs from it; start or delete those VMs, or change or delete the pool, first (details name them).',
   SNAPSHOT_INCOMPATIBLE:
     'The saved state cannot be resumed here: another hypervisor build, machine type, VM size, device layout or image; details say which.',
   SNAPSHOT_INVALID:

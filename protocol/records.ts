@@ -233,8 +233,22 @@ export const PoolRecord = z.strictObject({
   max: count.describe('most VMs the pool may hold'),
   vcpus: count,
   memoryMiB: count,
+  snapshot: z
+    .literal(true)
+    .describe("members are forks of mvirtd's template snapshot of the image and size")
+    .optional(),
+  fromSnapshot: z
+    .string()
+    .describe('members are forks of this VM snapshot (its id); image and size are its')
+    .optional(),
   createdAt: time,
   updatedAt: time,
+  problem: z
+    .string()
+    .describe(
+      'why the pool cannot make members now (its snapshot was deleted, the last boot failed); absent while all is well',
+    )
+    .optional(),
   vms: z
     .strictObject({ starting: count, ready: count, busy: count })
     .describe("the pool's VMs now: booting, idle and ready, running a job"),

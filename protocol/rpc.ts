@@ -256,8 +256,26 @@ export const PARAMS = {
       max: z.number().int().min(1).max(256).optional(),
       vcpus: Vcpus.optional(),
       memoryMiB: MemoryMiB.optional(),
+      /**
+       * Members are forks of mvirtd's template snapshot of the pool's image
+       * and size (taken once of a freshly booted, ready member; again after
+       * the image is rebuilt); false: members boot. Omitted: as before (new pool: false).
+       */
+      snapshot: z.boolean().optional(),
+      /** Members are forks of this VM snapshot (id or name); its image and size are the pool's. */
+      fromSnapshot: Name.optional(),
     })
-    .refine((p) => p.max === undefined || p.max >= p.min, 'max must be at least min'),
+    .refine((p) => p.max === undefined || p.max >= p.min, 'max must be at least min')
+    .refine(
+      (p) => p.fromSnapshot === undefined || p.snapshot === undefined,
+      'give snapshot or fromSnapshot, not both: fromSnapshot forks that snapshot, snapshot: true the template of the image',
+    )
+    .refine(
+      (p) =>
+        p.fromSnapshot === undefined ||
+        [p.image, p.vcpus, p.memoryMiB].every((x) => x === undefined),
+      'a pool from a snapshot takes its image and size from the snapshot: leave out image, vcpus and memoryMiB',
+    ),
   'pool.get': z.strictObject({ name: Name }),
   'pool.list': z.strictObject({}).optional(),
   'pool.delete': z.strictObject({ ...DRY_RUN, name: Name }),

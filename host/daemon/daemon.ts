@@ -306,6 +306,8 @@ export async function startDaemon(
       bus,
       topics: t,
       log,
+      templates,
+      snapshots: store.snapshots,
     });
     const jobs = createJobManager({
       repo: store.jobs,

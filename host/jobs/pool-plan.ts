@@ -5,7 +5,8 @@
  * no VM booted or destroyed.
  */
 import type { DryRunPlan, ParamsOf, VmRecord } from '../../protocol/rpc.js';
-import type { PoolDef, StoredPool } from '../store/index.js';
+import type { Templates } from '../snapshots/templates.js';
+import type { PoolDef, StoredPool, StoredSnapshot } from '../store/index.js';
 import type { VmManager } from '../vm/manager.js';
 import { createPlan, type PlanBuilder } from '../plan.js';
 
@@ -19,6 +20,8 @@ export interface PoolNeeds {
 export interface SetCheck {
   old?: StoredPool;
   def: PoolDef;
+  /** The snapshot a fromSnapshot pool forks. */
+  snap?: StoredSnapshot;
 }
 
 export interface PoolPlanDeps {
@@ -30,6 +33,8 @@ export interface PoolPlanDeps {
   members(name: string): VmRecord[];
   /** The job holding a pool VM, if any. */
   claimOf(vmId: string): string | undefined;
+  /** Absent: snapshot pools boot their VMs. */
+  templates?: Pick<Templates, 'peek' | 'unavailable'>;
 }
 
 const size = (vcpus: number, memoryMiB: number): string =>
@@ -40,8 +45,38 @@ const names = (vs: VmRecord[]): string => vs.map((v) => v.name).join(', ');
 export function poolPlans(deps: PoolPlanDeps) {
   const { vms } = deps;
 
+  /**
+   * How the pool's VMs are made when they are forks: words for its steps
+   * (`each …`) and for `changes`; undefined when they boot.
+   */
+  async function forkWords(c: SetCheck): Promise<{ each: string; kind: string } | undefined> {
+    const { def, snap } = c;
+    if (snap)
+      return {
+        each: `each a fork of snapshot ${snap.name} (${snap.id}): it resumes from its saved state, no boot`,
+        kind: `VMs are forks of snapshot ${snap.name}`,
+      };
+    if (!def.snapshot || deps.templates?.unavailable() !== null) return undefined;
+    const t = await deps.templates.peek({ ...def, metadata: {} });
+    if (!t) return undefined;
+    return t.exists
+      ? {
+          each: `each a fork of the template snapshot ${t.name}: no boot`,
+          kind: `VMs are forks of template ${t.name}`,
+        }
+      : {
+          each: `the first booted and, once ready, kept as the template snapshot ${t.name}; the others wait for it and fork it`,
+          kind: `VMs are forks of template ${t.name}, taken of the first`,
+        };
+  }
+
   /** The VMs reconcile would destroy, and the boots: steps, commands; the words for `changes`. */
-  function reconcileSteps(b: PlanBuilder, def: PoolDef, n: PoolNeeds): string[] {
+  function reconcileSteps(
+    b: PlanBuilder,
+    def: PoolDef,
+    n: PoolNeeds,
+    fork?: { each: string },
+  ): string[] {
     const said: string[] = [];
     for (const d of n.destroy) b.step(`kill and delete VM ${d.vm.name} (${d.why})`);
     if (n.destroy.length > 0)
@@ -59,41 +94,57 @@ export function poolPlans(deps: PoolPlanDeps) {
     }
     b.admit(`capacity: ${size(want.vcpus, want.memoryMiB)} fit now (${heldText})`);
     b.step(
-      `boot ${plural(n.missing, 'ephemeral VM')} ${def.name}-… of image ${def.image} (${size(want.vcpus, want.memoryMiB)} each)`,
+      `${fork ? 'make' : 'boot'} ${plural(n.missing, 'ephemeral VM')} ${def.name}-… of image ${def.image} (${size(want.vcpus, want.memoryMiB)} each)${fork ? `, ${fork.each}` : ''}`,
       'warm each up with one exec of /bin/true through its agent',
     );
     for (let i = 0; i < n.missing; i++) b.agent('exec', { jobId: 'warmup-…', argv: ['/bin/true'] });
-    said.push(`${plural(n.missing, 'VM')} would boot`);
+    said.push(`${plural(n.missing, 'VM')} would ${fork ? 'be made' : 'boot'}`);
     return said;
   }
 
   return {
     async set(p: ParamsOf<'pool.set'>): Promise<DryRunPlan> {
-      const { old, def } = await deps.checkSet(p);
+      const check = await deps.checkSet(p);
+      const { old, def, snap } = check;
+      const fork = await forkWords(check);
       const b = createPlan('pool.set');
       b.admit(
         old
           ? `pool ${def.name} exists (image ${old.image}, min ${old.min}, max ${old.max}, ${size(old.vcpus, old.memoryMiB)})`
           : `pool ${def.name} is new`,
       );
+      if (snap)
+        b.admit(
+          `snapshot ${snap.name} (${snap.id}) is ready: its image ${snap.image} and size ${size(snap.vcpus, snap.memoryMiB)} are the pool's`,
+        );
       b.admit(`min ${def.min} ≤ max ${def.max}`).admit(`image ${def.image} found`);
       b.step(`${old ? 'update' : 'store'} pool ${def.name}`);
-      const said = reconcileSteps(b, def, deps.needs(def.name, def));
+      const said = reconcileSteps(b, def, deps.needs(def.name, def), fork);
       b.step(`publish pool ${def.name}'s state (retained)`);
       const tail = said.length > 0 ? ` — ${said.join('; ')}` : ' — no VM booted or removed';
       if (!old) {
-        b.change(`pool ${def.name}: created (min ${def.min}, max ${def.max})${tail}`);
+        b.change(
+          `pool ${def.name}: created (min ${def.min}, max ${def.max}${fork ? `; ${fork.kind}` : ''})${tail}`,
+        );
       } else {
         const keys = ['image', 'min', 'max', 'vcpus', 'memoryMiB'] as const;
         const diff = keys
           .filter((k) => old[k] !== def[k])
           .map((k) => `${k} ${String(old[k])} → ${String(def[k])}`);
+        if (old.snapshot !== def.snapshot || old.fromSnapshot !== def.fromSnapshot)
+          diff.push(fork?.kind ?? 'VMs boot');
         b.change(
           `pool ${def.name}: ${diff.length > 0 ? `updated (${diff.join(', ')})` : 'unchanged'}${tail}`,
         );
-        if (old.image !== def.image || old.vcpus !== def.vcpus || old.memoryMiB !== def.memoryMiB)
+        if (
+          old.image !== def.image ||
+          old.vcpus !== def.vcpus ||
+          old.memoryMiB !== def.memoryMiB ||
+          old.fromSnapshot !== def.fromSnapshot ||
+          old.snapshot !== def.snapshot
+        )
           b.step(
-            'leave the running VMs as they are: only VMs booted from now on take the new image and size',
+            'leave the running VMs as they are: only VMs made from now on take the new image, size or snapshot',
           );
       }
       b.change(`event: audit "pool ${def.name}: ${old ? 'updated' : 'created'}"`);

@@ -7,24 +7,39 @@
  *
  * Pool VMs are ordinary ephemeral VM rows tagged with the pool's name in their
  * metadata, so the VM manager and recovery need to know nothing about pools.
- * A boot that fails backs off (1 s doubling to a minute) instead of looping.
+ * A boot that fails backs off (1 s doubling to a minute) instead of looping;
+ * the pool record's `problem` says why meanwhile.
+ *
+ * Fast pools: members of a `snapshot: true` pool are forks of the template
+ * snapshot of its image and size, those of a `fromSnapshot` pool forks of
+ * that snapshot (pool-members.ts). A pool whose snapshot is gone makes no
+ * member and says so, until pool.set gives it another.
  */
 import { randomBytes } from 'node:crypto';
 import type { Bus } from '../broker/types.js';
 import type { EventLog } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
-import type { PoolDef, PoolRepo, StoredPool } from '../store/index.js';
+import type {
+  PoolDef,
+  PoolRepo,
+  SnapshotRepo,
+  StoredPool,
+  StoredSnapshot,
+} from '../store/index.js';
 import type { AgentSessions } from '../agent/sessions.js';
 import type { VmManager } from '../vm/manager.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
 import type { Topics } from '../../protocol/topics.js';
+import type { Templates } from '../snapshots/templates.js';
 import type { VmDestroyer } from './destroyer.js';
-import { poolPlans, type PoolNeeds, type SetCheck } from './pool-plan.js';
+import { errText } from './context.js';
+import { META_POOL, poolMembers, type Member } from './pool-members.js';
+import { poolPlans, type PoolNeeds } from './pool-plan.js';
+import { poolSetCheck } from './pool-set.js';
 import { isAgentLiveVm, isInactiveVm } from '../../protocol/states.js';
 
-/** VM metadata key that ties a VM to its pool (survives a daemon restart). */
-export const META_POOL = 'mvirt.pool';
+export { META_POOL };
 
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 60_000;
@@ -39,6 +54,10 @@ export interface PoolManagerDeps {
   bus: Bus;
   topics: Topics;
   log: MvirtLogger;
+  /** Snapshot pools fork their templates; absent, they boot (as with --no-templates). */
+  templates?: Templates;
+  /** The VM snapshots, for fromSnapshot pools. */
+  snapshots: Pick<SnapshotRepo, 'find'>;
 }
 
 export type PoolManager = ReturnType<typeof createPoolManager>;
@@ -53,11 +72,20 @@ interface PoolLive {
   backoffMs: number;
   retryAt: number;
   retryTimer?: NodeJS.Timeout;
+  /** Why members cannot be made now (the record's `problem`); undefined while all is well. */
+  problem?: string;
+  problemKind?: 'boot' | 'snapshot';
 }
 
 export function createPoolManager(deps: PoolManagerDeps) {
-  const { repo, vms, agents, events, bus, topics, destroyer } = deps;
+  const { repo, vms, agents, events, bus, topics, destroyer, templates } = deps;
   const log = deps.log.child({ component: 'pool' });
+  const members = poolMembers({ vms, ...(templates ? { templates } : {}) });
+  /** A ready VM snapshot by id or name, or undefined. */
+  const snapshotOf = (ref: string): StoredSnapshot | undefined => {
+    const s = deps.snapshots.find(ref);
+    return s?.state === 'ready' ? s : undefined;
+  };
   const live = new Map<string, PoolLive>();
   /** VM id → job id for pool VMs taken by a job. */
   const claims = new Map<string, string>();
@@ -97,7 +125,8 @@ export function createPoolManager(deps: PoolManagerDeps) {
       else if (v.state === 'ready') counts.ready++;
       else if (v.state === 'starting') counts.starting++;
     }
-    return { ...p, vms: counts };
+    const problem = live.get(p.name)?.problem;
+    return { ...p, ...(problem !== undefined ? { problem } : {}), vms: counts };
   }
 
   function publish(name: string): void {
@@ -106,6 +135,26 @@ export function createPoolManager(deps: PoolManagerDeps) {
     bus
       .publish(topics.poolState(name), payload, { retain: true, qos: 1 })
       .catch((err: unknown) => log.warn({ err, pool: name }, 'publish failed'));
+  }
+
+  /**
+   * Set or clear why pool `name` cannot make members. A new kind of problem is
+   * an event too; the same again (the next failed try) updates the record only.
+   */
+  function setProblem(name: string, problem?: { kind: 'boot' | 'snapshot'; text: string }): void {
+    const st = stateOf(name);
+    if (st.problem === problem?.text) return;
+    const news = problem !== undefined && problem.kind !== st.problemKind;
+    st.problem = problem?.text;
+    st.problemKind = problem?.kind;
+    if (news)
+      events.append({
+        level: 'warn',
+        component: 'pool',
+        message: `pool ${name}: ${problem.text}`,
+        objects: [`pool:${name}`],
+      });
+    publish(name);
   }
 
   function destroy(vmId: string, why: string, pool: string): void {
@@ -165,6 +214,14 @@ export function createPoolManager(deps: PoolManagerDeps) {
     if (!def) return;
     let missing = n.missing;
     if (missing <= 0) return;
+    if (def.fromSnapshot !== undefined && !snapshotOf(def.fromSnapshot)) {
+      // Not a back-off loop: nothing will bring that snapshot back.
+      setProblem(name, {
+        kind: 'snapshot',
+        text: `its snapshot ${def.fromSnapshot} was deleted: no VM can be made; give the pool another (fromSnapshot) or let its VMs boot (snapshot: false)`,
+      });
+      return;
+    }
     const wait = st.retryAt - Date.now();
     if (wait > 0) {
       st.retryTimer ??= setTimeout(() => {
@@ -182,21 +239,18 @@ export function createPoolManager(deps: PoolManagerDeps) {
 
   async function boot(def: StoredPool, st: PoolLive): Promise<void> {
     let id: string | undefined;
+    let made: Member | undefined;
     let creating = true;
     const created = (): void => {
       if (creating) st.creating--;
       creating = false;
     };
     try {
-      const vm = await vms.create({
-        name: `${def.name.slice(0, 50)}-${randomBytes(4).toString('hex')}`,
-        image: def.image,
-        vcpus: def.vcpus,
-        memoryMiB: def.memoryMiB,
-        kind: 'ephemeral',
-        metadata: { [META_POOL]: def.name },
-      });
-      id = vm.id;
+      made = await members.create(
+        def,
+        `${def.name.slice(0, 50)}-${randomBytes(4).toString('hex')}`,
+      );
+      id = made.vm.id;
       created();
       if (!repo.get(def.name)) {
         // pool.delete came while the row was being made: it could not see it.
@@ -206,6 +260,9 @@ export function createPoolManager(deps: PoolManagerDeps) {
       st.booting.add(id);
       warming.add(id);
       await vms.start(id, true);
+      // Fresh and ready, nothing run yet: the moment to keep it as the template.
+      if (made.template === 'wanted') await templates!.adopt(vms.get(id));
+      made.release();
       // Warm-up: one throw-away exec, so that the guest (and, under TCG, the
       // emulator's code cache) has been through the spawn path before the
       // first real job pays for it. A pool's promise is a VM ready to run.
@@ -220,9 +277,11 @@ export function createPoolManager(deps: PoolManagerDeps) {
       warming.delete(id);
       st.booting.delete(id);
       st.backoffMs = BACKOFF_MIN_MS;
+      setProblem(def.name);
       publish(def.name);
       onAvailable();
     } catch (err) {
+      made?.release();
       created();
       if (id) {
         st.booting.delete(id);
@@ -232,12 +291,19 @@ export function createPoolManager(deps: PoolManagerDeps) {
         if (id) destroy(id, 'no capacity', def.name);
         return;
       }
+      // A fork of a template that cannot start: the template goes, the next member boots.
+      if (made?.template === 'used') await templates!.failed(made.vm);
       st.retryAt = Date.now() + st.backoffMs;
       log.warn(
         { pool: def.name, err: String(err), retryInMs: st.backoffMs },
         'pool VM boot failed',
       );
       st.backoffMs = Math.min(st.backoffMs * 2, BACKOFF_MAX_MS);
+      if (!closing)
+        setProblem(def.name, {
+          kind: 'boot',
+          text: `its last VM could not be made: ${errText(err)}`,
+        });
       if (id) destroy(id, 'its boot failed', def.name);
       reconcile(def.name);
     }
@@ -250,23 +316,13 @@ export function createPoolManager(deps: PoolManagerDeps) {
   });
 
   /** pool.set's checks (shared with its dry run): the definition it would store. */
-  async function checkSet(p: ParamsOf<'pool.set'>): Promise<SetCheck> {
-    if (closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
-    const old = repo.get(p.name);
-    const def: PoolDef = {
-      name: p.name,
-      image: p.image ?? old?.image ?? vms.defaults.image,
-      min: p.min,
-      max: p.max ?? Math.max(p.min, old?.max ?? 0, 1),
-      vcpus: p.vcpus ?? old?.vcpus ?? vms.defaults.vcpus,
-      memoryMiB: p.memoryMiB ?? old?.memoryMiB ?? vms.defaults.memoryMiB,
-    };
-    if (def.max < def.min) {
-      throw new MvirtError('INVALID_PARAMS', `max (${def.max}) must be at least min (${def.min})`);
-    }
-    await vms.checkImage(def.image); // IMAGE_NOT_FOUND: not a pool that can never boot
-    return { ...(old ? { old } : {}), def };
-  }
+  const checkSet = poolSetCheck({
+    repo,
+    vms,
+    snapshotOf,
+    ...(templates ? { templates } : {}),
+    closing: () => closing,
+  });
 
   /** pool.delete's check (shared with its dry run): the pool (POOL_NOT_FOUND otherwise). */
   function checkDelete(name: string): StoredPool {
@@ -283,6 +339,7 @@ export function createPoolManager(deps: PoolManagerDeps) {
       checkDelete,
       // A pool's live state read, never created: a dry run leaves no trace.
       needs: (name, def) => needs(name, def, live.get(name) ?? freshLive()),
+      ...(templates ? { templates } : {}),
       members: membersOf,
       claimOf: (vmId) => claims.get(vmId),
     }),
@@ -300,7 +357,10 @@ export function createPoolManager(deps: PoolManagerDeps) {
         objects: [`pool:${p.name}`, `image:${def.image}`],
         data: def,
       });
-      stateOf(p.name).retryAt = 0;
+      // A new definition: try at once, and the old one's problem is no longer news.
+      const st = stateOf(p.name);
+      st.retryAt = 0;
+      st.problem = st.problemKind = undefined;
       reconcile(p.name);
       publish(p.name);
       return toRecord(stored);

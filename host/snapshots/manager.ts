@@ -124,9 +124,16 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     }
   }
 
-  /** snapshot.delete's check, for the call and its dry run: no VM still needs its files. */
+  /** snapshot.delete's check, for the call and its dry run: no VM or pool still needs its files. */
   function deletable(ref: string): StoredSnapshot {
     const s = find(ref);
+    const pools = d.store.pools.usingSnapshot(s.id);
+    if (pools.length > 0)
+      throw new MvirtError(
+        'SNAPSHOT_IN_USE',
+        `snapshot ${s.name} is what pool${pools.length === 1 ? '' : 's'} ${pools.join(', ')} ${pools.length === 1 ? 'makes its' : 'make their'} VMs from; give ${pools.length === 1 ? 'it' : 'each'} another (pool.set) or delete ${pools.length === 1 ? 'it' : 'them'} first`,
+        { details: { pools } },
+      );
     const forks = waitingForks(s.id);
     if (forks.length > 0)
       throw new MvirtError(
@@ -172,7 +179,7 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     remove(ref: string): DryRunPlan {
       const b = createPlan('snapshot.delete', d.dataDir);
       const s = deletable(ref);
-      b.admit(`no VM waits to resume from snapshot ${s.name}`);
+      b.admit(`no VM waits to resume from snapshot ${s.name}, and no pool forks it`);
       b.remove(`${d.files.dirOf(s.id)}/`);
       b.change(`snapshot ${s.name}: deleted`);
       return b.done();

@@ -86,6 +86,27 @@ export function createTemplates(d: TemplateDeps) {
   }
 
   return {
+    /** Why ephemeral VMs boot instead of forking a template here, or null when they fork. */
+    unavailable(): string | null {
+      if (!d.enabled) return 'mvirtd runs with --no-templates';
+      const backend = d.vms.defaults.backend;
+      if (!d.vms.canSave(backend)) return `the ${backend} backend cannot save a VM's state`;
+      return null;
+    },
+
+    /**
+     * For dry runs, reading only: the name of this kind's template and whether
+     * it exists now (null: this kind's VMs boot; see unavailable()).
+     */
+    async peek(v: EphemeralVm): Promise<{ name: string; exists: boolean } | null> {
+      if (!d.enabled || !d.vms.canSave(d.vms.defaults.backend)) return null;
+      const image = await d.images.resolve(v.image).catch(() => null);
+      if (!image) return null;
+      const name = nameOf(image.name, image.manifest.key, v);
+      const s = d.store.snapshots.find(name);
+      return { name, exists: s?.state === 'ready' && s.imageKey === image.manifest.key };
+    },
+
     /**
      * An ephemeral VM, created (not started): a fork of its template when
      * there is one, else a plain VM (`template: 'wanted'` asks the caller to

@@ -260,6 +260,18 @@ export const MIGRATIONS: readonly Migration[] = [
         ALTER TABLE vms ADD COLUMN pending_restore TEXT;
       `),
   },
+  {
+    // Issue 14: fast pools, whose members are forks of a snapshot.
+    name: 'pools from snapshots',
+    up: (db) =>
+      db.exec(`
+        -- 1: members fork mvirtd's template snapshot of the pool's image and size.
+        ALTER TABLE pools ADD COLUMN snapshot INTEGER NOT NULL DEFAULT 0;
+        -- Members fork this VM snapshot (its id; snapshot.delete refuses it
+        -- while a pool names it). No foreign key: a template may still go.
+        ALTER TABLE pools ADD COLUMN from_snapshot TEXT;
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

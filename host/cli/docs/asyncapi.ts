@@ -32,7 +32,7 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'snapshot.get': 'One VM snapshot: its source VM, image, size, hypervisor build and machine type.',
   'snapshot.list': 'The VM snapshots (of one VM with `vm`), oldest first.',
   'snapshot.delete':
-    'Delete a VM snapshot and its files; refused (SNAPSHOT_IN_USE) while VMs made from it have not started yet.',
+    'Delete a VM snapshot and its files; refused (SNAPSHOT_IN_USE) while VMs made from it have not started yet, or a pool makes its VMs from it (fromSnapshot).',
   'vm.blockDevices':
     "The guest's block devices now, asked of its agent: name, serial (a volume's id), size, read-only, mount and the mount's use.",
   'vm.detachDisk':
@@ -45,7 +45,7 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'job.logs':
     'Stored output chunks from a sequence number, one page (at most maxBytes of data) per call; page on with nextSeq while more.',
   'pool.set':
-    'Create or change a pool: the daemon keeps min ready VMs of its image, at most max in all (max ≥ min).',
+    "Create or change a pool: the daemon keeps min ready VMs of its image, at most max in all (max ≥ min); with snapshot: true they are forks of mvirtd's template snapshot of the image and size, with fromSnapshot forks of that snapshot (its image and size are the pool's).",
   'pool.get': 'One pool by name.',
   'pool.list': 'All pools.',
   'pool.delete': 'Delete a pool.',

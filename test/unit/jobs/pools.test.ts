@@ -123,6 +123,19 @@ test('a pool keeps min VMs ready; a job takes one and the pool refills', async (
   assert.equal(result(await j.c.call('vm.list')).vms.length, 0);
 });
 
+test('snapshot: true on a backend that cannot save state is refused, and no pool is made', async () => {
+  for (const dryRun of [false, true]) {
+    const e = errorOf(await j.c.call('pool.set', { name: 'fast', min: 1, snapshot: true, dryRun }));
+    assert.equal(e.code, 'CAPABILITY_UNSUPPORTED');
+    // The fake registers as the qemu backend.
+    assert.equal(
+      e.message,
+      "snapshot: true makes pool VMs forks of a template snapshot, but the qemu backend cannot save a VM's state",
+    );
+  }
+  assert.equal(errorOf(await j.c.call('pool.get', { name: 'fast' })).code, 'POOL_NOT_FOUND');
+});
+
 test('with no idle VM a pool job makes the pool boot one (up to max)', async () => {
   result(await j.c.call('pool.set', { name: 'cold', min: 0, max: 1 }));
   assert.equal(members('cold').length, 0, 'min 0: nothing booted');
