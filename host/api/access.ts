@@ -103,6 +103,8 @@ export function createAccessCheck(d: AccessDeps) {
         }
         return null;
       }
+      case 'create-from-snapshot':
+        return outOfScope(access, 'snapshot', str(p, 'fromSnapshot'));
       case 'job-target':
         return outOfScope(access, 'vm', str(p, 'vm')) ?? outOfScope(access, 'pool', str(p, 'pool'));
     }

@@ -60,7 +60,7 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'job.list': read({ kind: 'list' }),
   'job.cancel': operate(job),
   'job.logs': read(job),
-  'pool.set': { role: 'admin', scope: { kind: 'create' } },
+  'pool.set': { role: 'admin', scope: { kind: 'create-from-snapshot' } },
   'pool.get': read(pool),
   'pool.list': read({ kind: 'list' }),
   'pool.delete': { role: 'admin', scope: pool },

@@ -52,7 +52,9 @@ export type ScopeRule =
   /** vm.attachDisk, vm.detachDisk: the VM and the volume must both be in scope. */
   | { kind: 'vm-and-volume' }
   /** vm.create: a new object, and every volume among its disks must be in scope. */
-  | { kind: 'create-with-disks' };
+  | { kind: 'create-with-disks' }
+  /** pool.set: a new object (as create), and the snapshot its VMs fork (fromSnapshot) must be in scope. */
+  | { kind: 'create-from-snapshot' };
 
 export interface Permission {
   role: Role;
