@@ -97,7 +97,7 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
     '`mvirt snapshot ls` lists the VM snapshots; `mvirt volume snapshots VOLUME` those of a volume',
   SNAPSHOT_EXISTS: 'choose another name, or delete the old one first (`mvirt snapshot rm NAME`)',
   SNAPSHOT_IN_USE:
-    'start the VMs it names (they resume from it) or delete them, then delete the snapshot',
+    'start the VMs it names (they resume from it) or delete them, or give the pool it names another snapshot (`mvirt pool set POOL --from-snapshot S`, or `--snapshot`) or delete it, then delete the snapshot',
   SNAPSHOT_INCOMPATIBLE:
     'this host cannot resume that state (`mvirt snapshot get S` shows what it needs): take a new snapshot here',
   SNAPSHOT_INVALID:

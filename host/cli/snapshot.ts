@@ -191,8 +191,9 @@ export const snapshotCommands: Command[] = [
     name: 'snapshot rm',
     summary: 'Delete a VM snapshot and its files.',
     description:
-      'Refused (SNAPSHOT_IN_USE) while VMs made from it have not started yet: they\n' +
-      'resume from its files at their first start. VMs that have started keep running.',
+      'Refused (SNAPSHOT_IN_USE) while VMs made from it have not started yet (they\n' +
+      'resume from its files at their first start), or while a pool makes its VMs from\n' +
+      'it (`mvirt pool set --from-snapshot`). VMs that have started keep running.',
     args: ['SNAPSHOT'],
     examples: ['mvirt snapshot rm warm'],
     run: async (ctx, p) => {
