@@ -103,9 +103,11 @@ export function createSnapshotFiles(root: string): SnapshotFiles {
     async writeManifest(m) {
       const dir = dirOf(m.id);
       const tmp = path.join(dir, `.${MANIFEST_FILE}.tmp`);
+      // Checked before the temporary file exists: a refused manifest leaves nothing behind.
+      const text = `${JSON.stringify(SnapshotManifest.parse(m), null, 2)}\n`;
       const fh = await open(tmp, 'wx', 0o600);
       try {
-        await fh.writeFile(`${JSON.stringify(SnapshotManifest.parse(m), null, 2)}\n`);
+        await fh.writeFile(text);
         await fh.sync();
       } finally {
         await fh.close();
