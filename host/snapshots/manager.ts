@@ -47,11 +47,15 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     return s;
   }
 
-  /** The forks that have not resumed from it yet (they need its files at their first start). */
+  /**
+   * The forks that have not resumed from it yet (they need its files at their
+   * first start). A fork suspended since resumes from its own state file.
+   */
   const waitingForks = (id: string): VmRecord[] =>
-    d.store.vms
-      .list()
-      .filter((v) => v.restoredFrom === id && d.store.vms.restoreState(v.id)?.pending !== null);
+    d.store.vms.list().filter((v) => {
+      const pending = v.restoredFrom === id ? d.store.vms.restoreState(v.id)?.pending : undefined;
+      return pending?.from === 'snapshot' && pending.snapshot === id;
+    });
 
   async function takeChecks(vmRef: string, name: string) {
     const vm = d.vms.checkSavable(vmRef);
