@@ -10,6 +10,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import mqtt from 'mqtt';
+import { PERMISSIONS } from '../../../host/api/routes.js';
 import type { EventRecord, VmRecord } from '../../../protocol/rpc.js';
 import { PASSWORD, replyNs, rolesFixture } from '../../support/roles.js';
 
@@ -30,6 +31,12 @@ const PARAMS: Record<string, unknown> = {
   'vm.delete': { vm: 'nope' },
   'vm.attachDisk': { vm: 'nope', volume: 'nope' },
   'vm.detachDisk': { vm: 'nope', volume: 'nope' },
+  'vm.blockDevices': { vm: 'nope' },
+  'vm.snapshot': { vm: 'nope', name: 'snap' },
+  'vm.suspend': { vm: 'nope' },
+  'snapshot.get': { snapshot: 'nope' },
+  'snapshot.list': {},
+  'snapshot.delete': { snapshot: 'nope' },
   'job.run': { vm: 'nope', argv: ['true'] },
   'job.get': { jobId: 'job-000000000000' },
   'job.list': {},
@@ -67,6 +74,8 @@ const READS = [
   'volume.list',
   'volume.snapshots',
   'vm.blockDevices',
+  'snapshot.get',
+  'snapshot.list',
 ];
 const OPERATE = [
   'vm.create',
@@ -79,6 +88,9 @@ const OPERATE = [
   'vm.delete',
   'vm.attachDisk',
   'vm.detachDisk',
+  'vm.snapshot',
+  'vm.suspend',
+  'snapshot.delete',
   'job.run',
   'job.cancel',
   'volume.create',
@@ -98,6 +110,10 @@ const ALLOWED: Record<string, string[]> = {
 };
 
 describe('each role against each method (mosquitto_pub → mosquitto_sub)', () => {
+  test('every routed method is tried', () => {
+    assert.deepEqual(Object.keys(PARAMS).sort(), Object.keys(PERMISSIONS).sort());
+  });
+
   for (const user of ['viewer', 'operator', 'admin', 'root']) {
     test(user, async () => {
       const login = user === 'operator' ? 'op' : user;
