@@ -37,7 +37,8 @@ export const replyNs = (clientId: string): string => `mvirt/_clients/${clientId}
  * PASSWORD). `d` and `port` are there once the tests run.
  */
 export function rolesFixture() {
-  const hv = createFakeHypervisor();
+  // It can save state: role-scopes.test.ts takes VM snapshots.
+  const hv = createFakeHypervisor({ capabilities: { snapshots: true } });
   const fx = { d: undefined as unknown as TestDaemon, port: '' };
 
   before(async () => {

@@ -2,14 +2,14 @@
  * Scopes against the real mvirtd (fake hypervisor backend, real broker, real
  * SQLite), driven with Debian's mosquitto_pub and mosquitto_sub as a
  * third-party controller would: a scoped operator sees and changes only its
- * own VMs and volumes, each topic family is delivered only within a scope,
+ * own VMs, volumes and VM snapshots, each topic family is delivered only within a scope,
  * and consoles take input only from operators of the VM's scope. Roles
  * against every method are in roles.test.ts; the daemon and the mosquitto
  * helpers in test/support/roles.ts.
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
-import type { VmRecord, VolumeRecord } from '../../../protocol/rpc.js';
+import type { SnapshotRecord, VmRecord, VolumeRecord } from '../../../protocol/rpc.js';
 import { replyNs, rolesFixture } from '../../support/roles.js';
 
 const fx = rolesFixture();
@@ -139,6 +139,61 @@ describe('scopes', () => {
       assert.ok(!seen.includes('/agent/'), 'never sees agent traffic');
     } finally {
       s.stop();
+    }
+  });
+
+  test("a scoped operator's VM snapshot is its scope's: others cannot read, delete or fork it", async () => {
+    const a = await replies('op-a');
+    const b = await replies('op-b');
+    const v = await replies('view-a');
+    try {
+      const started = await a.call('vm.start', { vm: 'scoped-a', wait: true });
+      assert.ok(started.ok, JSON.stringify(started));
+      const taken = await a.call('vm.snapshot', { vm: 'scoped-a', name: 'snap-of-a' });
+      assert.ok(taken.ok, JSON.stringify(taken));
+      const snap = taken.result as SnapshotRecord;
+      assert.equal(fx.d.daemon.store.owners.get('snapshot', snap.id), 'a', 'labelled a');
+      // Another scope: by name or id, read, delete, fork, or snapshot the VM itself.
+      for (const [m, params] of [
+        ['snapshot.get', { snapshot: 'snap-of-a' }],
+        ['snapshot.get', { snapshot: snap.id }],
+        ['snapshot.delete', { snapshot: 'snap-of-a' }],
+        ['snapshot.delete', { snapshot: snap.id, dryRun: true }],
+        ['vm.create', { name: 'forked-by-b', fromSnapshot: 'snap-of-a' }],
+        ['vm.create', { name: 'forked-by-b', fromSnapshot: snap.id, count: 2, dryRun: true }],
+        ['vm.snapshot', { vm: 'scoped-a', name: 'stolen' }],
+        ['vm.suspend', { vm: vmA.id }],
+      ] as const) {
+        const r = await b.call(m, params);
+        assert.equal(r.ok ? 'ok' : r.error.code, 'FORBIDDEN', `${m} ${JSON.stringify(params)}`);
+      }
+      const listB = await b.call('snapshot.list', {});
+      assert.ok(listB.ok);
+      assert.deepEqual((listB.result as { snapshots: SnapshotRecord[] }).snapshots, []);
+      assert.equal(fx.d.daemon.vms.resolveId('forked-by-b-1'), undefined, 'no fork was made');
+      assert.equal(fx.d.daemon.store.snapshots.get(snap.id)?.state, 'ready', 'still there');
+      // Its own scope: the viewer reads it, the operator may plan a fork of it.
+      const got = await v.call('snapshot.get', { snapshot: 'snap-of-a' });
+      assert.ok(got.ok, JSON.stringify(got));
+      const listA = await v.call('snapshot.list', { vm: 'scoped-a' });
+      assert.ok(listA.ok);
+      assert.deepEqual(
+        (listA.result as { snapshots: SnapshotRecord[] }).snapshots.map((s) => s.id),
+        [snap.id],
+      );
+      const plan = await a.call('vm.create', {
+        name: 'f',
+        fromSnapshot: 'snap-of-a',
+        dryRun: true,
+      });
+      assert.ok(plan.ok, JSON.stringify(plan));
+      const del = await a.call('snapshot.delete', { snapshot: 'snap-of-a' });
+      assert.ok(del.ok, JSON.stringify(del));
+      assert.equal(fx.d.daemon.store.owners.get('snapshot', snap.id), null, 'label gone with it');
+    } finally {
+      a.sub.stop();
+      b.sub.stop();
+      v.sub.stop();
     }
   });
 
