@@ -1,22 +1,35 @@
 /**
  * A VM snapshot's folder on a real file system: ids that are not mvirtd's
  * never become paths, the manifest is written whole (temporary file and
- * rename) and read back only when it and the state file beside it are what
- * it says, never through a link planted in their place.
+ * rename) and read back only when it lists exactly the state's files and
+ * each of them (state.bin, ram.bin) is what it says, never through a link
+ * planted in their place. The state's files hashed (hashFiles) and checked
+ * (checkHashes: a changed file caught, a verified one not hashed again).
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { lstatSync, readdirSync } from 'node:fs';
-import { mkdir, readFile, symlink, truncate, writeFile } from 'node:fs/promises';
+import fs, { lstatSync, readdirSync, utimesSync } from 'node:fs';
+import {
+  mkdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  truncate,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
+  checkHashes,
   createSnapshotFiles,
+  hashFiles,
   MANIFEST_FILE,
   newSnapshotId,
   savedOf,
   sha256File,
-  STATE_FILE,
   type SnapshotFiles,
   type SnapshotManifest,
 } from '../../../host/snapshots/files.js';
@@ -24,6 +37,18 @@ import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { refused } from '../../support/volumes.js';
 
 const STATE_BYTES = 4096;
+const RAM_BYTES = 3 * 4096;
+/** What each file of a complete snapshot holds (its size from the manifest). */
+const content = {
+  'state.bin': Buffer.alloc(STATE_BYTES, 7),
+  'ram.bin': Buffer.alloc(RAM_BYTES, 9),
+};
+const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+/** A file's entry in the manifest's files. */
+const entry = (name: keyof typeof content) => ({
+  bytes: content[name].length,
+  sha256: sha(content[name]),
+});
 let dir: string;
 let files: SnapshotFiles;
 before(async () => {
@@ -50,22 +75,30 @@ function manifest(id: string, over: Partial<SnapshotManifest> = {}): SnapshotMan
       memoryMiB: 256,
       vcpus: 1,
       devices: hex('d'),
-      bytes: STATE_BYTES,
+      ram: 'file',
+      files: { 'state.bin': STATE_BYTES, 'ram.bin': RAM_BYTES },
+      bytes: STATE_BYTES + RAM_BYTES,
     },
-    files: { [STATE_FILE]: { bytes: STATE_BYTES, sha256: hex('a') } },
+    files: { 'state.bin': entry('state.bin'), 'ram.bin': entry('ram.bin') },
     ...over,
   };
 }
 
-/** A complete snapshot folder: state file of STATE_BYTES and its manifest. */
+/** The state's files of a complete snapshot, written into `id`'s folder. */
+async function stateFiles(id: string): Promise<void> {
+  for (const [name, data] of Object.entries(content))
+    await writeFile(path.join(files.dirOf(id), name), data);
+}
+/** A complete snapshot folder: state.bin, ram.bin and their manifest. */
 async function complete(over: Partial<SnapshotManifest> = {}): Promise<string> {
   const id = newSnapshotId();
   await files.prepare(id);
-  await writeFile(files.stateFile(id), Buffer.alloc(STATE_BYTES, 7));
+  await stateFiles(id);
   await files.writeManifest(manifest(id, over));
   return id;
 }
 const manifestOf = (id: string) => path.join(files.dirOf(id), MANIFEST_FILE);
+const fileOf = (id: string, name: string) => path.join(files.dirOf(id), name);
 
 describe('ids and paths', () => {
   test('new ids are snap-<12 hex>, and differ', () => {
@@ -74,10 +107,9 @@ describe('ids and paths', () => {
     for (const id of ids) assert.match(id, /^snap-[0-9a-f]{12}$/);
   });
 
-  test('dirOf and stateFile: only an id mvirtd makes becomes a path, under the root', () => {
+  test('dirOf: only an id mvirtd makes becomes a path, under the root', () => {
     const id = newSnapshotId();
     assert.equal(files.dirOf(id), path.join(files.root, id));
-    assert.equal(files.stateFile(id), path.join(files.root, id, STATE_FILE));
     for (const bad of [
       '',
       'warm',
@@ -93,7 +125,6 @@ describe('ids and paths', () => {
       'vol-0123456789ab',
     ]) {
       assert.throws(() => files.dirOf(bad), { code: 'INVALID_PARAMS' }, JSON.stringify(bad));
-      assert.throws(() => files.stateFile(bad), { code: 'INVALID_PARAMS' }, JSON.stringify(bad));
     }
   });
 
@@ -108,7 +139,7 @@ describe('ids and paths', () => {
 describe('the manifest', () => {
   test('written through a temporary file (0600, none left) and read back as written', async () => {
     const id = await complete();
-    assert.deepEqual(readdirSync(files.dirOf(id)).sort(), [MANIFEST_FILE, STATE_FILE]);
+    assert.deepEqual(readdirSync(files.dirOf(id)).sort(), [MANIFEST_FILE, 'ram.bin', 'state.bin']);
     assert.equal(lstatSync(manifestOf(id)).mode & 0o777, 0o600);
     assert.deepEqual(await files.readManifest(id), manifest(id));
     assert.deepEqual(JSON.parse(await readFile(manifestOf(id), 'utf8')), manifest(id));
@@ -121,7 +152,7 @@ describe('the manifest', () => {
     await assert.rejects(files.writeManifest(bad));
     assert.deepEqual(readdirSync(files.dirOf(id)), [], 'nothing left behind');
     // The same folder still takes its manifest afterwards.
-    await writeFile(files.stateFile(id), Buffer.alloc(STATE_BYTES));
+    await stateFiles(id);
     await files.writeManifest(manifest(id));
     assert.equal((await files.readManifest(id)).id, id);
   });
@@ -154,7 +185,7 @@ describe('the manifest', () => {
   test('readManifest without a manifest (a crash before it was written)', async () => {
     const id = newSnapshotId();
     await files.prepare(id);
-    await writeFile(files.stateFile(id), Buffer.alloc(STATE_BYTES));
+    await stateFiles(id);
     const e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
     assert.match(e.message, /manifest\.json is missing/);
   });
@@ -163,7 +194,7 @@ describe('the manifest', () => {
     const real = await complete();
     const id = newSnapshotId();
     await files.prepare(id);
-    await writeFile(files.stateFile(id), Buffer.alloc(STATE_BYTES));
+    await stateFiles(id);
     // A valid manifest for this very id, outside its folder, linked in.
     const planted = path.join(dir, 'planted.json');
     await writeFile(planted, JSON.stringify(manifest(id)));
@@ -187,11 +218,39 @@ describe('the manifest', () => {
     const cases: [unknown, RegExp][] = [
       [{ ...manifest(id), format: 2 }, /not a valid manifest: format/],
       [{ ...manifest(id), extra: 1 }, /not a valid manifest/],
-      [{ ...manifest(id), files: {} }, /not a valid manifest: files/],
+      [{ ...manifest(id), files: [] }, /not a valid manifest: files/],
       [{ ...manifest(id), image: { name: 'default' } }, /not a valid manifest: image\.key/],
       [{ ...manifest(id), id: '../x' }, /not a valid manifest: id/],
+      [{ ...manifest(id), state: { ...manifest(id).state, ram: 'disk' } }, /: state\.ram/],
+      [{ ...manifest(id), state: { ...manifest(id).state, files: undefined } }, /: state\.files/],
+      [
+        { ...manifest(id), files: { 'state.bin': { bytes: 1, sha256: 'x' } } },
+        /: files\.state\.bin\.sha256/,
+      ],
       [[], /not a valid manifest/],
     ];
+    // A file name is a plain name the backend gives (a-z, 0-9, -, then .bin), never a path.
+    for (const name of [
+      '../ram.bin',
+      'sub/ram.bin',
+      '/ram.bin',
+      'manifest.json',
+      'Ram.bin',
+      '.bin',
+      'ram',
+    ]) {
+      const m = manifest(id);
+      cases.push(
+        [
+          { ...m, files: { ...m.files, [name]: { bytes: 1, sha256: hex('a') } } },
+          /: files\..*Invalid key/,
+        ],
+        [
+          { ...m, state: { ...m.state, files: { ...m.state.files, [name]: 1 } } },
+          /: state\.files\..*Invalid key/,
+        ],
+      );
+    }
     for (const [m, why] of cases) {
       await writeFile(manifestOf(id), JSON.stringify(m));
       const e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
@@ -203,40 +262,115 @@ describe('the manifest', () => {
     assert.equal(e.message, `snapshot ${id}: manifest.json names snapshot ${other}`);
   });
 
-  test('the state file: missing, a link, or of another size than the manifest says', async () => {
+  test('a manifest listing other files than its state has', async () => {
     const id = await complete();
-    await truncate(files.stateFile(id), STATE_BYTES - 1);
-    let e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
-    assert.equal(
-      e.message,
-      `snapshot ${id}: state.bin has ${STATE_BYTES - 1} bytes, the manifest says ${STATE_BYTES}`,
-    );
-    await truncate(files.stateFile(id), STATE_BYTES + 1);
-    await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
-
-    const gone = await complete();
-    await files.remove(gone);
-    await files.prepare(gone);
-    await files.writeManifest(manifest(gone));
-    e = await refused(files.readManifest(gone), 'SNAPSHOT_INVALID');
-    assert.match(e.message, /state\.bin is missing/);
-
-    const linked = newSnapshotId();
-    await files.prepare(linked);
-    const outside = path.join(dir, 'outside.bin');
-    await writeFile(outside, Buffer.alloc(STATE_BYTES));
-    await symlink(outside, files.stateFile(linked));
-    await files.writeManifest(manifest(linked));
-    e = await refused(files.readManifest(linked), 'SNAPSHOT_INVALID');
-    assert.match(e.message, /state\.bin is not a regular file/);
+    const m = manifest(id);
+    const stateOnly = { 'state.bin': entry('state.bin') };
+    const cases: SnapshotManifest[] = [
+      // ram.bin on disk and in the state, not in the manifest's files.
+      { ...m, files: stateOnly },
+      { ...m, files: {} },
+      // A file the state does not have.
+      { ...m, files: { ...m.files, 'extra.bin': { bytes: 0, sha256: hex('0') } } },
+      // As many files, another name.
+      { ...m, files: { ...stateOnly, 'mem.bin': entry('ram.bin') } },
+      // The state listing fewer files than the manifest.
+      { ...m, state: { ...m.state, files: { 'state.bin': STATE_BYTES } } },
+      { ...m, state: { ...m.state, files: {} } },
+    ];
+    for (const c of cases) {
+      await writeFile(manifestOf(id), JSON.stringify(c));
+      const e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      assert.equal(
+        e.message,
+        `snapshot ${id}: manifest.json lists other files than its state has`,
+        JSON.stringify(Object.keys(c.files)),
+      );
+    }
+    // The same names in another order are the same files.
+    const reordered = {
+      ...m,
+      files: { 'ram.bin': entry('ram.bin'), 'state.bin': entry('state.bin') },
+    };
+    await writeFile(manifestOf(id), JSON.stringify(reordered));
+    assert.deepEqual(await files.readManifest(id), reordered);
   });
 
-  test('the two sizes in the manifest must agree', async () => {
-    const id = await complete({
-      files: { [STATE_FILE]: { bytes: STATE_BYTES, sha256: hex('a') } },
-      state: { ...manifest('snap-000000000000').state, bytes: STATE_BYTES * 2 },
+  for (const name of ['state.bin', 'ram.bin'] as const) {
+    const bytes = content[name].length;
+    test(`${name}: of another size than the manifest says, missing, a link or a folder`, async () => {
+      const id = await complete();
+      await truncate(fileOf(id, name), bytes - 1);
+      let e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      assert.equal(
+        e.message,
+        `snapshot ${id}: ${name} has ${bytes - 1} bytes, the manifest says ${bytes}`,
+      );
+      await truncate(fileOf(id, name), bytes + 1);
+      e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      assert.match(e.message, new RegExp(`${name} has ${bytes + 1} bytes`));
+      await truncate(fileOf(id, name), 0);
+      await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      await truncate(fileOf(id, name), bytes);
+      assert.equal((await files.readManifest(id)).id, id, 'its own size again: read');
+
+      await rm(fileOf(id, name));
+      e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      assert.equal(e.message, `snapshot ${id}: ${name} is missing`);
+
+      // A link to a file of the right size, outside the folder.
+      const outside = path.join(dir, `outside-${id}-${name}`);
+      await writeFile(outside, content[name]);
+      await symlink(outside, fileOf(id, name));
+      e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      assert.equal(e.message, `snapshot ${id}: ${name} is not a regular file`);
+      await rm(fileOf(id, name));
+      await mkdir(fileOf(id, name));
+      e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+      assert.equal(e.message, `snapshot ${id}: ${name} is not a regular file`);
     });
-    await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+  }
+
+  test("each file's two sizes in the manifest must agree, and agree with the file", async () => {
+    const m = manifest('snap-000000000000');
+    // The state says ram.bin is twice what the manifest's files and the disk say.
+    let id = await complete({
+      state: { ...m.state, files: { ...m.state.files, 'ram.bin': RAM_BYTES * 2 } },
+    });
+    let e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+    assert.match(e.message, /ram\.bin has/);
+    // The manifest's files say so, the state and the disk not.
+    id = await complete({
+      files: { ...m.files, 'ram.bin': { ...entry('ram.bin'), bytes: RAM_BYTES * 2 } },
+    });
+    e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+    assert.equal(
+      e.message,
+      `snapshot ${id}: ram.bin has ${RAM_BYTES} bytes, the manifest says ${RAM_BYTES * 2}`,
+    );
+    // Both say so: the disk does not.
+    id = await complete({
+      state: { ...m.state, files: { ...m.state.files, 'state.bin': 1 } },
+      files: { ...m.files, 'state.bin': { ...entry('state.bin'), bytes: 1 } },
+    });
+    e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+    assert.equal(
+      e.message,
+      `snapshot ${id}: state.bin has ${STATE_BYTES} bytes, the manifest says 1`,
+    );
+  });
+
+  test('a state saved through the stream: state.bin alone', async () => {
+    const m = manifest('snap-000000000000');
+    const id = await complete({
+      state: { ...m.state, ram: 'stream', files: { 'state.bin': STATE_BYTES }, bytes: STATE_BYTES },
+      files: { 'state.bin': entry('state.bin') },
+    });
+    // The ram.bin complete() wrote is not part of it: not listed, not read.
+    await rm(fileOf(id, 'ram.bin'));
+    const read = await files.readManifest(id);
+    assert.equal(read.state.ram, 'stream');
+    assert.deepEqual(Object.keys(read.files), ['state.bin']);
   });
 
   test('remove takes the whole folder; removing one that is gone is fine', async () => {
@@ -252,7 +386,7 @@ describe('the manifest', () => {
     const s = savedOf(m);
     assert.deepEqual(s, m.state);
     s.bytes = 1;
-    assert.equal(m.state.bytes, STATE_BYTES);
+    assert.equal(m.state.bytes, STATE_BYTES + RAM_BYTES);
   });
 });
 
@@ -268,4 +402,134 @@ test('sha256File streams a file to its sha256', async () => {
     'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855',
   );
   await assert.rejects(sha256File(path.join(dir, 'nope')), { code: 'ENOENT' });
+});
+
+/**
+ * The files sha256File opens while `fn` runs (files.ts reads them through
+ * node:fs's createReadStream; syncBuiltinESMExports lets its import see the
+ * wrapper). `onOpen` runs as each is opened.
+ */
+async function opened(
+  fn: () => Promise<unknown>,
+  onOpen?: (file: string) => void,
+): Promise<string[]> {
+  const real = fs.createReadStream;
+  const seen: string[] = [];
+  fs.createReadStream = ((file: fs.PathLike, o?: Parameters<typeof real>[1]) => {
+    seen.push(String(file));
+    onOpen?.(String(file));
+    return real(file, o);
+  }) as typeof real;
+  syncBuiltinESMExports();
+  try {
+    await fn();
+  } finally {
+    fs.createReadStream = real;
+    syncBuiltinESMExports();
+  }
+  return seen.map((f) => path.basename(f)).sort();
+}
+
+describe("a saved state's files: hashFiles and checkHashes", () => {
+  /** A folder of its own (checkHashes remembers files by path) with state.bin and ram.bin. */
+  let k = 0;
+  async function folder(): Promise<string> {
+    const d = path.join(dir, `state-${++k}`);
+    await mkdir(d);
+    for (const [name, data] of Object.entries(content)) await writeFile(path.join(d, name), data);
+    return d;
+  }
+  const hashes = () => ({
+    'state.bin': sha(content['state.bin']),
+    'ram.bin': sha(content['ram.bin']),
+  });
+  const saved = () => manifest('snap-000000000000').state;
+
+  test('hashFiles: the sha256 of each file the state lists, by name, and of no other', async () => {
+    const d = await folder();
+    await writeFile(path.join(d, 'other.bin'), 'not part of it');
+    assert.deepEqual(await hashFiles(d, saved()), hashes());
+    const stream = { ...saved(), ram: 'stream' as const, files: { 'state.bin': STATE_BYTES } };
+    assert.deepEqual(await hashFiles(d, stream), { 'state.bin': sha(content['state.bin']) });
+    assert.deepEqual(await hashFiles(d, { ...saved(), files: {} }), {});
+    await rm(path.join(d, 'ram.bin'));
+    await assert.rejects(hashFiles(d, saved()), { code: 'ENOENT' });
+  });
+
+  test('checkHashes resolves when every file has its sha256', async () => {
+    const d = await folder();
+    await checkHashes(d, hashes(), 'snapshot warm');
+    await checkHashes(d, {}, 'snapshot warm');
+  });
+
+  test('one changed file among two: SNAPSHOT_INVALID naming it, with both sums', async () => {
+    for (const name of ['state.bin', 'ram.bin'] as const) {
+      const d = await folder();
+      const damaged = Buffer.from(content[name]);
+      damaged[0] = 0xff; // the same size, one byte changed
+      await writeFile(path.join(d, name), damaged);
+      const e = await refused(checkHashes(d, hashes(), 'VM web-1'), 'SNAPSHOT_INVALID');
+      assert.equal(
+        e.message,
+        `VM web-1: the sha256 of ${name} is ${sha(damaged)}, the record says ${hashes()[name]}; it was changed or damaged`,
+      );
+      // The other file alone still checks.
+      const other = name === 'state.bin' ? 'ram.bin' : 'state.bin';
+      await checkHashes(d, { [other]: hashes()[other] }, 'VM web-1');
+    }
+  });
+
+  test('a verified file is not hashed again; a changed one, or another record, is', async () => {
+    const d = await folder();
+    const ram = path.join(d, 'ram.bin');
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x')), ['ram.bin', 'state.bin']);
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x')), [], 'both remembered');
+
+    // Another record for the same file is not taken from the memory of this one.
+    const wrong = { ...hashes(), 'ram.bin': hex('0') };
+    let seen = await opened(() => refused(checkHashes(d, wrong, 'x'), 'SNAPSHOT_INVALID'));
+    assert.deepEqual(seen, ['ram.bin']);
+    // … nor does a failed check make it remembered.
+    seen = await opened(() => refused(checkHashes(d, wrong, 'x'), 'SNAPSHOT_INVALID'));
+    assert.deepEqual(seen, ['ram.bin']);
+    assert.deepEqual(
+      await opened(() => checkHashes(d, hashes(), 'x')),
+      [],
+      'the right record still is',
+    );
+
+    // Touched (mtime): hashed again, and remembered again.
+    await utimes(ram, new Date('2020-01-01'), new Date('2020-01-01'));
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x')), ['ram.bin']);
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x')), []);
+
+    // Another file of the same size in its place (another inode): hashed, and caught.
+    const replacement = Buffer.alloc(RAM_BYTES, 1);
+    await writeFile(`${ram}.new`, replacement);
+    await rename(`${ram}.new`, ram);
+    let e = await refused(checkHashes(d, hashes(), 'x'), 'SNAPSHOT_INVALID');
+    assert.match(e.message, new RegExp(`sha256 of ram\\.bin is ${sha(replacement)}`));
+
+    // Of another size: caught the same way.
+    await writeFile(ram, content['ram.bin']);
+    await checkHashes(d, hashes(), 'x');
+    await writeFile(ram, Buffer.concat([content['ram.bin'], Buffer.from('!')]));
+    e = await refused(checkHashes(d, hashes(), 'x'), 'SNAPSHOT_INVALID');
+    assert.match(e.message, /sha256 of ram\.bin is/);
+  });
+
+  test('a file that changed while it was being hashed is not remembered', async () => {
+    const d = await folder();
+    const ram = path.join(d, 'ram.bin');
+    // Its mtime moves once it is opened (its bytes stay): the check passes, but proves nothing later.
+    const touch = (f: string) => {
+      if (f === ram) utimesSync(ram, new Date('2021-01-01'), new Date('2021-01-01'));
+    };
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x'), touch), [
+      'ram.bin',
+      'state.bin',
+    ]);
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x')), ['ram.bin']);
+    assert.deepEqual(await opened(() => checkHashes(d, hashes(), 'x')), []);
+  });
 });
