@@ -1,14 +1,14 @@
 /**
  * What a start resumes from instead of booting, decided before anything is
  * launched (findSavedState, on a real store and real snapshot folders): a
- * suspended VM's own state file, a fork's snapshot, or nothing; and what is
- * refused (a file of the wrong size, a snapshot gone or of a rebuilt image).
- * The identity a restored guest reads (identityFor) and the sha256 check.
+ * suspended VM's own state folder, a fork's snapshot, or nothing; and what is
+ * refused (a file missing or of the wrong size, a snapshot gone or of a
+ * rebuilt image). The identity a restored guest reads (identityFor). The
+ * files' sha256 are checked by checkHashes (test/unit/snapshots/files.test.ts).
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { existsSync, readdirSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../../host/log.js';
@@ -16,21 +16,22 @@ import type { BootNetwork } from '../../../host/network/index.js';
 import {
   createSnapshotFiles,
   newSnapshotId,
-  STATE_FILE,
   type SnapshotFiles,
 } from '../../../host/snapshots/files.js';
 import { createStore, type Store } from '../../../host/store/index.js';
 import type { VmContext } from '../../../host/vm/context.js';
 import type { ResolvedImage } from '../../../host/vm/images.js';
-import { checkSha256, findSavedState, identityFor } from '../../../host/vm/restore.js';
-import { SUSPEND_FILE } from '../../../host/vm/save.js';
+import { findSavedState, identityFor } from '../../../host/vm/restore.js';
+import { SUSPEND_DIR } from '../../../host/vm/save.js';
 import { CMDLINE_KEYS, IDENTITY_BYTES, Identity } from '../../../protocol/agent.js';
 import type { VmRecord } from '../../../protocol/rpc.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { addStoreVm, refused } from '../../support/volumes.js';
 
 const NOW = '2026-01-01T00:00:00.000Z';
-const BYTES = 4096;
+const STATE_BYTES = 4096;
+const RAM_BYTES = 8192;
+/** A state saved with RAM as a file: state.bin and ram.bin. */
 const saved = {
   backend: 'qemu',
   version: '9.2.0',
@@ -38,8 +39,18 @@ const saved = {
   memoryMiB: 256,
   vcpus: 1,
   devices: 'd'.repeat(64),
-  bytes: BYTES,
+  ram: 'file' as const,
+  files: { 'state.bin': STATE_BYTES, 'ram.bin': RAM_BYTES },
+  bytes: STATE_BYTES + RAM_BYTES,
 };
+/** The sha256 of each file as recorded (findSavedState hands them on; it does not hash). */
+const hashes = { 'state.bin': 'e'.repeat(64), 'ram.bin': 'f'.repeat(64) };
+/** Writes the state's files into `dir`, each of its recorded size unless `sizes` says otherwise. */
+async function writeState(dir: string, sizes: Partial<Record<string, number>> = {}): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (const [name, bytes] of Object.entries(saved.files))
+    await writeFile(path.join(dir, name), Buffer.alloc(sizes[name] ?? bytes, 1));
+}
 const image = (name = 'default', key = 'key-1') =>
   ({ name, manifest: { key } }) as unknown as ResolvedImage;
 
@@ -94,8 +105,7 @@ async function snapshot(generation = 0, key = 'key-1'): Promise<string> {
     },
     NOW,
   );
-  await files.prepare(id);
-  await writeFile(files.stateFile(id), Buffer.alloc(BYTES, 1));
+  await writeState(await files.prepare(id));
   await files.writeManifest({
     format: 1,
     id,
@@ -106,9 +116,12 @@ async function snapshot(generation = 0, key = 'key-1'): Promise<string> {
     image: { name: 'default', key },
     network: { mode: 'none' },
     state: saved,
-    files: { [STATE_FILE]: { bytes: BYTES, sha256: 'f'.repeat(64) } },
+    files: {
+      'state.bin': { bytes: STATE_BYTES, sha256: hashes['state.bin'] },
+      'ram.bin': { bytes: RAM_BYTES, sha256: hashes['ram.bin'] },
+    },
   });
-  store.snapshots.markReady(id, saved, 'f'.repeat(64));
+  store.snapshots.markReady(id, saved, JSON.stringify(hashes));
   return id;
 }
 const fork = async (snap: string, generation = 0): Promise<VmRecord> => {
@@ -133,7 +146,7 @@ describe('findSavedState', () => {
     assert.equal(await findSavedState(ctx, { ...vm, id: 'vm-nope' }, image()), null);
   });
 
-  test('a suspended VM resumes from its own state file, one generation on', async () => {
+  test('a suspended VM resumes from its own state folder, one generation on', async () => {
     const vm = await vmIn('suspended');
     store.vms.setRestored(
       vm.id,
@@ -141,48 +154,80 @@ describe('findSavedState', () => {
       { snapshot: 'suspend', generation: 2, spawnToRunningMs: 1 },
       NOW,
     );
-    store.vms.setPendingRestore(vm.id, { from: 'suspend', saved, sha256: 'e'.repeat(64) }, NOW);
-    const file = path.join(ctx.dirOf(vm.id), SUSPEND_FILE);
-    await writeFile(file, Buffer.alloc(BYTES));
+    store.vms.setPendingRestore(vm.id, { from: 'suspend', saved, hashes }, NOW);
+    const dir = path.join(ctx.dirOf(vm.id), SUSPEND_DIR);
+    await writeState(dir);
     assert.deepEqual(await findSavedState(ctx, vm, image()), {
       from: 'suspend',
-      file,
+      dir,
       saved,
-      sha256: 'e'.repeat(64),
+      hashes,
       generation: 3,
     });
     // The image is not compared for a suspend: the VM resumes as it was.
     assert.equal((await findSavedState(ctx, vm, image('other', 'k9')))?.from, 'suspend');
+    // A state saved through the stream has state.bin alone.
+    const stream = { ...saved, ram: 'stream' as const, files: { 'state.bin': STATE_BYTES } };
+    const streamHashes = { 'state.bin': hashes['state.bin'] };
+    store.vms.setPendingRestore(
+      vm.id,
+      { from: 'suspend', saved: stream, hashes: streamHashes },
+      NOW,
+    );
+    await rm(path.join(dir, 'ram.bin'));
+    assert.deepEqual(await findSavedState(ctx, vm, image()), {
+      from: 'suspend',
+      dir,
+      saved: stream,
+      hashes: streamHashes,
+      generation: 3,
+    });
   });
 
-  test('a suspended VM whose state file is missing or of another size: SNAPSHOT_INVALID, kept', async () => {
+  test('a suspended VM whose state files are missing or of another size: SNAPSHOT_INVALID, kept', async () => {
     const vm = await vmIn('suspended');
-    const pending = { from: 'suspend' as const, saved, sha256: 'e'.repeat(64) };
+    const pending = { from: 'suspend' as const, saved, hashes };
     store.vms.setPendingRestore(vm.id, pending, NOW);
+    const dir = path.join(ctx.dirOf(vm.id), SUSPEND_DIR);
+    const why = (what: string) =>
+      `the suspended state of VM ${vm.name}: ${what}; delete the VM, or vm.stop it and start it afresh`;
+    // No folder at all.
     let e = await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
-    assert.match(
-      e.message,
-      new RegExp(`has no file, ${BYTES} expected; delete the VM or start it afresh after vm.stop`),
-    );
-    const file = path.join(ctx.dirOf(vm.id), SUSPEND_FILE);
-    await writeFile(file, Buffer.alloc(BYTES - 1));
+    assert.equal(e.message, why(`state.bin has no file, ${STATE_BYTES} expected`));
+    // state.bin short, ram.bin right.
+    await writeState(dir, { 'state.bin': STATE_BYTES - 1 });
     e = await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
-    assert.match(e.message, new RegExp(`has ${BYTES - 1} bytes, ${BYTES} expected`));
+    assert.equal(e.message, why(`state.bin has ${STATE_BYTES - 1} bytes, ${STATE_BYTES} expected`));
+    // state.bin right, ram.bin missing, short, long or empty.
+    await writeState(dir);
+    await rm(path.join(dir, 'ram.bin'));
+    e = await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
+    assert.equal(e.message, why(`ram.bin has no file, ${RAM_BYTES} expected`));
+    for (const size of [RAM_BYTES - 1, RAM_BYTES + 1, 0]) {
+      await writeState(dir, { 'ram.bin': size });
+      e = await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
+      assert.equal(e.message, why(`ram.bin has ${size} bytes, ${RAM_BYTES} expected`));
+    }
     assert.deepEqual(store.vms.restoreState(vm.id)!.pending, pending, 'still pending');
-    assert.ok(existsSync(file), 'the file is left for the operator');
+    assert.deepEqual(
+      readdirSync(dir).sort(),
+      ['ram.bin', 'state.bin'],
+      'the files are left for the operator',
+    );
   });
 
   test('the leftover of a suspend that did not finish is dropped: a cold boot', async () => {
     const vm = await vmIn('stopped');
-    store.vms.setPendingRestore(vm.id, { from: 'suspend', saved, sha256: 'e'.repeat(64) }, NOW);
-    const file = path.join(ctx.dirOf(vm.id), SUSPEND_FILE);
-    await writeFile(file, Buffer.alloc(BYTES));
+    store.vms.setPendingRestore(vm.id, { from: 'suspend', saved, hashes }, NOW);
+    const dir = path.join(ctx.dirOf(vm.id), SUSPEND_DIR);
+    await writeState(dir);
     assert.equal(await findSavedState(ctx, vm, image()), null);
     assert.equal(store.vms.restoreState(vm.id)!.pending, null);
-    assert.ok(!existsSync(file));
-    // Without a file left, the same.
-    store.vms.setPendingRestore(vm.id, { from: 'suspend', saved, sha256: 'e'.repeat(64) }, NOW);
+    assert.ok(!existsSync(dir), 'the whole folder goes');
+    // Without a folder left, the same.
+    store.vms.setPendingRestore(vm.id, { from: 'suspend', saved, hashes }, NOW);
     assert.equal(await findSavedState(ctx, vm, image()), null);
+    assert.equal(store.vms.restoreState(vm.id)!.pending, null);
   });
 
   test("a fork resumes from its snapshot's files, past the source's generation", async () => {
@@ -190,9 +235,9 @@ describe('findSavedState', () => {
     const vm = await fork(snap);
     assert.deepEqual(await findSavedState(ctx, vm, image()), {
       from: snap,
-      file: files.stateFile(snap),
+      dir: files.dirOf(snap),
       saved,
-      sha256: 'f'.repeat(64),
+      hashes,
       generation: 5,
     });
   });
@@ -229,25 +274,26 @@ describe('findSavedState', () => {
   });
 
   test('a snapshot whose files were damaged: SNAPSHOT_INVALID before anything is launched', async () => {
+    for (const [name, damage] of [
+      ['state.bin', (f: string) => writeFile(f, 'short')],
+      ['state.bin', (f: string) => rm(f)],
+      ['ram.bin', (f: string) => writeFile(f, Buffer.alloc(RAM_BYTES + 1))],
+      ['ram.bin', (f: string) => rm(f)],
+    ] as const) {
+      const snap = await snapshot();
+      const vm = await fork(snap);
+      await damage(path.join(files.dirOf(snap), name));
+      const e = await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
+      assert.match(
+        e.message,
+        new RegExp(`^snapshot ${snap}: ${name.replace('.', '\\.')} (has|is missing)`),
+      );
+    }
     const snap = await snapshot();
     const vm = await fork(snap);
-    await writeFile(files.stateFile(snap), 'short');
-    await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
     await files.remove(snap);
     await refused(findSavedState(ctx, vm, image()), 'SNAPSHOT_INVALID');
   });
-});
-
-test('checkSha256: resolves on a match, SNAPSHOT_INVALID naming both otherwise', async () => {
-  const f = path.join(dir, 'state');
-  await writeFile(f, 'saved state');
-  const sum = createHash('sha256').update('saved state').digest('hex');
-  await checkSha256(f, sum, 'snapshot warm');
-  const e = await refused(checkSha256(f, '0'.repeat(64), 'snapshot warm'), 'SNAPSHOT_INVALID');
-  assert.equal(
-    e.message,
-    `snapshot warm: the state file's sha256 is ${sum}, the record says ${'0'.repeat(64)}; it was changed or damaged`,
-  );
 });
 
 describe('identityFor', () => {
