@@ -1,6 +1,7 @@
 /**
  * The snapshot manager on real parts (SQLite, the snapshot folders, the event
- * log) with the VMs' side faked: a save writes a small state file. take,
+ * log) with the VMs' side faked: a save writes a small state.bin and ram.bin
+ * into the snapshot's folder and hashes them as vm/save.ts does. take,
  * get, list, delete and their dry runs, what a failed or crashed save leaves
  * (nothing), and the forks that keep a snapshot from being deleted.
  */
@@ -28,8 +29,22 @@ import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { addStoreVm, refused } from '../../support/volumes.js';
 
 const log = silentLogger();
-const STATE = Buffer.alloc(8192, 5);
-const STATE_SHA = createHash('sha256').update(STATE).digest('hex');
+/** What the fake save writes: the device state and a copy of guest RAM. */
+const FILES = { 'state.bin': Buffer.alloc(8192, 5), 'ram.bin': Buffer.alloc(3 * 4096, 6) };
+const BYTES = FILES['state.bin'].length + FILES['ram.bin'].length;
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const HASHES = { 'state.bin': sha(FILES['state.bin']), 'ram.bin': sha(FILES['ram.bin']) };
+const SAVED = {
+  backend: 'qemu',
+  version: '9.2.0',
+  machine: 'pc-i440fx-9.2',
+  memoryMiB: 256,
+  vcpus: 1,
+  devices: 'd'.repeat(64),
+  ram: 'file' as const,
+  files: { 'state.bin': FILES['state.bin'].length, 'ram.bin': FILES['ram.bin'].length },
+  bytes: BYTES,
+};
 
 let dir: string;
 let store: Store;
@@ -38,9 +53,12 @@ let events: EventLog;
 let snaps: SnapshotManager;
 /** VMs whose state can be saved now (the others are VM_BAD_STATE). */
 const up = new Set<string>();
-/** Runs inside the fake save, after the state file is written. */
+/** Runs inside the fake save, after the state's files are written. */
 let during: (() => void | Promise<void>) | undefined;
 let saveFails: Error | undefined;
+/** What the fake save reports as the files' sha256 (a save's own by default). */
+let hashesOf: (() => Record<string, string>) | undefined;
+/** The folders saved into. */
 const saves: string[] = [];
 
 const vmsSide: SnapshotManagerDeps['vms'] = {
@@ -54,21 +72,13 @@ const vmsSide: SnapshotManagerDeps['vms'] = {
     if (!up.has(vm.id)) throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is stopped`);
     return vm;
   },
-  async saveForSnapshot(id, file) {
-    saves.push(file);
-    await writeFile(file, STATE, { flag: 'wx' });
+  async saveForSnapshot(id, dir) {
+    saves.push(dir);
+    for (const [name, data] of Object.entries(FILES))
+      await writeFile(path.join(dir, name), data, { flag: 'wx' });
     await during?.();
     if (saveFails) throw saveFails;
-    const saved = {
-      backend: 'qemu',
-      version: '9.2.0',
-      machine: 'pc-i440fx-9.2',
-      memoryMiB: 256,
-      vcpus: 1,
-      devices: 'd'.repeat(64),
-      bytes: STATE.length,
-    };
-    return { saved, sha256: STATE_SHA, vm: store.vms.get(id)!, ms: 7 };
+    return { saved: SAVED, hashes: hashesOf?.() ?? HASHES, vm: store.vms.get(id)!, ms: 7 };
   },
 };
 
@@ -112,6 +122,7 @@ after(async () => {
 afterEach(() => {
   during = undefined;
   saveFails = undefined;
+  hashesOf = undefined;
 });
 
 const folders = (): string[] => (existsSync(files.root) ? readdirSync(files.root).sort() : []);
@@ -127,32 +138,46 @@ const alice = <R>(fn: () => R, scope: string | null = null): R =>
   );
 
 describe('take', () => {
-  test('a ready snapshot: row, state file and manifest, an audit event naming who took it', async () => {
+  test("a ready snapshot: row, the state's files and manifest, an audit event naming who took it", async () => {
     const rec = await alice(() => snaps.take('vm-src', 'warm'));
     assert.deepEqual(SnapshotRecord.parse(rec), rec);
     assert.match(rec.id, /^snap-[0-9a-f]{12}$/);
     assert.equal(rec.state, 'ready');
-    assert.equal(rec.bytes, STATE.length);
+    assert.equal(rec.bytes, BYTES, 'all its files together');
     assert.equal(rec.createdBy, 'user:alice');
     assert.deepEqual(rec.source, { vm: 'vm-src', name: 'vm-src' });
     assert.deepEqual(rec.hypervisor, { version: '9.2.0', machine: 'pc-i440fx-9.2' });
-    assert.equal(saves.at(-1), files.stateFile(rec.id), 'saved into its own folder');
+    assert.equal(saves.at(-1), files.dirOf(rec.id), 'saved into its own folder');
+    assert.deepEqual(readdirSync(files.dirOf(rec.id)).sort(), [
+      'manifest.json',
+      'ram.bin',
+      'state.bin',
+    ]);
     const m = await files.readManifest(rec.id);
     assert.equal(m.name, 'warm');
     assert.equal(m.createdBy, 'user:alice');
     assert.deepEqual(m.image, { name: 'default', key: 'key-1' });
     assert.equal(m.source.generation, 0);
-    assert.equal(m.files['state.bin'].sha256, STATE_SHA);
+    assert.deepEqual(m.state, SAVED);
+    assert.deepEqual(m.files, {
+      'state.bin': { bytes: FILES['state.bin'].length, sha256: HASHES['state.bin'] },
+      'ram.bin': { bytes: FILES['ram.bin'].length, sha256: HASHES['ram.bin'] },
+    });
     const row = store.snapshots.get(rec.id)!;
-    assert.equal(row.sha256, STATE_SHA);
+    assert.deepEqual(row.saved, SAVED);
+    assert.deepEqual(JSON.parse(row.sha256!), HASHES, "the row keeps each file's sha256");
     assert.equal(row.createdAt, m.createdAt, 'the manifest and the row agree');
     assert.deepEqual(audits(rec.id), [
-      `vm-src: snapshot warm taken (${STATE.length} bytes in 7 ms)`,
+      `vm-src: snapshot warm taken (${BYTES} bytes; the VM paused 7 ms)`,
     ]);
-    assert.deepEqual(store.events.query({ objectId: rec.id })[0]!.objects.sort(), [
-      rec.id,
-      'vm-src',
-    ]);
+    const ev = store.events.query({ objectId: rec.id })[0]!;
+    assert.deepEqual(ev.objects.sort(), [rec.id, 'vm-src']);
+    assert.deepEqual(ev.data, {
+      pausedMs: 7,
+      files: SAVED.files,
+      ram: 'file',
+      machine: 'pc-i440fx-9.2',
+    });
   });
 
   test("the source's identity generation goes into the row and the manifest", async () => {
@@ -229,6 +254,23 @@ describe('take', () => {
     assert.ok(!store.snapshots.nameTaken('broken'), 'the name is free again');
   });
 
+  test('a save without the sha256 of one of its files leaves nothing either', async () => {
+    const rows = store.snapshots.list().length;
+    const dirs = folders();
+    const savesBefore = saves.length;
+    hashesOf = () => ({ 'state.bin': HASHES['state.bin'] });
+    // The manifest is refused before it is written (its files' sha256 must be there).
+    await assert.rejects(snaps.take('vm-src', 'unhashed'), (err: Error) => {
+      assert.equal(err.name, 'ZodError');
+      assert.match(err.message, /"ram\.bin",\s*"sha256"/);
+      return true;
+    });
+    assert.equal(saves.length, savesBefore + 1, 'it was saved');
+    assert.equal(store.snapshots.list().length, rows);
+    assert.deepEqual(folders(), dirs, 'its folder and files removed');
+    assert.ok(!store.snapshots.nameTaken('unhashed'));
+  });
+
   test('the dry run: what it checks, makes and changes; nothing made', async () => {
     const dirs = folders();
     const plan = await snaps.plan.take('vm-src', 'planned');
@@ -236,7 +278,7 @@ describe('take', () => {
     assert.ok(plan.admission.includes('name planned is free'));
     assert.deepEqual(plan.files.create, [
       'snapshots/<new id>/',
-      'snapshots/<new id>/state.bin',
+      'snapshots/<new id>/<state files>',
       'snapshots/<new id>/manifest.json',
     ]);
     assert.deepEqual(plan.changes, ['snapshot planned: created from VM vm-src']);
@@ -339,12 +381,8 @@ describe('delete', () => {
       store.vms.markFork(f, s.id, t);
       store.vms.setRestored(f, 1, { snapshot: s.id, generation: 1, spawnToRunningMs: 1 }, t);
     }
-    // vm-f2 was suspended since: it resumes from its own state file, not the snapshot's.
-    store.vms.setPendingRestore(
-      'vm-f2',
-      { from: 'suspend', saved: store.snapshots.get(s.id)!.saved!, sha256: STATE_SHA },
-      t,
-    );
+    // vm-f2 was suspended since: it resumes from its own state folder, not the snapshot's.
+    store.vms.setPendingRestore('vm-f2', { from: 'suspend', saved: SAVED, hashes: HASHES }, t);
     assert.equal(snaps.plan.remove('used').method, 'snapshot.delete');
     await snaps.delete('used');
     assert.equal(store.vms.get('vm-f1')!.restoredFrom, s.id, 'the forks keep where they came from');
@@ -356,7 +394,7 @@ describe('delete', () => {
 describe('recover', () => {
   test('removes saving rows with their folders and folders without a row, nothing else', async () => {
     const keep = snaps.list().map((s) => s.id);
-    // A save a crash interrupted: its row says saving, its folder has a partial state file.
+    // A save a crash interrupted: its row says saving, its folder has a partial state.
     const crashed = 'snap-00000000c0de';
     store.snapshots.insert(
       {
@@ -376,7 +414,7 @@ describe('recover', () => {
       new Date().toISOString(),
     );
     await files.prepare(crashed);
-    await writeFile(files.stateFile(crashed), 'partial');
+    await writeFile(path.join(files.dirOf(crashed), 'state.bin'), 'partial');
     // A folder whose row never made it, and things that are not snapshot folders.
     const orphan = 'snap-0000000000ff';
     await files.prepare(orphan);

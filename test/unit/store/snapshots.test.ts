@@ -26,15 +26,20 @@ after(() => removeDir(dir));
 let n = 0;
 const open = (): Store => createStore(path.join(dir, `db-${++n}.db`), log);
 
-const saved = (bytes = 1000) => ({
+/** A saved state of state.bin and a ram.bin of `ram` bytes (through the stream without one). */
+const saved = (bytes = 1000, ram = 0) => ({
   backend: 'qemu',
   version: '9.2.0',
   machine: 'pc-i440fx-9.2',
   memoryMiB: 256,
   vcpus: 1,
   devices: 'd'.repeat(64),
+  ram: ram > 0 ? ('file' as const) : ('stream' as const),
+  files: { 'state.bin': bytes - ram, ...(ram > 0 ? { 'ram.bin': ram } : {}) },
   bytes,
 });
+/** Each file's sha256, as mvirtd keeps them (JSON text). */
+const hashes = { 'state.bin': 'a'.repeat(64), 'ram.bin': 'b'.repeat(64) };
 const snap = (id: string, name: string, sourceVm = 'vm-a', over: Partial<NewSnapshot> = {}) => ({
   id,
   name,
@@ -111,20 +116,25 @@ describe('snapshot rows', () => {
     assert.deepEqual(s.snapshots.saving(), ['snap-000000000001']);
   });
 
-  test('markReady only from saving: the saved state and its sha256 kept', () => {
+  test("markReady only from saving: the saved state (its files) and the files' sha256 kept", () => {
     const id = 'snap-000000000001';
-    assert.equal(s.snapshots.markReady(id, saved(4096), 'a'.repeat(64)), true);
+    const state = saved(4096 + 8192, 8192);
+    assert.deepEqual(state.files, { 'state.bin': 4096, 'ram.bin': 8192 });
+    assert.equal(s.snapshots.markReady(id, state, JSON.stringify(hashes)), true);
     const row = s.snapshots.get(id)!;
     assert.equal(row.state, 'ready');
-    assert.deepEqual(row.saved, saved(4096));
-    assert.equal(row.sha256, 'a'.repeat(64));
-    assert.equal(row.bytes, 4096);
+    assert.deepEqual(row.saved, state, 'ram and files as saved');
+    assert.deepEqual(Object.keys(row.saved!.files), ['state.bin', 'ram.bin'], 'in their order');
+    assert.equal(row.sha256, JSON.stringify(hashes), 'the text it was given');
+    assert.deepEqual(JSON.parse(row.sha256!), hashes);
+    assert.equal(row.bytes, 4096 + 8192, 'all its files together');
     assert.deepEqual(row.hypervisor, { version: '9.2.0', machine: 'pc-i440fx-9.2' });
     assert.deepEqual(s.snapshots.saving(), []);
     // Once ready, a second markReady changes nothing; an unknown id neither.
-    assert.equal(s.snapshots.markReady(id, saved(1), 'b'.repeat(64)), false);
-    assert.equal(s.snapshots.get(id)!.sha256, 'a'.repeat(64));
-    assert.equal(s.snapshots.markReady('snap-00000000dead', saved(), 'c'.repeat(64)), false);
+    assert.equal(s.snapshots.markReady(id, saved(1), JSON.stringify({ 'state.bin': 'c' })), false);
+    assert.equal(s.snapshots.get(id)!.sha256, JSON.stringify(hashes));
+    assert.deepEqual(s.snapshots.get(id)!.saved, state);
+    assert.equal(s.snapshots.markReady('snap-00000000dead', saved(), '{}'), false);
   });
 
   test('find and nameTaken by id or by name; names are unique', () => {
@@ -162,9 +172,12 @@ describe('snapshot rows', () => {
     const full = s.snapshots.get('snap-000000000001')!;
     const rec = publicSnapshot(full);
     assert.deepEqual(SnapshotRecord.parse(rec), rec, 'a strict SnapshotRecord');
-    for (const k of ['imageKey', 'generation', 'saved', 'sha256'])
+    for (const k of ['imageKey', 'generation', 'saved', 'sha256', 'files', 'ram'])
       assert.ok(!(k in rec), `${k} stays inside`);
-    assert.ok(!JSON.stringify(rec).includes('a'.repeat(64)), 'no sha256 anywhere');
+    const text = JSON.stringify(rec);
+    for (const h of Object.values(hashes)) assert.ok(!text.includes(h), 'no sha256 anywhere');
+    assert.ok(!text.includes('ram.bin'), 'no file names');
+    assert.equal(rec.bytes, 4096 + 8192);
     assert.equal(full.imageKey, 'key-1', 'publicSnapshot left its argument whole');
     s.snapshots.insert(snap('snap-000000000005', 'anon', 'vm-a', { createdBy: null }), T1);
     const anon = publicSnapshot(s.snapshots.get('snap-000000000005')!);
@@ -248,10 +261,19 @@ describe("VMs' restore facts", () => {
     assert.deepEqual(s.vms.restoreState('vm-f'), { generation: 4, pending: null });
   });
 
-  test('setPendingRestore: a suspend to resume from, then dropped', () => {
-    const pending = { from: 'suspend' as const, saved: saved(2048), sha256: 'e'.repeat(64) };
+  test("setPendingRestore: a suspend to resume from (its saved state and files' sha256), then dropped", () => {
+    const pending = { from: 'suspend' as const, saved: saved(2048 + 4096, 4096), hashes };
     s.vms.setPendingRestore('vm-s', pending, T1);
     assert.deepEqual(s.vms.restoreState('vm-s'), { generation: 0, pending });
+    // Through the stream: state.bin alone.
+    const stream = {
+      from: 'suspend' as const,
+      saved: saved(2048),
+      hashes: { 'state.bin': hashes['state.bin'] },
+    };
+    assert.deepEqual(stream.saved.files, { 'state.bin': 2048 });
+    s.vms.setPendingRestore('vm-s', stream, T1);
+    assert.deepEqual(s.vms.restoreState('vm-s'), { generation: 0, pending: stream });
     assert.equal(s.vms.get('vm-s')!.restoredFrom, undefined, 'a suspend is not a fork');
     s.vms.setPendingRestore('vm-s', null, T1);
     assert.deepEqual(s.vms.restoreState('vm-s'), { generation: 0, pending: null });
