@@ -1,12 +1,13 @@
 /**
- * A VM snapshot on disk: `<data-dir>/snapshots/<id>/` holds `state.bin`
- * (what the hypervisor saved) and `manifest.json` (what it depends on, with
- * the state file's size and sha256). Every path is derived from the id,
- * which mvirtd made (`snap-<hex>`); no client string ever becomes a path.
+ * A VM snapshot on disk: `<data-dir>/snapshots/<id>/` holds the files its
+ * hypervisor saved (QEMU: `state.bin`, and `ram.bin` where guest RAM is a
+ * file) and `manifest.json` (what the state depends on, with each file's size
+ * and sha256). Every path is derived from the id, which mvirtd made
+ * (`snap-<hex>`); no client string ever becomes a path.
  *
  * The manifest is written last, through a temporary file and a rename, after
- * the state file is synced: a folder without a manifest is a snapshot a crash
- * interrupted, never one to restore.
+ * the state's files are complete: a folder without a manifest is a snapshot a
+ * crash interrupted, never one to restore.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -139,12 +140,21 @@ export function createSnapshotFiles(root: string): SnapshotFiles {
       const names = Object.keys(parsed.state.files).sort();
       if (names.join() !== Object.keys(parsed.files).sort().join())
         throw invalid(id, 'manifest.json lists other files than its state has');
+      let total = 0;
       for (const name of names) {
         const size = await plainFile(id, path.join(dir, name));
         const want = parsed.files[name]!.bytes;
-        if (size !== want || want !== parsed.state.files[name])
+        if (want !== parsed.state.files[name])
+          throw invalid(
+            id,
+            `manifest.json gives ${name} two sizes (${want} and ${parsed.state.files[name]})`,
+          );
+        if (size !== want)
           throw invalid(id, `${name} has ${size} bytes, the manifest says ${want}`);
+        total += size;
       }
+      if (total !== parsed.state.bytes)
+        throw invalid(id, `its files hold ${total} bytes, the manifest says ${parsed.state.bytes}`);
       return parsed;
     },
     async remove(id) {
@@ -154,7 +164,10 @@ export function createSnapshotFiles(root: string): SnapshotFiles {
 }
 
 /** The state a snapshot's manifest describes, as the hypervisor interface takes it. */
-export const savedOf = (m: SnapshotManifest): SavedState => ({ ...m.state });
+export const savedOf = (m: SnapshotManifest): SavedState => ({
+  ...m.state,
+  files: { ...m.state.files },
+});
 
 /** sha256 of each file of a saved state in `dir`, by name. */
 export async function hashFiles(dir: string, saved: SavedState): Promise<Record<string, string>> {
@@ -181,7 +194,10 @@ export async function checkHashes(
   await Promise.all(
     Object.entries(hashes).map(async ([name, want]) => {
       const file = path.join(dir, name);
-      const before = identityOf(await stat(file));
+      const st = await stat(file).catch((err: unknown) => {
+        throw new MvirtError('SNAPSHOT_INVALID', `${what}: ${name} is missing`, { cause: err });
+      });
+      const before = identityOf(st);
       if (checked.get(file) === `${before}:${want}`) return;
       const got = await sha256File(file);
       if (got !== want)

@@ -255,8 +255,8 @@ export const MIGRATIONS: readonly Migration[] = [
         ALTER TABLE vms ADD COLUMN restored_from TEXT;
         -- JSON RestoreInfo of the last restore or resume.
         ALTER TABLE vms ADD COLUMN restore_info TEXT;
-        -- JSON {saved, sha256, bytes} of a suspended VM's state file, or of the
-        -- snapshot a fork resumes from at its first start; NULL otherwise.
+        -- JSON of what the next start resumes from: a suspended VM's saved
+        -- state ({saved, hashes}) or a fork's snapshot; NULL otherwise.
         ALTER TABLE vms ADD COLUMN pending_restore TEXT;
       `),
   },

@@ -123,9 +123,13 @@ export function createSnapshotRepo(db: Db, owners: OwnerRepo = createOwnerRepo(d
     saving(): string[] {
       return s.saving.all() as string[];
     },
-    /** saving → ready once the files are complete; false when the row is gone or was ready. */
-    markReady(id: string, saved: SavedState, sha256: string): boolean {
-      return s.ready.run(JSON.stringify(saved), sha256, id).changes === 1;
+    /**
+     * saving → ready once the files are complete; false when the row is gone
+     * or was ready. `hashes`: JSON of each file's sha256 (the manifest is the
+     * record restores read; this is its copy in the database).
+     */
+    markReady(id: string, saved: SavedState, hashes: string): boolean {
+      return s.ready.run(JSON.stringify(saved), hashes, id).changes === 1;
     },
     delete(id: string): boolean {
       const gone = s.del.run(id).changes === 1;

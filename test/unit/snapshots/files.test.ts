@@ -338,7 +338,10 @@ describe('the manifest', () => {
       state: { ...m.state, files: { ...m.state.files, 'ram.bin': RAM_BYTES * 2 } },
     });
     let e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
-    assert.match(e.message, /ram\.bin has/);
+    assert.equal(
+      e.message,
+      `snapshot ${id}: manifest.json gives ram.bin two sizes (${RAM_BYTES} and ${RAM_BYTES * 2})`,
+    );
     // The manifest's files say so, the state and the disk not.
     id = await complete({
       files: { ...m.files, 'ram.bin': { ...entry('ram.bin'), bytes: RAM_BYTES * 2 } },
@@ -346,8 +349,12 @@ describe('the manifest', () => {
     e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
     assert.equal(
       e.message,
-      `snapshot ${id}: ram.bin has ${RAM_BYTES} bytes, the manifest says ${RAM_BYTES * 2}`,
+      `snapshot ${id}: manifest.json gives ram.bin two sizes (${RAM_BYTES * 2} and ${RAM_BYTES})`,
     );
+    // The files agree, the total does not.
+    id = await complete({ state: { ...m.state, bytes: m.state.bytes + 1 } });
+    e = await refused(files.readManifest(id), 'SNAPSHOT_INVALID');
+    assert.match(e.message, /its files hold \d+ bytes, the manifest says \d+/);
     // Both say so: the disk does not.
     id = await complete({
       state: { ...m.state, files: { ...m.state.files, 'state.bin': 1 } },
