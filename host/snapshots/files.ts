@@ -169,13 +169,6 @@ export const savedOf = (m: SnapshotManifest): SavedState => ({
   files: { ...m.state.files },
 });
 
-/** sha256 of each file of a saved state in `dir`, by name. */
-export async function hashFiles(dir: string, saved: SavedState): Promise<Record<string, string>> {
-  const names = Object.keys(saved.files);
-  const sums = await Promise.all(names.map((n) => sha256File(path.join(dir, n))));
-  return Object.fromEntries(names.map((n, i) => [n, sums[i]!]));
-}
-
 /**
  * Files already checked since mvirtd started, by path, with what identified
  * them then: eight forks of one snapshot hash it once, not eight times
@@ -184,6 +177,24 @@ export async function hashFiles(dir: string, saved: SavedState): Promise<Record<
 const checked = new Map<string, string>();
 const identityOf = (st: { ino: number; size: number; mtimeMs: number; ctimeMs: number }) =>
   `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+
+/**
+ * sha256 of each file of a saved state in `dir`, by name; each is then known
+ * good to checkHashes (the first restore of a new snapshot does not hash it again).
+ */
+export async function hashFiles(dir: string, saved: SavedState): Promise<Record<string, string>> {
+  const names = Object.keys(saved.files);
+  const sums = await Promise.all(
+    names.map(async (n) => {
+      const file = path.join(dir, n);
+      const before = identityOf(await stat(file));
+      const sum = await sha256File(file);
+      if (identityOf(await stat(file)) === before) checked.set(file, `${before}:${sum}`);
+      return sum;
+    }),
+  );
+  return Object.fromEntries(names.map((n, i) => [n, sums[i]!]));
+}
 
 /** Resolves when every file in `dir` has its recorded sha256; SNAPSHOT_INVALID otherwise. */
 export async function checkHashes(
