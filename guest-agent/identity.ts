@@ -206,7 +206,14 @@ export function createIdentityKeeper(
       // may not have got to the hostname and NIC, so apply them (again).
       const restored = r.identity.vmId !== cmdlineVmId;
       const warnings: string[] = [];
-      await applyOs(r.identity, r.entropy, restored ? undefined : r.identity.net, warnings);
+      if (restored) await applyOs(r.identity, r.entropy, undefined, warnings);
+      else {
+        // A cold boot: the hostname is the µOS's or its cloud-config's, the
+        // NIC is the command line's; only the fresh entropy is for the kernel.
+        await platform
+          .mixEntropy(r.entropy)
+          .catch((err: Error) => warnings.push(`entropy: ${err.message}`));
+      }
       for (const w of warnings) log('warn', `identity: ${w}`);
     },
     async check() {

@@ -88,6 +88,8 @@ test('restored as another VM: its topics and client id, restored in hello, the o
     await h.agent.start();
     const first = await h.waitFor('hello');
     assert.equal(first.generation, 0);
+    // A cold boot leaves the hostname to the µOS and its cloud-config.
+    assert.equal(first.hostname, 'guest');
     const proc = await longJob(h, 'job-source');
     const kills = recordKills(h);
 
@@ -112,7 +114,7 @@ test('restored as another VM: its topics and client id, restored in hello, the o
     assert.deepEqual(hello.restored, {
       fromGeneration: 0,
       generation: 1,
-      previous: { vmId: VM, hostname: VM },
+      previous: { vmId: VM, hostname: 'guest' },
       entropyBytes: 48,
       // Re-addressed beside the reconnect; the sync reply says how it went.
       network: 'pending',
@@ -181,7 +183,7 @@ test('resumed as the same VM: a new generation keeps the jobs, and restored is s
     assert.deepEqual(hello.restored, {
       fromGeneration: 0,
       generation: 1,
-      previous: { vmId: VM, hostname: VM },
+      previous: { vmId: VM, hostname: 'guest' },
       entropyBytes: IDENTITY_ENTROPY.length,
       network: 'none',
       jobsDropped: 0,
