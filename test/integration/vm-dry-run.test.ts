@@ -88,6 +88,7 @@ test('vm.create and vm.start: the plan names the checks, the boot steps, the arg
   assert.deepEqual(start.steps, [
     'resolve image',
     'check backend',
+    'find saved state',
     'admission',
     'prepare dir',
     'link volumes',
