@@ -100,13 +100,23 @@ export function vmsView(m: Model, conn: Conn, select: (id: string) => void): voi
     document.body.dataset.vmCount = String(vms.length);
   });
 
+  // Selecting on pointerdown, not click: rows are replaced as their VM
+  // changes (a state, a telemetry figure), and a row replaced between the
+  // press and the release gets no click at all (CI lost one that way).
+  body.addEventListener('pointerdown', (ev) => {
+    const target = ev.target as HTMLElement;
+    const tr = target.closest('tr.vm') as HTMLTableRowElement | null;
+    if (!tr || ev.button !== 0 || target.closest('button')) return;
+    select(tr.dataset.id!);
+  });
   body.addEventListener('click', (ev) => {
     const target = ev.target as HTMLElement;
     const tr = target.closest('tr.vm') as HTMLTableRowElement | null;
     if (!tr) return;
     const id = tr.dataset.id!;
     const action = target.closest('button')?.dataset.action as Action | undefined;
-    if (!action) return select(id);
+    // Keyboard activation (Enter on a focused row) has no pointerdown.
+    if (!action) return ev.detail === 0 ? select(id) : undefined;
     const name = tr.dataset.name!;
     const p =
       action === 'start'
