@@ -8,7 +8,8 @@ import { readdirSync } from 'node:fs';
 import { chmod, mkdir, open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { readCmdline } from '../proc.js';
-import { copySparse, RAM_FILE } from './state.js';
+import { copySparse } from '../../sparse-copy.js';
+import { RAM_FILE } from './state.js';
 
 export interface RamFiles {
   /** The folder, or null: VMs keep RAM anonymous (saved inside the stream). */

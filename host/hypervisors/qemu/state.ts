@@ -19,14 +19,13 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { execFile as execFileCb } from 'node:child_process';
 import { open, rm, stat } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { createServer, type Socket } from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
+import { copySparse } from '../../sparse-copy.js';
 import type { SavedState, StateSpec } from '../types.js';
 import { QmpError, type QmpClient, type QmpEvent } from './qmp.js';
 import type { QemuMachine } from './args.js';
@@ -44,8 +43,6 @@ export const RAM_BACKEND_ID = 'mvirt.ram';
  * it can: 86 MB took 0.7 s capped and 0.19 s uncapped.
  */
 const UNCAPPED_BYTES_PER_S = 2 ** 40;
-
-const execFile = promisify(execFileCb);
 
 /** The device layout a saved state depends on; per-VM paths and names are left out. */
 export function deviceDigest(spec: StateSpec, machine: string, ram: SavedState['ram']): string {
@@ -112,15 +109,6 @@ export interface SaveParts {
   log: Logger;
 }
 
-/**
- * `cp --sparse=always`: coreutils skips the holes of a tmpfs RAM file (pages
- * the guest never touched) with SEEK_DATA and writes zero blocks as holes;
- * no such call from Node. Measured: 137 MiB of a 256 MiB guest in XXX ms.
- */
-export async function copySparse(src: string, dst: string): Promise<void> {
-  await execFile('cp', ['--sparse=always', '--', src, dst]);
-}
-
 /** Pause, write the state (and RAM file) into `target`, leave the VM paused (postmigrate). */
 export async function saveState(
   parts: SaveParts,
@@ -166,7 +154,8 @@ export async function saveState(
     });
     await written;
     const files: Record<string, number> = { [STATE_FILE]: (await out.stat()).size };
-    // Paused: the RAM file does not change while it is copied.
+    // Paused: the RAM file does not change while it is copied; its holes
+    // (pages the guest never touched) stay holes (sparse-copy.ts).
     if (parts.ramFile) {
       const dst = path.join(target, RAM_FILE);
       await copySparse(parts.ramFile, dst);
