@@ -287,6 +287,30 @@ export const VolumeSnapshot = z.strictObject({
 });
 export type VolumeSnapshot = z.infer<typeof VolumeSnapshot>;
 
+/** How a snapshot keeps one of its source's volumes (SnapshotRecord.disks). */
+export const SNAPSHOT_DISK_KEPT = ['copy', 'shared'] as const;
+
+/** One volume disk of a snapshot's source VM, as it was when the snapshot was taken. */
+export const SnapshotDisk = z.strictObject({
+  volume: z.string().describe('the volume id then (it may be deleted since, unless `shared`)'),
+  name: z.string().describe("the volume's name then"),
+  format: z.enum(VOLUME_FORMATS),
+  readOnly: z.boolean(),
+  sizeBytes: count.describe('virtual size: what the guest saw'),
+  kept: z
+    .enum(SNAPSHOT_DISK_KEPT)
+    .describe(
+      "copy: its file was copied into the snapshot's folder while the VM was paused, and each fork gets a new volume copied from it; shared: attached read-only, so not copied: forks attach the volume itself read-only, and it cannot change while the snapshot exists",
+    ),
+  template: z
+    .string()
+    .describe(
+      "a copied qcow2 overlay clone's template volume id: the copy reads through it, so it cannot change while the snapshot exists, and the forks' volumes are clones of it",
+    )
+    .optional(),
+});
+export type SnapshotDisk = z.infer<typeof SnapshotDisk>;
+
 /** A VM's saved memory and device state (vm.snapshot), in <data-dir>/snapshots/<id>/. */
 export const SnapshotRecord = z.strictObject({
   id: z.string().describe('snap-<hex>; also its folder under <data-dir>/snapshots/'),
@@ -302,6 +326,12 @@ export const SnapshotRecord = z.strictObject({
     .strictObject({ version: z.string(), machine: z.string() })
     .describe('a snapshot resumes only on the same hypervisor build and machine type'),
   bytes: count.describe('size of the saved state'),
+  disks: z
+    .array(SnapshotDisk)
+    .describe(
+      "the source's volume disks, in order: a fork gets the same disks in the same order (its own copies, or the shared read-only volumes); absent: it had none",
+    )
+    .optional(),
   createdAt: time,
   createdBy: z.string().describe('who took it (`user:<name>`, …)').optional(),
 });

@@ -1,9 +1,10 @@
 /**
  * A VM snapshot on disk: `<data-dir>/snapshots/<id>/` holds the files its
  * hypervisor saved (QEMU: `state.bin`, and `ram.bin` where guest RAM is a
- * file) and `manifest.json` (what the state depends on, with each file's size
- * and sha256). Every path is derived from the id, which mvirtd made
- * (`snap-<hex>`); no client string ever becomes a path.
+ * file), a copy of each volume the VM wrote to (`disk-<position>.<format>`,
+ * vm/save-disks.ts) and `manifest.json` (what the state depends on, with each
+ * file's size and sha256). Every path is derived from the id, which mvirtd
+ * made (`snap-<hex>`); no client string ever becomes a path.
  *
  * The manifest is written last, through a temporary file and a rename, after
  * the state's files are complete: a folder without a manifest is a snapshot a
@@ -17,7 +18,14 @@ import { z } from 'zod';
 import { NetworkSpec } from '../../protocol/records.js';
 import { MvirtError } from '../../protocol/errors.js';
 import { formatIssues } from '../../protocol/validate.js';
+import {
+  MAX_VM_DISKS,
+  VOLUME_FORMATS,
+  type SnapshotDisk,
+  type VolumeFormat,
+} from '../../protocol/rpc.js';
 import type { SavedState } from '../hypervisors/types.js';
+import { VOLUME_ID_RE } from '../volumes/files.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 const MANIFEST_FORMAT = 1;
@@ -40,6 +48,46 @@ const Saved = z.strictObject({
   bytes: z.number().int().positive(),
 });
 
+/** A volume's copy in a snapshot's folder: named by its position among the VM's disks. */
+export const diskFileName = (position: number, format: VolumeFormat): string =>
+  `disk-${position}.${format}`;
+
+const VolumeRef = z.strictObject({
+  id: z.string().regex(VOLUME_ID_RE),
+  name: z.string().min(1).max(64),
+});
+const DiskBase = z.strictObject({
+  /** Its place among the VM's volume disks (0: the first after the image's root disk). */
+  position: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(MAX_VM_DISKS - 1),
+  /** The volume as it was then (it may be deleted or renamed since). */
+  volume: VolumeRef,
+  format: z.enum(VOLUME_FORMATS),
+  readOnly: z.boolean(),
+  /** Virtual size: what the guest saw. */
+  sizeBytes: z.number().int().positive(),
+});
+/**
+ * One volume disk of the source: `copy`, its file copied into the folder
+ * while the VM was paused (a qcow2 overlay clone as it is, reading through
+ * its `template`, which the snapshot keeps); `shared`, attached read-only and
+ * not copied: forks attach the volume itself, which the snapshot keeps.
+ */
+export const ManifestDisk = z.discriminatedUnion('kept', [
+  DiskBase.extend({
+    kept: z.literal('copy'),
+    file: z.string().regex(/^disk-[0-9]{1,2}\.(raw|qcow2)$/),
+    bytes: z.number().int().nonnegative(),
+    sha256: sha,
+    template: VolumeRef.extend({ format: z.enum(VOLUME_FORMATS) }).optional(),
+  }),
+  DiskBase.extend({ kept: z.literal('shared'), readOnly: z.literal(true) }),
+]);
+export type ManifestDisk = z.infer<typeof ManifestDisk>;
+
 /** manifest.json: strict, so a hand-edited or foreign one is refused, not guessed at. */
 export const SnapshotManifest = z.strictObject({
   format: z.literal(MANIFEST_FORMAT),
@@ -53,15 +101,19 @@ export const SnapshotManifest = z.strictObject({
   state: Saved,
   /** Each file of the saved state, with its size and sha256. */
   files: z.record(FILE_NAME, z.strictObject({ bytes: z.number().int(), sha256: sha })),
+  /** The VM's volume disks in order (none in manifests written before volumes could be saved). */
+  disks: z.array(ManifestDisk).max(MAX_VM_DISKS).default([]),
 });
 export type SnapshotManifest = z.infer<typeof SnapshotManifest>;
+/** What writeManifest takes: `disks` may be left out (a VM without volumes). */
+export type ManifestInput = z.input<typeof SnapshotManifest>;
 
 export interface SnapshotFiles {
   readonly root: string;
   dirOf(id: string): string;
   /** Make the snapshot's folder (mode 0700); the hypervisor writes the state's files into it. */
   prepare(id: string): Promise<string>;
-  writeManifest(m: SnapshotManifest): Promise<void>;
+  writeManifest(m: ManifestInput): Promise<void>;
   /** The manifest, parsed and checked against the files beside it (size); SNAPSHOT_INVALID otherwise. */
   readManifest(id: string): Promise<SnapshotManifest>;
   remove(id: string): Promise<void>;
@@ -155,6 +207,16 @@ export function createSnapshotFiles(root: string): SnapshotFiles {
       }
       if (total !== parsed.state.bytes)
         throw invalid(id, `its files hold ${total} bytes, the manifest says ${parsed.state.bytes}`);
+      for (const [i, disk] of parsed.disks.entries()) {
+        if (disk.position !== i)
+          throw invalid(id, `manifest.json lists disk ${disk.position} in place ${i}`);
+        if (disk.kept !== 'copy') continue;
+        if (disk.file !== diskFileName(i, disk.format))
+          throw invalid(id, `manifest.json names disk ${i}'s copy ${disk.file}`);
+        const size = await plainFile(id, path.join(dir, disk.file));
+        if (size !== disk.bytes)
+          throw invalid(id, `${disk.file} has ${size} bytes, the manifest says ${disk.bytes}`);
+      }
       return parsed;
     },
     async remove(id) {
@@ -162,6 +224,18 @@ export function createSnapshotFiles(root: string): SnapshotFiles {
     },
   };
 }
+
+/** The manifest's disks as the public record shows them (SnapshotRecord.disks). */
+export const publicDisks = (disks: readonly ManifestDisk[]): SnapshotDisk[] =>
+  disks.map((x) => ({
+    volume: x.volume.id,
+    name: x.volume.name,
+    format: x.format,
+    readOnly: x.readOnly,
+    sizeBytes: x.sizeBytes,
+    kept: x.kept,
+    ...(x.kept === 'copy' && x.template ? { template: x.template.id } : {}),
+  }));
 
 /** The state a snapshot's manifest describes, as the hypervisor interface takes it. */
 export const savedOf = (m: SnapshotManifest): SavedState => ({
@@ -179,11 +253,15 @@ const identityOf = (st: { ino: number; size: number; mtimeMs: number; ctimeMs: n
   `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 
 /**
- * sha256 of each file of a saved state in `dir`, by name; each is then known
- * good to checkHashes (the first restore of a new snapshot does not hash it again).
+ * sha256 of each file of a saved state in `dir` (or of the files named), by
+ * name; each is then known good to checkHashes (the first restore of a new
+ * snapshot, or its first fork's copy of a disk, does not hash it again).
  */
-export async function hashFiles(dir: string, saved: SavedState): Promise<Record<string, string>> {
-  const names = Object.keys(saved.files);
+export async function hashFiles(
+  dir: string,
+  of: SavedState | readonly string[],
+): Promise<Record<string, string>> {
+  const names = isNames(of) ? [...of] : Object.keys(of.files);
   const sums = await Promise.all(
     names.map(async (n) => {
       const file = path.join(dir, n);
@@ -195,6 +273,8 @@ export async function hashFiles(dir: string, saved: SavedState): Promise<Record<
   );
   return Object.fromEntries(names.map((n, i) => [n, sums[i]!]));
 }
+
+const isNames = (of: SavedState | readonly string[]): of is readonly string[] => Array.isArray(of);
 
 /** Resolves when every file in `dir` has its recorded sha256; SNAPSHOT_INVALID otherwise. */
 export async function checkHashes(

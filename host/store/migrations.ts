@@ -272,6 +272,26 @@ export const MIGRATIONS: readonly Migration[] = [
         ALTER TABLE pools ADD COLUMN from_snapshot TEXT;
       `),
   },
+  {
+    // Issue 14: snapshots of VMs with volumes.
+    name: 'snapshot disks',
+    up: (db) =>
+      db.exec(`
+        -- JSON SnapshotDisk[]: the source's volume disks, as the manifest lists them.
+        ALTER TABLE snapshots ADD COLUMN disks TEXT;
+        -- Volumes a snapshot keeps as they are: a read-only disk its forks
+        -- attach ('shared'), or the template a copied overlay reads through
+        -- ('template'). host/volumes/ refuses to delete, restore, resize or
+        -- attach such a volume read-write; the rows go with the snapshot's.
+        CREATE TABLE snapshot_volumes (
+          snapshot_id TEXT NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+          volume_id   TEXT NOT NULL REFERENCES volumes(id),
+          role        TEXT NOT NULL,
+          PRIMARY KEY (snapshot_id, volume_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX snapshot_volumes_volume ON snapshot_volumes(volume_id);
+      `),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

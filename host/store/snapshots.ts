@@ -6,7 +6,12 @@
  */
 import type { Db } from './db.js';
 import { createOwnerRepo, type OwnerRepo } from './owners.js';
-import type { NetworkSpec, SnapshotRecord, SnapshotState } from '../../protocol/rpc.js';
+import type {
+  NetworkSpec,
+  SnapshotDisk,
+  SnapshotRecord,
+  SnapshotState,
+} from '../../protocol/rpc.js';
 import type { SavedState } from '../hypervisors/types.js';
 
 export interface NewSnapshot {
@@ -24,6 +29,12 @@ export interface NewSnapshot {
   generation: number;
   createdBy: string | null;
 }
+
+/**
+ * Why a snapshot keeps a volume as it is: `shared`, a read-only disk its
+ * forks attach; `template`, the template a copied overlay reads through.
+ */
+export type SnapshotVolumeRole = 'shared' | 'template';
 
 /** Everything a restore needs that the public record leaves out. */
 export interface StoredSnapshot extends SnapshotRecord {
@@ -48,6 +59,7 @@ interface Row {
   generation: number;
   saved: string | null;
   sha256: string | null;
+  disks: string | null;
   created_at: string;
   created_by: string | null;
 }
@@ -66,6 +78,7 @@ function toStored(r: Row): StoredSnapshot {
     network: JSON.parse(r.network) as NetworkSpec,
     hypervisor: { version: saved?.version ?? '', machine: saved?.machine ?? '' },
     bytes: saved?.bytes ?? 0,
+    ...(r.disks !== null ? { disks: JSON.parse(r.disks) as SnapshotDisk[] } : {}),
     createdAt: r.created_at,
     ...(r.created_by !== null ? { createdBy: r.created_by } : {}),
     imageKey: r.image_key,
@@ -94,9 +107,13 @@ export function createSnapshotRepo(db: Db, owners: OwnerRepo = createOwnerRepo(d
     bySource: db.prepare(`SELECT * FROM snapshots WHERE source_vm_id = ? ORDER BY created_at, id`),
     saving: db.prepare(`SELECT id FROM snapshots WHERE state = 'saving'`).pluck(),
     ready: db.prepare(
-      `UPDATE snapshots SET state = 'ready', saved = ?, sha256 = ? WHERE id = ? AND state = 'saving'`,
+      `UPDATE snapshots SET state = 'ready', saved = ?, sha256 = ?, disks = ? WHERE id = ? AND state = 'saving'`,
     ),
     del: db.prepare(`DELETE FROM snapshots WHERE id = ?`),
+    keep: db.prepare(`INSERT INTO snapshot_volumes (snapshot_id, volume_id, role) VALUES (?, ?, ?)`),
+    keeping: db.prepare(`
+      SELECT s.name AS snapshot, k.role AS role FROM snapshot_volumes k
+      JOIN snapshots s ON s.id = k.snapshot_id WHERE k.volume_id = ? ORDER BY s.name`),
   };
   return {
     insert(snap: NewSnapshot, now: string): void {
@@ -126,10 +143,28 @@ export function createSnapshotRepo(db: Db, owners: OwnerRepo = createOwnerRepo(d
     /**
      * saving → ready once the files are complete; false when the row is gone
      * or was ready. `hashes`: JSON of each file's sha256 (the manifest is the
-     * record restores read; this is its copy in the database).
+     * record restores read; this is its copy in the database); `disks`: the
+     * source's volume disks (none: left out of the record).
      */
-    markReady(id: string, saved: SavedState, hashes: string): boolean {
-      return s.ready.run(JSON.stringify(saved), hashes, id).changes === 1;
+    markReady(
+      id: string,
+      saved: SavedState,
+      hashes: string,
+      disks: readonly SnapshotDisk[] = [],
+    ): boolean {
+      const d = disks.length > 0 ? JSON.stringify(disks) : null;
+      return s.ready.run(JSON.stringify(saved), hashes, d, id).changes === 1;
+    },
+    /**
+     * Volumes the snapshot keeps as they are (SnapshotVolumeRole); the rows
+     * go when the snapshot's row does.
+     */
+    keep(id: string, volumes: readonly { volume: string; role: SnapshotVolumeRole }[]): void {
+      for (const v of volumes) s.keep.run(id, v.volume, v.role);
+    },
+    /** The snapshots (by name) that keep this volume as it is, and why. */
+    keeping(volumeId: string): { snapshot: string; role: SnapshotVolumeRole }[] {
+      return s.keeping.all(volumeId) as { snapshot: string; role: SnapshotVolumeRole }[];
     },
     delete(id: string): boolean {
       const gone = s.del.run(id).changes === 1;

@@ -66,6 +66,7 @@ function manifest(id: string, over: Partial<SnapshotManifest> = {}): SnapshotMan
       bytes: STATE_BYTES + RAM_BYTES,
     },
     files: { 'state.bin': entry('state.bin'), 'ram.bin': entry('ram.bin') },
+    disks: [],
     ...over,
   };
 }
