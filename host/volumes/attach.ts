@@ -6,13 +6,15 @@
  *  - a volume attached read-only anywhere may be attached read-only again,
  *    never read-write;
  *  - a template of qcow2 clones is attached read-only only (a write under
- *    its overlays would change what they read).
+ *    its overlays would change what they read), and so is a volume a VM
+ *    snapshot keeps as it is (kept.ts).
  */
 import type { Store, VmDisk } from '../store/index.js';
 import type { DiskSpec } from '../hypervisors/types.js';
 import { MvirtError } from '../../protocol/errors.js';
 import { MAX_VM_DISKS, type VolumeRecord } from '../../protocol/rpc.js';
 import type { VolumeFiles } from './files.js';
+import { keptBySnapshot } from './kept.js';
 import type { VolumeTransitions } from './transition.js';
 
 export interface DiskRequest {
@@ -50,7 +52,7 @@ export function createVolumeAttach(d: VolumeAttachDeps) {
         `volume ${v.name} is the template of clone ${clones.join(', ')}; attach it read-only`,
         { details: { clones } },
       );
-    return null;
+    return readOnly ? null : keptBySnapshot(d.store, v, 'attach it read-only, or read-write');
   }
 
   /** The volume and its templates, nearest first; the ids that are gone, where the chain breaks. */

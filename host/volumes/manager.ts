@@ -24,8 +24,10 @@ import type { DryRunPlan } from '../../protocol/plan.js';
 import type { ParamsOf, VolumeFormat, VolumeRecord } from '../../protocol/rpc.js';
 import { runSteps, StepError, type Step } from '../vm/steps.js';
 import { createCapacity, type CapacityOptions } from './capacity.js';
+import { volumeCopies, type CopyIn, type Maker, type MakePrep } from './copies.js';
 import { writeQcow2Overlay } from './qcow2-overlay.js';
 import type { VolumeFiles } from './files.js';
+import { keptBySnapshot, requireUnkept } from './kept.js';
 import type { QemuImg } from './qemu-img.js';
 import { createVolumeSnapshots, type VolumeVms } from './snapshots.js';
 import type { VolumeTransitions } from './transition.js';
@@ -48,29 +50,6 @@ export interface VolumeManagerDeps {
     /** --volume-import-dir: the only place volume.import reads from; null: no imports. */
     importDir: string | null;
   };
-}
-
-/**
- * What makes a new volume's file at `file`, spelled once: `argv` is the
- * qemu-img call a plan shows (qemu-img.ts builds it and the real call from
- * one function; none for an overlay, written in-process), `run` makes it.
- */
-type Maker = (file: string) => { argv?: string[]; run(): Promise<void> };
-
-/** What a create or clone resolved once every check passed. */
-interface MakePrep {
-  /** The checks passed, in words (a plan's admission). */
-  admitted: string[];
-  name: string;
-  format: VolumeFormat;
-  backing: VolumeRecord | null;
-  /** The new volume's virtual size. */
-  sizeBytes: number;
-  make: Maker;
-  /** 'created', 'imported from x', 'cloned from x'. */
-  verb: string;
-  mode?: 'overlay' | 'full';
-  data: Record<string, unknown>;
 }
 
 interface MakeCtx extends MakePrep {
@@ -173,6 +152,8 @@ export function createVolumeManager(d: VolumeManagerDeps) {
     serial,
     find,
   });
+
+  const copies = volumeCopies({ nameFree, find, capacity });
 
   const makers = {
     create:
@@ -304,6 +285,7 @@ export function createVolumeManager(d: VolumeManagerDeps) {
     const admitted = [
       `${mib(sizeBytes)} is not smaller than volume ${v.name}'s ${mib(v.sizeBytes)}`,
       `volume ${v.name} is not attached to a running VM`,
+      requireUnkept(store, v, 'resize it'),
     ];
     if (sizeBytes === v.sizeBytes) return { admitted, v, sizeBytes, file: null };
     const file = await files.checkFile(v.id, v.format);
@@ -327,11 +309,13 @@ export function createVolumeManager(d: VolumeManagerDeps) {
           : `volume ${v.name} is the template of clone ${h.clones.join(', ')}; delete those first`,
         { details: h },
       );
+    const kept = keptBySnapshot(store, v, 'delete it');
+    if (kept) throw kept;
     // A link or a stranger in its place: refuse and keep the row, so the
     // admin sees what is wrong instead of a volume that silently vanished.
     const file = await files.checkFile(v.id, v.format);
     const admitted = [
-      `volume ${v.name} is attached to no VM and is no clone's template`,
+      `volume ${v.name} is attached to no VM, is no clone's template and no snapshot keeps it`,
       `volume ${v.name}'s file is a regular file in the volumes folder`,
     ];
     return { admitted, v, file };
@@ -366,6 +350,11 @@ export function createVolumeManager(d: VolumeManagerDeps) {
 
     clone(p: ParamsOf<'volume.clone'>): Promise<VolumeRecord> {
       return serial(async () => make(await checkClone(p)));
+    },
+
+    /** A fork's disk: a new volume copied from a disk a VM snapshot saved (copies.ts). */
+    copyIn(p: CopyIn): Promise<VolumeRecord> {
+      return serial(async () => make(await copies.check(p)));
     },
 
     get(ref: string): Promise<VolumeRecord> {
@@ -425,6 +414,10 @@ export function createVolumeManager(d: VolumeManagerDeps) {
 
       clone: (p: ParamsOf<'volume.clone'>): Promise<DryRunPlan> =>
         serial(async () => planMake('volume.clone', await checkClone(p))),
+
+      /** Copies made one after another (forks): their checks and cp commands, each new file shown as volumes/vol-<new>.<format>. */
+      copies: (list: readonly CopyIn[]) =>
+        serial(() => copies.checkAll(list, (p) => path.join(files.dir, `vol-<new>.${p.format}`))),
 
       resize: (ref: string, sizeMiB: number): Promise<DryRunPlan> =>
         serial(async () => {

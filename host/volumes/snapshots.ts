@@ -29,6 +29,7 @@ import { createPlan, type PlanBuilder } from '../plan.js';
 import type { Store } from '../store/index.js';
 import type { Capacity } from './capacity.js';
 import type { VolumeFiles } from './files.js';
+import { requireUnkept } from './kept.js';
 import type { ImageSnapshot, QemuImg } from './qemu-img.js';
 import type { VolumeTransitions } from './transition.js';
 
@@ -190,10 +191,12 @@ export function createVolumeSnapshots(d: VolumeSnapshotDeps) {
         `volume ${v.name} is the template of clone ${clones.join(', ')}; a restore would change what they read`,
         { details: { clones } },
       );
+    const unkept = requireUnkept(store, v, 'restore it');
     await existing(v, file, name);
     admitted.push(
       `volume ${v.name} is attached to no running VM`,
       `volume ${v.name} is no clone's template`,
+      unkept,
       `volume ${v.name} has a snapshot ${name}`,
     );
   }
