@@ -32,6 +32,12 @@ export function vmSnapshotTable(ss: SnapshotRecord[], now: number): string {
   );
 }
 
+/** One disk of a snapshot, as `snapshot get` says it. */
+const diskWords = (d: NonNullable<SnapshotRecord['disks']>[number]): string =>
+  d.kept === 'shared'
+    ? `${d.name} (${d.volume}, ${d.format}, ${bytes(d.sizeBytes)}): read-only, shared with the forks`
+    : `${d.name} (${d.volume}, ${d.format}, ${bytes(d.sizeBytes)}): copied${d.template ? `, over template ${d.template}` : ''}`;
+
 function snapshotDetails(s: SnapshotRecord, forks: VmRecord[], now: number): string {
   return keyValues([
     ['Name', s.name],
@@ -45,6 +51,7 @@ function snapshotDetails(s: SnapshotRecord, forks: VmRecord[], now: number): str
     ['Memory', mib(s.memoryMiB)],
     ['Network', s.network.mode],
     ['Size', `${bytes(s.bytes)} (${s.bytes} bytes)`],
+    ...(s.disks?.length ? [['Disks', s.disks.map(diskWords).join('; ')] as [string, string]] : []),
     ['Created', `${relativeTime(s.createdAt, now)} (${s.createdAt})`],
     ['Created by', s.createdBy],
     [
@@ -60,6 +67,8 @@ function snapshotDetails(s: SnapshotRecord, forks: VmRecord[], now: number): str
  */
 function notSavable(err: unknown, vm: VmRecord, what: string): unknown {
   if (!(err instanceof MvirtError) || err.code !== 'VM_BAD_STATE') return err;
+  // A VM that runs was refused for another reason (its disks changed): the message says which.
+  if ((SAVABLE_VM_STATES as readonly string[]).includes(vm.state)) return err;
   const how =
     vm.state === 'suspended'
       ? `it is suspended already: \`mvirt vm start ${vm.name}\` resumes it`
@@ -101,8 +110,9 @@ export const vmSaveCommands: Command[] = [
     description:
       'The VM is paused while its state is written to the data folder, then runs on as\n' +
       'it was. Fork VMs from the snapshot with `mvirt vm create NAME --from-snapshot\n' +
-      'SNAPSHOT`: they resume where the VM was instead of booting. VMs with volumes\n' +
-      'cannot be snapshotted yet.',
+      'SNAPSHOT`: they resume where the VM was instead of booting. The volumes the VM\n' +
+      'may write are copied while it is paused; each fork gets its own copies, and\n' +
+      'the read-only ones are shared.',
     args: ['VM', 'NAME'],
     examples: [
       'mvirt vm snapshot web-1 warm',

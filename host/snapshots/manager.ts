@@ -1,8 +1,11 @@
 /**
  * VM snapshots (vm.snapshot, snapshot.get|list|delete): a row in SQLite
- * (host/store/snapshots.ts) and a folder with the saved state and its
- * manifest (files.ts). The VM manager saves the state (vm/save.ts); forks
- * resume from it (vm/restore.ts). A snapshot is listed as usable only once
+ * (host/store/snapshots.ts) and a folder with the saved state, copies of
+ * the VM's volumes and its manifest (files.ts). The VM manager saves the
+ * state and copies the volumes (vm/save.ts, vm/save-disks.ts); forks resume
+ * from it (vm/restore.ts) with volumes made from the copies (vm/fork-disks.ts).
+ * The volumes it keeps as they are (shared read-only disks, templates of
+ * copied overlays) are rows of snapshot_volumes, gone with the snapshot's. A snapshot is listed as usable only once
  * its manifest is on disk and its row says `ready`: a crash while saving
  * leaves a `saving` row that recover() removes with its folder.
  */
@@ -12,14 +15,16 @@ import { actorName, currentActing } from '../auth/actor.js';
 import type { EventLog } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
 import { createPlan } from '../plan.js';
+import { copySparseArgv } from '../sparse-copy.js';
 import type { Store, StoredSnapshot } from '../store/index.js';
 import { publicSnapshot } from '../store/snapshots.js';
 import type { ImageStore } from '../vm/images.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { DryRunPlan } from '../../protocol/plan.js';
 import type { SnapshotRecord, VmRecord } from '../../protocol/rpc.js';
-import { newSnapshotId, MANIFEST_FILE, type SnapshotFiles } from './files.js';
+import { newSnapshotId, MANIFEST_FILE, publicDisks, type SnapshotFiles } from './files.js';
 import type { SavedVm } from '../vm/save.js';
+import { keptVolumes, type DiskToSave, type SavedDisk } from '../vm/save-disks.js';
 
 export interface SnapshotManagerDeps {
   store: Store;
@@ -27,9 +32,17 @@ export interface SnapshotManagerDeps {
   images: ImageStore;
   vms: {
     get(ref: string): VmRecord;
-    /** VM_BAD_STATE / CAPABILITY_UNSUPPORTED unless the VM's state can be saved now. */
-    checkSavable(ref: string): VmRecord;
-    saveForSnapshot(id: string, file: string): Promise<SavedVm>;
+    /**
+     * VM_BAD_STATE / CAPABILITY_UNSUPPORTED unless the VM's state can be
+     * saved now; its volume disks as a snapshot keeps them.
+     */
+    checkSavable(ref: string): Promise<{ vm: VmRecord; disks: DiskToSave[] }>;
+    /** Save into `dir`; `keep` is called under the VM's lock once its volumes are copied. */
+    saveForSnapshot(
+      id: string,
+      dir: string,
+      keep: (disks: readonly SavedDisk[]) => void,
+    ): Promise<SavedVm>;
   };
   events: EventLog;
   log: MvirtLogger;
@@ -58,11 +71,11 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     });
 
   async function takeChecks(vmRef: string, name: string) {
-    const vm = d.vms.checkSavable(vmRef);
+    const { vm, disks } = await d.vms.checkSavable(vmRef);
     if (repo.nameTaken(name))
       throw new MvirtError('SNAPSHOT_EXISTS', `a snapshot named ${name} already exists`);
     const image = await d.images.resolve(vm.image);
-    return { vm, image };
+    return { vm, image, disks };
   }
 
   async function take(vmRef: string, name: string): Promise<SnapshotRecord> {
@@ -95,7 +108,9 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
     }
     try {
       await d.files.prepare(id);
-      const r = await d.vms.saveForSnapshot(vm.id, d.files.dirOf(id));
+      const r = await d.vms.saveForSnapshot(vm.id, d.files.dirOf(id), (disks) =>
+        repo.keep(id, keptVolumes(disks)),
+      );
       const row = repo.get(id)!;
       await d.files.writeManifest({
         format: 1,
@@ -110,15 +125,28 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
         files: Object.fromEntries(
           Object.entries(r.saved.files).map(([n, bytes]) => [n, { bytes, sha256: r.hashes[n]! }]),
         ),
+        disks: r.disks,
       });
-      repo.markReady(id, r.saved, JSON.stringify(r.hashes));
+      repo.markReady(id, r.saved, JSON.stringify(r.hashes), publicDisks(r.disks));
       const rec = publicSnapshot(repo.get(id)!);
+      const copies = r.disks.flatMap((x) => (x.kept === 'copy' ? [x] : []));
+      const copied = copies.reduce((n, x) => n + x.bytes, 0);
+      const disksSaid =
+        copies.length > 0
+          ? `, ${r.diskMs} ms of it copying ${copies.length} volume${copies.length === 1 ? '' : 's'} (${copied} bytes)`
+          : '';
       d.events.append({
         level: 'audit',
         component: 'snapshot',
-        message: `${vm.name}: snapshot ${name} taken (${r.saved.bytes} bytes; the VM paused ${r.ms} ms)`,
-        objects: [id, vm.id],
-        data: { pausedMs: r.ms, files: r.saved.files, ram: r.saved.ram, machine: r.saved.machine },
+        message: `${vm.name}: snapshot ${name} taken (${r.saved.bytes} bytes; the VM paused ${r.ms} ms${disksSaid})`,
+        objects: [id, vm.id, ...r.disks.map((x) => x.volume.id)],
+        data: {
+          pausedMs: r.ms,
+          files: r.saved.files,
+          ram: r.saved.ram,
+          machine: r.saved.machine,
+          ...(r.disks.length > 0 ? { diskMs: r.diskMs, disks: publicDisks(r.disks) } : {}),
+        },
       });
       return rec;
     } catch (err) {
@@ -169,15 +197,33 @@ export function createSnapshotManager(d: SnapshotManagerDeps) {
   const plan = {
     async take(vmRef: string, name: string): Promise<DryRunPlan> {
       const b = createPlan('vm.snapshot', d.dataDir);
-      const { vm, image } = await takeChecks(vmRef, name);
+      const { vm, image, disks } = await takeChecks(vmRef, name);
       b.admit(`VM ${vm.name} is ${vm.state}: its state can be saved`)
         .admit(`name ${name} is free`)
         .admit(`image ${image.name} found`);
+      if (disks.length > 0) b.admit(`its disks are those it was started with`);
       b.step('record the snapshot (saving)', 'pause the VM', 'save its memory and device state');
-      b.step('hash the state file', 'write the manifest', 'resume the VM as it was');
       const dir = path.join(d.files.root, '<new id>');
-      b.create(`${dir}/`, path.join(dir, '<state files>'), path.join(dir, MANIFEST_FILE));
+      const copies = disks.flatMap((x) => (x.kept === 'copy' ? [x] : []));
+      if (copies.length > 0) b.step('copy its volumes (still paused)');
+      b.step('resume the VM as it was', 'hash the state files', 'write the manifest');
+      for (const x of copies) b.exec(copySparseArgv(x.source, path.join(dir, x.disk.file)));
+      b.create(
+        `${dir}/`,
+        path.join(dir, '<state files>'),
+        ...copies.map((x) => path.join(dir, x.disk.file)),
+        path.join(dir, MANIFEST_FILE),
+      );
       b.change(`snapshot ${name}: created from VM ${vm.name}`);
+      for (const x of disks) {
+        const v = x.disk.volume.name;
+        if (x.kept === 'shared')
+          b.change(`volume ${v}: kept as it is for the snapshot's forks (a read-only disk)`);
+        else if (x.disk.template)
+          b.change(
+            `volume ${x.disk.template.name}: kept as it is (the template of volume ${v}'s copy)`,
+          );
+      }
       return b.done();
     },
     remove(ref: string): DryRunPlan {

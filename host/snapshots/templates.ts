@@ -140,8 +140,13 @@ export function createTemplates(d: TemplateDeps) {
       if (vm.restoredFrom) await drop(vm.restoredFrom, `VM ${vm.name} could not resume from it`);
     },
 
-    /** A freshly booted, ready VM of a kind without a template: snapshot it now, before any job runs. */
+    /**
+     * A freshly booted, ready VM of a kind without a template: snapshot it
+     * now, before any job runs. Only a VM without volumes: a template's forks
+     * are ephemeral VMs without disks.
+     */
     async adopt(vm: VmRecord): Promise<void> {
+      if (vm.disks?.length) return;
       const image = await d.images.resolve(vm.image).catch(() => null);
       if (!image) return;
       const v = {

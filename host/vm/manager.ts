@@ -38,7 +38,8 @@ import { diskOperations } from './hotplug.js';
 import { vmDiskAccess } from './disk-access.js';
 import { clearTimers } from './live.js';
 import { vmOperations } from './ops.js';
-import { savableLive, savePart } from './save.js';
+import { savable, savePart } from './save.js';
+import type { DiskToSave } from './save-disks.js';
 import { forkPart } from './forks.js';
 import { inspectPart } from './inspect.js';
 import { vmPlans } from './plan.js';
@@ -85,11 +86,13 @@ export function createVmManager(deps: VmManagerDeps) {
     /** Whether VMs of this backend can be saved and restored (template snapshots). */
     canSave: (backend: string): boolean =>
       deps.hypervisors.get(backend)?.capabilities.snapshots === true,
-    /** vm.snapshot's checks (VM_BAD_STATE, CAPABILITY_UNSUPPORTED), without saving. */
-    checkSavable(ref: string): VmRecord {
+    /**
+     * vm.snapshot's checks (VM_BAD_STATE, CAPABILITY_UNSUPPORTED), without
+     * saving; with the VM's disks as a snapshot would keep them.
+     */
+    async checkSavable(ref: string): Promise<{ vm: VmRecord; disks: DiskToSave[] }> {
       const vm = ctx.find(ref);
-      savableLive(ctx, vm, 'snapshot');
-      return vm;
+      return { vm, disks: (await savable(ctx, vm, 'snapshot')).disks };
     },
     ...inspectPart(ctx),
     disks: vmDiskAccess(ctx),

@@ -67,10 +67,10 @@ const vmsSide: SnapshotManagerDeps['vms'] = {
     if (!vm) throw new MvirtError('VM_NOT_FOUND', `no VM ${ref}`);
     return vm;
   },
-  checkSavable(ref) {
+  async checkSavable(ref) {
     const vm = vmsSide.get(ref);
     if (!up.has(vm.id)) throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is stopped`);
-    return vm;
+    return { vm, disks: [] };
   },
   async saveForSnapshot(id, dir) {
     saves.push(dir);
@@ -78,7 +78,14 @@ const vmsSide: SnapshotManagerDeps['vms'] = {
       await writeFile(path.join(dir, name), data, { flag: 'wx' });
     await during?.();
     if (saveFails) throw saveFails;
-    return { saved: SAVED, hashes: hashesOf?.() ?? HASHES, vm: store.vms.get(id)!, ms: 7 };
+    return {
+      saved: SAVED,
+      hashes: hashesOf?.() ?? HASHES,
+      disks: [],
+      vm: store.vms.get(id)!,
+      ms: 7,
+      diskMs: 0,
+    };
   },
 };
 
