@@ -232,7 +232,16 @@ export async function startDaemon(
       store,
       events,
       snapshotFiles,
-      volumes: { attach: volumeAttach, files: volumeFiles },
+      volumes: {
+        attach: volumeAttach,
+        files: volumeFiles,
+        // Forks' disks, made by the volume manager (created below; called only once running).
+        copies: {
+          copyIn: (p) => volumes.copyIn(p),
+          planCopies: (list) => volumes.plan.copies(list),
+          delete: (ref) => volumes.delete(ref),
+        },
+      },
       broker: bus,
       hypervisors,
       images,

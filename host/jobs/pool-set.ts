@@ -47,6 +47,11 @@ export function poolSetCheck(d: PoolSetCheckDeps): (p: ParamsOf<'pool.set'>) => 
         'INVALID_PARAMS',
         `snapshot ${snap.name} is one of mvirtd's templates, which it replaces when the image changes: use snapshot: true for VMs that fork the template of the pool's image`,
       );
+    if (snap.disks?.length)
+      throw new MvirtError(
+        'INVALID_PARAMS',
+        `snapshot ${snap.name} was taken of a VM with volumes: pool VMs are ephemeral and have no disks; snapshot a VM without volumes for the pool`,
+      );
     return snap;
   }
 

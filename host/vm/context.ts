@@ -24,6 +24,7 @@ import type { Live } from './live.js';
 import type { VolumeAttach } from '../volumes/attach.js';
 import type { VolumeFiles } from '../volumes/files.js';
 import type { SnapshotFiles } from '../snapshots/files.js';
+import type { ForkVolumes } from './fork-disks.js';
 
 export interface VmManagerOptions {
   /** `<data-dir>/vm`: one folder per VM id. */
@@ -67,8 +68,11 @@ export interface VmManagerDeps {
   hypervisors: HypervisorRegistry;
   images: ImageStore;
   network: Network;
-  /** Volumes as disks; without it vm.create refuses disks. */
-  volumes?: { attach: VolumeAttach; files: VolumeFiles };
+  /**
+   * Volumes as disks; without it vm.create refuses disks. `copies`: the
+   * volume manager's part forks of snapshots with volumes need (fork-disks.ts).
+   */
+  volumes?: { attach: VolumeAttach; files: VolumeFiles; copies?: ForkVolumes };
   /** Each VM's agent session (host/agent/). */
   agents: AgentSessions;
   /** VM snapshots' folders (forks resume from them). */
