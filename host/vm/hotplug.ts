@@ -1,6 +1,7 @@
 /**
  * vm.attachDisk and vm.detachDisk. On a stopped VM they only change the
- * record (the disk comes or goes at the next boot). On a running one they are
+ * record (the disk comes or goes at the next boot); a VM whose next start
+ * resumes a saved state (suspended, or a fork not started yet) is refused. On a running one they are
  * named steps with rollback (steps.ts):
  *
  *   attach: record → link → hand over → blockdev-add → device_add
@@ -21,6 +22,7 @@ import type { DiskHotplug, DiskSpec, Hypervisor } from '../hypervisors/types.js'
 import type { MvirtLogger } from '../log.js';
 import type { VmDisk } from '../store/index.js';
 import type { VolumeAttach } from '../volumes/attach.js';
+import { savedStateOf } from '../volumes/kept.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { VmRecord, VolumeRecord } from '../../protocol/rpc.js';
 import { isInactiveVm, isUpVm } from '../../protocol/states.js';
@@ -126,6 +128,21 @@ export function hotplugOf(
   return { hp: live.running.hotplug, hv: live.hv, dir: live.dir, log: live.log };
 }
 
+/**
+ * VM_BAD_STATE when the VM's next start resumes a saved state (it is
+ * suspended, or a fork not started yet): that state expects the disks it was
+ * saved with, in that order.
+ */
+export function requireNoSavedState(ctx: VmContext, vm: VmRecord, what: string): void {
+  const why = savedStateOf(ctx.store, vm.id);
+  if (why === null) return;
+  throw new MvirtError(
+    'VM_BAD_STATE',
+    `VM ${vm.name} ${why}: the saved state it resumes from expects the disks it had; ${what} a disk once it has started (a suspended VM may also be stopped, which drops its saved state)`,
+    { details: { state: vm.state } },
+  );
+}
+
 /** The VM's disk of this volume (detach's check): VOLUME_NOT_FOUND, DISK_NOT_ATTACHED. */
 export function diskOf(
   ctx: VmContext,
@@ -167,6 +184,7 @@ export function diskOperations(ctx: VmContext) {
       const { id } = ctx.find(p.vm);
       return ctx.withLock(id, async () => {
         const vm = ctx.find(id); // deleted meanwhile: VM_NOT_FOUND
+        requireNoSavedState(ctx, vm, 'attach');
         const req = { volume: p.volume, readOnly: p.readOnly ?? false };
         if (isInactiveVm(vm.state)) {
           v.attach.attachOne(id, vm.name, req, 'for its next boot');
@@ -203,6 +221,7 @@ export function diskOperations(ctx: VmContext) {
       return ctx.withLock(id, async () => {
         const vm = ctx.find(id);
         const { vol, disk } = diskOf(ctx, vm, p.volume);
+        requireNoSavedState(ctx, vm, 'detach');
         if (isInactiveVm(vm.state)) {
           v.attach.detachOne(id, vm.name, vol.id, 'for its next boot');
           return done(id);

@@ -13,10 +13,18 @@ import { createPlan, type PlanBuilder } from '../plan.js';
 import { admitCreate, capable, pausedLive, requireDown, upLive } from './admit.js';
 import type { CreateVmParams, VmContext } from './context.js';
 import { linkedSpec } from './disks.js';
-import { ATTACH_STEPS, DETACH_STEPS, diskOf, hotplugOf, keepFor, storage } from './hotplug.js';
+import {
+  ATTACH_STEPS,
+  DETACH_STEPS,
+  diskOf,
+  hotplugOf,
+  keepFor,
+  requireNoSavedState,
+  storage,
+} from './hotplug.js';
 import type { Live } from './live.js';
 import { canTransition } from './states.js';
-import { savableLive, SUSPEND_DIR } from './save.js';
+import { savable, SUSPEND_DIR } from './save.js';
 
 export function vmPlans(ctx: VmContext) {
   const dataDir = path.dirname(ctx.options.vmDir);
@@ -100,11 +108,15 @@ export function vmPlans(ctx: VmContext) {
       return b.done();
     },
 
-    suspend(ref: string): DryRunPlan {
+    async suspend(ref: string): Promise<DryRunPlan> {
       const b = begin('vm.suspend');
       const vm = ctx.find(ref);
-      savableLive(ctx, vm, 'suspend');
+      const { disks } = await savable(ctx, vm, 'suspend');
       b.admit(`VM ${vm.name} is ${vm.state}: its state can be saved`);
+      if (disks.length > 0)
+        b.admit(
+          `its disks are those it was started with; they stay attached, unchanged, until it resumes`,
+        );
       b.step('pause the VM', 'save its memory and device state', 'end its hypervisor process');
       b.create(`${path.join(ctx.dirOf(vm.id), SUSPEND_DIR)}/`);
       vmChange(b, vm, ...(vm.state === 'paused' ? [] : ['paused']), 'suspended');
@@ -153,6 +165,7 @@ export function vmPlans(ctx: VmContext) {
       const b = begin('vm.attachDisk');
       const v = storage(ctx);
       const vm = ctx.find(p.vm);
+      requireNoSavedState(ctx, vm, 'attach');
       const req = { volume: p.volume, readOnly: p.readOnly ?? false };
       const { v: vol, disk } = v.attach.checkOne(vm.id, vm.name, req);
       b.admit(`volume ${vol.name} may be attached${disk.readOnly ? ' read-only' : ''}`);
@@ -173,6 +186,7 @@ export function vmPlans(ctx: VmContext) {
       const v = storage(ctx);
       const vm = ctx.find(p.vm);
       const { vol } = diskOf(ctx, vm, p.volume);
+      requireNoSavedState(ctx, vm, 'detach');
       b.admit(`volume ${vol.name} is a disk of VM ${vm.name}`);
       const how = isInactiveVm(vm.state) ? 'for its next boot' : 'hot-unplugged';
       if (!isInactiveVm(vm.state)) {
