@@ -55,11 +55,6 @@ export type { EventQuery, EventRepo, NewEvent, EventLevel } from './events.js';
 export type { MetricRepo, RollupQuery, RollupRow } from './metrics.js';
 export type { OwnerRepo } from './owners.js';
 export type { NewVolume, VmDisk, VolumeRepo } from './volumes.js';
-export type {
-  NewSnapshot,
-  SnapshotRepo,
-  SnapshotVolumeRole,
-  StoredSnapshot,
-} from './snapshots.js';
+export type { NewSnapshot, SnapshotRepo, SnapshotVolumeRole, StoredSnapshot } from './snapshots.js';
 export type { PendingRestore, RestoreState } from './vms.js';
 export { SCHEMA_VERSION } from './migrations.js';

@@ -110,7 +110,9 @@ export function createSnapshotRepo(db: Db, owners: OwnerRepo = createOwnerRepo(d
       `UPDATE snapshots SET state = 'ready', saved = ?, sha256 = ?, disks = ? WHERE id = ? AND state = 'saving'`,
     ),
     del: db.prepare(`DELETE FROM snapshots WHERE id = ?`),
-    keep: db.prepare(`INSERT INTO snapshot_volumes (snapshot_id, volume_id, role) VALUES (?, ?, ?)`),
+    keep: db.prepare(
+      `INSERT INTO snapshot_volumes (snapshot_id, volume_id, role) VALUES (?, ?, ?)`,
+    ),
     keeping: db.prepare(`
       SELECT s.name AS snapshot, k.role AS role FROM snapshot_volumes k
       JOIN snapshots s ON s.id = k.snapshot_id WHERE k.volume_id = ? ORDER BY s.name`),

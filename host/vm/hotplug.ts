@@ -134,11 +134,11 @@ export function hotplugOf(
  * saved with, in that order.
  */
 export function requireNoSavedState(ctx: VmContext, vm: VmRecord, what: string): void {
-  const why = savedStateOf(ctx.store, vm.id);
-  if (why === null) return;
+  const saved = savedStateOf(ctx.store, vm.id);
+  if (saved === null) return;
   throw new MvirtError(
     'VM_BAD_STATE',
-    `VM ${vm.name} ${why}: the saved state it resumes from expects the disks it had; ${what} a disk once it has started (a suspended VM may also be stopped, which drops its saved state)`,
+    `VM ${vm.name} ${saved.why}: the saved state it resumes from expects the disks it had; ${what} a disk once ${saved.until}`,
     { details: { state: vm.state } },
   );
 }

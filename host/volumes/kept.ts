@@ -16,15 +16,25 @@ import type { Store } from '../store/index.js';
 
 /**
  * Why the VM's next start resumes a saved state that expects its disks as
- * they are now, or null: it is suspended, or a fork not started yet.
+ * they are now (it is suspended, or a fork not started yet), and what ends
+ * that; null when it does not.
  */
-export function savedStateOf(store: Pick<Store, 'vms'>, vmId: string): string | null {
+export function savedStateOf(
+  store: Pick<Store, 'vms'>,
+  vmId: string,
+): { why: string; until: string } | null {
   const vm = store.vms.get(vmId);
   const pending = vm ? store.vms.restoreState(vmId)?.pending : null;
   if (!vm || !pending) return null;
   // A leftover of a suspend that did not finish is dropped at the next start.
-  if (pending.from === 'suspend') return vm.state === 'suspended' ? 'is suspended' : null;
-  return `was made from snapshot ${pending.snapshot} and has not started yet`;
+  if (pending.from === 'suspend')
+    return vm.state === 'suspended'
+      ? { why: 'is suspended', until: 'it has resumed (or vm.stop dropped its saved state)' }
+      : null;
+  return {
+    why: `was made from snapshot ${pending.snapshot} and has not started yet`,
+    until: 'it has started (or is deleted)',
+  };
 }
 
 /** VOLUME_IN_USE when a snapshot keeps the volume as it is; `what`: the refused change. */
@@ -45,12 +55,12 @@ export function keptBySnapshot(store: Pick<Store, 'snapshots'>, v: VolumeRecord,
 /** VOLUME_IN_USE when a VM's saved state expects the volume as it is. */
 export function keptByVm(store: Pick<Store, 'vms'>, v: VolumeRecord, what: string) {
   for (const a of v.attachedTo) {
-    const why = savedStateOf(store, a.vm);
-    if (why === null) continue;
+    const saved = savedStateOf(store, a.vm);
+    if (saved === null) continue;
     const name = store.vms.get(a.vm)?.name ?? a.vm;
     return new MvirtError(
       'VOLUME_IN_USE',
-      `volume ${v.name} is a disk of VM ${name}, which ${why}: its saved state expects the disk as it is; ${what} once the VM has started (or is stopped, or deleted)`,
+      `volume ${v.name} is a disk of VM ${name}, which ${saved.why}: its saved state expects the disk as it is; ${what} once ${saved.until}`,
       { details: { vms: [a.vm] } },
     );
   }
