@@ -25,6 +25,12 @@ export interface FakeOptions {
   failAttach?: boolean;
   /** Capabilities other than createFakeHypervisor's defaults (a backend that lacks some). */
   capabilities?: Partial<HypervisorCapabilities>;
+  /**
+   * Runs as a VM's vCPUs are about to go on (a resume, after a pause or a
+   * save): what its guest does first, such as write its disks (the fake
+   * guest writes none of its own).
+   */
+  onResume?: (vmId: string) => void | Promise<void>;
 }
 
 /** What the double keeps of one fake VM (the hypervisor side, shared with the guests). */

@@ -104,7 +104,10 @@ function running(
   return {
     runtime,
     pause: async () => sig('SIGSTOP'),
-    resume: async () => sig('SIGCONT'),
+    resume: async () => {
+      await hv.options.onResume?.(vm.vmId);
+      sig('SIGCONT');
+    },
     reboot: async () => reboot(),
     powerdown: async () => sig('SIGHUP'),
     status: async () => 'running',
