@@ -402,3 +402,35 @@ describe('what stays as it is', () => {
     await call('snapshot.delete', { snapshot: 'two' });
   });
 });
+
+describe('forks with too little room', () => {
+  test('the dry run counts every copy together; the call makes all or none, volumes too', async () => {
+    const k = await startJobDaemon({
+      args: ['--storage-max-gib', '1'],
+      hv: createFakeHypervisor({ agent: 'real', capabilities: { snapshots: true } }),
+    });
+    const kc = async <T>(method: string, params: unknown): Promise<T> =>
+      result(await k.c.call(method as never, params as never)) as T;
+    // 400 MiB provisioned; each fork's copy 400 more: one fits under 1 GiB, two do not.
+    await kc('volume.create', { name: 'big', sizeMiB: 400 });
+    await kc('vm.create', { name: 'src', disks: [{ volume: 'big' }] });
+    await kc('vm.start', { vm: 'src', wait: true });
+    await kc('vm.snapshot', { vm: 'src', name: 's' });
+    const full = (r: Awaited<ReturnType<typeof k.c.send>>) => {
+      const e = errorOf(r);
+      assert.equal(e.code, 'STORAGE_FULL', e.message);
+    };
+    full(await k.c.send('vm.create', { name: 'two', fromSnapshot: 's', count: 2, dryRun: true }));
+    full(await k.c.send('vm.create', { name: 'two', fromSnapshot: 's', count: 2 }));
+    const vms = (await kc<{ vms: VmRecord[] }>('vm.list', {})).vms.map((v) => v.name);
+    assert.deepEqual(vms, ['src'], 'the first fork was removed again');
+    const names = (await kc<{ volumes: VolumeRecord[] }>('volume.list', {})).volumes;
+    assert.deepEqual(
+      names.map((v) => v.name),
+      ['big'],
+      'and its volume',
+    );
+    const one = await kc<VmRecord>('vm.create', { name: 'one', fromSnapshot: 's', wait: true });
+    assert.equal(one.state, 'ready');
+  });
+});
