@@ -208,11 +208,16 @@ export function createIdentityKeeper(
       const warnings: string[] = [];
       if (restored) await applyOs(r.identity, r.entropy, undefined, warnings);
       else {
-        // A cold boot: the hostname is the µOS's or its cloud-config's, the
-        // NIC is the command line's; only the fresh entropy is for the kernel.
+        // A cold boot: the NIC is the command line's. The µOS names the VM by
+        // its id until told otherwise: the identity's name then, as a fork
+        // gets; a hostname cloud-config chose stays.
         await platform
           .mixEntropy(r.entropy)
           .catch((err: Error) => warnings.push(`entropy: ${err.message}`));
+        if (platform.uname().hostname === cmdlineVmId && r.identity.hostname !== cmdlineVmId)
+          await platform
+            .setHostname(r.identity.hostname)
+            .catch((err: Error) => warnings.push(`hostname: ${err.message}`));
       }
       for (const w of warnings) log('warn', `identity: ${w}`);
     },

@@ -81,6 +81,25 @@ test('a bad identity is ignored with a warning: the command line stays', async (
   }
 });
 
+test('at a cold boot the µOS default hostname (the VM id) becomes the VM name; a chosen one stays', async () => {
+  for (const [was, want] of [
+    [VM, 'named-vm'],
+    ['from-cloud-config', 'from-cloud-config'],
+  ] as const) {
+    const h = await startHarness({ start: false });
+    try {
+      h.platform.hostname = was;
+      h.platform.identity = identityFile({ vmId: VM, hostname: 'named-vm' });
+      await h.agent.start();
+      const hello = await h.waitFor('hello');
+      assert.equal(hello.hostname, want);
+      assert.equal(hello.restored, undefined);
+    } finally {
+      await h.close();
+    }
+  }
+});
+
 test('restored as another VM: its topics and client id, restored in hello, the old jobs and messages gone', async () => {
   const h = await startHarness({ start: false });
   try {
