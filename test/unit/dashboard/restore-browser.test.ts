@@ -175,6 +175,10 @@ test(
         ['boot', ids.base],
       ],
     );
+    // Laid out once the panel is visible: wait for the browser to have done it.
+    await page.waitForFunction(
+      "[...document.querySelectorAll('#boot-timeline .timeline .bar')].every((e) => e.getBoundingClientRect().width > 0)",
+    );
     const widths = await bars
       .locator('.bar')
       .evaluateAll((els) => els.map((e) => e.getBoundingClientRect().width));
