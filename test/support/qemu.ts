@@ -4,7 +4,9 @@
  * logs printed when a test fails, and cleanup that leaves no QEMU behind
  * (SIGKILL to every QEMU whose command line points into the test's data dir).
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { after } from 'node:test';
 import { rpcClient, type RpcClient } from '../../harness/client.js';
@@ -118,6 +120,10 @@ export async function qemuDaemon(
     c.mqtt.end(true);
     await stopProcess(d);
     killQemusOf(dataDir); // whatever state the test left its VMs in
+    // Their RAM files (mvirtd --ram-dir's default for this data dir): a QEMU
+    // killed here, with no daemon left to release it, would keep its guest
+    // RAM on /dev/shm until the next mvirtd on this data dir.
+    await rm(defaultRamDir(dataDir), { recursive: true, force: true });
   });
   return { d, c };
 }
@@ -127,3 +133,7 @@ export const field =
   (key: string, want: unknown) =>
   (_t: string, p: Buffer): boolean =>
     p.length > 0 && (JSON.parse(p.toString()) as Record<string, unknown>)[key] === want;
+
+/** mvirtd's default --ram-dir for a data dir (host/daemon/options.ts ramDirOf). */
+export const defaultRamDir = (dataDir: string): string =>
+  `/dev/shm/mvirt-${createHash('sha256').update(path.resolve(dataDir)).digest('hex').slice(0, 12)}`;
