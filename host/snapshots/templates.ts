@@ -65,13 +65,16 @@ export function createTemplates(d: TemplateDeps) {
     const image = await d.images.resolve(v.image).catch(() => null);
     if (!image) return null;
     const want = nameOf(image.name, image.manifest.key, v);
+    // One indexed lookup on every job's way; the scan below only once there is none.
+    const hit = d.store.snapshots.find(want);
+    if (hit?.state === 'ready' && hit.imageKey === image.manifest.key)
+      return { id: hit.id, name: want };
     for (const s of d.store.snapshots.list()) {
       if (!s.name.startsWith(`${TEMPLATE_PREFIX}${image.name.slice(0, 24)}-`)) continue;
       if (s.imageKey !== image.manifest.key) {
         await drop(s.id, `image ${image.name} was rebuilt`);
         continue;
       }
-      if (s.name === want && s.state === 'ready') return { id: s.id, name: want };
     }
     return null;
   }
