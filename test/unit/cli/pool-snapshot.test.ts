@@ -4,39 +4,20 @@
  * is refused before sending, and how `pool set|ls|get` show where a pool's
  * VMs come from; `snapshot rm` of a snapshot a pool forks is refused.
  */
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
+import { snapshotCliFixture } from '../../support/cli-snapshots.js';
 import assert from 'node:assert/strict';
-import { runCli } from '../../../host/cli/run.js';
-import { cliEnv } from '../../../harness/connect.js';
-import { spyRequests, type RequestSpy } from '../../../harness/daemon.js';
-import { createFakeHypervisor } from '../../../harness/fake-vms.js';
-import { memoryIo } from '../../support/cli-io.js';
-import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
+import { result } from '../../support/jobs.js';
 
 describe('mvirt pool set with snapshots against mvirtd', () => {
-  let j: JobDaemon;
-  let spy: RequestSpy;
-  before(async () => {
-    j = await startJobDaemon({
-      hv: createFakeHypervisor({ agent: 'real', capabilities: { snapshots: true } }),
-    });
-    spy = await spyRequests(j.d);
-  });
-  after(async () => {
-    await spy.stop();
-    await cleanupAll();
-  });
-
-  async function mvirt(argv: string[]) {
-    const io = memoryIo({ env: cliEnv(j.d) });
-    const code = await runCli(argv, io);
-    return { code, out: io.out(), err: io.errText() };
-  }
+  const f = snapshotCliFixture();
+  const mvirt = f.mvirt;
   /** The params of the last pool.set the daemon got. */
-  const lastSet = (): unknown => spy.requests.filter((r) => r.method === 'pool.set').at(-1)?.params;
+  const lastSet = (): unknown =>
+    f.spy.requests.filter((r) => r.method === 'pool.set').at(-1)?.params;
   const readyIn = (pool: string, n: number) =>
-    j.rec.until(
-      () => (j.rec.poolStates(pool).at(-1)?.vms.ready === n ? true : undefined),
+    f.j.rec.until(
+      () => (f.j.rec.poolStates(pool).at(-1)?.vms.ready === n ? true : undefined),
       `${n} ready in ${pool}`,
     );
 
@@ -50,7 +31,7 @@ describe('mvirt pool set with snapshots against mvirtd', () => {
   });
 
   it('contradictions are refused before sending', async () => {
-    const n = spy.requests.length;
+    const n = f.spy.requests.length;
     const cases: [string[], RegExp][] = [
       [
         ['--snapshot', '--from-snapshot', 'base'],
@@ -68,7 +49,7 @@ describe('mvirt pool set with snapshots against mvirtd', () => {
       assert.match(r.err, why);
       assert.match(r.err, /Run 'mvirt pool set --help' for usage\./);
     }
-    assert.equal(spy.requests.length, n, 'nothing was sent');
+    assert.equal(f.spy.requests.length, n, 'nothing was sent');
   });
 
   it('--snapshot, --from-snapshot and --boot: sent, stored, shown', async () => {
@@ -80,8 +61,8 @@ describe('mvirt pool set with snapshots against mvirtd', () => {
       /^pool fast: 1–1 VMs of default \(1 vCPU, 256 MiB\), forks of mvirtd's template snapshot of its image and size; now \d+ ready/,
     );
 
-    await j.serviceVm('src');
-    const snap = result(await j.c.call('vm.snapshot', { vm: 'src', name: 'base' }));
+    await f.j.serviceVm('src');
+    const snap = result(await f.j.c.call('vm.snapshot', { vm: 'src', name: 'base' }));
     r = await mvirt(['pool', 'set', 'forks', '--min', '1', '--from-snapshot', 'base']);
     assert.equal(r.code, 0, r.err);
     assert.deepEqual(lastSet(), { name: 'forks', min: 1, fromSnapshot: 'base' });

@@ -6,38 +6,18 @@
  * resume is a new boot of the guest, so the daemon's own snapshot, suspend
  * and restore paths (records, files, checks, the agent's sync) run for real.
  */
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
+import { snapshotCliFixture } from '../../support/cli-snapshots.js';
 import assert from 'node:assert/strict';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
-import { runCli } from '../../../host/cli/run.js';
 import { result } from '../../../harness/client.js';
-import { cliEnv } from '../../../harness/connect.js';
-import { spyRequests, type RequestSpy } from '../../../harness/daemon.js';
-import { createFakeHypervisor, FAKE_STATE_BYTES } from '../../../harness/fake-vms.js';
-import { memoryIo } from '../../support/cli-io.js';
-import { cleanupAll, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
+import { FAKE_STATE_BYTES } from '../../../harness/fake-vms.js';
 
 describe('mvirt snapshots, suspend and forks against mvirtd', () => {
-  let j: JobDaemon;
-  let spy: RequestSpy;
-  before(async () => {
-    j = await startJobDaemon({
-      hv: createFakeHypervisor({ agent: 'real', capabilities: { snapshots: true } }),
-    });
-    spy = await spyRequests(j.d);
-  });
-  after(async () => {
-    await spy.stop();
-    await cleanupAll();
-  });
-
-  async function mvirt(argv: string[]) {
-    const io = memoryIo({ env: cliEnv(j.d) });
-    const code = await runCli(argv, io);
-    return { code, out: io.out(), err: io.errText() };
-  }
-  const idOf = async (vm: string): Promise<string> => result(await j.c.call('vm.get', { vm })).id;
+  const f = snapshotCliFixture();
+  const mvirt = f.mvirt;
+  const idOf = async (vm: string): Promise<string> => result(await f.j.c.call('vm.get', { vm })).id;
 
   it('help lists every snapshot command and the fork options', async () => {
     const main = await mvirt(['--help']);
@@ -67,11 +47,11 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
     assert.deepEqual(JSON.parse(r.out), { snapshots: [] });
     r = await mvirt(['snapshot', 'ls', '--vm', 'nobody']);
     assert.equal(r.out, 'no snapshots of VM nobody\n');
-    assert.deepEqual(spy.requests.at(-1)?.params, { vm: 'nobody' });
+    assert.deepEqual(f.spy.requests.at(-1)?.params, { vm: 'nobody' });
   });
 
   it('fork options that a snapshot decides, or without one, are refused before sending', async () => {
-    const n = spy.requests.length;
+    const n = f.spy.requests.length;
     const cases: [string[], RegExp][] = [
       [['--count', '2'], /--count goes with --from-snapshot/],
       [['--wait'], /--wait goes with --from-snapshot/],
@@ -95,7 +75,7 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
       assert.match(r.err, why);
       assert.match(r.err, /Run 'mvirt vm create --help' for usage\./);
     }
-    assert.equal(spy.requests.length, n, 'nothing was sent');
+    assert.equal(f.spy.requests.length, n, 'nothing was sent');
   });
 
   it('an unknown snapshot is SNAPSHOT_NOT_FOUND with where to look, and makes no VM', async () => {
@@ -139,21 +119,21 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
   });
 
   it('dry runs of vm snapshot and vm suspend show the plan and change nothing', async () => {
-    await j.serviceVm('src');
+    await f.j.serviceVm('src');
     const id = await idOf('src');
     let r = await mvirt(['vm', 'snapshot', 'src', 'warm', '--dry-run']);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /^Dry run of vm\.snapshot: nothing was changed\.$/m);
     assert.match(r.out, /^ {2}VM src is ready: its state can be saved$/m);
     assert.match(r.out, /^ {2}snapshot warm: created from VM src$/m);
-    assert.deepEqual(spy.requests.at(-1)?.params, { vm: id, name: 'warm', dryRun: true });
+    assert.deepEqual(f.spy.requests.at(-1)?.params, { vm: id, name: 'warm', dryRun: true });
     assert.equal(r.err, '', 'no progress for a save that was not made');
     r = await mvirt(['vm', 'suspend', 'src', '--dry-run', '--json']);
     assert.equal(r.code, 0, r.err);
     const plan = JSON.parse(r.out) as { method: string; files: { create: string[] } };
     assert.equal(plan.method, 'vm.suspend');
     assert.deepEqual(plan.files.create, [`vm/${id}/suspend/`]);
-    assert.equal(result(await j.c.call('vm.get', { vm: 'src' })).state, 'ready');
+    assert.equal(result(await f.j.c.call('vm.get', { vm: 'src' })).state, 'ready');
     assert.equal(JSON.parse((await mvirt(['snapshot', 'ls', '--json'])).out).snapshots.length, 0);
   });
 
@@ -166,7 +146,7 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
     assert.match(r.err, /^saving the state of src \(vm-\w+\)…$/m);
     assert.match(r.err, /^ {2}src: paused \(saving its state \(snapshot\)\) after/m);
     assert.match(r.err, /^ {2}src: ready \(state saved\) after/m);
-    assert.equal(result(await j.c.call('vm.get', { vm: 'src' })).state, 'ready');
+    assert.equal(result(await f.j.c.call('vm.get', { vm: 'src' })).state, 'ready');
 
     r = await mvirt(['snapshot', 'ls']);
     assert.match(
@@ -194,7 +174,7 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
 
     r = await mvirt(['vm', 'create', 'w', '--from-snapshot', 'warm', '--count', '2', '--wait']);
     assert.equal(r.code, 0, r.err);
-    assert.deepEqual(spy.requests.at(-1)?.params, {
+    assert.deepEqual(f.spy.requests.at(-1)?.params, {
       name: 'w',
       fromSnapshot: 'warm',
       count: 2,
@@ -247,7 +227,7 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
     const r0 = await mvirt(['vm', 'snapshot', 'src', 'frail', '--json']);
     assert.equal(r0.code, 0, r0.err);
     const snap = JSON.parse(r0.out) as { id: string };
-    const fh = await open(path.join(j.dataDir, 'snapshots', snap.id, 'state.bin'), 'r+');
+    const fh = await open(path.join(f.j.dataDir, 'snapshots', snap.id, 'state.bin'), 'r+');
     await fh.write(Buffer.from('garbage'), 0, 7, 100);
     await fh.close();
     const r = await mvirt(['vm', 'create', 'bad', '--from-snapshot', 'frail']);
