@@ -51,6 +51,7 @@ const snapshots: BenchModule = async (emit) => {
     ...['--data-dir', dataDir, '--images-dir', IMAGES, '--host-id', HOST_ID],
     ...['--listen', '127.0.0.1:0', '--boot-timeout-ms', String(BOOT_MS), '--stop-vms-on-exit'],
     ...['--max-vms', '16', '--max-memory-mib', '8192', '--max-vcpus', '16'],
+    // e.g. MVIRT_BENCH_DAEMON_ARGS='--ram-dir none': the same rows with RAM in the stream.
     ...(process.env.MVIRT_BENCH_DAEMON_ARGS?.split(' ').filter(Boolean) ?? []),
   ]);
   const c = await rpcClient(d);
