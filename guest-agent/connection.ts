@@ -19,6 +19,10 @@ import type { Settings } from './settings.js';
 const MqttClient = mqttClientModule.default;
 type MqttClient = InstanceType<typeof MqttClient>;
 
+/** mqtt.js's error for a CONNACK out of turn (MQTT reason code 130, protocol error). */
+const isDuplicateConnack = (err: Error): boolean =>
+  (err as Error & { code?: number }).code === 130 && /duplicate CONNACK/.test(err.message);
+
 export interface ConnectionOptions {
   keepaliveS: number;
   connectTimeoutMs: number;
@@ -67,12 +71,12 @@ export function createConnection(
   let timer: NodeJS.Timeout | null = null;
   let lastError = '';
 
-  const schedule = () => {
+  const schedule = (delayMs = backoff.next()) => {
     if (stopped || timer) return;
     timer = setTimeout(() => {
       timer = null;
       void attempt();
-    }, backoff.next());
+    }, delayMs);
   };
 
   // Log a failing attempt once per distinct reason, not on every retry.
@@ -119,26 +123,42 @@ export function createConnection(
         ...creds,
       });
       current = client;
-      client.on('error', (err) => noteFailure(`mqtt: ${err.message}`));
+      client.on('error', (err) => {
+        // The host's wake for a resumed guest (host/agent/sessions.ts): this
+        // session is stale by design, not a fault worth a warning.
+        if (!isDuplicateConnack(err)) return noteFailure(`mqtt: ${err.message}`);
+        hooks.log('debug', `mqtt: ${err.message}`);
+        // mqtt.js has already destroyed the stream; its 'close' comes a turn
+        // or more later (88 ms measured under TCG right after a restore, when
+        // every path runs for the first time since the TCG cache was empty).
+        closed(client, true);
+      });
       client.on('message', (topic, payload) => {
         if (current === client) hooks.onMessage(topic, payload);
       });
       client.on('connect', () => void onConnect(client, vmId));
-      client.on('close', () => {
-        if (current !== client) return;
-        current = null;
-        outbox.detach();
-        if (connected) {
-          connected = false;
-          hooks.onDisconnected?.();
-        }
-        client.end(true);
-        schedule();
-      });
+      client.on('close', () => closed(client));
     } catch (err) {
       noteFailure(`channel ${settings.channel.kind}: ${(err as Error).message}`);
       schedule();
     }
+  }
+
+  /**
+   * The session on `client` is over (once per client): detach, then try
+   * again: at once after the host's wake for a resumed guest, whose session
+   * was stale by design; after the backoff otherwise.
+   */
+  function closed(client: MqttClient, atOnce = false): void {
+    if (current !== client) return;
+    current = null;
+    outbox.detach();
+    if (connected) {
+      connected = false;
+      hooks.onDisconnected?.();
+    }
+    client.end(true);
+    schedule(atOnce ? 0 : undefined);
   }
 
   async function onConnect(client: MqttClient, vmId: string): Promise<void> {

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import type { Duplex } from 'node:stream';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -125,6 +127,44 @@ test('a host that is not there at start: the agent keeps retrying, then connects
     h.platform.channelAvailable = true;
     await h.waitFor('ready');
     assert.deepEqual(h.received.map((m) => m.kind).slice(0, 2), ['hello', 'ready']);
+  } finally {
+    await h.close();
+  }
+});
+
+test("the host's wake for a resumed guest (a CONNACK out of turn): the agent starts a new session at once, with no warning", async () => {
+  // A backoff no test waits out: only the immediate retry can reconnect here.
+  const h = await startHarness({
+    start: false,
+    agent: {
+      connection: {
+        keepaliveS: 30,
+        connectTimeoutMs: 5000,
+        backoff: { initialMs: 60_000, maxMs: 60_000, factor: 1, jitter: 0 },
+      },
+    },
+  });
+  try {
+    const channel = once(h.platform.events, 'channel');
+    await h.agent.start();
+    const [hostSide] = (await channel) as [Duplex];
+    await h.waitFor('ready');
+    const since = h.received.length;
+    const attempt = once(h.platform.events, 'attempt');
+    // What host/agent/sessions.ts writes first on a resumed guest's new channel.
+    hostSide.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
+    await attempt;
+    await h.waitFor('ready', undefined, { since });
+    assert.deepEqual(
+      h.received
+        .slice(since)
+        .map((m) => m.kind)
+        .filter((k) => k === 'hello' || k === 'ready'),
+      ['hello', 'ready'],
+    );
+    assert.equal(h.platform.channelSpecs.length, 2);
+    const warned = h.all('log').filter((l) => l.level !== 'debug' && /CONNACK/.test(l.message));
+    assert.deepEqual(warned, []);
   } finally {
     await h.close();
   }
