@@ -22,6 +22,7 @@ import type { ResolvedImage } from './images.js';
 import { clearTimers, exitsWithin, newLive, type Live } from './live.js';
 import { isActiveVm } from '../../protocol/states.js';
 import { planSteps, runSteps, StepError, type Step } from './steps.js';
+import { yieldingPart, type YieldingMode } from './yielding.js';
 
 /** The hypervisor interface takes a plain pino Logger; ours has the extra `audit` level. */
 export const plain = (l: MvirtLogger): Logger => l as unknown as Logger;
@@ -43,18 +44,29 @@ export function bootPart(
   ctx: VmContext,
 ): Pick<VmContext, 'admissionProblem' | 'boot' | 'planBoot'> {
   const { vms, options, network, hypervisors, lives } = ctx;
+  const yielding = yieldingPart(ctx);
 
   /**
    * The one admission check: why one more VM of this size would not fit now,
    * or null. `reserved`: VMs a caller is still creating (not `starting` yet,
    * so not in allocated()).
    */
-  function admissionProblem(vm: Size, reserved: Reserved = NOTHING_RESERVED): MvirtError | null {
+  function admissionProblem(
+    vm: Size,
+    reserved: Reserved = NOTHING_RESERVED,
+    mode: YieldingMode = 'free',
+  ): MvirtError | null {
+    return problemWith(vm, reserved, yielding.freeIn(mode));
+  }
+
+  /** admissionProblem, with the room of the VMs in `free` (yielding ones) counted as free. */
+  function problemWith(vm: Size, reserved: Reserved, free: string[]): MvirtError | null {
     const held = vms.allocated();
+    const gone = yielding.heldBy(free);
     const a = {
-      vms: held.vms + reserved.vms,
-      vcpus: held.vcpus + reserved.vcpus,
-      memoryMiB: held.memoryMiB + reserved.memoryMiB,
+      vms: held.vms + reserved.vms - gone.vms,
+      vcpus: held.vcpus + reserved.vcpus - gone.vcpus,
+      memoryMiB: held.memoryMiB + reserved.memoryMiB - gone.memoryMiB,
     };
     const l = options.limits;
     if (a.vms + 1 > l.maxVms) {
@@ -124,8 +136,11 @@ export function bootPart(
       // Check and reserve in one synchronous block: the `starting` row is the
       // reservation the next admission check sees.
       name: 'admission',
-      run: (c) => {
-        admit(c);
+      run: async (c) => {
+        // Room that yielding VMs (idle spares) hold is made first; then the
+        // check counts them as held, and reserves, in one synchronous block.
+        await yielding.makeRoom(c.vm, (free) => problemWith(c.vm, NOTHING_RESERVED, free));
+        admit(c, 'held');
         c.vm = ctx.transition(c.vm.id, 'starting', 'start requested');
         lives.set(c.vm.id, c.live!);
         ctx.lastFailure.delete(c.vm.id);
@@ -135,6 +150,9 @@ export function bootPart(
       },
       plan: (c, b) => {
         admit(c);
+        const y = ctx.yielding;
+        if (y && !y.ids().includes(c.vm.id) && problemWith(c.vm, NOTHING_RESERVED, []) !== null)
+          b.step("destroy idle spare VMs (mvirtd's own, resumed ahead for jobs) until it fits");
         const l = options.limits;
         const held = vms.allocated();
         b.admit(
@@ -287,9 +305,9 @@ export function bootPart(
     };
   }
 
-  function admit(c: BootCtx): void {
+  function admit(c: BootCtx, mode: YieldingMode = 'free'): void {
     if (ctx.closing) throw new MvirtError('SHUTTING_DOWN', 'mvirtd is shutting down');
-    const problem = admissionProblem(c.vm);
+    const problem = admissionProblem(c.vm, NOTHING_RESERVED, mode);
     if (problem) throw problem;
   }
 

@@ -25,6 +25,7 @@ import type { VolumeAttach } from '../volumes/attach.js';
 import type { VolumeFiles } from '../volumes/files.js';
 import type { SnapshotFiles } from '../snapshots/files.js';
 import type { ForkVolumes } from './fork-disks.js';
+import type { YieldingMode, YieldingVms } from './yielding.js';
 
 export interface VmManagerOptions {
   /** `<data-dir>/vm`: one folder per VM id. */
@@ -103,6 +104,8 @@ export interface VmContext extends Omit<VmManagerDeps, 'log'> {
   readonly locks: Map<string, Promise<unknown>>;
   /** The daemon is shutting down: no new boots. */
   closing: boolean;
+  /** VMs that give way to any other (idle spares; yielding.ts), once the job manager says which. */
+  yielding: YieldingVms | null;
 
   now(): string;
   dirOf(id: string): string;
@@ -128,7 +131,7 @@ export interface VmContext extends Omit<VmManagerDeps, 'log'> {
   openAgent(live: Live, overNetwork: boolean): void;
   attachConsole(live: Live): Promise<void>;
   // boot.ts
-  admissionProblem(size: Size, reserved?: Reserved): MvirtError | null;
+  admissionProblem(size: Size, reserved?: Reserved, mode?: YieldingMode): MvirtError | null;
   boot(id: string): Promise<VmRecord>;
   /** vm.start's dry run (boot.ts). */
   planBoot(id: string, plan: PlanBuilder): Promise<void>;
@@ -154,6 +157,7 @@ export function createVmContext(deps: VmManagerDeps): VmContext {
     states,
     locks,
     closing: false,
+    yielding: null,
     now: (): string => new Date().toISOString(),
     dirOf: (id: string): string => path.join(deps.options.vmDir, id),
     publish(topic: string, payload: string | Buffer, retain = false): void {

@@ -46,6 +46,7 @@ import { vmPlans } from './plan.js';
 import { recoveryPart } from './recovery.js';
 import { stopPart } from './stop.js';
 import { transitionPart } from './transition.js';
+import type { YieldingMode, YieldingVms } from './yielding.js';
 
 export type { CreateVmParams, VmManagerDeps, VmManagerOptions } from './context.js';
 
@@ -109,9 +110,17 @@ export function createVmManager(deps: VmManagerDeps) {
 
     /** Resources held by VMs that are not stopped or failed. */
     allocated: () => vms.allocated(),
-    /** Would a VM of this size pass admission control now (see admissionProblem)? */
-    canAdmit: (size: Size, reserved?: Reserved): boolean =>
-      ctx.admissionProblem(size, reserved) === null,
+    /**
+     * Would a VM of this size pass admission control now (see
+     * admissionProblem)? By default the room of yielding VMs counts as free
+     * (its boot makes it); `yielding: 'held'`: fits without displacing any.
+     */
+    canAdmit: (size: Size, reserved?: Reserved, o: { yielding?: YieldingMode } = {}): boolean =>
+      ctx.admissionProblem(size, reserved, o.yielding) === null,
+    /** Who the yielding VMs are (host/jobs/spares.ts): they give way to any other VM's boot. */
+    setYielding(y: YieldingVms | null): void {
+      ctx.yielding = y;
+    },
     defaults: deps.options.defaults,
     /** IMAGE_NOT_FOUND unless the image exists (for job.run and pool.set, like vm.create). */
     async checkImage(name: string): Promise<void> {
