@@ -30,6 +30,7 @@ import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
 import { createVmDestroyer } from '../jobs/destroyer.js';
 import { DEFAULT_OUTPUT_OPTIONS } from '../jobs/output.js';
 import { createPoolManager } from '../jobs/pools.js';
+import { createSpares } from '../jobs/spares.js';
 import { createVolumeFiles } from '../volumes/files.js';
 import { createVolumeTransitions } from '../volumes/transition.js';
 import { createVolumeAttach } from '../volumes/attach.js';
@@ -318,6 +319,13 @@ export async function startDaemon(
       templates,
       snapshots: store.snapshots,
     });
+    const spares = createSpares({
+      vms,
+      templates,
+      destroyer,
+      log,
+      options: { count: opts.templates ? opts.spares : 0, idleMs: opts.spareIdleMs },
+    });
     const jobs = createJobManager({
       repo: store.jobs,
       destroyer,
@@ -325,6 +333,7 @@ export async function startDaemon(
       agents,
       pools,
       templates,
+      spares,
       events,
       bus,
       topics: t,
@@ -467,6 +476,7 @@ export async function startDaemon(
       close: () =>
         (closing ??= (async () => {
           await api.close();
+          spares.close();
           await jobs.close();
           await pools.close();
           await vms.shutdown(opts.stopVmsOnExit);

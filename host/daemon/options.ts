@@ -70,6 +70,10 @@ export interface DaemonOptions {
   stopVmsOnExit: boolean;
   /** Ephemeral VMs (jobs without a VM, snapshot pools) fork a template snapshot of their kind; --no-templates: they boot. */
   templates: boolean;
+  /** Ready forks kept per kind for jobs without a VM (host/jobs/spares.ts); 0: none. */
+  spares: number;
+  /** A kind with no such job for this long loses its spares. */
+  spareIdleMs: number;
   /** Run hypervisors as mvirtd's user, no cgroup (debugging, the confinement bench). */
   unconfined: boolean;
   /** Guest RAM as files in this folder (tmpfs): fast snapshots and restores; null: anonymous RAM. */
@@ -141,6 +145,11 @@ export const USAGE = `usage: mvirtd [options]
   --stop-vms-on-exit        stop every VM when mvirtd exits (default: leave them running)
   --no-templates            boot every ephemeral VM (default: the first of each image and
                             size is snapshotted once ready, the rest resume from it)
+  --spares N                keep N forks of a template resumed and ready for the next
+                            jobs without a VM of that kind (default 1; 0: none); they
+                            give way to any other VM that needs their room
+  --spare-idle-s N          destroy a kind's spares after N s without such a job
+                            (default 600)
   --events-retention-days N keep events this many days (default 30; audit records apart)
   --events-max-rows N       keep at most this many events (default 100000; audit records apart)
   --audit-retention-days N  keep audit records this many days (default 365, at least
@@ -286,6 +295,8 @@ export function parseOptions(
         'tls-client-ca': { type: 'string' },
         'stop-vms-on-exit': { type: 'boolean' },
         'no-templates': { type: 'boolean' },
+        spares: { type: 'string' },
+        'spare-idle-s': { type: 'string' },
         unconfined: { type: 'boolean' },
         'ram-dir': { type: 'string' },
         'events-retention-days': { type: 'string' },
@@ -377,6 +388,8 @@ export function parseOptions(
       (values['allow-anonymous'] as boolean | undefined) ?? str('users') === undefined,
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,
     templates: !((values['no-templates'] as boolean | undefined) ?? false),
+    spares: int(str('spares'), 'spares', 1, 0, 64),
+    spareIdleMs: int(str('spare-idle-s'), 'spare-idle-s', 600, 1, 86_400) * 1000,
     unconfined: (values.unconfined as boolean | undefined) ?? false,
     ramDir: ramDirOf(str('ram-dir'), dataDir),
     logLevel,

@@ -19,6 +19,7 @@ import type { Topics } from '../../protocol/topics.js';
 import type { VmDestroyer } from './destroyer.js';
 import type { OutputLog, OutputLogOptions } from './output.js';
 import type { PoolManager } from './pools.js';
+import type { Spares } from './spares.js';
 
 export interface JobManagerOptions {
   output: OutputLogOptions;
@@ -81,6 +82,8 @@ export interface JobManagerDeps {
   pools: PoolManager;
   /** Template snapshots: ephemeral VMs as forks instead of boots (host/snapshots/templates.ts). */
   templates?: Templates;
+  /** Forks resumed ahead for jobs without a VM (spares.ts). */
+  spares?: Spares;
   events: EventLog;
   bus: Bus;
   topics: Topics;

@@ -104,6 +104,15 @@ export function placementPart(ctx: JobContext): PlacementPart & {
         memoryMiB: size.memoryMiB,
         metadata: { [META_JOB]: a.id },
       };
+      // A spare of this kind, resumed ahead and ready: the job runs at once.
+      const spare = ctx.spares?.take(v);
+      if (spare) {
+        a.vmId = spare;
+        a.ownsVm = true;
+        repo.setVm(a.id, spare, ctx.now());
+        if (a.cancelRequested) return ctx.destroyVm(spare, 'its job was cancelled');
+        return startOn(a, spare, true);
+      }
       // A fork of the template of this kind of VM, or a boot (that becomes the template).
       ({ vm, template } = ctx.templates
         ? await ctx.templates.create(v)
@@ -117,6 +126,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
       // Fresh and ready, nothing run yet: the moment to keep it as the template.
       if (template === 'wanted') await ctx.templates!.adopt(vms.get(vm.id));
       void execute(a, vm.id);
+      ctx.spares?.jobVmReady(v);
     } catch (err) {
       if (err instanceof MvirtError && err.code === 'CAPACITY_EXCEEDED' && active.has(a.id)) {
         // Someone took the room between the check and the boot: wait again.

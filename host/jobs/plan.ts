@@ -48,9 +48,15 @@ export function jobPlans(ctx: JobContext, checks: JobChecks, creatingEphemeral: 
           : `wait in the queue until ${size(want.vcpus, want.memoryMiB)} fit (${heldText})`,
       );
     }
-    b.step(
-      `boot an ephemeral VM job-… from image ${image} (${size(want.vcpus, want.memoryMiB)}), then run`,
-    );
+    const spare = ahead === 0 ? ctx.spares?.peek({ image, ...want }) : null;
+    if (spare)
+      b.step(
+        `take spare VM ${ctx.safeGet(spare)?.name ?? spare} (resumed ahead from the template of image ${image}, ${size(want.vcpus, want.memoryMiB)}, ready), then run; resume another spare`,
+      );
+    else
+      b.step(
+        `boot an ephemeral VM job-… from image ${image} (${size(want.vcpus, want.memoryMiB)}), then run`,
+      );
   }
 
   return {
@@ -83,7 +89,10 @@ export function jobPlans(ctx: JobContext, checks: JobChecks, creatingEphemeral: 
       if (p.wait) b.step('wait for the job to end, then answer with its output');
       if (t.kind !== 'vm') b.step('kill and delete its VM once the job ends');
       b.change(`job: queued ${where}`);
-      if (t.kind === 'image')
+      if (
+        t.kind === 'image' &&
+        !ctx.spares?.peek({ image: t.image, vcpus: spec.vcpus!, memoryMiB: spec.memoryMiB! })
+      )
         b.change(`vm job-…: created (ephemeral, ${size(spec.vcpus!, spec.memoryMiB!)})`);
       b.change('event: audit "job …: queued"');
       return b.done();

@@ -57,6 +57,8 @@ export function recoverJobs(ctx: JobContext): void {
     if (vm.kind === 'ephemeral' && !active.has(vm.metadata[META_JOB]!))
       ctx.destroyVm(vm.id, 'left over from a finished job');
   }
+  // Spares no job took before the restart: made afresh when jobs come.
+  ctx.spares?.recover(new Set([...active.values()].flatMap((a) => (a.vmId ? [a.vmId] : []))));
   ctx.log.info({ jobs: active.size }, 'job recovery done');
   ctx.republishQueue();
   ctx.pump();

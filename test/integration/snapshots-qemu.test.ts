@@ -254,7 +254,9 @@ test(
         'a fork of the template, taken before the first job ran',
       );
       assert.notEqual(second.r.vm, first.r.vm);
-      assert.match(third.r.stdout!, /^job-/);
+      // Its own VM's name (a job's VM, or the spare it took), not the template's source's.
+      assert.match(third.r.stdout!, /^(job|spare)-[0-9a-f]+\n$/);
+      assert.notEqual(third.r.stdout, `job-${first.r.jobId.slice(4, 16)}\n`);
       const restored = ok(
         await c.call('events.query', { objectId: second.r.vm!, limit: 100 }),
       ).events.filter((e) => /restored/.test(e.message));
