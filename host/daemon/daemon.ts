@@ -322,6 +322,8 @@ export async function startDaemon(
     const spares = createSpares({
       vms,
       templates,
+      agents,
+      events,
       destroyer,
       log,
       options: { count: opts.templates ? opts.spares : 0, idleMs: opts.spareIdleMs },

@@ -110,7 +110,9 @@ export function placementPart(ctx: JobContext): PlacementPart & {
         a.vmId = spare;
         a.ownsVm = true;
         repo.setVm(a.id, spare, ctx.now());
-        if (a.cancelRequested) return ctx.destroyVm(spare, 'its job was cancelled');
+        await ctx.spares!.warmed(spare);
+        if (a.cancelRequested || !active.has(a.id))
+          return ctx.destroyVm(spare, 'its job ended before it started');
         return startOn(a, spare, true);
       }
       // A fork of the template of this kind of VM, or a boot (that becomes the template).

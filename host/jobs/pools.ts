@@ -37,13 +37,13 @@ import { errText } from './context.js';
 import { META_POOL, poolMembers, type Member } from './pool-members.js';
 import { poolPlans, type PoolNeeds } from './pool-plan.js';
 import { poolSetCheck } from './pool-set.js';
+import { warmUp } from './warm-up.js';
 import { isAgentLiveVm, isInactiveVm } from '../../protocol/states.js';
 
 export { META_POOL };
 
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 60_000;
-const WARMUP_TIMEOUT_MS = 30_000;
 
 export interface PoolManagerDeps {
   repo: PoolRepo;
@@ -263,17 +263,8 @@ export function createPoolManager(deps: PoolManagerDeps) {
       // Fresh and ready, nothing run yet: the moment to keep it as the template.
       if (made.template === 'wanted') await templates!.adopt(vms.get(id));
       made.release();
-      // Warm-up: one throw-away exec, so that the guest (and, under TCG, the
-      // emulator's code cache) has been through the spawn path before the
-      // first real job pays for it. A pool's promise is a VM ready to run.
-      await agents
-        .call(
-          id,
-          'exec',
-          { jobId: `warmup-${randomBytes(6).toString('hex')}`, argv: ['/bin/true'] },
-          WARMUP_TIMEOUT_MS,
-        )
-        .catch((err: unknown) => log.debug({ vmId: id, err: String(err) }, 'warm-up exec failed'));
+      // A pool's promise is a VM ready to run: through the spawn path once.
+      await warmUp(agents, id, log);
       warming.delete(id);
       st.booting.delete(id);
       st.backoffMs = BACKOFF_MIN_MS;

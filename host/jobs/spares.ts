@@ -6,6 +6,8 @@
  * while nothing waits takes that out of the job's path, as E2B's and
  * Firecracker's warm pools do.
  *
+ * A spare runs a warm-up exec (warm-up.ts) before its first job, as a pool's
+ * VM does, and says it is ready for one with an event.
  * Kept per kind (image, vCPUs, memory), made only once the kind has a
  * template and a job of that kind ran, at most `count` per kind, and gone
  * after `idleMs` with no job of its kind. A spare never costs another VM its
@@ -17,10 +19,13 @@
  * restart, spares no job took are destroyed (recover()).
  */
 import { randomBytes } from 'node:crypto';
+import type { AgentSessions } from '../agent/sessions.js';
+import type { EventLog } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
 import type { Templates } from '../snapshots/templates.js';
 import type { VmManager } from '../vm/manager.js';
 import type { VmDestroyer } from './destroyer.js';
+import { warmUp } from './warm-up.js';
 
 /** VM metadata key of a spare: its kind. */
 export const META_SPARE = 'mvirt.spare';
@@ -43,7 +48,9 @@ export interface SpareKind {
 export interface SpareDeps {
   vms: Pick<VmManager, 'get' | 'start' | 'tagged' | 'canAdmit' | 'setYielding'>;
   templates: Templates;
+  agents: Pick<AgentSessions, 'call'>;
   destroyer: VmDestroyer;
+  events: Pick<EventLog, 'append'>;
   log: MvirtLogger;
   options: SpareOptions;
 }
@@ -55,6 +62,8 @@ export function createSpares(d: SpareDeps) {
   const { count, idleMs } = d.options;
   /** Spares no job has taken, by VM id → kind key (starting ones too). */
   const free = new Map<string, string>();
+  /** Ready, their warm-up exec (warm-up.ts) still running: taken last, and a job waits for it. */
+  const warming = new Map<string, Promise<void>>();
   /** Per kind in use: its idle timer, and whether a spare is being made. */
   const kinds = new Map<string, { kind: SpareKind; idle: NodeJS.Timeout; making: boolean }>();
   let closed = false;
@@ -62,19 +71,20 @@ export function createSpares(d: SpareDeps) {
   const freeOf = (key: string): string[] =>
     [...free].filter(([, k]) => k === key).map(([id]) => id);
 
-  /** A free spare of this kind that is ready now (one deleted by hand is forgotten). */
+  /**
+   * A free spare of this kind that is ready now, warmed up before one still
+   * warming (one deleted by hand is forgotten).
+   */
   function readyOf(key: string): string | undefined {
-    for (const id of freeOf(key)) {
-      let state: string;
+    const ready = freeOf(key).filter((id) => {
       try {
-        state = d.vms.get(id).state;
+        return d.vms.get(id).state === 'ready';
       } catch {
         free.delete(id);
-        continue;
+        return false;
       }
-      if (state === 'ready') return id;
-    }
-    return undefined;
+    });
+    return ready.find((id) => !warming.has(id)) ?? ready[0];
   }
 
   /** Destroy spares; resolves once every one is gone. */
@@ -117,9 +127,20 @@ export function createSpares(d: SpareDeps) {
           return;
         }
         try {
-          await d.vms.start(made.vm.id, true);
-          log.debug({ vmId: made.vm.id, kind: key }, 'spare VM ready');
+          const vm = await d.vms.start(made.vm.id, true);
+          const warm = warmUp(d.agents, vm.id, log);
+          warming.set(vm.id, warm);
+          await warm;
+          warming.delete(vm.id);
+          d.events.append({
+            level: 'info',
+            component: 'job',
+            message: `spare VM ${vm.name} ready for the next job without a VM of ${key}`,
+            objects: [vm.id],
+            data: { kind: key },
+          });
         } catch (err) {
+          warming.delete(made.vm.id);
           const gone = !free.has(made.vm.id); // taken by a boot that needed the room
           await release([made.vm.id], 'it could not resume');
           if (gone) return;
@@ -161,6 +182,11 @@ export function createSpares(d: SpareDeps) {
       if (id !== undefined) free.delete(id);
       void fill(key);
       return id ?? null;
+    },
+
+    /** Resolves once a taken spare's warm-up exec is done (at once when it was). */
+    warmed(id: string): Promise<void> {
+      return warming.get(id) ?? Promise.resolve();
     },
 
     /** The kind's job VM is ready (and its template made, if it had none): make its spares. */
