@@ -274,6 +274,7 @@ export function createAgent(
       },
       onConnected() {
         opts.console('connected');
+        platform.prepare?.();
         // The broker has acknowledged the hello that carried it.
         restored = undefined;
         const d = outbox.takeDrops();

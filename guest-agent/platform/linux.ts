@@ -15,6 +15,7 @@ import {
   type PowerAction,
 } from './types.js';
 import { createClockSetter } from './clock.js';
+import { createHelperShell } from './helper-shell.js';
 import { findVirtioPort, openPollableDevice } from './virtio.js';
 import { createJobGroups } from './cgroups.js';
 import type { SeedIo } from '../cloud-init.js';
@@ -113,11 +114,18 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   // even though JavaScript started running later.
   const processStartS = uptimeS() - process.uptime();
   const groups = createJobGroups({ root: o.cgroupRoot });
+  const helper = createHelperShell({ PATH: DEFAULT_PATH });
   const clock = createClockSetter({
     wallMs: () => Date.now(),
     monoMs: () => performance.now(),
     wait: (ms) => new Promise((r) => setTimeout(r, ms)),
-    setSeconds: (s) => run(['date', '-u', '-s', `@${s}`]),
+    async setSeconds(s) {
+      const argv = ['date', '-u', '-s', `@${s}`];
+      const code = await helper.run(argv).catch(() => null);
+      // No helper shell to be had: a spawn of our own, which says why it fails.
+      if (code === null) return run(argv);
+      if (code !== 0) throw new Error(`${argv.join(' ')}: exit ${code}`);
+    },
   });
 
   return {
@@ -200,6 +208,7 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       }
     },
     setClock: (nowMs) => clock.set(nowMs),
+    prepare: () => helper.warm(),
     async mixEntropy(bytes) {
       // Written bytes are mixed into the pool but not credited: crediting
       // needs the RNDADDENTROPY ioctl, which Node cannot make. Restores are

@@ -85,6 +85,11 @@ export interface Platform {
    * of this call). Resolves with how far off it still is (wall − true, ms).
    */
   setClock(nowMs: number): Promise<number>;
+  /**
+   * The agent is connected and idle: start what setClock and friends use
+   * later (the helper shell), off the boot's path to `ready`.
+   */
+  prepare?(): void;
   /** Mix bytes into the kernel's random pool (without crediting entropy). */
   mixEntropy(bytes: Uint8Array): Promise<void>;
   /** Set the kernel's hostname (nodename). */
