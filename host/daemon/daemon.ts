@@ -5,7 +5,7 @@
  * dashboard); recovery before the API serves anyone, so the first answer
  * already reflects re-attached VMs. `close()` undoes it in reverse.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rmdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../broker/index.js';
@@ -482,6 +482,8 @@ export async function startDaemon(
           await jobs.close();
           await pools.close();
           await vms.shutdown(opts.stopVmsOnExit);
+          // The RAM folder goes with the last VM (it is made again at the next launch).
+          if (opts.ramDir) await rmdir(opts.ramDir).catch(() => undefined);
           await agents.close();
           events.append({
             level: 'audit',

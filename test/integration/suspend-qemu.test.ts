@@ -14,10 +14,12 @@ import { open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { RpcClient } from '../../harness/client.js';
+import { stopProcess } from '../../harness/daemon.js';
 import {
   BOOT_MS,
   explained,
   ok,
+  defaultRamDir,
   qemuDaemon,
   skipNoImage as skip,
   tempDataDir,
@@ -41,7 +43,7 @@ test(
   () =>
     explained(async () => {
       const dataDir = await tempDataDir('mvirt-suspend-');
-      const { c } = await qemuDaemon(dataDir);
+      const { c, d } = await qemuDaemon(dataDir);
       const vm = ok(await c.call('vm.create', { name: 's1', memoryMiB: 256 }));
       const booted = ok(
         await c.call('vm.start', { vm: 's1', wait: true }, { timeoutMs: BOOT_MS + 10_000 }),
@@ -107,5 +109,11 @@ test(
       );
       trackPid(cold.pid);
       assert.notEqual((await sh(c, 's1', 'cat /proc/sys/kernel/random/boot_id')).trim(), bootId);
+
+      // mvirtd stops its VMs on exit here: their RAM folder on /dev/shm goes with them.
+      assert.ok(existsSync(defaultRamDir(dataDir)), 'guest RAM is a file there');
+      c.mqtt.end(true);
+      await stopProcess(d);
+      assert.equal(existsSync(defaultRamDir(dataDir)), false, 'no RAM folder left in /dev/shm');
     }),
 );
