@@ -63,7 +63,8 @@ interface Job {
 export interface Jobs {
   /** Start (or recognise a duplicate of) a job; resolves with the reply's result. */
   exec(msg: Exec): Promise<{ pid: number | null; duplicate?: true }>;
-  stdin(msg: Stdin): void;
+  /** Resolves once the pipe took the bytes: whether it takes more. */
+  stdin(msg: Stdin): { open: boolean } | Promise<{ open: boolean }>;
   signal(msg: Signal): { running: boolean };
   /** For hello: what we still know about. */
   known(): Hello['jobs'];
@@ -302,12 +303,20 @@ export function createJobs(
       const j = jobs.get(msg.jobId);
       if (!j) throw new AgentError('JOB_NOT_FOUND', `no job ${msg.jobId}`);
       const s = j.proc?.stdin;
-      if (j.exit || !s || s.writableEnded) {
+      if (j.exit || !s || s.writableEnded || s.destroyed) {
         sinks.log('debug', `job ${j.id}: stdin after its end ignored`);
-        return;
+        return { open: false };
       }
-      if (msg.data.length > 0) s.write(msg.data);
+      // Answered once the pipe has taken the bytes: the host sends the next
+      // chunk only then, so a job that reads slowly holds its writer back.
+      const written = new Promise<{ open: boolean }>((resolve) => {
+        const done = () => resolve({ open: !msg.eof && !s.destroyed });
+        if (msg.data.length === 0) return done();
+        // An EPIPE (the job stopped reading) ends up here as well: not open.
+        s.write(msg.data, (err) => (err ? resolve({ open: false }) : done()));
+      });
       if (msg.eof) s.end();
+      return written;
     },
     signal(msg) {
       const j = jobs.get(msg.jobId);

@@ -280,7 +280,13 @@ export const Exec = z.strictObject({
 });
 export type Exec = z.infer<typeof Exec>;
 
-export const Stdin = z.strictObject({ jobId, data: bytes, eof: z.boolean().optional() });
+/** With an `id`, the agent replies once the bytes are in the job's stdin pipe (backpressure): `{open}`. */
+export const Stdin = z.strictObject({
+  id: reqId.optional(),
+  jobId,
+  data: bytes,
+  eof: z.boolean().optional(),
+});
 export type Stdin = z.infer<typeof Stdin>;
 
 export const Signal = z.strictObject({ id: reqId.optional(), jobId, signal: z.enum(SIGNALS) });

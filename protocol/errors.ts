@@ -28,6 +28,8 @@ export const ERROR_CODES = {
   AGENT_ERROR: 'The guest agent reported an error.',
   JOB_NOT_FOUND: 'No job with that id.',
   JOB_DUPLICATE: 'A job with that id already exists.',
+  JOB_NOT_RUNNING:
+    'The job is not running: it is still queued (wait for `running`) or has finished; details give its state.',
   POOL_NOT_FOUND: 'No pool with that name.',
   VOLUME_NOT_FOUND: 'No volume with that id or name.',
   VOLUME_EXISTS: 'A volume with that name already exists.',

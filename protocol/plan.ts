@@ -26,6 +26,8 @@ export const MUTATING_METHODS = [
   'snapshot.delete',
   'job.run',
   'job.cancel',
+  'job.signal',
+  'job.stdin',
   'pool.set',
   'pool.delete',
   'volume.create',

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
-import { JobArgv, JobEnv, JobTimeoutMs } from './agent.js';
+import { JobArgv, JobEnv, JobTimeoutMs, SIGNALS } from './agent.js';
 import { MetricsResult } from './metrics.js';
 import { DRY_RUN } from './plan.js';
 import {
@@ -78,6 +78,8 @@ export const JobId = z
 export const JOB_LOGS_PAGE_BYTES = 4 * 1024 * 1024;
 /** job.run's stdin, in bytes of UTF-8: a request must stay under the broker's packet limit. */
 export const JOB_STDIN_BYTES = 512 * 1024;
+/** job.stdin: at most this many bytes per call (base64 in the request). */
+export const JOB_STDIN_CHUNK_BYTES = 256 * 1024;
 /** job.run {wait}: stdout and stderr are each cut to this many bytes (`truncated` says so). */
 export const JOB_WAIT_OUTPUT_BYTES = 1024 * 1024;
 
@@ -222,6 +224,8 @@ export const PARAMS = {
           `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: fetch it inside the job, or put it in the image)`,
         )
         .optional(),
+      /** Keep the job's stdin open after `stdin` for job.stdin calls (until one says eof). */
+      stdinOpen: z.boolean().optional(),
       timeoutMs: JobTimeoutMs.optional(),
       /** vCPUs and memory of an ephemeral VM (image target or none). */
       vcpus: Vcpus.optional(),
@@ -241,6 +245,19 @@ export const PARAMS = {
     })
     .optional(),
   'job.cancel': z.strictObject({ ...DRY_RUN, jobId: JobId }),
+  'job.signal': z.strictObject({ ...DRY_RUN, jobId: JobId, signal: z.enum(SIGNALS) }),
+  'job.stdin': z.strictObject({
+    ...DRY_RUN,
+    jobId: JobId,
+    /** Bytes for the job's stdin, base64 (binary-safe in JSON and CBOR alike). */
+    data: z
+      .string()
+      .max(Math.ceil(JOB_STDIN_CHUNK_BYTES / 3) * 4)
+      .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'base64 (RFC 4648, with padding)')
+      .refine((t) => t.length % 4 === 0, 'base64 (RFC 4648, with padding)'),
+    /** Close the job's stdin after these bytes. */
+    eof: z.boolean().optional(),
+  }),
   'job.logs': z.strictObject({
     jobId: JobId,
     fromSeq: z.number().int().nonnegative().optional(),
@@ -371,6 +388,16 @@ export const RESULTS = {
   'job.get': JobRecord,
   'job.list': z.strictObject({ jobs: z.array(JobRecord) }),
   'job.cancel': JobRecord,
+  'job.signal': z.strictObject({
+    delivered: z
+      .boolean()
+      .describe("the signal reached the job's process group (false: it had just exited)"),
+  }),
+  'job.stdin': z.strictObject({
+    open: z
+      .boolean()
+      .describe("the job's stdin takes more (false: it was closed, or the job has exited)"),
+  }),
   'job.logs': JobLogs,
   'pool.set': PoolRecord,
   'pool.get': PoolRecord,

@@ -59,6 +59,8 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'job.get': read(job),
   'job.list': read({ kind: 'list' }),
   'job.cancel': operate(job),
+  'job.signal': operate(job),
+  'job.stdin': operate(job),
   'job.logs': read(job),
   'pool.set': { role: 'admin', scope: { kind: 'create-from-snapshot' } },
   'pool.get': read(pool),

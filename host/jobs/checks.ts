@@ -116,6 +116,7 @@ export function jobSpec(
   if (p.env) spec.env = p.env;
   if (p.cwd !== undefined) spec.cwd = p.cwd;
   if (p.stdin !== undefined) spec.stdin = Buffer.from(p.stdin);
+  if (p.stdinOpen) spec.stdinOpen = true;
   if (p.timeoutMs !== undefined) spec.timeoutMs = p.timeoutMs;
   if (target.kind === 'image') {
     spec.vcpus = p.vcpus ?? defaults.vcpus;

@@ -33,6 +33,7 @@ import { jobChecks, jobSpec } from './checks.js';
 import { jobPlans } from './plan.js';
 import { createJobContext, type JobContext, type JobManagerDeps } from './context.js';
 import { decodeChunks } from './output.js';
+import { jobIo } from './io.js';
 import { placementPart } from './placement.js';
 import { recoverJobs } from './recovery.js';
 import { isTerminalJob } from '../../protocol/states.js';
@@ -54,6 +55,7 @@ export function createJobManager(deps: JobManagerDeps) {
   Object.assign(ctx, transitionPart(ctx), placement, agent);
   const { repo, vms, events, active, options } = ctx;
   const checks = jobChecks(ctx);
+  const io = jobIo(ctx);
 
   function waitEnd(id: string, ms?: number): Promise<JobRecord | null> {
     const rec = repo.get(id);
@@ -101,8 +103,15 @@ export function createJobManager(deps: JobManagerDeps) {
   }
 
   return {
-    /** Dry runs (plan.ts): the same checks as run and cancel, a plan, no change. */
-    plan: jobPlans(ctx, checks, placement.creatingEphemeral),
+    /** Dry runs (plan.ts, io.ts): the same checks as the calls, a plan, no change. */
+    plan: {
+      ...jobPlans(ctx, checks, placement.creatingEphemeral),
+      signal: io.planSignal,
+      stdin: io.planStdin,
+    },
+    /** job.signal and job.stdin (io.ts). */
+    signal: io.signal,
+    stdin: io.stdin,
 
     async run(p: ParamsOf<'job.run'>): Promise<JobRecord & { stdout?: string; stderr?: string }> {
       const { target } = await checks.run(p);

@@ -187,6 +187,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
           ...(spec.stdin !== undefined && fromSeq === undefined
             ? { stdin: new Uint8Array(spec.stdin) }
             : {}),
+          ...(spec.stdinOpen ? { stdinOpen: true } : {}),
           ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
           ...(fromSeq !== undefined ? { fromSeq } : {}),
         },

@@ -16,6 +16,8 @@ export interface JobSpec {
   env?: Record<string, string>;
   cwd?: string;
   stdin?: Buffer;
+  /** stdin stays open after `stdin` for job.stdin. */
+  stdinOpen?: boolean;
   timeoutMs?: number;
   vcpus?: number;
   memoryMiB?: number;
@@ -41,6 +43,7 @@ interface JobRow {
   env: string | null;
   cwd: string | null;
   stdin: Buffer | null;
+  stdin_open: number;
   timeout_ms: number | null;
   vcpus: number | null;
   memory_mib: number | null;
@@ -91,6 +94,7 @@ function rowToSpec(r: JobRow): JobSpec {
   if (r.env !== null) spec.env = JSON.parse(r.env) as Record<string, string>;
   if (r.cwd !== null) spec.cwd = r.cwd;
   if (r.stdin !== null) spec.stdin = r.stdin;
+  if (r.stdin_open) spec.stdinOpen = true;
   if (r.timeout_ms !== null) spec.timeoutMs = r.timeout_ms;
   if (r.vcpus !== null) spec.vcpus = r.vcpus;
   if (r.memory_mib !== null) spec.memoryMiB = r.memory_mib;
@@ -100,10 +104,10 @@ function rowToSpec(r: JobRow): JobSpec {
 export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     insert: db.prepare(`
-      INSERT INTO jobs (id, target, argv, env, cwd, stdin, timeout_ms, vcpus, memory_mib,
-                        state, created_at, updated_at)
-      VALUES (@id, @target, @argv, @env, @cwd, @stdin, @timeoutMs, @vcpus, @memoryMiB,
-              'queued', @now, @now)`),
+      INSERT INTO jobs (id, target, argv, env, cwd, stdin, stdin_open, timeout_ms, vcpus,
+                        memory_mib, state, created_at, updated_at)
+      VALUES (@id, @target, @argv, @env, @cwd, @stdin, @stdinOpen, @timeoutMs, @vcpus,
+              @memoryMiB, 'queued', @now, @now)`),
     byId: db.prepare(`SELECT * FROM jobs WHERE id = ?`),
     list: db.prepare(`
       SELECT * FROM jobs
@@ -152,6 +156,7 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
         env: spec.env ? JSON.stringify(spec.env) : null,
         cwd: spec.cwd ?? null,
         stdin: spec.stdin ?? null,
+        stdinOpen: spec.stdinOpen ? 1 : 0,
         timeoutMs: spec.timeoutMs ?? null,
         vcpus: spec.vcpus ?? null,
         memoryMiB: spec.memoryMiB ?? null,

@@ -292,6 +292,11 @@ export const MIGRATIONS: readonly Migration[] = [
         CREATE INDEX snapshot_volumes_volume ON snapshot_volumes(volume_id);
       `),
   },
+  {
+    // Issue 17: job.run {stdinOpen}: the job's stdin stays open for job.stdin.
+    name: 'job stdin open',
+    up: (db) => db.exec(`ALTER TABLE jobs ADD COLUMN stdin_open INTEGER NOT NULL DEFAULT 0;`),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -7,13 +7,22 @@ export interface JobHandlerDeps {
   jobs: JobManager;
 }
 
-type JobMethods = 'job.run' | 'job.get' | 'job.list' | 'job.cancel' | 'job.logs';
+type JobMethods =
+  | 'job.run'
+  | 'job.get'
+  | 'job.list'
+  | 'job.cancel'
+  | 'job.signal'
+  | 'job.stdin'
+  | 'job.logs';
 
 export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => ({
   'job.run': (p) => jobs.run(p),
   'job.get': (p) => jobs.get(p.jobId),
   'job.list': (p) => ({ jobs: jobs.list(p ?? {}) }),
   'job.cancel': (p) => jobs.cancel(p.jobId),
+  'job.signal': (p) => jobs.signal(p),
+  'job.stdin': (p) => jobs.stdin(p),
   'job.logs': (p) => jobs.logs(p),
 });
 
@@ -24,4 +33,6 @@ type JobPlanned = Extract<JobMethods, MutatingMethod>;
 export const jobPlanners = ({ jobs }: JobHandlerDeps): Planners<JobPlanned> => ({
   'job.run': (p) => jobs.plan.run(p),
   'job.cancel': (p) => jobs.plan.cancel(p.jobId),
+  'job.signal': (p) => jobs.plan.signal(p),
+  'job.stdin': (p) => jobs.plan.stdin(p),
 });

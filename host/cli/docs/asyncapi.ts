@@ -42,6 +42,8 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'job.get': 'One job record.',
   'job.list': 'Jobs, filtered by VM and state, at most limit of them.',
   'job.cancel': 'Cancel a job (its whole process group in the guest).',
+  'job.signal': "Send a signal to a running job's process group.",
+  'job.stdin': 'More input for a job run with stdinOpen (answered once the job took it).',
   'job.logs':
     'Stored output chunks from a sequence number, one page (at most maxBytes of data) per call; page on with nextSeq while more.',
   'pool.set':
