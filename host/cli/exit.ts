@@ -77,6 +77,7 @@ export const HINTS: Partial<Record<ErrorCode, string>> = {
   TIMEOUT: 'pick the host with --host (or MVIRT_HOST), or wait longer with --timeout SECONDS',
   VM_NOT_FOUND: '`mvirt vm ls` lists the VMs',
   JOB_NOT_FOUND: '`mvirt jobs` lists the jobs',
+  JOB_NOT_RUNNING: '`mvirt job get JOB` shows its state',
   POOL_NOT_FOUND: '`mvirt pool ls` lists the pools; `mvirt pool set NAME --min N` creates one',
   VM_EXISTS: 'choose another name, or `mvirt vm rm NAME` first',
   VM_RUNNING: 'stop it first: `mvirt vm stop VM` (or `mvirt vm rm --force VM`)',

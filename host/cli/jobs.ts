@@ -3,11 +3,11 @@
  * code), `mvirt jobs` / `mvirt job …` (list, show, cancel) and `mvirt logs`.
  * Output ordering lives in follow.ts, how records read in job-view.ts.
  */
+import { SIGNALS } from '../../protocol/agent.js';
 import { inert } from '../../protocol/inert.js';
-import { MvirtError } from '../../protocol/errors.js';
 import {
   JOB_STATES,
-  JOB_STDIN_BYTES,
+  JOB_STDIN_CHUNK_BYTES,
   JobId,
   type OutputChunk,
   type ParamsOf,
@@ -16,15 +16,9 @@ import { UsageError, integer, oneOf, type Parsed } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
 import { followJob, mqttFollowClient } from './follow.js';
-import type { TtyIn } from './io.js';
-import { bytes, jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
+import { jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
 import { json, jsonLine } from './output.js';
-
-/** The most stdin `mvirt run` passes (the job.run schema's limit). */
-/** The protocol's cap (a request must fit the broker's packet limit). */
-export const MAX_STDIN_BYTES = JOB_STDIN_BYTES;
-/** mvirtd's broker refuses controller packets above this by default. */
-const BROKER_PACKET_DEFAULT = 1024 * 1024;
+import { hasInput, pumpStdin, type StdinPump } from './stdin-pump.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -36,31 +30,6 @@ export function jobIdArg(s: string, command: string): string {
       command,
     );
   return s;
-}
-
-/** Read a non-terminal stdin to its end: the job's input (text, at most MAX_STDIN_BYTES). */
-export async function readStdin(stdin: TtyIn, max = MAX_STDIN_BYTES): Promise<string> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const chunk of stdin) {
-    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk));
-    n += b.length;
-    if (n > max)
-      throw new UsageError(
-        `stdin is larger than ${bytes(max)}, the most a job takes: give the job its input ` +
-          'another way (fetch it inside the job, or put it in the image), or run with --no-stdin',
-        'run',
-      );
-    chunks.push(b);
-  }
-  try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks));
-  } catch {
-    throw new UsageError(
-      'stdin is not UTF-8 text, and job input is text: encode it (base64) and decode it in the job',
-      'run',
-    );
-  }
 }
 
 type RunParams = ParamsOf<'job.run'>;
@@ -145,8 +114,9 @@ const RUN_DESCRIPTION = [
   'stderr on stderr, in order, nothing twice (what was produced before mvirt subscribed is',
   "read back with job.logs). mvirt ends with the job's exit code.",
   '',
-  'A stdin that is not a terminal is read to its end (at most 512 KiB of UTF-8 text) and',
-  "becomes the job's stdin; --no-stdin leaves it alone. Ctrl-C cancels the job and keeps",
+  "A stdin that is not a terminal is streamed to the job's stdin as it comes, bytes as they",
+  'are, of any size (job.stdin, one 256 KiB chunk on the way at a time, so a job that reads',
+  'slowly slows the reading); --no-stdin leaves it alone. Ctrl-C cancels the job and keeps',
   'printing until it has ended; a second Ctrl-C leaves at once (the cancel stands).',
   'Without --image, --vm or --pool the job gets an ephemeral VM of the default image.',
   '',
@@ -228,19 +198,34 @@ const commands: Command[] = [
       'mvirt run -- uname -a',
       'mvirt run --image default --timeout 60 -- sh -c "uname -r; df -h /"',
       "mvirt run --pool builders --env CI=1 --cwd /tmp -- sh -c 'echo $CI; pwd'",
-      'tar cz src | base64 | mvirt run --vm web-1 -- sh -c "base64 -d | tar xz -C /tmp"',
+      'tar cz src | mvirt run --vm web-1 -- tar xz -C /tmp',
       'id=$(mvirt run -d -- sleep 100); mvirt logs -f "$id"',
     ],
     run: async (ctx, p) => {
       const params = runParams(p);
       const detach = p.values.detach === true;
-      let stdinBytes = 0;
-      if (ctx.io.stdin.isTTY !== true && p.values['no-stdin'] !== true) {
-        const input = await readStdin(ctx.io.stdin);
-        stdinBytes = Buffer.byteLength(input);
-        if (input.length > 0) params.stdin = input;
-      }
+      const piped =
+        ctx.io.stdin.isTTY !== true &&
+        p.values['no-stdin'] !== true &&
+        (!detach || (await hasInput(ctx.io.stdin)));
+      if (piped) params.stdinOpen = true;
       const c = await ctx.client();
+      let pump: StdinPump | undefined;
+      const startPump = (id: string): StdinPump => {
+        pump = pumpStdin({
+          input: ctx.io.stdin,
+          chunkBytes: JOB_STDIN_CHUNK_BYTES,
+          send: async (data, eof) =>
+            (await c.call('job.stdin', { jobId: id, data: data.toString('base64'), eof })).open,
+        });
+        // The job goes on without the rest of its input; say so once.
+        pump.done.catch((err: unknown) =>
+          ctx.err(
+            `mvirt: stdin not fully sent to ${id}: ${err instanceof Error ? err.message : String(err)}\n`,
+          ),
+        );
+        return pump;
+      };
 
       let interrupts = 0;
       let jobId: string | undefined;
@@ -264,27 +249,16 @@ const commands: Command[] = [
         else ctx.err('mvirt: the job will be cancelled as soon as it exists\n');
       });
       try {
-        const submitting = c.call('job.run', params).catch((err: unknown) => {
-          if (
-            err instanceof MvirtError &&
-            err.code === 'CONNECTION_FAILED' &&
-            stdinBytes > BROKER_PACKET_DEFAULT / 2
-          )
-            throw new MvirtError(
-              'PAYLOAD_TOO_LARGE',
-              `the connection broke while sending ${bytes(stdinBytes)} of stdin: mvirtd's broker ` +
-                'drops clients whose packets exceed its limit (1 MiB unless configured otherwise); ' +
-                'pass less input, or give the job its input another way',
-              { cause: err },
-            );
-          throw err;
-        });
+        const submitting = c.call('job.run', params);
         submitting.catch(() => {}); // when a second Ctrl-C wins the race below
         const job = await Promise.race([submitting, leaving]);
         if (job === null) return EXIT.JOB_CANCELLED;
         jobId = job.jobId;
         if (interrupts > 0) cancel(jobId);
+        if (piped) startPump(jobId);
         if (detach) {
+          // Detached, the input is still the job's: sent in full before leaving.
+          await pump?.done.catch(() => undefined);
           ctx.out(ctx.globals.json ? json(job) : `${job.jobId}\n`);
           return interrupts > 0 ? EXIT.JOB_CANCELLED : EXIT.OK;
         }
@@ -308,11 +282,13 @@ const commands: Command[] = [
             }
           },
         });
+        pump?.stop();
         if (rec === null) return EXIT.JOB_CANCELLED;
         const { code, note } = jobExit(rec);
         if (note) ctx.err(`mvirt: ${note}\n`);
         return code;
       } finally {
+        pump?.stop();
         offSignal();
       }
     },
@@ -354,6 +330,30 @@ const commands: Command[] = [
       const c = await ctx.client();
       const r = await c.call('job.cancel', { jobId });
       ctx.out(ctx.globals.json ? json(r) : `${r.jobId} is ${r.state}\n`);
+      return EXIT.OK;
+    },
+  },
+  {
+    name: 'job signal',
+    summary: "Send a signal to a running job's process group (SIGUSR1, SIGHUP, SIGINT, …).",
+    args: ['JOB', 'SIGNAL'],
+    examples: [
+      'mvirt job signal job-0123456789ab SIGUSR1',
+      'mvirt job signal job-0123456789ab HUP',
+    ],
+    run: async (ctx, p) => {
+      const jobId = jobIdArg(p.positionals[0]!, 'job signal');
+      const given = p.positionals[1]!.toUpperCase();
+      const signal = oneOf(given.startsWith('SIG') ? given : `SIG${given}`, SIGNALS, 'SIGNAL');
+      const c = await ctx.client();
+      const r = await c.call('job.signal', { jobId, signal: signal! });
+      ctx.out(
+        ctx.globals.json
+          ? json(r)
+          : r.delivered
+            ? `${signal} sent to ${jobId}\n`
+            : `${jobId} had just exited: ${signal} reached nothing\n`,
+      );
       return EXIT.OK;
     },
   },

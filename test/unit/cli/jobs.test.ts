@@ -95,9 +95,40 @@ describe('mvirt jobs, job, logs and pool against mvirtd', () => {
       /^State: +cancelled \(cancelled by request\)$/m,
     );
 
+    // Signals: by name with or without SIG; a job that is over says so, typed.
+    const trap = await mvirt([
+      'run',
+      '-d',
+      '--vm',
+      'svc',
+      '--',
+      'sh',
+      '-c',
+      'trap "echo hup; exit 5" HUP; echo armed; while :; do sleep 0.05; done',
+    ]);
+    const trapId = trap.out.trim();
+    await j.rec.until(
+      () => (text(j.rec.outputs(trapId)) === 'armed\n' ? true : undefined),
+      'the trap is set',
+    );
+    r = await mvirt(['job', 'signal', trapId, 'hup']);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, `SIGHUP sent to ${trapId}\n`);
+    assert.equal((await j.rec.job(trapId, TERMINAL)).exitCode, 5);
+    r = await mvirt(['job', 'signal', trapId, 'SIGHUP']);
+    assert.equal(r.code, 1);
+    assert.match(
+      r.err,
+      /has ended \(failed\): there is nothing left to signal[\s\S]*hint: `mvirt job get JOB`/,
+    );
+    r = await mvirt(['job', 'signal', trapId, 'SIGWHAT']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /SIGNAL must be one of SIGTERM, SIGKILL/);
+
     for (const argv of [
       ['job', 'get', 'job-ffffffffffff'],
       ['job', 'cancel', 'job-ffffffffffff'],
+      ['job', 'signal', 'job-ffffffffffff', 'TERM'],
       ['logs', 'job-ffffffffffff'],
     ]) {
       r = await mvirt(argv);

@@ -10,7 +10,8 @@
  */
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_STDIN_BYTES } from '../../../host/cli/jobs.js';
+import { createHash, randomBytes } from 'node:crypto';
+import { JOB_STDIN_CHUNK_BYTES } from '../../../protocol/rpc.js';
 import type { RequestSpy } from '../../../harness/daemon.js';
 import { cliJobsFixture, T } from '../../support/cli-jobs.js';
 import { gated, open, result, TERMINAL, text, type JobDaemon } from '../../support/jobs.js';
@@ -43,7 +44,8 @@ describe('mvirt run against mvirtd', () => {
       ['err', 'warning: x'],
       ['out', 'tests: 1 failed\n'],
     ]);
-    assert.deepEqual(sent('job.run', mark), { argv, vm: 'svc' });
+    // The test's stdin is an (empty) pipe: streamed, as any pipe is.
+    assert.deepEqual(sent('job.run', mark), { argv, vm: 'svc', stdinOpen: true });
   });
 
   it('a job that writes at once and ends: all its output, once, in order', T, async () => {
@@ -159,7 +161,12 @@ describe('mvirt run against mvirtd', () => {
     let r = await mvirt(['run', '--vm', 'svc', '--', 'cat'], newIo({ stdin: input }));
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, input);
-    assert.equal((sent('job.run', mark) as { stdin?: string }).stdin, input);
+    assert.equal((sent('job.run', mark) as { stdinOpen?: boolean }).stdinOpen, true);
+    assert.deepEqual(sent('job.stdin', mark), {
+      jobId: (sent('job.logs', mark) as { jobId: string }).jobId,
+      data: Buffer.from(input).toString('base64'),
+      eof: true,
+    });
 
     const catThenEnd = ['run', '--vm', 'svc', '--', 'sh', '-c', 'cat; echo end'];
     mark = spy.requests.length;
@@ -173,29 +180,58 @@ describe('mvirt run against mvirtd', () => {
     r = await mvirt(['run', '-n', ...catThenEnd.slice(1)], newIo({ stdin: null }));
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, 'end\n');
-    assert.equal((sent('job.run', mark) as { stdin?: string }).stdin, undefined);
+    assert.equal((sent('job.run', mark) as { stdinOpen?: boolean }).stdinOpen, undefined);
+  });
+
+  it('streams binary stdin of any size, chunk by chunk, byte for byte', T, async () => {
+    const data = randomBytes(3 * JOB_STDIN_CHUNK_BYTES + 1000);
+    const mark = spy.requests.length;
+    const io = newIo({ stdin: null });
+    io.stdin.end(data);
+    const r = await mvirt(['run', '--vm', 'svc', '--', 'sha256sum'], io);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out.split(' ')[0], createHash('sha256').update(data).digest('hex'));
+    const calls = spy.requests.slice(mark).filter((q) => q.method === 'job.stdin');
+    assert.equal(calls.length, 4);
+    assert.deepEqual(
+      calls.map((q) => (q.params as { eof?: boolean }).eof),
+      [false, false, false, true],
+    );
   });
 
   it(
-    'refuses stdin beyond the protocol cap or not UTF-8 before submitting anything',
+    '--detach sends piped input in full before it leaves; an empty pipe gives none',
     T,
     async () => {
-      const mark = spy.requests.length;
+      const data = randomBytes(JOB_STDIN_CHUNK_BYTES + 5);
       const io = newIo({ stdin: null });
-      io.stdin.write(Buffer.alloc(MAX_STDIN_BYTES, 'a'));
-      io.stdin.end('b');
-      let r = await mvirt(['run', '--vm', 'svc', '--', 'cat'], io);
-      assert.equal(r.code, 2);
-      assert.match(r.err, /stdin is larger than [^,]+, the most a job takes[\s\S]*--no-stdin/);
+      io.stdin.end(data);
+      let mark = spy.requests.length;
+      let r = await mvirt(['run', '-d', '--vm', 'svc', '--', 'sha256sum'], io);
+      assert.equal(r.code, 0, r.err);
+      const jobId = r.out.trim();
+      assert.equal(count('job.stdin', mark), 2);
+      await j.rec.job(jobId, TERMINAL);
+      assert.equal(
+        text(j.rec.outputs(jobId)).split(' ')[0],
+        createHash('sha256').update(data).digest('hex'),
+      );
 
-      const bin = newIo({ stdin: null });
-      bin.stdin.end(Buffer.from([0x66, 0xff, 0xfe]));
-      r = await mvirt(['run', '--vm', 'svc', '--', 'cat'], bin);
-      assert.equal(r.code, 2);
-      assert.match(r.err, /stdin is not UTF-8 text/);
-      assert.equal(spy.requests.length, mark, 'nothing was sent');
+      mark = spy.requests.length;
+      r = await mvirt(['run', '-d', '--vm', 'svc', '--', 'true']);
+      assert.equal(r.code, 0, r.err);
+      assert.equal((sent('job.run', mark) as { stdinOpen?: boolean }).stdinOpen, undefined);
+      assert.equal(count('job.stdin', mark), 0);
     },
   );
+
+  it('a job that ends without reading a stdin that never ends: mvirt ends with it', T, async () => {
+    const io = newIo({ stdin: null });
+    io.stdin.write('some input that nobody reads\n'); // and the pipe stays open
+    const r = await mvirt(['run', '--vm', 'svc', '--', 'sh', '-c', 'echo done; exit 4'], io);
+    assert.equal(r.code, 4, r.err);
+    assert.equal(r.out, 'done\n');
+  });
 
   it('sends the target, env, cwd, timeout and size; --detach prints the id', T, async () => {
     const mark = spy.requests.length;
@@ -233,6 +269,7 @@ describe('mvirt run against mvirtd', () => {
       memoryMiB: 128,
     });
     assert.equal(count('job.logs', mark), 0, '--detach does not follow');
+    assert.equal(count('job.stdin', mark), 0, 'an empty stdin pipe: no input');
     // It ran in an ephemeral VM of that size, with that env and cwd.
     const done = await j.rec.job(jobId, TERMINAL);
     assert.equal(done.state, 'succeeded', done.reason);
