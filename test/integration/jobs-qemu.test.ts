@@ -8,16 +8,18 @@
  * No sleeps: every wait is on a message or a reply.
  */
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import type {
-  JobRecord,
-  OutputChunk,
-  ParamsOf,
-  PoolRecord,
-  ReplyEnvelope,
-  VmRecord,
+import {
+  JOB_STDIN_CHUNK_BYTES,
+  type JobRecord,
+  type OutputChunk,
+  type ParamsOf,
+  type PoolRecord,
+  type ReplyEnvelope,
+  type VmRecord,
 } from '../../protocol/rpc.js';
 import type { RpcClient } from '../../harness/client.js';
 import {
@@ -215,6 +217,54 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
     // Seen: 32–61 MiB of growth (GC slack, in-flight windows). Holding the
     // output would cost at least its 100 MiB: the bound tells the two apart.
     assert.ok(growthMiB < 96, `mvirtd grew by ${growthMiB.toFixed(1)} MiB`);
+
+    // 20 MiB of binary input streamed with job.stdin, a chunk per call, each
+    // answered once the guest job's pipe took it: sha256sum sees every byte.
+    const input = randomBytes(20 * 1024 * 1024);
+    const summer = ok(await c.call('job.run', { vm: 'svc', argv: ['sha256sum'], stdinOpen: true }));
+    const t0 = performance.now();
+    for (let at = 0; at < input.length; at += JOB_STDIN_CHUNK_BYTES) {
+      const r = ok(
+        await c.call(
+          'job.stdin',
+          {
+            jobId: summer.jobId,
+            data: input.subarray(at, at + JOB_STDIN_CHUNK_BYTES).toString('base64'),
+            eof: at + JOB_STDIN_CHUNK_BYTES >= input.length,
+          },
+          { timeoutMs: JOB_MS },
+        ),
+      );
+      assert.equal(r.open, at + JOB_STDIN_CHUNK_BYTES < input.length);
+    }
+    console.error(`20 MiB of stdin through job.stdin in ${Math.round(performance.now() - t0)} ms`);
+    const summed = JSON.parse(
+      (
+        await c.waitFor(`${ROOT}/job/${summer.jobId}/state`, field('state', 'succeeded'), JOB_MS)
+      ).toString(),
+    ) as JobRecord;
+    const sumOut = (await allLogs(c, summed.jobId)).map((l) => l.data).join('');
+    assert.equal(sumOut.split(' ')[0], createHash('sha256').update(input).digest('hex'));
+
+    // job.signal: SIGUSR1 reaches a trap in the guest.
+    const trap = ok(
+      await c.call('job.run', {
+        vm: 'svc',
+        argv: ['sh', '-c', 'trap "echo usr1; exit 9" USR1; echo armed; while :; do sleep 1; done'],
+      }),
+    );
+    await c.waitFor(`${ROOT}/job/${trap.jobId}/output`, () => true, JOB_MS);
+    const trapped = await c.watch(
+      `${ROOT}/job/${trap.jobId}/state`,
+      field('state', 'failed'),
+      JOB_MS,
+    );
+    assert.equal(
+      ok(await c.call('job.signal', { jobId: trap.jobId, signal: 'SIGUSR1' })).delivered,
+      true,
+    );
+    assert.equal((JSON.parse((await trapped.message).toString()) as JobRecord).exitCode, 9);
+    assert.match((await allLogs(c, trap.jobId)).map((l) => l.data).join(''), /^armed\nusr1\n$/);
 
     // A job whose VM is killed ends lost.
     const doomed = ok(
