@@ -8,13 +8,7 @@ export interface JobHandlerDeps {
 }
 
 type JobMethods =
-  | 'job.run'
-  | 'job.get'
-  | 'job.list'
-  | 'job.cancel'
-  | 'job.signal'
-  | 'job.stdin'
-  | 'job.logs';
+  'job.run' | 'job.get' | 'job.list' | 'job.cancel' | 'job.signal' | 'job.stdin' | 'job.logs';
 
 export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => ({
   'job.run': (p) => jobs.run(p),
