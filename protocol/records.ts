@@ -174,6 +174,10 @@ const jobFields = {
   oomKilled: z
     .boolean()
     .describe("the guest's OOM killer ended this job (counted in the job's own memory group)"),
+  encoding: z
+    .literal('bytes')
+    .describe('job.run {encoding: bytes}: its output chunks carry base64 (absent: UTF-8 text)')
+    .optional(),
   createdAt: time,
   startedAt: time.nullable(),
   finishedAt: time.nullable(),
@@ -202,7 +206,9 @@ export const JobRunResult = z.strictObject({
   ...jobFields,
   stdout: z
     .string()
-    .describe('with wait: the output, cut at JOB_WAIT_OUTPUT_BYTES (1 MiB) per stream')
+    .describe(
+      'with wait: the output, cut at JOB_WAIT_OUTPUT_BYTES (1 MiB) per stream; base64 for encoding: bytes',
+    )
     .optional(),
   stderr: z.string().optional(),
   truncated: z.boolean().describe('with wait: stdout or stderr was cut').optional(),
@@ -213,6 +219,8 @@ export const OutputChunk = z.strictObject({
   seq: count,
   stream: z.enum(['stdout', 'stderr']),
   data: z.string(),
+  /** `base64`: `data` is the bytes as they came, base64 (a job run with encoding: bytes). */
+  encoding: z.literal('base64').optional(),
 });
 export type OutputChunk = z.infer<typeof OutputChunk>;
 

@@ -224,6 +224,11 @@ export const PARAMS = {
           `at most ${JOB_STDIN_BYTES} bytes of UTF-8 (larger input: fetch it inside the job, or put it in the image)`,
         )
         .optional(),
+      /**
+       * `bytes`: the job's output is passed on as it is, base64 in JSON (each
+       * chunk says `encoding: 'base64'`); default `text`, decoded as UTF-8.
+       */
+      encoding: z.enum(['text', 'bytes']).optional(),
       /** Keep the job's stdin open after `stdin` for job.stdin calls (until one says eof). */
       stdinOpen: z.boolean().optional(),
       timeoutMs: JobTimeoutMs.optional(),

@@ -98,11 +98,13 @@ export function runParams(p: Parsed): RunParams {
   return params;
 }
 
-/** Write a chunk where it belongs, as it comes. */
+/** Write a chunk where it belongs, as it comes: bytes as they are when it carries base64. */
 const writeChunk =
   (ctx: Context) =>
   (c: OutputChunk): void =>
-    void (c.stream === 'stderr' ? ctx.io.stderr : ctx.io.stdout).write(c.data);
+    void (c.stream === 'stderr' ? ctx.io.stderr : ctx.io.stdout).write(
+      c.encoding === 'base64' ? Buffer.from(c.data, 'base64') : c.data,
+    );
 
 const jsonChunk =
   (ctx: Context) =>
@@ -202,7 +204,8 @@ const commands: Command[] = [
       'id=$(mvirt run -d -- sleep 100); mvirt logs -f "$id"',
     ],
     run: async (ctx, p) => {
-      const params = runParams(p);
+      // Output is written as the bytes the job wrote: `mvirt run -- cat FILE > x` copies FILE.
+      const params: RunParams = { ...runParams(p), encoding: 'bytes' };
       const detach = p.values.detach === true;
       const piped =
         ctx.io.stdin.isTTY !== true &&

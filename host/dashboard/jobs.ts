@@ -3,6 +3,7 @@ import type { JobRecord } from '../../protocol/rpc.js';
 import type { Conn } from './conn.js';
 import { byId, h } from './dom.js';
 import type { Model } from './model.js';
+import { chunkTexts } from './chunk-text.js';
 
 function row(j: JobRecord, vmName: string | undefined, selected: boolean): HTMLTableRowElement {
   return h(
@@ -33,9 +34,10 @@ export function jobsView(m: Model, conn: Conn): void {
     const chunks = id ? (m.output.get(id) ?? []) : [];
     out.dataset.job = id ?? '';
     out.hidden = id === null;
+    const texts = chunkTexts(chunks);
     out.replaceChildren(
-      ...chunks.map((c) =>
-        c.stream === 'stderr' ? h('span', { class: 'stderr' }, c.data) : c.data,
+      ...chunks.map((c, i) =>
+        c.stream === 'stderr' ? h('span', { class: 'stderr' }, texts[i]!) : texts[i]!,
       ),
     );
     out.scrollTop = out.scrollHeight;

@@ -117,6 +117,7 @@ export function jobSpec(
   if (p.cwd !== undefined) spec.cwd = p.cwd;
   if (p.stdin !== undefined) spec.stdin = Buffer.from(p.stdin);
   if (p.stdinOpen) spec.stdinOpen = true;
+  if (p.encoding === 'bytes') spec.bytesOut = true;
   if (p.timeoutMs !== undefined) spec.timeoutMs = p.timeoutMs;
   if (target.kind === 'image') {
     spec.vcpus = p.vcpus ?? defaults.vcpus;

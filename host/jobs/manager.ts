@@ -95,9 +95,10 @@ export function createJobManager(deps: JobManagerDeps) {
       if (!page.more || page.chunks.length === 0) break;
       from = page.chunks.at(-1)!.seq + 1;
     }
+    const as = repo.get(id)?.encoding === 'bytes' ? 'base64' : 'utf8';
     return {
-      stdout: Buffer.concat(bufs.stdout).toString('utf8'),
-      stderr: Buffer.concat(bufs.stderr).toString('utf8'),
+      stdout: Buffer.concat(bufs.stdout).toString(as),
+      stderr: Buffer.concat(bufs.stderr).toString(as),
       truncated,
     };
   }
@@ -188,7 +189,7 @@ export function createJobManager(deps: JobManagerDeps) {
       const page = repo.chunks(p.jobId, from, p.maxBytes ?? JOB_LOGS_PAGE_BYTES);
       const last = page.chunks.at(-1);
       return {
-        chunks: decodeChunks(page.chunks),
+        chunks: decodeChunks(page.chunks, rec.encoding === 'bytes'),
         nextSeq: last ? last.seq + 1 : Math.max(from, rec.nextSeq),
         more: page.more,
         firstSeq,

@@ -75,8 +75,10 @@ export function createOutputLog(deps: {
   jobId: string;
   repo: JobRepo;
   options: OutputLogOptions;
-  /** The job's live topic (text; invalid UTF-8 becomes U+FFFD). */
+  /** The job's live topic (text, where invalid UTF-8 becomes U+FFFD; or base64 with `bytes`). */
   publish(chunk: OutputChunk, bytes: number): void;
+  /** The job asked for its output as bytes (job.run {encoding: bytes}). */
+  bytes?: boolean;
   /** For a storage error: logged by the caller, never thrown into the agent path. */
   onError(err: unknown): void;
   now?: () => number;
@@ -103,7 +105,7 @@ export function createOutputLog(deps: {
   const held = new Map<number, StoredChunk>();
   let heldBytes = 0;
   // Split multi-byte characters are joined across chunks of one stream.
-  const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
+  const decode = chunkDecoder(deps.bytes === true);
 
   function flush(): void {
     if (timer) clearTimeout(timer);
@@ -141,10 +143,7 @@ export function createOutputLog(deps: {
     totalBytes += c.data.length;
     batch.push(c);
     batchBytes += c.data.length;
-    deps.publish(
-      { seq: c.seq, stream: c.stream, data: decoders[c.stream].write(c.data) },
-      c.data.length,
-    );
+    deps.publish(decode(c), c.data.length);
     if (batchBytes >= options.batchBytes) flush();
     else timer ??= setTimeout(flush, options.batchMs);
   }
@@ -206,12 +205,24 @@ export function createOutputLog(deps: {
   };
 }
 
-/** Decode a page of stored chunks to text, joining multi-byte characters split across chunks. */
-export function decodeChunks(chunks: StoredChunk[]): OutputChunk[] {
+/**
+ * Stored chunks as the wire has them, in order: text (UTF-8, joining
+ * multi-byte characters split across chunks of one stream), or for a job run
+ * with encoding: bytes, the bytes as base64.
+ */
+export function chunkDecoder(bytes: boolean): (c: StoredChunk) => OutputChunk {
+  if (bytes)
+    return (c) => ({
+      seq: c.seq,
+      stream: c.stream,
+      data: c.data.toString('base64'),
+      encoding: 'base64',
+    });
   const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
-  return chunks.map((c) => ({
-    seq: c.seq,
-    stream: c.stream,
-    data: decoders[c.stream].write(c.data),
-  }));
+  return (c) => ({ seq: c.seq, stream: c.stream, data: decoders[c.stream].write(c.data) });
+}
+
+/** A page of stored chunks for the wire (see chunkDecoder). */
+export function decodeChunks(chunks: StoredChunk[], bytes = false): OutputChunk[] {
+  return chunks.map(chunkDecoder(bytes));
 }

@@ -245,6 +245,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
     return createOutputLog({
       jobId: id,
       repo,
+      bytes: repo.get(id)?.encoding === 'bytes',
       options: options.output,
       publish: (chunk, bytes) => {
         // The live copy goes to controllers; while too much of it is still on

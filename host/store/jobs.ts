@@ -18,6 +18,8 @@ export interface JobSpec {
   stdin?: Buffer;
   /** stdin stays open after `stdin` for job.stdin. */
   stdinOpen?: boolean;
+  /** Output passed on as bytes (base64), not decoded as UTF-8. */
+  bytesOut?: boolean;
   timeoutMs?: number;
   vcpus?: number;
   memoryMiB?: number;
@@ -44,6 +46,7 @@ interface JobRow {
   cwd: string | null;
   stdin: Buffer | null;
   stdin_open: number;
+  bytes_out: number;
   timeout_ms: number | null;
   vcpus: number | null;
   memory_mib: number | null;
@@ -82,6 +85,7 @@ function rowToRecord(r: JobRow): JobRecord {
   if (r.cwd !== null) rec.cwd = r.cwd;
   if (r.timeout_ms !== null) rec.timeoutMs = r.timeout_ms;
   if (r.reason !== null) rec.reason = r.reason;
+  if (r.bytes_out) rec.encoding = 'bytes';
   return rec;
 }
 
@@ -95,6 +99,7 @@ function rowToSpec(r: JobRow): JobSpec {
   if (r.cwd !== null) spec.cwd = r.cwd;
   if (r.stdin !== null) spec.stdin = r.stdin;
   if (r.stdin_open) spec.stdinOpen = true;
+  if (r.bytes_out) spec.bytesOut = true;
   if (r.timeout_ms !== null) spec.timeoutMs = r.timeout_ms;
   if (r.vcpus !== null) spec.vcpus = r.vcpus;
   if (r.memory_mib !== null) spec.memoryMiB = r.memory_mib;
@@ -104,10 +109,10 @@ function rowToSpec(r: JobRow): JobSpec {
 export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     insert: db.prepare(`
-      INSERT INTO jobs (id, target, argv, env, cwd, stdin, stdin_open, timeout_ms, vcpus,
-                        memory_mib, state, created_at, updated_at)
-      VALUES (@id, @target, @argv, @env, @cwd, @stdin, @stdinOpen, @timeoutMs, @vcpus,
-              @memoryMiB, 'queued', @now, @now)`),
+      INSERT INTO jobs (id, target, argv, env, cwd, stdin, stdin_open, bytes_out, timeout_ms,
+                        vcpus, memory_mib, state, created_at, updated_at)
+      VALUES (@id, @target, @argv, @env, @cwd, @stdin, @stdinOpen, @bytesOut, @timeoutMs,
+              @vcpus, @memoryMiB, 'queued', @now, @now)`),
     byId: db.prepare(`SELECT * FROM jobs WHERE id = ?`),
     list: db.prepare(`
       SELECT * FROM jobs
@@ -157,6 +162,7 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
         cwd: spec.cwd ?? null,
         stdin: spec.stdin ?? null,
         stdinOpen: spec.stdinOpen ? 1 : 0,
+        bytesOut: spec.bytesOut ? 1 : 0,
         timeoutMs: spec.timeoutMs ?? null,
         vcpus: spec.vcpus ?? null,
         memoryMiB: spec.memoryMiB ?? null,

@@ -297,6 +297,11 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'job stdin open',
     up: (db) => db.exec(`ALTER TABLE jobs ADD COLUMN stdin_open INTEGER NOT NULL DEFAULT 0;`),
   },
+  {
+    // Issue 17: job.run {encoding: 'bytes'}: output passed on as base64.
+    name: 'job output encoding',
+    up: (db) => db.exec(`ALTER TABLE jobs ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0;`),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

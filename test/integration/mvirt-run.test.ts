@@ -7,6 +7,7 @@
  */
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { imagesDir } from '../../harness/build.js';
 import type { RpcClient } from '../../harness/client.js';
@@ -55,6 +56,30 @@ describe('mvirt run against a real microVM', { timeout: BOOT_MS + 4 * JOB_MS }, 
       });
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout.trim(), '12');
+    });
+  });
+
+  it('is binary-safe both ways: cat of a binary is byte-identical, binary stdin arrives whole', async () => {
+    await explained(async () => {
+      const r = await mvirt(['run', '--vm', 'runner', '--', 'cat', '/bin/busybox'], { daemon });
+      assert.equal(r.code, 0, r.stderr);
+      const inGuest = ok(
+        await c.call(
+          'job.run',
+          { vm: 'runner', argv: ['sha256sum', '/bin/busybox'], wait: true },
+          { timeoutMs: JOB_MS },
+        ),
+      );
+      assert.ok(r.stdoutBytes.length > 100_000, `${r.stdoutBytes.length} bytes`);
+      assert.equal(
+        createHash('sha256').update(r.stdoutBytes).digest('hex'),
+        inGuest.stdout!.split(' ')[0],
+      );
+
+      const input = randomBytes(3 * 1024 * 1024 + 7);
+      const sum = await mvirt(['run', '--vm', 'runner', '--', 'sha256sum'], { daemon, input });
+      assert.equal(sum.code, 0, sum.stderr);
+      assert.equal(sum.stdout.split(' ')[0], createHash('sha256').update(input).digest('hex'));
     });
   });
 

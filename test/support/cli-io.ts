@@ -6,6 +6,8 @@ import type { Io, TtyIn, TtyOut } from '../../host/cli/io.js';
 export interface MemoryIo extends Io {
   stdin: PassThrough & TtyIn;
   out(): string;
+  /** stdout as the bytes written. */
+  outBytes(): Buffer;
   errText(): string;
   /** Resolve once stdout contains `s` (or satisfies it, given a predicate). */
   waitOut(s: string | ((out: string) => boolean)): Promise<void>;
@@ -77,6 +79,7 @@ export function memoryIo(
       return () => void signals.removeListener('signal', cb);
     },
     out: stdout.text,
+    outBytes: () => Buffer.concat(stdout.chunks),
     errText: stderr.text,
     waitOut: (s) => waitText(stdout, s),
     waitErr: (s) => waitText(stderr, s),

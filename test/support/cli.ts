@@ -13,6 +13,8 @@ export interface CliResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
+  /** stdout as the bytes written. */
+  stdoutBytes: Buffer;
   stderr: string;
 }
 
@@ -29,7 +31,7 @@ export interface CliProcess {
 /** Start `mvirt ARGS` against `d` (or with only `env`, for tests of how it finds a daemon). */
 export function startMvirt(
   args: string[],
-  o: { daemon?: DaemonAddress; env?: Record<string, string>; input?: string } = {},
+  o: { daemon?: DaemonAddress; env?: Record<string, string>; input?: string | Buffer } = {},
 ): CliProcess {
   ensureBuilt();
   const p = spawn(process.execPath, [path.join(REPO, 'bin/mvirt.js'), ...args], {
@@ -45,16 +47,20 @@ export function startMvirt(
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stdout = '';
+  const outBytes: Buffer[] = [];
   let stderr = '';
   const waiters = new Set<() => void>();
   p.stdout.on('data', (d: Buffer) => {
+    outBytes.push(d);
     stdout += d.toString();
     for (const w of [...waiters]) w();
   });
   p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const done = new Promise<CliResult>((resolve, reject) => {
     p.on('error', reject);
-    p.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+    p.on('close', (code, signal) =>
+      resolve({ code, signal, stdout, stdoutBytes: Buffer.concat(outBytes), stderr }),
+    );
   });
   p.stdin.end(o.input ?? '');
   return {
@@ -82,7 +88,7 @@ export function startMvirt(
 /** Run `mvirt ARGS` to its end. */
 export function mvirt(
   args: string[],
-  o: { daemon?: DaemonAddress; env?: Record<string, string>; input?: string } = {},
+  o: { daemon?: DaemonAddress; env?: Record<string, string>; input?: string | Buffer } = {},
 ): Promise<CliResult> {
   return startMvirt(args, o).done;
 }

@@ -151,11 +151,12 @@ export function gated(file: string, before = 'start', after = 'end'): string[] {
 
 export const open = (file: string): Promise<void> => writeFile(file, '');
 
-/** Concatenated text of a job's live output, by stream (in seq order). */
+/** Concatenated text of a job's live output, by stream (in seq order; base64 chunks decoded). */
 export function text(chunks: OutputChunk[], stream?: 'stdout' | 'stderr'): string {
-  return [...chunks]
-    .sort((a, b) => a.seq - b.seq)
-    .filter((c) => !stream || c.stream === stream)
-    .map((c) => c.data)
-    .join('');
+  return Buffer.concat(
+    [...chunks]
+      .sort((a, b) => a.seq - b.seq)
+      .filter((c) => !stream || c.stream === stream)
+      .map((c) => Buffer.from(c.data, c.encoding === 'base64' ? 'base64' : 'utf8')),
+  ).toString('utf8');
 }

@@ -41,6 +41,8 @@ const PARAMS: Record<string, unknown> = {
   'job.get': { jobId: 'job-000000000000' },
   'job.list': {},
   'job.cancel': { jobId: 'job-000000000000' },
+  'job.signal': { jobId: 'job-000000000000', signal: 'SIGHUP' },
+  'job.stdin': { jobId: 'job-000000000000', data: '' },
   'job.logs': { jobId: 'job-000000000000' },
   'pool.set': undefined, // filled per role
   'pool.get': { name: 'nope' },
@@ -93,6 +95,8 @@ const OPERATE = [
   'snapshot.delete',
   'job.run',
   'job.cancel',
+  'job.signal',
+  'job.stdin',
   'volume.create',
   'volume.resize',
   'volume.delete',

@@ -11,6 +11,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import { JOB_STDIN_CHUNK_BYTES } from '../../../protocol/rpc.js';
 import type { RequestSpy } from '../../../harness/daemon.js';
 import { cliJobsFixture, T } from '../../support/cli-jobs.js';
@@ -45,7 +46,12 @@ describe('mvirt run against mvirtd', () => {
       ['out', 'tests: 1 failed\n'],
     ]);
     // The test's stdin is an (empty) pipe: streamed, as any pipe is.
-    assert.deepEqual(sent('job.run', mark), { argv, vm: 'svc', stdinOpen: true });
+    assert.deepEqual(sent('job.run', mark), {
+      argv,
+      vm: 'svc',
+      encoding: 'bytes',
+      stdinOpen: true,
+    });
   });
 
   it('a job that writes at once and ends: all its output, once, in order', T, async () => {
@@ -225,6 +231,18 @@ describe('mvirt run against mvirtd', () => {
     },
   );
 
+  it('writes the bytes the job wrote, unchanged (not UTF-8 too)', T, async () => {
+    // Every byte value, twice, in a file the job cats (the fake VMs' jobs run on this host).
+    const file = goFile('all-bytes');
+    const all = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i))]);
+    const data = Buffer.concat([all, randomBytes(300_000), all]);
+    await writeFile(file, data);
+    const io = newIo();
+    const r = await mvirt(['run', '--vm', 'svc', '--', 'cat', file], io);
+    assert.equal(r.code, 0, r.err);
+    assert.ok(io.outBytes().equals(data), 'byte-identical');
+  });
+
   it('a job that ends without reading a stdin that never ends: mvirt ends with it', T, async () => {
     const io = newIo({ stdin: null });
     io.stdin.write('some input that nobody reads\n'); // and the pipe stays open
@@ -267,6 +285,7 @@ describe('mvirt run against mvirtd', () => {
       timeoutMs: 20_500,
       vcpus: 2,
       memoryMiB: 128,
+      encoding: 'bytes',
     });
     assert.equal(count('job.logs', mark), 0, '--detach does not follow');
     assert.equal(count('job.stdin', mark), 0, 'an empty stdin pipe: no input');

@@ -160,3 +160,29 @@ test('bad params are refused typed: not base64, too large, an unknown signal', a
   const none = await j.c.call('job.stdin', { jobId, data: '' });
   assert.equal(errorOf(none).code, 'JOB_NOT_FOUND');
 });
+
+test('encoding: bytes passes output on as it is (base64), live, in job.logs and with wait', async () => {
+  const j = await startJobDaemon();
+  await j.serviceVm('svc');
+  // Bytes that are not UTF-8, on both streams.
+  const argv = ['sh', '-c', "printf '\\377\\000\\376A'; printf '\\300' >&2"];
+  const done = result(
+    await j.c.call('job.run', { vm: 'svc', argv, encoding: 'bytes', wait: true }),
+  );
+  assert.equal(done.encoding, 'bytes');
+  assert.equal(done.stdout, Buffer.from([0xff, 0x00, 0xfe, 0x41]).toString('base64'));
+  assert.equal(done.stderr, Buffer.from([0xc0]).toString('base64'));
+  const logs = result(await j.c.call('job.logs', { jobId: done.jobId }));
+  assert.ok(logs.chunks.every((c) => c.encoding === 'base64'));
+  const live = j.rec.outputs(done.jobId);
+  assert.ok(live.length > 0 && live.every((c) => c.encoding === 'base64'));
+  const bytes = (s: 'stdout' | 'stderr') =>
+    Buffer.concat(
+      logs.chunks.filter((c) => c.stream === s).map((c) => Buffer.from(c.data, 'base64')),
+    );
+  assert.deepEqual([...bytes('stdout')], [0xff, 0x00, 0xfe, 0x41]);
+  // The default is text: invalid UTF-8 becomes U+FFFD, and no encoding is said.
+  const text = result(await j.c.call('job.run', { vm: 'svc', argv, wait: true }));
+  assert.equal(text.encoding, undefined);
+  assert.equal(text.stdout, '\uFFFD\u0000\uFFFDA');
+});
