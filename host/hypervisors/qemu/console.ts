@@ -125,9 +125,13 @@ export async function startConsolePump(opts: {
     }
   };
 
+  // A paced read waiting for its timer when the output closes is done at the
+  // close instead: a timer firing after `closed` would append to console.log
+  // once the folder is being removed (CI saw rm's ENOTEMPTY from that).
+  let timer: NodeJS.Timeout | null = null;
+  let drain = (): void => undefined;
   if (ends.paced) {
-    let timer: NodeJS.Timeout | null = null;
-    const drain = () => {
+    drain = () => {
       timer = null;
       const parts: Buffer[] = [];
       for (let c: Buffer | null; (c = output.read() as Buffer | null) !== null;) parts.push(c);
@@ -151,6 +155,8 @@ export async function startConsolePump(opts: {
   output.on('error', (err) => opts.log.debug({ err }, 'console error'));
   input.on('error', (err) => opts.log.debug({ err }, 'console input error'));
   output.on('close', () => {
+    if (timer) clearTimeout(timer);
+    drain();
     for (const v of viewers) v.push(null);
     viewers.clear();
     resolveClosed();
