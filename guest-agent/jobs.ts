@@ -8,7 +8,7 @@ import type { Exec, Exit, Hello, Signal, Stdin } from '../protocol/agent.js';
 import { AgentError } from './errors.js';
 import type { Outbox } from './outbox.js';
 import { createOutputSink, type Chunk, type OutputSink } from './output.js';
-import type { JobGroup, Platform, Proc } from './platform/types.js';
+import type { JobGroup, LimitedJobGroup, Platform, Proc } from './platform/types.js';
 
 export interface JobOptions {
   /** SIGTERM → SIGKILL escalation delay for timeouts and cancels. */
@@ -161,6 +161,7 @@ export function createJobs(
     const status = j.exitStatus ?? { code: null, signal: null };
     const group = await j.group;
     const oomKilled = await wasOomKilled(j, group ?? null);
+    const usage = j.pid === null ? null : await group?.usage().catch(() => null);
     if (j.exit || j.dropped) return;
     j.exit = {
       jobId: j.id,
@@ -169,6 +170,7 @@ export function createJobs(
       signal: status.signal,
       oomKilled,
       timedOut: j.timedOut,
+      ...(usage ? { usage } : {}),
       ...(error === undefined ? {} : { error: error.slice(0, 4096) }),
       startedAt: j.startedAt,
       finishedAt: platform.clock.now(),
@@ -208,10 +210,36 @@ export function createJobs(
       dropped: false,
     };
     jobs.set(j.id, j);
+    if (!msg.limits) return launch(j, msg, null);
+    const made = platform.limitedGroup(j.id, msg.limits);
+    j.group = made.catch(() => null);
+    return made.then(
+      (g) => {
+        // Cancelled or dropped while its group was being made: never started.
+        if (j.killedByUs || j.dropped) {
+          void finish(j);
+          return { pid: null };
+        }
+        return launch(j, msg, g);
+      },
+      (err: unknown) => {
+        const message = `cannot apply the job's limits: ${(err as Error).message}`;
+        void finish(j, message);
+        throw new AgentError('SPAWN_FAILED', message);
+      },
+    );
+  }
+
+  /** Spawn a job's process (in its limited group when it has one). */
+  function launch(
+    j: Job,
+    msg: Exec,
+    limited: LimitedJobGroup | null,
+  ): Promise<{ pid: number | null }> {
     const env = { ...platform.jobEnv(), ...msg.env };
     let proc: Proc;
     try {
-      proc = platform.spawn({ argv: msg.argv, env, cwd: msg.cwd });
+      proc = platform.spawn({ argv: msg.argv, env, cwd: msg.cwd, enterGroup: limited?.procs });
     } catch (err) {
       // Synchronous spawn errors (bad argument types, EMFILE…).
       const message = (err as Error).message;
@@ -237,7 +265,7 @@ export function createJobs(
         j.pid = proc.pid ?? null;
         // Dropped while its spawn was in flight: it must not outlive the others.
         if (j.dropped && j.pid !== null) platform.killGroup(j.pid, 'SIGKILL');
-        if (j.pid !== null) {
+        if (j.pid !== null && !limited) {
           const pid = j.pid;
           j.group = platform
             .jobGroup(j.id, pid)

@@ -118,6 +118,10 @@ export function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
     },
     // Never the host's cgroups: fake guests' jobs run ungrouped.
     jobGroup: async () => null,
+    limitedGroup: () =>
+      Promise.reject(
+        new Error('per-job limits need cgroup v2 with memory groups, which this guest lacks'),
+      ),
     killGroup: (pgid, sig) => linux.killGroup(pgid, sig),
     readText: async (p) => (p === settings.initUptimePath ? '0.10 0.05\n' : linux.readText(p)),
     statfs: (p) => linux.statfs(p),

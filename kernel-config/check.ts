@@ -47,6 +47,7 @@ export const REQUIRED: Readonly<Record<string, string>> = {
   CONFIG_SQUASHFS_ZSTD: 'the root disk compressor',
   CONFIG_CGROUPS: 'job limits and OOM detection',
   CONFIG_MEMCG: 'OOM detection (memory.events)',
+  CONFIG_CFS_BANDWIDTH: 'per-job CPU limits (cpu.max for job.run {limits: {cpus}})',
   CONFIG_ACPI: 'clean poweroff',
 };
 

@@ -158,6 +158,35 @@ export const Output = z.strictObject({
 });
 export type Output = z.infer<typeof Output>;
 
+/**
+ * A job's own limits, enforced by its cgroup in the guest: `memoryMiB` its
+ * memory.max (the job's processes together; past it the job alone is
+ * OOM-killed), `cpus` its cpu.max (0.5: half of one CPU's time).
+ */
+export const JobLimits = z
+  .strictObject({
+    memoryMiB: z.number().int().min(4).max(1_048_576).optional(),
+    cpus: z.number().min(0.01).max(256).optional(),
+  })
+  .refine((l) => l.memoryMiB !== undefined || l.cpus !== undefined, 'give memoryMiB, cpus or both');
+export type JobLimits = z.infer<typeof JobLimits>;
+
+/**
+ * What a job used, read from its cgroup as it ended (absent in a guest
+ * without groups, or for a job that ended before it was placed). A job with
+ * limits is counted from its start (it enters its group before its command
+ * runs); one without is moved in just after its spawn, so its first few
+ * milliseconds are not counted: entering first costs every job one more exec
+ * (a warm `/bin/true` job 68 → 75 ms under TCG).
+ */
+export const JobUsage = z.strictObject({
+  /** CPU time of all the job's processes (cpu.stat usage_usec). */
+  cpuMs: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  /** The most memory the job held at once (memory.peak). */
+  peakMemoryBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+});
+export type JobUsage = z.infer<typeof JobUsage>;
+
 export const Exit = z.strictObject({
   jobId,
   /** Number of output chunks sent before this record (the next seq). */
@@ -170,6 +199,7 @@ export const Exit = z.strictObject({
     .nullable(),
   oomKilled: z.boolean(),
   timedOut: z.boolean(),
+  usage: JobUsage.optional(),
   /** Set when the process could not be started at all (ENOENT, EACCES…). */
   error: z.string().max(4096).optional(),
   startedAt: ms,
@@ -275,6 +305,7 @@ export const Exec = z.strictObject({
   stdin: bytes.optional(),
   stdinOpen: z.boolean().optional(),
   timeoutMs: JobTimeoutMs.optional(),
+  limits: JobLimits.optional(),
   /** Resume output after this seq (on redelivery after a reconnect). */
   fromSeq: z.number().int().nonnegative().optional(),
 });

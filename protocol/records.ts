@@ -7,7 +7,7 @@
  * a field the contract lacks fails a test instead of drifting silently.
  */
 import { z } from 'zod';
-import { BlockDevicesResult, BootTimeline } from './agent.js';
+import { BlockDevicesResult, BootTimeline, JobLimits, JobUsage } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
 import {
@@ -178,6 +178,12 @@ const jobFields = {
     .literal('bytes')
     .describe('job.run {encoding: bytes}: its output chunks carry base64 (absent: UTF-8 text)')
     .optional(),
+  limits: JobLimits.describe(
+    "job.run {limits}: the job's own cgroup limits in the guest",
+  ).optional(),
+  usage: JobUsage.describe(
+    'what the job used, read from its cgroup as it ended (absent: it did not run, or the guest has no cgroups)',
+  ).optional(),
   createdAt: time,
   startedAt: time.nullable(),
   finishedAt: time.nullable(),

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
-import { JobArgv, JobEnv, JobTimeoutMs, SIGNALS } from './agent.js';
+import { JobArgv, JobEnv, JobLimits, JobTimeoutMs, SIGNALS } from './agent.js';
 import { MetricsResult } from './metrics.js';
 import { DRY_RUN } from './plan.js';
 import {
@@ -232,6 +232,8 @@ export const PARAMS = {
       /** Keep the job's stdin open after `stdin` for job.stdin calls (until one says eof). */
       stdinOpen: z.boolean().optional(),
       timeoutMs: JobTimeoutMs.optional(),
+      /** The job's own memory and CPU limits inside its VM (at most the VM's size). */
+      limits: JobLimits.optional(),
       /** vCPUs and memory of an ephemeral VM (image target or none). */
       vcpus: Vcpus.optional(),
       memoryMiB: MemoryMiB.optional(),

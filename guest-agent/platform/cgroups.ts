@@ -21,7 +21,8 @@
  */
 import { mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { JobGroup } from './types.js';
+import type { JobLimits, JobUsage } from '../../protocol/agent.js';
+import type { JobGroup, LimitedJobGroup } from './types.js';
 
 const MiB = 1024 * 1024;
 /**
@@ -56,7 +57,16 @@ export function sizeGroups(memTotal: number, agentCurrent: number): GroupSizes {
 export interface JobGroups {
   /** Move a spawned job into its own group; null where there are no groups. */
   place(jobId: string, pid: number): Promise<JobGroup | null>;
+  /**
+   * A group with the job's limits set, made before the job starts (its
+   * process enters it itself, so nothing it allocates escapes the cap).
+   * Throws, saying why, where the limits cannot be enforced.
+   */
+  limited(jobId: string, limits: JobLimits): Promise<LimitedJobGroup>;
 }
+
+/** cpu.max's period: 100 ms, the kernel's default. */
+const CPU_PERIOD_US = 100_000;
 
 const SAFE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -107,37 +117,80 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
     }
   };
 
+  /** A fresh group for a job (a name an earlier agent left gets a suffix). */
+  const make = async (jobId: string): Promise<string> => {
+    await sweep();
+    const name = SAFE_NAME.test(jobId) ? jobId : 'job';
+    let dir = path.join(jobsDir, name);
+    await mkdir(dir).catch(async () => {
+      dir = path.join(jobsDir, `${name}-${++serial}`);
+      await mkdir(dir);
+    });
+    // The whole job dies together on OOM: no half-killed pipelines.
+    await writeFile(path.join(dir, 'memory.oom.group'), '1');
+    return dir;
+  };
+
+  const groupAt = (dir: string): JobGroup => ({
+    async oomKills() {
+      const events = await read(path.join(dir, 'memory.events'));
+      const m = events && /^oom_kill (\d+)$/m.exec(events);
+      return m ? Number(m[1]) : null;
+    },
+    async usage(): Promise<JobUsage | null> {
+      const cpu = /^usage_usec (\d+)$/m.exec((await read(path.join(dir, 'cpu.stat'))) ?? '');
+      const peak = Number(await read(path.join(dir, 'memory.peak')));
+      if (!cpu || !Number.isSafeInteger(peak) || peak < 0) return null;
+      return { cpuMs: Math.round(Number(cpu[1]) / 1000), peakMemoryBytes: peak };
+    },
+    async remove() {
+      await rmdir(dir).catch(() => leftovers.add(dir));
+    },
+  });
+
   return {
     async place(jobId, pid) {
       ready ??= setup();
       if (!(await ready)) return null;
-      await sweep();
-      const name = SAFE_NAME.test(jobId) ? jobId : 'job';
-      let dir = path.join(jobsDir, name);
+      let dir: string | null = null;
       try {
-        // A group of that name left by an earlier agent: take a fresh one.
-        await mkdir(dir).catch(async () => {
-          dir = path.join(jobsDir, `${name}-${++serial}`);
-          await mkdir(dir);
-        });
-        // The whole job dies together on OOM: no half-killed pipelines.
-        await writeFile(path.join(dir, 'memory.oom.group'), '1');
+        dir = await make(jobId);
         await writeFile(path.join(dir, 'cgroup.procs'), String(pid));
       } catch {
         // The job exited before it could be moved (ESRCH): nothing to confine.
-        await rmdir(dir).catch(() => undefined);
+        if (dir) await rmdir(dir).catch(() => undefined);
         return null;
       }
-      return {
-        async oomKills() {
-          const events = await read(path.join(dir, 'memory.events'));
-          const m = events && /^oom_kill (\d+)$/m.exec(events);
-          return m ? Number(m[1]) : null;
-        },
-        async remove() {
-          await rmdir(dir).catch(() => leftovers.add(dir));
-        },
-      };
+      return groupAt(dir);
+    },
+    async limited(jobId, limits) {
+      ready ??= setup();
+      if (!(await ready))
+        throw new Error('per-job limits need cgroup v2 with memory groups, which this guest lacks');
+      // What jobs/ hands its children (rcS enables memory, pids and, where
+      // the kernel has it, cpu): a limit of a controller not there cannot bind.
+      const controllers = ((await read(path.join(jobsDir, 'cgroup.subtree_control'))) ?? '')
+        .trim()
+        .split(/\s+/);
+      if (limits.cpus !== undefined && !controllers.includes('cpu'))
+        throw new Error(
+          "this guest cannot limit CPU per job: its kernel's cgroup v2 has no cpu controller for jobs (CONFIG_CFS_BANDWIDTH)",
+        );
+      if (limits.memoryMiB !== undefined && !controllers.includes('memory'))
+        throw new Error('this guest cannot limit memory per job: no memory controller for jobs');
+      const dir = await make(jobId);
+      try {
+        if (limits.memoryMiB !== undefined)
+          await writeFile(path.join(dir, 'memory.max'), String(limits.memoryMiB * MiB));
+        if (limits.cpus !== undefined) {
+          const quota = Math.max(1000, Math.round(limits.cpus * CPU_PERIOD_US));
+          await writeFile(path.join(dir, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`);
+        }
+      } catch (err) {
+        await rmdir(dir).catch(() => undefined);
+        throw err;
+      }
+      return { ...groupAt(dir), procs: path.join(dir, 'cgroup.procs') };
     },
   };
 }

@@ -1,6 +1,6 @@
 /** The real Platform: Linux, as seen from inside the µOS (busybox init is PID 1). */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import { chmod, mkdir, open, readFile, readdir, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { connect } from 'node:net';
@@ -108,6 +108,20 @@ export interface LinuxPlatformOptions {
   cgroupRoot?: string;
 }
 
+/** Whether `file` names an executable file, as execvp would look for it. */
+function runnable(file: string, pathVar: string | undefined, cwd: string | undefined): boolean {
+  const dirs = file.includes('/') ? [''] : (pathVar ?? DEFAULT_PATH).split(':');
+  return dirs.some((d) => {
+    const p = path.resolve(cwd ?? '/', d, file);
+    try {
+      accessSync(p, constants.X_OK);
+      return statSync(p).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
 export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   const env = o.env ?? process.env;
   // process.uptime() counts from this process's start, so this is the exec time
@@ -133,9 +147,23 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       const [file, ...args] = req.argv as [string, ...string[]];
       // detached: setsid(), so the job leads its own process group and a
       // kill of -pid reaches every descendant that did not leave it.
-      return spawn(file, args, { env: req.env, cwd: req.cwd, detached: true, stdio: 'pipe' });
+      const how = { env: req.env, cwd: req.cwd, detached: true, stdio: 'pipe' } as const;
+      // A command that cannot be run is left to Node's own spawn, so that it
+      // fails the same way (ENOENT, EACCES) with or without limits.
+      if (req.enterGroup === undefined || !runnable(file, req.env.PATH, req.cwd))
+        return spawn(file, args, how);
+      // A limited job enters its group before its command runs: `echo 0` into
+      // cgroup.procs moves the writer, and the exec keeps the group. Moving it
+      // after the spawn (as unlimited jobs are) would leave what it allocates
+      // first charged outside its cap. One busybox sh more per limited job.
+      return spawn(
+        '/bin/sh',
+        ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...req.argv],
+        how,
+      );
     },
     jobGroup: (jobId, pid) => groups.place(jobId, pid),
+    limitedGroup: (jobId, limits) => groups.limited(jobId, limits),
     killGroup(pgid, signal) {
       try {
         process.kill(-pgid, signal);

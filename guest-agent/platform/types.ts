@@ -4,7 +4,7 @@
  * core with an in-memory platform (and, where it makes sense, real processes).
  */
 import type { Duplex, Readable, Writable } from 'node:stream';
-import type { Channel } from '../../protocol/agent.js';
+import type { Channel, JobLimits, JobUsage } from '../../protocol/agent.js';
 
 /** What the core needs from a spawned process (a structural subset of ChildProcess). */
 export interface Proc {
@@ -23,6 +23,8 @@ export interface SpawnRequest {
   argv: readonly string[];
   env: Record<string, string>;
   cwd?: string | undefined;
+  /** A group's process file (LimitedJobGroup.procs) the job enters before its command runs. */
+  enterGroup?: string | undefined;
 }
 
 /** Where and how to dial home; resolved from the settings. */
@@ -42,8 +44,16 @@ export interface StatFs {
 export interface JobGroup {
   /** OOM kills inside this job's group so far; null when unreadable. */
   oomKills(): Promise<number | null>;
+  /** CPU time and peak memory of the job so far; null when unreadable. */
+  usage(): Promise<JobUsage | null>;
   /** Remove the group; one that still holds processes is left for a later sweep. */
   remove(): Promise<void>;
+}
+
+/** A group made with a job's limits before the job starts. */
+export interface LimitedJobGroup extends JobGroup {
+  /** What SpawnRequest.enterGroup takes. */
+  procs: string;
 }
 
 /** Bridged mode: what the NIC of a restored VM must take (protocol Identity.net). */
@@ -60,6 +70,8 @@ export interface Platform {
   spawn(req: SpawnRequest): Proc;
   /** Move a spawned job into its own resource group; null where the OS has none. */
   jobGroup(jobId: string, pid: number): Promise<JobGroup | null>;
+  /** A group with the job's limits, before its spawn; rejects saying why it cannot be had. */
+  limitedGroup(jobId: string, limits: JobLimits): Promise<LimitedJobGroup>;
   /** Signal a whole process group; false when it no longer exists. */
   killGroup(pgid: number, signal: NodeJS.Signals): boolean;
   /** Names in a folder (usually under /sys), or none when it cannot be read. */

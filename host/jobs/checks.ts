@@ -75,6 +75,33 @@ export function jobChecks(ctx: JobContext) {
     return { target: { kind: 'image', image }, admission };
   }
 
+  /** A job's limits fit inside the VM it will run in (a bigger one could never bind). */
+  function checkLimits(p: ParamsOf<'job.run'>, r: RunCheck, admission: string[]): void {
+    const l = p.limits!;
+    const size = r.vm ??
+      r.pool ?? {
+        vcpus: p.vcpus ?? vms.defaults.vcpus,
+        memoryMiB: p.memoryMiB ?? vms.defaults.memoryMiB,
+      };
+    if (l.memoryMiB !== undefined && l.memoryMiB > size.memoryMiB)
+      throw new MvirtError(
+        'INVALID_PARAMS',
+        `limits.memoryMiB ${l.memoryMiB} is more than the VM's ${size.memoryMiB} MiB: ask for less, or run the job in a bigger VM`,
+      );
+    if (l.cpus !== undefined && l.cpus > size.vcpus)
+      throw new MvirtError(
+        'INVALID_PARAMS',
+        `limits.cpus ${l.cpus} is more than the VM's ${size.vcpus} vCPUs: ask for less, or run the job in a bigger VM`,
+      );
+    const parts = [
+      l.memoryMiB !== undefined ? `memory ${l.memoryMiB} MiB` : null,
+      l.cpus !== undefined ? `${l.cpus} CPUs` : null,
+    ].filter(Boolean);
+    admission.push(
+      `limits ${parts.join(', ')} fit the VM (${size.memoryMiB} MiB, ${size.vcpus} vCPUs)`,
+    );
+  }
+
   return {
     /** job.run's checks: not shutting down, a valid target, an existing image. */
     async run(p: ParamsOf<'job.run'>): Promise<RunCheck> {
@@ -85,6 +112,7 @@ export function jobChecks(ctx: JobContext) {
         await vms.checkImage(r.target.image); // IMAGE_NOT_FOUND
         admission.push(`image ${r.target.image} found`);
       }
+      if (p.limits) checkLimits(p, r, admission);
       return r;
     },
 
@@ -119,6 +147,7 @@ export function jobSpec(
   if (p.stdinOpen) spec.stdinOpen = true;
   if (p.encoding === 'bytes') spec.bytesOut = true;
   if (p.timeoutMs !== undefined) spec.timeoutMs = p.timeoutMs;
+  if (p.limits) spec.limits = p.limits;
   if (target.kind === 'image') {
     spec.vcpus = p.vcpus ?? defaults.vcpus;
     spec.memoryMiB = p.memoryMiB ?? defaults.memoryMiB;

@@ -189,6 +189,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
             : {}),
           ...(spec.stdinOpen ? { stdinOpen: true } : {}),
           ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
+          ...(spec.limits ? { limits: spec.limits } : {}),
           ...(fromSeq !== undefined ? { fromSeq } : {}),
         },
         options.execTimeoutMs,

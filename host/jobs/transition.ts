@@ -41,6 +41,7 @@ export function transitionPart(
             exitCode: e?.exitCode ?? null,
             signal: e?.signal ?? null,
             oomKilled: e?.oomKilled ?? false,
+            ...(e?.usage ? { usage: e.usage } : {}),
           },
           at,
         );

@@ -6,6 +6,7 @@
  */
 import type { Db } from './db.js';
 import { createOwnerRepo, type OwnerRepo } from './owners.js';
+import type { JobLimits, JobUsage } from '../../protocol/agent.js';
 import type { JobRecord, JobState, JobTarget, OutputChunk } from '../../protocol/rpc.js';
 
 /** What job.run stores besides the public record: the request itself, for a restart. */
@@ -21,6 +22,8 @@ export interface JobSpec {
   /** Output passed on as bytes (base64), not decoded as UTF-8. */
   bytesOut?: boolean;
   timeoutMs?: number;
+  /** The job's own cgroup limits in the guest. */
+  limits?: JobLimits;
   vcpus?: number;
   memoryMiB?: number;
 }
@@ -35,6 +38,7 @@ export interface JobFinish {
   exitCode: number | null;
   signal: string | null;
   oomKilled: boolean;
+  usage?: JobUsage;
 }
 
 interface JobRow {
@@ -48,6 +52,9 @@ interface JobRow {
   stdin_open: number;
   bytes_out: number;
   timeout_ms: number | null;
+  limits: string | null;
+  cpu_ms: number | null;
+  peak_memory_bytes: number | null;
   vcpus: number | null;
   memory_mib: number | null;
   state: JobState;
@@ -86,6 +93,9 @@ function rowToRecord(r: JobRow): JobRecord {
   if (r.timeout_ms !== null) rec.timeoutMs = r.timeout_ms;
   if (r.reason !== null) rec.reason = r.reason;
   if (r.bytes_out) rec.encoding = 'bytes';
+  if (r.limits !== null) rec.limits = JSON.parse(r.limits) as JobLimits;
+  if (r.cpu_ms !== null && r.peak_memory_bytes !== null)
+    rec.usage = { cpuMs: r.cpu_ms, peakMemoryBytes: r.peak_memory_bytes };
   return rec;
 }
 
@@ -101,6 +111,7 @@ function rowToSpec(r: JobRow): JobSpec {
   if (r.stdin_open) spec.stdinOpen = true;
   if (r.bytes_out) spec.bytesOut = true;
   if (r.timeout_ms !== null) spec.timeoutMs = r.timeout_ms;
+  if (r.limits !== null) spec.limits = JSON.parse(r.limits) as JobLimits;
   if (r.vcpus !== null) spec.vcpus = r.vcpus;
   if (r.memory_mib !== null) spec.memoryMiB = r.memory_mib;
   return spec;
@@ -110,9 +121,9 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     insert: db.prepare(`
       INSERT INTO jobs (id, target, argv, env, cwd, stdin, stdin_open, bytes_out, timeout_ms,
-                        vcpus, memory_mib, state, created_at, updated_at)
+                        limits, vcpus, memory_mib, state, created_at, updated_at)
       VALUES (@id, @target, @argv, @env, @cwd, @stdin, @stdinOpen, @bytesOut, @timeoutMs,
-              @vcpus, @memoryMiB, 'queued', @now, @now)`),
+              @limits, @vcpus, @memoryMiB, 'queued', @now, @now)`),
     byId: db.prepare(`SELECT * FROM jobs WHERE id = ?`),
     list: db.prepare(`
       SELECT * FROM jobs
@@ -129,7 +140,8 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
       `UPDATE jobs SET started_at = ?, stdin = NULL, updated_at = ? WHERE id = ?`,
     ),
     setFinish: db.prepare(`
-      UPDATE jobs SET exit_code = ?, signal = ?, oom_killed = ?, finished_at = ?, updated_at = ?
+      UPDATE jobs SET exit_code = ?, signal = ?, oom_killed = ?, cpu_ms = ?, peak_memory_bytes = ?,
+                      finished_at = ?, updated_at = ?
       WHERE id = ?`),
     putChunk: db.prepare(
       `INSERT OR IGNORE INTO job_output (job_id, seq, stream, data) VALUES (?, ?, ?, ?)`,
@@ -164,6 +176,7 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
         stdinOpen: spec.stdinOpen ? 1 : 0,
         bytesOut: spec.bytesOut ? 1 : 0,
         timeoutMs: spec.timeoutMs ?? null,
+        limits: spec.limits ? JSON.stringify(spec.limits) : null,
         vcpus: spec.vcpus ?? null,
         memoryMiB: spec.memoryMiB ?? null,
         now,
@@ -202,7 +215,16 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
       s.setStarted.run(now, now, id);
     },
     setFinish(id: string, f: JobFinish, now: string): void {
-      s.setFinish.run(f.exitCode, f.signal, f.oomKilled ? 1 : 0, now, now, id);
+      s.setFinish.run(
+        f.exitCode,
+        f.signal,
+        f.oomKilled ? 1 : 0,
+        f.usage?.cpuMs ?? null,
+        f.usage?.peakMemoryBytes ?? null,
+        now,
+        now,
+        id,
+      );
     },
     putChunk(id: string, c: StoredChunk): boolean {
       return s.putChunk.run(id, c.seq, c.stream, c.data).changes === 1;

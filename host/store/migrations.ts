@@ -302,6 +302,15 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'job output encoding',
     up: (db) => db.exec(`ALTER TABLE jobs ADD COLUMN bytes_out INTEGER NOT NULL DEFAULT 0;`),
   },
+  {
+    // Issue 17: job.run {limits} (the job's cgroup in the guest) and what it used.
+    name: 'job limits and usage',
+    up: (db) =>
+      db.exec(`
+        ALTER TABLE jobs ADD COLUMN limits TEXT;
+        ALTER TABLE jobs ADD COLUMN cpu_ms INTEGER;
+        ALTER TABLE jobs ADD COLUMN peak_memory_bytes INTEGER;`),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -6,6 +6,9 @@
  * are the Linux platform's.
  */
 import { EventEmitter } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
 import type {
@@ -15,7 +18,12 @@ import type {
   PowerAction,
 } from '../../guest-agent/platform/types.js';
 import { duplexPair } from './agent-duplex.js';
-import { encodeIdentity, type Identity } from '../../protocol/agent.js';
+import {
+  encodeIdentity,
+  type Identity,
+  type JobLimits,
+  type JobUsage,
+} from '../../protocol/agent.js';
 
 export interface FakePlatform extends Platform {
   files: Map<string, string>;
@@ -40,13 +48,22 @@ export interface FakePlatform extends Platform {
   nics: NicConfig[];
   hostname: string;
   /** Make the next calls of these fail with this message. */
-  failures: { clock?: string; entropy?: string; nic?: string };
+  failures: { clock?: string; entropy?: string; nic?: string; limits?: string };
 }
 
 export interface FakeJobGroup {
-  pid: number;
+  /** Null for a limited group (the job enters it itself). */
+  pid: number | null;
   oomKills: number;
   removed: boolean;
+  /** What the kernel would report as the job ends (null: unreadable). */
+  usage: JobUsage | null;
+  /** job.run {limits}, for a limited group. */
+  limits?: JobLimits;
+  /** The file the job writes its `0` into (a limited group's cgroup.procs) … */
+  procs?: string;
+  /** … and what it held when the group was removed. */
+  entered?: string;
 }
 
 export const PROC_FILES: Record<string, string> = {
@@ -109,11 +126,38 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
       return proc;
     },
     async jobGroup(jobId, pid) {
-      const g: FakeJobGroup = { pid, oomKills: 0, removed: false };
+      const g: FakeJobGroup = { pid, oomKills: 0, removed: false, usage: null };
       p.groups.set(jobId, g);
       return {
         oomKills: async () => g.oomKills,
+        usage: async () => g.usage,
         remove: async () => void (g.removed = true),
+      };
+    },
+    async limitedGroup(jobId, limits) {
+      if (p.failures.limits) throw new Error(p.failures.limits);
+      const procs = path.join(
+        mkdtempSync(path.join(tmpdir(), 'mvirt-fake-group-')),
+        'cgroup.procs',
+      );
+      const g: FakeJobGroup = {
+        pid: null,
+        oomKills: 0,
+        removed: false,
+        usage: null,
+        limits,
+        procs,
+      };
+      p.groups.set(jobId, g);
+      return {
+        procs,
+        oomKills: async () => g.oomKills,
+        usage: async () => g.usage,
+        remove: async () => {
+          g.removed = true;
+          g.entered = existsSync(procs) ? readFileSync(procs, 'utf8') : '';
+          rmSync(path.dirname(procs), { recursive: true, force: true });
+        },
       };
     },
     killGroup: (pgid, sig) => linux.killGroup(pgid, sig),

@@ -19,11 +19,12 @@ const MiB = 1024 * 1024;
 const dirs: string[] = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
-function fakeMount(agentCurrent: number | null) {
+function fakeMount(agentCurrent: number | null, controllers = 'cpu memory pids') {
   const root = mkdtempSync(path.join(os.tmpdir(), 'mvirt-cgroup-'));
   dirs.push(root);
   mkdirSync(path.join(root, 'agent'));
   mkdirSync(path.join(root, 'jobs'));
+  writeFileSync(path.join(root, 'jobs', 'cgroup.subtree_control'), `${controllers}\n`);
   if (agentCurrent !== null)
     writeFileSync(path.join(root, 'agent', 'memory.current'), `${agentCurrent}\n`);
   const meminfoPath = path.join(root, 'meminfo');
@@ -96,4 +97,58 @@ test('no cgroup mount (or no agent group): jobs run without groups, as before', 
     await createJobGroups({ root: missing, meminfoPath: m.meminfoPath }).place('job-x', 1),
     null,
   );
+});
+
+test('limited: memory.max and cpu.max set before the job exists; the job enters it itself', async () => {
+  const m = fakeMount(50 * MiB);
+  const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
+  const g = await groups.limited('job-lim', { memoryMiB: 64, cpus: 0.5 });
+  assert.equal(m.read('jobs/job-lim/memory.max'), String(64 * MiB));
+  assert.equal(m.read('jobs/job-lim/cpu.max'), '50000 100000');
+  assert.equal(m.read('jobs/job-lim/memory.oom.group'), '1');
+  assert.equal(g.procs, path.join(m.root, 'jobs/job-lim/cgroup.procs'));
+  assert.equal(existsSync(g.procs), false, 'no process moved in by the agent');
+  // The smallest share job.run takes: 1 ms in each 100 ms, the kernel's minimum quota.
+  await groups.limited('job-tiny', { cpus: 0.01 });
+  assert.equal(m.read('jobs/job-tiny/cpu.max'), '1000 100000');
+  assert.equal(existsSync(path.join(m.root, 'jobs/job-tiny/memory.max')), false);
+});
+
+test('limited: refused, saying why, without groups or without a cpu controller; nothing left', async () => {
+  const none = fakeMount(null);
+  await assert.rejects(
+    createJobGroups({ root: none.root, meminfoPath: none.meminfoPath }).limited('job-a', {
+      memoryMiB: 8,
+    }),
+    /cgroup v2 with memory groups/,
+  );
+  const m = fakeMount(50 * MiB, 'memory pids');
+  const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
+  await assert.rejects(groups.limited('job-b', { cpus: 1, memoryMiB: 8 }), /no cpu controller/);
+  assert.equal(existsSync(path.join(m.root, 'jobs/job-b')), false, 'no group made');
+  const noMem = fakeMount(50 * MiB, 'cpu pids');
+  await assert.rejects(
+    createJobGroups({ root: noMem.root, meminfoPath: noMem.meminfoPath }).limited('job-c', {
+      memoryMiB: 8,
+    }),
+    /no memory controller/,
+  );
+  // Without limits of its kind, the job is fine.
+  assert.ok(await groups.limited('job-d', { memoryMiB: 8 }));
+});
+
+test('usage: CPU time from cpu.stat and the peak from memory.peak; null when unreadable', async () => {
+  const m = fakeMount(50 * MiB);
+  const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
+  const g = await groups.place('job-u', 7);
+  assert.ok(g);
+  assert.equal(await g.usage(), null, 'nothing to read yet');
+  writeFileSync(
+    path.join(m.root, 'jobs/job-u/cpu.stat'),
+    'usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n',
+  );
+  writeFileSync(path.join(m.root, 'jobs/job-u/memory.peak'), `${5 * MiB}\n`);
+  assert.deepEqual(await g.usage(), { cpuMs: 123, peakMemoryBytes: 5 * MiB });
+  writeFileSync(path.join(m.root, 'jobs/job-u/memory.peak'), 'max\n');
+  assert.equal(await g.usage(), null, 'a value that is not a count');
 });
