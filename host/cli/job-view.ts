@@ -68,6 +68,14 @@ export const bytes = (n: number): string =>
       ? `${(n / 1024).toFixed(1)} KiB`
       : `${(n / 1024 / 1024).toFixed(1)} MiB`;
 
+const limitsText = (l: NonNullable<JobRecord['limits']>): string =>
+  [
+    l.memoryMiB !== undefined ? `memory ${l.memoryMiB} MiB` : null,
+    l.cpus !== undefined ? `${l.cpus} CPUs` : null,
+  ]
+    .filter(Boolean)
+    .join(', ');
+
 export function jobDetails(j: JobRecord, now: number): string {
   const when = (t: string | null | undefined): string | undefined =>
     t ? `${relativeTime(t, now)} (${t})` : undefined;
@@ -81,6 +89,13 @@ export function jobDetails(j: JobRecord, now: number): string {
     ['VM', j.vm ?? undefined],
     ['Cwd', j.cwd],
     ['Timeout', j.timeoutMs ? duration(j.timeoutMs) : undefined],
+    ['Limits', j.limits ? limitsText(j.limits) : undefined],
+    [
+      'Used',
+      j.usage
+        ? `CPU ${duration(j.usage.cpuMs)}, peak memory ${(j.usage.peakMemoryBytes / 1048576).toFixed(1)} MiB`
+        : undefined,
+    ],
     ['Exit code', j.exitCode === null || j.exitCode === undefined ? undefined : String(j.exitCode)],
     ['Signal', j.signal ?? undefined],
     ['OOM killed', j.oomKilled ? 'yes' : undefined],

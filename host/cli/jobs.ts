@@ -82,6 +82,14 @@ export function runParams(p: Parsed): RunParams {
       'run',
     );
   const timeoutMs = secondsMs(p, 'timeout');
+  const limitMiB = integer(str(p, 'limit-memory'), '--limit-memory', 4);
+  const limitCpus = str(p, 'limit-cpus');
+  if (limitCpus !== undefined && !(/^\d+(\.\d+)?$/.test(limitCpus) && Number(limitCpus) > 0))
+    throw new UsageError(
+      `--limit-cpus wants a number of CPUs such as 0.5 or 2, got '${limitCpus}'`,
+      'run',
+    );
+  const cpus = limitCpus === undefined ? undefined : Number(limitCpus);
   const params: RunParams = {
     argv,
     ...(image !== undefined ? { image } : {}),
@@ -91,6 +99,11 @@ export function runParams(p: Parsed): RunParams {
     ...(vcpus !== undefined ? { vcpus } : {}),
     ...(memoryMiB !== undefined ? { memoryMiB } : {}),
   };
+  if (limitMiB !== undefined || cpus !== undefined)
+    params.limits = {
+      ...(limitMiB !== undefined ? { memoryMiB: limitMiB } : {}),
+      ...(cpus !== undefined ? { cpus } : {}),
+    };
   const env = parseEnv((p.values.env as string[] | undefined) ?? []);
   if (env) params.env = env;
   const cwd = str(p, 'cwd');
@@ -189,6 +202,16 @@ const commands: Command[] = [
       },
       vcpus: { type: 'string', value: 'N', help: 'vCPUs of the ephemeral VM' },
       memory: { type: 'string', value: 'MiB', help: 'memory of the ephemeral VM in MiB' },
+      'limit-memory': {
+        type: 'string',
+        value: 'MiB',
+        help: "the job's own memory limit in its VM (past it, only the job is OOM-killed)",
+      },
+      'limit-cpus': {
+        type: 'string',
+        value: 'N',
+        help: "the job's own CPU limit in its VM (0.5: half of one CPU)",
+      },
       detach: {
         type: 'boolean',
         short: 'd',

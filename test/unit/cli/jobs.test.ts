@@ -72,6 +72,37 @@ describe('mvirt jobs, job, logs and pool against mvirtd', () => {
     await j.rec.job(ids[2]!, TERMINAL);
   });
 
+  it(
+    'run --limit-memory and --limit-cpus reach the job; a guest without groups says why it failed',
+    T,
+    async () => {
+      const d = await mvirt([
+        'run',
+        '-d',
+        '--json',
+        '--vm',
+        'svc',
+        '--limit-memory',
+        '64',
+        '--limit-cpus',
+        '0.5',
+        '--',
+        'true',
+      ]);
+      assert.equal(d.code, 0, d.err);
+      const rec = JSON.parse(d.out) as JobRecord;
+      assert.deepEqual(rec.limits, { memoryMiB: 64, cpus: 0.5 });
+      await j.rec.job(rec.jobId, TERMINAL);
+      const r = await mvirt(['job', 'get', rec.jobId]);
+      assert.match(r.out, /^Limits: +memory 64 MiB, 0\.5 CPUs$/m);
+      // The test's fake guest has no cgroups: the job is refused before it runs, saying why.
+      assert.match(
+        r.out,
+        /^State: +failed \(.*cannot apply the job's limits: per-job limits need cgroup v2/m,
+      );
+    },
+  );
+
   it('job get shows a job, job cancel cancels one, unknown jobs say what to do', T, async () => {
     const d = await mvirt(['run', '-d', '--vm', 'svc', '--cwd', '/tmp', '--', 'sleep', '100']);
     const jobId = d.out.trim();
