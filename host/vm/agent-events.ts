@@ -7,6 +7,7 @@
  */
 import type { Hello } from '../../protocol/agent.js';
 import { createConsoleOut } from './console-out.js';
+import { createPanicScanner, guestPanicked } from './panic.js';
 import type { VmContext } from './context.js';
 import type { Live } from './live.js';
 import { restorePart } from './restore.js';
@@ -43,7 +44,11 @@ export function agentPart(ctx: VmContext): Pick<VmContext, 'openAgent' | 'attach
           }),
         listening: () => ctx.listening?.(topic) ?? true,
       });
-      s.on('data', (chunk: Buffer) => out.push(chunk));
+      const scan = createPanicScanner((message) => guestPanicked(ctx, live, message));
+      s.on('data', (chunk: Buffer) => {
+        out.push(chunk);
+        scan(chunk);
+      });
       s.on('error', (err) => live.log.debug({ err: String(err) }, 'console stream error'));
       s.on('close', () => {
         out.flush();

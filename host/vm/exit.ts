@@ -10,6 +10,7 @@ import type { VmState } from '../../protocol/rpc.js';
 import type { Level, VmContext } from './context.js';
 import { clearTimers, type Live } from './live.js';
 import { unlinkDisks } from './disks.js';
+import { guestPanicked } from './panic.js';
 import { canTransition } from './states.js';
 import { isActiveVm } from '../../protocol/states.js';
 
@@ -17,9 +18,18 @@ export function exitPart(ctx: VmContext): Pick<VmContext, 'watchExit' | 'removeS
   const { vms } = ctx;
 
   function watchExit(live: Live, running: RunningVm): void {
+    const off = running.onEvent?.((e) => {
+      if (e.type === 'panicked') guestPanicked(ctx, live, 'reported by the hypervisor');
+    });
     running.exited.then(
-      (info) => onExit(live, info),
-      (err: unknown) => onExit(live, { code: null, signal: null, reason: String(err) }),
+      (info) => {
+        off?.();
+        onExit(live, info);
+      },
+      (err: unknown) => {
+        off?.();
+        onExit(live, { code: null, signal: null, reason: String(err) });
+      },
     );
   }
 
