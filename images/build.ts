@@ -195,6 +195,7 @@ export async function buildImage(opts: BuildOptions = {}): Promise<BuildResult> 
           machine: recipe.machine,
           transport: recipe.machine === 'microvm' ? 'virtio-mmio' : 'virtio-pci',
           serialConsole: 'ttyS0',
+          consoleShell: recipe.console === 'shell',
           agentPort: VIRTIO_PORT_NAME,
           minMemoryMiB: 128,
           testedAccel: ['tcg'],

@@ -4,6 +4,7 @@
  * the agent, Debian packages), each with fixed modes, owners and order.
  */
 import {
+  appendFile,
   chmod,
   copyFile,
   cp,
@@ -25,6 +26,14 @@ import { type ResolvedRecipe } from './recipe.js';
 import { run } from './run.js';
 
 import type { KernelParts } from './kernel.js';
+
+/**
+ * The line a recipe's `console: shell` adds to the µOS's inittab: busybox
+ * init runs (and respawns) the emergency shell on the serial console.
+ */
+export const CONSOLE_SHELL_INITTAB =
+  '# The emergency shell on the serial console (recipe "console": "shell").\n' +
+  '::respawn:/usr/libexec/mvirt/console-shell\n';
 
 // ------------------------------------------------------------------ initramfs
 
@@ -166,6 +175,8 @@ export async function buildRootfs(a: {
     force: true,
     verbatimSymlinks: true,
   });
+  if (a.recipe.console === 'shell')
+    await appendFile(path.join(stage, 'etc/inittab'), CONSOLE_SHELL_INITTAB);
   await copyFile(a.recipe.agentPath, path.join(stage, 'usr/bin/mvirt-agent'));
   await chmod(path.join(stage, 'usr/bin/mvirt-agent'), 0o755);
   const explicit = new Map<string, number>([['usr/bin/mvirt-agent', 0o755]]);

@@ -77,6 +77,8 @@ export const Manifest = z.strictObject({
     /** virtio-pci for pc/q35, virtio-mmio for microvm. */
     transport: z.enum(['virtio-pci', 'virtio-mmio']),
     serialConsole: z.literal('ttyS0'),
+    /** A shell reads the console (recipe `console`); images built before it had none. */
+    consoleShell: z.boolean().default(false),
     agentPort: z.string(),
     minMemoryMiB: z.number().int(),
     testedAccel: z.array(z.string()),

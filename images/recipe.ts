@@ -60,6 +60,12 @@ export const Recipe = z.strictObject({
   agent: z.string().min(1).default('dist/agent/mvirt-agent'),
   /** The machine type this image is tested with, recorded for the QEMU backend. */
   machine: z.enum(MACHINES).default('pc'),
+  /**
+   * The serial console: `shell` runs a login-less root shell on it (the
+   * emergency shell of `mvirt console`); `off` leaves it output only, for
+   * production images where nobody should type into a guest.
+   */
+  console: z.enum(['shell', 'off']).default('shell'),
   /** Root disk: squashfs compression (zstd: smaller; lz4: faster to read under TCG). */
   rootfs: z
     .strictObject({ compression: z.enum(['zstd', 'lz4', 'xz', 'gzip']).default('zstd') })

@@ -1,14 +1,17 @@
 /**
  * Image builder end to end: two builds of one recipe from scratch are
- * bit-identical, and an unchanged rebuild is served from the output cache.
+ * bit-identical, an unchanged rebuild is served from the output cache, and
+ * a recipe's `console` decides whether a shell reads the serial console.
  * Downloads come from the shared cache ($MVIRT_CACHE_DIR or ~/.cache/mvirt).
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildImage } from '../../images/build.js';
+import { CONSOLE_SHELL_INITTAB } from '../../images/layout.js';
 import { readManifest } from '../../images/manifest.js';
 import { sha256File } from '../../images/hash.js';
 import { standinAgent, testRecipe } from '../../harness/image-qemu.js';
@@ -68,5 +71,20 @@ describe('image build', { timeout: 30 * 60_000 }, () => {
       lines.some((l) => /^\[\d+\/\d+\] install cached outputs done in/.test(l)),
       lines.join(''),
     );
+  });
+
+  test('console: the shell is in the inittab by default, and not with "off"', async () => {
+    const inittab = (dir: string) =>
+      execFileSync('unsquashfs', ['-cat', path.join(dir, 'rootfs.squashfs'), 'etc/inittab'], {
+        encoding: 'utf8',
+      });
+    const shell = await buildImage({ recipe, dataDir: dataA, log: () => {} });
+    assert.ok(inittab(shell.dir).includes(CONSOLE_SHELL_INITTAB));
+    assert.equal(shell.manifest.boot.consoleShell, true);
+    const offRecipe = await testRecipe(tmp.dir, tmp.agent, { name: 'quiet', console: 'off' });
+    const off = await buildImage({ recipe: offRecipe, dataDir: dataB, log: () => {} });
+    assert.doesNotMatch(inittab(off.dir), /console-shell/);
+    assert.match(inittab(off.dir), /agent-run/, 'the rest of the inittab as it was');
+    assert.equal(off.manifest.boot.consoleShell, false);
   });
 });

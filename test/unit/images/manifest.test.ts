@@ -26,6 +26,7 @@ export const sampleManifest = (): Manifest => ({
     machine: 'pc',
     transport: 'virtio-pci',
     serialConsole: 'ttyS0',
+    consoleShell: true,
     agentPort: 'mvirt.agent',
     minMemoryMiB: 128,
     testedAccel: ['tcg'],
@@ -68,6 +69,13 @@ describe('manifest', () => {
     const badSha = sampleManifest();
     badSha.outputs = [{ file: 'vmlinuz', sha256: 'xyz', size: 1 }];
     assert.equal(Manifest.safeParse(badSha).success, false);
+  });
+
+  test('an image built before the console shell reads as one without it', () => {
+    const old = sampleManifest() as { boot: Partial<Manifest['boot']> };
+    delete old.boot.consoleShell;
+    const parsed = Manifest.parse(old);
+    assert.equal(parsed.boot.consoleShell, false);
   });
 
   test('readManifest reads, validates and gives boot file paths', async () => {

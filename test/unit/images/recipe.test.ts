@@ -29,6 +29,12 @@ describe('recipe validation', () => {
     assert.equal(r.agent, 'dist/agent/mvirt-agent');
     assert.equal(r.machine, 'pc');
     assert.equal(r.rootfs.compression, 'zstd');
+    assert.equal(r.console, 'shell');
+  });
+
+  test('console: shell or off, nothing else', async () => {
+    assert.equal(parseRecipe({ ...base, console: 'off' }).console, 'off');
+    await rejects(() => parseRecipe({ ...base, console: 'bash' }), /console: /);
   });
 
   test('an unknown top-level field is named, with the allowed ones', async () => {
