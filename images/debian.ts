@@ -9,7 +9,7 @@
  */
 import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { MvirtError } from '../protocol/errors.js';
 import { sha256File } from './hash.js';
 import type { Progress } from './progress.js';

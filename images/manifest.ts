@@ -6,7 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { MvirtError } from '../protocol/errors.js';
 
 export const MANIFEST_FILE = 'manifest.json';

@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { MvirtError } from '../protocol/errors.js';
 import { PROJECT_ROOT } from './paths.js';
 

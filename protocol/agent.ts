@@ -4,7 +4,7 @@
  * Every message is validated on receipt; unknown fields are rejected, so a
  * guest cannot smuggle data through and an old agent notices a new field.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import type { AgentDownKind, AgentUpKind } from './topics.js';
 import { PRINTABLE, PRINTABLE_WORD } from './inert.js';
 

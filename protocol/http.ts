@@ -3,7 +3,7 @@
  * Prometheus text format; the dashboard asks `/session` how to reach the
  * broker over WebSocket on the same origin and as whom.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 
 export const HTTP_PATHS = {
   dashboard: '/',

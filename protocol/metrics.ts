@@ -6,7 +6,7 @@
  * top` validate what they receive with these schemas, so a daemon and a
  * client that disagree fail loudly instead of drawing nonsense.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { Telemetry } from './agent.js';
 
 const nonneg = z.number().finite().nonnegative();

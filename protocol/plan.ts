@@ -7,7 +7,7 @@
  * event. A call the real method would refuse is refused the same way, with
  * the same typed error.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 
 /** The methods that change something, each of which takes `dryRun`. */
 export const MUTATING_METHODS = [

@@ -6,7 +6,7 @@
  * Unknown fields are rejected, as everywhere on the wire: a daemon that sends
  * a field the contract lacks fails a test instead of drifting silently.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { BlockDevicesResult, BootTimeline, JobLimits, JobUsage } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';

@@ -3,7 +3,7 @@
  * method and the schema of its result (the records are in records.ts). The host's route table and the typed client
  * are both keyed by `RpcMethods`, so a method added here is checked on both ends.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobLimits, JobTimeoutMs, SIGNALS } from './agent.js';

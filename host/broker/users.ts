@@ -10,7 +10,7 @@
  * file is a CONFIG_INVALID error, never a silently open broker.
  */
 import { readFileSync } from 'node:fs';
-import { z } from 'zod';
+import * as z from 'zod';
 import { MvirtError } from '../../protocol/errors.js';
 import { NAME_RE } from '../../protocol/topics.js';
 import { formatIssues } from '../../protocol/validate.js';

@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { lstat, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { NetworkSpec } from '../../protocol/records.js';
 import { MvirtError } from '../../protocol/errors.js';
 import { formatIssues } from '../../protocol/validate.js';

@@ -5,7 +5,7 @@
  * one becomes a `$ref` to it. Draft 7, because AsyncAPI's Schema Object is a
  * superset of JSON Schema draft 7.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { VmTelemetry } from '../../../protocol/metrics.js';
 import { MetricPoint, MetricsResult } from '../../../protocol/metrics.js';
 import {
