@@ -36,6 +36,7 @@ import {
 // Browser-safe helpers, re-exported where callers have always found them.
 export { replyTopicFor, topicMatches };
 import { parseWith } from './validate.js';
+import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from './limits.js';
 import {
   asRecord,
   connectBroker,
@@ -53,8 +54,7 @@ export {
   randomClientId,
 } from './connect.js';
 
-export const DEFAULT_BROKER_URL = 'mqtt://127.0.0.1:1883';
-export const DEFAULT_TIMEOUT_MS = 30_000;
+export { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS };
 
 export interface ClientOptions {
   /** `mqtt://`, `mqtts://`, `ws://`, `wss://`, `unix:///path` or a unix socket path. */

@@ -12,6 +12,7 @@ import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
 import {
   JOB_STATES,
+  NETWORK_MODES,
   SNAPSHOT_STATES,
   VM_KINDS,
   VM_STATES,
@@ -25,9 +26,6 @@ const time = z.iso.datetime();
 /** The state enums as schemas (the lists and their subsets are in states.ts). */
 export const VmStateSchema = z.enum(VM_STATES);
 export const JobStateSchema = z.enum(JOB_STATES);
-
-export const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
-export type NetworkMode = (typeof NETWORK_MODES)[number];
 
 /**
  * A VM's network. `user`: QEMU user-mode networking (outbound only, no

@@ -27,7 +27,9 @@ import {
   VolumeSnapshot,
 } from './records.js';
 import { JOB_STATES, VM_KINDS, VM_STATES, VOLUME_FORMATS } from './states.js';
+import { JOB_ID_RE, JOB_STDIN_BYTES, JOB_STDIN_CHUNK_BYTES, MAX_FORKS } from './limits.js';
 
+export { JOB_ID_RE, JOB_STDIN_BYTES, JOB_STDIN_CHUNK_BYTES, MAX_FORKS };
 export * from './states.js';
 export * from './records.js';
 export * from './plan.js';
@@ -60,9 +62,6 @@ export const VolumeSizeMiB = z
 /** Template snapshots (mvirtd's own, one per image build and VM size) are named so. */
 export const TEMPLATE_SNAPSHOT_PREFIX = 'mvirt-template-';
 
-/** vm.create {fromSnapshot, count}: at most this many forks per call. */
-export const MAX_FORKS = 64;
-
 /** vm.create's disks: at most 16, each a volume at most once. */
 export const MAX_VM_DISKS = 16;
 const VmDisks = z
@@ -70,16 +69,10 @@ const VmDisks = z
   .max(MAX_VM_DISKS)
   .refine((d) => new Set(d.map((x) => x.volume)).size === d.length, 'each volume at most once');
 
-export const JobId = z
-  .string()
-  .regex(/^job-[0-9a-f]{12,32}$/, 'a job id as returned by job.run (job-<hex>)');
+export const JobId = z.string().regex(JOB_ID_RE, 'a job id as returned by job.run (job-<hex>)');
 
 /** The most chunk data one job.logs reply carries (page with nextSeq). */
 export const JOB_LOGS_PAGE_BYTES = 4 * 1024 * 1024;
-/** job.run's stdin, in bytes of UTF-8: a request must stay under the broker's packet limit. */
-export const JOB_STDIN_BYTES = 512 * 1024;
-/** job.stdin: at most this many bytes per call (base64 in the request). */
-export const JOB_STDIN_CHUNK_BYTES = 256 * 1024;
 /** job.run {wait}: stdout and stderr are each cut to this many bytes (`truncated` says so). */
 export const JOB_WAIT_OUTPUT_BYTES = 1024 * 1024;
 

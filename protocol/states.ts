@@ -31,6 +31,10 @@ export type JobState = (typeof JOB_STATES)[number];
 
 export const VM_KINDS = ['service', 'ephemeral'] as const;
 
+/** A VM's network mode (records.ts NetworkSpec says what each means). */
+export const NETWORK_MODES = ['none', 'user', 'bridge'] as const;
+export type NetworkMode = (typeof NETWORK_MODES)[number];
+
 /**
  * A volume is `available` (no VM lists it among its disks) or `attached`
  * (one VM read-write, or any number read-only). Creation and deletion are
