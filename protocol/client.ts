@@ -11,7 +11,7 @@
  * there), and `_` cannot start a host id (NAME_RE) so it never collides with one.
  */
 import type { MqttClient } from 'mqtt';
-import { encode, type Encoding } from './codec.js';
+import { encode, type Encoding } from './client-codec.js';
 import { MvirtError, fromErrorBody, isErrorCode, type ErrorBody } from './errors.js';
 import type { z } from 'zod';
 import { EventRecord, HostStatus, VmEvent, VmRecord } from './records.js';

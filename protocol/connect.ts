@@ -5,7 +5,7 @@
  */
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { randomBytes } from 'node:crypto';
-import { decode } from './codec.js';
+import { decode } from './client-codec.js';
 import { MvirtError } from './errors.js';
 import type { HostStatus } from './records.js';
 import { topicMatches } from './topics.js';

@@ -18,7 +18,7 @@
  * of order, duplicated, with gaps, in pages) through one in memory.
  */
 import type { MvirtClient } from '../../protocol/client.js';
-import { decode } from '../../protocol/codec.js';
+import { decode } from '../../protocol/client-codec.js';
 import { MvirtError } from '../../protocol/errors.js';
 import { JobRecord, OutputChunk, type JobLogs } from '../../protocol/records.js';
 import { isTerminalJob as isTerminal } from '../../protocol/states.js';
