@@ -75,6 +75,8 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** MQTT client id; a random `mvirt-<hex>` by default. */
   clientId?: string;
+  /** MQTT.js's writeCache (connect.ts connectBroker): false for a client that sends a few packets and ends. */
+  writeCache?: boolean;
   /** Longest wait for retained host statuses during discovery. */
   discoveryTimeoutMs?: number;
   /**
@@ -179,6 +181,7 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
       ...(options.connectTimeoutMs !== undefined
         ? { connectTimeoutMs: options.connectTimeoutMs }
         : {}),
+      ...(options.writeCache !== undefined ? { writeCache: options.writeCache } : {}),
     }));
   const where = ownsMqtt ? url : 'the given MQTT connection';
   const replyTopic = replyTopicFor(prefix, clientId);

@@ -2,6 +2,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
 import { connectController } from '../../../harness/connect.js';
+import { adminLogin } from '../../../harness/test-admin.js';
 import {
   brokerOptions,
   createClient,
@@ -194,6 +195,33 @@ describe('client connection and discovery failures', () => {
         assert.equal(c.hostId, 'test-host');
         await c.close();
       }
+    } finally {
+      await d.stop();
+      killFakes(hv);
+      await removeDir(d.dataDir);
+    }
+  });
+
+  it('logs in over TCP, through its own socket or MQTT.js connect() (credentials in the URL)', async () => {
+    const hv = createFakeHypervisor();
+    const d = await startTestDaemon({ hypervisors: [hv] });
+    try {
+      const tcp = d.daemon.broker.addresses.tcp!;
+      const { username, password } = adminLogin();
+      const login = `${encodeURIComponent(username)}:${encodeURIComponent(password)}`;
+      for (const o of [
+        { url: `mqtt://${tcp}`, username, password, writeCache: false },
+        { url: `tcp://${tcp}/`, username, password },
+        { url: `mqtt://${login}@${tcp}` },
+      ]) {
+        const c = await createClient(o);
+        assert.equal((await c.call('system.info')).hostId, 'test-host', o.url);
+        await c.close();
+      }
+      await rejectsWith(
+        createClient({ url: `mqtt://${tcp}`, username, password: 'wrong' }),
+        'NOT_AUTHORIZED',
+      );
     } finally {
       await d.stop();
       killFakes(hv);
