@@ -7,6 +7,7 @@
 import * as z from 'zod';
 import type { AgentDownKind, AgentUpKind } from './topics.js';
 import { PRINTABLE, PRINTABLE_WORD } from './inert.js';
+import { SIGNALS } from './states.js';
 
 /** Bumped when the agent channel changes incompatibly. */
 export const AGENT_PROTOCOL_VERSION = 1;
@@ -64,17 +65,7 @@ export const TELEMETRY_LIMITS = {
 } as const;
 const counter = z.number().nonnegative().max(TELEMETRY_LIMITS.counter);
 
-export const SIGNALS = [
-  'SIGTERM',
-  'SIGKILL',
-  'SIGINT',
-  'SIGHUP',
-  'SIGQUIT',
-  'SIGUSR1',
-  'SIGUSR2',
-  'SIGSTOP',
-  'SIGCONT',
-] as const;
+export { SIGNALS };
 
 // ---------------------------------------------------------------- guest → host
 

@@ -140,3 +140,16 @@ export const TERMINAL_JOB_STATES: readonly JobState[] = JOB_STATES.filter(
   (s) => !(OPEN_JOB_STATES as readonly string[]).includes(s),
 );
 export const isTerminalJob = member<JobState>(TERMINAL_JOB_STATES);
+
+/** The signals a job may be sent (job.signal, the agent's Signal). */
+export const SIGNALS = [
+  'SIGTERM',
+  'SIGKILL',
+  'SIGINT',
+  'SIGHUP',
+  'SIGQUIT',
+  'SIGUSR1',
+  'SIGUSR2',
+  'SIGSTOP',
+  'SIGCONT',
+] as const;

@@ -4,7 +4,7 @@
  * every mistake becomes a UsageError (exit code 2) that names the fix.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from '../../protocol/client.js';
+import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from '../../protocol/limits.js';
 import { DEFAULT_PREFIX } from '../../protocol/topics.js';
 import { credentialsPath, loadCredentials } from './credentials.js';
 import type { Io } from './io.js';
@@ -159,7 +159,7 @@ export function parseCommand(
   }
 }
 
-export function globalsFrom(values: Parsed['values'], env: Io['env']): Globals {
+export async function globalsFrom(values: Parsed['values'], env: Io['env']): Promise<Globals> {
   const str = (k: string): string | undefined => {
     const v = values[k];
     return typeof v === 'string' ? v : undefined;
@@ -169,7 +169,7 @@ export function globalsFrom(values: Parsed['values'], env: Io['env']): Globals {
   const password = str('password') ?? nonEmpty(env.MVIRT_PASSWORD);
   const broker = str('broker') ?? nonEmpty(env.MVIRT_BROKER);
   // No login given: the credential setup.sh made for this user, if any.
-  const saved = user === undefined ? loadCredentials(credentialsPath(env)) : null;
+  const saved = user === undefined ? await loadCredentials(credentialsPath(env)) : null;
   // A saved credential is for its own broker: not sent to another one.
   const useSaved = saved !== null && (broker === undefined || broker === saved.broker);
   return {

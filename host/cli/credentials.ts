@@ -11,16 +11,10 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import * as z from 'zod';
 import { UsageError } from './args.js';
+import type { Credentials } from './credentials-schema.js';
 
-export const Credentials = z.strictObject({
-  broker: z.string().min(1).optional(),
-  username: z.string().min(1).max(128),
-  password: z.string().min(1),
-  cafile: z.string().min(1).optional(),
-});
-export type Credentials = z.infer<typeof Credentials>;
+export type { Credentials };
 
 /** Where the credential lives for this environment; null without HOME or XDG_CONFIG_HOME. */
 export function credentialsPath(env: Record<string, string | undefined>): string | null {
@@ -29,8 +23,11 @@ export function credentialsPath(env: Record<string, string | undefined>): string
   return config ? path.join(config, 'mvirt', 'credentials.json') : null;
 }
 
-/** The credential file, or null when there is none; a bad one is a UsageError that says what to do. */
-export function loadCredentials(file: string | null): Credentials | null {
+/**
+ * The credential file, or null when there is none; a bad one is a UsageError
+ * that says what to do. Its schema (zod) is loaded only when there is a file.
+ */
+export async function loadCredentials(file: string | null): Promise<Credentials | null> {
   if (file === null) return null;
   let text: string;
   try {
@@ -50,6 +47,7 @@ export function loadCredentials(file: string | null): Credentials | null {
   } catch {
     throw new UsageError(`${file} is not JSON; remove it or run scripts/setup.sh again`);
   }
+  const { Credentials } = await import('./credentials-schema.js');
   const r = Credentials.safeParse(json);
   if (!r.success)
     throw new UsageError(

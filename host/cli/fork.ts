@@ -5,7 +5,8 @@
  * cloud-init) is refused here by name, before anything is sent.
  */
 import { MvirtError } from '../../protocol/errors.js';
-import { MAX_FORKS, type ParamsOf, type VmRecord } from '../../protocol/rpc.js';
+import { MAX_FORKS } from '../../protocol/limits.js';
+import type { ParamsOf, VmRecord } from '../../protocol/rpc.js';
 import { UsageError, type OptionSpec, type Parsed } from './args.js';
 import { str, type Context } from './command.js';
 import { EXIT, HintedError } from './exit.js';

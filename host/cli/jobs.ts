@@ -3,28 +3,29 @@
  * code), `mvirt jobs` / `mvirt job …` (list, show, cancel) and `mvirt logs`.
  * Output ordering lives in follow.ts, how records read in job-view.ts.
  */
-import { SIGNALS } from '../../protocol/agent.js';
 import { inert } from '../../protocol/inert.js';
-import {
-  JOB_STATES,
-  JOB_STDIN_CHUNK_BYTES,
-  JobId,
-  type OutputChunk,
-  type ParamsOf,
-} from '../../protocol/rpc.js';
+import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
+import type { OutputChunk, ParamsOf } from '../../protocol/rpc.js';
+import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
 import { UsageError, integer, oneOf, type Parsed } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
-import { followJob, mqttFollowClient } from './follow.js';
 import { jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
 import { json, jsonLine } from './output.js';
 import { hasInput, pumpStdin, type StdinPump } from './stdin-pump.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/**
+ * follow.ts checks what it reads with the protocol's schemas (zod): it is
+ * loaded by the commands that follow output, not with this module, which
+ * `mvirt --help` loads too.
+ */
+const loadFollow = () => import('./follow.js');
+
 /** A job id argument, checked before it becomes part of a topic name. */
 export function jobIdArg(s: string, command: string): string {
-  if (!JobId.safeParse(s).success)
+  if (!JOB_ID_RE.test(s))
     throw new UsageError(
       `'${s}' is not a job id: job ids look like job-0123456789ab (\`mvirt jobs\` lists them)`,
       command,
@@ -274,6 +275,7 @@ const commands: Command[] = [
         } else if (jobId !== undefined) cancel(jobId);
         else ctx.err('mvirt: the job will be cancelled as soon as it exists\n');
       });
+      const following = loadFollow();
       try {
         const submitting = c.call('job.run', params);
         submitting.catch(() => {}); // when a second Ctrl-C wins the race below
@@ -289,6 +291,7 @@ const commands: Command[] = [
           return interrupts > 0 ? EXIT.JOB_CANCELLED : EXIT.OK;
         }
         let queueShown = false;
+        const { followJob, mqttFollowClient } = await following;
         const rec = await followJob(mqttFollowClient(c), {
           jobId,
           follow: true,
@@ -411,6 +414,7 @@ const commands: Command[] = [
       const stop = new AbortController();
       const offSignal = follow ? ctx.io.onSignal(() => stop.abort()) : () => {};
       try {
+        const { followJob, mqttFollowClient } = await loadFollow();
         await followJob(mqttFollowClient(c), {
           jobId,
           follow,

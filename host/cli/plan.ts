@@ -5,24 +5,14 @@
  * real; nothing after the first change is run, since a later step would
  * depend on a change that was not made.
  */
-import type { MvirtClient } from '../../protocol/client.js';
-import { isMutating, type DryRunPlan, type PlanCommand } from '../../protocol/rpc.js';
+import type { DryRunPlan, PlanCommand } from '../../protocol/rpc.js';
 
-/** Thrown to end a command at its first change under --dry-run; run.ts prints it. */
+/** Thrown to end a command at its first change under --dry-run (dry-run.ts); run.ts prints it. */
 export class DryRunAnswer extends Error {
   constructor(readonly plan: DryRunPlan) {
     super(`dry run of ${plan.method}`);
     this.name = 'DryRunAnswer';
   }
-}
-
-export function dryRunClient(client: MvirtClient): MvirtClient {
-  const call: MvirtClient['call'] = async (method, ...args) => {
-    if (!isMutating(method)) return client.call(method, ...args);
-    const [params, opts] = args;
-    throw new DryRunAnswer(await client.plan(method, params as never, opts));
-  };
-  return Object.assign(Object.create(client) as MvirtClient, { call });
 }
 
 /** A shell-like rendering of an argv (quoted where a shell would need it). */

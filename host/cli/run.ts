@@ -4,36 +4,15 @@
  * Pure with respect to the process (everything through `Io`), so unit tests
  * drive it in-process.
  */
-import { createClient, type MvirtClient } from '../../protocol/client.js';
-import { DEFAULT_TIMEOUT_MS } from '../../protocol/client.js';
+import type { MvirtClient } from '../../protocol/client.js';
+import { DEFAULT_TIMEOUT_MS } from '../../protocol/limits.js';
 import { readFileSync } from 'node:fs';
 import { UsageError, globalsFrom, parseCommand, splitCommand, type Globals } from './args.js';
 import { commandHelp, positionals, type Command, type Context } from './command.js';
-import { consoleCommands } from './console.js';
-import { eventsCommands } from './events.js';
 import { EXIT, exitCodeFor, renderError } from './exit.js';
-import { infoCommands } from './info.js';
-import { DryRunAnswer, dryRunClient, formatPlan } from './plan.js';
+import { DryRunAnswer, formatPlan } from './plan.js';
 import type { Io } from './io.js';
-import { jobCommands } from './jobs.js';
-import { poolCommands } from './pool.js';
-import { snapshotCommands, vmSaveCommands } from './snapshot.js';
-import { volumeCommands } from './volume.js';
-import { topCommands } from './top.js';
-import { vmCommands } from './vm.js';
-
-export const COMMANDS: Command[] = [
-  ...vmCommands,
-  ...vmSaveCommands,
-  ...jobCommands,
-  ...poolCommands,
-  ...volumeCommands,
-  ...snapshotCommands,
-  ...infoCommands,
-  ...eventsCommands,
-  ...topCommands,
-  ...consoleCommands,
-];
+import { allCommands, commandsFor } from './table.js';
 
 const GROUPS: Record<string, string> = {
   vm: 'manage VMs: create, ls, get, start, stop, kill, pause, resume, reboot, rm, attach, detach, disks, snapshot, suspend',
@@ -49,15 +28,15 @@ const GROUPS: Record<string, string> = {
   image: 'build µOS images (mvirt image build --help)',
 };
 
-export function mainHelp(): string {
-  const w = Math.max(...COMMANDS.map((c) => c.name.length), 'image build'.length);
+export function mainHelp(commands: readonly Command[]): string {
+  const w = Math.max(...commands.map((c) => c.name.length), 'image build'.length);
   return [
     'Usage: mvirt [global options] COMMAND [options]',
     '',
     'mvirt drives microVMs through mvirtd, over MQTT.',
     '',
     'Commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
+    ...commands.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
     `  ${'image build'.padEnd(w)}  Build a µOS image (see \`mvirt image build --help\`).`,
     '',
     'Global options (before or after the command):',
@@ -77,8 +56,8 @@ export function mainHelp(): string {
   ].join('\n');
 }
 
-function groupHelp(group: string): string {
-  const cmds = COMMANDS.filter((c) => c.name.startsWith(`${group} `));
+function groupHelp(group: string, commands: readonly Command[]): string {
+  const cmds = commands.filter((c) => c.name.startsWith(`${group} `));
   const w = Math.max(...cmds.map((c) => c.name.length));
   return [
     `Usage: mvirt ${group} COMMAND [options]`,
@@ -103,16 +82,22 @@ export interface ClientFactory {
   (g: Globals): Promise<MvirtClient>;
 }
 
-export const defaultClientFactory: ClientFactory = (g) =>
-  createClient({
+/** The protocol's client (MQTT.js, zod, the schemas), loaded by the first command that connects. */
+export const defaultClientFactory: ClientFactory = async (g) => {
+  const ca = g.cafile !== undefined ? readCa(g.cafile) : undefined;
+  const { createClient } = await import('../../protocol/client.js');
+  return createClient({
     url: g.broker,
     prefix: g.prefix,
     timeoutMs: g.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    // A command sends a few packets and ends (connect.ts connectBroker).
+    writeCache: false,
     ...(g.host !== undefined ? { hostId: g.host } : {}),
     ...(g.user !== undefined ? { username: g.user } : {}),
     ...(g.password !== undefined ? { password: g.password } : {}),
-    ...(g.cafile !== undefined ? { ca: readCa(g.cafile) } : {}),
+    ...(ca !== undefined ? { ca } : {}),
   });
+};
 
 function readCa(file: string): Buffer {
   try {
@@ -138,30 +123,33 @@ export async function runCli(
   try {
     if (words[0] === 'help') {
       const target = words.slice(1).join(' ');
-      const cmd = COMMANDS.find((c) => c.name === target);
+      const commands = target === '' ? await allCommands() : await commandsFor(words[1]!);
+      const cmd = commands.find((c) => c.name === target);
       if (cmd) io.stdout.write(commandHelp(cmd));
-      else if (GROUPS[target] && target !== 'image') io.stdout.write(groupHelp(target));
-      else if (target === '') io.stdout.write(mainHelp());
+      else if (GROUPS[target] && target !== 'image') io.stdout.write(groupHelp(target, commands));
+      else if (target === '') io.stdout.write(mainHelp(commands));
       else throw new UsageError(`no command '${target}'`);
       return EXIT.OK;
     }
     const name = words.join(' ');
-    const cmd = COMMANDS.find((c) => c.name === name);
+    const commands = words.length > 0 ? await commandsFor(words[0]!) : [];
+    const cmd = commands.find((c) => c.name === name);
     if (!cmd) {
       const wantsHelp = rest.includes('--help') || rest.includes('-h');
       if (words.length === 0) {
+        const help = mainHelp(await allCommands());
         if (wantsHelp) {
-          io.stdout.write(mainHelp());
+          io.stdout.write(help);
           return EXIT.OK;
         }
-        io.stderr.write(mainHelp());
+        io.stderr.write(help);
         if (rest[0]?.startsWith('-')) throw new UsageError(`unknown option ${rest[0]}`);
         return EXIT.USAGE;
       }
       const group = words[0]!;
       if (SUBCOMMAND_GROUPS.has(group)) {
         if (words.length === 1 || wantsHelp) {
-          (wantsHelp ? io.stdout : io.stderr).write(groupHelp(group));
+          (wantsHelp ? io.stdout : io.stderr).write(groupHelp(group, commands));
           return wantsHelp ? EXIT.OK : EXIT.USAGE;
         }
         throw new UsageError(`no command '${group} ${words[1]!}'; see 'mvirt ${group} --help'`);
@@ -188,7 +176,7 @@ export async function runCli(
     parsed.positionals = positionals(cmd, parsed);
     // A command with its own --timeout (vm stop, run) means something else by it
     // than the reply wait, and sets its reply waits itself.
-    const globals = globalsFrom(
+    const globals = await globalsFrom(
       cmd.options && 'timeout' in cmd.options
         ? { ...parsed.values, timeout: undefined }
         : parsed.values,
@@ -199,7 +187,9 @@ export async function runCli(
       globals,
       client: async () => {
         client ??= await makeClient(globals);
-        return globals.dryRun ? dryRunClient(client) : client;
+        if (!globals.dryRun) return client;
+        const { dryRunClient } = await import('./dry-run.js');
+        return dryRunClient(client);
       },
       out: (s) => void io.stdout.write(s),
       err: (s) => void io.stderr.write(s),

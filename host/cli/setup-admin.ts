@@ -27,7 +27,7 @@ type Entry = { username: string; passwordHash: string; role?: string };
 const users: { users: Entry[] } = existsSync(usersFile)
   ? (JSON.parse(readFileSync(usersFile, 'utf8')) as { users: Entry[] })
   : { users: [] };
-const saved = loadCredentials(credFile);
+const saved = await loadCredentials(credFile);
 const entry = users.users.find((u) => u.username === user);
 const keep =
   saved !== null &&

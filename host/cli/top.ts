@@ -5,9 +5,8 @@
  * most once per --interval. On a terminal each frame replaces the previous
  * one; piped, frames follow each other (like `top -b`).
  */
-import { VmTelemetry } from '../../protocol/metrics.js';
-import { HostStatus } from '../../protocol/records.js';
-import { VmRecord } from '../../protocol/records.js';
+import type { VmTelemetry } from '../../protocol/metrics.js';
+import type { HostStatus, VmRecord } from '../../protocol/records.js';
 import { isActiveVm } from '../../protocol/states.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { str, type Command } from './command.js';
@@ -223,6 +222,11 @@ export const topCommands: Command[] = [
         timer = setTimeout(draw, wait);
       };
 
+      // The schemas (zod) load with the view, not with this module (`mvirt --help` loads it too).
+      const [{ VmTelemetry }, { HostStatus, VmRecord }] = await Promise.all([
+        import('../../protocol/metrics.js'),
+        import('../../protocol/records.js'),
+      ]);
       const root = c.topics;
       const unsubs = [
         await c.subscribe(root.vmState('+'), (topic, payload) => {

@@ -2,7 +2,8 @@
 import { readFile } from 'node:fs/promises';
 import type { MvirtClient } from '../../protocol/client.js';
 import { MvirtError } from '../../protocol/errors.js';
-import { NETWORK_MODES, VM_KINDS, VM_STATES, type VmRecord } from '../../protocol/rpc.js';
+import type { VmRecord } from '../../protocol/rpc.js';
+import { NETWORK_MODES, VM_KINDS, VM_STATES } from '../../protocol/states.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, HintedError } from './exit.js';

@@ -118,7 +118,7 @@ describe('global options and environment', () => {
     assert.deepEqual(splitCommand(['info', '--json'], depth).words, ['info']);
   });
 
-  it('takes options over environment over defaults', () => {
+  it('takes options over environment over defaults', async () => {
     const env = {
       MVIRT_BROKER: '/run/mvirt.sock',
       MVIRT_HOST: 'env-host',
@@ -127,7 +127,7 @@ describe('global options and environment', () => {
       MVIRT_PASSWORD: 'pw',
     };
     const none = parseCommand('info', [], {});
-    assert.deepEqual(globalsFrom(none.values, {}), {
+    assert.deepEqual(await globalsFrom(none.values, {}), {
       broker: 'mqtt://127.0.0.1:1883',
       host: undefined,
       prefix: 'mvirt',
@@ -138,7 +138,7 @@ describe('global options and environment', () => {
       dryRun: false,
       timeoutMs: undefined,
     } satisfies Globals);
-    assert.deepEqual(globalsFrom(none.values, env), {
+    assert.deepEqual(await globalsFrom(none.values, env), {
       broker: '/run/mvirt.sock',
       host: 'env-host',
       prefix: 'p',
@@ -150,13 +150,13 @@ describe('global options and environment', () => {
       timeoutMs: undefined,
     });
     const flags = parseCommand('info', ['--host', 'flag-host', '--timeout', '2.5', '--json'], {});
-    const g = globalsFrom(flags.values, env);
+    const g = await globalsFrom(flags.values, env);
     assert.equal(g.host, 'flag-host');
     assert.equal(g.timeoutMs, 2500);
     assert.equal(g.json, true);
   });
 
-  it("finds setup's credential by itself, for its own broker only, and refuses one others can read", () => {
+  it("finds setup's credential by itself, for its own broker only, and refuses one others can read", async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'mvirt-cred-'));
     try {
       const file = path.join(dir, 'mvirt', 'credentials.json');
@@ -169,24 +169,24 @@ describe('global options and environment', () => {
       };
       writeFileSync(file, JSON.stringify(saved), { mode: 0o600 });
       const none = parseCommand('info', [], {});
-      const g = globalsFrom(none.values, { XDG_CONFIG_HOME: dir });
+      const g = await globalsFrom(none.values, { XDG_CONFIG_HOME: dir });
       assert.deepEqual(
         { broker: g.broker, user: g.user, password: g.password, cafile: g.cafile },
         { broker: saved.broker, user: 'me', password: 'pw1', cafile: '/ca.pem' },
       );
       // Another broker: the saved password is not sent there.
-      const other = globalsFrom(none.values, {
+      const other = await globalsFrom(none.values, {
         XDG_CONFIG_HOME: dir,
         MVIRT_BROKER: 'mqtt://elsewhere:1',
       });
       assert.equal(other.user, undefined);
       assert.equal(other.password, undefined);
       // An explicit user wins and gets no saved password.
-      const bob = globalsFrom(none.values, { XDG_CONFIG_HOME: dir, MVIRT_USER: 'bob' });
+      const bob = await globalsFrom(none.values, { XDG_CONFIG_HOME: dir, MVIRT_USER: 'bob' });
       assert.deepEqual([bob.user, bob.password], ['bob', undefined]);
       chmodSync(file, 0o644);
-      assert.throws(
-        () => globalsFrom(none.values, { MVIRT_CREDENTIALS: file }),
+      await assert.rejects(
+        globalsFrom(none.values, { MVIRT_CREDENTIALS: file }),
         (e: Error) => e instanceof UsageError && /chmod 600/.test(e.message),
       );
     } finally {
