@@ -10,6 +10,7 @@ import * as z from 'zod';
 import { BlockDevicesResult, BootTimeline, JobLimits, JobUsage } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
+import { NAME_RE } from './topics.js';
 import {
   JOB_STATES,
   NETWORK_MODES,
@@ -443,6 +444,14 @@ export const HostStatus = SystemInfo.partial()
     'online:false (with hostId and at only) is the daemon last will; while online, the system.info fields, the host figures, broker counters and jobs by state',
   );
 export type HostStatus = z.infer<typeof HostStatus>;
+
+/** `<prefix>/_broker` (topics.ts brokerTopic): the host whose embedded broker this is. */
+export const BrokerOwner = z
+  .strictObject({ hostId: z.string().regex(NAME_RE) })
+  .describe(
+    "retained by mvirtd's embedded broker: the host it belongs to, the only one publishing on it",
+  );
+export type BrokerOwner = z.infer<typeof BrokerOwner>;
 
 // ---------------------------------------------------------------- replies
 

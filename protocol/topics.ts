@@ -62,6 +62,15 @@ export const AGENT_DOWN_KINDS = [
 ] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 
+/**
+ * Retained by mvirtd's embedded broker before its listeners open: which host
+ * the broker belongs to (records.ts BrokerOwner). No other host publishes on
+ * that broker and controllers may not publish here, so a controller that
+ * reads it knows the host without waiting for retained statuses to stop
+ * coming (connect.ts). Outside every host subtree, like `_clients`.
+ */
+export const brokerTopic = (prefix: string): string => `${prefix}/_broker`;
+
 /** The reply topic of one client: outside every host subtree, one per client id. */
 export const replyTopicFor = (prefix: string, clientId: string): string =>
   `${prefix}/_clients/${clientId}/replies`;

@@ -5,9 +5,9 @@
  *
  * Roles:
  *  - controller: may publish `<root>/rpc/<method>` and `<root>/vm/<id>/console/in`
- *    and anything outside `<root>/` (its own reply topics); nothing else under
- *    `<root>/`, so it cannot forge status, VM, job or agent topics. Retained
- *    only outside `<root>/`. May subscribe to anything except the agent
+ *    and anything outside `<root>/` (its own reply topics) but `<prefix>/_broker`;
+ *    nothing else under `<root>/`, so it cannot forge status, VM, job or agent
+ *    topics, nor which host the broker belongs to. Retained only outside `<root>/`. May subscribe to anything except the agent
  *    subtree; agent traffic is also filtered on delivery so `#` cannot see it.
  *  - agent of VM v: publishes only below `<root>/agent/v/up/`, subscribes only
  *    below `<root>/agent/v/down/`, never retained. The identity is the channel
@@ -21,7 +21,7 @@
  * requests (`rpc/`), `$` topics or another user's reply namespace
  * `<prefix>/_clients/<clientId>/`, and nobody publishes into one.
  */
-import { nameProblem, parseRpcTopic } from '../../protocol/topics.js';
+import { brokerTopic, nameProblem, parseRpcTopic } from '../../protocol/topics.js';
 import { inScope, roleAtLeast, type Access, type ObjectKind } from '../auth/roles.js';
 import { filterProblem, publishTopicProblem } from './validate.js';
 
@@ -100,6 +100,8 @@ export function controllerPublishProblem(
   const bad = publishTopicProblem(topic);
   if (bad !== null) return bad;
   if (topic.startsWith('$')) return "topics starting with '$' are reserved";
+  if (topic === brokerTopic(root.slice(0, root.lastIndexOf('/'))))
+    return `${topic} says whose broker this is: the daemon's alone`;
   if (!inRoot(root, topic)) return null;
   if (retain) return `retained messages under ${root}/ are published by the daemon only`;
   const method = parseRpcTopic(root, topic);

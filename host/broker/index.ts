@@ -46,7 +46,9 @@ import { resolveOptions, type BrokerOptions, type ResolvedOptions } from './opti
 import { peerCred } from './peer.js';
 import { createRegistry, type ConnInfo, type Registry } from './registry.js';
 import { createCounters } from './stats.js';
-import type { AgentChannelHandle, Broker, Sender } from './types.js';
+import type { AgentChannelHandle, Broker, Bus, Sender } from './types.js';
+import type { BrokerOwner } from '../../protocol/records.js';
+import { brokerTopic } from '../../protocol/topics.js';
 import { accessOf, loadUserEntries, parseUserEntries, type Users } from './users.js';
 import { hashesOf } from './users.js';
 
@@ -197,6 +199,19 @@ async function openListeners(
   return { listeners, addresses };
 }
 
+/**
+ * Retain `<prefix>/_broker` {hostId} (protocol/topics.ts brokerTopic): this
+ * broker is that host's, the only one publishing on it, so a controller that
+ * reads it needs no quiet period to be sure there is no other host. Measured
+ * on the 2-core dev machine: `mvirt vm ls` without --host spent 60–80 ms of
+ * its ~230 ms in that quiet period (protocol/connect.ts).
+ */
+function publishOwner(bus: Bus, root: string): Promise<void> {
+  const slash = root.lastIndexOf('/');
+  const owner: BrokerOwner = { hostId: root.slice(slash + 1) };
+  return bus.publish(brokerTopic(root.slice(0, slash)), JSON.stringify(owner), { retain: true });
+}
+
 export async function createBroker(options: BrokerOptions, log: MvirtLogger): Promise<Broker> {
   const o = resolveOptions(options);
   const users = loadUsers(options);
@@ -261,18 +276,6 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     log.debug({ clientId: client.id }, 'client disconnected');
   });
 
-  // Every admitted stream, including those that never completed CONNECT
-  // (aedes.close() only knows registered clients): close() ends them all.
-  const live = new Set<Duplex>();
-  const admit = createAdmitter(aedes, registry, live, o, budgets, log);
-  let opened: Awaited<ReturnType<typeof openListeners>>;
-  try {
-    opened = await openListeners(o, admit, log);
-  } catch (err) {
-    counters.stop();
-    await new Promise<void>((resolve) => aedes.close(() => resolve()));
-    throw err;
-  }
   const bus = createBus(
     aedes,
     counters,
@@ -284,6 +287,20 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     },
     (payload) => daemonPayloads.add(payload),
   );
+  // Every admitted stream, including those that never completed CONNECT
+  // (aedes.close() only knows registered clients): close() ends them all.
+  const live = new Set<Duplex>();
+  const admit = createAdmitter(aedes, registry, live, o, budgets, log);
+  let opened: Awaited<ReturnType<typeof openListeners>>;
+  try {
+    // Whose broker this is, there before the first client can connect.
+    await publishOwner(bus, o.root);
+    opened = await openListeners(o, admit, log);
+  } catch (err) {
+    counters.stop();
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    throw err;
+  }
   let closing: Promise<void> | null = null;
 
   async function close(): Promise<void> {

@@ -92,6 +92,18 @@ describe('controller ACL', () => {
     await reader.endAsync();
   });
 
+  test('the broker retains whose it is (<prefix>/_broker); no controller may say otherwise', async () => {
+    const c = await connectClient(url, { clientId: 'owner-forger' });
+    const closed = closedOf(c);
+    c.publish('mvirt/_broker', '{"hostId":"evil"}', { qos: 1, retain: true });
+    await closed;
+    const reader = await connectClient(url, { clientId: 'owner-reader' });
+    const box = inbox(reader);
+    await reader.subscribeAsync('mvirt/_broker');
+    assert.deepEqual(JSON.parse(await box.wait('mvirt/_broker')), { hostId: 'test' });
+    await reader.endAsync();
+  });
+
   test('subscribing to the agent subtree is refused (SUBACK 0x80), the client stays', async () => {
     const c = await connectClient(url, { clientId: 'nosy' });
     for (const f of [`${ROOT}/agent/#`, `${ROOT}/agent/vm-1/up/+`]) {

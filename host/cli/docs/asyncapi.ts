@@ -141,7 +141,7 @@ export function asyncApiDocument(): Json {
     address: string,
     description: string,
     payload: Json,
-    o: { retained?: boolean; send?: boolean; contentType?: string; extraParams?: string[] } = {},
+    o: { retained?: boolean; send?: boolean; contentType?: string } = {},
   ): void => {
     messages[name] = {
       name,
@@ -152,13 +152,12 @@ export function asyncApiDocument(): Json {
       address,
       description: `${description}${o.retained ? ' Retained.' : ''}`,
       messages: { [name]: { $ref: `#/components/messages/${name}` } },
-      parameters: {
-        prefix: { $ref: '#/components/parameters/prefix' },
-        hostId: { $ref: '#/components/parameters/hostId' },
-        ...Object.fromEntries(
-          (o.extraParams ?? []).map((p) => [p, { $ref: `#/components/parameters/${p}` }]),
-        ),
-      },
+      parameters: Object.fromEntries(
+        [...address.matchAll(/\{(\w+)\}/g)].map(([, p]) => [
+          p!,
+          { $ref: `#/components/parameters/${p!}` },
+        ]),
+      ),
     };
     operations[`${o.send ? 'send' : 'receive'}_${name}`] = {
       action: o.send ? 'send' : 'receive',
@@ -167,6 +166,13 @@ export function asyncApiDocument(): Json {
       ...(o.retained ? { bindings: { mqtt: { retain: true } } } : {}),
     };
   };
+  topic(
+    'brokerOwner',
+    '{prefix}/_broker',
+    'The host whose embedded broker this is, retained by mvirtd before its listeners open; controllers may not publish it. A controller that reads it knows the host at once (no other host publishes on that broker); elsewhere it finds hosts by their status.',
+    ref('BrokerOwner'),
+    { retained: true },
+  );
   topic(
     'hostStatus',
     '{prefix}/{hostId}/status',
@@ -185,63 +191,60 @@ export function asyncApiDocument(): Json {
     '{prefix}/{hostId}/vm/{vmId}/state',
     'The VM record after each change; an empty retained message when the VM is deleted.',
     ref('VmRecord'),
-    { retained: true, extraParams: ['vmId'] },
+    { retained: true },
   );
   topic(
     'vmEvents',
     '{prefix}/{hostId}/vm/{vmId}/events',
     'Lifecycle events of one VM.',
     ref('VmEvent'),
-    { extraParams: ['vmId'] },
   );
   topic(
     'vmTelemetry',
     '{prefix}/{hostId}/vm/{vmId}/telemetry',
     'Guest figures reported by the agent.',
     ref('VmTelemetry'),
-    { extraParams: ['vmId'] },
   );
   topic(
     'vmConsoleOut',
     '{prefix}/{hostId}/vm/{vmId}/console/out',
     'Serial console output, raw bytes: what arrives within 50 ms (at most 64 KiB) as one message, published only while a client subscribes.',
     { type: 'string', format: 'binary' },
-    { contentType: 'application/octet-stream', extraParams: ['vmId'] },
+    { contentType: 'application/octet-stream' },
   );
   topic(
     'vmConsoleIn',
     '{prefix}/{hostId}/vm/{vmId}/console/in',
     'Serial console input, raw bytes (controllers may publish here). The µOS runs no shell or getty on the console: nothing in the default image reads it (run commands with job.run).',
     { type: 'string', format: 'binary' },
-    { contentType: 'application/octet-stream', send: true, extraParams: ['vmId'] },
+    { contentType: 'application/octet-stream', send: true },
   );
   topic(
     'jobState',
     '{prefix}/{hostId}/job/{jobId}/state',
     'The job record after each change.',
     ref('JobRecord'),
-    { retained: true, extraParams: ['jobId'] },
+    { retained: true },
   );
   topic(
     'jobOutput',
     '{prefix}/{hostId}/job/{jobId}/output',
     'Live output chunks; replay with job.logs.',
     ref('OutputChunk'),
-    { extraParams: ['jobId'] },
   );
   topic(
     'poolState',
     '{prefix}/{hostId}/pool/{pool}/state',
     'The pool record after each change.',
     ref('PoolRecord'),
-    { retained: true, extraParams: ['pool'] },
+    { retained: true },
   );
   topic(
     'volumeState',
     '{prefix}/{hostId}/volume/{volumeId}/state',
     'The volume record after each change; an empty retained message once deleted.',
     ref('VolumeRecord'),
-    { retained: true, extraParams: ['volumeId'] },
+    { retained: true },
   );
 
   return {

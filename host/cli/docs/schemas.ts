@@ -9,6 +9,7 @@ import * as z from 'zod';
 import { VmTelemetry } from '../../../protocol/metrics.js';
 import { MetricPoint, MetricsResult } from '../../../protocol/metrics.js';
 import {
+  BrokerOwner,
   ErrorBodySchema,
   EventRecord,
   HostStatus,
@@ -46,6 +47,7 @@ export const NAMED: Record<string, z.ZodType> = {
   EventRecord,
   SystemInfo,
   HostStatus,
+  BrokerOwner,
   VmTelemetry,
   MetricPoint,
   MetricsResult,

@@ -20,6 +20,7 @@ test('controller publish: rpc, console/in and outside the root only', () => {
   ok(controllerPublishProblem(R, 'ctl/alice/replies', false), 'own reply topic');
   ok(controllerPublishProblem(R, 'ctl/alice/state', true), 'retained outside the root');
   ok(controllerPublishProblem(R, 'mvirt/h1x/status', false), 'a sibling prefix is outside');
+  ok(controllerPublishProblem(R, 'other/_broker', false), "another prefix's _broker");
   for (const t of [
     `${R}/status`,
     R,
@@ -35,6 +36,7 @@ test('controller publish: rpc, console/in and outside the root only', () => {
     `${R}/rpc/`,
     `${R}/events`,
     '$SYS/anything',
+    'mvirt/_broker',
   ])
     no(controllerPublishProblem(R, t, false), t);
   no(controllerPublishProblem(R, `${R}/rpc/vm.create`, true), 'retained rpc');
