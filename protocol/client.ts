@@ -40,9 +40,8 @@ import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from './limits.js';
 import {
   asRecord,
   connectBroker,
-  discoverHosts,
+  findHost,
   noReplyHint,
-  pickHost,
   randomClientId,
   tryDecode,
 } from './connect.js';
@@ -50,6 +49,7 @@ export {
   brokerOptions,
   connectBroker,
   discoverHosts,
+  findHost,
   pickHost,
   randomClientId,
 } from './connect.js';
@@ -257,19 +257,18 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
 
   let hostId: string;
   try {
-    // Subscribe before the first publish so no reply can be missed.
-    await mqtt.subscribeAsync(replyTopic, { qos: 1 });
-    hostId =
-      options.hostId ??
-      pickHost(
-        await discoverHosts(mqtt, prefix, {
-          ...(options.discoveryTimeoutMs !== undefined
-            ? { timeoutMs: options.discoveryTimeoutMs }
-            : {}),
-        }),
-        prefix,
-        where,
-      );
+    // Subscribe before the first publish so no reply can be missed; without a
+    // host id, in the same SUBSCRIBE as discovery's (one round trip).
+    if (options.hostId !== undefined) {
+      await mqtt.subscribeAsync(replyTopic, { qos: 1 });
+      hostId = options.hostId;
+    } else
+      hostId = await findHost(mqtt, prefix, where, {
+        also: { [replyTopic]: { qos: 1 } },
+        ...(options.discoveryTimeoutMs !== undefined
+          ? { timeoutMs: options.discoveryTimeoutMs }
+          : {}),
+      });
   } catch (err) {
     await cleanup();
     if (err instanceof MvirtError) throw err;

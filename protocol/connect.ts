@@ -8,8 +8,8 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { decode } from './client-codec.js';
 import { MvirtError } from './errors.js';
-import type { HostStatus } from './records.js';
-import { topicMatches } from './topics.js';
+import { BrokerOwner, type HostStatus } from './records.js';
+import { brokerTopic, topicMatches } from './topics.js';
 
 export const randomClientId = (tag = 'mvirt'): string => `${tag}-${randomBytes(6).toString('hex')}`;
 
@@ -191,12 +191,53 @@ export async function discoverHosts(
   prefix: string,
   o: { timeoutMs?: number; quietMs?: number } = {},
 ): Promise<HostStatus[]> {
+  return (await discover(mqtt, prefix, { ...o, owner: false })).hosts;
+}
+
+/**
+ * The host to talk to when none is named. mvirtd's embedded broker says whose
+ * it is (`<prefix>/_broker`, retained, which controllers may not publish):
+ * that host, as soon as the record arrives. Elsewhere (an older mvirtd, a
+ * broker shared by hosts) the one online host of the retained statuses
+ * (discoverHosts, pickHost), after their quiet period: 60–80 ms of
+ * `mvirt vm ls`'s ~230 ms on the 2-core dev machine, which the record saves.
+ * `also`: more subscriptions for the same SUBSCRIBE packet (the client's reply
+ * topic), which saves a round trip; refusing one of them fails.
+ */
+export async function findHost(
+  mqtt: MqttClient,
+  prefix: string,
+  where: string,
+  o: { timeoutMs?: number; quietMs?: number; also?: Record<string, { qos: 0 | 1 }> } = {},
+): Promise<string> {
+  const { hosts, owner } = await discover(mqtt, prefix, { ...o, owner: true });
+  return owner ?? pickHost(hosts, prefix, where);
+}
+
+async function discover(
+  mqtt: MqttClient,
+  prefix: string,
+  o: {
+    timeoutMs?: number;
+    quietMs?: number;
+    owner: boolean;
+    also?: Record<string, { qos: 0 | 1 }>;
+  },
+): Promise<{ hosts: HostStatus[]; owner: string | null }> {
   const filter = `${prefix}/+/status`;
+  const ownerTopic = brokerTopic(prefix);
   const found = new Map<string, HostStatus>();
+  let owner: string | null = null;
   const quietMs = o.quietMs ?? 60;
   const timeoutMs = o.timeoutMs ?? 2000;
   let poke: () => void = () => {};
   const onMessage = (topic: string, payload: Buffer): void => {
+    if (o.owner && topic === ownerTopic) {
+      const r = BrokerOwner.safeParse(tryDecode(payload));
+      if (r.success) owner = r.data.hostId;
+      poke();
+      return;
+    }
     if (!topicMatches(filter, topic)) return;
     const hostId = topic.slice(prefix.length + 1, -'/status'.length);
     const s = asRecord(tryDecode(payload));
@@ -206,7 +247,14 @@ export async function discoverHosts(
   };
   mqtt.on('message', onMessage);
   try {
-    await mqtt.subscribeAsync(filter, { qos: 0 });
+    const subs = { [filter]: { qos: 0 as const }, ...o.also };
+    const granted = await subscribeAll(
+      mqtt,
+      o.owner ? { ...subs, [ownerTopic]: { qos: 0 } } : subs,
+    );
+    const refused = Object.keys(subs).filter((_, i) => (granted[i]! & 0x80) !== 0);
+    if (refused.length > 0)
+      throw new Error(`the broker refused the subscription to ${refused.join(', ')}`);
     await new Promise<void>((resolve) => {
       const hard = setTimeout(done, timeoutMs);
       // The quiet period starts with the first status: retained statuses come
@@ -216,18 +264,38 @@ export async function discoverHosts(
       poke = () => {
         clearTimeout(quiet);
         quiet = setTimeout(done, quietMs);
+        if (owner !== null) done();
       };
+      if (owner !== null) done();
       function done(): void {
         clearTimeout(hard);
         clearTimeout(quiet);
         resolve();
       }
     });
-    await mqtt.unsubscribeAsync(filter);
+    const leave = mqtt.unsubscribeAsync(o.owner ? [filter, ownerTopic] : filter);
+    // Nothing waits for the UNSUBACK but a plain listing: the broker handles
+    // the UNSUBSCRIBE before whatever the client sends next.
+    if (owner === null) await leave;
+    else leave.catch(() => {});
   } finally {
     mqtt.removeListener('message', onMessage);
   }
-  return [...found.values()].sort((a, b) => a.hostId.localeCompare(b.hostId));
+  return { hosts: [...found.values()].sort((a, b) => a.hostId.localeCompare(b.hostId)), owner };
+}
+
+/** SUBSCRIBE to all of `subs` in one packet; resolves with each one's SUBACK code (0x80: refused). */
+function subscribeAll(mqtt: MqttClient, subs: Record<string, { qos: 0 | 1 }>): Promise<number[]> {
+  const n = Object.keys(subs).length;
+  return new Promise((resolve, reject) => {
+    mqtt.subscribe(subs, (err, _granted, packet) => {
+      if (!err) return resolve(Array<number>(n).fill(0));
+      // MQTT.js fails the whole call when one filter is refused: say which.
+      const codes = (packet as { granted?: number[] } | undefined)?.granted;
+      if (codes?.length === n) resolve(codes);
+      else reject(err);
+    });
+  });
 }
 
 /** Pick the one online host, or say precisely why there is none. */

@@ -6,7 +6,7 @@
 import { Aedes } from 'aedes';
 import { createServer, type AddressInfo } from 'node:net';
 import { connectController } from '../../harness/connect.js';
-import { topics } from '../../protocol/topics.js';
+import { brokerTopic, topics } from '../../protocol/topics.js';
 
 export type { Aedes };
 
@@ -15,6 +15,8 @@ export interface PlainBroker {
   aedes: Aedes;
   /** Publish host `hostId`'s retained status (prefix mvirt) as mvirtd does. */
   announce(hostId: string, online: boolean): Promise<void>;
+  /** Retain `mvirt/_broker` as mvirtd's embedded broker does (null: a record without hostId). */
+  announceOwner(hostId: string | null): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -33,6 +35,23 @@ export async function startAedes(): Promise<PlainBroker> {
         retain: true,
         qos: 1,
       });
+    },
+    announceOwner: async (hostId) => {
+      const payload = JSON.stringify(hostId === null ? { host: 'x' } : { hostId });
+      // As the broker itself: controllers may not publish this topic to mvirtd.
+      await new Promise<void>((resolve, reject) =>
+        aedes.publish(
+          {
+            cmd: 'publish',
+            topic: brokerTopic('mvirt'),
+            payload,
+            qos: 0,
+            retain: true,
+            dup: false,
+          },
+          (err) => (err ? reject(err) : resolve()),
+        ),
+      );
     },
     close: async () => {
       await pub.endAsync();

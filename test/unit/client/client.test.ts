@@ -6,6 +6,7 @@ import { adminLogin } from '../../../harness/test-admin.js';
 import {
   brokerOptions,
   createClient,
+  findHost,
   topicMatches,
   type MvirtClient,
 } from '../../../protocol/client.js';
@@ -241,6 +242,49 @@ describe('client connection and discovery failures', () => {
       await c.close();
       await b.announce('beta', true);
       await rejectsWith(createClient({ url: b.url }), 'CONFIG_INVALID', /alpha, beta/);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('takes the host the broker names (<prefix>/_broker) at once, over any other status', async () => {
+    // mvirtd's embedded broker retains whose it is; here published by hand.
+    const b = await startAedes();
+    try {
+      await b.announce('alpha', true);
+      await b.announce('planted', true); // a status any controller could retain here
+      await b.announceOwner('alpha');
+      const c = await createClient({ url: b.url });
+      assert.equal(c.hostId, 'alpha');
+      await c.close();
+      // No quiet period to sit out: a long one is never waited for.
+      const m = await connectController(b.url);
+      const t0 = performance.now();
+      assert.equal(
+        await findHost(m, 'mvirt', b.url, { quietMs: 5000, timeoutMs: 10_000 }),
+        'alpha',
+      );
+      assert.ok(performance.now() - t0 < 2500, `${performance.now() - t0} ms`);
+      await m.endAsync();
+      // A record that is not one (here: no hostId) is ignored: the statuses decide.
+      await b.announceOwner(null);
+      await rejectsWith(createClient({ url: b.url }), 'CONFIG_INVALID', /alpha, planted/);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('finds the host by its status where the broker will not say whose it is', async () => {
+    const b = await startAedes();
+    try {
+      await b.announce('alpha', true);
+      await b.announceOwner('beta');
+      // A broker whose ACL refuses the owner topic: discovery goes on without it.
+      b.aedes.authorizeSubscribe = (_client, sub, done) =>
+        done(null, sub.topic === 'mvirt/_broker' ? null : sub);
+      const c = await createClient({ url: b.url });
+      assert.equal(c.hostId, 'alpha');
+      await c.close();
     } finally {
       await b.close();
     }
