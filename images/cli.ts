@@ -66,5 +66,8 @@ export async function imageCommand(argv: string[]): Promise<number> {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  process.exitCode = await imageCommand(process.argv.slice(2));
+  // Not a top-level await: this module is also part of the CLI's CommonJS bundle.
+  void imageCommand(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
 }

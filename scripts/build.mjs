@@ -12,8 +12,19 @@ const only = process.argv[2]; // 'host' | 'agent' | undefined (both)
 
 const step = (name) => process.stderr.write(`build: ${name}\n`);
 
+/**
+ * MQTT.js and bl take Node's streams from readable-stream, a copy of them
+ * (Node 18's) for browsers and old Nodes: in the CLI they are Node's own.
+ */
+const nodeStreams = {
+  name: 'node-streams',
+  setup(b) {
+    b.onResolve({ filter: /^readable-stream$/ }, () => ({ path: 'node:stream', external: true }));
+  },
+};
+
 if (only !== 'agent') {
-  step('host programs (dist/mvirtd.js, dist/mvirt.js)');
+  step('mvirtd (dist/mvirtd.js)');
   await build({
     absWorkingDir: root,
     entryPoints: { mvirtd: 'host/daemon/main.ts' },
@@ -26,31 +37,51 @@ if (only !== 'agent') {
     sourcemap: 'linked',
     logLevel: 'warning',
   });
-  // The CLI starts once per command, so its start is what it costs: split in
-  // chunks (dist/cli/), each command module and the client loaded when used
-  // (host/cli/table.ts), and its packages bundled in. Measured on the 2-core
-  // dev machine (Node 20): MQTT.js's client loaded from node_modules took 50+ ms
-  // (module resolution and ~60 files), bundled 15–20 ms; zod 40 ms, bundled
-  // with only the parts used 10 ms. Packages with native code stay outside
-  // (cbor-x is loaded through require on the first CBOR payload).
+  // The CLI starts once per command, so its start is what it costs. Its
+  // packages are bundled in (MQTT.js loaded from node_modules took 50+ ms:
+  // module resolution and ~60 files; zod 40 ms, bundled with only the parts
+  // used 10 ms), except those with native code (cbor-x is loaded through
+  // require on the first CBOR payload). Its commands and the client are
+  // imported when used (host/cli/table.ts): in the bundle their modules are
+  // evaluated only then.
+  //
+  // One CommonJS bundle, not ES module chunks: Node 20 caches compiled code
+  // for scripts only (host/cli/code-cache.ts). Measured on the 2-core dev
+  // machine, Node 20, bench/cli.ts (medians of 21 interleaved runs, as
+  // multiples of `node -e 0` in the same run): ES module chunks (esbuild
+  // splitting), no cache: `mvirt --help` 1.71×, `mvirt vm ls` 2.94×; this
+  // bundle with its cache: 1.33× and 2.33× (79 and 138 ms beside 60 ms).
+  step('CLI (dist/cli.cjs, started by dist/mvirt.js)');
   rmSync(path.join(root, 'dist/cli'), { recursive: true, force: true });
   await build({
     absWorkingDir: root,
-    entryPoints: { mvirt: 'host/cli/main.ts' },
+    entryPoints: { cli: 'host/cli/main.ts' },
     outdir: 'dist',
-    chunkNames: 'cli/[name]-[hash]',
+    outExtension: { '.js': '.cjs' },
     bundle: true,
-    splitting: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    external: ['cbor-x', 'better-sqlite3'],
+    plugins: [nodeStreams],
+    // import.meta.url where ES modules read it (images/paths.ts, client-codec.ts).
+    define: { 'import.meta.url': '__mvirtModuleUrl' },
+    // "use strict" first: the banner comes before esbuild's own, which then
+    // no longer makes the bundle strict.
+    banner: {
+      js: '"use strict";\nconst __mvirtModuleUrl = require(\'node:url\').pathToFileURL(__filename).href;',
+    },
+    sourcemap: 'linked',
+    logLevel: 'warning',
+  });
+  await build({
+    absWorkingDir: root,
+    entryPoints: { mvirt: 'host/cli/start.ts' },
+    outdir: 'dist',
+    bundle: true,
     platform: 'node',
     target: 'node20',
     format: 'esm',
-    external: ['cbor-x', 'better-sqlite3'],
-    // Bundled CommonJS packages (MQTT.js) require Node's modules; ES module
-    // chunks have no `require` of their own.
-    banner: {
-      js: "import { createRequire as __mvirtRequire } from 'node:module'; const require = __mvirtRequire(import.meta.url);",
-    },
-    sourcemap: 'linked',
     logLevel: 'warning',
   });
 }

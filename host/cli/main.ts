@@ -1,4 +1,4 @@
-/** The `mvirt` program (built to dist/mvirt.js, started by bin/mvirt.js). */
+/** The `mvirt` program (built to dist/cli.cjs, started by bin/mvirt.js through dist/mvirt.js, start.ts). */
 import { processIo } from './io.js';
 import { runCli } from './run.js';
 
@@ -13,7 +13,9 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
-const code = await runCli(process.argv.slice(2), processIo());
-// Exit once stdout has drained so piped output is never cut short, without
-// waiting for stdin or sockets a command left behind.
-process.stdout.write('', () => process.exit(code));
+// Not a top-level await: the bundle is a CommonJS script (code-cache.ts).
+void runCli(process.argv.slice(2), processIo()).then((code) => {
+  // Exit once stdout has drained so piped output is never cut short, without
+  // waiting for stdin or sockets a command left behind.
+  process.stdout.write('', () => process.exit(code));
+});

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { build, type Metafile } from 'esbuild';
 import { runCli } from '../../../host/cli/run.js';
 import { allCommands, commandsFor, FIRST_WORDS } from '../../../host/cli/table.js';
+import { COMMAND_WORDS } from '../../../host/cli/words.js';
 import { REPO } from '../../../harness/paths.js';
 import { memoryIo } from '../../support/cli-io.js';
 
@@ -81,6 +82,10 @@ describe('mvirt loads lazily', () => {
       assert.equal(code, 0, `${c.name} --help: ${io.errText()}`);
       assert.ok(io.out().startsWith(`Usage: mvirt ${c.name}`), `${c.name} --help: ${io.out()}`);
     }
+  });
+
+  it("the command words start.ts knows are the table's (and image, help)", () => {
+    assert.deepEqual([...COMMAND_WORDS].sort(), [...FIRST_WORDS, 'image', 'help'].sort());
   });
 
   it('mvirt --help lists every command, and a group its own', async () => {
