@@ -61,6 +61,11 @@ export interface ClientOptions {
   url?: string;
   /** An already connected MQTT.js client; the caller keeps owning it (close() leaves it open). */
   mqtt?: MqttClient;
+  /**
+   * A connection to `url` already under way (connect.ts openBroker) with
+   * `clientId`: the client owns it, as one it made itself.
+   */
+  connecting?: Promise<MqttClient>;
   /** The daemon's host id; discovered from the retained `<prefix>/+/status` when omitted. */
   hostId?: string;
   prefix?: string;
@@ -173,16 +178,17 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
   const clientId = options.mqtt?.options.clientId ?? options.clientId ?? randomClientId();
   const mqtt =
     options.mqtt ??
-    (await connectBroker(url, {
-      clientId,
-      ...(options.username !== undefined ? { username: options.username } : {}),
-      ...(options.password !== undefined ? { password: options.password } : {}),
-      ...(options.ca !== undefined ? { ca: options.ca } : {}),
-      ...(options.connectTimeoutMs !== undefined
-        ? { connectTimeoutMs: options.connectTimeoutMs }
-        : {}),
-      ...(options.writeCache !== undefined ? { writeCache: options.writeCache } : {}),
-    }));
+    (await (options.connecting ??
+      connectBroker(url, {
+        clientId,
+        ...(options.username !== undefined ? { username: options.username } : {}),
+        ...(options.password !== undefined ? { password: options.password } : {}),
+        ...(options.ca !== undefined ? { ca: options.ca } : {}),
+        ...(options.connectTimeoutMs !== undefined
+          ? { connectTimeoutMs: options.connectTimeoutMs }
+          : {}),
+        ...(options.writeCache !== undefined ? { writeCache: options.writeCache } : {}),
+      })));
   const where = ownsMqtt ? url : 'the given MQTT connection';
   const replyTopic = replyTopicFor(prefix, clientId);
   const pending = new Map<string, Pending>();

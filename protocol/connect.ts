@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { decode } from './client-codec.js';
 import { MvirtError } from './errors.js';
-import { BrokerOwner, type HostStatus } from './records.js';
+import type { HostStatus } from './records.js';
 import { brokerTopic, topicMatches } from './topics.js';
 
 export const randomClientId = (tag = 'mvirt'): string => `${tag}-${randomBytes(6).toString('hex')}`;
@@ -74,8 +74,22 @@ function plainSocket(url: string | undefined, options: IClientOptions): (() => n
 export const noReplyHint = (prefix: string, hostId: string): string =>
   `is mvirtd running with --host-id ${hostId} and --prefix ${prefix}?`;
 
+type ConnectOptions = Parameters<typeof openBroker>[1];
+
 /** Connect to the broker; failures become CONNECTION_FAILED / NOT_AUTHORIZED with advice. */
-export async function connectBroker(
+export async function connectBroker(url: string, o: ConnectOptions): Promise<MqttClient> {
+  return (await openBroker(url, o)).connected;
+}
+
+/**
+ * connectBroker in two steps: resolves as soon as the connection is being
+ * opened, with the promise of the broker's CONNACK. The CLI builds the
+ * protocol's schemas in between (run.ts defaultClientFactory): mvirtd answers
+ * a unix-socket CONNECT only once it knows the peer (host/broker/peer.ts,
+ * which starts at the accept; 15 ms on a busy 2-core machine), time the
+ * schemas then fill.
+ */
+export async function openBroker(
   url: string,
   o: {
     clientId: string;
@@ -91,7 +105,7 @@ export async function connectBroker(
      */
     writeCache?: boolean;
   },
-): Promise<MqttClient> {
+): Promise<{ connected: Promise<MqttClient> }> {
   const { url: u, opts } = brokerOptions(url);
   const timeoutMs = o.connectTimeoutMs ?? 5000;
   const options: IClientOptions = {
@@ -109,7 +123,7 @@ export async function connectBroker(
     ...(o.will ? { will: o.will } : {}),
   };
   const client = await mqttClient(u, options);
-  return new Promise<MqttClient>((resolve, reject) => {
+  const connected = new Promise<MqttClient>((resolve, reject) => {
     const fail = (err: MvirtError): void => {
       clearTimeout(timer);
       client.removeAllListeners('connect');
@@ -162,6 +176,7 @@ export async function connectBroker(
     client.on('error', onError);
     client.on('close', onClose);
   });
+  return { connected };
 }
 
 export function asRecord(v: unknown): Record<string, unknown> | null {
@@ -231,6 +246,9 @@ async function discover(
   const quietMs = o.quietMs ?? 60;
   const timeoutMs = o.timeoutMs ?? 2000;
   let poke: () => void = () => {};
+  // Not imported with this module: the CLI opens its connection before it
+  // builds the schemas (openBroker).
+  const { BrokerOwner } = await import('./records.js');
   const onMessage = (topic: string, payload: Buffer): void => {
     if (o.owner && topic === ownerTopic) {
       const r = BrokerOwner.safeParse(tryDecode(payload));
