@@ -111,3 +111,36 @@ export function bytes(n: number): string {
 export const json = (v: unknown): string => inertJson(v, 2) + '\n';
 /** One JSON line (for streams: `-f --json`, `top --json`), terminal-safe. */
 export const jsonLine = (v: unknown): string => inertJson(v) + '\n';
+
+/** Sort weight of a name's character at the first level: punctuation, digits, letters of either case. */
+function primary(c: number): number {
+  if (c >= 0x61 && c <= 0x7a) return c - 0x20; // a-z as A-Z
+  if (c === 0x5f) return 0; // _
+  if (c === 0x2d) return 1; // -
+  if (c === 0x2e) return 2; // .
+  return c; // 0-9 (below the letters), A-Z, and anything else by code
+}
+
+/**
+ * Compare two names (protocol/topics.ts NAME_RE: letters, digits, `._-`) in
+ * the order `a.localeCompare(b)` gives in the root collation (English, German,
+ * French…): `_` `-` `.`, digits, then letters regardless of case; names equal
+ * but for case put the lower case first. Not localeCompare itself: its first
+ * call loads ICU's collator, 4.6 ms of `mvirt vm ls` (2-core dev machine,
+ * Node 20), and a listing's order should not change with the user's locale
+ * (Danish sorts `aa` after `z`).
+ */
+export function byName(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const d = primary(a.charCodeAt(i)) - primary(b.charCodeAt(i));
+    if (d !== 0) return d;
+  }
+  if (a.length !== b.length) return a.length - b.length;
+  // Same letters: the first case difference decides, lower case first.
+  for (let i = 0; i < n; i++) {
+    const d = a.charCodeAt(i) - b.charCodeAt(i);
+    if (d !== 0) return -d;
+  }
+  return 0;
+}

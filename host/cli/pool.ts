@@ -9,7 +9,7 @@ import { UsageError, integer, type Parsed } from './args.js';
 import { str, type Command } from './command.js';
 import { EXIT } from './exit.js';
 import { inert } from '../../protocol/inert.js';
-import { json, keyValues, mib, relativeTime, table } from './output.js';
+import { byName, json, keyValues, mib, relativeTime, table } from './output.js';
 import { snapshotRef, type SnapshotNames } from './vm-view.js';
 
 const vmCounts = (p: PoolRecord): string =>
@@ -185,7 +185,7 @@ export const poolCommands: Command[] = [
       else
         ctx.out(
           poolTable(
-            [...r.pools].sort((a, b) => a.name.localeCompare(b.name)),
+            [...r.pools].sort((a, b) => byName(a.name, b.name)),
             await poolSnapshotNames(c, r.pools),
           ),
         );

@@ -9,7 +9,7 @@ import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, HintedError } from './exit.js';
 import { inert } from '../../protocol/inert.js';
 import { createFromSnapshot, FORK_OPTIONS, wantsFork } from './fork.js';
-import { bytes, duration, json, mib, table } from './output.js';
+import { byName, bytes, duration, json, mib, table } from './output.js';
 import { snapshotNames, vmDetails, vmLine, vmTable, withProgress } from './vm-view.js';
 
 /** Waiting for a boot under TCG on a loaded 2-core machine takes a while. */
@@ -202,7 +202,7 @@ const commands: Command[] = [
           state ? `no VMs are ${state}\n` : 'no VMs yet: create one with `mvirt vm create NAME`\n',
         );
       else {
-        const vms = [...r.vms].sort((a, b) => a.name.localeCompare(b.name));
+        const vms = [...r.vms].sort((a, b) => byName(a.name, b.name));
         ctx.out(vmTable(vms, ctx.io.now(), await snapshotNames(c, vms)));
       }
       return EXIT.OK;

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { duration, keyValues, mib, relativeTime, table } from '../../../host/cli/output.js';
+import { byName, duration, keyValues, mib, relativeTime, table } from '../../../host/cli/output.js';
 
 describe('output formatting', () => {
   it('aligns table columns with two spaces and no trailing blanks', () => {
@@ -66,5 +66,31 @@ describe('output formatting', () => {
     assert.equal(mib(256), '256 MiB');
     assert.equal(mib(2048), '2 GiB');
     assert.equal(mib(1536), '1.5 GiB');
+  });
+
+  it("sorts names as the root collation's localeCompare does, whatever the locale", () => {
+    const chars = 'aAbBzZ09_-.';
+    let seed = 1;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const name = (): string =>
+      Array.from({ length: 1 + next(5) }, () => chars[next(chars.length)]!).join('');
+    for (let i = 0; i < 20000; i++) {
+      const a = name();
+      const b = name();
+      assert.equal(Math.sign(byName(a, b)), Math.sign(a.localeCompare(b, 'en')), `${a} ${b}`);
+    }
+    assert.deepEqual(['web', 'Api', 'api', 'db-2', 'db_1', 'db.3', 'db10', 'db1'].sort(byName), [
+      'api',
+      'Api',
+      'db_1',
+      'db-2',
+      'db.3',
+      'db1',
+      'db10',
+      'web',
+    ]);
   });
 });
