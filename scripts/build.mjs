@@ -3,7 +3,7 @@
 // executable (guest-agent/build.mjs).
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
@@ -74,6 +74,18 @@ if (only !== 'agent') {
     sourcemap: 'linked',
     logLevel: 'warning',
   });
+  // All ASCII, which the loader reads as Latin-1 (code-cache.ts): esbuild
+  // escapes non-ASCII text in code but leaves comments as they are, whose
+  // characters become \uXXXX (valid in any literal, were one left).
+  const cli = path.join(root, 'dist/cli.cjs');
+  writeFileSync(
+    cli,
+    readFileSync(cli, 'utf8').replace(/[^\0-\x7f]/gu, (c) =>
+      [...Array(c.length).keys()]
+        .map((i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`)
+        .join(''),
+    ),
+  );
   await build({
     absWorkingDir: root,
     entryPoints: { mvirt: 'host/cli/start.ts' },

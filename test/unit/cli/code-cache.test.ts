@@ -6,6 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { isAscii } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
@@ -129,6 +130,8 @@ describe('mvirt with its code cache', () => {
           env,
           encoding: 'utf8',
         });
+      // ASCII, read as Latin-1 (code-cache.ts readSource).
+      assert.ok(isAscii(readFileSync(path.join(REPO, 'dist/cli.cjs'))));
       let r = mvirt(['--help']);
       assert.equal(r.status, 0, r.stderr);
       const file = cacheFileFor(path.join(REPO, 'dist/cli.cjs'), env, undefined, 'main')!;
