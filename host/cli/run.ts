@@ -94,8 +94,8 @@ export interface ClientFactory {
 export const defaultClientFactory: ClientFactory = async (g) => {
   const ca = g.cafile !== undefined ? readCa(g.cafile) : undefined;
   const url = g.broker ?? DEFAULT_BROKER_URL;
-  const { openBroker, randomClientId } = await import('../../protocol/connect.js');
-  const clientId = randomClientId();
+  const { openBroker } = await import('../../protocol/connect.js');
+  const clientId = cliClientId();
   const { connected } = await openBroker(url, {
     clientId,
     // A command sends a few packets and ends (connect.ts connectBroker).
@@ -116,6 +116,21 @@ export const defaultClientFactory: ClientFactory = async (g) => {
     ...(g.host !== undefined ? { hostId: g.host } : {}),
   });
 };
+
+/**
+ * `mvirt-<12 hex digits>` as connect.ts randomClientId makes, from
+ * Math.random (V8 seeds it from the OS in each process): loading Web Crypto or
+ * node:crypto for it was 2 ms of `mvirt vm ls` (2-core dev machine, Node 20).
+ * An id must be unique, not secret: the broker binds it to the identity that
+ * first used it (host/broker/authenticate.ts), so a guessed one gets a refusal.
+ */
+export function cliClientId(): string {
+  const hex = (): string =>
+    Math.floor(Math.random() * 0x1000000)
+      .toString(16)
+      .padStart(6, '0');
+  return `mvirt-${hex()}${hex()}`;
+}
 
 function readCa(file: string): Buffer {
   try {

@@ -8,7 +8,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { build, type Metafile } from 'esbuild';
-import { runCli } from '../../../host/cli/run.js';
+import { cliClientId, runCli } from '../../../host/cli/run.js';
+import { randomClientId } from '../../../protocol/connect.js';
 import { allCommands, commandsFor, FIRST_WORDS } from '../../../host/cli/table.js';
 import { COMMAND_WORDS } from '../../../host/cli/words.js';
 import { REPO } from '../../../harness/paths.js';
@@ -82,6 +83,13 @@ describe('mvirt loads lazily', () => {
       assert.equal(code, 0, `${c.name} --help: ${io.errText()}`);
       assert.ok(io.out().startsWith(`Usage: mvirt ${c.name}`), `${c.name} --help: ${io.out()}`);
     }
+  });
+
+  it('the client id is made without a crypto module, as connect.ts makes one', () => {
+    const ids = new Set(Array.from({ length: 100 }, () => cliClientId()));
+    assert.equal(ids.size, 100);
+    for (const id of ids) assert.match(id, /^mvirt-[0-9a-f]{12}$/);
+    assert.match(randomClientId(), /^mvirt-[0-9a-f]{12}$/);
   });
 
   it("the command words start.ts knows are the table's (and image, help)", () => {
