@@ -88,7 +88,9 @@ export async function connectBroker(url: string, o: ConnectOptions): Promise<Mqt
 
 /**
  * connectBroker in two steps: resolves as soon as the connection is being
- * opened, with the promise of the broker's CONNACK. The CLI builds the
+ * opened, with the promise of the broker's CONNACK (`connected`) and of the
+ * CONNECT sent (`opened`, or the CONNACK or failure where the transport
+ * says nothing of its connection, as WebSocket streams). The CLI builds the
  * protocol's schemas in between (run.ts defaultClientFactory): mvirtd answers
  * a unix-socket CONNECT only once it knows the peer (host/broker/peer.ts,
  * which starts at the accept; 15 ms on a busy 2-core machine), time the
@@ -110,7 +112,7 @@ export async function openBroker(
      */
     writeCache?: boolean;
   },
-): Promise<{ connected: Promise<MqttClient> }> {
+): Promise<{ connected: Promise<MqttClient>; opened: Promise<void> }> {
   const { url: u, opts } = brokerOptions(url);
   const timeoutMs = o.connectTimeoutMs ?? 5000;
   const options: IClientOptions = {
@@ -181,7 +183,16 @@ export async function openBroker(
     client.on('error', onError);
     client.on('close', onClose);
   });
-  return { connected };
+  // The socket's own 'connect' listener (registered when MQTT.js wrote the
+  // CONNECT) flushes it before this one runs.
+  const opened = new Promise<void>((resolve) => {
+    client.stream.once('connect', () => resolve());
+    connected.then(
+      () => resolve(),
+      () => resolve(),
+    );
+  });
+  return { connected, opened };
 }
 
 export function asRecord(v: unknown): Record<string, unknown> | null {

@@ -96,7 +96,7 @@ export const defaultClientFactory: ClientFactory = async (g) => {
   const url = g.broker ?? DEFAULT_BROKER_URL;
   const { openBroker } = await import('../../protocol/connect.js');
   const clientId = cliClientId();
-  const { connected } = await openBroker(url, {
+  const { connected, opened } = await openBroker(url, {
     clientId,
     // A command sends a few packets and ends (connect.ts connectBroker).
     writeCache: false,
@@ -106,6 +106,8 @@ export const defaultClientFactory: ClientFactory = async (g) => {
   });
   // createClient takes the rejection; until then it must not count as unhandled.
   connected.catch(() => {});
+  // The CONNECT on its way, mvirtd works on it while the schemas are built.
+  await opened;
   const { createClient } = await import('../../protocol/client.js');
   return createClient({
     url,
