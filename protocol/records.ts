@@ -367,7 +367,9 @@ export const EventRecord = z.strictObject({
   actor: z
     .string()
     .optional()
-    .describe('who acted: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>` or `mvirtd`'),
+    .describe(
+      'who acted: `user:<name>`, `unix:<name>`, `anonymous`, `uplink:<client id>` (a request over mvirtd --uplink: the client id its reply topic names, see docs/security.md), `vm:<id>` or `mvirtd`',
+    ),
   actorClient: z
     .string()
     .optional()
@@ -420,6 +422,23 @@ export const SystemInfo = z.strictObject({
       maxBytes: count.nullable().describe('--storage-max-gib in bytes; null: no cap'),
     })
     .describe('volume storage')
+    .optional(),
+  uplink: z
+    .strictObject({
+      broker: z.string().describe('the external broker, `host:port` (mvirtd --uplink)'),
+      connected: z.boolean(),
+      since: time
+        .nullable()
+        .describe('when the link last came up (connected) or went down (not connected)'),
+      connects: count.describe('successful connections since mvirtd started'),
+      lastError: z.string().nullable().describe('why the last attempt or link failed'),
+      queued: count.describe('messages waiting for the link (bounded by --uplink-buffer)'),
+      dropped: count.describe(
+        'messages not delivered to the uplink because the buffer was full (oldest first)',
+      ),
+      retainedTopics: count.describe('retained topics republished after each reconnect'),
+    })
+    .describe('the link to an external broker, when mvirtd runs with --uplink')
     .optional(),
 });
 export type SystemInfo = z.infer<typeof SystemInfo>;

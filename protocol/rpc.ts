@@ -334,7 +334,7 @@ export const PARAMS = {
     .strictObject({
       objectId: z.string().min(1).max(128).optional(),
       level: z.enum(EVENT_LEVELS).optional(),
-      /** Exact actor: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>`, `mvirtd`. */
+      /** Exact actor: `user:<name>`, `unix:<name>`, `anonymous`, `uplink:<client id>`, `vm:<id>`, `mvirtd`. */
       actor: z.string().min(1).max(200).optional(),
       since: z.union([z.number(), z.string().datetime()]).optional(),
       until: z.union([z.number(), z.string().datetime()]).optional(),

@@ -15,11 +15,17 @@ export type Actor =
   | { kind: 'unix'; user: string; clientId: string }
   | { kind: 'anonymous'; clientId: string }
   | { kind: 'guest'; vmId: string }
+  /**
+   * A request that came over mvirtd's uplink (host/uplink/): the external
+   * broker's ACL decided who may publish it; `clientId` is the client its
+   * reply topic names (null for fire-and-forget), as claimed by the request.
+   */
+  | { kind: 'uplink'; broker: string; clientId: string | null }
   | { kind: 'daemon' };
 
 export const DAEMON: Actor = { kind: 'daemon' };
 
-/** The actor column: `user:<name>`, `unix:<name>`, `anonymous`, `vm:<id>` or `mvirtd`. */
+/** The actor column: `user:<name>`, `unix:<name>`, `anonymous`, `uplink[:<client id>]`, `vm:<id>` or `mvirtd`. */
 export function actorName(a: Actor): string {
   switch (a.kind) {
     case 'user':
@@ -30,6 +36,8 @@ export function actorName(a: Actor): string {
       return 'anonymous';
     case 'guest':
       return `vm:${a.vmId}`;
+    case 'uplink':
+      return a.clientId === null ? 'uplink' : `uplink:${a.clientId}`;
     case 'daemon':
       return 'mvirtd';
   }
@@ -37,7 +45,9 @@ export function actorName(a: Actor): string {
 
 /** The client id an actor used, when it is a controller. */
 export const actorClientId = (a: Actor): string | null =>
-  a.kind === 'user' || a.kind === 'unix' || a.kind === 'anonymous' ? a.clientId : null;
+  a.kind === 'user' || a.kind === 'unix' || a.kind === 'anonymous' || a.kind === 'uplink'
+    ? a.clientId
+    : null;
 
 export interface Acting {
   actor: Actor;

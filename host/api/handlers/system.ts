@@ -15,6 +15,8 @@ export interface SystemDeps {
   images: ImageStore;
   /** Volume storage figures; absent where no volume store runs. */
   storage?: Pick<Capacity, 'info'>;
+  /** The uplink's figures, when mvirtd runs with --uplink. */
+  uplink?: () => NonNullable<SystemInfo['uplink']>;
 }
 
 /**
@@ -57,6 +59,7 @@ function build(
     vms: d.vms.countByState(),
     images,
     ...(d.storage ? { storage: d.storage.info() } : {}),
+    ...(d.uplink ? { uplink: d.uplink() } : {}),
   };
 }
 
