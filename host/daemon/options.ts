@@ -11,6 +11,12 @@ import { MvirtError } from '../../protocol/errors.js';
 import { NETWORK_MODES, type NetworkMode } from '../../protocol/rpc.js';
 import { DEFAULT_PREFIX, nameProblem } from '../../protocol/topics.js';
 import { ipToInt, parseSubnet, type Subnet } from '../network/subnet.js';
+import {
+  parseUplinkOptions,
+  UPLINK_ARGS,
+  UPLINK_USAGE,
+  type UplinkOptions,
+} from '../uplink/options.js';
 
 export interface DaemonOptions {
   dataDir: string;
@@ -84,6 +90,8 @@ export interface DaemonOptions {
   auditRetentionDays: number;
   auditMaxRows: number;
   statusIntervalMs: number;
+  /** --uplink: serve the controller API on an external broker too (host/uplink/); null: off. */
+  uplink: UplinkOptions | null;
   help: boolean;
   version: boolean;
 }
@@ -159,7 +167,7 @@ export const USAGE = `usage: mvirtd [options]
   --metrics-retention-hours N
                             keep 1-minute metric roll-ups this long (default 24;
                             10-second roll-ups are kept one hour)
-  --log-level LEVEL         trace, debug, info, audit, warn, error (default info)
+${UPLINK_USAGE}  --log-level LEVEL         trace, debug, info, audit, warn, error (default info)
   --help, --version
 `;
 
@@ -305,6 +313,7 @@ export function parseOptions(
         'audit-max-rows': { type: 'string' },
         'status-interval-ms': { type: 'string' },
         'log-level': { type: 'string' },
+        ...UPLINK_ARGS,
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -398,6 +407,7 @@ export function parseOptions(
     auditRetentionDays: int(str('audit-retention-days'), 'audit-retention-days', 365, 1, 36500),
     auditMaxRows: int(str('audit-max-rows'), 'audit-max-rows', 1_000_000, 100, 100_000_000),
     statusIntervalMs: int(str('status-interval-ms'), 'status-interval-ms', 5000, 100, 3600_000),
+    uplink: parseUplinkOptions(str),
     help: (values.help as boolean | undefined) ?? false,
     version: (values.version as boolean | undefined) ?? false,
   };
