@@ -57,6 +57,8 @@ import { VERSION } from './version.js';
 import { createSnapshotFiles } from '../snapshots/files.js';
 import { createSnapshotManager } from '../snapshots/manager.js';
 import { createTemplates } from '../snapshots/templates.js';
+import { createUplink, type Uplink } from '../uplink/link.js';
+import { createMirrorBus, uplinkSender } from '../uplink/mirror.js';
 
 export interface Daemon {
   readonly broker: Broker;
@@ -67,6 +69,8 @@ export interface Daemon {
   /** The event/audit log (and its gate for guest-caused events). */
   readonly events: EventLog;
   readonly api: Api;
+  /** The link to an external broker (--uplink), null without one. */
+  readonly uplink: Uplink | null;
   readonly topics: Topics;
   /** The HTTP listener (/metrics, dashboard), when --http is on. */
   readonly http: HttpServer | null;
@@ -152,7 +156,24 @@ export async function startDaemon(
       log.child({ component: 'broker' }),
     );
     cleanup.unshift(() => broker.close());
-    const bus = createOrderedBus(broker);
+    // --uplink: public topics are mirrored to the external broker (host/uplink/).
+    const uplink = opts.uplink
+      ? createUplink({
+          options: opts.uplink,
+          statusTopic: t.status,
+          hostId: opts.hostId,
+          senderOf: uplinkSender({
+            prefix: opts.prefix,
+            broker: opts.uplink.broker,
+            access: opts.uplink.access,
+          }),
+          log: log.child({ component: 'uplink' }),
+        })
+      : null;
+    if (uplink) cleanup.unshift(() => uplink.close());
+    const bus = uplink
+      ? createMirrorBus(createOrderedBus(broker), uplink, root)
+      : createOrderedBus(broker);
     broker.setLastWill({
       topic: t.status,
       payload: JSON.stringify({ hostId: opts.hostId, online: false }),
@@ -360,20 +381,37 @@ export async function startDaemon(
       hypervisors,
       images,
       storage: volumes.capacity,
+      ...(uplink ? { uplink: () => uplink.info() } : {}),
     };
-    const api = createApi({
-      bus,
-      topics: t,
-      routes: createRoutes({ ...sysDeps, vms, snapshots, events, jobs, pools, rollups, volumes }),
-      access: createAccessCheck({
-        resolveVm: (ref) => vms.resolveId(ref),
-        resolveVolume: (ref) => store.volumes.find(ref)?.id,
-        resolveSnapshot: (ref) => snapshots.resolveId(ref),
-        ownerOf: (kind, id) => store.owners.get(kind, id),
-      }),
-      audit: (e) => events.append(e),
-      log,
+    const routes = createRoutes({
+      ...sysDeps,
+      vms,
+      snapshots,
+      events,
+      jobs,
+      pools,
+      rollups,
+      volumes,
     });
+    const access = createAccessCheck({
+      resolveVm: (ref) => vms.resolveId(ref),
+      resolveVolume: (ref) => store.volumes.find(ref)?.id,
+      resolveSnapshot: (ref) => snapshots.resolveId(ref),
+      ownerOf: (kind, id) => store.owners.get(kind, id),
+    });
+    const audit = (e: Parameters<EventLog['append']>[0]): void => void events.append(e);
+    const api = createApi({ bus, topics: t, routes, access, audit, log });
+    // The same routes and checks on the uplink: its replies go back over it.
+    const uplinkApi = uplink
+      ? createApi({
+          bus: uplink,
+          topics: t,
+          routes,
+          access,
+          audit,
+          log: log.child({ via: 'uplink' }),
+        })
+      : null;
     const status = createStatusPublisher({
       bus,
       topic: t.status,
@@ -415,7 +453,10 @@ export async function startDaemon(
       if (isTerminalJob(rec.state)) prometheus.observeJob(rec);
     });
     await api.start();
+    await uplinkApi?.start();
     await status.start();
+    // In the background: mvirtd serves locally whether the external broker is up or not.
+    uplink?.start();
     let http: HttpServer | null = null;
     if (opts.http) {
       http = await startHttpServer({
@@ -441,7 +482,12 @@ export async function startDaemon(
       component: 'daemon',
       message: `mvirtd ${VERSION} started as ${opts.hostId}`,
       objects: [`host:${opts.hostId}`],
-      data: { addresses: broker.addresses, http: http?.url ?? null, dataDir: opts.dataDir },
+      data: {
+        addresses: broker.addresses,
+        http: http?.url ?? null,
+        dataDir: opts.dataDir,
+        uplink: opts.uplink?.broker ?? null,
+      },
     });
     for (const w of plainListenerWarnings(opts, tls !== null)) log.warn(w);
     log.info(
@@ -451,6 +497,7 @@ export async function startDaemon(
         addresses: broker.addresses,
         http: http?.url ?? null,
         dataDir: opts.dataDir,
+        uplink: opts.uplink?.url ?? null,
       },
       'mvirtd ready',
     );
@@ -463,6 +510,7 @@ export async function startDaemon(
       agents,
       events,
       api,
+      uplink,
       topics: t,
       http,
       tls,
@@ -478,6 +526,7 @@ export async function startDaemon(
       close: () =>
         (closing ??= (async () => {
           await api.close();
+          await uplinkApi?.close();
           spares.close();
           await jobs.close();
           await pools.close();
