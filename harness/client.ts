@@ -8,7 +8,7 @@
  */
 import { createConditions } from './conditions.js';
 import assert from 'node:assert/strict';
-import type { MqttClient } from 'mqtt';
+import type { IClientOptions, MqttClient } from 'mqtt';
 import { decode, encode, type Encoding } from '../protocol/codec.js';
 import type {
   JobRecord,
@@ -70,9 +70,10 @@ export interface RpcClient {
 
 let seq = 0;
 
-export async function rpcClient(d: DaemonAddress): Promise<RpcClient> {
+/** `extra`: connection options over the defaults (another broker's user, say). */
+export async function rpcClient(d: DaemonAddress, extra?: IClientOptions): Promise<RpcClient> {
   const clientId = nextClientId();
-  const client = await connectController(d.url, { clientId });
+  const client = await connectController(d.url, { clientId, ...(extra ? { extra } : {}) });
   // The client's own reply namespace (docs/protocol.md): the only place mvirtd replies to.
   const replyTopic = `${d.root.slice(0, d.root.lastIndexOf('/'))}/_clients/${clientId}/replies`;
   const waiting = new Map<string, (r: ReplyEnvelope) => void>();
