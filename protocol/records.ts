@@ -432,6 +432,9 @@ export const SystemInfo = z.strictObject({
         .describe('when the link last came up (connected) or went down (not connected)'),
       connects: count.describe('successful connections since mvirtd started'),
       lastError: z.string().nullable().describe('why the last attempt or link failed'),
+      refused: count.describe(
+        "publishes and subscriptions the broker refused (its ACL: check this host's broker user)",
+      ),
       queued: count.describe('messages waiting for the link (bounded by --uplink-buffer)'),
       dropped: count.describe(
         'messages not delivered to the uplink because the buffer was full (oldest first)',

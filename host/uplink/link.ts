@@ -36,6 +36,12 @@ export interface Uplink extends Bus {
   disconnected(): Promise<void>;
   info(): UplinkInfo;
   /**
+   * Resolves with the broker's first refusal of a publish or subscription
+   * (its ACL: this host's broker user may not use the topic); at once if
+   * there was one. For tests and logs.
+   */
+  refused(): Promise<string>;
+  /**
    * Drop the connection without a DISCONNECT, as a crash or a cut cable
    * would (the broker then sends the will); the link reconnects as after any
    * loss. For tests.
@@ -72,6 +78,16 @@ export function createUplink(deps: {
   let since: string | null = null;
   let connects = 0;
   let lastError: string | null = null;
+  let refusals = 0;
+  let firstRefusal: string | null = null;
+  const refusalWaiters: ((why: string) => void)[] = [];
+  function refuse(why: string): void {
+    refusals++;
+    lastError = why;
+    if (firstRefusal !== null) return;
+    firstRefusal = why;
+    for (const w of refusalWaiters.splice(0)) w(why);
+  }
   let backoff = BACKOFF_MIN_MS;
   let retry: NodeJS.Timeout | undefined;
   let inFlight = 0;
@@ -112,7 +128,7 @@ export function createUplink(deps: {
       if (!m.retain) unsent--;
       if (err) {
         // MQTT 5: the broker answered (e.g. 0x87 not authorized: its ACL).
-        lastError = `publish to ${m.topic} refused: ${err.message}`;
+        refuse(`publish to ${m.topic} refused: ${err.message}`);
         log.warn({ topic: m.topic, err: err.message }, 'the uplink broker refused a publish');
         if (!m.retain) outbox.lost(1);
       } else if (m.retain && m.payload.length === 0) outbox.sentTombstone(m.topic);
@@ -147,7 +163,7 @@ export function createUplink(deps: {
     c.subscribe(filter, { qos: 1 }, (err, granted) => {
       const refused = granted?.find((g) => g.qos >= 0x80);
       if (err || refused) {
-        lastError = `subscribe ${filter} refused${err ? `: ${err.message}` : ''}`;
+        refuse(`subscribe ${filter} refused${err ? `: ${err.message}` : ''}`);
         log.error({ filter, err }, 'the uplink broker refused a subscription; check its ACL');
       }
     });
@@ -270,8 +286,13 @@ export function createUplink(deps: {
       since,
       connects,
       lastError,
+      refused: refusals,
       ...outbox.figures(),
     }),
+    refused: () =>
+      firstRefusal !== null
+        ? Promise.resolve(firstRefusal)
+        : new Promise<string>((resolve) => refusalWaiters.push(resolve)),
     breakLink() {
       client?.stream.destroy();
     },

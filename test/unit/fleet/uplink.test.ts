@@ -236,6 +236,57 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     }
   });
 
+  test('an mvirtd logged in as another host cannot publish under its own prefix: the shipped ACL refuses, and the uplink says so', async () => {
+    const IMPOSTOR = 'impostor';
+    // Its host id is not its broker user (other-host): %u in hosts.acl is not its prefix.
+    const impostor = await startJobDaemon({
+      args: [
+        '--host-id',
+        IMPOSTOR,
+        '--uplink',
+        `mqtt://127.0.0.1:${mq.hostsPort}`,
+        '--uplink-credentials',
+        await credentials(OTHER),
+      ],
+    });
+    const link = impostor.d.daemon.uplink!;
+    try {
+      await link.connected();
+      // Its retained status goes out at QoS 1 first: Mosquitto answers it with 0x87.
+      assert.match(
+        await link.refused(),
+        /^publish to mvirt\/impostor\/status refused: .*Not authorized/,
+      );
+      // Nothing of it reached the broker: a fresh subscriber gets the retained
+      // messages of its filters before anything it publishes itself afterwards.
+      const probe = await mqtt.connectAsync(`mqtt://127.0.0.1:${mq.controllersPort}`, {
+        clientId: 'impostor-probe',
+        username: 'alice',
+        password: 'pw-alice',
+        reconnectPeriod: 0,
+      });
+      try {
+        const marker = 'mvirt/_clients/impostor-probe/marker';
+        const seen: string[] = [];
+        const done = new Promise<void>((resolve) =>
+          probe.on('message', (topic) => (topic === marker ? resolve() : seen.push(topic))),
+        );
+        await probe.subscribeAsync([`mvirt/${IMPOSTOR}/#`, marker], { qos: 1 });
+        await probe.publishAsync(marker, 'x', { qos: 1 });
+        await done;
+        assert.deepEqual(seen, []);
+      } finally {
+        await probe.endAsync();
+      }
+      const info = link.info();
+      assert.ok(info.refused >= 1, JSON.stringify(info));
+      // Its local API is unaffected.
+      assert.equal(result(await impostor.c.call('system.info', {})).uplink?.refused, info.refused);
+    } finally {
+      await impostor.stopDaemon();
+    }
+  });
+
   test('a broker restart: mvirtd reconnects and republishes; meanwhile local work goes on and drops are counted', async () => {
     await mq.stop();
     await uplink.disconnected();
