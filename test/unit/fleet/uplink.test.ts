@@ -287,7 +287,7 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     }
   });
 
-  test('a broker restart: mvirtd reconnects and republishes; meanwhile local work goes on and drops are counted', async () => {
+  test('a broker restart: mvirtd reconnects and republishes; meanwhile local work goes on and drops are counted', async (t) => {
     await mq.stop();
     await uplink.disconnected();
     // Local controllers (the embedded broker) are not held up by the dead link.
@@ -307,7 +307,11 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     assert.ok((info.uplink?.dropped ?? 0) > 0, `drops counted: ${JSON.stringify(info.uplink)}`);
 
     await mq.restart(); // persistence off: Mosquitto starts with no retained message at all
+    const t0 = performance.now();
     await uplink.connected();
+    t.diagnostic(
+      `broker restart: reconnected ${Math.round(performance.now() - t0)} ms after it was back`,
+    );
     const c = await controller();
     const vmState = await c.waitFor(`${ROOT}/vm/+/state`, (_t, p) => p.length > 0);
     assert.equal((JSON.parse(vmState.toString()) as { name: string }).name, 'web');
@@ -318,7 +322,7 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     assert.equal(result(await c.call('system.info', {})).uplink?.connected, true);
   });
 
-  test('a silent link: the broker sends the last will within 1.5 × keepalive, then the host is back', async () => {
+  test('a silent link: the broker sends the last will within 1.5 × keepalive, then the host is back', async (t) => {
     const c = await controller();
     await c.waitFor(`${ROOT}/status`, (_t, p) => status(p)?.online === true);
     const offline = await c.watch(`${ROOT}/status`, (_t, p) => status(p)?.online === false, 20_000);
@@ -328,6 +332,7 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     const ms = performance.now() - t0;
     // Mosquitto checks keepalives on its loop (about once a second): allow that much.
     assert.ok(ms <= 1.5 * KEEPALIVE_S * 1000 + 1000, `offline after ${Math.round(ms)} ms`);
+    t.diagnostic(`silent link: offline after ${Math.round(ms)} ms (keepalive ${KEEPALIVE_S} s)`);
     // mvirtd's own keepalive notices too; it reconnects and says it is online again.
     const back = await c.watch(`${ROOT}/status`, (_t, p) => status(p)?.online === true, 20_000);
     await back.message;
@@ -370,7 +375,7 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     await offline.message;
   });
 
-  test('kill -9 of a spawned mvirtd: its last will says offline', async () => {
+  test('kill -9 of a spawned mvirtd: its last will says offline', async (t) => {
     const c = await controller();
     const dataDir = await makeTempDir('mvirt-fleet-other-');
     const seen = await c.watch(
@@ -401,6 +406,7 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
       await offline.message;
       const ms = performance.now() - t0;
       assert.ok(ms <= 1.5 * KEEPALIVE_S * 1000, `offline after ${Math.round(ms)} ms`);
+      t.diagnostic(`kill -9: offline after ${Math.round(ms)} ms`);
     } finally {
       await stopProcess(d);
       await removeDir(dataDir);
