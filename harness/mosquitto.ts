@@ -2,7 +2,9 @@
  * A real Mosquitto (Debian's `mosquitto`) for fleet tests: the shipped
  * docs/fleet/mosquitto.conf with its ports and paths replaced, the shipped
  * ACLs as they are, password files made with `mosquitto_passwd -b`. Hosts
- * (mvirtd --uplink) log in on `hostsPort`, controllers on `controllersPort`.
+ * (mvirtd --uplink) log in on `hostsPort`, controllers on `controllersPort`,
+ * other brokers' bridges on `bridgesPort`; `bridgeTo` makes this one bridge
+ * the whole mvirt topic space to and from another (docs/fleet.md).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -37,6 +39,7 @@ export function freePort(): Promise<number> {
 export interface MosquittoBroker {
   hostsPort: number;
   controllersPort: number;
+  bridgesPort: number;
   /** mosquitto's stderr so far. */
   logs: string[];
   /** SIGTERM and wait for the exit (retained messages are lost: persistence is off). */
@@ -56,23 +59,48 @@ function passwd(file: string, users: Record<string, string>): void {
 export async function startMosquitto(o: {
   hosts: Record<string, string>;
   controllers: Record<string, string>;
+  /** Other brokers' bridge users. */
+  bridges?: Record<string, string>;
+  /** Bridge to this broker's bridges listener as this user. */
+  bridgeTo?: { port: number; username: string; password: string };
 }): Promise<MosquittoBroker> {
   const dir = await makeTempDir('mvirt-mosquitto-');
   passwd(path.join(dir, 'hosts.passwd'), o.hosts);
   passwd(path.join(dir, 'controllers.passwd'), o.controllers);
+  passwd(path.join(dir, 'bridges.passwd'), o.bridges ?? {});
   const hostsPort = await freePort();
   const controllersPort = await freePort();
+  const bridgesPort = await freePort();
   const conf = readFileSync(path.join(MOSQUITTO_DOCS, 'mosquitto.conf'), 'utf8')
     .replace('listener 8883', `listener ${hostsPort} 127.0.0.1`)
     .replace('listener 8884', `listener ${controllersPort} 127.0.0.1`)
+    .replace('listener 8885', `listener ${bridgesPort} 127.0.0.1`)
     .replaceAll('/etc/mosquitto/mvirt/hosts.passwd', path.join(dir, 'hosts.passwd'))
     .replaceAll('/etc/mosquitto/mvirt/controllers.passwd', path.join(dir, 'controllers.passwd'))
+    .replaceAll('/etc/mosquitto/mvirt/bridges.passwd', path.join(dir, 'bridges.passwd'))
     .replaceAll('/etc/mosquitto/mvirt/', `${MOSQUITTO_DOCS}/`);
   // As root Mosquitto would drop to the `mosquitto` user, which cannot read the temp folder.
   const extra = process.getuid?.() === 0 ? 'user root\n' : '';
+  // As in docs/fleet.md, "A Mosquitto pair, bridged"; last: the lines after
+  // `connection` are that bridge's.
+  const bridge = !o.bridgeTo
+    ? ''
+    : [
+        `connection mvirt-bridge-${bridgesPort}`,
+        `address 127.0.0.1:${o.bridgeTo.port}`,
+        `remote_username ${o.bridgeTo.username}`,
+        `remote_password ${o.bridgeTo.password}`,
+        'bridge_protocol_version mqttv311',
+        'try_private true',
+        'cleansession false',
+        'notifications true',
+        'restart_timeout 1',
+        'topic mvirt/# both 1',
+        '',
+      ].join('\n');
   writeFileSync(
     path.join(dir, 'mosquitto.conf'),
-    `${conf}\n${extra}log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\npersistence false\n`,
+    `${conf}\n${extra}log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\npersistence false\n${bridge}`,
   );
   const logs: string[] = [];
   let child: ChildProcess | null = null;
@@ -118,6 +146,7 @@ export async function startMosquitto(o: {
   return {
     hostsPort,
     controllersPort,
+    bridgesPort,
     logs,
     stop,
     restart: start,

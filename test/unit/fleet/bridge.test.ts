@@ -1,0 +1,136 @@
+/**
+ * Two real Mosquittos bridged as docs/fleet.md says (B bridges `mvirt/#` both
+ * ways to A's bridges listener), one mvirtd on each, a controller on each:
+ * every host is seen from both brokers with its retained status, requests and
+ * replies cross the bridge, and a host whose link breaks is declared offline
+ * on the far broker too.
+ */
+import assert from 'node:assert/strict';
+import { chmod, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { HostStatus } from '../../../protocol/rpc.js';
+import { rpcClient, type RpcClient } from '../../../harness/client.js';
+import { hasMosquitto, startMosquitto, type MosquittoBroker } from '../../../harness/mosquitto.js';
+import { makeTempDir, removeDir } from '../../../harness/paths.js';
+import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
+
+const HOSTS: Record<string, string> = { 'host-a': 'pw-a', 'host-b': 'pw-b' };
+const CONTROLLERS: Record<string, string> = { alice: 'pw-alice', bob: 'pw-bob' };
+
+const skip = hasMosquitto() ? false : 'mosquitto is not installed (scripts/install-deps.sh)';
+
+describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
+  let a: MosquittoBroker;
+  let b: MosquittoBroker;
+  let hostA: JobDaemon;
+  let hostB: JobDaemon;
+  let tmp: string;
+  const clients: RpcClient[] = [];
+
+  const status = (p: Buffer): HostStatus | null =>
+    p.length === 0 ? null : (JSON.parse(p.toString()) as HostStatus);
+
+  async function host(id: string, broker: MosquittoBroker): Promise<JobDaemon> {
+    const file = path.join(tmp, `${id}.json`);
+    await writeFile(file, JSON.stringify({ username: id, password: HOSTS[id] }));
+    await chmod(file, 0o600);
+    const d = await startJobDaemon({
+      args: [
+        '--host-id',
+        id,
+        '--uplink',
+        `mqtt://127.0.0.1:${broker.hostsPort}`,
+        '--uplink-credentials',
+        file,
+        '--uplink-keepalive-s',
+        '2',
+      ],
+    });
+    await d.d.daemon.uplink!.connected();
+    return d;
+  }
+
+  /** A controller on `broker` driving host `id`. */
+  async function controller(
+    broker: MosquittoBroker,
+    user: 'alice' | 'bob',
+    id: string,
+  ): Promise<RpcClient> {
+    const c = await rpcClient(
+      { url: `mqtt://127.0.0.1:${broker.controllersPort}`, root: `mvirt/${id}` },
+      { username: user, password: CONTROLLERS[user] },
+    );
+    clients.push(c);
+    return c;
+  }
+
+  before(async () => {
+    tmp = await makeTempDir('mvirt-bridge-');
+    a = await startMosquitto({
+      hosts: { 'host-a': HOSTS['host-a']! },
+      controllers: CONTROLLERS,
+      bridges: { 'bridge-b': 'pw-bridge' },
+    });
+    b = await startMosquitto({
+      hosts: { 'host-b': HOSTS['host-b']! },
+      controllers: CONTROLLERS,
+      bridgeTo: { port: a.bridgesPort, username: 'bridge-b', password: 'pw-bridge' },
+    });
+    hostA = await host('host-a', a);
+    hostB = await host('host-b', b);
+  });
+
+  after(async () => {
+    for (const c of clients) await c.close().catch(() => undefined);
+    await cleanupAll();
+    await b?.close();
+    await a?.close();
+    await removeDir(tmp);
+  });
+
+  test('each host is online, retained, on both brokers', async () => {
+    for (const [broker, user] of [
+      [a, 'alice'],
+      [b, 'bob'],
+    ] as const)
+      for (const id of Object.keys(HOSTS)) {
+        const c = await controller(broker, user, id);
+        const s = await c.waitFor(`mvirt/${id}/status`, (_t, p) => status(p)?.online === true);
+        assert.equal(status(s)?.hostId, id);
+      }
+  });
+
+  test('requests and replies cross the bridge: a controller on A runs a job on the host of B', async () => {
+    const c = await controller(a, 'alice', 'host-b');
+    const info = result(await c.call('system.info', {}));
+    assert.equal(info.hostId, 'host-b');
+    result(await c.call('vm.create', { name: 'far' }));
+    assert.equal(result(await c.call('vm.start', { vm: 'far', wait: true })).state, 'ready');
+    const job = result(
+      await c.call(
+        'job.run',
+        { vm: 'far', argv: ['echo', 'across the bridge'], wait: true },
+        { timeoutMs: 15_000 },
+      ),
+    );
+    assert.equal(job.state, 'succeeded');
+    assert.equal(job.stdout, 'across the bridge\n');
+    // And the other way round.
+    const d = await controller(b, 'bob', 'host-a');
+    assert.equal(result(await d.call('system.info', {})).hostId, 'host-a');
+    assert.deepEqual(result(await hostA.c.call('vm.list', {})).vms, []);
+  });
+
+  test('a host whose link breaks is offline on the far broker too (its will crosses the bridge), then back', async (t) => {
+    const c = await controller(a, 'alice', 'host-b');
+    await c.waitFor('mvirt/host-b/status', (_t, p) => status(p)?.online === true);
+    const offline = await c.watch('mvirt/host-b/status', (_t, p) => status(p)?.online === false);
+    const t0 = performance.now();
+    hostB.d.daemon.uplink!.breakLink(); // no DISCONNECT: B publishes the will
+    await offline.message;
+    t.diagnostic(`will seen across the bridge after ${Math.round(performance.now() - t0)} ms`);
+    const back = await c.watch('mvirt/host-b/status', (_t, p) => status(p)?.online === true);
+    await back.message;
+  });
+});
