@@ -454,6 +454,8 @@ export async function startDaemon(
     });
     await api.start();
     await uplinkApi?.start();
+    // The status carries the uplink's figures: say at once that it came up or went down.
+    uplink?.onChange(() => status.kick());
     await status.start();
     // In the background: mvirtd serves locally whether the external broker is up or not.
     uplink?.start();

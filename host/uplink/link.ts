@@ -35,6 +35,8 @@ export interface Uplink extends Bus {
   /** Resolves once the link is down (now, if it is). */
   disconnected(): Promise<void>;
   info(): UplinkInfo;
+  /** Call `cb` whenever the link comes up or goes down (the daemon refreshes its status). */
+  onChange(cb: (connected: boolean) => void): void;
   /**
    * Resolves with the broker's first refusal of a publish or subscription
    * (its ACL: this host's broker user may not use the topic); at once if
@@ -95,7 +97,9 @@ export function createUplink(deps: {
   let unsent = 0;
   /** Waiting for the link to come up (true) or go down (false). */
   const waiters = new Map<() => void, boolean>();
+  const listeners: ((connected: boolean) => void)[] = [];
   const wake = (state: boolean): void => {
+    for (const cb of listeners) cb(state);
     for (const [w, want] of [...waiters]) if (want === state) w();
   };
   const when = (state: boolean): Promise<void> =>
@@ -277,6 +281,9 @@ export function createUplink(deps: {
     },
     start() {
       if (client === null && retry === undefined) connect();
+    },
+    onChange(cb) {
+      listeners.push(cb);
     },
     connected: () => when(true),
     disconnected: () => when(false),
