@@ -3,6 +3,7 @@
  * a run function. Help text is generated from it, so it cannot drift.
  */
 import type { MvirtClient } from '../../protocol/client.js';
+import type { HostStatus } from '../../protocol/rpc.js';
 import {
   GLOBAL_OPTIONS,
   UsageError,
@@ -18,6 +19,8 @@ export interface Context {
   globals: Globals;
   /** Connects on first use (commands that fail usage checks never touch the network). */
   client(): Promise<MvirtClient>;
+  /** Every host's retained status under the prefix, without choosing one (`mvirt hosts`). */
+  hosts(): Promise<HostStatus[]>;
   out(s: string): void;
   err(s: string): void;
 }

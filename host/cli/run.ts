@@ -6,6 +6,7 @@
  */
 import type { MvirtClient } from '../../protocol/client.js';
 import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from '../../protocol/limits.js';
+import type { HostStatus } from '../../protocol/rpc.js';
 import { readFileSync } from 'node:fs';
 import { UsageError, globalsFrom, parseCommand, splitCommand, type Globals } from './args.js';
 import { commandHelp, positionals, type Command, type Context } from './command.js';
@@ -23,6 +24,7 @@ const GROUPS: Record<string, string> = {
   snapshot:
     'VM snapshots (saved memory and device state): ls, get, rm; take one with `mvirt vm snapshot`',
   info: 'show the host',
+  hosts: 'list every host on the broker',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',
   image: 'build µOS images (mvirt image build --help)',
@@ -134,6 +136,23 @@ export function cliClientId(): string {
   return `mvirt-${hex()}${hex()}`;
 }
 
+/** Every host's retained status under the prefix (`mvirt hosts`): a connection of its own. */
+export async function discoverFleet(g: Globals): Promise<HostStatus[]> {
+  const ca = g.cafile !== undefined ? readCa(g.cafile) : undefined;
+  const { connectBroker, discoverHosts } = await import('../../protocol/connect.js');
+  const mqtt = await connectBroker(g.broker ?? DEFAULT_BROKER_URL, {
+    clientId: cliClientId(),
+    ...(g.user !== undefined ? { username: g.user } : {}),
+    ...(g.password !== undefined ? { password: g.password } : {}),
+    ...(ca !== undefined ? { ca } : {}),
+  });
+  try {
+    return await discoverHosts(mqtt, g.prefix);
+  } finally {
+    await mqtt.endAsync();
+  }
+}
+
 function readCa(file: string): Buffer {
   try {
     return readFileSync(file);
@@ -226,6 +245,7 @@ export async function runCli(
         const { dryRunClient } = await import('./dry-run.js');
         return dryRunClient(client);
       },
+      hosts: () => discoverFleet(globals),
       out: (s) => void io.stdout.write(s),
       err: (s) => void io.stderr.write(s),
     };

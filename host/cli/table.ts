@@ -30,6 +30,7 @@ const MODULES: readonly CommandModule[] = [
   { words: ['volume'], load: async () => (await import('./volume.js')).volumeCommands },
   { words: ['snapshot'], load: async () => (await import('./snapshot.js')).snapshotCommands },
   { words: ['info'], load: async () => (await import('./info.js')).infoCommands },
+  { words: ['hosts'], load: async () => (await import('./hosts.js')).hostsCommands },
   { words: ['events'], load: async () => (await import('./events.js')).eventsCommands },
   { words: ['top'], load: async () => (await import('./top.js')).topCommands },
   { words: ['console'], load: async () => (await import('./console.js')).consoleCommands },

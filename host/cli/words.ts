@@ -13,6 +13,7 @@ export const COMMAND_WORDS: readonly string[] = [
   'volume',
   'snapshot',
   'info',
+  'hosts',
   'events',
   'top',
   'console',

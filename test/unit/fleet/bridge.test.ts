@@ -13,6 +13,8 @@ import type { HostStatus } from '../../../protocol/rpc.js';
 import { rpcClient, type RpcClient } from '../../../harness/client.js';
 import { hasMosquitto, startMosquitto, type MosquittoBroker } from '../../../harness/mosquitto.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
+import { runCli } from '../../../host/cli/run.js';
+import { memoryIo } from '../../support/cli-io.js';
 import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
 
 const HOSTS: Record<string, string> = { 'host-a': 'pw-a', 'host-b': 'pw-b' };
@@ -99,6 +101,43 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
         const s = await c.waitFor(`mvirt/${id}/status`, (_t, p) => status(p)?.online === true);
         assert.equal(status(s)?.hostId, id);
       }
+  });
+
+  test('mvirt hosts on either broker lists the whole fleet', async () => {
+    // Each host refreshes its status once its link is up (the status carries the link's figures).
+    for (const id of Object.keys(HOSTS)) {
+      const c = await controller(a, 'alice', id);
+      await c.waitFor(`mvirt/${id}/status`, (_t, p) => status(p)?.uplink?.connected === true);
+    }
+    for (const [broker, user] of [
+      [a, 'alice'],
+      [b, 'bob'],
+    ] as const) {
+      const env = {
+        MVIRT_BROKER: `mqtt://127.0.0.1:${broker.controllersPort}`,
+        MVIRT_USER: user,
+        MVIRT_PASSWORD: CONTROLLERS[user]!,
+      };
+      const m = memoryIo({ env });
+      assert.equal(await runCli(['hosts', '--json'], m), 0, m.errText());
+      const hosts = JSON.parse(m.out()) as HostStatus[];
+      assert.deepEqual(
+        hosts.map((h) => [h.hostId, h.online, h.uplink?.connected]),
+        [
+          ['host-a', true, true],
+          ['host-b', true, true],
+        ],
+      );
+      const t = memoryIo({ env });
+      assert.equal(await runCli(['hosts'], t), 0, t.errText());
+      const lines = t.out().trim().split('\n');
+      assert.match(
+        lines[0]!,
+        /^HOST\s+ONLINE\s+CPUS\s+MEMORY\s+ALLOCATED\s+VMS\s+UPLINK\s+LAST SEEN/,
+      );
+      assert.match(lines[1]!, /^host-a\s+yes\s/);
+      assert.match(lines[2]!, /^host-b\s+yes\s/);
+    }
   });
 
   test('requests and replies cross the bridge: a controller on A runs a job on the host of B', async () => {

@@ -1,0 +1,62 @@
+/**
+ * `mvirt hosts`: every mvirtd under the prefix of the broker it connects to,
+ * from their retained `<prefix>/+/status` (docs/fleet.md): on an external
+ * broker with `mvirtd --uplink`, the whole fleet. No RPC: a host that is
+ * offline is listed from its last will.
+ */
+import type { HostStatus } from '../../protocol/rpc.js';
+import type { Command } from './command.js';
+import { EXIT } from './exit.js';
+import { json, mib, relativeTime, table } from './output.js';
+
+function allocation(h: HostStatus): string {
+  if (!h.allocated) return '-';
+  const of = h.limits ? `/${h.limits.vcpus}` : '';
+  return `${h.allocated.vcpus}${of} vCPUs, ${mib(h.allocated.memoryMiB)}`;
+}
+
+function vmCount(h: HostStatus): string {
+  if (!h.vms) return '-';
+  const total = Object.values(h.vms).reduce((n, k) => n + (k ?? 0), 0);
+  const busy = (h.vms.busy ?? 0) + (h.vms.ready ?? 0) + (h.vms.running ?? 0);
+  return `${total} (${busy} up)`;
+}
+
+/** The table of `mvirt hosts`; `now` for the LAST SEEN column. */
+export function hostsText(hosts: HostStatus[], now: number): string {
+  if (hosts.length === 0) return 'no mvirt host announces itself under this prefix\n';
+  return table(
+    ['HOST', 'ONLINE', 'CPUS', 'MEMORY', 'ALLOCATED', 'VMS', 'UPLINK', 'LAST SEEN'],
+    hosts.map((h) => [
+      h.hostId,
+      h.online ? 'yes' : 'no',
+      h.cpus === undefined ? '-' : String(h.cpus),
+      h.memoryMiB === undefined ? '-' : mib(h.memoryMiB),
+      allocation(h),
+      vmCount(h),
+      h.uplink
+        ? `${h.uplink.broker}${h.uplink.dropped ? ` (${h.uplink.dropped} dropped)` : ''}`
+        : '-',
+      relativeTime(h.at, now),
+    ]),
+  );
+}
+
+export const hostsCommands: Command[] = [
+  {
+    name: 'hosts',
+    summary: 'List every mvirt host on the broker: online, capacity, allocation, VMs, last seen.',
+    description:
+      "Read from the hosts' retained status topics: with mvirtd --uplink, every host of the fleet on that broker (docs/fleet.md). An offline host shows its last will; LAST SEEN is the time of its last status.",
+    examples: [
+      'mvirt hosts',
+      'mvirt hosts --json',
+      'mvirt --broker mqtts://fleet.example:8884 hosts',
+    ],
+    run: async (ctx) => {
+      const hosts = await ctx.hosts();
+      ctx.out(ctx.globals.json ? json(hosts) : hostsText(hosts, Date.now()));
+      return EXIT.OK;
+    },
+  },
+];
