@@ -21,6 +21,8 @@ export interface Context {
   client(): Promise<MvirtClient>;
   /** Every host's retained status under the prefix, without choosing one (`mvirt hosts`). */
   hosts(): Promise<HostStatus[]>;
+  /** A client of this host (`vm ls --all-hosts`), whatever --host says; closed at the end. */
+  clientOf(hostId: string): Promise<MvirtClient>;
   out(s: string): void;
   err(s: string): void;
 }

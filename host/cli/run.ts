@@ -174,6 +174,7 @@ export async function runCli(
   const { words, rest } = splitCommand(argv, depthOf);
   let json = rest.includes('--json');
   let client: MvirtClient | undefined;
+  const others: MvirtClient[] = [];
   try {
     if (words[0] === 'help') {
       const target = words.slice(1).join(' ');
@@ -246,6 +247,11 @@ export async function runCli(
         return dryRunClient(client);
       },
       hosts: () => discoverFleet(globals),
+      clientOf: async (hostId) => {
+        const c = await makeClient({ ...globals, host: hostId });
+        others.push(c);
+        return c;
+      },
       out: (s) => void io.stdout.write(s),
       err: (s) => void io.stderr.write(s),
     };
@@ -260,5 +266,6 @@ export async function runCli(
     return exitCodeFor(err);
   } finally {
     await client?.close();
+    for (const c of others) await c.close();
   }
 }

@@ -90,10 +90,18 @@ export function vmDetails(vm: VmRecord, now: number, names: SnapshotNames = new 
  * The `vm ls` table. A FROM column (the snapshot a VM was made from) is
  * there only when some listed VM was made from one.
  */
-export function vmTable(vms: VmRecord[], now: number, names: SnapshotNames = new Map()): string {
+export function vmTable(
+  vms: VmRecord[],
+  now: number,
+  names: SnapshotNames = new Map(),
+  /** `vm ls --all-hosts`: a host column first. */
+  hostOf?: (v: VmRecord) => string,
+): string {
   const from = vms.some((v) => v.restoredFrom !== undefined);
+  const host = hostOf !== undefined;
   return table(
     [
+      ...(host ? ['host'] : []),
       'name',
       'id',
       'state',
@@ -105,6 +113,7 @@ export function vmTable(vms: VmRecord[], now: number, names: SnapshotNames = new
       'created',
     ],
     vms.map((v) => [
+      ...(hostOf ? [hostOf(v)] : []),
       v.name,
       v.id,
       v.state,
@@ -115,7 +124,7 @@ export function vmTable(vms: VmRecord[], now: number, names: SnapshotNames = new
       ...(from ? [v.restoredFrom ? (names.get(v.restoredFrom) ?? v.restoredFrom) : '-'] : []),
       relativeTime(v.createdAt, now),
     ]),
-    ['left', 'left', 'left', 'right', 'right'],
+    [...(host ? (['left'] as const) : []), 'left', 'left', 'left', 'right', 'right'],
   );
 }
 

@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import type { MvirtClient } from '../../protocol/client.js';
 import { MvirtError } from '../../protocol/errors.js';
-import type { VmRecord } from '../../protocol/rpc.js';
+import type { VmRecord, VmState } from '../../protocol/rpc.js';
 import { NETWORK_MODES, VM_KINDS, VM_STATES } from '../../protocol/states.js';
 import { UsageError, integer, oneOf } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
@@ -190,12 +190,18 @@ const commands: Command[] = [
         value: 'STATE',
         help: `only VMs in this state (${VM_STATES.join(', ')})`,
       },
+      'all-hosts': {
+        type: 'boolean',
+        help: 'the VMs of every online host on the broker (a fleet: docs/fleet.md), with a host column',
+      },
     },
-    examples: ['mvirt vm ls', 'mvirt vm ls --state ready --json'],
+    examples: ['mvirt vm ls', 'mvirt vm ls --state ready --json', 'mvirt vm ls --all-hosts'],
     run: async (ctx, p) => {
       const state = oneOf(str(p, 'state'), VM_STATES, '--state');
+      const params = state ? { state } : {};
+      if (p.values['all-hosts'] === true) return listAllHosts(ctx, params);
       const c = await ctx.client();
-      const r = await c.call('vm.list', state ? { state } : {});
+      const r = await c.call('vm.list', params);
       if (ctx.globals.json) ctx.out(json(r));
       else if (r.vms.length === 0)
         ctx.out(
@@ -392,3 +398,36 @@ const commands: Command[] = [
 ];
 
 export const vmCommands = commands;
+
+/**
+ * `vm ls --all-hosts`: vm.list on every online host, one after the other. A
+ * host that does not answer is named on stderr and the exit code says so.
+ */
+async function listAllHosts(ctx: Context, params: { state?: VmState }): Promise<number> {
+  const hosts = (await ctx.hosts()).filter((h) => h.online);
+  const listed: { hostId: string; vms: VmRecord[] }[] = [];
+  const failed: { hostId: string; error: string }[] = [];
+  for (const h of hosts) {
+    try {
+      const c = await ctx.clientOf(h.hostId);
+      listed.push({ hostId: h.hostId, vms: (await c.call('vm.list', params)).vms });
+    } catch (err) {
+      failed.push({ hostId: h.hostId, error: (err as Error).message });
+      ctx.err(`${h.hostId}: ${(err as Error).message}\n`);
+    }
+  }
+  if (ctx.globals.json) ctx.out(json({ hosts: listed, failed }));
+  else {
+    const host = new Map<VmRecord, string>();
+    for (const l of listed) for (const v of l.vms) host.set(v, l.hostId);
+    const vms = [...host.keys()].sort(
+      (a, b) => host.get(a)!.localeCompare(host.get(b)!) || a.name.localeCompare(b.name),
+    );
+    ctx.out(
+      vms.length === 0
+        ? `no VMs on ${hosts.length} online host${hosts.length === 1 ? '' : 's'}\n`
+        : vmTable(vms, ctx.io.now(), new Map(), (v) => host.get(v)!),
+    );
+  }
+  return failed.length > 0 ? EXIT.CONNECTION : EXIT.OK;
+}

@@ -158,7 +158,35 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
     // And the other way round.
     const d = await controller(b, 'bob', 'host-a');
     assert.equal(result(await d.call('system.info', {})).hostId, 'host-a');
-    assert.deepEqual(result(await hostA.c.call('vm.list', {})).vms, []);
+  });
+
+  test('mvirt vm ls --all-hosts on broker A lists the VMs of every host, with their host', async () => {
+    result(await hostA.c.call('vm.create', { name: 'near' }));
+    const env = {
+      MVIRT_BROKER: `mqtt://127.0.0.1:${a.controllersPort}`,
+      MVIRT_USER: 'alice',
+      MVIRT_PASSWORD: CONTROLLERS.alice!,
+    };
+    const m = memoryIo({ env });
+    assert.equal(await runCli(['vm', 'ls', '--all-hosts', '--json'], m), 0, m.errText());
+    const r = JSON.parse(m.out()) as {
+      hosts: { hostId: string; vms: { name: string }[] }[];
+      failed: unknown[];
+    };
+    assert.deepEqual(
+      r.hosts.map((h) => [h.hostId, h.vms.map((v) => v.name)]),
+      [
+        ['host-a', ['near']],
+        ['host-b', ['far']],
+      ],
+    );
+    assert.deepEqual(r.failed, []);
+    const t = memoryIo({ env });
+    assert.equal(await runCli(['vm', 'ls', '--all-hosts'], t), 0, t.errText());
+    const lines = t.out().trim().split('\n');
+    assert.match(lines[0]!, /^HOST\s+NAME\s+ID\s+STATE/i);
+    assert.match(lines[1]!, /^host-a\s+near\s+\S+\s+stopped/);
+    assert.match(lines[2]!, /^host-b\s+far\s+\S+\s+ready/);
   });
 
   test('a host whose link breaks is offline on the far broker too (its will crosses the bridge), then back', async (t) => {
