@@ -143,7 +143,12 @@ export function createUplink(deps: {
   function drain(): void {
     const c = client;
     if (!up || c === null) return;
-    const room = MAX_IN_FLIGHT - inFlight;
+    // Pending retained state first: it is what a controller looks at.
+    let room = MAX_IN_FLIGHT - inFlight;
+    if (room <= 0) return;
+    const state = outbox.takeRetained(room);
+    for (const m of state) send(c, m);
+    room -= state.length;
     if (room <= 0) return;
     for (const m of outbox.take(room)) send(c, m);
   }
@@ -158,7 +163,7 @@ export function createUplink(deps: {
     for (const filter of handlers.keys()) subscribeOn(c, filter);
     // The whole retained state first (the will may stand in the status topic),
     // then whatever waited.
-    for (const m of outbox.retained()) send(c, m);
+    outbox.resendRetained();
     drain();
     wake(true);
   }
@@ -252,8 +257,8 @@ export function createUplink(deps: {
     };
     const c = client;
     if (m.retain) {
-      outbox.add(m); // remembered for the next reconnect in any case
-      if (up && c !== null && inFlight < MAX_IN_FLIGHT) send(c, m);
+      outbox.add(m); // pending, and remembered for the next reconnect
+      drain();
     } else if (up && c !== null && inFlight < MAX_IN_FLIGHT && outbox.figures().queued === 0)
       send(c, m);
     else outbox.add(m);

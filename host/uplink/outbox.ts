@@ -6,7 +6,9 @@
  *    again in full after every reconnect (the broker may have lost it, or
  *    hold the last will in place of the status). An empty payload (a deleted
  *    object) is kept until it went out once, so a broker that missed it does
- *    not keep a ghost.
+ *    not keep a ghost. A topic whose latest payload has not gone out yet is
+ *    pending, and goes out before any queued message once the link has room:
+ *    a busy link delays state, it never leaves it stale until a reconnect.
  *  - everything else (events, job output, telemetry): a FIFO, sent as the
  *    link allows; while the link is down or too slow, at most `maxQueued`
  *    wait and the oldest go first (counted in `dropped`). They are all
@@ -31,8 +33,12 @@ export interface OutboxFigures {
 export interface Outbox {
   /** Record a message (never waits; over the bound the oldest queued one is dropped). */
   add(m: OutMessage): void;
-  /** The retained state to send after a (re)connect, oldest first; tombstones included. */
+  /** The retained state, oldest first; tombstones included. */
   retained(): OutMessage[];
+  /** A (re)connect: every retained topic is owed to the broker again. */
+  resendRetained(): void;
+  /** Take up to n pending retained messages, oldest first. */
+  takeRetained(n: number): OutMessage[];
   /** A tombstone went out: forget the topic. */
   sentTombstone(topic: string): void;
   /** Take up to n queued messages, oldest first. */
@@ -46,6 +52,8 @@ export function createOutbox(o: { maxQueued: number; maxRetainedTopics: number }
   // A Map keeps insertion order: delete + set moves a topic to the end, so
   // the oldest topic is the first one, evicted first when over the bound.
   const retained = new Map<string, OutMessage>();
+  /** Retained topics whose latest payload has not been handed to the link; in order. */
+  let pending = new Set<string>();
   const queue: OutMessage[] = [];
   let head = 0;
   let dropped = 0;
@@ -65,9 +73,12 @@ export function createOutbox(o: { maxQueued: number; maxRetainedTopics: number }
       if (m.retain) {
         retained.delete(m.topic);
         retained.set(m.topic, m);
+        pending.delete(m.topic);
+        pending.add(m.topic);
         if (retained.size > o.maxRetainedTopics) {
           const oldest = retained.keys().next().value as string;
           retained.delete(oldest);
+          pending.delete(oldest);
           dropped++;
         }
         return;
@@ -84,6 +95,19 @@ export function createOutbox(o: { maxQueued: number; maxRetainedTopics: number }
       }
     },
     retained: () => [...retained.values()],
+    resendRetained() {
+      pending = new Set(retained.keys());
+    },
+    takeRetained(n) {
+      const out: OutMessage[] = [];
+      for (const topic of pending) {
+        if (out.length >= n) break;
+        pending.delete(topic);
+        const m = retained.get(topic);
+        if (m) out.push(m);
+      }
+      return out;
+    },
     sentTombstone(topic) {
       if (retained.get(topic)?.payload.length === 0) retained.delete(topic);
     },

@@ -144,6 +144,22 @@ describe('the uplink outbox', () => {
     );
     assert.equal(o.figures().dropped, 1, 'the oldest topic beyond the bound is dropped');
   });
+
+  test('retained updates are pending until taken, latest payload only; a reconnect owes them all again', () => {
+    const o = createOutbox({ maxQueued: 3, maxRetainedTopics: 10 });
+    o.add(msg('vm/a', true, '1'));
+    o.add(msg('vm/b', true, '1'));
+    o.add(msg('vm/a', true, '2'));
+    const text = (ms: { topic: string; payload: Buffer }[]) =>
+      ms.map((m) => `${m.topic}=${m.payload.toString()}`);
+    assert.deepEqual(text(o.takeRetained(1)), ['vm/b=1']);
+    assert.deepEqual(text(o.takeRetained(10)), ['vm/a=2']);
+    assert.deepEqual(o.takeRetained(10), [], 'nothing owed once handed to the link');
+    o.add(msg('vm/b', true, '2'));
+    assert.deepEqual(text(o.takeRetained(10)), ['vm/b=2']);
+    o.resendRetained();
+    assert.deepEqual(text(o.takeRetained(10)), ['vm/a=2', 'vm/b=2']);
+  });
 });
 
 describe('what reaches the uplink', () => {

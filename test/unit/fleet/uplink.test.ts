@@ -181,6 +181,21 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     }
   });
 
+  test('a retained update published while the link is busy still goes out, without a reconnect', async () => {
+    const c = await controller();
+    const topic = `${ROOT}/pool/burst/state`;
+    const connects = uplink.info().connects;
+    const last = await c.watch(topic, (_t, p) => p.toString() === '{"n":"last"}');
+    // More than the link keeps in flight at once (256), synchronously: the rest waits.
+    for (let i = 0; i < 400; i++) void uplink.publish(`${ROOT}/events`, `{"i":${i}}`, { qos: 1 });
+    void uplink.publish(topic, '{"n":"last"}', { retain: true, qos: 1 });
+    await last.message;
+    assert.equal(uplink.info().connects, connects, 'no reconnect was needed');
+    const gone = await c.watch(topic, (_t, p) => p.length === 0);
+    void uplink.publish(topic, '', { retain: true, qos: 1 });
+    await gone.message;
+  });
+
   test("with the shipped ACL a host's credentials cannot publish under another host's prefix", async () => {
     const host = await mqtt.connectAsync(`mqtt://127.0.0.1:${mq.hostsPort}`, {
       protocolVersion: 5, // v5: a refused QoS 1 publish gets a PUBACK with a reason code
