@@ -313,6 +313,9 @@ export function createUplink(deps: {
       clearTimeout(retry);
       const c = client;
       if (c === null) return;
+      // All pending state now, beyond the in-flight bound: the offline status
+      // must reach the broker before the DISCONNECT makes it drop the will.
+      if (up) for (const m of outbox.takeRetained(Number.MAX_SAFE_INTEGER)) send(c, m);
       drain();
       client = null; // its close is ours: no reconnect, nothing counted lost
       // end(false) waits for QoS 1 acknowledgements (the offline status is one)

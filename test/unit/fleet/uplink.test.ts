@@ -19,7 +19,9 @@ import { hasMosquitto, startMosquitto, type MosquittoBroker } from '../../../har
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { startTcpProxy, type TcpProxy } from '../../../harness/tcp-proxy.js';
 import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
-import type { Uplink } from '../../../host/uplink/link.js';
+import { createUplink, type Uplink } from '../../../host/uplink/link.js';
+import { uplinkSender } from '../../../host/uplink/mirror.js';
+import { silentLogger } from '../../../host/log.js';
 
 const KEEPALIVE_S = 2;
 const ROOT = `mvirt/${HOST_ID}`;
@@ -387,6 +389,44 @@ describe('mvirtd --uplink on a real Mosquitto with the shipped ACL', { skip }, (
     // Its clean stop says offline itself (and frees the host id for the next test).
     const offline = await c.watch(`mvirt/${OTHER}/status`, (_t, p) => status(p)?.online === false);
     await viewer.stopDaemon();
+    await offline.message;
+  });
+
+  test('close() while the link is busy still sends the pending state (the offline status) before its DISCONNECT', async () => {
+    const link = createUplink({
+      options: {
+        url: `mqtt://127.0.0.1:${mq.hostsPort}`,
+        broker: `127.0.0.1:${mq.hostsPort}`,
+        username: OTHER,
+        password: PASSWORDS[OTHER]!,
+        ca: null,
+        access: { role: 'viewer', scope: null },
+        keepaliveS: 30,
+        bufferMessages: 1000,
+        retainedTopics: 100,
+      },
+      statusTopic: `mvirt/${OTHER}/status`,
+      hostId: OTHER,
+      senderOf: uplinkSender({
+        prefix: 'mvirt',
+        broker: 'test',
+        access: { role: 'viewer', scope: null },
+      }),
+      log: silentLogger(),
+    });
+    link.start();
+    await link.connected();
+    const c = await controller();
+    const offline = await c.watch(
+      `mvirt/${OTHER}/status`,
+      (_t, p) => status(p)?.online === false && status(p)?.at === 'at-close',
+    );
+    // More than the link keeps in flight at once, synchronously, then the last state and close().
+    for (let i = 0; i < 400; i++)
+      void link.publish(`mvirt/${OTHER}/events`, `{"i":${i}}`, { qos: 1 });
+    const last: HostStatus = { hostId: OTHER, online: false, at: 'at-close' };
+    void link.publish(`mvirt/${OTHER}/status`, JSON.stringify(last), { retain: true, qos: 1 });
+    await link.close();
     await offline.message;
   });
 
