@@ -63,6 +63,8 @@ export async function startMosquitto(o: {
   bridges?: Record<string, string>;
   /** Bridge to this broker's bridges listener as this user. */
   bridgeTo?: { port: number; username: string; password: string };
+  /** TLS on the hosts' listener (PEM files), as docs/fleet/mosquitto.conf says to add. */
+  hostsTls?: { cert: string; key: string };
 }): Promise<MosquittoBroker> {
   const dir = await makeTempDir('mvirt-mosquitto-');
   passwd(path.join(dir, 'hosts.passwd'), o.hosts);
@@ -72,7 +74,10 @@ export async function startMosquitto(o: {
   const controllersPort = await freePort();
   const bridgesPort = await freePort();
   const conf = readFileSync(path.join(MOSQUITTO_DOCS, 'mosquitto.conf'), 'utf8')
-    .replace('listener 8883', `listener ${hostsPort} 127.0.0.1`)
+    .replace(
+      'listener 8883',
+      `listener ${hostsPort} 127.0.0.1${o.hostsTls ? `\ncertfile ${o.hostsTls.cert}\nkeyfile ${o.hostsTls.key}` : ''}`,
+    )
     .replace('listener 8884', `listener ${controllersPort} 127.0.0.1`)
     .replace('listener 8885', `listener ${bridgesPort} 127.0.0.1`)
     .replaceAll('/etc/mosquitto/mvirt/hosts.passwd', path.join(dir, 'hosts.passwd'))
