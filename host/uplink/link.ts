@@ -219,7 +219,13 @@ export function createUplink(deps: {
     };
     const c = mqtt.connect(o.url, opts);
     client = c;
-    c.on('connect', () => onConnect(c));
+    c.on('connect', () => {
+      // Requests, replies and state are small messages, each wanted at once:
+      // without this, Nagle holds a reply until the broker's delayed ACK of
+      // the previous segment (measured: ~20-40 ms per request; see docs/fleet.md).
+      (c.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      onConnect(c);
+    });
     c.on('message', (topic, payload) => deliver(topic, payload));
     c.on('error', (err) => {
       lastError = err.message;
