@@ -189,6 +189,27 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
     assert.match(lines[2]!, /^host-b\s+far\s+\S+\s+ready/);
   });
 
+  test('figures: job.run to done on a fake VM, across the bridge ÷ on the embedded broker', async (t) => {
+    const far = await controller(a, 'alice', 'host-b');
+    const median = async (c: RpcClient): Promise<number> => {
+      const ms: number[] = [];
+      for (let i = 0; i < 15; i++) {
+        const t0 = performance.now();
+        const r = result(await c.call('job.run', { vm: 'far', argv: ['true'], wait: true }));
+        ms.push(performance.now() - t0);
+        assert.equal(r.state, 'succeeded');
+      }
+      return ms.sort((x, y) => x - y)[7]!;
+    };
+    await median(hostB.c); // warm both paths
+    const local = await median(hostB.c);
+    const uplinked = await median(await controller(b, 'bob', 'host-b'));
+    const bridged = await median(far);
+    t.diagnostic(
+      `job.run wait, median of 15: embedded ${local.toFixed(1)} ms, over the host's own Mosquitto ${uplinked.toFixed(1)} ms, across the bridge ${bridged.toFixed(1)} ms, ratio ${(bridged / local).toFixed(2)}`,
+    );
+  });
+
   test('a host whose link breaks is offline on the far broker too (its will crosses the bridge), then back', async (t) => {
     const c = await controller(a, 'alice', 'host-b');
     await c.waitFor('mvirt/host-b/status', (_t, p) => status(p)?.online === true);
