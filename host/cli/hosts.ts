@@ -7,7 +7,7 @@
 import type { HostStatus } from '../../protocol/rpc.js';
 import type { Command } from './command.js';
 import { EXIT } from './exit.js';
-import { json, mib, relativeTime, table } from './output.js';
+import { json, keyValues, mib, relativeTime, table } from './output.js';
 
 function allocation(h: HostStatus): string {
   if (!h.allocated) return '-';
@@ -40,6 +40,41 @@ export function hostsText(hosts: HostStatus[], now: number): string {
       relativeTime(h.at, now),
     ]),
   );
+}
+
+/** What the online hosts add up to (`mvirt info --fleet`). */
+export function fleetTotals(hosts: HostStatus[]) {
+  const online = hosts.filter((h) => h.online);
+  const sum = (f: (h: HostStatus) => number | undefined): number =>
+    online.reduce((n, h) => n + (f(h) ?? 0), 0);
+  const vms: Record<string, number> = {};
+  for (const h of online)
+    for (const [state, n] of Object.entries(h.vms ?? {})) vms[state] = (vms[state] ?? 0) + (n ?? 0);
+  return {
+    hosts: hosts.length,
+    online: online.length,
+    cpus: sum((h) => h.cpus),
+    memoryMiB: sum((h) => h.memoryMiB),
+    allocated: {
+      vcpus: sum((h) => h.allocated?.vcpus),
+      memoryMiB: sum((h) => h.allocated?.memoryMiB),
+    },
+    vms,
+  };
+}
+
+export function fleetText(hosts: HostStatus[], now: number): string {
+  const t = fleetTotals(hosts);
+  const counts = Object.entries(t.vms)
+    .filter(([, n]) => n > 0)
+    .map(([s, n]) => `${n} ${s}`);
+  return `${keyValues([
+    ['Hosts', `${t.online} online of ${t.hosts}`],
+    ['CPUs', String(t.cpus)],
+    ['Memory', mib(t.memoryMiB)],
+    ['Allocated', `${t.allocated.vcpus} vCPUs, ${mib(t.allocated.memoryMiB)}`],
+    ['VMs', counts.length ? counts.join(', ') : 'none'],
+  ])}\n${hostsText(hosts, now)}`;
 }
 
 export const hostsCommands: Command[] = [

@@ -2,6 +2,7 @@
 import type { SystemInfo } from '../../protocol/rpc.js';
 import type { Command } from './command.js';
 import { EXIT } from './exit.js';
+import { fleetText, fleetTotals } from './hosts.js';
 import { json, keyValues, mib, table } from './output.js';
 
 export function infoText(i: SystemInfo): string {
@@ -42,9 +43,25 @@ export const infoCommands: Command[] = [
     examples: [
       'mvirt info',
       'mvirt info --json',
+      'mvirt info --fleet',
       'MVIRT_BROKER=/var/lib/mvirt/mvirt.sock mvirt info',
     ],
-    run: async (ctx) => {
+    options: {
+      fleet: {
+        type: 'boolean',
+        help: 'every host on the broker instead (a fleet: docs/fleet.md): totals of the online hosts, then one line per host',
+      },
+    },
+    run: async (ctx, p) => {
+      if (p.values.fleet === true) {
+        const hosts = await ctx.hosts();
+        ctx.out(
+          ctx.globals.json
+            ? json({ totals: fleetTotals(hosts), hosts })
+            : fleetText(hosts, ctx.io.now()),
+        );
+        return EXIT.OK;
+      }
       const c = await ctx.client();
       const i = await c.call('system.info');
       ctx.out(ctx.globals.json ? json(i) : infoText(i));

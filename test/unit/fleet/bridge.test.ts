@@ -128,6 +128,18 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
           ['host-b', true, true],
         ],
       );
+      const f = memoryIo({ env });
+      assert.equal(await runCli(['info', '--fleet', '--json'], f), 0, f.errText());
+      const fleet = JSON.parse(f.out()) as {
+        totals: { hosts: number; online: number; cpus: number };
+        hosts: HostStatus[];
+      };
+      assert.equal(fleet.totals.hosts, 2);
+      assert.equal(fleet.totals.online, 2);
+      assert.equal(fleet.totals.cpus, hosts[0]!.cpus! + hosts[1]!.cpus!);
+      const ft = memoryIo({ env });
+      assert.equal(await runCli(['info', '--fleet'], ft), 0, ft.errText());
+      assert.match(ft.out(), /Hosts:?\s+2 online of 2/);
       const t = memoryIo({ env });
       assert.equal(await runCli(['hosts'], t), 0, t.errText());
       const lines = t.out().trim().split('\n');
