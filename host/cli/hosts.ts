@@ -77,6 +77,47 @@ export function fleetText(hosts: HostStatus[], now: number): string {
   ])}\n${hostsText(hosts, now)}`;
 }
 
+/** What a job's ephemeral VM needs of a host (`mvirt run --fleet`). */
+export interface FleetNeed {
+  /** An image the host must have; undefined: its default image. */
+  image?: string;
+  vcpus: number;
+  memoryMiB: number;
+}
+
+/**
+ * Client-side placement from the retained statuses: the online host with
+ * the most free memory among those that have the image and room; or why
+ * none. The host's own admission control still decides (CAPACITY_EXCEEDED
+ * if another controller took the room meanwhile).
+ */
+export function placeJob(
+  hosts: HostStatus[],
+  need: FleetNeed,
+): { hostId: string } | { problem: string } {
+  const online = hosts.filter((h) => h.online);
+  if (online.length === 0) return { problem: 'no mvirt host is online on this broker' };
+  const free = (h: HostStatus) => ({
+    vcpus: (h.limits?.vcpus ?? h.cpus ?? 0) - (h.allocated?.vcpus ?? 0),
+    memoryMiB: (h.limits?.memoryMiB ?? h.memoryMiB ?? 0) - (h.allocated?.memoryMiB ?? 0),
+  });
+  const withImage = online.filter(
+    (h) => need.image === undefined || (h.images ?? []).includes(need.image),
+  );
+  if (withImage.length === 0)
+    return { problem: `no online host has the image ${need.image ?? ''}` };
+  const fits = withImage
+    .filter((h) => free(h).vcpus >= need.vcpus && free(h).memoryMiB >= need.memoryMiB)
+    .sort((a, b) => free(b).memoryMiB - free(a).memoryMiB || a.hostId.localeCompare(b.hostId));
+  if (fits.length === 0)
+    return {
+      problem: `no online host has room for ${need.vcpus} vCPUs and ${mib(need.memoryMiB)} (${withImage
+        .map((h) => `${h.hostId}: ${free(h).vcpus} vCPUs, ${mib(free(h).memoryMiB)} free`)
+        .join('; ')})`,
+    };
+  return { hostId: fits[0]!.hostId };
+}
+
 export const hostsCommands: Command[] = [
   {
     name: 'hosts',

@@ -3,6 +3,8 @@
  * code), `mvirt jobs` / `mvirt job …` (list, show, cancel) and `mvirt logs`.
  * Output ordering lives in follow.ts, how records read in job-view.ts.
  */
+import type { MvirtClient } from '../../protocol/client.js';
+import { MvirtError } from '../../protocol/errors.js';
 import { inert } from '../../protocol/inert.js';
 import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
 import type { OutputChunk, ParamsOf } from '../../protocol/rpc.js';
@@ -10,6 +12,7 @@ import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
 import { UsageError, integer, oneOf, type Parsed } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
+import { placeJob } from './hosts.js';
 import { jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
 import { json, jsonLine } from './output.js';
 import { hasInput, pumpStdin, type StdinPump } from './stdin-pump.js';
@@ -174,6 +177,21 @@ async function listJobs(ctx: Context, p: Parsed): Promise<number> {
   return EXIT.OK;
 }
 
+/** `mvirt run --fleet`: a client of the host placeJob picks, named on stderr. */
+async function fleetClient(ctx: Context, params: RunParams): Promise<MvirtClient> {
+  if (params.vm !== undefined || params.pool !== undefined)
+    throw new UsageError('--fleet places an ephemeral VM: not with --vm or --pool', 'run');
+  const placed = placeJob(await ctx.hosts(), {
+    ...(params.image !== undefined ? { image: params.image } : {}),
+    // mvirtd's defaults (--default-vcpus, --default-memory-mib) when not given.
+    vcpus: params.vcpus ?? 1,
+    memoryMiB: params.memoryMiB ?? 256,
+  });
+  if ('problem' in placed) throw new MvirtError('CAPACITY_EXCEEDED', placed.problem);
+  ctx.err(`mvirt: running on ${placed.hostId}\n`);
+  return ctx.clientOf(placed.hostId);
+}
+
 const commands: Command[] = [
   {
     name: 'run',
@@ -219,6 +237,10 @@ const commands: Command[] = [
         help: 'print the job id (with --json, the job record) and exit at once',
       },
       'no-stdin': { type: 'boolean', short: 'n', help: 'do not read stdin (the job gets none)' },
+      fleet: {
+        type: 'boolean',
+        help: 'run on the online host of the broker with the most free memory that has the image and room (docs/fleet.md)',
+      },
     },
     examples: [
       'mvirt run -- uname -a',
@@ -236,7 +258,7 @@ const commands: Command[] = [
         p.values['no-stdin'] !== true &&
         (!detach || (await hasInput(ctx.io.stdin)));
       if (piped) params.stdinOpen = true;
-      const c = await ctx.client();
+      const c = p.values.fleet === true ? await fleetClient(ctx, params) : await ctx.client();
       let pump: StdinPump | undefined;
       const startPump = (id: string): StdinPump => {
         pump = pumpStdin({

@@ -222,6 +222,22 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
     );
   });
 
+  test('mvirt run --fleet on broker A runs on the host with the most free memory and streams its output', async () => {
+    const env = {
+      MVIRT_BROKER: `mqtt://127.0.0.1:${a.controllersPort}`,
+      MVIRT_USER: 'alice',
+      MVIRT_PASSWORD: CONTROLLERS.alice!,
+    };
+    // host-b runs the ready VM 'far': host-a has more room.
+    const m = memoryIo({ env });
+    assert.equal(await runCli(['run', '--fleet', '-n', '--', 'echo', 'placed'], m), 0, m.errText());
+    assert.equal(m.out(), 'placed\n');
+    assert.match(m.errText(), /running on host-a/);
+    const u = memoryIo({ env });
+    assert.equal(await runCli(['run', '--fleet', '--vm', 'far', '--', 'true'], u), 2);
+    assert.match(u.errText(), /--fleet places an ephemeral VM/);
+  });
+
   test('a host whose link breaks is offline on the far broker too (its will crosses the bridge), then back', async (t) => {
     const c = await controller(a, 'alice', 'host-b');
     await c.waitFor('mvirt/host-b/status', (_t, p) => status(p)?.online === true);
