@@ -410,6 +410,10 @@ export const SystemInfo = z.strictObject({
   ),
   vms: z.partialRecord(VmStateSchema, count).describe('count of VMs by state'),
   images: z.array(z.string()),
+  labels: z
+    .record(z.string(), z.string())
+    .describe("the host's labels (mvirtd --label K=V), for placing jobs across a fleet")
+    .optional(),
   storage: z
     .strictObject({
       provisionedBytes: count.describe(

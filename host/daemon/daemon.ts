@@ -381,6 +381,7 @@ export async function startDaemon(
       hypervisors,
       images,
       storage: volumes.capacity,
+      labels: opts.labels,
       ...(uplink ? { uplink: () => uplink.info() } : {}),
     };
     const routes = createRoutes({

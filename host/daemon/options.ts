@@ -92,6 +92,8 @@ export interface DaemonOptions {
   statusIntervalMs: number;
   /** --uplink: serve the controller API on an external broker too (host/uplink/); null: off. */
   uplink: UplinkOptions | null;
+  /** --label K=V: facts about this host for fleet placement (system.info labels). */
+  labels: Record<string, string>;
   help: boolean;
   version: boolean;
 }
@@ -167,7 +169,9 @@ export const USAGE = `usage: mvirtd [options]
   --metrics-retention-hours N
                             keep 1-minute metric roll-ups this long (default 24;
                             10-second roll-ups are kept one hour)
-${UPLINK_USAGE}  --log-level LEVEL         trace, debug, info, audit, warn, error (default info)
+${UPLINK_USAGE}  --label K=V               a label of this host in its status, repeatable (mvirt run
+                            --fleet --label K=V places jobs by them; docs/fleet.md)
+  --log-level LEVEL         trace, debug, info, audit, warn, error (default info)
   --help, --version
 `;
 
@@ -259,7 +263,7 @@ export function parseOptions(
   root: boolean = process.getuid?.() === 0,
   resolvConf: () => string = readResolvConf,
 ): DaemonOptions {
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -314,6 +318,7 @@ export function parseOptions(
         'status-interval-ms': { type: 'string' },
         'log-level': { type: 'string' },
         ...UPLINK_ARGS,
+        label: { type: 'string', multiple: true },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
       },
@@ -408,6 +413,7 @@ export function parseOptions(
     auditMaxRows: int(str('audit-max-rows'), 'audit-max-rows', 1_000_000, 100, 100_000_000),
     statusIntervalMs: int(str('status-interval-ms'), 'status-interval-ms', 5000, 100, 3600_000),
     uplink: parseUplinkOptions(str),
+    labels: parseLabels((values.label as string[] | undefined) ?? [], bad),
     help: (values.help as boolean | undefined) ?? false,
     version: (values.version as boolean | undefined) ?? false,
   };
@@ -467,4 +473,28 @@ function ramDirOf(given: string | undefined, dataDir: string): string | null {
   if (!existsSync('/dev/shm')) return null;
   const hash = createHash('sha256').update(path.resolve(dataDir)).digest('hex').slice(0, 12);
   return `/dev/shm/mvirt-${hash}`;
+}
+
+const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
+const LABEL_VALUE = /^[A-Za-z0-9_.:-]{0,128}$/;
+
+/** `--label K=V`…: keys and values of letters, digits and `_.-` (values also `:`). */
+export function parseLabels(
+  given: string[],
+  bad: (option: string, problem: string) => MvirtError,
+): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const l of given) {
+    const eq = l.indexOf('=');
+    const k = eq < 0 ? l : l.slice(0, eq);
+    const v = eq < 0 ? '' : l.slice(eq + 1);
+    if (eq < 0 || !LABEL_KEY.test(k) || !LABEL_VALUE.test(v))
+      throw bad(
+        'label',
+        `expected K=V (letters, digits, _ . - in K, also : in V), got ${JSON.stringify(l)}`,
+      );
+    if (k in labels) throw bad('label', `${k} is given twice`);
+    labels[k] = v;
+  }
+  return labels;
 }

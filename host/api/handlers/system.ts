@@ -9,6 +9,8 @@ import type { Capacity } from '../../volumes/capacity.js';
 
 export interface SystemDeps {
   host: { hostId: string; version: string; cpus: number; memoryMiB: number };
+  /** mvirtd --label K=V. */
+  labels?: Record<string, string>;
   limits: SystemInfo['limits'];
   vms: Pick<VmManager, 'allocated' | 'countByState'>;
   hypervisors: HypervisorRegistry;
@@ -59,6 +61,7 @@ function build(
     vms: d.vms.countByState(),
     images,
     ...(d.storage ? { storage: d.storage.info() } : {}),
+    ...(d.labels && Object.keys(d.labels).length > 0 ? { labels: d.labels } : {}),
     ...(d.uplink ? { uplink: d.uplink() } : {}),
   };
 }

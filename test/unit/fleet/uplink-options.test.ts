@@ -162,6 +162,23 @@ describe('the uplink outbox', () => {
   });
 });
 
+describe('--label', () => {
+  test('K=V, repeatable, in the options; malformed or repeated keys are refused', () => {
+    assert.deepEqual(parse('--label', 'gpu=false', '--label', 'zone=eu-1:a').labels, {
+      gpu: 'false',
+      zone: 'eu-1:a',
+    });
+    assert.deepEqual(parse().labels, {});
+    for (const bad of [
+      ['--label', 'gpu'],
+      ['--label', 'a b=c'],
+      ['--label', 'k=v/w'],
+    ])
+      assert.equal(refusal(...bad).option, 'label');
+    assert.match(refusal('--label', 'k=1', '--label', 'k=2').message, /k is given twice/);
+  });
+});
+
 describe('what reaches the uplink', () => {
   test('public topics only: no agent traffic, requests or console', () => {
     const root = 'mvirt/h1';
