@@ -81,6 +81,8 @@ export function fleetText(hosts: HostStatus[], now: number): string {
 export interface FleetNeed {
   /** An image the host must have; undefined: its default image. */
   image?: string;
+  /** Labels the host must have (mvirtd --label K=V), all of them. */
+  labels?: Record<string, string>;
   vcpus: number;
   memoryMiB: number;
 }
@@ -101,7 +103,13 @@ export function placeJob(
     vcpus: (h.limits?.vcpus ?? h.cpus ?? 0) - (h.allocated?.vcpus ?? 0),
     memoryMiB: (h.limits?.memoryMiB ?? h.memoryMiB ?? 0) - (h.allocated?.memoryMiB ?? 0),
   });
-  const withImage = online.filter(
+  const wanted = Object.entries(need.labels ?? {});
+  const labelled = online.filter((h) => wanted.every(([k, v]) => h.labels?.[k] === v));
+  if (labelled.length === 0)
+    return {
+      problem: `no online host has the labels ${wanted.map(([k, v]) => `${k}=${v}`).join(', ')}`,
+    };
+  const withImage = labelled.filter(
     (h) => need.image === undefined || (h.images ?? []).includes(need.image),
   );
   if (withImage.length === 0)

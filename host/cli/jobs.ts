@@ -178,10 +178,21 @@ async function listJobs(ctx: Context, p: Parsed): Promise<number> {
 }
 
 /** `mvirt run --fleet`: a client of the host placeJob picks, named on stderr. */
-async function fleetClient(ctx: Context, params: RunParams): Promise<MvirtClient> {
+async function fleetClient(
+  ctx: Context,
+  params: RunParams,
+  labelArgs: string[],
+): Promise<MvirtClient> {
   if (params.vm !== undefined || params.pool !== undefined)
     throw new UsageError('--fleet places an ephemeral VM: not with --vm or --pool', 'run');
+  const labels: Record<string, string> = {};
+  for (const l of labelArgs) {
+    const eq = l.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--label expects K=V, got ${JSON.stringify(l)}`, 'run');
+    labels[l.slice(0, eq)] = l.slice(eq + 1);
+  }
   const placed = placeJob(await ctx.hosts(), {
+    labels,
     ...(params.image !== undefined ? { image: params.image } : {}),
     // mvirtd's defaults (--default-vcpus, --default-memory-mib) when not given.
     vcpus: params.vcpus ?? 1,
@@ -237,6 +248,12 @@ const commands: Command[] = [
         help: 'print the job id (with --json, the job record) and exit at once',
       },
       'no-stdin': { type: 'boolean', short: 'n', help: 'do not read stdin (the job gets none)' },
+      label: {
+        type: 'string',
+        multiple: true,
+        value: 'K=V',
+        help: 'with --fleet: only a host with this label (mvirtd --label K=V), repeatable',
+      },
       fleet: {
         type: 'boolean',
         help: 'run on the online host of the broker with the most free memory that has the image and room (docs/fleet.md)',
@@ -258,7 +275,11 @@ const commands: Command[] = [
         p.values['no-stdin'] !== true &&
         (!detach || (await hasInput(ctx.io.stdin)));
       if (piped) params.stdinOpen = true;
-      const c = p.values.fleet === true ? await fleetClient(ctx, params) : await ctx.client();
+      const labels = (p.values.label as string[] | undefined) ?? [];
+      if (labels.length > 0 && p.values.fleet !== true)
+        throw new UsageError('--label chooses a host of the fleet: use it with --fleet', 'run');
+      const c =
+        p.values.fleet === true ? await fleetClient(ctx, params, labels) : await ctx.client();
       let pump: StdinPump | undefined;
       const startPump = (id: string): StdinPump => {
         pump = pumpStdin({

@@ -33,7 +33,7 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
   const status = (p: Buffer): HostStatus | null =>
     p.length === 0 ? null : (JSON.parse(p.toString()) as HostStatus);
 
-  async function host(id: string, broker: MosquittoBroker): Promise<JobDaemon> {
+  async function host(id: string, broker: MosquittoBroker, label: string): Promise<JobDaemon> {
     const file = path.join(tmp, `${id}.json`);
     await writeFile(file, JSON.stringify({ username: id, password: HOSTS[id] }));
     await chmod(file, 0o600);
@@ -47,6 +47,8 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
         file,
         '--uplink-keepalive-s',
         '2',
+        '--label',
+        label,
       ],
     });
     await d.d.daemon.uplink!.connected();
@@ -79,8 +81,8 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
       controllers: CONTROLLERS,
       bridgeTo: { port: a.bridgesPort, username: 'bridge-b', password: 'pw-bridge' },
     });
-    hostA = await host('host-a', a);
-    hostB = await host('host-b', b);
+    hostA = await host('host-a', a, 'gpu=false');
+    hostB = await host('host-b', b, 'gpu=true');
   });
 
   after(async () => {
@@ -233,6 +235,21 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
     assert.equal(await runCli(['run', '--fleet', '-n', '--', 'echo', 'placed'], m), 0, m.errText());
     assert.equal(m.out(), 'placed\n');
     assert.match(m.errText(), /running on host-a/);
+    // A label constraint wins over room: only host-b has gpu=true.
+    const g = memoryIo({ env });
+    assert.equal(
+      await runCli(['run', '--fleet', '--label', 'gpu=true', '-n', '--', 'echo', 'gpu'], g),
+      0,
+      g.errText(),
+    );
+    assert.equal(g.out(), 'gpu\n');
+    assert.match(g.errText(), /running on host-b/);
+    const none = memoryIo({ env });
+    assert.notEqual(
+      await runCli(['run', '--fleet', '--label', 'gpu=maybe', '-n', '--', 'true'], none),
+      0,
+    );
+    assert.match(none.errText(), /no online host has the labels gpu=maybe/);
     const u = memoryIo({ env });
     assert.equal(await runCli(['run', '--fleet', '--vm', 'far', '--', 'true'], u), 2);
     assert.match(u.errText(), /--fleet places an ephemeral VM/);

@@ -6,7 +6,13 @@ import { placeJob } from '../../../host/cli/hosts.js';
 
 const host = (
   hostId: string,
-  o: { online?: boolean; freeMiB: number; freeVcpus?: number; images?: string[] },
+  o: {
+    online?: boolean;
+    freeMiB: number;
+    freeVcpus?: number;
+    images?: string[];
+    labels?: Record<string, string>;
+  },
 ): HostStatus => ({
   hostId,
   online: o.online ?? true,
@@ -16,6 +22,7 @@ const host = (
   limits: { vcpus: 8, memoryMiB: 4096, maxVms: 10 },
   allocated: { vcpus: 8 - (o.freeVcpus ?? 4), memoryMiB: 4096 - o.freeMiB },
   images: o.images ?? ['default'],
+  ...(o.labels ? { labels: o.labels } : {}),
 });
 
 const need = { vcpus: 1, memoryMiB: 256 };
@@ -45,4 +52,17 @@ test('hosts without the image or without room are passed over; none: why', () =>
   const nobody = placeJob([host('z', { freeMiB: 4096, online: false })], need);
   assert.ok('problem' in nobody);
   assert.match(nobody.problem, /no mvirt host is online/);
+});
+
+test("labels: every one asked for must match the host's", () => {
+  const hosts = [
+    host('a', { freeMiB: 4096, labels: { gpu: 'false', zone: 'x' } }),
+    host('b', { freeMiB: 1024, labels: { gpu: 'true', zone: 'x' } }),
+    host('c', { freeMiB: 2048 }),
+  ];
+  assert.deepEqual(placeJob(hosts, { ...need, labels: { gpu: 'true' } }), { hostId: 'b' });
+  assert.deepEqual(placeJob(hosts, { ...need, labels: { zone: 'x' } }), { hostId: 'a' });
+  const none = placeJob(hosts, { ...need, labels: { gpu: 'true', zone: 'y' } });
+  assert.ok('problem' in none);
+  assert.match(none.problem, /no online host has the labels gpu=true, zone=y/);
 });
