@@ -9,20 +9,18 @@ import { mkdir, rmdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../broker/index.js';
-import type { Broker } from '../broker/types.js';
-import { createApi, type Api } from '../api/server.js';
+import { createApi } from '../api/server.js';
 import { createRoutes } from '../api/routes.js';
 import { createAccessCheck } from '../api/access.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
-import { createAgentSessions, type AgentSessions } from '../agent/sessions.js';
+import { createAgentSessions } from '../agent/sessions.js';
 import { createEventLog, type EventLog } from '../events/log.js';
 import { createHypervisorRegistry } from '../hypervisors/index.js';
-import type { Hypervisor } from '../hypervisors/types.js';
 import type { MvirtLogger } from '../log.js';
-import { createStore, type Store } from '../store/index.js';
+import { createStore } from '../store/index.js';
 import { createImageStore } from '../vm/images.js';
-import { createVmManager, DEFAULT_TIMEOUTS, type VmManager } from '../vm/manager.js';
-import { hostRoot, topics as topicsFor, type Topics } from '../../protocol/topics.js';
+import { createVmManager, DEFAULT_TIMEOUTS } from '../vm/manager.js';
+import { hostRoot, topics as topicsFor } from '../../protocol/topics.js';
 import { isActiveVm, isInactiveVm, isTerminalJob } from '../../protocol/states.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
@@ -43,8 +41,8 @@ import { createPasst } from '../network/passt.js';
 import { createAgentTokens } from '../network/tokens.js';
 import { hashesOf, loadUserEntries } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
-import { createTlsContext, type TlsContext } from '../broker/tls.js';
-import { guestNetworkGate, plainListenerWarnings } from './exposure.js';
+import { createTlsContext } from '../broker/tls.js';
+import { guestNetworkGate } from './exposure.js';
 import { createHostSampler } from '../metrics/host-sampler.js';
 import { createPrometheus } from '../metrics/prometheus.js';
 import { createRollups, DEFAULT_RESOLUTIONS } from '../metrics/rollup.js';
@@ -57,45 +55,17 @@ import { VERSION } from './version.js';
 import { createSnapshotFiles } from '../snapshots/files.js';
 import { createSnapshotManager } from '../snapshots/manager.js';
 import { createTemplates } from '../snapshots/templates.js';
-import { createUplink, type Uplink } from '../uplink/link.js';
+import { createUplink } from '../uplink/link.js';
 import { createMirrorBus, uplinkSender } from '../uplink/mirror.js';
+import type { Daemon, DaemonOverrides } from './types.js';
+import { announceStart } from './announce.js';
 
-export interface Daemon {
-  readonly broker: Broker;
-  readonly store: Store;
-  readonly vms: VmManager;
-  /** Each VM's agent session (calls to the agents). */
-  readonly agents: AgentSessions;
-  /** The event/audit log (and its gate for guest-caused events). */
-  readonly events: EventLog;
-  readonly api: Api;
-  /** The link to an external broker (--uplink), null without one. */
-  readonly uplink: Uplink | null;
-  readonly topics: Topics;
-  /** The HTTP listener (/metrics, dashboard), when --http is on. */
-  readonly http: HttpServer | null;
-  /** TLS of the controller listeners, when configured. */
-  readonly tls: TlsContext | null;
-  /** SIGHUP: read the TLS certificate and key again (a failure keeps the old ones). */
-  reloadTls(): void;
-  /** Orderly stop: leaves VMs running unless options.stopVmsOnExit. */
-  close(): Promise<void>;
-}
+export type { Daemon, DaemonOverrides } from './types.js';
 
 /** How long a dashboard's MQTT token is accepted for new connections. */
 const SESSION_TTL_MS = 12 * 3600_000;
 /** Roll-ups reach SQLite this often (and on every metrics.query). */
 const ROLLUP_FLUSH_MS = 10_000;
-
-export interface DaemonOverrides {
-  /** Test doubles instead of the compiled-in backends. */
-  hypervisors?: Hypervisor[];
-  /**
-   * How often roll-ups reach SQLite (default ROLLUP_FLUSH_MS): tests that
-   * compare the database file byte for byte (dry runs) hold it still.
-   */
-  rollupFlushMs?: number;
-}
 
 export async function startDaemon(
   opts: DaemonOptions,
@@ -480,30 +450,15 @@ export async function startDaemon(
       });
       cleanup.unshift(() => http?.close());
     }
-    events.append({
-      level: 'audit',
-      component: 'daemon',
-      message: `mvirtd ${VERSION} started as ${opts.hostId}`,
-      objects: [`host:${opts.hostId}`],
-      data: {
-        addresses: broker.addresses,
-        http: http?.url ?? null,
-        dataDir: opts.dataDir,
-        uplink: opts.uplink?.broker ?? null,
-      },
+    announceStart({
+      opts,
+      root,
+      events,
+      log,
+      addresses: broker.addresses,
+      http,
+      tls: tls !== null,
     });
-    for (const w of plainListenerWarnings(opts, tls !== null)) log.warn(w);
-    log.info(
-      {
-        version: VERSION,
-        root,
-        addresses: broker.addresses,
-        http: http?.url ?? null,
-        dataDir: opts.dataDir,
-        uplink: opts.uplink?.url ?? null,
-      },
-      'mvirtd ready',
-    );
 
     let closing: Promise<void> | undefined;
     return {
