@@ -17,7 +17,7 @@ import {
   makeConsoleFifos,
   startConsolePump,
   type ConsolePump,
-} from '../host/hypervisors/qemu/console.js';
+} from '../host/hypervisors/console-pump.js';
 import { pino } from 'pino';
 import { createImageStore } from '../host/vm/images.js';
 import { rpcClient } from '../harness/client.js';

@@ -26,7 +26,7 @@ import {
   type QemuMachine,
   type QemuPaths,
 } from './args.js';
-import { makeConsoleFifos, startConsolePump, type ConsolePump } from './console.js';
+import { makeConsoleFifos, startConsolePump, type ConsolePump } from '../console-pump.js';
 import {
   createConfiner,
   DEFAULT_UID_BASE,

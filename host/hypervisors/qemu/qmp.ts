@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
-import { connectUnixWithRetry, type ConnectOptions } from './socket.js';
+import { connectUnixWithRetry, type ConnectOptions } from '../unix-socket.js';
 
 /** QEMU run states (qapi RunState) as reported by query-status. */
 export type QmpRunState =

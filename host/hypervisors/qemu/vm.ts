@@ -12,10 +12,10 @@ import type { Logger } from 'pino';
 import { MvirtError } from '../../../protocol/errors.js';
 import type { DiskHotplug, ExitInfo, RunningVm, VmEvent, VmRunState, VmRuntime } from '../types.js';
 import { NETDEV, type QemuPaths } from './args.js';
-import type { ConsolePump } from './console.js';
+import type { ConsolePump } from '../console-pump.js';
 import { readProcStat } from '../proc.js';
 import type { QmpClient, QmpEvent, QmpRunState } from './qmp.js';
-import { connectUnixWithRetry } from './socket.js';
+import { connectUnixWithRetry } from '../unix-socket.js';
 import { qmpDiskSnapshot } from './disk-snapshot.js';
 
 /** Liveness poll for adopted processes while QMP is not telling us (≤ 1 s detection). */

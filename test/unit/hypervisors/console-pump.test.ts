@@ -17,7 +17,7 @@ import {
   makeConsoleFifos,
   PACE_MS,
   startConsolePump,
-} from '../../../host/hypervisors/qemu/console.js';
+} from '../../../host/hypervisors/console-pump.js';
 
 let dir = '';
 before(async () => (dir = await mkdtemp(path.join(os.tmpdir(), 'mvirt-cpump-'))));

@@ -26,8 +26,8 @@ import { promisify } from 'node:util';
 import { Socket } from 'node:net';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import { createBoundedLog, type BoundedLog } from '../console-log.js';
-import { connectUnixWithRetry, type ConnectOptions } from './socket.js';
+import { createBoundedLog, type BoundedLog } from './console-log.js';
+import { connectUnixWithRetry, type ConnectOptions } from './unix-socket.js';
 
 /** A viewer that stops reading is dropped once this much is buffered for it. */
 const MAX_VIEWER_BACKLOG = 1024 * 1024;

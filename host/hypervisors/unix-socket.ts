@@ -6,7 +6,7 @@
  * process died) or the deadline passes.
  */
 import net from 'node:net';
-import { MvirtError } from '../../../protocol/errors.js';
+import { MvirtError } from '../../protocol/errors.js';
 
 export interface ConnectOptions {
   timeoutMs: number;
