@@ -56,6 +56,7 @@ function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
     name: 'qemu',
     capabilities: {
       channels: ['virtio-serial'],
+      accel: ['kvm', 'tcg'],
       pause: false,
       reboot: false,
       gracefulShutdown: false,

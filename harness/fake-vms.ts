@@ -146,6 +146,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
     disposed: [],
     capabilities: {
       channels: ['virtio-serial'],
+      accel: ['kvm', 'tcg'],
       pause: true,
       reboot: true,
       gracefulShutdown: true,

@@ -7,7 +7,7 @@
  * a field the contract lacks fails a test instead of drifting silently.
  */
 import * as z from 'zod';
-import { BlockDevicesResult, BootTimeline, JobLimits, JobUsage } from './agent.js';
+import { BlockDevicesResult, BootTimeline, CHANNELS, JobLimits, JobUsage } from './agent.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { BrokerFigures, HostFigures } from './metrics.js';
 import { NAME_RE } from './topics.js';
@@ -379,6 +379,21 @@ export type EventRecord = z.infer<typeof EventRecord>;
 
 // ---------------------------------------------------------------- host
 
+/** One backend's capability map (host/hypervisors/types.ts HypervisorCapabilities). */
+export const BackendCapabilities = z.strictObject({
+  channels: z.array(z.enum(CHANNELS)).describe('agent channels it provides, best first'),
+  pause: z.boolean(),
+  reboot: z.boolean(),
+  gracefulShutdown: z.boolean().describe('can ask the guest OS to power off'),
+  console: z.boolean().describe('serial console'),
+  directKernelBoot: z.boolean(),
+  hotplugDisks: z.boolean().describe('disks added to and removed from a running VM'),
+  liveDiskSnapshots: z.boolean().describe("snapshots of a running VM's qcow2 disk"),
+  snapshots: z.boolean().describe('memory and device state saved and resumed'),
+  accel: z.array(z.string()).describe('accelerators it can use, best first (kvm, tcg)'),
+});
+export type BackendCapabilities = z.infer<typeof BackendCapabilities>;
+
 export const SystemInfo = z.strictObject({
   hostId: z.string(),
   version: z.string(),
@@ -394,6 +409,10 @@ export const SystemInfo = z.strictObject({
       available: z.boolean(),
       accel: z.string().nullable(),
       reason: z.string().describe('why the backend is unavailable').optional(),
+      version: z.string().describe("the hypervisor program's version, when known").optional(),
+      capabilities: BackendCapabilities.describe(
+        'what VMs on this backend can do; an operation it lacks gets CAPABILITY_UNSUPPORTED',
+      ),
       confinement: z
         .strictObject({
           user: z.boolean().describe('each hypervisor process runs as its own unprivileged user'),
@@ -402,6 +421,12 @@ export const SystemInfo = z.strictObject({
             .nullable()
             .describe('the cgroup hierarchy limiting its cpu, memory and pids; null: none'),
           seccomp: z.boolean(),
+          jail: z
+            .boolean()
+            .describe(
+              "chroot plus new pid and mount namespaces (Firecracker's jailer); absent where the backend has no such launcher",
+            )
+            .optional(),
           reasons: z.array(z.string()).describe('why a part is off; empty when fully confined'),
         })
         .describe('how the hypervisor processes are confined here')

@@ -29,10 +29,15 @@ export interface HypervisorCapabilities {
    * and a new process resumed from it (LaunchSpec.restore) instead of booting.
    */
   snapshots?: boolean;
+  /**
+   * Accelerators it can run guests with, best first (`kvm`, `tcg`). Which one
+   * this host has is the probe's `accel`.
+   */
+  accel: readonly string[];
 }
 
-/** The yes/no capabilities (channels are a list, checked at boot). */
-export type Capability = Exclude<keyof HypervisorCapabilities, 'channels'>;
+/** The yes/no capabilities (channels and accelerators are lists, checked at boot). */
+export type Capability = Exclude<keyof HypervisorCapabilities, 'channels' | 'accel'>;
 
 export interface ProbeResult {
   available: boolean;
@@ -55,6 +60,8 @@ export interface HypervisorConfinement {
   cgroup: 'v2' | 'v1' | null;
   /** Under a seccomp filter. */
   seccomp: boolean;
+  /** chroot plus new pid and mount namespaces (Firecracker's jailer); absent where there is no such launcher. */
+  jail?: boolean;
   reasons: string[];
 }
 

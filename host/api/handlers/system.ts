@@ -50,11 +50,25 @@ function build(
     limits: d.limits,
     backends: names.map((name, i) => {
       const p = probes[i]!;
+      const c = d.hypervisors.get(name)!.capabilities;
       return {
         name,
         available: p.available,
         accel: p.accel,
         ...(p.reason ? { reason: p.reason } : {}),
+        ...(p.version ? { version: p.version } : {}),
+        capabilities: {
+          channels: [...c.channels],
+          pause: c.pause,
+          reboot: c.reboot,
+          gracefulShutdown: c.gracefulShutdown,
+          console: c.console,
+          directKernelBoot: c.directKernelBoot,
+          hotplugDisks: c.hotplugDisks,
+          liveDiskSnapshots: c.liveDiskSnapshots === true,
+          snapshots: c.snapshots === true,
+          accel: [...c.accel],
+        },
         ...(p.confinement ? { confinement: p.confinement } : {}),
       };
     }),

@@ -66,7 +66,26 @@ for (const encoding of ['json', 'cbor'] as const) {
         'images',
       ])
         assert.ok(k in i, k);
-      assert.deepEqual(i.backends, [{ name: 'qemu', available: true, accel: 'fake' }]);
+      assert.deepEqual(i.backends, [
+        {
+          name: 'qemu',
+          available: true,
+          accel: 'fake',
+          // The fake backend's capability map, as system.info shows every backend's.
+          capabilities: {
+            channels: ['virtio-serial'],
+            accel: ['kvm', 'tcg'],
+            pause: true,
+            reboot: true,
+            gracefulShutdown: true,
+            console: true,
+            directKernelBoot: true,
+            hotplugDisks: false,
+            liveDiskSnapshots: false,
+            snapshots: false,
+          },
+        },
+      ]);
       assert.deepEqual(i.images, ['default']);
     });
 
