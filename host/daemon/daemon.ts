@@ -5,6 +5,7 @@
  * dashboard); recovery before the API serves anyone, so the first answer
  * already reflects re-attached VMs. `close()` undoes it in reverse.
  */
+import { MvirtError } from '../../protocol/errors.js';
 import { mkdir, rmdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -188,9 +189,18 @@ export async function startDaemon(
     const hypervisors = createHypervisorRegistry(
       overrides.hypervisors
         ? { backends: overrides.hypervisors }
-        : { qemu: { confine: !opts.unconfined, ramDir: opts.ramDir } },
+        : {
+            qemu: { confine: !opts.unconfined, ramDir: opts.ramDir },
+            cloudHypervisor: { binary: opts.cloudHypervisorBin },
+            firecracker: { binary: opts.firecrackerBin, jailer: opts.jailerBin },
+          },
       log.child({ component: 'hypervisors' }),
     );
+    if (!hypervisors.get(opts.defaultBackend))
+      throw new MvirtError(
+        'CONFIG_INVALID',
+        `--default-backend ${opts.defaultBackend}: no such backend; known: ${hypervisors.names().join(', ')}`,
+      );
     const images = createImageStore(opts.imagesDir);
     const limits = { vcpus: opts.maxVcpus, memoryMiB: opts.maxMemoryMiB, maxVms: opts.maxVms };
     const agents = createAgentSessions({

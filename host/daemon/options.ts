@@ -82,6 +82,11 @@ export interface DaemonOptions {
   spareIdleMs: number;
   /** Run hypervisors as mvirtd's user, no cgroup (debugging, the confinement bench). */
   unconfined: boolean;
+  /** --cloud-hypervisor-bin, --firecracker-bin, --jailer-bin: the VMM programs (a name on PATH or a path). */
+  cloudHypervisorBin: string;
+  firecrackerBin: string;
+  /** 'off': Firecracker never runs under the jailer. */
+  jailerBin: string;
   /** Guest RAM as files in this folder (tmpfs): fast snapshots and restores; null: anonymous RAM. */
   ramDir: string | null;
   logLevel: string;
@@ -125,7 +130,11 @@ export const USAGE = `usage: mvirtd [options]
   --default-vcpus N         vCPUs of a VM created without vcpus (default 1)
   --default-memory-mib N    memory of a VM created without memoryMiB (default 256)
   --default-image NAME      image of a VM created without image (default default)
-  --default-backend NAME    hypervisor backend (default qemu)
+  --default-backend NAME    hypervisor backend of VMs created without one: qemu,
+                            cloud-hypervisor or firecracker (default qemu)
+  --cloud-hypervisor-bin P  the cloud-hypervisor program (default cloud-hypervisor on PATH)
+  --firecracker-bin P       the firecracker program (default firecracker on PATH)
+  --jailer-bin P|off        Firecracker's jailer (default jailer on PATH)
   --boot-timeout-ms N       time for the agent to say ready (default 120000)
   --ram-dir DIR|none        keep each VM's RAM as a file on this tmpfs folder, so a snapshot is
                             its device state plus a copy of that file (default:
@@ -205,6 +214,14 @@ function hostPort(v: string | undefined, option: string, dflt: string | false): 
     throw bad(option, `expected HOST:PORT (e.g. 127.0.0.1:1883) or off, got ${JSON.stringify(v)}`);
   }
   return v;
+}
+
+/** A program: a bare name (looked up on PATH when used) or a path, made absolute. */
+function program(v: string | undefined, option: string, dflt: string): string {
+  if (v === undefined) return dflt;
+  if (v === '' || /[\0\n]/.test(v))
+    throw bad(option, `a program name or path, got ${JSON.stringify(v)}`);
+  return v.includes('/') ? path.resolve(v) : v;
 }
 
 function name(v: string | undefined, option: string, dflt: string): string {
@@ -310,6 +327,9 @@ export function parseOptions(
         spares: { type: 'string' },
         'spare-idle-s': { type: 'string' },
         unconfined: { type: 'boolean' },
+        'cloud-hypervisor-bin': { type: 'string' },
+        'firecracker-bin': { type: 'string' },
+        'jailer-bin': { type: 'string' },
         'ram-dir': { type: 'string' },
         'events-retention-days': { type: 'string' },
         'events-max-rows': { type: 'string' },
@@ -405,6 +425,13 @@ export function parseOptions(
     spares: int(str('spares'), 'spares', 1, 0, 64),
     spareIdleMs: int(str('spare-idle-s'), 'spare-idle-s', 600, 1, 86_400) * 1000,
     unconfined: (values.unconfined as boolean | undefined) ?? false,
+    cloudHypervisorBin: program(
+      str('cloud-hypervisor-bin'),
+      'cloud-hypervisor-bin',
+      'cloud-hypervisor',
+    ),
+    firecrackerBin: program(str('firecracker-bin'), 'firecracker-bin', 'firecracker'),
+    jailerBin: program(str('jailer-bin'), 'jailer-bin', 'jailer'),
     ramDir: ramDirOf(str('ram-dir'), dataDir),
     logLevel,
     eventsRetentionDays: int(str('events-retention-days'), 'events-retention-days', 30, 1, 36500),

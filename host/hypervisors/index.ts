@@ -2,18 +2,24 @@
  * The hypervisor registry: every backend compiled into mvirtd, by name, with
  * a cached probe each. Each backend is one folder behind the Hypervisor
  * interface; callers pick by name and look at `capabilities` and `probe()`,
- * never at which backend it is. cloud-hypervisor and firecracker will be
- * added here the same way.
+ * never at which backend it is.
  */
 import type { Logger } from 'pino';
 import { MvirtError } from '../../protocol/errors.js';
 import type { Channel } from '../../protocol/agent.js';
 import type { MvirtLogger } from '../log.js';
 import { createQemuBackend, type QemuBackendOptions } from './qemu/backend.js';
+import {
+  createCloudHypervisorBackend,
+  type CloudHypervisorOptions,
+} from './cloud-hypervisor/backend.js';
+import { createFirecrackerBackend, type FirecrackerOptions } from './firecracker/backend.js';
 import type { Capability, Hypervisor, ProbeResult } from './types.js';
 
 export interface HypervisorsOptions {
   qemu?: QemuBackendOptions | false;
+  cloudHypervisor?: CloudHypervisorOptions | false;
+  firecracker?: FirecrackerOptions | false;
   /** These backends instead of the compiled-in ones (test doubles). */
   backends?: readonly Hypervisor[];
 }
@@ -36,10 +42,16 @@ export function createHypervisorRegistry(
   log: MvirtLogger,
 ): HypervisorRegistry {
   const list: Hypervisor[] = [];
+  // Backends take a plain pino Logger; ours only adds the `audit` level.
+  const plain = log as unknown as Logger;
   if (opts.backends) list.push(...opts.backends);
-  else if (opts.qemu !== false)
-    // Backends take a plain pino Logger; ours only adds the `audit` level.
-    list.push(createQemuBackend(opts.qemu ?? {}, log as unknown as Logger));
+  else {
+    if (opts.qemu !== false) list.push(createQemuBackend(opts.qemu ?? {}, plain));
+    if (opts.cloudHypervisor !== false)
+      list.push(createCloudHypervisorBackend(opts.cloudHypervisor ?? {}, plain));
+    if (opts.firecracker !== false)
+      list.push(createFirecrackerBackend(opts.firecracker ?? {}, plain));
+  }
   const byName = new Map(list.map((h) => [h.name, h]));
   const probes = new Map<string, Promise<ProbeResult>>();
   const results = new Map<string, ProbeResult>();
