@@ -1,0 +1,310 @@
+/**
+ * One conformance suite for every hypervisor backend (test/support/backend-cases.ts):
+ * lifecycle, pause/resume, reboot, hot-plug and snapshots where the backend
+ * declares them (and CAPABILITY_UNSUPPORTED where it does not), the console,
+ * re-attach after the daemon is gone, and the VMM's death noticed. Here the
+ * cases are cloud-hypervisor and Firecracker as spec-checked fake VMMs whose
+ * guest is the real agent core dialling the hybrid vsock; every request the
+ * backends send is checked against the official API spec and any violation
+ * fails the test (afterEach).
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Duplex } from 'node:stream';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { MvirtError } from '../../../protocol/errors.js';
+import { requireCapability } from '../../../host/hypervisors/index.js';
+import type { Hypervisor, LaunchSpec, RunningVm } from '../../../host/hypervisors/types.js';
+import { BACKEND_CASES } from '../../support/backend-cases.js';
+
+const log = pino({ level: process.env.MVIRT_TEST_LOG ? 'debug' : 'silent' });
+const MQTT_CONNECT = 0x10;
+
+/** The agent's first bytes on its channel: an MQTT CONNECT naming the VM. */
+async function agentConnect(vm: RunningVm, vmId: string): Promise<Duplex> {
+  const s = await vm.connectAgent();
+  let got = Buffer.alloc(0);
+  while (!got.includes(vmId)) {
+    const [chunk] = (await once(s, 'data')) as [Buffer];
+    got = Buffer.concat([got, chunk]);
+  }
+  assert.equal(got[0], MQTT_CONNECT, 'the agent speaks MQTT: CONNECT first');
+  return s;
+}
+
+/** Console output until `text` appears. */
+async function consoleSays(c: Duplex, text: string): Promise<void> {
+  let got = '';
+  while (!got.includes(text)) {
+    const [chunk] = (await once(c, 'data')) as [Buffer];
+    got += chunk.toString('utf8');
+  }
+}
+
+async function rejectsWith(p: Promise<unknown>, code: string): Promise<MvirtError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof MvirtError, String(err));
+    assert.equal(err.code, code, err.message);
+    return err;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+for (const bc of BACKEND_CASES) {
+  describe(`backend conformance: ${bc.name}`, () => {
+    let root: string;
+    let kvm: string;
+    let hv: Hypervisor;
+    const dirs: string[] = [];
+    const vms: RunningVm[] = [];
+    let n = 0;
+
+    before(() => {
+      // Short: the VM folders hold unix sockets (108-byte sun_path).
+      root = mkdtempSync(path.join(os.tmpdir(), 'mvb-'));
+      kvm = path.join(root, 'kvm');
+      writeFileSync(kvm, '');
+      for (const f of ['vmlinuz', 'initrd', 'root.img', 'vol.img'])
+        writeFileSync(path.join(root, f), 'x');
+      hv = bc.make(log, { kvmPath: kvm });
+    });
+    afterEach(async () => {
+      const hold = setInterval(() => undefined, 1000);
+      for (const vm of vms.splice(0)) {
+        vm.signal('SIGKILL');
+        await vm.exited;
+        // The fake VMM's guest (its agent child) is in the VMM's process group;
+        // a guest stopped by a pause does not notice its VMM's death by itself.
+        try {
+          process.kill(-vm.runtime.pid, 'SIGKILL');
+        } catch {
+          // the group is gone already
+        }
+      }
+      clearInterval(hold);
+      for (const d of dirs.splice(0))
+        assert.deepEqual(bc.violations(d), [], 'requests outside the spec');
+    });
+    after(() => rmSync(root, { recursive: true, force: true }));
+
+    const specFor = (over: Partial<LaunchSpec> = {}): LaunchSpec => {
+      const vmId = `vm${++n}`;
+      const dir = path.join(root, 'vm', vmId);
+      dirs.push(dir);
+      return {
+        vmId,
+        vcpus: 1,
+        memoryMiB: 128,
+        kernel: path.join(root, 'vmlinuz'),
+        initrd: path.join(root, 'initrd'),
+        cmdline: 'console=ttyS0 quiet',
+        disks: [{ path: path.join(root, 'root.img'), readOnly: true }],
+        dir,
+        channel: hv.capabilities.channels[0]!,
+        agentArgs: { 'mvirt.root': 'mvirt/test' },
+        network: { mode: 'none' },
+        consoleLogBytes: 65536,
+        ...over,
+      };
+    };
+    const launch = async (spec: LaunchSpec) => {
+      const vm = await hv.launch(spec, log);
+      vms.push(vm);
+      return vm;
+    };
+
+    it('probes as available with KVM and the program there, and says which is missing otherwise', async () => {
+      const p = await hv.probe();
+      assert.equal(p.available, true, p.reason);
+      assert.equal(p.accel, 'kvm');
+      assert.match(p.version ?? '', /fake/);
+      const noBin = bc.make(log, { kvmPath: kvm, binary: path.join(root, 'nowhere', bc.name) });
+      const nb = await noBin.probe();
+      assert.equal(nb.available, false);
+      assert.match(nb.reason ?? '', /not installed/);
+      const e = await rejectsWith(noBin.launch(specFor(), log), 'BACKEND_UNAVAILABLE');
+      assert.equal((e.details as { missing?: string } | undefined)?.missing, 'binary');
+      const noKvm = bc.make(log, { kvmPath: path.join(root, 'no-kvm') });
+      const nk = await noKvm.probe();
+      assert.equal(nk.available, false);
+      assert.match(nk.reason ?? '', /needs KVM/);
+      const e2 = await rejectsWith(noKvm.launch(specFor(), log), 'BACKEND_UNAVAILABLE');
+      assert.equal((e2.details as { missing?: string } | undefined)?.missing, 'kvm');
+    });
+
+    it('boots, the agent dials home over the hybrid vsock, the console echoes, a power-down ends it', async () => {
+      const spec = specFor();
+      const vm = await launch(spec);
+      assert.equal(vm.runtime.backend, hv.name);
+      assert.equal(await vm.status(), 'running');
+      const agent = await agentConnect(vm, spec.vmId);
+      const con = await vm.connectConsole();
+      con.write('echo-me\n');
+      await consoleSays(con, 'echo-me');
+      requireCapability(hv, 'gracefulShutdown');
+      await vm.powerdown();
+      const exit = await vm.exited;
+      assert.equal(exit.code, 0, exit.reason);
+      agent.destroy();
+      con.destroy();
+      await rejectsWith(vm.pause(), 'VM_BAD_STATE');
+    });
+
+    it('pauses and resumes', async () => {
+      requireCapability(hv, 'pause');
+      const vm = await launch(specFor());
+      await vm.pause();
+      assert.equal(await vm.status(), 'paused');
+      await vm.resume();
+      assert.equal(await vm.status(), 'running');
+    });
+
+    it('reboots where it says so, and is refused with CAPABILITY_UNSUPPORTED naming it where not', async () => {
+      const spec = specFor();
+      const vm = await launch(spec);
+      const first = await agentConnect(vm, spec.vmId);
+      if (!hv.capabilities.reboot) {
+        assert.throws(
+          () => requireCapability(hv, 'reboot'),
+          (e: MvirtError) =>
+            e.code === 'CAPABILITY_UNSUPPORTED' &&
+            (e.details as { backend?: string }).backend === hv.name,
+        );
+        await rejectsWith(vm.reboot(), 'CAPABILITY_UNSUPPORTED');
+        return;
+      }
+      const closed = once(first, 'close');
+      await vm.reboot();
+      await closed; // the old guest's agent is gone with it
+      const again = await agentConnect(vm, spec.vmId);
+      again.destroy();
+      assert.equal(await vm.status(), 'running');
+    });
+
+    it('hot-plugs disks where it says so', async () => {
+      const spec = specFor();
+      const vm = await launch(spec);
+      if (!hv.capabilities.hotplugDisks) {
+        assert.equal(vm.hotplug, undefined);
+        assert.throws(() => requireCapability(hv, 'hotplugDisks'), /cannot add or remove disks/);
+        return;
+      }
+      const disk = {
+        path: path.join(root, 'vol.img'),
+        readOnly: false,
+        serial: 'v123',
+        format: 'raw' as const,
+      };
+      const h = vm.hotplug!;
+      await h.handOver(disk);
+      await h.addBackend(disk);
+      await h.plug(disk);
+      assert.ok((await bc.diskIds!(spec.dir)).some((id) => id.includes('v123')));
+      await rejectsWith(h.plug(disk), 'HYPERVISOR_ERROR'); // same id twice: 409
+      await h.unplug('v123', 5000);
+      await h.removeBackend('v123');
+      assert.ok(!(await bc.diskIds!(spec.dir)).some((id) => id.includes('v123')));
+      await h.unplug('v123', 5000); // gone already: no error
+    });
+
+    it('saves its state and resumes a new VM from it where it says so', async () => {
+      const spec = specFor();
+      const vm = await launch(spec);
+      if (!hv.capabilities.snapshots) {
+        assert.equal(vm.saveState, undefined);
+        return;
+      }
+      (await agentConnect(vm, spec.vmId)).destroy();
+      const stateDir = path.join(root, `state-${spec.vmId}`);
+      await mkdir(stateDir);
+      const saved = await vm.saveState!(stateDir, spec);
+      assert.equal(saved.backend, hv.name);
+      assert.ok(saved.bytes > 0 && Object.keys(saved.files).length > 0);
+      assert.equal(await vm.status(), 'paused');
+      vm.signal('SIGKILL');
+      await vm.exited;
+      assert.equal(await hv.stateProblem!(saved, spec), null);
+      assert.match((await hv.stateProblem!(saved, { ...spec, memoryMiB: 256 })) ?? '', /128 MiB/);
+
+      // A fork: another VM's folder, the same machine.
+      let checked = false;
+      const fork = specFor();
+      const restored = await launch({
+        ...fork,
+        restore: {
+          dir: stateDir,
+          state: saved,
+          check: Promise.resolve().then(() => void (checked = true)),
+        },
+      });
+      assert.ok(checked);
+      assert.equal(await restored.status(), 'running');
+      (await agentConnect(restored, spec.vmId)).destroy();
+      await rejectsWith(
+        hv.launch({ ...specFor(), vcpus: 2, restore: { dir: stateDir, state: saved } }, log),
+        'SNAPSHOT_INCOMPATIBLE',
+      );
+    });
+
+    it('is adopted again by a new daemon and keeps working; a leftover it does not adopt is ended', async () => {
+      const spec = specFor();
+      const vm = await launch(spec);
+      const first = await agentConnect(vm, spec.vmId);
+      // The daemon goes away: its sockets close, the VMM runs on.
+      first.destroy();
+      await vm.detach();
+      const rt = vm.runtime;
+      const hv2 = bc.make(log, { kvmPath: kvm });
+      assert.equal(hv2.identify(rt, spec.dir), 'ours');
+      assert.equal(hv2.identify(rt, path.join(root, 'elsewhere')), 'not-ours');
+      assert.equal(hv2.identify({ ...rt, startTime: rt.startTime + 1 }, spec.dir), 'pid-reused');
+      const adopted = await hv2.attach(rt, spec.dir, log);
+      vms.push(adopted);
+      assert.equal(await adopted.status(), 'running');
+      // The guest's agent redials the new daemon's listener.
+      (await agentConnect(adopted, spec.vmId)).destroy();
+      await adopted.pause();
+      await adopted.resume();
+      // Its death is noticed without a child to wait for.
+      process.kill(rt.pid, 'SIGKILL');
+      const exit = await adopted.exited;
+      assert.match(exit.reason, /adopted/);
+      assert.equal(hv2.identify(rt, spec.dir), 'gone');
+      await assert.rejects(
+        hv2.attach(rt, spec.dir, log),
+        (e: MvirtError) => (e.details as { reason?: string }).reason === 'gone',
+      );
+
+      // A leftover not re-adopted, and one no record names: both ended.
+      const spec2 = specFor();
+      const left = await launch(spec2);
+      await left.detach();
+      await hv2.dispose(left.runtime, spec2.dir, log);
+      const spec3 = specFor();
+      const orphan = await launch(spec3);
+      await orphan.detach();
+      const ended = await hv2.disposeOrphans!(path.join(root, 'vm'), new Set(), log);
+      assert.deepEqual(ended, [orphan.runtime.pid]);
+      // Detached children are unref'd (the daemon may exit beside them): hold
+      // the loop open while their exit events come.
+      const hold = setInterval(() => undefined, 1000);
+      await Promise.all([left.exited, orphan.exited]);
+      clearInterval(hold);
+    });
+
+    it('notices the death of the VMM process it launched', async () => {
+      const vm = await launch(specFor());
+      process.kill(vm.runtime.pid, 'SIGKILL');
+      const exit = await vm.exited;
+      assert.equal(exit.signal, 'SIGKILL');
+      assert.equal(await vm.status(), 'shutdown');
+    });
+  });
+}
