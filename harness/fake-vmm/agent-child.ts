@@ -7,7 +7,7 @@
  * over IPC; the fake's death (IPC gone) is the guest's death.
  *
  * Environment: FAKE_VM, FAKE_ROOT (the mvirt.* values of the kernel command
- * line), FAKE_VSOCK_PATH (`<uds>_1024`), FAKE_CMDLINE.
+ * line), FAKE_VSOCK_PATH (`<uds>_1024`), FAKE_CMDLINE, FAKE_VMM_PID.
  */
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -101,7 +101,8 @@ const die = () => {
 process.on('disconnect', die);
 // A VMM killed while this process was still loading its modules disconnected
 // before the listener above existed; and a reparented process has lost its VMM.
-const vmm = process.ppid;
+// From the VMM, not process.ppid: a VMM that died while this process loaded has made it 1 already.
+const vmm = Number(env('FAKE_VMM_PID'));
 if (!process.connected) die();
 setInterval(() => process.ppid !== vmm && die(), 500).unref();
 void agent.start();

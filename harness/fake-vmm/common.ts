@@ -154,6 +154,7 @@ export function createFakeGuest(o: {
           FAKE_ROOT: args.get('mvirt.root') ?? 'mvirt/unknown',
           FAKE_VSOCK_PATH: path.resolve(`${o.vsockUds}_1024`),
           FAKE_CMDLINE: o.cmdline,
+          FAKE_VMM_PID: String(process.pid),
         },
       });
       child.on('message', (m: { power?: 'poweroff' | 'reboot' }) => {
