@@ -154,6 +154,8 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       directKernelBoot: true,
       // Fake VMs have no block devices to plug: vm.attachDisk on a running one is refused.
       hotplugDisks: false,
+      // Fake guests run as their command line's VM: a fake that saves state forks too.
+      forks: options.capabilities?.snapshots === true,
       ...options.capabilities,
     },
     // A dry run shows the fake guest's argv; it has no control commands.

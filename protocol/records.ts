@@ -389,7 +389,10 @@ export const BackendCapabilities = z.strictObject({
   directKernelBoot: z.boolean(),
   hotplugDisks: z.boolean().describe('disks added to and removed from a running VM'),
   liveDiskSnapshots: z.boolean().describe("snapshots of a running VM's qcow2 disk"),
-  snapshots: z.boolean().describe('memory and device state saved and resumed'),
+  snapshots: z.boolean().describe('memory and device state saved and resumed (vm.suspend)'),
+  forks: z
+    .boolean()
+    .describe('a saved state resumes as another VM (vm.snapshot, forks, template pools)'),
   accel: z.array(z.string()).describe('accelerators it can use, best first (kvm, tcg)'),
 });
 export type BackendCapabilities = z.infer<typeof BackendCapabilities>;

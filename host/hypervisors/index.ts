@@ -86,6 +86,7 @@ const CAPABILITY_TEXT: Record<Capability, string> = {
   hotplugDisks: 'add or remove disks of a running VM',
   liveDiskSnapshots: "snapshot a running VM's disk",
   snapshots: "save a VM's memory and device state and resume from it",
+  forks: 'resume a saved state as another VM (its guest cannot learn its new identity)',
 };
 
 /**

@@ -30,6 +30,13 @@ export interface HypervisorCapabilities {
    */
   snapshots?: boolean;
   /**
+   * A saved state resumes as another VM (vm.snapshot, forks, template pools):
+   * the guest reads who it is now after the restore (LaunchSpec.identity;
+   * QEMU: fw_cfg). Without it a state resumes only as the VM it was saved
+   * from (vm.suspend).
+   */
+  forks?: boolean;
+  /**
    * Accelerators it can run guests with, best first (`kvm`, `tcg`). Which one
    * this host has is the probe's `accel`.
    */

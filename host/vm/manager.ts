@@ -86,7 +86,8 @@ export function createVmManager(deps: VmManagerDeps) {
     saveForSnapshot: save.saveForSnapshot,
     /** Whether VMs of this backend can be saved and restored (template snapshots). */
     canSave: (backend: string): boolean =>
-      deps.hypervisors.get(backend)?.capabilities.snapshots === true,
+      deps.hypervisors.get(backend)?.capabilities.snapshots === true &&
+      deps.hypervisors.get(backend)?.capabilities.forks === true,
     /**
      * vm.snapshot's checks (VM_BAD_STATE, CAPABILITY_UNSUPPORTED), without
      * saving; with the VM's disks as a snapshot would keep them.

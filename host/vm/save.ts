@@ -53,6 +53,8 @@ export const writeStateSpec = (dir: string, spec: StateSpec): Promise<void> =>
 /** VM_BAD_STATE unless the VM's state can be saved now, CAPABILITY_UNSUPPORTED unless its backend can. */
 export function savableLive(ctx: VmContext, vm: VmRecord, what: string): Live {
   capable(ctx, vm, 'snapshots');
+  // A snapshot's only use is new VMs (vm.create fromSnapshot): forks.
+  if (what === 'snapshot') capable(ctx, vm, 'forks');
   const live = ctx.liveOf(vm.id);
   if (!live || !isSavableVm(vm.state))
     throw new MvirtError('VM_BAD_STATE', `VM ${vm.name} is ${vm.state}; cannot ${what} it`, {

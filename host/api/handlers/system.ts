@@ -67,6 +67,7 @@ function build(
           hotplugDisks: c.hotplugDisks,
           liveDiskSnapshots: c.liveDiskSnapshots === true,
           snapshots: c.snapshots === true,
+          forks: c.forks === true,
           accel: [...c.accel],
         },
         ...(p.confinement ? { confinement: p.confinement } : {}),

@@ -81,6 +81,11 @@ export const FC_CAPABILITIES: HypervisorCapabilities = {
   hotplugDisks: false,
   liveDiskSnapshots: false,
   snapshots: true,
+  // No fw_cfg: a restored guest has no place to read its new identity from
+  // (vmId, hostname, entropy, token), so its state resumes only as the VM it
+  // was saved from (vm.suspend), never as a fork; until the agent can take
+  // its identity over the vsock channel (issue 15, item 4).
+  forks: false,
   accel: ['kvm'],
 };
 

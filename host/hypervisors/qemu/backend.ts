@@ -138,6 +138,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     hotplugDisks: opts.machine !== 'microvm',
     liveDiskSnapshots: true,
     snapshots: true,
+    // The guest reads its new identity from fw_cfg after a restore.
+    forks: true,
     // TCG where KVM does not answer (probe.ts): the only backend that runs without KVM.
     accel: opts.accel === 'auto' ? ['kvm', 'tcg'] : [opts.accel],
   };

@@ -83,6 +83,7 @@ for (const encoding of ['json', 'cbor'] as const) {
             hotplugDisks: false,
             liveDiskSnapshots: false,
             snapshots: false,
+            forks: false,
           },
         },
       ]);

@@ -233,7 +233,8 @@ for (const bc of BACKEND_CASES) {
       assert.equal(await hv.stateProblem!(saved, spec), null);
       assert.match((await hv.stateProblem!(saved, { ...spec, memoryMiB: 256 })) ?? '', /128 MiB/);
 
-      // A fork: another VM's folder, the same machine.
+      // The VMM's side of a fork: the state resumes in another VM's folder
+      // (whether the guest learns who it is then is the 'forks' capability).
       let checked = false;
       const fork = specFor();
       const restored = await launch({

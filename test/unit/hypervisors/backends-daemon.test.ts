@@ -65,6 +65,7 @@ test('system.info shows every backend with its capability map', async () => {
   const fc = byName.get('firecracker')!;
   assert.equal(fc.capabilities.reboot, false);
   assert.equal(fc.capabilities.snapshots, true);
+  assert.equal(fc.capabilities.forks, false);
   assert.equal(fc.confinement?.jail, false);
   assert.match(fc.confinement?.reasons.join(' ') ?? '', /jailer/);
   const missing = byName.get('missing')!;
@@ -98,6 +99,18 @@ test('the managers refuse what a backend lacks, naming it', async () => {
   // cloud-hypervisor can: pause and resume go through.
   assert.equal(result(await c.call('vm.pause', { vm: 'ch' })).state, 'paused');
   result(await c.call('vm.resume', { vm: 'ch' }));
+});
+
+test('vm.suspend saves a cloud-hypervisor VM and vm.start resumes it; vm.snapshot (a fork) is refused', async () => {
+  const e = errorOf(await c.call('vm.snapshot', { vm: 'ch', name: 'snap' }));
+  assert.equal(e.code, 'CAPABILITY_UNSUPPORTED');
+  assert.deepEqual(e.details, { backend: 'cloud-hypervisor', capability: 'forks' });
+  assert.equal(result(await c.call('vm.suspend', { vm: 'ch' })).state, 'suspended');
+  result(await c.call('vm.start', { vm: 'ch' }));
+  const r = result(await c.call('job.run', { vm: 'ch', argv: ['echo', 'back'], wait: true }));
+  assert.equal(r.stdout, 'back\n');
+  const got = result(await c.call('vm.get', { vm: 'ch' }));
+  assert.equal(got.restore?.snapshot, 'suspend');
 });
 
 test('a backend whose program is missing: BACKEND_UNAVAILABLE with the reason', async () => {
