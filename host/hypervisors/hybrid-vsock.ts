@@ -26,7 +26,11 @@ export async function listenHybridVsock(uds: string, port: number): Promise<Hybr
   const queue: net.Socket[] = [];
   const waiters: { resolve(s: net.Socket): void; reject(e: Error): void }[] = [];
   let closed = false;
+  /** Every connection the guest made: they end with the listener (see close()). */
+  const all = new Set<net.Socket>();
   const server = net.createServer((s) => {
+    all.add(s);
+    s.once('close', () => all.delete(s));
     const w = waiters.shift();
     if (w) return w.resolve(s);
     // A guest that redials while nobody waits: the newest connection wins,
@@ -82,8 +86,15 @@ export async function listenHybridVsock(uds: string, port: number): Promise<Hybr
       closed = true;
       for (const w of waiters.splice(0))
         w.reject(new MvirtError('AGENT_UNAVAILABLE', 'the vsock listener is closed'));
-      for (const s of queue.splice(0)) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      queue.length = 0;
+      // server.close() calls back only once every connection has ended, and a
+      // connection held by a guest that is not running (paused, or whose VMM is
+      // gone) may never end by itself: measured as a 20 s wait for a suspended
+      // VM's exit, until the broker's keep-alive gave up on it. The listener
+      // closes with its VM (exit) or its daemon (detach): so do its connections.
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of all) s.destroy();
+      await stopped;
       await rm(file, { force: true });
     },
   };
