@@ -17,6 +17,7 @@ import {
 import { createClockSetter } from './clock.js';
 import { createHelperShell } from './helper-shell.js';
 import { findVirtioPort, openPollableDevice } from './virtio.js';
+import { openRelay, VSOCK_HELPER } from './vsock.js';
 import { createJobGroups } from './cgroups.js';
 import type { SeedIo } from '../cloud-init.js';
 
@@ -106,6 +107,8 @@ export interface LinuxPlatformOptions {
   env?: NodeJS.ProcessEnv;
   /** Where cgroup v2 is mounted (the µOS's rcS makes agent/ and jobs/ there). */
   cgroupRoot?: string;
+  /** The vsock helper (default VSOCK_HELPER, which the µOS image installs). */
+  vsockHelper?: string;
 }
 
 /** Whether `file` names an executable file, as execvp would look for it. */
@@ -124,6 +127,7 @@ function runnable(file: string, pathVar: string | undefined, cwd: string | undef
 
 export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   const env = o.env ?? process.env;
+  const vsockHelper = o.vsockHelper ?? VSOCK_HELPER;
   // process.uptime() counts from this process's start, so this is the exec time
   // even though JavaScript started running later.
   const processStartS = uptimeS() - process.uptime();
@@ -206,12 +210,13 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
         case 'tcp':
           return openTcp(spec.host, spec.port);
         case 'vsock':
-          throw new UnsupportedChannelError(
-            'vsock',
-            existsSync('/dev/vsock')
-              ? 'Node has no AF_VSOCK sockets; this agent build has no vsock addon (use virtio-serial or tcp)'
-              : 'no /dev/vsock in this guest',
-          );
+          // Node has no AF_VSOCK: the µOS's helper dials and relays (./vsock.ts).
+          if (!existsSync(vsockHelper))
+            throw new UnsupportedChannelError(
+              'vsock',
+              `no ${vsockHelper} in this guest (Node has no AF_VSOCK; the µOS image carries the helper)`,
+            );
+          return openRelay(vsockHelper, [String(spec.cid), String(spec.port)]);
       }
     },
     async power(action: PowerAction) {

@@ -9,7 +9,6 @@ import { after, before, test } from 'node:test';
 import { Aedes } from 'aedes';
 import { createAgent } from '../../../guest-agent/agent.js';
 import { createLinuxPlatform } from '../../../guest-agent/platform/linux.js';
-import { UnsupportedChannelError } from '../../../guest-agent/platform/types.js';
 import { findVirtioPort, openPollableDevice } from '../../../guest-agent/platform/virtio.js';
 import type { Settings } from '../../../guest-agent/settings.js';
 
@@ -43,13 +42,6 @@ test('openPollableDevice gives a working Duplex over a pollable fd (a FIFO stand
   assert.deepEqual([...data], [1, 2, 3, 0xff]);
   s.destroy();
   await once(s, 'close');
-});
-
-test('vsock is a typed "unsupported channel" error', async () => {
-  await assert.rejects(
-    createLinuxPlatform().openChannel({ kind: 'vsock', cid: 2, port: 1024 }),
-    (err) => err instanceof UnsupportedChannelError && err.channel === 'vsock',
-  );
 });
 
 test('tcp: the real Linux platform dials the broker with username = vmId and the token file as password', async () => {
