@@ -4,7 +4,7 @@
  * inside QEMU's `key=value,…` option lists have their commas doubled).
  */
 import path from 'node:path';
-import { FW_CFG_IDENTITY, VIRTIO_PORT_NAME } from '../../../protocol/agent.js';
+import { FW_CFG_IDENTITY, VIRTIO_PORT_NAME, type Channel } from '../../../protocol/agent.js';
 import { buildKernelCmdline } from '../kernel-cmdline.js';
 
 export { buildKernelCmdline };
@@ -73,6 +73,16 @@ export const NETDEV = 'net0';
 /** The identity file in the VM's folder, handed to the guest as fw_cfg FW_CFG_IDENTITY. */
 export const IDENTITY_FILE = 'identity';
 
+/**
+ * The agent channels the QEMU launch builds, best first; the backend's
+ * capability map is this list, so it never claims one the launch refuses.
+ * No vsock: it needs vhost-vsock-pci with a guest CID from an allocator and a
+ * host side that can listen on AF_VSOCK (Node cannot; the daemon would need a
+ * relay like the guest's), which is not built yet. These machines have no
+ * /dev/vhost-vsock either.
+ */
+export const QEMU_CHANNELS = ['virtio-serial', 'tcp'] as const satisfies readonly Channel[];
+
 export function buildQemuArgs(input: QemuArgsInput): string[] {
   const { spec, accel, machine, paths } = input;
   for (const p of [paths.qmp, paths.agent]) {
@@ -80,10 +90,11 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       throw new MvirtError('BOOT_FAILED', `socket path too long for a unix socket: ${p}`);
     }
   }
-  if (spec.channel === 'vsock') {
+  if (!(QEMU_CHANNELS as readonly string[]).includes(spec.channel)) {
     throw new MvirtError(
-      'BACKEND_UNAVAILABLE',
-      'the QEMU backend has no vsock channel on this host',
+      'CAPABILITY_UNSUPPORTED',
+      `backend qemu has no ${spec.channel} agent channel (it has ${QEMU_CHANNELS.join(', ')})`,
+      { details: { backend: 'qemu', capability: 'channels', channel: spec.channel } },
     );
   }
   // microvm has no PCI bus: its virtio devices are virtio-mmio (`-device`).

@@ -19,6 +19,7 @@ import type {
 } from '../types.js';
 import {
   buildQemuArgs,
+  QEMU_CHANNELS,
   IDENTITY_FILE,
   NETDEV,
   qemuPaths,
@@ -80,8 +81,6 @@ export interface QemuBackendOptions {
   setpriv?: string;
   /** console.log cap for re-attached VMs (the spec's value is not persisted). */
   consoleLogBytes?: number;
-  /** Where /dev/vhost-vsock is looked for (tests). */
-  vhostVsockPath?: string;
   /**
    * Guest RAM as files in this folder (tmpfs), so that a saved state is the
    * device state plus a copy of the file (ram.ts); null: anonymous RAM.
@@ -104,7 +103,6 @@ const DEFAULTS = {
   uidCount: DEFAULT_UID_COUNT,
   setpriv: 'setpriv',
   consoleLogBytes: 1024 * 1024,
-  vhostVsockPath: '/dev/vhost-vsock',
   ramDir: null,
 } as const;
 
@@ -122,11 +120,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
   const opts = { ...DEFAULTS, ...options };
   const blog = log.child({ backend: QEMU_BACKEND });
 
-  // vsock needs vhost-vsock on the host and a CID allocator; listed only when
-  // the device exists (launch still refuses it until that lands).
-  const channels: HypervisorCapabilities['channels'] = existsSync(opts.vhostVsockPath)
-    ? ['virtio-serial', 'tcp', 'vsock']
-    : ['virtio-serial', 'tcp'];
+  const channels: HypervisorCapabilities['channels'] = [...QEMU_CHANNELS];
   const capabilities: HypervisorCapabilities = {
     channels,
     pause: true,

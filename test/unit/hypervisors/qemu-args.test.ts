@@ -4,10 +4,14 @@ import {
   buildKernelCmdline,
   buildQemuArgs,
   optValue,
+  QEMU_CHANNELS,
   qemuPaths,
 } from '../../../host/hypervisors/qemu/args.js';
 import type { LaunchSpec } from '../../../host/hypervisors/types.js';
+import { createQemuBackend } from '../../../host/hypervisors/qemu/backend.js';
+import { CHANNELS } from '../../../protocol/agent.js';
 import { MvirtError } from '../../../protocol/errors.js';
+import { pino } from 'pino';
 
 const spec = (over: Partial<LaunchSpec> = {}): LaunchSpec => ({
   vmId: 'vm1',
@@ -113,6 +117,28 @@ describe('qemu args', () => {
       after(build(spec({ network: { mode: 'bridge', tap: 'mvtap0' } })), '-netdev'),
       ['tap,id=net0,ifname=mvtap0,script=no,downscript=no'],
     );
+  });
+
+  it('the capability map claims exactly the agent channels the launch builds', () => {
+    const hv = createQemuBackend({}, pino({ level: 'silent' }));
+    assert.deepEqual(hv.capabilities.channels, [...QEMU_CHANNELS]);
+    for (const channel of CHANNELS) {
+      // tcp needs the guest's network (the daemon gives it one); the others need none.
+      const s = spec({
+        channel,
+        network: channel === 'tcp' ? { mode: 'bridge', tap: 'mvtap0' } : { mode: 'none' },
+      });
+      if ((hv.capabilities.channels as readonly string[]).includes(channel))
+        assert.ok(build(s).length > 0);
+      else
+        assert.throws(
+          () => build(s),
+          (e: unknown) =>
+            e instanceof MvirtError &&
+            e.code === 'CAPABILITY_UNSUPPORTED' &&
+            (e.details as { backend?: string }).backend === 'qemu',
+        );
+    }
   });
 
   it('doubles commas', () => {
