@@ -49,6 +49,15 @@ export const REQUIRED: Readonly<Record<string, string>> = {
   CONFIG_MEMCG: 'OOM detection (memory.events)',
   CONFIG_CFS_BANDWIDTH: 'per-job CPU limits (cpu.max for job.run {limits: {cpus}})',
   CONFIG_ACPI: 'clean poweroff',
+  // What Firecracker and cloud-hypervisor need beyond QEMU's devices (their
+  // virtio-mmio/PCI, vsock and ttyS0 are above).
+  CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES:
+    'Firecracker describes its virtio-mmio devices on the command line',
+  CONFIG_PVH: 'cloud-hypervisor and Firecracker boot the ELF vmlinux through its PVH entry',
+  CONFIG_SERIO_I8042: "Firecracker's SendCtrlAltDel (graceful stop) arrives on an i8042 keyboard",
+  CONFIG_KEYBOARD_ATKBD:
+    "Firecracker's SendCtrlAltDel (graceful stop) is an AT keyboard's Ctrl-Alt-Del",
+  CONFIG_VT: 'the keyboard handler that turns Ctrl-Alt-Del into a signal to init',
 };
 
 export interface CheckResult {
