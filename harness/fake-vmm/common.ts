@@ -146,17 +146,24 @@ export function createFakeGuest(o: {
         `[    0.000000] Linux version 6.1.0-fake-vmm\r\n[    0.010000] Command line: ${o.cmdline}\r\n`,
       );
       if (args.get('mvirt.channel') !== 'vsock' || !o.vsockUds) return;
-      child = spawn(process.execPath, ['--import', TSX, AGENT_CHILD], {
-        stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-        env: {
-          PATH: process.env.PATH ?? '/usr/bin:/bin',
-          FAKE_VM: args.get('mvirt.vm') ?? 'unknown',
-          FAKE_ROOT: args.get('mvirt.root') ?? 'mvirt/unknown',
-          FAKE_VSOCK_PATH: path.resolve(`${o.vsockUds}_1024`),
-          FAKE_CMDLINE: o.cmdline,
-          FAKE_VMM_PID: String(process.pid),
+      // setpriv --pdeathsig: the guest dies with its VMM even when the VMM is
+      // killed outright while the guest is paused (SIGSTOP): a stopped child
+      // never runs its own watchdog, and was seen left behind after vm.suspend.
+      child = spawn(
+        'setpriv',
+        ['--pdeathsig', 'KILL', process.execPath, '--import', TSX, AGENT_CHILD],
+        {
+          stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            FAKE_VM: args.get('mvirt.vm') ?? 'unknown',
+            FAKE_ROOT: args.get('mvirt.root') ?? 'mvirt/unknown',
+            FAKE_VSOCK_PATH: path.resolve(`${o.vsockUds}_1024`),
+            FAKE_CMDLINE: o.cmdline,
+            FAKE_VMM_PID: String(process.pid),
+          },
         },
-      });
+      );
       child.on('message', (m: { power?: 'poweroff' | 'reboot' }) => {
         if (m.power) o.onPower(m.power);
       });
