@@ -2,20 +2,21 @@
  * The guest of a fake VMM: the real agent core (guest-agent/agent.ts) in a
  * child process of the fake, on the real Linux platform for its jobs, whose
  * vsock channel is the hybrid vsock: where a real guest dials CID 2 port 1024
- * and the VMM connects to `<uds>_1024`, this process connects there itself.
+ * and the VMM connects to `<uds>_1024`, this process connects there itself,
+ * through the guest's relay helper (guest-agent/platform/vsock.ts).
  * What the guest asks of its machine (power off, reboot) goes to the fake
  * over IPC; the fake's death (IPC gone) is the guest's death.
  *
  * Environment: FAKE_VM, FAKE_ROOT (the mvirt.* values of the kernel command
  * line), FAKE_VSOCK_PATH (`<uds>_1024`), FAKE_CMDLINE, FAKE_VMM_PID.
  */
-import net from 'node:net';
-import type { Duplex } from 'node:stream';
 import { createAgent } from '../../guest-agent/agent.js';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
+import { openRelay } from '../../guest-agent/platform/vsock.js';
 import type { Platform } from '../../guest-agent/platform/types.js';
 import type { Settings } from '../../guest-agent/settings.js';
 import { TEST_AGENT_OPTIONS } from '../agent-options.js';
+import { vsockHelper } from '../vsock-helper.js';
 
 const env = (k: string): string => {
   const v = process.env[k];
@@ -26,6 +27,7 @@ const vmId = env('FAKE_VM');
 const root = env('FAKE_ROOT');
 const vsockPath = env('FAKE_VSOCK_PATH');
 const cmdline = process.env.FAKE_CMDLINE ?? '';
+const helper = await vsockHelper();
 
 const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
 const settings: Settings = {
@@ -65,16 +67,9 @@ const platform: Platform = {
   listDir: async () => [],
   cmdline: async () => cmdline,
   uname: () => ({ release: '6.1.0-fake-vmm', hostname: vmId }),
-  // The hybrid vsock's guest-initiated direction, as the VMM does it for a real guest.
-  openChannel: () =>
-    new Promise<Duplex>((resolve, reject) => {
-      const s = net.createConnection(vsockPath);
-      s.once('connect', () => {
-        s.off('error', reject);
-        resolve(s);
-      });
-      s.once('error', reject);
-    }),
+  // The hybrid vsock's guest-initiated direction, as the VMM does it for a
+  // real guest, dialled through the µOS's own helper (its unix mode).
+  openChannel: () => openRelay(helper, [`unix:${vsockPath}`]),
   async power(action) {
     killJobs();
     process.send?.({ power: action });
