@@ -10,8 +10,9 @@
 #
 #   bash scripts/kvm-smoke.sh [--images-dir DIR] [--image NAME] [--backends "cloud-hypervisor firecracker"]
 #
-# Needs: `npm run build` done, a built µOS image (`npm run image:build -- images/recipes/default.json`,
-# default --images-dir test-output/data/images), /dev/kvm readable and writable.
+# Needs: `npm run build` done, a built µOS image (`node bin/mvirt.js image build
+# images/recipes/default.json --data-dir test-output/data`, the default
+# --images-dir test-output/data/images), /dev/kvm readable and writable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
