@@ -101,6 +101,16 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
     const rec = JSON.parse(done.toString()) as JobRecord;
     assert.equal(rec.exitCode, 3);
     assert.equal(rec.vm, vm.id);
+
+    // The agent's vsock helper (static, built into the image) runs in the
+    // guest and says why it cannot connect: QEMU gives this guest no vsock
+    // device, so the dial is ENODEV (cloud-hypervisor and Firecracker have one).
+    const vs = await run(c, {
+      vm: 'svc',
+      argv: ['sh', '-c', '/usr/libexec/mvirt/vsock-connect 2 1024 3<>/dev/null'],
+    });
+    assert.equal(vs.exitCode, 1);
+    assert.equal(vs.stderr, 'vsock-connect: connect: No such device\n');
     assert.ok(rec.startedAt && rec.finishedAt);
     const logs = await allLogs(c, first.jobId);
     assert.deepEqual(
