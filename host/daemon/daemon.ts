@@ -10,12 +10,11 @@ import { mkdir, rmdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../broker/index.js';
-import { createApi } from '../api/server.js';
 import { createRoutes } from '../api/routes.js';
-import { createAccessCheck } from '../api/access.js';
+import { createApis } from './apis.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions } from '../agent/sessions.js';
-import { createEventLog, type EventLog } from '../events/log.js';
+import { createEventLog } from '../events/log.js';
 import { createHypervisorRegistry } from '../hypervisors/index.js';
 import type { MvirtLogger } from '../log.js';
 import { createStore } from '../store/index.js';
@@ -374,25 +373,18 @@ export async function startDaemon(
       rollups,
       volumes,
     });
-    const access = createAccessCheck({
-      resolveVm: (ref) => vms.resolveId(ref),
-      resolveVolume: (ref) => store.volumes.find(ref)?.id,
-      resolveSnapshot: (ref) => snapshots.resolveId(ref),
-      ownerOf: (kind, id) => store.owners.get(kind, id),
+    // The API on the host's broker and, with --uplink, the same routes and checks over it.
+    const apis = createApis({
+      bus,
+      uplink,
+      topics: t,
+      routes,
+      store,
+      vms,
+      snapshots,
+      audit: (e) => void events.append(e),
+      log,
     });
-    const audit = (e: Parameters<EventLog['append']>[0]): void => void events.append(e);
-    const api = createApi({ bus, topics: t, routes, access, audit, log });
-    // The same routes and checks on the uplink: its replies go back over it.
-    const uplinkApi = uplink
-      ? createApi({
-          bus: uplink,
-          topics: t,
-          routes,
-          access,
-          audit,
-          log: log.child({ via: 'uplink' }),
-        })
-      : null;
     const status = createStatusPublisher({
       bus,
       topic: t.status,
@@ -433,8 +425,7 @@ export async function startDaemon(
     jobs.onStateChange((rec) => {
       if (isTerminalJob(rec.state)) prometheus.observeJob(rec);
     });
-    await api.start();
-    await uplinkApi?.start();
+    await apis.start();
     // The status carries the uplink's figures: say at once that it came up or went down.
     uplink?.onChange(() => status.kick());
     await status.start();
@@ -477,7 +468,7 @@ export async function startDaemon(
       vms,
       agents,
       events,
-      api,
+      api: apis.api,
       uplink,
       topics: t,
       http,
@@ -493,8 +484,7 @@ export async function startDaemon(
       },
       close: () =>
         (closing ??= (async () => {
-          await api.close();
-          await uplinkApi?.close();
+          await apis.close();
           spares.close();
           await jobs.close();
           await pools.close();
