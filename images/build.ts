@@ -14,6 +14,7 @@
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import * as z from 'zod';
 import { MvirtError } from '../protocol/errors.js';
 import { VIRTIO_PORT_NAME } from '../protocol/agent.js';
 import { createDebianSource, loadPins, type DebInput } from './debian.js';
@@ -258,6 +259,46 @@ export function sourceDateEpoch(env: NodeJS.ProcessEnv): number {
   return Number(v);
 }
 
+/** guest-agent/build.mjs's record of the Node runtime it built the agent on. */
+const AgentRuntime = z.strictObject({
+  node: z.string().regex(/^v\d+\.\d+\.\d+$/),
+  source: z.string().min(1).max(4096),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+
+/**
+ * The agent's runtime as a manifest input, from `<agent>.runtime.json` next
+ * to it; none for an agent built elsewhere (no such file).
+ */
+export async function agentRuntime(agentPath: string): Promise<ManifestInput | null> {
+  const file = `${agentPath}.runtime.json`;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return null;
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  const r = AgentRuntime.safeParse(parsed);
+  if (!r.success)
+    throw new MvirtError(
+      'BUILD_FAILED',
+      `${file} is not guest-agent/build.mjs's runtime record: rebuild the agent (node scripts/build.mjs)`,
+    );
+  return {
+    kind: 'file',
+    role: 'agent-runtime',
+    path: r.data.source,
+    version: r.data.node,
+    sha256: r.data.sha256,
+  };
+}
+
 /**
  * The cache key: the recipe, the pins, the local files (agent, extra files,
  * initramfs/, kernel-config/ for custom kernels), the builder's own source and
@@ -278,6 +319,8 @@ async function inputKey(
     dest: '/usr/bin/mvirt-agent',
     sha256: await sha256File(recipe.agentPath),
   });
+  const runtime = await agentRuntime(recipe.agentPath);
+  if (runtime) local.push(runtime);
   for (const f of recipe.fileSources)
     local.push({
       kind: 'file',

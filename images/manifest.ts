@@ -28,6 +28,8 @@ export const ManifestInput = z.discriminatedUnion('kind', [
     kind: z.literal('file'),
     role: z.enum([
       'agent',
+      /** The Node runtime the agent was built on (guest-agent/build.mjs), `path` its source. */
+      'agent-runtime',
       'file',
       'initramfs',
       'kernel-config',
