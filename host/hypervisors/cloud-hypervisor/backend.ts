@@ -11,10 +11,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { VSOCK_PORT } from '../../../protocol/agent.js';
-import { MvirtError } from '../../../protocol/errors.js';
 import { createApiVm } from '../api-vm.js';
 import { startConsolePump, type ConsolePump } from '../console-pump.js';
-import { logTail } from '../console-log.js';
 import { hybridPortPath, listenHybridVsock, type HybridVsockListener } from '../hybrid-vsock.js';
 import { createRestClient, waitForApi, type RestClient } from '../rest.js';
 import type {
@@ -26,20 +24,21 @@ import type {
   VmRuntime,
 } from '../types.js';
 import {
-  attachError,
   disposeVmmOrphans,
   identifyVmm,
   linkDrives,
-  ownershipText,
   spawnVmm,
   stateProblemOf,
   VMM_FILES,
 } from '../vmm-common.js';
 import { probeVmm } from '../vmm-probe.js';
+import { attachVmm, checkLaunchable, disposeVmm, launchFailed } from '../vmm-backend.js';
 import { buildVmConfig } from './config.js';
 import { chControl, CH_BACKEND } from './control.js';
 
 export { CH_BACKEND };
+
+const CH_ID = { name: CH_BACKEND, label: 'cloud-hypervisor' };
 
 export interface CloudHypervisorOptions {
   /** Default `cloud-hypervisor` on PATH (mvirtd --cloud-hypervisor-bin). */
@@ -132,18 +131,7 @@ export function createCloudHypervisorBackend(
 
   async function launch(spec: LaunchSpec, vmLog: Logger): Promise<RunningVm> {
     const p = await probe();
-    if (!p.available || !p.binary)
-      throw new MvirtError(
-        'BACKEND_UNAVAILABLE',
-        `cloud-hypervisor cannot run VMs here: ${p.reason ?? 'unknown'}`,
-        {
-          details: { backend: CH_BACKEND, ...p.details },
-        },
-      );
-    if (spec.restore) {
-      const problem = stateProblemOf(spec.restore.state, spec, CH_BACKEND, p.version ?? null);
-      if (problem) throw new MvirtError('SNAPSHOT_INCOMPATIBLE', problem);
-    }
+    const binary = checkLaunchable(CH_ID, p, spec);
     // Refused before anything runs: a bad spec (channel, network) never spawns.
     const config = buildVmConfig(spec);
     await mkdir(spec.dir, { recursive: true, mode: 0o700 });
@@ -159,7 +147,7 @@ export function createCloudHypervisorBackend(
     let client: RestClient | null = null;
     const started = Date.now();
     if (spec.channel === 'vsock') vsock = await listenHybridVsock(vsockUds, VSOCK_PORT);
-    const argv = [p.binary, '--api-socket', `path=${VMM_FILES.api}`];
+    const argv = [binary, '--api-socket', `path=${VMM_FILES.api}`];
     let spawned;
     try {
       spawned = await spawnVmm(argv, spec.dir);
@@ -217,17 +205,11 @@ export function createCloudHypervisorBackend(
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
       });
     } catch (err) {
-      client?.close();
-      consolePump?.close();
-      await vsock?.close();
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      if (err instanceof MvirtError && err.code.startsWith('SNAPSHOT_')) throw err;
-      const tail = await logTail(path.join(spec.dir, VMM_FILES.log));
-      vmLog.warn({ err, tail }, 'cloud-hypervisor launch failed');
-      throw new MvirtError(
-        'BOOT_FAILED',
-        `cloud-hypervisor failed during launch: ${(err as Error).message}${tail ? `: ${tail}` : ''}`,
-        { cause: err, details: { vmmLog: tail } },
+      return launchFailed(
+        CH_ID,
+        err,
+        { dir: spec.dir, child, client, console: consolePump, vsock },
+        vmLog,
       );
     }
   }
@@ -235,51 +217,22 @@ export function createCloudHypervisorBackend(
   const identify: Hypervisor['identify'] = (runtime, dir) =>
     identifyVmm(runtime, dir, CH_BACKEND, ours);
 
-  async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
-    const who = identify(runtime, dir);
-    if (who !== 'ours') throw attachError(who, ownershipText(who, runtime, dir, CH_BACKEND));
-    const client = api(dir, 5000);
-    try {
-      // Answering is not enough: the VMM must still hold a VM.
-      await client.call('GET', '/vm.info');
-    } catch (err) {
-      client.close();
-      throw attachError(
-        'control-unreachable',
-        `the API of cloud-hypervisor ${runtime.pid} does not answer`,
-        err,
-      );
-    }
-    let consolePump: ConsolePump | null = null;
-    try {
-      consolePump = await consoleOf(dir, opts.consoleLogBytes, { timeoutMs: 5000 }, vmLog);
-    } catch (err) {
-      vmLog.warn({ err }, 'cannot reconnect the serial console');
-    }
-    // The old listener went with the old mvirtd; the guest's agent redials this one.
-    const vsock = runtime.sockets.agent
-      ? await listenHybridVsock(path.join(dir, VMM_FILES.vsock), VSOCK_PORT)
-      : null;
-    vmLog.info({ pid: runtime.pid }, 'cloud-hypervisor re-attached');
-    return createApiVm({
-      runtime,
-      control: chControl({ api: client, dir, version, log: vmLog }),
-      console: consolePump,
-      vsock,
-      log: vmLog,
-      agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
-    });
-  }
-
-  async function dispose(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<void> {
-    if (identify(runtime, dir) !== 'ours') return;
-    vmLog.warn({ pid: runtime.pid }, 'ending a leftover cloud-hypervisor that is not re-attached');
-    try {
-      process.kill(runtime.pid, 'SIGKILL');
-    } catch {
-      // gone meanwhile
-    }
-  }
+  const attach: Hypervisor['attach'] = (runtime, dir, vmLog) =>
+    attachVmm(
+      CH_ID,
+      {
+        runtime,
+        dir,
+        identify,
+        client: () => api(dir, 5000),
+        // Answering is not enough: the VMM must still hold a VM.
+        ping: (client) => client.call('GET', '/vm.info'),
+        console: () => consoleOf(dir, opts.consoleLogBytes, { timeoutMs: 5000 }, vmLog),
+        control: (client) => chControl({ api: client, dir, version, log: vmLog }),
+        agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+      },
+      vmLog,
+    );
 
   return {
     name: CH_BACKEND,
@@ -291,7 +244,7 @@ export function createCloudHypervisorBackend(
     launch,
     identify,
     attach,
-    dispose,
+    dispose: disposeVmm(CH_ID, identify),
     disposeOrphans: async (vmRoot, known, l) => disposeVmmOrphans(vmRoot, known, ours, l),
     stateProblem: async (state, spec) =>
       stateProblemOf(state, spec, CH_BACKEND, (await probe()).version ?? null),

@@ -14,10 +14,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { VSOCK_PORT } from '../../../protocol/agent.js';
-import { MvirtError } from '../../../protocol/errors.js';
 import { createApiVm, type ApiVmControl } from '../api-vm.js';
 import { makeConsoleFifos, startConsolePump, type ConsolePump } from '../console-pump.js';
-import { logTail } from '../console-log.js';
 import { listenHybridVsock, type HybridVsockListener } from '../hybrid-vsock.js';
 import { createRestClient, waitForApi, type RestClient } from '../rest.js';
 import type {
@@ -30,21 +28,22 @@ import type {
   VmRuntime,
 } from '../types.js';
 import {
-  attachError,
   describeState,
   disposeVmmOrphans,
   identifyVmm,
   linkDrives,
-  ownershipText,
   spawnVmm,
   stateProblemOf,
   VMM_FILES,
 } from '../vmm-common.js';
 import { probeVmm } from '../vmm-probe.js';
+import { attachVmm, checkLaunchable, disposeVmm, launchFailed } from '../vmm-backend.js';
 import { checkSpec, configRequests, FC_BACKEND, toRunState } from './config.js';
 import { jailerState } from './jailer.js';
 
 export { FC_BACKEND };
+
+const FC_ID = { name: FC_BACKEND, label: 'Firecracker' };
 
 export interface FirecrackerOptions {
   /** Default `firecracker` on PATH (mvirtd --firecracker-bin). */
@@ -151,18 +150,7 @@ export function createFirecrackerBackend(options: FirecrackerOptions, log: Logge
 
   async function launch(spec: LaunchSpec, vmLog: Logger): Promise<RunningVm> {
     const p = await probe();
-    if (!p.available || !p.binary)
-      throw new MvirtError(
-        'BACKEND_UNAVAILABLE',
-        `Firecracker cannot run VMs here: ${p.reason ?? 'unknown'}`,
-        {
-          details: { backend: FC_BACKEND, ...p.details },
-        },
-      );
-    if (spec.restore) {
-      const problem = stateProblemOf(spec.restore.state, spec, FC_BACKEND, p.version ?? null);
-      if (problem) throw new MvirtError('SNAPSHOT_INCOMPATIBLE', problem);
-    }
+    const binary = checkLaunchable(FC_ID, p, spec);
     const requests = spec.restore ? (checkSpec(spec), []) : configRequests(spec);
     await mkdir(spec.dir, { recursive: true, mode: 0o700 });
     const base = path.join(spec.dir, VMM_FILES.console);
@@ -179,7 +167,7 @@ export function createFirecrackerBackend(options: FirecrackerOptions, log: Logge
     // Both FIFOs read-write for Firecracker: it never sees EOF or blocks opening them.
     const stdin = openSync(`${base}.in`, constants.O_RDWR);
     const stdout = openSync(`${base}.out`, constants.O_RDWR);
-    const argv = [p.binary, '--api-sock', VMM_FILES.api];
+    const argv = [binary, '--api-sock', VMM_FILES.api];
     const started = Date.now();
     let spawned;
     try {
@@ -246,17 +234,11 @@ export function createFirecrackerBackend(options: FirecrackerOptions, log: Logge
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
       });
     } catch (err) {
-      client?.close();
-      consolePump?.close();
-      await vsock?.close();
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      if (err instanceof MvirtError && err.code.startsWith('SNAPSHOT_')) throw err;
-      const tail = await logTail(path.join(spec.dir, VMM_FILES.log));
-      vmLog.warn({ err, tail }, 'Firecracker launch failed');
-      throw new MvirtError(
-        'BOOT_FAILED',
-        `Firecracker failed during launch: ${(err as Error).message}${tail ? `: ${tail}` : ''}`,
-        { cause: err, details: { vmmLog: tail } },
+      return launchFailed(
+        FC_ID,
+        err,
+        { dir: spec.dir, child, client, console: consolePump, vsock },
+        vmLog,
       );
     }
   }
@@ -264,49 +246,21 @@ export function createFirecrackerBackend(options: FirecrackerOptions, log: Logge
   const identify: Hypervisor['identify'] = (runtime, dir) =>
     identifyVmm(runtime, dir, FC_BACKEND, ours);
 
-  async function attach(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<RunningVm> {
-    const who = identify(runtime, dir);
-    if (who !== 'ours') throw attachError(who, ownershipText(who, runtime, dir, FC_BACKEND));
-    const client = api(dir, 5000);
-    try {
-      await client.call('GET', '/');
-    } catch (err) {
-      client.close();
-      throw attachError(
-        'control-unreachable',
-        `the API of Firecracker ${runtime.pid} does not answer`,
-        err,
-      );
-    }
-    let consolePump: ConsolePump | null = null;
-    try {
-      consolePump = await consoleOf(dir, opts.consoleLogBytes, { timeoutMs: 5000 }, vmLog);
-    } catch (err) {
-      vmLog.warn({ err }, 'cannot reconnect the serial console');
-    }
-    const vsock = runtime.sockets.agent
-      ? await listenHybridVsock(path.join(dir, VMM_FILES.vsock), VSOCK_PORT)
-      : null;
-    vmLog.info({ pid: runtime.pid }, 'Firecracker re-attached');
-    return createApiVm({
-      runtime,
-      control: fcControl(client, version),
-      console: consolePump,
-      vsock,
-      log: vmLog,
-      agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
-    });
-  }
-
-  async function dispose(runtime: VmRuntime, dir: string, vmLog: Logger): Promise<void> {
-    if (identify(runtime, dir) !== 'ours') return;
-    vmLog.warn({ pid: runtime.pid }, 'ending a leftover Firecracker that is not re-attached');
-    try {
-      process.kill(runtime.pid, 'SIGKILL');
-    } catch {
-      // gone meanwhile
-    }
-  }
+  const attach: Hypervisor['attach'] = (runtime, dir, vmLog) =>
+    attachVmm(
+      FC_ID,
+      {
+        runtime,
+        dir,
+        identify,
+        client: () => api(dir, 5000),
+        ping: (client) => client.call('GET', '/'),
+        console: () => consoleOf(dir, opts.consoleLogBytes, { timeoutMs: 5000 }, vmLog),
+        control: (client) => fcControl(client, version),
+        agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+      },
+      vmLog,
+    );
 
   return {
     name: FC_BACKEND,
@@ -318,7 +272,7 @@ export function createFirecrackerBackend(options: FirecrackerOptions, log: Logge
     launch,
     identify,
     attach,
-    dispose,
+    dispose: disposeVmm(FC_ID, identify),
     disposeOrphans: async (vmRoot, known, l) => disposeVmmOrphans(vmRoot, known, ours, l),
     stateProblem: async (state, spec) =>
       stateProblemOf(state, spec, FC_BACKEND, (await probe()).version ?? null),
