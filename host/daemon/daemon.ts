@@ -1,9 +1,9 @@
 /**
  * Wiring: store → broker → event log → telemetry (roll-ups, hub) →
  * hypervisors and images → agent sessions → VM manager → job manager → API →
- * host status → HTTP (/metrics,
- * dashboard); recovery before the API serves anyone, so the first answer
- * already reflects re-attached VMs. `close()` undoes it in reverse.
+ * host status → HTTP (/metrics, dashboard); recovery before the API serves
+ * anyone, so the first answer reflects re-attached VMs. `close()` undoes it
+ * in reverse; observe.ts and apis.ts hold parts of it.
  */
 import { MvirtError } from '../../protocol/errors.js';
 import { mkdir, rmdir } from 'node:fs/promises';
@@ -21,7 +21,7 @@ import { createStore } from '../store/index.js';
 import { createImageStore } from '../vm/images.js';
 import { createVmManager, DEFAULT_TIMEOUTS } from '../vm/manager.js';
 import { hostRoot, topics as topicsFor } from '../../protocol/topics.js';
-import { isActiveVm, isInactiveVm, isTerminalJob } from '../../protocol/states.js';
+import { isActiveVm } from '../../protocol/states.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
 import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
@@ -44,7 +44,7 @@ import { parseHostPort } from '../broker/options.js';
 import { createTlsContext } from '../broker/tls.js';
 import { guestNetworkGate } from './exposure.js';
 import { createHostSampler } from '../metrics/host-sampler.js';
-import { createPrometheus } from '../metrics/prometheus.js';
+import { observeHost } from './observe.js';
 import { createRollups, DEFAULT_RESOLUTIONS } from '../metrics/rollup.js';
 import { createTelemetryHub } from '../metrics/telemetry.js';
 import { createHttpAuth } from '../http/auth.js';
@@ -59,8 +59,6 @@ import { createUplink } from '../uplink/link.js';
 import { createMirrorBus, uplinkSender } from '../uplink/mirror.js';
 import type { Daemon, DaemonOverrides } from './types.js';
 import { announceStart } from './announce.js';
-
-export type { Daemon, DaemonOverrides } from './types.js';
 
 /** How long a dashboard's MQTT token is accepted for new connections. */
 const SESSION_TTL_MS = 12 * 3600_000;
@@ -408,26 +406,18 @@ export async function startDaemon(
     await snapshots.recover(); // before the VMs: a fork's start reads its snapshot
     await vms.startup(); // recovery
     jobs.recover();
-    const prometheus = createPrometheus({
+    const prometheus = observeHost({
       hostId: opts.hostId,
       host: sysDeps.host,
-      figures: () => sampler.sample(),
+      sampler,
       vms,
-      telemetry: (id) => telemetry.latest(id),
-      jobs: () => jobs.countByState(),
-      broker: () => broker.stats(),
-    });
-    vms.onStateChange((rec, from) => {
-      status.kick();
-      if (rec.state === 'ready' && from === 'starting') prometheus.observeBoot(rec);
-      if (isInactiveVm(rec.state)) telemetry.forget(rec.id);
-    });
-    jobs.onStateChange((rec) => {
-      if (isTerminalJob(rec.state)) prometheus.observeJob(rec);
+      jobs,
+      telemetry,
+      broker,
+      status,
+      uplink,
     });
     await apis.start();
-    // The status carries the uplink's figures: say at once that it came up or went down.
-    uplink?.onChange(() => status.kick());
     await status.start();
     // In the background: mvirtd serves locally whether the external broker is up or not.
     uplink?.start();
