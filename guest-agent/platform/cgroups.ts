@@ -117,6 +117,8 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
     }
   };
 
+  let jobControllers: Promise<string[]> | null = null;
+
   /** A fresh group for a job (a name an earlier agent left gets a suffix). */
   const make = async (jobId: string): Promise<string> => {
     await sweep();
@@ -169,9 +171,11 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
         throw new Error('per-job limits need cgroup v2 with memory groups, which this guest lacks');
       // What jobs/ hands its children (rcS enables memory, pids and, where
       // the kernel has it, cpu): a limit of a controller not there cannot bind.
-      const controllers = ((await read(path.join(jobsDir, 'cgroup.subtree_control'))) ?? '')
-        .trim()
-        .split(/\s+/);
+      // Read once: rcS sets it before the agent starts and nothing changes it.
+      jobControllers ??= read(path.join(jobsDir, 'cgroup.subtree_control')).then((t) =>
+        (t ?? '').trim().split(/\s+/),
+      );
+      const controllers = await jobControllers;
       if (limits.cpus !== undefined && !controllers.includes('cpu'))
         throw new Error(
           "this guest cannot limit CPU per job: its kernel's cgroup v2 has no cpu controller for jobs (CONFIG_CFS_BANDWIDTH)",
