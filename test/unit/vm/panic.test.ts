@@ -3,7 +3,7 @@
  * scanner finds the kernel's line wherever the reads split it, once; through
  * the whole daemon (fake backend, whose console echoes what it is sent), the
  * line makes the VM failed with the panic's message and ends its process,
- * and its running job is lost saying so.
+ * and its running job is lost saying so; another VM on the host runs on.
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
@@ -57,6 +57,9 @@ test('a panic on the console fails the VM with its message and ends its process'
   });
   const vm = result(await c.call('vm.create', { name: 'crashy' }));
   const started = result(await c.call('vm.start', { vm: 'crashy', wait: true }));
+  // A guest that prints the line itself fails only itself: its neighbour is untouched.
+  result(await c.call('vm.create', { name: 'neighbour' }));
+  const neighbour = result(await c.call('vm.start', { vm: 'neighbour', wait: true }));
   const job = result(await c.call('job.run', { vm: 'crashy', argv: ['sleep', '60'] }));
   await c.waitFor(
     `${d.root}/job/${job.jobId}/state`,
@@ -84,4 +87,8 @@ test('a panic on the console fails the VM with its message and ends its process'
   const got = result(await c.call('vm.get', { vm: 'crashy' }));
   assert.equal(got.state, 'failed', 'the exit that followed did not change it');
   assert.equal(got.stateReason, rec.stateReason);
+  const other = result(await c.call('vm.get', { vm: 'neighbour' }));
+  assert.equal(other.state, 'ready');
+  assert.equal(other.pid, neighbour.pid);
+  assert.notEqual(procStartTime(neighbour.pid!), null, 'its process runs on');
 });
