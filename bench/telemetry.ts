@@ -62,6 +62,7 @@ function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
       gracefulShutdown: false,
       console: false,
       directKernelBoot: true,
+      kernelFormats: ['bzImage'],
       hotplugDisks: false,
     },
     probe: async () => ({ available: true, accel: 'sim' }),

@@ -6,7 +6,7 @@ import type { MqttClient } from 'mqtt';
 import type net from 'node:net';
 import type { Agent, AgentOptions } from '../guest-agent/agent.js';
 import type { PowerAction } from '../guest-agent/platform/types.js';
-import type { Hypervisor, HypervisorCapabilities } from '../host/hypervisors/types.js';
+import type { Hypervisor, HypervisorCapabilities, LaunchSpec } from '../host/hypervisors/types.js';
 
 export type AgentMode = 'ready' | 'silent' | 'garbage' | 'real';
 
@@ -82,6 +82,8 @@ export interface SpawnedJob {
 export interface FakeHypervisor extends Hypervisor {
   options: FakeOptions;
   launched: number[];
+  /** The launch specs, in launch order (what the daemon asked for). */
+  specs: LaunchSpec[];
   /** Messages the fake agents received on their down topics (not in mode 'real'). */
   received: { vmId: string; kind: string; msg: unknown }[];
   /** Mode 'real': every job process spawned, in order. */

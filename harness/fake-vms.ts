@@ -140,6 +140,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
     name: options.name ?? 'qemu',
     options,
     launched: [],
+    specs: [],
     received: [],
     spawned: [],
     guests: new Map(),
@@ -152,6 +153,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
       gracefulShutdown: true,
       console: true,
       directKernelBoot: true,
+      kernelFormats: ['bzImage', 'elf'],
       // Fake VMs have no block devices to plug: vm.attachDisk on a running one is refused.
       hotplugDisks: false,
       // Fake guests run as their command line's VM: a fake that saves state forks too.
@@ -177,6 +179,7 @@ export function createFakeHypervisor(options: FakeOptions = {}): FakeHypervisor 
 
     async launch(spec: LaunchSpec, _log: Logger): Promise<RunningVm> {
       if (hv.options.failLaunch) throw new Error('fake launch failure');
+      hv.specs.push(spec);
       // A resume: the daemon's check of the saved state (its sha256) comes first.
       await spec.restore?.check;
       const child = spawn(process.execPath, ['-e', GUEST], {

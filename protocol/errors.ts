@@ -22,6 +22,8 @@ export const ERROR_CODES = {
   BOOT_TIMEOUT: 'The agent did not say hello within the boot timeout.',
   HYPERVISOR_ERROR: 'The hypervisor refused or failed an operation (QMP/REST error).',
   BACKEND_UNAVAILABLE: 'The requested hypervisor backend is not available on this host.',
+  KERNEL_UNSUITABLE:
+    "The image's kernel is not one this backend can boot (cloud-hypervisor and Firecracker need an x86-64 kernel with a PVH entry, CONFIG_PVH=y); details name the file. Pick another backend or another image.",
   CAPABILITY_UNSUPPORTED:
     "The VM's hypervisor backend lacks what the operation needs (pause, reboot, an agent channel, …); details name the backend and capability.",
   AGENT_UNAVAILABLE: 'The VM has no connected agent.',

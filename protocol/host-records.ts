@@ -24,6 +24,11 @@ export const BackendCapabilities = z.strictObject({
   gracefulShutdown: z.boolean().describe('can ask the guest OS to power off'),
   console: z.boolean().describe('serial console'),
   directKernelBoot: z.boolean(),
+  kernelFormats: z
+    .array(z.enum(['bzImage', 'elf']))
+    .describe(
+      'kernel files it boots: the image bzImage, or an ELF vmlinux with a PVH entry derived from it',
+    ),
   hotplugDisks: z.boolean().describe('disks added to and removed from a running VM'),
   liveDiskSnapshots: z.boolean().describe("snapshots of a running VM's qcow2 disk"),
   snapshots: z.boolean().describe('memory and device state saved and resumed (vm.suspend)'),

@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import {
   createFakeGuest,
   exitWith,
+  mustBeElfKernel,
   mustExist,
   serveApi,
   serveHybridVsock,
@@ -96,7 +97,7 @@ function reboot(): void {
 }
 
 function validate(c: VmConfig): void {
-  mustExist(c.payload.kernel, 'kernel');
+  mustBeElfKernel(c.payload.kernel);
   if (c.payload.initramfs) mustExist(c.payload.initramfs, 'initramfs');
   for (const d of c.disks ?? []) mustExist(d.path, 'disk');
   const ids = (c.disks ?? []).map((d) => d.id).filter(Boolean);

@@ -16,6 +16,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { elfKernelProblem } from '../../images/vmlinux.js';
 import type { SpecChecker } from './spec-check.js';
 
 export const VIOLATIONS_FILE = 'spec-violations.jsonl';
@@ -94,6 +95,16 @@ export function cmdlineArgs(cmdline: string): Map<string, string> {
 export function mustExist(file: string | undefined, what: string): void {
   if (!file || !existsSync(path.resolve(file)))
     throw new Error(`${what} ${file ?? '(none)'} does not exist`);
+}
+
+/**
+ * The real VMMs load an x86-64 ELF kernel through its PVH entry (Firecracker's
+ * boot-source, cloud-hypervisor's payload.kernel) and refuse a bzImage.
+ */
+export function mustBeElfKernel(file: string | undefined): void {
+  mustExist(file, 'kernel');
+  const problem = elfKernelProblem(path.resolve(file!));
+  if (problem) throw new Error(`kernel ${file}: ${problem}`);
 }
 
 const AGENT_CHILD = fileURLToPath(new URL('./agent-child.ts', import.meta.url));

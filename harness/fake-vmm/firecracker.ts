@@ -17,6 +17,7 @@ import path from 'node:path';
 import {
   createFakeGuest,
   exitWith,
+  mustBeElfKernel,
   mustExist,
   serveApi,
   serveHybridVsock,
@@ -118,7 +119,7 @@ function handle(method: string, p: string, body: unknown): Reply {
       });
     case 'PUT /boot-source':
       return configure(() => {
-        mustExist(b.kernel_image_path as string, 'kernel');
+        mustBeElfKernel(b.kernel_image_path as string);
         if (b.initrd_path) mustExist(b.initrd_path as string, 'initrd');
         cfg.boot = b as typeof cfg.boot;
         return { status: 204 };

@@ -198,7 +198,7 @@ export async function startDaemon(
         'CONFIG_INVALID',
         `--default-backend ${opts.defaultBackend}: no such backend; known: ${hypervisors.names().join(', ')}`,
       );
-    const images = createImageStore(opts.imagesDir);
+    const images = createImageStore(opts.imagesDir, path.join(opts.dataDir, 'cache', 'kernels'));
     const limits = { vcpus: opts.maxVcpus, memoryMiB: opts.maxMemoryMiB, maxVms: opts.maxVms };
     const agents = createAgentSessions({
       bus,

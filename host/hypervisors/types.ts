@@ -20,6 +20,12 @@ export interface HypervisorCapabilities {
   console: boolean;
   /** Kernel + initrd direct boot. */
   directKernelBoot: boolean;
+  /**
+   * Kernel files it can boot directly, best first: `bzImage` (an image's own
+   * kernel file) or `elf` (a vmlinux with a PVH entry, derived from the
+   * bzImage on first use: images/vmlinux.ts).
+   */
+  kernelFormats: readonly KernelFormat[];
   /** Disks added to and removed from a running VM (RunningVm.hotplug). */
   hotplugDisks: boolean;
   /** Internal snapshots of a qcow2 disk taken and deleted while the VM runs (RunningVm.diskSnapshot). */
@@ -43,8 +49,13 @@ export interface HypervisorCapabilities {
   accel: readonly string[];
 }
 
-/** The yes/no capabilities (channels and accelerators are lists, checked at boot). */
-export type Capability = Exclude<keyof HypervisorCapabilities, 'channels' | 'accel'>;
+export type KernelFormat = 'bzImage' | 'elf';
+
+/** The yes/no capabilities (channels, kernel formats and accelerators are lists, checked at boot). */
+export type Capability = Exclude<
+  keyof HypervisorCapabilities,
+  'channels' | 'accel' | 'kernelFormats'
+>;
 
 export interface ProbeResult {
   available: boolean;

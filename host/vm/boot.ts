@@ -328,6 +328,7 @@ export function bootPart(
         ? 'tcp'
         : (hv.capabilities.channels[0] ?? 'virtio-serial');
     if (c.image!.agent) requireChannel(hv, channel);
+    c.image = await ctx.images.forBackend(c.image!, hv.capabilities.kernelFormats);
     c.live = newLive({
       id: c.vm.id,
       hv,

@@ -7,7 +7,9 @@
 import { access, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { bootFiles, MANIFEST_FILE, readManifest, type Manifest } from '../../images/manifest.js';
+import { elfKernel } from '../../images/vmlinux.js';
 import { MvirtError } from '../../protocol/errors.js';
+import type { KernelFormat } from '../hypervisors/types.js';
 import { nameProblem } from '../../protocol/topics.js';
 
 export interface ResolvedImage {
@@ -24,6 +26,12 @@ export interface ResolvedImage {
 
 export interface ImageStore {
   resolve(name: string): Promise<ResolvedImage>;
+  /**
+   * The image with a kernel file in one of `formats` (a backend's
+   * kernelFormats, best first): its bzImage, or the ELF vmlinux derived from
+   * it once and kept in the kernel cache (images/vmlinux.ts).
+   */
+  forBackend(img: ResolvedImage, formats: readonly KernelFormat[]): Promise<ResolvedImage>;
   list(): Promise<string[]>;
   /** The cached listing while fresh (no I/O), else undefined. */
   listCached(): string[] | undefined;
@@ -32,9 +40,19 @@ export interface ImageStore {
 /** How long a listing is reused; system.info and the host status ask often. */
 const LIST_TTL_MS = 2000;
 
-export function createImageStore(imagesDir: string): ImageStore {
+/** kernelCacheDir: where derived ELF kernels go (mvirtd: `<data-dir>/cache/kernels`). */
+export function createImageStore(
+  imagesDir: string,
+  kernelCacheDir = path.join(imagesDir, '..', 'cache', 'kernels'),
+): ImageStore {
   let cached: { at: number; names: Promise<string[]>; value?: string[] } | undefined;
   return {
+    async forBackend(img, formats) {
+      if (formats.includes('bzImage')) return img;
+      if (!formats.includes('elf'))
+        throw new MvirtError('KERNEL_UNSUITABLE', `no kernel format this backend boots`);
+      return { ...img, kernel: await elfKernel(img.kernel, kernelCacheDir) };
+    },
     async resolve(name) {
       if (nameProblem(name)) throw new MvirtError('IMAGE_NOT_FOUND', `no image named ${name}`);
       const dir = path.resolve(imagesDir, name);

@@ -6,12 +6,15 @@
  * cores, progress on stderr). It never skips.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { writeSeed } from '../../host/network/seed.js';
 import { buildImage } from '../../images/build.js';
+import { bzImagePayload, elfKernel, elfKernelProblem, elfNotes } from '../../images/vmlinux.js';
 import { bootImage, busyCore, standinAgent, testRecipe } from '../../harness/image-qemu.js';
 
 describe('custom kernel image', { timeout: 40 * 60_000 }, () => {
@@ -72,4 +75,23 @@ describe('custom kernel image', { timeout: 40 * 60_000 }, () => {
       }
     });
   }
+
+  test('its LZ4 payload is the vmlinux its build kept: the ELF cloud-hypervisor and Firecracker boot', async () => {
+    const r = spawnSync('bash', ['kernel-config/build.sh', '--cached-path'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, 'built by the boots above');
+    const out = r.stdout.trim();
+    const bz = path.join(out, 'bzImage');
+    assert.equal(bzImagePayload(readFileSync(bz)).codec, 'lz4');
+    const elf = await elfKernel(bz, path.join(data, 'kernels'));
+    assert.equal(elfKernelProblem(elf), null);
+    assert.equal(buildId(elf), buildId(path.join(out, 'vmlinux')), 'the same build');
+  });
 });
+
+function buildId(file: string): string {
+  const r = elfNotes(file);
+  assert.ok('notes' in r, file);
+  const n = r.notes.find((x) => x.name === 'GNU' && x.type === 3); // NT_GNU_BUILD_ID
+  assert.ok(n, `${file}: no build id`);
+  return n.desc.toString('hex');
+}

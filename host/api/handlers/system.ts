@@ -64,6 +64,7 @@ function build(
           gracefulShutdown: c.gracefulShutdown,
           console: c.console,
           directKernelBoot: c.directKernelBoot,
+          kernelFormats: [...c.kernelFormats],
           hotplugDisks: c.hotplugDisks,
           liveDiskSnapshots: c.liveDiskSnapshots === true,
           snapshots: c.snapshots === true,

@@ -72,6 +72,8 @@ export const CH_CAPABILITIES: HypervisorCapabilities = {
   gracefulShutdown: true,
   console: true,
   directKernelBoot: true,
+  // --kernel: an ELF with a PVH entry (its bzImage support went with 0.x).
+  kernelFormats: ['elf'],
   hotplugDisks: true,
   liveDiskSnapshots: false,
   snapshots: true,

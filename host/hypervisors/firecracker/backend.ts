@@ -76,6 +76,8 @@ export const FC_CAPABILITIES: HypervisorCapabilities = {
   gracefulShutdown: true,
   console: true,
   directKernelBoot: true,
+  // x86_64 boot-source: an uncompressed ELF vmlinux (its bzImage support was never more than experimental).
+  kernelFormats: ['elf'],
   // Drives are fixed at InstanceStart (PATCH /drives only swaps a drive's file).
   hotplugDisks: false,
   liveDiskSnapshots: false,

@@ -128,6 +128,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     gracefulShutdown: true,
     console: true,
     directKernelBoot: true,
+    // -kernel takes either; the bzImage needs no derived file.
+    kernelFormats: ['bzImage', 'elf'],
     // microvm's virtio-mmio devices cannot be plugged in later; pc and q35 have ACPI PCI hot-plug.
     hotplugDisks: opts.machine !== 'microvm',
     liveDiskSnapshots: true,

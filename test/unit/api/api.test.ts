@@ -80,6 +80,7 @@ for (const encoding of ['json', 'cbor'] as const) {
             gracefulShutdown: true,
             console: true,
             directKernelBoot: true,
+            kernelFormats: ['bzImage', 'elf'],
             hotplugDisks: false,
             liveDiskSnapshots: false,
             snapshots: false,

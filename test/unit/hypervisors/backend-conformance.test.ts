@@ -21,6 +21,7 @@ import { MvirtError } from '../../../protocol/errors.js';
 import { requireCapability } from '../../../host/hypervisors/index.js';
 import type { Hypervisor, LaunchSpec, RunningVm } from '../../../host/hypervisors/types.js';
 import { BACKEND_CASES } from '../../support/backend-cases.js';
+import { fakeElfKernel, gzipBzImage } from '../../support/kernels.js';
 
 const log = pino({ level: process.env.MVIRT_TEST_LOG ? 'debug' : 'silent' });
 const MQTT_CONNECT = 0x10;
@@ -71,8 +72,9 @@ for (const bc of BACKEND_CASES) {
       root = mkdtempSync(path.join(os.tmpdir(), 'mvb-'));
       kvm = path.join(root, 'kvm');
       writeFileSync(kvm, '');
-      for (const f of ['vmlinuz', 'initrd', 'root.img', 'vol.img'])
-        writeFileSync(path.join(root, f), 'x');
+      for (const f of ['initrd', 'root.img', 'vol.img']) writeFileSync(path.join(root, f), 'x');
+      // What cloud-hypervisor and Firecracker load: an ELF with the PVH note (the fakes check it).
+      writeFileSync(path.join(root, 'vmlinux'), fakeElfKernel());
       hv = bc.make(log, { kvmPath: kvm });
     });
     afterEach(async () => {
@@ -102,7 +104,7 @@ for (const bc of BACKEND_CASES) {
         vmId,
         vcpus: 1,
         memoryMiB: 128,
-        kernel: path.join(root, 'vmlinuz'),
+        kernel: path.join(root, 'vmlinux'),
         initrd: path.join(root, 'initrd'),
         cmdline: 'console=ttyS0 quiet',
         disks: [{ path: path.join(root, 'root.img'), readOnly: true }],
@@ -155,6 +157,15 @@ for (const bc of BACKEND_CASES) {
       agent.destroy();
       con.destroy();
       await rejectsWith(vm.pause(), 'VM_BAD_STATE');
+    });
+
+    it('boots only the kernel formats it declares', async () => {
+      if (hv.capabilities.kernelFormats.includes('bzImage')) return;
+      // mvirtd hands such a backend the ELF it derives (images/vmlinux.ts);
+      // the VMM itself refuses a bzImage, and so do the fakes.
+      const bz = path.join(root, 'bzImage');
+      writeFileSync(bz, gzipBzImage(fakeElfKernel()));
+      await assert.rejects(launch(specFor({ kernel: bz })), /not an ELF file/);
     });
 
     it('pauses and resumes', async () => {

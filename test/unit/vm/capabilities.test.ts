@@ -6,6 +6,8 @@
  * Real processes behind a fake backend (harness/fake-vms.ts).
  */
 import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, test } from 'node:test';
 import type { ReplyEnvelope, VmRecord } from '../../../protocol/rpc.js';
 import { procStartTime } from '../../../host/hypervisors/proc.js';
@@ -18,6 +20,7 @@ import {
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { rpcClient, type RpcClient } from '../../../harness/client.js';
 import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
+import { fakeElfKernel, gzipBzImage } from '../../support/kernels.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -158,4 +161,21 @@ test('a disk snapshot of a running VM on a backend without live disk snapshots: 
     ['s0'],
   );
   assert.equal(result(await c.call('vm.get', { vm: 'lean-5' })).pid, up.pid);
+});
+
+test('a backend that boots only ELF kernels gets the one derived from the image, or a typed refusal', async () => {
+  const { hv, d, c } = await setup({ capabilities: { kernelFormats: ['elf'] } });
+  // The placeholder image's kernel is an empty file: no bzImage to take it from.
+  result(await c.call('vm.create', { name: 'lean-6' }));
+  const r = await c.call('vm.start', { vm: 'lean-6', wait: true });
+  assert.ok(!r.ok && r.error.code === 'KERNEL_UNSUITABLE', JSON.stringify(r));
+  assert.match(r.error.message, /vmlinuz: not a bzImage/);
+  assert.equal(hv.launched.length, 0, 'nothing launched');
+
+  const elf = fakeElfKernel({ padding: 4096 });
+  await writeFile(path.join(d.dataDir, 'images/default/vmlinuz'), gzipBzImage(elf));
+  result(await c.call('vm.start', { vm: 'lean-6', wait: true }));
+  const kernel = hv.specs.at(-1)!.kernel;
+  assert.equal(path.dirname(kernel), path.join(d.dataDir, 'cache', 'kernels'));
+  assert.ok((await readFile(kernel)).equals(elf));
 });
