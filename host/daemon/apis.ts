@@ -8,10 +8,14 @@ import type { RouteTable } from '../api/types.js';
 import { createApi, type Api } from '../api/server.js';
 import type { Bus } from '../broker/types.js';
 import type { AppendEvent } from '../events/log.js';
+import { createFleetTaker } from '../fleet/taker.js';
+import type { JobManager } from '../jobs/manager.js';
+import type { PoolManager } from '../jobs/pools.js';
 import type { MvirtLogger } from '../log.js';
 import type { SnapshotManager } from '../snapshots/manager.js';
 import type { Store } from '../store/index.js';
 import type { Uplink } from '../uplink/link.js';
+import type { ImageStore } from '../vm/images.js';
 import type { VmManager } from '../vm/manager.js';
 import type { Topics } from '../../protocol/topics.js';
 
@@ -25,6 +29,16 @@ export function createApis(d: {
   snapshots: SnapshotManager;
   audit: (e: AppendEvent) => void;
   log: MvirtLogger;
+  /** With --uplink: what the host's claims of fleet requests look at (host/fleet/taker.ts). */
+  fleet: {
+    prefix: string;
+    hostId: string;
+    labels: Record<string, string>;
+    limits: { vcpus: number; memoryMiB: number; maxVms: number };
+    images: ImageStore;
+    pools: PoolManager;
+    jobs: JobManager;
+  };
 }): { api: Api; start(): Promise<void>; close(): Promise<void> } {
   const access = createAccessCheck({
     resolveVm: (ref) => d.vms.resolveId(ref),
@@ -37,13 +51,23 @@ export function createApis(d: {
   const uplinkApi = d.uplink
     ? createApi({ ...common, bus: d.uplink, log: d.log.child({ via: 'uplink' }) })
     : null;
+  const taker = d.uplink
+    ? createFleetTaker({
+        ...d.fleet,
+        bus: d.uplink,
+        vms: d.vms,
+        log: d.log.child({ component: 'fleet' }),
+      })
+    : null;
   return {
     api,
     async start() {
       await api.start();
       await uplinkApi?.start();
+      await taker?.start();
     },
     async close() {
+      await taker?.close();
       await api.close();
       await uplinkApi?.close();
     },

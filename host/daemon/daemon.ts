@@ -382,6 +382,15 @@ export async function startDaemon(
       snapshots,
       audit: (e) => void events.append(e),
       log,
+      fleet: {
+        prefix: opts.prefix,
+        hostId: opts.hostId,
+        labels: opts.labels,
+        limits,
+        images,
+        pools,
+        jobs,
+      },
     });
     const status = createStatusPublisher({
       bus,

@@ -1,0 +1,326 @@
+/**
+ * The requester's side of fleet placement (protocol/fleet.ts, docs/fleet.md):
+ * put a `job.run` or `vm.create` into the fleet queue, take the first claim
+ * of an online host, send that host the request and return its reply.
+ *
+ *  - Exactly once: only the requester sends the request on, to one host at a
+ *    time; a claim that comes late, twice or from a second broker of a
+ *    bridged pair is ignored.
+ *  - Never unanswered: a CAPACITY_EXCEEDED (another controller took the
+ *    room) puts the request back into the queue for the others; the chosen
+ *    host's will (`online: false`) before its reply, or no reply within
+ *    REPLY_TIMEOUT_MS, is answered with CONNECTION_FAILED naming the host:
+ *    it may have accepted the request just before (the link, not the host,
+ *    may have died), so it is not placed again, never to run it twice.
+ *    Requests still in the queue are untouched: other hosts take them.
+ *  - `job.run` is sent without `wait`: its reply says the host accepted the
+ *    job (it is then that host's, and ends `lost` there if the host dies);
+ *    follow it on `P/<host>/job/<id>/state`.
+ */
+import { randomBytes } from 'node:crypto';
+import type { MqttClient } from 'mqtt';
+import { decode, encode } from './codec.js';
+import { fromErrorBody, MvirtError, type ErrorBody } from './errors.js';
+import {
+  FleetClaim,
+  FleetRequest,
+  fleetQueueFilter,
+  fleetQueueTopic,
+  parseFleetQueueTopic,
+  type FleetMethod,
+  type FleetNeed,
+} from './fleet.js';
+import type { HostStatus, ParamsOf, ResultOf } from './rpc.js';
+import { replyTopicFor, topicMatches } from './topics.js';
+
+export interface FleetPlaced<M extends FleetMethod> {
+  hostId: string;
+  result: ResultOf<M>;
+  /** Milliseconds from queueing to the host's reply, and how many hosts were tried. */
+  ms: number;
+  attempts: number;
+}
+
+export type QueuedRequest = FleetRequest & { clientId: string };
+
+export interface FleetRequester {
+  request<M extends FleetMethod>(
+    method: M,
+    params: ParamsOf<M>,
+    o?: {
+      need?: FleetNeed;
+      /** Give up (and leave the queue) after this; default 10 minutes. */
+      timeoutMs?: number;
+      /** Called once when no host claimed the request at once (it waits in the queue). */
+      onQueued?: () => void;
+    },
+  ): Promise<FleetPlaced<M>>;
+  /** Hosts known online from their retained status. */
+  online(): string[];
+  /** Every request waiting in the fleet queue now (every requester's), oldest first. */
+  queue(o?: { quietMs?: number; timeoutMs?: number }): Promise<QueuedRequest[]>;
+  close(): Promise<void>;
+}
+
+/** A request nobody claimed within this is reported as queued (onQueued). */
+const QUEUED_AFTER_MS = 1000;
+/** How long the chosen host may take to answer before it is given up (as if offline). */
+const REPLY_TIMEOUT_MS = 60_000;
+
+interface Waiting {
+  id: string;
+  method: FleetMethod;
+  params: Record<string, unknown>;
+  need: FleetNeed | undefined;
+  topic: string;
+  at: string;
+  expiresAt: string;
+  exclude: string[];
+  placing: { hostId: string; rpcId: string } | null;
+  attempts: number;
+  done: (err: Error | null, hostId?: string, result?: unknown) => void;
+}
+
+export async function createFleetRequester(o: {
+  mqtt: MqttClient;
+  prefix: string;
+  clientId: string;
+}): Promise<FleetRequester> {
+  const { mqtt, prefix, clientId } = o;
+  const base = `${replyTopicFor(prefix, clientId)}/fleet`;
+  const claimTopic = `${base}/claim`;
+  const replyTopic = `${base}/reply`;
+  const statusFilter = `${prefix}/+/status`;
+  const online = new Map<string, boolean>();
+  const waiting = new Map<string, Waiting>();
+  const byRpc = new Map<string, Waiting>();
+  let seq = 0;
+
+  const publishEntry = (w: Waiting): void => {
+    const entry = {
+      id: w.id,
+      method: w.method,
+      params: w.params,
+      ...(w.need ? { need: w.need } : {}),
+      claimTo: claimTopic,
+      at: w.at,
+      expiresAt: w.expiresAt,
+      ...(w.exclude.length > 0 ? { exclude: w.exclude } : {}),
+    };
+    const left = Math.max(1, Math.ceil((Date.parse(w.expiresAt) - Date.now()) / 1000));
+    mqtt.publish(w.topic, JSON.stringify(entry), {
+      qos: 1,
+      retain: true,
+      // MQTT 5 brokers drop it themselves once its requester would have given up.
+      ...(mqtt.options.protocolVersion === 5
+        ? { properties: { messageExpiryInterval: left } }
+        : {}),
+    });
+  };
+  const clearEntry = (w: Waiting): void => {
+    mqtt.publish(w.topic, Buffer.alloc(0), { qos: 1, retain: true });
+  };
+
+  function requeue(w: Waiting, hostId: string): void {
+    w.placing = null;
+    if (!w.exclude.includes(hostId)) w.exclude.push(hostId);
+    // Every online host failed it once: the races may be over, let them all try again.
+    const up = [...online].filter(([, u]) => u).map(([h]) => h);
+    if (up.length > 0 && up.every((h) => w.exclude.includes(h))) w.exclude = [];
+    publishEntry(w);
+  }
+
+  function onClaim(payload: Buffer): void {
+    let c: FleetClaim;
+    try {
+      const r = FleetClaim.safeParse(JSON.parse(payload.toString()));
+      if (!r.success) return;
+      c = r.data;
+    } catch {
+      return;
+    }
+    const w = waiting.get(c.request);
+    if (!w || w.placing || w.exclude.includes(c.hostId)) return;
+    if (online.get(c.hostId) === false) return;
+    // Chosen: out of the queue (the others drop their reservations), on to the host.
+    const rpcId = `${w.id}.${++seq}`;
+    w.placing = { hostId: c.hostId, rpcId };
+    w.attempts++;
+    byRpc.set(rpcId, w);
+    clearEntry(w);
+    const params = w.method === 'job.run' ? { ...w.params, wait: false } : w.params;
+    mqtt.publish(
+      `${prefix}/${c.hostId}/rpc/${w.method}`,
+      encode({ id: rpcId, replyTo: replyTopic, params }, 'json'),
+      { qos: 1 },
+    );
+    const t = setTimeout(() => {
+      if (w.placing?.rpcId === rpcId)
+        unknown(w, `did not answer within ${REPLY_TIMEOUT_MS / 1000} s`);
+    }, REPLY_TIMEOUT_MS);
+    t.unref();
+  }
+
+  function onReply(payload: Buffer): void {
+    let r: { id?: unknown; ok?: unknown; result?: unknown; error?: ErrorBody };
+    try {
+      r = decode(payload, 'json') as typeof r;
+    } catch {
+      return;
+    }
+    if (typeof r.id !== 'string') return;
+    const w = byRpc.get(r.id);
+    if (!w || !w.placing) return;
+    byRpc.delete(r.id);
+    const hostId = w.placing.hostId;
+    if (r.ok === true) return w.done(null, hostId, r.result);
+    const err = fromErrorBody(r.error ?? { code: 'INTERNAL', message: 'malformed error reply' });
+    // Another controller took the room first: the others may have it.
+    if (err.code === 'CAPACITY_EXCEEDED') return requeue(w, hostId);
+    w.done(err, hostId);
+  }
+
+  function onStatus(topic: string, payload: Buffer): void {
+    const hostId = topic.slice(prefix.length + 1, -'/status'.length);
+    let s: HostStatus | null = null;
+    try {
+      s = payload.length > 0 ? (JSON.parse(payload.toString()) as HostStatus) : null;
+    } catch {
+      return;
+    }
+    const up = s?.online === true;
+    online.set(hostId, up);
+    if (up) return;
+    for (const w of waiting.values())
+      if (w.placing?.hostId === hostId) unknown(w, 'went offline before it answered');
+  }
+
+  /** The chosen host's answer will not come: say so, and what it may have done. */
+  function unknown(w: Waiting, what: string): void {
+    const hostId = w.placing!.hostId;
+    byRpc.delete(w.placing!.rpcId);
+    w.done(
+      new MvirtError(
+        'CONNECTION_FAILED',
+        `fleet request ${w.id}: host ${hostId} ${what}; it may have accepted the ${w.method} (then it is that host's: mvirt --host ${hostId} job ls), so it is not placed again`,
+        { details: { hostId, request: w.id } },
+      ),
+      hostId,
+    );
+  }
+
+  const onMessage = (topic: string, payload: Buffer): void => {
+    if (topic === claimTopic) onClaim(payload);
+    else if (topic === replyTopic) onReply(payload);
+    else if (topicMatches(statusFilter, topic)) onStatus(topic, payload);
+  };
+  mqtt.on('message', onMessage);
+  await mqtt.subscribeAsync([claimTopic, replyTopic, statusFilter], { qos: 1 });
+
+  return {
+    online: () => [...online].filter(([, up]) => up).map(([h]) => h),
+    request<M extends FleetMethod>(
+      method: M,
+      params: ParamsOf<M>,
+      ro: { need?: FleetNeed; timeoutMs?: number; onQueued?: () => void } = {},
+    ): Promise<FleetPlaced<M>> {
+      const id = `f-${randomBytes(8).toString('hex')}`;
+      const t0 = performance.now();
+      const timeoutMs = ro.timeoutMs ?? 600_000;
+      return new Promise<FleetPlaced<M>>((resolve, reject) => {
+        const w: Waiting = {
+          id,
+          method,
+          params: params as Record<string, unknown>,
+          need: ro.need,
+          topic: fleetQueueTopic(prefix, clientId, id),
+          at: new Date().toISOString(),
+          expiresAt: new Date(Date.now() + timeoutMs).toISOString(),
+          exclude: [],
+          placing: null,
+          attempts: 0,
+          done: (err, hostId, result) => {
+            clearTimeout(timer);
+            clearTimeout(queuedTimer);
+            waiting.delete(id);
+            if (err) reject(err);
+            else
+              resolve({
+                hostId: hostId!,
+                result: result as ResultOf<M>,
+                ms: performance.now() - t0,
+                attempts: w.attempts,
+              });
+          },
+        };
+        const timer = setTimeout(() => {
+          if (w.placing) return; // the host's reply or its will decides
+          clearEntry(w);
+          w.done(
+            new MvirtError(
+              'TIMEOUT',
+              `no host of the fleet took ${method} within ${Math.round(timeoutMs / 1000)} s: none online had the room, labels, host or image asked for (see mvirt hosts)`,
+            ),
+          );
+        }, timeoutMs);
+        timer.unref();
+        const queuedTimer = setTimeout(() => {
+          if (!w.placing) ro.onQueued?.();
+        }, QUEUED_AFTER_MS);
+        queuedTimer.unref();
+        waiting.set(id, w);
+        publishEntry(w);
+      });
+    },
+    async queue(q = {}) {
+      const quietMs = q.quietMs ?? 150;
+      const filter = fleetQueueFilter(prefix);
+      const found = new Map<string, QueuedRequest>();
+      let quiet: NodeJS.Timeout | undefined;
+      let finish!: () => void;
+      const settled = new Promise<void>((resolve) => (finish = resolve));
+      const arm = (): void => {
+        clearTimeout(quiet);
+        quiet = setTimeout(finish, quietMs);
+      };
+      const onQueue = (topic: string, payload: Buffer): void => {
+        const names = parseFleetQueueTopic(prefix, topic);
+        if (!names) return;
+        found.delete(topic);
+        if (payload.length > 0)
+          try {
+            const r = FleetRequest.safeParse(JSON.parse(payload.toString()));
+            if (r.success) found.set(topic, { ...r.data, clientId: names.clientId });
+          } catch {
+            // not a request: not listed
+          }
+        arm();
+      };
+      mqtt.on('message', onQueue);
+      // Retained messages follow the SUBACK; the queue is complete once they stop coming.
+      const cap = setTimeout(finish, q.timeoutMs ?? 3000);
+      try {
+        await mqtt.subscribeAsync(filter, { qos: 1 });
+        arm();
+        await settled;
+      } finally {
+        clearTimeout(cap);
+        clearTimeout(quiet);
+        mqtt.off('message', onQueue);
+        await mqtt.unsubscribeAsync(filter).catch(() => undefined);
+      }
+      const now = Date.now();
+      return [...found.values()]
+        .filter((r) => Date.parse(r.expiresAt) > now)
+        .sort((a, b) => a.at.localeCompare(b.at));
+    },
+    async close() {
+      for (const w of waiting.values()) {
+        clearEntry(w);
+        w.done(new MvirtError('SHUTTING_DOWN', 'the fleet requester was closed'));
+      }
+      mqtt.off('message', onMessage);
+      await mqtt.unsubscribeAsync([claimTopic, replyTopic, statusFilter]).catch(() => undefined);
+    },
+  };
+}
