@@ -3,6 +3,7 @@
  * a run function. Help text is generated from it, so it cannot drift.
  */
 import type { MvirtClient } from '../../protocol/client.js';
+import type { FleetRequester } from '../../protocol/fleet-client.js';
 import type { HostStatus } from '../../protocol/rpc.js';
 import {
   GLOBAL_OPTIONS,
@@ -23,6 +24,8 @@ export interface Context {
   hosts(): Promise<HostStatus[]>;
   /** A client of this host (`vm ls --all-hosts`), whatever --host says; closed at the end. */
   clientOf(hostId: string): Promise<MvirtClient>;
+  /** A requester of the fleet queue on the broker (`--fleet`, docs/fleet.md); closed at the end. */
+  fleet(): Promise<FleetRequester>;
   out(s: string): void;
   err(s: string): void;
 }

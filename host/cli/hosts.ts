@@ -4,6 +4,7 @@
  * broker with `mvirtd --uplink`, the whole fleet. No RPC: a host that is
  * offline is listed from its last will.
  */
+import type { QueuedRequest } from '../../protocol/fleet-client.js';
 import type { HostStatus } from '../../protocol/rpc.js';
 import type { Command } from './command.js';
 import { EXIT } from './exit.js';
@@ -77,53 +78,27 @@ export function fleetText(hosts: HostStatus[], now: number): string {
   ])}\n${hostsText(hosts, now)}`;
 }
 
-/** What a job's ephemeral VM needs of a host (`mvirt run --fleet`). */
-export interface FleetNeed {
-  /** An image the host must have; undefined: its default image. */
-  image?: string;
-  /** Labels the host must have (mvirtd --label K=V), all of them. */
-  labels?: Record<string, string>;
-  vcpus: number;
-  memoryMiB: number;
-}
-
-/**
- * Client-side placement from the retained statuses: the online host with
- * the most free memory among those that have the image and room; or why
- * none. The host's own admission control still decides (CAPACITY_EXCEEDED
- * if another controller took the room meanwhile).
- */
-export function placeJob(
-  hosts: HostStatus[],
-  need: FleetNeed,
-): { hostId: string } | { problem: string } {
-  const online = hosts.filter((h) => h.online);
-  if (online.length === 0) return { problem: 'no mvirt host is online on this broker' };
-  const free = (h: HostStatus) => ({
-    vcpus: (h.limits?.vcpus ?? h.cpus ?? 0) - (h.allocated?.vcpus ?? 0),
-    memoryMiB: (h.limits?.memoryMiB ?? h.memoryMiB ?? 0) - (h.allocated?.memoryMiB ?? 0),
-  });
-  const wanted = Object.entries(need.labels ?? {});
-  const labelled = online.filter((h) => wanted.every(([k, v]) => h.labels?.[k] === v));
-  if (labelled.length === 0)
-    return {
-      problem: `no online host has the labels ${wanted.map(([k, v]) => `${k}=${v}`).join(', ')}`,
-    };
-  const withImage = labelled.filter(
-    (h) => need.image === undefined || (h.images ?? []).includes(need.image),
+/** The table of `mvirt hosts --queue`: fleet requests no host has taken yet. */
+export function queueText(queue: QueuedRequest[], now: number): string {
+  if (queue.length === 0) return 'the fleet queue is empty\n';
+  return table(
+    ['REQUEST', 'METHOD', 'BY', 'NEEDS', 'WAITING', 'GIVES UP'],
+    queue.map((r) => [
+      r.id,
+      r.method,
+      r.clientId,
+      [
+        ...(r.need?.host !== undefined ? [`host=${r.need.host}`] : []),
+        ...Object.entries(r.need?.labels ?? {}).map(([k, v]) => `${k}=${v}`),
+        `${r.params.vcpus ?? '-'} vCPUs`,
+        r.params.memoryMiB !== undefined ? mib(r.params.memoryMiB) : '- MiB',
+        ...(r.method === 'job.run' && r.params.pool !== undefined ? [`pool ${r.params.pool}`] : []),
+        ...(r.params.image !== undefined ? [`image ${r.params.image}`] : []),
+      ].join(', '),
+      relativeTime(r.at, now),
+      relativeTime(r.expiresAt, now),
+    ]),
   );
-  if (withImage.length === 0)
-    return { problem: `no online host has the image ${need.image ?? ''}` };
-  const fits = withImage
-    .filter((h) => free(h).vcpus >= need.vcpus && free(h).memoryMiB >= need.memoryMiB)
-    .sort((a, b) => free(b).memoryMiB - free(a).memoryMiB || a.hostId.localeCompare(b.hostId));
-  if (fits.length === 0)
-    return {
-      problem: `no online host has room for ${need.vcpus} vCPUs and ${mib(need.memoryMiB)} (${withImage
-        .map((h) => `${h.hostId}: ${free(h).vcpus} vCPUs, ${mib(free(h).memoryMiB)} free`)
-        .join('; ')})`,
-    };
-  return { hostId: fits[0]!.hostId };
 }
 
 export const hostsCommands: Command[] = [
@@ -135,9 +110,21 @@ export const hostsCommands: Command[] = [
     examples: [
       'mvirt hosts',
       'mvirt hosts --json',
+      'mvirt hosts --queue',
       'mvirt --broker mqtts://fleet.example:8884 hosts',
     ],
-    run: async (ctx) => {
+    options: {
+      queue: {
+        type: 'boolean',
+        help: 'list the fleet queue instead: job.run and vm.create requests no host has taken yet',
+      },
+    },
+    run: async (ctx, p) => {
+      if (p.values.queue === true) {
+        const queue = await (await ctx.fleet()).queue();
+        ctx.out(ctx.globals.json ? json(queue) : queueText(queue, Date.now()));
+        return EXIT.OK;
+      }
       const hosts = await ctx.hosts();
       ctx.out(ctx.globals.json ? json(hosts) : hostsText(hosts, Date.now()));
       return EXIT.OK;

@@ -4,15 +4,13 @@
  * Output ordering lives in follow.ts, how records read in job-view.ts.
  */
 import type { MvirtClient } from '../../protocol/client.js';
-import { MvirtError } from '../../protocol/errors.js';
 import { inert } from '../../protocol/inert.js';
 import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
-import type { OutputChunk, ParamsOf } from '../../protocol/rpc.js';
+import type { OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
 import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
 import { UsageError, integer, oneOf, type Parsed } from './args.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
-import { placeJob } from './hosts.js';
 import { jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
 import { json, jsonLine } from './output.js';
 import { hasInput, pumpStdin, type StdinPump } from './stdin-pump.js';
@@ -177,30 +175,33 @@ async function listJobs(ctx: Context, p: Parsed): Promise<number> {
   return EXIT.OK;
 }
 
-/** `mvirt run --fleet`: a client of the host placeJob picks, named on stderr. */
-async function fleetClient(
+/**
+ * `mvirt run --fleet`: the job goes into the fleet queue; the first online
+ * host with room (and the labels asked for) that claims it takes it
+ * (docs/fleet.md). Returns that host's client and the accepted job.
+ */
+async function fleetRun(
   ctx: Context,
   params: RunParams,
   labelArgs: string[],
-): Promise<MvirtClient> {
-  if (params.vm !== undefined || params.pool !== undefined)
-    throw new UsageError('--fleet places an ephemeral VM: not with --vm or --pool', 'run');
+): Promise<{ c: MvirtClient; job: ResultOf<'job.run'> }> {
+  if (params.vm !== undefined)
+    throw new UsageError('--fleet places the job on a host: not with --vm', 'run');
   const labels: Record<string, string> = {};
   for (const l of labelArgs) {
     const eq = l.indexOf('=');
     if (eq <= 0) throw new UsageError(`--label expects K=V, got ${JSON.stringify(l)}`, 'run');
     labels[l.slice(0, eq)] = l.slice(eq + 1);
   }
-  const placed = placeJob(await ctx.hosts(), {
-    labels,
-    ...(params.image !== undefined ? { image: params.image } : {}),
-    // mvirtd's defaults (--default-vcpus, --default-memory-mib) when not given.
-    vcpus: params.vcpus ?? 1,
-    memoryMiB: params.memoryMiB ?? 256,
+  const fleet = await ctx.fleet();
+  const placed = await fleet.request('job.run', params, {
+    need: Object.keys(labels).length > 0 ? { labels } : {},
+    ...(ctx.globals.timeoutMs !== undefined ? { timeoutMs: ctx.globals.timeoutMs } : {}),
+    onQueued: () =>
+      ctx.err('mvirt: no host has room now: queued in the fleet (mvirt fleet queue)\n'),
   });
-  if ('problem' in placed) throw new MvirtError('CAPACITY_EXCEEDED', placed.problem);
   ctx.err(`mvirt: running on ${placed.hostId}\n`);
-  return ctx.clientOf(placed.hostId);
+  return { c: await ctx.clientOf(placed.hostId), job: placed.result };
 }
 
 const commands: Command[] = [
@@ -278,8 +279,8 @@ const commands: Command[] = [
       const labels = (p.values.label as string[] | undefined) ?? [];
       if (labels.length > 0 && p.values.fleet !== true)
         throw new UsageError('--label chooses a host of the fleet: use it with --fleet', 'run');
-      const c =
-        p.values.fleet === true ? await fleetClient(ctx, params, labels) : await ctx.client();
+      const fleet = p.values.fleet === true ? await fleetRun(ctx, params, labels) : null;
+      const c = fleet ? fleet.c : await ctx.client();
       let pump: StdinPump | undefined;
       const startPump = (id: string): StdinPump => {
         pump = pumpStdin({
@@ -320,7 +321,7 @@ const commands: Command[] = [
       });
       const following = loadFollow();
       try {
-        const submitting = c.call('job.run', params);
+        const submitting = fleet ? Promise.resolve(fleet.job) : c.call('job.run', params);
         submitting.catch(() => {}); // when a second Ctrl-C wins the race below
         const job = await Promise.race([submitting, leaving]);
         if (job === null) return EXIT.JOB_CANCELLED;

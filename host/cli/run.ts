@@ -5,6 +5,7 @@
  * drive it in-process.
  */
 import type { MvirtClient } from '../../protocol/client.js';
+import type { FleetRequester } from '../../protocol/fleet-client.js';
 import { DEFAULT_BROKER_URL, DEFAULT_TIMEOUT_MS } from '../../protocol/limits.js';
 import type { HostStatus } from '../../protocol/rpc.js';
 import { readFileSync } from 'node:fs';
@@ -137,6 +138,30 @@ export function cliClientId(): string {
 }
 
 /** Every host's retained status under the prefix (`mvirt hosts`): a connection of its own. */
+/** A fleet requester on its own connection to the broker; `end` closes both. */
+export async function fleetRequester(
+  g: Globals,
+): Promise<{ requester: FleetRequester; end(): Promise<void> }> {
+  const ca = g.cafile !== undefined ? readCa(g.cafile) : undefined;
+  const { connectBroker } = await import('../../protocol/connect.js');
+  const { createFleetRequester } = await import('../../protocol/fleet-client.js');
+  const clientId = cliClientId();
+  const mqtt = await connectBroker(g.broker ?? DEFAULT_BROKER_URL, {
+    clientId,
+    ...(g.user !== undefined ? { username: g.user } : {}),
+    ...(g.password !== undefined ? { password: g.password } : {}),
+    ...(ca !== undefined ? { ca } : {}),
+  });
+  const requester = await createFleetRequester({ mqtt, prefix: g.prefix, clientId });
+  return {
+    requester,
+    async end() {
+      await requester.close();
+      await mqtt.endAsync();
+    },
+  };
+}
+
 export async function discoverFleet(g: Globals): Promise<HostStatus[]> {
   const ca = g.cafile !== undefined ? readCa(g.cafile) : undefined;
   const { connectBroker, discoverHosts } = await import('../../protocol/connect.js');
@@ -175,6 +200,7 @@ export async function runCli(
   let json = rest.includes('--json');
   let client: MvirtClient | undefined;
   const others: MvirtClient[] = [];
+  const ends: (() => Promise<void>)[] = [];
   try {
     if (words[0] === 'help') {
       const target = words.slice(1).join(' ');
@@ -247,6 +273,11 @@ export async function runCli(
         return dryRunClient(client);
       },
       hosts: () => discoverFleet(globals),
+      fleet: async () => {
+        const f = await fleetRequester(globals);
+        ends.push(f.end);
+        return f.requester;
+      },
       clientOf: async (hostId) => {
         const c = await makeClient({ ...globals, host: hostId });
         others.push(c);
@@ -267,5 +298,6 @@ export async function runCli(
   } finally {
     await client?.close();
     for (const c of others) await c.close();
+    for (const end of ends) await end();
   }
 }
