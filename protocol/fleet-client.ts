@@ -63,7 +63,7 @@ export interface FleetRequester {
 }
 
 /** A request nobody claimed within this is reported as queued (onQueued). */
-const QUEUED_AFTER_MS = 1000;
+const QUEUED_AFTER_MS = 250;
 /** How long the chosen host may take to answer before it is given up (as if offline). */
 const REPLY_TIMEOUT_MS = 60_000;
 
@@ -259,7 +259,7 @@ export async function createFleetRequester(o: {
           w.done(
             new MvirtError(
               'TIMEOUT',
-              `no host of the fleet took ${method} within ${Math.round(timeoutMs / 1000)} s: none online had the room, labels, host or image asked for (see mvirt hosts)`,
+              `no host of the fleet took ${method} within ${Math.round(timeoutMs / 1000)} s: none online had the room, labels, host or image asked for (see mvirt hosts and mvirt hosts --queue)`,
             ),
           );
         }, timeoutMs);

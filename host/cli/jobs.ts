@@ -184,6 +184,7 @@ async function fleetRun(
   ctx: Context,
   params: RunParams,
   labelArgs: string[],
+  queueTimeoutMs: number | undefined,
 ): Promise<{ c: MvirtClient; job: ResultOf<'job.run'> }> {
   if (params.vm !== undefined)
     throw new UsageError('--fleet places the job on a host: not with --vm', 'run');
@@ -196,7 +197,7 @@ async function fleetRun(
   const fleet = await ctx.fleet();
   const placed = await fleet.request('job.run', params, {
     need: Object.keys(labels).length > 0 ? { labels } : {},
-    ...(ctx.globals.timeoutMs !== undefined ? { timeoutMs: ctx.globals.timeoutMs } : {}),
+    ...(queueTimeoutMs !== undefined ? { timeoutMs: queueTimeoutMs } : {}),
     onQueued: () =>
       ctx.err('mvirt: no host has room now: queued in the fleet (mvirt fleet queue)\n'),
   });
@@ -257,7 +258,12 @@ const commands: Command[] = [
       },
       fleet: {
         type: 'boolean',
-        help: 'run on the online host of the broker with the most free memory that has the image and room (docs/fleet.md)',
+        help: 'put the job into the fleet queue of the broker: the first online host with room, the labels and the image takes it (docs/fleet.md)',
+      },
+      'queue-timeout': {
+        type: 'string',
+        value: 'S',
+        help: 'with --fleet: give up when no host took the job within S seconds (default 600)',
       },
     },
     examples: [
@@ -279,7 +285,14 @@ const commands: Command[] = [
       const labels = (p.values.label as string[] | undefined) ?? [];
       if (labels.length > 0 && p.values.fleet !== true)
         throw new UsageError('--label chooses a host of the fleet: use it with --fleet', 'run');
-      const fleet = p.values.fleet === true ? await fleetRun(ctx, params, labels) : null;
+      const queueTimeoutMs = secondsMs(p, 'queue-timeout');
+      if (queueTimeoutMs !== undefined && p.values.fleet !== true)
+        throw new UsageError(
+          '--queue-timeout is the wait in the fleet queue: use it with --fleet',
+          'run',
+        );
+      const fleet =
+        p.values.fleet === true ? await fleetRun(ctx, params, labels, queueTimeoutMs) : null;
       const c = fleet ? fleet.c : await ctx.client();
       let pump: StdinPump | undefined;
       const startPump = (id: string): StdinPump => {
