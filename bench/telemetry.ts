@@ -31,9 +31,9 @@ const VMS = 50;
 const WINDOW_MS = 15_000;
 const ROUNDS = 2;
 
-type Sim = { ask(m: SimRequest): Promise<SimReply>; kill(): void };
+export type Sim = { ask(m: SimRequest): Promise<SimReply>; kill(): void };
 
-function startSim(): Sim {
+export function startSim(): Sim {
   const child = fork(path.join(here, 'sim/agents.ts'), [], {
     execArgv: ['--import', 'tsx'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -51,7 +51,7 @@ function startSim(): Sim {
 }
 
 /** A backend whose guest is a `sleep` and whose agent socket the simulator serves. */
-function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
+export function simBackend(sim: Sim, sleeps: Set<number>): Hypervisor {
   return {
     name: 'qemu',
     capabilities: {

@@ -46,6 +46,8 @@ export interface MosquittoBroker {
   stop(): Promise<void>;
   /** Start again on the same ports, with the same users. */
   restart(): Promise<void>;
+  /** The running mosquitto's pid (for CPU figures). */
+  pid(): number;
   /** stop() and remove the temp folder. */
   close(): Promise<void>;
 }
@@ -155,6 +157,7 @@ export async function startMosquitto(o: {
     logs,
     stop,
     restart: start,
+    pid: () => child!.pid!,
     async close() {
       await stop();
       await removeDir(dir);

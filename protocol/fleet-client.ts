@@ -36,8 +36,9 @@ import { replyTopicFor, topicMatches } from './topics.js';
 export interface FleetPlaced<M extends FleetMethod> {
   hostId: string;
   result: ResultOf<M>;
-  /** Milliseconds from queueing to the host's reply, and how many hosts were tried. */
+  /** Milliseconds from queueing to the host's reply, to the claim taken, and how many hosts were tried. */
   ms: number;
+  claimMs: number;
   attempts: number;
 }
 
@@ -78,6 +79,8 @@ interface Waiting {
   exclude: string[];
   placing: { hostId: string; rpcId: string } | null;
   attempts: number;
+  /** performance.now() when the last claim was taken. */
+  claimedAt: number;
   done: (err: Error | null, hostId?: string, result?: unknown) => void;
 }
 
@@ -146,6 +149,7 @@ export async function createFleetRequester(o: {
     const rpcId = `${w.id}.${++seq}`;
     w.placing = { hostId: c.hostId, rpcId };
     w.attempts++;
+    w.claimedAt = performance.now();
     byRpc.set(rpcId, w);
     clearEntry(w);
     const params = w.method === 'job.run' ? { ...w.params, wait: false } : w.params;
@@ -239,6 +243,7 @@ export async function createFleetRequester(o: {
           exclude: [],
           placing: null,
           attempts: 0,
+          claimedAt: 0,
           done: (err, hostId, result) => {
             clearTimeout(timer);
             clearTimeout(queuedTimer);
@@ -249,6 +254,7 @@ export async function createFleetRequester(o: {
                 hostId: hostId!,
                 result: result as ResultOf<M>,
                 ms: performance.now() - t0,
+                claimMs: w.claimedAt - t0,
                 attempts: w.attempts,
               });
           },
