@@ -7,12 +7,15 @@
  *    time; a claim that comes late, twice or from a second broker of a
  *    bridged pair is ignored.
  *  - Never unanswered: a CAPACITY_EXCEEDED (another controller took the
- *    room) puts the request back into the queue for the others; the chosen
- *    host's will (`online: false`) before its reply, or no reply within
- *    REPLY_TIMEOUT_MS, is answered with CONNECTION_FAILED naming the host:
- *    it may have accepted the request just before (the link, not the host,
- *    may have died), so it is not placed again, never to run it twice.
- *    Requests still in the queue are untouched: other hosts take them.
+ *    room) puts the request back into the queue for the others. If the
+ *    chosen host's will (`online: false`) comes before its reply, the
+ *    requester waits for the host to come back (HOST_BACK_MS) and asks it
+ *    whether it took the request (ask()): the job or VM it made is the
+ *    answer, else the request goes back into the queue. A host that stays
+ *    away, or no reply within REPLY_TIMEOUT_MS, is answered with
+ *    CONNECTION_FAILED naming the host: it may have taken the request, so it
+ *    is not placed again, never to run it twice. Requests still in the queue
+ *    are untouched: other hosts take them.
  *  - `job.run` is sent without `wait`: its reply says the host accepted the
  *    job (it is then that host's, and ends `lost` there if the host dies);
  *    follow it on `P/<host>/job/<id>/state`.
@@ -63,6 +66,8 @@ export interface FleetRequester {
   close(): Promise<void>;
 }
 
+/** How long a chosen host that went offline before its reply may take to come back and be asked. */
+const HOST_BACK_MS = 60_000;
 /** A request nobody claimed within this is reported as queued (onQueued). */
 const QUEUED_AFTER_MS = 250;
 /**
@@ -89,7 +94,9 @@ interface Waiting {
   at: string;
   expiresAt: string;
   exclude: string[];
-  placing: { hostId: string; rpcId: string } | null;
+  placing: { hostId: string; rpcId: string; sentAt: number } | null;
+  /** The chosen host went offline before it answered: waiting for it to come back and say. */
+  limbo: { timer: NodeJS.Timeout; asking: boolean } | null;
   attempts: number;
   /** performance.now() when the last claim was taken. */
   claimedAt: number;
@@ -109,6 +116,10 @@ export async function createFleetRequester(o: {
   const online = new Map<string, boolean>();
   const waiting = new Map<string, Waiting>();
   const byRpc = new Map<string, Waiting>();
+  /** Replies awaited by ask(): by request id. */
+  const checks = new Map<string, (result: unknown) => void>();
+  /** Jobs ask() found for a request: never given to a second one. */
+  const taken = new Set<string>();
   let seq = 0;
 
   const publishEntry = (w: Waiting): void => {
@@ -138,6 +149,7 @@ export async function createFleetRequester(o: {
 
   function requeue(w: Waiting, hostId: string): void {
     w.placing = null;
+    w.limbo = null;
     if (!w.exclude.includes(hostId)) w.exclude.push(hostId);
     // Every online host failed it once: the races may be over, let them all try again.
     const up = [...online].filter(([, u]) => u).map(([h]) => h);
@@ -159,7 +171,7 @@ export async function createFleetRequester(o: {
     if (online.get(c.hostId) === false) return;
     // Chosen: out of the queue (the others drop their reservations), on to the host.
     const rpcId = `${w.id}.${++seq}`;
-    w.placing = { hostId: c.hostId, rpcId };
+    w.placing = { hostId: c.hostId, rpcId, sentAt: Date.now() };
     w.attempts++;
     w.claimedAt = performance.now();
     byRpc.set(rpcId, w);
@@ -185,6 +197,11 @@ export async function createFleetRequester(o: {
       return;
     }
     if (typeof r.id !== 'string') return;
+    const check = checks.get(r.id);
+    if (check) {
+      checks.delete(r.id);
+      return check(r.ok === true ? r.result : null);
+    }
     const w = byRpc.get(r.id);
     if (!w || !w.placing) return;
     byRpc.delete(r.id);
@@ -206,9 +223,79 @@ export async function createFleetRequester(o: {
     }
     const up = s?.online === true;
     online.set(hostId, up);
-    if (up) return;
-    for (const w of waiting.values())
-      if (w.placing?.hostId === hostId) unknown(w, 'went offline before it answered');
+    for (const w of waiting.values()) {
+      if (w.placing?.hostId !== hostId) continue;
+      if (!up && !w.limbo) offline(w);
+      else if (up && w.limbo && !w.limbo.asking) void ask(w);
+    }
+  }
+
+  /**
+   * The chosen host went offline before its reply (it died, or its link or
+   * its broker did): its reply is gone with the connection. Wait for it to
+   * come back and ask it whether it took the request; if not, the request
+   * goes back into the queue. A host that stays away longer than
+   * HOST_BACK_MS leaves the request unknown (CONNECTION_FAILED).
+   */
+  function offline(w: Waiting): void {
+    byRpc.delete(w.placing!.rpcId);
+    const timer = setTimeout(
+      () => unknown(w, `went offline before it answered and stayed away ${HOST_BACK_MS / 1000} s`),
+      HOST_BACK_MS,
+    );
+    timer.unref();
+    w.limbo = { timer, asking: false };
+  }
+
+  /** Call a read method of a host; resolves with its result, or null on an error. */
+  function call(hostId: string, method: string, params: unknown): Promise<unknown> {
+    const id = `check.${++seq}`;
+    return new Promise((resolve) => {
+      checks.set(id, resolve);
+      mqtt.publish(
+        `${prefix}/${hostId}/rpc/${method}`,
+        encode({ id, replyTo: replyTopic, params }, 'json'),
+        { qos: 1 },
+      );
+      setTimeout(() => {
+        if (checks.delete(id)) resolve(null);
+      }, REPLY_TIMEOUT_MS).unref();
+    });
+  }
+
+  /**
+   * Did the host take the request before it went away? A vm.create made its
+   * VM (by name); a job.run made a job with these argv since the request was
+   * sent (the host's clock may differ: 5 s of slack), not already another
+   * request's. Requests that differ only in env or stdin cannot be told apart
+   * here; the first asked gets the job.
+   */
+  async function ask(w: Waiting): Promise<void> {
+    w.limbo!.asking = true;
+    const hostId = w.placing!.hostId;
+    const since = w.placing!.sentAt - 5000;
+    let found: unknown = null;
+    if (w.method === 'vm.create') {
+      found = await call(hostId, 'vm.get', { vm: w.params.name });
+    } else {
+      const r = (await call(hostId, 'job.list', { limit: 1000 })) as {
+        jobs?: { jobId: string; argv: string[]; createdAt: string }[];
+      } | null;
+      const argv = JSON.stringify(w.params.argv);
+      found =
+        r?.jobs?.find(
+          (j) =>
+            JSON.stringify(j.argv) === argv &&
+            Date.parse(j.createdAt) >= since &&
+            !taken.has(`${hostId}/${j.jobId}`),
+        ) ?? null;
+      if (found) taken.add(`${hostId}/${(found as { jobId: string }).jobId}`);
+    }
+    if (!waiting.has(w.id) || !w.limbo) return;
+    clearTimeout(w.limbo.timer);
+    w.limbo = null;
+    if (found) return w.done(null, hostId, found);
+    requeue(w, hostId);
   }
 
   /** The chosen host's answer will not come: say so, and what it may have done. */
@@ -254,11 +341,13 @@ export async function createFleetRequester(o: {
           expiresAt: new Date(Date.now() + timeoutMs).toISOString(),
           exclude: [],
           placing: null,
+          limbo: null,
           attempts: 0,
           claimedAt: 0,
           done: (err, hostId, result) => {
             clearTimeout(timer);
             clearTimeout(queuedTimer);
+            if (w.limbo) clearTimeout(w.limbo.timer);
             waiting.delete(id);
             if (err) reject(err);
             else

@@ -6,6 +6,7 @@
  */
 import type { QueuedRequest } from '../../protocol/fleet-client.js';
 import type { HostStatus } from '../../protocol/rpc.js';
+import { UsageError } from './args.js';
 import type { Command } from './command.js';
 import { EXIT } from './exit.js';
 import { json, keyValues, mib, relativeTime, table } from './output.js';
@@ -76,6 +77,17 @@ export function fleetText(hosts: HostStatus[], now: number): string {
     ['Allocated', `${t.allocated.vcpus} vCPUs, ${mib(t.allocated.memoryMiB)}`],
     ['VMs', counts.length ? counts.join(', ') : 'none'],
   ])}\n${hostsText(hosts, now)}`;
+}
+
+/** `--label K=V` arguments (with --fleet): the labels a host must have (mvirtd --label). */
+export function parseLabels(args: string[], command: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const l of args) {
+    const eq = l.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--label expects K=V, got ${JSON.stringify(l)}`, command);
+    labels[l.slice(0, eq)] = l.slice(eq + 1);
+  }
+  return labels;
 }
 
 /** The table of `mvirt hosts --queue`: fleet requests no host has taken yet. */

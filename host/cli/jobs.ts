@@ -9,6 +9,7 @@ import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
 import type { OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
 import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
 import { UsageError, integer, oneOf, type Parsed } from './args.js';
+import { parseLabels } from './hosts.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
 import { jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
@@ -188,12 +189,7 @@ async function fleetRun(
 ): Promise<{ c: MvirtClient; job: ResultOf<'job.run'> }> {
   if (params.vm !== undefined)
     throw new UsageError('--fleet places the job on a host: not with --vm', 'run');
-  const labels: Record<string, string> = {};
-  for (const l of labelArgs) {
-    const eq = l.indexOf('=');
-    if (eq <= 0) throw new UsageError(`--label expects K=V, got ${JSON.stringify(l)}`, 'run');
-    labels[l.slice(0, eq)] = l.slice(eq + 1);
-  }
+  const labels = parseLabels(labelArgs, 'run');
   const fleet = await ctx.fleet();
   const placed = await fleet.request('job.run', params, {
     need: Object.keys(labels).length > 0 ? { labels } : {},

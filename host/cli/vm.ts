@@ -1,4 +1,5 @@
 /** `mvirt vm …`: the VM lifecycle methods of docs/protocol.md. */
+import { parseLabels } from './hosts.js';
 import { readFile } from 'node:fs/promises';
 import type { MvirtClient } from '../../protocol/client.js';
 import { MvirtError } from '../../protocol/errors.js';
@@ -130,9 +131,20 @@ const commands: Command[] = [
         help: 'attach a volume at every boot, in order (`:ro` read-only), repeatable',
       },
       ...FORK_OPTIONS,
+      fleet: {
+        type: 'boolean',
+        help: 'create it on a host of the fleet: the first online host with room, the image and every --label that claims it (docs/fleet.md)',
+      },
+      label: {
+        type: 'string',
+        multiple: true,
+        value: 'K=V',
+        help: 'with --fleet: only a host with this label (mvirtd --label K=V), repeatable',
+      },
     },
     examples: [
       'mvirt vm create web-1',
+      'mvirt --broker mqtts://fleet.example:8884 vm create gpu-1 --fleet --label gpu=true',
       'mvirt vm create worker --from-snapshot warm --count 4 --wait',
       'mvirt vm create db-1 --disk pgdata --disk seed-data:ro',
       'mvirt vm create web-2 --vcpus 2 --memory 512 --network user --meta team=blue',
@@ -140,6 +152,14 @@ const commands: Command[] = [
     ],
     run: async (ctx, p) => {
       const [name] = p.positionals;
+      const fleet = p.values.fleet === true;
+      const labels = (p.values.label as string[] | undefined) ?? [];
+      if (labels.length > 0 && !fleet)
+        throw new UsageError('--label chooses a host of the fleet: use it with --fleet');
+      if (fleet && wantsFork(p))
+        throw new UsageError(
+          "--fleet places a new VM: a snapshot is one host's, not with --from-snapshot",
+        );
       if (wantsFork(p))
         return createFromSnapshot(ctx, p, {
           name: name!,
@@ -166,13 +186,17 @@ const commands: Command[] = [
         networkConfig: await readDoc(str(p, 'network-config'), '--network-config'),
         disks: parseDisks((p.values.disk as string[] | undefined) ?? []),
       };
-      const c = await ctx.client();
-      const vm = await c.call(
-        'vm.create',
-        Object.fromEntries(
-          Object.entries(params).filter(([, v]) => v !== undefined),
-        ) as typeof params,
-      );
+      const given = Object.fromEntries(
+        Object.entries(params).filter(([, v]) => v !== undefined),
+      ) as typeof params;
+      let vm;
+      if (fleet) {
+        const placed = await (
+          await ctx.fleet()
+        ).request('vm.create', given, { need: { labels: parseLabels(labels, 'vm create') } });
+        ctx.err(`mvirt: created on ${placed.hostId}\n`);
+        vm = placed.result;
+      } else vm = await (await ctx.client()).call('vm.create', given);
       if (ctx.globals.json) ctx.out(json(vm));
       else
         ctx.out(

@@ -9,6 +9,7 @@ import { createApi, type Api } from '../api/server.js';
 import type { Bus } from '../broker/types.js';
 import type { AppendEvent } from '../events/log.js';
 import { createFleetTaker } from '../fleet/taker.js';
+import { createFleetView } from '../fleet/view.js';
 import type { JobManager } from '../jobs/manager.js';
 import type { PoolManager } from '../jobs/pools.js';
 import type { MvirtLogger } from '../log.js';
@@ -59,14 +60,19 @@ export function createApis(d: {
         log: d.log.child({ component: 'fleet' }),
       })
     : null;
+  const view = d.uplink
+    ? createFleetView({ ...d.fleet, uplink: d.uplink, local: d.bus, log: d.log })
+    : null;
   return {
     api,
     async start() {
       await api.start();
       await uplinkApi?.start();
       await taker?.start();
+      await view?.start();
     },
     async close() {
+      await view?.close();
       await taker?.close();
       await api.close();
       await uplinkApi?.close();

@@ -13,6 +13,8 @@ import type { HostStatus } from '../../../protocol/rpc.js';
 import { rpcClient, type RpcClient } from '../../../harness/client.js';
 import { hasMosquitto, startMosquitto, type MosquittoBroker } from '../../../harness/mosquitto.js';
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
+import { launchBrowser, skipNoBrowser } from '../../../harness/browser.js';
+import { adminLogin } from '../../../harness/test-admin.js';
 import { runCli } from '../../../host/cli/run.js';
 import { memoryIo } from '../../support/cli-io.js';
 import { cleanupAll, result, startJobDaemon, type JobDaemon } from '../../support/jobs.js';
@@ -153,6 +155,29 @@ describe('mvirtd hosts on a bridged pair of Mosquittos', { skip }, () => {
       assert.match(lines[2]!, /^host-b\s+yes\s/);
     }
   });
+
+  test(
+    "a host's dashboard lists every host of the fleet, each with a chart of its CPU and memory",
+    { skip: skipNoBrowser },
+    async () => {
+      // host-a's embedded broker carries host-b's status, republished from the uplink (host/fleet/view.ts).
+      const b = await launchBrowser({ httpCredentials: adminLogin() });
+      try {
+        const page = await b.context.newPage();
+        await page.goto(`${hostA.d.daemon.http!.url}/`);
+        await page.waitForSelector('#conn-status[data-state="connected"]', { timeout: 20_000 });
+        for (const id of Object.keys(HOSTS)) {
+          await page.waitForSelector(`.host[data-host="${id}"]`);
+          await page.waitForSelector(
+            `.host-chart[data-host="${id}"] .chart:not([data-points="0"])`,
+          );
+        }
+        assert.match((await page.textContent('#host-count')) ?? '', /2 online of 2/);
+      } finally {
+        await b.close();
+      }
+    },
+  );
 
   test('requests and replies cross the bridge: a controller on A runs a job on the host of B', async () => {
     const c = await controller(a, 'alice', 'host-b');

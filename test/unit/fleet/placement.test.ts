@@ -94,6 +94,8 @@ describe('fleet placement by the hosts, across a bridged pair of Mosquittos', { 
         '3000',
         '--status-interval-ms',
         '1000',
+        '--label',
+        `gpu=${id === 'h2'}`,
       ],
       { cwd: REPO, env, stdio: ['ignore', 'pipe', 'inherit'] },
     );
@@ -236,6 +238,36 @@ describe('fleet placement by the hosts, across a bridged pair of Mosquittos', { 
     for (const id of Object.keys(HOSTS))
       assert.ok((perHost[id] ?? 0) >= 5, `${id} ran ${perHost[id]}`);
     assert.ok(perHost.h1! > perHost.h2! && perHost.h1! > perHost.h3!, JSON.stringify(perHost));
+  });
+
+  test('labels and a host asked for: only those hosts claim; vm.create through the fleet, from the CLI too', async () => {
+    const gpu = await Promise.all(
+      [0, 1, 2].map((i) =>
+        alice.request(
+          'job.run',
+          { argv: ['echo', `gpu-${i}`] },
+          { need: { labels: { gpu: 'true' } } },
+        ),
+      ),
+    );
+    for (const [i, p] of gpu.entries()) {
+      assert.equal(p.hostId, 'h2');
+      const k = `h2/${p.result.jobId}`;
+      await until(() => finished(k), k);
+      assert.equal(stdout.get(k), `gpu-${i}\n`);
+    }
+    const pinned = await bob.request('vm.create', { name: 'pinned' }, { need: { host: 'h3' } });
+    assert.equal(pinned.hostId, 'h3');
+    assert.equal(pinned.result.name, 'pinned');
+    assert.equal(pinned.result.state, 'stopped');
+    const m = memoryIo({ env: cliEnv(b) });
+    assert.equal(
+      await runCli(['vm', 'create', 'labelled', '--fleet', '--label', 'gpu=false', '--json'], m),
+      0,
+      m.errText(),
+    );
+    assert.match(m.errText(), /created on h[13]\n/);
+    assert.equal((JSON.parse(m.out()) as { name: string }).name, 'labelled');
   });
 
   test('kill -9 of a host: offline within 1.5 × keepalive, queued jobs run elsewhere, its running jobs end lost', async (t) => {
