@@ -12,9 +12,10 @@
  *    requester waits for the host to come back (HOST_BACK_MS) and asks it
  *    whether it took the request (ask()): the job or VM it made is the
  *    answer, else the request goes back into the queue. A host that stays
- *    away, or no reply within REPLY_TIMEOUT_MS, is answered with
- *    CONNECTION_FAILED naming the host: it may have taken the request, so it
- *    is not placed again, never to run it twice. Requests still in the queue
+ *    away, or cannot say, is answered with CONNECTION_FAILED naming the
+ *    host: it may have taken the request, so it is not placed again, never
+ *    to run it twice. No reply within REPLY_TIMEOUT_MS: the host is asked
+ *    the same way. Requests still in the queue
  *    are untouched: other hosts take them.
  *  - `job.run` is sent without `wait`: its reply says the host accepted the
  *    job (it is then that host's, and ends `lost` there if the host dies);
@@ -78,12 +79,14 @@ const QUEUED_AFTER_MS = 250;
  * follows it waited for this side's delayed ACK, ~40 ms. Measured (bench/fleet.ts):
  * queue → claim 43 ms at QoS 1, 6 ms at QoS 0. What QoS 0 risks: a bridge
  * that breaks at that moment loses it; the retained entry crosses again when
- * the bridge is back, and a lost request to the host is answered after
- * REPLY_TIMEOUT_MS (CONNECTION_FAILED, never placed twice).
+ * the bridge is back, and a request to the host lost there is found out
+ * after REPLY_TIMEOUT_MS (ask(): the host took nothing, so it is queued again).
  */
 const TOWARDS_HOSTS_QOS = 0;
 /** How long the chosen host may take to answer before it is given up (as if offline). */
 const REPLY_TIMEOUT_MS = 60_000;
+
+type Answer = { ok: true; result: unknown } | { ok: false; error: ErrorBody | undefined };
 
 interface Waiting {
   id: string;
@@ -117,7 +120,7 @@ export async function createFleetRequester(o: {
   const waiting = new Map<string, Waiting>();
   const byRpc = new Map<string, Waiting>();
   /** Replies awaited by ask(): by request id. */
-  const checks = new Map<string, (result: unknown) => void>();
+  const checks = new Map<string, (answer: Answer) => void>();
   /** Jobs ask() found for a request: never given to a second one. */
   const taken = new Set<string>();
   let seq = 0;
@@ -183,8 +186,10 @@ export async function createFleetRequester(o: {
       { qos: TOWARDS_HOSTS_QOS },
     );
     const t = setTimeout(() => {
-      if (w.placing?.rpcId === rpcId)
-        unknown(w, `did not answer within ${REPLY_TIMEOUT_MS / 1000} s`);
+      // No reply (a request or reply lost on a bridge): ask the host, as after its will.
+      if (w.placing?.rpcId !== rpcId || w.limbo) return;
+      offline(w);
+      if (online.get(c.hostId) !== false) void ask(w);
     }, REPLY_TIMEOUT_MS);
     t.unref();
   }
@@ -200,7 +205,7 @@ export async function createFleetRequester(o: {
     const check = checks.get(r.id);
     if (check) {
       checks.delete(r.id);
-      return check(r.ok === true ? r.result : null);
+      return check(r.ok === true ? { ok: true, result: r.result } : { ok: false, error: r.error });
     }
     const w = byRpc.get(r.id);
     if (!w || !w.placing) return;
@@ -247,8 +252,8 @@ export async function createFleetRequester(o: {
     w.limbo = { timer, asking: false };
   }
 
-  /** Call a read method of a host; resolves with its result, or null on an error. */
-  function call(hostId: string, method: string, params: unknown): Promise<unknown> {
+  /** Call a read method of a host; resolves with its answer (not ok: an error reply or none). */
+  function call(hostId: string, method: string, params: unknown): Promise<Answer> {
     const id = `check.${++seq}`;
     return new Promise((resolve) => {
       checks.set(id, resolve);
@@ -258,7 +263,7 @@ export async function createFleetRequester(o: {
         { qos: 1 },
       );
       setTimeout(() => {
-        if (checks.delete(id)) resolve(null);
+        if (checks.delete(id)) resolve({ ok: false, error: undefined });
       }, REPLY_TIMEOUT_MS).unref();
     });
   }
@@ -275,15 +280,21 @@ export async function createFleetRequester(o: {
     const hostId = w.placing!.hostId;
     const since = w.placing!.sentAt - 5000;
     let found: unknown = null;
+    let doubt: string | null = null;
     if (w.method === 'vm.create') {
-      found = await call(hostId, 'vm.get', { vm: w.params.name });
+      const a = await call(hostId, 'vm.get', { vm: w.params.name });
+      if (a.ok) found = a.result;
+      else if (a.error?.code !== 'VM_NOT_FOUND') doubt = 'cannot say whether it made the VM';
     } else {
-      const r = (await call(hostId, 'job.list', { limit: 1000 })) as {
-        jobs?: { jobId: string; argv: string[]; createdAt: string }[];
-      } | null;
+      const a = await call(hostId, 'job.list', { limit: 1000 });
+      const jobs = a.ok
+        ? ((a.result as { jobs?: { jobId: string; argv: string[]; createdAt: string }[] }).jobs ??
+          [])
+        : null;
+      if (jobs === null) doubt = 'cannot say whether it took the job';
       const argv = JSON.stringify(w.params.argv);
       found =
-        r?.jobs?.find(
+        jobs?.find(
           (j) =>
             JSON.stringify(j.argv) === argv &&
             Date.parse(j.createdAt) >= since &&
@@ -293,6 +304,7 @@ export async function createFleetRequester(o: {
     }
     if (!waiting.has(w.id) || !w.limbo) return;
     clearTimeout(w.limbo.timer);
+    if (doubt !== null) return unknown(w, `lost its answer and ${doubt}`);
     w.limbo = null;
     if (found) return w.done(null, hostId, found);
     requeue(w, hostId);
