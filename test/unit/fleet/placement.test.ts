@@ -215,6 +215,25 @@ describe('fleet placement by the hosts, across a bridged pair of Mosquittos', { 
     await removeDir(tmp);
   });
 
+  test('every host is seen online from both brokers (mvirt hosts)', async () => {
+    for (const broker of [a, b]) {
+      const m = memoryIo({ env: cliEnv(broker) });
+      assert.equal(await runCli(['hosts', '--json'], m), 0, m.errText());
+      const hs = JSON.parse(m.out()) as HostStatus[];
+      assert.deepEqual(
+        hs.map((h) => [h.hostId, h.online]),
+        [
+          ['h1', true],
+          ['h2', true],
+          ['h3', true],
+        ],
+      );
+    }
+    const q = memoryIo({ env: cliEnv(a) });
+    assert.equal(await runCli(['hosts', '--queue'], q), 0, q.errText());
+    assert.equal(q.out(), 'the fleet queue is empty\n');
+  });
+
   test('60 fleet jobs from controllers on both brokers: spread by room, each run once, with its output', async (t) => {
     const placed = await Promise.all(
       Array.from({ length: 60 }, (_, i) =>
