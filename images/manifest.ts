@@ -52,6 +52,36 @@ export const ManifestOutput = z.strictObject({
 });
 export type ManifestOutput = z.infer<typeof ManifestOutput>;
 
+/**
+ * An imported container image (images/oci/): its files are a second squashfs
+ * disk (`file`, attached right after `disk`), which the µOS mounts and runs
+ * jobs chrooted in. Every digest of the source is recorded.
+ */
+export const ManifestContainer = z.strictObject({
+  file: z.string(),
+  /** sha256 of `file`: the same root gives the same digest, whatever archive it came from. */
+  rootDigest: sha,
+  source: z.strictObject({
+    format: z.enum(['oci-layout', 'docker-save']),
+    /** The archive or folder name it was imported from. */
+    name: z.string(),
+  }),
+  /** The µOS image whose kernel, initramfs and root disk it boots with. */
+  base: z.strictObject({ name: z.string(), key: z.string() }),
+  config: z.strictObject({
+    digest: z.string(),
+    env: z.array(z.string()),
+    workingDir: z.string(),
+    user: z.string(),
+    entrypoint: z.array(z.string()),
+    cmd: z.array(z.string()),
+  }),
+  layers: z.array(
+    z.strictObject({ digest: z.string(), mediaType: z.string(), size: z.number().int() }),
+  ),
+});
+export type ManifestContainer = z.infer<typeof ManifestContainer>;
+
 export const Manifest = z.strictObject({
   schema: z.literal(MANIFEST_SCHEMA),
   name: z.string(),
@@ -97,6 +127,7 @@ export const Manifest = z.strictObject({
     builderVersion: z.number().int(),
   }),
   warnings: z.array(z.string()),
+  container: ManifestContainer.optional(),
 });
 export type Manifest = z.infer<typeof Manifest>;
 
@@ -125,10 +156,11 @@ export async function readManifest(imageDir: string): Promise<Manifest> {
 export function bootFiles(
   imageDir: string,
   m: Manifest,
-): { kernel: string; initrd: string; disk: string } {
+): { kernel: string; initrd: string; disk: string; imageDisk?: string } {
   return {
     kernel: path.join(imageDir, m.kernel.file),
     initrd: path.join(imageDir, m.initrd.file),
     disk: path.join(imageDir, m.disk.file),
+    ...(m.container ? { imageDisk: path.join(imageDir, m.container.file) } : {}),
   };
 }

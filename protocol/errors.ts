@@ -18,6 +18,12 @@ export const ERROR_CODES = {
   VM_BAD_STATE: 'The VM is in a state that does not allow this operation.',
   CAPACITY_EXCEEDED: 'Admission control: vCPUs, memory or the VM count limit would be exceeded.',
   IMAGE_NOT_FOUND: 'No built image with that name; build it with `mvirt image build`.',
+  IMAGE_INVALID:
+    'A container image archive is damaged, unsafe or unsupported (an entry that leaves the image root, a device node, a bad digest, another platform); the message names the layer and entry and what to fix. Nothing was installed.',
+  IMAGE_TOO_LARGE:
+    "A container image's files exceed the import limits (bytes or entries); import a smaller image or raise the limit. Nothing was installed.",
+  IMAGE_IN_USE:
+    'The image is used by a VM or a pool (details name them); delete those or change the pool first.',
   BOOT_FAILED: 'The hypervisor process could not be started or exited during boot.',
   BOOT_TIMEOUT: 'The agent did not say hello within the boot timeout.',
   HYPERVISOR_ERROR: 'The hypervisor refused or failed an operation (QMP/REST error).',
