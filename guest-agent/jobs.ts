@@ -236,10 +236,15 @@ export function createJobs(
     msg: Exec,
     limited: LimitedJobGroup | null,
   ): Promise<{ pid: number | null }> {
-    const env = { ...platform.jobEnv(), ...msg.env };
+    // An imported image's Env and WorkingDir are defaults the job's own override;
+    // its Entrypoint goes before the job's argv, which takes Cmd's place (`docker run`).
+    const image = platform.image ?? null;
+    const env = { ...platform.jobEnv(), ...image?.env, ...msg.env };
+    const argv = image === null ? msg.argv : [...image.entrypoint, ...msg.argv];
+    const cwd = msg.cwd ?? image?.workingDir;
     let proc: Proc;
     try {
-      proc = platform.spawn({ argv: msg.argv, env, cwd: msg.cwd, enterGroup: limited?.procs });
+      proc = platform.spawn({ argv, env, cwd, enterGroup: limited?.procs });
     } catch (err) {
       // Synchronous spawn errors (bad argument types, EMFILE…).
       const message = (err as Error).message;

@@ -48,6 +48,8 @@ export const OUTPUT_FILES = {
 export interface BuildOptions {
   recipe?: string;
   dataDir?: string;
+  /** Where the image goes (default <dataDir>/images): mvirtd's --images-dir. */
+  imagesDir?: string;
   noCache?: boolean;
   cacheDir?: string;
   /** Where relative recipe paths resolve (default: the checkout). */
@@ -87,7 +89,7 @@ export async function buildImage(opts: BuildOptions = {}): Promise<BuildResult> 
     return k;
   });
   const outCache = path.join(cache, 'outputs', key);
-  const imageDir = path.join(dataDir, 'images', recipe.name);
+  const imageDir = path.join(opts.imagesDir ?? path.join(dataDir, 'images'), recipe.name);
 
   if (opts.noCache !== true && existsSync(path.join(outCache, MANIFEST_FILE))) {
     const manifest = await progress.step('install cached outputs', async () => {

@@ -7,12 +7,18 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { MvirtError } from '../protocol/errors.js';
 import { buildImage } from './build.js';
+import { importImage } from './oci/import.js';
 import { DEFAULT_DATA_DIR, DEFAULT_RECIPE } from './paths.js';
 
 const USAGE = `usage: mvirt image build [RECIPE] [--data-dir D] [--no-cache]
+       mvirt image import SOURCE --name N [--data-dir D] [--base B] [--max-bytes N] [--max-entries N]
   RECIPE      image recipe (JSON), default ${DEFAULT_RECIPE}
+  SOURCE      a container image: an OCI image layout (folder or tar) or a \`docker save\` archive
+  --name      the imported image's name
+  --base      the µOS image it boots with (default: default)
   --data-dir  mvirt data folder, default ${DEFAULT_DATA_DIR} (image goes to <D>/images/<name>/)
   --no-cache  rebuild from scratch (downloads stay cached in $MVIRT_CACHE_DIR or ~/.cache/mvirt)
+  --max-bytes, --max-entries  import limits (default 16 GiB of files, 1000000 entries)
 `;
 
 export async function imageCommand(argv: string[]): Promise<number> {
@@ -21,6 +27,7 @@ export async function imageCommand(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return sub === undefined ? 2 : 0;
   }
+  if (sub === 'import') return importCommand(rest);
   if (sub !== 'build') {
     process.stderr.write(`mvirt image: unknown command "${sub}"\n${USAGE}`);
     return 2;
@@ -59,6 +66,58 @@ export async function imageCommand(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof MvirtError) {
       process.stderr.write(`mvirt image build: ${err.code}: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+async function importCommand(rest: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      options: {
+        name: { type: 'string' },
+        base: { type: 'string' },
+        'data-dir': { type: 'string' },
+        'max-bytes': { type: 'string' },
+        'max-entries': { type: 'string' },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`mvirt image import: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const v = parsed.values;
+  const count = (s: string | undefined): number | undefined =>
+    s === undefined || !/^\d+$/.test(s) ? undefined : Number(s);
+  if (parsed.positionals.length !== 1 || v.name === undefined) {
+    process.stderr.write(`mvirt image import: one SOURCE and --name are needed\n${USAGE}`);
+    return 2;
+  }
+  for (const k of ['max-bytes', 'max-entries'] as const)
+    if (v[k] !== undefined && count(v[k]) === undefined) {
+      process.stderr.write(`mvirt image import: --${k} takes a whole number\n`);
+      return 2;
+    }
+  try {
+    const r = await importImage({
+      source: parsed.positionals[0]!,
+      name: v.name,
+      base: v.base,
+      dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,
+      limits: {
+        ...(v['max-bytes'] === undefined ? {} : { maxBytes: count(v['max-bytes'])! }),
+        ...(v['max-entries'] === undefined ? {} : { maxEntries: count(v['max-entries'])! }),
+      },
+    });
+    process.stdout.write(`${r.dir}\n`);
+    return 0;
+  } catch (err) {
+    if (err instanceof MvirtError) {
+      process.stderr.write(`mvirt image import: ${err.code}: ${err.message}\n`);
       return 1;
     }
     throw err;

@@ -21,3 +21,18 @@ export async function buildVsockHelper(outFile: string): Promise<void> {
     { code: 'BUILD_FAILED' },
   );
 }
+
+/** Runs a job of an imported container image inside its root (initramfs/src/image-exec.c). */
+export const IMAGE_EXEC_HELPER = {
+  src: path.join(INITRAMFS_DIR, 'src', 'image-exec.c'),
+  /** Where it goes in the root file system (the agent's IMAGE_EXEC). */
+  dest: 'usr/libexec/mvirt/image-exec',
+};
+
+export async function buildImageExecHelper(outFile: string): Promise<void> {
+  await run(
+    'cc',
+    ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', outFile, IMAGE_EXEC_HELPER.src],
+    { code: 'BUILD_FAILED' },
+  );
+}

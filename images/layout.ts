@@ -24,7 +24,12 @@ import { walkSorted } from './hash.js';
 import { INITRAMFS_DIR } from './paths.js';
 import { type ResolvedRecipe } from './recipe.js';
 import { run } from './run.js';
-import { buildVsockHelper, VSOCK_HELPER } from './helpers.js';
+import {
+  buildImageExecHelper,
+  buildVsockHelper,
+  IMAGE_EXEC_HELPER,
+  VSOCK_HELPER,
+} from './helpers.js';
 
 import type { KernelParts } from './kernel.js';
 
@@ -181,9 +186,11 @@ export async function buildRootfs(a: {
   await copyFile(a.recipe.agentPath, path.join(stage, 'usr/bin/mvirt-agent'));
   await chmod(path.join(stage, 'usr/bin/mvirt-agent'), 0o755);
   await buildVsockHelper(path.join(stage, VSOCK_HELPER.dest));
+  await buildImageExecHelper(path.join(stage, IMAGE_EXEC_HELPER.dest));
   const explicit = new Map<string, number>([
     ['usr/bin/mvirt-agent', 0o755],
     [VSOCK_HELPER.dest, 0o755],
+    [IMAGE_EXEC_HELPER.dest, 0o755],
   ]);
   for (const f of a.recipe.fileSources) {
     const dest = path.join(stage, f.dest);

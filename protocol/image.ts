@@ -40,3 +40,39 @@ export const ImageRuntime = z.strictObject({
   cmd: z.array(z.string().max(65536)).max(4096),
 });
 export type ImageRuntime = z.infer<typeof ImageRuntime>;
+
+// ------------------------------------------------------------- image.* RPCs
+
+/** A plain file name in mvirtd's --image-import-dir (never a path). */
+export const ImportFileName = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, 'a plain file name: letters, digits, . _ + -')
+  .refine((s) => !s.includes('..'), "must not contain '..'");
+
+export const ImageRecord = z.strictObject({
+  name: z.string(),
+  kind: z
+    .enum(['built', 'imported'])
+    .describe('built from a recipe, or imported from a container image'),
+  /** The cache key of its inputs (built) or of its layers and config (imported). */
+  key: z.string(),
+  sizeBytes: z.number().int().nonnegative().describe('sum of its files'),
+  builtAt: z.string(),
+  kernel: z.string().describe('kernel release'),
+  /** Imported: the µOS image it boots with, and the sha256 of its root disk. */
+  base: z.string().optional(),
+  rootDigest: z.string().optional(),
+  usedBy: z
+    .strictObject({ vms: z.array(z.string()), pools: z.array(z.string()) })
+    .describe('VMs (ids) and pools (names) made from it: image.delete is refused while any'),
+});
+export type ImageRecord = z.infer<typeof ImageRecord>;
+
+/** image.get: the record and its manifest.json as written (images/manifest.ts). */
+export const ImageDetails = z.strictObject({
+  image: ImageRecord,
+  manifest: z.record(z.string(), z.unknown()),
+});
+export type ImageDetails = z.infer<typeof ImageDetails>;

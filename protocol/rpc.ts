@@ -8,6 +8,7 @@ import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobLimits, JobTimeoutMs, SIGNALS } from './agent.js';
 import { MetricsResult } from './metrics.js';
+import { ImageDetails, ImageRecord, ImportFileName } from './image.js';
 import { DRY_RUN } from './plan.js';
 import {
   EVENT_LEVELS,
@@ -33,6 +34,7 @@ export { JOB_ID_RE, JOB_STDIN_BYTES, JOB_STDIN_CHUNK_BYTES, MAX_FORKS };
 export * from './states.js';
 export * from './records.js';
 export * from './plan.js';
+export { ImageDetails, ImageRecord } from './image.js';
 
 export const Name = z
   .string()
@@ -296,6 +298,24 @@ export const PARAMS = {
   'pool.get': z.strictObject({ name: Name }),
   'pool.list': z.strictObject({}).optional(),
   'pool.delete': z.strictObject({ ...DRY_RUN, name: Name }),
+  'image.list': z.strictObject({}).optional(),
+  'image.get': z.strictObject({ image: Name }),
+  'image.delete': z.strictObject({ ...DRY_RUN, image: Name }),
+  'image.build': z.strictObject({
+    ...DRY_RUN,
+    /** An image recipe (images/README.md); validated by the builder (RECIPE_INVALID). */
+    recipe: z.record(z.string(), z.unknown()),
+    /** Rebuild from scratch instead of reusing cached outputs. */
+    noCache: z.boolean().optional(),
+  }),
+  'image.import': z.strictObject({
+    ...DRY_RUN,
+    /** A file (OCI layout tar or `docker save` archive) in mvirtd's --image-import-dir. */
+    file: ImportFileName,
+    name: Name,
+    /** The µOS image it boots with (default "default"). */
+    base: Name.optional(),
+  }),
   'volume.create': z
     .strictObject({
       ...DRY_RUN,
@@ -403,6 +423,11 @@ export const RESULTS = {
   'pool.get': PoolRecord,
   'pool.list': z.strictObject({ pools: z.array(PoolRecord) }),
   'pool.delete': Empty,
+  'image.list': z.strictObject({ images: z.array(ImageRecord) }),
+  'image.get': ImageDetails,
+  'image.delete': Empty,
+  'image.build': ImageRecord,
+  'image.import': ImageRecord,
   'volume.create': VolumeRecord,
   'volume.get': VolumeRecord,
   'volume.list': z.strictObject({ volumes: z.array(VolumeRecord) }),

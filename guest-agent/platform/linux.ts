@@ -12,6 +12,8 @@ import {
   type ChannelSpec,
   type NicConfig,
   type Platform,
+  type Proc,
+  type SpawnRequest,
   type PowerAction,
 } from './types.js';
 import { createClockSetter } from './clock.js';
@@ -19,6 +21,8 @@ import { createHelperShell } from './helper-shell.js';
 import { findVirtioPort, openPollableDevice } from './virtio.js';
 import { openRelay, VSOCK_HELPER } from './vsock.js';
 import { createJobGroups } from './cgroups.js';
+import { inImage, readImageRuntime } from './image.js';
+import type { ImageRuntime } from '../../protocol/image.js';
 import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -102,6 +106,19 @@ function openTcp(host: string, port: number): Promise<Duplex> {
   });
 }
 
+/**
+ * A job of an imported image: image-exec enters its root, its cwd there and
+ * its user; a command it cannot run exits 127/126 saying why (as a shell
+ * does), since the lookup happens inside the root. A limited job enters its
+ * group first, as below.
+ */
+function spawnInImage(image: ImageRuntime, req: SpawnRequest): Proc {
+  const argv = inImage(image, req.argv, req.cwd);
+  const how = { env: req.env, detached: true, stdio: 'pipe' } as const;
+  if (req.enterGroup === undefined) return spawn(argv[0]!, argv.slice(1), how);
+  return spawn('/bin/sh', ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...argv], how);
+}
+
 export interface LinuxPlatformOptions {
   /** Environment the agent was started with (jobs inherit it minus MVIRT_*). */
   env?: NodeJS.ProcessEnv;
@@ -109,6 +126,8 @@ export interface LinuxPlatformOptions {
   cgroupRoot?: string;
   /** The vsock helper (default VSOCK_HELPER, which the µOS image installs). */
   vsockHelper?: string;
+  /** The imported image's defaults (default: what rcS mounted, protocol/image.ts). */
+  image?: ImageRuntime | null;
 }
 
 /** Whether `file` names an executable file, as execvp would look for it. */
@@ -132,6 +151,7 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   // even though JavaScript started running later.
   const processStartS = uptimeS() - process.uptime();
   const groups = createJobGroups({ root: o.cgroupRoot });
+  const image = o.image === undefined ? readImageRuntime() : o.image;
   const helper = createHelperShell({ PATH: DEFAULT_PATH });
   const clock = createClockSetter({
     wallMs: () => Date.now(),
@@ -147,7 +167,9 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   });
 
   return {
+    image,
     spawn(req) {
+      if (image !== null) return spawnInImage(image, req);
       const [file, ...args] = req.argv as [string, ...string[]];
       // detached: setsid(), so the job leads its own process group and a
       // kill of -pid reaches every descendant that did not leave it.

@@ -5,6 +5,7 @@
  */
 import type { Duplex, Readable, Writable } from 'node:stream';
 import type { Channel, JobLimits, JobUsage } from '../../protocol/agent.js';
+import type { ImageRuntime } from '../../protocol/image.js';
 
 /** What the core needs from a spawned process (a structural subset of ChildProcess). */
 export interface Proc {
@@ -110,6 +111,12 @@ export interface Platform {
   configureNic(net: NicConfig): Promise<void>;
   /** Base environment for jobs (exec.env is layered on top). */
   jobEnv(): Record<string, string>;
+  /**
+   * The imported container image jobs run in (spawn enters its root), whose
+   * Env, WorkingDir and Entrypoint are the jobs' defaults; null or absent:
+   * jobs run in the µOS.
+   */
+  readonly image?: ImageRuntime | null;
   readonly clock: {
     /** Wall clock, ms since the epoch. */
     now(): number;

@@ -77,6 +77,13 @@ export function createAccessCheck(d: AccessDeps) {
       case 'list':
       case 'create':
         return null;
+      case 'host':
+        return access.scope === null
+          ? null
+          : {
+              reason: `${method} changes what every scope shares; your scope is ${access.scope}`,
+              objects: [],
+            };
       case 'vm':
         return outOfScope(access, 'vm', str(p, rule.param));
       case 'job':

@@ -15,6 +15,7 @@ import { jobHandlers, jobPlanners, type JobHandlerDeps } from './handlers/job.js
 import { poolHandlers, poolPlanners, type PoolHandlerDeps } from './handlers/pool.js';
 import { metricsHandlers, type MetricsHandlerDeps } from './handlers/metrics.js';
 import { volumeHandlers, volumePlanners, type VolumeHandlerDeps } from './handlers/volume.js';
+import { imageHandlers, imagePlanners, type ImageHandlerDeps } from './handlers/image.js';
 
 export type RouteDeps = SystemDeps &
   VmHandlerDeps &
@@ -22,7 +23,8 @@ export type RouteDeps = SystemDeps &
   JobHandlerDeps &
   PoolHandlerDeps &
   MetricsHandlerDeps &
-  VolumeHandlerDeps;
+  VolumeHandlerDeps &
+  ImageHandlerDeps;
 
 const read = (scope: Permission['scope']): Permission => ({ role: 'viewer', scope });
 const operate = (scope: Permission['scope']): Permission => ({ role: 'operator', scope });
@@ -66,6 +68,12 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'pool.get': read(pool),
   'pool.list': read({ kind: 'list' }),
   'pool.delete': { role: 'admin', scope: pool },
+  'image.list': read({ kind: 'none' }),
+  'image.get': read({ kind: 'none' }),
+  // Images are the host's, shared by every label: changing them is an admin's.
+  'image.delete': { role: 'admin', scope: { kind: 'host' } },
+  'image.build': { role: 'admin', scope: { kind: 'host' } },
+  'image.import': { role: 'admin', scope: { kind: 'host' } },
   'volume.create': operate({ kind: 'create' }),
   'volume.get': read(volume),
   'volume.list': read({ kind: 'list' }),
@@ -90,6 +98,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...poolHandlers(deps),
     ...metricsHandlers(deps),
     ...volumeHandlers(deps),
+    ...imageHandlers(deps),
   };
   // Every mutating method's dry run (protocol/plan.ts): the compiler keeps this complete too.
   const planners: Planners<MutatingMethod> = {
@@ -97,6 +106,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...jobPlanners(deps),
     ...poolPlanners(deps),
     ...volumePlanners(deps),
+    ...imagePlanners(deps),
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {

@@ -8,7 +8,8 @@
  *    `vm.delete`, `job.run`, `job.cancel`) and type on a VM's console.
  *    Volumes too (`volume.create` … `volume.delete`).
  *  - admin: an operator that may also shape the host's capacity (`pool.set`,
- *    `pool.delete`).
+ *    `pool.delete`) and its images (`image.build`, `image.import`,
+ *    `image.delete`; unscoped admins only, as images are shared).
  *
  * A scope is a label: a scoped controller sees and acts only on the VMs, jobs
  * and pools that carry its label, and what it creates carries that label (the
@@ -41,6 +42,8 @@ export const roleAtLeast = (have: Role, need: Role): boolean => RANK[have] >= RA
  */
 export type ScopeRule =
   | { kind: 'none' }
+  /** A change to what every label shares (images): only an unscoped controller. */
+  | { kind: 'host' }
   | { kind: 'list' }
   | { kind: 'create' }
   | { kind: 'job-target' }

@@ -19,6 +19,7 @@ import { createHypervisorRegistry } from '../hypervisors/index.js';
 import type { MvirtLogger } from '../log.js';
 import { createStore } from '../store/index.js';
 import { createImageStore } from '../vm/images.js';
+import { createImageManager } from '../images/manager.js';
 import { createVmManager, DEFAULT_TIMEOUTS } from '../vm/manager.js';
 import { hostRoot, topics as topicsFor } from '../../protocol/topics.js';
 import { isActiveVm } from '../../protocol/states.js';
@@ -370,6 +371,7 @@ export async function startDaemon(
       pools,
       rollups,
       volumes,
+      imageManager: createImageManager({ ...opts, importDir: opts.imageImportDir, store, events, log }),
     });
     // The API on the host's broker and, with --uplink, the same routes and checks over it.
     const apis = createApis({

@@ -63,6 +63,8 @@ export interface DaemonOptions {
   storageMaxGiB: number | null;
   /** --volume-import-dir: the only folder volume.create {importFrom} reads; null: none. */
   volumeImportDir: string | null;
+  /** --image-import-dir: the only folder image.import {file} reads; null: none. */
+  imageImportDir: string | null;
   usersFile?: string;
   /** Anonymous controllers over the unix socket (never TCP); default: only when no users file is given. */
   allowAnonymous: boolean;
@@ -233,6 +235,7 @@ export function parseOptions(
         'job-agent-grace-ms': { type: 'string' },
         'storage-max-gib': { type: 'string' },
         'volume-import-dir': { type: 'string' },
+        'image-import-dir': { type: 'string' },
         users: { type: 'string' },
         'allow-anonymous': { type: 'boolean' },
         'tls-cert': { type: 'string' },
@@ -334,6 +337,8 @@ export function parseOptions(
         : int(str('storage-max-gib'), 'storage-max-gib', 0, 1, 1 << 30),
     volumeImportDir:
       str('volume-import-dir') === undefined ? null : path.resolve(str('volume-import-dir')!),
+    imageImportDir:
+      str('image-import-dir') === undefined ? null : path.resolve(str('image-import-dir')!),
     allowAnonymous:
       (values['allow-anonymous'] as boolean | undefined) ?? str('users') === undefined,
     stopVmsOnExit: (values['stop-vms-on-exit'] as boolean | undefined) ?? false,

@@ -49,6 +49,8 @@ export const USAGE = `usage: mvirtd [options]
                             (default: no cap but the free space of DIR/volumes)
   --volume-import-dir DIR   volume.create {importFrom: FILE} copies FILE from here only
                             (default: no imports)
+  --image-import-dir DIR    image.import {file: FILE} imports a container image archive
+                            from here only (default: no imports)
   --users FILE              controller users: {"users":[{"username","passwordHash","role"}]};
                             TCP, WebSocket and HTTP clients always log in as one of them
   --allow-anonymous         anonymous controllers over the unix socket only (its owner,

@@ -283,9 +283,11 @@ export function bootPart(
       kernel: img.kernel,
       initrd: img.initrd,
       cmdline: img.cmdline,
-      // The image's root disk first: the µOS looks for its squashfs on the first disks.
+      // The image's root disk first: the µOS looks for its squashfs on the first disks;
+      // an imported image's own disk next (rcS takes the next squashfs one).
       disks: [
         ...(img.disk ? [{ path: img.disk, readOnly: true }] : []),
+        ...(img.imageDisk ? [{ path: img.imageDisk, readOnly: true }] : []),
         ...(c.disks ?? []),
         ...net.disks,
       ],

@@ -18,6 +18,8 @@ export interface ResolvedImage {
   kernel: string;
   initrd: string;
   disk?: string;
+  /** An imported container image's own disk (images/oci/), attached right after `disk`. */
+  imageDisk?: string;
   cmdline: string;
   /** Every µOS image runs mvirt-agent; false is for foreign images (VM goes to `running`). */
   agent: boolean;

@@ -42,6 +42,8 @@ export interface ImportOptions {
   source: string;
   name: string;
   dataDir?: string;
+  /** The images folder (default <dataDir>/images), where the base image is too. */
+  imagesDir?: string;
   cacheDir?: string;
   /** The µOS image to boot with (default "default"). */
   base?: string;
@@ -91,7 +93,7 @@ export async function importImage(o: ImportOptions): Promise<ImportResult> {
   const progress = createProgress(STEPS, o.log);
   const cache = path.join(o.cacheDir ?? defaultCacheDir(env), 'oci');
   const dataDir = o.dataDir ?? DEFAULT_DATA_DIR;
-  const imagesDir = path.join(dataDir, 'images');
+  const imagesDir = o.imagesDir ?? path.join(dataDir, 'images');
   const limits: LayerLimits = { ...DEFAULT_LIMITS, ...o.limits };
   const sde = sourceDateEpoch(env);
   const baseName = o.base ?? 'default';

@@ -51,6 +51,14 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'pool.get': 'One pool by name.',
   'pool.list': 'All pools.',
   'pool.delete': 'Delete a pool.',
+  'image.list': 'The images of the host (built µOS images and imported container images), with the VMs and pools that use each.',
+  'image.get': "One image: its record and its manifest.json (every input's and layer's digest).",
+  'image.delete':
+    'Delete an image folder; IMAGE_IN_USE while a VM or pool uses it (details name them). Admin, unscoped.',
+  'image.build':
+    'Build a µOS image from a recipe sent in the message (no host files); progress lines are events (component image, object image:<name>); replies when done. Admin, unscoped.',
+  'image.import':
+    'Import a container image (OCI layout tar or docker save archive) by file name from --image-import-dir; progress as events like image.build; IMAGE_INVALID / IMAGE_TOO_LARGE leave nothing behind. Admin, unscoped.',
   'volume.create':
     'Create a raw or qcow2 volume of sizeMiB under <data-dir>/volumes/, or import a file by name from --volume-import-dir; STORAGE_FULL when it does not fit.',
   'volume.get': 'One volume by id or name, its actual usage measured now.',
