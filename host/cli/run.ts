@@ -28,11 +28,11 @@ const GROUPS: Record<string, string> = {
   hosts: 'list every host on the broker',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',
-  image: 'build µOS images (mvirt image build --help)',
+  image: 'µOS images and imported container images: ls, get, rm, build, import',
 };
 
 export function mainHelp(commands: readonly Command[]): string {
-  const w = Math.max(...commands.map((c) => c.name.length), 'image build'.length);
+  const w = Math.max(...commands.map((c) => c.name.length));
   return [
     'Usage: mvirt [global options] COMMAND [options]',
     '',
@@ -40,7 +40,6 @@ export function mainHelp(commands: readonly Command[]): string {
     '',
     'Commands:',
     ...commands.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
-    `  ${'image build'.padEnd(w)}  Build a µOS image (see \`mvirt image build --help\`).`,
     '',
     'Global options (before or after the command):',
     "  --broker URL   mqtt://HOST:PORT, ws://…, or mvirtd's unix socket path (MVIRT_BROKER)",
@@ -192,9 +191,9 @@ export async function runCli(
   makeClient: ClientFactory = defaultClientFactory,
 ): Promise<number> {
   if (argv[0] === 'image') {
-    // images/ owns its own argument parsing and exit codes.
-    const { runImage } = await import('./image.js');
-    return runImage(argv.slice(1));
+    // The local builder (--data-dir): images/ owns its argument parsing and exit codes.
+    const { isLocalImageCommand, runImage } = await import('./image.js');
+    if (isLocalImageCommand(argv.slice(1))) return runImage(argv.slice(1));
   }
   const { words, rest } = splitCommand(argv, depthOf);
   let json = rest.includes('--json');
@@ -207,7 +206,7 @@ export async function runCli(
       const commands = target === '' ? await allCommands() : await commandsFor(words[1]!);
       const cmd = commands.find((c) => c.name === target);
       if (cmd) io.stdout.write(commandHelp(cmd));
-      else if (GROUPS[target] && target !== 'image') io.stdout.write(groupHelp(target, commands));
+      else if (GROUPS[target]) io.stdout.write(groupHelp(target, commands));
       else if (target === '') io.stdout.write(mainHelp(commands));
       else throw new UsageError(`no command '${target}'`);
       return EXIT.OK;

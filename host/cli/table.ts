@@ -28,6 +28,7 @@ const MODULES: readonly CommandModule[] = [
   },
   { words: ['pool'], load: async () => (await import('./pool.js')).poolCommands },
   { words: ['volume'], load: async () => (await import('./volume.js')).volumeCommands },
+  { words: ['image'], load: async () => (await import('./image.js')).imageCommands },
   { words: ['snapshot'], load: async () => (await import('./snapshot.js')).snapshotCommands },
   { words: ['info'], load: async () => (await import('./info.js')).infoCommands },
   { words: ['hosts'], load: async () => (await import('./hosts.js')).hostsCommands },
