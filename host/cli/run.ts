@@ -75,7 +75,7 @@ function groupHelp(group: string, commands: readonly Command[]): string {
 }
 
 /** Groups whose commands take two words (`mvirt vm ls`). */
-const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool', 'volume', 'snapshot']);
+const SUBCOMMAND_GROUPS = new Set(['vm', 'job', 'pool', 'volume', 'snapshot', 'image']);
 
 const depthOf = (group: string): number =>
   group === 'help' ? 3 : SUBCOMMAND_GROUPS.has(group) ? 2 : 1;

@@ -122,6 +122,9 @@ test('an imported container image boots and runs its jobs', { skip, timeout: 900
     assert.equal(container.layers.length, 2);
     assert.match(container.config.digest, /^sha256:[0-9a-f]{64}$/);
 
+    const audit = ok(await c.call('events.query', { objectId: 'image:app', level: 'audit' }));
+    assert.ok(audit.events.some((e) => /imported from app\.tar/.test(e.message) && e.actor !== undefined));
+
     // A re-import with nothing new: the cached root disk.
     const t1 = performance.now();
     ok(await c.call('image.import', { file: 'app.tar', name: 'app' }, LONG));

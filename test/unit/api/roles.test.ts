@@ -58,6 +58,12 @@ const PARAMS: Record<string, unknown> = {
   'volume.snapshots': { volume: 'nope' },
   'volume.restore': { volume: 'nope', snapshot: 'snap' },
   'volume.deleteSnapshot': { volume: 'nope', snapshot: 'snap' },
+  'image.list': {},
+  'image.get': { image: 'nope' },
+  'image.delete': { image: 'nope' },
+  // Invalid (no kernel): an admin's call is refused as RECIPE_INVALID, never builds.
+  'image.build': { recipe: { name: 'nope' } },
+  'image.import': { file: 'nope.tar', name: 'nope' },
   'events.query': {},
   'metrics.query': { from: 0 },
 };
@@ -78,6 +84,8 @@ const READS = [
   'vm.blockDevices',
   'snapshot.get',
   'snapshot.list',
+  'image.list',
+  'image.get',
 ];
 const OPERATE = [
   'vm.create',
