@@ -16,6 +16,7 @@ import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import type { RpcClient } from '../../harness/client.js';
+import { startMvirt } from '../support/cli.js';
 import {
   dockerSaveTar,
   makeTar,
@@ -104,15 +105,26 @@ test('an imported container image boots and runs its jobs', { skip, timeout: 900
     await ociTar(work, path.join(importDir, 'app.tar'), spec);
     await writeFile(path.join(importDir, 'app-docker.tar'), await dockerSaveTar(spec));
 
-    const { c } = await qemuDaemon(data, ['--images-dir', images, '--image-import-dir', importDir]);
+    const { c, d } = await qemuDaemon(data, [
+      '--images-dir',
+      images,
+      '--image-import-dir',
+      importDir,
+    ]);
     const t0 = performance.now();
     const app = ok(await c.call('image.import', { file: 'app.tar', name: 'app' }, LONG));
     const importMs = performance.now() - t0;
     assert.equal(app.kind, 'imported');
     assert.equal(app.base, 'default');
-    const docker = ok(
-      await c.call('image.import', { file: 'app-docker.tar', name: 'app-docker' }, LONG),
-    );
+    // The docker save archive through the CLI: its progress on stderr as it goes.
+    const cli = await startMvirt(
+      ['image', 'import', 'app-docker.tar', '--name', 'app-docker', '--json'],
+      { daemon: d },
+    ).done;
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stderr, /app-docker: \[1\/5\] read the image/);
+    assert.match(cli.stderr, /docker-save: 2 layers/);
+    const docker = JSON.parse(cli.stdout) as { rootDigest?: string };
     assert.equal(docker.rootDigest, app.rootDigest, 'docker save and OCI layout give one root');
     const got = ok(await c.call('image.get', { image: 'app' }));
     const container = got.manifest.container as {
@@ -123,7 +135,9 @@ test('an imported container image boots and runs its jobs', { skip, timeout: 900
     assert.match(container.config.digest, /^sha256:[0-9a-f]{64}$/);
 
     const audit = ok(await c.call('events.query', { objectId: 'image:app', level: 'audit' }));
-    assert.ok(audit.events.some((e) => /imported from app\.tar/.test(e.message) && e.actor !== undefined));
+    assert.ok(
+      audit.events.some((e) => /imported from app\.tar/.test(e.message) && e.actor !== undefined),
+    );
 
     // A re-import with nothing new: the cached root disk.
     const t1 = performance.now();
