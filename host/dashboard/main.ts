@@ -18,6 +18,7 @@ import { hostsView } from './hosts.js';
 import { jobsView } from './jobs.js';
 import { createModel } from './model.js';
 import { snapshotsView } from './snapshots.js';
+import { imagesView } from './images.js';
 import { vmsView } from './vms.js';
 
 const decoder = new TextDecoder();
@@ -99,6 +100,7 @@ async function main(): Promise<void> {
   });
   eventsView(m, conn);
   snapshotsView(m, conn, schemas);
+  imagesView(conn, schemas);
 }
 
 function fail(err: unknown): void {

@@ -5,6 +5,7 @@
  */
 export { DashboardSession } from '../../protocol/http.js';
 export { VmTelemetry } from '../../protocol/metrics.js';
+export { ImageRecord } from '../../protocol/image.js';
 export {
   HostStatus,
   JobRecord,

@@ -162,6 +162,12 @@ test(
     assert.equal(await warm.locator('td').nth(5).textContent(), 'fork');
     assert.equal(await page.locator('#snapshots tr.snapshot').count(), 2);
 
+    // The images table (image.list): the daemon's one image, built, used by the VMs.
+    const img = page.locator('#images tr.image[data-name="default"]');
+    await img.waitFor();
+    assert.equal(await img.locator('td').nth(1).textContent(), 'built');
+    assert.match((await img.locator('td').nth(5).textContent()) ?? '', /vm-/);
+
     // The fork's detail: its restore, then its source's cold boot, on one scale.
     await fork.locator('td').first().click();
     await page.locator(`#vm-detail[data-vm="${ids.fork}"]`).waitFor();
