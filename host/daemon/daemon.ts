@@ -371,7 +371,7 @@ export async function startDaemon(
       pools,
       rollups,
       volumes,
-      imageManager: createImageManager({ ...opts, importDir: opts.imageImportDir, store, events, log }),
+      imageManager: createImageManager({ options: opts, store, events, log }),
     });
     // The API on the host's broker and, with --uplink, the same routes and checks over it.
     const apis = createApis({

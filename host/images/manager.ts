@@ -22,12 +22,11 @@ import type { AppendEvent } from '../events/log.js';
 import type { MvirtLogger } from '../log.js';
 import { createPlan } from '../plan.js';
 import type { Store } from '../store/index.js';
+import type { DaemonOptions } from '../daemon/options.js';
 
 export interface ImageManagerDeps {
-  imagesDir: string;
-  /** --image-import-dir: the only place image.import reads from; null: no imports. */
-  importDir: string | null;
-  dataDir: string;
+  /** --image-import-dir (imageImportDir): the only place image.import reads from; null: none. */
+  options: Pick<DaemonOptions, 'imagesDir' | 'imageImportDir' | 'dataDir'>;
   store: Pick<Store, 'vms' | 'pools'>;
   events: { append(e: AppendEvent): unknown };
   log: MvirtLogger;
@@ -37,7 +36,9 @@ export interface ImageManagerDeps {
 /** The event object of an image's progress and audit records. */
 export const imageObject = (name: string): string => `image:${name}`;
 
-export function createImageManager(d: ImageManagerDeps) {
+export function createImageManager(deps: ImageManagerDeps) {
+  const { imagesDir, imageImportDir: importDir, dataDir } = deps.options;
+  const d = { ...deps, imagesDir, importDir, dataDir };
   const busy = new Set<string>();
   const cache = d.cacheDir ?? defaultCacheDir();
 

@@ -51,7 +51,8 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'pool.get': 'One pool by name.',
   'pool.list': 'All pools.',
   'pool.delete': 'Delete a pool.',
-  'image.list': 'The images of the host (built µOS images and imported container images), with the VMs and pools that use each.',
+  'image.list':
+    'The images of the host (built µOS images and imported container images), with the VMs and pools that use each.',
   'image.get': "One image: its record and its manifest.json (every input's and layer's digest).",
   'image.delete':
     'Delete an image folder; IMAGE_IN_USE while a VM or pool uses it (details name them). Admin, unscoped.',
