@@ -5,6 +5,7 @@
  * broker. Processes are real (the test host is Linux): spawn and killGroup
  * are the Linux platform's.
  */
+import type { ImageRuntime } from '../../protocol/image.js';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,6 +27,8 @@ import {
 } from '../../protocol/agent.js';
 
 export interface FakePlatform extends Platform {
+  /** An imported image's defaults (jobs spawn on the host all the same). */
+  image: ImageRuntime | null;
   files: Map<string, string>;
   powerCalls: PowerAction[];
   /** While false, openChannel rejects (the host is away). */
@@ -102,7 +105,10 @@ export const identityFile = (o: Partial<Identity> = {}): Buffer =>
   Buffer.from(encodeIdentity(identity(o)));
 
 export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakePlatform {
-  const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const linux = createLinuxPlatform({
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    image: null,
+  });
   const events = new EventEmitter();
   const p: FakePlatform = {
     files: new Map(Object.entries(PROC_FILES)),
@@ -118,6 +124,7 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
     clockSets: [],
     entropy: [],
     nics: [],
+    image: null,
     hostname: 'guest',
     failures: {},
     spawn(req) {

@@ -215,3 +215,25 @@ test("an OOM kill is the job's own: counted in its group, not in the VM's", asyn
   assert.equal(group.removed, true, 'the group goes with the job');
   assert.equal(h.platform.groups.get(bystander.jobId)?.removed, true);
 });
+
+test("an imported image's Env, WorkingDir and Entrypoint are the job's defaults; its own win", async () => {
+  h.platform.image = {
+    schema: 1,
+    env: { GREETING: 'from the image', PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    workingDir: dir,
+    user: '',
+    uid: 0,
+    gid: 0,
+    entrypoint: ['sh', '-c'],
+    cmd: ['echo never'],
+  };
+  try {
+    const a = await run({ argv: ['pwd; echo "$GREETING"'] });
+    assert.equal(a.exit.exitCode, 0);
+    assert.equal(jobOutput(h, a.jobId, 'stdout'), `${dir}\nfrom the image\n`);
+    const b = await run({ argv: ['pwd; echo "$GREETING"'], cwd: '/', env: { GREETING: 'mine' } });
+    assert.equal(jobOutput(h, b.jobId, 'stdout'), '/\nmine\n');
+  } finally {
+    h.platform.image = null;
+  }
+});
