@@ -10,56 +10,16 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { importImage } from '../images/oci/import.js';
-import type { Manifest } from '../images/manifest.js';
+import { writeFakeImage } from '../harness/daemon.js';
 import { makeTar, writeOciLayout, type Entry } from '../test/support/oci.js';
 import { median, type BenchRow } from './lib.js';
 
 const RUNS = Number(process.env.MVIRT_BENCH_RUNS ?? 3);
 const MiB = 1024 * 1024;
-
-/** A stand-in µOS image: the importer only links its three files. */
-async function fakeBase(images: string): Promise<void> {
-  const dir = path.join(images, 'default');
-  await mkdir(dir, { recursive: true });
-  const h = '0'.repeat(64);
-  const files = ['vmlinuz', 'initrd.img', 'rootfs.squashfs'];
-  for (const f of files) await writeFile(path.join(dir, f), f);
-  const m: Manifest = {
-    schema: 1,
-    name: 'default',
-    key: h,
-    kernel: { file: files[0]!, release: 'bench', source: 'custom' },
-    initrd: { file: files[1]!, compression: 'lz4' },
-    disk: {
-      file: files[2]!,
-      format: 'squashfs',
-      compression: 'zstd',
-      readOnly: true,
-      bus: 'virtio-blk',
-    },
-    cmdline: '',
-    boot: {
-      machine: 'pc',
-      transport: 'virtio-pci',
-      serialConsole: 'ttyS0',
-      consoleShell: false,
-      agentPort: 'mvirt.agent',
-      minMemoryMiB: 128,
-      testedAccel: ['tcg'],
-    },
-    inputs: [],
-    outputs: files.map((file) => ({ file, sha256: h, size: 1 })),
-    sizes: { kernelPlusInitrd: 2, total: 3 },
-    modules: [],
-    build: { at: '', seconds: 0, fromCache: false, sourceDateEpoch: 0, builderVersion: 1 },
-    warnings: [],
-  };
-  await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(m));
-}
 
 async function layers(): Promise<Buffer[]> {
   const text: Entry[] = [{ name: 'usr/' }, { name: 'usr/share/' }];
@@ -93,7 +53,7 @@ export default async function bench(): Promise<BenchRow[]> {
       layers: { digest: string }[];
     };
     const images = path.join(dir, 'images');
-    await fakeBase(images);
+    await writeFakeImage(images); // a stand-in µOS image: the importer only links its files
 
     const tarMs: number[] = [];
     const importMs: number[] = [];

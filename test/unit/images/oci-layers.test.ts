@@ -25,7 +25,8 @@ import { after, before, describe, test } from 'node:test';
 import { MvirtError } from '../../../protocol/errors.js';
 import { applyLayer, createRootState, type LayerLimits } from '../../../images/oci/apply.js';
 import { importImage } from '../../../images/oci/import.js';
-import { readManifest, type Manifest } from '../../../images/manifest.js';
+import { readManifest } from '../../../images/manifest.js';
+import { writeFakeImage } from '../../../harness/daemon.js';
 import { dockerSaveTar, makeTar, writeOciLayout, type Entry } from '../../support/oci.js';
 
 let dir = '';
@@ -159,46 +160,7 @@ describe('import', () => {
   const quiet = (): void => undefined;
   before(async () => {
     // A stand-in µOS base image: the importer only links its files.
-    const base = path.join(data(), 'images', 'default');
-    await mkdir(base, { recursive: true });
-    for (const f of ['vmlinuz', 'initrd.img', 'rootfs.squashfs'])
-      await writeFile(path.join(base, f), f);
-    const h = 'a'.repeat(64);
-    const manifest: Manifest = {
-      schema: 1,
-      name: 'default',
-      key: h,
-      kernel: { file: 'vmlinuz', release: '6.1.0', source: 'custom' },
-      initrd: { file: 'initrd.img', compression: 'lz4' },
-      disk: {
-        file: 'rootfs.squashfs',
-        format: 'squashfs',
-        compression: 'zstd',
-        readOnly: true,
-        bus: 'virtio-blk',
-      },
-      cmdline: '',
-      boot: {
-        machine: 'pc',
-        transport: 'virtio-pci',
-        serialConsole: 'ttyS0',
-        consoleShell: false,
-        agentPort: 'mvirt.agent',
-        minMemoryMiB: 128,
-        testedAccel: ['tcg'],
-      },
-      inputs: [],
-      outputs: ['vmlinuz', 'initrd.img', 'rootfs.squashfs'].map((file) => ({
-        file,
-        sha256: h,
-        size: 1,
-      })),
-      sizes: { kernelPlusInitrd: 2, total: 3 },
-      modules: [],
-      build: { at: '', seconds: 0, fromCache: false, sourceDateEpoch: 0, builderVersion: 1 },
-      warnings: [],
-    };
-    await writeFile(path.join(base, 'manifest.json'), JSON.stringify(manifest));
+    await writeFakeImage(path.join(data(), 'images'));
   });
 
   const spec = async (): Promise<Parameters<typeof writeOciLayout>[1]> => ({
