@@ -209,6 +209,18 @@ const tooLarge = (s: RootState, layer: string, entry: string): MvirtError =>
     { details: { layer, entry, maxBytes: s.limits.maxBytes } },
   );
 
+/**
+ * An opaque folder: everything the layers below put under it goes; what this
+ * layer made stays (its folders emptied of the lower layers' files in turn).
+ */
+async function clearLower(s: RootState, made: ReadonlySet<string>, dirRel: string): Promise<void> {
+  for (const name of await readdir(path.join(s.root, dirRel))) {
+    const rel = dirRel === '' ? name : `${dirRel}/${name}`;
+    if (!made.has(rel)) await removePath(s, rel);
+    else if ((await lstat(path.join(s.root, rel))).isDirectory()) await clearLower(s, made, rel);
+  }
+}
+
 /** Apply one layer (an uncompressed tar stream) on top of the root. */
 export async function applyLayer(s: RootState, layer: string, tar: Readable): Promise<void> {
   /** What this layer made: an opaque marker clears only what lies below. */
@@ -229,12 +241,8 @@ export async function applyLayer(s: RootState, layer: string, tar: Readable): Pr
       const dir = await realDir(s, layer, h.name, parentParts, false);
       if (dir === null) return; // nothing below to hide
       const dirRel = dir.join('/');
-      if (base === '.wh..wh..opq') {
-        for (const name of await readdir(path.join(s.root, dirRel))) {
-          const rel = dirRel === '' ? name : `${dirRel}/${name}`;
-          if (!made.has(rel)) await removePath(s, rel);
-        }
-      } else {
+      if (base === '.wh..wh..opq') await clearLower(s, made, dirRel);
+      else {
         const name = base.slice(4);
         if (name === '' || name === '..' || name === '.')
           throw unsafe(layer, h.name, 'is a whiteout of nothing', 'rebuild the layer');
@@ -258,6 +266,8 @@ export async function applyLayer(s: RootState, layer: string, tar: Readable): Pr
     const rel = [...dir, base].join('/');
     const abs = path.join(s.root, rel);
     const st = await lstatOrNull(abs);
+    // With its folders: an opaque marker later in this layer keeps them too.
+    for (let i = 1; i <= dir.length; i++) made.add(dir.slice(0, i).join('/'));
     made.add(rel);
 
     switch (h.type) {

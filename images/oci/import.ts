@@ -12,6 +12,7 @@
  * of its blobs is most of it; bench/image-import.ts).
  */
 import { copyFile, link, lstat, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { MvirtError } from '../../protocol/errors.js';
@@ -75,8 +76,7 @@ async function linkOrCopy(from: string, to: string): Promise<void> {
 async function cacheBlob(blobs: string, digest: string, file: string): Promise<boolean> {
   const dest = path.join(blobs, digest.slice('sha256:'.length));
   if (existsSync(dest)) return false;
-  const tmp = `${dest}.tmp-${process.pid}`;
-  await rm(tmp, { force: true });
+  const tmp = `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   await linkOrCopy(file, tmp);
   await rename(tmp, dest);
   return true;
@@ -97,6 +97,11 @@ export async function importImage(o: ImportOptions): Promise<ImportResult> {
   const limits: LayerLimits = { ...DEFAULT_LIMITS, ...o.limits };
   const sde = sourceDateEpoch(env);
   const baseName = o.base ?? 'default';
+  if (baseName === o.name)
+    throw new MvirtError(
+      'INVALID_NAME',
+      `an imported image cannot take the name of its base image ${baseName}: choose another --name`,
+    );
   const base = await readManifest(path.join(imagesDir, baseName)).catch((err: unknown) => {
     throw new MvirtError(
       'IMAGE_NOT_FOUND',
@@ -197,7 +202,7 @@ async function makeRootDisk(
     state.warnings.push('not run as root: every file of the image is owned by root');
   const runtime = await runtimeOf(src, root);
   await writeFile(path.join(stage, IMAGE_RUNTIME_FILE), `${JSON.stringify(runtime, null, 2)}\n`);
-  const tmp = `${rootCache}.tmp-${process.pid}`;
+  const tmp = `${rootCache}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
   // zstd level 3, not the builder's 15: 100 MiB (40 text, 60 random) squashed in 0.24 s
@@ -311,7 +316,8 @@ async function install(a: {
 }): Promise<Manifest> {
   const imageDir = path.join(a.imagesDir, a.o.name);
   const baseDir = path.join(a.imagesDir, a.baseName);
-  const tmp = `${imageDir}.tmp-${process.pid}`;
+  // Dot names are no image (not listed, not bootable): a crash leaves no half image.
+  const tmp = path.join(a.imagesDir, `.${a.o.name}.tmp-${process.pid}`);
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
   try {
@@ -362,7 +368,7 @@ async function install(a: {
       },
     };
     await writeFile(path.join(tmp, MANIFEST_FILE), `${JSON.stringify(m, null, 2)}\n`);
-    const old = `${imageDir}.old-${process.pid}`;
+    const old = path.join(a.imagesDir, `.${a.o.name}.old-${process.pid}`);
     if (existsSync(imageDir)) await rename(imageDir, old);
     await rename(tmp, imageDir);
     await rm(old, { recursive: true, force: true });

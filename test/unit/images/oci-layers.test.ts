@@ -89,6 +89,23 @@ describe('layers', () => {
     );
   });
 
+  test("an opaque marker after the layer's own entries keeps them", async () => {
+    const root = await apply([
+      [
+        { name: 'var/' },
+        { name: 'var/lib/' },
+        { name: 'var/lib/old', body: 'old' },
+        { name: 'var/x', body: 'x' },
+      ],
+      [
+        { name: 'var/lib/new', body: 'new' },
+        { name: 'var/.wh..wh..opq', body: '' },
+      ],
+    ]);
+    assert.deepEqual(await readdir(path.join(root, 'var')), ['lib']);
+    assert.deepEqual(await readdir(path.join(root, 'var/lib')), ['new']);
+  });
+
   test('a file written where a link was replaces the link, never writes through it', async () => {
     const victim = path.join(dir, 'victim');
     await writeFile(victim, 'host file');
@@ -258,6 +275,16 @@ describe('import', () => {
         log: quiet,
       }),
       (err: unknown) => err instanceof MvirtError && err.code === 'IMAGE_INVALID',
+    );
+    await assert.rejects(
+      importImage({
+        source: hostile,
+        name: 'default',
+        dataDir: data(),
+        cacheDir: cache(),
+        log: quiet,
+      }),
+      /cannot take the name of its base image/,
     );
     const names = await readdir(path.join(data(), 'images'));
     assert.deepEqual(
