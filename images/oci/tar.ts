@@ -57,7 +57,7 @@ export function readTar(
             body.resume();
           }
         },
-        (err: unknown) => fail(err),
+        (err: unknown) => fail(entryError(err, what, h.name)),
       );
     });
     ex.on('finish', () => {
@@ -88,6 +88,23 @@ export function writeBody(body: Readable, out: Writable, through?: Transform): P
     out.on('close', () => resolve());
     (through ? body.pipe(through) : body).pipe(out);
   });
+}
+
+/** A failure while writing an entry out: not the archive's fault unless it says so. */
+function entryError(err: unknown, what: string, entry: string): MvirtError {
+  if (err instanceof MvirtError) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === 'ENOSPC' || e.code === 'EDQUOT')
+    return new MvirtError(
+      'STORAGE_FULL',
+      `${what}: no space left writing "${entry}" (the cache folder, $MVIRT_CACHE_DIR/oci): free some or import a smaller image`,
+      { cause: err },
+    );
+  return new MvirtError(
+    'IMAGE_INVALID',
+    `${what}: entry "${entry}" cannot be written (${e.message}): fix the entry or export the image again`,
+    { cause: err, details: { entry } },
+  );
 }
 
 const GZIP = Buffer.from([0x1f, 0x8b]);
