@@ -17,7 +17,8 @@ import path from 'node:path';
 import * as z from 'zod';
 import { MvirtError } from '../protocol/errors.js';
 import { VIRTIO_PORT_NAME } from '../protocol/agent.js';
-import { createDebianSource, loadPins, type DebInput } from './debian.js';
+import { createDebianSource, loadPins } from './debian.js';
+import { fetchPlan, loadAptIndex, planPackages, type PackagePlan } from './deb-plan.js';
 import { fileSize, sha256, sha256File, sha256Tree } from './hash.js';
 import { MANIFEST_FILE, MANIFEST_SCHEMA, type Manifest, type ManifestInput } from './manifest.js';
 import { parseModuleIndex, resolveModules } from './modules.js';
@@ -83,10 +84,21 @@ export async function buildImage(opts: BuildOptions = {}): Promise<BuildResult> 
   });
   const pins = await loadPins(PINS_FILE);
 
-  const { key, localInputs } = await progress.step('hash inputs', async () => {
-    const k = await inputKey(recipe, sde);
+  const { key, localInputs, plan } = await progress.step('hash inputs', async () => {
+    // The package closure is an input: a new version in apt's index is a new key.
+    const p = planPackages(
+      await loadAptIndex(env),
+      recipe.packages,
+      pins.packages,
+      recipe.maxPackagesMiB,
+      progress,
+    );
+    progress.info(
+      `${p.debs.length} packages (${mib(p.installedKiB * 1024)} installed, ${mib(p.downloadBytes)} to download when not cached)`,
+    );
+    const k = await inputKey(recipe, sde, p);
     progress.info(`key ${k.key.slice(0, 16)}`);
-    return k;
+    return { ...k, plan: p };
   });
   const outCache = path.join(cache, 'outputs', key);
   const imageDir = path.join(opts.imagesDir ?? path.join(dataDir, 'images'), recipe.name);
@@ -115,19 +127,9 @@ export async function buildImage(opts: BuildOptions = {}): Promise<BuildResult> 
     const kernel = await progress.step('kernel', () =>
       getKernel(recipe, pins, debian, progress, opts),
     );
-    const debs = await progress.step('packages', async () => {
-      const names = await debian.closure([...recipe.packages]);
-      const wanted = ['busybox-static', ...names.filter((n) => n !== 'busybox-static')];
-      const out: DebInput[] = [];
-      for (const n of wanted) {
-        const d = await debian.fetch(n, pins.packages[n]);
-        progress.info(
-          `${d.name} ${d.version} (${d.origin}${d.pinned ? ', pinned' : ', NOT pinned'})`,
-        );
-        out.push(d);
-      }
-      return out;
-    });
+    const debs = await progress.step('packages', () =>
+      fetchPlan(plan, { cacheDir: cache, debian, pins: pins.packages, progress, env }),
+    );
     const mods = await progress.step('modules', async () => {
       if (kernel.modulesDir === null) {
         progress.info('custom kernel: everything built in');
@@ -166,7 +168,14 @@ export async function buildImage(opts: BuildOptions = {}): Promise<BuildResult> 
       }),
     );
     await progress.step(`root disk (squashfs, ${recipe.rootfs.compression})`, () =>
-      buildRootfs({ work, outFile: path.join(outDir, OUTPUT_FILES.disk), recipe, debs, sde }),
+      buildRootfs({
+        work,
+        outFile: path.join(outDir, OUTPUT_FILES.disk),
+        recipe,
+        debs,
+        sde,
+        progress,
+      }),
     );
 
     const manifest = await progress.step('manifest + install', async () => {
@@ -304,12 +313,14 @@ export async function agentRuntime(agentPath: string): Promise<ManifestInput | n
 /**
  * The cache key: the recipe, the pins, the local files (agent, extra files,
  * initramfs/, kernel-config/ for custom kernels), the builder's own source and
- * SOURCE_DATE_EPOCH. Debian packages enter through their pins; unpinned
- * packages resolve at the first build (use --no-cache to refresh them).
+ * SOURCE_DATE_EPOCH. Debian packages enter as the resolved closure (name,
+ * version, sha256 from apt's index or the pin), so `apt-get update` bringing
+ * a new version rebuilds and nothing new reuses the outputs.
  */
 async function inputKey(
   recipe: ResolvedRecipe,
   sde: number,
+  plan: PackagePlan,
 ): Promise<{ key: string; localInputs: ManifestInput[] }> {
   const local: ManifestInput[] = [];
   const rel = (p: string): string =>
@@ -366,6 +377,7 @@ async function inputKey(
     JSON.stringify({
       recipe: decl,
       sde,
+      debs: plan.debs.map((d) => [d.name, d.version, d.sha256]),
       local: local.map((i) => [i.role, 'dest' in i ? i.dest : '', i.sha256]),
     }),
   );

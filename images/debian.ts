@@ -1,6 +1,8 @@
 /**
- * Debian inputs: dependency closure with apt-cache, downloads with
- * `apt-get download` into the cache, checked against images/pins.json.
+ * Pinned Debian inputs (the kernel, the default image's base libraries):
+ * downloads with `apt-get download` into the cache, checked against
+ * images/pins.json. A recipe's closure is resolved in deb-index.ts and
+ * fetched by digest in deb-plan.ts.
  *
  * Debian's archive keeps only the current version of a package, so a pin will
  * one day vanish. Policy: pinned version from the cache → pinned version from
@@ -47,8 +49,6 @@ const debFilePrefix = (name: string, version: string): string =>
   `${name}_${version.replace(/:/g, '%3a')}_`;
 
 export interface DebianSource {
-  /** The requested packages plus everything they depend on (Depends, Pre-Depends), sorted. */
-  closure(names: readonly string[]): Promise<string[]>;
   fetch(name: string, pin: { version: string; sha256: string } | undefined): Promise<DebInput>;
   /** The real kernel package behind a metapackage (linux-image-amd64 → linux-image-6.1.0-NN-amd64). */
   currentKernelPackage(meta: string): Promise<string>;
@@ -116,37 +116,6 @@ export function createDebianSource(cacheDir: string, progress: Progress): Debian
   };
 
   return {
-    async closure(names) {
-      if (names.length === 0) return [];
-      const r = await run(
-        'apt-cache',
-        [
-          'depends',
-          '--recurse',
-          '--no-recommends',
-          '--no-suggests',
-          '--no-conflicts',
-          '--no-breaks',
-          '--no-replaces',
-          '--no-enhances',
-          ...names,
-        ],
-        { code: 'DOWNLOAD_FAILED', allowFail: true },
-      );
-      if (r.code !== 0)
-        throw new MvirtError(
-          'RECIPE_INVALID',
-          `packages: apt-cache cannot resolve ${names.join(' ')}: ${r.stderr.trim()} (check the names; run \`apt-get update\`)`,
-        );
-      // Top-level lines are packages; `<name>` lines are virtual packages (their providers are listed too).
-      const pkgs = r.stdout
-        .toString()
-        .split('\n')
-        .filter((l) => /^[a-z0-9]/.test(l) && !l.includes(':'))
-        .map((l) => l.trim());
-      return [...new Set(pkgs)].sort();
-    },
-
     async fetch(name, pin) {
       if (pin !== undefined) {
         const cached = await findCached(name, pin.version);

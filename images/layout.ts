@@ -30,6 +30,8 @@ import {
   IMAGE_EXEC_HELPER,
   VSOCK_HELPER,
 } from './helpers.js';
+import { assertNoSymlinkDirs, configurePackages, ldconfig } from './deb-configure.js';
+import { createProgress, type Progress } from './progress.js';
 
 import type { KernelParts } from './kernel.js';
 
@@ -144,12 +146,18 @@ export async function buildRootfs(a: {
   recipe: ResolvedRecipe;
   debs: DebInput[];
   sde: number;
+  progress?: Progress;
 }): Promise<void> {
   const stage = path.join(a.work, 'rootfs');
   await mkdir(stage);
   for (const d of a.debs) await extractDeb(d.file, stage);
   await mergeUsr(stage);
+  // The builder writes below these: none may be a package's symlink out of the root.
+  for (const d of ['usr/bin', 'usr/sbin', 'usr/lib', 'usr/libexec', 'etc/init.d', 'root', 'tmp'])
+    await assertNoSymlinkDirs(stage, d);
   for (const p of PRUNE) await rm(path.join(stage, p), { recursive: true, force: true });
+  const progress = a.progress ?? createProgress(1, () => {});
+  await configurePackages(stage, a.debs, a.work, progress);
   for (const d of [
     'dev',
     'proc',
@@ -203,6 +211,7 @@ export async function buildRootfs(a: {
     path.join(stage, 'etc/mvirt-image'),
     `name=${a.recipe.name}\n` + a.debs.map((d) => `deb=${d.name} ${d.version}\n`).join(''),
   );
+  await ldconfig(stage, progress);
   await normaliseModes(stage, explicit);
   await chmod(path.join(stage, 'tmp'), 0o1777);
   await chmod(path.join(stage, 'root'), 0o700);
@@ -215,7 +224,11 @@ export async function buildRootfs(a: {
     '-no-progress',
     '-comp',
     comp,
-    ...(comp === 'zstd' ? ['-Xcompression-level', '15'] : comp === 'lz4' ? ['-Xhc'] : []),
+    ...(comp === 'zstd'
+      ? ['-Xcompression-level', String(a.recipe.rootfs.level ?? 15)]
+      : comp === 'lz4'
+        ? ['-Xhc']
+        : []),
     '-reproducible',
     '-mkfs-time',
     String(a.sde),

@@ -35,6 +35,8 @@ export const Recipe = z.strictObject({
   ]),
   /** Extra Debian packages; their dependency closure is added. */
   packages: z.array(debName).max(200).default([]),
+  /** Cap on the closure's installed size (MiB), checked before anything is downloaded. */
+  maxPackagesMiB: z.number().int().min(1).max(65536).default(1024),
   /** Extra files copied into the root disk. */
   files: z
     .array(
@@ -68,7 +70,19 @@ export const Recipe = z.strictObject({
   console: z.enum(['shell', 'off']).default('shell'),
   /** Root disk: squashfs compression (zstd: smaller; lz4: faster to read under TCG). */
   rootfs: z
-    .strictObject({ compression: z.enum(['zstd', 'lz4', 'xz', 'gzip']).default('zstd') })
+    .strictObject({
+      compression: z.enum(['zstd', 'lz4', 'xz', 'gzip']).default('zstd'),
+      /**
+       * zstd level (default 15). Measured on the build recipe's 395 MiB root
+       * (2 cores): level 15 55 s → 121 MiB, level 3 2.2 s → 139 MiB; reading
+       * costs the same, so big package images use 3.
+       */
+      level: z.number().int().min(1).max(22).optional(),
+    })
+    .refine((r) => r.level === undefined || r.compression === 'zstd', {
+      message: 'level is for zstd only: remove it or use "compression": "zstd"',
+      path: ['level'],
+    })
     .default({ compression: 'zstd' }),
 });
 export type Recipe = z.infer<typeof Recipe>;

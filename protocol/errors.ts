@@ -21,7 +21,7 @@ export const ERROR_CODES = {
   IMAGE_INVALID:
     'A container image archive is damaged, unsafe or unsupported (an entry that leaves the image root, a device node, a bad digest, another platform); the message names the layer and entry and what to fix. Nothing was installed.',
   IMAGE_TOO_LARGE:
-    "A container image's files exceed the import limits (bytes or entries); import a smaller image or raise the limit. Nothing was installed.",
+    "A container image's files exceed the import limits (bytes or entries), or a recipe's package closure its maxPackagesMiB; import a smaller image, drop packages, or raise the limit. Nothing was installed.",
   IMAGE_IN_USE:
     'The image is used by a VM or a pool (details name them); delete those or change the pool first.',
   BOOT_FAILED: 'The hypervisor process could not be started or exited during boot.',
