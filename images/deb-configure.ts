@@ -12,7 +12,13 @@
  *   (debconf's default: all enabled), and the .pem links beside it;
  * - the dynamic linker's cache: the host's own ldconfig (static, no package
  *   code) with `-r` into the root, in an unprivileged user namespace when the
- *   build does not run as root.
+ *   build does not run as root;
+ * - Python's byte code (py3compile in python3's postinst): the host's own
+ *   python3.X of the same minor version compiles the image's .py files
+ *   (compiling runs none of them) into unchecked-hash .pyc, which a read-only
+ *   root never has to recheck. Without them every `python3` start compiles
+ *   what it imports: measured 2-2.7x the start-up time on the host, far more
+ *   under TCG.
  *
  * Everything else a postinst does (users, debconf questions, byte-compiling,
  * services) is not done; images/README.md says which packages that leaves
@@ -207,6 +213,63 @@ export async function ldconfig(root: string, progress: Progress): Promise<void> 
     );
 }
 
+/**
+ * The .py files of /usr/lib/python3.X, as regular files in real directories
+ * only (a package's symlink could point the compiler at a host file), with
+ * any shipped __pycache__ removed so that the compiler creates its own.
+ */
+async function pythonSources(root: string, rel: string, out: string[]): Promise<void> {
+  for (const n of (await readdir(path.join(root, rel))).sort()) {
+    const r = `${rel}/${n}`;
+    const st = await lstat(path.join(root, r));
+    if (n === '__pycache__') await rm(path.join(root, r), { recursive: true, force: true });
+    else if (st.isDirectory()) await pythonSources(root, r, out);
+    else if (st.isFile() && n.endsWith('.py')) out.push(path.join(root, r));
+  }
+}
+
+/** Byte-compile the image's Python standard library with the host's python3.X, when it has that version. */
+export async function compilePython(root: string, progress: Progress): Promise<void> {
+  await assertNoSymlinkDirs(root, 'usr/lib');
+  let libs: string[];
+  try {
+    libs = (await readdir(path.join(root, 'usr/lib'))).filter((n) => /^python3\.\d+$/.test(n));
+  } catch {
+    return;
+  }
+  for (const lib of libs.sort()) {
+    const st = await lstat(path.join(root, 'usr/lib', lib));
+    if (!st.isDirectory()) continue;
+    const files: string[] = [];
+    await pythonSources(root, `usr/lib/${lib}`, files);
+    if (files.length === 0) continue;
+    const r = await run(
+      lib,
+      [
+        '-m',
+        'compileall',
+        '-q',
+        '-j',
+        '0',
+        '--invalidation-mode',
+        'unchecked-hash',
+        '-s',
+        root,
+        '-p',
+        '/',
+        '-i',
+        '-',
+      ],
+      { input: Buffer.from(files.map((f) => `${f}\n`).join('')), allowFail: true },
+    ).catch(() => null);
+    if (r === null || r.code !== 0)
+      progress.warn(
+        `/usr/lib/${lib} is not byte-compiled (${r === null ? `no ${lib} on the build host` : r.stderr.trim().split('\n').slice(-1).join('')}): python3 in the image compiles what it imports at every start; install ${lib} on the build host`,
+      );
+    else progress.info(`python: ${files.length} modules of /usr/lib/${lib} byte-compiled`);
+  }
+}
+
 /** All of the above, in the unpacked root, before the µOS's own files go in. */
 export async function configurePackages(
   root: string,
@@ -220,4 +283,5 @@ export async function configurePackages(
   const n = await caBundle(root);
   if (n > 0)
     progress.info(`ca-certificates: ${n} certificates in /etc/ssl/certs/ca-certificates.crt`);
+  await compilePython(root, progress);
 }

@@ -15,6 +15,8 @@
  */
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { imagesDir } from '../../harness/build.js';
 import type { RpcClient } from '../../harness/client.js';
@@ -28,16 +30,19 @@ const JOB_MS = 180_000;
 const BUILD_MS = 20 * 60_000;
 const DATA = path.join(REPO, 'test-output/data');
 
-/** A C program and its Makefile, written by the job itself from stdin. */
-const C_JOB = `set -e
-mkdir -p /tmp/hello && cd /tmp/hello
-cat > hello.c <<'EOF'
-#include <stdio.h>
-int main(void) { printf("hello from C, %d\\n", 6 * 7); return 0; }
-EOF
-printf 'hello: hello.c\\n\\tcc -O2 -o $@ hello.c\\ntest: hello\\n\\t./hello\\n' > Makefile
-make test
-`;
+/** A project with a C program and a Makefile whose `test` target builds and runs it, as a tar. */
+async function cProject(): Promise<Buffer> {
+  const dir = await tempDataDir('mvirt-pkgs-src-');
+  await writeFile(
+    path.join(dir, 'hello.c'),
+    '#include <stdio.h>\nint main(void) { printf("hello from C, %d\\n", 6 * 7); return 0; }\n',
+  );
+  await writeFile(
+    path.join(dir, 'Makefile'),
+    'hello: hello.c\n\tcc -O2 -o $@ hello.c\ntest: hello\n\t./hello\n',
+  );
+  return execFileSync('tar', ['-c', '-C', dir, '.']);
+}
 
 describe(
   'images with Debian packages in a real microVM',
@@ -102,22 +107,32 @@ describe(
         });
         assert.equal(r.code, 0, r.stderr);
         assert.equal(r.stdout, '42\n');
-        // A script on stdin (`python3 -`), with the standard library.
-        const s = await run(
-          'py',
-          ['python3', '-'],
-          'import json, sqlite3, hashlib\nprint(json.dumps({"n": 6 * 7}))\n',
-        );
-        assert.equal(s.exitCode, 0, s.stderr);
+        // The README's `echo … | mvirt run … -- python3 -`, with the standard library.
+        const s = await mvirt(['run', '--vm', 'py', '--', 'python3', '-'], {
+          daemon,
+          input: 'import json, sqlite3, hashlib\nprint(json.dumps({"n": 6 * 7}))\n',
+        });
+        assert.equal(s.code, 0, s.stderr);
         assert.equal(s.stdout, '{"n": 42}\n');
       });
     });
 
-    it('build: `make test` compiles a C program with cc and runs it', async () => {
+    it("build: the README's `tar … | mvirt run … make -C /tmp/p test` builds with cc and runs", async () => {
       await explained(async () => {
-        const r = await run('cc', ['sh', '-s'], C_JOB);
-        assert.equal(r.exitCode, 0, r.stderr);
-        assert.match(r.stdout ?? '', /cc -O2 -o hello hello\.c\n\.\/hello\nhello from C, 42\n$/);
+        const r = await mvirt(
+          [
+            'run',
+            '--vm',
+            'cc',
+            '--',
+            'sh',
+            '-c',
+            'mkdir /tmp/p && tar -x -C /tmp/p && make -C /tmp/p test',
+          ],
+          { daemon, input: await cProject() },
+        );
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /cc -O2 -o hello hello\.c\n\.\/hello\nhello from C, 42\n/);
       });
     });
 
