@@ -18,7 +18,7 @@ import * as z from 'zod';
 import { MvirtError } from '../protocol/errors.js';
 import { VIRTIO_PORT_NAME } from '../protocol/agent.js';
 import { createDebianSource, loadPins } from './debian.js';
-import { fetchPlan, loadAptIndex, planPackages, type PackagePlan } from './deb-plan.js';
+import { cachedPlan, fetchPlan, type PackagePlan } from './deb-plan.js';
 import { fileSize, sha256, sha256File, sha256Tree } from './hash.js';
 import { MANIFEST_FILE, MANIFEST_SCHEMA, type Manifest, type ManifestInput } from './manifest.js';
 import { parseModuleIndex, resolveModules } from './modules.js';
@@ -86,11 +86,12 @@ export async function buildImage(opts: BuildOptions = {}): Promise<BuildResult> 
 
   const { key, localInputs, plan } = await progress.step('hash inputs', async () => {
     // The package closure is an input: a new version in apt's index is a new key.
-    const p = planPackages(
-      await loadAptIndex(env),
+    const p = await cachedPlan(
+      cache,
       recipe.packages,
       pins.packages,
       recipe.maxPackagesMiB,
+      env,
       progress,
     );
     progress.info(

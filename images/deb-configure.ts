@@ -35,6 +35,7 @@ import {
   symlink,
   writeFile,
 } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { MvirtError } from '../protocol/errors.js';
 import type { DebInput } from './debian.js';
@@ -202,11 +203,16 @@ export async function ldconfig(root: string, progress: Progress): Promise<void> 
   } catch {
     await writeInside(root, 'etc/ld.so.conf', 'include /etc/ld.so.conf.d/*.conf\n');
   }
+  // Not on a non-root user's PATH on Debian.
+  const bin = ['/usr/sbin/ldconfig', '/sbin/ldconfig'].find((p) => existsSync(p)) ?? 'ldconfig';
   const asRoot = process.getuid?.() === 0;
   const [cmd, args] = asRoot
-    ? ['ldconfig', ['-X', '-r', root]]
-    : ['unshare', ['--user', '--map-root-user', '--net', 'ldconfig', '-X', '-r', root]];
-  const r = await run(cmd, args, { allowFail: true });
+    ? [bin, ['-X', '-r', root]]
+    : ['unshare', ['--user', '--map-root-user', '--net', bin, '-X', '-r', root]];
+  const r = await run(cmd, args, { allowFail: true }).catch((e: unknown) => ({
+    code: 127,
+    stderr: (e as Error).message,
+  }));
   if (r.code !== 0)
     progress.warn(
       `no /etc/ld.so.cache (${cmd} failed: ${r.stderr.trim().split('\n').slice(-1).join('')}): libraries outside /usr/lib/x86_64-linux-gnu and /usr/lib will not be found; allow unprivileged user namespaces or build as root`,

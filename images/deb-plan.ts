@@ -9,7 +9,7 @@
  * is used only while it satisfies every versioned dependency of the closure,
  * else the index's version is used with a warning to update the pin.
  */
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { MvirtError } from '../protocol/errors.js';
 import {
@@ -21,7 +21,7 @@ import {
   type IndexEntry,
 } from './deb-index.js';
 import type { DebianSource, DebInput, Pins } from './debian.js';
-import { sha256File } from './hash.js';
+import { sha256, sha256File } from './hash.js';
 import type { Progress } from './progress.js';
 import { run } from './run.js';
 
@@ -109,6 +109,72 @@ export function planPackages(
     installedKiB: closure.installedKiB,
     downloadBytes: closure.packages.reduce((s, p) => s + p.size, 0),
   };
+}
+
+/** What apt's candidate versions depend on: its lists and preferences (name, size, mtime). */
+async function aptState(env: NodeJS.ProcessEnv): Promise<string | null> {
+  const out: string[] = [`APT_CONFIG=${env.APT_CONFIG ?? ''}`];
+  for (const dir of ['/var/lib/apt/lists', '/etc/apt/preferences.d']) {
+    let names: string[];
+    try {
+      names = (await readdir(dir)).sort();
+    } catch {
+      if (dir === '/var/lib/apt/lists') return null;
+      continue;
+    }
+    for (const n of names) {
+      const st = await stat(path.join(dir, n)).catch(() => null);
+      if (st?.isFile()) out.push(`${dir}/${n} ${st.size} ${st.mtimeMs}`);
+    }
+  }
+  const pref = await stat('/etc/apt/preferences').catch(() => null);
+  if (pref !== null) out.push(`/etc/apt/preferences ${pref.size} ${pref.mtimeMs}`);
+  return out.join('\n');
+}
+
+/**
+ * planPackages from apt's index, remembered in `<cache>/plans/` under the
+ * request and the state of apt's lists: reading and parsing the 50 MB index
+ * costs 1.2 s idle (5 s on the loaded test machine), a remembered plan a
+ * file read, so a rebuild with nothing new stays fast. `apt-get update`
+ * changes the lists and so the key.
+ */
+export async function cachedPlan(
+  cacheDir: string,
+  requested: readonly string[],
+  pins: Pins['packages'],
+  maxMiB: number,
+  env: NodeJS.ProcessEnv,
+  progress?: Progress,
+): Promise<PackagePlan> {
+  const state = await aptState(env);
+  const file =
+    state === null
+      ? null
+      : path.join(
+          cacheDir,
+          'plans',
+          `${sha256(JSON.stringify({ v: 1, requested, pins, maxMiB, state }))}.json`,
+        );
+  if (file !== null) {
+    const saved = await readFile(file, 'utf8').catch(() => null);
+    if (saved !== null) {
+      const p = JSON.parse(saved) as PackagePlan & { warnings: string[] };
+      for (const w of p.warnings) progress?.warn(w);
+      return { debs: p.debs, installedKiB: p.installedKiB, downloadBytes: p.downloadBytes };
+    }
+  }
+  const warnings: string[] = [];
+  const before = progress?.warnings.length ?? 0;
+  const plan = planPackages(await loadAptIndex(env), requested, pins, maxMiB, progress);
+  warnings.push(...(progress?.warnings.slice(before) ?? []));
+  if (file !== null) {
+    await mkdir(path.dirname(file), { recursive: true });
+    const tmp = `${file}.tmp-${process.pid}`;
+    await writeFile(tmp, JSON.stringify({ ...plan, warnings }));
+    await rename(tmp, file);
+  }
+  return plan;
 }
 
 /** apt names files name_version_arch.deb, with ':' (epochs) as %3a. */

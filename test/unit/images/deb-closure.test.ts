@@ -15,7 +15,12 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { MvirtError } from '../../../protocol/errors.js';
 import { buildImage } from '../../../images/build.js';
-import { compareVersions, parseIndex, resolveClosure } from '../../../images/deb-index.js';
+import {
+  compareVersions,
+  parseIndex,
+  resolveClosure,
+  type DebIndex,
+} from '../../../images/deb-index.js';
 import { fetchPlan, loadAptIndex, planPackages } from '../../../images/deb-plan.js';
 import { parseAlternatives } from '../../../images/deb-configure.js';
 import { createDebianSource } from '../../../images/debian.js';
@@ -45,6 +50,10 @@ const INDEX = [
   stanza({ Package: 'i386only', Architecture: 'i386' }),
   stanza({ Package: 'uses-app', Depends: 'app' }),
 ].join('\n\n');
+
+/** This machine's apt index, read once for the file (1.2 s idle). */
+let realIndex: Promise<DebIndex> | undefined;
+const aptIndex = (): Promise<DebIndex> => (realIndex ??= loadAptIndex());
 
 const rejectsWith = (code: string, re: RegExp) => (e: unknown) =>
   e instanceof MvirtError && e.code === code && re.test(e.message);
@@ -153,8 +162,7 @@ describe('dependency closure', () => {
   });
 
   test("python3 from this machine's apt index: the interpreter and stdlib, not the Recommends", async () => {
-    const real = await loadAptIndex();
-    const c = resolveClosure(real, ['python3']);
+    const c = resolveClosure(await aptIndex(), ['python3']);
     const names = new Set(c.packages.map((p) => p.name));
     for (const n of ['python3', 'python3-minimal', 'libpython3-stdlib', 'libc6', 'zlib1g'])
       assert.ok(names.has(n), `${n} in the closure`);
@@ -207,7 +215,7 @@ describe('bad input leaves nothing behind', () => {
     const env = { ...process.env, APT_CONFIG: conf };
     const cache = path.join(dir, 'cache');
     const progress = createProgress(1, () => {});
-    const plan = planPackages(await loadAptIndex(), ['hello'], {}, 100);
+    const plan = planPackages(await aptIndex(), ['hello'], {}, 100);
     await assert.rejects(
       fetchPlan(plan, {
         cacheDir: cache,
