@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -25,6 +25,8 @@ import { fetchPlan, loadAptIndex, planPackages } from '../../../images/deb-plan.
 import { parseAlternatives } from '../../../images/deb-configure.js';
 import { createDebianSource } from '../../../images/debian.js';
 import { createProgress } from '../../../images/progress.js';
+import { PROJECT_ROOT } from '../../../images/paths.js';
+import { parseRecipe } from '../../../images/recipe.js';
 import { standinAgent, testRecipe } from '../../../harness/image-qemu.js';
 
 const stanza = (f: Record<string, string>): string =>
@@ -173,6 +175,26 @@ describe('dependency closure', () => {
       c.packages.every((p) => /^[0-9a-f]{64}$/.test(p.sha256)),
       'every package has a digest',
     );
+  });
+});
+
+describe('the shipped recipes', () => {
+  test('python.json and build.json resolve under their caps, with what their names promise', async () => {
+    for (const [file, must] of [
+      ['python.json', ['python3', 'libpython3-stdlib']],
+      [
+        'build.json',
+        ['make', 'gcc', 'cpp', 'binutils', 'libc6-dev', 'git', 'curl', 'ca-certificates'],
+      ],
+    ] as const) {
+      const file_ = path.join(PROJECT_ROOT, 'images/recipes', file);
+      // parseRecipe, not loadRecipe: the agent need not be built for this.
+      const r = parseRecipe(JSON.parse(await readFile(file_, 'utf8')), file_);
+      const plan = planPackages(await aptIndex(), r.packages, {}, r.maxPackagesMiB);
+      const names = new Set(plan.debs.map((d) => d.name));
+      for (const n of must) assert.ok(names.has(n), `${file}: ${n}`);
+      assert.equal(r.rootfs.level, 3, `${file}: zstd level 3 (55 s → 2 s of squashfs for build)`);
+    }
   });
 });
 
