@@ -194,6 +194,15 @@ describe('the shipped recipes', () => {
       const names = new Set(plan.debs.map((d) => d.name));
       for (const n of must) assert.ok(names.has(n), `${file}: ${n}`);
       assert.equal(r.rootfs.level, 3, `${file}: zstd level 3 (55 s → 2 s of squashfs for build)`);
+      // The µOS part is the default image's: the same kernel, modules and arguments.
+      const def = parseRecipe(
+        JSON.parse(await readFile(path.join(PROJECT_ROOT, 'images/recipes/default.json'), 'utf8')),
+      );
+      assert.deepEqual(
+        [r.kernel, r.modules, r.cmdline, r.machine],
+        [def.kernel, def.modules, def.cmdline, def.machine],
+        `${file}: as images/recipes/default.json`,
+      );
     }
   });
 });
