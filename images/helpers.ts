@@ -7,32 +7,44 @@ import path from 'node:path';
 import { INITRAMFS_DIR } from './paths.js';
 import { run } from './run.js';
 
+export interface Helper {
+  src: string;
+  /** Where it goes in the root file system. */
+  dest: string;
+}
+
 /** The agent's vsock dialer and relay (guest-agent/platform/vsock.ts says why). */
-export const VSOCK_HELPER = {
+export const VSOCK_HELPER: Helper = {
   src: path.join(INITRAMFS_DIR, 'src', 'vsock-connect.c'),
-  /** Where it goes in the root file system (the agent's VSOCK_HELPER). */
   dest: 'usr/libexec/mvirt/vsock-connect',
 };
 
-export async function buildVsockHelper(outFile: string): Promise<void> {
-  await run(
-    'cc',
-    ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', outFile, VSOCK_HELPER.src],
-    { code: 'BUILD_FAILED' },
-  );
-}
-
 /** Runs a job of an imported container image inside its root (initramfs/src/image-exec.c). */
-export const IMAGE_EXEC_HELPER = {
+export const IMAGE_EXEC_HELPER: Helper = {
   src: path.join(INITRAMFS_DIR, 'src', 'image-exec.c'),
   /** Where it goes in the root file system (the agent's IMAGE_EXEC). */
   dest: 'usr/libexec/mvirt/image-exec',
 };
 
-export async function buildImageExecHelper(outFile: string): Promise<void> {
+/** The pseudo-terminal wrapper of tty jobs (its source says why it is C; guest-agent/tty.ts runs it). */
+export const PTY_HELPER: Helper = {
+  src: path.join(INITRAMFS_DIR, 'src', 'mvirt-pty.c'),
+  dest: 'usr/libexec/mvirt/mvirt-pty',
+};
+
+/** Every helper an image carries. */
+export const HELPERS: readonly Helper[] = [VSOCK_HELPER, IMAGE_EXEC_HELPER, PTY_HELPER];
+
+export async function buildHelper(helper: Helper, outFile: string): Promise<void> {
   await run(
     'cc',
-    ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', outFile, IMAGE_EXEC_HELPER.src],
+    ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', outFile, helper.src],
     { code: 'BUILD_FAILED' },
   );
 }
+
+export const buildVsockHelper = (outFile: string): Promise<void> =>
+  buildHelper(VSOCK_HELPER, outFile);
+
+export const buildImageExecHelper = (outFile: string): Promise<void> =>
+  buildHelper(IMAGE_EXEC_HELPER, outFile);

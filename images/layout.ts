@@ -24,12 +24,7 @@ import { walkSorted } from './hash.js';
 import { INITRAMFS_DIR } from './paths.js';
 import { type ResolvedRecipe } from './recipe.js';
 import { run } from './run.js';
-import {
-  buildImageExecHelper,
-  buildVsockHelper,
-  IMAGE_EXEC_HELPER,
-  VSOCK_HELPER,
-} from './helpers.js';
+import { buildHelper, HELPERS } from './helpers.js';
 import { assertNoSymlinkDirs, configurePackages, ldconfig } from './deb-configure.js';
 import { createProgress, type Progress } from './progress.js';
 
@@ -193,12 +188,10 @@ export async function buildRootfs(a: {
     await appendFile(path.join(stage, 'etc/inittab'), CONSOLE_SHELL_INITTAB);
   await copyFile(a.recipe.agentPath, path.join(stage, 'usr/bin/mvirt-agent'));
   await chmod(path.join(stage, 'usr/bin/mvirt-agent'), 0o755);
-  await buildVsockHelper(path.join(stage, VSOCK_HELPER.dest));
-  await buildImageExecHelper(path.join(stage, IMAGE_EXEC_HELPER.dest));
+  for (const h of HELPERS) await buildHelper(h, path.join(stage, h.dest));
   const explicit = new Map<string, number>([
     ['usr/bin/mvirt-agent', 0o755],
-    [VSOCK_HELPER.dest, 0o755],
-    [IMAGE_EXEC_HELPER.dest, 0o755],
+    ...HELPERS.map((h) => [h.dest, 0o755] as const),
   ]);
   for (const f of a.recipe.fileSources) {
     const dest = path.join(stage, f.dest);
