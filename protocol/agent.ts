@@ -8,17 +8,14 @@ import * as z from 'zod';
 import type { AgentDownKind, AgentUpKind } from './topics.js';
 import { PRINTABLE, PRINTABLE_WORD } from './inert.js';
 import { SIGNALS } from './states.js';
+import { AgentId } from './ids.js';
+import { Resize, TtySize } from './tty.js';
 
 /** Bumped when the agent channel changes incompatibly. */
 export const AGENT_PROTOCOL_VERSION = 1;
 
 const bytes = z.instanceof(Uint8Array);
-/** Ids are the host's (`job-<hex>`, UUIDs): a guest echoes them, it never names new ones. */
-const id = z
-  .string()
-  .min(1)
-  .max(128)
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, 'an id is letters, digits and . _ : -');
+const id = AgentId;
 const jobId = id;
 const reqId = id;
 /** Times and durations: finite, and exact as doubles (sums of two stay finite). */
@@ -297,6 +294,8 @@ export const Exec = z.strictObject({
   stdinOpen: z.boolean().optional(),
   timeoutMs: JobTimeoutMs.optional(),
   limits: JobLimits.optional(),
+  /** Run under a pseudo-terminal of this size (protocol/tty.ts); its output is all `stdout`. */
+  tty: TtySize.optional(),
   /** Resume output after this seq (on redelivery after a reconnect). */
   fromSeq: z.number().int().nonnegative().optional(),
 });
@@ -359,6 +358,7 @@ export const AGENT_DOWN = {
   configure: Configure,
   blockDevices: BlockDevicesRequest,
   sync: Sync,
+  resize: Resize,
 } as const satisfies Record<AgentDownKind, z.ZodType>;
 
 export type AgentDownMessage = { [K in AgentDownKind]: z.infer<(typeof AGENT_DOWN)[K]> };

@@ -13,6 +13,12 @@ export const JOB_STDIN_BYTES = 512 * 1024;
 /** job.stdin: at most this many bytes per call (base64 in the request). */
 export const JOB_STDIN_CHUNK_BYTES = 256 * 1024;
 
+/** A tty job's window: at most this many columns and rows (the pty's winsize is 16-bit). */
+export const TTY_MAX_COLS = 4096;
+export const TTY_MAX_ROWS = 4096;
+/** The size of a tty job's window when the caller gives none (a VT100's). */
+export const TTY_DEFAULT_SIZE = { cols: 80, rows: 24 } as const;
+
 /** A job id as job.run returns it (the JobId schema). */
 export const JOB_ID_RE = /^job-[0-9a-f]{12,32}$/;
 

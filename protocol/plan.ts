@@ -28,6 +28,7 @@ export const MUTATING_METHODS = [
   'job.cancel',
   'job.signal',
   'job.stdin',
+  'job.resize',
   'pool.set',
   'pool.delete',
   'image.delete',

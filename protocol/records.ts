@@ -9,6 +9,7 @@
 import * as z from 'zod';
 import { JobStateSchema, VmStateSchema } from './host-records.js';
 import { BlockDevicesResult, BootTimeline, JobLimits, JobUsage } from './agent.js';
+import { TtySize } from './tty.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import {
   NETWORK_MODES,
@@ -172,6 +173,9 @@ const jobFields = {
     .optional(),
   limits: JobLimits.describe(
     "job.run {limits}: the job's own cgroup limits in the guest",
+  ).optional(),
+  tty: TtySize.describe(
+    'job.run {tty: true}: it runs under a pseudo-terminal, of this size at its start',
   ).optional(),
   usage: JobUsage.describe(
     'what the job used, read from its cgroup as it ended (absent: it did not run, or the guest has no cgroups)',

@@ -7,6 +7,7 @@ import * as z from 'zod';
 import { utf8Length } from './text.js';
 import { NAME_RE } from './topics.js';
 import { JobArgv, JobEnv, JobLimits, JobTimeoutMs, SIGNALS } from './agent.js';
+import { TtyCols, TtyRows } from './tty.js';
 import { MetricsResult } from './metrics.js';
 import { ImageDetails, ImageRecord, ImportFileName } from './image.js';
 import { DRY_RUN } from './plan.js';
@@ -233,10 +234,22 @@ export const PARAMS = {
       vcpus: Vcpus.optional(),
       memoryMiB: MemoryMiB.optional(),
       wait: z.boolean().optional(),
+      /**
+       * Run under a pseudo-terminal in the guest (its stdout and stderr
+       * merged, as on a terminal), of `cols` × `rows` (default 80 × 24);
+       * job.resize changes it while the job runs.
+       */
+      tty: z.boolean().optional(),
+      cols: TtyCols.optional(),
+      rows: TtyRows.optional(),
     })
     .refine(
       (p) => [p.vm, p.image, p.pool].filter((t) => t !== undefined).length <= 1,
       'give at most one of vm, image and pool',
+    )
+    .refine(
+      (p) => p.tty === true || (p.cols === undefined && p.rows === undefined),
+      'cols and rows size the terminal of a job run with tty: true',
     ),
   'job.get': z.strictObject({ jobId: JobId }),
   'job.list': z
@@ -260,6 +273,8 @@ export const PARAMS = {
     /** Close the job's stdin after these bytes. */
     eof: z.boolean().optional(),
   }),
+  /** A tty job's window changed size (the job's foreground processes get SIGWINCH). */
+  'job.resize': z.strictObject({ ...DRY_RUN, jobId: JobId, cols: TtyCols, rows: TtyRows }),
   'job.logs': z.strictObject({
     jobId: JobId,
     fromSeq: z.number().int().nonnegative().optional(),
@@ -417,6 +432,11 @@ export const RESULTS = {
     open: z
       .boolean()
       .describe("the job's stdin takes more (false: it was closed, or the job has exited)"),
+  }),
+  'job.resize': z.strictObject({
+    delivered: z
+      .boolean()
+      .describe("the job's terminal took the size (false: the job had just exited)"),
   }),
   'job.logs': JobLogs,
   'pool.set': PoolRecord,

@@ -59,6 +59,7 @@ export const AGENT_DOWN_KINDS = [
   'configure',
   'blockDevices',
   'sync',
+  'resize',
 ] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 
