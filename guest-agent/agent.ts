@@ -191,6 +191,7 @@ export function createAgent(
     exec: (m) => jobs.exec(m),
     stdin: (m) => jobs.stdin(m),
     signal: (m) => jobs.signal(m),
+    resize: (m) => jobs.resize(m),
     ping: (m) => (m.data === undefined ? {} : { data: m.data }),
     blockDevices: async () => ({ blockDevices: await blockDevicesNow(platform) }),
     sync: (m) => {

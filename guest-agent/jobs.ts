@@ -5,10 +5,12 @@
  * forgotten first).
  */
 import type { Exec, Exit, Hello, Signal, Stdin } from '../protocol/agent.js';
+import type { Resize } from '../protocol/tty.js';
 import { AgentError } from './errors.js';
 import type { Outbox } from './outbox.js';
 import { createOutputSink, type Chunk, type OutputSink } from './output.js';
 import type { JobGroup, LimitedJobGroup, Platform, Proc } from './platform/types.js';
+import { forgetTty, resizeTty, ttyArgv } from './tty.js';
 
 export interface JobOptions {
   /** SIGTERM → SIGKILL escalation delay for timeouts and cancels. */
@@ -58,6 +60,9 @@ interface Job {
   killTimer: NodeJS.Timeout | null;
   /** Ended by drop(): nothing more of it is reported. */
   dropped: boolean;
+  /** Run under a pty (tty.ts); its resizes, one after the other. */
+  tty: boolean;
+  resizing: Promise<unknown>;
 }
 
 export interface Jobs {
@@ -66,6 +71,8 @@ export interface Jobs {
   /** Resolves once the pipe took the bytes: whether it takes more. */
   stdin(msg: Stdin): { open: boolean } | Promise<{ open: boolean }>;
   signal(msg: Signal): { running: boolean };
+  /** A tty job's new window size; false: it has ended, or has no tty. */
+  resize(msg: Resize): Promise<{ running: boolean }>;
   /** For hello: what we still know about. */
   known(): Hello['jobs'];
   /** Kill every running job's process group (agent shutdown). */
@@ -162,6 +169,7 @@ export function createJobs(
     const group = await j.group;
     const oomKilled = await wasOomKilled(j, group ?? null);
     const usage = j.pid === null ? null : await group?.usage().catch(() => null);
+    if (j.tty) await forgetTty(platform, j.id).catch(() => undefined);
     if (j.exit || j.dropped) return;
     j.exit = {
       jobId: j.id,
@@ -208,10 +216,15 @@ export function createJobs(
       timers: new Set(),
       killTimer: null,
       dropped: false,
+      tty: msg.tty !== undefined,
+      resizing: Promise.resolve(),
     };
     jobs.set(j.id, j);
-    if (!msg.limits) return launch(j, msg, null);
-    const made = platform.limitedGroup(j.id, msg.limits);
+    if (!msg.limits && !msg.tty) return launch(j, msg, null);
+    // A tty job enters its group before its command runs even without
+    // limits: mvirt-pty forks the command at once, before a move of the
+    // helper after its spawn could take the command along.
+    const made = platform.limitedGroup(j.id, msg.limits ?? {});
     j.group = made.catch(() => null);
     return made.then(
       (g) => {
@@ -223,6 +236,8 @@ export function createJobs(
         return launch(j, msg, g);
       },
       (err: unknown) => {
+        // No groups in this guest: a tty job without limits runs all the same.
+        if (!msg.limits) return launch(j, msg, null);
         const message = `cannot apply the job's limits: ${(err as Error).message}`;
         void finish(j, message);
         throw new AgentError('SPAWN_FAILED', message);
@@ -240,7 +255,8 @@ export function createJobs(
     // its Entrypoint goes before the job's argv, which takes Cmd's place (`docker run`).
     const image = platform.image ?? null;
     const env = { ...platform.jobEnv(), ...image?.env, ...msg.env };
-    const argv = image === null ? msg.argv : [...image.entrypoint, ...msg.argv];
+    const command = image === null ? msg.argv : [...image.entrypoint, ...msg.argv];
+    const argv = msg.tty ? ttyArgv(platform, j.id, msg.tty, command) : command;
     const cwd = msg.cwd ?? image?.workingDir;
     let proc: Proc;
     try {
@@ -361,6 +377,17 @@ export function createJobs(
         kill(j, msg.signal);
       }
       return { running: true };
+    },
+    resize(msg) {
+      const j = jobs.get(msg.jobId);
+      if (!j) throw new AgentError('JOB_NOT_FOUND', `no job ${msg.jobId}`);
+      const run = j.resizing.then(async () => {
+        if (!j.tty || j.exit || j.pid === null || j.dropped) return { running: false };
+        const size = { cols: msg.cols, rows: msg.rows };
+        return { running: await resizeTty(platform, j.id, j.pid, size) };
+      });
+      j.resizing = run.catch(() => undefined);
+      return run;
     },
     known() {
       return [...jobs.values()].map((j) => ({

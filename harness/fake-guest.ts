@@ -8,6 +8,8 @@
  * jobs started.
  */
 import { readdirSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { createAgent, type Agent, type AgentOptions } from '../guest-agent/agent.js';
 import { createLinuxPlatform } from '../guest-agent/platform/linux.js';
@@ -154,6 +156,10 @@ export function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
     mixEntropy: async () => undefined,
     setHostname: async () => undefined,
     configureNic: async () => undefined,
+    // No mvirt-pty here: a tty job fails to start, as in a guest without it.
+    tty: { helper: '/nonexistent/mvirt-pty', sizeDir: path.join(os.tmpdir(), 'mvirt-fake-tty') },
+    writeText: (file, text) => linux.writeText(file, text),
+    removeFile: (file) => linux.removeFile(file),
     jobEnv: () => linux.jobEnv(),
     clock: linux.clock,
   };

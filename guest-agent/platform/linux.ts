@@ -1,7 +1,17 @@
 /** The real Platform: Linux, as seen from inside the µOS (busybox init is PID 1). */
 import { spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
-import { chmod, mkdir, open, readFile, readdir, statfs, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  mkdir,
+  open,
+  readFile,
+  readdir,
+  rename,
+  rm,
+  statfs,
+  writeFile,
+} from 'node:fs/promises';
 import path from 'node:path';
 import { connect } from 'node:net';
 import os from 'node:os';
@@ -23,6 +33,7 @@ import { openRelay, VSOCK_HELPER } from './vsock.js';
 import { createJobGroups } from './cgroups.js';
 import { inImage, readImageRuntime } from './image.js';
 import type { ImageRuntime } from '../../protocol/image.js';
+import { PTY_HELPER, TTY_SIZE_DIR } from '../tty.js';
 import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -128,6 +139,8 @@ export interface LinuxPlatformOptions {
   vsockHelper?: string;
   /** The imported image's defaults (default: what rcS mounted, protocol/image.ts). */
   image?: ImageRuntime | null;
+  /** tty jobs' pty helper and size files (default PTY_HELPER, TTY_SIZE_DIR). */
+  tty?: { helper: string; sizeDir: string };
 }
 
 /** Whether `file` names an executable file, as execvp would look for it. */
@@ -277,6 +290,16 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       await writeFile('/run/hostname', `${name}\n`).catch(() => undefined);
     },
     configureNic,
+    tty: o.tty ?? { helper: PTY_HELPER, sizeDir: TTY_SIZE_DIR },
+    async writeText(p, text) {
+      await mkdir(path.dirname(p), { recursive: true });
+      const tmp = `${p}.${process.pid}.tmp`;
+      await writeFile(tmp, text);
+      await rename(tmp, p);
+    },
+    async removeFile(p) {
+      await rm(p, { force: true });
+    },
     jobEnv() {
       const out: Record<string, string> = {};
       for (const [k, v] of Object.entries(env)) {

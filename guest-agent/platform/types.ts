@@ -109,6 +109,12 @@ export interface Platform {
   setHostname(name: string): Promise<void>;
   /** Give the VM's one NIC this MAC, address, default route and DNS server. */
   configureNic(net: NicConfig): Promise<void>;
+  /** tty jobs (guest-agent/tty.ts): the pty helper their argv is wrapped with, and where it reads window sizes. */
+  readonly tty: { helper: string; sizeDir: string };
+  /** Replace a small file's text at once (a reader sees the old or the new), making its folder. */
+  writeText(path: string, text: string): Promise<void>;
+  /** Remove a file; one that is not there is no error. */
+  removeFile(path: string): Promise<void>;
   /** Base environment for jobs (exec.env is layered on top). */
   jobEnv(): Record<string, string>;
   /**

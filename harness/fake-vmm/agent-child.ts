@@ -10,6 +10,8 @@
  * Environment: FAKE_VM, FAKE_ROOT (the mvirt.* values of the kernel command
  * line), FAKE_VSOCK_PATH (`<uds>_1024`), FAKE_CMDLINE, FAKE_VMM_PID.
  */
+import os from 'node:os';
+import path from 'node:path';
 import { createAgent } from '../../guest-agent/agent.js';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
 import { openRelay } from '../../guest-agent/platform/vsock.js';
@@ -79,6 +81,10 @@ const platform: Platform = {
   mixEntropy: async () => undefined,
   setHostname: async () => undefined,
   configureNic: async () => undefined,
+  // No mvirt-pty here: a tty job fails to start, as in a guest without it.
+  tty: { helper: '/nonexistent/mvirt-pty', sizeDir: path.join(os.tmpdir(), 'mvirt-fake-tty') },
+  writeText: (file, text) => linux.writeText(file, text),
+  removeFile: (file) => linux.removeFile(file),
   jobEnv: () => linux.jobEnv(),
   clock: linux.clock,
 };

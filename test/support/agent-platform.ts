@@ -222,6 +222,10 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
       if (p.failures.nic) throw new Error(p.failures.nic);
       p.nics.push(net);
     },
+    // A test that runs tty jobs builds the helper and points this at it.
+    tty: { helper: '/nonexistent/mvirt-pty', sizeDir: path.join(tmpdir(), 'mvirt-fake-tty') },
+    writeText: (file, text) => linux.writeText(file, text),
+    removeFile: (file) => linux.removeFile(file),
     jobEnv: () => linux.jobEnv(),
     clock: {
       now: () => p.wallMs ?? Date.now(),

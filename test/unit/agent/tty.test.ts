@@ -1,0 +1,166 @@
+/**
+ * tty jobs on the agent side, without a VM: the agent (guest-agent/jobs.ts,
+ * tty.ts) runs jobs under the µOS's real mvirt-pty (initramfs/src/
+ * mvirt-pty.c, built here as the image builder builds it) on this host.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { PTY_HELPER } from '../../../images/helpers.js';
+import { builtHelper } from '../../../harness/vsock-helper.js';
+import { jobOutput, nextId, startHarness, type Harness } from '../../support/agent-harness.js';
+
+let h: Harness;
+let dir: string;
+before(async () => {
+  h = await startHarness();
+  dir = mkdtempSync(path.join(os.tmpdir(), 'agent-tty-'));
+  h.platform.tty.helper = await builtHelper(PTY_HELPER);
+  h.platform.tty.sizeDir = path.join(dir, 'tty');
+});
+after(async () => {
+  await h.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const exec = (jobId: string, msg: Record<string, unknown>) =>
+  h.request('exec', { id: nextId(), jobId, ...msg });
+
+/** Resolves once the job's output (all of it so far) matches. */
+const outputMatches = (jobId: string, re: RegExp) =>
+  h.waitFor('output', () => re.test(jobOutput(h, jobId)));
+
+const type = (jobId: string, text: string) => h.send('stdin', { jobId, data: Buffer.from(text) });
+
+/** Processes whose command line is exactly `argv` (to see a guest command start). */
+function running(argv: string[]): number[] {
+  const want = `${argv.join('\0')}\0`;
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8') === want;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Until a process of `argv` exists (no event tells; /proc is read every 20 ms). */
+async function untilRunning(argv: string[]): Promise<void> {
+  for (let i = 0; i < 500 && running(argv).length === 0; i++)
+    await new Promise((r) => setTimeout(r, 20));
+  assert.notEqual(running(argv).length, 0, `${argv.join(' ')} never started`);
+}
+
+test('a tty job sees a terminal of its size; stdout and stderr come merged', async () => {
+  const jobId = nextId('job');
+  const reply = await exec(jobId, {
+    argv: ['sh', '-c', 'stty size; test -t 0 && test -t 1 && echo is-a-tty; echo to-stderr >&2'],
+    tty: { cols: 100, rows: 30 },
+  });
+  assert.equal(reply.ok, true);
+  const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
+  assert.equal(exit.exitCode, 0);
+  const out = jobOutput(h, jobId, 'stdout');
+  assert.match(out, /^30 100\r\n/);
+  assert.match(out, /is-a-tty\r\n/);
+  assert.match(out, /to-stderr\r\n/);
+  assert.equal(jobOutput(h, jobId, 'stderr'), '');
+  // Entered its own group before the command ran, though it has no limits.
+  assert.deepEqual(h.platform.groups.get(jobId)?.limits, {});
+});
+
+test('an interactive shell: line editing input, resize, Ctrl-C of a command, exit code', async () => {
+  const jobId = nextId('job');
+  const reply = await exec(jobId, {
+    argv: ['sh'],
+    env: { PS1: 'prompt$ ' },
+    tty: { cols: 80, rows: 24 },
+    stdinOpen: true,
+  });
+  assert.equal(reply.ok, true);
+  await outputMatches(jobId, /prompt\$ $/);
+  await type(jobId, 'stty size\n');
+  await outputMatches(jobId, /\r\n24 80\r\n/);
+
+  const resized = await h.request('resize', { id: nextId(), jobId, cols: 132, rows: 50 });
+  assert.deepEqual(resized.result, { running: true });
+  await type(jobId, 'stty size\n');
+  await outputMatches(jobId, /\r\n50 132\r\n/);
+
+  await type(jobId, 'sleep 100\n');
+  await untilRunning(['sleep', '100']);
+  await type(jobId, '\x03'); // Ctrl-C: the line discipline makes it SIGINT
+  await type(jobId, 'echo status-$?\n');
+  await outputMatches(jobId, /\r\nstatus-130\r\n/);
+
+  await type(jobId, 'exit 3\n');
+  const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
+  assert.equal(exit.exitCode, 3);
+  assert.equal(exit.signal, null);
+  assert.equal(running(['sleep', '100']).length, 0);
+  // The size file went with the job.
+  assert.deepEqual(readdirSync(h.platform.tty.sizeDir), []);
+});
+
+test("job signals reach the tty job's processes; a signal that kills it is reported", async () => {
+  const jobId = nextId('job');
+  const script = 'trap "echo got-usr1; exit 7" USR1; echo ready; while :; do sleep 1; done';
+  await exec(jobId, { argv: ['sh', '-c', script], tty: { cols: 80, rows: 24 } });
+  await outputMatches(jobId, /ready/);
+  const sent = await h.request('signal', { id: nextId(), jobId, signal: 'SIGUSR1' });
+  assert.deepEqual(sent.result, { running: true });
+  const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
+  assert.equal(exit.exitCode, 7);
+  assert.match(jobOutput(h, jobId), /got-usr1/);
+
+  const killed = nextId('job');
+  await exec(killed, { argv: ['sh', '-c', 'kill -USR2 $$'], tty: { cols: 80, rows: 24 } });
+  const e2 = await h.waitFor('exit', (e) => e.jobId === killed);
+  assert.equal(e2.exitCode, null);
+  assert.equal(e2.signal, 'SIGUSR2');
+});
+
+test('a tty job times out like any job', async () => {
+  const jobId = nextId('job');
+  await exec(jobId, { argv: ['sleep', '100'], tty: { cols: 80, rows: 24 }, timeoutMs: 300 });
+  const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
+  assert.equal(exit.timedOut, true);
+  assert.equal(exit.signal, 'SIGTERM');
+});
+
+test('a command that cannot run: exit 127 and why, as a shell says it', async () => {
+  const jobId = nextId('job');
+  await exec(jobId, { argv: ['no-such-command-here'], tty: { cols: 80, rows: 24 } });
+  const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
+  assert.equal(exit.exitCode, 127);
+  assert.match(jobOutput(h, jobId, 'stderr'), /no-such-command-here: No such file or directory/);
+});
+
+test('resize: not running for a job without a tty, refused sizes and unknown jobs', async () => {
+  const plain = nextId('job');
+  await exec(plain, { argv: ['cat'], stdinOpen: true });
+  const r = await h.request('resize', { id: nextId(), jobId: plain, cols: 90, rows: 20 });
+  assert.deepEqual(r.result, { running: false });
+  await h.send('stdin', { jobId: plain, data: Buffer.alloc(0), eof: true });
+  await h.waitFor('exit', (e) => e.jobId === plain);
+
+  for (const bad of [
+    { cols: 0, rows: 20 },
+    { cols: 80, rows: 5000 },
+    { cols: 80.5, rows: 20 },
+    { cols: 80 },
+  ]) {
+    const reply = await h.request('resize', { id: nextId(), jobId: plain, ...bad });
+    assert.equal(reply.ok, false, JSON.stringify(bad));
+    assert.equal(reply.error?.code, 'BAD_MESSAGE');
+  }
+  const badExec = await exec(nextId('job'), { argv: ['true'], tty: { cols: 10000, rows: 1 } });
+  assert.equal(badExec.error?.code, 'BAD_MESSAGE');
+  const none = await h.request('resize', { id: nextId(), jobId: 'job-nope', cols: 80, rows: 24 });
+  assert.equal(none.error?.code, 'JOB_NOT_FOUND');
+});
