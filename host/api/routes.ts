@@ -63,6 +63,7 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'job.cancel': operate(job),
   'job.signal': operate(job),
   'job.stdin': operate(job),
+  'job.resize': operate(job),
   'job.logs': read(job),
   'pool.set': { role: 'admin', scope: { kind: 'create-from-snapshot' } },
   'pool.get': read(pool),

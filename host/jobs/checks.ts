@@ -8,6 +8,7 @@ import type { JobSpec } from '../store/index.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { JobRecord, JobTarget, ParamsOf, PoolRecord, VmRecord } from '../../protocol/rpc.js';
 import { isJobTargetVm, isTerminalJob } from '../../protocol/states.js';
+import { TTY_DEFAULT_SIZE } from '../../protocol/limits.js';
 import type { Active, JobContext } from './context.js';
 
 export interface RunCheck {
@@ -148,6 +149,8 @@ export function jobSpec(
   if (p.encoding === 'bytes') spec.bytesOut = true;
   if (p.timeoutMs !== undefined) spec.timeoutMs = p.timeoutMs;
   if (p.limits) spec.limits = p.limits;
+  if (p.tty)
+    spec.tty = { cols: p.cols ?? TTY_DEFAULT_SIZE.cols, rows: p.rows ?? TTY_DEFAULT_SIZE.rows };
   if (target.kind === 'image') {
     spec.vcpus = p.vcpus ?? defaults.vcpus;
     spec.memoryMiB = p.memoryMiB ?? defaults.memoryMiB;

@@ -1,6 +1,7 @@
 /**
  * Talking to a running job: job.signal (any of the protocol's signals to its
- * process group) and job.stdin (more input for a job run with `stdinOpen`).
+ * process group), job.stdin (more input for a job run with `stdinOpen`) and
+ * job.resize (the window of a job run with `tty`).
  *
  * job.stdin is flow-controlled end to end: the agent answers a chunk once the
  * job's stdin pipe has taken it, and mvirtd answers the caller only then, so
@@ -23,6 +24,13 @@ const notRunning = (rec: JobRecord) =>
       ? `job ${rec.jobId} is queued: signal it once it runs (job.get, or its state topic, says when)`
       : `job ${rec.jobId} has ended (${rec.state}): there is nothing left to signal`,
     { details: { state: rec.state } },
+  );
+
+/** job.resize of a job without a terminal. */
+const noTty = (rec: JobRecord) =>
+  new MvirtError(
+    'INVALID_PARAMS',
+    `job ${rec.jobId} runs without a terminal: only a job run with tty: true has a window to resize`,
   );
 
 export function jobIo(ctx: JobContext) {
@@ -98,6 +106,41 @@ export function jobIo(ctx: JobContext) {
         if (chains.get(p.jobId) === settled) chains.delete(p.jobId);
       });
       return mine;
+    },
+
+    /**
+     * Not audited, as stdin chunks are not: a window being dragged sends a
+     * resize per step, and the size is the caller's view, not the job's
+     * state (job.run recorded who started the job and its first size).
+     */
+    async resize(p: ParamsOf<'job.resize'>): Promise<{ delivered: boolean }> {
+      const rec = ctx.record(p.jobId);
+      if (!rec.tty) throw noTty(rec);
+      const a = active.get(p.jobId);
+      if (!a || a.phase !== 'running' || !a.vmId) throw notRunning(rec);
+      const r = (await ctx.agents.call(
+        a.vmId,
+        'resize',
+        { jobId: p.jobId, cols: p.cols, rows: p.rows },
+        options.execTimeoutMs,
+      )) as { running?: unknown } | undefined;
+      return { delivered: r?.running === true };
+    },
+
+    planResize(p: ParamsOf<'job.resize'>): DryRunPlan {
+      const rec = ctx.record(p.jobId);
+      if (!rec.tty) throw noTty(rec);
+      const a = active.get(p.jobId);
+      if (!a || a.phase !== 'running' || !a.vmId) throw notRunning(rec);
+      const b = createPlan('job.resize');
+      b.admit(
+        `job ${p.jobId} is running under a terminal on VM ${ctx.safeGet(a.vmId)?.name ?? a.vmId}`,
+      );
+      b.step(
+        `set its terminal to ${p.cols} columns × ${p.rows} rows (its foreground processes get SIGWINCH)`,
+      );
+      b.agent('resize', { jobId: p.jobId, cols: p.cols, rows: p.rows });
+      return b.done();
     },
 
     planSignal(p: ParamsOf<'job.signal'>): DryRunPlan {

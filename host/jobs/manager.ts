@@ -109,10 +109,12 @@ export function createJobManager(deps: JobManagerDeps) {
       ...jobPlans(ctx, checks, placement.creatingEphemeral),
       signal: io.planSignal,
       stdin: io.planStdin,
+      resize: io.planResize,
     },
-    /** job.signal and job.stdin (io.ts). */
+    /** job.signal, job.stdin and job.resize (io.ts). */
     signal: io.signal,
     stdin: io.stdin,
+    resize: io.resize,
 
     async run(p: ParamsOf<'job.run'>): Promise<JobRecord & { stdout?: string; stderr?: string }> {
       const { target } = await checks.run(p);

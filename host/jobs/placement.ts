@@ -190,6 +190,7 @@ export function placementPart(ctx: JobContext): PlacementPart & {
           ...(spec.stdinOpen ? { stdinOpen: true } : {}),
           ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
           ...(spec.limits ? { limits: spec.limits } : {}),
+          ...(spec.tty ? { tty: spec.tty } : {}),
           ...(fromSeq !== undefined ? { fromSeq } : {}),
         },
         options.execTimeoutMs,

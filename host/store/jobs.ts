@@ -7,6 +7,7 @@
 import type { Db } from './db.js';
 import { createOwnerRepo, type OwnerRepo } from './owners.js';
 import type { JobLimits, JobUsage } from '../../protocol/agent.js';
+import type { TtySize } from '../../protocol/tty.js';
 import type { JobRecord, JobState, JobTarget, OutputChunk } from '../../protocol/rpc.js';
 
 /** What job.run stores besides the public record: the request itself, for a restart. */
@@ -24,6 +25,8 @@ export interface JobSpec {
   timeoutMs?: number;
   /** The job's own cgroup limits in the guest. */
   limits?: JobLimits;
+  /** Runs under a pseudo-terminal of this (initial) size. */
+  tty?: TtySize;
   vcpus?: number;
   memoryMiB?: number;
 }
@@ -53,6 +56,7 @@ interface JobRow {
   bytes_out: number;
   timeout_ms: number | null;
   limits: string | null;
+  tty: string | null;
   cpu_ms: number | null;
   peak_memory_bytes: number | null;
   vcpus: number | null;
@@ -94,6 +98,7 @@ function rowToRecord(r: JobRow): JobRecord {
   if (r.reason !== null) rec.reason = r.reason;
   if (r.bytes_out) rec.encoding = 'bytes';
   if (r.limits !== null) rec.limits = JSON.parse(r.limits) as JobLimits;
+  if (r.tty !== null) rec.tty = JSON.parse(r.tty) as TtySize;
   if (r.cpu_ms !== null && r.peak_memory_bytes !== null)
     rec.usage = { cpuMs: r.cpu_ms, peakMemoryBytes: r.peak_memory_bytes };
   return rec;
@@ -112,6 +117,7 @@ function rowToSpec(r: JobRow): JobSpec {
   if (r.bytes_out) spec.bytesOut = true;
   if (r.timeout_ms !== null) spec.timeoutMs = r.timeout_ms;
   if (r.limits !== null) spec.limits = JSON.parse(r.limits) as JobLimits;
+  if (r.tty !== null) spec.tty = JSON.parse(r.tty) as TtySize;
   if (r.vcpus !== null) spec.vcpus = r.vcpus;
   if (r.memory_mib !== null) spec.memoryMiB = r.memory_mib;
   return spec;
@@ -121,9 +127,9 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
   const s = {
     insert: db.prepare(`
       INSERT INTO jobs (id, target, argv, env, cwd, stdin, stdin_open, bytes_out, timeout_ms,
-                        limits, vcpus, memory_mib, state, created_at, updated_at)
+                        limits, tty, vcpus, memory_mib, state, created_at, updated_at)
       VALUES (@id, @target, @argv, @env, @cwd, @stdin, @stdinOpen, @bytesOut, @timeoutMs,
-              @limits, @vcpus, @memoryMiB, 'queued', @now, @now)`),
+              @limits, @tty, @vcpus, @memoryMiB, 'queued', @now, @now)`),
     byId: db.prepare(`SELECT * FROM jobs WHERE id = ?`),
     list: db.prepare(`
       SELECT * FROM jobs
@@ -177,6 +183,7 @@ export function createJobRepo(db: Db, owners: OwnerRepo = createOwnerRepo(db)) {
         bytesOut: spec.bytesOut ? 1 : 0,
         timeoutMs: spec.timeoutMs ?? null,
         limits: spec.limits ? JSON.stringify(spec.limits) : null,
+        tty: spec.tty ? JSON.stringify(spec.tty) : null,
         vcpus: spec.vcpus ?? null,
         memoryMiB: spec.memoryMiB ?? null,
         now,

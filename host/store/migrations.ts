@@ -311,6 +311,11 @@ export const MIGRATIONS: readonly Migration[] = [
         ALTER TABLE jobs ADD COLUMN cpu_ms INTEGER;
         ALTER TABLE jobs ADD COLUMN peak_memory_bytes INTEGER;`),
   },
+  {
+    // Issue 17: job.run {tty, cols, rows}: JSON {cols, rows} of the job's pty.
+    name: 'job tty',
+    up: (db) => db.exec(`ALTER TABLE jobs ADD COLUMN tty TEXT;`),
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -8,7 +8,14 @@ export interface JobHandlerDeps {
 }
 
 type JobMethods =
-  'job.run' | 'job.get' | 'job.list' | 'job.cancel' | 'job.signal' | 'job.stdin' | 'job.logs';
+  | 'job.run'
+  | 'job.get'
+  | 'job.list'
+  | 'job.cancel'
+  | 'job.signal'
+  | 'job.stdin'
+  | 'job.resize'
+  | 'job.logs';
 
 export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => ({
   'job.run': (p) => jobs.run(p),
@@ -17,6 +24,7 @@ export const jobHandlers = ({ jobs }: JobHandlerDeps): Handlers<JobMethods> => (
   'job.cancel': (p) => jobs.cancel(p.jobId),
   'job.signal': (p) => jobs.signal(p),
   'job.stdin': (p) => jobs.stdin(p),
+  'job.resize': (p) => jobs.resize(p),
   'job.logs': (p) => jobs.logs(p),
 });
 
@@ -29,4 +37,5 @@ export const jobPlanners = ({ jobs }: JobHandlerDeps): Planners<JobPlanned> => (
   'job.cancel': (p) => jobs.plan.cancel(p.jobId),
   'job.signal': (p) => jobs.plan.signal(p),
   'job.stdin': (p) => jobs.plan.stdin(p),
+  'job.resize': (p) => jobs.plan.resize(p),
 });

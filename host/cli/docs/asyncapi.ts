@@ -44,6 +44,8 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'job.cancel': 'Cancel a job (its whole process group in the guest).',
   'job.signal': "Send a signal to a running job's process group.",
   'job.stdin': 'More input for a job run with stdinOpen (answered once the job took it).',
+  'job.resize':
+    "A new window size for a job run with tty: its terminal's foreground processes get SIGWINCH.",
   'job.logs':
     'Stored output chunks from a sequence number, one page (at most maxBytes of data) per call; page on with nextSeq while more.',
   'pool.set':

@@ -105,6 +105,7 @@ const OPERATE = [
   'job.cancel',
   'job.signal',
   'job.stdin',
+  'job.resize',
   'volume.create',
   'volume.resize',
   'volume.delete',
