@@ -11,6 +11,9 @@ export interface TtyIn extends Readable {
 
 export interface TtyOut extends Writable {
   isTTY?: boolean;
+  /** A terminal's size (it emits 'resize' when the size changes). */
+  columns?: number;
+  rows?: number;
 }
 
 export interface Io {

@@ -37,7 +37,7 @@ export function jobIdArg(s: string, command: string): string {
 
 type RunParams = ParamsOf<'job.run'>;
 
-function parseEnv(items: string[]): Record<string, string> | undefined {
+export function parseEnv(items: string[], command = 'run'): Record<string, string> | undefined {
   if (items.length === 0) return undefined;
   const env: Record<string, string> = {};
   for (const kv of items) {
@@ -46,7 +46,7 @@ function parseEnv(items: string[]): Record<string, string> | undefined {
     if (eq < 0 || !ENV_NAME.test(name))
       throw new UsageError(
         `--env wants NAME=VALUE with NAME made of letters, digits and _ (not starting with a digit); got '${kv}'`,
-        'run',
+        command,
       );
     env[name] = kv.slice(eq + 1);
   }

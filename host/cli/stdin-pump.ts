@@ -93,3 +93,74 @@ export async function hasInput(input: TtyIn): Promise<boolean> {
     if (ended) return false;
   }
 }
+
+/**
+ * Keystrokes (a terminal, `mvirt exec -i`): each read is sent at once, not
+ * held for a full chunk; one call on the way at a time, and what is typed
+ * meanwhile goes with the next (at most `chunkBytes` a call, in order). The
+ * terminal is paused while more than a chunk waits (a large paste).
+ */
+export function pumpKeys(o: {
+  input: TtyIn;
+  chunkBytes: number;
+  send(data: Buffer, eof: boolean): Promise<boolean>;
+}): StdinPump {
+  let stopped = false;
+  let ended = false;
+  let pending: Buffer[] = [];
+  let size = 0;
+  let wake: (() => void) | null = null;
+  const poke = () => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  const onData = (chunk: Buffer | string) => {
+    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk);
+    pending.push(b);
+    size += b.length;
+    if (size > o.chunkBytes) o.input.pause();
+    poke();
+  };
+  const onEnd = () => {
+    ended = true;
+    poke();
+  };
+  o.input.on('data', onData);
+  o.input.once('end', onEnd);
+  o.input.resume();
+  const done = (async () => {
+    let bytes = 0;
+    try {
+      for (;;) {
+        while (size === 0 && !ended && !stopped) await new Promise<void>((r) => (wake = r));
+        if (stopped) break;
+        const all = Buffer.concat(pending);
+        const data = all.subarray(0, o.chunkBytes);
+        pending = data.length < all.length ? [all.subarray(data.length)] : [];
+        size = all.length - data.length;
+        if (size <= o.chunkBytes) o.input.resume();
+        const eof = ended && size === 0;
+        const open = await o.send(data, eof);
+        bytes += data.length;
+        if (!open) return { bytes, closedByJob: true };
+        if (eof) break;
+      }
+    } catch (err) {
+      if (!stopped) throw err;
+    } finally {
+      o.input.off('data', onData);
+      o.input.off('end', onEnd);
+    }
+    return { bytes, closedByJob: false };
+  })();
+  return {
+    done,
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      o.input.pause();
+      poke();
+    },
+  };
+}

@@ -26,6 +26,7 @@ const MODULES: readonly CommandModule[] = [
     words: ['run', 'jobs', 'job', 'logs'],
     load: async () => (await import('./jobs.js')).jobCommands,
   },
+  { words: ['exec'], load: async () => (await import('./exec.js')).execCommands },
   { words: ['pool'], load: async () => (await import('./pool.js')).poolCommands },
   { words: ['volume'], load: async () => (await import('./volume.js')).volumeCommands },
   { words: ['image'], load: async () => (await import('./image.js')).imageCommands },
