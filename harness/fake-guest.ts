@@ -8,14 +8,14 @@
  * jobs started.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { PTY_HELPER } from '../images/helpers.js';
 import type { Duplex } from 'node:stream';
 import { createAgent, type Agent, type AgentOptions } from '../guest-agent/agent.js';
 import { createLinuxPlatform } from '../guest-agent/platform/linux.js';
 import type { Platform, PowerAction } from '../guest-agent/platform/types.js';
 import type { Settings } from '../guest-agent/settings.js';
 import { TEST_AGENT_OPTIONS } from './agent-options.js';
+import { builtHelperPath, FAKE_TTY_DIR } from './vsock-helper.js';
 import type { FakeHypervisor, FakeVm, RealGuest } from './fake-vm-types.js';
 
 /** Members of process group `pgid` that are still alive (zombies are dead: excluded). */
@@ -156,8 +156,14 @@ export function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
     mixEntropy: async () => undefined,
     setHostname: async () => undefined,
     configureNic: async () => undefined,
-    // No mvirt-pty here: a tty job fails to start, as in a guest without it.
-    tty: { helper: '/nonexistent/mvirt-pty', sizeDir: path.join(os.tmpdir(), 'mvirt-fake-tty') },
+    // The µOS's mvirt-pty once a test has built it (builtHelper); until then
+    // a tty job fails to start, as in a guest without the helper.
+    get tty() {
+      return {
+        helper: builtHelperPath(PTY_HELPER) ?? '/nonexistent/mvirt-pty',
+        sizeDir: FAKE_TTY_DIR,
+      };
+    },
     writeText: (file, text) => linux.writeText(file, text),
     removeFile: (file) => linux.removeFile(file),
     jobEnv: () => linux.jobEnv(),

@@ -13,10 +13,24 @@ import path from 'node:path';
 import { buildHelper, VSOCK_HELPER, type Helper } from '../images/helpers.js';
 import { REPO } from './paths.js';
 
-export async function builtHelper(helper: Helper): Promise<string> {
+/** Where a helper's build for this host goes (named by its source's hash). */
+function builtPath(helper: Helper): string {
   const hash = createHash('sha256').update(readFileSync(helper.src)).digest('hex');
   const name = path.basename(helper.dest);
-  const out = path.join(REPO, 'test-output', 'bin', `${name}-${hash.slice(0, 12)}`);
+  return path.join(REPO, 'test-output', 'bin', `${name}-${hash.slice(0, 12)}`);
+}
+
+/** The helper built for this host when a test has built it (builtHelper), else null. */
+export function builtHelperPath(helper: Helper): string | null {
+  const out = builtPath(helper);
+  return existsSync(out) ? out : null;
+}
+
+/** Fake guests' tty jobs keep their window sizes here (not the host's /run). */
+export const FAKE_TTY_DIR = path.join(REPO, 'test-output', 'fake-tty');
+
+export async function builtHelper(helper: Helper): Promise<string> {
+  const out = builtPath(helper);
   if (existsSync(out)) return out;
   await mkdir(path.dirname(out), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;

@@ -10,15 +10,13 @@
  * Environment: FAKE_VM, FAKE_ROOT (the mvirt.* values of the kernel command
  * line), FAKE_VSOCK_PATH (`<uds>_1024`), FAKE_CMDLINE, FAKE_VMM_PID.
  */
-import os from 'node:os';
-import path from 'node:path';
 import { createAgent } from '../../guest-agent/agent.js';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
 import { openRelay } from '../../guest-agent/platform/vsock.js';
 import type { Platform } from '../../guest-agent/platform/types.js';
 import type { Settings } from '../../guest-agent/settings.js';
 import { TEST_AGENT_OPTIONS } from '../agent-options.js';
-import { vsockHelper } from '../vsock-helper.js';
+import { FAKE_TTY_DIR, vsockHelper } from '../vsock-helper.js';
 
 const env = (k: string): string => {
   const v = process.env[k];
@@ -82,7 +80,7 @@ const platform: Platform = {
   setHostname: async () => undefined,
   configureNic: async () => undefined,
   // No mvirt-pty here: a tty job fails to start, as in a guest without it.
-  tty: { helper: '/nonexistent/mvirt-pty', sizeDir: path.join(os.tmpdir(), 'mvirt-fake-tty') },
+  tty: { helper: '/nonexistent/mvirt-pty', sizeDir: FAKE_TTY_DIR },
   writeText: (file, text) => linux.writeText(file, text),
   removeFile: (file) => linux.removeFile(file),
   jobEnv: () => linux.jobEnv(),

@@ -6,6 +6,7 @@
 export const COMMAND_WORDS: readonly string[] = [
   'vm',
   'run',
+  'exec',
   'jobs',
   'job',
   'logs',

@@ -92,8 +92,8 @@ test('an interactive shell: line editing input, resize, Ctrl-C of a command, exi
   await type(jobId, 'stty size\n');
   await outputMatches(jobId, /\r\n50 132\r\n/);
 
-  await type(jobId, 'sleep 100\n');
-  await untilRunning(['sleep', '100']);
+  await type(jobId, 'sleep 4712\n');
+  await untilRunning(['sleep', '4712']);
   await type(jobId, '\x03'); // Ctrl-C: the line discipline makes it SIGINT
   await type(jobId, 'echo status-$?\n');
   await outputMatches(jobId, /\r\nstatus-130\r\n/);
@@ -102,7 +102,7 @@ test('an interactive shell: line editing input, resize, Ctrl-C of a command, exi
   const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
   assert.equal(exit.exitCode, 3);
   assert.equal(exit.signal, null);
-  assert.equal(running(['sleep', '100']).length, 0);
+  assert.equal(running(['sleep', '4712']).length, 0);
   // The size file went with the job.
   assert.deepEqual(readdirSync(h.platform.tty.sizeDir), []);
 });
@@ -127,7 +127,7 @@ test("job signals reach the tty job's processes; a signal that kills it is repor
 
 test('a tty job times out like any job', async () => {
   const jobId = nextId('job');
-  await exec(jobId, { argv: ['sleep', '100'], tty: { cols: 80, rows: 24 }, timeoutMs: 300 });
+  await exec(jobId, { argv: ['sleep', '4712'], tty: { cols: 80, rows: 24 }, timeoutMs: 300 });
   const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
   assert.equal(exit.timedOut, true);
   assert.equal(exit.signal, 'SIGTERM');

@@ -43,6 +43,7 @@ const PARAMS: Record<string, unknown> = {
   'job.cancel': { jobId: 'job-000000000000' },
   'job.signal': { jobId: 'job-000000000000', signal: 'SIGHUP' },
   'job.stdin': { jobId: 'job-000000000000', data: '' },
+  'job.resize': { jobId: 'job-000000000000', cols: 80, rows: 24 },
   'job.logs': { jobId: 'job-000000000000' },
   'pool.set': undefined, // filled per role
   'pool.get': { name: 'nope' },
