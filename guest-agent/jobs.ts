@@ -203,7 +203,10 @@ export function createJobs(
       id: msg.jobId,
       proc: null,
       pid: null,
-      out: createOutputSink(opts, (c) => {
+      // A terminal's output is keystroke echo: each read goes at once (the
+      // 5 ms that gather a pipe's small reads were a tenth of an echo's
+      // round trip under TCG, bench/tty.ts).
+      out: createOutputSink(msg.tty ? { ...opts, coalesceMs: 0 } : opts, (c) => {
         if (!j.dropped) sinks.output({ jobId: msg.jobId, ...c });
       }),
       startedAt: platform.clock.now(),
