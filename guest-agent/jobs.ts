@@ -203,9 +203,9 @@ export function createJobs(
       id: msg.jobId,
       proc: null,
       pid: null,
-      // A terminal's output is keystroke echo: each read goes at once (the
-      // 5 ms that gather a pipe's small reads were a tenth of an echo's
-      // round trip under TCG, bench/tty.ts).
+      // A terminal's output is keystroke echo: each read goes at once. The
+      // 5 ms that gather a pipe's small reads were added to every echo (73 ms
+      // under TCG with them, bench/tty.ts, against a 32 ms agent ping).
       out: createOutputSink(msg.tty ? { ...opts, coalesceMs: 0 } : opts, (c) => {
         if (!j.dropped) sinks.output({ jobId: msg.jobId, ...c });
       }),
