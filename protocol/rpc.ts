@@ -436,7 +436,7 @@ export const RESULTS = {
   'job.resize': z.strictObject({
     delivered: z
       .boolean()
-      .describe("the job's terminal took the size (false: the job had just exited)"),
+      .describe("the job's terminal was told the size (false: the job had just exited)"),
   }),
   'job.logs': JobLogs,
   'pool.set': PoolRecord,

@@ -58,8 +58,15 @@ describe('mvirt exec against mvirtd', () => {
     io.stdout.emit('resize');
     await spy.next('job.resize', resizeMark);
     // Keys typed after a resize reach the guest after it.
-    io.stdin.write('stty size\r');
-    await io.waitOut('50 132\r\n');
+    // mvirt-pty sets the size as it wakes after the resize's reply: on a
+    // loaded machine a line typed at once may still see the old one.
+    const sizes = () => (io.out().match(/\r\n\d+ \d+\r\n/g) ?? []).length;
+    for (let i = 0; i < 20 && !io.out().includes('\r\n50 132\r\n'); i++) {
+      const seen = sizes();
+      io.stdin.write('stty size\r');
+      await io.waitOut(() => sizes() > seen);
+    }
+    assert.match(io.out(), /\r\n50 132\r\n/);
 
     io.stdin.write('sleep 4711 && echo not-interrupted\r');
     await waitFor(() => sleeping().length > 0);
