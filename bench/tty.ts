@@ -9,12 +9,11 @@
  * back on the job's output topic (not waiting for job.stdin's reply). Ping:
  * mvirtd's own agent call, host → guest → host. Interleaved, so a busy
  * moment on the machine hits both alike; medians of ROUNDS.
- * Seen 2026-12-07 (2 cores, other engineers' QEMU guests running, load
- * 4–21): ratio 1.54, 1.87, 2.76 (echo 211–608 ms, ping 137–220 ms); on a
- * quieter moment, before a tty job's output skipped the agent's 5 ms
- * gathering, 73 ms ÷ 32 ms = 2.25. The echo crosses two more guest
- * processes than the ping (mvirt-pty, the shell), so a loaded TCG guest
- * hurts it more.
+ * Seen 2026-12-07 (2 cores, other engineers' QEMU guests running): at load
+ * 7, 2.15 and 2.34 (echo 17–22 ms, ping 8–9 ms); at load 10–21, 1.54, 1.87
+ * and 2.76 (echo 211–608 ms, ping 137–220 ms). The echo crosses two more
+ * guest processes than the ping (mvirt-pty, the shell) and the
+ * controller's two MQTT hops to mvirtd.
  */
 import type { OutputChunk } from '../protocol/rpc.js';
 import { imagesDir } from '../harness/build.js';
