@@ -22,6 +22,7 @@ import { AfterReply, createDispatcher, type Handlers } from './dispatch.js';
 import { AgentError } from './errors.js';
 import { createIdentityKeeper, type Change } from './identity.js';
 import { createJobs, DEFAULT_JOB_OPTIONS, type JobOptions } from './jobs.js';
+import { createFiles } from './files.js';
 import { createOutbox, DEFAULT_OUTBOX_LIMITS, type OutboxLimits, type Outbox } from './outbox.js';
 import type { Platform } from './platform/types.js';
 import type { Settings } from './settings.js';
@@ -118,6 +119,8 @@ export function createAgent(
     opts.jobs,
   );
 
+  const files = createFiles(platform, log);
+
   function scheduleTelemetry() {
     if (telemetryTimer) clearInterval(telemetryTimer);
     telemetryTimer = setInterval(() => {
@@ -192,6 +195,9 @@ export function createAgent(
     stdin: (m) => jobs.stdin(m),
     signal: (m) => jobs.signal(m),
     resize: (m) => jobs.resize(m),
+    fsWrite: (m) => files.write(m),
+    fsRead: (m) => files.read(m),
+    fsOp: (m) => files.op(m.op),
     ping: (m) => (m.data === undefined ? {} : { data: m.data }),
     blockDevices: async () => ({ blockDevices: await blockDevicesNow(platform) }),
     sync: (m) => {
@@ -305,6 +311,7 @@ export function createAgent(
       if (telemetryTimer) clearInterval(telemetryTimer);
       telemetryTimer = null;
       jobs.killAll();
+      await files.closeAll();
       await connection.stop();
     },
     get connected() {

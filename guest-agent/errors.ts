@@ -1,7 +1,8 @@
 /** Errors that become `reply {ok:false, error}`; codes are the protocol's agent codes. */
 import { AGENT_ERROR } from '../protocol/agent.js';
+import type { FsAgentError } from '../protocol/fs.js';
 
-export type AgentErrorCode = keyof typeof AGENT_ERROR;
+export type AgentErrorCode = keyof typeof AGENT_ERROR | FsAgentError;
 
 export class AgentError extends Error {
   readonly code: AgentErrorCode;

@@ -10,6 +10,7 @@ import { PRINTABLE, PRINTABLE_WORD } from './inert.js';
 import { SIGNALS } from './states.js';
 import { AgentId } from './ids.js';
 import { Resize, TtySize } from './tty.js';
+import { FS_AGENT_DOWN } from './fs.js';
 
 /** Bumped when the agent channel changes incompatibly. */
 export const AGENT_PROTOCOL_VERSION = 1;
@@ -359,6 +360,7 @@ export const AGENT_DOWN = {
   blockDevices: BlockDevicesRequest,
   sync: Sync,
   resize: Resize,
+  ...FS_AGENT_DOWN,
 } as const satisfies Record<AgentDownKind, z.ZodType>;
 
 export type AgentDownMessage = { [K in AgentDownKind]: z.infer<(typeof AGENT_DOWN)[K]> };

@@ -67,6 +67,22 @@ export const ERROR_CODES = {
     'The requested network mode cannot be used on this host (bridge needs root and --bridge).',
   NETWORK_EXHAUSTED: 'Every address of the subnet (--subnet) is allocated.',
   NETWORK_ERROR: 'Creating or removing a bridge, TAP device or NAT rule failed.',
+  FILE_NOT_FOUND: 'No such file or directory in the guest (or a parent of the path is missing).',
+  FILE_EXISTS:
+    'Something is already at that path in the guest (fs.move without overwrite, fs.mkdir without parents, a directory that is not empty).',
+  FILE_PERMISSION: 'The guest refused: permission denied, or a read-only file system.',
+  FILE_TYPE:
+    'The path is the wrong kind of thing: a directory where a file is needed, or the reverse.',
+  GUEST_DISK_FULL:
+    "The guest's file system is full (or over quota); the partial file stays hidden, free space and resume.",
+  TRANSFER_OFFSET:
+    'A transfer cannot go on from there: the offset is beyond what the partial file has, or a chunk came out of order; details.written says where to go on.',
+  TRANSFER_MISMATCH:
+    "The transfer's bytes do not match its size or sha256; nothing was put in place (start again).",
+  TRANSFER_NOT_FOUND:
+    'No such transfer: it ended (error, timeout, or its VM went away) or never began; start again with seq 0 (open.resume keeps a partial file).',
+  TRANSFER_BUSY:
+    'Too many chunks of this transfer (or of all transfers) are on their way; send the next once one is answered.',
   TIMEOUT: 'The operation did not complete in time.',
   CONFIG_INVALID: 'A configuration file or command-line option is invalid.',
   RECIPE_INVALID: 'An image recipe is invalid.',

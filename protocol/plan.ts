@@ -41,6 +41,10 @@ export const MUTATING_METHODS = [
   'volume.snapshot',
   'volume.restore',
   'volume.deleteSnapshot',
+  'fs.write',
+  'fs.mkdir',
+  'fs.remove',
+  'fs.move',
 ] as const;
 export type MutatingMethod = (typeof MUTATING_METHODS)[number];
 

@@ -11,6 +11,7 @@ import { TtyCols, TtyRows } from './tty.js';
 import { MetricsResult } from './metrics.js';
 import { ImageDetails, ImageRecord, ImportFileName } from './image.js';
 import { DRY_RUN } from './plan.js';
+import { FS_PARAMS, FS_RESULTS } from './fs.js';
 import {
   EVENT_LEVELS,
   Empty,
@@ -385,6 +386,7 @@ export const PARAMS = {
     /** Seconds per point, a multiple of 10; default: the stored resolution that covers `from`. */
     step: z.number().int().min(10).max(86_400).multipleOf(10).optional(),
   }),
+  ...FS_PARAMS,
 } as const;
 
 export type RpcMethod = keyof typeof PARAMS;
@@ -460,6 +462,7 @@ export const RESULTS = {
   'volume.deleteSnapshot': Empty,
   'events.query': z.strictObject({ events: z.array(EventRecord) }),
   'metrics.query': MetricsResult,
+  ...FS_RESULTS,
 } as const satisfies Record<RpcMethod, z.ZodType>;
 
 /** One method's request: the envelope with its params (the server checks the two in turn). */

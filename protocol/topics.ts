@@ -60,6 +60,9 @@ export const AGENT_DOWN_KINDS = [
   'blockDevices',
   'sync',
   'resize',
+  'fsWrite',
+  'fsRead',
+  'fsOp',
 ] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 

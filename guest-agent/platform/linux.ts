@@ -34,6 +34,7 @@ import { createJobGroups } from './cgroups.js';
 import { inImage, readImageRuntime } from './image.js';
 import type { ImageRuntime } from '../../protocol/image.js';
 import { PTY_HELPER, TTY_SIZE_DIR } from '../tty.js';
+import { createNodeFs } from './files.js';
 import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -300,6 +301,7 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
     async removeFile(p) {
       await rm(p, { force: true });
     },
+    fs: createNodeFs(),
     jobEnv() {
       const out: Record<string, string> = {};
       for (const [k, v] of Object.entries(env)) {

@@ -6,6 +6,7 @@
 import type { Duplex, Readable, Writable } from 'node:stream';
 import type { Channel, JobLimits, JobUsage } from '../../protocol/agent.js';
 import type { ImageRuntime } from '../../protocol/image.js';
+import type { GuestFs } from './files.js';
 
 /** What the core needs from a spawned process (a structural subset of ChildProcess). */
 export interface Proc {
@@ -115,6 +116,8 @@ export interface Platform {
   writeText(path: string, text: string): Promise<void>;
   /** Remove a file; one that is not there is no error. */
   removeFile(path: string): Promise<void>;
+  /** File access for the fs.* messages; absent: they are refused. */
+  fs?: GuestFs;
   /** Base environment for jobs (exec.env is layered on top). */
   jobEnv(): Record<string, string>;
   /**
