@@ -16,6 +16,7 @@ import { poolHandlers, poolPlanners, type PoolHandlerDeps } from './handlers/poo
 import { metricsHandlers, type MetricsHandlerDeps } from './handlers/metrics.js';
 import { volumeHandlers, volumePlanners, type VolumeHandlerDeps } from './handlers/volume.js';
 import { imageHandlers, imagePlanners, type ImageHandlerDeps } from './handlers/image.js';
+import { fsHandlers, fsPlanners, type FsHandlerDeps } from './handlers/fs.js';
 
 export type RouteDeps = SystemDeps &
   VmHandlerDeps &
@@ -24,7 +25,8 @@ export type RouteDeps = SystemDeps &
   PoolHandlerDeps &
   MetricsHandlerDeps &
   VolumeHandlerDeps &
-  ImageHandlerDeps;
+  ImageHandlerDeps &
+  FsHandlerDeps;
 
 const read = (scope: Permission['scope']): Permission => ({ role: 'viewer', scope });
 const operate = (scope: Permission['scope']): Permission => ({ role: 'operator', scope });
@@ -88,6 +90,15 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'volume.deleteSnapshot': operate(volume),
   'events.query': read({ kind: 'list' }),
   'metrics.query': read({ ...vm, optional: true }),
+  // A guest's files are as much its inside as what a job prints: operators only,
+  // like job.run (a viewer reads records, not what is in a VM).
+  'fs.write': operate(vm),
+  'fs.read': operate(vm),
+  'fs.stat': operate(vm),
+  'fs.list': operate(vm),
+  'fs.mkdir': operate(vm),
+  'fs.remove': operate(vm),
+  'fs.move': operate(vm),
 };
 
 export function createRoutes(deps: RouteDeps): RouteTable {
@@ -100,6 +111,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...metricsHandlers(deps),
     ...volumeHandlers(deps),
     ...imageHandlers(deps),
+    ...fsHandlers(deps),
   };
   // Every mutating method's dry run (protocol/plan.ts): the compiler keeps this complete too.
   const planners: Planners<MutatingMethod> = {
@@ -108,6 +120,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...poolPlanners(deps),
     ...volumePlanners(deps),
     ...imagePlanners(deps),
+    ...fsPlanners(deps),
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {

@@ -28,6 +28,7 @@ const GROUPS: Record<string, string> = {
   hosts: 'list every host on the broker',
   events: 'show or follow the event log',
   console: 'attach to a VM serial console',
+  cp: 'copy files and directories into and out of a VM',
   image: 'µOS images and imported container images: ls, get, rm, build, import',
 };
 

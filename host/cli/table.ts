@@ -36,6 +36,7 @@ const MODULES: readonly CommandModule[] = [
   { words: ['events'], load: async () => (await import('./events.js')).eventsCommands },
   { words: ['top'], load: async () => (await import('./top.js')).topCommands },
   { words: ['console'], load: async () => (await import('./console.js')).consoleCommands },
+  { words: ['cp'], load: async () => (await import('./cp.js')).cpCommands },
 ];
 
 /** Every first word a command has. */

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../broker/index.js';
 import { createRoutes } from '../api/routes.js';
+import { createGuestFiles } from '../fs/files.js';
 import { createApis } from './apis.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions } from '../agent/sessions.js';
@@ -362,8 +363,11 @@ export async function startDaemon(
       labels: opts.labels,
       ...(uplink ? { uplink: () => uplink.info() } : {}),
     };
+    const files = createGuestFiles({ agents, vms, events, log });
+    cleanup.unshift(() => files.close());
     const routes = createRoutes({
       ...sysDeps,
+      files,
       vms,
       snapshots,
       events,

@@ -226,6 +226,7 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
     tty: { helper: '/nonexistent/mvirt-pty', sizeDir: path.join(tmpdir(), 'mvirt-fake-tty') },
     writeText: (file, text) => linux.writeText(file, text),
     removeFile: (file) => linux.removeFile(file),
+    fs: linux.fs,
     jobEnv: () => linux.jobEnv(),
     clock: {
       now: () => p.wallMs ?? Date.now(),

@@ -79,6 +79,15 @@ const SUMMARIES: Record<RpcMethod, string> = {
     "Bring a volume's data back to a snapshot; refused while a running VM has it attached.",
   'volume.deleteSnapshot': 'Delete one snapshot of a volume (live when a running VM has it).',
   'events.query': 'The event log, filtered by object, level and time.',
+  'fs.write':
+    'One chunk of a file written into a VM (transfer, seq from 0; seq 0 opens with path, owner, mode, resume/offset or unpack tar; the last has final size and sha256 and renames the file into place); at most FS_WINDOW chunks unanswered.',
+  'fs.read':
+    "The next chunk of a file (or of a directory packed as tar) read from a VM; the last says eof with the whole file's size and sha256.",
+  'fs.stat': 'Type, size, mode, owner and time of a path in a VM (a symbolic link itself).',
+  'fs.list': "A directory's entries in a VM, by name, at most limit.",
+  'fs.mkdir': 'Make a directory in a VM (parents: with missing parents), with mode and owner.',
+  'fs.remove': 'Remove a file, symbolic link or empty directory (recursive: any directory) in a VM.',
+  'fs.move': 'Rename a path in a VM (overwrite: replace what is at to).',
   'metrics.query':
     'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',
 };
