@@ -200,17 +200,24 @@ export function createTransfers(deps: TransferDeps) {
         () => answer,
         () => answer,
       );
-      s.order = handled
-        .then(
-          (raw) => item.resolve(check(s, item, raw)),
-          (err: unknown) => {
-            const e = fsErrorOf(err);
-            end(s, e instanceof MvirtError ? e : notFound(s), true);
-            throw e;
-          },
-        )
-        .catch((err: unknown) => item.reject(err instanceof Error ? err : new Error(String(err))))
-        .finally(() => release(s, item.bytes));
+      s.order = handled.then(
+        (raw) => {
+          // Freed before the caller hears: what it sends next finds the place.
+          release(s, item.bytes);
+          try {
+            if (s.ended) throw notFound(s);
+            item.resolve(check(s, item, raw));
+          } catch (err) {
+            item.reject(err as Error);
+          }
+        },
+        (err: unknown) => {
+          release(s, item.bytes);
+          const e = fsErrorOf(err);
+          end(s, e instanceof MvirtError ? e : notFound(s), true);
+          item.reject(e instanceof Error ? e : new Error(String(e)));
+        },
+      );
     }
   }
 
@@ -223,6 +230,8 @@ export function createTransfers(deps: TransferDeps) {
   ): Promise<unknown> {
     const key = keyOf(vmId, kind, body.transfer);
     let s = sessions.get(key);
+    if (heldBytes + bytes > o.bufferBytes)
+      return Promise.reject(busy(`mvirtd holds ${heldBytes} bytes of transfers`));
     if (seq === 0) {
       if (s) end(s, new MvirtError('TRANSFER_NOT_FOUND', 'started again at seq 0'), false);
       if (sessions.size >= o.maxTransfers)
@@ -262,8 +271,6 @@ export function createTransfers(deps: TransferDeps) {
       );
     if (session.held >= o.window || seq >= session.nextSeq + o.window)
       return Promise.reject(busy(`transfer ${body.transfer} has ${o.window} chunks on the way`));
-    if (heldBytes + bytes > o.bufferBytes)
-      return Promise.reject(busy(`mvirtd holds ${heldBytes} bytes of transfers`));
     session.held++;
     heldBytes += bytes;
     touch(session);

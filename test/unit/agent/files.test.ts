@@ -54,7 +54,7 @@ async function writeChunks(
         id: `w${i}`,
         transfer,
         seq: i,
-        data: chunk,
+        data: new Uint8Array(chunk),
         ...(i === 0 ? { open: { path: target, ...(o.mode ? { mode: o.mode } : {}) } } : {}),
         ...(i === n - 1 && o.final !== false
           ? { final: { size: data.length, sha256: sha(data) } }
