@@ -67,6 +67,13 @@ const PARAMS: Record<string, unknown> = {
   'image.import': { file: 'nope.tar', name: 'nope' },
   'events.query': {},
   'metrics.query': { from: 0 },
+  'fs.write': { vm: 'nope', transfer: 'transfer-1', seq: 0, data: '', open: { path: '/f' } },
+  'fs.read': { vm: 'nope', transfer: 'transfer-1', seq: 0, open: { path: '/f' } },
+  'fs.stat': { vm: 'nope', path: '/f' },
+  'fs.list': { vm: 'nope', path: '/' },
+  'fs.mkdir': { vm: 'nope', path: '/d' },
+  'fs.remove': { vm: 'nope', path: '/f' },
+  'fs.move': { vm: 'nope', from: '/f', to: '/g' },
 };
 const READS = [
   'system.info',
@@ -107,6 +114,14 @@ const OPERATE = [
   'job.signal',
   'job.stdin',
   'job.resize',
+  // A guest's files, read or written: operators (a viewer cannot run `cat` either).
+  'fs.write',
+  'fs.read',
+  'fs.stat',
+  'fs.list',
+  'fs.mkdir',
+  'fs.remove',
+  'fs.move',
   'volume.create',
   'volume.resize',
   'volume.delete',
