@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from './args.js';
 import { str, type Command, type Context } from './command.js';
@@ -172,7 +172,7 @@ async function copyOut(ctx: Context, src: Remote, dst: string, quiet: boolean) {
       await tar(['-x', '-f', part, '-C', target, '--no-same-owner'], 'ignore').done;
       await rm(part, { force: true });
     } else {
-      await (await open(part, 'r+')).chmod(st.mode & 0o777).then(undefined, () => undefined);
+      await chmod(part, st.mode & 0o777);
       await rename(part, target);
     }
     show.done(end.size);
