@@ -89,14 +89,14 @@ async function copyIn(
   dst: Remote,
   p: { mode?: number; uid?: number; gid?: number; quiet: boolean },
 ) {
-  const c = await ctx.client();
-  const { sendFile } = await import('../../protocol/fs-transfer.js');
   const local = await stat(src).catch((err: NodeJS.ErrnoException) => {
     throw new UsageError(
       `${src}: ${err.code === 'ENOENT' ? 'no such file or directory' : err.message}`,
       'cp',
     );
   });
+  const c = await ctx.client();
+  const { sendFile } = await import('../../protocol/fs-transfer.js');
   // Into a directory that is there: under the source's name (as cp does).
   const there = await c.call('fs.stat', { vm: dst.vm, path: dst.path }).catch((err: unknown) => {
     if ((err as { code?: string }).code === 'FILE_NOT_FOUND') return null;

@@ -18,6 +18,7 @@ export const COMMAND_WORDS: readonly string[] = [
   'events',
   'top',
   'console',
+  'cp',
   'image',
   'help',
 ];

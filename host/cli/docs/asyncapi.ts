@@ -86,7 +86,8 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'fs.stat': 'Type, size, mode, owner and time of a path in a VM (a symbolic link itself).',
   'fs.list': "A directory's entries in a VM, by name, at most limit.",
   'fs.mkdir': 'Make a directory in a VM (parents: with missing parents), with mode and owner.',
-  'fs.remove': 'Remove a file, symbolic link or empty directory (recursive: any directory) in a VM.',
+  'fs.remove':
+    'Remove a file, symbolic link or empty directory (recursive: any directory) in a VM.',
   'fs.move': 'Rename a path in a VM (overwrite: replace what is at to).',
   'metrics.query':
     'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',
