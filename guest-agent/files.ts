@@ -364,7 +364,7 @@ export function createFiles(
 
   async function openRead(t: ReadT, o: NonNullable<FsReadMsg['open']>): Promise<void> {
     const f = fs();
-    const st = await f.lstat(o.path);
+    const st = await f.stat(o.path);
     if (o.pack) {
       if (!st.isDirectory())
         throw new FsError('FILE_TYPE', `${o.path} is not a directory: copy it as a file`);
@@ -373,6 +373,8 @@ export function createFiles(
     }
     if (st.isDirectory())
       throw new FsError('FILE_TYPE', `${o.path} is a directory: pack it (open.pack tar)`);
+    // A FIFO or device would hold one of Node's few I/O threads for as long as it blocks.
+    if (!st.isFile()) throw new FsError('FILE_TYPE', `${o.path} is not a regular file`);
     t.file = await f.open(o.path, 'read');
     if (!(await t.file.stat()).isFile())
       throw new FsError('FILE_TYPE', `${o.path} is not a regular file`);
@@ -441,9 +443,9 @@ export function createFiles(
 
   // ------------------------------------------------------------ the others
 
-  async function stat(p: string): Promise<FileStat> {
+  async function stat(p: string, follow = false): Promise<FileStat> {
     const f = fs();
-    const s = await f.lstat(p);
+    const s = await (follow ? f.stat(p) : f.lstat(p));
     const type = TYPE(s);
     return {
       type,
@@ -462,7 +464,7 @@ export function createFiles(
     try {
       switch (o.kind) {
         case 'stat':
-          return await stat(o.path);
+          return await stat(o.path, o.follow === true);
         case 'list': {
           const names = (await f.readdir(o.path)).sort();
           const entries = [];

@@ -135,7 +135,12 @@ export const FS_PARAMS = {
     })
     .refine((p) => (p.seq === 0) === (p.open !== undefined), 'seq 0, and only seq 0, has open')
     .refine((p) => !(p.open?.pack && p.open.offset), 'a packed directory starts at 0'),
-  'fs.stat': z.strictObject({ vm: z.string().min(1).max(64), path: GuestPath }),
+  'fs.stat': z.strictObject({
+    vm: z.string().min(1).max(64),
+    path: GuestPath,
+    /** Of what a symbolic link points to (default: the link itself). */
+    follow: z.boolean().optional(),
+  }),
   'fs.list': z.strictObject({
     vm: z.string().min(1).max(64),
     path: GuestPath,
@@ -223,7 +228,11 @@ export const FsReadMsg = z.strictObject({
 export const FsOpMsg = z.strictObject({
   id: reqId,
   op: z.discriminatedUnion('kind', [
-    z.strictObject({ kind: z.literal('stat'), path: GuestPath }),
+    z.strictObject({
+      kind: z.literal('stat'),
+      path: GuestPath,
+      follow: z.boolean().optional(),
+    }),
     z.strictObject({
       kind: z.literal('list'),
       path: GuestPath,

@@ -34,6 +34,8 @@ export type OpenHow = 'read' | 'create' | 'update';
 export interface GuestFs {
   open(path: string, how: OpenHow, mode?: number): Promise<GuestFile>;
   lstat(path: string): Promise<GuestStats>;
+  /** What a symbolic link points to (the path itself otherwise). */
+  stat(path: string): Promise<GuestStats>;
   readdir(path: string): Promise<string[]>;
   readlink(path: string): Promise<string>;
   mkdir(path: string, opts: { recursive: boolean; mode: number }): Promise<void>;
@@ -47,7 +49,9 @@ export interface GuestFs {
 }
 
 const FLAGS: Record<OpenHow, number> = {
-  read: constants.O_RDONLY | constants.O_NOFOLLOW,
+  // Reads follow symbolic links (`mvirt cp VM:/etc/resolv.conf .`); writes
+  // make their partial file anew and never follow one planted there.
+  read: constants.O_RDONLY | constants.O_NONBLOCK,
   create: constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW,
   update: constants.O_RDWR | constants.O_NOFOLLOW,
 };
@@ -68,6 +72,7 @@ export function createNodeFs(): GuestFs {
   return {
     open: async (path, how, mode = 0o600) => wrap(await fsp.open(path, FLAGS[how], mode)),
     lstat: (path) => fsp.lstat(path),
+    stat: (path) => fsp.stat(path),
     readdir: (path) => fsp.readdir(path),
     readlink: (path) => fsp.readlink(path),
     mkdir: async (path, opts) => void (await fsp.mkdir(path, opts)),

@@ -98,10 +98,12 @@ async function copyIn(
   const c = await ctx.client();
   const { sendFile } = await import('../../protocol/fs-transfer.js');
   // Into a directory that is there: under the source's name (as cp does).
-  const there = await c.call('fs.stat', { vm: dst.vm, path: dst.path }).catch((err: unknown) => {
-    if ((err as { code?: string }).code === 'FILE_NOT_FOUND') return null;
-    throw err;
-  });
+  const there = await c
+    .call('fs.stat', { vm: dst.vm, path: dst.path, follow: true })
+    .catch((err: unknown) => {
+      if ((err as { code?: string }).code === 'FILE_NOT_FOUND') return null;
+      throw err;
+    });
   const target =
     there?.type === 'dir' ? path.posix.join(dst.path, path.basename(path.resolve(src))) : dst.path;
   const show = progress(
@@ -138,7 +140,7 @@ async function copyIn(
 async function copyOut(ctx: Context, src: Remote, dst: string, quiet: boolean) {
   const c = await ctx.client();
   const { receiveFile } = await import('../../protocol/fs-transfer.js');
-  const st = await c.call('fs.stat', { vm: src.vm, path: src.path });
+  const st = await c.call('fs.stat', { vm: src.vm, path: src.path, follow: true });
   const here = await statOr(dst);
   const target = here?.isDirectory() ? path.join(dst, path.posix.basename(src.path)) : dst;
   if (st.type !== 'file' && st.type !== 'dir')

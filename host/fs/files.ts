@@ -130,7 +130,9 @@ export function createGuestFiles(deps: GuestFilesDeps) {
 
     async stat(p: ParamsOf<'fs.stat'>): Promise<ResultOf<'fs.stat'>> {
       const vm = vmOf(p.vm);
-      return { path: p.path, ...(await op(vm, { kind: 'stat', path: p.path }, FsStatAnswer)) };
+      const o: FsOp = { kind: 'stat', path: p.path };
+      if (p.follow) o.follow = true;
+      return { path: p.path, ...(await op(vm, o, FsStatAnswer)) };
     },
 
     async list(p: ParamsOf<'fs.list'>): Promise<ResultOf<'fs.list'>> {

@@ -6,8 +6,17 @@
  * dispatch over a real broker (the wire messages and their error codes).
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { createFiles, partPath } from '../../../guest-agent/files.js';
@@ -254,6 +263,31 @@ test('reads come in chunks and end with the whole file’s size and sha256', asy
       ),
       'FILE_TYPE',
     );
+    // A FIFO is refused before it is opened (its open would block an I/O thread).
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    assert.equal(
+      await codeOf(
+        files.read({
+          id: 'f',
+          transfer: 'transfer-fifo',
+          seq: 0,
+          length: 10,
+          open: { path: fifo },
+        }),
+      ),
+      'FILE_TYPE',
+    );
+    // A symbolic link is followed.
+    symlinkSync(file, path.join(dir, 'link'));
+    const viaLink = await files.read({
+      id: 'l',
+      transfer: 'transfer-link',
+      seq: 0,
+      length: 16,
+      open: { path: path.join(dir, 'link') },
+    });
+    assert.ok(viaLink.data.equals(data.subarray(0, 16)));
     assert.equal(
       await codeOf(
         files.read({
