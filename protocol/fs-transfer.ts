@@ -109,32 +109,41 @@ export async function sendFile(c: FsCaller, o: SendFileOptions): Promise<FileEnd
   let pending: Buffer | null = null;
   const chunks = rechunk(o.source, FS_CHUNK_BYTES);
   let pos = 0;
-  for await (const chunk of chunks) {
-    let b = chunk;
-    hash.update(b);
-    if (pos < skip) {
-      const drop = Math.min(skip - pos, b.length);
-      pos += drop;
-      b = b.subarray(drop);
-      if (b.length === 0 && chunk.length === FS_CHUNK_BYTES) continue;
+  try {
+    await pump();
+  } catch (err) {
+    // The source failed: what is on its way lands first (a resume goes on from there).
+    await Promise.allSettled(inFlight);
+    throw err;
+  }
+  async function pump(): Promise<void> {
+    for await (const chunk of chunks) {
+      let b = chunk;
+      hash.update(b);
+      if (pos < skip) {
+        const drop = Math.min(skip - pos, b.length);
+        pos += drop;
+        b = b.subarray(drop);
+        if (b.length === 0 && chunk.length === FS_CHUNK_BYTES) continue;
+      }
+      pos += b.length;
+      if (pending) {
+        while (inFlight.size >= FS_WINDOW && !failed) await Promise.race(inFlight);
+        if (failed) break;
+        const data = pending;
+        const first = seq === 0;
+        const call = send({ data: data.toString('base64'), ...(first ? { open } : {}) }).then(
+          () => {
+            sent += data.length;
+            o.onProgress?.(sent + skip);
+          },
+          () => undefined,
+        );
+        // mvirtd knows the transfer once seq 0 is in: the others wait for it.
+        if (first) await call;
+      }
+      pending = b;
     }
-    pos += b.length;
-    if (pending) {
-      while (inFlight.size >= FS_WINDOW && !failed) await Promise.race(inFlight);
-      if (failed) break;
-      const data = pending;
-      const first = seq === 0;
-      const call = send({ data: data.toString('base64'), ...(first ? { open } : {}) }).then(
-        () => {
-          sent += data.length;
-          o.onProgress?.(sent + skip);
-        },
-        () => undefined,
-      );
-      // mvirtd knows the transfer once seq 0 is in: the others wait for it.
-      if (first) await call;
-    }
-    pending = b;
   }
   await Promise.all(inFlight);
   if (failed) throw failed;
@@ -197,6 +206,8 @@ export async function receiveFile(c: FsCaller, o: ReceiveFileOptions): Promise<F
       continue;
     }
     eof = true;
+    // The asks past the end are refused; let them finish before we go.
+    await Promise.allSettled(asked);
     const sha256 = hash.digest('hex');
     if (!r.end || r.end.size !== bytes || r.end.sha256 !== sha256)
       throw new MvirtError(
