@@ -99,8 +99,6 @@ export function createGuestFiles(deps: GuestFilesDeps) {
       const vm = vmOf(p.vm);
       const data = Buffer.from(p.data, 'base64');
       const path = p.open?.path ?? transfers.pathOf(vm.id, 'write', p.transfer);
-      if (p.seq === 0)
-        audit(vm, `writing ${p.open!.path}${p.open!.unpack ? ' (unpacking a tar archive)' : ''}`);
       const a = await transfers.write(vm.id, p.seq, {
         transfer: p.transfer,
         seq: p.seq,
@@ -108,19 +106,22 @@ export function createGuestFiles(deps: GuestFilesDeps) {
         ...(p.open ? { open: p.open } : {}),
         ...(p.final ? { final: p.final } : {}),
       });
+      // Once the guest took the opening: who began writing, and who finished.
+      if (p.seq === 0)
+        audit(vm, `writing ${p.open!.path}${p.open!.unpack ? ' (unpacking a tar archive)' : ''}`);
       if (a.complete) audit(vm, `wrote ${path ?? '?'} (${a.complete.size} bytes)`, a.complete);
       return a;
     },
 
     async read(p: ParamsOf<'fs.read'>): Promise<ResultOf<'fs.read'>> {
       const vm = vmOf(p.vm);
-      if (p.seq === 0) audit(vm, `reading ${p.open!.path}${p.open!.pack ? ' (as tar)' : ''}`);
       const a = await transfers.read(vm.id, p.seq, {
         transfer: p.transfer,
         seq: p.seq,
         length: p.length ?? FS_CHUNK_BYTES,
         ...(p.open ? { open: p.open } : {}),
       });
+      if (p.seq === 0) audit(vm, `reading ${p.open!.path}${p.open!.pack ? ' (as tar)' : ''}`);
       return {
         data: Buffer.from(a.data.buffer, a.data.byteOffset, a.data.length).toString('base64'),
         eof: a.eof,
