@@ -5,3 +5,4 @@ export * from './validate.js';
 export * as agent from './agent.js';
 export * from './rpc.js';
 export * from './client.js';
+export * from './fs-transfer.js';
