@@ -8,6 +8,9 @@
  *    until the guest has checked and renamed the file;
  *  - out: receiveFile (fs.read) of that file back, checked.
  * Median of 3 each, after a warm-up.
+ * Seen 2026-12-07 (2 cores shared with other engineers' QEMU guests, load
+ * 12–19): in ÷ raw 1.18 and 1.16, out ÷ raw 0.99 and 1.19 (raw 3.3 and
+ * 0.6 MiB/s: the load, not the path, sets the absolute rates).
  */
 import { randomBytes } from 'node:crypto';
 import type { AgentSessions } from '../host/agent/sessions.js';
