@@ -124,8 +124,14 @@ function openTcp(host: string, port: number): Promise<Duplex> {
  * does), since the lookup happens inside the root. A limited job enters its
  * group first, as below.
  */
-function spawnInImage(image: ImageRuntime, req: SpawnRequest): Proc {
-  const argv = inImage(image, req.argv, req.cwd);
+function spawnInImage(image: ImageRuntime, req: SpawnRequest, ptyHelper: string): Proc {
+  // A tty job (`mvirt-pty … -- CMD`): the pty helper is the µOS's and stays
+  // outside; only its command enters the image.
+  const sep = req.argv[0] === ptyHelper ? req.argv.indexOf('--') : -1;
+  const argv =
+    sep > 0
+      ? [...req.argv.slice(0, sep + 1), ...inImage(image, req.argv.slice(sep + 1), req.cwd)]
+      : inImage(image, req.argv, req.cwd);
   const how = { env: req.env, detached: true, stdio: 'pipe' } as const;
   if (req.enterGroup === undefined) return spawn(argv[0]!, argv.slice(1), how);
   return spawn('/bin/sh', ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...argv], how);
@@ -180,10 +186,11 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
     },
   });
 
+  const ttyPlaces = o.tty ?? { helper: PTY_HELPER, sizeDir: TTY_SIZE_DIR };
   return {
     image,
     spawn(req) {
-      if (image !== null) return spawnInImage(image, req);
+      if (image !== null) return spawnInImage(image, req, ttyPlaces.helper);
       const [file, ...args] = req.argv as [string, ...string[]];
       // detached: setsid(), so the job leads its own process group and a
       // kill of -pid reaches every descendant that did not leave it.
@@ -291,7 +298,7 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       await writeFile('/run/hostname', `${name}\n`).catch(() => undefined);
     },
     configureNic,
-    tty: o.tty ?? { helper: PTY_HELPER, sizeDir: TTY_SIZE_DIR },
+    tty: ttyPlaces,
     async writeText(p, text) {
       await mkdir(path.dirname(p), { recursive: true });
       const tmp = `${p}.${process.pid}.tmp`;

@@ -179,6 +179,17 @@ test('an imported container image boots and runs its jobs', { skip, timeout: 900
     );
     assert.equal(own.stdout, '/\nmine\nproc\n', own.stderr);
 
+    // A tty job: the pty helper is the µOS's, its command runs in the image.
+    const tty = ok(
+      await c.call(
+        'job.run',
+        { vm: 'app-vm', argv: ['[ -t 0 ] && echo on-a-tty; cat new.txt'], tty: true, wait: true },
+        { timeoutMs: JOB_MS },
+      ),
+    );
+    assert.equal(tty.exitCode, 0, tty.stdout);
+    assert.equal(tty.stdout, 'on-a-tty\r\nfrom layer 2\r\n');
+
     // In use: refused, and it says by whom.
     const del = await c.call('image.delete', { image: 'app' });
     assert.equal(del.ok, false);
