@@ -25,6 +25,7 @@ import { createJobs, DEFAULT_JOB_OPTIONS, type JobOptions } from './jobs.js';
 import { createFiles } from './files.js';
 import { createOutbox, DEFAULT_OUTBOX_LIMITS, type OutboxLimits, type Outbox } from './outbox.js';
 import type { Platform } from './platform/types.js';
+import { createPorts } from './ports.js';
 import type { Settings } from './settings.js';
 import { createTelemetrySampler } from './telemetry.js';
 import { AGENT_VERSION } from './version.js';
@@ -120,6 +121,10 @@ export function createAgent(
   );
 
   const files = createFiles(platform, log);
+  const ports = createPorts(platform, {
+    send: (m) => say('port', m as AgentUpMessage['port']),
+    log,
+  });
 
   function scheduleTelemetry() {
     if (telemetryTimer) clearInterval(telemetryTimer);
@@ -200,6 +205,7 @@ export function createAgent(
     fsOp: (m) => files.op(m.op),
     ping: (m) => (m.data === undefined ? {} : { data: m.data }),
     blockDevices: async () => ({ blockDevices: await blockDevicesNow(platform) }),
+    port: (m) => ports.handle(m),
     sync: (m) => {
       const run = syncing.then(() => sync(m.nowMs, m.entropy));
       syncing = run.catch(() => undefined);
@@ -294,6 +300,10 @@ export function createAgent(
       },
       onDisconnected() {
         opts.console('disconnected; reconnecting');
+        // The host drops its side of every stream with the session: so do we,
+        // with what we had not sent yet.
+        ports.closeAll();
+        outbox.discard(t.agentUp(vmId(), 'port'));
       },
       log,
     },
@@ -312,6 +322,7 @@ export function createAgent(
       telemetryTimer = null;
       jobs.killAll();
       await files.closeAll();
+      ports.closeAll();
       await connection.stop();
     },
     get connected() {

@@ -11,6 +11,7 @@ import { SIGNALS } from './states.js';
 import { AgentId } from './ids.js';
 import { Resize, TtySize } from './tty.js';
 import { FS_AGENT_DOWN } from './fs.js';
+import { PortDown, PortUp } from './ports.js';
 
 /** Bumped when the agent channel changes incompatibly. */
 export const AGENT_PROTOCOL_VERSION = 1;
@@ -263,6 +264,7 @@ export const AGENT_UP = {
   exit: Exit,
   telemetry: Telemetry,
   log: Log,
+  port: PortUp,
 } as const satisfies Record<AgentUpKind, z.ZodType>;
 
 export type AgentUpMessage = { [K in AgentUpKind]: z.infer<(typeof AGENT_UP)[K]> };
@@ -361,6 +363,7 @@ export const AGENT_DOWN = {
   sync: Sync,
   resize: Resize,
   ...FS_AGENT_DOWN,
+  port: PortDown,
 } as const satisfies Record<AgentDownKind, z.ZodType>;
 
 export type AgentDownMessage = { [K in AgentDownKind]: z.infer<(typeof AGENT_DOWN)[K]> };
@@ -371,6 +374,9 @@ export const AGENT_ERROR = {
   UNKNOWN_KIND: 'UNKNOWN_KIND',
   JOB_NOT_FOUND: 'JOB_NOT_FOUND',
   SPAWN_FAILED: 'SPAWN_FAILED',
+  /** Port forwarding: nothing answers on the guest port; too many streams open. */
+  PORT_REFUSED: 'PORT_REFUSED',
+  PORT_LIMIT: 'PORT_LIMIT',
   INTERNAL: 'INTERNAL',
 } as const;
 

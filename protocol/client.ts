@@ -15,6 +15,7 @@ import { encode, type Encoding } from './client-codec.js';
 import { MvirtError, fromErrorBody, isErrorCode, type ErrorBody } from './errors.js';
 import type { z } from 'zod';
 import { EventRecord, HostStatus, VmEvent, VmRecord } from './records.js';
+import { PortForwardNotice, portNoticeTopic } from './ports.js';
 import {
   DryRunPlan,
   PARAMS,
@@ -155,6 +156,16 @@ export interface MvirtClient {
   watchEvents(cb: (ev: EventRecord) => void, onInvalid?: InvalidHandler): Promise<Unsubscribe>;
   /** Retained host status (`<root>/status`), including the daemon's offline last will. */
   watchStatus(cb: (s: HostStatus) => void, onInvalid?: InvalidHandler): Promise<Unsubscribe>;
+  /**
+   * The connections of a port forward this client opened (port.forward), as
+   * they open and close; `conn` 0 with `close`: the forward itself closed.
+   * The forward lives as long as this client's connection (or port.close).
+   */
+  watchPortForward(
+    forwardId: string,
+    cb: (n: PortForwardNotice) => void,
+    onInvalid?: InvalidHandler,
+  ): Promise<Unsubscribe>;
   /** Any topic filter, payload untouched (console bytes, telemetry, …). */
   subscribe(filter: string, cb: RawHandler): Promise<Unsubscribe>;
   publish(topic: string, payload: Buffer | string, opts?: { qos?: 0 | 1 }): Promise<void>;
@@ -426,6 +437,8 @@ export async function createClient(options: ClientOptions = {}): Promise<MvirtCl
       subscribe(t.vmEvents(vmId), decoded(VmEvent, cb, onInvalid)),
     watchEvents: (cb, onInvalid) => subscribe(t.events, decoded(EventRecord, cb, onInvalid)),
     watchStatus: (cb, onInvalid) => subscribe(t.status, decoded(HostStatus, cb, onInvalid)),
+    watchPortForward: (forwardId, cb, onInvalid) =>
+      subscribe(portNoticeTopic(replyTopic, forwardId), decoded(PortForwardNotice, cb, onInvalid)),
     subscribe,
     publish: async (topic, payload, opts = {}) => {
       try {

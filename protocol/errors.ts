@@ -83,6 +83,11 @@ export const ERROR_CODES = {
     'No such transfer: it ended (error, timeout, or its VM went away) or never began; start again with seq 0 (open.resume keeps a partial file).',
   TRANSFER_BUSY:
     'Too many chunks of this transfer (or of all transfers) are on their way; send the next once one is answered.',
+  PORT_FORWARD_NOT_FOUND: 'No port forward with that id (it was closed, or is outside your scope).',
+  PORT_BIND_FAILED:
+    'mvirtd cannot listen on that host address and port (in use, not an address of this host, or a privileged port); give another port, or 0 for any free one.',
+  PORT_ADDRESS_REFUSED:
+    'Guests can reach the host on that address (the wildcard or the bridge subnet), so a forward there would let one guest reach another; name another address.',
   TIMEOUT: 'The operation did not complete in time.',
   CONFIG_INVALID: 'A configuration file or command-line option is invalid.',
   RECIPE_INVALID: 'An image recipe is invalid.',

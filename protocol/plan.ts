@@ -45,6 +45,8 @@ export const MUTATING_METHODS = [
   'fs.mkdir',
   'fs.remove',
   'fs.move',
+  'port.forward',
+  'port.close',
 ] as const;
 export type MutatingMethod = (typeof MUTATING_METHODS)[number];
 

@@ -10,6 +10,7 @@ import { JobArgv, JobEnv, JobLimits, JobTimeoutMs, SIGNALS } from './agent.js';
 import { TtyCols, TtyRows } from './tty.js';
 import { MetricsResult } from './metrics.js';
 import { ImageDetails, ImageRecord, ImportFileName } from './image.js';
+import { PortForwardRecord } from './ports.js';
 import { DRY_RUN } from './plan.js';
 import { FS_PARAMS, FS_RESULTS } from './fs.js';
 import {
@@ -377,6 +378,25 @@ export const PARAMS = {
       limit: z.number().int().min(1).max(10_000).optional(),
     })
     .optional(),
+  /** Listen on a host address and carry each connection to 127.0.0.1:guestPort in the VM (docs/protocol.md). */
+  'port.forward': z.strictObject({
+    ...DRY_RUN,
+    vm: VmRef,
+    guestPort: z.number().int().min(1).max(65535),
+    /** An IP address of this host (default 127.0.0.1); other than loopback: admins only. */
+    hostAddress: z
+      .string()
+      .max(45)
+      .regex(/^[0-9A-Fa-f:.]+$/, 'an IPv4 or IPv6 address')
+      .optional(),
+    /** Default 0: any free port (the reply says which). */
+    hostPort: z.number().int().min(0).max(65535).optional(),
+  }),
+  'port.list': z.strictObject({}).optional(),
+  'port.close': z.strictObject({
+    ...DRY_RUN,
+    id: z.string().regex(/^pf-[0-9a-f]{12}$/, 'a forward id as port.forward returns it (pf-<hex>)'),
+  }),
   'metrics.query': z.strictObject({
     /** A VM's id or name; without it, the host's own series. */
     vm: VmRef.optional(),
@@ -461,6 +481,9 @@ export const RESULTS = {
   'volume.restore': VolumeRecord,
   'volume.deleteSnapshot': Empty,
   'events.query': z.strictObject({ events: z.array(EventRecord) }),
+  'port.forward': PortForwardRecord,
+  'port.list': z.strictObject({ forwards: z.array(PortForwardRecord) }),
+  'port.close': PortForwardRecord,
   'metrics.query': MetricsResult,
   ...FS_RESULTS,
 } as const satisfies Record<RpcMethod, z.ZodType>;

@@ -48,6 +48,8 @@ export const AGENT_UP_KINDS = [
   'exit',
   'telemetry',
   'log',
+  /** Port-forward streams (protocol/ports.ts). */
+  'port',
 ] as const;
 export type AgentUpKind = (typeof AGENT_UP_KINDS)[number];
 export const AGENT_DOWN_KINDS = [
@@ -63,6 +65,7 @@ export const AGENT_DOWN_KINDS = [
   'fsWrite',
   'fsRead',
   'fsOp',
+  'port',
 ] as const;
 export type AgentDownKind = (typeof AGENT_DOWN_KINDS)[number];
 

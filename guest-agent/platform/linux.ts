@@ -99,9 +99,9 @@ function uptimeS(): number {
   return Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
 }
 
-function openTcp(host: string, port: number): Promise<Duplex> {
+function openTcp(host: string, port: number, allowHalfOpen = false): Promise<Duplex> {
   return new Promise((resolve, reject) => {
-    const sock = connect({ host, port, noDelay: true, keepAlive: true });
+    const sock = connect({ host, port, noDelay: true, keepAlive: true, allowHalfOpen });
     const timer = setTimeout(
       () => sock.destroy(new Error(`connect ${host}:${port} timed out`)),
       TCP_CONNECT_TIMEOUT_MS,
@@ -262,6 +262,8 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
           return openRelay(vsockHelper, [String(spec.cid), String(spec.port)]);
       }
     },
+    // Half-open: a server's FIN ends one direction of the stream, not both.
+    connectLoopback: (port: number) => openTcp('127.0.0.1', port, true),
     async power(action: PowerAction) {
       // busybox init: SIGUSR2 = poweroff, SIGTERM = reboot (its orderly path:
       // shutdown actions, kill, sync, unmount). `-f` bypasses init.

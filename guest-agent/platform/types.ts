@@ -87,6 +87,11 @@ export interface Platform {
   uname(): { release: string; hostname: string };
   /** Open a byte stream to the host; rejects when the channel cannot be opened right now. */
   openChannel(spec: ChannelSpec): Promise<Duplex>;
+  /**
+   * A TCP connection to 127.0.0.1:port in this guest (a port-forward stream,
+   * guest-agent/ports.ts); resolves once connected. Absent: forwards are refused.
+   */
+  connectLoopback?(port: number): Promise<Duplex>;
   /** Ask init to power off or reboot the machine. */
   power(action: PowerAction): Promise<void>;
   /**

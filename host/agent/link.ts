@@ -41,6 +41,8 @@ export interface AgentLink {
     body: Omit<AgentDownMessage[K], 'id'>,
     timeoutMs: number,
   ): Promise<unknown>;
+  /** Send a message that is not a request (no reply awaited). */
+  send<K extends AgentDownKind>(vmId: string, kind: K, msg: AgentDownMessage[K]): Promise<void>;
   /** Fail the pending requests of a VM whose agent went away. */
   dropVm(vmId: string, reason: string): void;
   close(): Promise<void>;
@@ -95,8 +97,8 @@ export function createAgentLink(deps: {
     }
     // Free text a guest chose (log lines, error messages, a reply's result)
     // is made inert here, once, before anyone stores, logs or shows it.
-    // Output is bytes (its jobId and stream are validated to a strict class).
-    const m = kind === 'output' ? r.data : inertDeep(r.data);
+    // Output and port streams are bytes (their other fields are numbers or of a strict class).
+    const m = kind === 'output' || kind === 'port' ? r.data : inertDeep(r.data);
     if (kind === 'reply') return onReply(vmId, m as AgentUpMessage['reply']);
     try {
       (handlers[kind] as ((id: string, m: unknown, f?: Sender) => void) | undefined)?.(
@@ -161,6 +163,7 @@ export function createAgentLink(deps: {
         });
       });
     },
+    send,
     dropVm(vmId, reason) {
       for (const [id, p] of pending) {
         if (p.vmId !== vmId) continue;

@@ -25,6 +25,7 @@ import {
   type Output,
   type Telemetry,
 } from '../../protocol/agent.js';
+import type { PortUp } from '../../protocol/ports.js';
 import { MvirtError } from '../../protocol/errors.js';
 import type { AgentDownKind, Topics } from '../../protocol/topics.js';
 import type { MvirtLogger } from '../log.js';
@@ -47,6 +48,8 @@ export interface AgentListener {
   telemetry?(vmId: string, t: Telemetry): void;
   output?(vmId: string, m: Output): void;
   exit?(vmId: string, m: Exit): void;
+  /** A port-forward stream message (host/ports/streams.ts). */
+  port?(vmId: string, m: PortUp): void;
   /** The channel closed while the VM lives on (the agent may come back). */
   gone?(vmId: string): void;
   /** Jobs started or all ended on the VM (see setBusy). */
@@ -135,6 +138,7 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
       log: onLog,
       output: (id, m) => emit('output', id, m),
       exit: (id, m) => emit('exit', id, m),
+      port: (id, m) => emit('port', id, m),
     },
   });
 
@@ -374,6 +378,15 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
           new MvirtError('AGENT_UNAVAILABLE', `VM ${vmId} has no agent connected`),
         );
       return link.call(vmId, kind, body, timeoutMs);
+    },
+
+    /** A message that is not a request; AGENT_UNAVAILABLE while no agent is connected. */
+    send<K extends AgentDownKind>(vmId: string, kind: K, msg: AgentDownMessage[K]): Promise<void> {
+      if (!sessions.get(vmId)?.hello)
+        return Promise.reject(
+          new MvirtError('AGENT_UNAVAILABLE', `VM ${vmId} has no agent connected`),
+        );
+      return link.send(vmId, kind, msg);
     },
 
     /** Flow control: stop (true) or restart reading what the VM's agent sends. */

@@ -17,6 +17,7 @@ import { metricsHandlers, type MetricsHandlerDeps } from './handlers/metrics.js'
 import { volumeHandlers, volumePlanners, type VolumeHandlerDeps } from './handlers/volume.js';
 import { imageHandlers, imagePlanners, type ImageHandlerDeps } from './handlers/image.js';
 import { fsHandlers, fsPlanners, type FsHandlerDeps } from './handlers/fs.js';
+import { portHandlers, portPlanners, type PortHandlerDeps } from './handlers/port.js';
 
 export type RouteDeps = SystemDeps &
   VmHandlerDeps &
@@ -26,7 +27,8 @@ export type RouteDeps = SystemDeps &
   MetricsHandlerDeps &
   VolumeHandlerDeps &
   ImageHandlerDeps &
-  FsHandlerDeps;
+  FsHandlerDeps &
+  PortHandlerDeps;
 
 const read = (scope: Permission['scope']): Permission => ({ role: 'viewer', scope });
 const operate = (scope: Permission['scope']): Permission => ({ role: 'operator', scope });
@@ -99,6 +101,11 @@ export const PERMISSIONS: { readonly [M in RpcMethod]: Permission } = {
   'fs.mkdir': operate(vm),
   'fs.remove': operate(vm),
   'fs.move': operate(vm),
+  // The same power over the guest as job.run; a non-loopback hostAddress needs admin (host/ports/forwards.ts).
+  'port.forward': operate(vm),
+  // A forward's VM must be in the caller's scope: checked by the forwards (the id is not a scoped object).
+  'port.list': read({ kind: 'none' }),
+  'port.close': operate({ kind: 'none' }),
 };
 
 export function createRoutes(deps: RouteDeps): RouteTable {
@@ -112,6 +119,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...volumeHandlers(deps),
     ...imageHandlers(deps),
     ...fsHandlers(deps),
+    ...portHandlers(deps),
   };
   // Every mutating method's dry run (protocol/plan.ts): the compiler keeps this complete too.
   const planners: Planners<MutatingMethod> = {
@@ -121,6 +129,7 @@ export function createRoutes(deps: RouteDeps): RouteTable {
     ...volumePlanners(deps),
     ...imagePlanners(deps),
     ...fsPlanners(deps),
+    ...portPlanners(deps),
   };
   const table = {} as Record<RpcMethod, unknown>;
   for (const m of Object.keys(PARAMS) as RpcMethod[]) {

@@ -271,9 +271,11 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     if (conn instanceof GuardedStream) conn.setBudget(budgets.of(vmId));
     guestAgentListener?.(vmId, agentHandle(conn));
   });
+  const goneListeners: Array<(clientId: string) => void> = [];
   aedes.on('clientDisconnect', (client) => {
     releaseClientId(registry, client);
     log.debug({ clientId: client.id }, 'client disconnected');
+    for (const l of goneListeners) l(client.id);
   });
 
   const bus = createBus(
@@ -339,6 +341,9 @@ export async function createBroker(options: BrokerOptions, log: MvirtLogger): Pr
     ),
     onGuestAgent: (listener) => {
       guestAgentListener = listener;
+    },
+    onClientGone: (listener) => {
+      goneListeners.push(listener);
     },
     attachWebSocket(stream, remoteAddress) {
       if (closing !== null) {

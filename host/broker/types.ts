@@ -89,6 +89,8 @@ export interface Broker extends Bus {
    * handle like attachAgentChannel's (the guest dials; the host cannot).
    */
   onGuestAgent(listener: (vmId: string, handle: AgentChannelHandle) => void): void;
+  /** Called with the client id of each client that disconnects (what lives with a controller's connection ends). */
+  onClientGone(listener: (clientId: string) => void): void;
   /**
    * Whether a connected client subscribes to `topic` now: work whose only
    * purpose is to be delivered (a VM's console output) is skipped otherwise.

@@ -37,6 +37,10 @@ const MODULES: readonly CommandModule[] = [
   { words: ['top'], load: async () => (await import('./top.js')).topCommands },
   { words: ['console'], load: async () => (await import('./console.js')).consoleCommands },
   { words: ['cp'], load: async () => (await import('./cp.js')).cpCommands },
+  {
+    words: ['port-forward'],
+    load: async () => (await import('./port-forward.js')).portForwardCommands,
+  },
 ];
 
 /** Every first word a command has. */

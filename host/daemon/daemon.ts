@@ -7,11 +7,14 @@
  */
 import { MvirtError } from '../../protocol/errors.js';
 import { mkdir, rmdir } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../broker/index.js';
 import { createRoutes } from '../api/routes.js';
 import { createGuestFiles } from '../fs/files.js';
+import { createPortForwards } from '../ports/forwards.js';
+import { createPortStreams } from '../ports/streams.js';
 import { createApis } from './apis.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions } from '../agent/sessions.js';
@@ -211,6 +214,11 @@ export async function startDaemon(
     });
     agents.listen({ telemetry: (id, m) => telemetry.report(id, m) });
     broker.onGuestAgent((vmId, handle) => agents.guest(vmId, handle));
+    const portStreams = createPortStreams({
+      agents,
+      log,
+      refused: (id, what) => events.guest.refuse(id, what),
+    });
     // Volumes (issue 13): files under <data-dir>/volumes/, one queue of changes.
     const volumeFiles = createVolumeFiles(path.join(opts.dataDir, 'volumes'));
     await volumeFiles.init();
@@ -365,9 +373,23 @@ export async function startDaemon(
     };
     const files = createGuestFiles({ agents, vms, events, log });
     cleanup.unshift(() => files.close());
+    // Port forwards (issue 17): they end with the controller connection that opened them.
+    const ports = createPortForwards({
+      streams: portStreams,
+      vms,
+      ownerOfVm: (id) => store.owners.get('vm', id),
+      events,
+      bus: broker,
+      prefix: opts.prefix,
+      hasSubscriber: (topic) => broker.hasSubscriber(topic),
+      guestReachable: (ip) => isIP(ip) === 4 && opts.subnet.contains(ip),
+      log,
+    });
+    broker.onClientGone((clientId) => ports.clientGone(clientId));
     const routes = createRoutes({
       ...sysDeps,
       files,
+      ports,
       vms,
       snapshots,
       events,
@@ -490,6 +512,7 @@ export async function startDaemon(
       close: () =>
         (closing ??= (async () => {
           await apis.close();
+          ports.closeAll();
           spares.close();
           await jobs.close();
           await pools.close();

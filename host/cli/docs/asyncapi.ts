@@ -89,6 +89,10 @@ const SUMMARIES: Record<RpcMethod, string> = {
   'fs.remove':
     'Remove a file, symbolic link or empty directory (recursive: any directory) in a VM.',
   'fs.move': 'Rename a path in a VM (overwrite: replace what is at to).',
+  'port.forward':
+    "Listen on a host address (default 127.0.0.1, hostPort 0: any free port) and carry each TCP connection to 127.0.0.1:guestPort inside the VM over its agent channel, whatever its network; lives until port.close, the caller's MQTT connection ends, or the VM stops.",
+  'port.list': 'The open port forwards (of VMs in your scope), with their connection counts.',
+  'port.close': 'Close a port forward and drop its connections.',
   'metrics.query':
     'Telemetry roll-ups of a VM (or, without vm, of the host) between from and to: 10 s buckets for the last hour, 1 min for a day; step re-aggregates.',
 };
@@ -252,6 +256,12 @@ export function asyncApiDocument(): Json {
     '{prefix}/{hostId}/job/{jobId}/output',
     'Live output chunks; replay with job.logs.',
     ref('OutputChunk'),
+  );
+  topic(
+    'portForwardNotices',
+    '{prefix}/_clients/{clientId}/replies/port/{forwardId}',
+    'Each connection of a port forward opening and closing (conn 0: the forward itself closed), for the client that opened it; published only while it subscribes.',
+    ref('PortForwardNotice'),
   );
   topic(
     'poolState',

@@ -27,6 +27,7 @@ import {
   VmStateSchema,
   VolumeRecord,
 } from '../../../protocol/records.js';
+import { PortForwardNotice, PortForwardRecord } from '../../../protocol/ports.js';
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -51,6 +52,8 @@ export const NAMED: Record<string, z.ZodType> = {
   VmTelemetry,
   MetricPoint,
   MetricsResult,
+  PortForwardRecord,
+  PortForwardNotice,
   ErrorBody: ErrorBodySchema,
 };
 
