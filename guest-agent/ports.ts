@@ -77,8 +77,9 @@ export function createPorts(
     });
     sock.on('error', () => undefined);
     sock.on('close', () => {
-      // Closed after its FIN, the end goes out once what it sent has had credit.
-      if (!sawEnd) close(s, 'reset');
+      // Closed after both FINs, our end goes out once what it sent has had
+      // credit. Closed otherwise (a reset, a write that failed): abort.
+      if (!sawEnd || !s.hostEnded) close(s, 'reset');
     });
   }
 

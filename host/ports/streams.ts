@@ -121,8 +121,9 @@ export function createPortStreams(deps: {
       s.outbound.finish();
     });
     sock.on('close', () => {
-      // After its FIN the end goes out once what it sent has had credit.
-      if (!s.sawClientEnd) finish(s, 'the client reset the connection', 'reset');
+      // Closed after both FINs: our end goes out once what it sent has had
+      // credit. Closed otherwise (a reset, a write that failed): abort.
+      if (!s.sawClientEnd || !s.guestEnded) finish(s, 'the client reset the connection', 'reset');
     });
     sock.resume();
   }
