@@ -119,10 +119,17 @@ export interface Outbound {
 
 /**
  * What this side sends: at most `window` bytes out and not granted back, in
- * chunks of at most PORT_CHUNK_BYTES. What a source read beyond the credit is
- * kept (one read at most: the source is paused at once) until credit comes.
+ * chunks of at most PORT_CHUNK_BYTES. Reads are gathered until `defer` runs
+ * (the next turn of the event loop), so that a service writing 8 KiB at a
+ * time still goes out in full chunks: per-message costs dominate under TCG.
+ * What waits is bounded: the source is paused once a chunk's worth waits or
+ * the credit is spent, and read again when both have room.
  */
-export function createOutbound(window: number, sink: OutboundSink): Outbound {
+export function createOutbound(
+  window: number,
+  sink: OutboundSink,
+  defer: (fn: () => void) => void = setImmediate,
+): Outbound {
   let credit = window;
   let seq = 0;
   const queue: Uint8Array[] = [];
@@ -130,30 +137,60 @@ export function createOutbound(window: number, sink: OutboundSink): Outbound {
   let finishing = false;
   let finished = false;
   let paused = false;
+  let scheduled = false;
 
-  function pump(): void {
-    while (queue.length > 0 && credit > 0) {
-      const head = queue[0]!;
-      const n = Math.min(head.length, credit, PORT_CHUNK_BYTES);
-      const chunk = n === head.length ? head : head.subarray(0, n);
-      if (n === head.length) queue.shift();
+  /** Take up to n bytes off the queue, as one array. */
+  function take(n: number): Uint8Array {
+    const head = queue[0]!;
+    if (head.length >= n) {
+      if (head.length === n) queue.shift();
       else queue[0] = head.subarray(n);
       queued -= n;
-      credit -= n;
-      sink.data(seq++, chunk);
+      return head.length === n ? head : head.subarray(0, n);
     }
-    if (queue.length === 0 && finishing && !finished) {
-      finished = true;
-      sink.end(seq);
+    const out = new Uint8Array(n);
+    let at = 0;
+    while (at < n) {
+      const h = queue[0]!;
+      const k = Math.min(h.length, n - at);
+      out.set(k === h.length ? h : h.subarray(0, k), at);
+      if (k === h.length) queue.shift();
+      else queue[0] = h.subarray(k);
+      at += k;
     }
-    const blocked = queue.length > 0 || credit === 0;
+    queued -= n;
+    return out;
+  }
+
+  function flow(): void {
+    const blocked = queued >= PORT_CHUNK_BYTES || credit === 0;
     if (blocked && !paused) {
       paused = true;
       sink.pause();
-    } else if (!blocked && paused) {
+    } else if (!blocked && paused && !finishing) {
       paused = false;
       sink.resume();
     }
+  }
+
+  function pump(): void {
+    scheduled = false;
+    while (queued > 0 && credit > 0) {
+      const n = Math.min(queued, credit, PORT_CHUNK_BYTES);
+      credit -= n;
+      sink.data(seq++, take(n));
+    }
+    if (queued === 0 && finishing && !finished) {
+      finished = true;
+      sink.end(seq);
+    }
+    flow();
+  }
+
+  function schedule(): void {
+    if (scheduled) return;
+    scheduled = true;
+    defer(pump);
   }
 
   return {
@@ -161,16 +198,17 @@ export function createOutbound(window: number, sink: OutboundSink): Outbound {
       if (data.length === 0 || finishing) return;
       queue.push(data);
       queued += data.length;
-      pump();
+      flow();
+      schedule();
     },
     finish() {
       finishing = true;
-      pump();
+      schedule();
     },
     grant(bytes) {
       if (bytes < 1 || credit + bytes > window) return 'violation';
       credit += bytes;
-      pump();
+      schedule();
       return 'ok';
     },
     get pending() {

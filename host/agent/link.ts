@@ -41,8 +41,6 @@ export interface AgentLink {
     body: Omit<AgentDownMessage[K], 'id'>,
     timeoutMs: number,
   ): Promise<unknown>;
-  /** Send a message that is not a request (no reply awaited). */
-  send<K extends AgentDownKind>(vmId: string, kind: K, msg: AgentDownMessage[K]): Promise<void>;
   /** Fail the pending requests of a VM whose agent went away. */
   dropVm(vmId: string, reason: string): void;
   close(): Promise<void>;
@@ -163,7 +161,6 @@ export function createAgentLink(deps: {
         });
       });
     },
-    send,
     dropVm(vmId, reason) {
       for (const [id, p] of pending) {
         if (p.vmId !== vmId) continue;

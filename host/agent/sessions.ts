@@ -380,15 +380,6 @@ export function createAgentSessions(deps: AgentSessionsDeps) {
       return link.call(vmId, kind, body, timeoutMs);
     },
 
-    /** A message that is not a request; AGENT_UNAVAILABLE while no agent is connected. */
-    send<K extends AgentDownKind>(vmId: string, kind: K, msg: AgentDownMessage[K]): Promise<void> {
-      if (!sessions.get(vmId)?.hello)
-        return Promise.reject(
-          new MvirtError('AGENT_UNAVAILABLE', `VM ${vmId} has no agent connected`),
-        );
-      return link.send(vmId, kind, msg);
-    },
-
     /** Flow control: stop (true) or restart reading what the VM's agent sends. */
     hold(vmId: string, paused: boolean): void {
       const s = sessions.get(vmId);

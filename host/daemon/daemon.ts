@@ -14,7 +14,7 @@ import { createBroker } from '../broker/index.js';
 import { createRoutes } from '../api/routes.js';
 import { createGuestFiles } from '../fs/files.js';
 import { createPortForwards } from '../ports/forwards.js';
-import { createPortStreams } from '../ports/streams.js';
+import { createPortStreams, directPortSend } from '../ports/streams.js';
 import { createApis } from './apis.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions } from '../agent/sessions.js';
@@ -216,6 +216,7 @@ export async function startDaemon(
     broker.onGuestAgent((vmId, handle) => agents.guest(vmId, handle));
     const portStreams = createPortStreams({
       agents,
+      send: directPortSend(broker, t, (id) => agents.connected(id)),
       log,
       refused: (id, what) => events.guest.refuse(id, what),
     });

@@ -25,8 +25,12 @@ import {
   type PortDown,
   type PortUp,
 } from '../../protocol/ports.js';
+import { AGENT_DOWN } from '../../protocol/agent.js';
+import { encodeCbor } from '../../protocol/codec.js';
 import { MvirtError } from '../../protocol/errors.js';
+import type { Topics } from '../../protocol/topics.js';
 import type { AgentSessions } from '../agent/sessions.js';
+import type { Bus } from '../broker/types.js';
 import type { MvirtLogger } from '../log.js';
 
 export interface PortStreamOptions {
@@ -73,8 +77,35 @@ interface VmStreams {
 
 export type PortStreams = ReturnType<typeof createPortStreams>;
 
+/** What carries a stream message to a VM's agent (not a request: no reply). */
+export type PortSend = (vmId: string, m: Exclude<PortDown, { op: 'open' }>) => Promise<void>;
+
+/**
+ * Stream messages straight onto the broker, not through mvirtd's ordered bus:
+ * that bus publishes one message at a time, each once written to its
+ * subscriber, so a guest slow to read its channel held back every reply and
+ * state mvirtd published (seen under TCG: a port.list reply waited 10 s
+ * behind 20 downloads). Streams need no order across messages: each data
+ * chunk and end carries its sequence number, credit adds up in any order.
+ */
+export function directPortSend(
+  bus: Pick<Bus, 'publish'>,
+  topics: Pick<Topics, 'agentDown'>,
+  connected: (vmId: string) => boolean,
+): PortSend {
+  return async (vmId, m) => {
+    if (!connected(vmId))
+      throw new MvirtError('AGENT_UNAVAILABLE', `VM ${vmId} has no agent connected`);
+    // Our own output is checked too: a host bug should fail here, not in the guest.
+    const r = AGENT_DOWN.port.safeParse(m);
+    if (!r.success) throw new MvirtError('INTERNAL', `bad port message ${m.op}`);
+    await bus.publish(topics.agentDown(vmId, 'port'), encodeCbor(m), { qos: 1 });
+  };
+}
+
 export function createPortStreams(deps: {
-  agents: Pick<AgentSessions, 'call' | 'send' | 'listen'>;
+  agents: Pick<AgentSessions, 'call' | 'listen'>;
+  send: PortSend;
   log: MvirtLogger;
   /** A guest message refused (host/events/guest-gate.ts counts and writes them aggregated). */
   refused?: (vmId: string, what: string) => void;
@@ -86,7 +117,7 @@ export function createPortStreams(deps: {
   let nextId = 1;
 
   const send = (s: Stream, m: Exclude<PortDown, { op: 'open' }>) => {
-    deps.agents.send(s.vmId, 'port', m).catch((err: unknown) => {
+    deps.send(s.vmId, m).catch((err: unknown) => {
       if (!s.done) finish(s, `the agent channel: ${(err as Error).message}`);
     });
   };

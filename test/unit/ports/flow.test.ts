@@ -9,6 +9,8 @@ import { createInbound, createOutbound } from '../../../protocol/port-flow.js';
 import { PORT_CHUNK_BYTES } from '../../../protocol/ports.js';
 
 const bytes = (n: number, fill = 1) => new Uint8Array(n).fill(fill);
+/** Run deferred work at once: the outbound then sends as it is called. */
+const now = (fn: () => void) => fn();
 
 function inbound(window: number) {
   const written: Uint8Array[] = [];
@@ -72,12 +74,16 @@ test('outbound sends within its credit, keeps the rest, pauses and resumes its s
   const sent: Array<[number, number]> = [];
   const calls: string[] = [];
   let endSeq = -1;
-  const ob = createOutbound(100, {
-    data: (seq, d) => sent.push([seq, d.length]),
-    end: (seq) => (endSeq = seq),
-    pause: () => calls.push('pause'),
-    resume: () => calls.push('resume'),
-  });
+  const ob = createOutbound(
+    100,
+    {
+      data: (seq, d) => sent.push([seq, d.length]),
+      end: (seq) => (endSeq = seq),
+      pause: () => calls.push('pause'),
+      resume: () => calls.push('resume'),
+    },
+    now,
+  );
   ob.push(bytes(70));
   ob.push(bytes(50));
   assert.deepEqual(sent, [
@@ -93,18 +99,39 @@ test('outbound sends within its credit, keeps the rest, pauses and resumes its s
   assert.equal(ob.grant(90), 'ok');
   assert.deepEqual(sent.at(-1), [3, 10]);
   assert.equal(endSeq, 4);
-  assert.deepEqual(calls, ['pause', 'resume']);
+  assert.deepEqual(calls, ['pause'], 'a source that has ended is not read again');
   assert.equal(ob.grant(21), 'violation', 'credit beyond the window (20 bytes are out)');
 });
 
 test('outbound cuts big reads into chunks', () => {
   const sent: number[] = [];
+  const ob = createOutbound(
+    4 * PORT_CHUNK_BYTES,
+    {
+      data: (_s, d) => sent.push(d.length),
+      end: () => undefined,
+      pause: () => undefined,
+      resume: () => undefined,
+    },
+    now,
+  );
+  ob.push(bytes(2 * PORT_CHUNK_BYTES + 5));
+  assert.deepEqual(sent, [PORT_CHUNK_BYTES, PORT_CHUNK_BYTES, 5]);
+});
+
+test('outbound gathers the reads of one turn into full chunks', async () => {
+  const sent: number[] = [];
+  let paused = false;
   const ob = createOutbound(4 * PORT_CHUNK_BYTES, {
     data: (_s, d) => sent.push(d.length),
     end: () => undefined,
-    pause: () => undefined,
-    resume: () => undefined,
+    pause: () => (paused = true),
+    resume: () => (paused = false),
   });
-  ob.push(bytes(2 * PORT_CHUNK_BYTES + 5));
-  assert.deepEqual(sent, [PORT_CHUNK_BYTES, PORT_CHUNK_BYTES, 5]);
+  for (let i = 0; i < 10; i++) ob.push(bytes(8192));
+  assert.deepEqual(sent, [], 'nothing before the turn ends');
+  assert.equal(paused, true, 'a chunk waits: the source is paused');
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(sent, [PORT_CHUNK_BYTES, 2 * 8192]);
+  assert.equal(paused, false);
 });

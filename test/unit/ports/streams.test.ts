@@ -11,15 +11,15 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, test } from 'node:test';
-import pino from 'pino';
 import { AGENT_DOWN, AGENT_UP } from '../../../protocol/agent.js';
 import { decodeCbor, encodeCbor } from '../../../protocol/codec.js';
 import type { PortDown, PortUp } from '../../../protocol/ports.js';
 import { createPorts } from '../../../guest-agent/ports.js';
 import type { AgentListener } from '../../../host/agent/sessions.js';
 import { createPortStreams, type StreamEnd } from '../../../host/ports/streams.js';
+import { testLogger } from '../../../harness/daemon.js';
 
-const log = pino({ level: 'silent' });
+const log = testLogger();
 const VM = 'vm-1';
 const servers: Server[] = [];
 after(() => {
@@ -78,10 +78,10 @@ function joined(options: { window?: number; maxStreams?: number } = {}) {
       listen: (l) => (listeners.push(l), () => undefined),
       call: async (_vm, _kind, body) =>
         guest.handle(wire(AGENT_DOWN.port, { ...body, id: 'r1' }) as PortDown),
-      send: async (_vm, _kind, m) => {
-        const v = wire(AGENT_DOWN.port, m) as PortDown;
-        setImmediate(() => void guest.handle(v));
-      },
+    },
+    send: async (_vm, m) => {
+      const v = wire(AGENT_DOWN.port, m) as PortDown;
+      setImmediate(() => void guest.handle(v));
     },
     log,
     refused: (_vm, what) => refused.push(what),
@@ -259,9 +259,9 @@ function hostile() {
   const streams = createPortStreams({
     agents: {
       listen: (l) => (listeners.push(l), () => undefined),
-      call: async (_vm, _kind, body) => (down.push(body as PortDown), {}),
-      send: async (_vm, _kind, m) => void down.push(m as PortDown),
+      call: async (_vm, _kind, body) => (down.push(body as unknown as PortDown), {}),
     },
+    send: async (_vm, m) => void down.push(m),
     log,
     refused: (_vm, what) => refused.push(what),
     options: { window: 1000 },
