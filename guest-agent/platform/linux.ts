@@ -39,6 +39,8 @@ import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const TCP_CONNECT_TIMEOUT_MS = 10_000;
+/** A port-forward stream's connection to the guest's service (guest-agent/ports.ts). */
+const PORT_CONNECT_TIMEOUT_MS = 60_000;
 /** If init has not taken the machine down by then, force it. */
 const POWER_FALLBACK_MS = 10_000;
 /**
@@ -99,12 +101,17 @@ function uptimeS(): number {
   return Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
 }
 
-function openTcp(host: string, port: number, allowHalfOpen = false): Promise<Duplex> {
+function openTcp(
+  host: string,
+  port: number,
+  allowHalfOpen = false,
+  timeoutMs = TCP_CONNECT_TIMEOUT_MS,
+): Promise<Duplex> {
   return new Promise((resolve, reject) => {
     const sock = connect({ host, port, noDelay: true, keepAlive: true, allowHalfOpen });
     const timer = setTimeout(
       () => sock.destroy(new Error(`connect ${host}:${port} timed out`)),
-      TCP_CONNECT_TIMEOUT_MS,
+      timeoutMs,
     );
     sock.once('connect', () => {
       clearTimeout(timer);
@@ -263,7 +270,10 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       }
     },
     // Half-open: a server's FIN ends one direction of the stream, not both.
-    connectLoopback: (port: number) => openTcp('127.0.0.1', port, true),
+    // A service whose accept backlog is full (busybox httpd's is 9) drops
+    // SYNs and the kernel retries after 1, 3, 7… s: under TCG 20 connections
+    // at once took over 10 s, so the timeout is the host's (60 s) more or less.
+    connectLoopback: (port: number) => openTcp('127.0.0.1', port, true, PORT_CONNECT_TIMEOUT_MS),
     async power(action: PowerAction) {
       // busybox init: SIGUSR2 = poweroff, SIGTERM = reboot (its orderly path:
       // shutdown actions, kill, sync, unmount). `-f` bypasses init.

@@ -19,6 +19,7 @@ export const COMMAND_WORDS: readonly string[] = [
   'top',
   'console',
   'cp',
+  'port-forward',
   'image',
   'help',
 ];

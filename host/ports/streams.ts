@@ -44,7 +44,8 @@ export interface PortStreamOptions {
 export const DEFAULT_PORT_STREAM_OPTIONS: PortStreamOptions = {
   window: PORT_WINDOW_BYTES,
   maxStreams: PORT_MAX_STREAMS,
-  openTimeoutMs: 15_000,
+  // The agent gives up connecting after 60 s (a full accept backlog retries SYNs for that long).
+  openTimeoutMs: 70_000,
 };
 
 /** How a stream ended: bytes each way, and why when it was not an orderly end of both sides. */
@@ -176,6 +177,10 @@ export function createPortStreams(deps: {
     } else if (m.op === 'end') verdict = s.inbound.end(m.seq);
     else verdict = s.outbound.grant(m.bytes);
     if (verdict === 'violation') {
+      log.debug(
+        { vmId, stream: m.stream, op: m.op },
+        'port message beyond flow control; stream aborted',
+      );
       deps.refused?.(vmId, 'port messages breaking flow control refused');
       finish(s, 'the guest broke flow control', 'protocol');
     }

@@ -92,9 +92,11 @@ describe('port-forward to a real microVM', { timeout: BOOT_MS + 4 * JOB_MS }, ()
     guestSha = made.stdout!.split(' ')[0]!;
   });
 
-  it('serves 20 concurrent downloads byte-identical, and ends with the CLI', async () => {
+  it('serves 20 concurrent downloads byte-identical, and ends with the CLI', async (t) => {
     await explained(async () => {
       const cli = startMvirt(['port-forward', 'web', '0:8080', '-v'], { daemon: d });
+      // However the test ends, the forward ends with the CLI.
+      t.after(() => void cli.child.kill('SIGKILL'));
       await cli.waitOut('\n');
       const m = /^Forwarding from 127\.0\.0\.1:(\d+) -> web:8080$/m.exec(cli.stdout());
       assert.ok(m, cli.stdout());

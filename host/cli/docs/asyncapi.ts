@@ -318,6 +318,8 @@ export function asyncApiDocument(): Json {
         jobId: param('job id'),
         pool: param('pool name'),
         volumeId: param('volume id (vol-<hex>)'),
+        clientId: param('the MQTT client id of the controller that opened the forward'),
+        forwardId: param('port forward id (pf-<hex>)'),
       },
       schemas,
       messages,
