@@ -107,6 +107,18 @@ describe('port-forward to a real microVM', { timeout: BOOT_MS + 4 * JOB_MS }, ()
         assert.equal(g.bytes, FILE_BYTES);
         assert.equal(g.sha, guestSha);
       }
+      // A client has its body before mvirtd has seen the guest's end of that
+      // stream: -v prints each connection's close once it has.
+      await new Promise<void>((resolve) => {
+        const check = () => {
+          if ((cli.stderr().match(/^connection \d+ from .* closed: /gm) ?? []).length < DOWNLOADS)
+            return;
+          cli.child.stderr!.off('data', check);
+          resolve();
+        };
+        cli.child.stderr!.on('data', check);
+        check();
+      });
       const listed = ok(await c.call('port.list')).forwards;
       assert.equal(listed.length, 1);
       assert.equal(listed[0]!.totalConnections, DOWNLOADS);
