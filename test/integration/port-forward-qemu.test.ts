@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { get } from 'node:http';
+import { userInfo } from 'node:os';
 import path from 'node:path';
 import { hashPassword } from '../../host/broker/passwords.js';
 import { imagesDir } from '../../harness/build.js';
@@ -133,7 +134,8 @@ describe('port-forward to a real microVM', { timeout: BOOT_MS + 4 * JOB_MS }, ()
         /^port forward pf-[0-9a-f]+: 127\.0\.0\.1:\d+ → web:8080 opened$/.test(e.message),
       );
       assert.equal(audit.length, 1);
-      assert.equal(audit[0]!.actor, 'anonymous');
+      // The CLI came over the unix socket, as this user.
+      assert.equal(audit[0]!.actor, `unix:${userInfo().username}`);
     });
   });
 
