@@ -74,6 +74,9 @@ const PARAMS: Record<string, unknown> = {
   'fs.mkdir': { vm: 'nope', path: '/d' },
   'fs.remove': { vm: 'nope', path: '/f' },
   'fs.move': { vm: 'nope', from: '/f', to: '/g' },
+  'port.forward': { vm: 'nope', guestPort: 80 },
+  'port.list': {},
+  'port.close': { id: 'pf-000000000000' },
 };
 const READS = [
   'system.info',
@@ -94,6 +97,7 @@ const READS = [
   'snapshot.list',
   'image.list',
   'image.get',
+  'port.list',
 ];
 const OPERATE = [
   'vm.create',
@@ -129,6 +133,8 @@ const OPERATE = [
   'volume.snapshot',
   'volume.restore',
   'volume.deleteSnapshot',
+  'port.forward',
+  'port.close',
 ];
 /** What docs/security.md promises each role. */
 const ALLOWED: Record<string, string[]> = {
