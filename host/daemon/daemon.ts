@@ -7,18 +7,15 @@
  */
 import { MvirtError } from '../../protocol/errors.js';
 import { mkdir, rmdir } from 'node:fs/promises';
-import { isIP } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createBroker } from '../broker/index.js';
 import { createRoutes } from '../api/routes.js';
-import { createGuestFiles } from '../fs/files.js';
-import { createPortForwards } from '../ports/forwards.js';
+import { createGuestIo } from './guest-io.js';
 import { createPortStreams, directPortSend } from '../ports/streams.js';
 import { createApis } from './apis.js';
 import { systemInfo, type SystemDeps } from '../api/handlers/system.js';
 import { createAgentSessions } from '../agent/sessions.js';
-import { createEventLog } from '../events/log.js';
 import { createHypervisorRegistry } from '../hypervisors/index.js';
 import type { MvirtLogger } from '../log.js';
 import { createStore } from '../store/index.js';
@@ -48,10 +45,7 @@ import { hashesOf, loadUserEntries } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
 import { createTlsContext } from '../broker/tls.js';
 import { guestNetworkGate } from './exposure.js';
-import { createHostSampler } from '../metrics/host-sampler.js';
-import { observeHost } from './observe.js';
-import { createRollups, DEFAULT_RESOLUTIONS } from '../metrics/rollup.js';
-import { createTelemetryHub } from '../metrics/telemetry.js';
+import { createRecords, observeHost } from './observe.js';
 import { createHttpAuth } from '../http/auth.js';
 import { startHttpServer, type HttpServer } from '../http/server.js';
 import { createSessionTokens } from '../http/sessions.js';
@@ -67,8 +61,6 @@ import { announceStart } from './announce.js';
 
 /** How long a dashboard's MQTT token is accepted for new connections. */
 const SESSION_TTL_MS = 12 * 3600_000;
-/** Roll-ups reach SQLite this often (and on every metrics.query). */
-const ROLLUP_FLUSH_MS = 10_000;
 
 export async function startDaemon(
   opts: DaemonOptions,
@@ -152,41 +144,15 @@ export async function startDaemon(
       payload: JSON.stringify({ hostId: opts.hostId, online: false }),
     });
 
-    const events = createEventLog({
-      repo: store.events,
+    const { events, rollups, telemetry, sampler } = createRecords({
+      opts,
+      store,
       bus,
       topics: t,
-      log: log.child({ component: 'events' }),
-      retention: {
-        days: opts.eventsRetentionDays,
-        maxRows: opts.eventsMaxRows,
-        auditDays: opts.auditRetentionDays,
-        auditMaxRows: opts.auditMaxRows,
-      },
+      log,
+      cleanup,
+      rollupFlushMs: overrides.rollupFlushMs,
     });
-    cleanup.unshift(() => events.close());
-    events.prune();
-
-    const rollups = createRollups({
-      repo: store.metrics,
-      log: log.child({ component: 'metrics' }),
-      options: {
-        resolutions: [
-          DEFAULT_RESOLUTIONS[0]!,
-          { ...DEFAULT_RESOLUTIONS[1]!, keepS: opts.metricsRetentionHours * 3600 },
-        ],
-        flushIntervalMs: overrides.rollupFlushMs ?? ROLLUP_FLUSH_MS,
-      },
-    });
-    cleanup.unshift(() => rollups.close());
-    const telemetry = createTelemetryHub({
-      bus,
-      topics: t,
-      rollups,
-      log: log.child({ component: 'metrics' }),
-      size: (id) => store.vms.get(id),
-    });
-    const sampler = createHostSampler({ onSample: (f) => telemetry.host(f) });
 
     const hypervisors = createHypervisorRegistry(
       overrides.hypervisors
@@ -372,21 +338,18 @@ export async function startDaemon(
       labels: opts.labels,
       ...(uplink ? { uplink: () => uplink.info() } : {}),
     };
-    const files = createGuestFiles({ agents, vms, events, log });
-    cleanup.unshift(() => files.close());
-    // Port forwards (issue 17): they end with the controller connection that opened them.
-    const ports = createPortForwards({
-      streams: portStreams,
+    const { files, ports } = createGuestIo({
+      agents,
       vms,
-      ownerOfVm: (id) => store.owners.get('vm', id),
       events,
-      bus: broker,
+      streams: portStreams,
+      broker,
+      ownerOfVm: (id) => store.owners.get('vm', id),
       prefix: opts.prefix,
-      hasSubscriber: (topic) => broker.hasSubscriber(topic),
-      guestReachable: (ip) => isIP(ip) === 4 && opts.subnet.contains(ip),
+      subnet: opts.subnet,
       log,
     });
-    broker.onClientGone((clientId) => ports.clientGone(clientId));
+    cleanup.unshift(() => files.close());
     const routes = createRoutes({
       ...sysDeps,
       files,
