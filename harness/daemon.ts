@@ -23,6 +23,7 @@ import { ensureBuilt } from './build.js';
 import type { DaemonAddress } from './connect.js';
 import { makeTempDir, REPO } from './paths.js';
 import { adminLogin, writeAdminUsers } from './test-admin.js';
+import { fakeElfKernel, gzipBzImage } from './kernels.js';
 
 export const HOST_ID = 'test-host';
 
@@ -52,12 +53,16 @@ function baseArgs(): string[] {
   ];
 }
 
-/** A placeholder image (a valid manifest + empty files): enough for the fake backend. */
+/**
+ * A placeholder image (a valid manifest, empty initrd and root disk, and a
+ * small bzImage-shaped kernel an ELF-only backend can derive its vmlinux
+ * from): enough for the fake backends.
+ */
 export async function writeFakeImage(imagesDir: string, name = 'default'): Promise<void> {
   const dir = path.join(imagesDir, name);
   await mkdir(dir, { recursive: true });
-  for (const f of ['vmlinuz', 'initrd.img', 'rootfs.squashfs'])
-    await writeFile(path.join(dir, f), '');
+  for (const f of ['initrd.img', 'rootfs.squashfs']) await writeFile(path.join(dir, f), '');
+  await writeFile(path.join(dir, 'vmlinuz'), gzipBzImage(fakeElfKernel()));
   const sha = '0'.repeat(64);
   const manifest = {
     schema: 1,

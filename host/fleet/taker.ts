@@ -153,7 +153,6 @@ export function createFleetTaker(d: {
     req: FleetRequest,
     hold: { size: Size | null; pool: string | null },
   ) {
-    const delay = Math.round(SPREAD_MS * fullness());
     const c: Claim = {
       ...hold,
       timer: undefined,
@@ -164,6 +163,8 @@ export function createFleetTaker(d: {
     };
     c.lease.unref();
     claims.set(topic, c);
+    // How full the host would be with this request too (its hold is reserved now).
+    const delay = Math.round(SPREAD_MS * fullness());
     c.timer = setTimeout(() => {
       c.timer = undefined;
       const msg: FleetClaim = { request: req.id, hostId: d.hostId, at: new Date().toISOString() };

@@ -21,7 +21,7 @@ import { MvirtError } from '../../protocol/errors.js';
 import { requireCapability } from '../../host/hypervisors/index.js';
 import type { Hypervisor, LaunchSpec, RunningVm, VmEvent } from '../../host/hypervisors/types.js';
 import type { BackendCase } from './backend-cases.js';
-import { fakeElfKernel, gzipBzImage } from './kernels.js';
+import { fakeElfKernel, gzipBzImage } from '../../harness/kernels.js';
 
 const log = pino({ level: process.env.MVIRT_TEST_LOG ? 'debug' : 'silent' });
 const MQTT_CONNECT = 0x10;

@@ -36,7 +36,8 @@ const SUFFIXES: Record<PromType, string[]> = {
 function parseValue(s: string, line: string): number {
   if (s === '+Inf') return Infinity;
   if (s === '-Inf') return -Infinity;
-  if (s === 'NaN') return NaN;
+  // prom-client writes NaN as `Nan` (an event-loop lag with no sample yet); Prometheus reads any case.
+  if (s.toLowerCase() === 'nan') return NaN;
   const v = Number(s);
   if (s === '' || Number.isNaN(v)) throw new Error(`not a sample value: ${line}`);
   return v;

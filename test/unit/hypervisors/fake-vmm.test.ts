@@ -22,12 +22,15 @@ import type { LaunchSpec } from '../../../host/hypervisors/types.js';
 import { ECHO_PORT, VIOLATIONS_FILE } from '../../../harness/fake-vmm/common.js';
 import { BACKEND_CASES, fakeVmmBinary } from '../../support/backend-cases.js';
 import { readFileSync, existsSync } from 'node:fs';
+import { fakeElfKernel } from '../../../harness/kernels.js';
 
 const log = pino({ level: 'silent' });
 let root: string;
 before(() => {
   root = mkdtempSync(path.join(os.tmpdir(), 'mvf-'));
-  for (const f of ['vmlinuz', 'initrd', 'root.img']) writeFileSync(path.join(root, f), 'x');
+  for (const f of ['initrd', 'root.img']) writeFileSync(path.join(root, f), 'x');
+  // The VMMs load an x86-64 ELF with a PVH entry (the fakes refuse anything else).
+  writeFileSync(path.join(root, 'vmlinuz'), fakeElfKernel());
 });
 after(() => rmSync(root, { recursive: true, force: true }));
 

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { bzImagePayload, elfKernel, elfKernelProblem } from '../../../images/vmlinux.js';
 import { MvirtError } from '../../../protocol/errors.js';
-import { fakeBzImage, fakeElfKernel, gzipBzImage } from '../../support/kernels.js';
+import { fakeBzImage, fakeElfKernel, gzipBzImage } from '../../../harness/kernels.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'mvirt-vmlinux-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

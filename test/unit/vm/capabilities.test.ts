@@ -20,7 +20,7 @@ import {
 import { makeTempDir, removeDir } from '../../../harness/paths.js';
 import { rpcClient, type RpcClient } from '../../../harness/client.js';
 import { startTestDaemon, type TestDaemon } from '../../../harness/daemon.js';
-import { fakeElfKernel, gzipBzImage } from '../../support/kernels.js';
+import { fakeElfKernel, gzipBzImage } from '../../../harness/kernels.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 after(async () => {
@@ -165,7 +165,9 @@ test('a disk snapshot of a running VM on a backend without live disk snapshots: 
 
 test('a backend that boots only ELF kernels gets the one derived from the image, or a typed refusal', async () => {
   const { hv, d, c } = await setup({ capabilities: { kernelFormats: ['elf'] } });
-  // The placeholder image's kernel is an empty file: no bzImage to take it from.
+  const vmlinuz = path.join(d.dataDir, 'images/default/vmlinuz');
+  // A kernel that is no bzImage: nothing to take an ELF from.
+  await writeFile(vmlinuz, 'not a kernel');
   result(await c.call('vm.create', { name: 'lean-6' }));
   const r = await c.call('vm.start', { vm: 'lean-6', wait: true });
   assert.ok(!r.ok && r.error.code === 'KERNEL_UNSUITABLE', JSON.stringify(r));
@@ -173,7 +175,7 @@ test('a backend that boots only ELF kernels gets the one derived from the image,
   assert.equal(hv.launched.length, 0, 'nothing launched');
 
   const elf = fakeElfKernel({ padding: 4096 });
-  await writeFile(path.join(d.dataDir, 'images/default/vmlinuz'), gzipBzImage(elf));
+  await writeFile(vmlinuz, gzipBzImage(elf));
   result(await c.call('vm.start', { vm: 'lean-6', wait: true }));
   const kernel = hv.specs.at(-1)!.kernel;
   assert.equal(path.dirname(kernel), path.join(d.dataDir, 'cache', 'kernels'));
