@@ -25,29 +25,11 @@ import { rpcClient } from '../harness/client.js';
 import { startTestDaemon, testLogger, type TestDaemon } from '../harness/daemon.js';
 import { makeTempDir, removeDir } from '../harness/paths.js';
 import { fakeVmmBinary } from '../test/support/backend-cases.js';
-import { median, ok, round, type BenchRow } from './lib.js';
+import { median, ok, pingRate, round, type BenchRow } from './lib.js';
 
 const BYTES = 32 * 1024 * 1024;
 const WARMUP = 4 * 1024 * 1024;
-const CHUNK = 256 * 1024;
-const IN_FLIGHT = 8;
 const RUNS = 3;
-
-/** Bytes per second one way (each byte also comes back). */
-async function pingRate(agents: AgentSessions, vmId: string, bytes: number): Promise<number> {
-  const payload = new Uint8Array(CHUNK).fill(97);
-  let moved = 0;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: IN_FLIGHT }, async () => {
-      while (moved < bytes) {
-        moved += CHUNK;
-        await agents.call(vmId, 'ping', { data: payload }, 120_000);
-      }
-    }),
-  );
-  return moved / ((performance.now() - t0) / 1000);
-}
 
 async function measure(d: TestDaemon, name: string, params: object): Promise<number> {
   const c = await rpcClient(d);
@@ -108,7 +90,7 @@ export default async function channels(): Promise<BenchRow[]> {
       name: 'agent channel: hybrid vsock (fake cloud-hypervisor, relay helper)',
       value: mib(vsock),
       unit: 'MiB/s',
-      note: `pipelined ${CHUNK / 1024} KiB pings ×${IN_FLIGHT}, each byte both ways; median of ${RUNS}`,
+      note: `pipelined 256 KiB pings ×8, each byte both ways; median of ${RUNS}`,
     },
     {
       name: 'agent channel: virtio-serial (QEMU, TCG)',

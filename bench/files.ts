@@ -20,27 +20,10 @@ import { startTestDaemon } from '../harness/daemon.js';
 import { removeDir } from '../harness/paths.js';
 import { createClient } from '../protocol/client.js';
 import { receiveFile, sendFile } from '../protocol/fs-transfer.js';
-import { median, ok, round, type BenchRow } from './lib.js';
+import { median, ok, pingRate, round, type BenchRow } from './lib.js';
 
 const BYTES = 32 * 1024 * 1024;
-const CHUNK = 256 * 1024;
-const IN_FLIGHT = 8;
 const RUNS = 3;
-
-async function pingRate(agents: AgentSessions, vmId: string, bytes: number): Promise<number> {
-  const payload = new Uint8Array(CHUNK).fill(97);
-  let moved = 0;
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: IN_FLIGHT }, async () => {
-      while (moved < bytes) {
-        moved += CHUNK;
-        await agents.call(vmId, 'ping', { data: payload }, 120_000);
-      }
-    }),
-  );
-  return moved / ((performance.now() - t0) / 1000);
-}
 
 export default async function files(): Promise<BenchRow[]> {
   const IMAGES = await imagesDir();

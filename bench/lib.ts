@@ -13,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MqttClient } from 'mqtt';
 import { connectController } from '../harness/connect.js';
+import type { AgentSessions } from '../host/agent/sessions.js';
 import type { Bus } from '../host/broker/types.js';
 import type { ParamsOf, ReplyEnvelope } from '../protocol/rpc.js';
 import type { RpcClient } from '../harness/client.js';
@@ -422,4 +423,28 @@ export function stealTicks(): { steal: number; total: number } {
     .slice(1)
     .map(Number);
   return { steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * The raw agent channel's rate, bytes per second one way (each byte also
+ * comes back): pings of 256 KiB, 8 in flight, until `bytes` have gone.
+ */
+export async function pingRate(
+  agents: AgentSessions,
+  vmId: string,
+  bytes: number,
+): Promise<number> {
+  const chunk = 256 * 1024;
+  const payload = new Uint8Array(chunk).fill(97);
+  let moved = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (moved < bytes) {
+        moved += chunk;
+        await agents.call(vmId, 'ping', { data: payload }, 120_000);
+      }
+    }),
+  );
+  return moved / ((performance.now() - t0) / 1000);
 }
