@@ -19,7 +19,6 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { createCloudHypervisorBackend } from '../host/hypervisors/cloud-hypervisor/backend.js';
-import type { AgentSessions } from '../host/agent/sessions.js';
 import { imagesDir } from '../harness/build.js';
 import { rpcClient } from '../harness/client.js';
 import { startTestDaemon, testLogger, type TestDaemon } from '../harness/daemon.js';

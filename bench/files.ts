@@ -13,7 +13,6 @@
  * 0.6 MiB/s: the load, not the path, sets the absolute rates).
  */
 import { randomBytes } from 'node:crypto';
-import type { AgentSessions } from '../host/agent/sessions.js';
 import { imagesDir } from '../harness/build.js';
 import { rpcClient } from '../harness/client.js';
 import { startTestDaemon } from '../harness/daemon.js';
