@@ -33,8 +33,9 @@ const MiB = 1024 * 1024;
  * of it is the pages of its own binary, the rest its heap.
  */
 export const AGENT_HEADROOM_BYTES = 16 * MiB;
-/** Kept out of `jobs/` for what no group is charged with: the kernel's own
- *  allocations and the µOS's other processes (init, agent-run; ~2 MiB seen). */
+/** Kept free beyond `jobs/` and the agent's headroom: what the kernel allocates
+ *  as jobs run (page tables, slab), its reclaim watermarks (kswapd wakes
+ *  under ~3 MiB free in a 256 MiB VM) and the µOS's other processes. */
 export const SYSTEM_RESERVE_BYTES = 8 * MiB;
 
 export interface GroupSizes {
@@ -46,12 +47,28 @@ export interface GroupSizes {
 
 /**
  * Pure arithmetic, so it is tested without a kernel. The agent's protection
- * is at most half the VM and jobs get at least a quarter; together with the
- * reserve they never promise more than the VM has (above 32 MiB).
+ * is at most half the VM. Jobs get the memory that is free once the agent is
+ * up, less the agent's room to grow and the system reserve: what they take
+ * then never has to be reclaimed from anyone, so a job at its cap meets its
+ * group's OOM killer before the guest as a whole runs short. At least a
+ * quarter of the VM, so a small VM still runs jobs (there the agent's
+ * protection is best-effort).
+ *
+ * Sized from MemTotal instead (MemTotal − the agent's protection − the
+ * reserve: 112 MiB of a 256 MiB VM), the kernel's own ~30 MiB (slab, page
+ * tables, stacks, per-cpu) was left out, and a job allocating to that cap
+ * drove the whole guest into reclaim first: kswapd and direct reclaim
+ * scanned 40k pages, the agent's `memory.low` was breached 302 times and its
+ * binary's pages refaulted 5k times before the OOM kill, 4.8 s on a quiet
+ * host; under load in CI the kill never came within 300 s.
  */
-export function sizeGroups(memTotal: number, agentCurrent: number): GroupSizes {
+export function sizeGroups(memTotal: number, memFree: number, agentCurrent: number): GroupSizes {
   const agentLow = Math.min(agentCurrent + AGENT_HEADROOM_BYTES, Math.floor(memTotal / 2));
-  const jobsMax = Math.max(Math.floor(memTotal / 4), memTotal - agentLow - SYSTEM_RESERVE_BYTES);
+  const spare = memFree - AGENT_HEADROOM_BYTES - SYSTEM_RESERVE_BYTES;
+  const jobsMax = Math.max(
+    Math.floor(memTotal / 4),
+    Math.min(spare, memTotal - agentLow - SYSTEM_RESERVE_BYTES),
+  );
   return { agentLow, jobsMax };
 }
 
@@ -102,10 +119,11 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
   const setup = async (): Promise<boolean> => {
     const current = await read(path.join(root, 'agent', 'memory.current'));
     const meminfo = (await read(o.meminfoPath ?? '/proc/meminfo')) ?? '';
-    const kib = /^MemTotal:\s+(\d+) kB$/m.exec(meminfo);
+    const total = /^MemTotal:\s+(\d+) kB$/m.exec(meminfo);
+    const free = /^MemFree:\s+(\d+) kB$/m.exec(meminfo);
     const agentCurrent = Number(current);
-    if (current === null || !Number.isSafeInteger(agentCurrent) || !kib) return false;
-    const sizes = sizeGroups(Number(kib[1]) * 1024, agentCurrent);
+    if (current === null || !Number.isSafeInteger(agentCurrent) || !total || !free) return false;
+    const sizes = sizeGroups(Number(total[1]) * 1024, Number(free[1]) * 1024, agentCurrent);
     try {
       await writeFile(path.join(root, 'agent', 'memory.low'), String(sizes.agentLow));
       await writeFile(path.join(jobsDir, 'memory.max'), String(sizes.jobsMax));

@@ -213,12 +213,22 @@ test(
       const vmstat = ok(
         await c.call(
           'job.run',
-          { vm: 'hog', wait: true, argv: ['sh', '-c', 'grep oom_kill /proc/vmstat'] },
+          {
+            vm: 'hog',
+            wait: true,
+            argv: [
+              'sh',
+              '-c',
+              'grep oom_kill /proc/vmstat; cat /sys/fs/cgroup/agent/memory.events',
+            ],
+          },
           { timeoutMs: 120_000 },
         ),
       ) as JobRecord & { stdout?: string };
       assert.equal(vmstat.exitCode, 0, 'the VM still runs jobs');
       assert.match(vmstat.stdout ?? '', /oom_kill [1-9]/, 'the guest kernel killed it');
+      // Jobs are capped below what was free, so nothing was taken from the agent on the way.
+      assert.match(vmstat.stdout ?? '', /^low 0$/m, "the agent's protection never breached");
       // The host side: QEMU alive and inside its limit, mvirtd unmoved.
       process.kill(vm.pid!, 0);
       assert.deepEqual(cgroupFacts(vm.pid!), cg);

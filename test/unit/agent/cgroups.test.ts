@@ -32,20 +32,24 @@ function fakeMount(agentCurrent: number | null, controllers = 'cpu memory pids')
   return { root, meminfoPath, read: (p: string) => readFileSync(path.join(root, p), 'utf8') };
 }
 
-test('sizes: the agent keeps its usage plus headroom, jobs get the rest minus the system reserve', () => {
-  const s = sizeGroups(206 * MiB, 73 * MiB); // a 256 MiB VM of the default image
-  assert.equal(s.agentLow, 73 * MiB + AGENT_HEADROOM_BYTES);
-  assert.equal(s.jobsMax, 206 * MiB - s.agentLow - SYSTEM_RESERVE_BYTES);
-  assert.equal(s.jobsMax, 109 * MiB);
+test('sizes: the agent keeps its usage plus headroom, jobs get what is free less its growth and the reserve', () => {
+  // A 256 MiB VM of the default image, as read at its first job.
+  const s = sizeGroups(206 * MiB, 101 * MiB, 71 * MiB);
+  assert.equal(s.agentLow, 71 * MiB + AGENT_HEADROOM_BYTES);
+  assert.equal(s.jobsMax, 101 * MiB - AGENT_HEADROOM_BYTES - SYSTEM_RESERVE_BYTES);
+  assert.equal(s.jobsMax, 77 * MiB);
+  // Never more than the VM leaves beside the agent's protection, whatever is free.
+  const all = sizeGroups(206 * MiB, 206 * MiB, 71 * MiB).jobsMax;
+  assert.equal(all, 206 * MiB - s.agentLow - SYSTEM_RESERVE_BYTES);
 });
 
 test('sizes: a small VM never promises more than it has', () => {
-  for (const [total, agent] of [
-    [80, 51], // a 128 MiB VM of the default image
-    [40, 60], // an agent bigger than the VM
-    [961, 80], // 1 GiB
+  for (const [total, free, agent] of [
+    [80, 5, 51], // a 128 MiB VM of the default image
+    [40, 0, 60], // an agent bigger than the VM
+    [961, 850, 80], // 1 GiB
   ] as const) {
-    const s = sizeGroups(total * MiB, agent * MiB);
+    const s = sizeGroups(total * MiB, free * MiB, agent * MiB);
     assert.ok(s.agentLow <= (total * MiB) / 2, `${total}: agent protected ${s.agentLow}`);
     assert.ok(s.jobsMax >= (total * MiB) / 4 - 1, `${total}: jobs ${s.jobsMax}`);
     assert.ok(
@@ -53,7 +57,7 @@ test('sizes: a small VM never promises more than it has', () => {
       `${total} MiB: ${s.agentLow} + ${s.jobsMax} + reserve`,
     );
   }
-  assert.equal(sizeGroups(80 * MiB, 51 * MiB).jobsMax, 32 * MiB);
+  assert.equal(sizeGroups(80 * MiB, 5 * MiB, 51 * MiB).jobsMax, 20 * MiB, 'a quarter at least');
 });
 
 test('place: sizes the groups once, moves the job, counts its OOM kills, removes it', async () => {
@@ -61,7 +65,7 @@ test('place: sizes the groups once, moves the job, counts its OOM kills, removes
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
   const g = await groups.place('job-abc', 4242);
   assert.ok(g);
-  const want = sizeGroups(231424 * 1024, 50 * MiB);
+  const want = sizeGroups(231424 * 1024, 100000 * 1024, 50 * MiB);
   assert.equal(m.read('agent/memory.low'), String(want.agentLow));
   assert.equal(m.read('jobs/memory.max'), String(want.jobsMax));
   assert.equal(m.read('jobs/job-abc/cgroup.procs'), '4242');
