@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# scripts/kvm-smoke.sh: cloud-hypervisor and Firecracker for real, on a host
-# with a working KVM and both programs installed (README "cloud-hypervisor and
-# Firecracker"). For each backend: boot one µOS VM (agent over vsock), run a
+# scripts/kvm-smoke.sh: cloud-hypervisor, Firecracker and QEMU over vsock for
+# real, on a host with a working KVM, /dev/vhost-vsock and the programs
+# installed (README "cloud-hypervisor and Firecracker"). For each backend:
+# boot one µOS VM (agent over vsock: QEMU's vhost-vsock and the host relay,
+# the hybrid vsock of the other two), run a
 # job in it, pause and resume it, suspend it (state saved, process ended) and
 # start it again from the saved state, run a job again; prints the timings.
 # Not run by `npm test`: the dev and CI machines have no usable KVM (their
 # /dev/kvm never runs a vCPU), which is why the backends are tested against
 # spec-checked fakes there (harness/fake-vmm/).
 #
-#   bash scripts/kvm-smoke.sh [--images-dir DIR] [--image NAME] [--backends "cloud-hypervisor firecracker"]
+#   bash scripts/kvm-smoke.sh [--images-dir DIR] [--image NAME] [--backends "qemu cloud-hypervisor firecracker"]
 #
 # Needs: `npm run build` done, a built µOS image (`node bin/mvirt.js image build
 # images/recipes/default.json --data-dir test-output/data`, the default
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 images_dir=test-output/data/images
 image=default
-backends="cloud-hypervisor firecracker"
+backends="qemu cloud-hypervisor firecracker"
 while [ $# -gt 0 ]; do
   case "$1" in
     --images-dir) images_dir="$2"; shift 2 ;;
@@ -69,7 +71,9 @@ for b in $backends; do
   echo "$b: $(node bin/mvirt.js info --json | node -e '
     const i = JSON.parse(require("fs").readFileSync(0, "utf8"));
     const b = i.backends.find((x) => x.name === process.argv[1]);
-    console.log(b ? `${b.available ? "available" : "UNAVAILABLE: " + b.reason}, ${b.version ?? "?"}` : "unknown backend");
+    if (!b) return console.log("unknown backend");
+    const ch = b.capabilities?.channels ?? [];
+    console.log(`${b.available ? "available" : "UNAVAILABLE: " + b.reason}, ${b.version ?? "?"}, agent channels ${ch.join(" ")}${ch[0] === "vsock" ? "" : " (NO VSOCK: see mvirtd.log)"}`);
   ' "$b")"
   vm="smoke-${b%%-*}"
   step "create" node bin/mvirt.js vm create "$vm" --backend "$b" --image "$image" --network none --kind service

@@ -158,7 +158,12 @@ export async function startDaemon(
       overrides.hypervisors
         ? { backends: overrides.hypervisors }
         : {
-            qemu: { confine: !opts.unconfined, ramDir: opts.ramDir },
+            qemu: {
+              confine: !opts.unconfined,
+              ramDir: opts.ramDir,
+              vsockDir: path.join(opts.dataDir, 'vsock'),
+              helperCacheDir: path.join(opts.dataDir, 'cache', 'helpers'),
+            },
             cloudHypervisor: { binary: opts.cloudHypervisorBin },
             firecracker: { binary: opts.firecrackerBin, jailer: opts.jailerBin },
           },

@@ -6,7 +6,10 @@
  * the `exited` promise. Every QEMU is SIGKILLed in the after hook.
  */
 import assert from 'node:assert/strict';
-import { stat } from 'node:fs/promises';
+import { existsSync, readdirSync } from 'node:fs';
+import { stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { CID_FILE } from '../../host/hypervisors/qemu/vsock.js';
 import { after, before, describe, it } from 'node:test';
 import { MvirtError } from '../../protocol/errors.js';
 import type { RunningVm, VmEvent } from '../../host/hypervisors/types.js';
@@ -79,6 +82,32 @@ describe('qemu backend: launch failures', () => {
       assert.match(err.message, /nonexistent\/vmlinuz/);
       return true;
     });
+  });
+
+  it('vsock: the confined QEMU gets the device mvirtd opened and its CID; a failed launch frees the CID', async () => {
+    // No /dev/vhost-vsock here: a plain file stands in, so QEMU (its own uid,
+    // seccomp on) takes the inherited fd and the CID as far as the vhost ioctl.
+    const g = needGuest();
+    const dev = path.join(g.workDir, 'vhost-vsock');
+    await writeFile(dev, '');
+    const backend = testBackend({
+      vsockDir: path.join(g.workDir, 'vsock'),
+      helperCacheDir: path.join(g.workDir, 'helpers'),
+      vhostVsockDevice: dev,
+    });
+    assert.equal(backend.capabilities.channels[0], 'vsock');
+    // Twice: the first launch's CID is free again for the second.
+    for (let i = 0; i < 2; i++) {
+      const spec = testSpec(g, { channel: 'vsock' });
+      await assert.rejects(backend.launch(spec, quietLog()), (err: unknown) => {
+        assert.ok(err instanceof MvirtError);
+        assert.equal(err.code, 'BOOT_FAILED');
+        assert.match(err.message, /vhost-vsock-pci,guest-cid=3,vhostfd=3: vhost_set_owner failed/);
+        return true;
+      });
+      assert.equal(existsSync(path.join(spec.dir, CID_FILE)), false, 'the CID is free again');
+      assert.deepEqual(readdirSync(path.join(g.workDir, 'vsock')), [], 'its socket is gone');
+    }
   });
 });
 

@@ -65,6 +65,8 @@ export interface QemuArgsInput {
   machineType?: string;
   /** Guest RAM as this file (tmpfs; state.ts says why), or anonymous memory without it. */
   ramFile?: string;
+  /** vhost-vsock: the guest's CID and the inherited fd of /dev/vhost-vsock (vsock.ts). */
+  vsock?: { cid: number; fd: number };
 }
 
 /** The netdev of the VM's one NIC (set_link takes it for the NIC too). */
@@ -74,12 +76,10 @@ export const NETDEV = 'net0';
 export const IDENTITY_FILE = 'identity';
 
 /**
- * The agent channels the QEMU launch builds, best first; the backend's
- * capability map is this list, so it never claims one the launch refuses.
- * No vsock: it needs vhost-vsock-pci with a guest CID from an allocator and a
- * host side that can listen on AF_VSOCK (Node cannot; the daemon would need a
- * relay like the guest's), which is not built yet. These machines have no
- * /dev/vhost-vsock either.
+ * The agent channels every QEMU launch builds, best first. vsock comes
+ * before them where the host can give it (vhost-vsock, qemu/vsock.ts): the
+ * backend's capability map is built from the same answer, so it never
+ * claims a channel the launch refuses.
  */
 export const QEMU_CHANNELS = ['virtio-serial', 'tcp'] as const satisfies readonly Channel[];
 
@@ -90,10 +90,11 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       throw new MvirtError('BOOT_FAILED', `socket path too long for a unix socket: ${p}`);
     }
   }
-  if (!(QEMU_CHANNELS as readonly string[]).includes(spec.channel)) {
+  const channels: readonly Channel[] = input.vsock ? ['vsock', ...QEMU_CHANNELS] : QEMU_CHANNELS;
+  if (!channels.includes(spec.channel)) {
     throw new MvirtError(
       'CAPABILITY_UNSUPPORTED',
-      `backend qemu has no ${spec.channel} agent channel (it has ${QEMU_CHANNELS.join(', ')})`,
+      `backend qemu has no ${spec.channel} agent channel here (it has ${channels.join(', ')})`,
       { details: { backend: 'qemu', capability: 'channels', channel: spec.channel } },
     );
   }
@@ -166,6 +167,16 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     '-device',
     `${virtio('rng')},rng=rng0`,
   ];
+  if (input.vsock && spec.channel === 'vsock') {
+    const { cid, fd } = input.vsock;
+    if (!Number.isInteger(cid) || cid < 3 || !Number.isInteger(fd) || fd < 3)
+      throw new MvirtError('INVALID_PARAMS', `bad vsock CID ${cid} or fd ${fd}`);
+    // The agent dials the host (CID 2) from this CID; the device fd is mvirtd's (vsock.ts).
+    args.push(
+      '-device',
+      `vhost-vsock-${machine === 'microvm' ? 'device' : 'pci'},guest-cid=${cid},vhostfd=${fd}`,
+    );
+  }
   if (spec.identity) {
     // Read-only to the guest and re-read after a restore (protocol/agent.ts Identity).
     args.push(

@@ -24,19 +24,13 @@ import {
   NETDEV,
   qemuPaths,
   type QemuAccel,
-  type QemuMachine,
   type QemuPaths,
 } from './args.js';
 import { makeConsoleFifos, startConsolePump, type ConsolePump } from '../console-pump.js';
-import {
-  createConfiner,
-  DEFAULT_UID_BASE,
-  DEFAULT_UID_COUNT,
-  resolveProgram,
-  type Confined,
-  type Confinement,
-} from './confine.js';
+import { createConfiner, resolveProgram, type Confined, type Confinement } from './confine.js';
 import { createProber, type QemuProbe } from './probe.js';
+import { QEMU_DEFAULTS, type QemuBackendOptions } from './options.js';
+import { createQemuVsock, type VsockLease } from './vsock.js';
 import { qemuPlans } from './plans.js';
 import { readProcStat } from '../proc.js';
 import { logTail } from '../console-log.js';
@@ -54,57 +48,7 @@ import { loadState, qemuStates, STATE_FD, STATE_FILE } from './state.js';
 import { createRamFiles } from './ram.js';
 
 export { QEMU_BACKEND };
-
-export interface QemuBackendOptions {
-  /** Default `qemu-system-x86_64` (looked up on PATH). */
-  binary?: string;
-  /** 'auto' probes KVM and falls back to TCG. */
-  accel?: 'auto' | QemuAccel;
-  machine?: QemuMachine;
-  kvmProbeTimeoutMs?: number;
-  tcgProbeTimeoutMs?: number;
-  /** From spawn until QMP answers; generous: a loaded 2-core host is slow to exec QEMU. */
-  launchTimeoutMs?: number;
-  agentConnectTimeoutMs?: number;
-  tcgTbSizeMiB?: number;
-  sandbox?: boolean;
-  /**
-   * Run each QEMU as its VM's own uid in its own cgroup (confine.ts); needs
-   * root. false, or mvirtd not root: QEMU runs as mvirtd's user, said once
-   * at start and shown in system.info.
-   */
-  confine?: boolean;
-  /** First of the uids reserved for VMs, and how many. */
-  uidBase?: number;
-  uidCount?: number;
-  /** The launcher that drops privileges (util-linux). */
-  setpriv?: string;
-  /** console.log cap for re-attached VMs (the spec's value is not persisted). */
-  consoleLogBytes?: number;
-  /**
-   * Guest RAM as files in this folder (tmpfs), so that a saved state is the
-   * device state plus a copy of the file (ram.ts); null: anonymous RAM.
-   */
-  ramDir?: string | null;
-}
-
-const DEFAULTS = {
-  binary: 'qemu-system-x86_64',
-  accel: 'auto',
-  machine: 'pc',
-  kvmProbeTimeoutMs: 3000,
-  tcgProbeTimeoutMs: 15_000,
-  launchTimeoutMs: 30_000,
-  agentConnectTimeoutMs: 5000,
-  tcgTbSizeMiB: 128,
-  sandbox: true,
-  confine: true,
-  uidBase: DEFAULT_UID_BASE,
-  uidCount: DEFAULT_UID_COUNT,
-  setpriv: 'setpriv',
-  consoleLogBytes: 1024 * 1024,
-  ramDir: null,
-} as const;
+export type { QemuBackendOptions };
 
 export interface QemuBackend extends Hypervisor {
   /** The full probe (both accelerators), cached. */
@@ -117,10 +61,21 @@ export interface QemuBackend extends Hypervisor {
 const BLK_DRIVER = 'virtio-blk-pci';
 
 export function createQemuBackend(options: QemuBackendOptions, log: Logger): QemuBackend {
-  const opts = { ...DEFAULTS, ...options };
+  const opts = { ...QEMU_DEFAULTS, ...options };
   const blog = log.child({ backend: QEMU_BACKEND });
 
-  const channels: HypervisorCapabilities['channels'] = [...QEMU_CHANNELS];
+  const vsock = createQemuVsock(
+    {
+      dir: opts.vsockDir,
+      cacheDir: opts.helperCacheDir,
+      device: opts.vhostVsockDevice,
+    },
+    blog,
+  );
+  if (opts.vsockDir && vsock.unavailable) blog.info(`no vsock for QEMU VMs: ${vsock.unavailable}`);
+  const channels: HypervisorCapabilities['channels'] = vsock.unavailable
+    ? [...QEMU_CHANNELS]
+    : ['vsock', ...QEMU_CHANNELS];
   const capabilities: HypervisorCapabilities = {
     channels,
     pause: true,
@@ -166,6 +121,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
   const ram = createRamFiles(opts.ramDir);
   /** What a VM's process held, once it is gone: its cgroup and its RAM file. */
   const release = async (dir: string, vmLog: Logger) => {
+    await vsock.release(dir);
     await ram
       .remove(path.basename(dir))
       .catch((err: unknown) => vmLog.warn({ err }, 'cannot remove the VM RAM file'));
@@ -230,6 +186,10 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       if (problem) throw new MvirtError('SNAPSHOT_INCOMPATIBLE', problem);
     }
     const ramFile = ram.fileOf(spec.vmId) ?? undefined;
+    await mkdir(spec.dir, { recursive: true, mode: 0o700 });
+    const lease: VsockLease | null = spec.channel === 'vsock' ? await vsock.lease(spec.dir) : null;
+    // Inherited fds: a restore's state file first (STATE_FD), then the vhost-vsock device.
+    const vhostFd = STATE_FD + (spec.restore ? 1 : 0);
     const args = buildQemuArgs({
       spec,
       accel,
@@ -239,8 +199,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       paths,
       tcgTbSizeMiB: opts.tcgTbSizeMiB,
       sandbox: opts.sandbox,
+      ...(lease ? { vsock: { cid: lease.cid, fd: vhostFd } } : {}),
     });
-    await mkdir(spec.dir, { recursive: true, mode: 0o700 });
     await sweep(spec.dir);
     await removeSockets(paths);
     const identity = path.join(spec.dir, IDENTITY_FILE);
@@ -259,6 +219,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         ...(ramFile ? [ramFile] : []),
       ]);
     } catch (err) {
+      await lease?.device.close();
+      await lease?.listener.close();
       await release(spec.dir, vmLog);
       throw new MvirtError('BOOT_FAILED', `cannot confine QEMU: ${(err as Error).message}`, {
         cause: err,
@@ -276,12 +238,19 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       // else close-on-exec), and no environment variable at all.
       child = spawn(confined.command, confined.args, {
         detached: true,
-        stdio: ['ignore', out.fd, out.fd, ...(state ? [state.fd] : [])],
+        stdio: [
+          'ignore',
+          out.fd,
+          out.fd,
+          ...(state ? [state.fd] : []),
+          ...(lease ? [lease.device.fd] : []),
+        ],
         env: confined.env,
       });
     } finally {
       await out.close();
       await state?.close();
+      await lease?.device.close();
     }
     vmLog.info(
       {
@@ -357,6 +326,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
         child,
         log: vmLog,
         agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+        vsock: lease?.listener ?? null,
         hotplug: hotplugFor(qmp, spec.dir, vmLog),
         saveState: states.saverFor(qmp, spec.dir, vmLog),
         release: () => release(spec.dir, vmLog),
@@ -365,6 +335,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
     } catch (err) {
       qmp?.close();
       consolePump?.close();
+      await lease?.listener.close();
       if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
         child.kill('SIGKILL');
       }
@@ -417,6 +388,8 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       // A VM without a console is still a VM: keep control, log the loss.
       vmLog.warn({ err }, 'cannot reconnect the serial console');
     }
+    // The old listener went with the old mvirtd; the guest's agent redials this one.
+    const listener = await vsock.reattach(dir);
     vmLog.info({ pid: runtime.pid }, 'QEMU re-attached');
     const vm = createQemuVm({
       runtime,
@@ -425,6 +398,7 @@ export function createQemuBackend(options: QemuBackendOptions, log: Logger): Qem
       console: consolePump,
       log: vmLog,
       agentConnectTimeoutMs: opts.agentConnectTimeoutMs,
+      vsock: listener,
       // Names derive from serials: a re-adopted VM's disks are detachable as they were.
       hotplug: hotplugFor(qmp, dir, vmLog),
       saveState: states.saverFor(qmp, dir, vmLog),

@@ -16,6 +16,7 @@ import type { ConsolePump } from '../console-pump.js';
 import { readProcStat } from '../proc.js';
 import type { QmpClient, QmpEvent, QmpRunState } from './qmp.js';
 import { connectUnixWithRetry } from '../unix-socket.js';
+import type { HybridVsockListener } from '../hybrid-vsock.js';
 import { qmpDiskSnapshot } from './disk-snapshot.js';
 
 /** Liveness poll for adopted processes while QMP is not telling us (≤ 1 s detection). */
@@ -82,6 +83,8 @@ export interface QemuVmParts {
   release?: () => Promise<void>;
   /** Memory and device state to a file (state.ts). */
   saveState?: NonNullable<RunningVm['saveState']>;
+  /** The agent's vsock listener (vsock.ts), or null: it comes over virtio-serial or TCP. */
+  vsock?: HybridVsockListener | null;
 }
 
 export function createQemuVm(parts: QemuVmParts): RunningVm {
@@ -133,6 +136,7 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     pollTimer = null;
     qmp.close();
     parts.console?.close();
+    void parts.vsock?.close();
     log.info({ pid, ...info }, 'hypervisor process exited');
     // Ended once the console's last output is on disk: a folder removed right
     // after the exit (vm.delete, a test's cleanup) must find nothing still
@@ -228,6 +232,7 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
     },
     async connectAgent(): Promise<Duplex> {
       if (done) throw new MvirtError('AGENT_UNAVAILABLE', 'the hypervisor process has exited');
+      if (parts.vsock) return parts.vsock.accept(parts.agentConnectTimeoutMs);
       return connectUnixWithRetry(paths.agent, { timeoutMs: parts.agentConnectTimeoutMs });
     },
     async connectConsole(): Promise<Duplex> {
@@ -252,6 +257,7 @@ export function createQemuVm(parts: QemuVmParts): RunningVm {
       child?.unref();
       qmp.close();
       parts.console?.close();
+      await parts.vsock?.close();
       await Promise.all([qmp.closed, parts.console?.closed]);
       await parts.console?.log.flush();
     },

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import {
   buildKernelCmdline,
@@ -29,7 +32,11 @@ const spec = (over: Partial<LaunchSpec> = {}): LaunchSpec => ({
   ...over,
 });
 
-const build = (s: LaunchSpec, machine: 'pc' | 'microvm' = 'pc') =>
+const build = (
+  s: LaunchSpec,
+  machine: 'pc' | 'microvm' = 'pc',
+  vsock?: { cid: number; fd: number },
+) =>
   buildQemuArgs({
     spec: s,
     accel: 'tcg',
@@ -37,6 +44,7 @@ const build = (s: LaunchSpec, machine: 'pc' | 'microvm' = 'pc') =>
     paths: qemuPaths(s.dir),
     tcgTbSizeMiB: 128,
     sandbox: true,
+    ...(vsock ? { vsock } : {}),
   });
 
 const after = (args: string[], flag: string): string[] =>
@@ -138,6 +146,39 @@ describe('qemu args', () => {
             e.code === 'CAPABILITY_UNSUPPORTED' &&
             (e.details as { backend?: string }).backend === 'qemu',
         );
+    }
+  });
+
+  it('vsock where the host has vhost-vsock: the device with the CID and the inherited fd', () => {
+    const s = spec({ channel: 'vsock' });
+    const withVsock = (machine: 'pc' | 'microvm', vsock: { cid: number; fd: number }) =>
+      build(s, machine, vsock);
+    const pc = withVsock('pc', { cid: 7, fd: 4 });
+    assert.ok(after(pc, '-device').includes('vhost-vsock-pci,guest-cid=7,vhostfd=4'));
+    assert.match(after(pc, '-append')[0] ?? '', /mvirt\.channel=vsock/);
+    const micro = withVsock('microvm', { cid: 3, fd: 3 });
+    assert.ok(after(micro, '-device').includes('vhost-vsock-device,guest-cid=3,vhostfd=3'));
+    for (const bad of [
+      { cid: 2, fd: 3 },
+      { cid: 3, fd: 1 },
+      { cid: 3.5, fd: 3 },
+    ])
+      assert.throws(() => withVsock('pc', bad), MvirtError, JSON.stringify(bad));
+    // Without the host's vsock, it is refused as before.
+    assert.throws(() => build(s), MvirtError);
+  });
+
+  it('with a usable vhost-vsock device, vsock is claimed first, and the launch builds it', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'qemu-vsock-cap-'));
+    try {
+      writeFileSync(path.join(dir, 'dev'), '');
+      const hv = createQemuBackend(
+        { vsockDir: dir, helperCacheDir: dir, vhostVsockDevice: path.join(dir, 'dev') },
+        pino({ level: 'silent' }),
+      );
+      assert.deepEqual(hv.capabilities.channels, ['vsock', ...QEMU_CHANNELS]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
