@@ -43,11 +43,47 @@ export type ImageRuntime = z.infer<typeof ImageRuntime>;
 
 // ------------------------------------------------------------- image.* RPCs
 
+/** A name component of an image reference (the distribution spec's grammar). */
+const REF_PART = '[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*';
+const REFERENCE = new RegExp(
+  `^(?<host>[A-Za-z0-9.-]+(?::[0-9]+)?/)?${REF_PART}(?:/${REF_PART})*` +
+    '(?<tag>:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?<digest>@sha256:[0-9a-f]{64})?$',
+);
+
+/**
+ * A container registry reference rather than a local archive: `docker://…`,
+ * a name with a tag or digest (`python:3.12-slim`, `app@sha256:…`), or one
+ * under a registry host (`ghcr.io/org/app`). mvirt imports local archives
+ * only; callers say so with `pullFirst`.
+ */
+export function isRegistryReference(s: string): boolean {
+  const ref = s.replace(/^docker:\/\//, '');
+  if (ref !== s) return ref.length > 0;
+  const m = REFERENCE.exec(s);
+  if (m === null) return false;
+  const host = m.groups?.host?.slice(0, -1);
+  return (
+    m.groups?.tag !== undefined ||
+    m.groups?.digest !== undefined ||
+    (host !== undefined && (host.includes('.') || host.includes(':') || host === 'localhost'))
+  );
+}
+
+/** What to do with a registry reference: make a local archive of it first. */
+export function pullFirst(s: string): string {
+  const ref = s.replace(/^docker:\/\//, '');
+  return `${s} is a registry reference; mvirt pulls from none: save it first (\`docker save -o app.tar ${ref}\` or \`skopeo copy docker://${ref} oci-archive:app.tar\`)`;
+}
+
 /** A plain file name in mvirtd's --image-import-dir (never a path). */
 export const ImportFileName = z
   .string()
   .min(1)
   .max(255)
+  .refine((s) => !isRegistryReference(s), {
+    error: (iss) => pullFirst(String(iss.input)),
+    abort: true,
+  })
   .regex(/^[A-Za-z0-9][A-Za-z0-9._+-]*$/, 'a plain file name: letters, digits, . _ + -')
   .refine((s) => !s.includes('..'), "must not contain '..'");
 

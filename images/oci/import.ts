@@ -120,7 +120,7 @@ export async function importImage(o: ImportOptions): Promise<ImportResult> {
   await mkdir(work, { recursive: true });
   try {
     const src = await progress.step('read the image', async () => {
-      const s = await openSource(path.resolve(o.source), work, limits);
+      const s = await openSource(o.source, work, limits);
       progress.info(
         `${s.format}: ${s.layers.length} layers, config ${s.configDigest.slice(0, 19)}`,
       );

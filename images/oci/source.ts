@@ -13,6 +13,7 @@ import path from 'node:path';
 import { createReadStream } from 'node:fs';
 import * as z from 'zod';
 import { MvirtError } from '../../protocol/errors.js';
+import { isRegistryReference, pullFirst } from '../../protocol/image.js';
 import { sha256File } from '../hash.js';
 import { entryParts, type LayerLimits } from './apply.js';
 import { readTar, writeBody } from './tar.js';
@@ -195,15 +196,22 @@ async function unpackArchive(file: string, into: string, limits: LayerLimits): P
 
 /**
  * Read an image source: a folder as it is, a tar unpacked into `work` first.
- * Throws IMAGE_INVALID naming what is wrong.
+ * Throws IMAGE_INVALID naming what is wrong (for a registry reference that
+ * is not a local path, how to save it as an archive first).
  */
 export async function openSource(
-  src: string,
+  given: string,
   work: string,
   limits: LayerLimits,
 ): Promise<ImageSource> {
+  const src = path.resolve(given);
   const st = await lstat(src).catch(() => null);
-  if (st === null) throw invalid(`${src} does not exist`);
+  if (st === null)
+    throw invalid(
+      isRegistryReference(given)
+        ? pullFirst(given)
+        : `${src} does not exist: give an OCI image layout or a \`docker save\` archive (a folder or a tar)`,
+    );
   let dir = src;
   if (st.isFile()) {
     dir = path.join(work, 'archive');

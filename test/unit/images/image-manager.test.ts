@@ -17,6 +17,8 @@ import type { AppendEvent } from '../../../host/events/log.js';
 import { silentLogger } from '../../../host/log.js';
 import { createStore, type Store } from '../../../host/store/index.js';
 import { MvirtError } from '../../../protocol/errors.js';
+import { PARAMS } from '../../../protocol/rpc.js';
+import { parseWith } from '../../../protocol/validate.js';
 
 let dir = '';
 let store: Store;
@@ -109,4 +111,19 @@ test('an import reads only a regular file of the import folder', async () => {
     images.import({ file: 'missing.tar', name: 'x' }),
     refused('IMPORT_REFUSED', /not a regular file/),
   );
+  // A registry reference is no file name: the params say how to make an archive of it.
+  for (const file of ['python:3.12-slim', 'docker://alpine', 'ghcr.io/org/app']) {
+    const bare = file.replace('docker://', '');
+    assert.throws(
+      () => parseWith(PARAMS['image.import'], { file, name: 'app' }),
+      (err: unknown) =>
+        err instanceof MvirtError &&
+        err.code === 'INVALID_PARAMS' &&
+        err.message.includes(`${file} is a registry reference`) &&
+        err.message.includes(`\`docker save -o app.tar ${bare}\``) &&
+        err.message.includes(`\`skopeo copy docker://${bare} oci-archive:app.tar\``),
+    );
+  }
+  for (const file of ['app.tar', 'python', 'my-app_1.2.tar.gz'])
+    assert.equal(parseWith(PARAMS['image.import'], { file, name: 'app' }).file, file);
 });

@@ -249,7 +249,7 @@ describe('import', () => {
     ]);
   });
 
-  test('a hostile or damaged archive is refused and leaves nothing behind', async () => {
+  test('a hostile or damaged archive, or a registry reference, is refused and leaves nothing behind', async () => {
     const hostile = path.join(dir, 'hostile');
     await writeOciLayout(hostile, {
       layers: [await makeTar([{ name: 'x', type: 'symlink', linkname: '../../../../etc/shadow' }])],
@@ -285,6 +285,39 @@ describe('import', () => {
         log: quiet,
       }),
       /cannot take the name of its base image/,
+    );
+    // A registry reference (no such path here): how to make a local archive of it.
+    for (const ref of ['python:3.12-slim', 'docker://python', 'ghcr.io/org/app']) {
+      const bare = ref.replace('docker://', '');
+      await assert.rejects(
+        importImage({
+          source: ref,
+          name: 'pulled',
+          dataDir: data(),
+          cacheDir: cache(),
+          log: quiet,
+        }),
+        (err: unknown) => {
+          assert.ok(err instanceof MvirtError && err.code === 'IMAGE_INVALID', String(err));
+          assert.ok(
+            err.message.startsWith(`${ref} is a registry reference`) &&
+              err.message.includes(`\`docker save -o app.tar ${bare}\``) &&
+              err.message.includes(`\`skopeo copy docker://${bare} oci-archive:app.tar\``),
+            err.message,
+          );
+          return true;
+        },
+      );
+    }
+    await assert.rejects(
+      importImage({
+        source: path.join(dir, 'nothing'),
+        name: 'x',
+        dataDir: data(),
+        cacheDir: cache(),
+        log: quiet,
+      }),
+      /nothing does not exist: give an OCI image layout or a `docker save` archive/,
     );
     const names = await readdir(path.join(data(), 'images'));
     assert.deepEqual(
