@@ -19,7 +19,8 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { createFiles, partPath } from '../../../guest-agent/files.js';
+import { createFiles } from '../../../guest-agent/files.js';
+import { partPath } from '../../../guest-agent/fs-transfers.js';
 import { createNodeFs, type GuestFs } from '../../../guest-agent/platform/files.js';
 import { AgentError } from '../../../guest-agent/errors.js';
 import { FS_CHUNK_BYTES } from '../../../protocol/fs.js';
