@@ -2,8 +2,12 @@
  * What an imported container image tells the agent (image.json at the top of
  * its root disk, written by images/oci/import.ts, read by the agent at
  * start): the defaults of every job in that image. Validated on both sides.
+ * And the image.* RPCs: their params, the image records they answer with.
  */
 import * as z from 'zod';
+import { Name } from './names.js';
+import { DRY_RUN } from './plan.js';
+import { Empty } from './records.js';
 
 export const IMAGE_RUNTIME_SCHEMA = 1;
 /** On the image's root disk: `root/` (the image's files) and this file. */
@@ -112,3 +116,32 @@ export const ImageDetails = z.strictObject({
   manifest: z.record(z.string(), z.unknown()),
 });
 export type ImageDetails = z.infer<typeof ImageDetails>;
+
+export const IMAGE_PARAMS = {
+  'image.list': z.strictObject({}).optional(),
+  'image.get': z.strictObject({ image: Name }),
+  'image.delete': z.strictObject({ ...DRY_RUN, image: Name }),
+  'image.build': z.strictObject({
+    ...DRY_RUN,
+    /** An image recipe (images/README.md); validated by the builder (RECIPE_INVALID). */
+    recipe: z.record(z.string(), z.unknown()),
+    /** Rebuild from scratch instead of reusing cached outputs. */
+    noCache: z.boolean().optional(),
+  }),
+  'image.import': z.strictObject({
+    ...DRY_RUN,
+    /** A file (OCI layout tar or `docker save` archive) in mvirtd's --image-import-dir. */
+    file: ImportFileName,
+    name: Name,
+    /** The µOS image it boots with (default "default"). */
+    base: Name.optional(),
+  }),
+} as const;
+
+export const IMAGE_RESULTS = {
+  'image.list': z.strictObject({ images: z.array(ImageRecord) }),
+  'image.get': ImageDetails,
+  'image.delete': Empty,
+  'image.build': ImageRecord,
+  'image.import': ImageRecord,
+} as const;

@@ -1,7 +1,7 @@
 /**
  * Port forwarding: the agent-channel messages that carry TCP streams between
  * mvirtd and a port on the guest's loopback (kind `port`, both ways), and the
- * public records of a forward (port.forward, port.list, port.close).
+ * port.* RPCs (port.forward, port.list, port.close) with the public records of a forward.
  *
  * Only the host opens streams: it names each with a number of its own, and a
  * guest may answer (data, credit, end, close) only on a stream the host opened
@@ -16,6 +16,8 @@
  * holding more than the window).
  */
 import * as z from 'zod';
+import { VmRef } from './names.js';
+import { DRY_RUN } from './plan.js';
 
 /** One data message carries at most this many bytes. */
 export const PORT_CHUNK_BYTES = 64 * 1024;
@@ -123,3 +125,33 @@ export type PortForwardNotice = z.infer<typeof PortForwardNotice>;
 
 export const portNoticeTopic = (replyTopic: string, forwardId: string): string =>
   `${replyTopic}/port/${forwardId}`;
+
+// -------------------------------------------------------------- port.* RPCs
+
+export const PORT_PARAMS = {
+  /** Listen on a host address and carry each connection to 127.0.0.1:guestPort in the VM (docs/protocol.md). */
+  'port.forward': z.strictObject({
+    ...DRY_RUN,
+    vm: VmRef,
+    guestPort: z.number().int().min(1).max(65535),
+    /** An IP address of this host (default 127.0.0.1); other than loopback: admins only. */
+    hostAddress: z
+      .string()
+      .max(45)
+      .regex(/^[0-9A-Fa-f:.]+$/, 'an IPv4 or IPv6 address')
+      .optional(),
+    /** Default 0: any free port (the reply says which). */
+    hostPort: z.number().int().min(0).max(65535).optional(),
+  }),
+  'port.list': z.strictObject({}).optional(),
+  'port.close': z.strictObject({
+    ...DRY_RUN,
+    id: z.string().regex(/^pf-[0-9a-f]{12}$/, 'a forward id as port.forward returns it (pf-<hex>)'),
+  }),
+} as const;
+
+export const PORT_RESULTS = {
+  'port.forward': PortForwardRecord,
+  'port.list': z.strictObject({ forwards: z.array(PortForwardRecord) }),
+  'port.close': PortForwardRecord,
+} as const;

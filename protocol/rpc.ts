@@ -1,16 +1,18 @@
 /**
- * The public RPC API (docs/protocol.md): request envelope, one params schema per
- * method and the schema of its result (the records are in records.ts). The host's route table and the typed client
- * are both keyed by `RpcMethods`, so a method added here is checked on both ends.
+ * The public RPC API (docs/protocol.md): request envelope, one params schema
+ * per method and the schema of its result (the records are in records.ts; the
+ * fs.*, image.* and port.* methods' own in fs.ts, image.ts and ports.ts). The
+ * host's route table and the typed client are both keyed by `RpcMethods`, so
+ * a method added here is checked on both ends.
  */
 import * as z from 'zod';
 import { utf8Length } from './text.js';
-import { NAME_RE } from './topics.js';
+import { Name, VmRef } from './names.js';
 import { JobArgv, JobEnv, JobLimits, JobTimeoutMs, SIGNALS } from './agent.js';
 import { TtyCols, TtyRows } from './tty.js';
 import { MetricsResult } from './metrics.js';
-import { ImageDetails, ImageRecord, ImportFileName } from './image.js';
-import { PortForwardRecord } from './ports.js';
+import { IMAGE_PARAMS, IMAGE_RESULTS } from './image.js';
+import { PORT_PARAMS, PORT_RESULTS } from './ports.js';
 import { DRY_RUN } from './plan.js';
 import { FS_PARAMS, FS_RESULTS } from './fs.js';
 import {
@@ -38,14 +40,7 @@ export * from './states.js';
 export * from './records.js';
 export * from './plan.js';
 export { ImageDetails, ImageRecord } from './image.js';
-
-export const Name = z
-  .string()
-  .regex(NAME_RE, "letters, digits, '.', '_' and '-', at most 64, starting with a letter or digit")
-  .refine((s) => !s.includes('..'), "must not contain '..'");
-
-/** A VM reference: its id or its name. */
-export const VmRef = Name;
+export { Name, VmRef };
 
 /** A volume reference: its id (vol-<hex>) or its name. Never a path. */
 export const VolumeRef = Name;
@@ -315,24 +310,7 @@ export const PARAMS = {
   'pool.get': z.strictObject({ name: Name }),
   'pool.list': z.strictObject({}).optional(),
   'pool.delete': z.strictObject({ ...DRY_RUN, name: Name }),
-  'image.list': z.strictObject({}).optional(),
-  'image.get': z.strictObject({ image: Name }),
-  'image.delete': z.strictObject({ ...DRY_RUN, image: Name }),
-  'image.build': z.strictObject({
-    ...DRY_RUN,
-    /** An image recipe (images/README.md); validated by the builder (RECIPE_INVALID). */
-    recipe: z.record(z.string(), z.unknown()),
-    /** Rebuild from scratch instead of reusing cached outputs. */
-    noCache: z.boolean().optional(),
-  }),
-  'image.import': z.strictObject({
-    ...DRY_RUN,
-    /** A file (OCI layout tar or `docker save` archive) in mvirtd's --image-import-dir. */
-    file: ImportFileName,
-    name: Name,
-    /** The µOS image it boots with (default "default"). */
-    base: Name.optional(),
-  }),
+  ...IMAGE_PARAMS,
   'volume.create': z
     .strictObject({
       ...DRY_RUN,
@@ -378,25 +356,7 @@ export const PARAMS = {
       limit: z.number().int().min(1).max(10_000).optional(),
     })
     .optional(),
-  /** Listen on a host address and carry each connection to 127.0.0.1:guestPort in the VM (docs/protocol.md). */
-  'port.forward': z.strictObject({
-    ...DRY_RUN,
-    vm: VmRef,
-    guestPort: z.number().int().min(1).max(65535),
-    /** An IP address of this host (default 127.0.0.1); other than loopback: admins only. */
-    hostAddress: z
-      .string()
-      .max(45)
-      .regex(/^[0-9A-Fa-f:.]+$/, 'an IPv4 or IPv6 address')
-      .optional(),
-    /** Default 0: any free port (the reply says which). */
-    hostPort: z.number().int().min(0).max(65535).optional(),
-  }),
-  'port.list': z.strictObject({}).optional(),
-  'port.close': z.strictObject({
-    ...DRY_RUN,
-    id: z.string().regex(/^pf-[0-9a-f]{12}$/, 'a forward id as port.forward returns it (pf-<hex>)'),
-  }),
+  ...PORT_PARAMS,
   'metrics.query': z.strictObject({
     /** A VM's id or name; without it, the host's own series. */
     vm: VmRef.optional(),
@@ -465,11 +425,7 @@ export const RESULTS = {
   'pool.get': PoolRecord,
   'pool.list': z.strictObject({ pools: z.array(PoolRecord) }),
   'pool.delete': Empty,
-  'image.list': z.strictObject({ images: z.array(ImageRecord) }),
-  'image.get': ImageDetails,
-  'image.delete': Empty,
-  'image.build': ImageRecord,
-  'image.import': ImageRecord,
+  ...IMAGE_RESULTS,
   'volume.create': VolumeRecord,
   'volume.get': VolumeRecord,
   'volume.list': z.strictObject({ volumes: z.array(VolumeRecord) }),
@@ -481,9 +437,7 @@ export const RESULTS = {
   'volume.restore': VolumeRecord,
   'volume.deleteSnapshot': Empty,
   'events.query': z.strictObject({ events: z.array(EventRecord) }),
-  'port.forward': PortForwardRecord,
-  'port.list': z.strictObject({ forwards: z.array(PortForwardRecord) }),
-  'port.close': PortForwardRecord,
+  ...PORT_RESULTS,
   'metrics.query': MetricsResult,
   ...FS_RESULTS,
 } as const satisfies Record<RpcMethod, z.ZodType>;
