@@ -3,13 +3,12 @@
  * hypervisors and images → agent sessions → VM manager → job manager → API →
  * host status → HTTP (/metrics, dashboard); recovery before the API serves
  * anyone, so the first answer reflects re-attached VMs. `close()` undoes it
- * in reverse; observe.ts and apis.ts hold parts of it.
+ * in reverse; access.ts, observe.ts and apis.ts hold parts of it.
  */
 import { MvirtError } from '../../protocol/errors.js';
 import { mkdir, rmdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createBroker } from '../broker/index.js';
 import { createRoutes } from '../api/routes.js';
 import { createGuestIo } from './guest-io.js';
 import { createPortStreams, directPortSend } from '../ports/streams.js';
@@ -37,18 +36,10 @@ import { createVolumeAttach } from '../volumes/attach.js';
 import { createVolumeManager } from '../volumes/manager.js';
 import { createQemuImg } from '../volumes/qemu-img.js';
 import { createStatusPublisher } from './status.js';
-import { createNetwork } from '../network/index.js';
-import { createNetDevices } from '../network/iproute.js';
-import { createPasst } from '../network/passt.js';
-import { createAgentTokens } from '../network/tokens.js';
-import { hashesOf, loadUserEntries } from '../broker/users.js';
 import { parseHostPort } from '../broker/options.js';
-import { createTlsContext } from '../broker/tls.js';
-import { guestNetworkGate } from './exposure.js';
 import { createRecords, observeHost } from './observe.js';
 import { createHttpAuth } from '../http/auth.js';
 import { startHttpServer, type HttpServer } from '../http/server.js';
-import { createSessionTokens } from '../http/sessions.js';
 import { dashboardAssets } from '../dashboard/assets.js';
 import { VERSION } from './version.js';
 import { createSnapshotFiles } from '../snapshots/files.js';
@@ -58,9 +49,7 @@ import { createUplink } from '../uplink/link.js';
 import { createMirrorBus, uplinkSender } from '../uplink/mirror.js';
 import type { Daemon, DaemonOverrides } from './types.js';
 import { announceStart } from './announce.js';
-
-/** How long a dashboard's MQTT token is accepted for new connections. */
-const SESSION_TTL_MS = 12 * 3600_000;
+import { openAccess } from './access.js';
 
 export async function startDaemon(
   opts: DaemonOptions,
@@ -75,52 +64,14 @@ export async function startDaemon(
   const store = createStore(path.join(opts.dataDir, 'mvirt.db'), log.child({ component: 'store' }));
   const cleanup: (() => Promise<void> | void)[] = [() => store.close()];
   try {
-    const network = createNetwork({
-      repo: store.network,
-      devices: createNetDevices(log.child({ component: 'network' })),
-      tokens: createAgentTokens(store.network),
-      options: {
-        defaultMode: opts.network,
-        bridge: opts.bridge || null,
-        subnet: opts.subnet,
-        nat: opts.nat,
-        guestPort: opts.guestPort,
-        dns: opts.guestDns,
-        vmDir,
-      },
-      passt: createPasst({ log: log.child({ component: 'network' }) }),
+    const { network, sessions, users, tls, gate, broker } = await openAccess({
+      opts,
+      store,
+      root,
+      vmDir,
+      cleanup,
       log,
     });
-    // The bridge address must exist before the guest listener binds to it.
-    await network.setup({ optional: !opts.bridgeRequired });
-    // Dashboard pages log in once over HTTP and use a token as MQTT password.
-    const sessions = createSessionTokens({ ttlMs: SESSION_TTL_MS });
-    // Read once: MQTT and the HTTP listener check the same users.
-    const userEntries = opts.usersFile ? loadUserEntries(opts.usersFile) : new Map();
-    const users = hashesOf(userEntries);
-    // One TLS context for MQTT TCP, WebSocket and HTTP: one SIGHUP renews all three.
-    const tls = opts.tls ? createTlsContext(opts.tls) : null;
-    // Controller and HTTP listeners never answer a guest network, whatever they are bound to.
-    const gate = guestNetworkGate(network);
-    const broker = await createBroker(
-      {
-        root,
-        tls,
-        gate,
-        listen: opts.listen,
-        ws: opts.wsListen,
-        unixPath: opts.unixSocket,
-        dataDir: opts.dataDir,
-        allowAnonymous: opts.allowAnonymous,
-        guestListen: network.guestListen ?? false,
-        verifyAgentToken: (vmId, token) => network.verifyToken(vmId, token),
-        verifyControllerToken: sessions.verify,
-        users: [...userEntries.values()],
-        ownerOf: (kind, id) => store.owners.get(kind, id),
-      },
-      log.child({ component: 'broker' }),
-    );
-    cleanup.unshift(() => broker.close());
     // --uplink: public topics are mirrored to the external broker (host/uplink/).
     const uplink = opts.uplink
       ? createUplink({
