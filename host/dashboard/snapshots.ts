@@ -6,11 +6,12 @@
  * step, entropy, identity) lands in the record after the VM became ready, and
  * its retained state is not published again for it.
  */
-import type { EventRecord, SnapshotRecord } from '../../protocol/records.js';
+import type { SnapshotRecord } from '../../protocol/records.js';
 import type { Conn } from './conn.js';
 import { byId, fmt, h } from './dom.js';
 import type { Model } from './model.js';
 import { bytes } from './disks.js';
+import { listLoader, rowsOrNone } from './table.js';
 import type * as schemaModule from './schemas.js';
 
 type Schemas = typeof schemaModule;
@@ -44,9 +45,11 @@ export function snapshotsView(m: Model, conn: Conn, schemas: Promise<Schemas>): 
     if (key === drawn) return;
     drawn = key;
     body.replaceChildren(
-      ...(snaps.length > 0
-        ? snaps.map((s) => row(s, (forks.get(s.id) ?? []).sort()))
-        : [h('tr', { class: 'none' }, h('td', { colspan: '6' }, 'no snapshots'))]),
+      ...rowsOrNone(
+        snaps.map((s) => row(s, (forks.get(s.id) ?? []).sort())),
+        6,
+        'no snapshots',
+      ),
     );
     count.textContent = `(${snaps.length})`;
   };
@@ -54,34 +57,13 @@ export function snapshotsView(m: Model, conn: Conn, schemas: Promise<Schemas>): 
   // The forks column follows the VMs (created, deleted).
   m.on('vms', draw);
 
-  // One request at a time; a change seen meanwhile asks once more after it.
-  let loading = false;
-  let again = false;
-  const load = (): void => {
-    if (loading) {
-      again = true;
-      return;
-    }
-    loading = true;
-    Promise.all([conn.call('snapshot.list'), schemas])
-      .then(([r, v]) => {
-        const p = v.SnapshotRecord.array().safeParse(r.snapshots);
-        if (!p.success) return console.warn('snapshot.list not understood', p.error);
-        m.setSnapshots(p.data);
-      })
-      .catch((err: unknown) => console.warn('snapshot.list', err))
-      .finally(() => {
-        loading = false;
-        if (again) {
-          again = false;
-          load();
-        }
-      });
-  };
-
-  conn.subscribe(conn.t.events, (_t, payload) => {
-    const e = JSON.parse(new TextDecoder().decode(payload)) as EventRecord;
-    if (e.component === 'snapshot') load();
+  listLoader({
+    conn,
+    schemas,
+    method: 'snapshot.list',
+    parse: (r, v) => v.SnapshotRecord.array().safeParse(r.snapshots),
+    use: (snapshots) => m.setSnapshots(snapshots),
+    reloadOn: (e) => e.component === 'snapshot',
   });
   conn.subscribe(conn.t.vmEvents('+'), (topic, payload) => {
     const json: unknown = JSON.parse(new TextDecoder().decode(payload));
@@ -99,6 +81,4 @@ export function snapshotsView(m: Model, conn: Conn, schemas: Promise<Schemas>): 
       });
     });
   });
-  // Like the event log's history: after the VM table's first draw.
-  requestAnimationFrame(() => setTimeout(load, 0));
 }
