@@ -173,3 +173,36 @@ test('resize: not running for a job without a tty, refused sizes and unknown job
   const none = await h.request('resize', { id: nextId(), jobId: 'job-nope', cols: 80, rows: 24 });
   assert.equal(none.error?.code, 'JOB_NOT_FOUND');
 });
+
+test('garbage resizes from the host side are refused by the schema and leave the terminal as it was', async () => {
+  const jobId = nextId('job');
+  const reply = await exec(jobId, {
+    argv: ['sh'],
+    env: { PS1: 'prompt$ ' },
+    tty: { cols: 70, rows: 21 },
+    stdinOpen: true,
+  });
+  assert.equal(reply.ok, true);
+  await outputMatches(jobId, /prompt\$ $/);
+  for (const bad of [
+    { jobId, cols: -1, rows: 20 },
+    { jobId, cols: '90', rows: 20 },
+    { jobId, cols: 90, rows: Number.NaN },
+    { jobId, cols: 90, rows: 2 ** 40 },
+    { jobId, cols: 90, rows: 20, sizeFile: '/etc/passwd' },
+    { jobId: '../../etc/passwd', cols: 90, rows: 20 },
+    { jobId: `${jobId}\n`, cols: 90, rows: 20 },
+    { jobId: 'x'.repeat(10_000), cols: 90, rows: 20 },
+    { jobId: [jobId], cols: 90, rows: 20 },
+  ]) {
+    const r = await h.request('resize', { id: nextId(), ...bad });
+    assert.equal(r.ok, false, JSON.stringify(bad).slice(0, 80));
+    assert.equal(r.error?.code, 'BAD_MESSAGE', JSON.stringify(bad).slice(0, 80));
+  }
+  // None reached mvirt-pty: the job's terminal keeps the size it started with.
+  await type(jobId, 'stty size\n');
+  await outputMatches(jobId, /\r\n21 70\r\n/);
+  await type(jobId, 'exit 0\n');
+  assert.equal((await h.waitFor('exit', (e) => e.jobId === jobId)).exitCode, 0);
+  assert.deepEqual(readdirSync(h.platform.tty.sizeDir), []);
+});

@@ -22,7 +22,16 @@ import type { EventRecord, VmRecord } from '../../../protocol/rpc.js';
 import { memoryIo } from '../../support/cli-io.js';
 import { HOST_ID } from '../../../harness/daemon.js';
 import type { RealGuest } from '../../../harness/fake-vms.js';
-import { cleanupAll, result, startJobDaemon, until, type JobDaemon } from '../../support/jobs.js';
+import {
+  cleanupAll,
+  errorOf,
+  result,
+  startJobDaemon,
+  until,
+  type JobDaemon,
+} from '../../support/jobs.js';
+import { PTY_HELPER } from '../../../images/helpers.js';
+import { builtHelper } from '../../../harness/vsock-helper.js';
 import { parsePromText } from '../../support/prom-text.js';
 import { adminBasic } from '../../../harness/test-admin.js';
 
@@ -232,6 +241,57 @@ test('job output: sequence numbers beyond what the job could have produced are r
     counts.some((m) => m.startsWith('1 exit records refused')),
     JSON.stringify(counts),
   );
+});
+
+test('tty: a guest speaks for no job but its own, answers no resize it was not asked, and a job without a terminal is never resized', async () => {
+  await builtHelper(PTY_HELPER); // the fake guests run tty jobs under the real mvirt-pty
+  await j.serviceVm('bystander');
+  const shell = await j.run({ vm: 'bystander', argv: ['sh'], tty: true, stdinOpen: true });
+  await j.rec.job(shell.jobId, ['running']);
+  const plain = await j.run({ vm: 'evil', argv: ['sleep', '60'] });
+  await j.rec.job(plain.jobId, ['running']);
+  const ghost = 'job-0000000000ff';
+  const exit = (jobId: string) => ({
+    jobId,
+    seq: 0,
+    exitCode: 0,
+    signal: null,
+    oomKilled: false,
+    timedOut: false,
+    startedAt: 1,
+    finishedAt: 2,
+  });
+  await speak(
+    () => {
+      // Another VM's tty job: its output and its end are not this guest's to report.
+      up('output', { jobId: shell.jobId, seq: 0, stream: 'stdout', data: Buffer.from(EVIL) });
+      up('exit', exit(shell.jobId));
+      // A job that does not exist.
+      up('output', { jobId: ghost, seq: 0, stream: 'stdout', data: Buffer.from('x') });
+      up('exit', exit(ghost));
+      // resize goes host → guest only; a reply to no request it was sent.
+      up('resize', { jobId: shell.jobId, cols: 1, rows: 1 });
+      up('reply', { id: 'r-1', ok: true, result: { running: true } });
+    },
+    { procs: 4444 },
+  );
+  assert.equal(errorOf(await j.c.call('job.get', { jobId: ghost })).code, 'JOB_NOT_FOUND');
+  const still = result(await j.c.call('job.get', { jobId: shell.jobId }));
+  assert.equal(still.state, 'running', 'the forged exit was refused');
+  const logs = result(await j.c.call('job.logs', { jobId: shell.jobId }));
+  assert.ok(
+    logs.chunks.every((ch) => !ch.data.includes('owned')),
+    'the forged output is not in the job',
+  );
+  // The shell's own guest still sizes its terminal; the plain job has none to size.
+  assert.deepEqual(
+    result(await j.c.call('job.resize', { jobId: shell.jobId, cols: 90, rows: 30 })),
+    { delivered: true },
+  );
+  const noTty = errorOf(await j.c.call('job.resize', { jobId: plain.jobId, cols: 90, rows: 30 }));
+  assert.equal(noTty.code, 'INVALID_PARAMS');
+  assert.match(noTty.message, /runs without a terminal/);
+  for (const id of [shell.jobId, plain.jobId]) result(await j.c.call('job.cancel', { jobId: id }));
 });
 
 test('guest log lines: the VM’s own bounded agent.log, at most info, inert; a flood is cut and counted', async () => {
