@@ -3,7 +3,7 @@
  * routes `mvirt image ...` here; it is also runnable on its own:
  *   node --import tsx images/cli.ts build [RECIPE] ...
  */
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { MvirtError } from '../protocol/errors.js';
 import { buildImage } from './build.js';
@@ -32,21 +32,12 @@ export async function imageCommand(argv: string[]): Promise<number> {
     process.stderr.write(`mvirt image: unknown command "${sub}"\n${USAGE}`);
     return 2;
   }
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: rest,
-      allowPositionals: true,
-      options: {
-        'data-dir': { type: 'string' },
-        'no-cache': { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (err) {
-    process.stderr.write(`mvirt image build: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
+  const parsed = parse('build', rest, {
+    'data-dir': { type: 'string' },
+    'no-cache': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  if (!parsed) return 2;
   if (parsed.values.help) {
     process.stdout.write(USAGE);
     return 0;
@@ -55,41 +46,24 @@ export async function imageCommand(argv: string[]): Promise<number> {
     process.stderr.write(`mvirt image build: one recipe at a time\n${USAGE}`);
     return 2;
   }
-  try {
-    const r = await buildImage({
+  return printDir('build', () =>
+    buildImage({
       recipe: parsed.positionals[0] ?? DEFAULT_RECIPE,
       dataDir: parsed.values['data-dir'] ?? DEFAULT_DATA_DIR,
       noCache: parsed.values['no-cache'],
-    });
-    process.stdout.write(`${r.dir}\n`);
-    return 0;
-  } catch (err) {
-    if (err instanceof MvirtError) {
-      process.stderr.write(`mvirt image build: ${err.code}: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
-  }
+    }),
+  );
 }
 
 async function importCommand(rest: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: rest,
-      allowPositionals: true,
-      options: {
-        name: { type: 'string' },
-        base: { type: 'string' },
-        'data-dir': { type: 'string' },
-        'max-bytes': { type: 'string' },
-        'max-entries': { type: 'string' },
-      },
-    });
-  } catch (err) {
-    process.stderr.write(`mvirt image import: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
+  const parsed = parse('import', rest, {
+    name: { type: 'string' },
+    base: { type: 'string' },
+    'data-dir': { type: 'string' },
+    'max-bytes': { type: 'string' },
+    'max-entries': { type: 'string' },
+  });
+  if (!parsed) return 2;
   const v = parsed.values;
   const count = (s: string | undefined): number | undefined =>
     s === undefined || !/^\d+$/.test(s) ? undefined : Number(s);
@@ -102,22 +76,47 @@ async function importCommand(rest: string[]): Promise<number> {
       process.stderr.write(`mvirt image import: --${k} takes a whole number\n`);
       return 2;
     }
-  try {
-    const r = await importImage({
+  return printDir('import', () =>
+    importImage({
       source: parsed.positionals[0]!,
-      name: v.name,
+      name: v.name!,
       base: v.base,
       dataDir: v['data-dir'] ?? DEFAULT_DATA_DIR,
       limits: {
         ...(v['max-bytes'] === undefined ? {} : { maxBytes: count(v['max-bytes'])! }),
         ...(v['max-entries'] === undefined ? {} : { maxEntries: count(v['max-entries'])! }),
       },
+    }),
+  );
+}
+
+/** A subcommand's arguments; null (the usage printed) when they do not parse. */
+function parse<const O extends NonNullable<ParseArgsConfig['options']>>(
+  sub: string,
+  args: string[],
+  options: O,
+) {
+  try {
+    return parseArgs<{ args: string[]; allowPositionals: true; options: O }>({
+      args,
+      allowPositionals: true,
+      options,
     });
+  } catch (err) {
+    process.stderr.write(`mvirt image ${sub}: ${(err as Error).message}\n${USAGE}`);
+    return null;
+  }
+}
+
+/** Run `work`, print the folder it made; a typed error is printed with its code (exit 1). */
+async function printDir(sub: string, work: () => Promise<{ dir: string }>): Promise<number> {
+  try {
+    const r = await work();
     process.stdout.write(`${r.dir}\n`);
     return 0;
   } catch (err) {
     if (err instanceof MvirtError) {
-      process.stderr.write(`mvirt image import: ${err.code}: ${err.message}\n`);
+      process.stderr.write(`mvirt image ${sub}: ${err.code}: ${err.message}\n`);
       return 1;
     }
     throw err;
