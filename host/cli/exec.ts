@@ -9,19 +9,17 @@
  * exit hook, whatever else happens).
  */
 import { spawnSync } from 'node:child_process';
-import { inert } from '../../protocol/inert.js';
 import {
   JOB_STDIN_CHUNK_BYTES,
   TTY_DEFAULT_SIZE,
   TTY_MAX_COLS,
   TTY_MAX_ROWS,
 } from '../../protocol/limits.js';
-import type { OutputChunk, ParamsOf } from '../../protocol/rpc.js';
+import type { ParamsOf } from '../../protocol/rpc.js';
 import { UsageError, type Parsed } from './args.js';
 import { secondsMs, str, type Command } from './command.js';
-import { EXIT } from './exit.js';
-import { parseEnv } from './jobs.js';
-import { jobExit, shellLine } from './job-view.js';
+import { followToExit, parseEnv } from './jobs.js';
+import { shellLine } from './job-view.js';
 import type { TtyOut } from './io.js';
 import { pumpKeys, pumpStdin, type StdinPump } from './stdin-pump.js';
 
@@ -184,23 +182,11 @@ const commands: Command[] = [
             ),
           );
         }
-        const { followJob, mqttFollowClient } = await import('./follow.js');
-        const rec = await followJob(mqttFollowClient(c), {
-          jobId: id,
-          follow: true,
-          initial: job,
+        return await followToExit(ctx, c, job, {
           signal: stop.signal,
-          onChunk: (ch: OutputChunk) =>
-            void (ch.stream === 'stderr' ? ctx.io.stderr : stdout).write(
-              ch.encoding === 'base64' ? Buffer.from(ch.data, 'base64') : ch.data,
-            ),
-          onNote: (line) => ctx.err(`${inert(line)}${raw ? '\r' : ''}\n`),
+          raw,
+          ended: () => pump?.stop(),
         });
-        pump?.stop();
-        if (rec === null) return EXIT.JOB_CANCELLED;
-        const { code, note } = jobExit(rec);
-        if (note) ctx.err(`${raw ? '\r\n' : ''}mvirt: ${note}\n`);
-        return code;
       } finally {
         pump?.stop();
         // The terminal first (pushed after the signal handler: undone before it).

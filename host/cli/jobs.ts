@@ -6,7 +6,7 @@
 import type { MvirtClient } from '../../protocol/client.js';
 import { inert } from '../../protocol/inert.js';
 import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
-import type { OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
+import type { JobRecord, OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
 import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
 import { UsageError, integer, oneOf, type Parsed } from './args.js';
 import { parseLabels } from './hosts.js';
@@ -121,6 +121,40 @@ const writeChunk =
     void (c.stream === 'stderr' ? ctx.io.stderr : ctx.io.stdout).write(
       c.encoding === 'base64' ? Buffer.from(c.data, 'base64') : c.data,
     );
+
+/**
+ * Follow a submitted job to its end (mvirt run, mvirt exec): its output on
+ * stdout and stderr as it comes, notes on stderr, then the exit code mvirt
+ * ends with (JOB_CANCELLED when `signal` left first). `ended` runs once the
+ * following stops; `raw`: the terminal is in raw mode (lines end "\r\n").
+ */
+export async function followToExit(
+  ctx: Context,
+  c: MvirtClient,
+  job: ResultOf<'job.run'>,
+  o: {
+    signal: AbortSignal;
+    raw?: boolean;
+    ended?: () => void;
+    onRecord?: (r: JobRecord) => void;
+  },
+): Promise<number> {
+  const { followJob, mqttFollowClient } = await loadFollow();
+  const rec = await followJob(mqttFollowClient(c), {
+    jobId: job.jobId,
+    follow: true,
+    initial: job,
+    signal: o.signal,
+    onChunk: writeChunk(ctx),
+    onNote: (line) => ctx.err(`${inert(line)}${o.raw ? '\r' : ''}\n`),
+    ...(o.onRecord ? { onRecord: o.onRecord } : {}),
+  });
+  o.ended?.();
+  if (rec === null) return EXIT.JOB_CANCELLED;
+  const { code, note } = jobExit(rec);
+  if (note) ctx.err(`${o.raw ? '\r\n' : ''}mvirt: ${note}\n`);
+  return code;
+}
 
 const jsonChunk =
   (ctx: Context) =>
@@ -328,7 +362,7 @@ const commands: Command[] = [
         } else if (jobId !== undefined) cancel(jobId);
         else ctx.err('mvirt: the job will be cancelled as soon as it exists\n');
       });
-      const following = loadFollow();
+      void loadFollow(); // loaded while the job is submitted
       try {
         const submitting = fleet ? Promise.resolve(fleet.job) : c.call('job.run', params);
         submitting.catch(() => {}); // when a second Ctrl-C wins the race below
@@ -344,14 +378,9 @@ const commands: Command[] = [
           return interrupts > 0 ? EXIT.JOB_CANCELLED : EXIT.OK;
         }
         let queueShown = false;
-        const { followJob, mqttFollowClient } = await following;
-        const rec = await followJob(mqttFollowClient(c), {
-          jobId,
-          follow: true,
-          initial: job,
+        return await followToExit(ctx, c, job, {
           signal: stop.signal,
-          onChunk: writeChunk(ctx),
-          onNote: (line) => ctx.err(`${inert(line)}\n`),
+          ended: () => pump?.stop(),
           onRecord: (r) => {
             if (
               r.state === 'queued' &&
@@ -364,11 +393,6 @@ const commands: Command[] = [
             }
           },
         });
-        pump?.stop();
-        if (rec === null) return EXIT.JOB_CANCELLED;
-        const { code, note } = jobExit(rec);
-        if (note) ctx.err(`mvirt: ${note}\n`);
-        return code;
       } finally {
         pump?.stop();
         offSignal();
