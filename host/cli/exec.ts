@@ -18,7 +18,8 @@ import {
 import type { ParamsOf } from '../../protocol/rpc.js';
 import { UsageError, type Parsed } from './args.js';
 import { secondsMs, str, type Command } from './command.js';
-import { followToExit, parseEnv } from './jobs.js';
+import { followToExit } from './follow-exit.js';
+import { parseEnv } from './jobs.js';
 import { shellLine } from './job-view.js';
 import type { TtyOut } from './io.js';
 import { pumpKeys, pumpStdin, type StdinPump } from './stdin-pump.js';

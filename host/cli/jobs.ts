@@ -6,24 +6,18 @@
 import type { MvirtClient } from '../../protocol/client.js';
 import { inert } from '../../protocol/inert.js';
 import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
-import type { JobRecord, OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
+import type { OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
 import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
 import { UsageError, integer, oneOf, type Parsed } from './args.js';
 import { parseLabels } from './hosts.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
-import { jobDetails, jobExit, jobTable, shellLine } from './job-view.js';
+import { jobDetails, jobTable, shellLine } from './job-view.js';
 import { json, jsonLine } from './output.js';
 import { hasInput, pumpStdin, type StdinPump } from './stdin-pump.js';
+import { followToExit, loadFollow, writeChunk } from './follow-exit.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
-/**
- * follow.ts checks what it reads with the protocol's schemas (zod): it is
- * loaded by the commands that follow output, not with this module, which
- * `mvirt --help` loads too.
- */
-const loadFollow = () => import('./follow.js');
 
 /** A job id argument, checked before it becomes part of a topic name. */
 export function jobIdArg(s: string, command: string): string {
@@ -112,48 +106,6 @@ export function runParams(p: Parsed): RunParams {
   const cwd = str(p, 'cwd');
   if (cwd !== undefined) params.cwd = cwd;
   return params;
-}
-
-/** Write a chunk where it belongs, as it comes: bytes as they are when it carries base64. */
-const writeChunk =
-  (ctx: Context) =>
-  (c: OutputChunk): void =>
-    void (c.stream === 'stderr' ? ctx.io.stderr : ctx.io.stdout).write(
-      c.encoding === 'base64' ? Buffer.from(c.data, 'base64') : c.data,
-    );
-
-/**
- * Follow a submitted job to its end (mvirt run, mvirt exec): its output on
- * stdout and stderr as it comes, notes on stderr, then the exit code mvirt
- * ends with (JOB_CANCELLED when `signal` left first). `ended` runs once the
- * following stops; `raw`: the terminal is in raw mode (lines end "\r\n").
- */
-export async function followToExit(
-  ctx: Context,
-  c: MvirtClient,
-  job: ResultOf<'job.run'>,
-  o: {
-    signal: AbortSignal;
-    raw?: boolean;
-    ended?: () => void;
-    onRecord?: (r: JobRecord) => void;
-  },
-): Promise<number> {
-  const { followJob, mqttFollowClient } = await loadFollow();
-  const rec = await followJob(mqttFollowClient(c), {
-    jobId: job.jobId,
-    follow: true,
-    initial: job,
-    signal: o.signal,
-    onChunk: writeChunk(ctx),
-    onNote: (line) => ctx.err(`${inert(line)}${o.raw ? '\r' : ''}\n`),
-    ...(o.onRecord ? { onRecord: o.onRecord } : {}),
-  });
-  o.ended?.();
-  if (rec === null) return EXIT.JOB_CANCELLED;
-  const { code, note } = jobExit(rec);
-  if (note) ctx.err(`${o.raw ? '\r\n' : ''}mvirt: ${note}\n`);
-  return code;
 }
 
 const jsonChunk =

@@ -88,6 +88,18 @@ const sample = {
   net: [{ iface: 'eth0', rxBytes: 1, txBytes: 1, rxPackets: 1, txPackets: 1 }],
 };
 
+/** A job's exit record as the agent sends it: exit 0. */
+const exitRecord = (jobId: string, seq = 0) => ({
+  jobId,
+  seq,
+  exitCode: 0,
+  signal: null,
+  oomKilled: false,
+  timedOut: false,
+  startedAt: 1,
+  finishedAt: 2,
+});
+
 /**
  * Publish the hostile messages, then a marker sample; the channel is ordered,
  * so once the marker is on `vm/<id>/telemetry` the host has handled them all.
@@ -211,16 +223,7 @@ test('job output: sequence numbers beyond what the job could have produced are r
     () => {
       for (const seq of [2 ** 52, 1e12])
         up('output', { jobId: job.jobId, seq, stream: 'stdout', data: Buffer.from('x') });
-      up('exit', {
-        jobId: job.jobId,
-        seq: 2 ** 52,
-        exitCode: 0,
-        signal: null,
-        oomKilled: false,
-        timedOut: false,
-        startedAt: 1,
-        finishedAt: 2,
-      });
+      up('exit', exitRecord(job.jobId, 2 ** 52));
     },
     { procs: 4343 },
   );
@@ -251,24 +254,14 @@ test('tty: a guest speaks for no job but its own, answers no resize it was not a
   const plain = await j.run({ vm: 'evil', argv: ['sleep', '60'] });
   await j.rec.job(plain.jobId, ['running']);
   const ghost = 'job-0000000000ff';
-  const exit = (jobId: string) => ({
-    jobId,
-    seq: 0,
-    exitCode: 0,
-    signal: null,
-    oomKilled: false,
-    timedOut: false,
-    startedAt: 1,
-    finishedAt: 2,
-  });
   await speak(
     () => {
       // Another VM's tty job: its output and its end are not this guest's to report.
       up('output', { jobId: shell.jobId, seq: 0, stream: 'stdout', data: Buffer.from(EVIL) });
-      up('exit', exit(shell.jobId));
+      up('exit', exitRecord(shell.jobId));
       // A job that does not exist.
       up('output', { jobId: ghost, seq: 0, stream: 'stdout', data: Buffer.from('x') });
-      up('exit', exit(ghost));
+      up('exit', exitRecord(ghost));
       // resize goes host → guest only; a reply to no request it was sent.
       up('resize', { jobId: shell.jobId, cols: 1, rows: 1 });
       up('reply', { id: 'r-1', ok: true, result: { running: true } });
