@@ -15,43 +15,63 @@ export interface StdinPump {
   stop(): void;
 }
 
-export function pumpStdin(o: {
+/** Bytes read and not sent yet, taken in order, at most `n` at a time. */
+function pendingBytes() {
+  let parts: Buffer[] = [];
+  let size = 0;
+  return {
+    get size(): number {
+      return size;
+    },
+    push(b: Buffer): void {
+      parts.push(b);
+      size += b.length;
+    },
+    take(n: number): Buffer {
+      const all = Buffer.concat(parts);
+      const data = all.subarray(0, n);
+      parts = data.length < all.length ? [all.subarray(data.length)] : [];
+      size = all.length - data.length;
+      return data;
+    },
+  };
+}
+
+/** What a pump reads from and sends to. */
+interface PumpIo {
   input: TtyIn;
   chunkBytes: number;
   /** One job.stdin call: resolves with `open`. */
   send(data: Buffer, eof: boolean): Promise<boolean>;
-}): StdinPump {
+}
+
+/**
+ * A pump around `body`, which sends (counted) until the input ends (false)
+ * or the job closes its stdin (true). stop() marks it stopped and calls
+ * `halt` to end a wait on the input; whatever fails after that (the input
+ * destroyed under a read, a call cut off by the client closing) is no error
+ * any more. `cleanup` runs once the body is done.
+ */
+function makePump(
+  o: PumpIo,
+  body: (send: PumpIo['send'], stopped: () => boolean) => Promise<boolean>,
+  halt: () => void,
+  cleanup: () => void = () => undefined,
+): StdinPump {
   let stopped = false;
+  let bytes = 0;
+  const send = async (data: Buffer, eof: boolean): Promise<boolean> => {
+    const open = await o.send(data, eof);
+    bytes += data.length;
+    return open;
+  };
   const done = (async () => {
-    let pending: Buffer[] = [];
-    let size = 0;
-    let bytes = 0;
-    const take = (n: number): Buffer => {
-      const all = Buffer.concat(pending);
-      pending = n < all.length ? [all.subarray(n)] : [];
-      size = all.length - Math.min(n, all.length);
-      return all.subarray(0, n);
-    };
-    const send = async (data: Buffer, eof: boolean): Promise<boolean> => {
-      const open = await o.send(data, eof);
-      bytes += data.length;
-      return open;
-    };
     try {
-      for await (const chunk of o.input) {
-        if (stopped) break;
-        const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk));
-        pending.push(b);
-        size += b.length;
-        while (size >= o.chunkBytes && !stopped) {
-          if (!(await send(take(o.chunkBytes), false))) return { bytes, closedByJob: true };
-        }
-      }
-      if (!stopped) await send(take(size), true);
+      if (await body(send, () => stopped)) return { bytes, closedByJob: true };
     } catch (err) {
-      // After stop(): the input destroyed to end a read that waits, or a call
-      // cut off by the client closing. Neither is an error any more.
       if (!stopped) throw err;
+    } finally {
+      cleanup();
     }
     return { bytes, closedByJob: false };
   })();
@@ -60,10 +80,28 @@ export function pumpStdin(o: {
     stop() {
       if (stopped) return;
       stopped = true;
-      // A read waiting on a pipe that stays open would keep mvirt alive.
-      o.input.destroy();
+      halt();
     },
   };
+}
+
+export function pumpStdin(o: PumpIo): StdinPump {
+  const pending = pendingBytes();
+  return makePump(
+    o,
+    async (send, stopped) => {
+      for await (const chunk of o.input) {
+        if (stopped()) break;
+        pending.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk)));
+        while (pending.size >= o.chunkBytes && !stopped())
+          if (!(await send(pending.take(o.chunkBytes), false))) return true;
+      }
+      if (!stopped()) await send(pending.take(pending.size), true);
+      return false;
+    },
+    // A read waiting on a pipe that stays open would keep mvirt alive.
+    () => o.input.destroy(),
+  );
 }
 
 /**
@@ -100,15 +138,9 @@ export async function hasInput(input: TtyIn): Promise<boolean> {
  * meanwhile goes with the next (at most `chunkBytes` a call, in order). The
  * terminal is paused while more than a chunk waits (a large paste).
  */
-export function pumpKeys(o: {
-  input: TtyIn;
-  chunkBytes: number;
-  send(data: Buffer, eof: boolean): Promise<boolean>;
-}): StdinPump {
-  let stopped = false;
+export function pumpKeys(o: PumpIo): StdinPump {
   let ended = false;
-  let pending: Buffer[] = [];
-  let size = 0;
+  const pending = pendingBytes();
   let wake: (() => void) | null = null;
   const poke = () => {
     const w = wake;
@@ -116,10 +148,8 @@ export function pumpKeys(o: {
     w?.();
   };
   const onData = (chunk: Buffer | string) => {
-    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk);
-    pending.push(b);
-    size += b.length;
-    if (size > o.chunkBytes) o.input.pause();
+    pending.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
+    if (pending.size > o.chunkBytes) o.input.pause();
     poke();
   };
   const onEnd = () => {
@@ -129,38 +159,27 @@ export function pumpKeys(o: {
   o.input.on('data', onData);
   o.input.once('end', onEnd);
   o.input.resume();
-  const done = (async () => {
-    let bytes = 0;
-    try {
+  return makePump(
+    o,
+    async (send, stopped) => {
       for (;;) {
-        while (size === 0 && !ended && !stopped) await new Promise<void>((r) => (wake = r));
-        if (stopped) break;
-        const all = Buffer.concat(pending);
-        const data = all.subarray(0, o.chunkBytes);
-        pending = data.length < all.length ? [all.subarray(data.length)] : [];
-        size = all.length - data.length;
-        if (size <= o.chunkBytes) o.input.resume();
-        const eof = ended && size === 0;
-        const open = await o.send(data, eof);
-        bytes += data.length;
-        if (!open) return { bytes, closedByJob: true };
-        if (eof) break;
+        while (pending.size === 0 && !ended && !stopped())
+          await new Promise<void>((r) => (wake = r));
+        if (stopped()) return false;
+        const data = pending.take(o.chunkBytes);
+        if (pending.size <= o.chunkBytes) o.input.resume();
+        const eof = ended && pending.size === 0;
+        if (!(await send(data, eof))) return true;
+        if (eof) return false;
       }
-    } catch (err) {
-      if (!stopped) throw err;
-    } finally {
-      o.input.off('data', onData);
-      o.input.off('end', onEnd);
-    }
-    return { bytes, closedByJob: false };
-  })();
-  return {
-    done,
-    stop() {
-      if (stopped) return;
-      stopped = true;
+    },
+    () => {
       o.input.pause();
       poke();
     },
-  };
+    () => {
+      o.input.off('data', onData);
+      o.input.off('end', onEnd);
+    },
+  );
 }
