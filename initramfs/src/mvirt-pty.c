@@ -51,17 +51,11 @@
 #include <termios.h>
 #include <unistd.h>
 
-#define BUF (64 * 1024)
+#include "relay.h"
+
 /* The protocol's bounds (protocol/tty.ts TTY_MAX_COLS / TTY_MAX_ROWS). */
 #define MAX_COLS 4096
 #define MAX_ROWS 4096
-
-struct dir {
-  int from, to;
-  char buf[BUF];
-  size_t len, off;
-  int eof;
-};
 
 static const int FORWARDED[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT};
 #define NFORWARDED (sizeof FORWARDED / sizeof FORWARDED[0])
@@ -128,27 +122,16 @@ static void signal_session(pid_t sid, int sig) {
   closedir(d);
 }
 
-/* Read into an empty buffer, write out what is buffered (non-blocking fds). */
+/*
+ * Read into an empty buffer, write out what is buffered (non-blocking fds).
+ * A read of 0 is stdin's end; EIO on the master: no process holds the slave
+ * any more. A write that fails for good: the reader is gone, so drop what is
+ * buffered and keep serving the other way.
+ */
 static void pump(struct dir *d) {
-  if (d->len == 0 && !d->eof) {
-    ssize_t n = read(d->from, d->buf, BUF);
-    if (n > 0) {
-      d->len = (size_t)n;
-      d->off = 0;
-    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-      /* 0: stdin ended. EIO on the master: no process holds the slave any more. */
-      d->eof = 1;
-    }
-  }
-  if (d->len > 0) {
-    ssize_t n = write(d->to, d->buf + d->off, d->len);
-    if (n > 0) {
-      d->off += (size_t)n;
-      d->len -= (size_t)n;
-    } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
-      d->len = 0; /* the reader is gone: drop, keep serving the other way */
-      d->eof = 1;
-    }
+  if (relay_step(d) < 0) {
+    d->len = 0;
+    d->eof = 1;
   }
 }
 

@@ -47,16 +47,9 @@
 #include <limits.h>
 #include <linux/vm_sockets.h>
 
-#define AGENT_FD 3
-#define BUF (64 * 1024)
+#include "relay.h"
 
-struct dir {
-  int from, to;
-  char buf[BUF];
-  size_t len, off;
-  int eof;  /* read side ended: shut the write side down once drained */
-  int done; /* write side shut down (or failed): nothing more this way */
-};
+#define AGENT_FD 3
 
 static void die(const char *what) {
   fprintf(stderr, "vsock-connect: %s: %s\n", what, strerror(errno));
@@ -93,31 +86,13 @@ static int dial(int argc, char **argv) {
 }
 
 /*
- * One step of a direction (both fds are non-blocking): read into an empty
- * buffer, write out what is buffered, shut the write side down once the read
- * side has ended and the buffer is drained. Returns -1 when the write side is
- * gone (the channel is over).
+ * One step of a direction (both fds are non-blocking): relay_step, then shut
+ * the write side down once the read side has ended and the buffer is
+ * drained. Returns -1 when the write side is gone (the channel is over).
  */
 static int pump(struct dir *d) {
   if (d->done) return 0;
-  if (d->len == 0 && !d->eof) {
-    ssize_t n = read(d->from, d->buf, BUF);
-    if (n > 0) {
-      d->len = (size_t)n;
-      d->off = 0;
-    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-      d->eof = 1;
-    }
-  }
-  if (d->len > 0) {
-    ssize_t n = write(d->to, d->buf + d->off, d->len);
-    if (n > 0) {
-      d->off += (size_t)n;
-      d->len -= (size_t)n;
-    } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
-      return -1;
-    }
-  }
+  if (relay_step(d) < 0) return -1;
   if (d->eof && d->len == 0) {
     shutdown(d->to, SHUT_WR);
     d->done = 1;
