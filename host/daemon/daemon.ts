@@ -3,7 +3,7 @@
  * hypervisors and images → agent sessions → VM manager → job manager → API →
  * host status → HTTP (/metrics, dashboard); recovery before the API serves
  * anyone, so the first answer reflects re-attached VMs. `close()` undoes it
- * in reverse; access.ts, observe.ts and apis.ts hold parts of it.
+ * in reverse; access.ts, work.ts, observe.ts and apis.ts hold parts of it.
  */
 import { MvirtError } from '../../protocol/errors.js';
 import { mkdir, rmdir } from 'node:fs/promises';
@@ -25,11 +25,6 @@ import { hostRoot, topics as topicsFor } from '../../protocol/topics.js';
 import { isActiveVm } from '../../protocol/states.js';
 import type { DaemonOptions } from './options.js';
 import { createOrderedBus } from './ordered-bus.js';
-import { createJobManager, DEFAULT_JOB_OPTIONS } from '../jobs/manager.js';
-import { createVmDestroyer } from '../jobs/destroyer.js';
-import { DEFAULT_OUTPUT_OPTIONS } from '../jobs/output.js';
-import { createPoolManager } from '../jobs/pools.js';
-import { createSpares } from '../jobs/spares.js';
 import { createVolumeFiles } from '../volumes/files.js';
 import { createVolumeTransitions } from '../volumes/transition.js';
 import { createVolumeAttach } from '../volumes/attach.js';
@@ -50,6 +45,7 @@ import { createMirrorBus, uplinkSender } from '../uplink/mirror.js';
 import type { Daemon, DaemonOverrides } from './types.js';
 import { announceStart } from './announce.js';
 import { openAccess } from './access.js';
+import { createWork } from './work.js';
 
 export async function startDaemon(
   opts: DaemonOptions,
@@ -237,46 +233,16 @@ export async function startDaemon(
       enabled: opts.templates,
     });
 
-    const destroyer = createVmDestroyer(vms, log.child({ component: 'job' }));
-    const pools = createPoolManager({
-      repo: store.pools,
-      destroyer,
+    const { pools, spares, jobs } = createWork({
+      opts,
+      store,
       vms,
       agents,
       events,
       bus,
       topics: t,
-      log,
       templates,
-      snapshots: store.snapshots,
-    });
-    const spares = createSpares({
-      vms,
-      templates,
-      agents,
-      events,
-      destroyer,
       log,
-      options: { count: opts.templates ? opts.spares : 0, idleMs: opts.spareIdleMs },
-    });
-    const jobs = createJobManager({
-      repo: store.jobs,
-      destroyer,
-      vms,
-      agents,
-      pools,
-      templates,
-      spares,
-      events,
-      bus,
-      topics: t,
-      log,
-      options: {
-        ...DEFAULT_JOB_OPTIONS,
-        output: { ...DEFAULT_OUTPUT_OPTIONS, retainBytes: opts.jobOutputBytes },
-        agentGraceMs: opts.jobAgentGraceMs,
-        ...(opts.defaultPool !== undefined ? { defaultPool: opts.defaultPool } : {}),
-      },
     });
 
     const sysDeps: SystemDeps = {
