@@ -149,6 +149,18 @@ export function gated(file: string, before = 'start', after = 'end'): string[] {
   ];
 }
 
+/** A job's exit record as an agent sends it (exit 0): what a hostile guest forges. */
+export const exitRecord = (jobId: string, seq = 0) => ({
+  jobId,
+  seq,
+  exitCode: 0,
+  signal: null,
+  oomKilled: false,
+  timedOut: false,
+  startedAt: 1,
+  finishedAt: 2,
+});
+
 export const open = (file: string): Promise<void> => writeFile(file, '');
 
 /** Concatenated text of a job's live output, by stream (in seq order; base64 chunks decoded). */

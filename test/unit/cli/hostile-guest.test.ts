@@ -25,6 +25,7 @@ import type { RealGuest } from '../../../harness/fake-vms.js';
 import {
   cleanupAll,
   errorOf,
+  exitRecord,
   result,
   startJobDaemon,
   until,
@@ -87,18 +88,6 @@ const sample = {
   disk: [{ mount: '/', totalBytes: 1000, usedBytes: 10_000 }],
   net: [{ iface: 'eth0', rxBytes: 1, txBytes: 1, rxPackets: 1, txPackets: 1 }],
 };
-
-/** A job's exit record as the agent sends it: exit 0. */
-const exitRecord = (jobId: string, seq = 0) => ({
-  jobId,
-  seq,
-  exitCode: 0,
-  signal: null,
-  oomKilled: false,
-  timedOut: false,
-  startedAt: 1,
-  finishedAt: 2,
-});
 
 /**
  * Publish the hostile messages, then a marker sample; the channel is ordered,

@@ -11,6 +11,7 @@ import { AGENT_PROTOCOL_VERSION } from '../../../protocol/agent.js';
 import type { VmRecord } from '../../../protocol/rpc.js';
 import {
   cleanupAll,
+  exitRecord,
   gated,
   open,
   result,
@@ -49,19 +50,7 @@ test("a guest cannot affect another VM's job", async () => {
     'output',
     encodeCbor({ jobId: job.jobId, seq: 1, stream: 'stdout', data: Buffer.from('FORGED\n') }),
   );
-  guestA.publishUp(
-    'exit',
-    encodeCbor({
-      jobId: job.jobId,
-      seq: 2,
-      exitCode: 0,
-      signal: null,
-      oomKilled: false,
-      timedOut: false,
-      startedAt: 1,
-      finishedAt: 2,
-    }),
-  );
+  guestA.publishUp('exit', encodeCbor(exitRecord(job.jobId, 2)));
   guestA.publishUp(
     'hello',
     encodeCbor({
