@@ -6,22 +6,15 @@
  * Cached by the source's hash under test-output/; concurrent builders each
  * write their own file and rename it into place.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { buildHelper, VSOCK_HELPER, type Helper } from '../images/helpers.js';
+import { buildHelper, helperHash, VSOCK_HELPER, type Helper } from '../images/helpers.js';
 import { REPO } from './paths.js';
 
-/** Where a helper's build for this host goes (named by the hash of its source and the headers beside it). */
+/** Where a helper's build for this host goes (named by the hash of what it is built from). */
 function builtPath(helper: Helper): string {
-  const h = createHash('sha256').update(readFileSync(helper.src));
-  const dir = path.dirname(helper.src);
-  for (const f of readdirSync(dir)
-    .filter((n) => n.endsWith('.h'))
-    .sort())
-    h.update(f).update(readFileSync(path.join(dir, f)));
-  const hash = h.digest('hex');
+  const hash = helperHash(helper);
   const name = path.basename(helper.dest);
   return path.join(REPO, 'test-output', 'bin', `${name}-${hash.slice(0, 12)}`);
 }

@@ -3,6 +3,8 @@
  * initramfs/src/ with the C compiler of Debian's build-essential: static, so
  * that they need nothing from the guest's libraries.
  */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { INITRAMFS_DIR } from './paths.js';
 import { run } from './run.js';
@@ -34,6 +36,21 @@ export const PTY_HELPER: Helper = {
 
 /** Every helper an image carries. */
 export const HELPERS: readonly Helper[] = [VSOCK_HELPER, IMAGE_EXEC_HELPER, PTY_HELPER];
+
+/**
+ * The sha256 (hex) of what a helper is built from: its source and the
+ * headers beside it that the helpers share (relay.h), so that a build named
+ * by it is made anew when either changes.
+ */
+export function helperHash(helper: Helper): string {
+  const h = createHash('sha256').update(readFileSync(helper.src));
+  const dir = path.dirname(helper.src);
+  for (const f of readdirSync(dir)
+    .filter((n) => n.endsWith('.h'))
+    .sort())
+    h.update(f).update(readFileSync(path.join(dir, f)));
+  return h.digest('hex');
+}
 
 export async function buildHelper(helper: Helper, outFile: string): Promise<void> {
   await run(

@@ -1,7 +1,7 @@
 /*
  * One direction of a byte relay between two non-blocking fds, shared by
- * vsock-connect.c (agent <-> host channel) and mvirt-pty.c (job <-> pty
- * master): included by both (each helper is one compiled file, see
+ * vsock-connect.c (both ends of the vsock channel) and mvirt-pty.c (job <->
+ * pty master): included by both (each helper is one compiled file, see
  * images/helpers.ts). What a failed write means is each helper's own.
  */
 #ifndef MVIRT_RELAY_H

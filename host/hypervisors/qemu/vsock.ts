@@ -20,14 +20,13 @@
  * get no vsock (said at the first launch that wants it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { VSOCK_PORT } from '../../../protocol/agent.js';
 import { MvirtError } from '../../../protocol/errors.js';
-import { buildHelper, VSOCK_HELPER } from '../../../images/helpers.js';
+import { buildHelper, helperHash, VSOCK_HELPER } from '../../../images/helpers.js';
 import { listenHybridVsock, type HybridVsockListener } from '../hybrid-vsock.js';
 import { resolveProgram } from './confine.js';
 
@@ -196,8 +195,8 @@ export function createQemuVsock(o: QemuVsockOptions, log: Logger): QemuVsock {
   };
 }
 
-/** The relay binary, named by the hash of its source (a changed source is built anew). */
+/** The relay binary, named by the hash of its source and headers (a change is built anew). */
 function relayPath(cacheDir: string): string {
-  const sum = createHash('sha256').update(readFileSync(VSOCK_HELPER.src)).digest('hex');
+  const sum = helperHash(VSOCK_HELPER);
   return path.join(cacheDir, `vsock-relay-${sum.slice(0, 16)}`);
 }
