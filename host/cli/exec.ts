@@ -19,7 +19,7 @@ import type { ParamsOf } from '../../protocol/rpc.js';
 import { UsageError, type Parsed } from './args.js';
 import { secondsMs, str, type Command } from './command.js';
 import { followToExit } from './follow-exit.js';
-import { parseEnv } from './jobs.js';
+import { jobOptions, parseEnv } from './jobs.js';
 import { shellLine } from './job-view.js';
 import type { TtyOut } from './io.js';
 import { pumpKeys, pumpStdin, type StdinPump } from './stdin-pump.js';
@@ -92,18 +92,7 @@ const commands: Command[] = [
         short: 't',
         help: 'run the command under a pseudo-terminal in the guest',
       },
-      env: {
-        type: 'string',
-        multiple: true,
-        value: 'K=V',
-        help: 'environment variable, repeatable',
-      },
-      cwd: { type: 'string', value: 'DIR', help: 'working directory in the guest' },
-      timeout: {
-        type: 'string',
-        value: 'S',
-        help: 'kill the command after S seconds (exit code 124)',
-      },
+      ...jobOptions('command'),
     },
     examples: [
       'mvirt exec -it web-1 -- sh',

@@ -8,7 +8,7 @@ import { inert } from '../../protocol/inert.js';
 import { JOB_ID_RE, JOB_STDIN_CHUNK_BYTES } from '../../protocol/limits.js';
 import type { OutputChunk, ParamsOf, ResultOf } from '../../protocol/rpc.js';
 import { JOB_STATES, SIGNALS } from '../../protocol/states.js';
-import { UsageError, integer, oneOf, type Parsed } from './args.js';
+import { UsageError, integer, oneOf, type OptionSpec, type Parsed } from './args.js';
 import { parseLabels } from './hosts.js';
 import { secondsMs, str, type Command, type Context } from './command.js';
 import { EXIT, RUN_EXIT_CODES } from './exit.js';
@@ -108,6 +108,22 @@ export function runParams(p: Parsed): RunParams {
   return params;
 }
 
+/** The options mvirt run and mvirt exec share: the environment, folder and time limit of `what`. */
+export const jobOptions = (what: string): Record<string, OptionSpec> => ({
+  env: {
+    type: 'string',
+    multiple: true,
+    value: 'K=V',
+    help: 'environment variable, repeatable',
+  },
+  cwd: { type: 'string', value: 'DIR', help: 'working directory in the guest' },
+  timeout: {
+    type: 'string',
+    value: 'S',
+    help: `kill the ${what} after S seconds (exit code 124)`,
+  },
+});
+
 const jsonChunk =
   (ctx: Context) =>
   (c: OutputChunk): void =>
@@ -202,18 +218,7 @@ const commands: Command[] = [
       },
       vm: { type: 'string', value: 'VM', help: 'run in this ready service VM (id or name)' },
       pool: { type: 'string', value: 'POOL', help: 'run in a ready VM of this pool' },
-      env: {
-        type: 'string',
-        multiple: true,
-        value: 'K=V',
-        help: 'environment variable, repeatable',
-      },
-      cwd: { type: 'string', value: 'DIR', help: 'working directory in the guest' },
-      timeout: {
-        type: 'string',
-        value: 'S',
-        help: 'kill the job after S seconds (exit code 124)',
-      },
+      ...jobOptions('job'),
       vcpus: { type: 'string', value: 'N', help: 'vCPUs of the ephemeral VM' },
       memory: { type: 'string', value: 'MiB', help: 'memory of the ephemeral VM in MiB' },
       'limit-memory': {
