@@ -126,6 +126,7 @@ describe(
         'python3.11',
         'libpython3.11-stdlib',
         'libssl3',
+        'ca-certificates',
         'busybox-static',
       ])
         assert.ok(py.has(n), `python: ${n}`);
@@ -175,6 +176,7 @@ describe(
             '  "ssl": ssl.OPENSSL_VERSION.split()[0], "tls13": ssl.HAS_TLSv1_3,',
             '  "verify": ctx.verify_mode == ssl.CERT_REQUIRED,',
             '  "sql": db.execute("select 6 * 7").fetchone()[0],',
+            '  "cas": open(ssl.get_default_verify_paths().cafile).read().count("BEGIN CERTIFICATE") > 100,',
             '}))',
             '',
           ].join('\n'),
@@ -187,6 +189,7 @@ describe(
           tls13: true,
           verify: true,
           sql: 42,
+          cas: true, // verified HTTPS from Python has the CA bundle to verify with
         });
         const has = await run(PY, which(['python3', 'make', 'cc', 'git', 'curl']));
         assert.equal(has.exitCode, 0, `${has.stdout}${has.stderr}`);
