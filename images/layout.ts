@@ -23,7 +23,7 @@ import { type DebInput } from './debian.js';
 import { walkSorted } from './hash.js';
 import { INITRAMFS_DIR } from './paths.js';
 import { type ResolvedRecipe } from './recipe.js';
-import { run } from './run.js';
+import { run, squashfsEnv } from './run.js';
 import { buildHelper, HELPERS } from './helpers.js';
 import { assertNoSymlinkDirs, configurePackages, ldconfig } from './deb-configure.js';
 import { createProgress, type Progress } from './progress.js';
@@ -209,27 +209,31 @@ export async function buildRootfs(a: {
   await chmod(path.join(stage, 'tmp'), 0o1777);
   await chmod(path.join(stage, 'root'), 0o700);
   const comp = a.recipe.rootfs.compression;
-  await run('mksquashfs', [
-    stage,
-    a.outFile,
-    '-noappend',
-    '-quiet',
-    '-no-progress',
-    '-comp',
-    comp,
-    ...(comp === 'zstd'
-      ? ['-Xcompression-level', String(a.recipe.rootfs.level ?? 15)]
-      : comp === 'lz4'
-        ? ['-Xhc']
-        : []),
-    '-reproducible',
-    '-mkfs-time',
-    String(a.sde),
-    '-all-time',
-    String(a.sde),
-    '-all-root',
-    '-no-xattrs',
-  ]);
+  await run(
+    'mksquashfs',
+    [
+      stage,
+      a.outFile,
+      '-noappend',
+      '-quiet',
+      '-no-progress',
+      '-comp',
+      comp,
+      ...(comp === 'zstd'
+        ? ['-Xcompression-level', String(a.recipe.rootfs.level ?? 15)]
+        : comp === 'lz4'
+          ? ['-Xhc']
+          : []),
+      '-reproducible',
+      '-mkfs-time',
+      String(a.sde),
+      '-all-time',
+      String(a.sde),
+      '-all-root',
+      '-no-xattrs',
+    ],
+    { env: squashfsEnv() },
+  );
 }
 
 /**

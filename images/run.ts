@@ -58,3 +58,13 @@ export function run(
     if (opts.input !== undefined && child.stdin !== null) child.stdin.end(opts.input);
   });
 }
+
+/**
+ * The environment for mksquashfs: squashfs-tools 4.5 refuses -mkfs-time and
+ * -all-time while SOURCE_DATE_EPOCH is set ("can't be used at the same
+ * time"), and the builders pass the time themselves (from that variable).
+ */
+export function squashfsEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const { SOURCE_DATE_EPOCH: _given, ...rest } = env;
+  return rest;
+}
