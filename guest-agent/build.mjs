@@ -166,12 +166,15 @@ async function buildVariant(variant, dest) {
 
   const blob = path.join(work, `sea-${variant}.blob`);
   const seaConfig = path.join(work, `sea-config.${variant}.json`);
+  // Paths relative to `work` (the command runs there): the blob keeps the
+  // main script's path as given, and an absolute one would make the agent
+  // depend on where the checkout is.
   writeFileSync(
     seaConfig,
     JSON.stringify(
       {
-        main: js,
-        output: blob,
+        main: path.basename(js),
+        output: path.basename(blob),
         disableExperimentalSEAWarning: true,
         useSnapshot: variant === 'snapshot',
         useCodeCache: variant === 'codecache',
@@ -181,7 +184,15 @@ async function buildVariant(variant, dest) {
     ),
   );
   log(`sea blob (${variant})`);
-  run(NODE, ['--experimental-sea-config', seaConfig]);
+  // V8 seeds its random numbers afresh in every process, and they reach the
+  // code cache: three builds gave three blobs. A fixed --random-seed makes
+  // it the same every time, and V8 leaves that flag out of the flag hash a
+  // code cache is checked against ("to allow predictable code caching"), so
+  // the agent still accepts it (checked with vm.Script: cachedDataRejected
+  // false; a fixed --hash-seed, by contrast, gets the cache rejected).
+  run(NODE, ['--random-seed=1', '--experimental-sea-config', path.basename(seaConfig)], {
+    cwd: work,
+  });
 
   // Strip before injecting: stripping afterwards would drop the injected note.
   const tmp = `${dest}.tmp`;
