@@ -38,6 +38,7 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkTrimmed, findIcuData, ICU_KEEP_LANGUAGES, trimIcu } from './icu-trim.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const work = path.join(root, 'build/agent');
@@ -199,6 +200,15 @@ async function buildVariant(variant, dest) {
   mkdirSync(path.dirname(dest), { recursive: true });
   copyFileSync(NODE, tmp);
   chmodSync(tmp, 0o755);
+  // Before strip: the ICU data is found through the symbol table.
+  const icu = trimIcu(tmp, work);
+  if (icu === null) log('runtime without embedded ICU data: nothing to trim');
+  else {
+    checkTrimmed(tmp, NODE);
+    log(
+      `ICU data (${icu.symbol}): kept ${icu.kept} of ${icu.items} items, ${(icu.keptBytes / 1048576).toFixed(1)} of ${(icu.bytes / 1048576).toFixed(1)} MiB; checked against the full runtime`,
+    );
+  }
   run('strip', ['--strip-all', tmp]);
   log('postject');
   run(path.join(root, 'node_modules/.bin/postject'), [
@@ -259,9 +269,13 @@ function runtimeRecord() {
   const pinned = !process.env.MVIRT_AGENT_NODE;
   return {
     node: run(NODE, ['--version']).stdout.toString().trim(),
-    source: pinned
-      ? `npm:${RUNTIME_PKG}@${JSON.parse(readFileSync(pj, 'utf8')).version}`
-      : `MVIRT_AGENT_NODE=${NODE}`,
+    source:
+      (pinned
+        ? `npm:${RUNTIME_PKG}@${JSON.parse(readFileSync(pj, 'utf8')).version}`
+        : `MVIRT_AGENT_NODE=${NODE}`) +
+      (findIcuData(NODE) === null
+        ? ''
+        : `, ICU data cut to ${ICU_KEEP_LANGUAGES.join(' and ')} (guest-agent/icu-trim.mjs)`),
     sha256: createHash('sha256').update(readFileSync(NODE)).digest('hex'),
   };
 }
