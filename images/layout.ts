@@ -147,11 +147,12 @@ export async function buildRootfs(a: {
   await mkdir(stage);
   for (const d of a.debs) await extractDeb(d.file, stage);
   await mergeUsr(stage);
+  const progress = a.progress ?? createProgress(1, () => {});
   // The builder writes below these: none may be a package's symlink out of the root.
   for (const d of ['usr/bin', 'usr/sbin', 'usr/lib', 'usr/libexec', 'etc/init.d', 'root', 'tmp'])
     await assertNoSymlinkDirs(stage, d);
   for (const p of PRUNE) await rm(path.join(stage, p), { recursive: true, force: true });
-  const progress = a.progress ?? createProgress(1, () => {});
+  await excludePaths(stage, a.recipe.exclude, progress);
   await configurePackages(stage, a.debs, a.work, progress);
   for (const d of [
     'dev',
@@ -234,6 +235,29 @@ export async function buildRootfs(a: {
     ],
     { env: squashfsEnv() },
   );
+}
+
+/**
+ * A recipe's `exclude`: removed after the packages are unpacked (so their
+ * configuration and ldconfig never see them), never through a package's
+ * symlink out of the root. A path the packages do not install is a warning:
+ * a new package version may have moved it.
+ */
+async function excludePaths(
+  stage: string,
+  paths: readonly string[],
+  progress: Progress,
+): Promise<void> {
+  for (const p of paths) {
+    const rel = p.replace(/^\/+/, '');
+    await assertNoSymlinkDirs(stage, path.dirname(rel));
+    const at = path.join(stage, rel);
+    if ((await lstat(at).catch(() => null)) === null) {
+      progress.warn(`exclude: ${p} is not in the packages (nothing to leave out)`);
+      continue;
+    }
+    await rm(at, { recursive: true, force: true });
+  }
 }
 
 /**

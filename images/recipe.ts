@@ -51,6 +51,19 @@ export const Recipe = z.strictObject({
     )
     .max(1000)
     .default([]),
+  /**
+   * Paths the packages install that the root disk leaves out: files or whole
+   * folders, e.g. glibc's iconv modules in an image where nothing uses iconv.
+   */
+  exclude: z
+    .array(
+      z
+        .string()
+        .regex(/^\/[^\0]*[^/]$/, 'must be an absolute path inside the guest, not "/"')
+        .refine((p) => !p.split('/').includes('..'), 'must not contain ".."'),
+    )
+    .max(1000)
+    .default([]),
   /** Kernel modules loaded at boot (Debian kernel); dependencies come from modules.dep. */
   modules: z
     .array(z.string().regex(/^[A-Za-z0-9_-]+$/, 'must be a module name'))

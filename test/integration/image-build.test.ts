@@ -1,6 +1,9 @@
 /**
- * Image builder end to end: two builds of one recipe from scratch are
- * bit-identical, an unchanged rebuild is served from the output cache, and
+ * Image builder end to end: two builds of one recipe from scratch, under
+ * two umasks and with or without SOURCE_DATE_EPOCH set, are bit-identical
+ * (bench/image-repro.ts builds as two machines would: two checkouts, two
+ * clean caches, two Nodes); an unchanged rebuild
+ * is served from the output cache; the recipe's exclude leaves files out;
  * a recipe's `console` decides whether a shell reads the serial console.
  * Downloads come from the shared cache ($MVIRT_CACHE_DIR or ~/.cache/mvirt).
  */
@@ -10,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { buildImage } from '../../images/build.js';
+import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../../images/build.js';
 import { CONSOLE_SHELL_INITTAB } from '../../images/layout.js';
 import { readManifest } from '../../images/manifest.js';
 import { sha256File } from '../../images/hash.js';
@@ -36,7 +39,18 @@ describe('image build', { timeout: 30 * 60_000 }, () => {
   test('two builds from scratch are bit-identical', async () => {
     const log = (): void => {}; // keep test output readable; progress is tested by the CLI run
     const a = await buildImage({ recipe, dataDir: dataA, noCache: true, log });
-    const b = await buildImage({ recipe, dataDir: dataB, noCache: true, log });
+    // Another machine may have another umask: modes must not depend on it.
+    // SOURCE_DATE_EPOCH in the environment (its default value here) must
+    // give the same image, not stop mksquashfs.
+    const umask = process.umask(0o077);
+    process.env.SOURCE_DATE_EPOCH = String(DEFAULT_SOURCE_DATE_EPOCH);
+    let b;
+    try {
+      b = await buildImage({ recipe, dataDir: dataB, noCache: true, log });
+    } finally {
+      process.umask(umask);
+      delete process.env.SOURCE_DATE_EPOCH;
+    }
     assert.equal(a.fromCache, false);
     assert.equal(b.fromCache, false);
     assert.deepEqual(a.manifest.outputs, b.manifest.outputs);
@@ -58,6 +72,16 @@ describe('image build', { timeout: 30 * 60_000 }, () => {
       m.sizes.kernelPlusInitrd < 40 * 1024 * 1024,
       `kernel+initrd ${m.sizes.kernelPlusInitrd} bytes`,
     );
+    // The recipe's exclude: gone from the root disk, what the agent links kept.
+    const listing = execFileSync('unsquashfs', ['-l', path.join(a.dir, 'rootfs.squashfs')], {
+      encoding: 'utf8',
+      maxBuffer: 16 << 20,
+    });
+    const libs = 'squashfs-root/usr/lib/x86_64-linux-gnu';
+    assert.doesNotMatch(listing, new RegExp(`^${libs}/gconv`, 'm'));
+    assert.doesNotMatch(listing, new RegExp(`^${libs}/libmvec`, 'm'));
+    for (const lib of ['libc.so.6', 'libm.so.6', 'libstdc++.so.6', 'libgcc_s.so.1', 'libdl.so.2'])
+      assert.match(listing, new RegExp(`^${libs}/${lib.replace(/[.+]/g, '\\$&')}$`, 'm'), lib);
   });
 
   test('an unchanged rebuild comes from the cache in seconds', async () => {

@@ -57,6 +57,20 @@ describe('recipe validation', () => {
     await rejects(() => parseRecipe({ ...base, cmdline: 42 }), /cmdline: .*expected string/);
   });
 
+  test('exclude: absolute paths inside the guest, no "..", not the root itself', async () => {
+    assert.deepEqual(parseRecipe(base).exclude, []);
+    assert.deepEqual(parseRecipe({ ...base, exclude: ['/usr/lib/x/gconv'] }).exclude, [
+      '/usr/lib/x/gconv',
+    ]);
+    await rejects(() => parseRecipe({ ...base, exclude: ['usr/lib'] }), /exclude\[0\]: /);
+    await rejects(() => parseRecipe({ ...base, exclude: ['/'] }), /exclude\[0\]: /);
+    await rejects(() => parseRecipe({ ...base, exclude: ['/usr/lib/'] }), /exclude\[0\]: /);
+    await rejects(
+      () => parseRecipe({ ...base, exclude: ['/usr/../etc'] }),
+      /exclude\[0\]: must not contain "\.\."/,
+    );
+  });
+
   test('a missing field is reported as missing', async () => {
     await rejects(() => parseRecipe({ kernel: base.kernel }), /name: missing required field/);
   });
