@@ -102,7 +102,14 @@ export default async function bench(): Promise<BenchResult[]> {
         unit: 'MiB',
         note: `squashfs ${m.disk.compression}, ${agentNote}`,
       },
-      { name: 'image.total', value: m.sizes.total / MiB, unit: 'MiB' },
+      {
+        name: 'image.total',
+        value: m.sizes.total / MiB,
+        unit: 'MiB',
+        // Only the real agent's figure counts against the target.
+        ...(realAgent ? { ratio: m.sizes.total / MiB, target: '<= 36' } : {}),
+        note: `issue 18: 44.9 before the ICU data cut and the recipe's exclude${realAgent ? '' : '; stand-in agent, not the real figure'}`,
+      },
     );
 
     const bareMarker = /MVIRT-MARKER init (\S+)/;
