@@ -24,6 +24,12 @@ export interface JobOptions {
   replayBytes: number;
   /** Finished jobs remembered for dedup and replay. */
   keepFinished: number;
+  /**
+   * A tty job's stdin is answered after the output the input caused (its
+   * echo) has gone out, or after this long without output (input that
+   * echoes nothing: a password, a program that does not draw).
+   */
+  echoWaitMs: number;
 }
 
 export const DEFAULT_JOB_OPTIONS: JobOptions = {
@@ -35,6 +41,12 @@ export const DEFAULT_JOB_OPTIONS: JobOptions = {
   coalesceMs: 5,
   replayBytes: 512 * 1024,
   keepFinished: 16,
+  // Above a keystroke's echo under TCG on a loaded host (mvirt-pty and the
+  // shell took 1–12 ms from the agent's write to its read, bench/tty.ts at
+  // load 3–10); an echo later than this finds its reply gone ahead, as
+  // before. Keys without echo wait this long for their reply (the CLI
+  // gathers keys typed meanwhile into the next job.stdin).
+  echoWaitMs: 20,
 };
 
 export interface JobSinks {
@@ -63,6 +75,8 @@ interface Job {
   /** Run under a pty (tty.ts); its resizes, one after the other. */
   tty: boolean;
   resizing: Promise<unknown>;
+  /** Its stdin replies waiting for its echo (stdin), and their time limit. */
+  echo: { waiting: (() => void)[]; timer: NodeJS.Timeout | null };
 }
 
 export interface Jobs {
@@ -119,6 +133,15 @@ export function createJobs(
     const text = await platform.readText('/proc/vmstat');
     const m = text && /^oom_kill (\d+)$/m.exec(text);
     return m ? Number(m[1]) : null;
+  };
+
+  /** Send the stdin replies that wait for a tty job's echo. */
+  const releaseEcho = (j: Job) => {
+    if (j.echo.timer) clearTimeout(j.echo.timer);
+    j.echo.timer = null;
+    const waiting = j.echo.waiting;
+    j.echo.waiting = [];
+    for (const answer of waiting) answer();
   };
 
   const kill = (j: Job, signal: NodeJS.Signals) => {
@@ -186,6 +209,7 @@ export function createJobs(
     for (const t of j.timers) clearTimeout(t);
     j.timers.clear();
     for (const s of streams(j)) s.destroy();
+    releaseEcho(j); // now answered "not open"
     void group?.remove();
     sinks.exit(j.exit);
     remember(j);
@@ -208,6 +232,7 @@ export function createJobs(
       // under TCG with them, bench/tty.ts, against a 32 ms agent ping).
       out: createOutputSink(msg.tty ? { ...opts, coalesceMs: 0 } : opts, (c) => {
         if (!j.dropped) sinks.output({ jobId: msg.jobId, ...c });
+        if (j.echo.waiting.length > 0) releaseEcho(j);
       }),
       startedAt: platform.clock.now(),
       exit: null,
@@ -221,6 +246,7 @@ export function createJobs(
       dropped: false,
       tty: msg.tty !== undefined,
       resizing: Promise.resolve(),
+      echo: { waiting: [], timer: null },
     };
     jobs.set(j.id, j);
     if (!msg.limits && !msg.tty) return launch(j, msg, null);
@@ -361,9 +387,19 @@ export function createJobs(
       }
       // Answered once the pipe has taken the bytes: the host sends the next
       // chunk only then, so a job that reads slowly holds its writer back.
+      // A tty job's answer waits for the echo as well (releaseEcho): on
+      // the guest's one vCPU, a reply made first delays the echo by its
+      // making and sending. bench/tty.ts with both ways alternating key by
+      // key in one VM, 4 runs at load 8–11: echo 10.6, 12.4, 38.9, 97.9 ms
+      // against 13.7, 15.5, 77.5, 110 ms replying first.
       const written = new Promise<{ open: boolean }>((resolve) => {
-        const done = () => resolve({ open: !msg.eof && !s.destroyed });
-        if (msg.data.length === 0) return done();
+        const answer = () => resolve({ open: !msg.eof && !s.destroyed });
+        if (msg.data.length === 0) return answer();
+        const done = () => {
+          if (!j.tty || j.exit) return answer();
+          j.echo.waiting.push(answer);
+          j.echo.timer ??= setTimeout(() => releaseEcho(j), opts.echoWaitMs);
+        };
         // An EPIPE (the job stopped reading) ends up here as well: not open.
         s.write(msg.data, (err) => (err ? resolve({ open: false }) : done()));
       });
@@ -425,6 +461,7 @@ export function createJobs(
         j.timers.clear();
         if (j.killTimer) clearTimeout(j.killTimer);
         for (const s of streams(j)) s.destroy();
+        releaseEcho(j);
         j.out.clearReplay();
       }
       jobs.clear();

@@ -304,7 +304,10 @@ export const Exec = z.strictObject({
 });
 export type Exec = z.infer<typeof Exec>;
 
-/** With an `id`, the agent replies once the bytes are in the job's stdin pipe (backpressure): `{open}`. */
+/**
+ * With an `id`, the agent replies once the bytes are in the job's stdin pipe (backpressure): `{open}`;
+ * for a tty job, once the output they caused (the echo) has gone out too, or 20 ms without output.
+ */
 export const Stdin = z.strictObject({
   id: reqId.optional(),
   jobId,

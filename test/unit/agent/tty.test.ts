@@ -9,13 +9,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { PTY_HELPER } from '../../../images/helpers.js';
+import { TEST_AGENT_OPTIONS } from '../../../harness/agent-options.js';
 import { builtHelper } from '../../../harness/vsock-helper.js';
 import { jobOutput, nextId, startHarness, type Harness } from '../../support/agent-harness.js';
 
 let h: Harness;
 let dir: string;
 before(async () => {
-  h = await startHarness();
+  // A keystroke's reply waits this long for its echo here (20 ms in the
+  // µOS): room for a loaded machine, so the echo surely goes first.
+  h = await startHarness({ agent: { jobs: { ...TEST_AGENT_OPTIONS.jobs, echoWaitMs: 1000 } } });
   dir = mkdtempSync(path.join(os.tmpdir(), 'agent-tty-'));
   h.platform.tty.helper = await builtHelper(PTY_HELPER);
   h.platform.tty.sizeDir = path.join(dir, 'tty');
@@ -114,6 +117,46 @@ test('an interactive shell: line editing input, resize, Ctrl-C of a command, exi
   assert.equal(running(['sleep', '4712']).length, 0);
   // The size file went with the job.
   assert.deepEqual(readdirSync(h.platform.tty.sizeDir), []);
+});
+
+test('a keystroke is answered after its echo; input that echoes nothing all the same', async () => {
+  const jobId = nextId('job');
+  await exec(jobId, {
+    argv: ['sh'],
+    env: { PS1: 'prompt$ ' },
+    tty: { cols: 80, rows: 24 },
+    stdinOpen: true,
+  });
+  await outputMatches(jobId, /prompt\$ $/);
+  const ofJob = (r: (typeof h.received)[number]) =>
+    r.kind === 'output' && (r.msg as { jobId: string }).jobId === jobId;
+
+  // The echo of a key goes out before the key's reply (jobs.ts releaseEcho).
+  const since = h.received.length;
+  const id = nextId();
+  const typed = await h.request('stdin', { id, jobId, data: Buffer.from('x') });
+  assert.deepEqual(typed.result, { open: true });
+  const after = h.received.slice(since);
+  const echoAt = after.findIndex(
+    (r) => ofJob(r) && Buffer.from((r.msg as { data: Uint8Array }).data).includes('x'),
+  );
+  const replyAt = after.findIndex((r) => r.kind === 'reply' && (r.msg as { id: string }).id === id);
+  assert.ok(echoAt >= 0 && echoAt < replyAt, `echo at ${echoAt}, reply at ${replyAt}`);
+
+  // No echo (stty -echo, a read waiting for the rest of its line): answered
+  // without output, once echoWaitMs has passed.
+  await type(jobId, '\x15stty -echo; echo armed; read v; stty echo; echo "v=$v"\n');
+  await outputMatches(jobId, /armed\r\n$/);
+  const quiet = h.received.length;
+  const hidden = await h.request('stdin', { id: nextId(), jobId, data: Buffer.from('secr') });
+  assert.deepEqual(hidden.result, { open: true });
+  assert.equal(h.received.slice(quiet).filter(ofJob).length, 0);
+  await type(jobId, 'et\n');
+  await outputMatches(jobId, /v=secret\r\n/);
+
+  await type(jobId, 'exit 0\n');
+  const exit = await h.waitFor('exit', (e) => e.jobId === jobId);
+  assert.equal(exit.exitCode, 0);
 });
 
 test("job signals reach the tty job's processes; a signal that kills it is reported", async () => {
