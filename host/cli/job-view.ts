@@ -91,6 +91,10 @@ export function jobDetails(j: JobRecord, now: number): string {
     ['Timeout', j.timeoutMs ? duration(j.timeoutMs) : undefined],
     ['Limits', j.limits ? limitsText(j.limits) : undefined],
     [
+      'Terminal',
+      j.tty ? `${j.tty.cols} columns × ${j.tty.rows} rows (its size at the start)` : undefined,
+    ],
+    [
       'Used',
       j.usage
         ? `CPU ${duration(j.usage.cpuMs)}, peak memory ${(j.usage.peakMemoryBytes / 1048576).toFixed(1)} MiB`

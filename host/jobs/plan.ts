@@ -25,7 +25,10 @@ export function execShown(spec: JobSpec): Record<string, unknown> {
     ...(spec.env ? { envKeys: Object.keys(spec.env) } : {}),
     ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}),
     ...(spec.stdin !== undefined ? { stdinBytes: spec.stdin.length } : {}),
+    ...(spec.stdinOpen ? { stdinOpen: true } : {}),
     ...(spec.timeoutMs !== undefined ? { timeoutMs: spec.timeoutMs } : {}),
+    ...(spec.limits ? { limits: spec.limits } : {}),
+    ...(spec.tty ? { tty: spec.tty } : {}),
   };
 }
 
@@ -84,7 +87,11 @@ export function jobPlans(ctx: JobContext, checks: JobChecks, creatingEphemeral: 
         where = `for image ${t.image} (an ephemeral VM of its own)`;
         imagePlacement(b, spec, t.image);
       }
-      b.step('send exec to the agent');
+      b.step(
+        spec.tty
+          ? `send exec to the agent: run under a pseudo-terminal of ${spec.tty.cols} columns × ${spec.tty.rows} rows (its output all on stdout)`
+          : 'send exec to the agent',
+      );
       b.agent('exec', execShown(spec));
       if (p.wait) b.step('wait for the job to end, then answer with its output');
       if (t.kind !== 'vm') b.step('kill and delete its VM once the job ends');

@@ -12,6 +12,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { PTY_HELPER } from '../../../images/helpers.js';
 import { builtHelper } from '../../../harness/vsock-helper.js';
 import type { RequestSpy } from '../../../harness/daemon.js';
+import type { DryRunPlan } from '../../../protocol/rpc.js';
 import type { TtyOut } from '../../../host/cli/io.js';
 import { cliJobsFixture, T } from '../../support/cli-jobs.js';
 import { result, type JobDaemon } from '../../support/jobs.js';
@@ -130,6 +131,38 @@ describe('mvirt exec against mvirtd', () => {
       await j.c.call('job.run', { vm: 'svc', argv: ['true'], tty: true, wait: true }),
     );
     assert.deepEqual(done.tty, { cols: 80, rows: 24 });
+    const shown = await mvirt(['job', 'get', done.jobId]);
+    assert.equal(shown.code, 0, shown.err);
+    assert.match(shown.out, /^Terminal: +80 columns × 24 rows \(its size at the start\)$/m);
+    assert.doesNotMatch((await mvirt(['job', 'get', plain.jobId])).out, /^Terminal:/m);
+    const plan = result(
+      await j.c.call('job.run', {
+        vm: 'svc',
+        argv: ['sh'],
+        tty: true,
+        cols: 100,
+        rows: 30,
+        stdinOpen: true,
+        dryRun: true,
+      }),
+    ) as unknown as DryRunPlan;
+    assert.ok(
+      plan.steps.some((s) => /pseudo-terminal of 100 columns × 30 rows/.test(s)),
+      plan.steps.join('; '),
+    );
+    assert.deepEqual(
+      plan.commands.find((c) => c.kind === 'agent'),
+      {
+        kind: 'agent',
+        type: 'exec',
+        body: {
+          jobId: '(assigned by job.run)',
+          argv: ['sh'],
+          stdinOpen: true,
+          tty: { cols: 100, rows: 30 },
+        },
+      },
+    );
     const ended = await j.c.call('job.resize', { jobId: done.jobId, cols: 90, rows: 30 });
     assert.equal(!ended.ok && ended.error.code, 'JOB_NOT_RUNNING');
   });
