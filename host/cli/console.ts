@@ -38,11 +38,12 @@ export const consoleCommands: Command[] = [
     summary: 'Attach to the serial console of a running VM (leave with Ctrl+a t).',
     args: ['VM'],
     description:
-      'Shows the kernel and init output. Input is sent raw (Ctrl-C goes to the guest),\n' +
-      'but the default µOS runs no shell on the console, so nothing reads it: run\n' +
-      'commands with `mvirt run`. A non-terminal stdin is sent as it comes, and the\n' +
-      'console stays attached after its end until Ctrl+a t appears in it, a signal\n' +
-      'arrives, or the VM stops.',
+      "Shows the kernel and init output and the µOS's root shell on the console, an\n" +
+      'emergency shell (none on an image built with "console": "off"). Input is sent\n' +
+      'raw (Ctrl-C goes to the guest). For a shell as a job of your own, with its\n' +
+      'window size and exit code, use `mvirt exec -it VM -- sh`. A non-terminal stdin\n' +
+      'is sent as it comes, and the console stays attached after its end until\n' +
+      'Ctrl+a t appears in it, a signal arrives, or the VM stops.',
     examples: ['mvirt console web-1'],
     run: async (ctx, p) => {
       const [ref] = p.positionals;
