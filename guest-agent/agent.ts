@@ -92,6 +92,12 @@ export function createAgent(
 
   /** Encode a validated up message. Our own invalid message is a bug: say so, do not send it. */
   function encodeUp<K extends AgentUpKind>(kind: K, msg: AgentUpMessage[K]): Buffer | null {
+    // Output chunks are made in one place (jobs.ts: the exec's validated
+    // jobId, its own seq counter, the bytes read) and skip the schema: its
+    // check took 0.5–0.9 ms a chunk under TCG (against 0.3–0.4 ms for a
+    // reply; 2.7 µs against 0.8 µs natively), on every keystroke's echo.
+    // The host validates each chunk all the same (host/agent/link.ts).
+    if (kind === 'output') return encodeCbor(msg);
     const r = AGENT_UP[kind].safeParse(msg);
     if (r.success) return encodeCbor(msg);
     opts.console(`BUG: invalid ${kind} not sent: ${formatIssues(r.error)}`);
