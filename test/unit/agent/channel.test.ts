@@ -44,6 +44,35 @@ test('openPollableDevice gives a working Duplex over a pollable fd (a FIFO stand
   await once(s, 'close');
 });
 
+test(
+  'openPollableDevice hands the port one buffer per batch of writes (one transfer per MQTT packet)',
+  { timeout: 10_000 },
+  async () => {
+    const fifo = path.join(dir, 'fifo-batch');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const s = openPollableDevice(fifo);
+    const handed: number[] = [];
+    const write = s._write.bind(s);
+    s._write = (chunk: Buffer, encoding, cb) => {
+      handed.push(chunk.length);
+      write(chunk, encoding, cb);
+    };
+    // As mqtt-packet writes a PUBLISH: corked, in pieces, one of them a string.
+    s.cork();
+    s.write(Buffer.from([0x32, 9]));
+    s.write('\u0000\u0001t');
+    s.write(Buffer.from([0, 7]));
+    s.write(Buffer.from('abc'));
+    process.nextTick(() => s.uncork());
+    let got = Buffer.alloc(0);
+    while (got.length < 10) got = Buffer.concat([got, ((await once(s, 'data')) as [Buffer])[0]]);
+    assert.deepEqual([...got], [0x32, 9, 0, 1, 0x74, 0, 7, 0x61, 0x62, 0x63]);
+    assert.deepEqual(handed, [10], 'one buffer, not one per piece');
+    s.destroy();
+    await once(s, 'close');
+  },
+);
+
 test('tcp: the real Linux platform dials the broker with username = vmId and the token file as password', async () => {
   const broker = await Aedes.createBroker();
   const seen: Array<{ user: string | undefined; pass: string | undefined }> = [];
