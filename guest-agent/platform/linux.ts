@@ -216,8 +216,8 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
         how,
       );
     },
-    jobGroup: (jobId, pid) => groups.place(jobId, pid),
-    limitedGroup: (jobId, limits) => groups.limited(jobId, limits),
+    jobGroup: (_jobId, pid) => groups.place(pid),
+    limitedGroup: (_jobId, limits) => groups.limited(limits),
     killGroup(pgid, signal) {
       try {
         process.kill(-pgid, signal);

@@ -19,6 +19,15 @@ const MiB = 1024 * 1024;
 const dirs: string[] = [];
 after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
+/** Resolves once `cond` holds (groups are made ahead on a later turn). */
+async function until(cond: () => boolean, what = 'the groups made ahead'): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function fakeMount(agentCurrent: number | null, controllers = 'cpu memory pids') {
   const root = mkdtempSync(path.join(os.tmpdir(), 'mvirt-cgroup-'));
   dirs.push(root);
@@ -63,96 +72,104 @@ test('sizes: a small VM never promises more than it has', () => {
 test('place: sizes the groups once, moves the job, counts its OOM kills, removes it', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const g = await groups.place('job-abc', 4242);
+  const g = await groups.place(4242);
   assert.ok(g);
   const want = sizeGroups(231424 * 1024, 100000 * 1024, 50 * MiB);
   assert.equal(m.read('agent/memory.low'), String(want.agentLow));
   assert.equal(m.read('jobs/memory.max'), String(want.jobsMax));
-  assert.equal(m.read('jobs/job-abc/cgroup.procs'), '4242');
-  assert.equal(m.read('jobs/job-abc/memory.oom.group'), '1');
+  assert.equal(m.read('jobs/g1/cgroup.procs'), '4242');
+  assert.equal(m.read('jobs/g1/memory.oom.group'), '1');
   assert.equal(await g.oomKills(), null, 'no memory.events yet');
   writeFileSync(
-    path.join(m.root, 'jobs/job-abc/memory.events'),
+    path.join(m.root, 'jobs/g1/memory.events'),
     'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n',
   );
   assert.equal(await g.oomKills(), 1);
-  // A second job of the same id (an agent restarted under a resent exec) gets its own group.
-  const again = await groups.place('job-abc', 4243);
-  assert.ok(again);
-  assert.ok(existsSync(path.join(m.root, 'jobs')));
+  // A second job (an agent restarted under a resent exec, say) gets its own group.
+  assert.ok(await groups.place(4243));
+  assert.equal(m.read('jobs/g2/cgroup.procs'), '4243');
 });
 
-test('place: a hostile job id never names a path outside jobs/', async () => {
+test('groups made ahead: after each job, the next job finds its group made', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  assert.ok(await groups.place('../agent', 1));
-  assert.equal(m.read('jobs/job/cgroup.procs'), '1');
-  assert.equal(existsSync(path.join(m.root, 'agent', 'cgroup.procs')), false);
+  const first = await groups.place(10);
+  assert.equal(m.read('jobs/g1/cgroup.procs'), '10', 'the first job makes its own');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(existsSync(path.join(m.root, 'jobs/g2')), false, 'none made while it runs');
+  await first!.remove(); // a fake group holds files: it stays, a leftover
+  await until(() => existsSync(path.join(m.root, 'jobs/g2/memory.oom.group')));
+  assert.equal(existsSync(path.join(m.root, 'jobs/g2/cgroup.procs')), false, 'empty until a job');
+  await groups.place(11);
+  assert.equal(m.read('jobs/g2/cgroup.procs'), '11');
+});
+
+test('groups an earlier agent left: their numbers skipped, the empty ones removed', async () => {
+  const m = fakeMount(50 * MiB);
+  mkdirSync(path.join(m.root, 'jobs/g1')); // its spare, empty
+  mkdirSync(path.join(m.root, 'jobs/g2')); // a job of its own
+  writeFileSync(path.join(m.root, 'jobs/g2/cgroup.procs'), '77');
+  const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
+  const g = await groups.place(5);
+  assert.equal(m.read('jobs/g3/cgroup.procs'), '5');
+  await g!.remove();
+  await until(() => !existsSync(path.join(m.root, 'jobs/g1')));
+  assert.equal(m.read('jobs/g2/cgroup.procs'), '77', "the other agent's job untouched");
 });
 
 test('no cgroup mount (or no agent group): jobs run without groups, as before', async () => {
   const m = fakeMount(null);
-  assert.equal(
-    await createJobGroups({ root: m.root, meminfoPath: m.meminfoPath }).place('job-x', 1),
-    null,
-  );
+  assert.equal(await createJobGroups({ root: m.root, meminfoPath: m.meminfoPath }).place(1), null);
   const missing = path.join(m.root, 'nowhere');
-  assert.equal(
-    await createJobGroups({ root: missing, meminfoPath: m.meminfoPath }).place('job-x', 1),
-    null,
-  );
+  assert.equal(await createJobGroups({ root: missing, meminfoPath: m.meminfoPath }).place(1), null);
 });
 
 test('limited: memory.max and cpu.max set before the job exists; the job enters it itself', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const g = await groups.limited('job-lim', { memoryMiB: 64, cpus: 0.5 });
-  assert.equal(m.read('jobs/job-lim/memory.max'), String(64 * MiB));
-  assert.equal(m.read('jobs/job-lim/cpu.max'), '50000 100000');
-  assert.equal(m.read('jobs/job-lim/memory.oom.group'), '1');
-  assert.equal(g.procs, path.join(m.root, 'jobs/job-lim/cgroup.procs'));
+  const g = await groups.limited({ memoryMiB: 64, cpus: 0.5 });
+  assert.equal(m.read('jobs/g1/memory.max'), String(64 * MiB));
+  assert.equal(m.read('jobs/g1/cpu.max'), '50000 100000');
+  assert.equal(m.read('jobs/g1/memory.oom.group'), '1');
+  assert.equal(g.procs, path.join(m.root, 'jobs/g1/cgroup.procs'));
   assert.equal(existsSync(g.procs), false, 'no process moved in by the agent');
   // The smallest share job.run takes: 1 ms in each 100 ms, the kernel's minimum quota.
-  await groups.limited('job-tiny', { cpus: 0.01 });
-  assert.equal(m.read('jobs/job-tiny/cpu.max'), '1000 100000');
-  assert.equal(existsSync(path.join(m.root, 'jobs/job-tiny/memory.max')), false);
+  await groups.limited({ cpus: 0.01 });
+  assert.equal(m.read('jobs/g2/cpu.max'), '1000 100000');
+  assert.equal(existsSync(path.join(m.root, 'jobs/g2/memory.max')), false);
 });
 
 test('limited: refused, saying why, without groups or without a cpu controller; nothing left', async () => {
   const none = fakeMount(null);
   await assert.rejects(
-    createJobGroups({ root: none.root, meminfoPath: none.meminfoPath }).limited('job-a', {
-      memoryMiB: 8,
-    }),
+    createJobGroups({ root: none.root, meminfoPath: none.meminfoPath }).limited({ memoryMiB: 8 }),
     /cgroup v2 with memory groups/,
   );
   const m = fakeMount(50 * MiB, 'memory pids');
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  await assert.rejects(groups.limited('job-b', { cpus: 1, memoryMiB: 8 }), /no cpu controller/);
-  assert.equal(existsSync(path.join(m.root, 'jobs/job-b')), false, 'no group made');
+  await assert.rejects(groups.limited({ cpus: 1, memoryMiB: 8 }), /no cpu controller/);
+  assert.equal(existsSync(path.join(m.root, 'jobs/g1')), false, 'no group made');
   const noMem = fakeMount(50 * MiB, 'cpu pids');
   await assert.rejects(
-    createJobGroups({ root: noMem.root, meminfoPath: noMem.meminfoPath }).limited('job-c', {
-      memoryMiB: 8,
-    }),
+    createJobGroups({ root: noMem.root, meminfoPath: noMem.meminfoPath }).limited({ memoryMiB: 8 }),
     /no memory controller/,
   );
   // Without limits of its kind, the job is fine.
-  assert.ok(await groups.limited('job-d', { memoryMiB: 8 }));
+  assert.ok(await groups.limited({ memoryMiB: 8 }));
 });
 
 test('usage: CPU time from cpu.stat and the peak from memory.peak; null when unreadable', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const g = await groups.place('job-u', 7);
+  const g = await groups.place(7);
   assert.ok(g);
   assert.equal(await g.usage(), null, 'nothing to read yet');
   writeFileSync(
-    path.join(m.root, 'jobs/job-u/cpu.stat'),
+    path.join(m.root, 'jobs/g1/cpu.stat'),
     'usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n',
   );
-  writeFileSync(path.join(m.root, 'jobs/job-u/memory.peak'), `${5 * MiB}\n`);
+  writeFileSync(path.join(m.root, 'jobs/g1/memory.peak'), `${5 * MiB}\n`);
   assert.deepEqual(await g.usage(), { cpuMs: 123, peakMemoryBytes: 5 * MiB });
-  writeFileSync(path.join(m.root, 'jobs/job-u/memory.peak'), 'max\n');
+  writeFileSync(path.join(m.root, 'jobs/g1/memory.peak'), 'max\n');
   assert.equal(await g.usage(), null, 'a value that is not a count');
 });
