@@ -22,6 +22,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { VSOCK_PORT } from '../../../protocol/agent.js';
@@ -146,6 +147,10 @@ export function createQemuVsock(o: QemuVsockOptions, log: Logger): QemuVsock {
       vlog.warn({ code, signal, said: said.trim() }, 'the host vsock relay ended');
       relay = null;
     });
+    // It lives as long as mvirtd (PR_SET_PDEATHSIG), but never keeps it alive:
+    // a daemon (or a test) that is done exits, and the relay goes with it.
+    child.unref();
+    (child.stderr as Socket).unref();
     vlog.info({ pid: child.pid, port: VSOCK_PORT, dir }, 'host vsock relay listening');
     return child;
   }
