@@ -14,7 +14,7 @@ import { imagesDir } from '../harness/build.js';
 import { rpcClient } from '../harness/client.js';
 import { startTestDaemon } from '../harness/daemon.js';
 import { removeDir } from '../harness/paths.js';
-import { median, medianOf, ok, round, timedJob, type BenchRow } from './lib.js';
+import { median, medianOf, ok, pingRate, round, timedJob, type BenchRow } from './lib.js';
 
 const ROUNDS = 25;
 
@@ -106,19 +106,7 @@ export default async function jobs(): Promise<BenchRow[]> {
     c.mqtt.off('message', onMsg);
     const outRate = got / ((last - first) / 1000);
     // Raw: 8 pings in flight, each carrying 256 KiB down and back up.
-    const CHUNK = 256 * 1024;
-    const payload = new Uint8Array(CHUNK).fill(97);
-    let moved = 0;
-    const t0 = performance.now();
-    await Promise.all(
-      Array.from({ length: 8 }, async () => {
-        while (moved < BYTES) {
-          moved += CHUNK;
-          await agents.call(vm.id, 'ping', { data: payload }, 60_000);
-        }
-      }),
-    );
-    const rawRate = moved / ((performance.now() - t0) / 1000);
+    const rawRate = await pingRate(agents, vm.id, BYTES);
     rows.push(
       { name: 'job output reaching a controller', value: round(outRate / 1048576), unit: 'MiB/s' },
       {

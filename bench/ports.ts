@@ -19,12 +19,11 @@ import { imagesDir } from '../harness/build.js';
 import { rpcClient } from '../harness/client.js';
 import { startTestDaemon } from '../harness/daemon.js';
 import { removeDir } from '../harness/paths.js';
-import { median, ok, round, type BenchRow } from './lib.js';
+import { median, ok, pingRate, round, type BenchRow } from './lib.js';
 
 const FILE = 16 * 1024 * 1024;
 const PARALLEL = 4;
 const RAW_BYTES = 32 * 1024 * 1024;
-const CHUNK = 256 * 1024;
 const RUNS = 3;
 
 function download(url: string): Promise<number> {
@@ -77,20 +76,7 @@ export default async function ports(): Promise<BenchRow[]> {
       if (bytes !== PARALLEL * FILE) throw new Error(`downloaded ${bytes} of ${PARALLEL * FILE}`);
       return bytes / ((performance.now() - t0) / 1000);
     };
-    const payload = new Uint8Array(CHUNK).fill(97);
-    const rawRate = async (): Promise<number> => {
-      let moved = 0;
-      const t0 = performance.now();
-      await Promise.all(
-        Array.from({ length: 8 }, async () => {
-          while (moved < RAW_BYTES) {
-            moved += CHUNK;
-            await d.daemon.agents.call(vm.id, 'ping', { data: payload }, 120_000);
-          }
-        }),
-      );
-      return moved / ((performance.now() - t0) / 1000);
-    };
+    const rawRate = (): Promise<number> => pingRate(d.daemon.agents, vm.id, RAW_BYTES);
     // Warm-up (the TCG translation cache, the agent's first paths).
     await download(url);
     const raw: number[] = [];
