@@ -111,6 +111,13 @@ export function createQemuVsock(o: QemuVsockOptions, log: Logger): QemuVsock {
   /** CIDs handed out and not yet written to a VM folder (launches in flight). */
   const pending = new Set<number>();
 
+  /** The relay, started once (again after it ended); a failed start is tried again next time. */
+  const ensureRelay = (): Promise<ChildProcess> =>
+    (relay ??= startRelay().catch((err: unknown) => {
+      relay = null;
+      throw err;
+    }));
+
   const listenerOf = (dir: string, cid: number) =>
     listenHybridVsock(path.join(dir, String(cid)), VSOCK_PORT);
 
@@ -159,11 +166,7 @@ export function createQemuVsock(o: QemuVsockOptions, log: Logger): QemuVsock {
     unavailable,
     async lease(vmDir) {
       if (unavailable) throw new MvirtError('CAPABILITY_UNSUPPORTED', `no vsock: ${unavailable}`);
-      relay ??= startRelay().catch((err: unknown) => {
-        relay = null;
-        throw err;
-      });
-      await relay;
+      await ensureRelay();
       const cid = pickCid(vmDir, pending);
       pending.add(cid);
       try {
@@ -183,15 +186,12 @@ export function createQemuVsock(o: QemuVsockOptions, log: Logger): QemuVsock {
     async reattach(vmDir) {
       const cid = readCid(vmDir);
       if (cid === null || unavailable) return null;
-      relay ??= startRelay();
-      await relay;
+      await ensureRelay();
       return listenerOf(o.dir!, cid);
     },
     async release(vmDir) {
-      const cid = readCid(vmDir);
+      // Its socket went with its listener (closed with the process or on a failed launch).
       await rm(path.join(vmDir, CID_FILE), { force: true });
-      if (cid !== null && o.dir)
-        await rm(path.join(o.dir, `${cid}_${VSOCK_PORT}`), { force: true });
     },
     close() {
       void relay?.then((c) => c.kill('SIGTERM')).catch(() => undefined);
