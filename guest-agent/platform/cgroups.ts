@@ -151,6 +151,15 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
     }
   };
 
+  /** Remove an ended job's group, or keep it for the sweep while something still holds it. */
+  const removeGroup = (dir: string) => {
+    try {
+      rmdirSync(dir);
+    } catch {
+      leftovers.add(dir);
+    }
+  };
+
   let jobControllers: Promise<string[]> | null = null;
 
   /**
@@ -181,8 +190,9 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
   /**
    * One group made ahead while the agent is idle (after each job's exit has
    * gone out; not before the first job, which sizes the groups from the
-   * memory free then), so that a job's start only moves the job in: the mkdir and the memory.oom.group write took ~3 ms of a /bin/true
-   * round trip under TCG (agent timings, 2026-12-07). A job that finds none
+   * memory free then), so that a job's start only moves the job in: the
+   * mkdir and the memory.oom.group write took ~3 ms of a /bin/true round
+   * trip under TCG (agent timings, 2026-12-07). A job that finds none
    * (the first of several at once) makes its own.
    */
   let spare: string | null = null;
@@ -219,11 +229,7 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
       return { cpuMs: Math.round(Number(cpu[1]) / 1000), peakMemoryBytes: peak };
     },
     async remove() {
-      try {
-        rmdirSync(dir);
-      } catch {
-        leftovers.add(dir);
-      }
+      removeGroup(dir);
       refill();
     },
   });
@@ -273,11 +279,7 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
           await writeFile(path.join(dir, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`);
         }
       } catch (err) {
-        try {
-          rmdirSync(dir);
-        } catch {
-          leftovers.add(dir);
-        }
+        removeGroup(dir);
         throw err;
       }
       return { ...groupAt(dir), procs: path.join(dir, 'cgroup.procs') };
