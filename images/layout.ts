@@ -23,7 +23,7 @@ import { type DebInput } from './debian.js';
 import { walkSorted } from './hash.js';
 import { INITRAMFS_DIR } from './paths.js';
 import { type ResolvedRecipe } from './recipe.js';
-import { run, squashfsEnv } from './run.js';
+import { makeSquashfs, run } from './run.js';
 import { buildHelper, HELPERS } from './helpers.js';
 import { assertNoSymlinkDirs, configurePackages, ldconfig } from './deb-configure.js';
 import { createProgress, type Progress } from './progress.js';
@@ -213,32 +213,13 @@ export async function buildRootfs(a: {
   // image (images/README.md, Size): xz with 1 MiB blocks was 22% smaller but
   // doubled the agent's start under TCG, zstd -19 with 1 MiB blocks 7%
   // smaller and slower to boot; every page fault decompresses a whole block.
-  const comp = a.recipe.rootfs.compression;
-  await run(
-    'mksquashfs',
-    [
-      stage,
-      a.outFile,
-      '-noappend',
-      '-quiet',
-      '-no-progress',
-      '-comp',
-      comp,
-      ...(comp === 'zstd'
-        ? ['-Xcompression-level', String(a.recipe.rootfs.level ?? 15)]
-        : comp === 'lz4'
-          ? ['-Xhc']
-          : []),
-      '-reproducible',
-      '-mkfs-time',
-      String(a.sde),
-      '-all-time',
-      String(a.sde),
-      '-all-root',
-      '-no-xattrs',
-    ],
-    { env: squashfsEnv() },
-  );
+  await makeSquashfs({
+    stage,
+    out: a.outFile,
+    comp: a.recipe.rootfs.compression,
+    ...(a.recipe.rootfs.level !== undefined ? { level: a.recipe.rootfs.level } : {}),
+    sde: a.sde,
+  });
 }
 
 /**

@@ -60,11 +60,44 @@ export function run(
 }
 
 /**
- * The environment for mksquashfs: squashfs-tools 4.5 refuses -mkfs-time and
- * -all-time while SOURCE_DATE_EPOCH is set ("can't be used at the same
- * time"), and the builders pass the time themselves (from that variable).
+ * A squashfs of `stage` made reproducibly: every time `sde` (the builders'
+ * SOURCE_DATE_EPOCH), fixed order, no xattrs, owners root unless `keepOwners`.
+ * squashfs-tools 4.5 refuses -mkfs-time and -all-time while SOURCE_DATE_EPOCH
+ * is set ("can't be used at the same time"), so it runs without it.
  */
-export function squashfsEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const { SOURCE_DATE_EPOCH: _given, ...rest } = env;
-  return rest;
+export async function makeSquashfs(o: {
+  stage: string;
+  out: string;
+  comp: 'zstd' | 'xz' | 'lz4' | 'gzip';
+  /** zstd's level. */
+  level?: number;
+  sde: number;
+  keepOwners?: boolean;
+}): Promise<void> {
+  const { SOURCE_DATE_EPOCH: _given, ...env } = process.env;
+  await run(
+    'mksquashfs',
+    [
+      o.stage,
+      o.out,
+      '-noappend',
+      '-quiet',
+      '-no-progress',
+      '-comp',
+      o.comp,
+      ...(o.comp === 'zstd'
+        ? ['-Xcompression-level', String(o.level ?? 15)]
+        : o.comp === 'lz4'
+          ? ['-Xhc']
+          : []),
+      '-reproducible',
+      '-mkfs-time',
+      String(o.sde),
+      '-all-time',
+      String(o.sde),
+      ...(o.keepOwners ? [] : ['-all-root']),
+      '-no-xattrs',
+    ],
+    { env },
+  );
 }
