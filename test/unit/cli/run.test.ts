@@ -233,14 +233,37 @@ describe('mvirt run against mvirtd', () => {
 
   it('writes the bytes the job wrote, unchanged (not UTF-8 too)', T, async () => {
     // Every byte value, twice, in a file the job cats (the fake VMs' jobs run on this host).
-    const file = goFile('all-bytes');
+    const [file, go] = [goFile('all-bytes'), goFile('all-bytes-go')];
     const all = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i))]);
     const data = Buffer.concat([all, randomBytes(300_000), all]);
     await writeFile(file, data);
-    const io = newIo();
-    const r = await mvirt(['run', '--vm', 'svc', '--', 'cat', file], io);
+    // This daemon keeps RETAIN (4 KiB) of a job's output: the bytes must come
+    // live, so the job cats only once mvirt follows it (job.logs is asked after
+    // the subscription stands). A job that won that race once lost its first
+    // 128 KiB chunk to retention (CI, 2026-12-06).
+    const script = 'until [ -e "$1" ]; do sleep 0.01; done; cat "$2"';
+    const { done, io } = await started([
+      'run',
+      '--vm',
+      'svc',
+      '--',
+      'sh',
+      '-c',
+      script,
+      'sh',
+      go,
+      file,
+    ]);
+    await open(go);
+    const r = await done;
     assert.equal(r.code, 0, r.err);
-    assert.ok(io.outBytes().equals(data), 'byte-identical');
+    assert.equal(r.err, '', 'no output lost to retention');
+    const out = io.outBytes();
+    const at = [...data].findIndex((b, i) => out[i] !== b);
+    assert.ok(
+      out.equals(data),
+      `byte-identical: ${out.length} of ${data.length} bytes, first difference at ${at}; stderr: ${r.err}`,
+    );
   });
 
   it('a job that ends without reading a stdin that never ends: mvirt ends with it', T, async () => {
