@@ -1,10 +1,11 @@
 /** The `mvirt` program (built to dist/cli.cjs, started by bin/mvirt.js through dist/mvirt.js, start.ts). */
-import { processIo } from './io.js';
+import { processIo, stdinOpened } from './io.js';
 import { runCli } from './run.js';
 
-// Whatever happens, never leave the user's terminal in raw mode.
+// Whatever happens, never leave the user's terminal in raw mode (only a
+// command that opened stdin can have set it: io.ts).
 process.on('exit', () => {
-  if (process.stdin.isTTY) process.stdin.setRawMode(false);
+  if (stdinOpened() && process.stdin.isTTY) process.stdin.setRawMode(false);
 });
 
 // A reader that goes away (`mvirt events -f | grep -m1 …`) is a normal end, not a crash.
