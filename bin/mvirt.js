@@ -1,2 +1,3 @@
 #!/usr/bin/env node
-import '../dist/mvirt.js';
+// CommonJS (bin/package.json): Node then starts without its ES module loader (scripts/build.mjs).
+require('../dist/mvirt.cjs');

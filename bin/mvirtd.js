@@ -1,2 +1,3 @@
 #!/usr/bin/env node
-import '../dist/mvirtd.js';
+// bin/ is CommonJS (bin/package.json, for mvirt.js); mvirtd is an ES module bundle.
+import('../dist/mvirtd.js');

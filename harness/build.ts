@@ -11,10 +11,10 @@ import path from 'node:path';
 import { buildImage } from '../images/build.js';
 import { REPO } from './paths.js';
 
-/** The built programs (dist/mvirtd.js, dist/mvirt.js with dist/cli.cjs, and the dashboard beside them). */
+/** The built programs (dist/mvirtd.js, dist/mvirt.cjs with dist/cli.cjs, and the dashboard beside them). */
 export const DIST = {
   mvirtd: path.join(REPO, 'dist/mvirtd.js'),
-  mvirt: path.join(REPO, 'dist/mvirt.js'),
+  mvirt: path.join(REPO, 'dist/mvirt.cjs'),
   cli: path.join(REPO, 'dist/cli.cjs'),
   dashboard: path.join(REPO, 'dist/dashboard/index.html'),
 };

@@ -89,14 +89,27 @@ function writeCache(file: string, data: Buffer): void {
 }
 
 /**
+ * What a cache file starts with: its bundle's `tag` (the build's sha256 of
+ * it, start.ts), padded to 128 bytes. V8 checks a cache against the length of
+ * its source, not its text: a rebuild of the same length in the same file
+ * (its inode kept, so the same cache file) ran the old build's compiled code
+ * (a bundle whose `+ 42` became `+ 43` still gave 42, Node 20).
+ */
+function cacheHead(tag: string): Buffer {
+  return Buffer.from(`mvirt code cache ${tag}`.slice(0, 127).padEnd(127) + '\n', 'latin1');
+}
+
+/**
  * Run `file` (CommonJS) as Node would require it, with the code cache in
- * `cacheFile` (null: none). Returns its module.exports and what became of the
- * cache; a cache that was missing or rejected is written when the process exits,
- * so that it holds everything this run compiled.
+ * `cacheFile` (null: none), made for the bundle `tag` names. Returns its
+ * module.exports and what became of the cache; a cache that was missing or
+ * rejected is written when the process exits, so that it holds everything
+ * this run compiled.
  */
 export function runCached(
   file: string,
   cacheFile: string | null,
+  tag = '',
 ): { exports: unknown; cache: CacheUse } {
   const require = createRequire(file);
   if (cacheFile === null || !cacheSupported()) return { exports: require(file), cache: 'off' };
@@ -104,7 +117,14 @@ export function runCached(
     v8.setFlagsFromString('--verify-snapshot-checksum');
     checksumsOn = true;
   }
-  const cachedData = readCache(cacheFile);
+  const head = cacheHead(tag);
+  const stored = readCache(cacheFile);
+  const cachedData =
+    stored !== undefined &&
+    stored.length > head.length &&
+    head.equals(stored.subarray(0, head.length))
+      ? stored.subarray(head.length)
+      : undefined;
   // Node's own CommonJS wrapper, so the bundle sees what require() would give it.
   const source = `(function (exports, require, module, __filename, __dirname) { ${readSource(file)}\n})`;
   const script = new vm.Script(source, {
@@ -113,11 +133,15 @@ export function runCached(
     importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
   });
   const cache: CacheUse =
-    cachedData === undefined ? 'missing' : script.cachedDataRejected ? 'rejected' : 'hit';
+    stored === undefined
+      ? 'missing'
+      : cachedData === undefined || script.cachedDataRejected
+        ? 'rejected'
+        : 'hit';
   if (cache !== 'hit')
     process.once('exit', () => {
       try {
-        writeCache(cacheFile, script.createCachedData());
+        writeCache(cacheFile, Buffer.concat([head, script.createCachedData()]));
       } catch {
         // no cache this time
       }
@@ -131,10 +155,11 @@ export function runCached(
 /**
  * Where the CLI keeps its code cache: `$MVIRT_CACHE_DIR/code`, else
  * `${XDG_CACHE_HOME:-~/.cache}/mvirt/code`; null when there is no home. One
- * file per bundle (by its device and inode, which a rebuild keeps: V8 rejects
- * the stale cache and it is rewritten in place), V8 version and `part`: a
- * cache holds what its first run compiled, and `mvirt vm ls` compiles other
- * code than `mvirt --help` (start.ts keys it by the command's first word).
+ * file per bundle (by its device and inode, which a rebuild keeps: the stale
+ * cache is told by its tag, cacheHead, and rewritten in place), V8 version
+ * and `part`: a cache holds what its first run compiled, and `mvirt vm ls`
+ * compiles other code than `mvirt --help` (start.ts keys it by the command's
+ * first word).
  */
 export function cacheFileFor(
   bundle: string,

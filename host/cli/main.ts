@@ -1,4 +1,4 @@
-/** The `mvirt` program (built to dist/cli.cjs, started by bin/mvirt.js through dist/mvirt.js, start.ts). */
+/** The `mvirt` program (built to dist/cli.cjs, started by bin/mvirt.js through dist/mvirt.cjs, start.ts). */
 import { processIo, stdinOpened } from './io.js';
 import { runCli } from './run.js';
 

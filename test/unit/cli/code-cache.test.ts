@@ -26,10 +26,10 @@ import { cacheFileFor, cacheSupported } from '../../../host/cli/code-cache.js';
 const LOADER = path.join(REPO, 'host/cli/code-cache.ts');
 
 /** Run `bundle` through runCached in a fresh Node; what it printed and what became of the cache. */
-function run(bundle: string, cacheFile: string): { cache: string; out: string } {
+function run(bundle: string, cacheFile: string, tag = ''): { cache: string; out: string } {
   const code =
     `import { runCached } from ${JSON.stringify(LOADER)};\n` +
-    `const r = runCached(${JSON.stringify(bundle)}, ${JSON.stringify(cacheFile)});\n` +
+    `const r = runCached(${JSON.stringify(bundle)}, ${JSON.stringify(cacheFile)}, ${JSON.stringify(tag)});\n` +
     `process.stderr.write('cache=' + r.cache + '\\n');`;
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
     cwd: REPO,
@@ -90,6 +90,19 @@ describe('code cache', () => {
     writeFileSync(bundle, bundleText(7));
     assert.deepEqual(run(bundle, cache), { cache: 'rejected', out: `7 function ${bundle}` });
     assert.equal(run(bundle, cache).cache, 'hit');
+  });
+
+  it('a rebuild of the same length is told by its tag, which V8 alone would not see', () => {
+    writeFileSync(bundle, bundleText(42));
+    run(bundle, cache, 'build-1');
+    assert.equal(run(bundle, cache, 'build-1').cache, 'hit');
+    writeFileSync(bundle, bundleText(43)); // the same length, in the same file
+    assert.deepEqual(run(bundle, cache, 'build-2'), {
+      cache: 'rejected',
+      out: `43 function ${bundle}`,
+    });
+    assert.deepEqual(run(bundle, cache, 'build-2'), { cache: 'hit', out: `43 function ${bundle}` });
+    writeFileSync(bundle, bundleText(7)); // as the tests after this one have it
   });
 
   it('a cache others could have written is not used; one that cannot be written costs nothing', () => {
