@@ -44,6 +44,16 @@ export interface RestoreSource {
 /** Entropy handed to a guest per boot and per sync (mixed into its pool). */
 const ENTROPY_BYTES = 64;
 
+/**
+ * What the agent's clock step may take beyond an ordinary call: up to 3
+ * rounds, each waiting up to a second for the next whole one and then
+ * running busybox `date` (up to 0.5 s counted: guest-agent/platform/clock.ts).
+ * Given only the ordinary 5 s, a sync under load (2 forks, load 17–25 on 2
+ * cores, 2026-12-07) ended without a result and its restore was recorded
+ * unsynced: snapshots-qemu's fork test failed with "no restore report".
+ */
+const SYNC_STEP_MS = 3 * (1000 + 500);
+
 /** Who the VM is, as its guest reads it (protocol/agent.ts Identity). */
 export function identityFor(vm: VmRecord, net: BootNetwork, generation: number): Uint8Array {
   const ip = net.cmdline[CMDLINE_KEYS.ip];
@@ -150,7 +160,7 @@ export function restorePart(ctx: VmContext) {
       live.id,
       'sync',
       { nowMs: Date.now(), entropy: randomBytes(ENTROPY_BYTES) },
-      ctx.options.agentCallTimeoutMs,
+      ctx.options.agentCallTimeoutMs + SYNC_STEP_MS,
     );
     const res = SyncResult.parse(raw);
     const network = res.network ?? hello.restored?.network;
