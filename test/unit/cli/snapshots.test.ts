@@ -148,10 +148,12 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
     assert.match(r.err, /^ {2}src: ready \(state saved\) after/m);
     assert.equal(result(await f.j.c.call('vm.get', { vm: 'src' })).state, 'ready');
 
+    // Made within the test: "just now", or seconds ago on a loaded machine
+    // ("2s ago" at load 15, 2026-12-07).
     r = await mvirt(['snapshot', 'ls']);
     assert.match(
       r.out,
-      /^NAME +ID +VM +IMAGE +SIZE +VCPUS +MEMORY +MACHINE +CREATED\nwarm +snap-\w+ +src +default +64 KiB +1 +256 MiB +fake-machine +just now\n$/,
+      /^NAME +ID +VM +IMAGE +SIZE +VCPUS +MEMORY +MACHINE +CREATED\nwarm +snap-\w+ +src +default +64 KiB +1 +256 MiB +fake-machine +(just now|\d+s ago)\n$/,
     );
     const [snap] = JSON.parse((await mvirt(['snapshot', 'ls', '--json', '--vm', 'src'])).out)
       .snapshots as { id: string; name: string; bytes: number; source: { vm: string } }[];
@@ -196,8 +198,14 @@ describe('mvirt snapshots, suspend and forks against mvirtd', () => {
 
     r = await mvirt(['vm', 'ls']);
     assert.match(r.out, /^NAME +ID +STATE +VCPUS +MEMORY +KIND +IMAGE +FROM +CREATED$/m);
-    assert.match(r.out, /^src +vm-\w+ +ready +1 +256 MiB +service +default +- +just now$/m);
-    assert.match(r.out, /^w-1 +vm-\w+ +ready +1 +256 MiB +service +default +warm +just now$/m);
+    assert.match(
+      r.out,
+      /^src +vm-\w+ +ready +1 +256 MiB +service +default +- +(just now|\d+s ago)$/m,
+    );
+    assert.match(
+      r.out,
+      /^w-1 +vm-\w+ +ready +1 +256 MiB +service +default +warm +(just now|\d+s ago)$/m,
+    );
     r = await mvirt(['vm', 'get', 'w-2']);
     assert.match(r.out, new RegExp(`^Restored from: +warm \\(${snap.id}\\)$`, 'm'));
     assert.match(
