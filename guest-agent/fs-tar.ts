@@ -15,20 +15,25 @@ export interface PullReader {
 }
 
 export function createTar(platform: Platform) {
+  type Proc = ReturnType<Platform['spawn']>;
+
   /** Run tar to its end: null when it succeeded, else why not (its stderr's tail). */
   function run(argv: string[]): Promise<string | null> {
     const proc = platform.spawn({ argv, env: platform.jobEnv() });
-    proc.stdin?.end();
-    proc.stdout?.resume();
-    return exitOf(proc, proc.stderr);
+    const done = exitOf(proc);
+    // A Proc's streams are there from its 'spawn' on (the launcher's are opened then).
+    proc.on('spawn', () => {
+      proc.stdin?.end();
+      proc.stdout?.resume();
+    });
+    return done;
   }
 
-  function exitOf(
-    proc: ReturnType<Platform['spawn']>,
-    stderr: Readable | null,
-  ): Promise<string | null> {
+  function exitOf(proc: Proc): Promise<string | null> {
     let text = '';
-    stderr?.setEncoding('utf8').on('data', (d: string) => (text = (text + d).slice(-1024)));
+    proc.on('spawn', () =>
+      proc.stderr?.setEncoding('utf8').on('data', (d: string) => (text = (text + d).slice(-1024))),
+    );
     return new Promise((resolve) => {
       proc.on('error', (err) => resolve(err.message));
       proc.on('exit', (code, signal) =>
@@ -43,16 +48,30 @@ export function createTar(platform: Platform) {
       argv: ['tar', '-c', '-f', '-', '-C', dir, '.'],
       env: platform.jobEnv(),
     });
-    proc.stdin?.end();
-    const out = proc.stdout!;
-    const done = exitOf(proc, proc.stderr);
+    const done = exitOf(proc);
     let ended = false;
-    out.on('end', () => (ended = true));
-    out.on('error', () => (ended = true));
+    let killed = false;
+    const kill = () => {
+      killed = true;
+      if (proc.pid) platform.killGroup(proc.pid, 'SIGKILL');
+    };
+    // Its stdout once spawned; null: it never was (`done` says why).
+    const spawned = new Promise<Readable | null>((resolve) => {
+      proc.on('error', () => resolve(null));
+      proc.on('spawn', () => {
+        proc.stdin?.end();
+        const out = proc.stdout!;
+        out.on('end', () => (ended = true));
+        out.on('error', () => (ended = true));
+        if (killed) kill();
+        resolve(out);
+      });
+    });
     async function read(n: number): Promise<Buffer> {
+      const out = await spawned;
       const parts: Buffer[] = [];
       let have = 0;
-      while (have < n) {
+      while (out && have < n) {
         const b = out.read(Math.min(n - have, out.readableLength || n - have)) as Buffer | null;
         if (b) {
           parts.push(b);
@@ -74,13 +93,7 @@ export function createTar(platform: Platform) {
       }
       return Buffer.concat(parts);
     }
-    return {
-      read,
-      done,
-      kill: () => {
-        if (proc.pid) platform.killGroup(proc.pid, 'SIGKILL');
-      },
-    };
+    return { read, done, kill };
   }
 
   /** Unpack the archive `file` into the directory `dir`: null when it succeeded, else why not. */

@@ -34,8 +34,20 @@ export const PTY_HELPER: Helper = {
   dest: 'usr/libexec/mvirt/mvirt-pty',
 };
 
+/** Forks and execs jobs for the agent, which then never forks itself (initramfs/src/mvirt-launch.c). */
+export const LAUNCH_HELPER: Helper = {
+  src: path.join(INITRAMFS_DIR, 'src', 'mvirt-launch.c'),
+  /** The agent's LAUNCH_HELPER (guest-agent/platform/launcher.ts). */
+  dest: 'usr/libexec/mvirt/mvirt-launch',
+};
+
 /** Every helper an image carries. */
-export const HELPERS: readonly Helper[] = [VSOCK_HELPER, IMAGE_EXEC_HELPER, PTY_HELPER];
+export const HELPERS: readonly Helper[] = [
+  VSOCK_HELPER,
+  IMAGE_EXEC_HELPER,
+  PTY_HELPER,
+  LAUNCH_HELPER,
+];
 
 /**
  * The sha256 (hex) of what a helper is built from: its source and the
@@ -52,12 +64,21 @@ export function helperHash(helper: Helper): string {
   return h.digest('hex');
 }
 
+/** The compiler's arguments that build `helper` into `outFile`. */
+export const helperCcArgs = (helper: Helper, outFile: string): string[] => [
+  '-static',
+  '-Os',
+  '-s',
+  '-Wall',
+  '-Wextra',
+  '-Werror',
+  '-o',
+  outFile,
+  helper.src,
+];
+
 export async function buildHelper(helper: Helper, outFile: string): Promise<void> {
-  await run(
-    'cc',
-    ['-static', '-Os', '-s', '-Wall', '-Wextra', '-Werror', '-o', outFile, helper.src],
-    { code: 'BUILD_FAILED' },
-  );
+  await run('cc', helperCcArgs(helper, outFile), { code: 'BUILD_FAILED' });
 }
 
 export const buildVsockHelper = (outFile: string): Promise<void> =>

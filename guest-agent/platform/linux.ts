@@ -1,5 +1,5 @@
 /** The real Platform: Linux, as seen from inside the µOS (busybox init is PID 1). */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
 import {
   chmod,
@@ -22,7 +22,6 @@ import {
   type ChannelSpec,
   type NicConfig,
   type Platform,
-  type Proc,
   type SpawnRequest,
   type PowerAction,
 } from './types.js';
@@ -35,6 +34,7 @@ import { inImage, readImageRuntime } from './image.js';
 import type { ImageRuntime } from '../../protocol/image.js';
 import { PTY_HELPER, TTY_SIZE_DIR } from '../tty.js';
 import { createNodeFs } from './files.js';
+import { LAUNCH_HELPER, launcherAt } from './launcher.js';
 import type { SeedIo } from '../cloud-init.js';
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -131,7 +131,7 @@ function openTcp(
  * does), since the lookup happens inside the root. A limited job enters its
  * group first, as below.
  */
-function spawnInImage(image: ImageRuntime, req: SpawnRequest, ptyHelper: string): Proc {
+function imageRequest(image: ImageRuntime, req: SpawnRequest, ptyHelper: string): SpawnRequest {
   // A tty job (`mvirt-pty … -- CMD`): the pty helper is the µOS's and stays
   // outside; only its command enters the image.
   const sep = req.argv[0] === ptyHelper ? req.argv.indexOf('--') : -1;
@@ -139,9 +139,24 @@ function spawnInImage(image: ImageRuntime, req: SpawnRequest, ptyHelper: string)
     sep > 0
       ? [...req.argv.slice(0, sep + 1), ...inImage(image, req.argv.slice(sep + 1), req.cwd)]
       : inImage(image, req.argv, req.cwd);
-  const how = { env: req.env, detached: true, stdio: 'pipe' } as const;
-  if (req.enterGroup === undefined) return spawn(argv[0]!, argv.slice(1), how);
-  return spawn('/bin/sh', ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...argv], how);
+  return { argv, env: req.env, enterGroup: req.enterGroup };
+}
+
+/** A job spawned by Node (which forks the agent): where there is no launcher, or it failed. */
+function nodeSpawn(req: SpawnRequest): ChildProcess {
+  const [file, ...args] = req.argv as [string, ...string[]];
+  // detached: setsid(), so the job leads its own process group and a
+  // kill of -pid reaches every descendant that did not leave it.
+  const how = { env: req.env, cwd: req.cwd, detached: true, stdio: 'pipe' } as const;
+  // A command that cannot be run is left to Node's own spawn, so that it
+  // fails the same way (ENOENT, EACCES) with or without limits.
+  if (req.enterGroup === undefined || !runnable(file, req.env.PATH, req.cwd))
+    return spawn(file, args, how);
+  // A limited job enters its group before its command runs: `echo 0` into
+  // cgroup.procs moves the writer, and the exec keeps the group. Moving it
+  // after the spawn (as unlimited jobs are) would leave what it allocates
+  // first charged outside its cap. One busybox sh more per limited job.
+  return spawn('/bin/sh', ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...req.argv], how);
 }
 
 export interface LinuxPlatformOptions {
@@ -155,6 +170,8 @@ export interface LinuxPlatformOptions {
   image?: ImageRuntime | null;
   /** tty jobs' pty helper and size files (default PTY_HELPER, TTY_SIZE_DIR). */
   tty?: { helper: string; sizeDir: string };
+  /** The job launcher (default LAUNCH_HELPER); null or absent on disk: Node spawns jobs. */
+  launcher?: string | null;
 }
 
 /** Whether `file` names an executable file, as execvp would look for it. */
@@ -194,27 +211,13 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
   });
 
   const ttyPlaces = o.tty ?? { helper: PTY_HELPER, sizeDir: TTY_SIZE_DIR };
+  const launcherPath = o.launcher === undefined ? LAUNCH_HELPER : o.launcher;
+  const launcher = launcherPath === null ? null : launcherAt(launcherPath);
   return {
     image,
     spawn(req) {
-      if (image !== null) return spawnInImage(image, req, ttyPlaces.helper);
-      const [file, ...args] = req.argv as [string, ...string[]];
-      // detached: setsid(), so the job leads its own process group and a
-      // kill of -pid reaches every descendant that did not leave it.
-      const how = { env: req.env, cwd: req.cwd, detached: true, stdio: 'pipe' } as const;
-      // A command that cannot be run is left to Node's own spawn, so that it
-      // fails the same way (ENOENT, EACCES) with or without limits.
-      if (req.enterGroup === undefined || !runnable(file, req.env.PATH, req.cwd))
-        return spawn(file, args, how);
-      // A limited job enters its group before its command runs: `echo 0` into
-      // cgroup.procs moves the writer, and the exec keeps the group. Moving it
-      // after the spawn (as unlimited jobs are) would leave what it allocates
-      // first charged outside its cap. One busybox sh more per limited job.
-      return spawn(
-        '/bin/sh',
-        ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...req.argv],
-        how,
-      );
+      const r = image === null ? req : imageRequest(image, req, ttyPlaces.helper);
+      return launcher ? launcher.spawn(r, () => nodeSpawn(r)) : nodeSpawn(r);
     },
     jobGroup: (_jobId, pid) => groups.place(pid),
     limitedGroup: (_jobId, limits) => groups.limited(limits),
@@ -296,7 +299,10 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       }
     },
     setClock: (nowMs) => clock.set(nowMs),
-    prepare: () => helper.warm(),
+    prepare() {
+      helper.warm();
+      launcher?.warm();
+    },
     async mixEntropy(bytes) {
       // Written bytes are mixed into the pool but not credited: crediting
       // needs the RNDADDENTROPY ioctl, which Node cannot make. Restores are

@@ -8,7 +8,11 @@ import type { Channel, JobLimits, JobUsage } from '../../protocol/agent.js';
 import type { ImageRuntime } from '../../protocol/image.js';
 import type { GuestFs } from './files.js';
 
-/** What the core needs from a spawned process (a structural subset of ChildProcess). */
+/**
+ * What the core needs from a spawned process (a structural subset of
+ * ChildProcess). Its pid and streams are there from its 'spawn' event on
+ * (a job the launcher starts has them only then: ./launcher.ts).
+ */
 export interface Proc {
   /** Undefined when the spawn failed; the error then arrives as an 'error' event. */
   readonly pid?: number | undefined;
