@@ -15,7 +15,7 @@ import { createLinuxPlatform } from '../guest-agent/platform/linux.js';
 import type { Platform, PowerAction } from '../guest-agent/platform/types.js';
 import type { Settings } from '../guest-agent/settings.js';
 import { TEST_AGENT_OPTIONS } from './agent-options.js';
-import { builtHelperPath, FAKE_TTY_DIR } from './vsock-helper.js';
+import { builtHelperPath, FAKE_TTY_DIR, launcherForTests } from './vsock-helper.js';
 import type { FakeHypervisor, FakeVm, RealGuest } from './fake-vm-types.js';
 
 /** Members of process group `pgid` that are still alive (zombies are dead: excluded). */
@@ -71,7 +71,10 @@ const REAL_AGENT_DEFAULTS: AgentOptions = {
 
 /** Boot the real agent core for `vm` (at launch, and again after each guest reboot). */
 export function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
-  const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const linux = createLinuxPlatform({
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    launcher: launcherForTests(),
+  });
   const settings: Settings = {
     vmId: vm.vmId,
     root: vm.root,

@@ -6,10 +6,18 @@
  * Cached by the source's hash under test-output/; concurrent builders each
  * write their own file and rename it into place.
  */
-import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { buildHelper, helperHash, VSOCK_HELPER, type Helper } from '../images/helpers.js';
+import {
+  buildHelper,
+  helperCcArgs,
+  helperHash,
+  LAUNCH_HELPER,
+  VSOCK_HELPER,
+  type Helper,
+} from '../images/helpers.js';
 import { REPO } from './paths.js';
 
 /** Where a helper's build for this host goes (named by the hash of what it is built from). */
@@ -43,3 +51,23 @@ export async function builtHelper(helper: Helper): Promise<string> {
 }
 
 export const vsockHelper = (): Promise<string> => builtHelper(VSOCK_HELPER);
+
+/**
+ * The job launcher built for this host, built now if no test has yet: fake
+ * guests and the agent tests' platform start their jobs through it, as the
+ * µOS's agent does. Synchronous (one cc run, about a second, once per
+ * source): the platforms that use it are made synchronously.
+ */
+export function launcherForTests(): string {
+  const out = builtPath(LAUNCH_HELPER);
+  if (existsSync(out)) return out;
+  mkdirSync(path.dirname(out), { recursive: true });
+  const tmp = `${out}.${process.pid}.tmp`;
+  try {
+    execFileSync('cc', helperCcArgs(LAUNCH_HELPER, tmp), { stdio: ['ignore', 'ignore', 'pipe'] });
+    renameSync(tmp, out);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  return out;
+}

@@ -16,7 +16,7 @@ import { openRelay } from '../../guest-agent/platform/vsock.js';
 import type { Platform } from '../../guest-agent/platform/types.js';
 import type { Settings } from '../../guest-agent/settings.js';
 import { TEST_AGENT_OPTIONS } from '../agent-options.js';
-import { FAKE_TTY_DIR, vsockHelper } from '../vsock-helper.js';
+import { FAKE_TTY_DIR, launcherForTests, vsockHelper } from '../vsock-helper.js';
 
 const env = (k: string): string => {
   const v = process.env[k];
@@ -29,7 +29,10 @@ const vsockPath = env('FAKE_VSOCK_PATH');
 const cmdline = process.env.FAKE_CMDLINE ?? '';
 const helper = await vsockHelper();
 
-const linux = createLinuxPlatform({ env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+const linux = createLinuxPlatform({
+  env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+  launcher: launcherForTests(),
+});
 const settings: Settings = {
   vmId,
   root,

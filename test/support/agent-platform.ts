@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { createLinuxPlatform } from '../../guest-agent/platform/linux.js';
+import { launcherForTests } from '../../harness/vsock-helper.js';
 import type {
   ChannelSpec,
   NicConfig,
@@ -108,6 +109,7 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
   const linux = createLinuxPlatform({
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
     image: null,
+    launcher: launcherForTests(),
   });
   const events = new EventEmitter();
   const p: FakePlatform = {
