@@ -277,42 +277,46 @@ export function createLauncher(helper: string): Launcher {
       string,
       string,
     ];
-    const opened: number[] = [];
+    // The three opened first, then wrapped: a failure leaves nothing half-owned.
+    let fd: [number | null, number, number];
     try {
-      let stdin: Writable;
+      let stdin: number | null = null;
       try {
-        const fd = openSync(fds[0], fsc.O_WRONLY | fsc.O_NONBLOCK);
-        opened.push(fd);
-        stdin = new Socket({ fd, readable: false, writable: true });
+        stdin = openSync(fds[0], fsc.O_WRONLY | fsc.O_NONBLOCK);
       } catch (err) {
         // ENXIO: no reader: the job closed its stdin already.
         if ((err as NodeJS.ErrnoException).code !== 'ENXIO') throw err;
-        stdin = closedStdin();
       }
-      const out = openSync(fds[1], fsc.O_RDONLY | fsc.O_NONBLOCK);
-      opened.push(out);
-      const err = openSync(fds[2], fsc.O_RDONLY | fsc.O_NONBLOCK);
-      opened.push(err);
-      c.stdin!.write(closeFrame(id));
-      failedStarts = 0;
-      running.set(pid, p.proc);
-      p.proc.started(
-        pid,
-        stdin,
-        new Socket({ fd: out, readable: true, writable: false }),
-        new Socket({ fd: err, readable: true, writable: false }),
-      );
+      const opened: number[] = stdin === null ? [] : [stdin];
+      try {
+        opened.push(openSync(fds[1], fsc.O_RDONLY | fsc.O_NONBLOCK));
+        opened.push(openSync(fds[2], fsc.O_RDONLY | fsc.O_NONBLOCK));
+      } catch (err) {
+        for (const n of opened) closeSync(n);
+        throw err;
+      }
+      fd = [stdin, opened.at(-2)!, opened.at(-1)!];
     } catch (err) {
       // Started, but its pipes cannot be had (the launcher died meanwhile):
       // it must not run unseen. A spawn error, never a second run.
-      for (const fd of opened) closeSync(fd);
+      c.stdin!.write(closeFrame(id));
       try {
         process.kill(-pid, 'SIGKILL');
       } catch {
         /* gone */
       }
       p.proc.emit('error', new Error(`cannot open the job's pipes: ${(err as Error).message}`));
+      return;
     }
+    c.stdin!.write(closeFrame(id));
+    failedStarts = 0;
+    running.set(pid, p.proc);
+    p.proc.started(
+      pid,
+      fd[0] === null ? closedStdin() : new Socket({ fd: fd[0], readable: false, writable: true }),
+      new Socket({ fd: fd[1], readable: true, writable: false }),
+      new Socket({ fd: fd[2], readable: true, writable: false }),
+    );
   };
 
   return {
