@@ -9,7 +9,11 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { createAgentSessions } from '../../../host/agent/sessions.js';
+import {
+  createAgentSessions,
+  FLAPPING_MAX_MS,
+  RECONNECT_MIN_MS,
+} from '../../../host/agent/sessions.js';
 import type { AgentChannelHandle, MessageHandler, Sender } from '../../../host/broker/types.js';
 import { silentLogger } from '../../../host/log.js';
 import { AGENT_PROTOCOL_VERSION, type Hello } from '../../../protocol/agent.js';
@@ -141,5 +145,33 @@ test('one hello per broker session; a late one of a session the agent started ov
     'hellos refused (one per session)',
   ]);
   assert.deepEqual(h.heard, ['1.0.0', '1.0.1']);
+  await h.sessions.close();
+});
+
+test('a guest that says hello and breaks its channel at once waits longer each time, up to a cap', async () => {
+  const h = await setup();
+  // Each round: a hello, the channel closed at once (as a refused QoS 2
+  // publish closes it), then the time until the host's next end.
+  const waits: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    h.say('1.0.0', session());
+    const next = h.reattached();
+    const t0 = performance.now();
+    h.channels.at(-1)!.end();
+    await next;
+    waits.push(performance.now() - t0);
+  }
+  const expected = [2, 4, 8, 16, 32].map((k) => Math.min(RECONNECT_MIN_MS * k, FLAPPING_MAX_MS));
+  for (const [i, w] of waits.entries()) {
+    // Timers fire no earlier than asked; the upper bound only catches a wait that grew too far.
+    assert.ok(
+      w >= expected[i]! - 5,
+      `round ${i}: waited ${w.toFixed(0)} ms, expected ${expected[i]}`,
+    );
+    assert.ok(
+      w < expected[i]! + 2000,
+      `round ${i}: waited ${w.toFixed(0)} ms, expected ${expected[i]}`,
+    );
+  }
   await h.sessions.close();
 });
