@@ -196,6 +196,11 @@ export function createTransfers(deps: TransferDeps) {
         item.body,
         o.callTimeoutMs,
       );
+      // Its turn in s.order may come after it settled: a rejection before that
+      // would have no handler yet, and Node ends the process for it (the files
+      // bench did: a read answered TRANSFER_NOT_FOUND while earlier answers
+      // were still in line, 2026-12-08). Handled below, in order.
+      answer.catch(() => undefined);
       const handled = s.order.then(
         () => answer,
         () => answer,
