@@ -23,6 +23,18 @@ describe('mvirt run against mvirtd', () => {
   let spy: RequestSpy;
   before(() => ({ j, spy } = f));
   const { newIo, mvirt, started, sent, count, goFile, jobTagged } = f;
+  /** `mvirt run` of a shell script on svc, its arguments after `$0`. */
+  const runScript = (script: string, ...args: string[]): string[] => [
+    'run',
+    '--vm',
+    'svc',
+    '--',
+    'sh',
+    '-c',
+    script,
+    'sh',
+    ...args,
+  ];
 
   it('streams stdout and stderr in order as they come and exits with the job code', T, async () => {
     const [go1, go2] = [goFile('stream-1'), goFile('stream-2')];
@@ -123,17 +135,7 @@ describe('mvirt run against mvirtd', () => {
     const go = goFile('stubborn');
     // SIGTERM ignored: the cancel takes its time (the kill grace is a minute here).
     const script = 'trap "" TERM; echo started; until [ -e "$1" ]; do sleep 0.01; done';
-    const { done, jobId, io } = await started([
-      'run',
-      '--vm',
-      'svc',
-      '--',
-      'sh',
-      '-c',
-      script,
-      'sh',
-      go,
-    ]);
+    const { done, jobId, io } = await started(runScript(script, go));
     await io.waitOut('started\n');
     const mark = spy.requests.length;
     io.signal('SIGINT');
@@ -242,18 +244,7 @@ describe('mvirt run against mvirtd', () => {
     // the subscription stands). A job that won that race once lost its first
     // 128 KiB chunk to retention (CI, 2026-12-06).
     const script = 'until [ -e "$1" ]; do sleep 0.01; done; cat "$2"';
-    const { done, io } = await started([
-      'run',
-      '--vm',
-      'svc',
-      '--',
-      'sh',
-      '-c',
-      script,
-      'sh',
-      go,
-      file,
-    ]);
+    const { done, io } = await started(runScript(script, go, file));
     await open(go);
     const r = await done;
     assert.equal(r.code, 0, r.err);
