@@ -178,9 +178,9 @@ export function createAgent(
     for (const w of c.warnings) log('warn', `restore: ${w}`);
   }
 
-  async function sync(nowMs: number, entropy: Uint8Array) {
+  async function sync(clockStepMs: number, entropy: Uint8Array) {
     const t0 = performance.now();
-    const clockStepMs = nowMs - platform.clock.now();
+    const nowMs = platform.clock.now() + clockStepMs;
     await platform.mixEntropy(entropy).catch((err: Error) => {
       throw new AgentError('INTERNAL', `cannot mix entropy into the kernel pool: ${err.message}`);
     });
@@ -209,11 +209,14 @@ export function createAgent(
     fsWrite: (m) => files.write(m),
     fsRead: (m) => files.read(m),
     fsOp: (m) => files.op(m.op),
-    ping: (m) => (m.data === undefined ? {} : { data: m.data }),
+    ping: (m) => ({
+      ...(m.data === undefined ? {} : { data: m.data }),
+      wallMs: platform.clock.now(),
+    }),
     blockDevices: async () => ({ blockDevices: await blockDevicesNow(platform) }),
     port: (m) => ports.handle(m),
     sync: (m) => {
-      const run = syncing.then(() => sync(m.nowMs, m.entropy));
+      const run = syncing.then(() => sync(m.stepMs, m.entropy));
       syncing = run.catch(() => undefined);
       return run;
     },

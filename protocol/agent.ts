@@ -325,6 +325,14 @@ export type Power = z.infer<typeof Power>;
 export const Ping = z.strictObject({ id: reqId, data: bytes.optional() });
 export type Ping = z.infer<typeof Ping>;
 
+/**
+ * The reply to a ping: its `data` back, and the guest's wall clock when it
+ * answered, so that the host can read the guest's clock the way NTP does
+ * (host/vm/clock-probe.ts).
+ */
+export const PingResult = z.strictObject({ data: bytes.optional(), wallMs: z.number().finite() });
+export type PingResult = z.infer<typeof PingResult>;
+
 /** Runtime settings the host may push after hello (telemetry interval, …). */
 export const Configure = z.strictObject({
   id: reqId,
@@ -333,18 +341,23 @@ export const Configure = z.strictObject({
 export type Configure = z.infer<typeof Configure>;
 
 /**
- * After a restore or a resume: set the wall clock to the host's `nowMs` and
- * mix `entropy` into the kernel's pool. The reply's result is a SyncResult.
+ * After a restore or a resume: step the wall clock by `stepMs` and mix
+ * `entropy` into the kernel's pool. The reply's result is a SyncResult.
+ *
+ * The step is relative (host minus guest, as the host measured it with pings
+ * just before): a message's time in flight does not enter it. An absolute
+ * host time did, and under load that was hundreds of ms: a fork's clock was
+ * left 468 ms behind in CI (2026-12-07).
  */
 export const Sync = z.strictObject({
   id: reqId,
-  nowMs: ms,
+  stepMs: z.number().finite().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER),
   entropy: bytes.refine((b) => b.length >= 16 && b.length <= 256, 'entropy is 16 to 256 bytes'),
 });
 export type Sync = z.infer<typeof Sync>;
 
 export const SyncResult = z.strictObject({
-  /** How far the guest clock was stepped (host minus guest before, ms). */
+  /** How far the agent stepped the guest clock (the sync's stepMs, ms). */
   clockStepMs: z.number().finite(),
   entropyBytes: z.number().int().nonnegative().max(256),
   /** After a restore: how re-addressing the NIC went (awaited by the sync). */

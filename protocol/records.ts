@@ -51,7 +51,19 @@ export const RestoreInfo = z.strictObject({
   generation: z.number().int().nonnegative().describe('identity generation of this restore'),
   spawnToRunningMs: z.number().nonnegative().describe('hypervisor spawn → guest running'),
   readyAtMs: z.number().nonnegative().describe('hypervisor spawn → agent ready').optional(),
-  clockStepMs: z.number().describe('how far the agent stepped the guest clock').optional(),
+  clockStepMs: z
+    .number()
+    .describe('how far the agent stepped the guest clock (host minus guest before, ms)')
+    .optional(),
+  clockErrorMs: z
+    .number()
+    .describe('guest minus host after the step, as mvirtd read it with pings (ms)')
+    .optional(),
+  clockErrorBoundMs: z
+    .number()
+    .nonnegative()
+    .describe('clockErrorMs is right to within ± this (half the best ping round trip, ms)')
+    .optional(),
   entropyBytes: z.number().int().nonnegative().describe('host entropy mixed in').optional(),
   previousVm: z.string().describe('the VM id the guest was before (a fork: the source)').optional(),
   network: z

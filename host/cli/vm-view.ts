@@ -41,7 +41,13 @@ export function restoreText(r: RestoreInfo, names: SnapshotNames): string {
       : `resumed from snapshot ${names.get(r.snapshot) ?? r.snapshot}`;
   const parts = [`running ${duration(r.spawnToRunningMs)} after spawn`];
   if (r.readyAtMs !== undefined) parts.push(`ready after ${duration(r.readyAtMs)}`);
-  if (r.clockStepMs !== undefined) parts.push(`clock stepped ${Math.round(r.clockStepMs)} ms`);
+  if (r.clockStepMs !== undefined) {
+    const after =
+      r.clockErrorMs === undefined
+        ? ''
+        : ` (now ${Math.round(r.clockErrorMs)} ± ${Math.ceil(r.clockErrorBoundMs ?? 0)} ms off)`;
+    parts.push(`clock stepped ${Math.round(r.clockStepMs)} ms${after}`);
+  }
   if (r.entropyBytes !== undefined) parts.push(`${r.entropyBytes} bytes of entropy added`);
   if (r.network !== undefined && r.network !== 'none') parts.push(`network ${r.network}`);
   if (r.jobsDropped) parts.push(`${r.jobsDropped} jobs of the source ended`);

@@ -158,6 +158,9 @@ export interface Fact {
 
 const PENDING = 'not reported yet';
 
+/** A clock still further off than this after its sync (beyond the reading's bound) is shown as bad. */
+const CLOCK_BAD_MS = 100;
+
 /** What the restore fixed that a copy must not share: clock, entropy, identity, network, jobs. */
 export function restoreFacts(
   v: VmRecord,
@@ -183,6 +186,15 @@ export function restoreFacts(
       ? pending('clock', 'clock step')
       : { key: 'clock', label: 'clock step', value: signedMs(r.clockStepMs) },
   );
+  if (r.clockErrorMs !== undefined) {
+    const bound = r.clockErrorBoundMs ?? 0;
+    facts.push({
+      key: 'clockError',
+      label: 'clock after',
+      value: `${signedMs(r.clockErrorMs)} ± ${Math.ceil(bound)} ms off the host's`,
+      ...(Math.abs(r.clockErrorMs) - bound > CLOCK_BAD_MS ? { level: 'bad' as const } : {}),
+    });
+  }
   facts.push(
     r.entropyBytes === undefined
       ? pending('entropy', 'entropy added')

@@ -22,6 +22,7 @@ import type { BootNetwork } from '../network/index.js';
 import type { PendingRestore } from '../store/index.js';
 import { savedOf } from '../snapshots/files.js';
 import type { VmContext } from './context.js';
+import { readGuestClock, type ClockReading } from './clock-probe.js';
 import type { ResolvedImage } from './images.js';
 import type { Live } from './live.js';
 import { SUSPEND_DIR } from './save.js';
@@ -53,6 +54,19 @@ const ENTROPY_BYTES = 64;
  * unsynced: snapshots-qemu's fork test failed with "no restore report".
  */
 const SYNC_STEP_MS = 3 * (1000 + 500);
+
+/**
+ * A guest clock still this far off after its step (beyond what the reading
+ * can tell) gets one more step. The agent lands its step within 20 ms of its
+ * target (guest-agent/platform/clock.ts); a miss beyond this is a round that
+ * stalled under load.
+ */
+const RESTEP_MS = 50;
+
+/** What the sync did: the agent's reply, with the clock as mvirtd read it before and after. */
+interface Synced extends SyncResult {
+  after: ClockReading;
+}
 
 /** Who the VM is, as its guest reads it (protocol/agent.ts Identity). */
 export function identityFor(vm: VmRecord, net: BootNetwork, generation: number): Uint8Array {
@@ -154,21 +168,43 @@ export function restorePart(ctx: VmContext) {
     );
   }
 
-  /** Clock and entropy; then the fork's link up once its agent says it took its own address. */
-  async function sync(live: Live, r: Restoring, hello: Hello): Promise<SyncResult> {
-    const raw = await ctx.agents.call(
-      live.id,
-      'sync',
-      { nowMs: Date.now(), entropy: randomBytes(ENTROPY_BYTES) },
-      ctx.options.agentCallTimeoutMs + SYNC_STEP_MS,
-    );
-    const res = SyncResult.parse(raw);
+  /**
+   * Clock and entropy; then the fork's link up once its agent says it took
+   * its own address. The clock is read (pings), stepped by what was read,
+   * and read again: a step that missed is stepped once more, and what is
+   * left is recorded.
+   */
+  async function sync(live: Live, r: Restoring, hello: Hello): Promise<Synced> {
+    const read = () =>
+      readGuestClock({
+        ping: () => ctx.agents.call(live.id, 'ping', {}, ctx.options.agentCallTimeoutMs),
+        wallMs: () => Date.now(),
+        monoMs: () => performance.now(),
+      });
+    const step = async (stepMs: number) =>
+      SyncResult.parse(
+        await ctx.agents.call(
+          live.id,
+          'sync',
+          { stepMs, entropy: randomBytes(ENTROPY_BYTES) },
+          ctx.options.agentCallTimeoutMs + SYNC_STEP_MS,
+        ),
+      );
+    const before = await read();
+    const res = await step(before.offsetMs);
+    let { entropyBytes } = res;
+    let after = await read();
+    if (Math.abs(after.offsetMs) > RESTEP_MS + after.boundMs) {
+      live.log.warn({ before, after }, 'the restored guest clock missed its step; stepping again');
+      entropyBytes += (await step(after.offsetMs)).entropyBytes;
+      after = await read();
+    }
     const network = res.network ?? hello.restored?.network;
     if (r.linkDown && (network === 'applied' || network === 'none')) {
       await live.running?.setLink?.(true);
       r.linkDown = false;
     }
-    return res;
+    return { ...res, clockStepMs: before.offsetMs, entropyBytes, after };
   }
 
   /** What the restore did, kept on the VM and said as a `restored` event (a failed sync too). */
@@ -176,14 +212,20 @@ export function restorePart(ctx: VmContext) {
     live: Live,
     r: Restoring,
     hello: Hello,
-    res: SyncResult | null,
+    res: Synced | null,
     syncError?: string,
   ): void {
     const rep = hello.restored;
     const network = res?.network ?? rep?.network;
     // r.info is the one object ready and sync both complete (in either order).
     Object.assign(r.info, {
-      ...(res ? { clockStepMs: res.clockStepMs } : {}),
+      ...(res
+        ? {
+            clockStepMs: res.clockStepMs,
+            clockErrorMs: -res.after.offsetMs,
+            clockErrorBoundMs: res.after.boundMs,
+          }
+        : {}),
       entropyBytes: (res?.entropyBytes ?? 0) + (rep?.entropyBytes ?? 0),
       ...(network !== undefined ? { network } : {}),
       ...(rep
@@ -200,7 +242,7 @@ export function restorePart(ctx: VmContext) {
     ctx.publishState(vm);
     const linkDown = r.linkDown ? '; its link stays down: it did not take its own address' : '';
     const what = res
-      ? `clock stepped ${Math.round(res.clockStepMs)} ms, ${info.entropyBytes} bytes of entropy`
+      ? `clock stepped ${Math.round(res.clockStepMs)} ms, now ${Math.round(-res.after.offsetMs)} ± ${Math.ceil(res.after.boundMs)} ms off the host's, ${info.entropyBytes} bytes of entropy`
       : `the guest's clock and entropy were not synced: ${syncError}`;
     ctx.events.append({
       level: res && !r.linkDown ? 'info' : 'warn',

@@ -145,6 +145,12 @@ test(
         assert.equal(file, 'kept-in-ram', 'the snapshot’s tmpfs file');
         assert.ok(Number(count) > 0, 'the counting process runs on');
         assert.equal(hostname, f.name);
+        // mvirtd's own reading after the step, and the test's.
+        const { clockErrorMs, clockErrorBoundMs } = rec.restore!;
+        assert.ok(
+          Math.abs(clockErrorMs!) <= 50 + clockErrorBoundMs!,
+          `mvirtd read the clock ${clockErrorMs} ± ${clockErrorBoundMs} ms off after the step`,
+        );
         const skew = await clockSkewMs(c, f.name);
         assert.ok(Math.abs(skew) <= 100, `guest clock ${skew} ms off the host's`);
         seen.push({ id: f.id, hostname, random });

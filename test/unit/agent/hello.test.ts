@@ -27,8 +27,14 @@ test('on connect the agent subscribes, says hello with the boot timeline, then r
     assert.deepEqual(h.clientIds, [`agent-${VM}`]);
     assert.ok(h.agent.connected);
     // It answers on its down topics once ready.
+    // A ping gives its data back, with the guest's wall clock for the host's reading of it.
+    h.platform.wallMs = 1_700_000_000_123;
     const r = await h.request('ping', { id: 'p1', data: Buffer.from('abc') });
-    assert.deepEqual(r, { id: 'p1', ok: true, result: { data: Buffer.from('abc') } });
+    assert.deepEqual(r, {
+      id: 'p1',
+      ok: true,
+      result: { data: Buffer.from('abc'), wallMs: 1_700_000_000_123 },
+    });
   } finally {
     await h.close();
   }

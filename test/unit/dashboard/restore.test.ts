@@ -167,6 +167,8 @@ test('a resume: marked resumed, the same identity, compared with nothing it cann
       spawnToRunningMs: 600,
       readyAtMs: 1500,
       clockStepMs: -12,
+      clockErrorMs: 3.4,
+      clockErrorBoundMs: 7.2,
       entropyBytes: 128,
       network: 'none',
       jobsDropped: 0,
@@ -185,6 +187,7 @@ test('a resume: marked resumed, the same identity, compared with nothing it cann
   const f = Object.fromEntries(s.facts.map((x) => [x.key, x.value]));
   assert.equal(f.from, 'its suspended state');
   assert.equal(f.clock, '-12 ms');
+  assert.equal(f.clockError, "+3 ms ± 8 ms off the host's");
   assert.equal(f.identity, 'unchanged (vm-r): a resume');
 });
 
@@ -235,6 +238,8 @@ test('what a copy must not share and was not fixed is flagged', () => {
       spawnToRunningMs: 700,
       readyAtMs: 2000,
       clockStepMs: 5,
+      clockErrorMs: -468,
+      clockErrorBoundMs: 40,
       entropyBytes: 64,
       network: 'failed',
     },
@@ -243,6 +248,7 @@ test('what a copy must not share and was not fixed is flagged', () => {
     .facts.filter((f) => f.level === 'bad')
     .map((f) => [f.key, f.value]);
   assert.deepEqual(bad, [
+    ['clockError', "-468 ms ± 40 ms off the host's"],
     ['identity', 'no change reported by the agent'],
     ['network', 'failed'],
   ]);
