@@ -369,7 +369,7 @@ export class GuardedStream extends Duplex {
     if (this.#held === null || this.#held.length === 0) this.inner.resume();
   }
 
-  #forward(buf: Buffer, cb: (err?: Error | null) => void): void {
+  #forward(bufs: Buffer[], cb: (err?: Error | null) => void): void {
     const inner = this.inner;
     if (inner.destroyed) {
       cb(new Error('connection closed'));
@@ -384,7 +384,9 @@ export class GuardedStream extends Duplex {
       inner.cork();
       setImmediate(this.#uncork);
     }
-    if (inner.write(buf)) cb();
+    let free = true;
+    for (const b of bufs) free = inner.write(b);
+    if (free) cb();
     else this.#pendingWrite = cb;
   }
 
@@ -429,15 +431,23 @@ export class GuardedStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.#forward(chunk, cb);
+    this.#forward([chunk], cb);
   }
 
+  /**
+   * What piled up while the peer was not reading goes on as it is, each
+   * buffer into the corked socket (one writev), not copied into one: a
+   * Buffer.concat of a slow peer's queue (up to maxQueuedBytes) held it
+   * twice for a moment.
+   */
   override _writev(
     chunks: Array<{ chunk: Buffer; encoding: BufferEncoding }>,
     cb: (err?: Error | null) => void,
   ): void {
-    const buf = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
-    this.#forward(buf, cb);
+    this.#forward(
+      chunks.map((c) => c.chunk),
+      cb,
+    );
   }
 
   override _final(cb: (err?: Error | null) => void): void {

@@ -124,6 +124,37 @@ test('one message bigger than the queue cap still goes to a peer that keeps up',
   g.destroy();
 });
 
+test('what waited for a slow peer goes on in order, each buffer as it was (no copy into one)', async () => {
+  // A peer whose first write completes only when the test says so.
+  const written: Buffer[] = [];
+  let release: (() => void) | null = null;
+  const inner = new Duplex({
+    read() {},
+    writableHighWaterMark: 16,
+    write(chunk: Buffer, _enc, cb) {
+      written.push(chunk);
+      if (written.length === 1) release = cb;
+      else cb();
+    },
+  });
+  const g = guardStream(inner, { ...limits, maxQueuedBytes: 1 << 20 }, () => undefined);
+  const parts = [0, 1, 2, 3, 4].map((i) => Buffer.alloc(1000, 65 + i));
+  g.write(parts[0]);
+  await new Promise((r) => setImmediate(r));
+  for (const b of parts.slice(1)) {
+    g.write(b);
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.equal(written.length, 1, 'the rest waits for the peer');
+  release!();
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(written, parts);
+  // The very buffers written, not copies of them.
+  assert.ok(written.every((b, i) => b === parts[i]));
+  g.destroy();
+});
+
 test('bytes after CONNECT are held back until the broker answers (no pre-auth queueing)', async () => {
   const { inner, written } = recordingPeer();
   const g = guardStream(inner, { ...limits, maxQueuedBytes: 1 << 20 }, () => {});
