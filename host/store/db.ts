@@ -40,4 +40,16 @@ export function applyPragmas(db: Db, opts: OpenOptions = {}): void {
   // FULL: a committed transaction survives power loss, not only a process crash.
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
+  db.pragma(`cache_size = ${-CACHE_KIB}`);
 }
+
+/**
+ * SQLite's page cache (KiB). better-sqlite3 builds SQLite with 16 MB, and a
+ * guest's 30 s output flood (60 MiB of chunks through the job output tables)
+ * filled it: mvirtd's RSS grew 26 MiB of which the V8 heap and Buffers were
+ * 10 (test/integration/guest-flood.test.ts with /metrics sampled,
+ * 2026-12-08; issue 12 bounds a flood at 32). The rows mvirtd reads back
+ * often are few and small; output pages are written once and read rarely,
+ * and then from the OS's file cache.
+ */
+export const CACHE_KIB = 4096;

@@ -29,7 +29,7 @@ const vm = (id: string, name = id) => ({
   metadata: {},
 });
 
-test('pragmas: WAL, synchronous=FULL and foreign keys on every open', async () => {
+test('pragmas: WAL, synchronous=FULL, foreign keys and a 4 MiB page cache on every open', async () => {
   const file = await dbFile();
   for (let i = 0; i < 2; i++) {
     const s = createStore(file, log);
@@ -37,11 +37,13 @@ test('pragmas: WAL, synchronous=FULL and foreign keys on every open', async () =
     assert.equal(s.db.pragma('synchronous', { simple: true }), 2, 'FULL');
     assert.equal(s.db.pragma('foreign_keys', { simple: true }), 1);
     assert.ok((s.db.pragma('busy_timeout', { simple: true }) as number) > 0);
+    assert.equal(s.db.pragma('cache_size', { simple: true }), -4096, 'KiB, not 16 MB');
     s.close();
   }
   // A plain better-sqlite3 open gets NORMAL(1) in WAL: the reason we set it each time.
   const raw = new Database(file);
   assert.notEqual(raw.pragma('synchronous', { simple: true }), 2);
+  assert.equal(raw.pragma('cache_size', { simple: true }), -16000, "better-sqlite3's own");
   raw.close();
 });
 
