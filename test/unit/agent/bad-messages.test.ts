@@ -14,7 +14,12 @@ after(async () => {
 async function stillWorks() {
   const id = nextId('ping');
   const r = await h.request('ping', { id });
-  assert.deepEqual(r, { id, ok: true, result: {} });
+  assert.deepEqual(r, {
+    id,
+    ok: true,
+    result: { wallMs: (r.result as { wallMs: number }).wallMs },
+  });
+  assert.equal(typeof (r.result as { wallMs: unknown }).wallMs, 'number');
 }
 
 test('garbage bytes: a log message (no id to reply to), and the agent keeps working', async () => {

@@ -145,7 +145,7 @@ test('restored as another VM: its topics and client id, restored in hello, the o
     assert.deepEqual(h.platform.nics, [], 'the NIC waits for the host’s sync');
     const synced = await h.request(
       'sync',
-      { id: 's-fork', nowMs: Date.now(), entropy: Buffer.alloc(16) },
+      { id: 's-fork', stepMs: 0, entropy: Buffer.alloc(16) },
       FORK,
     );
     assert.equal((synced.result as { network?: string }).network, 'applied');
@@ -245,7 +245,7 @@ test('restored without an identity before: from generation 0, and a NIC that fai
     assert.equal(hello.restored?.network, 'pending');
     const synced = await h.request(
       'sync',
-      { id: 's-nic', nowMs: Date.now(), entropy: Buffer.alloc(16) },
+      { id: 's-nic', stepMs: 0, entropy: Buffer.alloc(16) },
       FORK,
     );
     assert.equal((synced.result as { network?: string }).network, 'failed');
