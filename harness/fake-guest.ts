@@ -122,7 +122,6 @@ export function bootRealGuest(hv: FakeHypervisor, vm: FakeVm): RealGuest {
       return p;
     },
     // Never the host's cgroups: fake guests' jobs run ungrouped.
-    jobGroup: async () => null,
     limitedGroup: () =>
       Promise.reject(
         new Error('per-job limits need cgroup v2 with memory groups, which this guest lacks'),

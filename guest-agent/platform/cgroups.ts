@@ -73,12 +73,11 @@ export function sizeGroups(memTotal: number, memFree: number, agentCurrent: numb
 }
 
 export interface JobGroups {
-  /** Move a spawned job into its own group; null where there are no groups. */
-  place(pid: number): Promise<JobGroup | null>;
   /**
-   * A group with the job's limits set, made before the job starts (its
-   * process enters it itself, so nothing it allocates escapes the cap).
-   * Throws, saying why, where the limits cannot be enforced.
+   * A job's group with its limits set (none: `{}`), made before the job
+   * starts (its process enters it as it starts, so nothing it allocates
+   * escapes the cap). Throws, saying why, where there are no groups or the
+   * limits cannot be enforced.
    */
   limited(limits: JobLimits): Promise<LimitedJobGroup>;
 }
@@ -190,7 +189,7 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
   /**
    * One group made ahead while the agent is idle (after each job's exit has
    * gone out; not before the first job, which sizes the groups from the
-   * memory free then), so that a job's start only moves the job in: the
+   * memory free then), so that a job only enters it as it starts: the
    * mkdir and the memory.oom.group write took ~3 ms of a /bin/true round
    * trip under TCG (agent timings, 2026-12-07). A job that finds none
    * (the first of several at once) makes its own.
@@ -235,24 +234,6 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
   });
 
   return {
-    async place(pid) {
-      ready ??= setup();
-      if (!(await ready)) return null;
-      let dir: string | null = null;
-      try {
-        dir = take();
-        writeFileSync(path.join(dir, 'cgroup.procs'), String(pid));
-      } catch {
-        // The job exited before it could be moved (ESRCH): nothing to
-        // confine, and its group, still empty, is the next job's.
-        if (dir) {
-          if (spare === null) spare = dir;
-          else leftovers.add(dir);
-        }
-        return null;
-      }
-      return groupAt(dir);
-    },
     async limited(limits) {
       ready ??= setup();
       if (!(await ready))
@@ -263,7 +244,8 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
       jobControllers ??= read(path.join(jobsDir, 'cgroup.subtree_control')).then((t) =>
         (t ?? '').trim().split(/\s+/),
       );
-      const controllers = await jobControllers;
+      const limited = limits.cpus !== undefined || limits.memoryMiB !== undefined;
+      const controllers = limited ? await jobControllers : [];
       if (limits.cpus !== undefined && !controllers.includes('cpu'))
         throw new Error(
           "this guest cannot limit CPU per job: its kernel's cgroup v2 has no cpu controller for jobs (CONFIG_CFS_BANDWIDTH)",

@@ -152,10 +152,10 @@ function nodeSpawn(req: SpawnRequest): ChildProcess {
   // fails the same way (ENOENT, EACCES) with or without limits.
   if (req.enterGroup === undefined || !runnable(file, req.env.PATH, req.cwd))
     return spawn(file, args, how);
-  // A limited job enters its group before its command runs: `echo 0` into
+  // A job enters its group before its command runs: `echo 0` into
   // cgroup.procs moves the writer, and the exec keeps the group. Moving it
-  // after the spawn (as unlimited jobs are) would leave what it allocates
-  // first charged outside its cap. One busybox sh more per limited job.
+  // after the spawn would leave what it allocates first charged outside its
+  // cap. One busybox sh more per job, only where the launcher is not there.
   return spawn('/bin/sh', ['-c', 'echo 0 >"$0" && exec "$@"', req.enterGroup, ...req.argv], how);
 }
 
@@ -219,7 +219,6 @@ export function createLinuxPlatform(o: LinuxPlatformOptions = {}): Platform {
       const r = image === null ? req : imageRequest(image, req, ttyPlaces.helper);
       return launcher ? launcher.spawn(r, () => nodeSpawn(r)) : nodeSpawn(r);
     },
-    jobGroup: (_jobId, pid) => groups.place(pid),
     limitedGroup: (_jobId, limits) => groups.limited(limits),
     killGroup(pgid, signal) {
       try {

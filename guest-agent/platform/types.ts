@@ -56,7 +56,7 @@ export interface JobGroup {
   remove(): Promise<void>;
 }
 
-/** A group made with a job's limits before the job starts. */
+/** A job's group made before the job starts, with its limits if it has any. */
 export interface LimitedJobGroup extends JobGroup {
   /** What SpawnRequest.enterGroup takes. */
   procs: string;
@@ -74,9 +74,12 @@ export interface NicConfig {
 export interface Platform {
   /** Spawn `argv` in its own process group with piped stdio. */
   spawn(req: SpawnRequest): Proc;
-  /** Move a spawned job into its own resource group; null where the OS has none. */
-  jobGroup(jobId: string, pid: number): Promise<JobGroup | null>;
-  /** A group with the job's limits, before its spawn; rejects saying why it cannot be had. */
+  /**
+   * A job's own resource group, made before its spawn, with the job's limits
+   * (none: `{}`); the job enters it as it starts (SpawnRequest.enterGroup).
+   * Rejects saying why it cannot be had (no groups in this guest, or limits
+   * it cannot enforce).
+   */
   limitedGroup(jobId: string, limits: JobLimits): Promise<LimitedJobGroup>;
   /** Signal a whole process group; false when it no longer exists. */
   killGroup(pgid: number, signal: NodeJS.Signals): boolean;

@@ -58,7 +58,6 @@ const platform: Platform = {
     p.on('spawn', () => p.pid !== undefined && pgids.add(p.pid));
     return p;
   },
-  jobGroup: async () => null,
   // As the other fake guests: never the host's cgroups, so no per-job limits.
   limitedGroup: () =>
     Promise.reject(

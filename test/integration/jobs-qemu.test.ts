@@ -112,13 +112,20 @@ test('jobs on a service VM', { skip, timeout: 1_200_000 }, () =>
     assert.equal(vs.exitCode, 1);
     assert.equal(vs.stderr, 'vsock-connect: connect: No such device\n');
     // Jobs are started by the µOS's launcher (mvirt-launch), not forked from
-    // the agent, and each leads its own session and process group.
+    // the agent, and each leads its own session and process group, in its
+    // own cgroup from its first instruction (forked into it: no move later).
     const parent = await run(c, {
       vm: 'svc',
-      argv: ['sh', '-c', 'cat /proc/$PPID/comm; cut -d" " -f1,5,6 /proc/$$/stat'],
+      argv: [
+        'sh',
+        '-c',
+        'cat /proc/$PPID/comm; cut -d" " -f1,5,6 /proc/$$/stat; cat /proc/$$/cgroup',
+      ],
     });
-    assert.equal(parent.stdout?.split('\n')[0], 'mvirt-launch');
-    assert.match(parent.stdout ?? '', /^(\d+) \1 \1$/m, 'pid, process group and session');
+    const [comm, ids, cgroup] = (parent.stdout ?? '').split('\n');
+    assert.equal(comm, 'mvirt-launch');
+    assert.match(ids ?? '', /^(\d+) \1 \1$/, 'pid, process group and session');
+    assert.match(cgroup ?? '', /^0::\/jobs\/g\d+$/, 'its own group under jobs/');
     assert.ok(rec.startedAt && rec.finishedAt);
     const logs = await allLogs(c, first.jobId);
     assert.deepEqual(

@@ -56,8 +56,6 @@ export interface FakePlatform extends Platform {
 }
 
 export interface FakeJobGroup {
-  /** Null for a limited group (the job enters it itself). */
-  pid: number | null;
   oomKills: number;
   removed: boolean;
   /** What the kernel would report as the job ends (null: unreadable). */
@@ -134,15 +132,6 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
       events.emit('spawn', proc);
       return proc;
     },
-    async jobGroup(jobId, pid) {
-      const g: FakeJobGroup = { pid, oomKills: 0, removed: false, usage: null };
-      p.groups.set(jobId, g);
-      return {
-        oomKills: async () => g.oomKills,
-        usage: async () => g.usage,
-        remove: async () => void (g.removed = true),
-      };
-    },
     async limitedGroup(jobId, limits) {
       if (p.failures.limits) throw new Error(p.failures.limits);
       const procs = path.join(
@@ -150,7 +139,6 @@ export function createFakePlatform(onChannel: (hostSide: Duplex) => void): FakeP
         'cgroup.procs',
       );
       const g: FakeJobGroup = {
-        pid: null,
         oomKills: 0,
         removed: false,
         usage: null,

@@ -69,39 +69,42 @@ test('sizes: a small VM never promises more than it has', () => {
   assert.equal(sizeGroups(80 * MiB, 5 * MiB, 51 * MiB).jobsMax, 20 * MiB, 'a quarter at least');
 });
 
-test('place: sizes the groups once, moves the job, counts its OOM kills, removes it', async () => {
+test('a job without limits: the groups sized once, its own group made, its OOM kills counted', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const g = await groups.place(4242);
-  assert.ok(g);
+  const g = await groups.limited({});
   const want = sizeGroups(231424 * 1024, 100000 * 1024, 50 * MiB);
   assert.equal(m.read('agent/memory.low'), String(want.agentLow));
   assert.equal(m.read('jobs/memory.max'), String(want.jobsMax));
-  assert.equal(m.read('jobs/g1/cgroup.procs'), '4242');
+  assert.equal(
+    g.procs,
+    path.join(m.root, 'jobs/g1/cgroup.procs'),
+    'the job enters it as it starts',
+  );
   assert.equal(m.read('jobs/g1/memory.oom.group'), '1');
+  assert.equal(existsSync(path.join(m.root, 'jobs/g1/memory.max')), false, 'no limit of its own');
   assert.equal(await g.oomKills(), null, 'no memory.events yet');
   writeFileSync(
     path.join(m.root, 'jobs/g1/memory.events'),
     'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n',
   );
   assert.equal(await g.oomKills(), 1);
-  // A second job (an agent restarted under a resent exec, say) gets its own group.
-  assert.ok(await groups.place(4243));
-  assert.equal(m.read('jobs/g2/cgroup.procs'), '4243');
+  // A second job at once gets its own group.
+  assert.equal((await groups.limited({})).procs, path.join(m.root, 'jobs/g2/cgroup.procs'));
 });
 
 test('groups made ahead: after each job, the next job finds its group made', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const first = await groups.place(10);
-  assert.equal(m.read('jobs/g1/cgroup.procs'), '10', 'the first job makes its own');
+  const first = await groups.limited({});
+  assert.match(first.procs, /jobs\/g1\/cgroup\.procs$/, 'the first job makes its own');
   await new Promise((r) => setImmediate(r));
   assert.equal(existsSync(path.join(m.root, 'jobs/g2')), false, 'none made while it runs');
-  await first!.remove(); // a fake group holds files: it stays, a leftover
+  writeFileSync(first.procs, '10'); // the job in it: the group stays, a leftover
+  await first.remove();
   await until(() => existsSync(path.join(m.root, 'jobs/g2/memory.oom.group')));
   assert.equal(existsSync(path.join(m.root, 'jobs/g2/cgroup.procs')), false, 'empty until a job');
-  await groups.place(11);
-  assert.equal(m.read('jobs/g2/cgroup.procs'), '11');
+  assert.match((await groups.limited({})).procs, /jobs\/g2\/cgroup\.procs$/);
 });
 
 test('groups an earlier agent left: their numbers skipped, the empty ones removed', async () => {
@@ -110,18 +113,25 @@ test('groups an earlier agent left: their numbers skipped, the empty ones remove
   mkdirSync(path.join(m.root, 'jobs/g2')); // a job of its own
   writeFileSync(path.join(m.root, 'jobs/g2/cgroup.procs'), '77');
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const g = await groups.place(5);
-  assert.equal(m.read('jobs/g3/cgroup.procs'), '5');
-  await g!.remove();
+  const g = await groups.limited({});
+  assert.equal(g.procs, path.join(m.root, 'jobs/g3/cgroup.procs'));
+  await g.remove();
   await until(() => !existsSync(path.join(m.root, 'jobs/g1')));
   assert.equal(m.read('jobs/g2/cgroup.procs'), '77', "the other agent's job untouched");
 });
 
-test('no cgroup mount (or no agent group): jobs run without groups, as before', async () => {
+test('no cgroup mount (or no agent group): no group, saying why (jobs without limits run all the same)', async () => {
   const m = fakeMount(null);
-  assert.equal(await createJobGroups({ root: m.root, meminfoPath: m.meminfoPath }).place(1), null);
+  const why = /cgroup v2 with memory groups/;
+  await assert.rejects(
+    createJobGroups({ root: m.root, meminfoPath: m.meminfoPath }).limited({}),
+    why,
+  );
   const missing = path.join(m.root, 'nowhere');
-  assert.equal(await createJobGroups({ root: missing, meminfoPath: m.meminfoPath }).place(1), null);
+  await assert.rejects(
+    createJobGroups({ root: missing, meminfoPath: m.meminfoPath }).limited({}),
+    why,
+  );
 });
 
 test('limited: memory.max and cpu.max set before the job exists; the job enters it itself', async () => {
@@ -161,8 +171,7 @@ test('limited: refused, saying why, without groups or without a cpu controller; 
 test('usage: CPU time from cpu.stat and the peak from memory.peak; null when unreadable', async () => {
   const m = fakeMount(50 * MiB);
   const groups = createJobGroups({ root: m.root, meminfoPath: m.meminfoPath });
-  const g = await groups.place(7);
-  assert.ok(g);
+  const g = await groups.limited({});
   assert.equal(await g.usage(), null, 'nothing to read yet');
   writeFileSync(
     path.join(m.root, 'jobs/g1/cpu.stat'),

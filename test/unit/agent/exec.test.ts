@@ -201,7 +201,7 @@ test("an OOM kill is the job's own: counted in its group, not in the VM's", asyn
   const bystander = await start();
   const group = h.platform.groups.get(hog.jobId);
   assert.ok(group);
-  assert.equal(group.pid, hog.pid, 'the job was placed in its own group');
+  assert.deepEqual(group.limits, {}, 'its own group, without limits');
   group.oomKills = 1;
   h.platform.files.set('/proc/vmstat', 'oom_kill 7\n'); // the VM-wide count moved too
   process.kill(hog.pid, 'SIGKILL');
@@ -213,6 +213,7 @@ test("an OOM kill is the job's own: counted in its group, not in the VM's", asyn
   assert.equal(a.oomKilled, true);
   assert.equal(b.oomKilled, false, 'another job killed at the same time is not OOM-killed');
   assert.equal(group.removed, true, 'the group goes with the job');
+  assert.equal(group.entered, '0\n', 'it entered its group as it started');
   assert.equal(h.platform.groups.get(bystander.jobId)?.removed, true);
 });
 
