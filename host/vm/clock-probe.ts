@@ -12,6 +12,8 @@
  * nearly always include a quick one.
  */
 import { PingResult } from '../../protocol/agent.js';
+import { MvirtError } from '../../protocol/errors.js';
+import { formatIssues } from '../../protocol/validate.js';
 
 /** Pings per reading; stop early once one comes back within GOOD_RTT_MS. */
 export const PROBES = 5;
@@ -33,13 +35,19 @@ export interface ClockProbeDeps {
   monoMs(): number;
 }
 
-/** Read the guest's clock; rejects with the ping's error if none answers, or on a bad reply. */
+/** Read the guest's clock; rejects with the ping's error if none answers, or AGENT_ERROR on a bad reply. */
 export async function readGuestClock(deps: ClockProbeDeps, probes = PROBES): Promise<ClockReading> {
   let best: ClockReading | undefined;
   for (let i = 0; i < probes; i++) {
     const sentWall = deps.wallMs();
     const sent = deps.monoMs();
-    const reply = PingResult.parse(await deps.ping());
+    const r = PingResult.safeParse(await deps.ping());
+    if (!r.success)
+      throw new MvirtError(
+        'AGENT_ERROR',
+        `the agent's ping reply has no clock: ${formatIssues(r.error)}`,
+      );
+    const reply = r.data;
     const rtt = deps.monoMs() - sent;
     const reading = { offsetMs: sentWall + rtt / 2 - reply.wallMs, boundMs: rtt / 2 };
     if (!best || reading.boundMs < best.boundMs) best = reading;

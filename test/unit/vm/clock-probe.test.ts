@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { GOOD_RTT_MS, PROBES, readGuestClock } from '../../../host/vm/clock-probe.js';
+import type { MvirtError } from '../../../protocol/errors.js';
 
 /**
  * A guest `aheadMs` ahead of the host whose pings take the given round trips,
@@ -53,7 +54,8 @@ test('a reply without a clock (or with more) is refused, not read as a time', as
   for (const reply of [{}, { wallMs: 'soon' }, { wallMs: Infinity }, { wallMs: 1, x: 1 }, null]) {
     await assert.rejects(
       readGuestClock({ wallMs: Date.now, monoMs: () => 0, ping: () => Promise.resolve(reply) }),
-      (err: Error) => err.name === 'ZodError',
+      (err: MvirtError) =>
+        err.code === 'AGENT_ERROR' && /ping reply has no clock/.test(err.message),
       JSON.stringify(reply),
     );
   }
