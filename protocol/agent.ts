@@ -356,6 +356,15 @@ export const Sync = z.strictObject({
 });
 export type Sync = z.infer<typeof Sync>;
 
+/**
+ * The agent's clock step (guest-agent/platform/clock.ts says how): at most
+ * `rounds` rounds, each waiting up to a second for the next whole one, then
+ * running busybox `date`, whose latency counts up to `maxLatencyMs`; a round
+ * that lands within `toleranceMs` is the last. mvirtd gives a sync that much
+ * more time than an ordinary call (host/vm/restore.ts).
+ */
+export const CLOCK_STEP = { rounds: 3, maxLatencyMs: 500, toleranceMs: 20 } as const;
+
 export const SyncResult = z.strictObject({
   /** How far the agent stepped the guest clock (the sync's stepMs, ms). */
   clockStepMs: z.number().finite(),

@@ -17,13 +17,15 @@
  * waiting up to a second) and for the next sync.
  */
 
+import { CLOCK_STEP } from '../../protocol/agent.js';
+
 /** Within this (ms) the clock is left alone, or a round counts as landed. */
-export const CLOCK_TOLERANCE_MS = 20;
-export const MAX_ROUNDS = 3;
+export const CLOCK_TOLERANCE_MS = CLOCK_STEP.toleranceMs;
+export const MAX_ROUNDS = CLOCK_STEP.rounds;
 /** First guess of spawn → settimeofday, before any round measured it. */
 export const INITIAL_LATENCY_MS = 10;
 /** A latency estimate beyond this is a bad measurement (a stalled round), not a spawn. */
-export const MAX_LATENCY_MS = 500;
+export const MAX_LATENCY_MS = CLOCK_STEP.maxLatencyMs;
 
 export interface ClockPlan {
   /** Host minus guest (ms): how far the clock is to be stepped. */

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import {
+  CLOCK_STEP,
   CMDLINE_KEYS,
   encodeIdentity,
   SyncResult,
@@ -46,20 +47,19 @@ export interface RestoreSource {
 const ENTROPY_BYTES = 64;
 
 /**
- * What the agent's clock step may take beyond an ordinary call: up to 3
- * rounds, each waiting up to a second for the next whole one and then
- * running busybox `date` (up to 0.5 s counted: guest-agent/platform/clock.ts).
- * Given only the ordinary 5 s, a sync under load (2 forks, load 17–25 on 2
- * cores, 2026-12-07) ended without a result and its restore was recorded
- * unsynced: snapshots-qemu's fork test failed with "no restore report".
+ * What the agent's clock step may take beyond an ordinary call (CLOCK_STEP:
+ * its rounds, each up to a second and busybox `date`'s latency). Given only
+ * the ordinary 5 s, a sync under load (2 forks, load 17–25 on 2 cores,
+ * 2026-12-07) ended without a result and its restore was recorded unsynced:
+ * snapshots-qemu's fork test failed with "no restore report".
  */
-const SYNC_STEP_MS = 3 * (1000 + 500);
+const SYNC_STEP_MS = CLOCK_STEP.rounds * (1000 + CLOCK_STEP.maxLatencyMs);
 
 /**
  * A guest clock still this far off after its step (beyond what the reading
- * can tell) gets one more step. The agent lands its step within 20 ms of its
- * target (guest-agent/platform/clock.ts); a miss beyond this is a round that
- * stalled under load.
+ * can tell) gets one more step. The agent lands its step within
+ * CLOCK_STEP.toleranceMs (20 ms) of its target; a miss beyond this is a
+ * round that stalled under load.
  */
 const RESTEP_MS = 50;
 
