@@ -241,11 +241,12 @@ export function createJobGroups(o: JobGroupsOptions = {}): JobGroups {
       // What jobs/ hands its children (rcS enables memory, pids and, where
       // the kernel has it, cpu): a limit of a controller not there cannot bind.
       // Read once: rcS sets it before the agent starts and nothing changes it.
-      jobControllers ??= read(path.join(jobsDir, 'cgroup.subtree_control')).then((t) =>
-        (t ?? '').trim().split(/\s+/),
-      );
       const limited = limits.cpus !== undefined || limits.memoryMiB !== undefined;
-      const controllers = limited ? await jobControllers : [];
+      const controllers = limited
+        ? await (jobControllers ??= read(path.join(jobsDir, 'cgroup.subtree_control')).then((t) =>
+            (t ?? '').trim().split(/\s+/),
+          ))
+        : [];
       if (limits.cpus !== undefined && !controllers.includes('cpu'))
         throw new Error(
           "this guest cannot limit CPU per job: its kernel's cgroup v2 has no cpu controller for jobs (CONFIG_CFS_BANDWIDTH)",

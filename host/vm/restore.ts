@@ -242,7 +242,7 @@ export function restorePart(ctx: VmContext) {
     ctx.publishState(vm);
     const linkDown = r.linkDown ? '; its link stays down: it did not take its own address' : '';
     const what = res
-      ? `clock stepped ${Math.round(res.clockStepMs)} ms, now ${Math.round(-res.after.offsetMs)} ± ${Math.ceil(res.after.boundMs)} ms off the host's, ${info.entropyBytes} bytes of entropy`
+      ? `clock stepped ${Math.round(res.clockStepMs)} ms, now ${Math.round(info.clockErrorMs!)} ± ${Math.ceil(info.clockErrorBoundMs!)} ms off the host's, ${info.entropyBytes} bytes of entropy`
       : `the guest's clock and entropy were not synced: ${syncError}`;
     ctx.events.append({
       level: res && !r.linkDown ? 'info' : 'warn',
