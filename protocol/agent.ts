@@ -330,7 +330,7 @@ export type Ping = z.infer<typeof Ping>;
  * answered, so that the host can read the guest's clock the way NTP does
  * (host/vm/clock-probe.ts).
  */
-export const PingResult = z.strictObject({ data: bytes.optional(), wallMs: z.number().finite() });
+export const PingResult = z.strictObject({ data: bytes.optional(), wallMs: ms });
 export type PingResult = z.infer<typeof PingResult>;
 
 /** Runtime settings the host may push after hello (telemetry interval, …). */

@@ -51,7 +51,15 @@ test('a quick round trip ends the reading early', async () => {
 });
 
 test('a reply without a clock (or with more) is refused, not read as a time', async () => {
-  for (const reply of [{}, { wallMs: 'soon' }, { wallMs: Infinity }, { wallMs: 1, x: 1 }, null]) {
+  for (const reply of [
+    {},
+    { wallMs: 'soon' },
+    { wallMs: Infinity },
+    { wallMs: 1e300 },
+    { wallMs: -1 },
+    { wallMs: 1, x: 1 },
+    null,
+  ]) {
     await assert.rejects(
       readGuestClock({ wallMs: Date.now, monoMs: () => 0, ping: () => Promise.resolve(reply) }),
       (err: MvirtError) =>
